@@ -1,0 +1,95 @@
+//! `prexor-bench`: one subcommand per measured area. Each prints one JSON object per result line:
+//! `{"name", "value", "unit", "baseline": {"name", "value"} | null, "ratio", "target"}`.
+//!
+//! Servers: `--mongo-uri` / `--valkey-url` (or `MONGODB_URI` / `VALKEY_URL`); without them the
+//! benchmark starts its own Valkey and MongoDB-wire server, as the tests do.
+
+mod coord;
+mod report;
+mod stack;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "prexor-bench",
+    about = "Measure PrexorCloud against its physical floors"
+)]
+struct Cli {
+    #[arg(long, global = true, env = "MONGODB_URI")]
+    mongo_uri: Option<String>,
+    #[arg(long, global = true, env = "VALKEY_URL")]
+    valkey_url: Option<String>,
+    /// Samples per measurement.
+    #[arg(long, global = true, default_value_t = 500)]
+    iterations: usize,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Raw floors: Valkey SET+GET and MongoDB-wire insert+find round trips.
+    Stack,
+    /// Leases and fencing: renew, acquire, fenced write, each next to its floor.
+    Coord,
+}
+
+/// Where the benchmark's stores are.
+pub struct Servers {
+    pub mongo_uri: String,
+    pub valkey_url: String,
+    pub database: String,
+    pub namespace: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Servers started here live until the process exits.
+    let stores = prexor_testkit::TestStores::new("bench");
+    let (mongo_uri, valkey_url) = match (cli.mongo_uri, cli.valkey_url) {
+        (Some(m), Some(v)) => (m, v),
+        (m, v) => {
+            let stores = stores.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            (
+                m.unwrap_or_else(|| stores.mongo_uri.clone()),
+                v.unwrap_or_else(|| stores.valkey_url.clone()),
+            )
+        }
+    };
+    let suffix = prexor_testkit::unique_suffix();
+    let servers = Servers {
+        mongo_uri,
+        valkey_url,
+        database: format!("bench_{suffix}"),
+        namespace: format!("prexorbench:{suffix}:"),
+    };
+    let n = cli.iterations.max(20);
+    let result = match cli.command {
+        Command::Stack => stack::run(&servers, n).await.map(|_| ()),
+        Command::Coord => coord::run(&servers, n).await,
+    };
+    cleanup(&servers).await;
+    result
+}
+
+/// Drops the benchmark's database and keys.
+async fn cleanup(servers: &Servers) {
+    if let Ok(client) = mongodb::Client::with_uri_str(&servers.mongo_uri).await {
+        let _ = client.database(&servers.database).drop().await;
+    }
+    if let Ok(client) = redis::Client::open(servers.valkey_url.as_str())
+        && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+    {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", servers.namespace))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> =
+                redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The physical floors every other benchmark is compared with.
+
+use mongodb::bson::doc;
+
+use crate::Servers;
+use crate::report::{Metric, Samples};
+
+/// The floors measured in this run.
+pub struct Floors {
+    pub valkey_set_get_p50: Metric,
+    pub valkey_set_get_p95: Metric,
+    pub mongo_update_p50: Metric,
+    pub mongo_update_p95: Metric,
+}
+
+/// Measures and prints the floors; returns them for comparison.
+pub async fn run(servers: &Servers, n: usize) -> anyhow::Result<Floors> {
+    let client = redis::Client::open(servers.valkey_url.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let key = format!("{}floor", servers.namespace);
+    let set_get = Samples::measure(n, |i| {
+        let mut conn = conn.clone();
+        let key = key.clone();
+        async move {
+            let _: () = redis::cmd("SET")
+                .arg(&key)
+                .arg(i)
+                .query_async(&mut conn)
+                .await?;
+            let _: String = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let _: () = redis::cmd("DEL").arg(&key).query_async(&mut conn).await?;
+
+    let mongo = mongodb::Client::with_uri_str(&servers.mongo_uri).await?;
+    let coll = mongo
+        .database(&servers.database)
+        .collection::<mongodb::bson::Document>("floor");
+    let insert_find = Samples::measure(n, |i| {
+        let coll = coll.clone();
+        async move {
+            coll.insert_one(doc! { "_id": i as i64, "v": 0_i64 })
+                .await?;
+            coll.find_one(doc! { "_id": i as i64 }).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let update = Samples::measure(n, |i| {
+        let coll = coll.clone();
+        async move {
+            coll.update_one(
+                doc! { "_id": (i % 50) as i64 },
+                doc! { "$inc": { "v": 1_i64 } },
+            )
+            .await?;
+            Ok(())
+        }
+    })
+    .await?;
+
+    let floors = Floors {
+        valkey_set_get_p50: Metric::floor("valkey_set_get_p50", set_get.percentile(50.0)),
+        valkey_set_get_p95: Metric::floor("valkey_set_get_p95", set_get.percentile(95.0)),
+        mongo_update_p50: Metric::floor("mongo_update_p50", update.percentile(50.0)),
+        mongo_update_p95: Metric::floor("mongo_update_p95", update.percentile(95.0)),
+    };
+    floors.valkey_set_get_p50.print();
+    floors.valkey_set_get_p95.print();
+    Metric::floor("mongo_insert_find_p50", insert_find.percentile(50.0)).print();
+    Metric::floor("mongo_insert_find_p95", insert_find.percentile(95.0)).print();
+    floors.mongo_update_p50.print();
+    floors.mongo_update_p95.print();
+    Ok(floors)
+}

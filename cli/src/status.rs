@@ -1,0 +1,118 @@
+use std::process::ExitCode;
+
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::Output;
+use crate::client::Client;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Status {
+    replicas: Vec<Replica>,
+    coordination: Coordination,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Replica {
+    kind: String,
+    id: String,
+    version: String,
+    http_address: String,
+    grpc_address: Option<String>,
+    ready: bool,
+    leases_held: u64,
+    heartbeat_age_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Coordination {
+    store: String,
+    backend: String,
+    error: Option<String>,
+}
+
+/// `prexorctl status`.
+pub async fn status(client: &Client, output: Output) -> anyhow::Result<ExitCode> {
+    let raw: Value = client.get("/system/status").await?;
+    let status: Status = serde_json::from_value(raw.clone())?;
+    let healthy = status.coordination.store == "available"
+        && !status.replicas.is_empty()
+        && status.replicas.iter().all(|r| r.ready);
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&raw)?),
+        Output::Table => {
+            let mut table = Table::new();
+            table.load_preset(UTF8_FULL_CONDENSED).set_header([
+                "KIND",
+                "ID",
+                "VERSION",
+                "ADDRESS",
+                "READY",
+                "HEARTBEAT",
+                "LEASES",
+            ]);
+            for r in &status.replicas {
+                let address = match &r.grpc_address {
+                    Some(grpc) => format!("{} (grpc {grpc})", r.http_address),
+                    None => r.http_address.clone(),
+                };
+                table.add_row([
+                    r.kind.clone(),
+                    r.id.clone(),
+                    r.version.clone(),
+                    address,
+                    if r.ready { "yes".into() } else { "NO".into() },
+                    format!("{:.1}s ago", r.heartbeat_age_ms as f64 / 1000.0),
+                    r.leases_held.to_string(),
+                ]);
+            }
+            println!("{table}");
+            println!(
+                "coordination.store = {} ({}){}",
+                status.coordination.store,
+                status.coordination.backend,
+                status
+                    .coordination
+                    .error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if healthy {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        if output == Output::Table {
+            eprintln!("unhealthy: a replica is not ready or the coordination store is unavailable");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// `prexorctl system info`.
+pub async fn info(client: &Client, output: Output) -> anyhow::Result<ExitCode> {
+    let info: Value = client.get("/system/info").await?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&info)?),
+        Output::Table => {
+            let mut table = Table::new();
+            table.load_preset(UTF8_FULL_CONDENSED);
+            if let Some(fields) = info.as_object() {
+                for (key, value) in fields {
+                    let value = match value {
+                        Value::String(s) => s.clone(),
+                        Value::Null => "-".into(),
+                        other => other.to_string(),
+                    };
+                    table.add_row([key.clone(), value]);
+                }
+            }
+            println!("{table}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,338 @@
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use prexor_domain::{ServiceKind, validate_name};
+
+use crate::common::{CommonConfig, HttpConfig, TelemetryConfig, read_shutdown_timeout};
+use crate::reader::Reader;
+
+/// A process configuration that can be read (and validated) from a [`Reader`].
+pub trait ServiceConfig: Sized {
+    fn read(r: &mut Reader) -> Self;
+}
+
+/// `grpc.listen`: the internal gRPC port (tonic-health, status, and the service's own API).
+#[derive(Debug, Clone)]
+pub struct GrpcConfig {
+    pub listen: SocketAddr,
+}
+
+impl GrpcConfig {
+    fn read(r: &mut Reader, default_port: u16) -> Self {
+        GrpcConfig {
+            listen: r
+                .parse("grpc.listen")
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], default_port))),
+        }
+    }
+}
+
+/// `prexor-api`: REST on `http.listen` (default 8080).
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub common: CommonConfig,
+}
+
+impl ServiceConfig for ApiConfig {
+    fn read(r: &mut Reader) -> Self {
+        ApiConfig {
+            common: CommonConfig::read(r, ServiceKind::Api, 8080),
+        }
+    }
+}
+
+/// `prexor-gateway`: daemon sessions on `grpc.listen` (default 9090), ops on 9091.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub common: CommonConfig,
+    pub grpc: GrpcConfig,
+}
+
+impl ServiceConfig for GatewayConfig {
+    fn read(r: &mut Reader) -> Self {
+        GatewayConfig {
+            common: CommonConfig::read(r, ServiceKind::Gateway, 9091),
+            grpc: GrpcConfig::read(r, 9090),
+        }
+    }
+}
+
+/// `prexor-scheduler`: internal gRPC on `grpc.listen` (default 9190), ops on 9191.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub common: CommonConfig,
+    pub grpc: GrpcConfig,
+}
+
+impl ServiceConfig for SchedulerConfig {
+    fn read(r: &mut Reader) -> Self {
+        SchedulerConfig {
+            common: CommonConfig::read(r, ServiceKind::Scheduler, 9191),
+            grpc: GrpcConfig::read(r, 9190),
+        }
+    }
+}
+
+/// `prexor-ca`: the signer, internal gRPC on `grpc.listen` (default 9290), ops on 9291.
+#[derive(Debug, Clone)]
+pub struct CaConfig {
+    pub common: CommonConfig,
+    pub grpc: GrpcConfig,
+    /// `ca.dataDir`: the CA key lives at `<dataDir>/certs/ca/ca.key` (mode 0600), only on the
+    /// host(s) allowed to sign.
+    pub data_dir: PathBuf,
+}
+
+impl ServiceConfig for CaConfig {
+    fn read(r: &mut Reader) -> Self {
+        CaConfig {
+            common: CommonConfig::read(r, ServiceKind::Ca, 9291),
+            grpc: GrpcConfig::read(r, 9290),
+            data_dir: r.get_or("ca.dataDir", PathBuf::from("/etc/prexorcloud/data")),
+        }
+    }
+}
+
+/// `prexor-daemon`: one per host; talks to one gateway at a time, out of `daemon.gateways`.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// `node.id`: the node's name, equal to the CN of its certificate.
+    pub node_id: String,
+    /// `node.labels`: free-form `key = "value"` pairs used by group affinity rules.
+    pub labels: BTreeMap<String, String>,
+    /// `node.memoryMb`: memory the daemon may hand to servers; the host's total when unset.
+    pub memory_mb: Option<u64>,
+    /// `daemon.dataDir`: certificates, fencing marks, template cache, instance directories.
+    pub data_dir: PathBuf,
+    /// `daemon.gateways`: `host:port` of every gateway replica; the daemon uses one at a time.
+    pub gateways: Vec<String>,
+    /// `daemon.reconnectMaxBackoff`: upper bound of the jittered reconnect backoff.
+    pub reconnect_max_backoff: Duration,
+    pub telemetry: TelemetryConfig,
+    pub http: HttpConfig,
+    pub shutdown_timeout: Duration,
+}
+
+impl ServiceConfig for DaemonConfig {
+    fn read(r: &mut Reader) -> Self {
+        let node_id: String = r
+            .required("node.id", "every daemon needs its node id (e.g. node-1)")
+            .unwrap_or_default();
+        if !node_id.is_empty()
+            && let Err(err) = validate_name(&node_id)
+        {
+            r.problem("node.id", format!("{node_id:?} {err}"));
+        }
+        let gateways: Vec<String> = r
+            .required(
+                "daemon.gateways",
+                "list every gateway replica as \"host:port\" (e.g. [\"gw1:9090\", \"gw2:9090\"])",
+            )
+            .unwrap_or_default();
+        for gw in &gateways {
+            if !looks_like_host_port(gw) {
+                r.problem("daemon.gateways", format!("{gw:?} is not \"host:port\""));
+            }
+        }
+        if gateways.is_empty() && r.get::<Vec<String>>("daemon.gateways").is_some() {
+            r.problem("daemon.gateways", "must list at least one gateway");
+        }
+        let labels = r.get_or("node.labels", BTreeMap::new());
+        DaemonConfig {
+            node_id,
+            labels,
+            memory_mb: r.get("node.memoryMb"),
+            data_dir: r.get_or(
+                "daemon.dataDir",
+                PathBuf::from("/var/lib/prexorcloud/daemon"),
+            ),
+            gateways,
+            reconnect_max_backoff: r
+                .duration("daemon.reconnectMaxBackoff")
+                .unwrap_or(Duration::from_secs(10)),
+            telemetry: TelemetryConfig::read(r, "prexor-daemon"),
+            http: HttpConfig::read(r, 9391),
+            shutdown_timeout: read_shutdown_timeout(r),
+        }
+    }
+}
+
+fn looks_like_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+// figment::Jail fixes the closure's error type (figment::Error, which is large).
+#[allow(clippy::result_large_err)]
+mod tests {
+    use prexor_domain::Profile;
+
+    use crate::{ConfigError, load};
+
+    use super::*;
+
+    /// Loads `toml` as a file, with no `PREXOR_*` variable set. Runs inside a figment `Jail`:
+    /// jails serialize, so no other test's environment leaks in.
+    fn load_str<C: ServiceConfig>(toml: &str) -> Result<C, ConfigError> {
+        let mut outcome = None;
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("config.toml", toml)?;
+            outcome = Some(load::<C>(Some(std::path::Path::new("config.toml"))));
+            Ok(())
+        });
+        outcome.expect("the jail ran")
+    }
+
+    fn keys(err: &ConfigError) -> Vec<&str> {
+        err.problems.iter().map(|p| p.key.as_str()).collect()
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = load_str::<SchedulerConfig>(
+            r#"
+            [runtime]
+            profile = "staging"
+            [scheduler]
+            evaluationIntervalSeconds = 0
+            "#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            keys(&err),
+            [
+                "runtime.profile",
+                "mongo.uri",
+                "scheduler.evaluationIntervalSeconds"
+            ],
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with("invalid configuration (3 problems):"),
+            "{text}"
+        );
+        assert!(text.contains("unknown profile \"staging\""), "{text}");
+        assert!(text.contains("it must be at least 1"), "{text}");
+    }
+
+    #[test]
+    fn production_requires_valkey() {
+        let err = load_str::<ApiConfig>(
+            r#"
+            runtime.profile = "production"
+            mongo.uri = "mongodb://127.0.0.1:27017/?replicaSet=secantus"
+            "#,
+        )
+        .unwrap_err();
+        assert_eq!(keys(&err), ["valkey.uri"]);
+        assert!(err.to_string().contains("production"), "{err}");
+    }
+
+    #[test]
+    fn development_runs_without_valkey_and_defaults_are_derived() {
+        let cfg = load_str::<SchedulerConfig>(
+            r#"
+            mongo.uri = "mongodb://127.0.0.1:27017/?replicaSet=secantus"
+            scheduler.evaluationIntervalSeconds = 5
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.common.profile, Profile::Development);
+        assert!(cfg.common.valkey.is_none());
+        assert_eq!(cfg.common.leases.ttl, Duration::from_secs(10));
+        assert_eq!(
+            cfg.common.leases.renew_interval,
+            Duration::from_millis(2500)
+        );
+        assert_eq!(cfg.grpc.listen.port(), 9190);
+        assert!(cfg.common.replica_id.starts_with("scheduler-"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_are_named() {
+        let err = load_str::<GatewayConfig>(
+            r#"
+            mongo.uri = "mongodb://x/"
+            mongo.timeout = "soon"
+            scheduler.evaluationIntervalSecond = 3
+            http.listen = "nowhere"
+            "#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert_eq!(
+            keys(&err),
+            [
+                "mongo.timeout",
+                "http.listen",
+                "scheduler.evaluationIntervalSecond"
+            ],
+            "{text}"
+        );
+        assert!(text.contains("\"soon\" is not a duration"), "{text}");
+        assert!(text.contains("unknown key"), "{text}");
+    }
+
+    #[test]
+    fn unsafe_lease_timing_is_refused() {
+        let err = load_str::<SchedulerConfig>(
+            r#"
+            mongo.uri = "mongodb://x/"
+            coordination.leaseTtl = "10s"
+            coordination.selfFenceAfter = "12s"
+            "#,
+        )
+        .unwrap_err();
+        assert_eq!(keys(&err), ["coordination.selfFenceAfter"], "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "s.toml",
+                "mongo.uri = \"mongodb://file/\"\nscheduler.evaluationIntervalSeconds = 15\n",
+            )?;
+            jail.set_env("PREXOR_SCHEDULER__EVALUATION_INTERVAL_SECONDS", "3");
+            jail.set_env("PREXOR_VALKEY__URI", "redis://127.0.0.1:6379");
+            jail.set_env("PREXOR_RUNTIME__PROFILE", "production");
+            let cfg = load::<SchedulerConfig>(Some(std::path::Path::new("s.toml")))
+                .map_err(|e| e.to_string())?;
+            assert_eq!(cfg.common.evaluation_interval, Duration::from_secs(3));
+            assert_eq!(cfg.common.profile, Profile::Production);
+            assert_eq!(cfg.common.mongo.uri, "mongodb://file/");
+            jail.set_env("PREXOR_RUNTIME__PROFILE", "prod");
+            let err = load::<SchedulerConfig>(Some(std::path::Path::new("s.toml"))).unwrap_err();
+            assert!(
+                err.to_string().contains("set by PREXOR_RUNTIME__PROFILE"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn daemon_needs_node_id_and_gateways() {
+        let err = load_str::<DaemonConfig>("daemon.gateways = [\"gw1\"]\n").unwrap_err();
+        assert_eq!(keys(&err), ["node.id", "daemon.gateways"], "{err}");
+        let cfg = load_str::<DaemonConfig>(
+            "node.id = \"node-1\"\ndaemon.gateways = [\"127.0.0.1:9090\"]\n[node.labels]\nzone = \"eu\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.labels.get("zone").map(String::as_str), Some("eu"));
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let err =
+            load::<ApiConfig>(Some(std::path::Path::new("/nonexistent/api.toml"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/api.toml"), "{err}");
+    }
+}

@@ -1,0 +1,17 @@
+//! The vocabulary every PrexorCloud crate shares: what a service is, what a lease scope is, how
+//! leases are timed, and which names are valid.
+
+mod lease_timing;
+mod name;
+mod redact;
+mod scope;
+mod service;
+
+pub use lease_timing::LeaseTiming;
+pub use name::{NameError, validate_name};
+pub use redact::redact_uri;
+pub use scope::{Scope, ScopeParseError};
+pub use service::{Profile, ServiceKind};
+
+/// The version every PrexorCloud binary reports (workspace version).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,75 @@
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use prexor_config::ServiceConfig;
+
+/// The command line every service binary takes.
+#[derive(Debug, Parser)]
+pub struct ServiceArgs {
+    /// Configuration file (TOML). Every key can also be set by a PREXOR_* environment variable,
+    /// e.g. PREXOR_MONGO__URI or PREXOR_SCHEDULER__EVALUATION_INTERVAL_SECONDS.
+    #[arg(long, short, env = "PREXOR_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration, print the problems (if any) and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// Runs a service binary: parses the command line, loads and validates `C` (exit code 2 with
+/// every problem listed), installs telemetry, then drives `body` on a multi-threaded runtime.
+/// Exit code 0 after a clean stop, 1 when `body` fails.
+pub fn launch<C, F, Fut, E>(
+    telemetry: impl FnOnce(&C) -> &prexor_config::TelemetryConfig,
+    body: F,
+) -> ExitCode
+where
+    C: ServiceConfig,
+    F: FnOnce(C) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let args = ServiceArgs::parse();
+    let config = match prexor_config::load::<C>(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    let telemetry_config = telemetry(&config).clone();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let telemetry = match prexor_telemetry::Telemetry::init(&telemetry_config) {
+            Ok(telemetry) => telemetry,
+            Err(err) => {
+                eprintln!("{err}");
+                return ExitCode::from(2);
+            }
+        };
+        let outcome = body(config).await;
+        let code = match outcome {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!("{err}");
+                ExitCode::FAILURE
+            }
+        };
+        telemetry.shutdown();
+        code
+    })
+}

@@ -1,0 +1,132 @@
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::readiness::Readiness;
+
+/// Who answers, for the ops endpoints.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub kind: String,
+    pub replica_id: String,
+    pub version: &'static str,
+}
+
+#[derive(Clone)]
+struct OpsState {
+    identity: Arc<Identity>,
+    readiness: Readiness,
+    app: Arc<OnceLock<Router>>,
+}
+
+/// Serves [`router`] on `listener` until `stop` is cancelled (in-flight requests finish).
+pub async fn serve_ops(
+    listener: TcpListener,
+    identity: Arc<Identity>,
+    readiness: Readiness,
+    app: Arc<OnceLock<Router>>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(identity, readiness, app))
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+}
+
+/// `/healthz`, `/readyz` and `/metrics`, plus the service's own routes once they exist (`app`):
+/// the port answers from the first moment, before the stores are connected.
+pub(crate) fn router(
+    identity: Arc<Identity>,
+    readiness: Readiness,
+    app: Arc<OnceLock<Router>>,
+) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(app_or_starting)
+        .with_state(OpsState {
+            identity,
+            readiness,
+            app,
+        })
+}
+
+async fn healthz(State(state): State<OpsState>) -> Response {
+    let id = &state.identity;
+    axum::Json(json!({
+        "status": "ok",
+        "kind": id.kind,
+        "replicaId": id.replica_id,
+        "version": id.version,
+    }))
+    .into_response()
+}
+
+async fn readyz(State(state): State<OpsState>) -> Response {
+    let report = state.readiness.report().await;
+    let status = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let id = &state.identity;
+    let reason: Vec<String> = report
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect();
+    let mut body = json!({
+        "ready": report.ready,
+        "kind": id.kind,
+        "replicaId": id.replica_id,
+        "checks": report.checks,
+    });
+    if !reason.is_empty() {
+        body["reason"] = json!(reason.join("; "));
+    }
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        prexor_telemetry::Telemetry::render(),
+    )
+        .into_response()
+}
+
+async fn app_or_starting(State(state): State<OpsState>, request: Request<Body>) -> Response {
+    match state.app.get() {
+        Some(app) => match app.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        },
+        None => {
+            let report = state.readiness.report().await;
+            let waiting: Vec<String> = report
+                .checks
+                .iter()
+                .filter(|c| !c.ok)
+                .map(|c| format!("{}: {}", c.name, c.detail))
+                .collect();
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({
+                    "code": "STARTING",
+                    "message": format!("this replica is still starting ({}); retry shortly or use another replica", waiting.join("; ")),
+                })),
+            )
+                .into_response()
+        }
+    }
+}

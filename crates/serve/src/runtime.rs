@@ -1,0 +1,499 @@
+use std::fmt::Display;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use prexor_config::CommonConfig;
+use prexor_coord::{
+    CoordError, DevClaim, LeaseBackend, LeaseKeeper, Leases, LocalBackend, Registry, ReplicaRecord,
+    ValkeyBackend,
+};
+use prexor_domain::{Profile, redact_uri};
+use prexor_store::{Store, StoreError};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::ops::{self, Identity};
+
+use crate::readiness::Readiness;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a service process could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {key} = {addr}: {source} (is another process using the port?)")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Coord(#[from] CoordError),
+    #[error("{0}")]
+    Service(BoxError),
+    #[error("the {what} server failed: {reason}")]
+    Server { what: &'static str, reason: String },
+    #[error("stopping: {0}")]
+    Fatal(String),
+}
+
+/// What a service's own code adds to the process.
+#[derive(Default)]
+pub struct Parts {
+    /// Routes served on `http.listen` next to `/healthz`, `/readyz` and `/metrics` (the REST API
+    /// on the api service).
+    pub http: Option<Router>,
+    /// gRPC services served on `grpc.listen` next to grpc.health.v1 and ReplicaStatus.
+    pub grpc: Option<tonic::service::Routes>,
+    /// Keepers whose leases this replica reports as held.
+    pub keepers: Vec<LeaseKeeper>,
+    /// Background tasks. They must end when [`Service::shutdown`] is cancelled (releasing what
+    /// they hold); the process waits for them, up to `shutdown.timeout`.
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+/// A connected replica: configuration, stores, coordination, readiness and the shutdown signal.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    pub config: Arc<CommonConfig>,
+    pub store: Store,
+    pub leases: Leases,
+    pub registry: Registry,
+    pub readiness: Readiness,
+    /// Cancelled on SIGTERM/SIGINT (or a fatal error): stop mutating, release leases, return.
+    pub shutdown: CancellationToken,
+    info: Arc<ReplicaInfo>,
+    fatal: Arc<Mutex<Option<String>>>,
+}
+
+/// What the replica reports about itself, available before the stores are connected.
+pub(crate) struct ReplicaInfo {
+    pub config: Arc<CommonConfig>,
+    pub readiness: Readiness,
+    pub started_at_ms: i64,
+    keepers: OnceLock<Vec<LeaseKeeper>>,
+}
+
+impl ReplicaInfo {
+    /// Every lease scope held right now (`group:lobby`, `node:node-1`, ...).
+    pub fn leases_held(&self) -> Vec<String> {
+        let mut held: Vec<String> = self
+            .keepers
+            .get()
+            .into_iter()
+            .flatten()
+            .flat_map(LeaseKeeper::held)
+            .map(|l| l.scope().to_string())
+            .collect();
+        held.sort();
+        held
+    }
+}
+
+impl Service {
+    pub fn started_at_ms(&self) -> i64 {
+        self.info.started_at_ms
+    }
+
+    /// Every lease scope this replica holds right now (`group:lobby`, `node:node-1`, ...).
+    pub fn leases_held(&self) -> Vec<String> {
+        self.info.leases_held()
+    }
+
+    /// Stops the process with an error (exit code 1) after a graceful shutdown.
+    pub fn fail(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        tracing::error!("{reason}");
+        self.fatal.lock().expect("fatal lock").get_or_insert(reason);
+        self.shutdown.cancel();
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Cancels `token` on SIGTERM or SIGINT; a second signal exits at once.
+pub fn stop_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stop this process with SIGKILL");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received; shutting down gracefully"),
+            _ = int.recv() => tracing::info!("SIGINT received; shutting down gracefully"),
+        }
+        token.cancel();
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal received; exiting without finishing the graceful shutdown");
+        std::process::exit(130);
+    });
+}
+
+/// Binds a listener, naming the configuration key in the error.
+pub async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { key, addr, source })
+}
+
+/// Retries `attempt` with backoff until it succeeds, reporting what it waits for as the reason
+/// the replica is not ready. `None` when shutdown was requested meanwhile.
+async fn wait_for<T, E, F, Fut>(
+    what: &str,
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+    mut attempt: F,
+) -> Option<T>
+where
+    E: Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut delay = Duration::from_millis(200);
+    let mut failures = 0u32;
+    loop {
+        match attempt().await {
+            Ok(value) => {
+                if failures > 0 {
+                    tracing::info!("{what} is reachable now");
+                }
+                return Some(value);
+            }
+            Err(err) => {
+                failures += 1;
+                readiness.set_phase(Some(format!("waiting for {what}: {err}")));
+                if failures == 1 || failures.is_multiple_of(10) {
+                    tracing::warn!(attempt = failures, "waiting for {what}: {err}");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Runs one replica of a service until SIGTERM/SIGINT; see the crate documentation for the
+/// sequence. `grpc_listen` is the internal gRPC port for services that have one.
+pub async fn run<F, Fut>(
+    config: CommonConfig,
+    grpc_listen: Option<SocketAddr>,
+    build: F,
+) -> Result<(), ServeError>
+where
+    F: FnOnce(Service) -> Fut,
+    Fut: Future<Output = Result<Parts, BoxError>>,
+{
+    let shutdown = CancellationToken::new();
+    stop_on_signals(shutdown.clone());
+    let readiness = Readiness::new();
+    let app: Arc<OnceLock<Router>> = Arc::new(OnceLock::new());
+    let grpc_app: Arc<OnceLock<Router>> = Arc::new(OnceLock::new());
+    let config = Arc::new(config);
+    let info = Arc::new(ReplicaInfo {
+        config: config.clone(),
+        readiness: readiness.clone(),
+        started_at_ms: now_ms(),
+        keepers: OnceLock::new(),
+    });
+    let identity = Arc::new(Identity {
+        kind: config.kind.to_string(),
+        replica_id: config.replica_id.clone(),
+        version: prexor_domain::VERSION,
+    });
+
+    // Both ports answer from the first moment (health, readiness, status); the service's own
+    // routes are attached once built. Servers stop only after the service's work has wound down,
+    // so `/readyz` keeps answering "shutting down" while leases are released.
+    let servers_stop = CancellationToken::new();
+    let http_listener = bind("http.listen", config.http.listen).await?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind {
+            key: "http.listen",
+            addr: config.http.listen,
+            source,
+        })?;
+    let grpc_listener = match grpc_listen {
+        Some(addr) => Some(bind("grpc.listen", addr).await?),
+        None => None,
+    };
+    let grpc_addr = grpc_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let http_server = tokio::spawn(ops::serve_ops(
+        http_listener,
+        identity,
+        readiness.clone(),
+        app.clone(),
+        servers_stop.clone(),
+    ));
+    let grpc_server = grpc_listener.map(|listener| {
+        tokio::spawn(crate::grpc::serve(
+            listener,
+            info.clone(),
+            grpc_app.clone(),
+            servers_stop.clone(),
+        ))
+    });
+    tracing::info!(
+        kind = %config.kind,
+        replica = %config.replica_id,
+        version = prexor_domain::VERSION,
+        profile = %config.profile,
+        http = %http_addr,
+        grpc = ?grpc_addr,
+        "starting"
+    );
+
+    let outcome =
+        connect_and_serve(info, shutdown, app, grpc_app, http_addr, grpc_addr, build).await;
+
+    readiness.set_draining();
+    servers_stop.cancel();
+    match http_server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "the HTTP server ended with an error"),
+        Err(err) => tracing::warn!(error = %err, "the HTTP server task failed"),
+    }
+    if let Some(server) = grpc_server {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "the gRPC server ended with an error"),
+            Err(err) => tracing::warn!(error = %err, "the gRPC server task failed"),
+        }
+    }
+    if outcome.is_ok() {
+        tracing::info!("stopped");
+    }
+    outcome
+}
+
+async fn connect_and_serve<F, Fut>(
+    info: Arc<ReplicaInfo>,
+    shutdown: CancellationToken,
+    app: Arc<OnceLock<Router>>,
+    grpc_app: Arc<OnceLock<Router>>,
+    http_addr: SocketAddr,
+    grpc_addr: Option<SocketAddr>,
+    build: F,
+) -> Result<(), ServeError>
+where
+    F: FnOnce(Service) -> Fut,
+    Fut: Future<Output = Result<Parts, BoxError>>,
+{
+    let config = info.config.clone();
+    let readiness = info.readiness.clone();
+    let mongo_uri = redact_uri(&config.mongo.uri);
+    let store = Store::connect(
+        &config.mongo.uri,
+        &config.mongo.database,
+        config.kind.binary(),
+        config.mongo.timeout,
+    )
+    .await?;
+    let what = format!("MongoDB at {mongo_uri}");
+    if wait_for(&what, &readiness, &shutdown, || store.ping())
+        .await
+        .is_none()
+    {
+        return Ok(());
+    }
+
+    let timing = config.leases;
+    let (backend, registry): (Arc<dyn LeaseBackend>, Registry) = match &config.valkey {
+        Some(valkey) => {
+            let backend = ValkeyBackend::connect(&valkey.uri, valkey.timeout)?;
+            let what = format!("Valkey at {}", redact_uri(&valkey.uri));
+            if wait_for(&what, &readiness, &shutdown, || backend.ping())
+                .await
+                .is_none()
+            {
+                return Ok(());
+            }
+            let registry = Registry::Valkey {
+                backend: backend.clone(),
+                namespace: valkey.namespace.clone(),
+                ttl: timing.ttl,
+            };
+            (Arc::new(backend), registry)
+        }
+        None => (
+            Arc::new(LocalBackend::new()),
+            Registry::Mongo {
+                store: store.clone(),
+                ttl: timing.ttl,
+            },
+        ),
+    };
+    let dev_claim = match config.profile {
+        Profile::Development => {
+            Some(DevClaim::claim(&store, config.kind, &config.replica_id, timing.ttl).await?)
+        }
+        Profile::Production => None,
+    };
+
+    {
+        let store = store.clone();
+        readiness.add("mongo", move || {
+            let store = store.clone();
+            async move { store.ping().await.map_err(|e| e.to_string()) }
+        });
+        let backend = backend.clone();
+        readiness.add("coordination", move || {
+            let backend = backend.clone();
+            async move { backend.ping().await.map_err(|e| e.to_string()) }
+        });
+    }
+
+    let namespace = config
+        .valkey
+        .as_ref()
+        .map_or(prexor_config::DEFAULT_NAMESPACE.to_owned(), |v| {
+            v.namespace.clone()
+        });
+    let service = Service {
+        leases: Leases::new(
+            backend,
+            store.clone(),
+            config.replica_id.clone(),
+            namespace,
+            timing,
+        ),
+        config: config.clone(),
+        store,
+        registry,
+        readiness: readiness.clone(),
+        shutdown: shutdown.clone(),
+        info: info.clone(),
+        fatal: Arc::new(Mutex::new(None)),
+    };
+
+    readiness.set_phase(Some("starting the service".into()));
+    let parts = match build(service.clone()).await {
+        Ok(parts) => parts,
+        Err(err) => {
+            shutdown.cancel();
+            if let Some(claim) = &dev_claim {
+                let _ = claim.release().await;
+            }
+            return Err(ServeError::Service(err));
+        }
+    };
+    let _ = info.keepers.set(parts.keepers);
+    if let Some(router) = parts.http {
+        let _ = app.set(router);
+    }
+    if let Some(routes) = parts.grpc {
+        let _ = grpc_app.set(routes.into_axum_router());
+    }
+
+    let record = ReplicaRecord {
+        kind: config.kind,
+        id: config.replica_id.clone(),
+        version: prexor_domain::VERSION.to_owned(),
+        profile: config.profile.to_string(),
+        http_address: format!("{}:{}", config.advertise_host, http_addr.port()),
+        grpc_address: grpc_addr.map(|a| format!("{}:{}", config.advertise_host, a.port())),
+        started_at_ms: info.started_at_ms,
+        ready: false,
+        leases_held: 0,
+        heartbeat_age_ms: 0,
+    };
+    let heartbeat = tokio::spawn(heartbeat(service.clone(), record, dev_claim.clone()));
+    readiness.set_phase(None);
+    tracing::info!("ready");
+
+    shutdown.cancelled().await;
+    readiness.set_draining();
+    tracing::info!("shutting down: stopping the service's work and releasing its leases");
+    let deadline = config.shutdown_timeout;
+    let stopped = tokio::time::timeout(deadline, async {
+        for task in parts.tasks {
+            if let Err(err) = task.await {
+                tracing::warn!(error = %err, "a service task failed while stopping");
+            }
+        }
+        let _ = heartbeat.await;
+    })
+    .await;
+    if stopped.is_err() {
+        tracing::warn!(
+            "the service's work did not stop within shutdown.timeout ({deadline:?}); exiting anyway, its leases expire after their TTL"
+        );
+    }
+    if let Err(err) = service
+        .registry
+        .deregister(config.kind, &config.replica_id)
+        .await
+    {
+        tracing::warn!(error = %err, "could not deregister; the entry ages out after the lease TTL");
+    }
+    if let Some(claim) = &dev_claim
+        && let Err(err) = claim.release().await
+    {
+        tracing::warn!(error = %err, "could not release the development single-writer slot; it ages out after the lease TTL");
+    }
+    match service.fatal.lock().expect("fatal lock").take() {
+        Some(reason) => Err(ServeError::Fatal(reason)),
+        None => Ok(()),
+    }
+}
+
+/// Registers the replica every renew interval (and keeps the development claim), until shutdown.
+async fn heartbeat(service: Service, mut record: ReplicaRecord, dev_claim: Option<DevClaim>) {
+    let interval = service.leases.timing().renew_interval;
+    let mut failing = false;
+    loop {
+        record.ready = service.readiness.report().await.ready;
+        metrics::gauge!("prexor_replica_ready").set(if record.ready { 1.0 } else { 0.0 });
+        record.leases_held = service.leases_held().len() as u64;
+        match service.registry.heartbeat(&record).await {
+            Ok(()) if failing => {
+                tracing::info!("heartbeats are recorded again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(err) if !failing => {
+                tracing::warn!(error = %err, "could not record this replica's heartbeat");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        if let Some(claim) = &dev_claim {
+            match claim.refresh().await {
+                Ok(()) => {}
+                Err(CoordError::Refused(reason)) => {
+                    service.fail(reason);
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not refresh the development single-writer slot")
+                }
+            }
+        }
+        tokio::select! {
+            _ = service.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! MongoDB access for PrexorCloud: one connection per process with bounded operations, the
+//! fencing-token counters, and the fenced write that every lease holder mutates state through.
+//!
+//! Fencing (ARCHITECTURE.md, "Leases and fencing"): each scope has one document in the `fences`
+//! collection holding a `counter` (tokens are minted from it, so they only grow, whatever happens
+//! to Valkey) and a `mark` (the highest token that has written or acquired). A fenced write runs in
+//! a transaction that first requires `mark <= token` and bumps the document, then performs the
+//! writes: a deposed holder's write is rejected with [`StoreError::StaleFence`] and changes nothing.
+
+mod error;
+mod fence;
+mod store;
+
+pub use error::StoreError;
+pub use fence::{FENCES, Fence, Write, WriteOutcome};
+pub use mongodb::bson;
+pub use store::Store;

@@ -1,0 +1,125 @@
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mongodb::bson::{Document, doc};
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Collection, Database};
+use prexor_domain::redact_uri;
+use tokio::sync::OnceCell;
+
+use crate::error::StoreError;
+
+/// The process's handle on the shared MongoDB database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    client: Client,
+    db: Database,
+    timeout: Duration,
+    /// Whether the server has the cross-collection `bulkWrite` command (MongoDB 8+), learnt from
+    /// `hello` on first use.
+    bulk_write: Arc<OnceCell<bool>>,
+}
+
+impl Store {
+    /// Creates the client. Nothing is sent yet; use [`Store::ping`] to find out whether MongoDB
+    /// answers. `timeout` bounds server selection and every operation made through this store.
+    pub async fn connect(
+        uri: &str,
+        database: &str,
+        app_name: &str,
+        timeout: Duration,
+    ) -> Result<Store, StoreError> {
+        let bad_uri = |reason: String| StoreError::BadUri {
+            uri: redact_uri(uri),
+            reason,
+        };
+        let mut options = tokio::time::timeout(timeout, ClientOptions::parse(uri))
+            .await
+            .map_err(|_| bad_uri(format!("resolving it took longer than {timeout:?}")))?
+            .map_err(|e| bad_uri(e.to_string()))?;
+        options.app_name = Some(app_name.to_owned());
+        options.server_selection_timeout = Some(timeout);
+        options.connect_timeout = Some(timeout);
+        let client = Client::with_options(options).map_err(|e| bad_uri(e.to_string()))?;
+        Ok(Store {
+            db: client.database(database),
+            client,
+            timeout,
+            bulk_write: Arc::new(OnceCell::new()),
+        })
+    }
+
+    /// Round trip to the server; the readiness check.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded("pinging MongoDB", self.db.run_command(doc! { "ping": 1 }))
+            .await
+            .map(|_| ())
+    }
+
+    /// This store, writing fenced writes one operation at a time as on MongoDB 7, even when the
+    /// server has `bulkWrite` (to test the MongoDB 7 path on any server).
+    pub fn without_bulk_write(self) -> Store {
+        Store {
+            bulk_write: Arc::new(OnceCell::new_with(Some(false))),
+            ..self
+        }
+    }
+
+    /// True when the server speaks wire version 25+ (MongoDB 8.0), which has `bulkWrite`.
+    pub(crate) async fn supports_bulk_write(&self) -> Result<bool, StoreError> {
+        self.bulk_write
+            .get_or_try_init(|| async {
+                let hello = self
+                    .bounded(
+                        "asking MongoDB for its version",
+                        self.db.run_command(doc! { "hello": 1 }),
+                    )
+                    .await?;
+                let wire = hello
+                    .get_i32("maxWireVersion")
+                    .map(i64::from)
+                    .or_else(|_| hello.get_i64("maxWireVersion"))
+                    .unwrap_or(0);
+                Ok(wire >= 25)
+            })
+            .await
+            .copied()
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub fn collection<T: Send + Sync>(&self, name: &str) -> Collection<T> {
+        self.db.collection(name)
+    }
+
+    pub fn documents(&self, name: &str) -> Collection<Document> {
+        self.db.collection(name)
+    }
+
+    /// Runs one MongoDB operation with the store's time bound, naming it in any error.
+    pub async fn bounded<T>(
+        &self,
+        op: &str,
+        fut: impl IntoFuture<Output = mongodb::error::Result<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, fut.into_future()).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(StoreError::mongo(op, err)),
+            Err(_) => Err(StoreError::Timeout {
+                op: op.to_owned(),
+                timeout: self.timeout,
+            }),
+        }
+    }
+}

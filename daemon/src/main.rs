@@ -1,0 +1,67 @@
+//! `prexor-daemon`: runs the server processes of one host and keeps one session with one gateway
+//! at a time, out of the configured list.
+
+mod datadir;
+mod gateways;
+
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+
+use anyhow::Context;
+use prexor_config::DaemonConfig;
+use prexor_serve::{Identity, Readiness};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    prexor_serve::launch(|config: &DaemonConfig| &config.telemetry, run)
+}
+
+async fn run(config: DaemonConfig) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    prexor_serve::stop_on_signals(stop.clone());
+    datadir::prepare(&config.data_dir)
+        .with_context(|| format!("daemon.dataDir {} is not usable", config.data_dir.display()))?;
+
+    let readiness = Readiness::new();
+    {
+        let dir = config.data_dir.clone();
+        readiness.add("dataDir", move || {
+            let dir = dir.clone();
+            async move { datadir::check_writable(&dir).await }
+        });
+        let gateways = config.gateways.clone();
+        readiness.add("gateway", move || {
+            let gateways = gateways.clone();
+            async move { gateways::any_serving(&gateways).await }
+        });
+    }
+    let listener = prexor_serve::bind("http.listen", config.http.listen).await?;
+    tracing::info!(
+        node = %config.node_id,
+        http = %listener.local_addr()?,
+        gateways = ?config.gateways,
+        version = prexor_domain::VERSION,
+        "starting"
+    );
+    let identity = Arc::new(Identity {
+        kind: "daemon".into(),
+        replica_id: config.node_id.clone(),
+        version: prexor_domain::VERSION,
+    });
+    let servers_stop = CancellationToken::new();
+    let server = tokio::spawn(prexor_serve::serve_ops(
+        listener,
+        identity,
+        readiness.clone(),
+        Arc::new(OnceLock::new()),
+        servers_stop.clone(),
+    ));
+    readiness.set_phase(None);
+
+    stop.cancelled().await;
+    readiness.set_draining();
+    servers_stop.cancel();
+    server.await??;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,293 @@
+//! Harness for the multi-process acceptance suite: starts the real PrexorCloud binaries against
+//! real backing servers, waits on their readiness endpoints, signals them, and prints every
+//! process's log when a test fails.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+pub use prexor_testkit::{TestStores, free_port};
+
+/// `target/<profile>/`, where `cargo build --workspace --bins` put the binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The path of a workspace binary, or an error telling how to build it.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path = bin_dir().join(name);
+    if !path.is_file() {
+        bail!(
+            "{} is missing: build the binaries first (cargo build --workspace --bins), or run compose/dev test",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// One running process of the system under test.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+    /// `http://127.0.0.1:<http port>` (`/healthz`, `/readyz`, `/metrics`, REST on the api).
+    pub http: String,
+    /// `http://127.0.0.1:<grpc port>` for services with an internal gRPC port.
+    pub grpc: Option<String>,
+    exited: Option<ExitStatus>,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        prexor_testkit::signal(self.child.id(), sig);
+    }
+
+    pub fn sigterm(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.exited {
+                return Ok(status);
+            }
+            if let Some(status) = self.child.try_wait()? {
+                self.exited = Some(status);
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not exit within {within:?}", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET on the process's HTTP port; returns status and body.
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let response = http().get(format!("{}{path}", self.http)).send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.text().await?))
+    }
+
+    /// Waits until `/readyz` answers 200, failing early if the process exits.
+    pub async fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        let mut last;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                self.exited = Some(status);
+                bail!(
+                    "{} exited ({status}) before becoming ready:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            match self.get("/readyz").await {
+                Ok((200, _)) => return Ok(()),
+                Ok((_, body)) => last = body,
+                Err(err) => last = err.to_string(),
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} not ready within {within:?}; last answer: {last}",
+                    self.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.exited.is_none() && self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn http() -> reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("HTTP client")
+        })
+        .clone()
+}
+
+/// The processes of one test, sharing its stores. Prints every log if the test panics.
+pub struct Cluster {
+    pub stores: TestStores,
+    pub dir: PathBuf,
+    procs: Mutex<Vec<(String, PathBuf)>>,
+}
+
+impl Cluster {
+    pub fn new(test: &str) -> anyhow::Result<Cluster> {
+        let stores = TestStores::new(test)?;
+        let dir = prexor_testkit::workspace_root()
+            .join(".svc/acceptance")
+            .join(&stores.database);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Cluster {
+            stores,
+            dir,
+            procs: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The configuration every control-plane replica of this test shares (production profile,
+    /// this test's database and namespace, a 1 s evaluation interval).
+    pub fn common_toml(&self, replica_id: &str) -> String {
+        format!(
+            r#"
+[runtime]
+profile = "production"
+[replica]
+id = "{replica_id}"
+advertiseHost = "127.0.0.1"
+[mongo]
+uri = "{mongo}"
+database = "{db}"
+[valkey]
+uri = "{valkey}"
+namespace = "{ns}"
+[scheduler]
+evaluationIntervalSeconds = 1
+[shutdown]
+timeout = "10s"
+"#,
+            mongo = self.stores.mongo_uri,
+            db = self.stores.database,
+            valkey = self.stores.valkey_url,
+            ns = self.stores.namespace,
+        )
+    }
+
+    /// Starts a control-plane replica (`kind`: api, gateway, scheduler or ca) with ephemeral
+    /// ports; `extra` is appended to its configuration.
+    pub fn service(&self, kind: &str, replica_id: &str, extra: &str) -> anyhow::Result<Proc> {
+        self.service_from(kind, replica_id, &self.common_toml(replica_id), extra)
+    }
+
+    /// Like [`Cluster::service`], from another base configuration than [`Cluster::common_toml`].
+    pub fn service_from(
+        &self,
+        kind: &str,
+        replica_id: &str,
+        base: &str,
+        extra: &str,
+    ) -> anyhow::Result<Proc> {
+        let http = free_port();
+        let grpc = (kind != "api").then(free_port);
+        let mut toml = base.to_owned();
+        toml.push_str(&format!("[http]\nlisten = \"127.0.0.1:{http}\"\n"));
+        if let Some(grpc) = grpc {
+            toml.push_str(&format!("[grpc]\nlisten = \"127.0.0.1:{grpc}\"\n"));
+        }
+        toml.push_str(extra);
+        self.spawn(
+            &format!("prexor-{kind}"),
+            replica_id,
+            &toml,
+            http,
+            grpc,
+            &BTreeMap::new(),
+        )
+    }
+
+    /// Starts any binary with the given TOML configuration.
+    pub fn spawn(
+        &self,
+        binary_name: &str,
+        name: &str,
+        toml: &str,
+        http_port: u16,
+        grpc_port: Option<u16>,
+        env: &BTreeMap<String, String>,
+    ) -> anyhow::Result<Proc> {
+        let config = self.dir.join(format!("{name}.toml"));
+        std::fs::write(&config, toml)?;
+        let log = self.dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(binary(binary_name)?)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("PREXOR_CONFIG")
+            .envs(env)
+            .env("RUST_LOG", "info,prexor_coord=debug")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {binary_name}"))?;
+        self.procs
+            .lock()
+            .expect("procs lock")
+            .push((name.to_owned(), log.clone()));
+        Ok(Proc {
+            name: name.to_owned(),
+            child,
+            log,
+            http: format!("http://127.0.0.1:{http_port}"),
+            grpc: grpc_port.map(|p| format!("http://127.0.0.1:{p}")),
+            exited: None,
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (name, log) in self.procs.lock().expect("procs lock").iter() {
+                eprintln!(
+                    "----- log of {name} ({}) -----\n{}",
+                    log.display(),
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Asks a gRPC port for its grpc.health.v1 status of the whole server ("").
+pub async fn grpc_health(endpoint: &str) -> anyhow::Result<String> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?;
+    Ok(response.into_inner().status().as_str_name().to_owned())
+}

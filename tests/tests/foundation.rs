@@ -1,0 +1,443 @@
+//! Foundation: every service starts against real stores, reports health and readiness, registers
+//! itself, exposes metrics and gRPC health, and stops cleanly on SIGTERM. Bad configuration fails
+//! at boot with every problem listed.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::ensure;
+use prexor_acceptance::{Cluster, Proc, binary, free_port, grpc_health};
+use prexor_proto::v1::GetStatusRequest;
+use prexor_proto::v1::replica_status_client::ReplicaStatusClient;
+use serde_json::Value;
+
+const READY_WITHIN: Duration = Duration::from_secs(60);
+const EXIT_WITHIN: Duration = Duration::from_secs(20);
+
+async fn replica_ids(api: &Proc) -> anyhow::Result<Vec<String>> {
+    let (status, body) = api.get("/api/v1/system/status").await?;
+    ensure!(status == 200, "system/status answered {status}: {body}");
+    let value: Value = serde_json::from_str(&body)?;
+    ensure!(value["coordination"]["store"] == "available", "{body}");
+    let mut ids: Vec<String> = value["replicas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["id"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// Polls `system/status` until it lists exactly `expected` (heartbeats are asynchronous).
+async fn wait_for_replicas(api: &Proc, expected: &[&str]) -> anyhow::Result<()> {
+    let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    let mut last = Vec::new();
+    for _ in 0..200 {
+        last = replica_ids(api).await?;
+        if last == expected {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("system/status lists {last:?}, expected {expected:?}")
+}
+
+async fn every_service(cluster: &Cluster) -> anyhow::Result<()> {
+    let mut procs = vec![
+        cluster.service("api", "api-1", "")?,
+        cluster.service("api", "api-2", "")?,
+        cluster.service("gateway", "gateway-1", "")?,
+        cluster.service("gateway", "gateway-2", "")?,
+        cluster.service("scheduler", "scheduler-1", "")?,
+        cluster.service("scheduler", "scheduler-2", "")?,
+        cluster.service(
+            "ca",
+            "ca-1",
+            &format!("[ca]\ndataDir = \"{}\"\n", cluster.dir.join("ca").display()),
+        )?,
+    ];
+    for proc in &mut procs {
+        proc.wait_ready(READY_WITHIN).await?;
+    }
+    let all = [
+        "api-1",
+        "api-2",
+        "ca-1",
+        "gateway-1",
+        "gateway-2",
+        "scheduler-1",
+        "scheduler-2",
+    ];
+
+    for proc in &procs {
+        let (status, body) = proc.get("/healthz").await?;
+        ensure!(status == 200, "{}: /healthz {status}", proc.name);
+        let health: Value = serde_json::from_str(&body)?;
+        ensure!(health["replicaId"] == proc.name.as_str(), "{body}");
+        let (status, body) = proc.get("/readyz").await?;
+        ensure!(
+            status == 200 && body.contains("\"ready\":true"),
+            "{}: /readyz {status} {body}",
+            proc.name
+        );
+        let (status, metrics) = proc.get("/metrics").await?;
+        ensure!(status == 200, "{}: /metrics {status}", proc.name);
+        ensure!(
+            metrics.contains("prexor_build_info{"),
+            "{}: {metrics}",
+            proc.name
+        );
+        if let Some(grpc) = &proc.grpc {
+            ensure!(
+                grpc_health(grpc).await? == "SERVING",
+                "{}: gRPC health",
+                proc.name
+            );
+        }
+    }
+
+    let scheduler = &procs[4];
+    let mut client = ReplicaStatusClient::connect(scheduler.grpc.clone().unwrap()).await?;
+    let report = client.get_status(GetStatusRequest {}).await?.into_inner();
+    ensure!(
+        report.kind == "scheduler" && report.replica_id == "scheduler-1",
+        "{report:?}"
+    );
+    ensure!(report.ready && report.profile == "production", "{report:?}");
+    ensure!(
+        report.checks.iter().any(|c| c.name == "mongo" && c.ok),
+        "{report:?}"
+    );
+
+    // Any api replica lists every replica of every service.
+    wait_for_replicas(&procs[1], &all).await?;
+    let info: Value = serde_json::from_str(&procs[0].get("/api/v1/system/info").await?.1)?;
+    ensure!(
+        info["profile"] == "production" && info["replicaId"] == "api-1",
+        "{info}"
+    );
+    let (status, body) = procs[0].get("/api/v1/nope").await?;
+    ensure!(
+        status == 404 && body.contains("\"code\":\"NOT_FOUND\""),
+        "{status} {body}"
+    );
+
+    // prexorctl shows the same, and exits 0 while everything is healthy.
+    let ctl = Command::new(binary("prexorctl")?)
+        .args(["--controller", &procs[1].http, "status"])
+        .output()?;
+    let table = String::from_utf8_lossy(&ctl.stdout);
+    ensure!(
+        ctl.status.success(),
+        "prexorctl status failed: {table} {}",
+        String::from_utf8_lossy(&ctl.stderr)
+    );
+    ensure!(all.iter().all(|id| table.contains(id)), "{table}");
+    ensure!(table.contains("coordination.store = available"), "{table}");
+    let ctl = Command::new(binary("prexorctl")?)
+        .args([
+            "--controller",
+            &procs[0].http,
+            "-o",
+            "json",
+            "system",
+            "info",
+        ])
+        .output()?;
+    let json: Value = serde_json::from_slice(&ctl.stdout)?;
+    ensure!(json["version"].is_string(), "{json}");
+
+    // SIGTERM: a clean exit, and the replica leaves the registry at once.
+    let mut scheduler_2 = procs.remove(5);
+    scheduler_2.sigterm();
+    let status = scheduler_2.wait_exit(EXIT_WITHIN).await?;
+    ensure!(
+        status.success(),
+        "scheduler-2 exited with {status}:\n{}",
+        scheduler_2.log_text()
+    );
+    ensure!(
+        scheduler_2.log_text().contains("stopped"),
+        "{}",
+        scheduler_2.log_text()
+    );
+    wait_for_replicas(
+        &procs[0],
+        &[
+            "api-1",
+            "api-2",
+            "ca-1",
+            "gateway-1",
+            "gateway-2",
+            "scheduler-1",
+        ],
+    )
+    .await?;
+
+    for proc in &procs {
+        proc.sigterm();
+    }
+    for proc in &mut procs {
+        let status = proc.wait_exit(EXIT_WITHIN).await?;
+        ensure!(
+            status.success(),
+            "{} exited with {status}:\n{}",
+            proc.name,
+            proc.log_text()
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_service_starts_registers_and_stops_cleanly() {
+    let cluster = Cluster::new("every_service").unwrap();
+    every_service(&cluster).await.unwrap();
+}
+
+/// Polls `/readyz` until it answers 503 with `needle` in its reason.
+async fn wait_unready_because(proc: &Proc, needle: &str) -> anyhow::Result<()> {
+    let mut body = String::new();
+    for _ in 0..200 {
+        if let Ok((503, b)) = proc.get("/readyz").await {
+            body = b;
+            if body.contains(needle) {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("{}: /readyz never said {needle:?}; last: {body}", proc.name)
+}
+
+async fn unreachable_stores(cluster: &Cluster) -> anyhow::Result<()> {
+    // Nothing listens on this port: the replica must stay up, unready, and say why.
+    let dead_mongo = format!("mongodb://127.0.0.1:{}/?directConnection=true", free_port());
+    let base = cluster
+        .common_toml("scheduler-deadmongo")
+        .replace(&cluster.stores.mongo_uri, &dead_mongo)
+        .replace("[mongo]\n", "[mongo]\ntimeout = \"300ms\"\n");
+    let mut proc = cluster.service_from("scheduler", "scheduler-deadmongo", &base, "")?;
+    wait_unready_because(&proc, &format!("waiting for MongoDB at {dead_mongo}")).await?;
+    ensure!(
+        proc.get("/healthz").await?.0 == 200,
+        "the process itself is healthy"
+    );
+    ensure!(grpc_health(proc.grpc.as_ref().unwrap()).await? == "NOT_SERVING");
+    proc.sigterm();
+    let status = proc.wait_exit(EXIT_WITHIN).await?;
+    ensure!(
+        status.success(),
+        "a replica stopped while waiting exits cleanly: {status}"
+    );
+
+    // Production with MongoDB up but Valkey unreachable.
+    let dead_valkey = format!("redis://127.0.0.1:{}", free_port());
+    let base = cluster
+        .common_toml("scheduler-deadvalkey")
+        .replace(&cluster.stores.valkey_url, &dead_valkey);
+    let mut proc = cluster.service_from("scheduler", "scheduler-deadvalkey", &base, "")?;
+    wait_unready_because(&proc, &format!("waiting for Valkey at {dead_valkey}")).await?;
+    proc.sigterm();
+    ensure!(proc.wait_exit(EXIT_WITHIN).await?.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn unreachable_stores_make_a_replica_unready_not_dead() {
+    let cluster = Cluster::new("unreachable").unwrap();
+    unreachable_stores(&cluster).await.unwrap();
+}
+
+async fn bad_config(cluster: &Cluster) -> anyhow::Result<()> {
+    let bad = cluster.dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[runtime]\nprofile = \"staging\"\n[scheduler]\nevaluationIntervalSeconds = 0\n",
+    )?;
+    let out = Command::new(binary("prexor-scheduler")?)
+        .arg("--config")
+        .arg(&bad)
+        .env_remove("PREXOR_CONFIG")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(2),
+        "exit {:?}: {stderr}",
+        out.status
+    );
+    for needle in [
+        "invalid configuration (3 problems)",
+        "runtime.profile: unknown profile \"staging\"",
+        "mongo.uri: is required",
+        "scheduler.evaluationIntervalSeconds: is 0",
+    ] {
+        ensure!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");
+    }
+
+    std::fs::write(
+        &bad,
+        "runtime.profile = \"production\"\nmongo.uri = \"mongodb://127.0.0.1:1/\"\n",
+    )?;
+    let out = Command::new(binary("prexor-api")?)
+        .arg("--config")
+        .arg(&bad)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(2)
+            && stderr.contains("valkey.uri: is required when runtime.profile = \"production\""),
+        "{stderr}"
+    );
+
+    let good = cluster.dir.join("good.toml");
+    std::fs::write(&good, cluster.common_toml("api-check"))?;
+    let out = Command::new(binary("prexor-api")?)
+        .arg("--config")
+        .arg(&good)
+        .arg("--check-config")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(binary("prexor-api")?)
+        .arg("--config")
+        .arg(&good)
+        .arg("--check-config")
+        .env("PREXOR_SCHEDULER__EVALUATION_INTERVAL_SECONDS", "-1")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(2)
+            && stderr.contains("set by PREXOR_SCHEDULER__EVALUATION_INTERVAL_SECONDS"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_configuration_fails_at_boot_listing_every_problem() {
+    let cluster = Cluster::new("bad_config").unwrap();
+    bad_config(&cluster).await.unwrap();
+}
+
+async fn development_single_writer(cluster: &Cluster) -> anyhow::Result<()> {
+    let dev_toml = |id: &str, http: u16, grpc: u16| {
+        format!(
+            "[replica]\nid = \"{id}\"\n[mongo]\nuri = \"{}\"\ndatabase = \"{}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n[grpc]\nlisten = \"127.0.0.1:{grpc}\"\n",
+            cluster.stores.mongo_uri, cluster.stores.database
+        )
+    };
+    let (h1, g1, h2, g2) = (free_port(), free_port(), free_port(), free_port());
+    let mut first = cluster.spawn(
+        "prexor-scheduler",
+        "dev-1",
+        &dev_toml("dev-1", h1, g1),
+        h1,
+        Some(g1),
+        &BTreeMap::new(),
+    )?;
+    first.wait_ready(READY_WITHIN).await?;
+    let (_, body) = first.get("/readyz").await?;
+    ensure!(body.contains("\"ready\":true"), "{body}");
+    let mut second = cluster.spawn(
+        "prexor-scheduler",
+        "dev-2",
+        &dev_toml("dev-2", h2, g2),
+        h2,
+        Some(g2),
+        &BTreeMap::new(),
+    )?;
+    let status = second.wait_exit(READY_WITHIN).await?;
+    let log = second.log_text();
+    ensure!(status.code() == Some(1), "{status}: {log}");
+    ensure!(
+        log.contains("another scheduler replica (dev-1) is already running against database"),
+        "{log}"
+    );
+
+    first.sigterm();
+    ensure!(first.wait_exit(EXIT_WITHIN).await?.success());
+    // The slot was released on the clean stop: a new development replica starts at once.
+    let mut third = cluster.spawn(
+        "prexor-scheduler",
+        "dev-3",
+        &dev_toml("dev-3", h2, g2),
+        h2,
+        Some(g2),
+        &BTreeMap::new(),
+    )?;
+    third.wait_ready(READY_WITHIN).await?;
+    third.sigterm();
+    ensure!(third.wait_exit(EXIT_WITHIN).await?.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_development_profile_refuses_a_second_replica() {
+    let cluster = Cluster::new("dev_single").unwrap();
+    development_single_writer(&cluster).await.unwrap();
+}
+
+async fn daemon(cluster: &Cluster) -> anyhow::Result<()> {
+    let mut gateway = cluster.service("gateway", "gateway-1", "")?;
+    gateway.wait_ready(READY_WITHIN).await?;
+    let gateway_grpc = gateway.grpc.clone().unwrap().replace("http://", "");
+    let dead = format!("127.0.0.1:{}", free_port());
+    let daemon_toml = |gateways: &str, http: u16| {
+        format!(
+            "[node]\nid = \"node-1\"\n[node.labels]\nzone = \"test\"\n[daemon]\ndataDir = \"{}\"\ngateways = [{gateways}]\n[http]\nlisten = \"127.0.0.1:{http}\"\n",
+            cluster.dir.join("daemon").display()
+        )
+    };
+    let http = free_port();
+    let mut daemon = cluster.spawn(
+        "prexor-daemon",
+        "daemon-1",
+        &daemon_toml(&format!("\"{dead}\", \"{gateway_grpc}\""), http),
+        http,
+        None,
+        &BTreeMap::new(),
+    )?;
+    daemon.wait_ready(READY_WITHIN).await?;
+    ensure!(
+        daemon
+            .get("/metrics")
+            .await?
+            .1
+            .contains("prexor_build_info{")
+    );
+    daemon.sigterm();
+    ensure!(
+        daemon.wait_exit(EXIT_WITHIN).await?.success(),
+        "{}",
+        daemon.log_text()
+    );
+
+    let http = free_port();
+    let mut lonely = cluster.spawn(
+        "prexor-daemon",
+        "daemon-2",
+        &daemon_toml(&format!("\"{dead}\""), http),
+        http,
+        None,
+        &BTreeMap::new(),
+    )?;
+    wait_unready_because(&lonely, &format!("no gateway is serving ({dead}: ")).await?;
+    lonely.sigterm();
+    ensure!(lonely.wait_exit(EXIT_WITHIN).await?.success());
+    gateway.sigterm();
+    ensure!(gateway.wait_exit(EXIT_WITHIN).await?.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_daemon_is_ready_once_a_gateway_serves() {
+    let cluster = Cluster::new("daemon").unwrap();
+    daemon(&cluster).await.unwrap();
+}
