@@ -6,6 +6,7 @@ use mongodb::options::{
     DeleteManyModel, DeleteOneModel, InsertOneModel, ReplaceOneModel, ReturnDocument,
     UpdateManyModel, UpdateOneModel, WriteConcern, WriteModel,
 };
+use mongodb::results::{DeleteResult, InsertOneResult, UpdateResult};
 use mongodb::{ClientSession, Collection, Namespace};
 
 use crate::error::{StoreError, server_code};
@@ -68,6 +69,37 @@ pub struct WriteOutcome {
     pub deleted: u64,
     pub inserted_id: Option<Bson>,
     pub upserted_id: Option<Bson>,
+}
+
+impl From<InsertOneResult> for WriteOutcome {
+    fn from(result: InsertOneResult) -> Self {
+        WriteOutcome {
+            matched: 1,
+            inserted_id: Some(result.inserted_id),
+            ..WriteOutcome::default()
+        }
+    }
+}
+
+impl From<UpdateResult> for WriteOutcome {
+    fn from(result: UpdateResult) -> Self {
+        WriteOutcome {
+            matched: result.matched_count,
+            modified: result.modified_count,
+            upserted_id: result.upserted_id,
+            ..WriteOutcome::default()
+        }
+    }
+}
+
+impl From<DeleteResult> for WriteOutcome {
+    fn from(result: DeleteResult) -> Self {
+        WriteOutcome {
+            matched: result.deleted_count,
+            deleted: result.deleted_count,
+            ..WriteOutcome::default()
+        }
+    }
 }
 
 impl Write {
@@ -487,19 +519,15 @@ impl Store {
             .is_some_and(|r| r.matched_count == 1);
         let outcomes = (1..=writes.len())
             .map(|i| {
-                let mut outcome = WriteOutcome::default();
                 if let Some(r) = result.insert_results.remove(&i) {
-                    outcome.matched = 1;
-                    outcome.inserted_id = Some(r.inserted_id);
+                    r.into()
                 } else if let Some(r) = result.update_results.remove(&i) {
-                    outcome.matched = r.matched_count;
-                    outcome.modified = r.modified_count;
-                    outcome.upserted_id = r.upserted_id;
+                    r.into()
                 } else if let Some(r) = result.delete_results.remove(&i) {
-                    outcome.matched = r.deleted_count;
-                    outcome.deleted = r.deleted_count;
+                    r.into()
+                } else {
+                    WriteOutcome::default()
                 }
-                outcome
             })
             .collect();
         Ok((fence_ok, outcomes))
@@ -525,66 +553,59 @@ impl Store {
         let mut results = Vec::with_capacity(writes.len());
         for write in writes {
             let coll = self.documents(&write.collection);
-            let what = write.describe();
-            let mut outcome = WriteOutcome::default();
-            match write.stamped(stamp) {
-                WriteOp::Insert(document) => {
-                    let res = coll
-                        .insert_one(document)
-                        .session(&mut *session)
-                        .await
-                        .map_err(|e| Attempt::classify(&what, e))?;
-                    outcome.matched = 1;
-                    outcome.inserted_id = Some(res.inserted_id);
-                }
+            let outcome: WriteOutcome = match write.stamped(stamp) {
+                WriteOp::Insert(document) => coll
+                    .insert_one(document)
+                    .session(&mut *session)
+                    .await
+                    .map(Into::into),
                 WriteOp::Update {
                     filter,
                     update,
                     upsert,
-                    many,
-                } => {
-                    let res = if many {
-                        coll.update_many(filter, update)
-                            .upsert(upsert)
-                            .session(&mut *session)
-                            .await
-                    } else {
-                        coll.update_one(filter, update)
-                            .upsert(upsert)
-                            .session(&mut *session)
-                            .await
-                    }
-                    .map_err(|e| Attempt::classify(&what, e))?;
-                    outcome.matched = res.matched_count;
-                    outcome.modified = res.modified_count;
-                    outcome.upserted_id = res.upserted_id;
-                }
+                    many: true,
+                } => coll
+                    .update_many(filter, update)
+                    .upsert(upsert)
+                    .session(&mut *session)
+                    .await
+                    .map(Into::into),
+                WriteOp::Update {
+                    filter,
+                    update,
+                    upsert,
+                    many: false,
+                } => coll
+                    .update_one(filter, update)
+                    .upsert(upsert)
+                    .session(&mut *session)
+                    .await
+                    .map(Into::into),
                 WriteOp::Replace {
                     filter,
                     replacement,
                     upsert,
-                } => {
-                    let res = coll
-                        .replace_one(filter, replacement)
-                        .upsert(upsert)
-                        .session(&mut *session)
-                        .await
-                        .map_err(|e| Attempt::classify(&what, e))?;
-                    outcome.matched = res.matched_count;
-                    outcome.modified = res.modified_count;
-                    outcome.upserted_id = res.upserted_id;
-                }
-                WriteOp::Delete { filter, many } => {
-                    let res = if many {
-                        coll.delete_many(filter).session(&mut *session).await
-                    } else {
-                        coll.delete_one(filter).session(&mut *session).await
-                    }
-                    .map_err(|e| Attempt::classify(&what, e))?;
-                    outcome.matched = res.deleted_count;
-                    outcome.deleted = res.deleted_count;
-                }
+                } => coll
+                    .replace_one(filter, replacement)
+                    .upsert(upsert)
+                    .session(&mut *session)
+                    .await
+                    .map(Into::into),
+                WriteOp::Delete { filter, many: true } => coll
+                    .delete_many(filter)
+                    .session(&mut *session)
+                    .await
+                    .map(Into::into),
+                WriteOp::Delete {
+                    filter,
+                    many: false,
+                } => coll
+                    .delete_one(filter)
+                    .session(&mut *session)
+                    .await
+                    .map(Into::into),
             }
+            .map_err(|e| Attempt::classify(&write.describe(), e))?;
             results.push(outcome);
         }
         Ok((true, results))
