@@ -4,6 +4,7 @@
 //! Servers: `--mongo-uri` / `--valkey-url` (or `MONGODB_URI` / `VALKEY_URL`); without them the
 //! benchmark starts its own Valkey and MongoDB-wire server, as the tests do.
 
+mod ca;
 mod coord;
 mod report;
 mod stack;
@@ -33,6 +34,9 @@ enum Command {
     Stack,
     /// Leases and fencing: renew, acquire, fenced write, each next to its floor.
     Coord,
+    /// Node CSR signing through a real prexor-ca over internal gRPC, next to the in-process
+    /// signature and the MongoDB floor.
+    Ca,
 }
 
 /// Where the benchmark's stores are.
@@ -46,6 +50,7 @@ pub struct Servers {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // Servers started here live until the process exits.
     let stores = prexor_testkit::TestStores::new("bench");
     let (mongo_uri, valkey_url) = match (cli.mongo_uri, cli.valkey_url) {
@@ -69,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
     let result = match cli.command {
         Command::Stack => stack::run(&servers, n).await.map(|_| ()),
         Command::Coord => coord::run(&servers, n).await,
+        Command::Ca => ca::run(&servers, n).await,
     };
     cleanup(&servers).await;
     result

@@ -25,6 +25,8 @@ struct Replica {
     ready: bool,
     leases_held: u64,
     heartbeat_age_ms: u64,
+    #[serde(default)]
+    notes: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,6 +55,7 @@ pub async fn status(client: &Client, output: Output) -> anyhow::Result<ExitCode>
                 "READY",
                 "HEARTBEAT",
                 "LEASES",
+                "NOTES",
             ]);
             for r in &status.replicas {
                 let address = match &r.grpc_address {
@@ -67,6 +70,7 @@ pub async fn status(client: &Client, output: Output) -> anyhow::Result<ExitCode>
                     if r.ready { "yes".into() } else { "NO".into() },
                     format!("{:.1}s ago", r.heartbeat_age_ms as f64 / 1000.0),
                     r.leases_held.to_string(),
+                    r.notes.join("; "),
                 ]);
             }
             println!("{table}");

@@ -3,6 +3,7 @@
 
 mod datadir;
 mod gateways;
+mod identity;
 
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
@@ -29,11 +30,6 @@ async fn run(config: DaemonConfig) -> anyhow::Result<()> {
             let dir = dir.clone();
             async move { datadir::check_writable(&dir).await }
         });
-        let gateways = config.gateways.clone();
-        readiness.add("gateway", move || {
-            let gateways = gateways.clone();
-            async move { gateways::any_serving(&gateways).await }
-        });
     }
     let listener = prexor_serve::bind("http.listen", config.http.listen).await?;
     tracing::info!(
@@ -56,9 +52,51 @@ async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         Arc::new(OnceLock::new()),
         servers_stop.clone(),
     ));
-    readiness.set_phase(None);
+
+    // The node certificate: on disk, or obtained now with the join token.
+    readiness.set_phase(Some("loading the node certificate".into()));
+    let phase = readiness.clone();
+    let obtained = identity::obtain(
+        &config.node_id,
+        &config.data_dir,
+        config.join_token.as_deref(),
+        &config.gateways,
+        move |why| phase.set_phase(Some(why)),
+        &stop,
+    )
+    .await;
+    let mut tasks = Vec::new();
+    match obtained {
+        Ok(Some(node)) => {
+            let gateways = config.gateways.clone();
+            let probe_identity = node.clone();
+            readiness.add("gateway", move || {
+                let gateways = gateways.clone();
+                let identity = probe_identity.clone();
+                async move { gateways::any_serving(&gateways, &identity).await }
+            });
+            tasks.push(tokio::spawn(identity::keep_renewed(
+                node,
+                config.node_id.clone(),
+                config.data_dir.clone(),
+                config.gateways.clone(),
+                stop.clone(),
+            )));
+            readiness.set_phase(None);
+        }
+        Ok(None) => {}
+        Err(err) => {
+            readiness.set_draining();
+            servers_stop.cancel();
+            let _ = server.await;
+            return Err(err);
+        }
+    }
 
     stop.cancelled().await;
+    for task in tasks {
+        let _ = task.await;
+    }
     readiness.set_draining();
     servers_stop.cancel();
     server.await??;

@@ -42,6 +42,8 @@ pub struct Proc {
     pub http: String,
     /// `http://127.0.0.1:<grpc port>` for services with an internal gRPC port.
     pub grpc: Option<String>,
+    /// `127.0.0.1:<port>` of a gateway's daemon port (TLS).
+    pub daemon_port: Option<String>,
     exited: Option<ExitStatus>,
 }
 
@@ -74,6 +76,20 @@ impl Proc {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// SIGTERM, then requires a clean exit (code 0) within `within`; the log is in the error.
+    pub async fn stop(&mut self, within: Duration) -> anyhow::Result<()> {
+        self.sigterm();
+        let status = self.wait_exit(within).await?;
+        if !status.success() {
+            bail!(
+                "{} exited with {status} after SIGTERM:\n{}",
+                self.name,
+                self.log_text()
+            );
+        }
+        Ok(())
     }
 
     pub fn log_text(&self) -> String {
@@ -201,6 +217,19 @@ timeout = "10s"
         base: &str,
         extra: &str,
     ) -> anyhow::Result<Proc> {
+        self.service_with_args(kind, replica_id, base, extra, &[])
+    }
+
+    /// Like [`Cluster::service_from`], with extra command-line arguments (e.g. `--bootstrap`).
+    /// A gateway gets a free daemon port unless `extra` has a `[gateway]` table.
+    pub fn service_with_args(
+        &self,
+        kind: &str,
+        replica_id: &str,
+        base: &str,
+        extra: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Proc> {
         let http = free_port();
         let grpc = (kind != "api").then(free_port);
         let mut toml = base.to_owned();
@@ -208,18 +237,29 @@ timeout = "10s"
         if let Some(grpc) = grpc {
             toml.push_str(&format!("[grpc]\nlisten = \"127.0.0.1:{grpc}\"\n"));
         }
+        let mut daemon_port = None;
+        if kind == "gateway" && !extra.contains("[gateway]") {
+            let port = format!("127.0.0.1:{}", free_port());
+            toml.push_str(&format!("[gateway]\ndaemonListen = \"{port}\"\n"));
+            daemon_port = Some(port);
+        }
         toml.push_str(extra);
-        self.spawn(
+        let mut proc = self.spawn(
             &format!("prexor-{kind}"),
             replica_id,
             &toml,
             http,
             grpc,
             &BTreeMap::new(),
-        )
+            args,
+        )?;
+        proc.daemon_port = daemon_port;
+        Ok(proc)
     }
 
-    /// Starts any binary with the given TOML configuration.
+    /// Starts any binary with the given TOML configuration and extra command-line arguments
+    /// after `--config FILE`.
+    #[allow(clippy::too_many_arguments)]
     pub fn spawn(
         &self,
         binary_name: &str,
@@ -228,6 +268,7 @@ timeout = "10s"
         http_port: u16,
         grpc_port: Option<u16>,
         env: &BTreeMap<String, String>,
+        args: &[&str],
     ) -> anyhow::Result<Proc> {
         let config = self.dir.join(format!("{name}.toml"));
         std::fs::write(&config, toml)?;
@@ -236,6 +277,7 @@ timeout = "10s"
         let child = Command::new(binary(binary_name)?)
             .arg("--config")
             .arg(&config)
+            .args(args)
             .env_remove("PREXOR_CONFIG")
             .envs(env)
             .env("RUST_LOG", "info,prexor_coord=debug")
@@ -254,9 +296,70 @@ timeout = "10s"
             log,
             http: format!("http://127.0.0.1:{http_port}"),
             grpc: grpc_port.map(|p| format!("http://127.0.0.1:{p}")),
+            daemon_port: None,
             exited: None,
         })
     }
+}
+
+impl Cluster {
+    /// `[ca] dataDir` for a CA replica whose data lives in `<test dir>/<name>`.
+    pub fn ca_extra(&self, name: &str) -> String {
+        format!("[ca]\ndataDir = \"{}\"\n", self.dir.join(name).display())
+    }
+
+    /// Starts a daemon for `node_id` with its data in `<test dir>/<data>`, talking to the
+    /// listed daemon ports, enrolling with `join_token` if it has no certificate yet.
+    pub fn daemon(
+        &self,
+        name: &str,
+        node_id: &str,
+        data: &str,
+        gateways: &[&str],
+        join_token: Option<&str>,
+    ) -> anyhow::Result<Proc> {
+        let http = free_port();
+        let gateways: Vec<String> = gateways.iter().map(|g| format!("\"{g}\"")).collect();
+        let token = join_token
+            .map(|t| format!("joinToken = \"{t}\"\n"))
+            .unwrap_or_default();
+        let toml = format!(
+            "[node]\nid = \"{node_id}\"\n[node.labels]\nzone = \"test\"\n[daemon]\ndataDir = \"{}\"\ngateways = [{}]\n{token}[http]\nlisten = \"127.0.0.1:{http}\"\n",
+            self.dir.join(data).display(),
+            gateways.join(", "),
+        );
+        self.spawn(
+            "prexor-daemon",
+            name,
+            &toml,
+            http,
+            None,
+            &BTreeMap::new(),
+            &[],
+        )
+    }
+
+    /// A connection to this test's database.
+    pub async fn store(&self) -> anyhow::Result<prexor_store::Store> {
+        self.stores.store("prexor-acceptance").await
+    }
+}
+
+/// Waits until `/readyz` answers 503 with a body containing `needle`.
+pub async fn wait_unready_because(proc: &Proc, needle: &str) -> anyhow::Result<()> {
+    let mut last = String::new();
+    for _ in 0..400 {
+        match proc.get("/readyz").await {
+            Ok((503, body)) if body.contains(needle) => return Ok(()),
+            Ok((_, body)) => last = body,
+            Err(err) => last = err.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!(
+        "{} never reported unready because of {needle:?}; last: {last}",
+        proc.name
+    )
 }
 
 impl Drop for Cluster {

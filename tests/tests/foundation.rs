@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::ensure;
-use prexor_acceptance::{Cluster, Proc, binary, free_port, grpc_health};
+use prexor_acceptance::{Cluster, Proc, binary, free_port, grpc_health, wait_unready_because};
 use prexor_proto::v1::GetStatusRequest;
 use prexor_proto::v1::replica_status_client::ReplicaStatusClient;
 use serde_json::Value;
@@ -152,13 +152,7 @@ async fn every_service(cluster: &Cluster) -> anyhow::Result<()> {
 
     // SIGTERM: a clean exit, and the replica leaves the registry at once.
     let mut scheduler_2 = procs.remove(5);
-    scheduler_2.sigterm();
-    let status = scheduler_2.wait_exit(EXIT_WITHIN).await?;
-    ensure!(
-        status.success(),
-        "scheduler-2 exited with {status}:\n{}",
-        scheduler_2.log_text()
-    );
+    scheduler_2.stop(EXIT_WITHIN).await?;
     ensure!(
         scheduler_2.log_text().contains("stopped"),
         "{}",
@@ -198,21 +192,6 @@ async fn every_service_starts_registers_and_stops_cleanly() {
     every_service(&cluster).await.unwrap();
 }
 
-/// Polls `/readyz` until it answers 503 with `needle` in its reason.
-async fn wait_unready_because(proc: &Proc, needle: &str) -> anyhow::Result<()> {
-    let mut body = String::new();
-    for _ in 0..200 {
-        if let Ok((503, b)) = proc.get("/readyz").await {
-            body = b;
-            if body.contains(needle) {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    anyhow::bail!("{}: /readyz never said {needle:?}; last: {body}", proc.name)
-}
-
 async fn unreachable_stores(cluster: &Cluster) -> anyhow::Result<()> {
     // Nothing listens on this port: the replica must stay up, unready, and say why.
     let dead_mongo = format!("mongodb://127.0.0.1:{}/?directConnection=true", free_port());
@@ -227,12 +206,8 @@ async fn unreachable_stores(cluster: &Cluster) -> anyhow::Result<()> {
         "the process itself is healthy"
     );
     ensure!(grpc_health(proc.grpc.as_ref().unwrap()).await? == "NOT_SERVING");
-    proc.sigterm();
-    let status = proc.wait_exit(EXIT_WITHIN).await?;
-    ensure!(
-        status.success(),
-        "a replica stopped while waiting exits cleanly: {status}"
-    );
+    // A replica stopped while waiting exits cleanly.
+    proc.stop(EXIT_WITHIN).await?;
 
     // Production with MongoDB up but Valkey unreachable.
     let dead_valkey = format!("redis://127.0.0.1:{}", free_port());
@@ -241,8 +216,7 @@ async fn unreachable_stores(cluster: &Cluster) -> anyhow::Result<()> {
         .replace(&cluster.stores.valkey_url, &dead_valkey);
     let mut proc = cluster.service_from("scheduler", "scheduler-deadvalkey", &base, "")?;
     wait_unready_because(&proc, &format!("waiting for Valkey at {dead_valkey}")).await?;
-    proc.sigterm();
-    ensure!(proc.wait_exit(EXIT_WITHIN).await?.success());
+    proc.stop(EXIT_WITHIN).await?;
     Ok(())
 }
 
@@ -341,6 +315,7 @@ async fn development_single_writer(cluster: &Cluster) -> anyhow::Result<()> {
         h1,
         Some(g1),
         &BTreeMap::new(),
+        &[],
     )?;
     first.wait_ready(READY_WITHIN).await?;
     let (_, body) = first.get("/readyz").await?;
@@ -352,6 +327,7 @@ async fn development_single_writer(cluster: &Cluster) -> anyhow::Result<()> {
         h2,
         Some(g2),
         &BTreeMap::new(),
+        &[],
     )?;
     let status = second.wait_exit(READY_WITHIN).await?;
     let log = second.log_text();
@@ -361,8 +337,7 @@ async fn development_single_writer(cluster: &Cluster) -> anyhow::Result<()> {
         "{log}"
     );
 
-    first.sigterm();
-    ensure!(first.wait_exit(EXIT_WITHIN).await?.success());
+    first.stop(EXIT_WITHIN).await?;
     // The slot was released on the clean stop: a new development replica starts at once.
     let mut third = cluster.spawn(
         "prexor-scheduler",
@@ -371,10 +346,10 @@ async fn development_single_writer(cluster: &Cluster) -> anyhow::Result<()> {
         h2,
         Some(g2),
         &BTreeMap::new(),
+        &[],
     )?;
     third.wait_ready(READY_WITHIN).await?;
-    third.sigterm();
-    ensure!(third.wait_exit(EXIT_WITHIN).await?.success());
+    third.stop(EXIT_WITHIN).await?;
     Ok(())
 }
 
@@ -382,62 +357,4 @@ async fn development_single_writer(cluster: &Cluster) -> anyhow::Result<()> {
 async fn the_development_profile_refuses_a_second_replica() {
     let cluster = Cluster::new("dev_single").unwrap();
     development_single_writer(&cluster).await.unwrap();
-}
-
-async fn daemon(cluster: &Cluster) -> anyhow::Result<()> {
-    let mut gateway = cluster.service("gateway", "gateway-1", "")?;
-    gateway.wait_ready(READY_WITHIN).await?;
-    let gateway_grpc = gateway.grpc.clone().unwrap().replace("http://", "");
-    let dead = format!("127.0.0.1:{}", free_port());
-    let daemon_toml = |gateways: &str, http: u16| {
-        format!(
-            "[node]\nid = \"node-1\"\n[node.labels]\nzone = \"test\"\n[daemon]\ndataDir = \"{}\"\ngateways = [{gateways}]\n[http]\nlisten = \"127.0.0.1:{http}\"\n",
-            cluster.dir.join("daemon").display()
-        )
-    };
-    let http = free_port();
-    let mut daemon = cluster.spawn(
-        "prexor-daemon",
-        "daemon-1",
-        &daemon_toml(&format!("\"{dead}\", \"{gateway_grpc}\""), http),
-        http,
-        None,
-        &BTreeMap::new(),
-    )?;
-    daemon.wait_ready(READY_WITHIN).await?;
-    ensure!(
-        daemon
-            .get("/metrics")
-            .await?
-            .1
-            .contains("prexor_build_info{")
-    );
-    daemon.sigterm();
-    ensure!(
-        daemon.wait_exit(EXIT_WITHIN).await?.success(),
-        "{}",
-        daemon.log_text()
-    );
-
-    let http = free_port();
-    let mut lonely = cluster.spawn(
-        "prexor-daemon",
-        "daemon-2",
-        &daemon_toml(&format!("\"{dead}\""), http),
-        http,
-        None,
-        &BTreeMap::new(),
-    )?;
-    wait_unready_because(&lonely, &format!("no gateway is serving ({dead}: ")).await?;
-    lonely.sigterm();
-    ensure!(lonely.wait_exit(EXIT_WITHIN).await?.success());
-    gateway.sigterm();
-    ensure!(gateway.wait_exit(EXIT_WITHIN).await?.success());
-    Ok(())
-}
-
-#[tokio::test]
-async fn the_daemon_is_ready_once_a_gateway_serves() {
-    let cluster = Cluster::new("daemon").unwrap();
-    daemon(&cluster).await.unwrap();
 }

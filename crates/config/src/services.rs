@@ -43,11 +43,18 @@ impl ServiceConfig for ApiConfig {
     }
 }
 
-/// `prexor-gateway`: daemon sessions on `grpc.listen` (default 9090), ops on 9091.
+/// `prexor-gateway`: internal gRPC on `grpc.listen` (default 9090), ops on 9091, and the daemon
+/// port (TLS, cluster CA) on `gateway.daemonListen` (default 9443).
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     pub common: CommonConfig,
     pub grpc: GrpcConfig,
+    /// `gateway.daemonListen`: where daemons connect (enrolment and their session).
+    pub daemon_listen: SocketAddr,
+    /// `gateway.tlsNames`: extra DNS names or IP addresses daemons use to reach this gateway (a
+    /// load balancer's name, say). `replica.advertiseHost`, `localhost` and `127.0.0.1` are
+    /// always in its certificate.
+    pub tls_names: Vec<String>,
 }
 
 impl ServiceConfig for GatewayConfig {
@@ -55,6 +62,10 @@ impl ServiceConfig for GatewayConfig {
         GatewayConfig {
             common: CommonConfig::read(r, ServiceKind::Gateway, 9091),
             grpc: GrpcConfig::read(r, 9090),
+            daemon_listen: r
+                .parse("gateway.daemonListen")
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9443))),
+            tls_names: r.get_or("gateway.tlsNames", Vec::new()),
         }
     }
 }
@@ -83,14 +94,32 @@ pub struct CaConfig {
     /// `ca.dataDir`: the CA key lives at `<dataDir>/certs/ca/ca.key` (mode 0600), only on the
     /// host(s) allowed to sign.
     pub data_dir: PathBuf,
+    /// `ca.nodeCertValidity`: lifetime of issued node (daemon) certificates; default 90 days.
+    pub node_cert_validity: Duration,
+    /// `ca.serviceCertValidity`: lifetime of issued service-replica certificates; default 30 days.
+    pub service_cert_validity: Duration,
 }
 
 impl ServiceConfig for CaConfig {
     fn read(r: &mut Reader) -> Self {
+        let validity = |r: &mut Reader, key: &str, days: u64| {
+            let value = r
+                .duration(key)
+                .unwrap_or(Duration::from_secs(days * 24 * 3600));
+            if value < Duration::from_secs(3600) {
+                r.problem(
+                    key,
+                    "must be at least 1h (certificates are renewed before expiry)",
+                );
+            }
+            value
+        };
         CaConfig {
             common: CommonConfig::read(r, ServiceKind::Ca, 9291),
             grpc: GrpcConfig::read(r, 9290),
             data_dir: r.get_or("ca.dataDir", PathBuf::from("/etc/prexorcloud/data")),
+            node_cert_validity: validity(r, "ca.nodeCertValidity", 90),
+            service_cert_validity: validity(r, "ca.serviceCertValidity", 30),
         }
     }
 }
@@ -110,6 +139,9 @@ pub struct DaemonConfig {
     pub gateways: Vec<String>,
     /// `daemon.reconnectMaxBackoff`: upper bound of the jittered reconnect backoff.
     pub reconnect_max_backoff: Duration,
+    /// `daemon.joinToken`: the single-use token (`prexorctl nodes join-token`) exchanged for the
+    /// node certificate on first start; unused once `<dataDir>/certs/node.crt` exists.
+    pub join_token: Option<String>,
     pub telemetry: TelemetryConfig,
     pub http: HttpConfig,
     pub shutdown_timeout: Duration,
@@ -128,7 +160,7 @@ impl ServiceConfig for DaemonConfig {
         let gateways: Vec<String> = r
             .required(
                 "daemon.gateways",
-                "list every gateway replica as \"host:port\" (e.g. [\"gw1:9090\", \"gw2:9090\"])",
+                "list every gateway's daemon port as \"host:port\" (e.g. [\"gw1:9443\", \"gw2:9443\"])",
             )
             .unwrap_or_default();
         for gw in &gateways {
@@ -152,6 +184,9 @@ impl ServiceConfig for DaemonConfig {
             reconnect_max_backoff: r
                 .duration("daemon.reconnectMaxBackoff")
                 .unwrap_or(Duration::from_secs(10)),
+            join_token: r
+                .get::<String>("daemon.joinToken")
+                .filter(|t| !t.trim().is_empty()),
             telemetry: TelemetryConfig::read(r, "prexor-daemon"),
             http: HttpConfig::read(r, 9391),
             shutdown_timeout: read_shutdown_timeout(r),

@@ -30,6 +30,10 @@ pub struct ReplicaRecord {
     /// Milliseconds since its last heartbeat, by the registry store's clock. Filled in when listed.
     #[serde(default)]
     pub heartbeat_age_ms: u64,
+    /// What an operator should know about this replica beyond ready/not ready (e.g. a CA
+    /// replica's "no signing key: ...").
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 // Heartbeat and listing read the registry store's own clock (`TIME`), so replicas with skewed

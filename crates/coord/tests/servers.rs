@@ -94,11 +94,13 @@ async fn semantics(flavor: Flavor) -> anyhow::Result<()> {
         ready: true,
         leases_held: 0,
         heartbeat_age_ms: 0,
+        notes: vec!["no signing key".into()],
     };
     registry.heartbeat(&record).await?;
     let listed = registry.list(Some(ServiceKind::Gateway)).await?;
     assert_eq!(listed.len(), 1, "{flavor:?}");
     assert_eq!(listed[0].grpc_address, record.grpc_address);
+    assert_eq!(listed[0].notes, record.notes);
     Ok(())
 }
 

@@ -82,7 +82,10 @@ pub(crate) async fn serve(
         });
     tonic::transport::Server::builder()
         .add_routes(Routes::from(router))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stop.cancelled_owned(),
+        )
         .await
 }
 

@@ -30,7 +30,22 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let args = ServiceArgs::parse();
+    launch_with(ServiceArgs::parse(), telemetry, body)
+}
+
+/// [`launch`] with the command line already parsed, for services with flags of their own (they
+/// flatten [`ServiceArgs`] into their own parser).
+pub fn launch_with<C, F, Fut, E>(
+    args: ServiceArgs,
+    telemetry: impl FnOnce(&C) -> &prexor_config::TelemetryConfig,
+    body: F,
+) -> ExitCode
+where
+    C: ServiceConfig,
+    F: FnOnce(C) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let config = match prexor_config::load::<C>(args.config.as_deref()) {
         Ok(config) => config,
         Err(err) => {

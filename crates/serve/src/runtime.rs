@@ -79,6 +79,7 @@ pub(crate) struct ReplicaInfo {
     pub readiness: Readiness,
     pub started_at_ms: i64,
     keepers: OnceLock<Vec<LeaseKeeper>>,
+    notes: Mutex<Vec<String>>,
 }
 
 impl ReplicaInfo {
@@ -105,6 +106,16 @@ impl Service {
     /// Every lease scope this replica holds right now (`group:lobby`, `node:node-1`, ...).
     pub fn leases_held(&self) -> Vec<String> {
         self.info.leases_held()
+    }
+
+    /// Notes shown with this replica in the registry and `prexorctl status` (replaces the
+    /// previous ones; published with the next heartbeat).
+    pub fn set_notes(&self, notes: Vec<String>) {
+        *self.info.notes.lock().expect("notes lock") = notes;
+    }
+
+    pub fn notes(&self) -> Vec<String> {
+        self.info.notes.lock().expect("notes lock").clone()
     }
 
     /// Stops the process with an error (exit code 1) after a graceful shutdown.
@@ -216,6 +227,7 @@ where
         readiness: readiness.clone(),
         started_at_ms: now_ms(),
         keepers: OnceLock::new(),
+        notes: Mutex::new(Vec::new()),
     });
     let identity = Arc::new(Identity {
         kind: config.kind.to_string(),
@@ -418,6 +430,7 @@ where
         ready: false,
         leases_held: 0,
         heartbeat_age_ms: 0,
+        notes: Vec::new(),
     };
     let heartbeat = tokio::spawn(heartbeat(service.clone(), record, dev_claim.clone()));
     readiness.set_phase(None);
@@ -467,6 +480,7 @@ async fn heartbeat(service: Service, mut record: ReplicaRecord, dev_claim: Optio
         record.ready = service.readiness.report().await.ready;
         metrics::gauge!("prexor_replica_ready").set(if record.ready { 1.0 } else { 0.0 });
         record.leases_held = service.leases_held().len() as u64;
+        record.notes = service.notes();
         match service.registry.heartbeat(&record).await {
             Ok(()) if failing => {
                 tracing::info!("heartbeats are recorded again");

@@ -72,7 +72,7 @@ type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
 ///
 /// The parent-death signal fires when the *thread* that forked the child exits, so every server
 /// is forked by one thread that lives as long as the process.
-fn spawn_tied(cmd: Command) -> io::Result<Child> {
+pub fn spawn_tied(cmd: Command) -> io::Result<Child> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnRequest>();
@@ -433,6 +433,17 @@ impl TestStores {
     pub async fn mongo(&self) -> anyhow::Result<mongodb::Database> {
         let client = mongodb::Client::with_uri_str(&self.mongo_uri).await?;
         Ok(client.database(&self.database))
+    }
+
+    /// The project's store on this test's database (`app` names the connection).
+    pub async fn store(&self, app: &str) -> anyhow::Result<prexor_store::Store> {
+        Ok(prexor_store::Store::connect(
+            &self.mongo_uri,
+            &self.database,
+            app,
+            std::time::Duration::from_secs(10),
+        )
+        .await?)
     }
 
     /// A raw Valkey connection, for assertions and fault injection (e.g. FLUSHALL).

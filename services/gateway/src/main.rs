@@ -1,17 +1,97 @@
 //! `prexor-gateway`: holds daemon gRPC sessions and node-ownership records.
+//!
+//! The daemon port (`gateway.daemonListen`) speaks TLS with a certificate the cluster CA issues
+//! to this replica; nodes enrol there with a join token and from then on present their node
+//! certificate.
+
+mod enrolment;
+mod tls;
 
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use prexor_config::GatewayConfig;
+use prexor_pki::client::SignerClient;
+use prexor_pki::records;
+use prexor_pki::tls::CertSlot;
+use prexor_proto::v1::node_enrolment_server::NodeEnrolmentServer;
 use prexor_serve::{Parts, Service};
 
 fn main() -> ExitCode {
     prexor_serve::launch(
         |config: &GatewayConfig| &config.common.telemetry,
-        |config: GatewayConfig| prexor_serve::run(config.common, Some(config.grpc.listen), build),
+        |config: GatewayConfig| {
+            let common = config.common.clone();
+            let grpc = config.grpc.listen;
+            prexor_serve::run(common, Some(grpc), move |service| build(service, config))
+        },
     )
 }
 
-async fn build(_service: Service) -> Result<Parts, prexor_serve::BoxError> {
-    Ok(Parts::default())
+async fn build(service: Service, config: GatewayConfig) -> Result<Parts, prexor_serve::BoxError> {
+    // Daemons trust the cluster CA; without it there is nothing to serve them with.
+    let ca = loop {
+        if let Some(published) = records::published_ca(&service.store).await? {
+            break published.certificate;
+        }
+        service.readiness.set_phase(Some(
+            "waiting for the cluster CA certificate in MongoDB (is a prexor-ca bootstrapped?)"
+                .into(),
+        ));
+        tokio::select! {
+            _ = service.shutdown.cancelled() => return Ok(Parts::default()),
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    };
+    service
+        .readiness
+        .set_phase(Some("starting the daemon port".into()));
+
+    let signer = SignerClient::new(service.registry.clone());
+    let slot = Arc::new(CertSlot::default());
+    let state: tls::CertState = Arc::new(Mutex::new(Err("not requested yet".into())));
+    let readiness_state = state.clone();
+    service.readiness.add("daemon-tls", move || {
+        let state = readiness_state.clone();
+        async move {
+            match &*state.lock().expect("cert state lock") {
+                Ok(_) => Ok(()),
+                Err(reason) => Err(format!("no certificate for the daemon port: {reason}")),
+            }
+        }
+    });
+    let names = tls::certificate_names(&service.config.advertise_host, &config.tls_names);
+    let keeper = tokio::spawn(tls::keep_certificate(
+        signer.clone(),
+        service.config.replica_id.clone(),
+        names,
+        slot.clone(),
+        state,
+        service.shutdown.clone(),
+    ));
+
+    let listener = prexor_serve::bind("gateway.daemonListen", config.daemon_listen).await?;
+    let server_config = prexor_pki::tls::daemon_port_server(&ca.pem, slot)?;
+    // grpc.health.v1 on the daemon port too: a daemon's probe proves TLS both ways works.
+    let (_health_reporter, health) = tonic_health::server::health_reporter();
+    let routes = tonic::service::Routes::new(health).add_service(NodeEnrolmentServer::new(
+        enrolment::Enrolment {
+            store: service.store.clone(),
+            signer,
+            ca,
+        },
+    ));
+    let shutdown = service.shutdown.clone();
+    let failing = service.clone();
+    let daemon_port = tokio::spawn(async move {
+        if let Err(err) = tls::serve(listener, server_config, routes, shutdown).await {
+            failing.fail(format!("the daemon port failed: {err}"));
+        }
+    });
+    tracing::info!(daemon_port = %config.daemon_listen, "daemon port listening (TLS)");
+    Ok(Parts {
+        tasks: vec![keeper, daemon_port],
+        ..Parts::default()
+    })
 }

@@ -28,13 +28,7 @@ pub struct Env {
 impl Env {
     pub async fn new(test: &str) -> anyhow::Result<Env> {
         let stores = TestStores::new(test)?;
-        let store = Store::connect(
-            &stores.mongo_uri,
-            &stores.database,
-            test,
-            Duration::from_secs(10),
-        )
-        .await?;
+        let store = stores.store(test).await?;
         let valkey = ValkeyBackend::connect(&stores.valkey_url, Duration::from_secs(2))?;
         Ok(Env {
             stores,

@@ -1,0 +1,393 @@
+//! What MongoDB keeps about certificates: the published CA certificate (never its key), every
+//! issued certificate with its revocation state, and join tokens (stored only as hashes).
+
+use std::time::Duration;
+
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::options::ReturnDocument;
+use prexor_store::{Store, StoreError};
+
+use crate::{CaCertificate, IssuedCertificate, sha256_hex};
+
+const CLUSTER_CA: &str = "cluster_ca";
+const CERTIFICATES: &str = "certificates";
+const JOIN_TOKENS: &str = "join_tokens";
+const CA_ID: &str = "current";
+/// How long one redemption may hold a join token before another may try again.
+const CLAIM_FOR: Duration = Duration::from_secs(60);
+const TOKEN_PREFIX: &str = "pxj1";
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+fn i64_of(doc: &Document, key: &str) -> Option<i64> {
+    match doc.get(key) {
+        Some(Bson::Int64(v)) => Some(*v),
+        Some(Bson::Int32(v)) => Some(i64::from(*v)),
+        Some(Bson::Double(v)) => Some(*v as i64),
+        _ => None,
+    }
+}
+
+/// The cluster CA certificate as published in MongoDB.
+#[derive(Debug, Clone)]
+pub struct PublishedCa {
+    pub certificate: CaCertificate,
+    pub created_at_ms: i64,
+    pub created_by: String,
+}
+
+/// `cluster_ca`: the one CA certificate of the cluster.
+pub async fn published_ca(store: &Store) -> Result<Option<PublishedCa>, StoreError> {
+    let found = store
+        .bounded(
+            "reading the cluster CA certificate",
+            store.documents(CLUSTER_CA).find_one(doc! { "_id": CA_ID }),
+        )
+        .await?;
+    let Some(doc) = found else { return Ok(None) };
+    let pem = doc.get_str("certificate_pem").unwrap_or_default();
+    let certificate = CaCertificate::from_pem(pem).map_err(|e| StoreError::Precondition {
+        what: format!("the cluster CA certificate stored in MongoDB is unreadable ({e})"),
+    })?;
+    Ok(Some(PublishedCa {
+        certificate,
+        created_at_ms: i64_of(&doc, "created_at_ms").unwrap_or_default(),
+        created_by: doc.get_str("created_by").unwrap_or_default().to_string(),
+    }))
+}
+
+/// Publishes the CA certificate. `Ok(Err(existing))` when the cluster already has a CA: a second
+/// bootstrap never replaces it.
+pub async fn publish_ca(
+    store: &Store,
+    certificate: &CaCertificate,
+    created_by: &str,
+) -> Result<Result<(), PublishedCa>, StoreError> {
+    let inserted = store
+        .bounded(
+            "publishing the cluster CA certificate",
+            store.documents(CLUSTER_CA).insert_one(doc! {
+                "_id": CA_ID,
+                "certificate_pem": &certificate.pem,
+                "fingerprint": &certificate.fingerprint,
+                "not_after": certificate.not_after,
+                "created_at_ms": now_ms(),
+                "created_by": created_by,
+            }),
+        )
+        .await;
+    match inserted {
+        Ok(_) => Ok(Ok(())),
+        Err(err) if err.is_duplicate_key() => match published_ca(store).await? {
+            Some(existing) => Ok(Err(existing)),
+            None => Err(err),
+        },
+        Err(err) => Err(err),
+    }
+}
+
+/// Records an issued certificate (the ledger the revocation list is kept in).
+pub async fn record_issued(
+    store: &Store,
+    issued: &IssuedCertificate,
+    issued_by: &str,
+) -> Result<(), StoreError> {
+    let (kind, subject) = match &issued.identity {
+        crate::Identity::Node(id) => ("node", id.clone()),
+        crate::Identity::Service { kind, replica } => (kind.as_str(), replica.clone()),
+    };
+    store
+        .bounded(
+            "recording an issued certificate",
+            store.documents(CERTIFICATES).insert_one(doc! {
+                "_id": &issued.info.serial,
+                "kind": kind,
+                "subject": subject,
+                "fingerprint": &issued.info.fingerprint,
+                "not_after": issued.info.not_after,
+                "issued_at_ms": now_ms(),
+                "issued_by": issued_by,
+                "revoked_at_ms": Bson::Null,
+            }),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Revokes a certificate by serial; gateways refuse it from their next handshake on. Returns
+/// `false` when no certificate with that serial was issued.
+pub async fn revoke(store: &Store, serial: &str, reason: &str) -> Result<bool, StoreError> {
+    let result = store
+        .bounded(
+            &format!("revoking certificate {serial}"),
+            store.documents(CERTIFICATES).update_one(
+                doc! { "_id": serial.to_ascii_lowercase() },
+                doc! { "$set": { "revoked_at_ms": now_ms(), "revoked_reason": reason } },
+            ),
+        )
+        .await?;
+    Ok(result.matched_count == 1)
+}
+
+/// When the certificate with this serial was revoked, and why; `None` when it is not revoked.
+pub async fn revocation(store: &Store, serial: &str) -> Result<Option<(i64, String)>, StoreError> {
+    let found = store
+        .bounded(
+            "checking the revocation list",
+            store.documents(CERTIFICATES).find_one(doc! {
+                "_id": serial,
+                "revoked_at_ms": { "$gt": 0_i64 },
+            }),
+        )
+        .await?;
+    Ok(found.map(|doc| {
+        (
+            i64_of(&doc, "revoked_at_ms").unwrap_or_default(),
+            doc.get_str("revoked_reason")
+                .unwrap_or_default()
+                .to_string(),
+        )
+    }))
+}
+
+/// A join token as handed to an operator: `pxj1.<node id>.<secret>.<CA fingerprint>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    pub node_id: String,
+    secret: String,
+    pub ca_fingerprint: String,
+}
+
+impl JoinToken {
+    pub fn parse(token: &str) -> Result<JoinToken, JoinError> {
+        let parts: Vec<&str> = token.trim().split('.').collect();
+        let hex = |s: &str| s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit());
+        match parts.as_slice() {
+            [prefix, node, secret, fingerprint]
+                if *prefix == TOKEN_PREFIX
+                    && !node.is_empty()
+                    && hex(secret)
+                    && hex(fingerprint) =>
+            {
+                Ok(JoinToken {
+                    node_id: node.to_string(),
+                    secret: secret.to_string(),
+                    ca_fingerprint: fingerprint.to_ascii_lowercase(),
+                })
+            }
+            _ => Err(JoinError::Malformed),
+        }
+    }
+
+    fn hash(&self) -> String {
+        sha256_hex(&self.secret)
+    }
+}
+
+impl std::fmt::Display for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{TOKEN_PREFIX}.{}.{}.{}",
+            self.node_id, self.secret, self.ca_fingerprint
+        )
+    }
+}
+
+/// Why a join token cannot be redeemed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("the join token is malformed (expected pxj1.<node id>.<secret>.<CA fingerprint>)")]
+    Malformed,
+    #[error(
+        "the join token is not known to this cluster (mistyped, or created for another cluster)"
+    )]
+    Unknown,
+    #[error("the join token was issued for node {issued_for}, not {requested}")]
+    WrongNode {
+        issued_for: String,
+        requested: String,
+    },
+    #[error("the join token expired; create a new one")]
+    Expired,
+    #[error("the join token was already used; create a new one")]
+    Used,
+    #[error("the join token is being redeemed by another request right now")]
+    Busy,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A join token held by one redemption: complete it after the certificate was issued, or
+/// release it so the token can be tried again.
+#[derive(Debug)]
+pub struct Claim {
+    hash: String,
+    claim_id: String,
+}
+
+/// Creates a single-use join token for `node_id`, valid for `ttl`. The cluster CA must exist
+/// (its fingerprint goes into the token).
+pub async fn create_join_token(
+    store: &Store,
+    node_id: &str,
+    ca: &CaCertificate,
+    ttl: Duration,
+    created_by: &str,
+) -> Result<(JoinToken, i64), StoreError> {
+    let secret: [u8; 32] = rand::random();
+    let token = JoinToken {
+        node_id: node_id.to_string(),
+        secret: secret.iter().map(|b| format!("{b:02x}")).collect(),
+        ca_fingerprint: ca.fingerprint.clone(),
+    };
+    let expires_at_ms = now_ms() + ttl.as_millis() as i64;
+    store
+        .bounded(
+            "creating a join token",
+            store.documents(JOIN_TOKENS).insert_one(doc! {
+                "_id": token.hash(),
+                "node_id": node_id,
+                "created_at_ms": now_ms(),
+                "created_by": created_by,
+                "expires_at_ms": expires_at_ms,
+                "claim_until_ms": 0_i64,
+                "used_at_ms": Bson::Null,
+            }),
+        )
+        .await?;
+    Ok((token, expires_at_ms))
+}
+
+/// Claims a join token for one redemption by `node_id`. Of concurrent redemptions exactly one
+/// gets the claim; a claim that is neither completed nor released lapses after a minute.
+pub async fn claim_join_token(
+    store: &Store,
+    token: &JoinToken,
+    node_id: &str,
+) -> Result<Claim, JoinError> {
+    let now = now_ms();
+    let claim_id = uuid_like();
+    let claimed = store
+        .bounded(
+            "redeeming a join token",
+            store
+                .documents(JOIN_TOKENS)
+                .find_one_and_update(
+                    doc! {
+                        "_id": token.hash(),
+                        "node_id": node_id,
+                        "used_at_ms": Bson::Null,
+                        "expires_at_ms": { "$gt": now },
+                        "claim_until_ms": { "$lt": now },
+                    },
+                    doc! { "$set": {
+                        "claim_until_ms": now + CLAIM_FOR.as_millis() as i64,
+                        "claim_id": &claim_id,
+                    } },
+                )
+                .return_document(ReturnDocument::After),
+        )
+        .await?;
+    if claimed.is_some() {
+        return Ok(Claim {
+            hash: token.hash(),
+            claim_id,
+        });
+    }
+    // Say precisely why.
+    let found = store
+        .bounded(
+            "reading a join token",
+            store
+                .documents(JOIN_TOKENS)
+                .find_one(doc! { "_id": token.hash() }),
+        )
+        .await?;
+    let Some(doc) = found else {
+        return Err(JoinError::Unknown);
+    };
+    let issued_for = doc.get_str("node_id").unwrap_or_default();
+    if issued_for != node_id {
+        return Err(JoinError::WrongNode {
+            issued_for: issued_for.to_string(),
+            requested: node_id.to_string(),
+        });
+    }
+    if i64_of(&doc, "used_at_ms").is_some() {
+        return Err(JoinError::Used);
+    }
+    if i64_of(&doc, "expires_at_ms").unwrap_or_default() <= now {
+        return Err(JoinError::Expired);
+    }
+    Err(JoinError::Busy)
+}
+
+/// Marks the token used by the certificate `serial`.
+pub async fn complete_join_token(
+    store: &Store,
+    claim: Claim,
+    serial: &str,
+) -> Result<(), StoreError> {
+    store
+        .bounded(
+            "marking a join token used",
+            store.documents(JOIN_TOKENS).update_one(
+                doc! { "_id": &claim.hash, "claim_id": &claim.claim_id },
+                doc! { "$set": { "used_at_ms": now_ms(), "serial": serial } },
+            ),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Gives a claimed token back (the certificate could not be issued): it can be redeemed again.
+pub async fn release_join_token(store: &Store, claim: Claim) -> Result<(), StoreError> {
+    store
+        .bounded(
+            "releasing a join token",
+            store.documents(JOIN_TOKENS).update_one(
+                doc! { "_id": &claim.hash, "claim_id": &claim.claim_id, "used_at_ms": Bson::Null },
+                doc! { "$set": { "claim_until_ms": 0_i64 } },
+            ),
+        )
+        .await?;
+    Ok(())
+}
+
+fn uuid_like() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_parse_back_and_reject_garbage() {
+        let token = JoinToken {
+            node_id: "node-1".into(),
+            secret: "ab".repeat(32),
+            ca_fingerprint: "cd".repeat(32),
+        };
+        assert_eq!(JoinToken::parse(&token.to_string()).unwrap(), token);
+        for bad in [
+            "",
+            "pxj1.node-1",
+            &format!("pxj2.node-1.{}.{}", "ab".repeat(32), "cd".repeat(32)),
+            &format!("pxj1..{}.{}", "ab".repeat(32), "cd".repeat(32)),
+            &format!("pxj1.node-1.{}.{}", "zz".repeat(32), "cd".repeat(32)),
+        ] {
+            assert!(
+                matches!(JoinToken::parse(bad), Err(JoinError::Malformed)),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! rustls configurations for the daemon port: the gateway's server side (cluster-CA client
+//! certificates, optional so that enrolment works before a node has one), the daemon's client
+//! side (trusting the cluster CA, or during enrolment only a CA with a pinned fingerprint), and a
+//! certificate slot that can be swapped without restarting the listener.
+
+use std::sync::{Arc, RwLock};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
+    client::WebPkiServerVerifier,
+};
+
+use crate::{PkiError, fingerprint, pem_certificates};
+
+/// The one crypto provider every PrexorCloud TLS endpoint uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_err(what: &str) -> impl Fn(rustls::Error) -> PkiError + '_ {
+    move |e| PkiError::Tls(format!("{what}: {e}"))
+}
+
+fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, PkiError> {
+    let mut roots = RootCertStore::empty();
+    for cert in pem_certificates(ca_pem)? {
+        roots
+            .add(cert)
+            .map_err(|e| PkiError::BadCertificate(format!("unusable CA certificate: {e}")))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// A certificate chain with its private key, ready for rustls.
+pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, PkiError> {
+    let chain = pem_certificates(chain_pem)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| PkiError::BadKey(format!("not a PEM private key: {e}")))?;
+    let certified = CertifiedKey::from_der(chain, key, &provider())
+        .map_err(tls_err("certificate and key do not match"))?;
+    Ok(Arc::new(certified))
+}
+
+/// The server certificate of a listener, replaceable while it runs (renewal, rotation). Until a
+/// certificate is set, handshakes are refused.
+#[derive(Debug, Default)]
+pub struct CertSlot {
+    current: RwLock<Option<Arc<CertifiedKey>>>,
+}
+
+impl CertSlot {
+    pub fn set(&self, key: Arc<CertifiedKey>) {
+        *self.current.write().expect("cert slot lock") = Some(key);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.current.read().expect("cert slot lock").is_some()
+    }
+
+    /// The DER of the current leaf certificate.
+    pub fn leaf(&self) -> Option<CertificateDer<'static>> {
+        let current = self.current.read().expect("cert slot lock");
+        current.as_ref().and_then(|k| k.cert.first().cloned())
+    }
+}
+
+impl ResolvesServerCert for CertSlot {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().expect("cert slot lock").clone()
+    }
+}
+
+/// The daemon port: the server certificate comes from `slot`; a client certificate, when
+/// presented, must chain to the cluster CA and carry client-auth usage. It is optional at the
+/// TLS layer only so that a node without a certificate can enrol; every other call checks the
+/// peer's identity itself.
+pub fn daemon_port_server(ca_pem: &str, slot: Arc<CertSlot>) -> Result<ServerConfig, PkiError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| PkiError::Tls(format!("client verifier: {e}")))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err("protocol versions"))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(slot);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// A daemon's connection to a gateway: the gateway must present a certificate from the cluster
+/// CA for the address dialled; the daemon presents its node certificate.
+pub fn daemon_client(
+    ca_pem: &str,
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<ClientConfig, PkiError> {
+    let chain = pem_certificates(chain_pem)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| PkiError::BadKey(format!("not a PEM private key: {e}")))?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err("protocol versions"))?
+        .with_root_certificates(roots(ca_pem)?)
+        .with_client_auth_cert(chain, key)
+        .map_err(tls_err("node certificate and key do not match"))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// Enrolment: the daemon does not have the CA certificate yet, only its fingerprint (from the
+/// join token). The gateway sends its chain including the CA; the CA in it must have exactly
+/// that fingerprint, and the gateway certificate must be valid under it for the address dialled.
+pub fn enrolment_client(ca_fingerprint: &str) -> Result<ClientConfig, PkiError> {
+    let verifier = Arc::new(PinnedCa {
+        fingerprint: ca_fingerprint.to_ascii_lowercase(),
+        provider: provider(),
+    });
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err("protocol versions"))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+#[derive(Debug)]
+struct PinnedCa {
+    fingerprint: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(ca) = intermediates
+            .iter()
+            .find(|c| fingerprint(c.as_ref()) == self.fingerprint)
+        else {
+            return Err(rustls::Error::General(format!(
+                "the gateway did not present the cluster CA with fingerprint {} (wrong cluster, or a join token of another cluster?)",
+                self.fingerprint
+            )));
+        };
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|e| rustls::Error::General(format!("pinned CA unusable: {e}")))?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A gRPC channel to `address` (`host:port`) over TLS with `config` (the daemon side of the
+/// daemon port). The server certificate must be valid for `host`.
+pub async fn connect(
+    address: &str,
+    config: ClientConfig,
+    timeout: std::time::Duration,
+) -> Result<tonic::transport::Channel, PkiError> {
+    let (host, _) = address
+        .rsplit_once(':')
+        .ok_or_else(|| PkiError::Tls(format!("{address:?} is not host:port")))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let server_name = ServerName::try_from(host.clone())
+        .map_err(|_| PkiError::Tls(format!("{host:?} is not a valid server name")))?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let target = address.to_string();
+    let service = tower::service_fn(move |_: tonic::transport::Uri| {
+        let connector = connector.clone();
+        let server_name = server_name.clone();
+        let target = target.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&target).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(server_name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| PkiError::Tls(format!("{address}: {e}")))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect_with_connector(service)
+        .await
+        .map_err(|e| PkiError::Tls(format!("cannot connect to {address}: {}", source_chain(&e))))
+}
+
+/// An error with its causes (`a: b: c`), so TLS alerts reach the message.
+pub fn source_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ")
+}
