@@ -5,6 +5,11 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    // The directory too, so that a new .proto file triggers a rebuild.
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("prexor/v1").display()
+    );
     let mut protos = Vec::new();
     for entry in std::fs::read_dir(root.join("prexor/v1"))? {
         let path = entry?.path();

@@ -2,8 +2,10 @@
 //! at a time, out of the configured list.
 
 mod datadir;
-mod gateways;
+mod fences;
 mod identity;
+mod instances;
+mod session;
 
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
@@ -68,13 +70,36 @@ async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     match obtained {
         Ok(Some(node)) => {
-            let gateways = config.gateways.clone();
-            let probe_identity = node.clone();
+            let fences = match fences::Fences::load(&config.data_dir) {
+                Ok(fences) => Arc::new(fences),
+                Err(err) => {
+                    servers_stop.cancel();
+                    let _ = server.await;
+                    return Err(err);
+                }
+            };
+            let (events_tx, events_rx) = tokio::sync::mpsc::channel(4096);
+            let instances = instances::Instances::new(&config.data_dir, &config.node_id, events_tx);
+            let status = session::SessionStatus::default();
+            let check = status.clone();
             readiness.add("gateway", move || {
-                let gateways = gateways.clone();
-                let identity = probe_identity.clone();
-                async move { gateways::any_serving(&gateways, &identity).await }
+                let check = check.clone();
+                async move { check.check() }
             });
+            let session = session::Session {
+                node_id: config.node_id.clone(),
+                version: prexor_domain::VERSION,
+                labels: config.labels.clone(),
+                memory_mb: config.memory_mb,
+                gateways: config.gateways.clone(),
+                max_backoff: config.reconnect_max_backoff,
+                identity: node.clone(),
+                instances,
+                fences,
+                status,
+                shutdown: stop.clone(),
+            };
+            tasks.push(tokio::spawn(session.run(events_rx, stop.clone())));
             tasks.push(tokio::spawn(identity::keep_renewed(
                 node,
                 config.node_id.clone(),

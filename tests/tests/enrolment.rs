@@ -331,9 +331,13 @@ async fn enrolment(cluster: &Cluster) -> anyhow::Result<()> {
         "a certificate of another CA must be refused"
     );
 
-    // The daemon, its certificate revoked, is no longer admitted; without any reachable gateway
-    // it says so.
+    // The daemon, its certificate revoked, is no longer admitted to a session.
     daemon.stop(EXIT_WITHIN).await?;
+    let mut revoked_daemon =
+        cluster.daemon("daemon-revoked", "node-1", "node-1", &[&gw1_port], None)?;
+    wait_unready_because(&revoked_daemon, "was revoked").await?;
+    revoked_daemon.stop(EXIT_WITHIN).await?;
+    // Without any reachable gateway a daemon says so.
     let lonely = cluster.daemon("daemon-lonely", "node-a", "node-a", &[&dead], None)?;
     // node-a has no files yet: without a token it cannot start.
     let mut lonely = lonely;
@@ -353,7 +357,7 @@ async fn enrolment(cluster: &Cluster) -> anyhow::Result<()> {
         prexor_pki::write_private(&node_a_dir.join(file), contents.as_bytes())?;
     }
     let mut offline = cluster.daemon("daemon-offline", "node-a", "node-a", &[&dead], None)?;
-    wait_unready_because(&offline, &format!("no gateway is serving ({dead}: ")).await?;
+    wait_unready_because(&offline, &format!("not connected to any gateway: {dead}: ")).await?;
     offline.stop(EXIT_WITHIN).await?;
     let mut online = cluster.daemon("daemon-online", "node-a", "node-a", &[&gw1_port], None)?;
     online.wait_ready(READY_WITHIN).await?;

@@ -14,6 +14,7 @@
 
 mod backend;
 mod clock;
+mod console;
 mod error;
 mod keeper;
 mod lease;
@@ -24,6 +25,7 @@ mod valkey;
 
 pub use backend::{Acquired, LeaseBackend};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use console::{CONSOLE_LINES_KEPT, ConsoleLine, ConsoleStreams};
 pub use error::CoordError;
 pub use keeper::LeaseKeeper;
 pub use lease::{Lease, LeaseHolder, Leases};

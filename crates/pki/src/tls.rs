@@ -202,7 +202,8 @@ impl ServerCertVerifier for PinnedCa {
 }
 
 /// A gRPC channel to `address` (`host:port`) over TLS with `config` (the daemon side of the
-/// daemon port). The server certificate must be valid for `host`.
+/// daemon port). The server certificate must be valid for `host`. `timeout` bounds connecting;
+/// calls set their own deadlines (a session stream has none).
 pub async fn connect(
     address: &str,
     config: ClientConfig,
@@ -233,7 +234,11 @@ pub async fn connect(
     tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| PkiError::Tls(format!("{address}: {e}")))?
         .connect_timeout(timeout)
-        .timeout(timeout)
+        // A gateway that stops answering (paused, cut off) is noticed within seconds, even on
+        // a long-lived stream with nothing to send.
+        .http2_keep_alive_interval(std::time::Duration::from_secs(2))
+        .keep_alive_timeout(std::time::Duration::from_secs(3))
+        .keep_alive_while_idle(true)
         .connect_with_connector(service)
         .await
         .map_err(|e| PkiError::Tls(format!("cannot connect to {address}: {}", source_chain(&e))))

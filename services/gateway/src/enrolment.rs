@@ -1,6 +1,8 @@
 //! `prexor.v1.NodeEnrolment` on the daemon port, and the node-identity check every daemon call
 //! goes through.
 
+use std::sync::Arc;
+
 use prexor_domain::validate_name;
 use prexor_pki::client::{SignerClient, SignerError};
 use prexor_pki::records::{self, JoinError, JoinToken};
@@ -8,6 +10,7 @@ use prexor_pki::{CaCertificate, CertInfo, Identity};
 use prexor_proto::v1::node_enrolment_server::NodeEnrolment;
 use prexor_proto::v1::{EnrolRequest, EnrolResponse, RenewRequest, SignedCertificate};
 use prexor_store::Store;
+use rustls::pki_types::CertificateDer;
 use tonic::{Request, Response, Status};
 
 pub struct Enrolment {
@@ -18,12 +21,12 @@ pub struct Enrolment {
 
 /// The node a daemon call comes from: its client certificate (already verified against the
 /// cluster CA by TLS) must be a node certificate for `node_id` whose serial is not revoked.
-pub async fn authorize_node<T>(
+pub async fn authorize_node(
     store: &Store,
-    request: &Request<T>,
+    peer_certs: Option<Arc<Vec<CertificateDer<'static>>>>,
     node_id: &str,
 ) -> Result<CertInfo, Status> {
-    let Some(chain) = request.peer_certs() else {
+    let Some(chain) = peer_certs else {
         return Err(Status::unauthenticated(
             "no client certificate: a node must present its certificate (enrol with a join token first)",
         ));
@@ -145,7 +148,7 @@ impl NodeEnrolment for Enrolment {
         request: Request<RenewRequest>,
     ) -> Result<Response<EnrolResponse>, Status> {
         let node_id = request.get_ref().node_id.clone();
-        authorize_node(&self.store, &request, &node_id).await?;
+        authorize_node(&self.store, request.peer_certs(), &node_id).await?;
         let signed = self
             .signer
             .sign_node(&node_id, &request.get_ref().csr_pem)

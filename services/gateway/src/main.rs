@@ -4,7 +4,9 @@
 //! to this replica; nodes enrol there with a join token and from then on present their node
 //! certificate.
 
+mod commands;
 mod enrolment;
+mod sessions;
 mod tls;
 
 use std::process::ExitCode;
@@ -12,10 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prexor_config::GatewayConfig;
+use prexor_coord::{ConsoleStreams, LeaseKeeper, ValkeyBackend};
 use prexor_pki::client::SignerClient;
 use prexor_pki::records;
 use prexor_pki::tls::CertSlot;
+use prexor_proto::v1::node_commands_server::NodeCommandsServer;
 use prexor_proto::v1::node_enrolment_server::NodeEnrolmentServer;
+use prexor_proto::v1::node_session_server::NodeSessionServer;
 use prexor_serve::{Parts, Service};
 
 fn main() -> ExitCode {
@@ -62,7 +67,7 @@ async fn build(service: Service, config: GatewayConfig) -> Result<Parts, prexor_
         }
     });
     let names = tls::certificate_names(&service.config.advertise_host, &config.tls_names);
-    let keeper = tokio::spawn(tls::keep_certificate(
+    let cert_keeper = tokio::spawn(tls::keep_certificate(
         signer.clone(),
         service.config.replica_id.clone(),
         names,
@@ -73,15 +78,37 @@ async fn build(service: Service, config: GatewayConfig) -> Result<Parts, prexor_
 
     let listener = prexor_serve::bind("gateway.daemonListen", config.daemon_listen).await?;
     let server_config = prexor_pki::tls::daemon_port_server(&ca.pem, slot)?;
-    // grpc.health.v1 on the daemon port too: a daemon's probe proves TLS both ways works.
+    // Node ownership leases, renewed together; released on SIGTERM so daemons move at once.
+    let (keeper, keeper_task) =
+        LeaseKeeper::start(service.leases.clone(), "node", service.shutdown.clone());
+    let console = match &service.config.valkey {
+        Some(valkey) => Some(ConsoleStreams::new(
+            ValkeyBackend::connect(&valkey.uri, valkey.timeout)?,
+            valkey.namespace.clone(),
+        )),
+        None => None,
+    };
+    let sessions = sessions::Sessions::new(
+        service.store.clone(),
+        service.leases.clone(),
+        keeper.clone(),
+        console,
+        service.config.replica_id.clone(),
+        service.shutdown.clone(),
+    );
+    // grpc.health.v1 on the daemon port too: a probe there proves TLS both ways works.
     let (_health_reporter, health) = tonic_health::server::health_reporter();
-    let routes = tonic::service::Routes::new(health).add_service(NodeEnrolmentServer::new(
-        enrolment::Enrolment {
+    let routes = tonic::service::Routes::new(health)
+        .add_service(NodeEnrolmentServer::new(enrolment::Enrolment {
             store: service.store.clone(),
             signer,
             ca,
-        },
-    ));
+        }))
+        .add_service(NodeSessionServer::new(sessions.clone()));
+    let internal = tonic::service::Routes::new(NodeCommandsServer::new(commands::Commands::new(
+        sessions,
+        service.registry.clone(),
+    )));
     let shutdown = service.shutdown.clone();
     let failing = service.clone();
     let daemon_port = tokio::spawn(async move {
@@ -91,7 +118,9 @@ async fn build(service: Service, config: GatewayConfig) -> Result<Parts, prexor_
     });
     tracing::info!(daemon_port = %config.daemon_listen, "daemon port listening (TLS)");
     Ok(Parts {
-        tasks: vec![keeper, daemon_port],
+        grpc: Some(internal),
+        keepers: vec![keeper],
+        tasks: vec![cert_keeper, keeper_task, daemon_port],
         ..Parts::default()
     })
 }

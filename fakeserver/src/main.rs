@@ -1,0 +1,96 @@
+//! `prexor-fakeserver`: behaves enough like a Paper/Velocity server for the daemon and the tests.
+//!
+//! - listens on `--port` (or `SERVER_PORT`), accepting and closing connections;
+//! - prints `Done (…)! For help, type "help"` once listening, like Paper;
+//! - answers console commands on stdin: `stop` (prints `Stopping the server`, exits 0),
+//!   `say TEXT` (prints `[Server] TEXT`), `list`, `crash [CODE]` (exits with CODE, default 3),
+//!   `hang-on-stop` (from now on `stop` is ignored), `echo TEXT`;
+//! - `--crash-after MS` exits with code 3 after that long.
+
+use std::io::{BufRead, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+fn arg_value(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn main() {
+    let started = Instant::now();
+    let args: Vec<String> = std::env::args().collect();
+    let port: u16 = match arg_value(&args, "--port")
+        .or_else(|| std::env::var("SERVER_PORT").ok())
+        .map(|p| p.parse())
+    {
+        Some(Ok(port)) => port,
+        Some(Err(_)) | None => {
+            eprintln!("prexor-fakeserver: --port PORT (or SERVER_PORT) is required");
+            std::process::exit(2);
+        }
+    };
+    let listener = match TcpListener::bind(("0.0.0.0", port)) {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("**** FAILED TO BIND TO PORT {port}: {err}");
+            std::process::exit(1);
+        }
+    };
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            drop(stream);
+        }
+    });
+    if let Some(ms) = arg_value(&args, "--crash-after").and_then(|v| v.parse::<u64>().ok()) {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(ms));
+            say("Exception in server tick loop: simulated crash");
+            std::process::exit(3);
+        });
+    }
+    say(&format!(
+        "Done ({:.3}s)! For help, type \"help\" (port {port})",
+        started.elapsed().as_secs_f64()
+    ));
+
+    static HANG_ON_STOP: AtomicBool = AtomicBool::new(false);
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let line = line.trim();
+        let (command, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match command {
+            "stop" if HANG_ON_STOP.load(Ordering::SeqCst) => say("Ignoring stop"),
+            "stop" => {
+                say("Stopping the server");
+                std::process::exit(0);
+            }
+            "say" => say(&format!("[Server] {rest}")),
+            "echo" => say(rest),
+            "list" => say("There are 0 of a max of 20 players online:"),
+            "crash" => {
+                say("Exception in server tick loop: crash requested");
+                std::process::exit(rest.parse().unwrap_or(3));
+            }
+            "hang-on-stop" => {
+                HANG_ON_STOP.store(true, Ordering::SeqCst);
+                say("stop will be ignored");
+            }
+            "" => {}
+            other => say(&format!(
+                "Unknown command \"{other}\". Type \"help\" for help."
+            )),
+        }
+    }
+    // stdin closed (the daemon went away): keep running, like a real server would.
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}

@@ -1,0 +1,548 @@
+//! Gateway sessions and node daemons with real processes: commands reach a node through any
+//! gateway, server processes survive the owning gateway's death, a paused gateway that wakes up
+//! closes its stale stream and cannot write, and stale fencing tokens are refused, also after a
+//! daemon restart.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use mongodb::bson::{Document, doc};
+use prexor_acceptance::{Cluster, Proc, binary, free_port};
+use prexor_coord::{ConsoleStreams, ValkeyBackend};
+use prexor_pki::records;
+use prexor_proto::v1::command::Action;
+use prexor_proto::v1::node_commands_client::NodeCommandsClient;
+use prexor_proto::v1::{
+    AckResult, Command, CommandAck, CompositionPlan, ConsoleInput, NodeCommandReply,
+    NodeCommandRequest, PlanFile, StartInstance, StopInstance,
+};
+use tonic::Code;
+use tonic::transport::Channel;
+
+const READY_WITHIN: Duration = Duration::from_secs(60);
+const EXIT_WITHIN: Duration = Duration::from_secs(20);
+
+struct Stack {
+    cluster: Cluster,
+    ca: Proc,
+    gateways: Vec<Proc>,
+    daemon: Proc,
+    /// Which of `gateways` owns node-1's session, and with which token.
+    owner_index: usize,
+    token: i64,
+}
+
+async fn stack(test: &str) -> anyhow::Result<Stack> {
+    let cluster = Cluster::new(test)?;
+    let mut ca = cluster.service("ca", "ca-1", &cluster.ca_extra("ca-1"))?;
+    ca.wait_ready(READY_WITHIN).await?;
+    let mut gateways = vec![
+        cluster.service("gateway", "gateway-1", "")?,
+        cluster.service("gateway", "gateway-2", "")?,
+    ];
+    for gateway in &mut gateways {
+        gateway.wait_ready(READY_WITHIN).await?;
+    }
+    let store = cluster.store().await?;
+    let published = records::published_ca(&store).await?.context("CA")?;
+    let (token, _) = records::create_join_token(
+        &store,
+        "node-1",
+        &published.certificate,
+        Duration::from_secs(600),
+        "test",
+    )
+    .await?;
+    let ports: Vec<String> = gateways
+        .iter()
+        .map(|g| g.daemon_port.clone().context("daemon port"))
+        .collect::<Result<_, _>>()?;
+    let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
+    let mut daemon = cluster.daemon(
+        "daemon-1",
+        "node-1",
+        "node-1",
+        &ports,
+        Some(&token.to_string()),
+    )?;
+    daemon.wait_ready(READY_WITHIN).await?;
+    let node = wait_doc(&cluster, "nodes", "node-1", "ONLINE", |d| {
+        d.get_str("state") == Ok("ONLINE")
+    })
+    .await?;
+    let (owner, token) = owner_of(&node);
+    let owner_index = gateways
+        .iter()
+        .position(|g| g.name == owner)
+        .context("the owner is one of this test's gateways")?;
+    Ok(Stack {
+        cluster,
+        ca,
+        gateways,
+        daemon,
+        owner_index,
+        token,
+    })
+}
+
+async fn node_doc(cluster: &Cluster, node: &str) -> anyhow::Result<Document> {
+    let db = cluster.stores.mongo().await?;
+    db.collection::<Document>("nodes")
+        .find_one(doc! { "_id": node })
+        .await?
+        .with_context(|| format!("no nodes record for {node}"))
+}
+
+/// Polls until `check` holds for the document `_id` in `collection`.
+async fn wait_doc(
+    cluster: &Cluster,
+    collection: &str,
+    id: &str,
+    what: &str,
+    check: impl Fn(&Document) -> bool,
+) -> anyhow::Result<Document> {
+    let db = cluster.stores.mongo().await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = None;
+    while Instant::now() < deadline {
+        last = db
+            .collection::<Document>(collection)
+            .find_one(doc! { "_id": id })
+            .await?;
+        if let Some(doc) = &last
+            && check(doc)
+        {
+            return Ok(doc.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{collection}/{id} never became {what}; last: {last:?}")
+}
+
+fn reported_state(doc: &Document) -> &str {
+    doc.get_document("reported")
+        .and_then(|r| r.get_str("state"))
+        .unwrap_or("")
+}
+
+fn owner_of(doc: &Document) -> (String, i64) {
+    (
+        doc.get_str("gateway").unwrap_or_default().to_string(),
+        doc.get_i64("ownershipToken").unwrap_or_default(),
+    )
+}
+
+async fn commands(gateway: &Proc) -> anyhow::Result<NodeCommandsClient<Channel>> {
+    let channel = Channel::from_shared(gateway.grpc.clone().context("grpc")?)?
+        .connect()
+        .await?;
+    Ok(NodeCommandsClient::new(channel))
+}
+
+fn command(id: &str, scope: &str, token: u64, action: Action) -> Command {
+    Command {
+        command_id: id.to_string(),
+        scope: scope.to_string(),
+        fence_token: token,
+        action: Some(action),
+    }
+}
+
+fn start(instance: &str, port: u16, extra: &[&str]) -> anyhow::Result<Action> {
+    let server = binary("prexor-fakeserver")?;
+    let mut argv = vec![
+        server.display().to_string(),
+        "--port".to_string(),
+        "{port}".to_string(),
+    ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    Ok(Action::Start(StartInstance {
+        plan: Some(CompositionPlan {
+            instance_id: instance.to_string(),
+            group: "lobby".into(),
+            plan_hash: format!("plan-{instance}-1"),
+            command: argv,
+            env: Default::default(),
+            port: u32::from(port),
+            memory_mb: 512,
+            files: vec![PlanFile {
+                path: "server.properties".into(),
+                content: "server-port={port}\nmotd={instance} on {node}\n".into(),
+            }],
+        }),
+    }))
+}
+
+async fn send(
+    client: &mut NodeCommandsClient<Channel>,
+    node: &str,
+    command: Command,
+) -> Result<NodeCommandReply, tonic::Status> {
+    client
+        .send(NodeCommandRequest {
+            node_id: node.to_string(),
+            command: Some(command),
+            timeout_ms: 10_000,
+            forwarded: false,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// A command for node-1 under `group:lobby` with `token`.
+async fn lobby(
+    client: &mut NodeCommandsClient<Channel>,
+    id: &str,
+    token: u64,
+    action: Action,
+) -> Result<NodeCommandReply, tonic::Status> {
+    send(client, "node-1", command(id, "group:lobby", token, action)).await
+}
+
+fn ack(reply: &NodeCommandReply) -> anyhow::Result<&CommandAck> {
+    reply.ack.as_ref().context("reply without ack")
+}
+
+fn pid_alive(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+async fn console_contains(cluster: &Cluster, instance: &str, needle: &str) -> anyhow::Result<()> {
+    let backend = ValkeyBackend::connect(&cluster.stores.valkey_url, Duration::from_secs(2))?;
+    let streams = ConsoleStreams::new(backend, cluster.stores.namespace.clone());
+    let mut last = Vec::new();
+    for _ in 0..100 {
+        last = streams.tail(instance, 50).await?;
+        if last.iter().any(|l| l.line.contains(needle)) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("console of {instance} never showed {needle:?}: {last:?}")
+}
+
+async fn commands_and_failover() -> anyhow::Result<()> {
+    let Stack {
+        cluster,
+        mut ca,
+        mut gateways,
+        mut daemon,
+        owner_index,
+        token,
+    } = stack("sessions").await?;
+    let other_index = 1 - owner_index;
+
+    // A command sent to the gateway that does not hold the stream is forwarded and acked.
+    let mut via_other = commands(&gateways[other_index]).await?;
+    let port = free_port();
+    let reply = lobby(&mut via_other, "c1", 1, start("lobby-1", port, &[])?).await?;
+    let started = ack(&reply)?;
+    ensure!(started.result() == AckResult::Done, "{started:?}");
+    ensure!(
+        reply.handled_by == gateways[owner_index].name,
+        "handled by the owner: {reply:?}"
+    );
+    let pid = started.pid;
+    ensure!(pid > 0 && pid_alive(pid));
+    wait_doc(&cluster, "instances", "lobby-1", "RUNNING", |d| {
+        reported_state(d) == "RUNNING"
+    })
+    .await?;
+    let properties = cluster
+        .dir
+        .join("node-1/instances/lobby-1/server.properties");
+    let written = std::fs::read_to_string(&properties)?;
+    ensure!(
+        written.contains(&format!("server-port={port}")) && written.contains("lobby-1 on node-1"),
+        "placeholders substituted: {written}"
+    );
+
+    // Console round trip: input through the non-owner, output in the instance's Valkey stream.
+    let reply = lobby(
+        &mut via_other,
+        "c2",
+        1,
+        Action::Console(ConsoleInput {
+            instance_id: "lobby-1".into(),
+            line: "say hello from the console".into(),
+        }),
+    )
+    .await?;
+    ensure!(ack(&reply)?.result() == AckResult::Done);
+    console_contains(&cluster, "lobby-1", "[Server] hello from the console").await?;
+
+    // The same start again: acknowledged with the current state, no second process.
+    let reply = lobby(&mut via_other, "c3", 1, start("lobby-1", port, &[])?).await?;
+    let again = ack(&reply)?;
+    ensure!(
+        again.result() == AckResult::Already && again.pid == pid,
+        "{again:?}"
+    );
+    // A lower token for the scope is refused.
+    let reply = lobby(&mut via_other, "c4", 0, start("lobby-9", free_port(), &[])?).await?;
+    ensure!(ack(&reply)?.result() == AckResult::StaleFence, "{reply:?}");
+
+    // kill -9 the owning gateway: the daemon moves to the other one, the server keeps running.
+    let killed_at = Instant::now();
+    gateways[owner_index].signal(libc::SIGKILL);
+    let moved = wait_doc(&cluster, "nodes", "node-1", "owned by the survivor", |d| {
+        let (gateway, new_token) = owner_of(d);
+        gateway == gateways[other_index].name && new_token > token
+    })
+    .await?;
+    eprintln!(
+        "node-1 moved to {} (token {} -> {}) {:?} after the kill",
+        owner_of(&moved).0,
+        token,
+        owner_of(&moved).1,
+        killed_at.elapsed()
+    );
+    ensure!(pid_alive(pid), "the server process survived the gateway");
+    let instance = wait_doc(&cluster, "instances", "lobby-1", "still running", |d| {
+        reported_state(d) == "RUNNING"
+    })
+    .await?;
+    ensure!(
+        instance
+            .get_document("reported")
+            .ok()
+            .and_then(|r| r.get_i32("pid").ok())
+            == Some(pid),
+        "same pid after the failover: {instance:?}"
+    );
+
+    // Through the survivor: graceful stop.
+    let mut via_survivor = commands(&gateways[other_index]).await?;
+    let reply = lobby(
+        &mut via_survivor,
+        "c5",
+        2,
+        Action::Stop(StopInstance {
+            instance_id: "lobby-1".into(),
+            grace_period_ms: 5000,
+            stop_command: String::new(),
+        }),
+    )
+    .await?;
+    ensure!(ack(&reply)?.result() == AckResult::Done, "{reply:?}");
+    let stopped = wait_doc(&cluster, "instances", "lobby-1", "STOPPED", |d| {
+        reported_state(d) == "STOPPED"
+    })
+    .await?;
+    let reported = stopped.get_document("reported")?;
+    ensure!(reported.get_i32("exitCode") == Ok(0), "{stopped:?}");
+    ensure!(
+        !pid_alive(pid)
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(" Z "))
+    );
+
+    // A crash is reported with its exit code and log tail.
+    let reply = lobby(
+        &mut via_survivor,
+        "c6",
+        2,
+        start("lobby-2", free_port(), &["--crash-after", "300"])?,
+    )
+    .await?;
+    ensure!(ack(&reply)?.result() == AckResult::Done, "{reply:?}");
+    let crash = wait_doc(&cluster, "instances", "lobby-2", "CRASHED", |d| {
+        reported_state(d) == "CRASHED"
+    })
+    .await?;
+    ensure!(crash.get_document("reported")?.get_i32("exitCode") == Ok(3));
+    let db = cluster.stores.mongo().await?;
+    let record = db
+        .collection::<Document>("crashes")
+        .find_one(doc! { "instanceId": "lobby-2" })
+        .await?
+        .context("a crash record")?;
+    let tail = record.get_array("logTail")?;
+    ensure!(
+        tail.iter()
+            .any(|l| l.as_str().is_some_and(|s| s.contains("simulated crash"))),
+        "{record:?}"
+    );
+
+    // A server that ignores `stop` is killed after its grace period.
+    let reply = lobby(
+        &mut via_survivor,
+        "c7",
+        2,
+        start("lobby-3", free_port(), &[])?,
+    )
+    .await?;
+    let hung_pid = ack(&reply)?.pid;
+    wait_doc(&cluster, "instances", "lobby-3", "RUNNING", |d| {
+        reported_state(d) == "RUNNING"
+    })
+    .await?;
+    lobby(
+        &mut via_survivor,
+        "c8",
+        2,
+        Action::Console(ConsoleInput {
+            instance_id: "lobby-3".into(),
+            line: "hang-on-stop".into(),
+        }),
+    )
+    .await?;
+    console_contains(&cluster, "lobby-3", "stop will be ignored").await?;
+    lobby(
+        &mut via_survivor,
+        "c9",
+        2,
+        Action::Stop(StopInstance {
+            instance_id: "lobby-3".into(),
+            grace_period_ms: 500,
+            stop_command: String::new(),
+        }),
+    )
+    .await?;
+    let killed = wait_doc(&cluster, "instances", "lobby-3", "STOPPED", |d| {
+        reported_state(d) == "STOPPED"
+    })
+    .await?;
+    let detail = killed
+        .get_document("reported")?
+        .get_str("detail")?
+        .to_string();
+    ensure!(detail.contains("killed after"), "{detail}");
+    ensure!(hung_pid > 0);
+
+    // Bad input gets a clear answer.
+    let err = send(
+        &mut via_survivor,
+        "node-unknown",
+        command("c10", "group:lobby", 2, start("x-1", free_port(), &[])?),
+    )
+    .await
+    .unwrap_err();
+    ensure!(
+        err.code() == Code::FailedPrecondition && err.message().contains("offline"),
+        "{err:?}"
+    );
+    let err = send(
+        &mut via_survivor,
+        "node-1",
+        command("", "group:lobby", 2, start("x-1", free_port(), &[])?),
+    )
+    .await
+    .unwrap_err();
+    ensure!(err.code() == Code::InvalidArgument, "{err:?}");
+    let mut escaping = start("x-2", free_port(), &[])?;
+    if let Action::Start(StartInstance { plan: Some(plan) }) = &mut escaping {
+        plan.files[0].path = "../../escape.txt".into();
+    }
+    let reply = lobby(&mut via_survivor, "c11", 2, escaping).await?;
+    let refused = ack(&reply)?;
+    ensure!(
+        refused.result() == AckResult::Permanent && refused.message.contains("relative path"),
+        "{refused:?}"
+    );
+
+    // The daemon restarts: the fencing marks survive on disk.
+    daemon.stop(EXIT_WITHIN).await?;
+    wait_doc(&cluster, "nodes", "node-1", "OFFLINE", |d| {
+        d.get_str("state") == Ok("OFFLINE")
+    })
+    .await?;
+    let ports: Vec<String> = gateways
+        .iter()
+        .filter_map(|g| g.daemon_port.clone())
+        .collect();
+    let mut restarted = cluster.daemon(
+        "daemon-1b",
+        "node-1",
+        "node-1",
+        &[&ports[other_index]],
+        None,
+    )?;
+    restarted.wait_ready(READY_WITHIN).await?;
+    let reply = lobby(
+        &mut via_survivor,
+        "c12",
+        1,
+        start("lobby-4", free_port(), &[])?,
+    )
+    .await?;
+    ensure!(
+        ack(&reply)?.result() == AckResult::StaleFence,
+        "stale after a restart: {reply:?}"
+    );
+
+    restarted.stop(EXIT_WITHIN).await?;
+    gateways[other_index].stop(EXIT_WITHIN).await?;
+    ca.stop(EXIT_WITHIN).await?;
+    drop(cluster);
+    Ok(())
+}
+
+#[tokio::test]
+async fn commands_reach_the_node_through_any_gateway_and_servers_survive_a_gateway_kill() {
+    commands_and_failover().await.unwrap();
+}
+
+async fn paused_gateway() -> anyhow::Result<()> {
+    let Stack {
+        cluster,
+        mut ca,
+        mut gateways,
+        mut daemon,
+        owner_index,
+        token,
+    } = stack("paused_gateway").await?;
+    let other = gateways[1 - owner_index].name.clone();
+
+    // Pause the owner well past the lease TTL (2 s here): the daemon moves, the other gateway
+    // takes the node with a higher token.
+    gateways[owner_index].signal(libc::SIGSTOP);
+    wait_doc(
+        &cluster,
+        "nodes",
+        "node-1",
+        "owned by the other gateway",
+        |d| {
+            let (gateway, new_token) = owner_of(d);
+            gateway == other && new_token > token
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    gateways[owner_index].signal(libc::SIGCONT);
+
+    // The woken gateway notices it lost the node and closes its stale stream; nothing it writes
+    // under the old token lands.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = gateways[owner_index].log_text();
+        if log.contains("lost ownership of the node") || log.contains("node session ended") {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the woken gateway never closed its session:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let node = node_doc(&cluster, "node-1").await?;
+    ensure!(owner_of(&node).0 == other, "{node:?}");
+    ensure!(
+        node.get_str("state") == Ok("ONLINE"),
+        "the stale gateway's write was rejected: {node:?}"
+    );
+    ensure!(daemon.get("/readyz").await?.0 == 200);
+
+    daemon.stop(EXIT_WITHIN).await?;
+    for gateway in &mut gateways {
+        gateway.stop(EXIT_WITHIN).await?;
+    }
+    ca.stop(EXIT_WITHIN).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_paused_gateway_that_wakes_up_closes_its_stale_session() {
+    paused_gateway().await.unwrap();
+}
