@@ -6,20 +6,14 @@ use std::time::Duration;
 use mongodb::bson::doc;
 use prexor_coord::{Leases, ValkeyBackend};
 use prexor_domain::{LeaseTiming, Scope};
-use prexor_store::{Store, Write};
+use prexor_store::Write;
 
 use crate::Servers;
 use crate::report::{Metric, Samples};
 
 pub async fn run(servers: &Servers, n: usize) -> anyhow::Result<()> {
     let floors = crate::stack::run(servers, n).await?;
-    let store = Store::connect(
-        &servers.mongo_uri,
-        &servers.database,
-        "prexor-bench",
-        Duration::from_secs(10),
-    )
-    .await?;
+    let store = servers.store().await?;
     let backend = ValkeyBackend::connect(&servers.valkey_url, Duration::from_secs(5))?;
     let timing = LeaseTiming::from_evaluation_interval(Duration::from_secs(15));
     let leases = Leases::new(

@@ -6,6 +6,8 @@
 
 mod ca;
 mod coord;
+mod gateway;
+mod procs;
 mod report;
 mod stack;
 
@@ -37,6 +39,13 @@ enum Command {
     /// Node CSR signing through a real prexor-ca over internal gRPC, next to the in-process
     /// signature and the MongoDB floor.
     Ca,
+    /// Node commands through a non-owning gateway (vs the owner), and daemon reconnect time
+    /// after the owning gateway is killed.
+    Gateway {
+        /// How many times the owning gateway is killed.
+        #[arg(long, default_value_t = 10)]
+        kills: usize,
+    },
 }
 
 /// Where the benchmark's stores are.
@@ -45,6 +54,19 @@ pub struct Servers {
     pub valkey_url: String,
     pub database: String,
     pub namespace: String,
+}
+
+impl Servers {
+    /// The project's store on the benchmark's database.
+    pub async fn store(&self) -> anyhow::Result<prexor_store::Store> {
+        Ok(prexor_store::Store::connect(
+            &self.mongo_uri,
+            &self.database,
+            "prexor-bench",
+            std::time::Duration::from_secs(10),
+        )
+        .await?)
+    }
 }
 
 #[tokio::main]
@@ -75,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Stack => stack::run(&servers, n).await.map(|_| ()),
         Command::Coord => coord::run(&servers, n).await,
         Command::Ca => ca::run(&servers, n).await,
+        Command::Gateway { kills } => gateway::run(&servers, n, kills.max(1)).await,
     };
     cleanup(&servers).await;
     result

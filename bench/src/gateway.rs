@@ -1,0 +1,205 @@
+//! Node commands and gateway failover with real processes: a CA, two gateways, one enrolled
+//! daemon running a fake server.
+//!
+//! - command round trip (console input, acked by the daemon) through the gateway that does NOT
+//!   hold the node's stream, next to the same command through the owner;
+//! - reconnect time: SIGKILL the owning gateway, time until the node is owned (recorded ONLINE
+//!   under a new token) by the other one; median over several kills.
+
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{Document, doc};
+use prexor_proto::v1::command::Action;
+use prexor_proto::v1::node_commands_client::NodeCommandsClient;
+use prexor_proto::v1::{
+    AckResult, Command, CompositionPlan, ConsoleInput, NodeCommandRequest, StartInstance,
+};
+use prexor_store::Store;
+use tonic::transport::Channel;
+
+use crate::Servers;
+use crate::procs::{Proc, Scratch, binary};
+use crate::report::{Metric, Samples};
+
+const NODE: &str = "bench-node";
+
+async fn client(gateway: &Proc) -> anyhow::Result<NodeCommandsClient<Channel>> {
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{}", gateway.grpc))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    Ok(NodeCommandsClient::new(channel))
+}
+
+fn command(id: String, action: Action) -> NodeCommandRequest {
+    NodeCommandRequest {
+        node_id: NODE.into(),
+        command: Some(Command {
+            command_id: id,
+            scope: "group:bench".into(),
+            fence_token: 1,
+            action: Some(action),
+        }),
+        timeout_ms: 10_000,
+        forwarded: false,
+    }
+}
+
+/// (owner replica id, ownership token) of the node, once it is ONLINE.
+async fn owner(store: &Store) -> anyhow::Result<Option<(String, i64)>> {
+    let node = store
+        .documents("nodes")
+        .find_one(doc! { "_id": NODE, "state": "ONLINE" })
+        .await?;
+    Ok(node.map(|n: Document| {
+        (
+            n.get_str("gateway").unwrap_or_default().to_string(),
+            n.get_i64("ownershipToken").unwrap_or_default(),
+        )
+    }))
+}
+
+pub async fn run(servers: &Servers, n: usize, kills: usize) -> anyhow::Result<()> {
+    let dir = Scratch::new("gateway")?;
+    let store = servers.store().await?;
+    let _ca = Proc::service(
+        servers,
+        &dir.0,
+        "ca",
+        "ca-bench",
+        &format!("[ca]\ndataDir = \"{}\"\n", dir.0.join("ca").display()),
+        &["--bootstrap"],
+    )
+    .await?;
+    let mut gateways = [
+        Proc::service(servers, &dir.0, "gateway", "gateway-a", "", &[]).await?,
+        Proc::service(servers, &dir.0, "gateway", "gateway-b", "", &[]).await?,
+    ];
+    let ca = prexor_pki::records::published_ca(&store)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no cluster CA"))?;
+    let (token, _) = prexor_pki::records::create_join_token(
+        &store,
+        NODE,
+        &ca.certificate,
+        Duration::from_secs(600),
+        "prexor-bench",
+    )
+    .await?;
+    let ports: Vec<u16> = gateways.iter().filter_map(|g| g.daemon_port).collect();
+    let _daemon = Proc::daemon(&dir.0, NODE, &ports, &token.to_string()).await?;
+
+    let names: Vec<String> = gateways.iter().map(|g| g.name.clone()).collect();
+    let owner_of = |name: &str| names.iter().position(|g| g == name);
+    let (first_owner, _) = wait_owner(&store, None).await?;
+    let owner_index = owner_of(&first_owner).ok_or_else(|| anyhow::anyhow!("unknown owner"))?;
+    let mut via_owner = client(&gateways[owner_index]).await?;
+    let via_other = client(&gateways[1 - owner_index]).await?;
+
+    let server = binary("prexor-fakeserver")?;
+    let port = prexor_testkit::free_port();
+    let start = Action::Start(StartInstance {
+        plan: Some(CompositionPlan {
+            instance_id: "bench-1".into(),
+            group: "bench".into(),
+            plan_hash: "bench-plan-1".into(),
+            command: vec![
+                server.display().to_string(),
+                "--port".into(),
+                "{port}".into(),
+            ],
+            env: Default::default(),
+            port: u32::from(port),
+            memory_mb: 256,
+            files: Vec::new(),
+        }),
+    });
+    let ack = via_owner
+        .send(command("bench-start".into(), start))
+        .await?
+        .into_inner()
+        .ack
+        .ok_or_else(|| anyhow::anyhow!("no ack"))?;
+    anyhow::ensure!(ack.result() == AckResult::Done, "start failed: {ack:?}");
+
+    let console = |i: usize| {
+        Action::Console(ConsoleInput {
+            instance_id: "bench-1".into(),
+            line: format!("echo {i}"),
+        })
+    };
+    let direct = Samples::measure(n, |i| {
+        let mut client = via_owner.clone();
+        let request = command(format!("direct-{i}"), console(i));
+        async move {
+            let ack = client.send(request).await?.into_inner().ack;
+            anyhow::ensure!(ack.is_some_and(|a| a.result() == AckResult::Done));
+            Ok(())
+        }
+    })
+    .await?;
+    let forwarded = Samples::measure(n, |i| {
+        let mut client = via_other.clone();
+        let request = command(format!("forwarded-{i}"), console(i));
+        async move {
+            let ack = client.send(request).await?.into_inner().ack;
+            anyhow::ensure!(ack.is_some_and(|a| a.result() == AckResult::Done));
+            Ok(())
+        }
+    })
+    .await?;
+    let direct_p50 = Metric::floor("node_command_via_owner_p50", direct.percentile(50.0));
+    let direct_p95 = Metric::floor("node_command_via_owner_p95", direct.percentile(95.0));
+    direct_p50.print();
+    direct_p95.print();
+    Metric::against(
+        "node_command_via_other_gateway_p50",
+        forwarded.percentile(50.0),
+        &direct_p50,
+        "one extra internal gRPC hop; no published target",
+    )
+    .print();
+    Metric::against(
+        "node_command_via_other_gateway_p95",
+        forwarded.percentile(95.0),
+        &direct_p95,
+        "one extra internal gRPC hop; no published target",
+    )
+    .print();
+
+    // Failover: kill the owner, time until the other gateway owns the node.
+    let mut times = Vec::new();
+    for _ in 0..kills {
+        let (before, token) = wait_owner(&store, None).await?;
+        let index = owner_of(&before).ok_or_else(|| anyhow::anyhow!("unknown owner"))?;
+        let killed_at = Instant::now();
+        gateways[index].kill();
+        wait_owner(&store, Some((before.as_str(), token))).await?;
+        times.push(killed_at.elapsed().as_secs_f64() * 1000.0);
+        gateways[index].restart().await?;
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let mut reconnect = Metric::floor("daemon_reconnect_after_gateway_kill_p50", median);
+    reconnect.target = Some(format!(
+        "median of {kills} SIGKILLs (min {:.0} ms, max {:.0} ms); bounded by the daemon noticing (HTTP/2 keep-alive) and its backoff",
+        times[0],
+        times[times.len() - 1]
+    ));
+    reconnect.print();
+    Ok(())
+}
+
+/// Waits until the node is ONLINE under an owner other than `not` (any owner when `None`).
+async fn wait_owner(store: &Store, not: Option<(&str, i64)>) -> anyhow::Result<(String, i64)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some((owner, token)) = owner(store).await?
+            && not.is_none_or(|(old, old_token)| owner != old && token > old_token)
+        {
+            return Ok((owner, token));
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the node never got a new owner");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

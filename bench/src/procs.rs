@@ -1,0 +1,184 @@
+//! Real PrexorCloud processes for benchmarks: started next to the `prexor-bench` binary, against
+//! the benchmark's stores, killed when dropped (or when the benchmark dies).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::Servers;
+
+/// A scratch directory removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(what: &str) -> anyhow::Result<Scratch> {
+        let dir = std::env::temp_dir().join(format!(
+            "prexor-bench-{what}-{}",
+            prexor_testkit::unique_suffix()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct Proc {
+    child: std::process::Child,
+    pub name: String,
+    pub http: u16,
+    pub grpc: u16,
+    /// For a gateway: its daemon port.
+    pub daemon_port: Option<u16>,
+    config: PathBuf,
+    binary: PathBuf,
+    args: Vec<String>,
+}
+
+/// The path of a workspace binary next to this one.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name(name);
+    anyhow::ensure!(
+        path.is_file(),
+        "{} is missing: build the binaries (cargo build --release --workspace --bins) first",
+        path.display()
+    );
+    Ok(path)
+}
+
+fn common_toml(servers: &Servers, id: &str, http: u16, grpc: u16) -> String {
+    format!(
+        "[runtime]\nprofile = \"production\"\n[replica]\nid = \"{id}\"\nadvertiseHost = \"127.0.0.1\"\n[mongo]\nuri = \"{}\"\ndatabase = \"{}\"\n[valkey]\nuri = \"{}\"\nnamespace = \"{}\"\n[scheduler]\nevaluationIntervalSeconds = 1\n[http]\nlisten = \"127.0.0.1:{http}\"\n[grpc]\nlisten = \"127.0.0.1:{grpc}\"\n",
+        servers.mongo_uri, servers.database, servers.valkey_url, servers.namespace
+    )
+}
+
+impl Proc {
+    /// Starts `prexor-<kind>` as replica `id`, `extra` appended to its configuration, and waits
+    /// until it is ready.
+    pub async fn service(
+        servers: &Servers,
+        dir: &Path,
+        kind: &str,
+        id: &str,
+        extra: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Proc> {
+        let (http, grpc) = (prexor_testkit::free_port(), prexor_testkit::free_port());
+        let mut toml = common_toml(servers, id, http, grpc);
+        let mut daemon_port = None;
+        if kind == "gateway" {
+            let port = prexor_testkit::free_port();
+            toml.push_str(&format!("[gateway]\ndaemonListen = \"127.0.0.1:{port}\"\n"));
+            daemon_port = Some(port);
+        }
+        toml.push_str(extra);
+        let config = dir.join(format!("{id}.toml"));
+        std::fs::write(&config, toml)?;
+        let mut proc = Proc {
+            child: spawn(&binary(&format!("prexor-{kind}"))?, &config, args)?,
+            name: id.to_string(),
+            http,
+            grpc,
+            daemon_port,
+            config,
+            binary: binary(&format!("prexor-{kind}"))?,
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        proc.wait_ready().await?;
+        Ok(proc)
+    }
+
+    /// Starts a daemon for `node` (enrolling with `token`) and waits until it is ready.
+    pub async fn daemon(
+        dir: &Path,
+        node: &str,
+        gateways: &[u16],
+        token: &str,
+    ) -> anyhow::Result<Proc> {
+        let http = prexor_testkit::free_port();
+        let gateways: Vec<String> = gateways
+            .iter()
+            .map(|p| format!("\"127.0.0.1:{p}\""))
+            .collect();
+        let config = dir.join(format!("{node}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[node]\nid = \"{node}\"\n[daemon]\ndataDir = \"{}\"\ngateways = [{}]\njoinToken = \"{token}\"\nreconnectMaxBackoff = \"1s\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n",
+                dir.join(node).display(),
+                gateways.join(", ")
+            ),
+        )?;
+        let binary = binary("prexor-daemon")?;
+        let mut proc = Proc {
+            child: spawn(&binary, &config, &[])?,
+            name: node.to_string(),
+            http,
+            grpc: 0,
+            daemon_port: None,
+            config,
+            binary,
+            args: Vec::new(),
+        };
+        proc.wait_ready().await?;
+        Ok(proc)
+    }
+
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let url = format!("http://127.0.0.1:{}/readyz", self.http);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!("{} exited ({status}) before it was ready", self.name);
+            }
+            if reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} did not become ready",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the same process again (same configuration and ports) and waits until ready.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.child = spawn(&self.binary, &self.config, &args)?;
+        self.wait_ready().await
+    }
+}
+
+fn spawn(binary: &Path, config: &Path, args: &[&str]) -> anyhow::Result<std::process::Child> {
+    let mut cmd = Command::new(binary);
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Ok(prexor_testkit::spawn_tied(cmd)?)
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
