@@ -112,6 +112,7 @@ pub async fn run(servers: &Servers, n: usize, kills: usize) -> anyhow::Result<()
             port: u32::from(port),
             memory_mb: 256,
             files: Vec::new(),
+            layers: Vec::new(),
         }),
     });
     let ack = via_owner

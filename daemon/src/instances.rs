@@ -16,6 +16,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, Command};
 use tokio::sync::{Notify, mpsc};
 
+use crate::layers::{self, LayerCache, LayerError};
+
 /// Output lines kept per instance for crash reports.
 const LOG_TAIL: usize = 50;
 /// How long an instance may take to open its port (or print `Done (`) before it counts as
@@ -37,6 +39,7 @@ pub struct Instances {
 struct Inner {
     dir: PathBuf,
     node_id: String,
+    layers: LayerCache,
     table: Mutex<HashMap<String, Instance>>,
     events: mpsc::Sender<Event>,
 }
@@ -109,11 +112,17 @@ impl Instance {
 }
 
 impl Instances {
-    pub fn new(data_dir: &Path, node_id: &str, events: mpsc::Sender<Event>) -> Instances {
+    pub fn new(
+        data_dir: &Path,
+        node_id: &str,
+        events: mpsc::Sender<Event>,
+        layers: LayerCache,
+    ) -> Instances {
         Instances {
             inner: Arc::new(Inner {
                 dir: data_dir.join("instances"),
                 node_id: node_id.to_string(),
+                layers,
                 table: Mutex::new(HashMap::new()),
                 events,
             }),
@@ -245,17 +254,28 @@ impl Instances {
                     "started",
                 )
             }
-            Err(reason) => {
+            Err(LayerError::Permanent(reason)) => {
                 self.transition(&id, |i| {
                     i.state = InstanceState::Crashed;
                     i.detail = reason.clone();
                 });
                 ack(AckResult::Permanent, InstanceState::Crashed, 0, reason)
             }
+            Err(LayerError::Transient(reason)) => {
+                // Nothing started: forget the attempt so that a retry starts afresh.
+                self.transition(&id, |i| {
+                    i.state = InstanceState::Stopped;
+                    i.detail = format!("not started: {reason}");
+                });
+                self.table().remove(&id);
+                let mut refused = ack(AckResult::Transient, InstanceState::Stopped, 0, reason);
+                refused.retry_after_ms = 3000;
+                refused
+            }
         }
     }
 
-    async fn spawn(&self, plan: &CompositionPlan) -> Result<i32, String> {
+    async fn spawn(&self, plan: &CompositionPlan) -> Result<i32, LayerError> {
         let id = plan.instance_id.clone();
         let dir = self.inner.dir.join(&id);
         let substitute = |s: &str| {
@@ -265,16 +285,33 @@ impl Instances {
                 .replace("{node}", &self.inner.node_id)
                 .replace("{memory}", &plan.memory_mb.to_string())
         };
+        let permanent = LayerError::Permanent;
         std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            .map_err(|e| permanent(format!("cannot create {}: {e}", dir.display())))?;
+        for layer in &plan.layers {
+            let archive = self.inner.layers.archive(&layer.hash).await?;
+            let dest = dir.clone();
+            let name = if layer.name.is_empty() {
+                layer.hash.clone()
+            } else {
+                layer.name.clone()
+            };
+            tokio::task::spawn_blocking(move || layers::unpack(&archive, &dest))
+                .await
+                .map_err(|e| permanent(e.to_string()))?
+                .map_err(|e| permanent(format!("template layer {name}: {e}")))?;
+        }
+        if !plan.layers.is_empty() {
+            substitute_tree(&dir, &substitute).map_err(permanent)?;
+        }
         for file in &plan.files {
             let path = dir.join(&file.path);
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)
-                    .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+                    .map_err(|e| permanent(format!("cannot create {}: {e}", parent.display())))?;
             }
             std::fs::write(&path, substitute(&file.content))
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                .map_err(|e| permanent(format!("cannot write {}: {e}", path.display())))?;
         }
         let argv: Vec<String> = plan.command.iter().map(|a| substitute(a)).collect();
         let mut command = Command::new(&argv[0]);
@@ -294,7 +331,7 @@ impl Instances {
             .kill_on_drop(false);
         let mut child = command
             .spawn()
-            .map_err(|e| format!("cannot start {:?}: {e}", argv[0]))?;
+            .map_err(|e| permanent(format!("cannot start {:?}: {e}", argv[0])))?;
         let pid = child.id().map(|p| p as i32).unwrap_or_default();
         let stdin = child
             .stdin
@@ -302,7 +339,9 @@ impl Instances {
             .map(|s| Arc::new(tokio::sync::Mutex::new(s)));
         let kill = {
             let mut table = self.table();
-            let instance = table.get_mut(&id).ok_or("instance vanished")?;
+            let instance = table
+                .get_mut(&id)
+                .ok_or_else(|| permanent("instance vanished".into()))?;
             instance.pid = pid;
             instance.stdin = stdin;
             instance.kill.clone()
@@ -557,6 +596,33 @@ impl Instances {
             ),
         }
     }
+}
+
+/// Substitutes placeholders in the configuration files (by extension, under 1 MiB) below `dir`.
+fn substitute_tree(dir: &Path, substitute: &dyn Fn(&str) -> String) -> Result<(), String> {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        let entries =
+            std::fs::read_dir(&current).map_err(|e| format!("{}: {e}", current.display()))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                pending.push(path);
+            } else if meta.is_file()
+                && meta.len() < 1024 * 1024
+                && layers::is_config_file(&path)
+                && let Ok(text) = std::fs::read_to_string(&path)
+            {
+                let replaced = substitute(&text);
+                if replaced != text {
+                    std::fs::write(&path, replaced)
+                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Refuses plans that can never run, naming the problem.

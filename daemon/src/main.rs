@@ -5,6 +5,7 @@ mod datadir;
 mod fences;
 mod identity;
 mod instances;
+mod layers;
 mod session;
 
 use std::process::ExitCode;
@@ -79,7 +80,17 @@ async fn run(config: DaemonConfig) -> anyhow::Result<()> {
                 }
             };
             let (events_tx, events_rx) = tokio::sync::mpsc::channel(4096);
-            let instances = instances::Instances::new(&config.data_dir, &config.node_id, events_tx);
+            let layer_source = Arc::new(layers::GatewayLayers {
+                node_id: config.node_id.clone(),
+                identity: node.clone(),
+                gateways: config.gateways.clone(),
+            });
+            let instances = instances::Instances::new(
+                &config.data_dir,
+                &config.node_id,
+                events_tx,
+                layers::LayerCache::new(&config.data_dir, layer_source),
+            );
             let status = session::SessionStatus::default();
             let check = status.clone();
             readiness.add("gateway", move || {

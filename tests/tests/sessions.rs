@@ -14,7 +14,7 @@ use prexor_proto::v1::command::Action;
 use prexor_proto::v1::node_commands_client::NodeCommandsClient;
 use prexor_proto::v1::{
     AckResult, Command, CommandAck, CompositionPlan, ConsoleInput, NodeCommandReply,
-    NodeCommandRequest, PlanFile, StartInstance, StopInstance,
+    NodeCommandRequest, PlanFile, StartInstance, StopInstance, TemplateLayer,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -169,6 +169,7 @@ fn start(instance: &str, port: u16, extra: &[&str]) -> anyhow::Result<Action> {
                 path: "server.properties".into(),
                 content: "server-port={port}\nmotd={instance} on {node}\n".into(),
             }],
+            layers: Vec::new(),
         }),
     }))
 }
@@ -201,6 +202,22 @@ async fn lobby(
 
 fn ack(reply: &NodeCommandReply) -> anyhow::Result<&CommandAck> {
     reply.ack.as_ref().context("reply without ack")
+}
+
+/// A tar.gz with the given (path, content) files.
+fn tar_gz(files: &[(&str, &str)]) -> anyhow::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    for (path, content) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, path, content.as_bytes())?;
+    }
+    Ok(builder.into_inner()?.finish()?)
 }
 
 fn pid_alive(pid: i32) -> bool {
@@ -438,6 +455,62 @@ async fn commands_and_failover() -> anyhow::Result<()> {
     let refused = ack(&reply)?;
     ensure!(
         refused.result() == AckResult::Permanent && refused.message.contains("relative path"),
+        "{refused:?}"
+    );
+
+    // Template layers: fetched through the gateway once, cached by hash, unpacked in order (a
+    // later layer overwrites), placeholders substituted in configuration files.
+    let store = cluster.store().await?;
+    let base = store
+        .put_blob(&tar_gz(&[
+            ("config/server.yml", "port: {port}\nname: {instance}\n"),
+            ("plugins/hello.txt", "base layer\n"),
+        ])?)
+        .await?;
+    let overlay = store
+        .put_blob(&tar_gz(&[("plugins/hello.txt", "overlay layer\n")])?)
+        .await?;
+    let layered_port = free_port();
+    let mut layered = start("lobby-5", layered_port, &[])?;
+    if let Action::Start(StartInstance { plan: Some(plan) }) = &mut layered {
+        plan.layers = vec![
+            TemplateLayer {
+                hash: base.clone(),
+                name: "base".into(),
+            },
+            TemplateLayer {
+                hash: overlay.clone(),
+                name: "overlay".into(),
+            },
+        ];
+    }
+    let reply = lobby(&mut via_survivor, "c13", 2, layered).await?;
+    ensure!(ack(&reply)?.result() == AckResult::Done, "{reply:?}");
+    let instance_dir = cluster.dir.join("node-1/instances/lobby-5");
+    let config = std::fs::read_to_string(instance_dir.join("config/server.yml"))?;
+    ensure!(
+        config == format!("port: {layered_port}\nname: lobby-5\n"),
+        "{config}"
+    );
+    ensure!(std::fs::read_to_string(instance_dir.join("plugins/hello.txt"))? == "overlay layer\n");
+    ensure!(
+        cluster
+            .dir
+            .join(format!("node-1/cache/layers/{base}.tar.gz"))
+            .is_file()
+    );
+    let mut missing = start("lobby-6", free_port(), &[])?;
+    if let Action::Start(StartInstance { plan: Some(plan) }) = &mut missing {
+        plan.layers = vec![TemplateLayer {
+            hash: "ab".repeat(32),
+            name: "gone".into(),
+        }];
+    }
+    let reply = lobby(&mut via_survivor, "c14", 2, missing).await?;
+    let refused = ack(&reply)?;
+    ensure!(
+        refused.result() == AckResult::Permanent
+            && refused.message.contains("not in the cluster store"),
         "{refused:?}"
     );
 

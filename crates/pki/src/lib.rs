@@ -51,6 +51,11 @@ pub fn fingerprint(der: &[u8]) -> String {
         .collect()
 }
 
+/// SHA-256 of any bytes, lower-case hex.
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    fingerprint(bytes)
+}
+
 /// SHA-256 of a secret, lower-case hex (join tokens are stored only as this).
 pub fn sha256_hex(secret: &str) -> String {
     fingerprint(secret.as_bytes())

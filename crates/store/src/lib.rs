@@ -7,10 +7,12 @@
 //! a transaction that first requires `mark <= token` and bumps the document, then performs the
 //! writes: a deposed holder's write is rejected with [`StoreError::StaleFence`] and changes nothing.
 
+mod blobs;
 mod error;
 mod fence;
 mod store;
 
+pub use blobs::{BLOB_CHUNKS, BLOBS, blob_hash};
 pub use error::StoreError;
 pub use fence::{FENCES, Fence, Write, WriteOutcome};
 pub use mongodb::bson;

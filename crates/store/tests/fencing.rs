@@ -274,3 +274,22 @@ async fn an_unreachable_server_is_reported_as_unavailable_within_the_timeout() -
     assert!(err.is_unavailable(), "{err}");
     Ok(())
 }
+
+#[tokio::test]
+async fn blobs_are_content_addressed_and_chunked() -> anyhow::Result<()> {
+    let stores = TestStores::new("blobs")?;
+    let store = stores.store("blobs").await?;
+    // Three chunks: 1 MiB, 1 MiB and a remainder.
+    let bytes: Vec<u8> = (0..(2 * 1024 * 1024 + 12_345))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let hash = store.put_blob(&bytes).await?;
+    assert_eq!(hash, prexor_store::blob_hash(&bytes));
+    assert_eq!(store.put_blob(&bytes).await?, hash, "stored once");
+    assert_eq!(store.blob_size(&hash).await?, Some(bytes.len() as u64));
+    assert_eq!(store.get_blob(&hash).await?.as_deref(), Some(&bytes[..]));
+    assert_eq!(store.get_blob(&"0".repeat(64)).await?, None);
+    let empty = store.put_blob(b"").await?;
+    assert_eq!(store.get_blob(&empty).await?, Some(Vec::new()));
+    Ok(())
+}

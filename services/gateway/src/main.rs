@@ -5,6 +5,7 @@
 //! certificate.
 
 mod commands;
+mod content;
 mod enrolment;
 mod sessions;
 mod tls;
@@ -19,6 +20,7 @@ use prexor_pki::client::SignerClient;
 use prexor_pki::records;
 use prexor_pki::tls::CertSlot;
 use prexor_proto::v1::node_commands_server::NodeCommandsServer;
+use prexor_proto::v1::node_content_server::NodeContentServer;
 use prexor_proto::v1::node_enrolment_server::NodeEnrolmentServer;
 use prexor_proto::v1::node_session_server::NodeSessionServer;
 use prexor_serve::{Parts, Service};
@@ -104,7 +106,10 @@ async fn build(service: Service, config: GatewayConfig) -> Result<Parts, prexor_
             signer,
             ca,
         }))
-        .add_service(NodeSessionServer::new(sessions.clone()));
+        .add_service(NodeSessionServer::new(sessions.clone()))
+        .add_service(NodeContentServer::new(content::Content {
+            store: service.store.clone(),
+        }));
     let internal = tonic::service::Routes::new(NodeCommandsServer::new(commands::Commands::new(
         sessions,
         service.registry.clone(),
