@@ -1,9 +1,16 @@
 //! `prexor-scheduler`: places, scales, drains and heals instances under group, workflow and
 //! platform-module leases.
+//!
+//! Built so far: the lease reconciler (each replica holds its fair share of the scopes, hands
+//! them over on SIGTERM, takes a crashed peer's after the TTL). Placement, scaling, workflows and
+//! deployments run under these leases as they are built.
+
+mod reconciler;
 
 use std::process::ExitCode;
 
 use prexor_config::SchedulerConfig;
+use prexor_coord::LeaseKeeper;
 use prexor_serve::{Parts, Service};
 
 fn main() -> ExitCode {
@@ -13,6 +20,21 @@ fn main() -> ExitCode {
     )
 }
 
-async fn build(_service: Service) -> Result<Parts, prexor_serve::BoxError> {
-    Ok(Parts::default())
+async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
+    let (keeper, keeper_task) =
+        LeaseKeeper::start(service.leases.clone(), "mixed", service.shutdown.clone());
+    let reconciler = reconciler::Reconciler {
+        store: service.store.clone(),
+        leases: service.leases.clone(),
+        keeper: keeper.clone(),
+        registry: service.registry.clone(),
+        replica_id: service.config.replica_id.clone(),
+        interval: service.config.evaluation_interval,
+    };
+    let ticks = tokio::spawn(reconciler.run(service.shutdown.clone()));
+    Ok(Parts {
+        keepers: vec![keeper],
+        tasks: vec![ticks, keeper_task],
+        ..Parts::default()
+    })
 }

@@ -1,0 +1,170 @@
+//! The lease reconciler: every tick, each scheduler replica holds its fair share of the work
+//! scopes (every group, and the platform-module scope). It acquires unowned scopes up to its
+//! share, hands surplus back when peers joined, drops scopes whose group is gone; the keeper
+//! renews what it holds and releases everything on SIGTERM, so peers take the work on their
+//! next tick. A crashed replica's leases expire after the TTL and are taken the tick after.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use mongodb::bson::{Document, doc};
+use prexor_coord::{LeaseKeeper, Leases, Registry};
+use prexor_domain::{Scope, ServiceKind};
+use prexor_store::Store;
+use rand::seq::SliceRandom;
+use tokio_util::sync::CancellationToken;
+
+pub const GROUPS: &str = "groups";
+
+pub struct Reconciler {
+    pub store: Store,
+    pub leases: Leases,
+    pub keeper: LeaseKeeper,
+    pub registry: Registry,
+    pub replica_id: String,
+    pub interval: Duration,
+}
+
+/// What one tick saw and did (logged at debug, exported as metrics).
+#[derive(Debug, Default)]
+pub struct TickOutcome {
+    pub scopes: usize,
+    pub replicas: usize,
+    pub share: usize,
+    pub acquired: usize,
+    pub released: usize,
+    pub held: usize,
+}
+
+impl Reconciler {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let started = Instant::now();
+            match self.tick().await {
+                Ok(outcome) => {
+                    metrics::gauge!("prexor_scheduler_scopes_held").set(outcome.held as f64);
+                    metrics::gauge!("prexor_scheduler_fair_share").set(outcome.share as f64);
+                    if outcome.acquired + outcome.released > 0 {
+                        tracing::info!(
+                            held = outcome.held,
+                            acquired = outcome.acquired,
+                            released = outcome.released,
+                            share = outcome.share,
+                            replicas = outcome.replicas,
+                            scopes = outcome.scopes,
+                            "lease reconciler tick"
+                        );
+                    }
+                }
+                Err(err) => {
+                    metrics::counter!("prexor_scheduler_tick_failures_total").increment(1);
+                    tracing::warn!("lease reconciler tick failed: {err}");
+                }
+            }
+            metrics::histogram!("prexor_scheduler_tick_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Every scope there is work for: each group, and the platform modules.
+    async fn scopes(&self) -> anyhow::Result<BTreeSet<Scope>> {
+        let groups: Vec<Document> = self
+            .store
+            .bounded("listing groups", async {
+                self.store
+                    .documents(GROUPS)
+                    .find(doc! {})
+                    .projection(doc! { "_id": 1 })
+                    .await?
+                    .try_collect()
+                    .await
+            })
+            .await?;
+        let mut scopes: BTreeSet<Scope> = groups
+            .iter()
+            .filter_map(|g| g.get_str("_id").ok())
+            .map(|name| Scope::Group(name.to_string()))
+            .collect();
+        scopes.insert(Scope::PlatformModule);
+        Ok(scopes)
+    }
+
+    pub async fn tick(&self) -> anyhow::Result<TickOutcome> {
+        let scopes = self.scopes().await?;
+        // Ready peers plus this replica (which may not be registered yet on its first tick).
+        let listed = self.registry.list(Some(ServiceKind::Scheduler)).await?;
+        let peers = listed
+            .iter()
+            .filter(|r| r.ready && r.id != self.replica_id)
+            .count();
+        let replicas = peers + 1;
+        let share = scopes.len().div_ceil(replicas);
+        let mut outcome = TickOutcome {
+            scopes: scopes.len(),
+            replicas,
+            share,
+            ..TickOutcome::default()
+        };
+
+        // Scopes that no longer exist (a deleted group) are let go.
+        for lease in self.keeper.held() {
+            if !scopes.contains(lease.scope()) {
+                self.keeper.release(lease.scope()).await;
+                outcome.released += 1;
+            }
+        }
+        let mut held: Vec<Scope> = self
+            .keeper
+            .held()
+            .iter()
+            .map(|l| l.scope().clone())
+            .collect();
+
+        // More than a fair share (a peer joined): hand the surplus back for peers to take.
+        if held.len() > share {
+            held.sort();
+            for scope in held.split_off(share) {
+                self.keeper.release(&scope).await;
+                outcome.released += 1;
+            }
+        }
+
+        // Less than a fair share: take free scopes, in random order so that replicas ticking
+        // together rarely race for the same one.
+        if held.len() < share {
+            let mine: BTreeSet<&Scope> = held.iter().collect();
+            let candidates: Vec<Scope> = scopes
+                .iter()
+                .filter(|s| !mine.contains(s))
+                .cloned()
+                .collect();
+            let holders = self.leases.holders(&candidates).await?;
+            let mut free: Vec<Scope> = candidates
+                .into_iter()
+                .zip(holders)
+                .filter(|(_, holder)| holder.is_none())
+                .map(|(scope, _)| scope)
+                .collect();
+            free.shuffle(&mut rand::rng());
+            for scope in free {
+                if held.len() >= share {
+                    break;
+                }
+                if let Some(lease) = self.leases.acquire(&scope).await? {
+                    self.keeper.insert(lease);
+                    held.push(scope);
+                    outcome.acquired += 1;
+                }
+            }
+        }
+        outcome.held = held.len();
+        Ok(outcome)
+    }
+}
