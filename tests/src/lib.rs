@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use mongodb::bson::{Document, doc};
 pub use prexor_testkit::{TestStores, free_port};
 
 /// `target/<profile>/`, where `cargo build --workspace --bins` put the binaries.
@@ -360,6 +361,39 @@ pub async fn wait_unready_because(proc: &Proc, needle: &str) -> anyhow::Result<(
         "{} never reported unready because of {needle:?}; last: {last}",
         proc.name
     )
+}
+
+/// Polls until `check` holds for the document `_id` in `collection`.
+pub async fn wait_doc(
+    cluster: &Cluster,
+    collection: &str,
+    id: &str,
+    what: &str,
+    check: impl Fn(&Document) -> bool,
+) -> anyhow::Result<Document> {
+    let db = cluster.stores.mongo().await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = None;
+    while Instant::now() < deadline {
+        last = db
+            .collection::<Document>(collection)
+            .find_one(doc! { "_id": id })
+            .await?;
+        if let Some(doc) = &last
+            && check(doc)
+        {
+            return Ok(doc.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{collection}/{id} never became {what}; last: {last:?}")
+}
+
+/// The state a daemon reported for an instance record.
+pub fn reported_state(doc: &Document) -> &str {
+    doc.get_document("reported")
+        .and_then(|r| r.get_str("state"))
+        .unwrap_or("")
 }
 
 impl Drop for Cluster {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use mongodb::bson::{Document, doc};
-use prexor_acceptance::{Cluster, Proc, binary, free_port};
+use prexor_acceptance::{Cluster, Proc, binary, free_port, reported_state, wait_doc};
 use prexor_coord::{ConsoleStreams, ValkeyBackend};
 use prexor_pki::records;
 use prexor_proto::v1::command::Action;
@@ -23,7 +23,6 @@ const READY_WITHIN: Duration = Duration::from_secs(60);
 const EXIT_WITHIN: Duration = Duration::from_secs(20);
 
 struct Stack {
-    cluster: Cluster,
     ca: Proc,
     gateways: Vec<Proc>,
     daemon: Proc,
@@ -32,8 +31,7 @@ struct Stack {
     token: i64,
 }
 
-async fn stack(test: &str) -> anyhow::Result<Stack> {
-    let cluster = Cluster::new(test)?;
+async fn stack(cluster: &Cluster) -> anyhow::Result<Stack> {
     let mut ca = cluster.service("ca", "ca-1", &cluster.ca_extra("ca-1"))?;
     ca.wait_ready(READY_WITHIN).await?;
     let mut gateways = vec![
@@ -66,7 +64,7 @@ async fn stack(test: &str) -> anyhow::Result<Stack> {
         Some(&token.to_string()),
     )?;
     daemon.wait_ready(READY_WITHIN).await?;
-    let node = wait_doc(&cluster, "nodes", "node-1", "ONLINE", |d| {
+    let node = wait_doc(cluster, "nodes", "node-1", "ONLINE", |d| {
         d.get_str("state") == Ok("ONLINE")
     })
     .await?;
@@ -76,7 +74,6 @@ async fn stack(test: &str) -> anyhow::Result<Stack> {
         .position(|g| g.name == owner)
         .context("the owner is one of this test's gateways")?;
     Ok(Stack {
-        cluster,
         ca,
         gateways,
         daemon,
@@ -91,38 +88,6 @@ async fn node_doc(cluster: &Cluster, node: &str) -> anyhow::Result<Document> {
         .find_one(doc! { "_id": node })
         .await?
         .with_context(|| format!("no nodes record for {node}"))
-}
-
-/// Polls until `check` holds for the document `_id` in `collection`.
-async fn wait_doc(
-    cluster: &Cluster,
-    collection: &str,
-    id: &str,
-    what: &str,
-    check: impl Fn(&Document) -> bool,
-) -> anyhow::Result<Document> {
-    let db = cluster.stores.mongo().await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = None;
-    while Instant::now() < deadline {
-        last = db
-            .collection::<Document>(collection)
-            .find_one(doc! { "_id": id })
-            .await?;
-        if let Some(doc) = &last
-            && check(doc)
-        {
-            return Ok(doc.clone());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("{collection}/{id} never became {what}; last: {last:?}")
-}
-
-fn reported_state(doc: &Document) -> &str {
-    doc.get_document("reported")
-        .and_then(|r| r.get_str("state"))
-        .unwrap_or("")
 }
 
 fn owner_of(doc: &Document) -> (String, i64) {
@@ -238,15 +203,14 @@ async fn console_contains(cluster: &Cluster, instance: &str, needle: &str) -> an
     bail!("console of {instance} never showed {needle:?}: {last:?}")
 }
 
-async fn commands_and_failover() -> anyhow::Result<()> {
+async fn commands_and_failover(cluster: &Cluster) -> anyhow::Result<()> {
     let Stack {
-        cluster,
         mut ca,
         mut gateways,
         mut daemon,
         owner_index,
         token,
-    } = stack("sessions").await?;
+    } = stack(cluster).await?;
     let other_index = 1 - owner_index;
 
     // A command sent to the gateway that does not hold the stream is forwarded and acked.
@@ -261,7 +225,7 @@ async fn commands_and_failover() -> anyhow::Result<()> {
     );
     let pid = started.pid;
     ensure!(pid > 0 && pid_alive(pid));
-    wait_doc(&cluster, "instances", "lobby-1", "RUNNING", |d| {
+    wait_doc(cluster, "instances", "lobby-1", "RUNNING", |d| {
         reported_state(d) == "RUNNING"
     })
     .await?;
@@ -286,7 +250,7 @@ async fn commands_and_failover() -> anyhow::Result<()> {
     )
     .await?;
     ensure!(ack(&reply)?.result() == AckResult::Done);
-    console_contains(&cluster, "lobby-1", "[Server] hello from the console").await?;
+    console_contains(cluster, "lobby-1", "[Server] hello from the console").await?;
 
     // The same start again: acknowledged with the current state, no second process.
     let reply = lobby(&mut via_other, "c3", 1, start("lobby-1", port, &[])?).await?;
@@ -302,7 +266,7 @@ async fn commands_and_failover() -> anyhow::Result<()> {
     // kill -9 the owning gateway: the daemon moves to the other one, the server keeps running.
     let killed_at = Instant::now();
     gateways[owner_index].signal(libc::SIGKILL);
-    let moved = wait_doc(&cluster, "nodes", "node-1", "owned by the survivor", |d| {
+    let moved = wait_doc(cluster, "nodes", "node-1", "owned by the survivor", |d| {
         let (gateway, new_token) = owner_of(d);
         gateway == gateways[other_index].name && new_token > token
     })
@@ -315,7 +279,7 @@ async fn commands_and_failover() -> anyhow::Result<()> {
         killed_at.elapsed()
     );
     ensure!(pid_alive(pid), "the server process survived the gateway");
-    let instance = wait_doc(&cluster, "instances", "lobby-1", "still running", |d| {
+    let instance = wait_doc(cluster, "instances", "lobby-1", "still running", |d| {
         reported_state(d) == "RUNNING"
     })
     .await?;
@@ -342,7 +306,7 @@ async fn commands_and_failover() -> anyhow::Result<()> {
     )
     .await?;
     ensure!(ack(&reply)?.result() == AckResult::Done, "{reply:?}");
-    let stopped = wait_doc(&cluster, "instances", "lobby-1", "STOPPED", |d| {
+    let stopped = wait_doc(cluster, "instances", "lobby-1", "STOPPED", |d| {
         reported_state(d) == "STOPPED"
     })
     .await?;
@@ -363,7 +327,7 @@ async fn commands_and_failover() -> anyhow::Result<()> {
     )
     .await?;
     ensure!(ack(&reply)?.result() == AckResult::Done, "{reply:?}");
-    let crash = wait_doc(&cluster, "instances", "lobby-2", "CRASHED", |d| {
+    let crash = wait_doc(cluster, "instances", "lobby-2", "CRASHED", |d| {
         reported_state(d) == "CRASHED"
     })
     .await?;
@@ -390,7 +354,7 @@ async fn commands_and_failover() -> anyhow::Result<()> {
     )
     .await?;
     let hung_pid = ack(&reply)?.pid;
-    wait_doc(&cluster, "instances", "lobby-3", "RUNNING", |d| {
+    wait_doc(cluster, "instances", "lobby-3", "RUNNING", |d| {
         reported_state(d) == "RUNNING"
     })
     .await?;
@@ -404,7 +368,7 @@ async fn commands_and_failover() -> anyhow::Result<()> {
         }),
     )
     .await?;
-    console_contains(&cluster, "lobby-3", "stop will be ignored").await?;
+    console_contains(cluster, "lobby-3", "stop will be ignored").await?;
     lobby(
         &mut via_survivor,
         "c9",
@@ -416,7 +380,7 @@ async fn commands_and_failover() -> anyhow::Result<()> {
         }),
     )
     .await?;
-    let killed = wait_doc(&cluster, "instances", "lobby-3", "STOPPED", |d| {
+    let killed = wait_doc(cluster, "instances", "lobby-3", "STOPPED", |d| {
         reported_state(d) == "STOPPED"
     })
     .await?;
@@ -516,7 +480,7 @@ async fn commands_and_failover() -> anyhow::Result<()> {
 
     // The daemon restarts: the fencing marks survive on disk.
     daemon.stop(EXIT_WITHIN).await?;
-    wait_doc(&cluster, "nodes", "node-1", "OFFLINE", |d| {
+    wait_doc(cluster, "nodes", "node-1", "OFFLINE", |d| {
         d.get_str("state") == Ok("OFFLINE")
     })
     .await?;
@@ -547,31 +511,30 @@ async fn commands_and_failover() -> anyhow::Result<()> {
     restarted.stop(EXIT_WITHIN).await?;
     gateways[other_index].stop(EXIT_WITHIN).await?;
     ca.stop(EXIT_WITHIN).await?;
-    drop(cluster);
     Ok(())
 }
 
 #[tokio::test]
 async fn commands_reach_the_node_through_any_gateway_and_servers_survive_a_gateway_kill() {
-    commands_and_failover().await.unwrap();
+    let cluster = Cluster::new("sessions").unwrap();
+    commands_and_failover(&cluster).await.unwrap();
 }
 
-async fn paused_gateway() -> anyhow::Result<()> {
+async fn paused_gateway(cluster: &Cluster) -> anyhow::Result<()> {
     let Stack {
-        cluster,
         mut ca,
         mut gateways,
         mut daemon,
         owner_index,
         token,
-    } = stack("paused_gateway").await?;
+    } = stack(cluster).await?;
     let other = gateways[1 - owner_index].name.clone();
 
     // Pause the owner well past the lease TTL (2 s here): the daemon moves, the other gateway
     // takes the node with a higher token.
     gateways[owner_index].signal(libc::SIGSTOP);
     wait_doc(
-        &cluster,
+        cluster,
         "nodes",
         "node-1",
         "owned by the other gateway",
@@ -599,7 +562,7 @@ async fn paused_gateway() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let node = node_doc(&cluster, "node-1").await?;
+    let node = node_doc(cluster, "node-1").await?;
     ensure!(owner_of(&node).0 == other, "{node:?}");
     ensure!(
         node.get_str("state") == Ok("ONLINE"),
@@ -617,5 +580,6 @@ async fn paused_gateway() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_paused_gateway_that_wakes_up_closes_its_stale_session() {
-    paused_gateway().await.unwrap();
+    let cluster = Cluster::new("paused_gateway").unwrap();
+    paused_gateway(&cluster).await.unwrap();
 }

@@ -1,12 +1,14 @@
 //! The vocabulary every PrexorCloud crate shares: what a service is, what a lease scope is, how
 //! leases are timed, and which names are valid.
 
+mod group;
 mod lease_timing;
 mod name;
 mod redact;
 mod scope;
 mod service;
 
+pub use group::{FieldProblem, GroupSpec, PortRange, ScalingMode, TemplateRef};
 pub use lease_timing::LeaseTiming;
 pub use name::{NameError, validate_name};
 pub use redact::redact_uri;

@@ -5,6 +5,7 @@
 //! them over on SIGTERM, takes a crashed peer's after the TTL). Placement, scaling, workflows and
 //! deployments run under these leases as they are built.
 
+mod groups;
 mod reconciler;
 
 use std::process::ExitCode;
@@ -24,6 +25,10 @@ async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
     let (keeper, keeper_task) =
         LeaseKeeper::start(service.leases.clone(), "mixed", service.shutdown.clone());
     let reconciler = reconciler::Reconciler {
+        groups: groups::Groups::new(
+            service.store.clone(),
+            groups::Gateways::new(service.registry.clone()),
+        ),
         store: service.store.clone(),
         leases: service.leases.clone(),
         keeper: keeper.clone(),

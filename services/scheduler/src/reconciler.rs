@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 pub const GROUPS: &str = "groups";
 
 pub struct Reconciler {
+    pub groups: crate::groups::Groups,
     pub store: Store,
     pub leases: Leases,
     pub keeper: LeaseKeeper,
@@ -165,6 +166,28 @@ impl Reconciler {
             }
         }
         outcome.held = held.len();
+
+        // The work itself, under each group lease still held.
+        let leases = self.keeper.held();
+        let names: std::collections::HashSet<String> = leases
+            .iter()
+            .filter_map(|l| match l.scope() {
+                Scope::Group(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        self.groups.retain(&names);
+        for lease in leases {
+            let Scope::Group(name) = lease.scope() else {
+                continue;
+            };
+            if !lease.is_valid() {
+                continue;
+            }
+            if let Err(err) = self.groups.converge(name, &lease).await {
+                tracing::warn!(group = %name, "group step failed: {err:#}");
+            }
+        }
         Ok(outcome)
     }
 }

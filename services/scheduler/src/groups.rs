@@ -1,0 +1,803 @@
+//! Groups under their leases: placement (node, port and memory reserved atomically with the
+//! plan), dispatch through any gateway with `(group scope, token)`, folding the daemons'
+//! reports into the instance state machine, healing crashed instances and stopping surplus.
+//!
+//! Every write is fenced with the group's token, so a deposed holder cannot place, dispatch or
+//! record anything after a peer took the group; the plan is persisted before it is dispatched, so
+//! a new holder dispatches the same plan and never re-plans.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use mongodb::bson::{self, Bson, Document, doc};
+use prexor_coord::{Lease, Registry};
+use prexor_domain::{GroupSpec, ScalingMode, ServiceKind};
+use prexor_proto::v1::command::Action;
+use prexor_proto::v1::node_commands_client::NodeCommandsClient;
+use prexor_proto::v1::{
+    AckResult, Command, CommandAck, CompositionPlan, NodeCommandRequest, StartInstance,
+    StopInstance, TemplateLayer,
+};
+use prexor_store::{Store, StoreError, Write};
+use sha2::{Digest, Sha256};
+use tonic::transport::{Channel, Endpoint};
+
+pub const INSTANCES: &str = "instances";
+pub const NODES: &str = "nodes";
+pub const NODE_ALLOCATIONS: &str = "node_allocations";
+pub const PORT_RESERVATIONS: &str = "port_reservations";
+
+/// No scale decisions for a newly acquired group until its nodes reported, or this long passed.
+const CONVERGENCE_GRACE: Duration = Duration::from_secs(5);
+/// How long a port that a foreign process holds stays out of placement on that node.
+const PORT_BLOCK: Duration = Duration::from_secs(60);
+
+/// Scheduler-side instance states (a forward-only state machine).
+const SCHEDULED: &str = "SCHEDULED";
+const STARTING: &str = "STARTING";
+const RUNNING: &str = "RUNNING";
+const STOPPING: &str = "STOPPING";
+const STOPPED: &str = "STOPPED";
+const CRASHED: &str = "CRASHED";
+
+fn is_terminal(state: &str) -> bool {
+    state == STOPPED || state == CRASHED
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Sends node commands through any ready gateway.
+#[derive(Clone)]
+pub struct Gateways {
+    registry: Registry,
+    channels: std::sync::Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Gateways {
+    pub fn new(registry: Registry) -> Gateways {
+        Gateways {
+            registry,
+            channels: Default::default(),
+        }
+    }
+
+    async fn send(&self, node: &str, command: Command) -> Result<CommandAck, String> {
+        let mut gateways = self
+            .registry
+            .list(Some(ServiceKind::Gateway))
+            .await
+            .map_err(|e| e.to_string())?;
+        gateways.retain(|g| g.ready && g.grpc_address.is_some());
+        if gateways.is_empty() {
+            return Err("no gateway is ready".into());
+        }
+        let start = rand::random_range(0..gateways.len());
+        let mut errors = Vec::new();
+        for i in 0..gateways.len() {
+            let gateway = &gateways[(start + i) % gateways.len()];
+            let address = gateway.grpc_address.clone().unwrap_or_default();
+            let channel = {
+                let mut channels = self.channels.lock().expect("channels lock");
+                match channels.get(&address) {
+                    Some(channel) => channel.clone(),
+                    None => {
+                        let channel = Endpoint::from_shared(format!("http://{address}"))
+                            .map_err(|e| e.to_string())?
+                            .connect_timeout(Duration::from_secs(2))
+                            .tcp_nodelay(true)
+                            .connect_lazy();
+                        channels.insert(address.clone(), channel.clone());
+                        channel
+                    }
+                }
+            };
+            let request = NodeCommandRequest {
+                node_id: node.to_string(),
+                command: Some(command.clone()),
+                timeout_ms: 10_000,
+                forwarded: false,
+            };
+            match NodeCommandsClient::new(channel).send(request).await {
+                Ok(reply) => {
+                    return reply
+                        .into_inner()
+                        .ack
+                        .ok_or_else(|| "the gateway answered without an ack".into());
+                }
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    errors.push(format!("{}: {}", gateway.id, status.message()));
+                }
+                Err(status) => return Err(status.message().to_string()),
+            }
+        }
+        Err(errors.join("; "))
+    }
+}
+
+pub struct Groups {
+    pub store: Store,
+    pub gateways: Gateways,
+    /// Per group: the token last worked under and when it was first seen (convergence gate).
+    seen: Mutex<HashMap<String, (u64, Instant, i64)>>,
+}
+
+/// The scheduler-owned part of an instance record.
+struct Instance {
+    id: String,
+    node: String,
+    state: String,
+    plan_hash: String,
+    port: u16,
+    memory_mb: u64,
+    attempt: i64,
+    next_attempt_at_ms: i64,
+    plan: Option<Document>,
+    reported_state: Option<String>,
+    reported_plan_hash: Option<String>,
+    reported_detail: String,
+}
+
+impl Instance {
+    fn from_doc(doc: &Document) -> Option<Instance> {
+        let reported = doc.get_document("reported").ok();
+        Some(Instance {
+            id: doc.get_str("_id").ok()?.to_string(),
+            node: doc.get_str("nodeId").unwrap_or_default().to_string(),
+            state: doc.get_str("state").unwrap_or_default().to_string(),
+            plan_hash: doc.get_str("planHash").unwrap_or_default().to_string(),
+            port: doc.get_i64("port").unwrap_or_default() as u16,
+            memory_mb: doc.get_i64("memoryMb").unwrap_or_default() as u64,
+            attempt: doc.get_i64("attempt").unwrap_or_default(),
+            next_attempt_at_ms: doc.get_i64("nextAttemptAtMs").unwrap_or_default(),
+            plan: doc.get_document("plan").ok().cloned(),
+            reported_state: reported.and_then(|r| r.get_str("state").ok().map(str::to_string)),
+            reported_plan_hash: reported
+                .and_then(|r| r.get_str("planHash").ok().map(str::to_string)),
+            reported_detail: reported
+                .and_then(|r| r.get_str("detail").ok())
+                .unwrap_or_default()
+                .to_string(),
+        })
+    }
+
+    fn is_active(&self) -> bool {
+        !self.state.is_empty() && !is_terminal(&self.state)
+    }
+}
+
+impl Groups {
+    pub fn new(store: Store, gateways: Gateways) -> Groups {
+        Groups {
+            store,
+            gateways,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Forgets groups no longer held (their next holder starts its own gate).
+    pub fn retain(&self, held: &HashSet<String>) {
+        self.seen
+            .lock()
+            .expect("seen lock")
+            .retain(|name, _| held.contains(name));
+    }
+
+    async fn write(&self, lease: &Lease, writes: Vec<Write>) -> Result<(), StoreError> {
+        self.store
+            .fenced_write(&lease.fence(), writes)
+            .await
+            .map(|_| ())
+    }
+
+    /// One convergence step for group `name` under `lease`.
+    pub async fn converge(&self, name: &str, lease: &Lease) -> anyhow::Result<()> {
+        let Some(group) = self
+            .store
+            .bounded(
+                "reading a group",
+                self.store
+                    .documents("groups")
+                    .find_one(doc! { "_id": name }),
+            )
+            .await?
+        else {
+            return Ok(());
+        };
+        let Some(spec_doc) = group.get_document("spec").ok() else {
+            return Ok(());
+        };
+        let spec: GroupSpec = match bson::from_document(spec_doc.clone()) {
+            Ok(spec) => spec,
+            Err(err) => {
+                tracing::warn!(group = name, "the group's spec is unreadable: {err}");
+                return Ok(());
+            }
+        };
+        let problems = spec.problems(name);
+        if !problems.is_empty() {
+            tracing::warn!(
+                group = name,
+                ?problems,
+                "the group's spec is invalid; not scheduling it"
+            );
+            return Ok(());
+        }
+        let revision = group.get_i64("revision").unwrap_or(1);
+        let docs: Vec<Document> = self
+            .store
+            .bounded("listing a group's instances", async {
+                self.store
+                    .documents(INSTANCES)
+                    .find(doc! { "group": name, "state": { "$exists": true } })
+                    .await?
+                    .try_collect()
+                    .await
+            })
+            .await?;
+        let mut instances: Vec<Instance> = docs.iter().filter_map(Instance::from_doc).collect();
+
+        // 1. What the daemons reported about the current plans moves the state machine forward.
+        for instance in &mut instances {
+            if instance.reported_plan_hash.as_deref() != Some(instance.plan_hash.as_str()) {
+                continue;
+            }
+            let reported = instance.reported_state.clone();
+            match (instance.state.clone().as_str(), reported.as_deref()) {
+                (SCHEDULED | STARTING, Some("RUNNING")) => {
+                    self.set_state(lease, instance, RUNNING).await?;
+                }
+                (SCHEDULED, Some("STARTING")) => {
+                    self.set_state(lease, instance, STARTING).await?;
+                }
+                (state, Some(reported @ ("STOPPED" | "CRASHED"))) if !is_terminal(state) => {
+                    let reason = instance.reported_detail.clone();
+                    self.finish(lease, instance, reported, &reason).await?;
+                }
+                _ => {}
+            }
+        }
+
+        // 2. Placed but not confirmed started: dispatch (again) the persisted plan.
+        let now = now_ms();
+        for instance in instances
+            .iter_mut()
+            .filter(|i| i.state == SCHEDULED && i.next_attempt_at_ms <= now)
+        {
+            self.dispatch(name, lease, instance).await?;
+        }
+
+        // 3. Convergence gate for a newly acquired group.
+        if !self.gate_open(name, lease, &instances).await? {
+            return Ok(());
+        }
+
+        // 4. Scale to the desired set of names.
+        let desired: u32 = match (spec.scaling, spec.maintenance) {
+            (_, true) | (ScalingMode::Manual, _) => 0,
+            (ScalingMode::Static | ScalingMode::Dynamic, false) => spec.min_instances,
+        };
+        let active: BTreeMap<String, &Instance> = instances
+            .iter()
+            .filter(|i| i.is_active())
+            .map(|i| (i.id.clone(), i))
+            .collect();
+        let attempts: HashMap<String, i64> = instances
+            .iter()
+            .map(|i| (i.id.clone(), i.attempt))
+            .collect();
+        let wanted: Vec<String> = (1..=desired).map(|k| format!("{name}-{k}")).collect();
+        if !spec.maintenance && spec.scaling != ScalingMode::Manual {
+            for id in wanted.iter().filter(|id| !active.contains_key(*id)) {
+                let attempt = attempts.get(id).copied().unwrap_or(0) + 1;
+                if let Some(mut placed) = self
+                    .place(name, &spec, revision, id, attempt, lease)
+                    .await?
+                {
+                    self.dispatch(name, lease, &mut placed).await?;
+                }
+            }
+        }
+        if spec.scaling == ScalingMode::Static {
+            for instance in active
+                .values()
+                .filter(|i| !wanted.contains(&i.id) && i.state != STOPPING)
+            {
+                self.stop(name, lease, instance, spec.stop_grace_seconds)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Newly acquired: wait until every node hosting the group's instances reported since, or
+    /// the grace period passed.
+    async fn gate_open(
+        &self,
+        name: &str,
+        lease: &Lease,
+        instances: &[Instance],
+    ) -> anyhow::Result<bool> {
+        let (since, since_ms) = {
+            let mut seen = self.seen.lock().expect("seen lock");
+            let entry =
+                seen.entry(name.to_string())
+                    .or_insert((lease.token(), Instant::now(), now_ms()));
+            if entry.0 != lease.token() {
+                *entry = (lease.token(), Instant::now(), now_ms());
+            }
+            (entry.1, entry.2)
+        };
+        if since.elapsed() >= CONVERGENCE_GRACE {
+            return Ok(true);
+        }
+        let nodes: HashSet<&str> = instances
+            .iter()
+            .filter(|i| i.is_active())
+            .map(|i| i.node.as_str())
+            .collect();
+        for node in nodes {
+            let reported = self
+                .store
+                .bounded(
+                    "reading a node",
+                    self.store.documents(NODES).find_one(doc! { "_id": node }),
+                )
+                .await?
+                .and_then(|n| n.get_i64("lastHeartbeatMs").ok())
+                .unwrap_or(0);
+            if reported < since_ms {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn set_state(
+        &self,
+        lease: &Lease,
+        instance: &mut Instance,
+        state: &str,
+    ) -> anyhow::Result<()> {
+        self.write(
+            lease,
+            vec![Write::update_one(
+                INSTANCES,
+                doc! { "_id": &instance.id, "planHash": &instance.plan_hash },
+                doc! { "$set": { "state": state, "stateAtMs": now_ms() } },
+            )],
+        )
+        .await?;
+        instance.state = state.to_string();
+        Ok(())
+    }
+
+    /// The instance ended: record the terminal state and give its port and memory back, once.
+    async fn finish(
+        &self,
+        lease: &Lease,
+        instance: &mut Instance,
+        state: &str,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        let result = self
+            .write(
+                lease,
+                vec![
+                    Write::update_one(
+                        INSTANCES,
+                        doc! { "_id": &instance.id, "planHash": &instance.plan_hash, "state": { "$nin": [STOPPED, CRASHED] } },
+                        doc! { "$set": { "state": state, "reason": reason, "endedAtMs": now_ms() } },
+                    )
+                    .require_match(),
+                    Write::delete_one(
+                        PORT_RESERVATIONS,
+                        doc! { "_id": format!("{}:{}", instance.node, instance.port), "instance": &instance.id },
+                    ),
+                    Write::update_one(
+                        NODE_ALLOCATIONS,
+                        doc! { "_id": &instance.node },
+                        doc! { "$inc": { "reservedMb": -(instance.memory_mb as i64) } },
+                    ),
+                ],
+            )
+            .await;
+        match result {
+            Ok(()) | Err(StoreError::Precondition { .. }) => {}
+            Err(err) => return Err(err.into()),
+        }
+        metrics::counter!("prexor_scheduler_instances_ended_total", "state" => state.to_string())
+            .increment(1);
+        tracing::info!(instance = %instance.id, node = %instance.node, state, reason, "instance ended");
+        instance.state = state.to_string();
+        Ok(())
+    }
+
+    /// Places `id` (attempt `attempt`): picks a node and a free port, and in one fenced write
+    /// reserves memory and port and persists the plan. `None` when no node fits now.
+    async fn place(
+        &self,
+        group: &str,
+        spec: &GroupSpec,
+        revision: i64,
+        id: &str,
+        attempt: i64,
+        lease: &Lease,
+    ) -> anyhow::Result<Option<Instance>> {
+        let nodes: Vec<Document> = self
+            .store
+            .bounded("listing nodes", async {
+                self.store
+                    .documents(NODES)
+                    .find(doc! { "state": "ONLINE", "cordoned": { "$ne": true } })
+                    .await?
+                    .try_collect()
+                    .await
+            })
+            .await?;
+        let allocations: HashMap<String, i64> = self
+            .store
+            .bounded("reading node allocations", async {
+                self.store
+                    .documents(NODE_ALLOCATIONS)
+                    .find(doc! {})
+                    .await?
+                    .try_collect::<Vec<Document>>()
+                    .await
+            })
+            .await?
+            .into_iter()
+            .filter_map(|d| {
+                Some((
+                    d.get_str("_id").ok()?.to_string(),
+                    d.get_i64("reservedMb").unwrap_or(0),
+                ))
+            })
+            .collect();
+        let need = spec.memory_mb as i64;
+        let mut candidates: Vec<(String, i64)> = nodes
+            .iter()
+            .filter(|n| {
+                let labels = n.get_document("labels").ok();
+                spec.affinity
+                    .iter()
+                    .all(|(k, v)| labels.and_then(|l| l.get_str(k).ok()) == Some(v.as_str()))
+            })
+            .filter_map(|n| {
+                let node = n.get_str("_id").ok()?.to_string();
+                let allocatable = n
+                    .get_document("resources")
+                    .ok()?
+                    .get_i64("memoryAllocatableMb")
+                    .ok()?;
+                let free = allocatable - allocations.get(&node).copied().unwrap_or(0);
+                (free >= need).then_some((node, allocatable))
+            })
+            .collect();
+        if candidates.is_empty() {
+            tracing::warn!(
+                group,
+                instance = id,
+                need_mb = need,
+                "no online node has room for the instance"
+            );
+            return Ok(None);
+        }
+        // Most free memory first.
+        candidates.sort_by_key(|(node, allocatable)| {
+            std::cmp::Reverse(allocatable - allocations.get(node).copied().unwrap_or(0))
+        });
+        for (node, allocatable) in candidates.into_iter().take(3) {
+            self.store
+                .bounded(
+                    "preparing a node allocation record",
+                    self.store
+                        .documents(NODE_ALLOCATIONS)
+                        .update_one(
+                            doc! { "_id": &node },
+                            doc! { "$setOnInsert": { "reservedMb": 0_i64 } },
+                        )
+                        .upsert(true),
+                )
+                .await?;
+            let used: HashSet<i64> = self
+                .store
+                .bounded("reading port reservations", async {
+                    self.store
+                        .documents(PORT_RESERVATIONS)
+                        .find(doc! { "nodeId": &node })
+                        .await?
+                        .try_collect::<Vec<Document>>()
+                        .await
+                })
+                .await?
+                .iter()
+                // An expired block (a foreign process held the port) no longer counts.
+                .filter(|d| {
+                    d.get_i64("blockedUntilMs")
+                        .map_or(true, |until| until >= now_ms())
+                })
+                .filter_map(|d| d.get_i64("port").ok())
+                .collect();
+            let ports = (spec.port_range.from..=spec.port_range.to)
+                .filter(|p| !used.contains(&i64::from(*p)));
+            for port in ports.take(3) {
+                let plan = plan_doc(group, spec, id, port);
+                let plan_hash = plan_hash(&plan, id, attempt, revision);
+                let placed = self
+                    .write(
+                        lease,
+                        vec![
+                            Write::update_one(
+                                NODE_ALLOCATIONS,
+                                doc! { "_id": &node, "reservedMb": { "$lte": allocatable - need } },
+                                doc! { "$inc": { "reservedMb": need } },
+                            )
+                            .require_match(),
+                            // An expired block on this port goes in the same transaction (never
+                            // a plain multi-document delete on a collection transactions write).
+                            Write::delete_one(
+                                PORT_RESERVATIONS,
+                                doc! { "_id": format!("{node}:{port}"), "blockedUntilMs": { "$lt": now_ms() } },
+                            ),
+                            Write::insert(
+                                PORT_RESERVATIONS,
+                                doc! { "_id": format!("{node}:{port}"), "nodeId": &node, "port": i64::from(port), "group": group, "instance": id },
+                            ),
+                            Write::update_one(
+                                INSTANCES,
+                                doc! { "_id": id },
+                                doc! { "$set": {
+                                    "group": group,
+                                    "nodeId": &node,
+                                    "state": SCHEDULED,
+                                    "planHash": &plan_hash,
+                                    "plan": plan.clone(),
+                                    "port": i64::from(port),
+                                    "memoryMb": need,
+                                    "attempt": attempt,
+                                    "revision": revision,
+                                    "nextAttemptAtMs": 0_i64,
+                                    "scheduledAtMs": now_ms(),
+                                } },
+                            )
+                            .upsert(),
+                        ],
+                    )
+                    .await;
+                match placed {
+                    Ok(()) => {
+                        metrics::counter!("prexor_scheduler_placements_total").increment(1);
+                        tracing::info!(group, instance = id, %node, port, attempt, "placed");
+                        return Ok(Some(Instance {
+                            id: id.to_string(),
+                            node: node.clone(),
+                            state: SCHEDULED.into(),
+                            plan_hash,
+                            port,
+                            memory_mb: need as u64,
+                            attempt,
+                            next_attempt_at_ms: 0,
+                            plan: Some(plan),
+                            reported_state: None,
+                            reported_plan_hash: None,
+                            reported_detail: String::new(),
+                        }));
+                    }
+                    // Another replica took that port or the memory meanwhile: try the next.
+                    Err(err) if err.is_duplicate_key() => continue,
+                    Err(StoreError::Precondition { .. }) => break,
+                    Err(err) => return Err(err.into()),
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Sends the persisted plan to the instance's node and records what the ack says.
+    async fn dispatch(
+        &self,
+        group: &str,
+        lease: &Lease,
+        instance: &mut Instance,
+    ) -> anyhow::Result<()> {
+        let Some(plan) = &instance.plan else {
+            return Ok(());
+        };
+        let command = Command {
+            command_id: format!("start:{}:{}", instance.id, instance.plan_hash),
+            scope: lease.scope().to_string(),
+            fence_token: lease.token(),
+            action: Some(Action::Start(StartInstance {
+                plan: Some(composition_plan(group, instance, plan)),
+            })),
+        };
+        match self.gateways.send(&instance.node, command).await {
+            Ok(ack) => match ack.result() {
+                AckResult::Done | AckResult::Already => {
+                    if instance.state == SCHEDULED {
+                        self.set_state(lease, instance, STARTING).await?;
+                    }
+                }
+                AckResult::Transient if ack.message.contains("in use on this host") => {
+                    // Something outside PrexorCloud holds the port on that host: give the slot
+                    // up, keep the port off limits there for a while, place again elsewhere.
+                    let reason = format!("not started: {}", ack.message);
+                    self.finish(lease, instance, CRASHED, &reason).await?;
+                    self.block_port(&instance.node, instance.port).await?;
+                }
+                AckResult::Transient => {
+                    self.retry_later(lease, instance, u64::from(ack.retry_after_ms).max(1000))
+                        .await?;
+                }
+                AckResult::Permanent | AckResult::Unspecified => {
+                    self.finish(
+                        lease,
+                        instance,
+                        CRASHED,
+                        &format!("the node refused the plan: {}", ack.message),
+                    )
+                    .await?;
+                }
+                AckResult::StaleFence => {
+                    anyhow::bail!(
+                        "node {} refused group {group}'s token {}: {}",
+                        instance.node,
+                        lease.token(),
+                        ack.message
+                    );
+                }
+            },
+            Err(reason) => {
+                tracing::info!(instance = %instance.id, node = %instance.node, "dispatch deferred: {reason}");
+                self.retry_later(lease, instance, 2000).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps `node:port` out of placement for a minute (a foreign process holds it).
+    async fn block_port(&self, node: &str, port: u16) -> anyhow::Result<()> {
+        let blocked = self
+            .store
+            .bounded(
+                "blocking a port",
+                self.store.documents(PORT_RESERVATIONS).insert_one(doc! {
+                    "_id": format!("{node}:{port}"),
+                    "nodeId": node,
+                    "port": i64::from(port),
+                    "blockedUntilMs": now_ms() + PORT_BLOCK.as_millis() as i64,
+                }),
+            )
+            .await;
+        match blocked {
+            Ok(_) => Ok(()),
+            Err(err) if err.is_duplicate_key() => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn retry_later(
+        &self,
+        lease: &Lease,
+        instance: &mut Instance,
+        after_ms: u64,
+    ) -> anyhow::Result<()> {
+        let at = now_ms() + after_ms as i64;
+        self.write(
+            lease,
+            vec![Write::update_one(
+                INSTANCES,
+                doc! { "_id": &instance.id, "planHash": &instance.plan_hash },
+                doc! { "$set": { "nextAttemptAtMs": at } },
+            )],
+        )
+        .await?;
+        instance.next_attempt_at_ms = at;
+        Ok(())
+    }
+
+    async fn stop(
+        &self,
+        group: &str,
+        lease: &Lease,
+        instance: &Instance,
+        grace_s: u32,
+    ) -> anyhow::Result<()> {
+        let command = Command {
+            command_id: format!("stop:{}:{}", instance.id, instance.plan_hash),
+            scope: lease.scope().to_string(),
+            fence_token: lease.token(),
+            action: Some(Action::Stop(StopInstance {
+                instance_id: instance.id.clone(),
+                grace_period_ms: grace_s.saturating_mul(1000),
+                stop_command: String::new(),
+            })),
+        };
+        match self.gateways.send(&instance.node, command).await {
+            Ok(ack) if matches!(ack.result(), AckResult::Done | AckResult::Already) => {
+                self.write(
+                    lease,
+                    vec![Write::update_one(
+                        INSTANCES,
+                        doc! { "_id": &instance.id, "planHash": &instance.plan_hash },
+                        doc! { "$set": { "state": STOPPING, "stateAtMs": now_ms() } },
+                    )],
+                )
+                .await?;
+                tracing::info!(group, instance = %instance.id, "stopping (above the desired count)");
+            }
+            Ok(ack) => tracing::warn!(instance = %instance.id, "stop refused: {}", ack.message),
+            Err(reason) => tracing::info!(instance = %instance.id, "stop deferred: {reason}"),
+        }
+        Ok(())
+    }
+}
+
+fn plan_doc(group: &str, spec: &GroupSpec, id: &str, port: u16) -> Document {
+    doc! {
+        "group": group,
+        "command": spec.command.clone(),
+        "env": spec.env.iter().map(|(k, v)| (k.clone(), Bson::String(v.clone()))).collect::<Document>(),
+        "port": i64::from(port),
+        "memoryMb": spec.memory_mb as i64,
+        "layers": spec.templates.iter().map(|t| Bson::Document(doc! { "hash": &t.hash, "name": &t.name })).collect::<Vec<_>>(),
+        "instance": id,
+    }
+}
+
+fn plan_hash(plan: &Document, id: &str, attempt: i64, revision: i64) -> String {
+    let canonical = serde_json::to_string(&Bson::Document(plan.clone()).into_relaxed_extjson())
+        .unwrap_or_default();
+    let digest = Sha256::digest(format!("{id}|{attempt}|{revision}|{canonical}").as_bytes());
+    digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
+fn composition_plan(group: &str, instance: &Instance, plan: &Document) -> CompositionPlan {
+    let strings = |key: &str| -> Vec<String> {
+        plan.get_array(key)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    CompositionPlan {
+        instance_id: instance.id.clone(),
+        group: group.to_string(),
+        plan_hash: instance.plan_hash.clone(),
+        command: strings("command"),
+        env: plan
+            .get_document("env")
+            .map(|e| {
+                e.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        port: u32::from(instance.port),
+        memory_mb: instance.memory_mb,
+        files: Vec::new(),
+        layers: plan
+            .get_array("layers")
+            .map(|a| {
+                a.iter()
+                    .filter_map(|l| {
+                        let l = l.as_document()?;
+                        Some(TemplateLayer {
+                            hash: l.get_str("hash").ok()?.to_string(),
+                            name: l.get_str("name").unwrap_or_default().to_string(),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}

@@ -1,0 +1,247 @@
+//! Scheduling with real processes: two schedulers, two gateways, two daemons running the fake
+//! server. A STATIC group gets exactly its minimum, spread over ports without collisions; the
+//! lease holder's SIGKILL hands the group to the peer, which dispatches nothing twice; a crashed
+//! instance is replaced; lowering the minimum stops the surplus.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use mongodb::bson::{Document, doc};
+use prexor_acceptance::{Cluster, Proc, binary, reported_state, wait_doc};
+use prexor_pki::records;
+use prexor_proto::v1::command::Action;
+use prexor_proto::v1::node_commands_client::NodeCommandsClient;
+use prexor_proto::v1::replica_status_client::ReplicaStatusClient;
+use prexor_proto::v1::{Command, ConsoleInput, GetStatusRequest, NodeCommandRequest};
+use tonic::transport::Channel;
+
+const READY_WITHIN: Duration = Duration::from_secs(60);
+const EXIT_WITHIN: Duration = Duration::from_secs(20);
+
+async fn holds(scheduler: &Proc, scope: &str) -> anyhow::Result<bool> {
+    let channel = Channel::from_shared(scheduler.grpc.clone().context("grpc")?)?
+        .connect()
+        .await?;
+    let report = ReplicaStatusClient::new(channel)
+        .get_status(GetStatusRequest {})
+        .await?
+        .into_inner();
+    Ok(report.leases_held.iter().any(|s| s == scope))
+}
+
+fn reported_pid(doc: &Document) -> i32 {
+    doc.get_document("reported")
+        .ok()
+        .and_then(|r| r.get_i32("pid").ok())
+        .unwrap_or_default()
+}
+
+/// Waits until instances `ids` are RUNNING (scheduler state and report); returns their docs.
+async fn running(cluster: &Cluster, ids: &[&str]) -> anyhow::Result<Vec<Document>> {
+    let mut docs = Vec::new();
+    for id in ids {
+        docs.push(
+            wait_doc(cluster, "instances", id, "RUNNING", |d| {
+                d.get_str("state") == Ok("RUNNING") && reported_state(d) == "RUNNING"
+            })
+            .await?,
+        );
+    }
+    Ok(docs)
+}
+
+async fn placement(cluster: &Cluster) -> anyhow::Result<()> {
+    let mut ca = cluster.service("ca", "ca-1", &cluster.ca_extra("ca-1"))?;
+    ca.wait_ready(READY_WITHIN).await?;
+    let mut gateways = vec![
+        cluster.service("gateway", "gateway-1", "")?,
+        cluster.service("gateway", "gateway-2", "")?,
+    ];
+    for gateway in &mut gateways {
+        gateway.wait_ready(READY_WITHIN).await?;
+    }
+    let ports: Vec<String> = gateways
+        .iter()
+        .filter_map(|g| g.daemon_port.clone())
+        .collect();
+    let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
+    let store = cluster.store().await?;
+    let ca_cert = records::published_ca(&store)
+        .await?
+        .context("CA")?
+        .certificate;
+    let mut daemons = Vec::new();
+    for node in ["node-1", "node-2"] {
+        let (token, _) =
+            records::create_join_token(&store, node, &ca_cert, Duration::from_secs(600), "test")
+                .await?;
+        let mut daemon = cluster.daemon(
+            &format!("daemon-{node}"),
+            node,
+            node,
+            &ports,
+            Some(&token.to_string()),
+        )?;
+        daemon.wait_ready(READY_WITHIN).await?;
+        daemons.push(daemon);
+    }
+
+    // A STATIC group of three fake servers in a narrow port range.
+    let server = binary("prexor-fakeserver")?.display().to_string();
+    let base_port = prexor_acceptance::free_port().min(60000);
+    let db = cluster.stores.mongo().await?;
+    let groups = db.collection::<Document>("groups");
+    groups
+        .insert_one(doc! {
+            "_id": "lobby",
+            "revision": 1_i64,
+            "spec": {
+                "platform": "fake", "version": "1",
+                "command": [&server, "--port", "{port}"],
+                "memoryMb": 256_i64,
+                "portRange": { "from": i32::from(base_port), "to": i32::from(base_port) + 9 },
+                "minInstances": 3_i64, "maxInstances": 5_i64,
+                "scaling": "STATIC",
+            },
+        })
+        .await?;
+    let mut schedulers = vec![
+        cluster.service("scheduler", "scheduler-1", "")?,
+        cluster.service("scheduler", "scheduler-2", "")?,
+    ];
+    for scheduler in &mut schedulers {
+        scheduler.wait_ready(READY_WITHIN).await?;
+    }
+    let ids = ["lobby-1", "lobby-2", "lobby-3"];
+    let docs = running(cluster, &ids).await?;
+    let slots: BTreeSet<(String, i64)> = docs
+        .iter()
+        .map(|d| {
+            (
+                d.get_str("nodeId").unwrap_or_default().to_string(),
+                d.get_i64("port").unwrap_or_default(),
+            )
+        })
+        .collect();
+    ensure!(
+        slots.len() == 3,
+        "three distinct node:port slots: {slots:?}"
+    );
+    let pids: Vec<i32> = docs.iter().map(reported_pid).collect();
+    ensure!(pids.iter().all(|p| *p > 0), "{docs:?}");
+    let count = db
+        .collection::<Document>("instances")
+        .count_documents(doc! { "group": "lobby" })
+        .await?;
+    ensure!(count == 3, "exactly min instances: {count}");
+
+    // SIGKILL the holder of group:lobby: after the TTL the peer holds it and starts nothing new.
+    let holder = if holds(&schedulers[0], "group:lobby").await? {
+        0
+    } else {
+        1
+    };
+    ensure!(holds(&schedulers[holder], "group:lobby").await?);
+    schedulers[holder].signal(libc::SIGKILL);
+    let peer = &schedulers[1 - holder];
+    let mut taken = false;
+    for _ in 0..100 {
+        if holds(peer, "group:lobby").await? {
+            taken = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(taken, "the peer took group:lobby");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = running(cluster, &ids).await?;
+    let pids_after: Vec<i32> = after.iter().map(reported_pid).collect();
+    ensure!(
+        pids_after == pids,
+        "no instance was restarted: {pids:?} -> {pids_after:?}"
+    );
+    let count = db
+        .collection::<Document>("instances")
+        .count_documents(doc! { "group": "lobby" })
+        .await?;
+    ensure!(count == 3, "nothing started twice: {count}");
+
+    // A crash is healed: lobby-1 is placed again (a new attempt) and runs.
+    let fence = db
+        .collection::<Document>("fences")
+        .find_one(doc! { "_id": "group:lobby" })
+        .await?
+        .context("fence record")?;
+    let token = fence.get_i64("mark")? as u64;
+    let node = after[0].get_str("nodeId")?.to_string();
+    let channel = Channel::from_shared(gateways[0].grpc.clone().context("grpc")?)?
+        .connect()
+        .await?;
+    NodeCommandsClient::new(channel)
+        .send(NodeCommandRequest {
+            node_id: node,
+            command: Some(Command {
+                command_id: "operator-crash".into(),
+                scope: "group:lobby".into(),
+                fence_token: token,
+                action: Some(Action::Console(ConsoleInput {
+                    instance_id: "lobby-1".into(),
+                    line: "crash 5".into(),
+                })),
+            }),
+            timeout_ms: 10_000,
+            forwarded: false,
+        })
+        .await?;
+    let healed = wait_doc(
+        cluster,
+        "instances",
+        "lobby-1",
+        "replaced and running",
+        |d| {
+            d.get_i64("attempt").unwrap_or(0) >= 2
+                && d.get_str("state") == Ok("RUNNING")
+                && reported_state(d) == "RUNNING"
+        },
+    )
+    .await?;
+    ensure!(
+        reported_pid(&healed) != pids[0],
+        "a new process: {healed:?}"
+    );
+    let crash = db
+        .collection::<Document>("crashes")
+        .find_one(doc! { "instanceId": "lobby-1" })
+        .await?
+        .context("crash record")?;
+    ensure!(crash.get_i32("exitCode") == Ok(5), "{crash:?}");
+
+    // Lowering the minimum stops the surplus instance.
+    groups
+        .update_one(
+            doc! { "_id": "lobby" },
+            doc! { "$set": { "spec.minInstances": 2_i64, "revision": 2_i64 } },
+        )
+        .await?;
+    wait_doc(cluster, "instances", "lobby-3", "STOPPED", |d| {
+        d.get_str("state") == Ok("STOPPED")
+    })
+    .await?;
+
+    peer.sigterm();
+    for daemon in &mut daemons {
+        daemon.stop(EXIT_WITHIN).await?;
+    }
+    for gateway in &mut gateways {
+        gateway.stop(EXIT_WITHIN).await?;
+    }
+    ca.stop(EXIT_WITHIN).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_static_group_is_placed_once_survives_failover_and_heals() {
+    let cluster = Cluster::new("placement").unwrap();
+    placement(&cluster).await.unwrap();
+}
