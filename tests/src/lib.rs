@@ -93,6 +93,21 @@ impl Proc {
         Ok(())
     }
 
+    /// The lease scopes this replica holds (its `prexor.v1.ReplicaStatus` report).
+    pub async fn leases_held(&self) -> anyhow::Result<Vec<String>> {
+        use prexor_proto::v1::GetStatusRequest;
+        use prexor_proto::v1::replica_status_client::ReplicaStatusClient;
+        let channel =
+            tonic::transport::Channel::from_shared(self.grpc.clone().context("no gRPC port")?)?
+                .connect()
+                .await?;
+        Ok(ReplicaStatusClient::new(channel)
+            .get_status(GetStatusRequest {})
+            .await?
+            .into_inner()
+            .leases_held)
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -344,6 +359,17 @@ impl Cluster {
     pub async fn store(&self) -> anyhow::Result<prexor_store::Store> {
         self.stores.store("prexor-acceptance").await
     }
+}
+
+/// Stops every process in order (SIGTERM, clean exit required).
+pub async fn stop_all<'a>(
+    procs: impl IntoIterator<Item = &'a mut Proc>,
+    within: Duration,
+) -> anyhow::Result<()> {
+    for proc in procs {
+        proc.stop(within).await?;
+    }
+    Ok(())
 }
 
 /// Waits until `/readyz` answers 503 with a body containing `needle`.

@@ -8,26 +8,18 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use mongodb::bson::{Document, doc};
-use prexor_acceptance::{Cluster, Proc, binary, reported_state, wait_doc};
+use prexor_acceptance::{Cluster, Proc, binary, reported_state, stop_all, wait_doc};
 use prexor_pki::records;
 use prexor_proto::v1::command::Action;
 use prexor_proto::v1::node_commands_client::NodeCommandsClient;
-use prexor_proto::v1::replica_status_client::ReplicaStatusClient;
-use prexor_proto::v1::{Command, ConsoleInput, GetStatusRequest, NodeCommandRequest};
+use prexor_proto::v1::{Command, ConsoleInput, NodeCommandRequest};
 use tonic::transport::Channel;
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
 const EXIT_WITHIN: Duration = Duration::from_secs(20);
 
 async fn holds(scheduler: &Proc, scope: &str) -> anyhow::Result<bool> {
-    let channel = Channel::from_shared(scheduler.grpc.clone().context("grpc")?)?
-        .connect()
-        .await?;
-    let report = ReplicaStatusClient::new(channel)
-        .get_status(GetStatusRequest {})
-        .await?
-        .into_inner();
-    Ok(report.leases_held.iter().any(|s| s == scope))
+    Ok(scheduler.leases_held().await?.iter().any(|s| s == scope))
 }
 
 fn reported_pid(doc: &Document) -> i32 {
@@ -230,14 +222,11 @@ async fn placement(cluster: &Cluster) -> anyhow::Result<()> {
     .await?;
 
     peer.sigterm();
-    for daemon in &mut daemons {
-        daemon.stop(EXIT_WITHIN).await?;
-    }
-    for gateway in &mut gateways {
-        gateway.stop(EXIT_WITHIN).await?;
-    }
-    ca.stop(EXIT_WITHIN).await?;
-    Ok(())
+    stop_all(
+        daemons.iter_mut().chain(&mut gateways).chain([&mut ca]),
+        EXIT_WITHIN,
+    )
+    .await
 }
 
 #[tokio::test]

@@ -5,12 +5,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{bail, ensure};
 use mongodb::bson::{Document, doc};
 use prexor_acceptance::{Cluster, Proc};
-use prexor_proto::v1::GetStatusRequest;
-use prexor_proto::v1::replica_status_client::ReplicaStatusClient;
-use tonic::transport::Channel;
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
 const EXIT_WITHIN: Duration = Duration::from_secs(20);
@@ -18,14 +15,7 @@ const EXIT_WITHIN: Duration = Duration::from_secs(20);
 const SCOPES: usize = 101;
 
 async fn held(scheduler: &Proc) -> anyhow::Result<BTreeSet<String>> {
-    let channel = Channel::from_shared(scheduler.grpc.clone().context("grpc")?)?
-        .connect()
-        .await?;
-    let report = ReplicaStatusClient::new(channel)
-        .get_status(GetStatusRequest {})
-        .await?
-        .into_inner();
-    Ok(report.leases_held.into_iter().collect())
+    Ok(scheduler.leases_held().await?.into_iter().collect())
 }
 
 /// Waits until the schedulers hold every scope in `expected` between them, disjointly, each

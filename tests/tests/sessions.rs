@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use mongodb::bson::{Document, doc};
-use prexor_acceptance::{Cluster, Proc, binary, free_port, reported_state, wait_doc};
+use prexor_acceptance::{Cluster, Proc, binary, free_port, reported_state, stop_all, wait_doc};
 use prexor_coord::{ConsoleStreams, ValkeyBackend};
 use prexor_pki::records;
 use prexor_proto::v1::command::Action;
@@ -570,12 +570,14 @@ async fn paused_gateway(cluster: &Cluster) -> anyhow::Result<()> {
     );
     ensure!(daemon.get("/readyz").await?.0 == 200);
 
-    daemon.stop(EXIT_WITHIN).await?;
-    for gateway in &mut gateways {
-        gateway.stop(EXIT_WITHIN).await?;
-    }
-    ca.stop(EXIT_WITHIN).await?;
-    Ok(())
+    stop_all(
+        [&mut daemon]
+            .into_iter()
+            .chain(&mut gateways)
+            .chain([&mut ca]),
+        EXIT_WITHIN,
+    )
+    .await
 }
 
 #[tokio::test]
