@@ -43,7 +43,8 @@ async fn running(cluster: &Cluster, ids: &[&str]) -> anyhow::Result<Vec<Document
     Ok(docs)
 }
 
-async fn placement(cluster: &Cluster) -> anyhow::Result<()> {
+/// A CA, two gateways and enrolled daemons for `nodes`.
+async fn nodes(cluster: &Cluster, nodes: &[&str]) -> anyhow::Result<(Proc, Vec<Proc>, Vec<Proc>)> {
     let mut ca = cluster.service("ca", "ca-1", &cluster.ca_extra("ca-1"))?;
     ca.wait_ready(READY_WITHIN).await?;
     let mut gateways = vec![
@@ -64,7 +65,7 @@ async fn placement(cluster: &Cluster) -> anyhow::Result<()> {
         .context("CA")?
         .certificate;
     let mut daemons = Vec::new();
-    for node in ["node-1", "node-2"] {
+    for node in nodes {
         let (token, _) =
             records::create_join_token(&store, node, &ca_cert, Duration::from_secs(600), "test")
                 .await?;
@@ -78,26 +79,38 @@ async fn placement(cluster: &Cluster) -> anyhow::Result<()> {
         daemon.wait_ready(READY_WITHIN).await?;
         daemons.push(daemon);
     }
+    Ok((ca, gateways, daemons))
+}
 
-    // A STATIC group of three fake servers in a narrow port range.
-    let server = binary("prexor-fakeserver")?.display().to_string();
+/// A group document for the fake server (`extra` arguments after `--port {port}`).
+fn group_doc(name: &str, min: i64, extra: &[&str]) -> anyhow::Result<Document> {
+    let mut command = vec![
+        binary("prexor-fakeserver")?.display().to_string(),
+        "--port".to_string(),
+        "{port}".to_string(),
+    ];
+    command.extend(extra.iter().map(|s| s.to_string()));
     let base_port = prexor_acceptance::free_port().min(60000);
+    Ok(doc! {
+        "_id": name,
+        "revision": 1_i64,
+        "spec": {
+            "platform": "fake", "version": "1",
+            "command": command,
+            "memoryMb": 256_i64,
+            "portRange": { "from": i32::from(base_port), "to": i32::from(base_port) + 9 },
+            "minInstances": min, "maxInstances": 5_i64,
+            "scaling": "STATIC",
+        },
+    })
+}
+
+async fn placement(cluster: &Cluster) -> anyhow::Result<()> {
+    let (mut ca, mut gateways, mut daemons) = nodes(cluster, &["node-1", "node-2"]).await?;
+    // A STATIC group of three fake servers in a narrow port range.
     let db = cluster.stores.mongo().await?;
     let groups = db.collection::<Document>("groups");
-    groups
-        .insert_one(doc! {
-            "_id": "lobby",
-            "revision": 1_i64,
-            "spec": {
-                "platform": "fake", "version": "1",
-                "command": [&server, "--port", "{port}"],
-                "memoryMb": 256_i64,
-                "portRange": { "from": i32::from(base_port), "to": i32::from(base_port) + 9 },
-                "minInstances": 3_i64, "maxInstances": 5_i64,
-                "scaling": "STATIC",
-            },
-        })
-        .await?;
+    groups.insert_one(group_doc("lobby", 3, &[])?).await?;
     let mut schedulers = vec![
         cluster.service("scheduler", "scheduler-1", "")?,
         cluster.service("scheduler", "scheduler-2", "")?,
@@ -233,4 +246,55 @@ async fn placement(cluster: &Cluster) -> anyhow::Result<()> {
 async fn a_static_group_is_placed_once_survives_failover_and_heals() {
     let cluster = Cluster::new("placement").unwrap();
     placement(&cluster).await.unwrap();
+}
+
+async fn crash_loop(cluster: &Cluster) -> anyhow::Result<()> {
+    let (mut ca, mut gateways, mut daemons) = nodes(cluster, &["node-1"]).await?;
+    let db = cluster.stores.mongo().await?;
+    db.collection::<Document>("groups")
+        .insert_one(group_doc("crashy", 1, &["--crash-after", "200"])?)
+        .await?;
+    let mut scheduler = cluster.service("scheduler", "scheduler-1", "")?;
+    scheduler.wait_ready(READY_WITHIN).await?;
+    // Three crashes pause the group (30 s for the first loop) under its lease.
+    let state = wait_doc(cluster, "group_state", "crashy", "paused", |d| {
+        d.get_i64("pauseLevel") == Ok(1)
+    })
+    .await?;
+    ensure!(state.get_i64("pausedUntilMs")? > 0, "{state:?}");
+    let attempts = |d: &Document| d.get_i64("attempt").unwrap_or(0);
+    let instances = db.collection::<Document>("instances");
+    let before = instances
+        .find_one(doc! { "_id": "crashy-1" })
+        .await?
+        .context("instance")?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = instances
+        .find_one(doc! { "_id": "crashy-1" })
+        .await?
+        .context("instance")?;
+    ensure!(
+        attempts(&after) == attempts(&before) && after.get_str("state") == Ok("CRASHED"),
+        "no new attempt while paused: {before:?} -> {after:?}"
+    );
+    ensure!(
+        scheduler
+            .log_text()
+            .contains("crash loop: pausing new instances")
+    );
+    stop_all(
+        [&mut scheduler]
+            .into_iter()
+            .chain(daemons.iter_mut())
+            .chain(&mut gateways)
+            .chain([&mut ca]),
+        EXIT_WITHIN,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_crash_loop_pauses_the_group() {
+    let cluster = Cluster::new("crash_loop").unwrap();
+    crash_loop(&cluster).await.unwrap();
 }

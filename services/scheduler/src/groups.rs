@@ -31,6 +31,12 @@ pub const PORT_RESERVATIONS: &str = "port_reservations";
 
 /// No scale decisions for a newly acquired group until its nodes reported, or this long passed.
 const CONVERGENCE_GRACE: Duration = Duration::from_secs(5);
+pub const GROUP_STATE: &str = "group_state";
+/// A crash loop: this many crashes of a group's instances within the window...
+const CRASH_LOOP_CRASHES: u64 = 3;
+const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(300);
+/// ...pauses new placements for this long, doubled each time it recurs (at most 30 min).
+const CRASH_LOOP_PAUSE: Duration = Duration::from_secs(30);
 /// How long a port that a foreign process holds stays out of placement on that node.
 const PORT_BLOCK: Duration = Duration::from_secs(60);
 
@@ -278,7 +284,10 @@ impl Groups {
             return Ok(());
         }
 
-        // 4. Scale to the desired set of names.
+        // 4. A crash loop pauses new placements, longer each time it recurs.
+        let paused = self.crash_loop_pause(name, lease).await?;
+
+        // 5. Scale to the desired set of names.
         let desired: u32 = match (spec.scaling, spec.maintenance) {
             (_, true) | (ScalingMode::Manual, _) => 0,
             (ScalingMode::Static | ScalingMode::Dynamic, false) => spec.min_instances,
@@ -293,7 +302,7 @@ impl Groups {
             .map(|i| (i.id.clone(), i.attempt))
             .collect();
         let wanted: Vec<String> = (1..=desired).map(|k| format!("{name}-{k}")).collect();
-        if !spec.maintenance && spec.scaling != ScalingMode::Manual {
+        if !spec.maintenance && spec.scaling != ScalingMode::Manual && !paused {
             for id in wanted.iter().filter(|id| !active.contains_key(*id)) {
                 let attempt = attempts.get(id).copied().unwrap_or(0) + 1;
                 if let Some(mut placed) = self
@@ -314,6 +323,79 @@ impl Groups {
             }
         }
         Ok(())
+    }
+
+    /// Whether the group is paused for a crash loop: `CRASH_LOOP_CRASHES` crashes within
+    /// `CRASH_LOOP_WINDOW` start a pause of `CRASH_LOOP_PAUSE` × 2^(n-1) (at most 30 min), kept
+    /// in `group_state` under the group's token so that it survives failover.
+    async fn crash_loop_pause(&self, name: &str, lease: &Lease) -> anyhow::Result<bool> {
+        let now = now_ms();
+        let state = self
+            .store
+            .bounded(
+                "reading a group's state",
+                self.store
+                    .documents(GROUP_STATE)
+                    .find_one(doc! { "_id": name }),
+            )
+            .await?
+            .unwrap_or_default();
+        let paused_until = state.get_i64("pausedUntilMs").unwrap_or(0);
+        if now < paused_until {
+            return Ok(true);
+        }
+        let since = now - CRASH_LOOP_WINDOW.as_millis() as i64;
+        // Crashes after the last pause ended count towards the next one.
+        let recent = self
+            .store
+            .bounded(
+                "counting a group's crashes",
+                self.store.documents("crashes").count_documents(doc! {
+                    "group": name,
+                    "atMs": { "$gt": since.max(paused_until) },
+                }),
+            )
+            .await?;
+        let level = state.get_i64("pauseLevel").unwrap_or(0);
+        if recent < CRASH_LOOP_CRASHES {
+            if level > 0 && paused_until < since {
+                // Quiet for a whole window: the next loop starts from the shortest pause.
+                self.write(
+                    lease,
+                    vec![Write::update_one(
+                        GROUP_STATE,
+                        doc! { "_id": name },
+                        doc! { "$set": { "pauseLevel": 0_i64 } },
+                    )],
+                )
+                .await?;
+            }
+            return Ok(false);
+        }
+        let level = level + 1;
+        let pause = CRASH_LOOP_PAUSE
+            .saturating_mul(2u32.saturating_pow((level - 1).clamp(0, 16) as u32))
+            .min(Duration::from_secs(1800));
+        let until = now + pause.as_millis() as i64;
+        self.write(
+            lease,
+            vec![Write::update_one(
+                GROUP_STATE,
+                doc! { "_id": name },
+                doc! { "$set": { "pausedUntilMs": until, "pauseLevel": level, "pauseReason": format!("{recent} crashes within {CRASH_LOOP_WINDOW:?}") } },
+            )
+            .upsert()],
+        )
+        .await?;
+        metrics::counter!("prexor_scheduler_crash_loop_pauses_total").increment(1);
+        tracing::warn!(
+            group = name,
+            crashes = recent,
+            ?pause,
+            level,
+            "crash loop: pausing new instances of the group"
+        );
+        Ok(true)
     }
 
     /// Newly acquired: wait until every node hosting the group's instances reported since, or
