@@ -298,3 +298,71 @@ async fn a_crash_loop_pauses_the_group() {
     let cluster = Cluster::new("crash_loop").unwrap();
     crash_loop(&cluster).await.unwrap();
 }
+
+async fn lost_node(cluster: &Cluster) -> anyhow::Result<()> {
+    let (mut ca, mut gateways, mut daemons) = nodes(cluster, &["node-1", "node-2"]).await?;
+    let db = cluster.stores.mongo().await?;
+    db.collection::<Document>("groups")
+        .insert_one(group_doc("survivor", 2, &[])?)
+        .await?;
+    let mut scheduler = cluster.service("scheduler", "scheduler-1", "")?;
+    scheduler.wait_ready(READY_WITHIN).await?;
+    let docs = running(cluster, &["survivor-1", "survivor-2"]).await?;
+    let on_node_2 = docs
+        .iter()
+        .find(|d| d.get_str("nodeId") == Ok("node-2"))
+        .context("one instance on each node")?;
+    let lost_id = on_node_2.get_str("_id")?.to_string();
+    let lost_pid = reported_pid(on_node_2);
+
+    // Cut node-2 off (its daemon paused): past the disconnect grace, its instance is replaced.
+    daemons[1].signal(libc::SIGSTOP);
+    let replaced = wait_doc(cluster, "instances", &lost_id, "replaced on node-1", |d| {
+        d.get_i64("attempt").unwrap_or(0) >= 2
+            && d.get_str("nodeId") == Ok("node-1")
+            && d.get_str("state") == Ok("RUNNING")
+    })
+    .await?;
+    ensure!(reported_pid(&replaced) != lost_pid);
+
+    // node-2 comes back: its process of the old plan is a stray and gets stopped.
+    daemons[1].signal(libc::SIGCONT);
+    let stray_id = format!("{lost_id}@node-2");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let strays = db.collection::<Document>("stray_instances");
+    loop {
+        let alive = std::path::Path::new(&format!("/proc/{lost_pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{lost_pid}/stat"))
+                .is_ok_and(|s| s.contains(" Z "));
+        let recorded = strays.find_one(doc! { "_id": &stray_id }).await?;
+        if !alive && recorded.is_none() {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the stray (pid {lost_pid}) was not stopped: alive {alive}, record {recorded:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The replacement is untouched.
+    let current = wait_doc(cluster, "instances", &lost_id, "still running", |d| {
+        d.get_str("state") == Ok("RUNNING")
+    })
+    .await?;
+    ensure!(reported_pid(&current) == reported_pid(&replaced));
+    stop_all(
+        [&mut scheduler]
+            .into_iter()
+            .chain(daemons.iter_mut())
+            .chain(&mut gateways)
+            .chain([&mut ca]),
+        EXIT_WITHIN,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_lost_node_is_replaced_and_its_strays_stopped_when_it_returns() {
+    let cluster = Cluster::new("lost_node").unwrap();
+    lost_node(&cluster).await.unwrap();
+}

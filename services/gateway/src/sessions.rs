@@ -35,6 +35,7 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 pub const NODES: &str = "nodes";
 pub const INSTANCES: &str = "instances";
 pub const CRASHES: &str = "crashes";
+pub const STRAYS: &str = "stray_instances";
 
 /// The sessions this gateway holds, by node id.
 #[derive(Clone)]
@@ -119,52 +120,40 @@ fn resources_doc(r: &HostResources) -> Document {
     }
 }
 
-/// The writes that record one instance report (and its crash record).
-fn report_writes(node_id: &str, report: &InstanceReport) -> Vec<Write> {
-    let state = report.state().as_str_name();
-    let mut writes = vec![
-        Write::update_one(
-            INSTANCES,
-            doc! { "_id": &report.instance_id },
-            doc! {
-                "$set": {
-                    "nodeId": node_id,
-                    "group": &report.group,
-                    "reported": {
-                        "state": state,
-                        "pid": report.pid,
-                        "port": i64::from(report.port),
-                        "planHash": &report.plan_hash,
-                        "exitCode": report.exit_code.map(Bson::Int32).unwrap_or(Bson::Null),
-                        "detail": &report.detail,
-                        "atMs": report.at_unix_ms,
-                    },
-                },
-            },
-        )
-        .upsert(),
-    ];
-    if report.state() == InstanceState::Crashed {
-        // Keyed by instance and time: the same crash reported again (a new session's
-        // inventory) is recorded once.
-        writes.push(
-            Write::update_one(
-                CRASHES,
-                doc! { "_id": format!("{}@{}", report.instance_id, report.at_unix_ms) },
-                doc! { "$set": {
-                    "instanceId": &report.instance_id,
-                    "nodeId": node_id,
-                    "group": &report.group,
-                    "exitCode": report.exit_code.map(Bson::Int32).unwrap_or(Bson::Null),
-                    "logTail": report.log_tail.clone(),
-                    "detail": &report.detail,
-                    "atMs": report.at_unix_ms,
-                } },
-            )
-            .upsert(),
-        );
+/// What the daemon said about an instance, as stored under `reported`.
+fn reported_doc(node_id: &str, report: &InstanceReport) -> Document {
+    doc! {
+        "state": report.state().as_str_name(),
+        "pid": report.pid,
+        "port": i64::from(report.port),
+        "planHash": &report.plan_hash,
+        "nodeId": node_id,
+        "exitCode": report.exit_code.map(Bson::Int32).unwrap_or(Bson::Null),
+        "detail": &report.detail,
+        "atMs": report.at_unix_ms,
     }
-    writes
+}
+
+/// The crash record of a CRASHED report, keyed by instance and time: the same crash reported
+/// again (a new session's inventory) is recorded once.
+fn crash_write(node_id: &str, report: &InstanceReport) -> Option<Write> {
+    (report.state() == InstanceState::Crashed).then(|| {
+        Write::update_one(
+            CRASHES,
+            doc! { "_id": format!("{}@{}", report.instance_id, report.at_unix_ms) },
+            doc! { "$set": {
+                "instanceId": &report.instance_id,
+                "nodeId": node_id,
+                "group": &report.group,
+                "planHash": &report.plan_hash,
+                "exitCode": report.exit_code.map(Bson::Int32).unwrap_or(Bson::Null),
+                "logTail": report.log_tail.clone(),
+                "detail": &report.detail,
+                "atMs": report.at_unix_ms,
+            } },
+        )
+        .upsert()
+    })
 }
 
 impl Sessions {
@@ -225,6 +214,85 @@ impl Sessions {
             .map(|_| ())
     }
 
+    /// Records one instance report. A report about the instance's current plan (or about an
+    /// instance the control plane never placed) goes into its record; a report about an older
+    /// plan (a node that was cut off while its instance was placed elsewhere) goes to
+    /// `stray_instances`, where the group's scheduler finds it and stops the process.
+    async fn record_report(
+        &self,
+        lease: &Lease,
+        node_id: &str,
+        report: &InstanceReport,
+    ) -> Result<(), StoreError> {
+        let id = &report.instance_id;
+        for _ in 0..3 {
+            let current = self
+                .inner
+                .store
+                .bounded(
+                    "reading an instance record",
+                    self.inner
+                        .store
+                        .documents(INSTANCES)
+                        .find_one(doc! { "_id": id })
+                        .projection(doc! { "planHash": 1, "nodeId": 1 }),
+                )
+                .await?;
+            let reported = reported_doc(node_id, report);
+            let plan = current
+                .as_ref()
+                .map(|d| d.get_str("planHash").ok().map(str::to_string));
+            let node = current
+                .as_ref()
+                .and_then(|d| d.get_str("nodeId").ok().map(str::to_string));
+            let mut writes = vec![match plan {
+                None => Write::update_one(
+                    INSTANCES,
+                    doc! { "_id": id },
+                    doc! {
+                        "$set": { "reported": reported },
+                        "$setOnInsert": { "group": &report.group, "nodeId": node_id },
+                    },
+                )
+                .upsert(),
+                Some(None) => Write::update_one(
+                    INSTANCES,
+                    doc! { "_id": id, "planHash": { "$exists": false } },
+                    doc! { "$set": { "reported": reported } },
+                )
+                .require_match(),
+                Some(Some(hash))
+                    if hash == report.plan_hash && node.as_deref().is_none_or(|n| n == node_id) =>
+                {
+                    Write::update_one(
+                        INSTANCES,
+                        doc! { "_id": id, "planHash": &hash },
+                        doc! { "$set": { "reported": reported } },
+                    )
+                    .require_match()
+                }
+                Some(Some(_)) => Write::update_one(
+                    STRAYS,
+                    doc! { "_id": format!("{id}@{node_id}") },
+                    doc! { "$set": {
+                        "instanceId": id,
+                        "group": &report.group,
+                        "nodeId": node_id,
+                        "reported": reported,
+                    } },
+                )
+                .upsert(),
+            }];
+            writes.extend(crash_write(node_id, report));
+            match self.write(lease, writes).await {
+                // The scheduler re-planned the instance meanwhile: classify it again.
+                Err(StoreError::Precondition { .. }) => continue,
+                other => return other,
+            }
+        }
+        Ok(())
+    }
+
     /// Accepts a stream whose Hello came from `node_id` (authorised), taking ownership.
     async fn accept(
         &self,
@@ -238,7 +306,7 @@ impl Sessions {
         })?;
         self.inner.keeper.insert(lease.clone());
 
-        let mut writes = vec![
+        let writes = vec![
             Write::update_one(
                 NODES,
                 doc! { "_id": &node_id },
@@ -255,10 +323,14 @@ impl Sessions {
             )
             .upsert(),
         ];
+        let mut recorded = self.write(&lease, writes).await;
         for report in &hello.inventory {
-            writes.extend(report_writes(&node_id, report));
+            if recorded.is_err() {
+                break;
+            }
+            recorded = self.record_report(&lease, &node_id, report).await;
         }
-        if let Err(err) = self.write(&lease, writes).await {
+        if let Err(err) = recorded {
             self.inner.keeper.release(&scope).await;
             return Err(match err {
                 StoreError::StaleFence { .. } => Status::aborted(format!(
@@ -340,8 +412,7 @@ impl Sessions {
                     .await
                 }
                 Some(Up::Instance(report)) => {
-                    self.write(&handle.lease, report_writes(&node_id, &report))
-                        .await
+                    self.record_report(&handle.lease, &node_id, &report).await
                 }
                 Some(Up::Console(console)) => {
                     if let Some(streams) = &self.inner.console

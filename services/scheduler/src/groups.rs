@@ -32,6 +32,9 @@ pub const PORT_RESERVATIONS: &str = "port_reservations";
 /// No scale decisions for a newly acquired group until its nodes reported, or this long passed.
 const CONVERGENCE_GRACE: Duration = Duration::from_secs(5);
 pub const GROUP_STATE: &str = "group_state";
+pub const STRAYS: &str = "stray_instances";
+/// An instance on a node unreachable for longer than this is replaced elsewhere.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(20);
 /// A crash loop: this many crashes of a group's instances within the window...
 const CRASH_LOOP_CRASHES: u64 = 3;
 const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(300);
@@ -270,6 +273,12 @@ impl Groups {
             }
         }
 
+        // 1b. Instances on a node that has been unreachable longer than the disconnect grace are
+        // given up (and placed again below); their processes, if the node comes back, are
+        // strays that get stopped.
+        self.give_up_lost_nodes(lease, &mut instances).await?;
+        self.stop_strays(name, lease).await?;
+
         // 2. Placed but not confirmed started: dispatch (again) the persisted plan.
         let now = now_ms();
         for instance in instances
@@ -320,6 +329,115 @@ impl Groups {
             {
                 self.stop(name, lease, instance, spec.stop_grace_seconds)
                     .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn give_up_lost_nodes(
+        &self,
+        lease: &Lease,
+        instances: &mut [Instance],
+    ) -> anyhow::Result<()> {
+        let nodes: Vec<String> = instances
+            .iter()
+            .filter(|i| i.is_active())
+            .map(|i| i.node.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let docs: Vec<Document> = self
+            .store
+            .bounded("reading nodes", async {
+                self.store
+                    .documents(NODES)
+                    .find(doc! { "_id": { "$in": &nodes } })
+                    .await?
+                    .try_collect()
+                    .await
+            })
+            .await?;
+        let now = now_ms();
+        let lost: HashMap<String, String> = docs
+            .iter()
+            .filter_map(|n| {
+                let id = n.get_str("_id").ok()?.to_string();
+                let state = n.get_str("state").ok()?;
+                let since = n.get_i64("disconnectedAtMs").unwrap_or(0);
+                (state != "ONLINE"
+                    && since > 0
+                    && now - since > DISCONNECT_GRACE.as_millis() as i64)
+                    .then(|| (id, state.to_string()))
+            })
+            .collect();
+        for instance in instances.iter_mut().filter(|i| i.is_active()) {
+            if let Some(state) = lost.get(&instance.node) {
+                let reason = format!(
+                    "node {} is {state} for more than {DISCONNECT_GRACE:?}",
+                    instance.node
+                );
+                self.finish(lease, instance, CRASHED, &reason).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops processes of older plans that a node reported after it came back.
+    async fn stop_strays(&self, group: &str, lease: &Lease) -> anyhow::Result<()> {
+        let strays: Vec<Document> = self
+            .store
+            .bounded("listing stray instances", async {
+                self.store
+                    .documents(STRAYS)
+                    .find(doc! { "group": group })
+                    .await?
+                    .try_collect()
+                    .await
+            })
+            .await?;
+        for stray in strays {
+            let Ok(id) = stray.get_str("_id") else {
+                continue;
+            };
+            let instance = stray.get_str("instanceId").unwrap_or_default();
+            let node = stray.get_str("nodeId").unwrap_or_default();
+            let reported = stray.get_document("reported").ok();
+            let state = reported
+                .and_then(|r| r.get_str("state").ok())
+                .unwrap_or_default();
+            if matches!(state, "STOPPED" | "CRASHED") {
+                self.write(lease, vec![Write::delete_one(STRAYS, doc! { "_id": id })])
+                    .await?;
+                continue;
+            }
+            let plan = reported
+                .and_then(|r| r.get_str("planHash").ok())
+                .unwrap_or_default();
+            let command = Command {
+                command_id: format!("kill-stray:{id}:{plan}"),
+                scope: lease.scope().to_string(),
+                fence_token: lease.token(),
+                action: Some(Action::Kill(prexor_proto::v1::KillInstance {
+                    instance_id: instance.to_string(),
+                })),
+            };
+            match self.gateways.send(node, command).await {
+                Ok(ack) => {
+                    tracing::warn!(
+                        group,
+                        instance,
+                        node,
+                        "stopped a stray process of an older plan: {}",
+                        ack.message
+                    );
+                    metrics::counter!("prexor_scheduler_strays_stopped_total").increment(1);
+                }
+                Err(reason) => {
+                    tracing::info!(group, instance, node, "stray not stopped yet: {reason}")
+                }
             }
         }
         Ok(())
