@@ -43,8 +43,30 @@ async fn running(cluster: &Cluster, ids: &[&str]) -> anyhow::Result<Vec<Document
     Ok(docs)
 }
 
+/// A CA, two gateways and enrolled daemons.
+struct Fleet {
+    ca: Proc,
+    gateways: Vec<Proc>,
+    daemons: Vec<Proc>,
+}
+
+impl Fleet {
+    /// Stops `scheduler`, then the daemons, gateways and CA.
+    async fn stop_with(&mut self, scheduler: &mut Proc) -> anyhow::Result<()> {
+        stop_all(
+            [scheduler]
+                .into_iter()
+                .chain(self.daemons.iter_mut())
+                .chain(&mut self.gateways)
+                .chain([&mut self.ca]),
+            EXIT_WITHIN,
+        )
+        .await
+    }
+}
+
 /// A CA, two gateways and enrolled daemons for `nodes`.
-async fn nodes(cluster: &Cluster, nodes: &[&str]) -> anyhow::Result<(Proc, Vec<Proc>, Vec<Proc>)> {
+async fn nodes(cluster: &Cluster, nodes: &[&str]) -> anyhow::Result<Fleet> {
     let mut ca = cluster.service("ca", "ca-1", &cluster.ca_extra("ca-1"))?;
     ca.wait_ready(READY_WITHIN).await?;
     let mut gateways = vec![
@@ -79,7 +101,11 @@ async fn nodes(cluster: &Cluster, nodes: &[&str]) -> anyhow::Result<(Proc, Vec<P
         daemon.wait_ready(READY_WITHIN).await?;
         daemons.push(daemon);
     }
-    Ok((ca, gateways, daemons))
+    Ok(Fleet {
+        ca,
+        gateways,
+        daemons,
+    })
 }
 
 /// A group document for the fake server (`extra` arguments after `--port {port}`).
@@ -106,7 +132,11 @@ fn group_doc(name: &str, min: i64, extra: &[&str]) -> anyhow::Result<Document> {
 }
 
 async fn placement(cluster: &Cluster) -> anyhow::Result<()> {
-    let (mut ca, mut gateways, mut daemons) = nodes(cluster, &["node-1", "node-2"]).await?;
+    let Fleet {
+        mut ca,
+        mut gateways,
+        mut daemons,
+    } = nodes(cluster, &["node-1", "node-2"]).await?;
     // A STATIC group of three fake servers in a narrow port range.
     let db = cluster.stores.mongo().await?;
     let groups = db.collection::<Document>("groups");
@@ -249,7 +279,7 @@ async fn a_static_group_is_placed_once_survives_failover_and_heals() {
 }
 
 async fn crash_loop(cluster: &Cluster) -> anyhow::Result<()> {
-    let (mut ca, mut gateways, mut daemons) = nodes(cluster, &["node-1"]).await?;
+    let mut fleet = nodes(cluster, &["node-1"]).await?;
     let db = cluster.stores.mongo().await?;
     db.collection::<Document>("groups")
         .insert_one(group_doc("crashy", 1, &["--crash-after", "200"])?)
@@ -282,15 +312,7 @@ async fn crash_loop(cluster: &Cluster) -> anyhow::Result<()> {
             .log_text()
             .contains("crash loop: pausing new instances")
     );
-    stop_all(
-        [&mut scheduler]
-            .into_iter()
-            .chain(daemons.iter_mut())
-            .chain(&mut gateways)
-            .chain([&mut ca]),
-        EXIT_WITHIN,
-    )
-    .await
+    fleet.stop_with(&mut scheduler).await
 }
 
 #[tokio::test]
@@ -300,7 +322,7 @@ async fn a_crash_loop_pauses_the_group() {
 }
 
 async fn lost_node(cluster: &Cluster) -> anyhow::Result<()> {
-    let (mut ca, mut gateways, mut daemons) = nodes(cluster, &["node-1", "node-2"]).await?;
+    let mut fleet = nodes(cluster, &["node-1", "node-2"]).await?;
     let db = cluster.stores.mongo().await?;
     db.collection::<Document>("groups")
         .insert_one(group_doc("survivor", 2, &[])?)
@@ -316,7 +338,7 @@ async fn lost_node(cluster: &Cluster) -> anyhow::Result<()> {
     let lost_pid = reported_pid(on_node_2);
 
     // Cut node-2 off (its daemon paused): past the disconnect grace, its instance is replaced.
-    daemons[1].signal(libc::SIGSTOP);
+    fleet.daemons[1].signal(libc::SIGSTOP);
     let replaced = wait_doc(cluster, "instances", &lost_id, "replaced on node-1", |d| {
         d.get_i64("attempt").unwrap_or(0) >= 2
             && d.get_str("nodeId") == Ok("node-1")
@@ -326,7 +348,7 @@ async fn lost_node(cluster: &Cluster) -> anyhow::Result<()> {
     ensure!(reported_pid(&replaced) != lost_pid);
 
     // node-2 comes back: its process of the old plan is a stray and gets stopped.
-    daemons[1].signal(libc::SIGCONT);
+    fleet.daemons[1].signal(libc::SIGCONT);
     let stray_id = format!("{lost_id}@node-2");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let strays = db.collection::<Document>("stray_instances");
@@ -350,15 +372,7 @@ async fn lost_node(cluster: &Cluster) -> anyhow::Result<()> {
     })
     .await?;
     ensure!(reported_pid(&current) == reported_pid(&replaced));
-    stop_all(
-        [&mut scheduler]
-            .into_iter()
-            .chain(daemons.iter_mut())
-            .chain(&mut gateways)
-            .chain([&mut ca]),
-        EXIT_WITHIN,
-    )
-    .await
+    fleet.stop_with(&mut scheduler).await
 }
 
 #[tokio::test]
