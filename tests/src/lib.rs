@@ -389,7 +389,8 @@ pub async fn wait_unready_because(proc: &Proc, needle: &str) -> anyhow::Result<(
     )
 }
 
-/// Polls until `check` holds for the document `_id` in `collection`.
+/// Polls until `check` holds for the document `_id` in `collection` (90 s at most: a bound for
+/// a broken test, not a timing assertion).
 pub async fn wait_doc(
     cluster: &Cluster,
     collection: &str,
@@ -398,7 +399,7 @@ pub async fn wait_doc(
     check: impl Fn(&Document) -> bool,
 ) -> anyhow::Result<Document> {
     let db = cluster.stores.mongo().await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(90);
     let mut last = None;
     while Instant::now() < deadline {
         last = db

@@ -350,7 +350,7 @@ async fn lost_node(cluster: &Cluster) -> anyhow::Result<()> {
     // node-2 comes back: its process of the old plan is a stray and gets stopped.
     fleet.daemons[1].signal(libc::SIGCONT);
     let stray_id = format!("{lost_id}@node-2");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
     let strays = db.collection::<Document>("stray_instances");
     loop {
         let alive = std::path::Path::new(&format!("/proc/{lost_pid}")).exists()
