@@ -321,14 +321,46 @@ async fn a_crash_loop_pauses_the_group() {
     crash_loop(&cluster).await.unwrap();
 }
 
+/// `prexor-scheduler group apply NAME --spec FILE` with scheduler-1's configuration.
+fn apply_group(
+    cluster: &Cluster,
+    name: &str,
+    spec: &Document,
+) -> anyhow::Result<std::process::Output> {
+    let file = cluster.dir.join(format!("{name}.json"));
+    std::fs::write(
+        &file,
+        serde_json::to_vec(&mongodb::bson::Bson::Document(spec.clone()).into_relaxed_extjson())?,
+    )?;
+    Ok(std::process::Command::new(binary("prexor-scheduler")?)
+        .arg("--config")
+        .arg(cluster.dir.join("scheduler-1.toml"))
+        .args(["group", "apply", name, "--spec"])
+        .arg(&file)
+        .output()?)
+}
+
 async fn lost_node(cluster: &Cluster) -> anyhow::Result<()> {
     let mut fleet = nodes(cluster, &["node-1", "node-2"]).await?;
     let db = cluster.stores.mongo().await?;
-    db.collection::<Document>("groups")
-        .insert_one(group_doc("survivor", 2, &[])?)
-        .await?;
     let mut scheduler = cluster.service("scheduler", "scheduler-1", "")?;
     scheduler.wait_ready(READY_WITHIN).await?;
+    // The operator's apply command: a bad spec is refused naming each field, a good one lands.
+    let good = group_doc("survivor", 2, &[])?;
+    let mut bad = good.get_document("spec")?.clone();
+    bad.insert("memoryMb", 1_i64);
+    bad.insert("portRange", doc! { "from": 10, "to": 5 });
+    let refused = apply_group(cluster, "survivor", &bad)?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    ensure!(
+        !refused.status.success() && stderr.contains("memoryMb") && stderr.contains("portRange"),
+        "{stderr}"
+    );
+    let applied = apply_group(cluster, "survivor", good.get_document("spec")?)?;
+    ensure!(
+        applied.status.success() && String::from_utf8_lossy(&applied.stdout).contains("created"),
+        "{applied:?}"
+    );
     let docs = running(cluster, &["survivor-1", "survivor-2"]).await?;
     let on_node_2 = docs
         .iter()

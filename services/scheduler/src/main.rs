@@ -5,17 +5,56 @@
 //! them over on SIGTERM, takes a crashed peer's after the TTL). Placement, scaling, workflows and
 //! deployments run under these leases as they are built.
 
+mod admin;
 mod groups;
 mod reconciler;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::Parser;
 use prexor_config::SchedulerConfig;
 use prexor_coord::LeaseKeeper;
-use prexor_serve::{Parts, Service};
+use prexor_serve::{Parts, Service, ServiceArgs};
+
+#[derive(Debug, Parser)]
+#[command(name = "prexor-scheduler", version = prexor_domain::VERSION)]
+struct SchedulerArgs {
+    #[command(flatten)]
+    service: ServiceArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Manage groups directly in the cluster database (until the REST API does).
+    #[command(subcommand)]
+    Group(GroupCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum GroupCommand {
+    /// Create or update a group from a JSON spec (validated; every problem is listed).
+    Apply {
+        name: String,
+        /// The spec as JSON (docs/scheduling.md lists the fields).
+        #[arg(long)]
+        spec: PathBuf,
+    },
+}
 
 fn main() -> ExitCode {
-    prexor_serve::launch(
+    let args = SchedulerArgs::parse();
+    if let Some(Command::Group(GroupCommand::Apply { name, spec })) = args.command {
+        return prexor_serve::launch_with(
+            args.service,
+            |config: &SchedulerConfig| &config.common.telemetry,
+            move |config: SchedulerConfig| async move { admin::apply_group(config, name, &spec).await },
+        );
+    }
+    prexor_serve::launch_with(
+        args.service,
         |config: &SchedulerConfig| &config.common.telemetry,
         |config: SchedulerConfig| prexor_serve::run(config.common, Some(config.grpc.listen), build),
     )
