@@ -9,6 +9,7 @@ mod coord;
 mod gateway;
 mod procs;
 mod report;
+mod scheduler;
 mod stack;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +46,15 @@ enum Command {
         /// How many times the owning gateway is killed.
         #[arg(long, default_value_t = 10)]
         kills: usize,
+    },
+    /// Scheduler tick duration in steady state with N groups held by one replica.
+    Scheduler {
+        /// Group counts to measure, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+        groups: Vec<usize>,
+        /// Ticks sampled per size.
+        #[arg(long, default_value_t = 20)]
+        ticks: usize,
     },
 }
 
@@ -98,6 +108,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Coord => coord::run(&servers, n).await,
         Command::Ca => ca::run(&servers, n).await,
         Command::Gateway { kills } => gateway::run(&servers, n, kills.max(1)).await,
+        Command::Scheduler { groups, ticks } => {
+            scheduler::run(&servers, &groups, ticks.max(3)).await
+        }
     };
     cleanup(&servers).await;
     result

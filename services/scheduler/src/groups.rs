@@ -32,6 +32,8 @@ pub const PORT_RESERVATIONS: &str = "port_reservations";
 /// No scale decisions for a newly acquired group until its nodes reported, or this long passed.
 const CONVERGENCE_GRACE: Duration = Duration::from_secs(5);
 pub const GROUP_STATE: &str = "group_state";
+/// Up to this many held groups a snapshot filters with `$in`; beyond, it reads whole collections.
+const IN_QUERY_LIMIT: usize = 32;
 pub const STRAYS: &str = "stray_instances";
 /// An instance on a node unreachable for longer than this is replaced elsewhere.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(20);
@@ -130,6 +132,53 @@ impl Gateways {
     }
 }
 
+/// Everything one tick needs about the groups this replica holds, read in a handful of queries
+/// (not per group), so that a tick's cost in steady state does not grow with round trips.
+#[derive(Default)]
+pub struct Snapshot {
+    groups: HashMap<String, Document>,
+    instances: HashMap<String, Vec<Document>>,
+    states: HashMap<String, Document>,
+    strays: HashMap<String, Vec<Document>>,
+    nodes: HashMap<String, Document>,
+    /// Crash times (ms) of the last crash-loop window, per group.
+    crashes: HashMap<String, Vec<i64>>,
+}
+
+async fn find_all(
+    store: &Store,
+    collection: &str,
+    what: &str,
+    filter: Document,
+) -> Result<Vec<Document>, StoreError> {
+    store
+        .bounded(what, async {
+            store
+                .documents(collection)
+                .find(filter)
+                .await?
+                .try_collect()
+                .await
+        })
+        .await
+}
+
+fn by_group(docs: Vec<Document>) -> HashMap<String, Vec<Document>> {
+    let mut grouped: HashMap<String, Vec<Document>> = HashMap::new();
+    for doc in docs {
+        if let Ok(group) = doc.get_str("group") {
+            grouped.entry(group.to_string()).or_default().push(doc);
+        }
+    }
+    grouped
+}
+
+fn by_id(docs: Vec<Document>) -> HashMap<String, Document> {
+    docs.into_iter()
+        .filter_map(|d| Some((d.get_str("_id").ok()?.to_string(), d)))
+        .collect()
+}
+
 pub struct Groups {
     pub store: Store,
     pub gateways: Gateways,
@@ -205,18 +254,74 @@ impl Groups {
             .map(|_| ())
     }
 
-    /// One convergence step for group `name` under `lease`.
-    pub async fn converge(&self, name: &str, lease: &Lease) -> anyhow::Result<()> {
-        let Some(group) = self
-            .store
-            .bounded(
-                "reading a group",
-                self.store
-                    .documents("groups")
-                    .find_one(doc! { "_id": name }),
-            )
-            .await?
-        else {
+    /// Reads what a tick needs for `names` (the groups held) in five queries, given every
+    /// group's document (read by the reconciler anyway). With many groups held it reads whole
+    /// (small) collections and filters here: one pass over a collection is far cheaper than a
+    /// large `$in` on the MongoDB-wire server, and the same on MongoDB.
+    pub async fn snapshot(
+        &self,
+        names: &[String],
+        all_groups: &HashMap<String, Document>,
+    ) -> Result<Snapshot, StoreError> {
+        if names.is_empty() {
+            return Ok(Snapshot::default());
+        }
+        let store = &self.store;
+        let window = now_ms() - CRASH_LOOP_WINDOW.as_millis() as i64;
+        let held: HashSet<&str> = names.iter().map(String::as_str).collect();
+        let scoped = |filter: Document| -> Document {
+            if names.len() <= IN_QUERY_LIMIT {
+                let mut filter = filter;
+                filter.insert("group", doc! { "$in": names });
+                filter
+            } else {
+                filter
+            }
+        };
+        let (instances, states, strays, nodes, crashes) = tokio::try_join!(
+            find_all(
+                store,
+                INSTANCES,
+                "listing instances",
+                scoped(doc! { "state": { "$exists": true } })
+            ),
+            find_all(store, GROUP_STATE, "reading group states", doc! {}),
+            find_all(store, STRAYS, "listing stray instances", scoped(doc! {})),
+            find_all(store, NODES, "listing nodes", doc! {}),
+            find_all(
+                store,
+                "crashes",
+                "reading recent crashes",
+                scoped(doc! { "atMs": { "$gt": window } })
+            ),
+        )?;
+        let mine = |docs: Vec<Document>, key: &str| -> Vec<Document> {
+            docs.into_iter()
+                .filter(|d| d.get_str(key).is_ok_and(|g| held.contains(g)))
+                .collect()
+        };
+        let mut crash_times: HashMap<String, Vec<i64>> = HashMap::new();
+        for crash in mine(crashes, "group") {
+            if let (Ok(group), Ok(at)) = (crash.get_str("group"), crash.get_i64("atMs")) {
+                crash_times.entry(group.to_string()).or_default().push(at);
+            }
+        }
+        Ok(Snapshot {
+            groups: names
+                .iter()
+                .filter_map(|n| Some((n.clone(), all_groups.get(n)?.clone())))
+                .collect(),
+            instances: by_group(mine(instances, "group")),
+            states: by_id(mine(states, "_id")),
+            strays: by_group(mine(strays, "group")),
+            nodes: by_id(nodes),
+            crashes: crash_times,
+        })
+    }
+
+    /// One convergence step for group `name` under `lease`, from this tick's snapshot.
+    pub async fn converge(&self, name: &str, lease: &Lease, snap: &Snapshot) -> anyhow::Result<()> {
+        let Some(group) = snap.groups.get(name) else {
             return Ok(());
         };
         let Some(spec_doc) = group.get_document("spec").ok() else {
@@ -239,18 +344,13 @@ impl Groups {
             return Ok(());
         }
         let revision = group.get_i64("revision").unwrap_or(1);
-        let docs: Vec<Document> = self
-            .store
-            .bounded("listing a group's instances", async {
-                self.store
-                    .documents(INSTANCES)
-                    .find(doc! { "group": name, "state": { "$exists": true } })
-                    .await?
-                    .try_collect()
-                    .await
-            })
-            .await?;
-        let mut instances: Vec<Instance> = docs.iter().filter_map(Instance::from_doc).collect();
+        let mut instances: Vec<Instance> = snap
+            .instances
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(Instance::from_doc)
+            .collect();
 
         // 1. What the daemons reported about the current plans moves the state machine forward.
         for instance in &mut instances {
@@ -276,8 +376,14 @@ impl Groups {
         // 1b. Instances on a node that has been unreachable longer than the disconnect grace are
         // given up (and placed again below); their processes, if the node comes back, are
         // strays that get stopped.
-        self.give_up_lost_nodes(lease, &mut instances).await?;
-        self.stop_strays(name, lease).await?;
+        self.give_up_lost_nodes(lease, &mut instances, &snap.nodes)
+            .await?;
+        self.stop_strays(
+            name,
+            lease,
+            snap.strays.get(name).map(Vec::as_slice).unwrap_or_default(),
+        )
+        .await?;
 
         // 2. Placed but not confirmed started: dispatch (again) the persisted plan.
         let now = now_ms();
@@ -289,12 +395,12 @@ impl Groups {
         }
 
         // 3. Convergence gate for a newly acquired group.
-        if !self.gate_open(name, lease, &instances).await? {
+        if !self.gate_open(name, lease, &instances, &snap.nodes) {
             return Ok(());
         }
 
         // 4. A crash loop pauses new placements, longer each time it recurs.
-        let paused = self.crash_loop_pause(name, lease).await?;
+        let paused = self.crash_loop_pause(name, lease, snap).await?;
 
         // 5. Scale to the desired set of names.
         let desired: u32 = match (spec.scaling, spec.maintenance) {
@@ -338,28 +444,14 @@ impl Groups {
         &self,
         lease: &Lease,
         instances: &mut [Instance],
+        nodes: &HashMap<String, Document>,
     ) -> anyhow::Result<()> {
-        let nodes: Vec<String> = instances
+        let hosting: HashSet<&str> = instances
             .iter()
             .filter(|i| i.is_active())
-            .map(|i| i.node.clone())
-            .collect::<HashSet<_>>()
-            .into_iter()
+            .map(|i| i.node.as_str())
             .collect();
-        if nodes.is_empty() {
-            return Ok(());
-        }
-        let docs: Vec<Document> = self
-            .store
-            .bounded("reading nodes", async {
-                self.store
-                    .documents(NODES)
-                    .find(doc! { "_id": { "$in": &nodes } })
-                    .await?
-                    .try_collect()
-                    .await
-            })
-            .await?;
+        let docs: Vec<&Document> = hosting.iter().filter_map(|n| nodes.get(*n)).collect();
         let now = now_ms();
         let lost: HashMap<String, String> = docs
             .iter()
@@ -386,18 +478,12 @@ impl Groups {
     }
 
     /// Stops processes of older plans that a node reported after it came back.
-    async fn stop_strays(&self, group: &str, lease: &Lease) -> anyhow::Result<()> {
-        let strays: Vec<Document> = self
-            .store
-            .bounded("listing stray instances", async {
-                self.store
-                    .documents(STRAYS)
-                    .find(doc! { "group": group })
-                    .await?
-                    .try_collect()
-                    .await
-            })
-            .await?;
+    async fn stop_strays(
+        &self,
+        group: &str,
+        lease: &Lease,
+        strays: &[Document],
+    ) -> anyhow::Result<()> {
         for stray in strays {
             let Ok(id) = stray.get_str("_id") else {
                 continue;
@@ -446,34 +532,27 @@ impl Groups {
     /// Whether the group is paused for a crash loop: `CRASH_LOOP_CRASHES` crashes within
     /// `CRASH_LOOP_WINDOW` start a pause of `CRASH_LOOP_PAUSE` × 2^(n-1) (at most 30 min), kept
     /// in `group_state` under the group's token so that it survives failover.
-    async fn crash_loop_pause(&self, name: &str, lease: &Lease) -> anyhow::Result<bool> {
+    async fn crash_loop_pause(
+        &self,
+        name: &str,
+        lease: &Lease,
+        snap: &Snapshot,
+    ) -> anyhow::Result<bool> {
         let now = now_ms();
-        let state = self
-            .store
-            .bounded(
-                "reading a group's state",
-                self.store
-                    .documents(GROUP_STATE)
-                    .find_one(doc! { "_id": name }),
-            )
-            .await?
-            .unwrap_or_default();
+        let state = snap.states.get(name).cloned().unwrap_or_default();
         let paused_until = state.get_i64("pausedUntilMs").unwrap_or(0);
         if now < paused_until {
             return Ok(true);
         }
         let since = now - CRASH_LOOP_WINDOW.as_millis() as i64;
         // Crashes after the last pause ended count towards the next one.
-        let recent = self
-            .store
-            .bounded(
-                "counting a group's crashes",
-                self.store.documents("crashes").count_documents(doc! {
-                    "group": name,
-                    "atMs": { "$gt": since.max(paused_until) },
-                }),
-            )
-            .await?;
+        let recent = snap
+            .crashes
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter(|at| **at > since.max(paused_until))
+            .count() as u64;
         let level = state.get_i64("pauseLevel").unwrap_or(0);
         if recent < CRASH_LOOP_CRASHES {
             if level > 0 && paused_until < since {
@@ -518,12 +597,13 @@ impl Groups {
 
     /// Newly acquired: wait until every node hosting the group's instances reported since, or
     /// the grace period passed.
-    async fn gate_open(
+    fn gate_open(
         &self,
         name: &str,
         lease: &Lease,
         instances: &[Instance],
-    ) -> anyhow::Result<bool> {
+        nodes: &HashMap<String, Document>,
+    ) -> bool {
         let (since, since_ms) = {
             let mut seen = self.seen.lock().expect("seen lock");
             let entry =
@@ -535,28 +615,15 @@ impl Groups {
             (entry.1, entry.2)
         };
         if since.elapsed() >= CONVERGENCE_GRACE {
-            return Ok(true);
+            return true;
         }
-        let nodes: HashSet<&str> = instances
-            .iter()
-            .filter(|i| i.is_active())
-            .map(|i| i.node.as_str())
-            .collect();
-        for node in nodes {
-            let reported = self
-                .store
-                .bounded(
-                    "reading a node",
-                    self.store.documents(NODES).find_one(doc! { "_id": node }),
-                )
-                .await?
+        instances.iter().filter(|i| i.is_active()).all(|i| {
+            nodes
+                .get(&i.node)
                 .and_then(|n| n.get_i64("lastHeartbeatMs").ok())
-                .unwrap_or(0);
-            if reported < since_ms {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+                .unwrap_or(0)
+                >= since_ms
+        })
     }
 
     async fn set_state(

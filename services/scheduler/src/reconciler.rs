@@ -4,7 +4,7 @@
 //! renews what it holds and releases everything on SIGTERM, so peers take the work on their
 //! next tick. A crashed replica's leases expire after the TTL and are taken the tick after.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
@@ -16,6 +16,12 @@ use rand::seq::SliceRandom;
 use tokio_util::sync::CancellationToken;
 
 pub const GROUPS: &str = "groups";
+
+/// How long the last tick's phase took (`scopes`, `leases`, `snapshot`, `groups`).
+fn phase_took(phase: &'static str, started: Instant) {
+    metrics::gauge!("prexor_scheduler_tick_phase_seconds", "phase" => phase)
+        .set(started.elapsed().as_secs_f64());
+}
 
 pub struct Reconciler {
     pub groups: crate::groups::Groups,
@@ -69,36 +75,44 @@ impl Reconciler {
                     tracing::warn!("lease reconciler tick failed: {err}");
                 }
             }
-            metrics::histogram!("prexor_scheduler_tick_seconds")
-                .record(started.elapsed().as_secs_f64());
+            let took = started.elapsed().as_secs_f64();
+            metrics::histogram!("prexor_scheduler_tick_seconds").record(took);
+            metrics::gauge!("prexor_scheduler_last_tick_seconds").set(took);
+            metrics::counter!("prexor_scheduler_ticks_total").increment(1);
         }
     }
 
-    /// Every scope there is work for: each group, and the platform modules.
-    async fn scopes(&self) -> anyhow::Result<BTreeSet<Scope>> {
+    /// Every scope there is work for (each group, and the platform modules), with every
+    /// group's document for this tick's snapshot.
+    async fn scopes(&self) -> anyhow::Result<(BTreeSet<Scope>, HashMap<String, Document>)> {
         let groups: Vec<Document> = self
             .store
             .bounded("listing groups", async {
                 self.store
                     .documents(GROUPS)
                     .find(doc! {})
-                    .projection(doc! { "_id": 1 })
                     .await?
                     .try_collect()
                     .await
             })
             .await?;
-        let mut scopes: BTreeSet<Scope> = groups
-            .iter()
-            .filter_map(|g| g.get_str("_id").ok())
-            .map(|name| Scope::Group(name.to_string()))
+        let by_name: HashMap<String, Document> = groups
+            .into_iter()
+            .filter_map(|g| Some((g.get_str("_id").ok()?.to_string(), g)))
+            .collect();
+        let mut scopes: BTreeSet<Scope> = by_name
+            .keys()
+            .map(|name| Scope::Group(name.clone()))
             .collect();
         scopes.insert(Scope::PlatformModule);
-        Ok(scopes)
+        Ok((scopes, by_name))
     }
 
     pub async fn tick(&self) -> anyhow::Result<TickOutcome> {
-        let scopes = self.scopes().await?;
+        let phase = Instant::now();
+        let (scopes, all_groups) = self.scopes().await?;
+        phase_took("scopes", phase);
+        let phase = Instant::now();
         // Ready peers plus this replica (which may not be registered yet on its first tick).
         let listed = self.registry.list(Some(ServiceKind::Scheduler)).await?;
         let peers = listed
@@ -176,7 +190,13 @@ impl Reconciler {
                 _ => None,
             })
             .collect();
+        phase_took("leases", phase);
         self.groups.retain(&names);
+        let held_names: Vec<String> = names.iter().cloned().collect();
+        let phase = Instant::now();
+        let snapshot = self.groups.snapshot(&held_names, &all_groups).await?;
+        phase_took("snapshot", phase);
+        let phase = Instant::now();
         for lease in leases {
             let Scope::Group(name) = lease.scope() else {
                 continue;
@@ -184,10 +204,11 @@ impl Reconciler {
             if !lease.is_valid() {
                 continue;
             }
-            if let Err(err) = self.groups.converge(name, &lease).await {
+            if let Err(err) = self.groups.converge(name, &lease, &snapshot).await {
                 tracing::warn!(group = %name, "group step failed: {err:#}");
             }
         }
+        phase_took("groups", phase);
         Ok(outcome)
     }
 }
