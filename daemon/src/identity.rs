@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use prexor_domain::now_secs;
 use prexor_pki::records::JoinToken;
 use prexor_pki::tls::{connect, daemon_client, enrolment_client};
 use prexor_pki::{CertInfo, Identity, KeyAndCsr, ServiceNames, pem_to_der, write_private};
@@ -271,11 +272,4 @@ async fn renew(
         }
     }
     Err(reasons.join("; "))
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
 }

@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prexor_domain::now_ms;
 use prexor_proto::v1::{
     AckResult, CommandAck, CompositionPlan, ConsoleInput, InstanceReport, InstanceState,
     KillInstance, StopInstance,
@@ -55,13 +56,6 @@ struct Instance {
     stop_requested: bool,
     kill: Arc<Notify>,
     at_ms: i64,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 fn ack(

@@ -109,7 +109,7 @@ impl LayerCache {
 
     /// The cached archive of `hash`, fetched (and checked) first if needed.
     pub async fn archive(&self, hash: &str) -> Result<PathBuf, LayerError> {
-        if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
+        if !prexor_domain::is_sha256_hex(hash) {
             return Err(LayerError::Permanent(format!(
                 "template layer {hash:?} is not a SHA-256 hash"
             )));
@@ -119,7 +119,7 @@ impl LayerCache {
             return Ok(path);
         }
         let bytes = self.source.fetch(hash).await?;
-        let actual = prexor_pki::sha256_bytes(&bytes);
+        let actual = prexor_domain::sha256_hex(&bytes);
         if actual != hash {
             return Err(LayerError::Permanent(format!(
                 "template layer {hash} arrived with hash {actual}"

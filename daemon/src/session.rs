@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prexor_domain::now_ms;
 use prexor_proto::v1::daemon_message::Body as Up;
 use prexor_proto::v1::gateway_message::Body as Down;
 use prexor_proto::v1::node_session_client::NodeSessionClient;
@@ -328,13 +329,6 @@ impl Handler {
             pid: 0,
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// (total, available) memory in MiB from /proc/meminfo.

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use prexor_acceptance::{Cluster, Proc, binary, free_port, wait_unready_because};
+use prexor_acceptance::{Cluster, Proc, binary, free_port, stop_all, wait_unready_because};
 use prexor_pki::records::{self, JoinToken};
 use prexor_pki::tls::{connect, daemon_client, enrolment_client};
 use prexor_pki::{CertInfo, CertificateAuthority, Identity, KeyAndCsr, ServiceNames, pem_to_der};
@@ -363,10 +363,7 @@ async fn enrolment(cluster: &Cluster) -> anyhow::Result<()> {
     online.wait_ready(READY_WITHIN).await?;
     online.stop(EXIT_WITHIN).await?;
 
-    for proc in [&mut gw1, &mut gw2, &mut ca] {
-        proc.stop(EXIT_WITHIN).await?;
-    }
-    Ok(())
+    stop_all([&mut gw1, &mut gw2, &mut ca], EXIT_WITHIN).await
 }
 
 #[tokio::test]
@@ -491,10 +488,7 @@ async fn keyless_replica(cluster: &Cluster) -> anyhow::Result<()> {
     ensure!(join.starts_with("pxj1.node-9."), "{join}");
     let mut daemon = cluster.daemon("daemon-9", "node-9", "node-9", &[&port], Some(&join))?;
     daemon.wait_ready(READY_WITHIN).await?;
-    for proc in [&mut daemon, &mut gateway, &mut api, &mut ca2] {
-        proc.stop(EXIT_WITHIN).await?;
-    }
-    Ok(())
+    stop_all([&mut daemon, &mut gateway, &mut api, &mut ca2], EXIT_WITHIN).await
 }
 
 #[tokio::test]

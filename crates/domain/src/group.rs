@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::validate_name;
+use crate::{is_sha256_hex, validate_name};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -120,7 +120,7 @@ impl GroupSpec {
             );
         }
         for (i, template) in self.templates.iter().enumerate() {
-            if template.hash.len() != 64 || !template.hash.chars().all(|c| c.is_ascii_hexdigit()) {
+            if !is_sha256_hex(&template.hash) {
                 problem(
                     &format!("templates[{i}].hash"),
                     format!("{:?} is not a SHA-256 hash", template.hash),

@@ -1,19 +1,23 @@
 //! The vocabulary every PrexorCloud crate shares: what a service is, what a lease scope is, how
 //! leases are timed, and which names are valid.
 
+mod digest;
 mod group;
 mod lease_timing;
 mod name;
 mod redact;
 mod scope;
 mod service;
+mod time;
 
+pub use digest::{is_sha256_hex, sha256_hex};
 pub use group::{FieldProblem, GroupSpec, PortRange, ScalingMode, TemplateRef};
 pub use lease_timing::LeaseTiming;
 pub use name::{NameError, validate_name};
 pub use redact::redact_uri;
 pub use scope::{Scope, ScopeParseError};
 pub use service::{Profile, ServiceKind};
+pub use time::{now_ms, now_secs};
 
 /// The version every PrexorCloud binary reports (workspace version).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,19 +1,16 @@
 //! Reaching a CA replica that can sign: every `ca` replica in the registry is tried in turn
 //! (ready ones first), with bounded timeouts, until one holding the key answers.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prexor_coord::Registry;
 use prexor_domain::ServiceKind;
+use prexor_proto::PeerChannels;
 use prexor_proto::v1::ca_signer_client::CaSignerClient;
 use prexor_proto::v1::{SignNodeCsrRequest, SignServiceCsrRequest, SignedCertificate};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-/// Connecting to one CA replica.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// One signing call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -34,14 +31,14 @@ pub enum SignerError {
 #[derive(Clone, Debug)]
 pub struct SignerClient {
     registry: Registry,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: PeerChannels,
 }
 
 impl SignerClient {
     pub fn new(registry: Registry) -> SignerClient {
         SignerClient {
             registry,
-            channels: Arc::default(),
+            channels: PeerChannels::default(),
         }
     }
 
@@ -72,20 +69,6 @@ impl SignerClient {
         .await
     }
 
-    fn channel(&self, address: &str) -> Result<Channel, String> {
-        let mut channels = self.channels.lock().expect("channel cache lock");
-        if let Some(channel) = channels.get(address) {
-            return Ok(channel.clone());
-        }
-        let channel = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| format!("bad address {address}: {e}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(CALL_TIMEOUT)
-            .connect_lazy();
-        channels.insert(address.to_string(), channel.clone());
-        Ok(channel)
-    }
-
     async fn first_signer<F, Fut>(&self, call: F) -> Result<SignedCertificate, SignerError>
     where
         F: Fn(CaSignerClient<Channel>) -> Fut,
@@ -104,7 +87,7 @@ impl SignerClient {
             let Some(address) = replica.grpc_address.clone() else {
                 continue;
             };
-            let channel = match self.channel(&address) {
+            let channel = match self.channels.get(&address) {
                 Ok(channel) => channel,
                 Err(e) => {
                     tried.push(format!("{}: {e}", replica.id));

@@ -16,7 +16,6 @@ pub use ca::{CA_VALIDITY, CaCertificate, CertificateAuthority, IssuedCertificate
 pub use identity::{CertInfo, Identity};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
 use rustls::pki_types::pem::PemObject;
-use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -45,20 +44,7 @@ pub enum PkiError {
 
 /// SHA-256 of a DER certificate, lower-case hex: what join tokens carry and operators compare.
 pub fn fingerprint(der: &[u8]) -> String {
-    Sha256::digest(der)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// SHA-256 of any bytes, lower-case hex.
-pub fn sha256_bytes(bytes: &[u8]) -> String {
-    fingerprint(bytes)
-}
-
-/// SHA-256 of a secret, lower-case hex (join tokens are stored only as this).
-pub fn sha256_hex(secret: &str) -> String {
-    fingerprint(secret.as_bytes())
+    prexor_domain::sha256_hex(der)
 }
 
 /// The DER of the first PEM block labelled `label` (`CERTIFICATE` or `CERTIFICATE REQUEST`).

@@ -7,7 +7,9 @@ use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::ReturnDocument;
 use prexor_store::{Store, StoreError};
 
-use crate::{CaCertificate, IssuedCertificate, sha256_hex};
+use prexor_domain::{is_sha256_hex, now_ms, sha256_hex};
+
+use crate::{CaCertificate, IssuedCertificate};
 
 const CLUSTER_CA: &str = "cluster_ca";
 const CERTIFICATES: &str = "certificates";
@@ -16,13 +18,6 @@ const CA_ID: &str = "current";
 /// How long one redemption may hold a join token before another may try again.
 const CLAIM_FOR: Duration = Duration::from_secs(60);
 const TOKEN_PREFIX: &str = "pxj1";
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
 
 fn i64_of(doc: &Document, key: &str) -> Option<i64> {
     match doc.get(key) {
@@ -166,13 +161,12 @@ pub struct JoinToken {
 impl JoinToken {
     pub fn parse(token: &str) -> Result<JoinToken, JoinError> {
         let parts: Vec<&str> = token.trim().split('.').collect();
-        let hex = |s: &str| s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit());
         match parts.as_slice() {
             [prefix, node, secret, fingerprint]
                 if *prefix == TOKEN_PREFIX
                     && !node.is_empty()
-                    && hex(secret)
-                    && hex(fingerprint) =>
+                    && is_sha256_hex(secret)
+                    && is_sha256_hex(fingerprint) =>
             {
                 Ok(JoinToken {
                     node_id: node.to_string(),
@@ -185,7 +179,8 @@ impl JoinToken {
     }
 
     fn hash(&self) -> String {
-        sha256_hex(&self.secret)
+        // Join tokens are stored only as this hash.
+        sha256_hex(self.secret.as_bytes())
     }
 }
 

@@ -10,7 +10,7 @@ use prexor_coord::{
     CoordError, DevClaim, LeaseBackend, LeaseKeeper, Leases, LocalBackend, Registry, ReplicaRecord,
     ValkeyBackend,
 };
-use prexor_domain::{Profile, redact_uri};
+use prexor_domain::{Profile, now_ms, redact_uri};
 use prexor_store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -125,13 +125,6 @@ impl Service {
         self.fatal.lock().expect("fatal lock").get_or_insert(reason);
         self.shutdown.cancel();
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// Cancels `token` on SIGTERM or SIGINT; a second signal exits at once.

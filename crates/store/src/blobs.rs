@@ -4,7 +4,6 @@
 
 use futures::TryStreamExt;
 use mongodb::bson::{Binary, Document, doc, spec::BinarySubtype};
-use sha2::{Digest, Sha256};
 
 use crate::{Store, StoreError};
 
@@ -12,13 +11,8 @@ pub const BLOBS: &str = "blobs";
 pub const BLOB_CHUNKS: &str = "blob_chunks";
 const CHUNK: usize = 1024 * 1024;
 
-/// SHA-256 of `bytes`, lower-case hex: a blob's id.
-pub fn blob_hash(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+/// A blob's id: the SHA-256 of its bytes, lower-case hex.
+pub use prexor_domain::sha256_hex as blob_hash;
 
 impl Store {
     /// Stores `bytes` under their SHA-256 (returned). The record is written after every chunk,

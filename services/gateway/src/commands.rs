@@ -2,16 +2,14 @@
 //! node and hands it to the gateway that owns the node's session, so the replica that decides
 //! never needs to be the one holding the stream.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use prexor_coord::Registry;
 use prexor_domain::{Scope, ServiceKind, validate_name};
+use prexor_proto::PeerChannels;
 use prexor_proto::v1::node_commands_client::NodeCommandsClient;
 use prexor_proto::v1::node_commands_server::NodeCommands;
 use prexor_proto::v1::{NodeCommandReply, NodeCommandRequest};
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
 use crate::sessions::{DeliveryError, Sessions};
@@ -22,7 +20,7 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Commands {
     pub sessions: Sessions,
     pub registry: Registry,
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: PeerChannels,
 }
 
 impl Commands {
@@ -30,22 +28,8 @@ impl Commands {
         Commands {
             sessions,
             registry,
-            channels: Mutex::new(HashMap::new()),
+            channels: PeerChannels::default(),
         }
-    }
-
-    fn channel(&self, address: &str) -> Result<Channel, Status> {
-        let mut channels = self.channels.lock().expect("channels lock");
-        if let Some(channel) = channels.get(address) {
-            return Ok(channel.clone());
-        }
-        let channel = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| Status::internal(format!("bad gateway address {address}: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        channels.insert(address.to_string(), channel.clone());
-        Ok(channel)
     }
 
     /// The internal gRPC address of the gateway replica `replica`.
@@ -155,7 +139,7 @@ impl NodeCommands for Commands {
             forward.timeout_ms = remaining.as_millis() as u32;
             let mut call = Request::new(forward);
             call.set_timeout(remaining);
-            match NodeCommandsClient::new(self.channel(&address)?)
+            match NodeCommandsClient::new(self.channels.get(&address).map_err(Status::internal)?)
                 .send(call)
                 .await
             {

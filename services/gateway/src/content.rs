@@ -30,7 +30,7 @@ impl NodeContent for Content {
         let node_id = request.get_ref().node_id.clone();
         authorize_node(&self.store, request.peer_certs(), &node_id).await?;
         let hash = request.into_inner().hash;
-        if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
+        if !prexor_domain::is_sha256_hex(&hash) {
             return Err(Status::invalid_argument(format!(
                 "{hash:?} is not a SHA-256 hash"
             )));

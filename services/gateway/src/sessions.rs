@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use mongodb::bson::{Bson, Document, doc};
 use prexor_coord::{ConsoleStreams, Lease, LeaseKeeper, Leases};
-use prexor_domain::{Scope, validate_name};
+use prexor_domain::{Scope, now_ms, validate_name};
 use prexor_proto::v1::daemon_message::Body as Up;
 use prexor_proto::v1::gateway_message::Body as Down;
 use prexor_proto::v1::node_session_server::NodeSession;
@@ -101,13 +101,6 @@ impl SessionHandle {
             Err(_) => Err(DeliveryError::Timeout),
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 fn resources_doc(r: &HostResources) -> Document {

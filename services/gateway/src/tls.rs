@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prexor_domain::now_secs;
 use prexor_pki::client::SignerClient;
 use prexor_pki::tls::{CertSlot, certified_key};
 use prexor_pki::{Identity, KeyAndCsr, ServiceNames};
@@ -97,13 +98,6 @@ async fn obtain(
         .map_err(|e| e.to_string())?;
     let key = certified_key(&signed.chain_pem, &request.key_pem).map_err(|e| e.to_string())?;
     Ok((key, signed.not_after_unix))
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
 }
 
 /// Serves `routes` on the daemon port behind TLS until `stop` is cancelled. Each handshake runs

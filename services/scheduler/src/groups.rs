@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 use mongodb::bson::{self, Bson, Document, doc};
 use prexor_coord::{Lease, Registry};
-use prexor_domain::{GroupSpec, ScalingMode, ServiceKind};
+use prexor_domain::{GroupSpec, ScalingMode, ServiceKind, now_ms};
+use prexor_proto::PeerChannels;
 use prexor_proto::v1::command::Action;
 use prexor_proto::v1::node_commands_client::NodeCommandsClient;
 use prexor_proto::v1::{
@@ -22,7 +23,6 @@ use prexor_proto::v1::{
 };
 use prexor_store::{Store, StoreError, Write};
 use sha2::{Digest, Sha256};
-use tonic::transport::{Channel, Endpoint};
 
 pub const INSTANCES: &str = "instances";
 pub const NODES: &str = "nodes";
@@ -57,18 +57,11 @@ fn is_terminal(state: &str) -> bool {
     state == STOPPED || state == CRASHED
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
-
 /// Sends node commands through any ready gateway.
 #[derive(Clone)]
 pub struct Gateways {
     registry: Registry,
-    channels: std::sync::Arc<Mutex<HashMap<String, Channel>>>,
+    channels: PeerChannels,
 }
 
 impl Gateways {
@@ -94,21 +87,7 @@ impl Gateways {
         for i in 0..gateways.len() {
             let gateway = &gateways[(start + i) % gateways.len()];
             let address = gateway.grpc_address.clone().unwrap_or_default();
-            let channel = {
-                let mut channels = self.channels.lock().expect("channels lock");
-                match channels.get(&address) {
-                    Some(channel) => channel.clone(),
-                    None => {
-                        let channel = Endpoint::from_shared(format!("http://{address}"))
-                            .map_err(|e| e.to_string())?
-                            .connect_timeout(Duration::from_secs(2))
-                            .tcp_nodelay(true)
-                            .connect_lazy();
-                        channels.insert(address.clone(), channel.clone());
-                        channel
-                    }
-                }
-            };
+            let channel = self.channels.get(&address)?;
             let request = NodeCommandRequest {
                 node_id: node.to_string(),
                 command: Some(command.clone()),
