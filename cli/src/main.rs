@@ -1,6 +1,8 @@
 //! `prexorctl`: the PrexorCloud command line.
 
 mod client;
+mod contexts;
+mod session;
 mod status;
 
 use std::process::ExitCode;
@@ -11,13 +13,15 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(name = "prexorctl", version = prexor_version(), about = "Operate a PrexorCloud cluster")]
 struct Cli {
     /// Base URL of any api replica (a load balancer works too: no session affinity needed).
-    #[arg(
-        long,
-        global = true,
-        env = "PREXOR_CONTROLLER",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    controller: String,
+    /// Default: the current context's, else http://127.0.0.1:8080.
+    #[arg(long, global = true, env = "PREXOR_CONTROLLER")]
+    controller: Option<String>,
+    /// Bearer token (an API token or session) instead of the context's session.
+    #[arg(long, global = true, env = "PREXOR_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Saved context to use instead of the current one.
+    #[arg(long, global = true, env = "PREXOR_CONTEXT")]
+    context: Option<String>,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -41,6 +45,32 @@ enum Command {
         #[command(subcommand)]
         command: SystemCommand,
     },
+    /// Sign in to a cluster and save it as a context (the password is read from the terminal,
+    /// or from stdin with --password-stdin).
+    Login {
+        #[arg(long, short, default_value = "admin")]
+        user: String,
+        #[arg(long)]
+        password_stdin: bool,
+        /// Name of the context to save (default: "default").
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
+    /// End the current context's session (on every replica).
+    Logout,
+    /// Saved clusters.
+    Context {
+        #[command(subcommand)]
+        command: ContextCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ContextCommand {
+    /// List saved contexts (* marks the current one).
+    List,
+    /// Make NAME the current context.
+    Use { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,15 +95,32 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let client = match client::Client::new(&cli.controller) {
-        Ok(client) => client,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            return ExitCode::from(2);
-        }
-    };
     let outcome = runtime.block_on(async {
+        let saved = contexts::Config::load()?;
+        let context = saved.get(cli.context.as_deref())?.cloned();
+        let controller = cli
+            .controller
+            .clone()
+            .or_else(|| context.as_ref().map(|c| c.controller.clone()))
+            .unwrap_or_else(|| "http://127.0.0.1:8080".to_owned());
+        let token = cli
+            .token
+            .clone()
+            .or_else(|| context.as_ref().and_then(|c| c.token.clone()));
+        let client = client::Client::new(&controller, token)?;
         match cli.command {
+            Command::Login {
+                user,
+                password_stdin,
+                name,
+            } => session::login(&controller, &user, password_stdin, &name).await,
+            Command::Logout => session::logout(&client, cli.context.as_deref()).await,
+            Command::Context {
+                command: ContextCommand::List,
+            } => session::list_contexts(),
+            Command::Context {
+                command: ContextCommand::Use { name },
+            } => session::use_context(&name),
             Command::Status => status::status(&client, cli.output).await,
             Command::System {
                 command: SystemCommand::Info,

@@ -27,6 +27,14 @@ struct Replica {
     heartbeat_age_ms: u64,
     #[serde(default)]
     notes: Vec<String>,
+    clock: Clock,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Clock {
+    synchronized: bool,
+    skew_ms: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -42,7 +50,10 @@ pub async fn status(client: &Client, output: Output) -> anyhow::Result<ExitCode>
     let status: Status = serde_json::from_value(raw.clone())?;
     let healthy = status.coordination.store == "available"
         && !status.replicas.is_empty()
-        && status.replicas.iter().all(|r| r.ready);
+        && status
+            .replicas
+            .iter()
+            .all(|r| r.ready && r.clock.synchronized);
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&raw)?),
         Output::Table => {
@@ -55,6 +66,7 @@ pub async fn status(client: &Client, output: Output) -> anyhow::Result<ExitCode>
                 "READY",
                 "HEARTBEAT",
                 "LEASES",
+                "CLOCK",
                 "NOTES",
             ]);
             for r in &status.replicas {
@@ -70,6 +82,11 @@ pub async fn status(client: &Client, output: Output) -> anyhow::Result<ExitCode>
                     if r.ready { "yes".into() } else { "NO".into() },
                     format!("{:.1}s ago", r.heartbeat_age_ms as f64 / 1000.0),
                     r.leases_held.to_string(),
+                    match (r.clock.synchronized, r.clock.skew_ms) {
+                        (true, Some(skew)) => format!("synchronized ({skew:+} ms)"),
+                        (false, Some(skew)) => format!("NOT synchronized ({skew:+} ms)"),
+                        (_, None) => "not measured".into(),
+                    },
                     r.notes.join("; "),
                 ]);
             }
@@ -91,7 +108,9 @@ pub async fn status(client: &Client, output: Output) -> anyhow::Result<ExitCode>
         Ok(ExitCode::SUCCESS)
     } else {
         if output == Output::Table {
-            eprintln!("unhealthy: a replica is not ready or the coordination store is unavailable");
+            eprintln!(
+                "unhealthy: a replica is not ready, a clock is not synchronized (clock.synchronized=false: run chronyd or systemd-timesyncd) or the coordination store is unavailable"
+            );
         }
         Ok(ExitCode::FAILURE)
     }

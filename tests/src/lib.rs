@@ -8,7 +8,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use mongodb::bson::{Document, doc};
 pub use prexor_testkit::{TestStores, free_port};
 
@@ -112,6 +112,30 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// An authenticated REST client for this api replica.
+    pub fn rest(&self, token: &str) -> Rest {
+        Rest {
+            base: format!("{}/api/v1", self.http),
+            token: token.to_owned(),
+        }
+    }
+
+    /// Signs in on this api replica; the session token.
+    pub async fn login(&self, user: &str, password: &str) -> anyhow::Result<String> {
+        let (status, body) = Rest {
+            base: format!("{}/api/v1", self.http),
+            token: String::new(),
+        }
+        .call(
+            reqwest::Method::POST,
+            "/auth/login",
+            Some(serde_json::json!({ "username": user, "password": password })),
+        )
+        .await?;
+        ensure!(status == 200, "login as {user} answered {status}: {body}");
+        Ok(body["token"].as_str().context("no token")?.to_owned())
+    }
+
     /// GET on the process's HTTP port; returns status and body.
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         let response = http().get(format!("{}{path}", self.http)).send().await?;
@@ -168,6 +192,158 @@ fn http() -> reqwest::Client {
                 .expect("HTTP client")
         })
         .clone()
+}
+
+/// JSON over HTTP to one api replica with a bearer token.
+#[derive(Clone)]
+pub struct Rest {
+    pub base: String,
+    pub token: String,
+}
+
+impl Rest {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let mut request = http().request(method, format!("{}{path}", self.base));
+        if !self.token.is_empty() {
+            request = request.bearer_auth(&self.token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        let value = if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+        };
+        Ok((status, value))
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, serde_json::Value)> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<(u16, serde_json::Value)> {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// Opens an SSE stream (`GET` with `Accept: text/event-stream`).
+    pub async fn sse(&self, path: &str, last_event_id: Option<&str>) -> anyhow::Result<Sse> {
+        let mut request = http()
+            .get(format!("{}{path}", self.base))
+            .header("accept", "text/event-stream")
+            .timeout(Duration::from_secs(600));
+        if !self.token.is_empty() {
+            request = request.bearer_auth(&self.token);
+        }
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await?;
+        ensure!(
+            response.status().is_success(),
+            "SSE {path} answered {}",
+            response.status()
+        );
+        Ok(Sse {
+            response,
+            buffer: String::new(),
+        })
+    }
+}
+
+/// A server-sent event stream being read.
+pub struct Sse {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone, Default)]
+pub struct SseEvent {
+    pub id: String,
+    pub event: String,
+    pub data: String,
+}
+
+impl Sse {
+    /// The next event (comments and keep-alives skipped), waiting at most `within`.
+    pub async fn next(&mut self, within: Duration) -> anyhow::Result<SseEvent> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent::default();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        event.id = v.trim_start().to_owned();
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event.event = v.trim_start().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        if !event.data.is_empty() {
+                            event.data.push('\n');
+                        }
+                        event.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    }
+                }
+                if event.data.is_empty() && event.event.is_empty() {
+                    continue;
+                }
+                return Ok(event);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            ensure!(!left.is_zero(), "no event within {within:?}");
+            match tokio::time::timeout(left, self.response.chunk()).await {
+                Ok(Ok(Some(chunk))) => self.buffer.push_str(&String::from_utf8_lossy(&chunk)),
+                Ok(Ok(None)) => bail!("the event stream ended"),
+                Ok(Err(err)) => bail!("the event stream failed: {err}"),
+                Err(_) => bail!("no event within {within:?}"),
+            }
+        }
+    }
+
+    /// Skips events until one of type `kind` about `subject` arrives.
+    pub async fn wait_for(
+        &mut self,
+        kind: &str,
+        subject: &str,
+        within: Duration,
+    ) -> anyhow::Result<SseEvent> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let event = self.next(left).await?;
+            if event.event == kind {
+                let data: serde_json::Value = serde_json::from_str(&event.data)?;
+                if data["subject"] == subject {
+                    return Ok(event);
+                }
+            }
+        }
+    }
 }
 
 /// The processes of one test, sharing its stores. Prints every log if the test panics.
@@ -319,6 +495,27 @@ timeout = "10s"
 }
 
 impl Cluster {
+    /// Creates the cluster's first admin (`prexor-api bootstrap-admin`); its password.
+    pub fn bootstrap_admin(&self, user: &str) -> anyhow::Result<String> {
+        let config = self.dir.join("bootstrap-admin.toml");
+        std::fs::write(&config, self.common_toml("bootstrap"))?;
+        let file = self.dir.join(format!("{user}.password"));
+        let output = Command::new(binary("prexor-api")?)
+            .arg("--config")
+            .arg(&config)
+            .args(["bootstrap-admin", "--username", user, "--password-file"])
+            .arg(&file)
+            .env_remove("PREXOR_CONFIG")
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "bootstrap-admin failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(std::fs::read_to_string(&file)?)
+    }
+
     /// `[ca] dataDir` for a CA replica whose data lives in `<test dir>/<name>`.
     pub fn ca_extra(&self, name: &str) -> String {
         format!("[ca]\ndataDir = \"{}\"\n", self.dir.join(name).display())
@@ -454,4 +651,114 @@ pub async fn grpc_health(endpoint: &str) -> anyhow::Result<String> {
         })
         .await?;
     Ok(response.into_inner().status().as_str_name().to_owned())
+}
+
+const FLEET_READY_WITHIN: Duration = Duration::from_secs(60);
+const FLEET_EXIT_WITHIN: Duration = Duration::from_secs(20);
+
+/// Waits until instances `ids` are RUNNING (scheduler state and report); returns their docs.
+pub async fn running(cluster: &Cluster, ids: &[&str]) -> anyhow::Result<Vec<Document>> {
+    let mut docs = Vec::new();
+    for id in ids {
+        docs.push(
+            wait_doc(cluster, "instances", id, "RUNNING", |d| {
+                d.get_str("state") == Ok("RUNNING") && reported_state(d) == "RUNNING"
+            })
+            .await?,
+        );
+    }
+    Ok(docs)
+}
+
+/// A CA, two gateways and enrolled daemons.
+pub struct Fleet {
+    pub ca: Proc,
+    pub gateways: Vec<Proc>,
+    pub daemons: Vec<Proc>,
+}
+
+impl Fleet {
+    /// Stops `scheduler`, then the daemons, gateways and CA.
+    pub async fn stop_with(&mut self, scheduler: &mut Proc) -> anyhow::Result<()> {
+        stop_all(
+            [scheduler]
+                .into_iter()
+                .chain(self.daemons.iter_mut())
+                .chain(&mut self.gateways)
+                .chain([&mut self.ca]),
+            FLEET_EXIT_WITHIN,
+        )
+        .await
+    }
+}
+
+/// A CA, two gateways and enrolled daemons for `nodes`.
+pub async fn nodes(cluster: &Cluster, nodes: &[&str]) -> anyhow::Result<Fleet> {
+    let mut ca = cluster.service("ca", "ca-1", &cluster.ca_extra("ca-1"))?;
+    ca.wait_ready(FLEET_READY_WITHIN).await?;
+    let mut gateways = vec![
+        cluster.service("gateway", "gateway-1", "")?,
+        cluster.service("gateway", "gateway-2", "")?,
+    ];
+    for gateway in &mut gateways {
+        gateway.wait_ready(FLEET_READY_WITHIN).await?;
+    }
+    let ports: Vec<String> = gateways
+        .iter()
+        .filter_map(|g| g.daemon_port.clone())
+        .collect();
+    let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
+    let store = cluster.store().await?;
+    let ca_cert = prexor_pki::records::published_ca(&store)
+        .await?
+        .context("CA")?
+        .certificate;
+    let mut daemons = Vec::new();
+    for node in nodes {
+        let (token, _) = prexor_pki::records::create_join_token(
+            &store,
+            node,
+            &ca_cert,
+            Duration::from_secs(600),
+            "test",
+        )
+        .await?;
+        let mut daemon = cluster.daemon(
+            &format!("daemon-{node}"),
+            node,
+            node,
+            &ports,
+            Some(&token.to_string()),
+        )?;
+        daemon.wait_ready(FLEET_READY_WITHIN).await?;
+        daemons.push(daemon);
+    }
+    Ok(Fleet {
+        ca,
+        gateways,
+        daemons,
+    })
+}
+
+/// A group document for the fake server (`extra` arguments after `--port {port}`).
+pub fn group_doc(name: &str, min: i64, extra: &[&str]) -> anyhow::Result<Document> {
+    let mut command = vec![
+        binary("prexor-fakeserver")?.display().to_string(),
+        "--port".to_string(),
+        "{port}".to_string(),
+    ];
+    command.extend(extra.iter().map(|s| s.to_string()));
+    let base_port = free_port().min(60000);
+    Ok(doc! {
+        "_id": name,
+        "revision": 1_i64,
+        "spec": {
+            "platform": "fake", "version": "1",
+            "command": command,
+            "memoryMb": 256_i64,
+            "portRange": { "from": i32::from(base_port), "to": i32::from(base_port) + 9 },
+            "minInstances": min, "maxInstances": 5_i64,
+            "scaling": "STATIC",
+        },
+    })
 }

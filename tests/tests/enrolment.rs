@@ -418,12 +418,14 @@ async fn keyless_replica(cluster: &Cluster) -> anyhow::Result<()> {
     ca2.wait_ready(READY_WITHIN).await?;
     let (signs, detail) = can_sign(&ca2).await?;
     ensure!(!signs && detail.contains("no signing key"), "{detail}");
+    let password = cluster.bootstrap_admin("admin")?;
     let mut api = cluster.service("api", "api-1", "")?;
     api.wait_ready(READY_WITHIN).await?;
+    let rest = api.rest(&api.login("admin", &password).await?);
     let mut noted = false;
     for _ in 0..100 {
-        let (_, body) = api.get("/api/v1/system/status").await?;
-        if body.contains("no signing key") {
+        let (_, body) = rest.get("/system/status").await?;
+        if body.to_string().contains("no signing key") {
             noted = true;
             break;
         }
@@ -432,7 +434,71 @@ async fn keyless_replica(cluster: &Cluster) -> anyhow::Result<()> {
     ensure!(noted, "system/status shows ca-2 as \"no signing key\"");
 
     // Only ca-2 left: a gateway cannot get its certificate and says why.
+    // While ca-1 (with the key) runs, the API issues a node certificate for a CSR made on the
+    // node, and join tokens.
+    let csr = |node: &str| -> anyhow::Result<String> {
+        Ok(prexor_pki::KeyAndCsr::new(
+            &prexor_pki::Identity::Node(node.to_owned()),
+            &prexor_pki::ServiceNames::default(),
+        )?
+        .csr_pem)
+    };
+    let (status, issued) = rest
+        .post(
+            "/nodes/node-7/cert-issue",
+            serde_json::json!({ "csrPem": csr("node-7")? }),
+        )
+        .await?;
+    ensure!(status == 201, "cert-issue answered {status}: {issued}");
+    ensure!(
+        issued["chainPem"]
+            .as_str()
+            .is_some_and(|c| c.matches("BEGIN CERTIFICATE").count() == 2),
+        "{issued}"
+    );
+    let (status, refused) = rest
+        .post(
+            "/nodes/node-7/cert-issue",
+            serde_json::json!({ "csrPem": csr("node-8")? }),
+        )
+        .await?;
+    ensure!(
+        status == 400 && refused["code"] == "VALIDATION_FAILED",
+        "a CSR for another node: {status} {refused}"
+    );
+    let (status, token) = rest
+        .post(
+            "/nodes/node-9/join-token",
+            serde_json::json!({ "expiresIn": "10m" }),
+        )
+        .await?;
+    ensure!(status == 201, "join-token answered {status}: {token}");
+    let api_join = token["token"].as_str().context("token")?.to_owned();
+    ensure!(api_join.starts_with("pxj1.node-9."), "{api_join}");
+
     ca1.stop(EXIT_WITHIN).await?;
+    // Only ca-2 (no key) is left: the API answers 503 with the operator page's message.
+    let mut answered = (0, serde_json::Value::Null);
+    for _ in 0..100 {
+        answered = rest
+            .post(
+                "/nodes/node-7/cert-issue",
+                serde_json::json!({ "csrPem": csr("node-7")? }),
+            )
+            .await?;
+        if answered.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(
+        answered.0 == 503
+            && answered.1["code"] == "NO_CA_KEY"
+            && answered.1["message"].as_str().is_some_and(
+                |m| m.contains("CA private key is not present on any reachable signer")
+            ),
+        "cert-issue without a signer: {answered:?}"
+    );
     let mut gateway = cluster.service("gateway", "gateway-1", "")?;
     wait_unready_because(
         &gateway,
@@ -484,9 +550,8 @@ async fn keyless_replica(cluster: &Cluster) -> anyhow::Result<()> {
     // The gateway gets its certificate from ca-2 and a node enrols through it.
     gateway.wait_ready(READY_WITHIN).await?;
     let port = gateway.daemon_port.clone().context("daemon port")?;
-    let join = ca_admin(cluster, "ca-2", &["join-token", "node-9", "--ttl", "10m"])?;
-    ensure!(join.starts_with("pxj1.node-9."), "{join}");
-    let mut daemon = cluster.daemon("daemon-9", "node-9", "node-9", &[&port], Some(&join))?;
+    // The token made through the API enrols the node.
+    let mut daemon = cluster.daemon("daemon-9", "node-9", "node-9", &[&port], Some(&api_join))?;
     daemon.wait_ready(READY_WITHIN).await?;
     stop_all([&mut daemon, &mut gateway, &mut api, &mut ca2], EXIT_WITHIN).await
 }

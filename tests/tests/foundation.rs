@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::ensure;
-use prexor_acceptance::{Cluster, Proc, binary, free_port, grpc_health, wait_unready_because};
+use prexor_acceptance::{Cluster, Rest, binary, free_port, grpc_health, wait_unready_because};
 use prexor_proto::v1::GetStatusRequest;
 use prexor_proto::v1::replica_status_client::ReplicaStatusClient;
 use serde_json::Value;
@@ -15,11 +15,10 @@ use serde_json::Value;
 const READY_WITHIN: Duration = Duration::from_secs(60);
 const EXIT_WITHIN: Duration = Duration::from_secs(20);
 
-async fn replica_ids(api: &Proc) -> anyhow::Result<Vec<String>> {
-    let (status, body) = api.get("/api/v1/system/status").await?;
-    ensure!(status == 200, "system/status answered {status}: {body}");
-    let value: Value = serde_json::from_str(&body)?;
-    ensure!(value["coordination"]["store"] == "available", "{body}");
+async fn replica_ids(api: &Rest) -> anyhow::Result<Vec<String>> {
+    let (status, value) = api.get("/system/status").await?;
+    ensure!(status == 200, "system/status answered {status}: {value}");
+    ensure!(value["coordination"]["store"] == "available", "{value}");
     let mut ids: Vec<String> = value["replicas"]
         .as_array()
         .into_iter()
@@ -31,7 +30,7 @@ async fn replica_ids(api: &Proc) -> anyhow::Result<Vec<String>> {
 }
 
 /// Polls `system/status` until it lists exactly `expected` (heartbeats are asynchronous).
-async fn wait_for_replicas(api: &Proc, expected: &[&str]) -> anyhow::Result<()> {
+async fn wait_for_replicas(api: &Rest, expected: &[&str]) -> anyhow::Result<()> {
     let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
     expected.sort();
     let mut last = Vec::new();
@@ -112,8 +111,15 @@ async fn every_service(cluster: &Cluster) -> anyhow::Result<()> {
         "{report:?}"
     );
 
-    // Any api replica lists every replica of every service.
-    wait_for_replicas(&procs[1], &all).await?;
+    // Any api replica lists every replica of every service (to a signed-in operator).
+    let password = cluster.bootstrap_admin("admin")?;
+    let token = procs[0].login("admin", &password).await?;
+    let (status, _) = procs[1].get("/api/v1/system/status").await?;
+    ensure!(
+        status == 401,
+        "system/status without a session answered {status}"
+    );
+    wait_for_replicas(&procs[1].rest(&token), &all).await?;
     let info: Value = serde_json::from_str(&procs[0].get("/api/v1/system/info").await?.1)?;
     ensure!(
         info["profile"] == "production" && info["replicaId"] == "api-1",
@@ -127,7 +133,8 @@ async fn every_service(cluster: &Cluster) -> anyhow::Result<()> {
 
     // prexorctl shows the same, and exits 0 while everything is healthy.
     let ctl = Command::new(binary("prexorctl")?)
-        .args(["--controller", &procs[1].http, "status"])
+        .args(["--controller", &procs[1].http, "--token", &token, "status"])
+        .env("PREXORCTL_CONFIG", cluster.dir.join("prexorctl.json"))
         .output()?;
     let table = String::from_utf8_lossy(&ctl.stdout);
     ensure!(
@@ -146,6 +153,7 @@ async fn every_service(cluster: &Cluster) -> anyhow::Result<()> {
             "system",
             "info",
         ])
+        .env("PREXORCTL_CONFIG", cluster.dir.join("prexorctl.json"))
         .output()?;
     let json: Value = serde_json::from_slice(&ctl.stdout)?;
     ensure!(json["version"].is_string(), "{json}");
@@ -159,7 +167,7 @@ async fn every_service(cluster: &Cluster) -> anyhow::Result<()> {
         scheduler_2.log_text()
     );
     wait_for_replicas(
-        &procs[0],
+        &procs[0].rest(&token),
         &[
             "api-1",
             "api-2",

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use mongodb::bson::{Document, doc};
-use prexor_acceptance::{Cluster, Proc, binary, reported_state, stop_all, wait_doc};
-use prexor_pki::records;
+use prexor_acceptance::{
+    Cluster, Fleet, Proc, binary, group_doc, nodes, reported_state, running, stop_all, wait_doc,
+};
 use prexor_proto::v1::command::Action;
 use prexor_proto::v1::node_commands_client::NodeCommandsClient;
 use prexor_proto::v1::{Command, ConsoleInput, NodeCommandRequest};
@@ -27,108 +28,6 @@ fn reported_pid(doc: &Document) -> i32 {
         .ok()
         .and_then(|r| r.get_i32("pid").ok())
         .unwrap_or_default()
-}
-
-/// Waits until instances `ids` are RUNNING (scheduler state and report); returns their docs.
-async fn running(cluster: &Cluster, ids: &[&str]) -> anyhow::Result<Vec<Document>> {
-    let mut docs = Vec::new();
-    for id in ids {
-        docs.push(
-            wait_doc(cluster, "instances", id, "RUNNING", |d| {
-                d.get_str("state") == Ok("RUNNING") && reported_state(d) == "RUNNING"
-            })
-            .await?,
-        );
-    }
-    Ok(docs)
-}
-
-/// A CA, two gateways and enrolled daemons.
-struct Fleet {
-    ca: Proc,
-    gateways: Vec<Proc>,
-    daemons: Vec<Proc>,
-}
-
-impl Fleet {
-    /// Stops `scheduler`, then the daemons, gateways and CA.
-    async fn stop_with(&mut self, scheduler: &mut Proc) -> anyhow::Result<()> {
-        stop_all(
-            [scheduler]
-                .into_iter()
-                .chain(self.daemons.iter_mut())
-                .chain(&mut self.gateways)
-                .chain([&mut self.ca]),
-            EXIT_WITHIN,
-        )
-        .await
-    }
-}
-
-/// A CA, two gateways and enrolled daemons for `nodes`.
-async fn nodes(cluster: &Cluster, nodes: &[&str]) -> anyhow::Result<Fleet> {
-    let mut ca = cluster.service("ca", "ca-1", &cluster.ca_extra("ca-1"))?;
-    ca.wait_ready(READY_WITHIN).await?;
-    let mut gateways = vec![
-        cluster.service("gateway", "gateway-1", "")?,
-        cluster.service("gateway", "gateway-2", "")?,
-    ];
-    for gateway in &mut gateways {
-        gateway.wait_ready(READY_WITHIN).await?;
-    }
-    let ports: Vec<String> = gateways
-        .iter()
-        .filter_map(|g| g.daemon_port.clone())
-        .collect();
-    let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
-    let store = cluster.store().await?;
-    let ca_cert = records::published_ca(&store)
-        .await?
-        .context("CA")?
-        .certificate;
-    let mut daemons = Vec::new();
-    for node in nodes {
-        let (token, _) =
-            records::create_join_token(&store, node, &ca_cert, Duration::from_secs(600), "test")
-                .await?;
-        let mut daemon = cluster.daemon(
-            &format!("daemon-{node}"),
-            node,
-            node,
-            &ports,
-            Some(&token.to_string()),
-        )?;
-        daemon.wait_ready(READY_WITHIN).await?;
-        daemons.push(daemon);
-    }
-    Ok(Fleet {
-        ca,
-        gateways,
-        daemons,
-    })
-}
-
-/// A group document for the fake server (`extra` arguments after `--port {port}`).
-fn group_doc(name: &str, min: i64, extra: &[&str]) -> anyhow::Result<Document> {
-    let mut command = vec![
-        binary("prexor-fakeserver")?.display().to_string(),
-        "--port".to_string(),
-        "{port}".to_string(),
-    ];
-    command.extend(extra.iter().map(|s| s.to_string()));
-    let base_port = prexor_acceptance::free_port().min(60000);
-    Ok(doc! {
-        "_id": name,
-        "revision": 1_i64,
-        "spec": {
-            "platform": "fake", "version": "1",
-            "command": command,
-            "memoryMb": 256_i64,
-            "portRange": { "from": i32::from(base_port), "to": i32::from(base_port) + 9 },
-            "minInstances": min, "maxInstances": 5_i64,
-            "scaling": "STATIC",
-        },
-    })
 }
 
 async fn placement(cluster: &Cluster) -> anyhow::Result<()> {

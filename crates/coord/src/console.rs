@@ -84,4 +84,68 @@ impl ConsoleStreams {
         lines.reverse();
         Ok(lines)
     }
+
+    /// A reader that waits for new lines (its own connection, since it blocks).
+    pub async fn follower(&self) -> Result<ConsoleFollower, CoordError> {
+        Ok(ConsoleFollower {
+            conn: self.backend.dedicated().await?,
+            streams: self.clone(),
+        })
+    }
+}
+
+/// Follows one or more consoles as they grow.
+pub struct ConsoleFollower {
+    conn: redis::aio::MultiplexedConnection,
+    streams: ConsoleStreams,
+}
+
+impl ConsoleFollower {
+    /// Lines after `after` (a line id; `$` for "from now"), waiting up to `block` for some.
+    pub async fn next_lines(
+        &mut self,
+        instance: &str,
+        after: &str,
+        block: std::time::Duration,
+    ) -> Result<Vec<ConsoleLine>, CoordError> {
+        let key = self.streams.key(instance);
+        let mut xread = redis::cmd("XREAD");
+        xread
+            .arg("COUNT")
+            .arg(500)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&key)
+            .arg(after);
+        let reply: Option<redis::streams::StreamReadReply> = match tokio::time::timeout(
+            block + self.streams.backend.timeout(),
+            xread.query_async(&mut self.conn),
+        )
+        .await
+        {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(source)) => {
+                return Err(CoordError::Valkey {
+                    op: "following console lines".into(),
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(CoordError::Timeout {
+                    op: "following console lines".into(),
+                    timeout: block + self.streams.backend.timeout(),
+                });
+            }
+        };
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .map(|entry| ConsoleLine {
+                line: entry.get::<String>("l").unwrap_or_default(),
+                id: entry.id,
+            })
+            .collect())
+    }
 }

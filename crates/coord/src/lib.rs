@@ -8,6 +8,9 @@
 //! - [`LeaseKeeper`] renews a set of leases in one round trip per interval and fences them off
 //!   locally when renewals stop succeeding.
 //! - [`Registry`] records every running replica (kind, id, version, addresses, heartbeat).
+//! - [`EventLog`] carries domain events from every replica to every api replica; [`Ephemeral`]
+//!   holds short-lived shared state (lockouts, rate windows, revocations); [`ConsoleStreams`]
+//!   holds server console output.
 //!
 //! Backends: [`ValkeyBackend`] (production: each operation is one atomic Lua script judged by the
 //! Valkey clock) and [`LocalBackend`] (development profile without Valkey: in-process, one writer).
@@ -15,7 +18,9 @@
 mod backend;
 mod clock;
 mod console;
+mod ephemeral;
 mod error;
+mod events;
 mod keeper;
 mod lease;
 mod local;
@@ -25,8 +30,10 @@ mod valkey;
 
 pub use backend::{Acquired, LeaseBackend};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use console::{CONSOLE_LINES_KEPT, ConsoleLine, ConsoleStreams};
+pub use console::{CONSOLE_LINES_KEPT, ConsoleFollower, ConsoleLine, ConsoleStreams};
+pub use ephemeral::Ephemeral;
 pub use error::CoordError;
+pub use events::{EVENTS_KEPT, Event, EventLog, Replay, StoredEvent, id_key};
 pub use keeper::LeaseKeeper;
 pub use lease::{Lease, LeaseHolder, Leases};
 pub use local::LocalBackend;

@@ -34,6 +34,10 @@ pub struct ReplicaRecord {
     /// replica's "no signing key: ...").
     #[serde(default)]
     pub notes: Vec<String>,
+    /// This replica's clock minus the coordination store's clock, measured at its previous
+    /// heartbeat (`None` until measured, or when the registry store cannot tell its time).
+    #[serde(default)]
+    pub clock_skew_ms: Option<i64>,
 }
 
 // Heartbeat and listing read the registry store's own clock (`TIME`), so replicas with skewed
@@ -80,8 +84,9 @@ pub enum Registry {
 const REPLICAS: &str = "replicas";
 
 impl Registry {
-    /// Records (or refreshes) `record` as alive now.
-    pub async fn heartbeat(&self, record: &ReplicaRecord) -> Result<(), CoordError> {
+    /// Records (or refreshes) `record` as alive now; the registry store's clock (Unix ms) when
+    /// it has one to tell.
+    pub async fn heartbeat(&self, record: &ReplicaRecord) -> Result<Option<i64>, CoordError> {
         match self {
             Registry::Valkey {
                 backend,
@@ -93,7 +98,7 @@ impl Registry {
                     detail: e.to_string(),
                 })?;
                 let mut conn = backend.conn();
-                let _: i64 = backend
+                let now: i64 = backend
                     .bounded(
                         "recording this replica's heartbeat",
                         HEARTBEAT
@@ -105,7 +110,7 @@ impl Registry {
                             .invoke_async(&mut conn),
                     )
                     .await?;
-                Ok(())
+                Ok(Some(now))
             }
             Registry::Mongo { store, .. } => {
                 let mut document = bson::to_document(record).map_err(|e| CoordError::Protocol {
@@ -125,7 +130,7 @@ impl Registry {
                             .upsert(true),
                     )
                     .await?;
-                Ok(())
+                Ok(None)
             }
         }
     }

@@ -59,6 +59,7 @@ const RENEW_BATCH: usize = 512;
 #[derive(Clone)]
 pub struct ValkeyBackend {
     conn: ConnectionManager,
+    client: redis::Client,
     uri: String,
     timeout: Duration,
 }
@@ -85,14 +86,16 @@ impl ValkeyBackend {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
-            CoordError::Connect {
-                uri: redacted.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+        let conn =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|e| {
+                CoordError::Connect {
+                    uri: redacted.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
         Ok(ValkeyBackend {
             conn,
+            client,
             uri: redacted,
             timeout,
         })
@@ -101,6 +104,24 @@ impl ValkeyBackend {
     /// The shared connection, for other Valkey users in this crate (registry).
     pub(crate) fn conn(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// A connection of its own, for blocking reads (`XREAD BLOCK`) that must not hold up the
+    /// shared multiplexed connection. No response timeout: the caller bounds each read.
+    pub(crate) async fn dedicated(&self) -> Result<redis::aio::MultiplexedConnection, CoordError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(None);
+        self.bounded(
+            "opening a connection for blocking reads",
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Runs one Valkey exchange with the configured time bound.

@@ -20,6 +20,7 @@ fn record(kind: ServiceKind, id: &str) -> ReplicaRecord {
         ready: true,
         leases_held: 3,
         heartbeat_age_ms: 0,
+        clock_skew_ms: None,
         notes: Vec::new(),
     }
 }

@@ -94,6 +94,7 @@ async fn semantics(flavor: Flavor) -> anyhow::Result<()> {
         ready: true,
         leases_held: 0,
         heartbeat_age_ms: 0,
+        clock_skew_ms: None,
         notes: vec!["no signing key".into()],
     };
     registry.heartbeat(&record).await?;

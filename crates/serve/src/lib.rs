@@ -10,11 +10,13 @@
 
 mod grpc;
 mod launch;
+mod nodes;
 mod ops;
 mod readiness;
 mod runtime;
 
 pub use launch::{ServiceArgs, launch, launch_with};
+pub use nodes::Gateways;
 pub use ops::{Identity, serve_ops};
 pub use readiness::{CheckResult, Readiness, ReadinessReport};
 pub use runtime::{BoxError, Parts, ServeError, Service, bind, run, stop_on_signals};

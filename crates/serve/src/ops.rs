@@ -36,9 +36,14 @@ pub async fn serve_ops(
     app: Arc<OnceLock<Router>>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(identity, readiness, app))
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
+    // The peer address reaches handlers as `ConnectInfo` (login rate limits per client).
+    axum::serve(
+        listener,
+        router(identity, readiness, app)
+            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.cancelled_owned())
+    .await
 }
 
 /// `/healthz`, `/readyz` and `/metrics`, plus the service's own routes once they exist (`app`):

@@ -7,8 +7,8 @@ use std::time::Duration;
 use axum::Router;
 use prexor_config::CommonConfig;
 use prexor_coord::{
-    CoordError, DevClaim, LeaseBackend, LeaseKeeper, Leases, LocalBackend, Registry, ReplicaRecord,
-    ValkeyBackend,
+    CoordError, DevClaim, Ephemeral, EventLog, LeaseBackend, LeaseKeeper, Leases, LocalBackend,
+    Registry, ReplicaRecord, ValkeyBackend,
 };
 use prexor_domain::{Profile, now_ms, redact_uri};
 use prexor_store::{Store, StoreError};
@@ -66,6 +66,12 @@ pub struct Service {
     pub store: Store,
     pub leases: Leases,
     pub registry: Registry,
+    /// Domain events (published by any replica, followed by api replicas).
+    pub events: EventLog,
+    /// Short-lived state shared by all replicas (lockouts, rate windows, revocations).
+    pub ephemeral: Ephemeral,
+    /// The Valkey connection (`None` in the development profile without Valkey).
+    pub valkey: Option<ValkeyBackend>,
     pub readiness: Readiness,
     /// Cancelled on SIGTERM/SIGINT (or a fatal error): stop mutating, release leases, return.
     pub shutdown: CancellationToken,
@@ -325,31 +331,33 @@ where
     }
 
     let timing = config.leases;
-    let (backend, registry): (Arc<dyn LeaseBackend>, Registry) = match &config.valkey {
-        Some(valkey) => {
-            let backend = ValkeyBackend::connect(&valkey.uri, valkey.timeout)?;
-            let what = format!("Valkey at {}", redact_uri(&valkey.uri));
-            if wait_for(&what, &readiness, &shutdown, || backend.ping())
-                .await
-                .is_none()
-            {
-                return Ok(());
+    let (backend, registry, valkey): (Arc<dyn LeaseBackend>, Registry, Option<ValkeyBackend>) =
+        match &config.valkey {
+            Some(valkey) => {
+                let backend = ValkeyBackend::connect(&valkey.uri, valkey.timeout)?;
+                let what = format!("Valkey at {}", redact_uri(&valkey.uri));
+                if wait_for(&what, &readiness, &shutdown, || backend.ping())
+                    .await
+                    .is_none()
+                {
+                    return Ok(());
+                }
+                let registry = Registry::Valkey {
+                    backend: backend.clone(),
+                    namespace: valkey.namespace.clone(),
+                    ttl: timing.ttl,
+                };
+                (Arc::new(backend.clone()), registry, Some(backend))
             }
-            let registry = Registry::Valkey {
-                backend: backend.clone(),
-                namespace: valkey.namespace.clone(),
-                ttl: timing.ttl,
-            };
-            (Arc::new(backend), registry)
-        }
-        None => (
-            Arc::new(LocalBackend::new()),
-            Registry::Mongo {
-                store: store.clone(),
-                ttl: timing.ttl,
-            },
-        ),
-    };
+            None => (
+                Arc::new(LocalBackend::new()),
+                Registry::Mongo {
+                    store: store.clone(),
+                    ttl: timing.ttl,
+                },
+                None,
+            ),
+        };
     let dev_claim = match config.profile {
         Profile::Development => {
             Some(DevClaim::claim(&store, config.kind, &config.replica_id, timing.ttl).await?)
@@ -376,6 +384,13 @@ where
         .map_or(prexor_config::DEFAULT_NAMESPACE.to_owned(), |v| {
             v.namespace.clone()
         });
+    let (events, ephemeral) = match &valkey {
+        Some(valkey) => (
+            EventLog::valkey(valkey.clone(), &namespace, &config.replica_id),
+            Ephemeral::valkey(valkey.clone(), &namespace),
+        ),
+        None => (EventLog::local(&config.replica_id), Ephemeral::local()),
+    };
     let service = Service {
         leases: Leases::new(
             backend,
@@ -384,6 +399,9 @@ where
             namespace,
             timing,
         ),
+        events,
+        ephemeral,
+        valkey,
         config: config.clone(),
         store,
         registry,
@@ -423,6 +441,7 @@ where
         ready: false,
         leases_held: 0,
         heartbeat_age_ms: 0,
+        clock_skew_ms: None,
         notes: Vec::new(),
     };
     let heartbeat = tokio::spawn(heartbeat(service.clone(), record, dev_claim.clone()));
@@ -474,12 +493,22 @@ async fn heartbeat(service: Service, mut record: ReplicaRecord, dev_claim: Optio
         metrics::gauge!("prexor_replica_ready").set(if record.ready { 1.0 } else { 0.0 });
         record.leases_held = service.leases_held().len() as u64;
         record.notes = service.notes();
-        match service.registry.heartbeat(&record).await {
-            Ok(()) if failing => {
+        let sent_at = prexor_domain::now_ms();
+        let outcome = service.registry.heartbeat(&record).await;
+        let mut first_measure = false;
+        if let Ok(Some(store_now)) = outcome {
+            // Our clock at the midpoint of the round trip against the store's.
+            let midpoint = sent_at + (prexor_domain::now_ms() - sent_at) / 2;
+            first_measure = record.clock_skew_ms.is_none();
+            record.clock_skew_ms = Some(midpoint - store_now);
+            metrics::gauge!("prexor_clock_skew_ms").set((midpoint - store_now) as f64);
+        }
+        match outcome {
+            Ok(_) if failing => {
                 tracing::info!("heartbeats are recorded again");
                 failing = false;
             }
-            Ok(()) => {}
+            Ok(_) => {}
             Err(err) if !failing => {
                 tracing::warn!(error = %err, "could not record this replica's heartbeat");
                 failing = true;
@@ -497,6 +526,10 @@ async fn heartbeat(service: Service, mut record: ReplicaRecord, dev_claim: Optio
                     tracing::warn!(error = %err, "could not refresh the development single-writer slot")
                 }
             }
+        }
+        if first_measure {
+            // Publish the first skew measurement at once rather than a renew interval later.
+            continue;
         }
         tokio::select! {
             _ = service.shutdown.cancelled() => return,

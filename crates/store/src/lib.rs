@@ -10,10 +10,15 @@
 mod blobs;
 mod error;
 mod fence;
+mod groups;
 mod store;
 
 pub use blobs::{BLOB_CHUNKS, BLOBS, blob_hash};
 pub use error::StoreError;
 pub use fence::{FENCES, Fence, Write, WriteOutcome};
+pub use groups::{
+    GROUPS, GroupRecord, GroupWriteError, create_group, get_group, mark_group_deleting,
+    update_group,
+};
 pub use mongodb::bson;
 pub use store::Store;

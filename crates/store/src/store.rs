@@ -2,6 +2,7 @@ use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection, Database};
@@ -121,5 +122,39 @@ impl Store {
                 timeout: self.timeout,
             }),
         }
+    }
+
+    /// Every document of `collection` matching `filter` (`what` names the read in errors).
+    pub async fn find_all(
+        &self,
+        collection: &str,
+        what: &str,
+        filter: Document,
+    ) -> Result<Vec<Document>, StoreError> {
+        self.find_sorted(collection, what, filter, Document::new(), None)
+            .await
+    }
+
+    /// Documents of `collection` matching `filter` in `sort` order, at most `limit`.
+    pub async fn find_sorted(
+        &self,
+        collection: &str,
+        what: &str,
+        filter: Document,
+        sort: Document,
+        limit: Option<i64>,
+    ) -> Result<Vec<Document>, StoreError> {
+        let documents = self.documents(collection);
+        self.bounded(what, async {
+            let mut find = documents.find(filter);
+            if !sort.is_empty() {
+                find = find.sort(sort);
+            }
+            if let Some(limit) = limit {
+                find = find.limit(limit);
+            }
+            find.await?.try_collect().await
+        })
+        .await
     }
 }

@@ -1,45 +1,204 @@
-use axum::Json;
-use axum::http::{StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+//! Every error the API returns: JSON `{code, message, details}` with the matching status, and the
+//! JSON body extractor that turns malformed input into a 400 naming the problem.
 
-/// Every error the API returns: `{code, message, details}` with the matching HTTP status.
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use prexor_coord::CoordError;
+use prexor_domain::FieldProblem;
+use prexor_store::StoreError;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// An error answer (boxed: handlers return it by value through `Result`).
+#[derive(Debug)]
+pub struct ApiError(Box<ErrorBody>);
+
 #[derive(Debug, Serialize)]
-pub struct ApiError {
+struct ErrorBody {
     #[serde(skip)]
     status: StatusCode,
     code: &'static str,
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     details: Option<serde_json::Value>,
+    #[serde(skip)]
+    retry_after_secs: Option<u64>,
 }
+
+pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
+        ApiError(Box::new(ErrorBody {
             status,
             code,
             message: message.into(),
             details: None,
-        }
+            retry_after_secs: None,
+        }))
     }
 
-    /// The store needed to answer is unreachable: 503, the client may retry (any replica).
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.0.details = Some(details);
+        self
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.0.retry_after_secs = Some(secs.max(1));
+        self
+    }
+
+    /// A store needed to answer is unreachable: 503, the client may retry (any replica).
     pub fn unavailable(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", message)
+    }
+
+    /// 400 listing every invalid field.
+    pub fn invalid(what: &str, problems: &[FieldProblem]) -> Self {
+        let listed: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{}: {}", p.field, p.message))
+            .collect();
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_FAILED",
+            format!("{what} is invalid: {}", listed.join("; ")),
+        )
+        .with_details(serde_json::json!({ "fields": problems }))
+    }
+
+    /// 400 for one invalid field.
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_FAILED",
+            format!("{field}: {message}"),
+        )
+        .with_details(serde_json::json!({ "fields": [{ "field": field, "message": message }] }))
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::CONFLICT, "CONFLICT", message)
+    }
+
+    pub fn too_many(code: &'static str, message: impl Into<String>, retry_secs: u64) -> Self {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message).retry_after(retry_secs)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.0.status
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.0.code, self.0.message)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        if err.is_unavailable() {
+            ApiError::unavailable(err.to_string())
+        } else {
+            tracing::error!(error = %err, "store error");
+            ApiError::internal(err.to_string())
+        }
+    }
+}
+
+impl From<CoordError> for ApiError {
+    fn from(err: CoordError) -> Self {
+        ApiError::unavailable(err.to_string())
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self)).into_response()
+        let body = *self.0;
+        let retry = body.retry_after_secs;
+        let mut response = (body.status, Json(body)).into_response();
+        if let Some(secs) = retry
+            && let Ok(value) = HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
     }
 }
 
 pub async fn not_found(uri: Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "NOT_FOUND",
-        format!("no such endpoint: {}", uri.path()),
-    )
+    ApiError::not_found(format!("no such endpoint: {}", uri.path()))
+}
+
+/// A JSON request body; malformed or mistyped input is a 400 that says what is wrong (a body
+/// over the size limit is a 413).
+pub struct Body<T>(pub T);
+
+impl<S, T> FromRequest<S> for Body<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(Body(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    let status = rejection.status();
+    let text = rejection.body_text();
+    match rejection {
+        JsonRejection::BytesRejection(_) if status == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                "the request body is larger than this endpoint accepts",
+            )
+        }
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "send the body as JSON with `Content-Type: application/json`",
+        ),
+        _ => ApiError::bad_request(format!("the request body is not valid: {text}")),
+    }
+}
+
+/// An optional JSON body: empty means the defaults.
+pub fn optional_body<T: DeserializeOwned + Default>(bytes: &[u8]) -> ApiResult<T> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))
 }

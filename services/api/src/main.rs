@@ -1,26 +1,131 @@
 //! `prexor-api`: the stateless REST API. Any replica answers any request; everything it uses
 //! lives in MongoDB or Valkey.
 
+mod app;
+mod auth;
 mod error;
+mod events;
+mod groups;
+mod instances;
+mod json;
+mod nodes;
+mod permissions;
 mod system;
+mod users;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use clap::Parser;
 use prexor_config::ApiConfig;
-use prexor_serve::{Parts, Service};
+use prexor_serve::{Parts, Service, ServiceArgs};
+
+use crate::app::AppState;
+
+/// Request bodies above this are refused with 413.
+const BODY_LIMIT: usize = 1024 * 1024;
+
+#[derive(Debug, Parser)]
+#[command(name = "prexor-api", version = prexor_domain::VERSION)]
+struct ApiArgs {
+    #[command(flatten)]
+    service: ServiceArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Create the cluster's first admin user (once per cluster; refused afterwards) and print
+    /// its password once, or write it to a file readable only by its owner.
+    BootstrapAdmin {
+        #[arg(long, default_value = "admin")]
+        username: String,
+        /// Write the password to this file (mode 0600) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<std::path::PathBuf>,
+    },
+}
 
 fn main() -> ExitCode {
-    prexor_serve::launch(
+    let args = ApiArgs::parse();
+    if let Some(Command::BootstrapAdmin {
+        username,
+        password_file,
+    }) = args.command
+    {
+        return prexor_serve::launch_with(
+            args.service,
+            |config: &ApiConfig| &config.common.telemetry,
+            move |config: ApiConfig| bootstrap_admin(config, username, password_file),
+        );
+    }
+    prexor_serve::launch_with(
+        args.service,
         |config: &ApiConfig| &config.common.telemetry,
         |config: ApiConfig| prexor_serve::run(config.common, None, build),
     )
 }
 
 async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
-    let api = Router::new().nest("/api/v1", system::routes(service));
+    let sessions = auth::SessionKeys::load(&service.store).await?;
+    let app = Arc::new(AppState {
+        signer: prexor_pki::client::SignerClient::new(service.registry.clone()),
+        gateways: prexor_serve::Gateways::new(service.registry.clone()),
+        sessions,
+        service: service.clone(),
+    });
+    let follow = {
+        let events = service.events.clone();
+        let stop = service.shutdown.clone();
+        tokio::spawn(async move { events.follow(stop).await })
+    };
+    let api = Router::new()
+        .merge(system::routes())
+        .merge(auth::routes())
+        .merge(users::routes())
+        .merge(groups::routes())
+        .merge(instances::routes())
+        .merge(nodes::routes())
+        .merge(events::routes())
+        .fallback(error::not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(app);
     Ok(Parts {
-        http: Some(api.fallback(error::not_found)),
+        http: Some(
+            Router::new()
+                .nest("/api/v1", api)
+                .fallback(error::not_found),
+        ),
+        tasks: vec![follow],
         ..Parts::default()
     })
+}
+
+/// `prexor-api bootstrap-admin`.
+async fn bootstrap_admin(
+    config: ApiConfig,
+    username: String,
+    password_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let mongo = &config.common.mongo;
+    let store =
+        prexor_store::Store::connect(&mongo.uri, &mongo.database, "prexor-api", mongo.timeout)
+            .await?;
+    let password = auth::bootstrap_admin(&store, &username).await?;
+    match password_file {
+        Some(path) => {
+            prexor_pki::write_private(&path, password.as_bytes())?;
+            println!(
+                "admin user {username:?} created; its password is in {} (mode 0600)",
+                path.display()
+            );
+        }
+        None => {
+            println!("admin user {username:?} created; password (shown once): {password}");
+        }
+    }
+    Ok(())
 }

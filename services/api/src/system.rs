@@ -4,16 +4,20 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use prexor_coord::ReplicaRecord;
-use prexor_serve::Service;
 use serde::Serialize;
 
+use crate::app::App;
+use crate::auth::Principal;
 use crate::error::ApiError;
 
-pub fn routes(service: Service) -> Router {
+/// A replica whose clock differs from the coordination store's by more than this is reported
+/// `clock.synchronized = false` (fencing stays safe; lease expiry timing moves).
+pub const CLOCK_SKEW_LIMIT_MS: i64 = 500;
+
+pub fn routes() -> Router<App> {
     Router::new()
         .route("/system/info", get(info))
         .route("/system/status", get(status))
-        .with_state(service)
 }
 
 #[derive(Serialize)]
@@ -25,7 +29,9 @@ struct Info {
     replica_id: String,
 }
 
-async fn info(State(service): State<Service>) -> Json<Info> {
+/// Unauthenticated: what a load balancer or `prexorctl --controller URL system info` checks.
+async fn info(State(app): State<App>) -> Json<Info> {
+    let service = &app.service;
     Json(Info {
         version: prexor_domain::VERSION,
         profile: service.config.profile.to_string(),
@@ -38,10 +44,27 @@ async fn info(State(service): State<Service>) -> Json<Info> {
 #[serde(rename_all = "camelCase")]
 struct Status {
     /// Every live replica of every service.
-    replicas: Vec<ReplicaRecord>,
+    replicas: Vec<ReplicaStatus>,
     coordination: Coordination,
     /// The api replica that answered.
     answered_by: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReplicaStatus {
+    #[serde(flatten)]
+    record: ReplicaRecord,
+    clock: ClockStatus,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClockStatus {
+    /// `false` when the replica's clock is more than 500 ms off the coordination store's, or
+    /// not measured yet.
+    synchronized: bool,
+    skew_ms: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -53,12 +76,26 @@ struct Coordination {
     error: Option<String>,
 }
 
-async fn status(State(service): State<Service>) -> Result<Json<Status>, ApiError> {
+async fn status(State(app): State<App>, who: Principal) -> Result<Json<Status>, ApiError> {
+    who.require("system:read")?;
+    let service = &app.service;
     let backend = service.leases.backend();
     let ping = backend.ping().await;
     let replicas = service.registry.list(None).await.map_err(|e| {
         ApiError::unavailable(format!("cannot list replicas from the registry: {e}"))
     })?;
+    let replicas = replicas
+        .into_iter()
+        .map(|record| ReplicaStatus {
+            clock: ClockStatus {
+                synchronized: record
+                    .clock_skew_ms
+                    .is_some_and(|s| s.abs() <= CLOCK_SKEW_LIMIT_MS),
+                skew_ms: record.clock_skew_ms,
+            },
+            record,
+        })
+        .collect();
     Ok(Json(Status {
         replicas,
         coordination: Coordination {

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prexor_config::GatewayConfig;
-use prexor_coord::{ConsoleStreams, LeaseKeeper, ValkeyBackend};
+use prexor_coord::{ConsoleStreams, LeaseKeeper};
 use prexor_pki::client::SignerClient;
 use prexor_pki::records;
 use prexor_pki::tls::CertSlot;
@@ -83,18 +83,19 @@ async fn build(service: Service, config: GatewayConfig) -> Result<Parts, prexor_
     // Node ownership leases, renewed together; released on SIGTERM so daemons move at once.
     let (keeper, keeper_task) =
         LeaseKeeper::start(service.leases.clone(), "node", service.shutdown.clone());
-    let console = match &service.config.valkey {
-        Some(valkey) => Some(ConsoleStreams::new(
-            ValkeyBackend::connect(&valkey.uri, valkey.timeout)?,
+    let console = match (&service.valkey, &service.config.valkey) {
+        (Some(backend), Some(valkey)) => Some(ConsoleStreams::new(
+            backend.clone(),
             valkey.namespace.clone(),
         )),
-        None => None,
+        _ => None,
     };
     let sessions = sessions::Sessions::new(
         service.store.clone(),
         service.leases.clone(),
         keeper.clone(),
         console,
+        service.events.clone(),
         service.config.replica_id.clone(),
         service.shutdown.clone(),
     );

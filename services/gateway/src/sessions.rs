@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use mongodb::bson::{Bson, Document, doc};
-use prexor_coord::{ConsoleStreams, Lease, LeaseKeeper, Leases};
+use prexor_coord::{ConsoleStreams, EventLog, Lease, LeaseKeeper, Leases};
 use prexor_domain::{Scope, now_ms, validate_name};
 use prexor_proto::v1::daemon_message::Body as Up;
 use prexor_proto::v1::gateway_message::Body as Down;
@@ -48,6 +48,7 @@ struct Inner {
     leases: Leases,
     keeper: LeaseKeeper,
     console: Option<ConsoleStreams>,
+    events: EventLog,
     replica_id: String,
     live: Mutex<HashMap<String, SessionHandle>>,
     next_id: AtomicU64,
@@ -155,6 +156,7 @@ impl Sessions {
         leases: Leases,
         keeper: LeaseKeeper,
         console: Option<ConsoleStreams>,
+        events: EventLog,
         replica_id: String,
         shutdown: CancellationToken,
     ) -> Sessions {
@@ -164,6 +166,7 @@ impl Sessions {
                 leases,
                 keeper,
                 console,
+                events,
                 replica_id,
                 live: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
@@ -332,6 +335,14 @@ impl Sessions {
                 other => Status::unavailable(other.to_string()),
             });
         }
+        self.inner
+            .events
+            .publish(
+                "NODE_ONLINE",
+                &node_id,
+                serde_json::json!({ "gateway": &self.inner.replica_id }),
+            )
+            .await;
 
         let (outbox, rx) = mpsc::channel(256);
         let handle = SessionHandle {
@@ -470,8 +481,21 @@ impl Sessions {
                 doc! { "_id": &node_id },
                 doc! { "$set": { "state": state, "disconnectedAtMs": now_ms() } },
             );
-            if let Err(err) = self.write(&handle.lease, vec![write]).await {
-                tracing::warn!(node = %node_id, error = %err, "could not record the node's disconnection");
+            match self.write(&handle.lease, vec![write]).await {
+                Ok(()) => {
+                    let kind = if goodbye {
+                        "NODE_OFFLINE"
+                    } else {
+                        "NODE_UNREACHABLE"
+                    };
+                    self.inner
+                        .events
+                        .publish(kind, &node_id, serde_json::json!({ "reason": end }))
+                        .await;
+                }
+                Err(err) => {
+                    tracing::warn!(node = %node_id, error = %err, "could not record the node's disconnection");
+                }
             }
             self.inner
                 .keeper

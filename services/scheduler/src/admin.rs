@@ -4,10 +4,9 @@
 
 use std::path::Path;
 
-use mongodb::bson::{self, doc};
 use prexor_config::SchedulerConfig;
 use prexor_domain::GroupSpec;
-use prexor_store::Store;
+use prexor_store::{GroupWriteError, Store};
 
 /// Outcome of an apply, printed for the operator.
 #[derive(Debug, PartialEq, Eq)]
@@ -57,44 +56,21 @@ pub async fn apply_group(
 }
 
 async fn upsert(store: &Store, name: &str, spec: &GroupSpec) -> anyhow::Result<Applied> {
-    let spec_doc = bson::to_document(spec)?;
-    let groups = store.documents("groups");
-    let current = store
-        .bounded("reading the group", groups.find_one(doc! { "_id": name }))
-        .await?;
-    let Some(current) = current else {
-        let inserted = store
-            .bounded(
-                "creating the group",
-                groups.insert_one(doc! { "_id": name, "spec": &spec_doc, "revision": 1_i64 }),
-            )
-            .await;
-        return match inserted {
+    if prexor_store::get_group(store, name).await?.is_none() {
+        return match prexor_store::create_group(store, name, spec).await {
             Ok(_) => Ok(Applied::Created),
-            Err(err) if err.is_duplicate_key() => {
+            Err(GroupWriteError::Exists(_)) => {
                 anyhow::bail!("group {name} was created concurrently; apply again")
             }
             Err(err) => Err(err.into()),
         };
-    };
-    if current.get_document("spec").ok() == Some(&spec_doc) {
-        return Ok(Applied::Unchanged);
     }
-    let revision = current.get_i64("revision").unwrap_or(1);
-    // Compare-and-set on the revision: a concurrent change is not overwritten silently.
-    let updated = store
-        .bounded(
-            "updating the group",
-            groups.update_one(
-                doc! { "_id": name, "revision": revision },
-                doc! { "$set": { "spec": &spec_doc, "revision": revision + 1 } },
-            ),
-        )
-        .await?;
-    if updated.matched_count == 0 {
-        anyhow::bail!("group {name} changed concurrently; apply again");
-    }
-    Ok(Applied::Updated {
-        revision: revision + 1,
-    })
+    Ok(
+        match prexor_store::update_group(store, name, spec, None).await? {
+            Some(record) => Applied::Updated {
+                revision: record.revision,
+            },
+            None => Applied::Unchanged,
+        },
+    )
 }

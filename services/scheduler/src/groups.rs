@@ -10,18 +10,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use futures::TryStreamExt;
 use mongodb::bson::{self, Bson, Document, doc};
-use prexor_coord::{Lease, Registry};
-use prexor_domain::{GroupSpec, ScalingMode, ServiceKind, now_ms};
-use prexor_proto::PeerChannels;
+use prexor_coord::{EventLog, Lease};
+use prexor_domain::{GroupSpec, ScalingMode, now_ms};
 use prexor_proto::v1::command::Action;
-use prexor_proto::v1::node_commands_client::NodeCommandsClient;
 use prexor_proto::v1::{
-    AckResult, Command, CommandAck, CompositionPlan, NodeCommandRequest, StartInstance,
-    StopInstance, TemplateLayer,
+    AckResult, Command, CompositionPlan, KillInstance, StartInstance, StopInstance, TemplateLayer,
 };
-use prexor_store::{Store, StoreError, Write};
+use prexor_serve::Gateways;
+use prexor_store::{GROUPS, Store, StoreError, Write};
 use sha2::{Digest, Sha256};
 
 pub const INSTANCES: &str = "instances";
@@ -35,6 +32,9 @@ pub const GROUP_STATE: &str = "group_state";
 /// Up to this many held groups a snapshot filters with `$in`; beyond, it reads whole collections.
 const IN_QUERY_LIMIT: usize = 32;
 pub const STRAYS: &str = "stray_instances";
+/// Operator requests for a group's instances (`stop`, `kill`, `start`), written by the API and
+/// carried out (then deleted) by the group's lease holder.
+pub const INSTANCE_REQUESTS: &str = "instance_requests";
 /// An instance on a node unreachable for longer than this is replaced elsewhere.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(20);
 /// A crash loop: this many crashes of a group's instances within the window...
@@ -57,60 +57,6 @@ fn is_terminal(state: &str) -> bool {
     state == STOPPED || state == CRASHED
 }
 
-/// Sends node commands through any ready gateway.
-#[derive(Clone)]
-pub struct Gateways {
-    registry: Registry,
-    channels: PeerChannels,
-}
-
-impl Gateways {
-    pub fn new(registry: Registry) -> Gateways {
-        Gateways {
-            registry,
-            channels: Default::default(),
-        }
-    }
-
-    async fn send(&self, node: &str, command: Command) -> Result<CommandAck, String> {
-        let mut gateways = self
-            .registry
-            .list(Some(ServiceKind::Gateway))
-            .await
-            .map_err(|e| e.to_string())?;
-        gateways.retain(|g| g.ready && g.grpc_address.is_some());
-        if gateways.is_empty() {
-            return Err("no gateway is ready".into());
-        }
-        let start = rand::random_range(0..gateways.len());
-        let mut errors = Vec::new();
-        for i in 0..gateways.len() {
-            let gateway = &gateways[(start + i) % gateways.len()];
-            let address = gateway.grpc_address.clone().unwrap_or_default();
-            let channel = self.channels.get(&address)?;
-            let request = NodeCommandRequest {
-                node_id: node.to_string(),
-                command: Some(command.clone()),
-                timeout_ms: 10_000,
-                forwarded: false,
-            };
-            match NodeCommandsClient::new(channel).send(request).await {
-                Ok(reply) => {
-                    return reply
-                        .into_inner()
-                        .ack
-                        .ok_or_else(|| "the gateway answered without an ack".into());
-                }
-                Err(status) if status.code() == tonic::Code::Unavailable => {
-                    errors.push(format!("{}: {}", gateway.id, status.message()));
-                }
-                Err(status) => return Err(status.message().to_string()),
-            }
-        }
-        Err(errors.join("; "))
-    }
-}
-
 /// Everything one tick needs about the groups this replica holds, read in a handful of queries
 /// (not per group), so that a tick's cost in steady state does not grow with round trips.
 #[derive(Default)]
@@ -122,24 +68,8 @@ pub struct Snapshot {
     nodes: HashMap<String, Document>,
     /// Crash times (ms) of the last crash-loop window, per group.
     crashes: HashMap<String, Vec<i64>>,
-}
-
-async fn find_all(
-    store: &Store,
-    collection: &str,
-    what: &str,
-    filter: Document,
-) -> Result<Vec<Document>, StoreError> {
-    store
-        .bounded(what, async {
-            store
-                .documents(collection)
-                .find(filter)
-                .await?
-                .try_collect()
-                .await
-        })
-        .await
+    /// Operator requests (stop, kill, start), per group.
+    requests: HashMap<String, Vec<Document>>,
 }
 
 fn by_group(docs: Vec<Document>) -> HashMap<String, Vec<Document>> {
@@ -161,6 +91,7 @@ fn by_id(docs: Vec<Document>) -> HashMap<String, Document> {
 pub struct Groups {
     pub store: Store,
     pub gateways: Gateways,
+    events: EventLog,
     /// Per group: the token last worked under and when it was first seen (convergence gate).
     seen: Mutex<HashMap<String, (u64, Instant, i64)>>,
 }
@@ -168,6 +99,7 @@ pub struct Groups {
 /// The scheduler-owned part of an instance record.
 struct Instance {
     id: String,
+    group: String,
     node: String,
     state: String,
     plan_hash: String,
@@ -186,6 +118,7 @@ impl Instance {
         let reported = doc.get_document("reported").ok();
         Some(Instance {
             id: doc.get_str("_id").ok()?.to_string(),
+            group: doc.get_str("group").unwrap_or_default().to_string(),
             node: doc.get_str("nodeId").unwrap_or_default().to_string(),
             state: doc.get_str("state").unwrap_or_default().to_string(),
             plan_hash: doc.get_str("planHash").unwrap_or_default().to_string(),
@@ -210,12 +143,17 @@ impl Instance {
 }
 
 impl Groups {
-    pub fn new(store: Store, gateways: Gateways) -> Groups {
+    pub fn new(store: Store, gateways: Gateways, events: EventLog) -> Groups {
         Groups {
             store,
             gateways,
+            events,
             seen: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub fn events(&self) -> &EventLog {
+        &self.events
     }
 
     /// Forgets groups no longer held (their next holder starts its own gate).
@@ -257,21 +195,24 @@ impl Groups {
                 filter
             }
         };
-        let (instances, states, strays, nodes, crashes) = tokio::try_join!(
-            find_all(
-                store,
+        let (instances, states, strays, nodes, crashes, requests) = tokio::try_join!(
+            store.find_all(
                 INSTANCES,
                 "listing instances",
                 scoped(doc! { "state": { "$exists": true } })
             ),
-            find_all(store, GROUP_STATE, "reading group states", doc! {}),
-            find_all(store, STRAYS, "listing stray instances", scoped(doc! {})),
-            find_all(store, NODES, "listing nodes", doc! {}),
-            find_all(
-                store,
+            store.find_all(GROUP_STATE, "reading group states", doc! {}),
+            store.find_all(STRAYS, "listing stray instances", scoped(doc! {})),
+            store.find_all(NODES, "listing nodes", doc! {}),
+            store.find_all(
                 "crashes",
                 "reading recent crashes",
                 scoped(doc! { "atMs": { "$gt": window } })
+            ),
+            store.find_all(
+                INSTANCE_REQUESTS,
+                "reading operator requests",
+                scoped(doc! {})
             ),
         )?;
         let mine = |docs: Vec<Document>, key: &str| -> Vec<Document> {
@@ -295,6 +236,7 @@ impl Groups {
             strays: by_group(mine(strays, "group")),
             nodes: by_id(nodes),
             crashes: crash_times,
+            requests: by_group(mine(requests, "group")),
         })
     }
 
@@ -364,6 +306,14 @@ impl Groups {
         )
         .await?;
 
+        if group.get_bool("deleting").unwrap_or(false) {
+            return self.tear_down(name, &spec, lease, &instances).await;
+        }
+        if let Some(requests) = snap.requests.get(name) {
+            self.operator_requests(name, &spec, revision, lease, &mut instances, requests)
+                .await?;
+        }
+
         // 2. Placed but not confirmed started: dispatch (again) the persisted plan.
         let now = now_ms();
         for instance in instances
@@ -412,7 +362,10 @@ impl Groups {
                 .values()
                 .filter(|i| !wanted.contains(&i.id) && i.state != STOPPING)
             {
-                self.stop(name, lease, instance, spec.stop_grace_seconds)
+                let how = Halt::Stop {
+                    grace_s: spec.stop_grace_seconds,
+                };
+                self.stop(name, lease, instance, how, "above the desired count")
                     .await?;
             }
         }
@@ -621,6 +574,8 @@ impl Groups {
         )
         .await?;
         instance.state = state.to_string();
+        self.state_changed(&instance.group, &instance.id, state, "")
+            .await;
         Ok(())
     }
 
@@ -662,6 +617,8 @@ impl Groups {
             .increment(1);
         tracing::info!(instance = %instance.id, node = %instance.node, state, reason, "instance ended");
         instance.state = state.to_string();
+        self.state_changed(&instance.group, &instance.id, state, reason)
+            .await;
         Ok(())
     }
 
@@ -678,25 +635,15 @@ impl Groups {
     ) -> anyhow::Result<Option<Instance>> {
         let nodes: Vec<Document> = self
             .store
-            .bounded("listing nodes", async {
-                self.store
-                    .documents(NODES)
-                    .find(doc! { "state": "ONLINE", "cordoned": { "$ne": true } })
-                    .await?
-                    .try_collect()
-                    .await
-            })
+            .find_all(
+                NODES,
+                "listing nodes",
+                doc! { "state": "ONLINE", "cordoned": { "$ne": true } },
+            )
             .await?;
         let allocations: HashMap<String, i64> = self
             .store
-            .bounded("reading node allocations", async {
-                self.store
-                    .documents(NODE_ALLOCATIONS)
-                    .find(doc! {})
-                    .await?
-                    .try_collect::<Vec<Document>>()
-                    .await
-            })
+            .find_all(NODE_ALLOCATIONS, "reading node allocations", doc! {})
             .await?
             .into_iter()
             .filter_map(|d| {
@@ -754,14 +701,11 @@ impl Groups {
                 .await?;
             let used: HashSet<i64> = self
                 .store
-                .bounded("reading port reservations", async {
-                    self.store
-                        .documents(PORT_RESERVATIONS)
-                        .find(doc! { "nodeId": &node })
-                        .await?
-                        .try_collect::<Vec<Document>>()
-                        .await
-                })
+                .find_all(
+                    PORT_RESERVATIONS,
+                    "reading port reservations",
+                    doc! { "nodeId": &node },
+                )
                 .await?
                 .iter()
                 // An expired block (a foreign process held the port) no longer counts.
@@ -821,8 +765,10 @@ impl Groups {
                     Ok(()) => {
                         metrics::counter!("prexor_scheduler_placements_total").increment(1);
                         tracing::info!(group, instance = id, %node, port, attempt, "placed");
+                        self.state_changed(group, id, SCHEDULED, &node).await;
                         return Ok(Some(Instance {
                             id: id.to_string(),
+                            group: group.to_string(),
                             node: node.clone(),
                             state: SCHEDULED.into(),
                             plan_hash,
@@ -949,22 +895,34 @@ impl Groups {
         Ok(())
     }
 
+    /// Stops (or kills) `instance` and records it STOPPING once the daemon accepted.
     async fn stop(
         &self,
         group: &str,
         lease: &Lease,
         instance: &Instance,
-        grace_s: u32,
-    ) -> anyhow::Result<()> {
-        let command = Command {
-            command_id: format!("stop:{}:{}", instance.id, instance.plan_hash),
-            scope: lease.scope().to_string(),
-            fence_token: lease.token(),
-            action: Some(Action::Stop(StopInstance {
+        how: Halt,
+        why: &str,
+    ) -> anyhow::Result<bool> {
+        let action = match how {
+            Halt::Stop { grace_s } => Action::Stop(StopInstance {
                 instance_id: instance.id.clone(),
                 grace_period_ms: grace_s.saturating_mul(1000),
                 stop_command: String::new(),
-            })),
+            }),
+            Halt::Kill => Action::Kill(KillInstance {
+                instance_id: instance.id.clone(),
+            }),
+        };
+        let verb = match how {
+            Halt::Stop { .. } => "stop",
+            Halt::Kill => "kill",
+        };
+        let command = Command {
+            command_id: format!("{verb}:{}:{}", instance.id, instance.plan_hash),
+            scope: lease.scope().to_string(),
+            fence_token: lease.token(),
+            action: Some(action),
         };
         match self.gateways.send(&instance.node, command).await {
             Ok(ack) if matches!(ack.result(), AckResult::Done | AckResult::Already) => {
@@ -973,17 +931,178 @@ impl Groups {
                     vec![Write::update_one(
                         INSTANCES,
                         doc! { "_id": &instance.id, "planHash": &instance.plan_hash },
-                        doc! { "$set": { "state": STOPPING, "stateAtMs": now_ms() } },
+                        doc! { "$set": { "state": STOPPING, "stateAtMs": now_ms(), "stopReason": why } },
                     )],
                 )
                 .await?;
-                tracing::info!(group, instance = %instance.id, "stopping (above the desired count)");
+                self.state_changed(group, &instance.id, STOPPING, why).await;
+                tracing::info!(group, instance = %instance.id, "{verb} ({why})");
+                Ok(true)
             }
-            Ok(ack) => tracing::warn!(instance = %instance.id, "stop refused: {}", ack.message),
-            Err(reason) => tracing::info!(instance = %instance.id, "stop deferred: {reason}"),
+            Ok(ack) => {
+                tracing::warn!(instance = %instance.id, "{verb} refused: {}", ack.message);
+                Ok(false)
+            }
+            Err(reason) => {
+                tracing::info!(instance = %instance.id, "{verb} deferred: {reason}");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn state_changed(&self, group: &str, instance: &str, state: &str, detail: &str) {
+        self.events
+            .publish(
+                "INSTANCE_STATE_CHANGED",
+                instance,
+                serde_json::json!({ "group": group, "state": state, "detail": detail }),
+            )
+            .await;
+    }
+
+    /// Carries out the operators' requests for this group's instances: stop and kill (a STATIC
+    /// or DYNAMIC group then replaces the instance, i.e. restarts it), start (MANUAL groups, up
+    /// to `maxInstances`). A request is deleted once done or moot.
+    async fn operator_requests(
+        &self,
+        name: &str,
+        spec: &GroupSpec,
+        revision: i64,
+        lease: &Lease,
+        instances: &mut Vec<Instance>,
+        requests: &[Document],
+    ) -> anyhow::Result<()> {
+        for request in requests {
+            let Ok(id) = request.get_str("_id") else {
+                continue;
+            };
+            let done = match request.get_str("action").unwrap_or_default() {
+                action @ ("stop" | "kill") => {
+                    let target = request.get_str("instance").unwrap_or_default();
+                    match instances.iter().find(|i| i.id == target && i.is_active()) {
+                        Some(instance) if instance.state == STOPPING && action == "stop" => true,
+                        Some(instance) => {
+                            let how = if action == "kill" {
+                                Halt::Kill
+                            } else {
+                                Halt::Stop {
+                                    grace_s: spec.stop_grace_seconds,
+                                }
+                            };
+                            let by = request.get_str("by").unwrap_or("an operator");
+                            self.stop(
+                                name,
+                                lease,
+                                instance,
+                                how,
+                                &format!("{action} requested by {by}"),
+                            )
+                            .await?
+                        }
+                        None => true,
+                    }
+                }
+                "start" => {
+                    let active = instances.iter().filter(|i| i.is_active()).count() as u32;
+                    if spec.scaling != ScalingMode::Manual || active >= spec.max_instances {
+                        tracing::info!(
+                            group = name,
+                            active,
+                            "manual start not possible; request dropped"
+                        );
+                        true
+                    } else {
+                        let taken: HashSet<&str> = instances
+                            .iter()
+                            .filter(|i| i.is_active())
+                            .map(|i| i.id.as_str())
+                            .collect();
+                        let instance_id = (1..)
+                            .map(|k| format!("{name}-{k}"))
+                            .find(|candidate| !taken.contains(candidate.as_str()))
+                            .expect("an unused name");
+                        let attempt = instances
+                            .iter()
+                            .find(|i| i.id == instance_id)
+                            .map_or(0, |i| i.attempt)
+                            + 1;
+                        match self
+                            .place(name, spec, revision, &instance_id, attempt, lease)
+                            .await?
+                        {
+                            Some(mut placed) => {
+                                self.dispatch(name, lease, &mut placed).await?;
+                                instances.retain(|i| i.id != instance_id);
+                                instances.push(placed);
+                                true
+                            }
+                            // No node fits now: the request stays for the next tick.
+                            None => false,
+                        }
+                    }
+                }
+                other => {
+                    tracing::warn!(
+                        group = name,
+                        request = id,
+                        "unknown operator request {other:?}; dropped"
+                    );
+                    true
+                }
+            };
+            if done {
+                self.write(
+                    lease,
+                    vec![Write::delete_one(INSTANCE_REQUESTS, doc! { "_id": id })],
+                )
+                .await?;
+            }
         }
         Ok(())
     }
+
+    /// A group marked for deletion: stop every instance, then remove the group's records.
+    async fn tear_down(
+        &self,
+        name: &str,
+        spec: &GroupSpec,
+        lease: &Lease,
+        instances: &[Instance],
+    ) -> anyhow::Result<()> {
+        let active: Vec<&Instance> = instances.iter().filter(|i| i.is_active()).collect();
+        for instance in active.iter().filter(|i| i.state != STOPPING) {
+            let how = Halt::Stop {
+                grace_s: spec.stop_grace_seconds,
+            };
+            self.stop(name, lease, instance, how, "group deleted")
+                .await?;
+        }
+        if !active.is_empty() {
+            return Ok(());
+        }
+        self.write(
+            lease,
+            vec![
+                Write::delete_one(GROUPS, doc! { "_id": name, "deleting": true }),
+                Write::delete_one(GROUP_STATE, doc! { "_id": name }),
+            ],
+        )
+        .await?;
+        tracing::info!(group = name, "group deleted");
+        self.events
+            .publish("GROUP_DELETED", name, serde_json::json!({}))
+            .await;
+        Ok(())
+    }
+}
+
+/// How to end an instance.
+#[derive(Clone, Copy)]
+enum Halt {
+    /// Console stop command, then SIGKILL after the grace period.
+    Stop { grace_s: u32 },
+    /// SIGKILL now.
+    Kill,
 }
 
 fn plan_doc(group: &str, spec: &GroupSpec, id: &str, port: u16) -> Document {

@@ -66,7 +66,8 @@ async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
     let reconciler = reconciler::Reconciler {
         groups: groups::Groups::new(
             service.store.clone(),
-            groups::Gateways::new(service.registry.clone()),
+            prexor_serve::Gateways::new(service.registry.clone()),
+            service.events.clone(),
         ),
         store: service.store.clone(),
         leases: service.leases.clone(),

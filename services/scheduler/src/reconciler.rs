@@ -7,7 +7,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use prexor_coord::{LeaseKeeper, Leases, Registry};
 use prexor_domain::{Scope, ServiceKind};
@@ -15,7 +14,7 @@ use prexor_store::Store;
 use rand::seq::SliceRandom;
 use tokio_util::sync::CancellationToken;
 
-pub const GROUPS: &str = "groups";
+pub use prexor_store::GROUPS;
 
 /// How long the last tick's phase took (`scopes`, `leases`, `snapshot`, `groups`).
 fn phase_took(phase: &'static str, started: Instant) {
@@ -87,14 +86,7 @@ impl Reconciler {
     async fn scopes(&self) -> anyhow::Result<(BTreeSet<Scope>, HashMap<String, Document>)> {
         let groups: Vec<Document> = self
             .store
-            .bounded("listing groups", async {
-                self.store
-                    .documents(GROUPS)
-                    .find(doc! {})
-                    .await?
-                    .try_collect()
-                    .await
-            })
+            .find_all(GROUPS, "listing groups", doc! {})
             .await?;
         let by_name: HashMap<String, Document> = groups
             .into_iter()
@@ -173,6 +165,14 @@ impl Reconciler {
                     break;
                 }
                 if let Some(lease) = self.leases.acquire(&scope).await? {
+                    self.groups
+                        .events()
+                        .publish(
+                            "LEASE_ACQUIRED",
+                            &scope.to_string(),
+                            serde_json::json!({ "holder": &self.replica_id, "token": lease.token() }),
+                        )
+                        .await;
                     self.keeper.insert(lease);
                     held.push(scope);
                     outcome.acquired += 1;

@@ -1,0 +1,62 @@
+//! What every handler shares: the replica's stores and coordination, the session signing key,
+//! the CA signer client and channels to gateways; plus the audit log writer.
+
+use std::sync::Arc;
+
+use mongodb::bson::{Bson, doc};
+use prexor_pki::client::SignerClient;
+use prexor_serve::Service;
+use prexor_store::Store;
+use serde::Serialize;
+
+use crate::auth::{Principal, SessionKeys};
+
+pub type App = Arc<AppState>;
+
+pub struct AppState {
+    pub service: Service,
+    pub sessions: SessionKeys,
+    pub signer: SignerClient,
+    pub gateways: prexor_serve::Gateways,
+}
+
+pub const AUDIT: &str = "audit";
+
+impl AppState {
+    pub fn store(&self) -> &Store {
+        &self.service.store
+    }
+
+    /// Records a mutation in the audit log (who, what, on what, before/after, when). A failure is
+    /// logged: the change itself is already made.
+    pub async fn audit<B: Serialize, A: Serialize>(
+        &self,
+        who: &Principal,
+        action: &str,
+        target: &str,
+        before: Option<&B>,
+        after: Option<&A>,
+    ) {
+        let to_bson = |value: Option<Bson>| value.unwrap_or(Bson::Null);
+        let entry = doc! {
+            "atMs": prexor_domain::now_ms(),
+            "actor": &who.user,
+            "via": who.via(),
+            "action": action,
+            "target": target,
+            "before": to_bson(before.and_then(|b| mongodb::bson::to_bson(b).ok())),
+            "after": to_bson(after.and_then(|a| mongodb::bson::to_bson(a).ok())),
+            "replica": &self.service.config.replica_id,
+        };
+        let store = self.store();
+        if let Err(err) = store
+            .bounded(
+                "writing the audit log",
+                store.documents(AUDIT).insert_one(entry),
+            )
+            .await
+        {
+            tracing::error!(action, target, error = %err, "audit entry not written");
+        }
+    }
+}

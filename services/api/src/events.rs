@@ -1,0 +1,179 @@
+//! `GET /api/v1/events`: domain events as server-sent events, from whichever replica made the
+//! change. `Last-Event-ID` (or `?after=`) replays what the client missed while it is still in
+//! the bounded buffer; if some of it is gone, a `gap` event says so (re-read state, then follow).
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::routing::get;
+use futures::Stream;
+use prexor_coord::{EventLog, StoredEvent, id_key};
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::app::App;
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult};
+
+const REPLAY_PAGE: usize = 500;
+
+pub fn routes() -> Router<App> {
+    Router::new().route("/events", get(events))
+}
+
+#[derive(Deserialize)]
+struct EventQuery {
+    /// Replay after this event id (like `Last-Event-ID`).
+    after: Option<String>,
+    /// Comma-separated event types to receive (default: all).
+    types: Option<String>,
+}
+
+fn sse(stored: &StoredEvent) -> Event {
+    let mut data = serde_json::to_value(&stored.event).unwrap_or_default();
+    data["id"] = serde_json::Value::String(stored.id.clone());
+    Event::default()
+        .id(stored.id.clone())
+        .event(stored.event.kind.clone())
+        .data(data.to_string())
+}
+
+async fn events(
+    State(app): State<App>,
+    who: Principal,
+    headers: HeaderMap,
+    Query(query): Query<EventQuery>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    who.require("events:read")?;
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(query.after);
+    if let Some(id) = &after
+        && id_key(id) == (0, 0)
+        && id != "0-0"
+        && id != "0"
+    {
+        return Err(ApiError::bad_request(format!(
+            "{id:?} is not an event id (<ms>-<seq>)"
+        )));
+    }
+    let types: Option<HashSet<String>> = query.types.map(|t| {
+        t.split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    });
+    let log = app.service.events.clone();
+    // Subscribe before replaying, so nothing published in between is lost (duplicates are
+    // skipped by id).
+    let live = log.subscribe();
+    let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(1024);
+    let stop = app.service.shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = pump(log, live, after, types, tx) => {}
+        }
+    });
+    Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))
+}
+
+async fn pump(
+    log: EventLog,
+    mut live: tokio::sync::broadcast::Receiver<Arc<StoredEvent>>,
+    after: Option<String>,
+    types: Option<HashSet<String>>,
+    tx: mpsc::Sender<Result<Event, Infallible>>,
+) {
+    let wanted = |e: &StoredEvent| types.as_ref().is_none_or(|t| t.contains(&e.event.kind));
+    let mut last = after;
+    if let Some(from) = last.clone()
+        && !replay(&log, &from, &mut last, &wanted, &tx).await
+    {
+        return;
+    }
+    loop {
+        match live.recv().await {
+            Ok(event) => {
+                if last
+                    .as_deref()
+                    .is_some_and(|l| id_key(&event.id) <= id_key(l))
+                {
+                    continue;
+                }
+                last = Some(event.id.clone());
+                if wanted(&event) && tx.send(Ok(sse(&event))).await.is_err() {
+                    return;
+                }
+            }
+            Err(RecvError::Lagged(_)) => {
+                // This client fell behind the fan-out: catch up from the stream itself.
+                let Some(from) = last.clone() else {
+                    continue;
+                };
+                if !replay(&log, &from, &mut last, &wanted, &tx).await {
+                    return;
+                }
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Sends every event after `from`; `false` when the client is gone.
+async fn replay(
+    log: &EventLog,
+    from: &str,
+    last: &mut Option<String>,
+    wanted: &impl Fn(&StoredEvent) -> bool,
+    tx: &mpsc::Sender<Result<Event, Infallible>>,
+) -> bool {
+    let mut cursor = from.to_owned();
+    let mut first = true;
+    loop {
+        let page = match log.since(&cursor, REPLAY_PAGE).await {
+            Ok(page) => page,
+            Err(err) => {
+                let _ = tx
+                    .send(Ok(Event::default()
+                        .event("error")
+                        .data(format!("cannot replay events: {err}"))))
+                    .await;
+                return false;
+            }
+        };
+        if first && page.gap {
+            let note = serde_json::json!({
+                "message": format!("events after {from} are no longer in the buffer; re-read the state you follow"),
+            });
+            if tx
+                .send(Ok(Event::default().event("gap").data(note.to_string())))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+        first = false;
+        let full = page.events.len() == REPLAY_PAGE;
+        for event in page.events {
+            cursor = event.id.clone();
+            *last = Some(event.id.clone());
+            if wanted(&event) && tx.send(Ok(sse(&event))).await.is_err() {
+                return false;
+            }
+        }
+        if !full {
+            return true;
+        }
+    }
+}

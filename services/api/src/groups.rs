@@ -1,0 +1,396 @@
+//! Groups: create, list, get, update (compare-and-set on the revision), delete (the holder
+//! stops the instances, then removes the group), and manual instance starts.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use mongodb::bson::doc;
+use prexor_domain::{FieldProblem, GroupSpec, ScalingMode, now_ms};
+use prexor_store::{GroupRecord, GroupWriteError};
+use serde::{Deserialize, Serialize};
+
+use crate::app::App;
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult, Body};
+
+pub const INSTANCES: &str = "instances";
+pub const INSTANCE_REQUESTS: &str = "instance_requests";
+const GROUP_STATE: &str = "group_state";
+
+pub fn routes() -> Router<App> {
+    Router::new()
+        .route("/groups", get(list).post(create))
+        .route("/groups/{name}", get(show).put(update).delete(remove))
+        .route("/groups/{name}/instances", post(start_instance))
+}
+
+#[derive(Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct GroupStatus {
+    /// Instances by scheduler state (SCHEDULED, STARTING, RUNNING, STOPPING, ...).
+    instances: HashMap<String, u32>,
+    /// Set while a crash loop pauses new placements.
+    paused_until_ms: Option<i64>,
+    pause_reason: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GroupView {
+    name: String,
+    revision: i64,
+    /// Being deleted: its instances are stopping, then the group disappears.
+    deleting: bool,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    spec: GroupSpec,
+    status: GroupStatus,
+}
+
+fn view(record: GroupRecord, status: GroupStatus) -> GroupView {
+    GroupView {
+        name: record.name,
+        revision: record.revision,
+        deleting: record.deleting,
+        created_at_ms: record.created_at_ms,
+        updated_at_ms: record.updated_at_ms,
+        spec: record.spec,
+        status,
+    }
+}
+
+/// Instance counts and pause state per group (one query each).
+async fn statuses(app: &App, only: Option<&str>) -> ApiResult<HashMap<String, GroupStatus>> {
+    let filter = only.map_or_else(|| doc! {}, |g| doc! { "group": g });
+    let state_filter = only.map_or_else(|| doc! {}, |g| doc! { "_id": g });
+    let store = app.store();
+    let (instances, states) = tokio::try_join!(
+        store.find_all(INSTANCES, "counting instances", filter),
+        store.find_all(GROUP_STATE, "reading group states", state_filter),
+    )?;
+    let mut out: HashMap<String, GroupStatus> = HashMap::new();
+    for instance in instances {
+        let (Ok(group), Ok(state)) = (instance.get_str("group"), instance.get_str("state")) else {
+            continue;
+        };
+        *out.entry(group.to_owned())
+            .or_default()
+            .instances
+            .entry(state.to_owned())
+            .or_default() += 1;
+    }
+    let now = now_ms();
+    for state in states {
+        let Ok(group) = state.get_str("_id") else {
+            continue;
+        };
+        if let Ok(until) = state.get_i64("pausedUntilMs")
+            && until > now
+        {
+            let entry = out.entry(group.to_owned()).or_default();
+            entry.paused_until_ms = Some(until);
+            entry.pause_reason = state.get_str("pauseReason").ok().map(str::to_owned);
+        }
+    }
+    Ok(out)
+}
+
+async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<GroupView>>> {
+    who.require("groups:read")?;
+    let docs = app
+        .store()
+        .find_sorted(
+            prexor_store::GROUPS,
+            "listing groups",
+            doc! {},
+            doc! { "_id": 1 },
+            None,
+        )
+        .await?;
+    let mut statuses = statuses(&app, None).await?;
+    Ok(Json(
+        docs.iter()
+            .filter_map(GroupRecord::from_doc)
+            .map(|r| {
+                let status = statuses.remove(&r.name).unwrap_or_default();
+                view(r, status)
+            })
+            .collect(),
+    ))
+}
+
+async fn find(app: &App, name: &str) -> ApiResult<GroupRecord> {
+    let doc = prexor_store::get_group(app.store(), name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no group {name:?}")))?;
+    GroupRecord::from_doc(&doc).ok_or_else(|| {
+        ApiError::internal(format!(
+            "group {name:?} is stored in a form this version cannot read"
+        ))
+    })
+}
+
+async fn show(
+    State(app): State<App>,
+    who: Principal,
+    Path(name): Path<String>,
+) -> ApiResult<Json<GroupView>> {
+    who.require("groups:read")?;
+    let record = find(&app, &name).await?;
+    let status = statuses(&app, Some(&name))
+        .await?
+        .remove(&name)
+        .unwrap_or_default();
+    Ok(Json(view(record, status)))
+}
+
+fn write_error(err: GroupWriteError) -> ApiError {
+    match err {
+        GroupWriteError::Exists(_) | GroupWriteError::Changed { .. } => {
+            ApiError::conflict(err.to_string())
+        }
+        GroupWriteError::Deleting(_) => ApiError::conflict(err.to_string()),
+        GroupWriteError::Missing(_) => ApiError::not_found(err.to_string()),
+        GroupWriteError::Store(err) => err.into(),
+    }
+}
+
+fn validate(name: &str, spec: &GroupSpec) -> ApiResult<()> {
+    let problems = spec.problems(name);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(&format!("group {name:?}"), &problems))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewGroup {
+    name: String,
+    spec: GroupSpec,
+}
+
+async fn create(
+    State(app): State<App>,
+    who: Principal,
+    Body(new): Body<NewGroup>,
+) -> ApiResult<(StatusCode, Json<GroupView>)> {
+    who.require("groups:write")?;
+    if let Err(err) = prexor_domain::validate_name(&new.name) {
+        let mut problems = vec![FieldProblem {
+            field: "name".into(),
+            message: err.to_string(),
+        }];
+        problems.extend(
+            new.spec
+                .problems("x")
+                .into_iter()
+                .filter(|p| p.field != "name"),
+        );
+        return Err(ApiError::invalid("the group", &problems));
+    }
+    validate(&new.name, &new.spec)?;
+    let record = prexor_store::create_group(app.store(), &new.name, &new.spec)
+        .await
+        .map_err(write_error)?;
+    app.audit::<(), _>(&who, "group.create", &new.name, None, Some(&record.spec))
+        .await;
+    app.service
+        .events
+        .publish(
+            "GROUP_CREATED",
+            &new.name,
+            serde_json::json!({ "revision": record.revision }),
+        )
+        .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(view(record, GroupStatus::default())),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupUpdate {
+    spec: GroupSpec,
+    /// The revision this change was made against; a different current revision is a 409.
+    /// Also accepted as an `If-Match` header.
+    #[serde(default)]
+    revision: Option<i64>,
+}
+
+async fn update(
+    State(app): State<App>,
+    who: Principal,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Body(change): Body<GroupUpdate>,
+) -> ApiResult<Json<GroupView>> {
+    who.require("groups:write")?;
+    validate(&name, &change.spec)?;
+    let if_match = match headers.get("if-match") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .map(|v| v.trim().trim_matches('"'))
+                .and_then(|v| v.parse::<i64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request("If-Match must be the group's revision number")
+                })?,
+        ),
+        None => None,
+    };
+    let before = find(&app, &name).await?;
+    let expected = change.revision.or(if_match);
+    let updated = prexor_store::update_group(app.store(), &name, &change.spec, expected)
+        .await
+        .map_err(write_error)?;
+    let record = match updated {
+        Some(record) => {
+            app.audit(
+                &who,
+                "group.update",
+                &name,
+                Some(&before.spec),
+                Some(&record.spec),
+            )
+            .await;
+            app.service
+                .events
+                .publish(
+                    "GROUP_UPDATED",
+                    &name,
+                    serde_json::json!({ "revision": record.revision }),
+                )
+                .await;
+            record
+        }
+        None => before,
+    };
+    let status = statuses(&app, Some(&name))
+        .await?
+        .remove(&name)
+        .unwrap_or_default();
+    Ok(Json(view(record, status)))
+}
+
+async fn remove(
+    State(app): State<App>,
+    who: Principal,
+    Path(name): Path<String>,
+) -> ApiResult<(StatusCode, Json<GroupView>)> {
+    who.require("groups:write")?;
+    let before = find(&app, &name).await?;
+    if before.deleting {
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(view(before, GroupStatus::default())),
+        ));
+    }
+    let record = prexor_store::mark_group_deleting(app.store(), &name)
+        .await
+        .map_err(write_error)?;
+    app.audit(&who, "group.delete", &name, Some(&before.spec), None::<&()>)
+        .await;
+    app.service
+        .events
+        .publish("GROUP_DELETING", &name, serde_json::json!({}))
+        .await;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(view(record, GroupStatus::default())),
+    ))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Accepted {
+    pub request: String,
+    pub message: String,
+}
+
+/// Records an operator request for the group's lease holder (it carries it out on its next tick
+/// and deletes it); the request id says what was asked.
+pub async fn request(
+    app: &App,
+    who: &Principal,
+    group: &str,
+    action: &str,
+    instance: Option<&str>,
+) -> ApiResult<String> {
+    let id = match instance {
+        Some(instance) => format!("{action}:{instance}"),
+        None => format!("{action}:{group}:{}", uuid::Uuid::new_v4().simple()),
+    };
+    let mut record = doc! {
+        "_id": &id,
+        "group": group,
+        "action": action,
+        "by": &who.user,
+        "atMs": now_ms(),
+    };
+    if let Some(instance) = instance {
+        record.insert("instance", instance);
+    }
+    let store = app.store();
+    store
+        .bounded(
+            "recording an operator request",
+            store
+                .documents(INSTANCE_REQUESTS)
+                .update_one(doc! { "_id": &id }, doc! { "$set": record })
+                .upsert(true),
+        )
+        .await?;
+    Ok(id)
+}
+
+async fn start_instance(
+    State(app): State<App>,
+    who: Principal,
+    Path(name): Path<String>,
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    who.require("instances:write")?;
+    let record = find(&app, &name).await?;
+    if record.spec.scaling != ScalingMode::Manual {
+        return Err(ApiError::conflict(format!(
+            "group {name:?} scales {:?}; instances are started by hand only in MANUAL groups (change minInstances instead)",
+            record.spec.scaling
+        )));
+    }
+    if record.deleting {
+        return Err(ApiError::conflict(format!(
+            "group {name:?} is being deleted"
+        )));
+    }
+    let active = statuses(&app, Some(&name))
+        .await?
+        .remove(&name)
+        .unwrap_or_default()
+        .instances
+        .iter()
+        .filter(|(state, _)| !matches!(state.as_str(), "STOPPED" | "CRASHED"))
+        .map(|(_, n)| *n)
+        .sum::<u32>();
+    if active >= record.spec.max_instances {
+        return Err(ApiError::conflict(format!(
+            "group {name:?} already runs {active} of at most {} instances",
+            record.spec.max_instances
+        )));
+    }
+    let id = request(&app, &who, &name, "start", None).await?;
+    app.audit::<(), _>(&who, "instance.start", &name, None, Some(&id))
+        .await;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            request: id,
+            message: format!("the holder of group {name:?} places a new instance on its next tick"),
+        }),
+    ))
+}

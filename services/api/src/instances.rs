@@ -1,0 +1,316 @@
+//! Instances: list (by group, node, state), get, crash records, stop/kill (requests carried out
+//! by the group's lease holder, fenced), console input (through any gateway to the node) and the
+//! live console (SSE).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::Stream;
+use mongodb::bson::{Document, doc};
+use prexor_coord::ConsoleStreams;
+use prexor_proto::v1::command::Action;
+use prexor_proto::v1::{AckResult, Command, ConsoleInput};
+use serde::Deserialize;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::app::App;
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult, Body};
+use crate::groups::{Accepted, INSTANCES, request};
+
+const CRASHES: &str = "crashes";
+
+pub fn routes() -> Router<App> {
+    Router::new()
+        .route("/instances", get(list))
+        .route("/instances/{id}", get(show))
+        .route("/instances/{id}/crashes", get(crashes))
+        .route("/instances/{id}/stop", post(stop))
+        .route("/instances/{id}/kill", post(kill))
+        .route("/instances/{id}/command", post(command))
+        .route("/instances/{id}/console", get(console))
+}
+
+#[derive(Deserialize)]
+struct Filter {
+    group: Option<String>,
+    node: Option<String>,
+    state: Option<String>,
+}
+
+/// An instance record without its plan (which `GET /instances/{id}` includes).
+fn summary(mut doc: Document) -> serde_json::Value {
+    doc.remove("plan");
+    crate::json::record(doc)
+}
+
+async fn list(
+    State(app): State<App>,
+    who: Principal,
+    Query(filter): Query<Filter>,
+) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    who.require("instances:read")?;
+    let mut query = Document::new();
+    if let Some(group) = filter.group {
+        query.insert("group", group);
+    }
+    if let Some(node) = filter.node {
+        query.insert("nodeId", node);
+    }
+    if let Some(state) = filter.state {
+        query.insert("state", state.to_ascii_uppercase());
+    }
+    let docs = app
+        .store()
+        .find_sorted(
+            INSTANCES,
+            "listing instances",
+            query,
+            doc! { "_id": 1 },
+            None,
+        )
+        .await?;
+    Ok(Json(docs.into_iter().map(summary).collect()))
+}
+
+async fn find(app: &App, id: &str) -> ApiResult<Document> {
+    let store = app.store();
+    store
+        .bounded(
+            "reading an instance",
+            store.documents(INSTANCES).find_one(doc! { "_id": id }),
+        )
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no instance {id:?}")))
+}
+
+async fn show(
+    State(app): State<App>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    who.require("instances:read")?;
+    Ok(Json(crate::json::record(find(&app, &id).await?)))
+}
+
+async fn crashes(
+    State(app): State<App>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    who.require("instances:read")?;
+    let docs = app
+        .store()
+        .find_sorted(
+            CRASHES,
+            "reading crash records",
+            doc! { "instance": &id },
+            doc! { "atMs": -1 },
+            Some(100),
+        )
+        .await?;
+    Ok(Json(docs.into_iter().map(crate::json::record).collect()))
+}
+
+fn is_terminal(state: &str) -> bool {
+    matches!(state, "STOPPED" | "CRASHED")
+}
+
+async fn halt(
+    app: App,
+    who: Principal,
+    id: String,
+    action: &'static str,
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    who.require("instances:write")?;
+    let instance = find(&app, &id).await?;
+    let state = instance.get_str("state").unwrap_or_default();
+    if is_terminal(state) {
+        return Err(ApiError::conflict(format!(
+            "instance {id:?} is already {state}"
+        )));
+    }
+    let group = instance.get_str("group").unwrap_or_default().to_owned();
+    let request_id = request(&app, &who, &group, action, Some(&id)).await?;
+    app.audit::<(), _>(&who, &format!("instance.{action}"), &id, None, None::<&()>)
+        .await;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            request: request_id,
+            message: format!(
+                "the holder of group {group:?} will {action} {id} on its next tick (a STATIC or DYNAMIC group then starts it again)"
+            ),
+        }),
+    ))
+}
+
+async fn stop(
+    State(app): State<App>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    halt(app, who, id, "stop").await
+}
+
+async fn kill(
+    State(app): State<App>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    halt(app, who, id, "kill").await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsoleCommand {
+    command: String,
+}
+
+async fn command(
+    State(app): State<App>,
+    who: Principal,
+    Path(id): Path<String>,
+    Body(input): Body<ConsoleCommand>,
+) -> ApiResult<StatusCode> {
+    who.require("instances:write")?;
+    let line = input.command.trim_end_matches(['\r', '\n']);
+    if line.is_empty() || line.contains('\n') || line.len() > 4096 {
+        return Err(ApiError::field(
+            "command",
+            "must be one line of 1 to 4096 bytes",
+        ));
+    }
+    let instance = find(&app, &id).await?;
+    let state = instance.get_str("state").unwrap_or_default();
+    if is_terminal(state) {
+        return Err(ApiError::conflict(format!("instance {id:?} is {state}")));
+    }
+    let node = instance.get_str("nodeId").unwrap_or_default();
+    // Input changes no lifecycle state, so the api needs no lease for it; it is sent under the
+    // group's scope at the scope's current mark, which the daemon admits (no holder's token is
+    // higher) without moving the fence.
+    let scope =
+        prexor_domain::Scope::Group(instance.get_str("group").unwrap_or_default().to_owned())
+            .to_string();
+    let mark = app.store().fence_mark(&scope).await?;
+    let ack = app
+        .gateways
+        .send(
+            node,
+            Command {
+                command_id: format!("console:{}", uuid::Uuid::new_v4().simple()),
+                scope,
+                fence_token: mark,
+                action: Some(Action::Console(ConsoleInput {
+                    instance_id: id.clone(),
+                    line: line.to_owned(),
+                })),
+            },
+        )
+        .await
+        .map_err(|reason| {
+            ApiError::unavailable(format!(
+                "cannot reach node {node} through any gateway: {reason}"
+            ))
+        })?;
+    match ack.result() {
+        AckResult::Done | AckResult::Already => {}
+        AckResult::Transient => {
+            return Err(ApiError::unavailable(format!(
+                "node {node} could not take the command now: {}",
+                ack.message
+            )));
+        }
+        _ => {
+            return Err(ApiError::conflict(format!(
+                "node {node} refused the command: {}",
+                ack.message
+            )));
+        }
+    }
+    app.audit::<(), _>(&who, "instance.command", &id, None, Some(&line))
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct ConsoleQuery {
+    /// Lines of history sent first (default 100, at most 2000).
+    lines: Option<usize>,
+}
+
+async fn console(
+    State(app): State<App>,
+    who: Principal,
+    Path(id): Path<String>,
+    Query(query): Query<ConsoleQuery>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    who.require("instances:read")?;
+    find(&app, &id).await?;
+    let (Some(backend), Some(valkey)) = (&app.service.valkey, &app.service.config.valkey) else {
+        return Err(ApiError::unavailable(
+            "console output is kept in Valkey, which this replica does not use (development profile without Valkey)",
+        ));
+    };
+    let streams = ConsoleStreams::new(backend.clone(), valkey.namespace.clone());
+    let history = streams
+        .tail(
+            &id,
+            query
+                .lines
+                .unwrap_or(100)
+                .min(prexor_coord::CONSOLE_LINES_KEPT),
+        )
+        .await?;
+    let mut follower = streams.follower().await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(256);
+    let stop = app.service.shutdown.clone();
+    tokio::spawn(async move {
+        let mut after = history
+            .last()
+            .map_or_else(|| "0-0".to_owned(), |l| l.id.clone());
+        for line in history {
+            if tx
+                .send(Ok(Event::default().id(line.id).data(line.line)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        while !stop.is_cancelled() && !tx.is_closed() {
+            match follower
+                .next_lines(&id, &after, Duration::from_secs(5))
+                .await
+            {
+                Ok(lines) => {
+                    for line in lines {
+                        after = line.id.clone();
+                        if tx
+                            .send(Ok(Event::default().id(line.id).data(line.line)))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                Err(err) => {
+                    let _ = tx
+                        .send(Ok(Event::default()
+                            .event("error")
+                            .data(format!("console stream interrupted: {err}"))))
+                        .await;
+                    return;
+                }
+            }
+        }
+    });
+    Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))
+}

@@ -1,0 +1,320 @@
+//! Nodes: list, get, cordon / uncordon, delete (refused while connected), join tokens and
+//! certificate issue for a node's CSR (503 with the operator page's message when no reachable
+//! CA replica holds the key).
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use mongodb::bson::{Document, doc};
+use prexor_pki::client::SignerError;
+use serde::{Deserialize, Serialize};
+
+use crate::app::App;
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult, Body};
+
+const NODES: &str = "nodes";
+const NODE_ALLOCATIONS: &str = "node_allocations";
+/// Join tokens live at most this long.
+const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+pub fn routes() -> Router<App> {
+    Router::new()
+        .route("/nodes", get(list))
+        .route("/nodes/{id}", get(show).delete(remove))
+        .route("/nodes/{id}/cordon", post(cordon))
+        .route("/nodes/{id}/uncordon", post(uncordon))
+        .route("/nodes/{id}/join-token", post(join_token))
+        .route("/nodes/{id}/cert-issue", post(cert_issue))
+}
+
+async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    who.require("nodes:read")?;
+    let store = app.store();
+    let (nodes, allocations) = tokio::try_join!(
+        store.find_sorted(NODES, "listing nodes", doc! {}, doc! { "_id": 1 }, None),
+        store.find_all(NODE_ALLOCATIONS, "reading node allocations", doc! {}),
+    )?;
+    Ok(Json(
+        nodes
+            .into_iter()
+            .map(|node| with_allocation(node, &allocations))
+            .collect(),
+    ))
+}
+
+/// The node record plus the memory the schedulers reserved on it.
+fn with_allocation(mut node: Document, allocations: &[Document]) -> serde_json::Value {
+    let id = node.get_str("_id").unwrap_or_default().to_owned();
+    let reserved = allocations
+        .iter()
+        .find(|a| a.get_str("_id") == Ok(id.as_str()))
+        .and_then(|a| a.get_i64("reservedMb").ok())
+        .unwrap_or(0);
+    node.insert("reservedMb", reserved);
+    node.insert("cordoned", node.get_bool("cordoned").unwrap_or(false));
+    crate::json::record(node)
+}
+
+async fn find(app: &App, id: &str) -> ApiResult<Document> {
+    let store = app.store();
+    store
+        .bounded(
+            "reading a node",
+            store.documents(NODES).find_one(doc! { "_id": id }),
+        )
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no node {id:?}")))
+}
+
+async fn show(
+    State(app): State<App>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    who.require("nodes:read")?;
+    let node = find(&app, &id).await?;
+    let allocations = app
+        .store()
+        .find_all(
+            NODE_ALLOCATIONS,
+            "reading node allocations",
+            doc! { "_id": &id },
+        )
+        .await?;
+    Ok(Json(with_allocation(node, &allocations)))
+}
+
+async fn set_cordon(app: App, who: Principal, id: String, cordoned: bool) -> ApiResult<StatusCode> {
+    who.require("nodes:write")?;
+    let before = find(&app, &id).await?;
+    let store = app.store();
+    // `$set` of one field: the gateway's own `$set`s of the node's state never erase it.
+    store
+        .bounded(
+            "cordoning a node",
+            store.documents(NODES).update_one(
+                doc! { "_id": &id },
+                doc! { "$set": { "cordoned": cordoned } },
+            ),
+        )
+        .await?;
+    let action = if cordoned { "cordon" } else { "uncordon" };
+    app.audit(
+        &who,
+        &format!("node.{action}"),
+        &id,
+        Some(&before.get_bool("cordoned").unwrap_or(false)),
+        Some(&cordoned),
+    )
+    .await;
+    let kind = if cordoned {
+        "NODE_CORDONED"
+    } else {
+        "NODE_UNCORDONED"
+    };
+    app.service
+        .events
+        .publish(kind, &id, serde_json::json!({}))
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn cordon(
+    State(app): State<App>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    set_cordon(app, who, id, true).await
+}
+
+async fn uncordon(
+    State(app): State<App>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    set_cordon(app, who, id, false).await
+}
+
+async fn remove(
+    State(app): State<App>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    who.require("nodes:write")?;
+    let node = find(&app, &id).await?;
+    if node.get_str("state") == Ok("ONLINE") {
+        return Err(ApiError::conflict(format!(
+            "node {id:?} is connected (through gateway {}); stop its daemon first",
+            node.get_str("gateway").unwrap_or("?")
+        )));
+    }
+    let store = app.store();
+    store
+        .bounded(
+            "deleting a node",
+            store
+                .documents(NODES)
+                .delete_one(doc! { "_id": &id, "state": { "$ne": "ONLINE" } }),
+        )
+        .await?;
+    app.audit(
+        &who,
+        "node.delete",
+        &id,
+        Some(&crate::json::record(node)),
+        None::<&()>,
+    )
+    .await;
+    app.service
+        .events
+        .publish("NODE_DELETED", &id, serde_json::json!({}))
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct JoinTokenRequest {
+    /// How long the token may be redeemed (e.g. "1h", at most 7 days; default 1h).
+    #[serde(default)]
+    expires_in: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JoinTokenReply {
+    node_id: String,
+    /// Shown once; put it into the node's `daemon.joinToken`.
+    token: String,
+    expires_at_ms: i64,
+    ca_fingerprint: String,
+}
+
+async fn join_token(
+    State(app): State<App>,
+    who: Principal,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<JoinTokenReply>)> {
+    who.require("nodes:write")?;
+    prexor_domain::validate_name(&id)
+        .map_err(|e| ApiError::field("nodeId", format!("{id:?}: {e}")))?;
+    let request: JoinTokenRequest = crate::error::optional_body(&body)?;
+    let ttl = match &request.expires_in {
+        Some(text) => humantime::parse_duration(text).map_err(|e| {
+            ApiError::field("expiresIn", format!("{text:?} is not a duration: {e}"))
+        })?,
+        None => Duration::from_secs(3600),
+    };
+    if ttl.is_zero() || ttl > MAX_JOIN_TOKEN_TTL {
+        return Err(ApiError::field(
+            "expiresIn",
+            "must be more than zero and at most 7 days",
+        ));
+    }
+    let store = app.store();
+    let ca = prexor_pki::records::published_ca(store)
+        .await?
+        .ok_or_else(|| {
+            ApiError::unavailable(
+                "the cluster has no CA yet: start prexor-ca with --bootstrap on the first controller",
+            )
+        })?;
+    let (token, expires_at_ms) = prexor_pki::records::create_join_token(
+        store,
+        &id,
+        &ca.certificate,
+        ttl,
+        &format!("{} via {}", who.user, app.service.config.replica_id),
+    )
+    .await?;
+    app.audit::<(), _>(
+        &who,
+        "node.join-token",
+        &id,
+        None,
+        Some(&serde_json::json!({ "expiresAtMs": expires_at_ms })),
+    )
+    .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(JoinTokenReply {
+            node_id: id,
+            token: token.to_string(),
+            expires_at_ms,
+            ca_fingerprint: ca.certificate.fingerprint.clone(),
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CertIssueRequest {
+    /// PEM `CERTIFICATE REQUEST` generated on the node (its key never leaves it); subject and SAN
+    /// must name this node.
+    csr_pem: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CertIssueReply {
+    node_id: String,
+    /// The node certificate followed by the CA certificate.
+    chain_pem: String,
+    serial: String,
+    not_after_unix: i64,
+    ca_fingerprint: String,
+}
+
+async fn cert_issue(
+    State(app): State<App>,
+    who: Principal,
+    Path(id): Path<String>,
+    Body(request): Body<CertIssueRequest>,
+) -> ApiResult<(StatusCode, Json<CertIssueReply>)> {
+    who.require("nodes:write")?;
+    prexor_domain::validate_name(&id)
+        .map_err(|e| ApiError::field("nodeId", format!("{id:?}: {e}")))?;
+    if !request.csr_pem.contains("BEGIN CERTIFICATE REQUEST") {
+        return Err(ApiError::field(
+            "csrPem",
+            "is not a PEM certificate request (-----BEGIN CERTIFICATE REQUEST-----)",
+        ));
+    }
+    let signed = app
+        .signer
+        .sign_node(&id, &request.csr_pem)
+        .await
+        .map_err(|err| match err {
+            SignerError::NoSigner { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NO_CA_KEY",
+                err.to_string(),
+            ),
+            SignerError::Refused(message) => ApiError::field("csrPem", message),
+        })?;
+    app.audit::<(), _>(
+        &who,
+        "node.cert-issue",
+        &id,
+        None,
+        Some(
+            &serde_json::json!({ "serial": &signed.serial, "notAfterUnix": signed.not_after_unix }),
+        ),
+    )
+    .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(CertIssueReply {
+            node_id: id,
+            chain_pem: signed.chain_pem,
+            serial: signed.serial,
+            not_after_unix: signed.not_after_unix,
+            ca_fingerprint: signed.ca_fingerprint,
+        }),
+    ))
+}

@@ -1,0 +1,361 @@
+//! The REST API with two replicas: any replica answers any request, sessions, revocations,
+//! lockouts and events are shared through the stores; permissions hold; bad input gets a clear
+//! 4xx. And operator actions through the API reach real instances: stop, console input and
+//! output, manual starts, group deletion.
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use mongodb::bson::Document;
+use prexor_acceptance::{
+    Cluster, Fleet, Rest, group_doc, nodes, reported_state, running, stop_all, wait_doc,
+};
+use serde_json::{Value, json};
+
+const READY_WITHIN: Duration = Duration::from_secs(60);
+const EXIT_WITHIN: Duration = Duration::from_secs(20);
+const EVENT_WITHIN: Duration = Duration::from_secs(10);
+
+fn group_spec(min: i64) -> anyhow::Result<Value> {
+    let doc = group_doc("g", min, &[])?;
+    let spec: &Document = doc.get_document("spec")?;
+    Ok(serde_json::to_value(spec)?)
+}
+
+async fn two_replicas(cluster: &Cluster) -> anyhow::Result<()> {
+    let password = cluster.bootstrap_admin("admin")?;
+    let again = cluster.bootstrap_admin("admin").unwrap_err().to_string();
+    ensure!(again.contains("never created twice"), "{again}");
+    let mut a = cluster.service("api", "api-1", "")?;
+    let mut b = cluster.service("api", "api-2", "")?;
+    a.wait_ready(READY_WITHIN).await?;
+    b.wait_ready(READY_WITHIN).await?;
+
+    // A session made on one replica works on the other.
+    let token = a.login("admin", &password).await?;
+    let (admin_a, admin_b) = (a.rest(&token), b.rest(&token));
+    let (status, me) = admin_b.get("/auth/me").await?;
+    ensure!(status == 200 && me["user"] == "admin", "{status} {me}");
+
+    // A group created on A is streamed by B and read on B.
+    let mut events_b = admin_b.sse("/events", None).await?;
+    let (status, created) = admin_a
+        .post(
+            "/groups",
+            json!({ "name": "lobby", "spec": group_spec(0)? }),
+        )
+        .await?;
+    ensure!(status == 201, "create: {status} {created}");
+    let event = events_b
+        .wait_for("GROUP_CREATED", "lobby", EVENT_WITHIN)
+        .await?;
+    let (status, group) = admin_b.get("/groups/lobby").await?;
+    ensure!(
+        status == 200 && group["revision"] == 1 && group["spec"]["scaling"] == "STATIC",
+        "{status} {group}"
+    );
+    // An update against an old revision is refused; against the current one it applies.
+    let mut spec = group_spec(0)?;
+    spec["memoryMb"] = json!(512);
+    let (status, stale) = admin_b
+        .put("/groups/lobby", json!({ "spec": spec, "revision": 7 }))
+        .await?;
+    ensure!(
+        status == 409 && stale["code"] == "CONFLICT",
+        "{status} {stale}"
+    );
+    let (status, updated) = admin_b
+        .put("/groups/lobby", json!({ "spec": spec, "revision": 1 }))
+        .await?;
+    ensure!(
+        status == 200 && updated["revision"] == 2,
+        "{status} {updated}"
+    );
+    // A client reconnecting with Last-Event-ID is replayed what it missed (on either replica).
+    let mut replay = admin_a.sse("/events", Some(&event.id)).await?;
+    replay
+        .wait_for("GROUP_UPDATED", "lobby", EVENT_WITHIN)
+        .await?;
+
+    // Bad input: a clear 4xx naming the problem, nothing written.
+    let mut bad = group_spec(0)?;
+    bad["memoryMb"] = json!(0);
+    let (status, invalid) = admin_a
+        .post("/groups", json!({ "name": "Not A Name", "spec": bad }))
+        .await?;
+    let fields: Vec<&str> = invalid["details"]["fields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["field"].as_str())
+        .collect();
+    ensure!(
+        status == 400 && fields.contains(&"name") && fields.contains(&"memoryMb"),
+        "{status} {invalid}"
+    );
+    let (status, unknown) = admin_a
+        .post(
+            "/groups",
+            json!({ "name": "x", "spec": group_spec(0)?, "colour": "red" }),
+        )
+        .await?;
+    ensure!(
+        status == 400 && unknown["message"].as_str().unwrap_or("").contains("colour"),
+        "{status} {unknown}"
+    );
+    let huge = "x".repeat(2 * 1024 * 1024);
+    let (status, _) = admin_a
+        .post("/groups", json!({ "name": huge, "spec": {} }))
+        .await?;
+    ensure!(status == 413, "an oversized body: {status}");
+    let (status, _) = admin_a.get("/groups/nope").await?;
+    ensure!(status == 404, "{status}");
+    let (status, _) = a.rest("").get("/groups").await?;
+    ensure!(status == 401, "no credentials: {status}");
+    let (status, listed) = admin_b.get("/groups").await?;
+    ensure!(
+        status == 200 && listed.as_array().map(Vec::len) == Some(1),
+        "{listed}"
+    );
+
+    // Permissions: a viewer reads but cannot mutate; a scoped token cannot exceed its scope.
+    let (status, _) = admin_a
+        .post(
+            "/users",
+            json!({ "username": "vera", "password": "viewer-password-1", "roles": ["viewer"] }),
+        )
+        .await?;
+    ensure!(status == 201, "{status}");
+    let (status, weak) = admin_a
+        .post(
+            "/users",
+            json!({ "username": "olga", "password": "short", "roles": ["operator"] }),
+        )
+        .await?;
+    ensure!(
+        status == 400 && weak["message"].as_str().unwrap_or("").contains("password"),
+        "{weak}"
+    );
+    let viewer = b.rest(&b.login("vera", "viewer-password-1").await?);
+    let (status, _) = viewer.get("/groups").await?;
+    ensure!(status == 200, "viewer reads: {status}");
+    let (status, denied) = viewer
+        .post("/groups", json!({ "name": "v", "spec": group_spec(0)? }))
+        .await?;
+    ensure!(
+        status == 403 && denied["code"] == "FORBIDDEN",
+        "{status} {denied}"
+    );
+    let (status, _) = viewer.get("/users").await?;
+    ensure!(status == 403, "viewer lists users: {status}");
+    let (status, scoped) = admin_a
+        .post(
+            "/auth/tokens",
+            json!({ "name": "dashboard", "permissions": ["groups:read"], "expiresIn": "1h" }),
+        )
+        .await?;
+    ensure!(status == 201, "{status} {scoped}");
+    let scoped_token = scoped["token"].as_str().context("token")?.to_owned();
+    let dashboard = b.rest(&scoped_token);
+    let (status, _) = dashboard.get("/groups").await?;
+    ensure!(status == 200, "scoped token reads: {status}");
+    let (status, _) = dashboard.get("/nodes").await?;
+    ensure!(status == 403, "scoped token beyond its scope: {status}");
+    let (status, _) = dashboard
+        .post("/groups", json!({ "name": "t", "spec": group_spec(0)? }))
+        .await?;
+    ensure!(status == 403, "scoped token mutates: {status}");
+    // Deleting the token on A is seen by B.
+    let id = scoped["id"].as_str().context("id")?;
+    let (status, _) = admin_a.delete(&format!("/auth/tokens/{id}")).await?;
+    ensure!(status == 204, "{status}");
+    let (status, _) = dashboard.get("/groups").await?;
+    ensure!(status == 401, "deleted token: {status}");
+
+    // Lockout across replicas: five failures spread over A and B lock vera on both.
+    for attempt in 0..5 {
+        let replica = if attempt % 2 == 0 { &a } else { &b };
+        let (status, _) = replica
+            .rest("")
+            .post(
+                "/auth/login",
+                json!({ "username": "vera", "password": "wrong-password-x" }),
+            )
+            .await?;
+        ensure!(status == 401, "failed login {attempt}: {status}");
+    }
+    for replica in [&a, &b] {
+        let (status, locked) = replica
+            .rest("")
+            .post(
+                "/auth/login",
+                json!({ "username": "vera", "password": "viewer-password-1" }),
+            )
+            .await?;
+        ensure!(
+            status == 429 && locked["code"] == "LOCKED_OUT",
+            "{status} {locked}"
+        );
+    }
+
+    // The audit log has who did what, newest first, in pages.
+    let (status, page) = admin_b.get("/audit?limit=2").await?;
+    ensure!(status == 200, "{status} {page}");
+    let cursor = page["nextCursor"].as_str().context("a next page")?;
+    let (_, older) = admin_b
+        .get(&format!("/audit?limit=50&cursor={cursor}"))
+        .await?;
+    let actions: Vec<&str> = older["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    ensure!(actions.contains(&"group.create"), "{older}");
+    let (status, _) = admin_a.delete("/users/admin").await?;
+    ensure!(status == 409, "deleting the last admin: {status}");
+
+    // Logout on A ends the session on B too.
+    let (status, _) = admin_a.post("/auth/logout", json!({})).await?;
+    ensure!(status == 204, "{status}");
+    let (status, gone) = admin_b.get("/groups").await?;
+    ensure!(
+        status == 401
+            && gone["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("logged out"),
+        "{status} {gone}"
+    );
+    stop_all([&mut a, &mut b], EXIT_WITHIN).await
+}
+
+#[tokio::test]
+async fn two_api_replicas_share_sessions_events_and_lockouts() {
+    let cluster = Cluster::new("api_replicas").unwrap();
+    two_replicas(&cluster).await.unwrap();
+}
+
+async fn instance_doc(cluster: &Cluster, id: &str) -> anyhow::Result<Document> {
+    cluster
+        .stores
+        .mongo()
+        .await?
+        .collection::<Document>("instances")
+        .find_one(mongodb::bson::doc! { "_id": id })
+        .await?
+        .context("instance")
+}
+
+async fn operator_actions(cluster: &Cluster) -> anyhow::Result<()> {
+    let mut fleet: Fleet = nodes(cluster, &["node-1"]).await?;
+    let password = cluster.bootstrap_admin("admin")?;
+    let mut api = cluster.service("api", "api-1", "")?;
+    let mut scheduler = cluster.service("scheduler", "scheduler-1", "")?;
+    api.wait_ready(READY_WITHIN).await?;
+    scheduler.wait_ready(READY_WITHIN).await?;
+    let rest: Rest = api.rest(&api.login("admin", &password).await?);
+
+    let (status, body) = rest
+        .post("/groups", json!({ "name": "hub", "spec": group_spec(1)? }))
+        .await?;
+    ensure!(status == 201, "{status} {body}");
+    let first = running(cluster, &["hub-1"]).await?.remove(0);
+    let (status, nodes) = rest.get("/nodes").await?;
+    ensure!(
+        status == 200 && nodes[0]["id"] == "node-1" && nodes[0]["state"] == "ONLINE",
+        "{nodes}"
+    );
+    let (status, _) = rest.delete("/nodes/node-1").await?;
+    ensure!(status == 409, "deleting a connected node: {status}");
+
+    // Console: input through the API reaches the server; its output streams back.
+    let mut console = rest.sse("/instances/hub-1/console?lines=0", None).await?;
+    let (status, body) = rest
+        .post(
+            "/instances/hub-1/command",
+            json!({ "command": "echo hello-from-api" }),
+        )
+        .await?;
+    ensure!(status == 204, "{status} {body}");
+    let deadline = std::time::Instant::now() + EVENT_WITHIN;
+    loop {
+        let line = console.next(EVENT_WITHIN).await?;
+        if line.data.contains("hello-from-api") {
+            break;
+        }
+        ensure!(std::time::Instant::now() < deadline, "no echo");
+    }
+
+    // Stop through the API: the holder stops it and the STATIC group starts it again.
+    let (status, body) = rest.post("/instances/hub-1/stop", json!({})).await?;
+    ensure!(status == 202, "{status} {body}");
+    let old_plan = first.get_str("planHash")?.to_owned();
+    let old_pid = first
+        .get_document("reported")?
+        .get_i32("pid")
+        .unwrap_or_default();
+    wait_doc(cluster, "instances", "hub-1", "restarted", |d| {
+        d.get_str("state") == Ok("RUNNING")
+            && reported_state(d) == "RUNNING"
+            && d.get_document("reported")
+                .ok()
+                .and_then(|r| r.get_i32("pid").ok())
+                .is_some_and(|pid| pid != old_pid)
+    })
+    .await?;
+    ensure!(
+        instance_doc(cluster, "hub-1").await?.get_str("planHash")? != old_plan,
+        "a restart is a new plan"
+    );
+
+    // A MANUAL group starts only what operators start, up to its maximum.
+    let mut manual = group_spec(0)?;
+    manual["scaling"] = json!("MANUAL");
+    manual["maxInstances"] = json!(1);
+    let (status, _) = rest
+        .post("/groups", json!({ "name": "event", "spec": manual }))
+        .await?;
+    ensure!(status == 201, "{status}");
+    let (status, _) = rest.post("/groups/hub/instances", json!({})).await?;
+    ensure!(status == 409, "manual start in a STATIC group: {status}");
+    let (status, body) = rest.post("/groups/event/instances", json!({})).await?;
+    ensure!(status == 202, "{status} {body}");
+    running(cluster, &["event-1"]).await?;
+    let (status, _) = rest.post("/groups/event/instances", json!({})).await?;
+    ensure!(status == 409, "beyond maxInstances: {status}");
+    let (status, listed) = rest.get("/instances?group=event&state=running").await?;
+    ensure!(
+        status == 200 && listed.as_array().map(Vec::len) == Some(1),
+        "{listed}"
+    );
+
+    // Deleting a group stops its instances, then the group is gone.
+    let (status, _) = rest.delete("/groups/hub").await?;
+    ensure!(status == 202, "{status}");
+    wait_doc(cluster, "instances", "hub-1", "stopped", |d| {
+        d.get_str("state") == Ok("STOPPED")
+    })
+    .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _) = rest.get("/groups/hub").await?;
+        if status == 404 {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "group hub still there: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    stop_all([&mut api], EXIT_WITHIN).await?;
+    fleet.stop_with(&mut scheduler).await
+}
+
+#[tokio::test]
+async fn operator_actions_through_the_api_reach_real_instances() {
+    let cluster = Cluster::new("api_operator").unwrap();
+    operator_actions(&cluster).await.unwrap();
+}
