@@ -108,10 +108,6 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
     }
-
-    pub fn status(&self) -> StatusCode {
-        self.0.status
-    }
 }
 
 impl std::fmt::Display for ApiError {
