@@ -4,6 +4,7 @@
 //! Servers: `--mongo-uri` / `--valkey-url` (or `MONGODB_URI` / `VALKEY_URL`); without them the
 //! benchmark starts its own Valkey and MongoDB-wire server, as the tests do.
 
+mod api;
 mod ca;
 mod coord;
 mod gateway;
@@ -35,6 +36,8 @@ struct Cli {
 enum Command {
     /// Raw floors: Valkey SET+GET and MongoDB-wire insert+find round trips.
     Stack,
+    /// The REST API: cold start, cross-replica event latency, GET /groups under wrk.
+    Api,
     /// Leases and fencing: renew, acquire, fenced write, each next to its floor.
     Coord,
     /// Node CSR signing through a real prexor-ca over internal gRPC, next to the in-process
@@ -106,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
     let result = match cli.command {
         Command::Stack => stack::run(&servers, n).await.map(|_| ()),
         Command::Coord => coord::run(&servers, n).await,
+        Command::Api => api::run(&servers, n).await,
         Command::Ca => ca::run(&servers, n).await,
         Command::Gateway { kills } => gateway::run(&servers, n, kills.max(1)).await,
         Command::Scheduler { groups, ticks } => {

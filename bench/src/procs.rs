@@ -68,8 +68,26 @@ impl Proc {
         extra: &str,
         args: &[&str],
     ) -> anyhow::Result<Proc> {
+        let mut proc = Proc::spawn_service(servers, dir, kind, id, extra, args)?;
+        proc.wait_ready().await?;
+        Ok(proc)
+    }
+
+    /// [`Proc::service`] without waiting for readiness.
+    pub fn spawn_service(
+        servers: &Servers,
+        dir: &Path,
+        kind: &str,
+        id: &str,
+        extra: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Proc> {
         let (http, grpc) = (prexor_testkit::free_port(), prexor_testkit::free_port());
         let mut toml = common_toml(servers, id, http, grpc);
+        if kind == "api" {
+            // The api has no internal gRPC port.
+            toml = toml.replace(&format!("[grpc]\nlisten = \"127.0.0.1:{grpc}\"\n"), "");
+        }
         let mut daemon_port = None;
         if kind == "gateway" {
             let port = prexor_testkit::free_port();
@@ -79,7 +97,7 @@ impl Proc {
         toml.push_str(extra);
         let config = dir.join(format!("{id}.toml"));
         std::fs::write(&config, toml)?;
-        let mut proc = Proc {
+        Ok(Proc {
             child: spawn(&binary(&format!("prexor-{kind}"))?, &config, args)?,
             name: id.to_string(),
             http,
@@ -88,9 +106,11 @@ impl Proc {
             config,
             binary: binary(&format!("prexor-{kind}"))?,
             args: args.iter().map(|a| a.to_string()).collect(),
-        };
-        proc.wait_ready().await?;
-        Ok(proc)
+        })
+    }
+
+    pub fn config(&self) -> &Path {
+        &self.config
     }
 
     /// Starts a daemon for `node` (enrolling with `token`) and waits until it is ready.

@@ -26,6 +26,12 @@ impl Samples {
         Ok(Samples(samples))
     }
 
+    /// Samples measured elsewhere (milliseconds, any order).
+    pub fn from_ms(mut samples: Vec<f64>) -> Samples {
+        samples.sort_by(f64::total_cmp);
+        Samples(samples)
+    }
+
     /// Nearest-rank percentile, `p` in 0..=100.
     pub fn percentile(&self, p: f64) -> f64 {
         let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;

@@ -1,4 +1,5 @@
-//! Stored documents as API JSON: `_id` becomes `id`, numbers stay numbers, object ids are hex.
+//! Stored documents as API JSON: `_id` becomes `id`, numbers stay numbers, object ids are hex,
+//! and internal bookkeeping fields (`_fence`, ...) are left out.
 
 use mongodb::bson::{Bson, Document};
 use serde_json::{Map, Value};
@@ -7,7 +8,11 @@ use serde_json::{Map, Value};
 pub fn record(doc: Document) -> Value {
     let mut out = Map::new();
     for (key, value) in doc {
-        let key = if key == "_id" { "id".to_owned() } else { key };
+        let key = match key.as_str() {
+            "_id" => "id".to_owned(),
+            k if k.starts_with('_') => continue,
+            _ => key,
+        };
         out.insert(key, value_of(value));
     }
     Value::Object(out)
@@ -43,7 +48,8 @@ mod tests {
     #[test]
     fn ids_are_renamed_and_numbers_kept() {
         let oid = ObjectId::new();
-        let json = record(doc! { "_id": oid, "n": 5_i64, "nested": { "_id": "x", "ok": true } });
+        let json = record(doc! { "_id": oid, "_fence": 1, "n": 5_i64, "nested": { "_id": "x", "ok": true } });
+        assert!(json.get("_fence").is_none());
         assert_eq!(json["id"], oid.to_hex());
         assert_eq!(json["n"], 5);
         assert_eq!(json["nested"]["_id"], "x");
