@@ -100,7 +100,10 @@ pub async fn run(servers: &Servers, n: usize) -> anyhow::Result<()> {
     // Event latency, cross-replica.
     let floors = crate::stack::run(servers, n).await?;
     let mut events = client
-        .get(format!("http://127.0.0.1:{}/api/v1/events?types=GROUP_CREATED", b.http))
+        .get(format!(
+            "http://127.0.0.1:{}/api/v1/events?types=GROUP_CREATED",
+            b.http
+        ))
         .bearer_auth(&token)
         .header("accept", "text/event-stream")
         .send()
@@ -155,7 +158,10 @@ pub async fn run(servers: &Servers, n: usize) -> anyhow::Result<()> {
     .print();
 
     // GET /groups under wrk.
-    match wrk(&format!("http://127.0.0.1:{}/api/v1/groups?bench", a.http), &token) {
+    match wrk(
+        &format!("http://127.0.0.1:{}/api/v1/groups?bench", a.http),
+        &token,
+    ) {
         Ok((rps, p99)) => {
             Metric {
                 name: "authenticated GET /groups throughput (wrk, 2 threads, 32 connections)"
@@ -188,7 +194,11 @@ fn wrk(url: &str, token: &str) -> anyhow::Result<(f64, f64)> {
         .lines()
         .find(|l| l.contains("Non-2xx"))
         .map(str::to_owned);
-    anyhow::ensure!(non_2xx.is_none(), "wrk saw errors: {}", non_2xx.unwrap_or_default());
+    anyhow::ensure!(
+        non_2xx.is_none(),
+        "wrk saw errors: {}",
+        non_2xx.unwrap_or_default()
+    );
     let rps = text
         .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))

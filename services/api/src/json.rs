@@ -48,7 +48,9 @@ mod tests {
     #[test]
     fn ids_are_renamed_and_numbers_kept() {
         let oid = ObjectId::new();
-        let json = record(doc! { "_id": oid, "_fence": 1, "n": 5_i64, "nested": { "_id": "x", "ok": true } });
+        let json = record(
+            doc! { "_id": oid, "_fence": 1, "n": 5_i64, "nested": { "_id": "x", "ok": true } },
+        );
         assert!(json.get("_fence").is_none());
         assert_eq!(json["id"], oid.to_hex());
         assert_eq!(json["n"], 5);
