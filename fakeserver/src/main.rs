@@ -5,7 +5,8 @@
 //! - answers console commands on stdin: `stop` (prints `Stopping the server`, exits 0),
 //!   `say TEXT` (prints `[Server] TEXT`), `list`, `crash [CODE]` (exits with CODE, default 3),
 //!   `hang-on-stop` (from now on `stop` is ignored), `echo TEXT`;
-//! - `--crash-after MS` exits with code 3 after that long.
+//! - `--crash-after MS` exits with code 3 after that long;
+//! - `--stop-delay MS` takes that long to stop (like saving worlds).
 
 use std::io::{BufRead, Write};
 use std::net::TcpListener;
@@ -61,6 +62,9 @@ fn main() {
         started.elapsed().as_secs_f64()
     ));
 
+    let stop_delay = arg_value(&args, "--stop-delay")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_millis);
     static HANG_ON_STOP: AtomicBool = AtomicBool::new(false);
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
@@ -70,6 +74,8 @@ fn main() {
             "stop" if HANG_ON_STOP.load(Ordering::SeqCst) => say("Ignoring stop"),
             "stop" => {
                 say("Stopping the server");
+                std::thread::sleep(stop_delay);
+                say("Saved the worlds");
                 std::process::exit(0);
             }
             "say" => say(&format!("[Server] {rest}")),

@@ -359,3 +359,103 @@ async fn operator_actions_through_the_api_reach_real_instances() {
     let cluster = Cluster::new("api_operator").unwrap();
     operator_actions(&cluster).await.unwrap();
 }
+
+async fn dynamic_scaling(cluster: &Cluster) -> anyhow::Result<()> {
+    let mut fleet: Fleet = nodes(cluster, &["node-1"]).await?;
+    let password = cluster.bootstrap_admin("admin")?;
+    let mut api = cluster.service("api", "api-1", "")?;
+    let mut scheduler = cluster.service("scheduler", "scheduler-1", "")?;
+    api.wait_ready(READY_WITHIN).await?;
+    scheduler.wait_ready(READY_WITHIN).await?;
+    let rest: Rest = api.rest(&api.login("admin", &password).await?);
+
+    let mut spec = group_spec(1)?;
+    spec["scaling"] = json!("DYNAMIC");
+    spec["maxInstances"] = json!(3);
+    let (status, missing) = rest
+        .post("/groups", json!({ "name": "arena", "spec": spec }))
+        .await?;
+    ensure!(
+        status == 400 && missing["details"]["fields"][0]["field"] == "dynamic",
+        "{status} {missing}"
+    );
+    spec["dynamic"] = json!({
+        "maxPlayers": 10, "scaleUpPercent": 80, "scaleDownDelaySeconds": 2, "cooldownSeconds": 1,
+    });
+    let (status, body) = rest
+        .post("/groups", json!({ "name": "arena", "spec": spec }))
+        .await?;
+    ensure!(status == 201, "{status} {body}");
+    let first = running(cluster, &["arena-1"]).await?.remove(0);
+    let token = first
+        .get_document("plan")?
+        .get_document("env")?
+        .get_str("PREXOR_INSTANCE_TOKEN")?
+        .to_owned();
+    let (status, shown) = rest.get("/instances/arena-1").await?;
+    ensure!(
+        status == 200 && shown["plan"]["env"]["PREXOR_INSTANCE_TOKEN"] == "(hidden)",
+        "the token is not shown: {shown}"
+    );
+
+    // The server reports through the workload endpoints with its own token.
+    let server = api.rest(&token);
+    let (status, _) = server.post("/workload/ready", json!({})).await?;
+    ensure!(status == 204, "ready: {status}");
+    let (status, _) = api
+        .rest(&format!("{token}x"))
+        .post("/workload/ready", json!({}))
+        .await?;
+    ensure!(status == 401, "a wrong instance token: {status}");
+    let (status, count) = server
+        .post(
+            "/workload/players",
+            json!({ "event": "join", "player": "alex" }),
+        )
+        .await?;
+    ensure!(status == 200 && count["players"] == 1, "{status} {count}");
+    // 8 of 10 players: at the 80 % mark, a second instance starts.
+    let eight: Vec<String> = (0..8).map(|i| format!("player{i}")).collect();
+    let (status, count) = server
+        .put("/workload/players", json!({ "players": eight }))
+        .await?;
+    ensure!(status == 200 && count["players"] == 8, "{status} {count}");
+    running(cluster, &["arena-2"]).await?;
+
+    // Everyone leaves: after the scale-down delay the emptiest instance goes, down to min.
+    let (status, _) = server
+        .put("/workload/players", json!({ "players": [] }))
+        .await?;
+    ensure!(status == 200, "{status}");
+    wait_doc(
+        cluster,
+        "instances",
+        "arena-2",
+        "stopped by scale-down",
+        |d| d.get_str("state") == Ok("STOPPED"),
+    )
+    .await?;
+    let one = instance_doc(cluster, "arena-1").await?;
+    ensure!(
+        one.get_str("state")? == "RUNNING" && reported_state(&one) == "RUNNING",
+        "arena-1 keeps running: {one:?}"
+    );
+    let state = cluster
+        .stores
+        .mongo()
+        .await?
+        .collection::<Document>("group_state")
+        .find_one(mongodb::bson::doc! { "_id": "arena" })
+        .await?
+        .context("group state")?;
+    ensure!(state.get_i64("scaleTarget")? == 1, "{state:?}");
+
+    stop_all([&mut api], EXIT_WITHIN).await?;
+    fleet.stop_with(&mut scheduler).await
+}
+
+#[tokio::test]
+async fn a_dynamic_group_follows_the_players_its_servers_report() {
+    let cluster = Cluster::new("api_dynamic").unwrap();
+    dynamic_scaling(&cluster).await.unwrap();
+}

@@ -19,6 +19,9 @@ pub struct GroupSpec {
     pub min_instances: u32,
     pub max_instances: u32,
     pub scaling: ScalingMode,
+    /// How a DYNAMIC group follows player load (required for DYNAMIC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic: Option<DynamicScaling>,
     /// Template layers (SHA-256 of each tar.gz), unpacked in order.
     #[serde(default)]
     pub templates: Vec<TemplateRef>,
@@ -55,6 +58,34 @@ pub enum ScalingMode {
     Dynamic,
     /// Only what operators start.
     Manual,
+}
+
+/// DYNAMIC scaling: one more instance when the running ones are `scaleUpPercent` full, one fewer
+/// (an empty one) when the others could take every player below that mark for
+/// `scaleDownDelaySeconds`; no two changes within `cooldownSeconds`. Always between min and max.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DynamicScaling {
+    /// Players one instance holds.
+    pub max_players: u32,
+    #[serde(default = "default_scale_up_percent")]
+    pub scale_up_percent: u32,
+    #[serde(default = "default_scale_down_delay")]
+    pub scale_down_delay_seconds: u32,
+    #[serde(default = "default_cooldown")]
+    pub cooldown_seconds: u32,
+}
+
+fn default_scale_up_percent() -> u32 {
+    80
+}
+
+fn default_scale_down_delay() -> u32 {
+    120
+}
+
+fn default_cooldown() -> u32 {
+    30
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +150,30 @@ impl GroupSpec {
                 format!("{} cannot fit the port range", self.max_instances),
             );
         }
+        match (self.scaling, &self.dynamic) {
+            (ScalingMode::Dynamic, None) => problem(
+                "dynamic",
+                "is required for DYNAMIC scaling: {\"maxPlayers\": N, \"scaleUpPercent\": 80, \"scaleDownDelaySeconds\": 120, \"cooldownSeconds\": 30}".into(),
+            ),
+            (_, Some(dynamic)) => {
+                if dynamic.max_players == 0 {
+                    problem("dynamic.maxPlayers", "must be at least 1".into());
+                }
+                if !(1..=100).contains(&dynamic.scale_up_percent) {
+                    problem(
+                        "dynamic.scaleUpPercent",
+                        format!("{} is not between 1 and 100", dynamic.scale_up_percent),
+                    );
+                }
+                if self.scaling != ScalingMode::Dynamic {
+                    problem(
+                        "dynamic",
+                        "applies to DYNAMIC groups only; set scaling to DYNAMIC or remove it".into(),
+                    );
+                }
+            }
+            _ => {}
+        }
         for (i, template) in self.templates.iter().enumerate() {
             if !is_sha256_hex(&template.hash) {
                 problem(
@@ -148,6 +203,7 @@ mod tests {
             min_instances: 2,
             max_instances: 10,
             scaling: ScalingMode::Static,
+            dynamic: None,
             templates: vec![],
             env: BTreeMap::new(),
             affinity: BTreeMap::new(),
@@ -173,6 +229,33 @@ mod tests {
             fields,
             ["name", "command", "memoryMb", "portRange", "minInstances"]
         );
+    }
+
+    #[test]
+    fn dynamic_groups_need_their_scaling_rules() {
+        let mut dynamic = spec();
+        dynamic.scaling = ScalingMode::Dynamic;
+        let fields: Vec<String> = dynamic
+            .problems("lobby")
+            .into_iter()
+            .map(|p| p.field)
+            .collect();
+        assert_eq!(fields, ["dynamic"]);
+        dynamic.dynamic = Some(DynamicScaling {
+            max_players: 0,
+            scale_up_percent: 150,
+            scale_down_delay_seconds: 60,
+            cooldown_seconds: 10,
+        });
+        let fields: Vec<String> = dynamic
+            .problems("lobby")
+            .into_iter()
+            .map(|p| p.field)
+            .collect();
+        assert_eq!(fields, ["dynamic.maxPlayers", "dynamic.scaleUpPercent"]);
+        let json = r#"{"maxPlayers": 50}"#;
+        let parsed: DynamicScaling = serde_json::from_str(json).unwrap();
+        assert_eq!(parsed.scale_up_percent, 80);
     }
 
     #[test]

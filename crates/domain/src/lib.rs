@@ -11,7 +11,7 @@ mod service;
 mod time;
 
 pub use digest::{is_sha256_hex, sha256_hex};
-pub use group::{FieldProblem, GroupSpec, PortRange, ScalingMode, TemplateRef};
+pub use group::{DynamicScaling, FieldProblem, GroupSpec, PortRange, ScalingMode, TemplateRef};
 pub use lease_timing::LeaseTiming;
 pub use name::{NameError, validate_name};
 pub use redact::redact_uri;

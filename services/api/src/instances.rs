@@ -46,6 +46,19 @@ struct Filter {
 /// An instance record without its plan (which `GET /instances/{id}` includes).
 fn summary(mut doc: Document) -> serde_json::Value {
     doc.remove("plan");
+    doc.remove("workloadTokenHash");
+    crate::json::record(doc)
+}
+
+/// The full record; the instance's workload token is not shown.
+fn detail(mut doc: Document) -> serde_json::Value {
+    doc.remove("workloadTokenHash");
+    if let Ok(plan) = doc.get_document_mut("plan")
+        && let Ok(env) = plan.get_document_mut("env")
+        && env.contains_key("PREXOR_INSTANCE_TOKEN")
+    {
+        env.insert("PREXOR_INSTANCE_TOKEN", "(hidden)");
+    }
     crate::json::record(doc)
 }
 
@@ -95,7 +108,7 @@ async fn show(
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     who.require("instances:read")?;
-    Ok(Json(crate::json::record(find(&app, &id).await?)))
+    Ok(Json(detail(find(&app, &id).await?)))
 }
 
 async fn crashes(

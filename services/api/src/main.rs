@@ -12,6 +12,7 @@ mod nodes;
 mod permissions;
 mod system;
 mod users;
+mod workload;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -90,6 +91,7 @@ async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
         .merge(instances::routes())
         .merge(nodes::routes())
         .merge(events::routes())
+        .merge(workload::routes())
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(app);

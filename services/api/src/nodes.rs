@@ -18,6 +18,10 @@ use crate::error::{ApiError, ApiResult, Body};
 
 const NODES: &str = "nodes";
 const NODE_ALLOCATIONS: &str = "node_allocations";
+const NODE_DRAINS: &str = "node_drains";
+/// Default and longest drain timeouts (past it, the node's remaining instances are killed).
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
+const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Join tokens live at most this long.
 const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -27,6 +31,8 @@ pub fn routes() -> Router<App> {
         .route("/nodes/{id}", get(show).delete(remove))
         .route("/nodes/{id}/cordon", post(cordon))
         .route("/nodes/{id}/uncordon", post(uncordon))
+        .route("/nodes/{id}/drain", post(drain).get(drain_status))
+        .route("/nodes/{id}/undrain", post(undrain))
         .route("/nodes/{id}/join-token", post(join_token))
         .route("/nodes/{id}/cert-issue", post(cert_issue))
 }
@@ -34,29 +40,44 @@ pub fn routes() -> Router<App> {
 async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<serde_json::Value>>> {
     who.require("nodes:read")?;
     let store = app.store();
-    let (nodes, allocations) = tokio::try_join!(
+    let (nodes, allocations, drains) = tokio::try_join!(
         store.find_sorted(NODES, "listing nodes", doc! {}, doc! { "_id": 1 }, None),
         store.find_all(NODE_ALLOCATIONS, "reading node allocations", doc! {}),
+        store.find_all(NODE_DRAINS, "reading node drains", doc! {}),
     )?;
     Ok(Json(
         nodes
             .into_iter()
-            .map(|node| with_allocation(node, &allocations))
+            .map(|node| decorated(node, &allocations, &drains))
             .collect(),
     ))
 }
 
-/// The node record plus the memory the schedulers reserved on it.
-fn with_allocation(mut node: Document, allocations: &[Document]) -> serde_json::Value {
+/// The node record plus the memory the schedulers reserved on it and its drain, if any.
+fn decorated(
+    mut node: Document,
+    allocations: &[Document],
+    drains: &[Document],
+) -> serde_json::Value {
     let id = node.get_str("_id").unwrap_or_default().to_owned();
-    let reserved = allocations
-        .iter()
-        .find(|a| a.get_str("_id") == Ok(id.as_str()))
+    let by_id = |docs: &[Document]| {
+        docs.iter()
+            .find(|d| d.get_str("_id") == Ok(id.as_str()))
+            .cloned()
+    };
+    let reserved = by_id(allocations)
         .and_then(|a| a.get_i64("reservedMb").ok())
         .unwrap_or(0);
     node.insert("reservedMb", reserved);
     node.insert("cordoned", node.get_bool("cordoned").unwrap_or(false));
-    crate::json::record(node)
+    let mut json = crate::json::record(node);
+    json["drain"] = by_id(drains).map_or(serde_json::Value::Null, drain_view);
+    json
+}
+
+fn drain_view(mut drain: Document) -> serde_json::Value {
+    drain.remove("_id");
+    crate::json::record(drain)
 }
 
 async fn find(app: &App, id: &str) -> ApiResult<Document> {
@@ -77,15 +98,16 @@ async fn show(
 ) -> ApiResult<Json<serde_json::Value>> {
     who.require("nodes:read")?;
     let node = find(&app, &id).await?;
-    let allocations = app
-        .store()
-        .find_all(
+    let store = app.store();
+    let (allocations, drains) = tokio::try_join!(
+        store.find_all(
             NODE_ALLOCATIONS,
             "reading node allocations",
-            doc! { "_id": &id },
-        )
-        .await?;
-    Ok(Json(with_allocation(node, &allocations)))
+            doc! { "_id": &id }
+        ),
+        store.find_all(NODE_DRAINS, "reading the node's drain", doc! { "_id": &id }),
+    )?;
+    Ok(Json(decorated(node, &allocations, &drains)))
 }
 
 async fn set_cordon(app: App, who: Principal, id: String, cordoned: bool) -> ApiResult<StatusCode> {
@@ -317,4 +339,142 @@ async fn cert_issue(
             ca_fingerprint: signed.ca_fingerprint,
         }),
     ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct DrainRequest {
+    /// How long the node's instances get to stop before they are killed (default 10m).
+    #[serde(default)]
+    timeout: Option<String>,
+    /// Shut the daemon down once the node is empty (default: leave it running, cordoned).
+    #[serde(default)]
+    shutdown: bool,
+}
+
+fn open_drain(drain: &Document) -> bool {
+    matches!(drain.get_str("state"), Ok("PENDING" | "DRAINING"))
+}
+
+async fn find_drain(app: &App, id: &str) -> ApiResult<Option<Document>> {
+    let store = app.store();
+    Ok(store
+        .bounded(
+            "reading the node's drain",
+            store.documents(NODE_DRAINS).find_one(doc! { "_id": id }),
+        )
+        .await?)
+}
+
+/// Creates the durable drain intent; a scheduler replica carries it out under
+/// `workflow:drain-<node>`.
+async fn drain(
+    State(app): State<App>,
+    who: Principal,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    who.require("nodes:write")?;
+    let request: DrainRequest = crate::error::optional_body(&body)?;
+    let timeout = match &request.timeout {
+        Some(text) => humantime::parse_duration(text)
+            .map_err(|e| ApiError::field("timeout", format!("{text:?} is not a duration: {e}")))?,
+        None => DEFAULT_DRAIN_TIMEOUT,
+    };
+    if timeout.is_zero() || timeout > MAX_DRAIN_TIMEOUT {
+        return Err(ApiError::field(
+            "timeout",
+            "must be more than zero and at most 24h",
+        ));
+    }
+    find(&app, &id).await?;
+    let scope = prexor_domain::Scope::Workflow(format!("drain-{id}"));
+    if prexor_domain::validate_name(&format!("drain-{id}")).is_err() {
+        return Err(ApiError::field(
+            "nodeId",
+            format!("{id:?} is too long to name its drain workflow (at most 57 characters)"),
+        ));
+    }
+    if let Some(current) = find_drain(&app, &id).await?
+        && open_drain(&current)
+    {
+        return Err(ApiError::conflict(format!(
+            "node {id:?} is already being drained (since {}); cancel it with POST /nodes/{id}/undrain",
+            current.get_i64("requestedAtMs").unwrap_or(0)
+        )));
+    }
+    let intent = doc! {
+        "state": "PENDING",
+        "timeoutMs": timeout.as_millis() as i64,
+        "shutdown": request.shutdown,
+        "requestedBy": &who.user,
+        "requestedAtMs": prexor_domain::now_ms(),
+        "workflow": scope.to_string(),
+    };
+    let store = app.store();
+    // Replaces a finished drain's record; an open one is never overwritten.
+    let written = store
+        .bounded(
+            "recording the drain",
+            store
+                .documents(NODE_DRAINS)
+                .update_one(
+                    doc! { "_id": &id, "state": { "$nin": ["PENDING", "DRAINING"] } },
+                    doc! { "$set": &intent, "$unset": { "startedAtMs": "", "finishedAtMs": "" } },
+                )
+                .upsert(true),
+        )
+        .await;
+    match written {
+        Ok(_) => {}
+        Err(err) if err.is_duplicate_key() => {
+            return Err(ApiError::conflict(format!(
+                "node {id:?} is already being drained"
+            )));
+        }
+        Err(err) => return Err(err.into()),
+    }
+    app.audit::<(), _>(&who, "node.drain", &id, None, Some(&intent))
+        .await;
+    app.service
+        .events
+        .publish("NODE_DRAIN_REQUESTED", &id, serde_json::json!({}))
+        .await;
+    let drain = find_drain(&app, &id).await?.unwrap_or(intent);
+    Ok((StatusCode::ACCEPTED, Json(drain_view(drain))))
+}
+
+async fn drain_status(
+    State(app): State<App>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    who.require("nodes:read")?;
+    let drain = find_drain(&app, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("node {id:?} was never drained")))?;
+    Ok(Json(drain_view(drain)))
+}
+
+/// Cancels an open drain and uncordons the node.
+async fn undrain(
+    State(app): State<App>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    who.require("nodes:write")?;
+    find(&app, &id).await?;
+    let store = app.store();
+    store
+        .bounded(
+            "cancelling the drain",
+            store.documents(NODE_DRAINS).update_one(
+                doc! { "_id": &id, "state": { "$in": ["PENDING", "DRAINING"] } },
+                doc! { "$set": { "state": "CANCELLED", "cancelledBy": &who.user, "finishedAtMs": prexor_domain::now_ms() } },
+            ),
+        )
+        .await?;
+    app.audit::<(), ()>(&who, "node.undrain", &id, None, None)
+        .await;
+    set_cordon(app, who, id, false).await
 }

@@ -35,6 +35,8 @@ pub const STRAYS: &str = "stray_instances";
 /// Operator requests for a group's instances (`stop`, `kill`, `start`), written by the API and
 /// carried out (then deleted) by the group's lease holder.
 pub const INSTANCE_REQUESTS: &str = "instance_requests";
+/// What each server reports about its load (players), written by the API's workload endpoints.
+pub const INSTANCE_LOAD: &str = "instance_load";
 /// An instance on a node unreachable for longer than this is replaced elsewhere.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(20);
 /// A crash loop: this many crashes of a group's instances within the window...
@@ -70,6 +72,8 @@ pub struct Snapshot {
     crashes: HashMap<String, Vec<i64>>,
     /// Operator requests (stop, kill, start), per group.
     requests: HashMap<String, Vec<Document>>,
+    /// Players online per instance, as the servers report them (`instance_load`).
+    players: HashMap<String, u64>,
 }
 
 fn by_group(docs: Vec<Document>) -> HashMap<String, Vec<Document>> {
@@ -195,7 +199,7 @@ impl Groups {
                 filter
             }
         };
-        let (instances, states, strays, nodes, crashes, requests) = tokio::try_join!(
+        let (instances, states, strays, nodes, crashes, requests, loads) = tokio::try_join!(
             store.find_all(
                 INSTANCES,
                 "listing instances",
@@ -214,6 +218,7 @@ impl Groups {
                 "reading operator requests",
                 scoped(doc! {})
             ),
+            store.find_all(INSTANCE_LOAD, "reading instance load", scoped(doc! {})),
         )?;
         let mine = |docs: Vec<Document>, key: &str| -> Vec<Document> {
             docs.into_iter()
@@ -237,6 +242,13 @@ impl Groups {
             nodes: by_id(nodes),
             crashes: crash_times,
             requests: by_group(mine(requests, "group")),
+            players: mine(loads, "group")
+                .into_iter()
+                .filter_map(|l| {
+                    let players = l.get_array("playerNames").map_or(0, Vec::len) as u64;
+                    Some((l.get_str("_id").ok()?.to_string(), players))
+                })
+                .collect(),
         })
     }
 
@@ -331,22 +343,32 @@ impl Groups {
         // 4. A crash loop pauses new placements, longer each time it recurs.
         let paused = self.crash_loop_pause(name, lease, snap).await?;
 
-        // 5. Scale to the desired set of names.
-        let desired: u32 = match (spec.scaling, spec.maintenance) {
-            (_, true) | (ScalingMode::Manual, _) => 0,
-            (ScalingMode::Static | ScalingMode::Dynamic, false) => spec.min_instances,
-        };
+        // 5. Scale to the desired set of names (maintenance: start nothing, stop nothing).
         let active: BTreeMap<String, &Instance> = instances
             .iter()
             .filter(|i| i.is_active())
             .map(|i| (i.id.clone(), i))
             .collect();
+        let wanted: Vec<String> = match spec.scaling {
+            ScalingMode::Manual => return Ok(()),
+            ScalingMode::Static => (1..=spec.min_instances)
+                .map(|k| format!("{name}-{k}"))
+                .collect(),
+            ScalingMode::Dynamic => {
+                let target = self
+                    .dynamic_target(name, &spec, lease, snap, &active)
+                    .await?;
+                dynamic_names(name, target, &active, &snap.players)
+            }
+        };
+        if spec.maintenance {
+            return Ok(());
+        }
         let attempts: HashMap<String, i64> = instances
             .iter()
             .map(|i| (i.id.clone(), i.attempt))
             .collect();
-        let wanted: Vec<String> = (1..=desired).map(|k| format!("{name}-{k}")).collect();
-        if !spec.maintenance && spec.scaling != ScalingMode::Manual && !paused {
+        if !paused {
             for id in wanted.iter().filter(|id| !active.contains_key(*id)) {
                 let attempt = attempts.get(id).copied().unwrap_or(0) + 1;
                 if let Some(mut placed) = self
@@ -357,17 +379,15 @@ impl Groups {
                 }
             }
         }
-        if spec.scaling == ScalingMode::Static {
-            for instance in active
-                .values()
-                .filter(|i| !wanted.contains(&i.id) && i.state != STOPPING)
-            {
-                let how = Halt::Stop {
-                    grace_s: spec.stop_grace_seconds,
-                };
-                self.stop(name, lease, instance, how, "above the desired count")
-                    .await?;
-            }
+        for instance in active
+            .values()
+            .filter(|i| !wanted.contains(&i.id) && i.state != STOPPING)
+        {
+            let how = Halt::Stop {
+                grace_s: spec.stop_grace_seconds,
+            };
+            self.stop(name, lease, instance, how, "above the desired count")
+                .await?;
         }
         Ok(())
     }
@@ -718,7 +738,8 @@ impl Groups {
             let ports = (spec.port_range.from..=spec.port_range.to)
                 .filter(|p| !used.contains(&i64::from(*p)));
             for port in ports.take(3) {
-                let plan = plan_doc(group, spec, id, port);
+                let token = workload_token(id);
+                let plan = plan_doc(group, spec, id, port, &token);
                 let plan_hash = plan_hash(&plan, id, attempt, revision);
                 let placed = self
                     .write(
@@ -753,6 +774,7 @@ impl Groups {
                                     "memoryMb": need,
                                     "attempt": attempt,
                                     "revision": revision,
+                                    "workloadTokenHash": prexor_domain::sha256_hex(token.as_bytes()),
                                     "nextAttemptAtMs": 0_i64,
                                     "scheduledAtMs": now_ms(),
                                 } },
@@ -960,6 +982,95 @@ impl Groups {
             .await;
     }
 
+    /// A DYNAMIC group's instance count from its load: one more when the running ones are
+    /// `scaleUpPercent` full, one fewer when one fewer would stay below that for
+    /// `scaleDownDelaySeconds`; no change within `cooldownSeconds` of the last one. The target,
+    /// the last change and the low-load start are kept in `group_state` (fenced), so they
+    /// survive a failover.
+    async fn dynamic_target(
+        &self,
+        name: &str,
+        spec: &GroupSpec,
+        lease: &Lease,
+        snap: &Snapshot,
+        active: &BTreeMap<String, &Instance>,
+    ) -> anyhow::Result<u32> {
+        let Some(rules) = spec.dynamic else {
+            return Ok(spec.min_instances);
+        };
+        let state = snap.states.get(name);
+        let stored = state.and_then(|s| s.get_i64("scaleTarget").ok());
+        let last_change = state
+            .and_then(|s| s.get_i64("lastScaleAtMs").ok())
+            .unwrap_or(0);
+        let low_since = state.and_then(|s| s.get_i64("lowSinceMs").ok());
+        let current = stored
+            .map_or(spec.min_instances, |t| t.max(0) as u32)
+            .clamp(spec.min_instances, spec.max_instances);
+        let players: u64 = active
+            .keys()
+            .map(|id| snap.players.get(id).copied().unwrap_or(0))
+            .sum();
+        let full_at = |count: u32| {
+            u64::from(count) * u64::from(rules.max_players) * u64::from(rules.scale_up_percent)
+        };
+        let started = active.values().filter(|i| i.state == RUNNING).count() as u32;
+        let now = now_ms();
+        let cooled = now - last_change >= i64::from(rules.cooldown_seconds) * 1000;
+        let busy = players * 100 >= full_at(current);
+        let quiet = current > spec.min_instances && players * 100 < full_at(current - 1);
+        // (target, start of the low load still counting down)
+        let (target, low) = if cooled && busy && started >= current && current < spec.max_instances
+        {
+            (current + 1, None)
+        } else if quiet {
+            let since = low_since.unwrap_or(now);
+            if cooled && now - since >= i64::from(rules.scale_down_delay_seconds) * 1000 {
+                (current - 1, None)
+            } else {
+                (current, Some(since))
+            }
+        } else {
+            (current, None)
+        };
+        if Some(i64::from(target)) != stored || low != low_since {
+            let mut set = doc! { "scaleTarget": i64::from(target) };
+            if target != current {
+                set.insert("lastScaleAtMs", now);
+                tracing::info!(
+                    group = name,
+                    from = current,
+                    to = target,
+                    players,
+                    "scaling"
+                );
+                self.events
+                    .publish(
+                        "GROUP_SCALED",
+                        name,
+                        serde_json::json!({ "from": current, "to": target, "players": players }),
+                    )
+                    .await;
+            }
+            let mut update = doc! {};
+            match low {
+                Some(since) => {
+                    set.insert("lowSinceMs", since);
+                }
+                None => {
+                    update.insert("$unset", doc! { "lowSinceMs": "" });
+                }
+            }
+            update.insert("$set", set);
+            self.write(
+                lease,
+                vec![Write::update_one(GROUP_STATE, doc! { "_id": name }, update).upsert()],
+            )
+            .await?;
+        }
+        Ok(target)
+    }
+
     /// Carries out the operators' requests for this group's instances: stop and kill (a STATIC
     /// or DYNAMIC group then replaces the instance, i.e. restarts it), start (MANUAL groups, up
     /// to `maxInstances`). A request is deleted once done or moot.
@@ -1096,6 +1207,47 @@ impl Groups {
     }
 }
 
+/// The instances a DYNAMIC group keeps at `target`: the fullest running ones, then the lowest
+/// free names `<group>-<k>`; the emptiest ones are the first to go.
+fn dynamic_names(
+    name: &str,
+    target: u32,
+    active: &BTreeMap<String, &Instance>,
+    players: &HashMap<String, u64>,
+) -> Vec<String> {
+    let index = |id: &str| -> u64 {
+        id.rsplit('-')
+            .next()
+            .and_then(|k| k.parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    let mut keep: Vec<&Instance> = active
+        .values()
+        .filter(|i| i.state != STOPPING)
+        .copied()
+        .collect();
+    keep.sort_by_key(|i| {
+        (
+            std::cmp::Reverse(players.get(&i.id).copied().unwrap_or(0)),
+            index(&i.id),
+        )
+    });
+    let mut names: Vec<String> = keep
+        .into_iter()
+        .take(target as usize)
+        .map(|i| i.id.clone())
+        .collect();
+    let mut k = 1;
+    while names.len() < target as usize {
+        let candidate = format!("{name}-{k}");
+        if !names.contains(&candidate) && !active.contains_key(&candidate) {
+            names.push(candidate);
+        }
+        k += 1;
+    }
+    names
+}
+
 /// How to end an instance.
 #[derive(Clone, Copy)]
 enum Halt {
@@ -1105,11 +1257,27 @@ enum Halt {
     Kill,
 }
 
-fn plan_doc(group: &str, spec: &GroupSpec, id: &str, port: u16) -> Document {
+/// The instance's credential for the workload endpoints (`pxw.<instance>.<secret>`), handed to
+/// the server in its environment; only its hash is kept with the instance record.
+fn workload_token(id: &str) -> String {
+    let secret: [u8; 24] = rand::random();
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    format!("pxw.{id}.{hex}")
+}
+
+fn plan_doc(group: &str, spec: &GroupSpec, id: &str, port: u16, token: &str) -> Document {
+    let mut env: Document = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), Bson::String(v.clone())))
+        .collect();
+    env.insert("PREXOR_INSTANCE_ID", id);
+    env.insert("PREXOR_GROUP", group);
+    env.insert("PREXOR_INSTANCE_TOKEN", token);
     doc! {
         "group": group,
         "command": spec.command.clone(),
-        "env": spec.env.iter().map(|(k, v)| (k.clone(), Bson::String(v.clone()))).collect::<Document>(),
+        "env": env,
         "port": i64::from(port),
         "memoryMb": spec.memory_mb as i64,
         "layers": spec.templates.iter().map(|t| Bson::Document(doc! { "hash": &t.hash, "name": &t.name })).collect::<Vec<_>>(),

@@ -6,6 +6,7 @@
 //! deployments run under these leases as they are built.
 
 mod admin;
+mod drains;
 mod groups;
 mod reconciler;
 
@@ -63,7 +64,13 @@ fn main() -> ExitCode {
 async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
     let (keeper, keeper_task) =
         LeaseKeeper::start(service.leases.clone(), "mixed", service.shutdown.clone());
+    let drains = drains::Drains {
+        store: service.store.clone(),
+        gateways: prexor_serve::Gateways::new(service.registry.clone()),
+        events: service.events.clone(),
+    };
     let reconciler = reconciler::Reconciler {
+        drains,
         groups: groups::Groups::new(
             service.store.clone(),
             prexor_serve::Gateways::new(service.registry.clone()),

@@ -1,5 +1,5 @@
 //! The lease reconciler: every tick, each scheduler replica holds its fair share of the work
-//! scopes (every group, and the platform-module scope). It acquires unowned scopes up to its
+//! scopes (every group, the platform-module scope, and a workflow scope per open node drain). It acquires unowned scopes up to its
 //! share, hands surplus back when peers joined, drops scopes whose group is gone; the keeper
 //! renews what it holds and releases everything on SIGTERM, so peers take the work on their
 //! next tick. A crashed replica's leases expire after the TTL and are taken the tick after.
@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use prexor_store::GROUPS;
 
+/// Open node drains by node id.
+type Drains = HashMap<String, Document>;
+
 /// How long the last tick's phase took (`scopes`, `leases`, `snapshot`, `groups`).
 fn phase_took(phase: &'static str, started: Instant) {
     metrics::gauge!("prexor_scheduler_tick_phase_seconds", "phase" => phase)
@@ -24,6 +27,7 @@ fn phase_took(phase: &'static str, started: Instant) {
 
 pub struct Reconciler {
     pub groups: crate::groups::Groups,
+    pub drains: crate::drains::Drains,
     pub store: Store,
     pub leases: Leases,
     pub keeper: LeaseKeeper,
@@ -81,13 +85,22 @@ impl Reconciler {
         }
     }
 
-    /// Every scope there is work for (each group, and the platform modules), with every
-    /// group's document for this tick's snapshot.
-    async fn scopes(&self) -> anyhow::Result<(BTreeSet<Scope>, HashMap<String, Document>)> {
-        let groups: Vec<Document> = self
-            .store
-            .find_all(GROUPS, "listing groups", doc! {})
-            .await?;
+    /// Every scope there is work for (each group, the platform modules, each open drain), with
+    /// every group's document for this tick's snapshot and the open drains by node.
+    async fn scopes(&self) -> anyhow::Result<(BTreeSet<Scope>, HashMap<String, Document>, Drains)> {
+        let (groups, drains) = tokio::try_join!(
+            self.store.find_all(GROUPS, "listing groups", doc! {}),
+            self.store.find_all(
+                crate::drains::NODE_DRAINS,
+                "listing node drains",
+                doc! { "state": { "$in": ["PENDING", "DRAINING"] } }
+            ),
+        )?;
+        let drains: Drains = drains
+            .into_iter()
+            .filter(crate::drains::is_open)
+            .filter_map(|d| Some((d.get_str("_id").ok()?.to_string(), d)))
+            .collect();
         let by_name: HashMap<String, Document> = groups
             .into_iter()
             .filter_map(|g| Some((g.get_str("_id").ok()?.to_string(), g)))
@@ -97,12 +110,17 @@ impl Reconciler {
             .map(|name| Scope::Group(name.clone()))
             .collect();
         scopes.insert(Scope::PlatformModule);
-        Ok((scopes, by_name))
+        scopes.extend(
+            drains
+                .keys()
+                .map(|node| Scope::Workflow(format!("{}{node}", crate::drains::DRAIN_PREFIX))),
+        );
+        Ok((scopes, by_name, drains))
     }
 
     pub async fn tick(&self) -> anyhow::Result<TickOutcome> {
         let phase = Instant::now();
-        let (scopes, all_groups) = self.scopes().await?;
+        let (scopes, all_groups, drains) = self.scopes().await?;
         phase_took("scopes", phase);
         let phase = Instant::now();
         // Ready peers plus this replica (which may not be registered yet on its first tick).
@@ -197,18 +215,35 @@ impl Reconciler {
         let snapshot = self.groups.snapshot(&held_names, &all_groups).await?;
         phase_took("snapshot", phase);
         let phase = Instant::now();
-        for lease in leases {
+        for lease in &leases {
             let Scope::Group(name) = lease.scope() else {
                 continue;
             };
             if !lease.is_valid() {
                 continue;
             }
-            if let Err(err) = self.groups.converge(name, &lease, &snapshot).await {
+            if let Err(err) = self.groups.converge(name, lease, &snapshot).await {
                 tracing::warn!(group = %name, "group step failed: {err:#}");
             }
         }
         phase_took("groups", phase);
+        for lease in &leases {
+            let Scope::Workflow(name) = lease.scope() else {
+                continue;
+            };
+            let Some(node) = name.strip_prefix(crate::drains::DRAIN_PREFIX) else {
+                continue;
+            };
+            let Some(drain) = drains.get(node) else {
+                continue;
+            };
+            if !lease.is_valid() {
+                continue;
+            }
+            if let Err(err) = self.drains.step(node, lease, drain).await {
+                tracing::warn!(node, "drain step failed: {err:#}");
+            }
+        }
         Ok(outcome)
     }
 }

@@ -1,0 +1,167 @@
+//! Node drain through the API with two schedulers: the drain is a durable intent carried out
+//! under `workflow:drain-<node>`. SIGKILL the replica holding that lease while the node's
+//! servers are still stopping: the peer finishes the drain, the node ends cordoned and empty, and
+//! the group's instances run on the other node.
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use mongodb::bson::{Document, doc};
+use prexor_acceptance::{
+    Cluster, Proc, group_doc, nodes, reported_state, running, stop_all, wait_doc,
+};
+use serde_json::json;
+
+const READY_WITHIN: Duration = Duration::from_secs(60);
+const EXIT_WITHIN: Duration = Duration::from_secs(20);
+
+async fn holder(schedulers: &[Proc], scope: &str) -> anyhow::Result<Option<usize>> {
+    for (i, scheduler) in schedulers.iter().enumerate() {
+        if scheduler.leases_held().await?.iter().any(|s| s == scope) {
+            return Ok(Some(i));
+        }
+    }
+    Ok(None)
+}
+
+async fn drain_mid_failover(cluster: &Cluster) -> anyhow::Result<()> {
+    let mut fleet = nodes(cluster, &["node-1", "node-2"]).await?;
+    let password = cluster.bootstrap_admin("admin")?;
+    let mut api = cluster.service("api", "api-1", "")?;
+    let mut schedulers = vec![
+        cluster.service("scheduler", "scheduler-1", "")?,
+        cluster.service("scheduler", "scheduler-2", "")?,
+    ];
+    api.wait_ready(READY_WITHIN).await?;
+    for scheduler in &mut schedulers {
+        scheduler.wait_ready(READY_WITHIN).await?;
+    }
+    let rest = api.rest(&api.login("admin", &password).await?);
+
+    // Servers that take 4 s to stop, so the drain is still under way when its holder dies.
+    let group = group_doc("lobby", 2, &["--stop-delay", "4000"])?;
+    let spec = serde_json::to_value(group.get_document("spec")?)?;
+    let (status, body) = rest
+        .post("/groups", json!({ "name": "lobby", "spec": spec }))
+        .await?;
+    ensure!(status == 201, "{status} {body}");
+    let docs = running(cluster, &["lobby-1", "lobby-2"]).await?;
+    let node = docs[0].get_str("nodeId")?.to_owned();
+    let other = if node == "node-1" { "node-2" } else { "node-1" };
+
+    let (status, body) = rest
+        .post(&format!("/nodes/{node}/drain"), json!({ "timeout": "2m" }))
+        .await?;
+    ensure!(
+        status == 202 && body["state"] == "PENDING",
+        "{status} {body}"
+    );
+    let (status, again) = rest
+        .post(&format!("/nodes/{node}/drain"), json!({}))
+        .await?;
+    ensure!(status == 409, "a second drain: {status} {again}");
+
+    // Mid-way: the node is cordoned and its servers are stopping. Kill the drain's holder.
+    wait_doc(cluster, "node_drains", &node, "DRAINING", |d| {
+        d.get_str("state") == Ok("DRAINING")
+    })
+    .await?;
+    let scope = format!("workflow:drain-{node}");
+    let mut killed = None;
+    for _ in 0..100 {
+        if let Some(i) = holder(&schedulers, &scope).await? {
+            killed = Some(i);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let killed = killed.context("no scheduler holds the drain's lease")?;
+    let still_draining = cluster
+        .stores
+        .mongo()
+        .await?
+        .collection::<Document>("node_drains")
+        .find_one(doc! { "_id": &node })
+        .await?
+        .context("drain")?;
+    ensure!(
+        still_draining.get_str("state") == Ok("DRAINING"),
+        "the drain finished before its holder could be killed: {still_draining:?}"
+    );
+    schedulers[killed].signal(libc::SIGKILL);
+    let mut dead = schedulers.remove(killed);
+    dead.wait_exit(EXIT_WITHIN).await?;
+
+    // The peer takes the workflow lease after the TTL and finishes the drain.
+    let done = wait_doc(cluster, "node_drains", &node, "DONE", |d| {
+        d.get_str("state") == Ok("DONE")
+    })
+    .await?;
+    ensure!(done.get_i64("finishedAtMs").is_ok(), "{done:?}");
+    let survivor = &schedulers[0];
+    let fence_owner = cluster
+        .stores
+        .mongo()
+        .await?
+        .collection::<Document>("fences")
+        .find_one(doc! { "_id": &scope })
+        .await?
+        .context("fence")?;
+    ensure!(
+        fence_owner.get_i64("mark").unwrap_or_default() >= 2,
+        "the peer acquired the drain with a higher token: {fence_owner:?}"
+    );
+    let (status, node_view) = rest.get(&format!("/nodes/{node}")).await?;
+    ensure!(
+        status == 200 && node_view["cordoned"] == true && node_view["drain"]["state"] == "DONE",
+        "{node_view}"
+    );
+    let instances = cluster
+        .stores
+        .mongo()
+        .await?
+        .collection::<Document>("instances");
+    let active_on_node = instances
+        .count_documents(doc! { "nodeId": &node, "state": { "$nin": ["STOPPED", "CRASHED"] } })
+        .await?;
+    ensure!(
+        active_on_node == 0,
+        "{active_on_node} instances still on {node}"
+    );
+    for id in ["lobby-1", "lobby-2"] {
+        let doc = wait_doc(cluster, "instances", id, "RUNNING on the other node", |d| {
+            d.get_str("state") == Ok("RUNNING")
+                && reported_state(d) == "RUNNING"
+                && d.get_str("nodeId") == Ok(other)
+        })
+        .await?;
+        ensure!(doc.get_str("nodeId")? == other, "{doc:?}");
+    }
+    let mut let_go = false;
+    for _ in 0..100 {
+        if survivor.leases_held().await?.iter().all(|s| s != &scope) {
+            let_go = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(let_go, "the finished drain's lease is let go");
+
+    // Undrain: the node takes placements again.
+    let (status, _) = rest
+        .post(&format!("/nodes/{node}/undrain"), json!({}))
+        .await?;
+    ensure!(status == 204, "{status}");
+    let (_, node_view) = rest.get(&format!("/nodes/{node}")).await?;
+    ensure!(node_view["cordoned"] == false, "{node_view}");
+
+    stop_all([&mut api], EXIT_WITHIN).await?;
+    let mut rest_of = schedulers.remove(0);
+    fleet.stop_with(&mut rest_of).await
+}
+
+#[tokio::test]
+async fn a_drain_completes_on_the_peer_when_its_holder_is_killed() {
+    let cluster = Cluster::new("drain").unwrap();
+    drain_mid_failover(&cluster).await.unwrap();
+}
