@@ -104,6 +104,13 @@ pub struct FieldProblem {
 }
 
 impl GroupSpec {
+    /// What the spec says, as a hash: instances record the hash of the spec they were placed
+    /// from, and a deployment is done when every instance runs its target hash.
+    pub fn hash(&self) -> String {
+        let canonical = serde_json::to_vec(self).expect("group specs serialize");
+        crate::sha256_hex(&canonical)
+    }
+
     /// Every problem at once, each naming its field.
     pub fn problems(&self, name: &str) -> Vec<FieldProblem> {
         let mut problems = Vec::new();
@@ -229,6 +236,14 @@ mod tests {
             fields,
             ["name", "command", "memoryMb", "portRange", "minInstances"]
         );
+    }
+
+    #[test]
+    fn the_spec_hash_follows_the_content() {
+        let mut other = spec();
+        assert_eq!(spec().hash(), other.hash());
+        other.env.insert("VERSION".into(), "2".into());
+        assert_ne!(spec().hash(), other.hash());
     }
 
     #[test]

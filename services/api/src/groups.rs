@@ -246,6 +246,13 @@ async fn update(
         None => None,
     };
     let before = find(&app, &name).await?;
+    if let Some(open) = crate::deployments::open_deployment(&app, &name).await? {
+        return Err(ApiError::conflict(format!(
+            "deployment {} of group {name:?} is {}; change the spec with a new deployment once it is done, or roll it back",
+            open.get_str("_id").unwrap_or("?"),
+            open.get_str("state").unwrap_or("?")
+        )));
+    }
     let expected = change.revision.or(if_match);
     let updated = prexor_store::update_group(app.store(), &name, &change.spec, expected)
         .await

@@ -3,6 +3,7 @@
 
 mod app;
 mod auth;
+mod deployments;
 mod error;
 mod events;
 mod groups;
@@ -88,6 +89,7 @@ async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
         .merge(auth::routes())
         .merge(users::routes())
         .merge(groups::routes())
+        .merge(deployments::routes())
         .merge(instances::routes())
         .merge(nodes::routes())
         .merge(events::routes())

@@ -21,6 +21,8 @@ use prexor_serve::Gateways;
 use prexor_store::{GROUPS, Store, StoreError, Write};
 use sha2::{Digest, Sha256};
 
+mod deployments;
+
 pub const INSTANCES: &str = "instances";
 pub const NODES: &str = "nodes";
 pub const NODE_ALLOCATIONS: &str = "node_allocations";
@@ -74,6 +76,8 @@ pub struct Snapshot {
     requests: HashMap<String, Vec<Document>>,
     /// Players online per instance, as the servers report them (`instance_load`).
     players: HashMap<String, u64>,
+    /// The rolling deployment of each group, if one is under way.
+    deployments: HashMap<String, Document>,
 }
 
 fn by_group(docs: Vec<Document>) -> HashMap<String, Vec<Document>> {
@@ -104,6 +108,8 @@ pub struct Groups {
 struct Instance {
     id: String,
     group: String,
+    /// Hash of the spec the instance was placed from (empty for records older than that).
+    spec_hash: String,
     node: String,
     state: String,
     plan_hash: String,
@@ -123,6 +129,7 @@ impl Instance {
         Some(Instance {
             id: doc.get_str("_id").ok()?.to_string(),
             group: doc.get_str("group").unwrap_or_default().to_string(),
+            spec_hash: doc.get_str("specHash").unwrap_or_default().to_string(),
             node: doc.get_str("nodeId").unwrap_or_default().to_string(),
             state: doc.get_str("state").unwrap_or_default().to_string(),
             plan_hash: doc.get_str("planHash").unwrap_or_default().to_string(),
@@ -199,7 +206,7 @@ impl Groups {
                 filter
             }
         };
-        let (instances, states, strays, nodes, crashes, requests, loads) = tokio::try_join!(
+        let (instances, states, strays, nodes, crashes, requests, loads, deployments) = tokio::try_join!(
             store.find_all(
                 INSTANCES,
                 "listing instances",
@@ -219,6 +226,11 @@ impl Groups {
                 scoped(doc! {})
             ),
             store.find_all(INSTANCE_LOAD, "reading instance load", scoped(doc! {})),
+            store.find_all(
+                deployments::DEPLOYMENTS,
+                "reading deployments",
+                scoped(doc! { "state": "ROLLING" })
+            ),
         )?;
         let mine = |docs: Vec<Document>, key: &str| -> Vec<Document> {
             docs.into_iter()
@@ -248,6 +260,10 @@ impl Groups {
                     let players = l.get_array("playerNames").map_or(0, Vec::len) as u64;
                     Some((l.get_str("_id").ok()?.to_string(), players))
                 })
+                .collect(),
+            deployments: mine(deployments, "group")
+                .into_iter()
+                .filter_map(|d| Some((d.get_str("group").ok()?.to_string(), d)))
                 .collect(),
         })
     }
@@ -363,6 +379,10 @@ impl Groups {
         };
         if spec.maintenance {
             return Ok(());
+        }
+        if let Some(deployment) = snap.deployments.get(name) {
+            self.roll(name, &spec, lease, deployment, &active, &wanted)
+                .await?;
         }
         let attempts: HashMap<String, i64> = instances
             .iter()
@@ -775,6 +795,7 @@ impl Groups {
                                     "attempt": attempt,
                                     "revision": revision,
                                     "workloadTokenHash": prexor_domain::sha256_hex(token.as_bytes()),
+                                    "specHash": spec.hash(),
                                     "nextAttemptAtMs": 0_i64,
                                     "scheduledAtMs": now_ms(),
                                 } },
@@ -791,6 +812,7 @@ impl Groups {
                         return Ok(Some(Instance {
                             id: id.to_string(),
                             group: group.to_string(),
+                            spec_hash: spec.hash(),
                             node: node.clone(),
                             state: SCHEDULED.into(),
                             plan_hash,

@@ -1,0 +1,117 @@
+//! Rolling deployments (`deployments`, created through the API), driven by the group's lease
+//! holder: instances not running the deployment's target spec are stopped a batch at a time,
+//! never leaving more than `maxUnavailable` of the group's instances not RUNNING, and the group
+//! places them again from its current spec. Progress is derived from the instances' spec hashes,
+//! so a holder that takes over mid-rollout never restarts an instance that is already updated.
+
+use std::collections::BTreeMap;
+
+use mongodb::bson::{Document, doc};
+use prexor_domain::{GroupSpec, now_ms};
+use prexor_store::Write;
+
+use super::{Groups, Halt, Instance, RUNNING};
+
+pub const DEPLOYMENTS: &str = "deployments";
+
+impl Groups {
+    /// One step of `deployment` (state ROLLING) of group `name`.
+    pub(super) async fn roll(
+        &self,
+        name: &str,
+        spec: &GroupSpec,
+        lease: &prexor_coord::Lease,
+        deployment: &Document,
+        active: &BTreeMap<String, &Instance>,
+        wanted: &[String],
+    ) -> anyhow::Result<()> {
+        let id = deployment.get_str("_id").unwrap_or_default();
+        let target = deployment.get_str("targetSpecHash").unwrap_or_default();
+        if spec.hash() != target {
+            // The API writes the spec first, then points the deployment at it (rollback): wait.
+            tracing::debug!(
+                group = name,
+                deployment = id,
+                "the group's spec is not the deployment's target yet"
+            );
+            return Ok(());
+        }
+        let batch = deployment.get_i64("batchSize").unwrap_or(1).max(1) as usize;
+        let max_unavailable = deployment.get_i64("maxUnavailable").unwrap_or(1).max(1) as usize;
+        let running = |n: &String| active.get(n).is_some_and(|i| i.state == RUNNING);
+        let updated = wanted
+            .iter()
+            .filter(|n| running(n) && active.get(*n).is_some_and(|i| i.spec_hash == target))
+            .count();
+        let unavailable = wanted.iter().filter(|n| !running(n)).count();
+        let outdated: Vec<&Instance> = active
+            .values()
+            .copied()
+            .filter(|i| i.spec_hash != target && i.state == RUNNING && wanted.contains(&i.id))
+            .collect();
+        let budget = max_unavailable.saturating_sub(unavailable).min(batch);
+        for instance in outdated.iter().take(budget) {
+            let how = Halt::Stop {
+                grace_s: spec.stop_grace_seconds,
+            };
+            self.stop(name, lease, instance, how, &format!("deployment {id}"))
+                .await?;
+        }
+        let total = wanted.len();
+        let stale_left = active.values().any(|i| i.spec_hash != target);
+        let done = updated == total && !stale_left;
+        let recorded = (
+            deployment.get_i64("updated").unwrap_or(-1),
+            deployment.get_i64("total").unwrap_or(-1),
+        );
+        if recorded == (updated as i64, total as i64) && !done {
+            return Ok(());
+        }
+        let mut set =
+            doc! { "updated": updated as i64, "total": total as i64, "updatedAtMs": now_ms() };
+        if done {
+            set.insert("state", "DONE");
+            set.insert("finishedAtMs", now_ms());
+        }
+        let written = self
+            .write(
+                lease,
+                vec![
+                    Write::update_one(
+                        DEPLOYMENTS,
+                        doc! { "_id": id, "state": "ROLLING" },
+                        doc! { "$set": set },
+                    )
+                    .require_match(),
+                ],
+            )
+            .await;
+        match written {
+            Ok(()) => {}
+            // Paused or rolled back through the API in the meantime: the next tick sees it.
+            Err(prexor_store::StoreError::Precondition { .. }) => return Ok(()),
+            Err(err) => return Err(err.into()),
+        }
+        let kind = if done {
+            "DEPLOYMENT_DONE"
+        } else {
+            "DEPLOYMENT_PROGRESS"
+        };
+        tracing::info!(
+            group = name,
+            deployment = id,
+            updated,
+            total,
+            done,
+            "deployment progress"
+        );
+        self.events
+            .publish(
+                kind,
+                id,
+                serde_json::json!({ "group": name, "updated": updated, "total": total }),
+            )
+            .await;
+        Ok(())
+    }
+}
