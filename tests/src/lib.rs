@@ -186,8 +186,11 @@ fn http() -> reqwest::Client {
     CLIENT
         .get_or_init(|| {
             let _ = rustls::crypto::ring::default_provider().install_default();
+            // No connection reuse: a server that refuses a request early (413) closes the
+            // connection, and a pooled client would send the next request into it.
             reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
+                .pool_max_idle_per_host(0)
                 .build()
                 .expect("HTTP client")
         })
@@ -248,6 +251,37 @@ impl Rest {
 
     pub async fn delete(&self, path: &str) -> anyhow::Result<(u16, serde_json::Value)> {
         self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// PUTs raw bytes (e.g. a template layer).
+    pub async fn put_bytes(
+        &self,
+        path: &str,
+        bytes: Vec<u8>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let response = http()
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/gzip")
+            .body(bytes)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        ))
+    }
+
+    /// GETs raw bytes.
+    pub async fn get_bytes(&self, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+        let response = http()
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        Ok((response.status().as_u16(), response.bytes().await?.to_vec()))
     }
 
     /// Opens an SSE stream (`GET` with `Accept: text/event-stream`).
@@ -761,4 +795,20 @@ pub fn group_doc(name: &str, min: i64, extra: &[&str]) -> anyhow::Result<Documen
             "scaling": "STATIC",
         },
     })
+}
+
+/// A tar.gz with the given (path, content) files.
+pub fn tar_gz(files: &[(&str, &str)]) -> anyhow::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    for (path, content) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, path, content.as_bytes())?;
+    }
+    Ok(builder.into_inner()?.finish()?)
 }

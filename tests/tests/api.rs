@@ -8,13 +8,28 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use mongodb::bson::Document;
 use prexor_acceptance::{
-    Cluster, Fleet, Rest, group_doc, nodes, reported_state, running, stop_all, wait_doc,
+    Cluster, Fleet, Rest, group_doc, nodes, reported_state, running, stop_all, tar_gz, wait_doc,
 };
 use serde_json::{Value, json};
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
 const EXIT_WITHIN: Duration = Duration::from_secs(20);
 const EVENT_WITHIN: Duration = Duration::from_secs(10);
+
+/// A tar.gz with one entry whose name is written as is (tar::Builder refuses `..`).
+fn tar_gz_with_raw_path(path: &str, content: &str) -> anyhow::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    let mut header = tar::Header::new_gnu();
+    header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+    header.set_size(content.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder.append(&header, content.as_bytes())?;
+    Ok(builder.into_inner()?.finish()?)
+}
 
 fn group_spec(min: i64) -> anyhow::Result<Value> {
     let doc = group_doc("g", min, &[])?;
@@ -117,6 +132,70 @@ async fn two_replicas(cluster: &Cluster) -> anyhow::Result<()> {
         status == 200 && listed.as_array().map(Vec::len) == Some(1),
         "{listed}"
     );
+
+    // Templates: versioned, content-addressed; groups name them and get the hash.
+    let v1 = tar_gz(&[("server.properties", "motd=one\n")])?;
+    let v2 = tar_gz(&[("server.properties", "motd=two\n")])?;
+    let (status, uploaded) = admin_a.put_bytes("/templates/base", v1.clone()).await?;
+    ensure!(
+        status == 201 && uploaded["current"] == 1,
+        "{status} {uploaded}"
+    );
+    let (status, same) = admin_b.put_bytes("/templates/base", v1.clone()).await?;
+    ensure!(
+        status == 200 && same["current"] == 1,
+        "re-upload: {status} {same}"
+    );
+    let (status, second) = admin_b.put_bytes("/templates/base", v2).await?;
+    ensure!(status == 201 && second["current"] == 2, "{status} {second}");
+    let (status, bad) = admin_a
+        .put_bytes("/templates/base", b"not a tarball".to_vec())
+        .await?;
+    ensure!(
+        status == 400 && bad["message"].as_str().unwrap_or("").contains("gzip"),
+        "{status} {bad}"
+    );
+    let (status, escape) = admin_a
+        .put_bytes("/templates/evil", tar_gz_with_raw_path("../outside", "x")?)
+        .await?;
+    ensure!(
+        status == 400 && escape["message"].as_str().unwrap_or("").contains("outside"),
+        "{status} {escape}"
+    );
+    let (status, _) = admin_a
+        .post("/templates/base/rollback", json!({ "version": 1 }))
+        .await?;
+    ensure!(status == 200, "rollback: {status}");
+    let (status, bytes) = admin_b
+        .get_bytes("/templates/base/versions/1/content")
+        .await?;
+    ensure!(
+        status == 200 && bytes == v1,
+        "download of version 1: {status}"
+    );
+    let mut templated = group_spec(0)?;
+    templated["templates"] = json!([{ "name": "base" }]);
+    let (status, with_template) = admin_a
+        .post("/groups", json!({ "name": "hub", "spec": templated }))
+        .await?;
+    ensure!(
+        status == 201
+            && with_template["spec"]["templates"][0]["version"] == 1
+            && with_template["spec"]["templates"][0]["hash"] == uploaded["versions"][0]["hash"],
+        "{status} {with_template}"
+    );
+    templated["templates"] = json!([{ "name": "nope" }]);
+    let (status, missing) = admin_a
+        .post("/groups", json!({ "name": "hub2", "spec": templated }))
+        .await?;
+    ensure!(
+        status == 400 && missing["details"]["fields"][0]["field"] == "templates[0].name",
+        "{status} {missing}"
+    );
+    let (status, _) = admin_a.delete("/templates/base").await?;
+    ensure!(status == 409, "deleting a template in use: {status}");
+    let (status, _) = admin_a.delete("/groups/hub").await?;
+    ensure!(status == 202, "{status}");
 
     // Permissions: a viewer reads but cannot mutate; a scoped token cannot exceed its scope.
     let (status, _) = admin_a

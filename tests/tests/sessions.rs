@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use mongodb::bson::{Document, doc};
-use prexor_acceptance::{Cluster, Proc, binary, free_port, reported_state, stop_all, wait_doc};
+use prexor_acceptance::{
+    Cluster, Proc, binary, free_port, reported_state, stop_all, tar_gz, wait_doc,
+};
 use prexor_coord::{ConsoleStreams, ValkeyBackend};
 use prexor_pki::records;
 use prexor_proto::v1::command::Action;
@@ -167,22 +169,6 @@ async fn lobby(
 
 fn ack(reply: &NodeCommandReply) -> anyhow::Result<&CommandAck> {
     reply.ack.as_ref().context("reply without ack")
-}
-
-/// A tar.gz with the given (path, content) files.
-fn tar_gz(files: &[(&str, &str)]) -> anyhow::Result<Vec<u8>> {
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::default(),
-    ));
-    for (path, content) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(content.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        builder.append_data(&mut header, path, content.as_bytes())?;
-    }
-    Ok(builder.into_inner()?.finish()?)
 }
 
 fn pid_alive(pid: i32) -> bool {

@@ -91,9 +91,15 @@ fn default_cooldown() -> u32 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateRef {
+    /// SHA-256 of the layer. When a spec is written through the API it may be left out and the
+    /// template named instead; the API fills it in.
+    #[serde(default)]
     pub hash: String,
     #[serde(default)]
     pub name: String,
+    /// The template version the hash belongs to (informational once resolved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
 }
 
 /// One problem with a group spec: the field (camelCase path) and what is wrong.
@@ -182,7 +188,12 @@ impl GroupSpec {
             _ => {}
         }
         for (i, template) in self.templates.iter().enumerate() {
-            if !is_sha256_hex(&template.hash) {
+            if template.hash.is_empty() {
+                problem(
+                    &format!("templates[{i}].hash"),
+                    "is missing: give the layer's SHA-256 (the REST API also resolves a template name)".into(),
+                );
+            } else if !is_sha256_hex(&template.hash) {
                 problem(
                     &format!("templates[{i}].hash"),
                     format!("{:?} is not a SHA-256 hash", template.hash),

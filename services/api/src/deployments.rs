@@ -171,6 +171,10 @@ async fn create(
             open.get_str("state").unwrap_or("?")
         )));
     }
+    let mut new = new;
+    if let Some(spec) = new.spec.as_mut() {
+        crate::templates::resolve(&app, spec).await?;
+    }
     let target = match &new.spec {
         Some(spec) => {
             let problems = spec.problems(&name);

@@ -177,9 +177,10 @@ struct NewGroup {
 async fn create(
     State(app): State<App>,
     who: Principal,
-    Body(new): Body<NewGroup>,
+    Body(mut new): Body<NewGroup>,
 ) -> ApiResult<(StatusCode, Json<GroupView>)> {
     who.require("groups:write")?;
+    crate::templates::resolve(&app, &mut new.spec).await?;
     if let Err(err) = prexor_domain::validate_name(&new.name) {
         let mut problems = vec![FieldProblem {
             field: "name".into(),
@@ -228,9 +229,10 @@ async fn update(
     who: Principal,
     Path(name): Path<String>,
     headers: HeaderMap,
-    Body(change): Body<GroupUpdate>,
+    Body(mut change): Body<GroupUpdate>,
 ) -> ApiResult<Json<GroupView>> {
     who.require("groups:write")?;
+    crate::templates::resolve(&app, &mut change.spec).await?;
     validate(&name, &change.spec)?;
     let if_match = match headers.get("if-match") {
         Some(value) => Some(

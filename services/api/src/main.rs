@@ -12,6 +12,7 @@ mod json;
 mod nodes;
 mod permissions;
 mod system;
+mod templates;
 mod users;
 mod workload;
 
@@ -92,6 +93,7 @@ async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
         .merge(deployments::routes())
         .merge(instances::routes())
         .merge(nodes::routes())
+        .merge(templates::routes())
         .merge(events::routes())
         .merge(workload::routes())
         .fallback(error::not_found)

@@ -1,0 +1,443 @@
+//! Templates: named, versioned tar.gz layers, stored content-addressed in MongoDB (`blobs`, by
+//! SHA-256). Groups refer to a layer by hash, or by name (and optionally version), which the API
+//! resolves to the hash when the spec is written, so an instance's plan names exactly the bytes it
+//! runs. Moving a template's current version (upload, rollback) changes nothing that runs: the next
+//! group update or deployment picks it up.
+
+use std::io::Read;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use mongodb::bson::{Document, doc};
+use prexor_domain::{GroupSpec, is_sha256_hex, now_ms};
+use serde::Deserialize;
+
+use crate::app::App;
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult, Body};
+
+pub const TEMPLATES: &str = "templates";
+/// Largest template layer accepted.
+pub const TEMPLATE_LIMIT: usize = 256 * 1024 * 1024;
+
+pub fn routes() -> Router<App> {
+    Router::new()
+        .route("/templates", get(list))
+        .route(
+            "/templates/{name}",
+            get(show)
+                .put(upload)
+                .delete(remove)
+                .layer(DefaultBodyLimit::max(TEMPLATE_LIMIT)),
+        )
+        .route("/templates/{name}/rollback", post(rollback))
+        .route("/templates/{name}/versions/{version}/content", get(content))
+}
+
+async fn find(app: &App, name: &str) -> ApiResult<Document> {
+    let store = app.store();
+    store
+        .bounded(
+            "reading a template",
+            store.documents(TEMPLATES).find_one(doc! { "_id": name }),
+        )
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no template {name:?}")))
+}
+
+fn versions(template: &Document) -> Vec<Document> {
+    template
+        .get_array("versions")
+        .map(|a| a.iter().filter_map(|v| v.as_document().cloned()).collect())
+        .unwrap_or_default()
+}
+
+fn version_of(template: &Document, version: i64) -> Option<Document> {
+    versions(template)
+        .into_iter()
+        .find(|v| v.get_i64("version") == Ok(version))
+}
+
+fn current(template: &Document) -> Option<Document> {
+    version_of(template, template.get_i64("current").ok()?)
+}
+
+async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    who.require("templates:read")?;
+    let templates = app
+        .store()
+        .find_sorted(
+            TEMPLATES,
+            "listing templates",
+            doc! {},
+            doc! { "_id": 1 },
+            None,
+        )
+        .await?;
+    Ok(Json(
+        templates
+            .into_iter()
+            .map(|t| {
+                let head = current(&t);
+                serde_json::json!({
+                    "name": t.get_str("_id").unwrap_or_default(),
+                    "current": t.get_i64("current").ok(),
+                    "hash": head.as_ref().and_then(|v| v.get_str("hash").ok()),
+                    "size": head.as_ref().and_then(|v| v.get_i64("size").ok()),
+                    "versions": versions(&t).len(),
+                })
+            })
+            .collect(),
+    ))
+}
+
+async fn show(
+    State(app): State<App>,
+    who: Principal,
+    Path(name): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    who.require("templates:read")?;
+    Ok(Json(crate::json::record(find(&app, &name).await?)))
+}
+
+/// Checks that `bytes` is a gzip-compressed tar whose entries stay inside the directory it is
+/// unpacked in; the problem otherwise.
+fn check_archive(bytes: &[u8]) -> Result<usize, String> {
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return Err("the body is not gzip-compressed (send a .tar.gz)".into());
+    }
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let mut files = 0;
+    for entry in archive
+        .entries()
+        .map_err(|e| format!("not a tar.gz: {e}"))?
+    {
+        let mut entry = entry.map_err(|e| format!("the archive is corrupt: {e}"))?;
+        let path = entry
+            .path()
+            .map_err(|e| format!("an entry has an unreadable name: {e}"))?
+            .into_owned();
+        let escapes = |p: &std::path::Path| {
+            p.components().any(|c| {
+                matches!(
+                    c,
+                    std::path::Component::ParentDir
+                        | std::path::Component::RootDir
+                        | std::path::Component::Prefix(_)
+                )
+            })
+        };
+        if escapes(&path) {
+            return Err(format!(
+                "{} points outside the instance directory",
+                path.display()
+            ));
+        }
+        if let Ok(Some(target)) = entry.link_name()
+            && escapes(&target)
+        {
+            return Err(format!(
+                "{} links to {}, outside the instance directory",
+                path.display(),
+                target.display()
+            ));
+        }
+        // Read through the entry so a truncated archive is noticed here, not on a node.
+        std::io::copy(&mut entry.by_ref().take(u64::MAX), &mut std::io::sink())
+            .map_err(|e| format!("the archive is corrupt at {}: {e}", path.display()))?;
+        files += 1;
+    }
+    if files == 0 {
+        return Err("the archive is empty".into());
+    }
+    Ok(files)
+}
+
+/// `PUT /templates/{name}` with a tar.gz body: a new version (201), or the current one again if
+/// the bytes are the same (200).
+async fn upload(
+    State(app): State<App>,
+    who: Principal,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    who.require("templates:write")?;
+    prexor_domain::validate_name(&name).map_err(|e| ApiError::field("name", e.to_string()))?;
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                format!(
+                    "a template layer may be at most {} MiB",
+                    TEMPLATE_LIMIT / 1024 / 1024
+                ),
+            )
+        } else {
+            ApiError::bad_request(format!("cannot read the body: {e}"))
+        }
+    })?;
+    let checked = bytes.clone();
+    let files = tokio::task::spawn_blocking(move || check_archive(&checked))
+        .await
+        .map_err(|e| ApiError::internal(format!("checking the archive failed: {e}")))?
+        .map_err(|problem| ApiError::field("body", problem))?;
+    let store = app.store();
+    let hash = store.put_blob(&bytes).await?;
+    let existing = store
+        .bounded(
+            "reading a template",
+            store.documents(TEMPLATES).find_one(doc! { "_id": &name }),
+        )
+        .await?;
+    if let Some(template) = &existing
+        && current(template).is_some_and(|v| v.get_str("hash") == Ok(hash.as_str()))
+    {
+        return Ok((StatusCode::OK, Json(crate::json::record(template.clone()))));
+    }
+    let next = existing.as_ref().map_or(1, |t| {
+        versions(t)
+            .iter()
+            .filter_map(|v| v.get_i64("version").ok())
+            .max()
+            .unwrap_or(0)
+            + 1
+    });
+    let version = doc! {
+        "version": next,
+        "hash": &hash,
+        "size": bytes.len() as i64,
+        "files": files as i64,
+        "uploadedBy": &who.user,
+        "uploadedAtMs": now_ms(),
+    };
+    // Compare-and-set on the version count: two concurrent uploads never get the same number.
+    let filter = match &existing {
+        Some(t) => doc! { "_id": &name, "versions": { "$size": versions(t).len() as i64 } },
+        None => doc! { "_id": &name },
+    };
+    let written = store
+        .bounded(
+            "recording the template version",
+            store
+                .documents(TEMPLATES)
+                .update_one(
+                    filter,
+                    doc! { "$push": { "versions": &version }, "$set": { "current": next } },
+                )
+                .upsert(existing.is_none()),
+        )
+        .await;
+    match written {
+        Ok(result) if result.matched_count == 1 || result.upserted_id.is_some() => {}
+        Ok(_) => {
+            return Err(ApiError::conflict(format!(
+                "template {name:?} changed concurrently; upload again"
+            )));
+        }
+        Err(err) if err.is_duplicate_key() => {
+            return Err(ApiError::conflict(format!(
+                "template {name:?} was created concurrently; upload again"
+            )));
+        }
+        Err(err) => return Err(err.into()),
+    }
+    app.audit::<(), _>(&who, "template.upload", &name, None, Some(&version))
+        .await;
+    app.service
+        .events
+        .publish(
+            "TEMPLATE_UPLOADED",
+            &name,
+            serde_json::json!({ "version": next, "hash": &hash }),
+        )
+        .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(crate::json::record(find(&app, &name).await?)),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rollback {
+    version: i64,
+}
+
+async fn rollback(
+    State(app): State<App>,
+    who: Principal,
+    Path(name): Path<String>,
+    Body(request): Body<Rollback>,
+) -> ApiResult<Json<serde_json::Value>> {
+    who.require("templates:write")?;
+    let template = find(&app, &name).await?;
+    if version_of(&template, request.version).is_none() {
+        return Err(ApiError::field(
+            "version",
+            format!("template {name:?} has no version {}", request.version),
+        ));
+    }
+    let before = template.get_i64("current").ok();
+    let store = app.store();
+    store
+        .bounded(
+            "moving the template's current version",
+            store.documents(TEMPLATES).update_one(
+                doc! { "_id": &name },
+                doc! { "$set": { "current": request.version } },
+            ),
+        )
+        .await?;
+    app.audit(
+        &who,
+        "template.rollback",
+        &name,
+        Some(&before),
+        Some(&request.version),
+    )
+    .await;
+    Ok(Json(crate::json::record(find(&app, &name).await?)))
+}
+
+async fn content(
+    State(app): State<App>,
+    who: Principal,
+    Path((name, version)): Path<(String, i64)>,
+) -> ApiResult<Response> {
+    who.require("templates:read")?;
+    let template = find(&app, &name).await?;
+    let hash = version_of(&template, version)
+        .and_then(|v| v.get_str("hash").ok().map(str::to_owned))
+        .ok_or_else(|| {
+            ApiError::not_found(format!("template {name:?} has no version {version}"))
+        })?;
+    let bytes = app.store().get_blob(&hash).await?.ok_or_else(|| {
+        ApiError::internal(format!("the blob {hash} of {name}@{version} is missing"))
+    })?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/gzip".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}-{version}.tar.gz\""),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+async fn remove(
+    State(app): State<App>,
+    who: Principal,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    who.require("templates:write")?;
+    let template = find(&app, &name).await?;
+    let hashes: Vec<String> = versions(&template)
+        .iter()
+        .filter_map(|v| v.get_str("hash").ok().map(str::to_owned))
+        .collect();
+    let groups = app
+        .store()
+        .find_all(
+            prexor_store::GROUPS,
+            "finding the template's users",
+            doc! {},
+        )
+        .await?;
+    let users: Vec<&str> = groups
+        .iter()
+        .filter(|g| {
+            g.get_document("spec")
+                .ok()
+                .and_then(|s| s.get_array("templates").ok())
+                .is_some_and(|refs| {
+                    refs.iter().filter_map(|r| r.as_document()).any(|r| {
+                        r.get_str("name") == Ok(name.as_str())
+                            || r.get_str("hash")
+                                .is_ok_and(|h| hashes.iter().any(|x| x == h))
+                    })
+                })
+        })
+        .filter_map(|g| g.get_str("_id").ok())
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "template {name:?} is used by group(s) {}; remove it from them first",
+            users.join(", ")
+        )));
+    }
+    let store = app.store();
+    store
+        .bounded(
+            "deleting a template",
+            store.documents(TEMPLATES).delete_one(doc! { "_id": &name }),
+        )
+        .await?;
+    app.audit(
+        &who,
+        "template.delete",
+        &name,
+        Some(&crate::json::record(template)),
+        None::<&()>,
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Resolves every template reference of `spec` to a hash: by name (the pinned `version`, else the
+/// current one); a given hash must be a stored layer. 400 naming the reference otherwise.
+pub async fn resolve(app: &App, spec: &mut GroupSpec) -> ApiResult<()> {
+    for (i, reference) in spec.templates.iter_mut().enumerate() {
+        if reference.hash.is_empty() {
+            if reference.name.is_empty() {
+                return Err(ApiError::field(
+                    &format!("templates[{i}]"),
+                    "give the template's name (and optionally version) or a layer hash",
+                ));
+            }
+            let template = find(app, &reference.name).await.map_err(|_| {
+                ApiError::field(
+                    &format!("templates[{i}].name"),
+                    format!("no template {:?}; upload it first", reference.name),
+                )
+            })?;
+            let chosen = match reference.version {
+                Some(v) => version_of(&template, i64::from(v)),
+                None => current(&template),
+            }
+            .ok_or_else(|| {
+                ApiError::field(
+                    &format!("templates[{i}].version"),
+                    format!(
+                        "template {:?} has no version {}",
+                        reference.name,
+                        reference
+                            .version
+                            .map_or("current".into(), |v| v.to_string())
+                    ),
+                )
+            })?;
+            reference.hash = chosen.get_str("hash").unwrap_or_default().to_owned();
+            reference.version = chosen.get_i64("version").ok().map(|v| v as u32);
+        } else if is_sha256_hex(&reference.hash)
+            && app.store().blob_size(&reference.hash).await?.is_none()
+        {
+            return Err(ApiError::field(
+                &format!("templates[{i}].hash"),
+                format!(
+                    "no stored layer {}; upload it as a template first",
+                    reference.hash
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
