@@ -4,6 +4,7 @@ use anyhow::{Context, bail};
 use serde::de::DeserializeOwned;
 
 /// HTTP client for one controller URL.
+#[derive(Clone)]
 pub struct Client {
     base: String,
     token: Option<String>,
@@ -35,7 +36,7 @@ impl Client {
     /// GETs `/api/v1{path}` and decodes the JSON answer; API errors are reported with their
     /// code and message.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.call(reqwest::Method::GET, path, None).await
+        self.execute(reqwest::Method::GET, path, |r| r).await
     }
 
     /// Sends `body` to `/api/v1{path}` and decodes the JSON answer (`null` for no content).
@@ -45,42 +46,73 @@ impl Client {
         path: &str,
         body: serde_json::Value,
     ) -> anyhow::Result<T> {
-        self.call(method, path, Some(body)).await
+        self.execute(method, path, |r| r.json(&body)).await
     }
 
-    async fn call<T: DeserializeOwned>(
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.execute(reqwest::Method::DELETE, path, |r| r).await
+    }
+
+    /// PUTs a file's bytes (a template layer).
+    pub async fn put_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        bytes: Vec<u8>,
+    ) -> anyhow::Result<T> {
+        self.execute(reqwest::Method::PUT, path, |r| {
+            r.header("content-type", "application/gzip")
+                .timeout(Duration::from_secs(600))
+                .body(bytes)
+        })
+        .await
+    }
+
+    /// Opens a server-sent event stream at `/api/v1{path}`.
+    pub async fn stream(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let mut request = self
+            .http
+            .get(&url)
+            .header("accept", "text/event-stream")
+            .timeout(Duration::from_secs(365 * 24 * 3600));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.with_context(|| self.unreachable())?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            bail!("GET {url} answered {status}: {}", detail(&body));
+        }
+        Ok(response)
+    }
+
+    fn unreachable(&self) -> String {
+        format!(
+            "cannot reach the controller at {}; check --controller or PREXOR_CONTROLLER",
+            self.base
+        )
+    }
+
+    async fn execute<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<serde_json::Value>,
+        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> anyhow::Result<T> {
         let url = format!("{}/api/v1{path}", self.base);
         let mut request = self.http.request(method.clone(), &url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.with_context(|| {
-            format!(
-                "cannot reach the controller at {}; check --controller or PREXOR_CONTROLLER",
-                self.base
-            )
-        })?;
+        let response = build(request)
+            .send()
+            .await
+            .with_context(|| self.unreachable())?;
         let status = response.status();
         let body = response.text().await.context("reading the answer")?;
         if !status.is_success() {
-            let detail = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| {
-                    Some(format!(
-                        "{}: {}",
-                        v.get("code")?.as_str()?,
-                        v.get("message")?.as_str()?
-                    ))
-                })
-                .unwrap_or(body);
+            let detail = detail(&body);
             if status == reqwest::StatusCode::UNAUTHORIZED {
                 bail!("{method} {url} answered {status}: {detail}\nsign in with `prexorctl login`");
             }
@@ -94,4 +126,48 @@ impl Client {
         serde_json::from_str(&body)
             .with_context(|| format!("{method} {url} answered with unexpected JSON"))
     }
+}
+
+/// `CODE: message` of an API error body (the body itself if it is not one).
+fn detail(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            Some(format!(
+                "{}: {}",
+                v.get("code")?.as_str()?,
+                v.get("message")?.as_str()?
+            ))
+        })
+        .unwrap_or_else(|| body.to_owned())
+}
+
+/// Reads server-sent events from `response`, calling `each(event, data)` until it returns
+/// `false` or the stream ends.
+pub async fn read_events(
+    mut response: reqwest::Response,
+    mut each: impl FnMut(&str, &str) -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let mut buffer = String::new();
+    while let Some(chunk) = response.chunk().await? {
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (mut event, mut data) = (String::new(), Vec::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+                }
+            }
+            if data.is_empty() && event.is_empty() {
+                continue;
+            }
+            if !each(&event, &data.join("\n"))? {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }

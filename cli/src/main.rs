@@ -2,6 +2,8 @@
 
 mod client;
 mod contexts;
+mod ops;
+mod render;
 mod session;
 mod status;
 
@@ -33,6 +35,7 @@ struct Cli {
 pub enum Output {
     Table,
     Json,
+    Yaml,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +66,43 @@ enum Command {
         #[command(subcommand)]
         command: ContextCommand,
     },
+    /// Server groups.
+    #[command(subcommand, alias = "group")]
+    Groups(ops::GroupCommand),
+    /// Game server instances.
+    #[command(subcommand, alias = "instance")]
+    Instances(ops::InstanceCommand),
+    /// Hosts running a daemon.
+    #[command(subcommand, alias = "node")]
+    Nodes(ops::NodeCommand),
+    /// Versioned template layers.
+    #[command(subcommand, alias = "template")]
+    Templates(ops::TemplateCommand),
+    /// Rolling deployments.
+    #[command(subcommand, alias = "deployment")]
+    Deployments(ops::DeploymentCommand),
+    /// API tokens.
+    #[command(subcommand, alias = "token")]
+    Tokens(ops::TokenCommand),
+    /// Users.
+    #[command(subcommand, alias = "user")]
+    Users(ops::UserCommand),
+    /// Roles.
+    #[command(subcommand, alias = "role")]
+    Roles(ops::RoleCommand),
+    /// The audit log, newest first.
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Follow domain events from any replica.
+    Events {
+        /// Comma-separated event types (default: all).
+        #[arg(long)]
+        types: Option<String>,
+    },
+    /// Shell completions: `prexorctl completions bash > /etc/bash_completion.d/prexorctl`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,6 +161,26 @@ fn main() -> ExitCode {
             Command::Context {
                 command: ContextCommand::Use { name },
             } => session::use_context(&name),
+            Command::Groups(command) => ops::groups(&client, command, cli.output).await,
+            Command::Instances(command) => ops::instances(&client, command, cli.output).await,
+            Command::Nodes(command) => ops::nodes(&client, command, cli.output).await,
+            Command::Templates(command) => ops::templates(&client, command, cli.output).await,
+            Command::Deployments(command) => ops::deployments(&client, command, cli.output).await,
+            Command::Tokens(command) => ops::tokens(&client, command, cli.output).await,
+            Command::Users(command) => ops::users(&client, command, cli.output).await,
+            Command::Roles(command) => ops::roles(&client, command, cli.output).await,
+            Command::Audit { limit } => ops::audit(&client, limit, cli.output).await,
+            Command::Events { types } => ops::events(&client, types).await,
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "prexorctl",
+                    &mut std::io::stdout(),
+                );
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Status => status::status(&client, cli.output).await,
             Command::System {
                 command: SystemCommand::Info,

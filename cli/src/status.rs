@@ -55,7 +55,7 @@ pub async fn status(client: &Client, output: Output) -> anyhow::Result<ExitCode>
             .iter()
             .all(|r| r.ready && r.clock.synchronized);
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&raw)?),
+        Output::Json | Output::Yaml => crate::render::object(&raw, output)?,
         Output::Table => {
             let mut table = Table::new();
             table.load_preset(UTF8_FULL_CONDENSED).set_header([
@@ -119,23 +119,6 @@ pub async fn status(client: &Client, output: Output) -> anyhow::Result<ExitCode>
 /// `prexorctl system info`.
 pub async fn info(client: &Client, output: Output) -> anyhow::Result<ExitCode> {
     let info: Value = client.get("/system/info").await?;
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&info)?),
-        Output::Table => {
-            let mut table = Table::new();
-            table.load_preset(UTF8_FULL_CONDENSED);
-            if let Some(fields) = info.as_object() {
-                for (key, value) in fields {
-                    let value = match value {
-                        Value::String(s) => s.clone(),
-                        Value::Null => "-".into(),
-                        other => other.to_string(),
-                    };
-                    table.add_row([key.clone(), value]);
-                }
-            }
-            println!("{table}");
-        }
-    }
+    crate::render::object(&info, output)?;
     Ok(ExitCode::SUCCESS)
 }

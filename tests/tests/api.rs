@@ -334,6 +334,7 @@ async fn operator_actions(cluster: &Cluster) -> anyhow::Result<()> {
     api.wait_ready(READY_WITHIN).await?;
     scheduler.wait_ready(READY_WITHIN).await?;
     let rest: Rest = api.rest(&api.login("admin", &password).await?);
+    let api_url = api.http.clone();
 
     let (status, body) = rest
         .post("/groups", json!({ "name": "hub", "spec": group_spec(1)? }))
@@ -365,6 +366,35 @@ async fn operator_actions(cluster: &Cluster) -> anyhow::Result<()> {
         }
         ensure!(std::time::Instant::now() < deadline, "no echo");
     }
+
+    // prexorctl does the same through the API.
+    let ctl = |args: &[&str]| -> anyhow::Result<String> {
+        let output = std::process::Command::new(prexor_acceptance::binary("prexorctl")?)
+            .args(["--controller", &api_url, "--token", &rest.token])
+            .args(args)
+            .env("PREXORCTL_CONFIG", cluster.dir.join("prexorctl.json"))
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "prexorctl {args:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8(output.stdout)?)
+    };
+    let listed: Value = serde_json::from_str(&ctl(&["instances", "list", "-o", "json"])?)?;
+    ensure!(listed[0]["id"] == "hub-1", "{listed}");
+    let table = ctl(&["groups", "list"])?;
+    ensure!(
+        table.contains("hub") && table.contains("RUNNING=1"),
+        "{table}"
+    );
+    ctl(&["nodes", "cordon", "node-1"])?;
+    let (_, node) = rest.get("/nodes/node-1").await?;
+    ensure!(node["cordoned"] == true, "{node}");
+    ctl(&["nodes", "uncordon", "node-1"])?;
+    let yaml = ctl(&["nodes", "get", "node-1", "-o", "yaml"])?;
+    ensure!(yaml.contains("cordoned: false"), "{yaml}");
 
     // Stop through the API: the holder stops it and the STATIC group starts it again.
     let (status, body) = rest.post("/instances/hub-1/stop", json!({})).await?;

@@ -122,7 +122,7 @@ async fn crashes(
         .find_sorted(
             CRASHES,
             "reading crash records",
-            doc! { "instance": &id },
+            doc! { "instanceId": &id },
             doc! { "atMs": -1 },
             Some(100),
         )

@@ -46,6 +46,10 @@ const CRASH_LOOP_CRASHES: u64 = 3;
 const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(300);
 /// ...pauses new placements for this long, doubled each time it recurs (at most 30 min).
 const CRASH_LOOP_PAUSE: Duration = Duration::from_secs(30);
+/// Dispatches of one plan that a node could not take (TRANSIENT, or no gateway reached it)
+/// before the instance is given up and placed again.
+const START_RETRIES: i64 = 8;
+const CRASHES: &str = "crashes";
 /// How long a port that a foreign process holds stays out of placement on that node.
 const PORT_BLOCK: Duration = Duration::from_secs(60);
 
@@ -117,6 +121,8 @@ struct Instance {
     memory_mb: u64,
     attempt: i64,
     next_attempt_at_ms: i64,
+    /// Dispatches of the current plan that the node could not take yet.
+    dispatch_retries: i64,
     plan: Option<Document>,
     reported_state: Option<String>,
     reported_plan_hash: Option<String>,
@@ -137,6 +143,7 @@ impl Instance {
             memory_mb: doc.get_i64("memoryMb").unwrap_or_default() as u64,
             attempt: doc.get_i64("attempt").unwrap_or_default(),
             next_attempt_at_ms: doc.get_i64("nextAttemptAtMs").unwrap_or_default(),
+            dispatch_retries: doc.get_i64("dispatchRetries").unwrap_or_default(),
             plan: doc.get_document("plan").ok().cloned(),
             reported_state: reported.and_then(|r| r.get_str("state").ok().map(str::to_string)),
             reported_plan_hash: reported
@@ -216,7 +223,7 @@ impl Groups {
             store.find_all(STRAYS, "listing stray instances", scoped(doc! {})),
             store.find_all(NODES, "listing nodes", doc! {}),
             store.find_all(
-                "crashes",
+                CRASHES,
                 "reading recent crashes",
                 scoped(doc! { "atMs": { "$gt": window } })
             ),
@@ -820,6 +827,7 @@ impl Groups {
                             memory_mb: need as u64,
                             attempt,
                             next_attempt_at_ms: 0,
+                            dispatch_retries: 0,
                             plan: Some(plan),
                             reported_state: None,
                             reported_plan_hash: None,
@@ -869,7 +877,8 @@ impl Groups {
                     self.block_port(&instance.node, instance.port).await?;
                 }
                 AckResult::Transient => {
-                    self.retry_later(lease, instance, u64::from(ack.retry_after_ms).max(1000))
+                    let hint = u64::from(ack.retry_after_ms);
+                    self.retry_later(lease, instance, hint, &ack.message)
                         .await?;
                 }
                 AckResult::Permanent | AckResult::Unspecified => {
@@ -892,7 +901,7 @@ impl Groups {
             },
             Err(reason) => {
                 tracing::info!(instance = %instance.id, node = %instance.node, "dispatch deferred: {reason}");
-                self.retry_later(lease, instance, 2000).await?;
+                self.retry_later(lease, instance, 0, &reason).await?;
             }
         }
         Ok(())
@@ -919,23 +928,55 @@ impl Groups {
         }
     }
 
+    /// The start-retry intent: the plan is dispatched again after a backoff (doubling from 1 s,
+    /// at most 30 s, never sooner than the daemon's hint), at most [`START_RETRIES`] times; then
+    /// the instance is given up as CRASHED with a crash record (so a group whose instances never
+    /// start pauses like a crash loop) and placed again as a new attempt.
     async fn retry_later(
         &self,
         lease: &Lease,
         instance: &mut Instance,
-        after_ms: u64,
+        hint_ms: u64,
+        reason: &str,
     ) -> anyhow::Result<()> {
-        let at = now_ms() + after_ms as i64;
+        let retries = instance.dispatch_retries + 1;
+        if retries > START_RETRIES {
+            let detail = format!("not started after {START_RETRIES} retries: {reason}");
+            self.write(
+                lease,
+                vec![
+                    Write::update_one(
+                        CRASHES,
+                        doc! { "_id": format!("{}@{}", instance.id, now_ms()) },
+                        doc! { "$set": {
+                            "instanceId": &instance.id,
+                            "nodeId": &instance.node,
+                            "group": &instance.group,
+                            "planHash": &instance.plan_hash,
+                            "exitCode": Bson::Null,
+                            "detail": &detail,
+                            "atMs": now_ms(),
+                        } },
+                    )
+                    .upsert(),
+                ],
+            )
+            .await?;
+            metrics::counter!("prexor_scheduler_start_retries_exhausted_total").increment(1);
+            return self.finish(lease, instance, CRASHED, &detail).await;
+        }
+        let at = now_ms() + start_backoff_ms(retries, hint_ms) as i64;
         self.write(
             lease,
             vec![Write::update_one(
                 INSTANCES,
                 doc! { "_id": &instance.id, "planHash": &instance.plan_hash },
-                doc! { "$set": { "nextAttemptAtMs": at } },
+                doc! { "$set": { "nextAttemptAtMs": at, "dispatchRetries": retries, "lastDispatchError": reason } },
             )],
         )
         .await?;
         instance.next_attempt_at_ms = at;
+        instance.dispatch_retries = retries;
         Ok(())
     }
 
@@ -1229,6 +1270,13 @@ impl Groups {
     }
 }
 
+/// The wait before the `retries`-th dispatch retry: doubling from 1 s to at most 30 s, never
+/// sooner than the daemon's hint.
+fn start_backoff_ms(retries: i64, hint_ms: u64) -> u64 {
+    let doubling = 1000u64 << (retries.max(1) - 1).min(5);
+    doubling.min(30_000).max(hint_ms)
+}
+
 /// The instances a DYNAMIC group keeps at `target`: the fullest running ones, then the lowest
 /// free names `<group>-<k>`; the emptiest ones are the first to go.
 fn dynamic_names(
@@ -1354,5 +1402,58 @@ fn composition_plan(group: &str, instance: &Instance, plan: &Document) -> Compos
                     .collect()
             })
             .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_retries_back_off_and_honour_the_hint() {
+        let waits: Vec<u64> = (1..=8).map(|n| start_backoff_ms(n, 0)).collect();
+        assert_eq!(waits, [1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+        assert_eq!(start_backoff_ms(1, 5000), 5000);
+    }
+
+    fn instance(id: &str, state: &str) -> Instance {
+        Instance {
+            id: id.into(),
+            group: "g".into(),
+            spec_hash: String::new(),
+            node: "n".into(),
+            state: state.into(),
+            plan_hash: String::new(),
+            port: 0,
+            memory_mb: 0,
+            attempt: 1,
+            next_attempt_at_ms: 0,
+            dispatch_retries: 0,
+            plan: None,
+            reported_state: None,
+            reported_plan_hash: None,
+            reported_detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_dynamic_group_keeps_its_fullest_instances_and_fills_the_lowest_names() {
+        let (a, b, c) = (
+            instance("g-1", RUNNING),
+            instance("g-2", RUNNING),
+            instance("g-4", RUNNING),
+        );
+        let active: BTreeMap<String, &Instance> = [&a, &b, &c]
+            .into_iter()
+            .map(|i| (i.id.clone(), i))
+            .collect();
+        let players: HashMap<String, u64> = [("g-2".to_string(), 5), ("g-4".to_string(), 9)]
+            .into_iter()
+            .collect();
+        assert_eq!(dynamic_names("g", 2, &active, &players), ["g-4", "g-2"]);
+        assert_eq!(
+            dynamic_names("g", 5, &active, &players),
+            ["g-4", "g-2", "g-1", "g-3", "g-5"]
+        );
     }
 }
