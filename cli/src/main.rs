@@ -81,6 +81,9 @@ enum Command {
     /// Rolling deployments.
     #[command(subcommand, alias = "deployment")]
     Deployments(ops::DeploymentCommand),
+    /// Platform modules.
+    #[command(subcommand, alias = "module")]
+    Modules(ops::ModuleCommand),
     /// API tokens.
     #[command(subcommand, alias = "token")]
     Tokens(ops::TokenCommand),
@@ -166,6 +169,7 @@ fn main() -> ExitCode {
             Command::Nodes(command) => ops::nodes(&client, command, cli.output).await,
             Command::Templates(command) => ops::templates(&client, command, cli.output).await,
             Command::Deployments(command) => ops::deployments(&client, command, cli.output).await,
+            Command::Modules(command) => ops::modules(&client, command, cli.output).await,
             Command::Tokens(command) => ops::tokens(&client, command, cli.output).await,
             Command::Users(command) => ops::users(&client, command, cli.output).await,
             Command::Roles(command) => ops::roles(&client, command, cli.output).await,

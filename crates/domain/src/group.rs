@@ -33,6 +33,10 @@ pub struct GroupSpec {
     /// No new instances while set.
     #[serde(default)]
     pub maintenance: bool,
+    /// Platform modules (installed cluster-wide) whose active version goes into every instance,
+    /// unpacked after the templates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<String>,
     /// Console `stop`, then SIGKILL after this many seconds.
     #[serde(default = "default_grace")]
     pub stop_grace_seconds: u32,
@@ -187,6 +191,11 @@ impl GroupSpec {
             }
             _ => {}
         }
+        for (i, module) in self.modules.iter().enumerate() {
+            if let Err(e) = validate_name(module) {
+                problem(&format!("modules[{i}]"), format!("{module:?} {e}"));
+            }
+        }
         for (i, template) in self.templates.iter().enumerate() {
             if template.hash.is_empty() {
                 problem(
@@ -226,6 +235,7 @@ mod tests {
             env: BTreeMap::new(),
             affinity: BTreeMap::new(),
             maintenance: false,
+            modules: vec![],
             stop_grace_seconds: 30,
         }
     }

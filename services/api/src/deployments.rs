@@ -174,6 +174,7 @@ async fn create(
     let mut new = new;
     if let Some(spec) = new.spec.as_mut() {
         crate::templates::resolve(&app, spec).await?;
+        crate::modules::check_attached(&app, &spec.modules).await?;
     }
     let target = match &new.spec {
         Some(spec) => {

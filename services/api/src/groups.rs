@@ -181,6 +181,7 @@ async fn create(
 ) -> ApiResult<(StatusCode, Json<GroupView>)> {
     who.require("groups:write")?;
     crate::templates::resolve(&app, &mut new.spec).await?;
+    crate::modules::check_attached(&app, &new.spec.modules).await?;
     if let Err(err) = prexor_domain::validate_name(&new.name) {
         let mut problems = vec![FieldProblem {
             field: "name".into(),
@@ -233,6 +234,7 @@ async fn update(
 ) -> ApiResult<Json<GroupView>> {
     who.require("groups:write")?;
     crate::templates::resolve(&app, &mut change.spec).await?;
+    crate::modules::check_attached(&app, &change.spec.modules).await?;
     validate(&name, &change.spec)?;
     let if_match = match headers.get("if-match") {
         Some(value) => Some(

@@ -9,6 +9,7 @@ mod events;
 mod groups;
 mod instances;
 mod json;
+mod modules;
 mod nodes;
 mod permissions;
 mod system;
@@ -94,6 +95,7 @@ async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
         .merge(instances::routes())
         .merge(nodes::routes())
         .merge(templates::routes())
+        .merge(modules::routes())
         .merge(events::routes())
         .merge(workload::routes())
         .fallback(error::not_found)

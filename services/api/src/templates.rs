@@ -158,23 +158,22 @@ fn check_archive(bytes: &[u8]) -> Result<usize, String> {
     Ok(files)
 }
 
-/// `PUT /templates/{name}` with a tar.gz body: a new version (201), or the current one again if
-/// the bytes are the same (200).
-async fn upload(
-    State(app): State<App>,
-    who: Principal,
-    Path(name): Path<String>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    who.require("templates:write")?;
-    prexor_domain::validate_name(&name).map_err(|e| ApiError::field("name", e.to_string()))?;
+/// A checked layer, stored.
+pub struct Layer {
+    pub hash: String,
+    pub size: usize,
+    pub files: usize,
+}
+
+/// Reads a tar.gz request body, checks it ([`check_archive`]) and stores it content-addressed.
+pub async fn receive_layer(app: &App, body: Result<Bytes, BytesRejection>) -> ApiResult<Layer> {
     let bytes = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "PAYLOAD_TOO_LARGE",
                 format!(
-                    "a template layer may be at most {} MiB",
+                    "a layer may be at most {} MiB",
                     TEMPLATE_LIMIT / 1024 / 1024
                 ),
             )
@@ -187,8 +186,26 @@ async fn upload(
         .await
         .map_err(|e| ApiError::internal(format!("checking the archive failed: {e}")))?
         .map_err(|problem| ApiError::field("body", problem))?;
+    let hash = app.store().put_blob(&bytes).await?;
+    Ok(Layer {
+        hash,
+        size: bytes.len(),
+        files,
+    })
+}
+
+/// `PUT /templates/{name}` with a tar.gz body: a new version (201), or the current one again if
+/// the bytes are the same (200).
+async fn upload(
+    State(app): State<App>,
+    who: Principal,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    who.require("templates:write")?;
+    prexor_domain::validate_name(&name).map_err(|e| ApiError::field("name", e.to_string()))?;
+    let Layer { hash, size, files } = receive_layer(&app, body).await?;
     let store = app.store();
-    let hash = store.put_blob(&bytes).await?;
     let existing = store
         .bounded(
             "reading a template",
@@ -211,7 +228,7 @@ async fn upload(
     let version = doc! {
         "version": next,
         "hash": &hash,
-        "size": bytes.len() as i64,
+        "size": size as i64,
         "files": files as i64,
         "uploadedBy": &who.user,
         "uploadedAtMs": now_ms(),

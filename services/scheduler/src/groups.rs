@@ -680,6 +680,9 @@ impl Groups {
         attempt: i64,
         lease: &Lease,
     ) -> anyhow::Result<Option<Instance>> {
+        let Some(module_layers) = self.module_layers(group, spec).await? else {
+            return Ok(None);
+        };
         let nodes: Vec<Document> = self
             .store
             .find_all(
@@ -766,7 +769,7 @@ impl Groups {
                 .filter(|p| !used.contains(&i64::from(*p)));
             for port in ports.take(3) {
                 let token = workload_token(id);
-                let plan = plan_doc(group, spec, id, port, &token);
+                let plan = plan_doc(group, spec, id, port, &token, &module_layers);
                 let plan_hash = plan_hash(&plan, id, attempt, revision);
                 let placed = self
                     .write(
@@ -1043,6 +1046,43 @@ impl Groups {
                 serde_json::json!({ "group": group, "state": state, "detail": detail }),
             )
             .await;
+    }
+
+    /// The active version of each module the group attaches, as plan layers; `None` (nothing is
+    /// placed) while one of them is not installed.
+    async fn module_layers(
+        &self,
+        group: &str,
+        spec: &GroupSpec,
+    ) -> anyhow::Result<Option<Vec<Document>>> {
+        if spec.modules.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let found = self
+            .store
+            .find_all(
+                crate::modules::MODULES,
+                "reading the group's modules",
+                doc! { "_id": { "$in": &spec.modules } },
+            )
+            .await?;
+        let mut layers = Vec::new();
+        for name in &spec.modules {
+            let active = found
+                .iter()
+                .find(|m| m.get_str("_id") == Ok(name.as_str()))
+                .filter(|m| m.get_str("state") == Ok("ACTIVE"))
+                .and_then(|m| m.get_document("active").ok());
+            let Some(active) = active else {
+                tracing::warn!(group, module = %name, "the group attaches a module that is not installed; nothing is placed");
+                return Ok(None);
+            };
+            layers.push(doc! {
+                "hash": active.get_str("hash").unwrap_or_default(),
+                "name": format!("module {name}@{}", active.get_str("version").unwrap_or("?")),
+            });
+        }
+        Ok(Some(layers))
     }
 
     /// A DYNAMIC group's instance count from its load: one more when the running ones are
@@ -1335,7 +1375,14 @@ fn workload_token(id: &str) -> String {
     format!("pxw.{id}.{hex}")
 }
 
-fn plan_doc(group: &str, spec: &GroupSpec, id: &str, port: u16, token: &str) -> Document {
+fn plan_doc(
+    group: &str,
+    spec: &GroupSpec,
+    id: &str,
+    port: u16,
+    token: &str,
+    modules: &[Document],
+) -> Document {
     let mut env: Document = spec
         .env
         .iter()
@@ -1350,7 +1397,12 @@ fn plan_doc(group: &str, spec: &GroupSpec, id: &str, port: u16, token: &str) -> 
         "env": env,
         "port": i64::from(port),
         "memoryMb": spec.memory_mb as i64,
-        "layers": spec.templates.iter().map(|t| Bson::Document(doc! { "hash": &t.hash, "name": &t.name })).collect::<Vec<_>>(),
+        "layers": spec
+            .templates
+            .iter()
+            .map(|t| Bson::Document(doc! { "hash": &t.hash, "name": &t.name }))
+            .chain(modules.iter().cloned().map(Bson::Document))
+            .collect::<Vec<_>>(),
         "instance": id,
     }
 }

@@ -8,6 +8,7 @@
 mod admin;
 mod drains;
 mod groups;
+mod modules;
 mod reconciler;
 
 use std::path::PathBuf;
@@ -69,8 +70,13 @@ async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
         gateways: prexor_serve::Gateways::new(service.registry.clone()),
         events: service.events.clone(),
     };
+    let modules = modules::Modules {
+        store: service.store.clone(),
+        events: service.events.clone(),
+    };
     let reconciler = reconciler::Reconciler {
         drains,
+        modules,
         groups: groups::Groups::new(
             service.store.clone(),
             prexor_serve::Gateways::new(service.registry.clone()),

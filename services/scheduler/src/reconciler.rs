@@ -28,6 +28,7 @@ fn phase_took(phase: &'static str, started: Instant) {
 pub struct Reconciler {
     pub groups: crate::groups::Groups,
     pub drains: crate::drains::Drains,
+    pub modules: crate::modules::Modules,
     pub store: Store,
     pub leases: Leases,
     pub keeper: LeaseKeeper,
@@ -242,6 +243,14 @@ impl Reconciler {
             }
             if let Err(err) = self.drains.step(node, lease, drain).await {
                 tracing::warn!(node, "drain step failed: {err:#}");
+            }
+        }
+        for lease in &leases {
+            if lease.scope() == &Scope::PlatformModule
+                && lease.is_valid()
+                && let Err(err) = self.modules.step(lease).await
+            {
+                tracing::warn!("module mutation step failed: {err:#}");
             }
         }
         Ok(outcome)

@@ -1,0 +1,163 @@
+//! Platform modules with two schedulers: versions uploaded through the API, installed as a
+//! mutation under `platform-module`, attached to a group (its instances get the module's files);
+//! an upgrade whose holder is SIGKILLed right after the request converges on the peer to the new
+//! version, active, applied exactly once; one mutation at a time; refusals name the problem.
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use mongodb::bson::Document;
+use prexor_acceptance::{Cluster, group_doc, nodes, running, stop_all, tar_gz, wait_doc};
+use serde_json::json;
+
+const READY_WITHIN: Duration = Duration::from_secs(60);
+const EXIT_WITHIN: Duration = Duration::from_secs(20);
+
+fn history(module: &Document, action: &str) -> Vec<Document> {
+    module
+        .get_array("history")
+        .map(|h| {
+            h.iter()
+                .filter_map(|e| e.as_document().cloned())
+                .filter(|e| e.get_str("action") == Ok(action))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn modules(cluster: &Cluster) -> anyhow::Result<()> {
+    let mut fleet = nodes(cluster, &["node-1"]).await?;
+    let password = cluster.bootstrap_admin("admin")?;
+    let mut api = cluster.service("api", "api-1", "")?;
+    let mut schedulers = vec![
+        cluster.service("scheduler", "scheduler-1", "")?,
+        cluster.service("scheduler", "scheduler-2", "")?,
+    ];
+    api.wait_ready(READY_WITHIN).await?;
+    for scheduler in &mut schedulers {
+        scheduler.wait_ready(READY_WITHIN).await?;
+    }
+    let rest = api.rest(&api.login("admin", &password).await?);
+
+    for version in ["1.0", "2.0"] {
+        let layer = tar_gz(&[("plugins/essentials.txt", &format!("essentials {version}\n"))])?;
+        let (status, body) = rest
+            .put_bytes(&format!("/modules/essentials/versions/{version}"), layer)
+            .await?;
+        ensure!(status == 201, "upload {version}: {status} {body}");
+    }
+    let (status, clash) = rest
+        .put_bytes(
+            "/modules/essentials/versions/1.0",
+            tar_gz(&[("plugins/other.txt", "x")])?,
+        )
+        .await?;
+    ensure!(
+        status == 409,
+        "a different artifact under an existing version: {status} {clash}"
+    );
+
+    // A group cannot attach a module that is not installed.
+    let mut spec = serde_json::to_value(group_doc("hub", 1, &[])?.get_document("spec")?)?;
+    spec["modules"] = json!(["essentials"]);
+    let (status, refused) = rest
+        .post("/groups", json!({ "name": "hub", "spec": spec }))
+        .await?;
+    ensure!(
+        status == 400 && refused["details"]["fields"][0]["field"] == "modules[0]",
+        "{status} {refused}"
+    );
+
+    // Install 1.0; a second mutation while it is in flight is refused.
+    let (status, body) = rest
+        .post("/modules/essentials/install", json!({ "version": "1.0" }))
+        .await?;
+    ensure!(status == 202, "{status} {body}");
+    let (status, busy) = rest
+        .post("/modules/essentials/install", json!({ "version": "2.0" }))
+        .await?;
+    ensure!(
+        status == 409 && busy["message"].as_str().unwrap_or("").contains("in flight"),
+        "a second mutation while one is in flight: {status} {busy}"
+    );
+    wait_doc(cluster, "modules", "essentials", "ACTIVE 1.0", |d| {
+        d.get_str("state") == Ok("ACTIVE")
+            && d.get_document("active").and_then(|a| a.get_str("version")) == Ok("1.0")
+    })
+    .await?;
+
+    // Attached: the instance's plan carries the module, and its files are on the node.
+    let (status, body) = rest
+        .post("/groups", json!({ "name": "hub", "spec": spec }))
+        .await?;
+    ensure!(status == 201, "{status} {body}");
+    let hub = running(cluster, &["hub-1"]).await?.remove(0);
+    let layers = format!("{:?}", hub.get_document("plan")?.get_array("layers")?);
+    ensure!(layers.contains("module essentials@1.0"), "{layers}");
+    let file = cluster
+        .dir
+        .join("node-1/instances/hub-1/plugins/essentials.txt");
+    let content =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    ensure!(content == "essentials 1.0\n", "{content:?}");
+    let (status, _) = rest
+        .post("/modules/essentials/uninstall", json!({}))
+        .await?;
+    ensure!(status == 409, "uninstalling an attached module: {status}");
+
+    // Upgrade, and kill the platform-module holder right away: the peer converges.
+    let (status, body) = rest
+        .post("/modules/essentials/upgrade", json!({ "version": "2.0" }))
+        .await?;
+    ensure!(status == 202, "{status} {body}");
+    let mut holder = None;
+    for (i, scheduler) in schedulers.iter().enumerate() {
+        if scheduler
+            .leases_held()
+            .await?
+            .iter()
+            .any(|s| s == "platform-module")
+        {
+            holder = Some(i);
+        }
+    }
+    let holder = holder.context("no scheduler holds platform-module")?;
+    schedulers[holder].signal(libc::SIGKILL);
+    let mut dead = schedulers.remove(holder);
+    dead.wait_exit(EXIT_WITHIN).await?;
+    let module = wait_doc(cluster, "modules", "essentials", "ACTIVE 2.0", |d| {
+        d.get_str("state") == Ok("ACTIVE")
+            && d.get_document("active").and_then(|a| a.get_str("version")) == Ok("2.0")
+    })
+    .await?;
+    let upgrades = history(&module, "upgrade");
+    ensure!(
+        upgrades.len() == 1 && upgrades[0].get_str("result") == Ok("DONE"),
+        "applied exactly once: {upgrades:?}"
+    );
+    let (_, pending) = rest.get("/modules/mutation").await?;
+    ensure!(pending.is_null(), "nothing left in flight: {pending}");
+
+    // A restart of the instance gets 2.0.
+    let (status, _) = rest.post("/instances/hub-1/stop", json!({})).await?;
+    ensure!(status == 202, "{status}");
+    wait_doc(cluster, "instances", "hub-1", "running 2.0", |d| {
+        d.get_str("state") == Ok("RUNNING")
+            && format!(
+                "{:?}",
+                d.get_document("plan").and_then(|p| p.get_array("layers"))
+            )
+            .contains("module essentials@2.0")
+    })
+    .await?;
+
+    stop_all([&mut api], EXIT_WITHIN).await?;
+    let mut survivor = schedulers.remove(0);
+    fleet.stop_with(&mut survivor).await
+}
+
+#[tokio::test]
+async fn a_module_upgrade_converges_when_its_holder_is_killed() {
+    let cluster = Cluster::new("modules").unwrap();
+    modules(&cluster).await.unwrap();
+}
