@@ -28,6 +28,9 @@ struct Replica {
     #[serde(default)]
     notes: Vec<String>,
     clock: Clock,
+    /// Whether the replica's Valkey is the cluster's coordination store.
+    #[serde(default)]
+    coordination: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,10 +53,11 @@ pub async fn status(client: &Client, output: Output) -> anyhow::Result<ExitCode>
     let status: Status = serde_json::from_value(raw.clone())?;
     let healthy = status.coordination.store == "available"
         && !status.replicas.is_empty()
-        && status
-            .replicas
-            .iter()
-            .all(|r| r.ready && r.clock.synchronized);
+        && status.replicas.iter().all(|r| {
+            r.ready
+                && r.clock.synchronized
+                && r.coordination.as_deref().is_none_or(|c| c == "available")
+        });
     match output {
         Output::Json | Output::Yaml => crate::render::object(&raw, output)?,
         Output::Table => {
@@ -66,6 +70,7 @@ pub async fn status(client: &Client, output: Output) -> anyhow::Result<ExitCode>
                 "READY",
                 "HEARTBEAT",
                 "LEASES",
+                "STORE",
                 "CLOCK",
                 "NOTES",
             ]);
@@ -82,6 +87,7 @@ pub async fn status(client: &Client, output: Output) -> anyhow::Result<ExitCode>
                     if r.ready { "yes".into() } else { "NO".into() },
                     format!("{:.1}s ago", r.heartbeat_age_ms as f64 / 1000.0),
                     r.leases_held.to_string(),
+                    r.coordination.clone().unwrap_or_else(|| "-".into()),
                     match (r.clock.synchronized, r.clock.skew_ms) {
                         (true, Some(skew)) => format!("synchronized ({skew:+} ms)"),
                         (false, Some(skew)) => format!("NOT synchronized ({skew:+} ms)"),
@@ -109,7 +115,7 @@ pub async fn status(client: &Client, output: Output) -> anyhow::Result<ExitCode>
     } else {
         if output == Output::Table {
             eprintln!(
-                "unhealthy: a replica is not ready, a clock is not synchronized (clock.synchronized=false: run chronyd or systemd-timesyncd) or the coordination store is unavailable"
+                "unhealthy: a replica is not ready, a clock is not synchronized (clock.synchronized=false: run chronyd or systemd-timesyncd), or the coordination store is unavailable or mismatched (all replicas must use the same Valkey)"
             );
         }
         Ok(ExitCode::FAILURE)

@@ -16,6 +16,9 @@ pub struct CommonConfig {
     pub profile: Profile,
     /// `cluster.id`: when set, the replica refuses to run against a database of another cluster.
     pub cluster_id: Option<String>,
+    /// `cluster.bootstrap`: create the cluster identity with `cluster.id` in an empty database
+    /// (without it, a configured id and an empty database are refused: usually the wrong one).
+    pub cluster_bootstrap: bool,
     /// `replica.id`: unique per running replica; defaults to `<kind>-<hostname>-<random>`.
     pub replica_id: String,
     /// `replica.advertiseHost`: the host name or address peers and operators use to reach this
@@ -86,6 +89,8 @@ impl CommonConfig {
         if cluster_id.as_deref().is_some_and(|id| id.trim().is_empty()) {
             r.problem("cluster.id", "must not be empty when set");
         }
+
+        let cluster_bootstrap = r.get_or("cluster.bootstrap", false);
 
         let replica_id = match r.get::<String>("replica.id") {
             Some(id) => {
@@ -198,6 +203,7 @@ impl CommonConfig {
             kind,
             profile,
             cluster_id,
+            cluster_bootstrap,
             replica_id,
             advertise_host,
             mongo,

@@ -38,6 +38,10 @@ pub struct ReplicaRecord {
     /// heartbeat (`None` until measured, or when the registry store cannot tell its time).
     #[serde(default)]
     pub clock_skew_ms: Option<i64>,
+    /// Whether its Valkey is the cluster's coordination store: `available`, `mismatched`,
+    /// `restamping` or `unavailable` (see `prexor_serve::guard`).
+    #[serde(default)]
+    pub coordination: Option<String>,
 }
 
 // Heartbeat and listing read the registry store's own clock (`TIME`), so replicas with skewed

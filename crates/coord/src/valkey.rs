@@ -124,6 +124,32 @@ impl ValkeyBackend {
         self.timeout
     }
 
+    /// The value of a plain string key (the key is used as given: callers add the namespace).
+    pub async fn get(&self, key: &str) -> Result<Option<String>, CoordError> {
+        let mut conn = self.conn();
+        self.bounded(
+            &format!("reading {key}"),
+            redis::cmd("GET").arg(key).query_async(&mut conn),
+        )
+        .await
+    }
+
+    /// Sets `key = value` unless the key exists; whether it was set.
+    pub async fn set_nx(&self, key: &str, value: &str) -> Result<bool, CoordError> {
+        let mut conn = self.conn();
+        let set: Option<String> = self
+            .bounded(
+                &format!("writing {key}"),
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("NX")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
     /// Runs one Valkey exchange with the configured time bound.
     pub(crate) async fn bounded<T>(
         &self,

@@ -21,6 +21,7 @@ fn record(kind: ServiceKind, id: &str) -> ReplicaRecord {
         leases_held: 3,
         heartbeat_age_ms: 0,
         clock_skew_ms: None,
+        coordination: None,
         notes: Vec::new(),
     }
 }

@@ -95,6 +95,7 @@ async fn semantics(flavor: Flavor) -> anyhow::Result<()> {
         leases_held: 0,
         heartbeat_age_ms: 0,
         clock_skew_ms: None,
+        coordination: None,
         notes: vec!["no signing key".into()],
     };
     registry.heartbeat(&record).await?;

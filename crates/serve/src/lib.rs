@@ -9,6 +9,7 @@
 //!   service's tasks (which release their leases), then deregistration, then the servers.
 
 mod grpc;
+pub mod guard;
 mod launch;
 mod nodes;
 mod ops;

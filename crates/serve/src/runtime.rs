@@ -41,6 +41,9 @@ pub enum ServeError {
     Server { what: &'static str, reason: String },
     #[error("stopping: {0}")]
     Fatal(String),
+    /// The database belongs to another cluster (or none while one is configured).
+    #[error("{0}")]
+    Identity(String),
 }
 
 /// What a service's own code adds to the process.
@@ -72,6 +75,10 @@ pub struct Service {
     pub ephemeral: Ephemeral,
     /// The Valkey connection (`None` in the development profile without Valkey).
     pub valkey: Option<ValkeyBackend>,
+    /// Whether this replica's Valkey is the cluster's coordination store (mutations only then).
+    pub guard: crate::guard::StoreGuard,
+    /// The cluster's id (from MongoDB).
+    pub cluster_id: String,
     pub readiness: Readiness,
     /// Cancelled on SIGTERM/SIGINT (or a fatal error): stop mutating, release leases, return.
     pub shutdown: CancellationToken,
@@ -358,6 +365,36 @@ where
                 None,
             ),
         };
+    let cluster_id = crate::guard::cluster_identity(&store, &config)
+        .await
+        .map_err(ServeError::Identity)?;
+    let namespace_for_guard = config
+        .valkey
+        .as_ref()
+        .map_or(prexor_config::DEFAULT_NAMESPACE.to_owned(), |v| {
+            v.namespace.clone()
+        });
+    let guard = crate::guard::StoreGuard::new(
+        store.clone(),
+        valkey.clone(),
+        &namespace_for_guard,
+        &config.replica_id,
+        timing.ttl * 3,
+    );
+    guard.check().await;
+    {
+        let guard = guard.clone();
+        readiness.add("coordination-store", move || {
+            let state = guard.state();
+            async move {
+                if state.store == "mismatched" {
+                    Err(state.detail.unwrap_or(state.store))
+                } else {
+                    Ok(())
+                }
+            }
+        });
+    }
     let dev_claim = match config.profile {
         Profile::Development => {
             Some(DevClaim::claim(&store, config.kind, &config.replica_id, timing.ttl).await?)
@@ -402,6 +439,8 @@ where
         events,
         ephemeral,
         valkey,
+        guard,
+        cluster_id,
         config: config.clone(),
         store,
         registry,
@@ -442,6 +481,7 @@ where
         leases_held: 0,
         heartbeat_age_ms: 0,
         clock_skew_ms: None,
+        coordination: None,
         notes: Vec::new(),
     };
     let heartbeat = tokio::spawn(heartbeat(service.clone(), record, dev_claim.clone()));
@@ -492,7 +532,13 @@ async fn heartbeat(service: Service, mut record: ReplicaRecord, dev_claim: Optio
         record.ready = service.readiness.report().await.ready;
         metrics::gauge!("prexor_replica_ready").set(if record.ready { 1.0 } else { 0.0 });
         record.leases_held = service.leases_held().len() as u64;
+        service.guard.check().await;
+        let store_state = service.guard.state();
         record.notes = service.notes();
+        if let Some(detail) = &store_state.detail {
+            record.notes.push(detail.clone());
+        }
+        record.coordination = Some(store_state.store.clone());
         let sent_at = prexor_domain::now_ms();
         let outcome = service.registry.heartbeat(&record).await;
         let mut first_measure = false;

@@ -100,6 +100,10 @@ async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
         .merge(workload::routes())
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            refuse_mutations_when_split,
+        ))
         .with_state(app);
     Ok(Parts {
         http: Some(
@@ -110,6 +114,28 @@ async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
         tasks: vec![follow],
         ..Parts::default()
     })
+}
+
+/// A replica whose Valkey is not the cluster's coordination store answers reads only: every
+/// mutation is refused with 503 and the reason (signing in and out still work).
+async fn refuse_mutations_when_split(
+    axum::extract::State(app): axum::extract::State<app::App>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let reading = method == axum::http::Method::GET || method == axum::http::Method::HEAD;
+    let session = path.ends_with("/auth/login") || path.ends_with("/auth/logout");
+    if !reading
+        && !session
+        && let Err(reason) = app.service.guard.allow_mutations()
+    {
+        return error::ApiError::unavailable(format!("this api replica refuses changes: {reason}"))
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// `prexor-api bootstrap-admin`.

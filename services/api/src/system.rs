@@ -35,7 +35,7 @@ async fn info(State(app): State<App>) -> Json<Info> {
     Json(Info {
         version: prexor_domain::VERSION,
         profile: service.config.profile.to_string(),
-        cluster_id: service.config.cluster_id.clone(),
+        cluster_id: Some(service.cluster_id.clone()),
         replica_id: service.config.replica_id.clone(),
     })
 }
@@ -68,9 +68,15 @@ struct ClockStatus {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Coordination {
-    /// `available` or `unavailable` (this replica cannot reach the coordination store).
-    store: &'static str,
+    /// `available`; `unavailable` (this replica cannot reach the coordination store);
+    /// `mismatched` (its Valkey is not the cluster's: split brain, it refuses mutations);
+    /// `restamping` (its Valkey lost its data; mutations wait until it is stamped again).
+    store: String,
+    /// The cluster's coordination store id (MongoDB) and the one in this replica's Valkey.
+    expected_store_id: Option<String>,
+    found_store_id: Option<String>,
     backend: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
@@ -96,16 +102,19 @@ async fn status(State(app): State<App>, who: Principal) -> Result<Json<Status>, 
             record,
         })
         .collect();
+    let guard = service.guard.state();
+    let store = match (&ping, guard.store.as_str()) {
+        (Err(_), _) => "unavailable".to_owned(),
+        (Ok(()), state) => state.to_owned(),
+    };
     Ok(Json(Status {
         replicas,
         coordination: Coordination {
-            store: if ping.is_ok() {
-                "available"
-            } else {
-                "unavailable"
-            },
+            store,
             backend: backend.describe(),
-            error: ping.err().map(|e| e.to_string()),
+            error: ping.err().map(|e| e.to_string()).or(guard.detail.clone()),
+            expected_store_id: guard.expected,
+            found_store_id: guard.found,
         },
         answered_by: service.config.replica_id.clone(),
     }))

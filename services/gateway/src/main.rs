@@ -90,15 +90,7 @@ async fn build(service: Service, config: GatewayConfig) -> Result<Parts, prexor_
         )),
         _ => None,
     };
-    let sessions = sessions::Sessions::new(
-        service.store.clone(),
-        service.leases.clone(),
-        keeper.clone(),
-        console,
-        service.events.clone(),
-        service.config.replica_id.clone(),
-        service.shutdown.clone(),
-    );
+    let sessions = sessions::Sessions::new(&service, keeper.clone(), console);
     // grpc.health.v1 on the daemon port too: a probe there proves TLS both ways works.
     let (_health_reporter, health) = tonic_health::server::health_reporter();
     let routes = tonic::service::Routes::new(health)

@@ -49,6 +49,7 @@ struct Inner {
     keeper: LeaseKeeper,
     console: Option<ConsoleStreams>,
     events: EventLog,
+    guard: prexor_serve::guard::StoreGuard,
     replica_id: String,
     live: Mutex<HashMap<String, SessionHandle>>,
     next_id: AtomicU64,
@@ -152,25 +153,22 @@ fn crash_write(node_id: &str, report: &InstanceReport) -> Option<Write> {
 
 impl Sessions {
     pub fn new(
-        store: Store,
-        leases: Leases,
+        service: &prexor_serve::Service,
         keeper: LeaseKeeper,
         console: Option<ConsoleStreams>,
-        events: EventLog,
-        replica_id: String,
-        shutdown: CancellationToken,
     ) -> Sessions {
         Sessions {
             inner: Arc::new(Inner {
-                store,
-                leases,
+                store: service.store.clone(),
+                leases: service.leases.clone(),
                 keeper,
                 console,
-                events,
-                replica_id,
+                events: service.events.clone(),
+                guard: service.guard.clone(),
+                replica_id: service.config.replica_id.clone(),
                 live: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
-                shutdown,
+                shutdown: service.shutdown.clone(),
             }),
         }
     }
@@ -296,6 +294,11 @@ impl Sessions {
         inbound: Streaming<DaemonMessage>,
     ) -> Result<mpsc::Receiver<Result<GatewayMessage, Status>>, Status> {
         let node_id = hello.node_id.clone();
+        if let Err(reason) = self.inner.guard.allow_mutations() {
+            return Err(Status::unavailable(format!(
+                "this gateway cannot own nodes now ({reason}); connect to another gateway"
+            )));
+        }
         let scope = Scope::Node(node_id.clone());
         let lease = self.inner.leases.take_over(&scope).await.map_err(|e| {
             Status::unavailable(format!("cannot take ownership of node {node_id}: {e}"))

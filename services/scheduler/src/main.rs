@@ -77,6 +77,7 @@ async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
     let reconciler = reconciler::Reconciler {
         drains,
         modules,
+        guard: service.guard.clone(),
         groups: groups::Groups::new(
             service.store.clone(),
             prexor_serve::Gateways::new(service.registry.clone()),

@@ -29,6 +29,7 @@ pub struct Reconciler {
     pub groups: crate::groups::Groups,
     pub drains: crate::drains::Drains,
     pub modules: crate::modules::Modules,
+    pub guard: prexor_serve::guard::StoreGuard,
     pub store: Store,
     pub leases: Leases,
     pub keeper: LeaseKeeper,
@@ -120,6 +121,11 @@ impl Reconciler {
     }
 
     pub async fn tick(&self) -> anyhow::Result<TickOutcome> {
+        // Never acquire or work under a lease from a Valkey that is not the cluster's store.
+        if let Err(reason) = self.guard.allow_mutations() {
+            tracing::debug!("not scheduling: {reason}");
+            return Ok(TickOutcome::default());
+        }
         let phase = Instant::now();
         let (scopes, all_groups, drains) = self.scopes().await?;
         phase_took("scopes", phase);
