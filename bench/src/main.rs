@@ -58,6 +58,12 @@ enum Command {
         /// Ticks sampled per size.
         #[arg(long, default_value_t = 20)]
         ticks: usize,
+        /// Placement throughput: this many STATIC groups of 20 instances (0: skip).
+        #[arg(long, default_value_t = 10)]
+        placement_groups: usize,
+        /// Failover rounds (SIGKILL and SIGTERM each; 0: skip).
+        #[arg(long, default_value_t = 3)]
+        failovers: usize,
     },
 }
 
@@ -70,6 +76,17 @@ pub struct Servers {
 }
 
 impl Servers {
+    /// The same servers with a database and namespace of their own (a separate cluster), for a
+    /// benchmark that must start from nothing; cleaned up with the main ones.
+    pub fn fresh(&self, what: &str) -> Servers {
+        Servers {
+            mongo_uri: self.mongo_uri.clone(),
+            valkey_url: self.valkey_url.clone(),
+            database: format!("{}_{what}", self.database),
+            namespace: format!("{}{what}:", self.namespace),
+        }
+    }
+
     /// The project's store on the benchmark's database.
     pub async fn store(&self) -> anyhow::Result<prexor_store::Store> {
         Ok(prexor_store::Store::connect(
@@ -112,8 +129,20 @@ async fn main() -> anyhow::Result<()> {
         Command::Api => api::run(&servers, n).await,
         Command::Ca => ca::run(&servers, n).await,
         Command::Gateway { kills } => gateway::run(&servers, n, kills.max(1)).await,
-        Command::Scheduler { groups, ticks } => {
-            scheduler::run(&servers, &groups, ticks.max(3)).await
+        Command::Scheduler {
+            groups,
+            ticks,
+            placement_groups,
+            failovers,
+        } => {
+            let mut outcome = scheduler::run(&servers, &groups, ticks.max(3)).await;
+            if outcome.is_ok() && placement_groups > 0 {
+                outcome = scheduler::placements(&servers, placement_groups, 20).await;
+            }
+            if outcome.is_ok() && failovers > 0 {
+                outcome = scheduler::failover(&servers, failovers).await;
+            }
+            outcome
         }
     };
     cleanup(&servers).await;
@@ -123,7 +152,12 @@ async fn main() -> anyhow::Result<()> {
 /// Drops the benchmark's database and keys.
 async fn cleanup(servers: &Servers) {
     if let Ok(client) = mongodb::Client::with_uri_str(&servers.mongo_uri).await {
-        let _ = client.database(&servers.database).drop().await;
+        for what in ["", "_placements", "_failover"] {
+            let _ = client
+                .database(&format!("{}{what}", servers.database))
+                .drop()
+                .await;
+        }
     }
     if let Ok(client) = redis::Client::open(servers.valkey_url.as_str())
         && let Ok(mut conn) = client.get_multiplexed_async_connection().await

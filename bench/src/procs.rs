@@ -171,6 +171,27 @@ impl Proc {
         }
     }
 
+    /// The lease scopes the replica holds (its gRPC status).
+    pub async fn leases_held(&self) -> anyhow::Result<Vec<String>> {
+        let channel =
+            tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", self.grpc))?
+                .connect()
+                .await?;
+        Ok(
+            prexor_proto::v1::replica_status_client::ReplicaStatusClient::new(channel)
+                .get_status(prexor_proto::v1::GetStatusRequest {})
+                .await?
+                .into_inner()
+                .leases_held,
+        )
+    }
+
+    /// SIGTERM, then waits for the exit (a graceful stop).
+    pub fn terminate(&mut self) {
+        prexor_testkit::signal(self.child.id(), libc::SIGTERM);
+        let _ = self.child.wait();
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

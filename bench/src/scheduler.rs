@@ -1,10 +1,15 @@
-//! Scheduler tick duration in steady state: one real `prexor-scheduler` holding N groups
-//! (MANUAL, so nothing is placed) plus the platform-module scope. Each tick renews nothing itself
-//! (the keeper does), lists the scopes and replicas and takes one snapshot of the held groups;
-//! the benchmark reads each tick's duration from the scheduler's metrics.
+//! The scheduler with real processes:
+//!
+//! - tick duration in steady state: one `prexor-scheduler` holding N groups (MANUAL, so nothing is
+//!   placed) plus the platform-module scope; each tick's duration read from its metrics;
+//! - placement throughput: two replicas placing STATIC groups on (recorded) nodes: plans
+//!   persisted with memory and port reserved, per second;
+//! - failover: SIGKILL of a group's holder → the group's fence raised by the new holder (TTL +
+//!   one tick), and SIGTERM → hand-over (about one tick).
 
 use std::time::{Duration, Instant};
 
+use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 
 use crate::Servers;
@@ -107,4 +112,196 @@ pub async fn run(servers: &Servers, sizes: &[usize], ticks: usize) -> anyhow::Re
         groups.delete_many(doc! {}).await?;
     }
     Ok(())
+}
+
+async fn db(servers: &Servers) -> anyhow::Result<mongodb::Database> {
+    Ok(mongodb::Client::with_uri_str(&servers.mongo_uri)
+        .await?
+        .database(&servers.database))
+}
+
+/// Nodes as a gateway records them (online, room for everything), so the schedulers place on them.
+async fn fake_nodes(db: &mongodb::Database, count: usize) -> anyhow::Result<()> {
+    let nodes = db.collection::<Document>("nodes");
+    for i in 0..count {
+        nodes
+            .insert_one(doc! {
+                "_id": format!("bench-node-{i}"),
+                "state": "ONLINE",
+                "labels": {},
+                "resources": { "memoryAllocatableMb": 100_000_000_i64 },
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+fn static_spec(min: i64) -> Document {
+    doc! {
+        "platform": "fake", "version": "1", "command": ["true"], "memoryMb": 64_i64,
+        "portRange": { "from": 20000, "to": 29999 },
+        "minInstances": min, "maxInstances": min, "scaling": "STATIC",
+    }
+}
+
+/// Placements per second with two scheduler replicas: `groups` STATIC groups of `per_group`.
+pub async fn placements(servers: &Servers, groups: usize, per_group: usize) -> anyhow::Result<()> {
+    let servers = &servers.fresh("placements");
+    let dir = Scratch::new("placements")?;
+    let db = db(servers).await?;
+    fake_nodes(&db, 4).await?;
+    let docs: Vec<Document> = (0..groups)
+        .map(|i| doc! { "_id": format!("place-{i:03}"), "revision": 1_i64, "spec": static_spec(per_group as i64) })
+        .collect();
+    db.collection::<Document>("groups")
+        .insert_many(docs)
+        .await?;
+    let _a = Proc::service(servers, &dir.0, "scheduler", "place-a", "", &[]).await?;
+    let _b = Proc::service(servers, &dir.0, "scheduler", "place-b", "", &[]).await?;
+    let total = (groups * per_group) as u64;
+    let instances = db.collection::<Document>("instances");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while instances
+        .count_documents(doc! { "planHash": { "$exists": true } })
+        .await?
+        < total
+    {
+        anyhow::ensure!(Instant::now() < deadline, "not every instance was placed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // From the first plan persisted to the last, as the schedulers stamped them.
+    let mut times: Vec<i64> = Vec::new();
+    let mut cursor = instances.find(doc! {}).await?;
+    while cursor.advance().await? {
+        if let Ok(at) = cursor.deserialize_current()?.get_i64("scheduledAtMs") {
+            times.push(at);
+        }
+    }
+    times.sort_unstable();
+    let span_s = (times[times.len() - 1] - times[0]).max(1) as f64 / 1000.0;
+    let ports: std::collections::HashSet<(String, i64)> = db
+        .collection::<Document>("port_reservations")
+        .find(doc! {})
+        .await?
+        .try_collect::<Vec<Document>>()
+        .await?
+        .iter()
+        .filter_map(|d| {
+            Some((
+                d.get_str("nodeId").ok()?.to_owned(),
+                d.get_i64("port").ok()?,
+            ))
+        })
+        .collect();
+    anyhow::ensure!(
+        ports.len() as u64 == total,
+        "every placement holds its own port ({} for {total})",
+        ports.len()
+    );
+    Metric {
+        name: format!("placements per second (2 scheduler replicas, {total} instances, plan + memory + port in one fenced write)"),
+        value: (total - 1) as f64 / span_s,
+        unit: "placements/s",
+        baseline: None,
+        target: Some("Agones ~300-400 allocations/s".into()),
+    }
+    .print();
+    Ok(())
+}
+
+/// The fence mark of `scope` (raised by every acquisition).
+async fn mark(db: &mongodb::Database, scope: &str) -> anyhow::Result<i64> {
+    Ok(db
+        .collection::<Document>("fences")
+        .find_one(doc! { "_id": scope })
+        .await?
+        .and_then(|d| d.get_i64("mark").ok())
+        .unwrap_or(0))
+}
+
+/// Waits until `scope`'s mark exceeds `above`; the time it took.
+async fn raised(
+    db: &mongodb::Database,
+    scope: &str,
+    above: i64,
+    since: Instant,
+) -> anyhow::Result<f64> {
+    loop {
+        if mark(db, scope).await? > above {
+            return Ok(since.elapsed().as_secs_f64() * 1000.0);
+        }
+        anyhow::ensure!(
+            since.elapsed() < Duration::from_secs(60),
+            "{scope} was never taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// SIGKILL → takeover and SIGTERM → hand-over of one group, `rounds` times each.
+pub async fn failover(servers: &Servers, rounds: usize) -> anyhow::Result<()> {
+    let servers = &servers.fresh("failover");
+    let dir = Scratch::new("failover")?;
+    let db = db(servers).await?;
+    db.collection::<Document>("groups")
+        .insert_one(doc! { "_id": "fo", "revision": 1_i64, "spec": static_spec(0) })
+        .await?;
+    let scope = "group:fo";
+    let mut replicas = vec![
+        Proc::service(servers, &dir.0, "scheduler", "fo-a", "", &[]).await?,
+        Proc::service(servers, &dir.0, "scheduler", "fo-b", "", &[]).await?,
+    ];
+    let (mut kills, mut terms) = (Vec::new(), Vec::new());
+    for round in 0..rounds * 2 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let holder = loop {
+            if let Some(i) = holder_of(scope, &replicas).await {
+                break i;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "nobody holds {scope}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let before = mark(&db, scope).await?;
+        let started = Instant::now();
+        if round % 2 == 0 {
+            replicas[holder].kill();
+            kills.push(raised(&db, scope, before, started).await?);
+        } else {
+            replicas[holder].terminate();
+            terms.push(raised(&db, scope, before, started).await?);
+        }
+        replicas[holder].restart().await?;
+    }
+    for (name, mut samples) in [
+        ("group takeover after SIGKILL of its holder (median)", kills),
+        (
+            "group hand-over after SIGTERM of its holder (median)",
+            terms,
+        ),
+    ] {
+        samples.sort_by(f64::total_cmp);
+        let mut m = Metric::floor(name, samples[samples.len() / 2]);
+        m.target = Some(format!(
+            "TTL + one tick after SIGKILL, about one tick after SIGTERM; min {:.0} / max {:.0} ms over {} rounds",
+            samples[0],
+            samples[samples.len() - 1],
+            samples.len()
+        ));
+        m.print();
+    }
+    Ok(())
+}
+
+/// The replica holding `scope` (from each replica's status).
+async fn holder_of(scope: &str, replicas: &[Proc]) -> Option<usize> {
+    for (i, replica) in replicas.iter().enumerate() {
+        if replica
+            .leases_held()
+            .await
+            .is_ok_and(|held| held.iter().any(|l| l == scope))
+        {
+            return Some(i);
+        }
+    }
+    None
 }

@@ -782,7 +782,8 @@ pub fn group_doc(name: &str, min: i64, extra: &[&str]) -> anyhow::Result<Documen
         "{port}".to_string(),
     ];
     command.extend(extra.iter().map(|s| s.to_string()));
-    let base_port = free_port().min(60000);
+    // Ten ports from a free one, below the ephemeral range (free_port stays under 32000).
+    let base_port = free_port();
     Ok(doc! {
         "_id": name,
         "revision": 1_i64,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::{is_sha256_hex, validate_name};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GroupSpec {
     /// `paper`, `velocity`, ... (informational; the command says what runs).
@@ -30,6 +31,9 @@ pub struct GroupSpec {
     /// Node labels an instance's node must have.
     #[serde(default)]
     pub affinity: BTreeMap<String, String>,
+    /// Node labels an instance's node must not have (any of them excludes the node).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub anti_affinity: BTreeMap<String, String>,
     /// No new instances while set.
     #[serde(default)]
     pub maintenance: bool,
@@ -47,6 +51,7 @@ fn default_grace() -> u32 {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PortRange {
     pub from: u16,
@@ -54,6 +59,7 @@ pub struct PortRange {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ScalingMode {
     /// Exactly `minInstances`, with stable names `<group>-1`, `<group>-2`, ...
@@ -68,6 +74,7 @@ pub enum ScalingMode {
 /// (an empty one) when the others could take every player below that mark for
 /// `scaleDownDelaySeconds`; no two changes within `cooldownSeconds`. Always between min and max.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DynamicScaling {
     /// Players one instance holds.
@@ -93,6 +100,7 @@ fn default_cooldown() -> u32 {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateRef {
     /// SHA-256 of the layer. When a spec is written through the API it may be left out and the
@@ -234,6 +242,7 @@ mod tests {
             templates: vec![],
             env: BTreeMap::new(),
             affinity: BTreeMap::new(),
+            anti_affinity: BTreeMap::new(),
             maintenance: false,
             modules: vec![],
             stop_grace_seconds: 30,

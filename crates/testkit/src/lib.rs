@@ -53,12 +53,25 @@ pub fn ensure_installed() -> anyhow::Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
-/// A loopback port nobody listens on right now.
+/// A port nobody listens on right now, below the kernel's ephemeral range (32768 and up by
+/// default), so that no outgoing connection of a test can take it before the process it is meant
+/// for binds it; never the same port twice in one test process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral loopback port")
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed = HANDED_OUT.lock().expect("port set lock");
+    loop {
+        let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
+        if handed.contains(&port) {
+            continue;
+        }
+        let free = TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("0.0.0.0", port)).is_ok();
+        if free {
+            handed.insert(port);
+            return port;
+        }
+    }
 }
 
 /// A short random suffix for names that must not collide between tests or runs.

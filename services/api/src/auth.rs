@@ -382,7 +382,7 @@ pub fn routes() -> Router<App> {
         .route("/auth/tokens/{id}", delete(delete_token))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Login {
     username: String,
@@ -414,6 +414,13 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/login",
+    tag = "auth",
+    request_body = Login,
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody))
+)]
 async fn login(
     State(app): State<App>,
     ClientAddr(addr): ClientAddr,
@@ -534,6 +541,13 @@ async fn login(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/logout",
+    tag = "auth",
+    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn logout(State(app): State<App>, principal: Principal) -> ApiResult<StatusCode> {
     let Credential::Session {
         id,
@@ -560,6 +574,13 @@ struct Me {
     permissions: Vec<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/auth/me",
+    tag = "auth",
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn me(principal: Principal) -> Json<Me> {
     Json(Me {
         via: principal.via(),
@@ -568,13 +589,21 @@ async fn me(principal: Principal) -> Json<Me> {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct PasswordChange {
     current_password: String,
     new_password: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/password",
+    tag = "auth",
+    request_body = PasswordChange,
+    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn change_password(
     State(app): State<App>,
     principal: Principal,
@@ -607,7 +636,7 @@ async fn change_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct NewToken {
     name: String,
@@ -654,6 +683,14 @@ struct CreatedToken {
     token: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/tokens",
+    tag = "auth",
+    request_body = NewToken,
+    responses((status = 201, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn create_token(
     State(app): State<App>,
     principal: Principal,
@@ -728,6 +765,14 @@ struct TokenFilter {
     owner: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/auth/tokens",
+    tag = "auth",
+    params(("owner" = Option<String>, Query)),
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn list_tokens(
     State(app): State<App>,
     principal: Principal,
@@ -759,6 +804,14 @@ async fn list_tokens(
     Ok(Json(tokens.iter().map(TokenView::from_doc).collect()))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/auth/tokens/{id}",
+    tag = "auth",
+    params(("id" = String, Path)),
+    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn delete_token(
     State(app): State<App>,
     principal: Principal,

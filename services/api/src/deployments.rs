@@ -78,6 +78,14 @@ async fn find(app: &App, id: &str) -> ApiResult<Document> {
         .ok_or_else(|| ApiError::not_found(format!("no deployment {id:?}")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/groups/{name}/deployments",
+    tag = "deployments",
+    params(("name" = String, Path)),
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn list(
     State(app): State<App>,
     who: Principal,
@@ -101,6 +109,14 @@ async fn list(
     Ok(Json(out))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/deployments/{id}",
+    tag = "deployments",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn show(
     State(app): State<App>,
     who: Principal,
@@ -111,7 +127,7 @@ async fn show(
     Ok(Json(view(&app, deployment).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct NewDeployment {
     /// The spec to roll out; without it the current spec is rolled out again (every instance
@@ -132,6 +148,15 @@ fn encode(spec: &GroupSpec) -> ApiResult<Document> {
     bson::to_document(spec).map_err(|e| ApiError::internal(format!("encoding the spec: {e}")))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/groups/{name}/deployments",
+    tag = "deployments",
+    params(("name" = String, Path)),
+    request_body = NewDeployment,
+    responses((status = 201, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn create(
     State(app): State<App>,
     who: Principal,
@@ -277,6 +302,14 @@ async fn transition(
     Ok(Json(view(app, deployment).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/deployments/{id}/pause",
+    tag = "deployments",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn pause(
     State(app): State<App>,
     who: Principal,
@@ -285,6 +318,14 @@ async fn pause(
     transition(&app, &who, &id, "ROLLING", "PAUSED").await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/deployments/{id}/resume",
+    tag = "deployments",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn resume(
     State(app): State<App>,
     who: Principal,
@@ -295,6 +336,14 @@ async fn resume(
 
 /// Restores the spec the deployment started from and rolls every instance back to it (those
 /// never updated are left alone: they already run it).
+#[utoipa::path(
+    post,
+    path = "/api/v1/deployments/{id}/rollback",
+    tag = "deployments",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn rollback(
     State(app): State<App>,
     who: Principal,

@@ -16,8 +16,8 @@ use serde::de::DeserializeOwned;
 #[derive(Debug)]
 pub struct ApiError(Box<ErrorBody>);
 
-#[derive(Debug, Serialize)]
-struct ErrorBody {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
     #[serde(skip)]
     status: StatusCode,
     code: &'static str,

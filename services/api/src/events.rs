@@ -45,6 +45,14 @@ fn sse(stored: &StoredEvent) -> Event {
         .data(data.to_string())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "events",
+    params(("after" = Option<String>, Query), ("types" = Option<String>, Query)),
+    responses((status = 200, description = "server-sent events", content_type = "text/event-stream", body = String), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn events(
     State(app): State<App>,
     who: Principal,

@@ -98,6 +98,13 @@ async fn statuses(app: &App, only: Option<&str>) -> ApiResult<HashMap<String, Gr
     Ok(out)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/groups",
+    tag = "groups",
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<GroupView>>> {
     who.require("groups:read")?;
     let docs = app
@@ -133,6 +140,14 @@ async fn find(app: &App, name: &str) -> ApiResult<GroupRecord> {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/groups/{name}",
+    tag = "groups",
+    params(("name" = String, Path)),
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn show(
     State(app): State<App>,
     who: Principal,
@@ -167,13 +182,21 @@ fn validate(name: &str, spec: &GroupSpec) -> ApiResult<()> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewGroup {
     name: String,
     spec: GroupSpec,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/groups",
+    tag = "groups",
+    request_body = NewGroup,
+    responses((status = 201, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn create(
     State(app): State<App>,
     who: Principal,
@@ -215,7 +238,7 @@ async fn create(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct GroupUpdate {
     spec: GroupSpec,
@@ -225,6 +248,15 @@ struct GroupUpdate {
     revision: Option<i64>,
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/groups/{name}",
+    tag = "groups",
+    params(("name" = String, Path)),
+    request_body = GroupUpdate,
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn update(
     State(app): State<App>,
     who: Principal,
@@ -290,6 +322,14 @@ async fn update(
     Ok(Json(view(record, status)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/groups/{name}",
+    tag = "groups",
+    params(("name" = String, Path)),
+    responses((status = 202, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn remove(
     State(app): State<App>,
     who: Principal,
@@ -361,6 +401,14 @@ pub async fn request(
     Ok(id)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/groups/{name}/instances",
+    tag = "instances",
+    params(("name" = String, Path)),
+    responses((status = 202, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn start_instance(
     State(app): State<App>,
     who: Principal,

@@ -62,6 +62,14 @@ fn detail(mut doc: Document) -> serde_json::Value {
     crate::json::record(doc)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/instances",
+    tag = "instances",
+    params(("group" = Option<String>, Query), ("node" = Option<String>, Query), ("state" = Option<String>, Query)),
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn list(
     State(app): State<App>,
     who: Principal,
@@ -102,6 +110,14 @@ async fn find(app: &App, id: &str) -> ApiResult<Document> {
         .ok_or_else(|| ApiError::not_found(format!("no instance {id:?}")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/instances/{id}",
+    tag = "instances",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn show(
     State(app): State<App>,
     who: Principal,
@@ -111,6 +127,14 @@ async fn show(
     Ok(Json(detail(find(&app, &id).await?)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/instances/{id}/crashes",
+    tag = "instances",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn crashes(
     State(app): State<App>,
     who: Principal,
@@ -163,6 +187,14 @@ async fn halt(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/instances/{id}/stop",
+    tag = "instances",
+    params(("id" = String, Path)),
+    responses((status = 202, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn stop(
     State(app): State<App>,
     who: Principal,
@@ -171,6 +203,14 @@ async fn stop(
     halt(app, who, id, "stop").await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/instances/{id}/kill",
+    tag = "instances",
+    params(("id" = String, Path)),
+    responses((status = 202, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn kill(
     State(app): State<App>,
     who: Principal,
@@ -179,12 +219,21 @@ async fn kill(
     halt(app, who, id, "kill").await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ConsoleCommand {
     command: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/instances/{id}/command",
+    tag = "instances",
+    params(("id" = String, Path)),
+    request_body = ConsoleCommand,
+    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn command(
     State(app): State<App>,
     who: Principal,
@@ -258,6 +307,14 @@ struct ConsoleQuery {
     lines: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/instances/{id}/console",
+    tag = "instances",
+    params(("id" = String, Path), ("lines" = Option<usize>, Query)),
+    responses((status = 200, description = "server-sent events", content_type = "text/event-stream", body = String), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn console(
     State(app): State<App>,
     who: Principal,

@@ -11,6 +11,7 @@ mod instances;
 mod json;
 mod modules;
 mod nodes;
+mod openapi;
 mod permissions;
 mod system;
 mod templates;
@@ -98,6 +99,7 @@ async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
         .merge(modules::routes())
         .merge(events::routes())
         .merge(workload::routes())
+        .merge(openapi::routes())
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(

@@ -58,6 +58,13 @@ fn version_hash(module: &Document, version: &str) -> Option<String> {
         .and_then(|v| v.get_str("hash").ok().map(str::to_owned))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/modules",
+    tag = "modules",
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<serde_json::Value>>> {
     who.require("modules:read")?;
     let modules = app
@@ -67,6 +74,14 @@ async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<serd
     Ok(Json(modules.into_iter().map(crate::json::record).collect()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/modules/{name}",
+    tag = "modules",
+    params(("name" = String, Path)),
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn show(
     State(app): State<App>,
     who: Principal,
@@ -77,6 +92,13 @@ async fn show(
 }
 
 /// The mutation in flight, if any (`null` otherwise).
+#[utoipa::path(
+    get,
+    path = "/api/v1/modules/mutation",
+    tag = "modules",
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn mutation(State(app): State<App>, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     who.require("modules:read")?;
     let store = app.store();
@@ -110,6 +132,15 @@ fn check_version(version: &str) -> ApiResult<()> {
 }
 
 /// `PUT /modules/{name}/versions/{version}` with the artifact (tar.gz): stores a version.
+#[utoipa::path(
+    put,
+    path = "/api/v1/modules/{name}/versions/{version}",
+    tag = "modules",
+    params(("name" = String, Path), ("version" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the layer as .tar.gz bytes"),
+    responses((status = 201, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn upload(
     State(app): State<App>,
     who: Principal,
@@ -238,12 +269,21 @@ async fn request(
     Ok((StatusCode::ACCEPTED, Json(crate::json::record(record))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct VersionRequest {
     version: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/modules/{name}/install",
+    tag = "modules",
+    params(("name" = String, Path)),
+    request_body = VersionRequest,
+    responses((status = 202, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn install(
     State(app): State<App>,
     who: Principal,
@@ -280,6 +320,15 @@ async fn install(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/modules/{name}/upgrade",
+    tag = "modules",
+    params(("name" = String, Path)),
+    request_body = VersionRequest,
+    responses((status = 202, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn upgrade(
     State(app): State<App>,
     who: Principal,
@@ -338,6 +387,14 @@ async fn attached_to(app: &App, name: &str) -> ApiResult<Vec<String>> {
         .collect())
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/modules/{name}/uninstall",
+    tag = "modules",
+    params(("name" = String, Path)),
+    responses((status = 202, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn uninstall(
     State(app): State<App>,
     who: Principal,
@@ -361,6 +418,14 @@ async fn uninstall(
 }
 
 /// `DELETE /modules/{name}`: removes the module and its stored versions (not while installed).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/modules/{name}",
+    tag = "modules",
+    params(("name" = String, Path)),
+    responses((status = 202, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn delete_storage(
     State(app): State<App>,
     who: Principal,

@@ -37,6 +37,13 @@ pub fn routes() -> Router<App> {
         .route("/nodes/{id}/cert-issue", post(cert_issue))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/nodes",
+    tag = "nodes",
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<serde_json::Value>>> {
     who.require("nodes:read")?;
     let store = app.store();
@@ -91,6 +98,14 @@ async fn find(app: &App, id: &str) -> ApiResult<Document> {
         .ok_or_else(|| ApiError::not_found(format!("no node {id:?}")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/nodes/{id}",
+    tag = "nodes",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn show(
     State(app): State<App>,
     who: Principal,
@@ -145,6 +160,14 @@ async fn set_cordon(app: App, who: Principal, id: String, cordoned: bool) -> Api
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/nodes/{id}/cordon",
+    tag = "nodes",
+    params(("id" = String, Path)),
+    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn cordon(
     State(app): State<App>,
     who: Principal,
@@ -153,6 +176,14 @@ async fn cordon(
     set_cordon(app, who, id, true).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/nodes/{id}/uncordon",
+    tag = "nodes",
+    params(("id" = String, Path)),
+    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn uncordon(
     State(app): State<App>,
     who: Principal,
@@ -161,6 +192,14 @@ async fn uncordon(
     set_cordon(app, who, id, false).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/nodes/{id}",
+    tag = "nodes",
+    params(("id" = String, Path)),
+    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn remove(
     State(app): State<App>,
     who: Principal,
@@ -198,7 +237,7 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct JoinTokenRequest {
     /// How long the token may be redeemed (e.g. "1h", at most 7 days; default 1h).
@@ -216,6 +255,15 @@ struct JoinTokenReply {
     ca_fingerprint: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/nodes/{id}/join-token",
+    tag = "nodes",
+    params(("id" = String, Path)),
+    request_body(content = Option<JoinTokenRequest>, content_type = "application/json"),
+    responses((status = 201, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn join_token(
     State(app): State<App>,
     who: Principal,
@@ -242,7 +290,9 @@ async fn join_token(
     let ca = prexor_pki::records::published_ca(store)
         .await?
         .ok_or_else(|| {
-            ApiError::unavailable(
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "NO_CA",
                 "the cluster has no CA yet: start prexor-ca with --bootstrap on the first controller",
             )
         })?;
@@ -273,7 +323,7 @@ async fn join_token(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct CertIssueRequest {
     /// PEM `CERTIFICATE REQUEST` generated on the node (its key never leaves it); subject and SAN
@@ -292,6 +342,15 @@ struct CertIssueReply {
     ca_fingerprint: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/nodes/{id}/cert-issue",
+    tag = "nodes",
+    params(("id" = String, Path)),
+    request_body = CertIssueRequest,
+    responses((status = 201, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn cert_issue(
     State(app): State<App>,
     who: Principal,
@@ -341,7 +400,7 @@ async fn cert_issue(
     ))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct DrainRequest {
     /// How long the node's instances get to stop before they are killed (default 10m).
@@ -368,6 +427,15 @@ async fn find_drain(app: &App, id: &str) -> ApiResult<Option<Document>> {
 
 /// Creates the durable drain intent; a scheduler replica carries it out under
 /// `workflow:drain-<node>`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/nodes/{id}/drain",
+    tag = "nodes",
+    params(("id" = String, Path)),
+    request_body(content = Option<DrainRequest>, content_type = "application/json"),
+    responses((status = 202, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn drain(
     State(app): State<App>,
     who: Principal,
@@ -444,6 +512,14 @@ async fn drain(
     Ok((StatusCode::ACCEPTED, Json(drain_view(drain))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/nodes/{id}/drain",
+    tag = "nodes",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn drain_status(
     State(app): State<App>,
     who: Principal,
@@ -457,6 +533,14 @@ async fn drain_status(
 }
 
 /// Cancels an open drain and uncordons the node.
+#[utoipa::path(
+    post,
+    path = "/api/v1/nodes/{id}/undrain",
+    tag = "nodes",
+    params(("id" = String, Path)),
+    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn undrain(
     State(app): State<App>,
     who: Principal,

@@ -30,6 +30,12 @@ struct Info {
 }
 
 /// Unauthenticated: what a load balancer or `prexorctl --controller URL system info` checks.
+#[utoipa::path(
+    get,
+    path = "/api/v1/system/info",
+    tag = "system",
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody))
+)]
 async fn info(State(app): State<App>) -> Json<Info> {
     let service = &app.service;
     Json(Info {
@@ -82,6 +88,13 @@ struct Coordination {
     error: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/system/status",
+    tag = "system",
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn status(State(app): State<App>, who: Principal) -> Result<Json<Status>, ApiError> {
     who.require("system:read")?;
     let service = &app.service;

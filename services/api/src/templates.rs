@@ -67,6 +67,13 @@ fn current(template: &Document) -> Option<Document> {
     version_of(template, template.get_i64("current").ok()?)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/templates",
+    tag = "templates",
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<serde_json::Value>>> {
     who.require("templates:read")?;
     let templates = app
@@ -96,6 +103,14 @@ async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<serd
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/templates/{name}",
+    tag = "templates",
+    params(("name" = String, Path)),
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn show(
     State(app): State<App>,
     who: Principal,
@@ -196,6 +211,15 @@ pub async fn receive_layer(app: &App, body: Result<Bytes, BytesRejection>) -> Ap
 
 /// `PUT /templates/{name}` with a tar.gz body: a new version (201), or the current one again if
 /// the bytes are the same (200).
+#[utoipa::path(
+    put,
+    path = "/api/v1/templates/{name}",
+    tag = "templates",
+    params(("name" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the layer as .tar.gz bytes"),
+    responses((status = 201, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn upload(
     State(app): State<App>,
     who: Principal,
@@ -280,12 +304,21 @@ async fn upload(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Rollback {
     version: i64,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/templates/{name}/rollback",
+    tag = "templates",
+    params(("name" = String, Path)),
+    request_body = Rollback,
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn rollback(
     State(app): State<App>,
     who: Principal,
@@ -322,6 +355,14 @@ async fn rollback(
     Ok(Json(crate::json::record(find(&app, &name).await?)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/templates/{name}/versions/{version}/content",
+    tag = "templates",
+    params(("name" = String, Path), ("version" = i64, Path)),
+    responses((status = 200, description = "the layer", content_type = "application/gzip", body = Vec<u8>), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn content(
     State(app): State<App>,
     who: Principal,
@@ -350,6 +391,14 @@ async fn content(
         .into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/templates/{name}",
+    tag = "templates",
+    params(("name" = String, Path)),
+    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn remove(
     State(app): State<App>,
     who: Principal,

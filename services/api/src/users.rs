@@ -51,6 +51,13 @@ impl UserView {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/users",
+    tag = "users",
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn list_users(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<UserView>>> {
     who.require("users:read")?;
     let users = app
@@ -71,6 +78,14 @@ async fn find_user(app: &App, name: &str) -> ApiResult<Document> {
         .ok_or_else(|| ApiError::not_found(format!("no user {name:?}")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{name}",
+    tag = "users",
+    params(("name" = String, Path)),
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn get_user(
     State(app): State<App>,
     who: Principal,
@@ -109,7 +124,7 @@ async fn check_roles(app: &App, roles: &[String]) -> ApiResult<()> {
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewUser {
     username: String,
@@ -117,6 +132,14 @@ struct NewUser {
     roles: Vec<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/users",
+    tag = "users",
+    request_body = NewUser,
+    responses((status = 201, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn create_user(
     State(app): State<App>,
     who: Principal,
@@ -159,7 +182,7 @@ async fn create_user(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UserChange {
     password: Option<String>,
@@ -185,6 +208,15 @@ async fn keep_an_admin(app: &App, changing: &str) -> ApiResult<()> {
     Ok(())
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/v1/users/{name}",
+    tag = "users",
+    params(("name" = String, Path)),
+    request_body = UserChange,
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn update_user(
     State(app): State<App>,
     who: Principal,
@@ -238,6 +270,14 @@ async fn update_user(
     Ok(Json(after))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/users/{name}",
+    tag = "users",
+    params(("name" = String, Path)),
+    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn delete_user(
     State(app): State<App>,
     who: Principal,
@@ -295,6 +335,13 @@ impl RoleView {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/roles",
+    tag = "roles",
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn list_roles(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<RoleView>>> {
     who.require("roles:read")?;
     let mut roles: Vec<RoleView> = permissions::BUILTIN_ROLES
@@ -320,6 +367,14 @@ async fn find_role(app: &App, name: &str) -> ApiResult<Document> {
         .ok_or_else(|| ApiError::not_found(format!("no role {name:?}")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/roles/{name}",
+    tag = "roles",
+    params(("name" = String, Path)),
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn get_role(
     State(app): State<App>,
     who: Principal,
@@ -332,7 +387,7 @@ async fn get_role(
     Ok(Json(RoleView::from_doc(&find_role(&app, &name).await?)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RoleBody {
     #[serde(default)]
@@ -350,6 +405,14 @@ fn check_permissions(who: &Principal, list: &[String]) -> ApiResult<()> {
         .map_err(|m| ApiError::forbidden(format!("permissions: {m}")))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/roles",
+    tag = "roles",
+    request_body = RoleBody,
+    responses((status = 201, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn create_role(
     State(app): State<App>,
     who: Principal,
@@ -386,6 +449,15 @@ async fn create_role(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/roles/{name}",
+    tag = "roles",
+    params(("name" = String, Path)),
+    request_body = RoleBody,
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn update_role(
     State(app): State<App>,
     who: Principal,
@@ -425,6 +497,14 @@ async fn update_role(
     Ok(Json(after))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/roles/{name}",
+    tag = "roles",
+    params(("name" = String, Path)),
+    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn delete_role(
     State(app): State<App>,
     who: Principal,
@@ -488,6 +568,14 @@ struct AuditPage {
     next_cursor: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "audit",
+    params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("actor" = Option<String>, Query), ("action" = Option<String>, Query), ("target" = Option<String>, Query)),
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 async fn audit_log(
     State(app): State<App>,
     who: Principal,

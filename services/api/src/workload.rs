@@ -94,6 +94,13 @@ async fn update(app: &App, who: &Workload, update: Document) -> ApiResult<()> {
     Ok(())
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/workload/ready",
+    tag = "workload",
+    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("instance" = []))
+)]
 async fn ready(State(app): State<App>, who: Workload) -> ApiResult<StatusCode> {
     update(
         &app,
@@ -112,14 +119,14 @@ async fn ready(State(app): State<App>, who: Workload) -> ApiResult<StatusCode> {
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 enum PlayerEvent {
     Join,
     Leave,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PlayerChange {
     event: PlayerEvent,
@@ -156,6 +163,14 @@ async fn count(app: &App, who: &Workload) -> ApiResult<usize> {
 }
 
 /// `{"event": "join" | "leave", "player": NAME}`: idempotent (a repeated join counts once).
+#[utoipa::path(
+    post,
+    path = "/api/v1/workload/players",
+    tag = "workload",
+    request_body = PlayerChange,
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("instance" = []))
+)]
 async fn player(
     State(app): State<App>,
     who: Workload,
@@ -177,7 +192,7 @@ async fn player(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PlayerList {
     /// Everyone online now (replaces what was reported).
@@ -185,6 +200,14 @@ struct PlayerList {
 }
 
 /// The full list of online players (e.g. every 30 s, or after a plugin restart).
+#[utoipa::path(
+    put,
+    path = "/api/v1/workload/players",
+    tag = "workload",
+    request_body = PlayerList,
+    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("instance" = []))
+)]
 async fn players(
     State(app): State<App>,
     who: Workload,
@@ -209,7 +232,7 @@ async fn players(
     Ok(Json(PlayerCount { players }))
 }
 
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Metrics {
     tps: Option<f64>,
@@ -217,6 +240,14 @@ struct Metrics {
     memory_used_mb: Option<u64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/workload/metrics",
+    tag = "workload",
+    request_body = Metrics,
+    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    security(("instance" = []))
+)]
 async fn metrics(
     State(app): State<App>,
     who: Workload,

@@ -708,9 +708,11 @@ impl Groups {
             .iter()
             .filter(|n| {
                 let labels = n.get_document("labels").ok();
-                spec.affinity
-                    .iter()
-                    .all(|(k, v)| labels.and_then(|l| l.get_str(k).ok()) == Some(v.as_str()))
+                let has = |k: &String, v: &String| {
+                    labels.and_then(|l| l.get_str(k).ok()) == Some(v.as_str())
+                };
+                spec.affinity.iter().all(|(k, v)| has(k, v))
+                    && !spec.anti_affinity.iter().any(|(k, v)| has(k, v))
             })
             .filter_map(|n| {
                 let node = n.get_str("_id").ok()?.to_string();
@@ -732,9 +734,29 @@ impl Groups {
             );
             return Ok(None);
         }
-        // Most free memory first.
+        // Score: fewest instances of this group on the node (spread), then most free memory,
+        // then fewest instances in all.
+        let running = self
+            .store
+            .find_all(
+                INSTANCES,
+                "counting instances per node",
+                doc! { "state": { "$in": [SCHEDULED, STARTING, RUNNING, STOPPING] } },
+            )
+            .await?;
+        let count_on = |node: &str, only_group: bool| {
+            running
+                .iter()
+                .filter(|i| i.get_str("nodeId") == Ok(node))
+                .filter(|i| !only_group || i.get_str("group") == Ok(group))
+                .count()
+        };
         candidates.sort_by_key(|(node, allocatable)| {
-            std::cmp::Reverse(allocatable - allocations.get(node).copied().unwrap_or(0))
+            (
+                count_on(node, true),
+                std::cmp::Reverse(allocatable - allocations.get(node).copied().unwrap_or(0)),
+                count_on(node, false),
+            )
         });
         for (node, allocatable) in candidates.into_iter().take(3) {
             self.store
