@@ -1,0 +1,131 @@
+//! The "GC pause": SIGSTOP the scheduler holding a group past the lease TTL; the peer takes the
+//! group with a higher token and changes it; SIGCONT the old holder. It fences itself off before
+//! doing anything, nothing it could still send is accepted, and no server runs twice.
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use mongodb::bson::{Document, doc};
+use prexor_acceptance::{Cluster, group_doc, nodes, reported_state, running, stop_all, wait_doc};
+
+const READY_WITHIN: Duration = Duration::from_secs(60);
+const EXIT_WITHIN: Duration = Duration::from_secs(20);
+
+async fn mark(cluster: &Cluster, scope: &str) -> anyhow::Result<i64> {
+    Ok(cluster
+        .stores
+        .mongo()
+        .await?
+        .collection::<Document>("fences")
+        .find_one(doc! { "_id": scope })
+        .await?
+        .and_then(|d| d.get_i64("mark").ok())
+        .unwrap_or(0))
+}
+
+async fn gc_pause(cluster: &Cluster) -> anyhow::Result<()> {
+    let mut fleet = nodes(cluster, &["node-1", "node-2"]).await?;
+    let db = cluster.stores.mongo().await?;
+    db.collection::<Document>("groups")
+        .insert_one(group_doc("lobby", 2, &[])?)
+        .await?;
+    let mut schedulers = vec![
+        cluster.service("scheduler", "scheduler-1", "")?,
+        cluster.service("scheduler", "scheduler-2", "")?,
+    ];
+    for scheduler in &mut schedulers {
+        scheduler.wait_ready(READY_WITHIN).await?;
+    }
+    let before: Vec<Document> = running(cluster, &["lobby-1", "lobby-2"]).await?;
+    let scope = "group:lobby";
+    let mut holder = None;
+    for _ in 0..100 {
+        for (i, s) in schedulers.iter().enumerate() {
+            if s.leases_held().await?.iter().any(|l| l == scope) {
+                holder = Some(i);
+            }
+        }
+        if holder.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let holder = holder.context("nobody holds group:lobby")?;
+    let peer = 1 - holder;
+    let old_token = mark(cluster, scope).await?;
+
+    // The pause: well past the 2 s TTL.
+    schedulers[holder].signal(libc::SIGSTOP);
+    let mut taken = false;
+    for _ in 0..200 {
+        if schedulers[peer]
+            .leases_held()
+            .await?
+            .iter()
+            .any(|l| l == scope)
+        {
+            taken = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(taken, "the peer took the group while its holder was paused");
+    let new_token = mark(cluster, scope).await?;
+    ensure!(
+        new_token > old_token,
+        "a higher token: {old_token} -> {new_token}"
+    );
+    // The peer changes the group meanwhile: one more instance.
+    db.collection::<Document>("groups")
+        .update_one(
+            doc! { "_id": "lobby" },
+            doc! { "$set": { "spec.minInstances": 3_i64, "revision": 2_i64 } },
+        )
+        .await?;
+    running(cluster, &["lobby-3"]).await?;
+
+    // Wake the old holder: it must not act on its stale view.
+    schedulers[holder].signal(libc::SIGCONT);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let instances: Vec<Document> = cluster
+        .store()
+        .await?
+        .find_all("instances", "test", doc! { "group": "lobby" })
+        .await?;
+    ensure!(
+        instances.len() == 3,
+        "three instances, no more: {instances:?}"
+    );
+    for original in &before {
+        let id = original.get_str("_id")?;
+        let now = wait_doc(cluster, "instances", id, "still running", |d| {
+            d.get_str("state") == Ok("RUNNING") && reported_state(d) == "RUNNING"
+        })
+        .await?;
+        ensure!(
+            now.get_str("planHash")? == original.get_str("planHash")?
+                && now.get_i64("attempt")? == original.get_i64("attempt")?,
+            "{id} was not restarted: {now:?}"
+        );
+    }
+    let pids: std::collections::BTreeSet<i32> = instances
+        .iter()
+        .filter_map(|d| d.get_document("reported").ok()?.get_i32("pid").ok())
+        .collect();
+    ensure!(pids.len() == 3, "three distinct server processes: {pids:?}");
+    let log = schedulers[holder].log_text();
+    ensure!(
+        !log.contains("stale fencing token") || log.contains("this write was not applied"),
+        "a stale write is refused, never applied: {log}"
+    );
+
+    let mut rest = schedulers.remove(peer);
+    stop_all(schedulers.iter_mut(), EXIT_WITHIN).await?;
+    fleet.stop_with(&mut rest).await
+}
+
+#[tokio::test]
+async fn a_paused_holder_wakes_up_fenced_off() {
+    let cluster = Cluster::new("gc_pause").unwrap();
+    gc_pause(&cluster).await.unwrap();
+}
