@@ -197,6 +197,16 @@ fn http() -> reqwest::Client {
         .clone()
 }
 
+/// Which of `procs` holds the lease `scope` now (from their gRPC status).
+pub async fn holder_of(procs: &[Proc], scope: &str) -> anyhow::Result<Option<usize>> {
+    for (i, proc) in procs.iter().enumerate() {
+        if proc.leases_held().await?.iter().any(|s| s == scope) {
+            return Ok(Some(i));
+        }
+    }
+    Ok(None)
+}
+
 /// JSON over HTTP to one api replica with a bearer token.
 #[derive(Clone)]
 pub struct Rest {

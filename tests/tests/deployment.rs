@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use mongodb::bson::{Document, doc};
-use prexor_acceptance::{Cluster, Proc, Rest, group_doc, nodes, running, stop_all, wait_doc};
+use prexor_acceptance::{
+    Cluster, Proc, Rest, group_doc, holder_of, nodes, running, stop_all, wait_doc,
+};
 use serde_json::{Value, json};
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
@@ -104,18 +106,9 @@ async fn rollout(cluster: &Cluster) -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let mut holder = None;
-    for (i, scheduler) in schedulers.iter().enumerate() {
-        if scheduler
-            .leases_held()
-            .await?
-            .iter()
-            .any(|s| s == "group:web")
-        {
-            holder = Some(i);
-        }
-    }
-    let holder = holder.context("no scheduler holds group:web")?;
+    let holder = holder_of(&schedulers, "group:web")
+        .await?
+        .context("no scheduler holds group:web")?;
     schedulers[holder].signal(libc::SIGKILL);
     let mut dead: Proc = schedulers.remove(holder);
     dead.wait_exit(EXIT_WITHIN).await?;

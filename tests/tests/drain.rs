@@ -8,21 +8,12 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use mongodb::bson::{Document, doc};
 use prexor_acceptance::{
-    Cluster, Proc, group_doc, nodes, reported_state, running, stop_all, wait_doc,
+    Cluster, group_doc, holder_of, nodes, reported_state, running, stop_all, wait_doc,
 };
 use serde_json::json;
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
 const EXIT_WITHIN: Duration = Duration::from_secs(20);
-
-async fn holder(schedulers: &[Proc], scope: &str) -> anyhow::Result<Option<usize>> {
-    for (i, scheduler) in schedulers.iter().enumerate() {
-        if scheduler.leases_held().await?.iter().any(|s| s == scope) {
-            return Ok(Some(i));
-        }
-    }
-    Ok(None)
-}
 
 async fn drain_mid_failover(cluster: &Cluster) -> anyhow::Result<()> {
     let mut fleet = nodes(cluster, &["node-1", "node-2"]).await?;
@@ -69,7 +60,7 @@ async fn drain_mid_failover(cluster: &Cluster) -> anyhow::Result<()> {
     let scope = format!("workflow:drain-{node}");
     let mut killed = None;
     for _ in 0..100 {
-        if let Some(i) = holder(&schedulers, &scope).await? {
+        if let Some(i) = holder_of(&schedulers, &scope).await? {
             killed = Some(i);
             break;
         }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use mongodb::bson::{Document, doc};
-use prexor_acceptance::{Cluster, group_doc, nodes, reported_state, running, stop_all, wait_doc};
+use prexor_acceptance::{
+    Cluster, group_doc, holder_of, nodes, reported_state, running, stop_all, wait_doc,
+};
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
 const EXIT_WITHIN: Duration = Duration::from_secs(20);
@@ -40,11 +42,7 @@ async fn gc_pause(cluster: &Cluster) -> anyhow::Result<()> {
     let scope = "group:lobby";
     let mut holder = None;
     for _ in 0..100 {
-        for (i, s) in schedulers.iter().enumerate() {
-            if s.leases_held().await?.iter().any(|l| l == scope) {
-                holder = Some(i);
-            }
-        }
+        holder = holder_of(&schedulers, scope).await?;
         if holder.is_some() {
             break;
         }

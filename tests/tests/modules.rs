@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use mongodb::bson::Document;
-use prexor_acceptance::{Cluster, group_doc, nodes, running, stop_all, tar_gz, wait_doc};
+use prexor_acceptance::{
+    Cluster, group_doc, holder_of, nodes, running, stop_all, tar_gz, wait_doc,
+};
 use serde_json::json;
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
@@ -110,18 +112,9 @@ async fn modules(cluster: &Cluster) -> anyhow::Result<()> {
         .post("/modules/essentials/upgrade", json!({ "version": "2.0" }))
         .await?;
     ensure!(status == 202, "{status} {body}");
-    let mut holder = None;
-    for (i, scheduler) in schedulers.iter().enumerate() {
-        if scheduler
-            .leases_held()
-            .await?
-            .iter()
-            .any(|s| s == "platform-module")
-        {
-            holder = Some(i);
-        }
-    }
-    let holder = holder.context("no scheduler holds platform-module")?;
+    let holder = holder_of(&schedulers, "platform-module")
+        .await?
+        .context("no scheduler holds platform-module")?;
     schedulers[holder].signal(libc::SIGKILL);
     let mut dead = schedulers.remove(holder);
     dead.wait_exit(EXIT_WITHIN).await?;

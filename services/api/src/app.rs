@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
-use mongodb::bson::{Bson, doc};
+use mongodb::bson::{Bson, Document, doc};
 use prexor_pki::client::SignerClient;
 use prexor_serve::Service;
 use prexor_store::Store;
 use serde::Serialize;
 
 use crate::auth::{Principal, SessionKeys};
+use crate::error::{ApiError, ApiResult};
 
 pub type App = Arc<AppState>;
 
@@ -25,6 +26,28 @@ pub const AUDIT: &str = "audit";
 impl AppState {
     pub fn store(&self) -> &Store {
         &self.service.store
+    }
+
+    /// The document `_id = id` of `collection`, if there is one.
+    pub async fn by_id(
+        &self,
+        collection: &str,
+        id: &str,
+    ) -> Result<Option<Document>, prexor_store::StoreError> {
+        let store = self.store();
+        store
+            .bounded(
+                &format!("reading {id} from {collection}"),
+                store.documents(collection).find_one(doc! { "_id": id }),
+            )
+            .await
+    }
+
+    /// [`AppState::by_id`], or 404 `no <what> "<id>"`.
+    pub async fn must_find(&self, collection: &str, what: &str, id: &str) -> ApiResult<Document> {
+        self.by_id(collection, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no {what} {id:?}")))
     }
 
     /// Records a mutation in the audit log (who, what, on what, before/after, when). A failure is

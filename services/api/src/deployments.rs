@@ -68,14 +68,7 @@ async fn view(app: &App, deployment: Document) -> ApiResult<serde_json::Value> {
 }
 
 async fn find(app: &App, id: &str) -> ApiResult<Document> {
-    let store = app.store();
-    store
-        .bounded(
-            "reading a deployment",
-            store.documents(DEPLOYMENTS).find_one(doc! { "_id": id }),
-        )
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no deployment {id:?}")))
+    app.must_find(DEPLOYMENTS, "deployment", id).await
 }
 
 #[utoipa::path(

@@ -100,14 +100,7 @@ async fn list(
 }
 
 async fn find(app: &App, id: &str) -> ApiResult<Document> {
-    let store = app.store();
-    store
-        .bounded(
-            "reading an instance",
-            store.documents(INSTANCES).find_one(doc! { "_id": id }),
-        )
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no instance {id:?}")))
+    app.must_find(INSTANCES, "instance", id).await
 }
 
 #[utoipa::path(

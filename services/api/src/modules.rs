@@ -38,14 +38,7 @@ pub fn routes() -> Router<App> {
 }
 
 async fn find(app: &App, name: &str) -> ApiResult<Document> {
-    let store = app.store();
-    store
-        .bounded(
-            "reading a module",
-            store.documents(MODULES).find_one(doc! { "_id": name }),
-        )
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no module {name:?}")))
+    app.must_find(MODULES, "module", name).await
 }
 
 fn version_hash(module: &Document, version: &str) -> Option<String> {

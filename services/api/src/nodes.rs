@@ -88,14 +88,7 @@ fn drain_view(mut drain: Document) -> serde_json::Value {
 }
 
 async fn find(app: &App, id: &str) -> ApiResult<Document> {
-    let store = app.store();
-    store
-        .bounded(
-            "reading a node",
-            store.documents(NODES).find_one(doc! { "_id": id }),
-        )
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no node {id:?}")))
+    app.must_find(NODES, "node", id).await
 }
 
 #[utoipa::path(
@@ -416,13 +409,7 @@ fn open_drain(drain: &Document) -> bool {
 }
 
 async fn find_drain(app: &App, id: &str) -> ApiResult<Option<Document>> {
-    let store = app.store();
-    Ok(store
-        .bounded(
-            "reading the node's drain",
-            store.documents(NODE_DRAINS).find_one(doc! { "_id": id }),
-        )
-        .await?)
+    Ok(app.by_id(NODE_DRAINS, id).await?)
 }
 
 /// Creates the durable drain intent; a scheduler replica carries it out under

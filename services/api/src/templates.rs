@@ -40,14 +40,7 @@ pub fn routes() -> Router<App> {
 }
 
 async fn find(app: &App, name: &str) -> ApiResult<Document> {
-    let store = app.store();
-    store
-        .bounded(
-            "reading a template",
-            store.documents(TEMPLATES).find_one(doc! { "_id": name }),
-        )
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no template {name:?}")))
+    app.must_find(TEMPLATES, "template", name).await
 }
 
 fn versions(template: &Document) -> Vec<Document> {

@@ -68,14 +68,7 @@ async fn list_users(State(app): State<App>, who: Principal) -> ApiResult<Json<Ve
 }
 
 async fn find_user(app: &App, name: &str) -> ApiResult<Document> {
-    let store = app.store();
-    store
-        .bounded(
-            "reading a user",
-            store.documents(USERS).find_one(doc! { "_id": name }),
-        )
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no user {name:?}")))
+    app.must_find(USERS, "user", name).await
 }
 
 #[utoipa::path(
@@ -357,14 +350,7 @@ async fn list_roles(State(app): State<App>, who: Principal) -> ApiResult<Json<Ve
 }
 
 async fn find_role(app: &App, name: &str) -> ApiResult<Document> {
-    let store = app.store();
-    store
-        .bounded(
-            "reading a role",
-            store.documents(ROLES).find_one(doc! { "_id": name }),
-        )
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no role {name:?}")))
+    app.must_find(ROLES, "role", name).await
 }
 
 #[utoipa::path(
