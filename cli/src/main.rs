@@ -5,6 +5,7 @@ mod contexts;
 mod ops;
 mod render;
 mod session;
+mod setup;
 mod status;
 
 use std::process::ExitCode;
@@ -40,6 +41,9 @@ pub enum Output {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Make this host a controller or a daemon node: check the stores, write config files and
+    /// systemd units, bootstrap a new cluster (identity, admin, CA), enable the units.
+    Setup(Box<setup::SetupArgs>),
     /// Every replica of every service, and the coordination store. Exits 1 when anything is
     /// unhealthy.
     Status,
@@ -139,6 +143,10 @@ fn main() -> ExitCode {
         }
     };
     let outcome = runtime.block_on(async {
+        if let Command::Setup(args) = cli.command {
+            // Runs on a host being set up: no context, controller or session involved.
+            return setup::setup(*args).await;
+        }
         let saved = contexts::Config::load()?;
         let context = saved.get(cli.context.as_deref())?.cloned();
         let controller = cli
@@ -185,6 +193,7 @@ fn main() -> ExitCode {
                 );
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Setup(_) => unreachable!("handled above"),
             Command::Status => status::status(&client, cli.output).await,
             Command::System {
                 command: SystemCommand::Info,

@@ -63,18 +63,41 @@ struct Inner {
     last_seen_write: Mutex<i64>,
 }
 
+/// The Valkey key holding the id of the coordination store (`<ns>store-id`).
+pub fn store_id_key(namespace: &str) -> String {
+    format!("{namespace}store-id")
+}
+
+/// What a database says about the cluster living in it, if any (read-only; `prexorctl setup`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingCluster {
+    pub id: String,
+    /// The coordination store the cluster uses, once a replica has stamped one.
+    pub store_id: Option<String>,
+}
+
+async fn read_identity(store: &Store) -> Result<Option<prexor_store::bson::Document>, String> {
+    store
+        .bounded(
+            "reading the cluster identity",
+            store.documents(CLUSTER).find_one(doc! { "_id": IDENTITY }),
+        )
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The cluster in this database, or `None` for an empty one.
+pub async fn existing_cluster(store: &Store) -> Result<Option<ExistingCluster>, String> {
+    Ok(read_identity(store).await?.map(|identity| ExistingCluster {
+        id: identity.get_str("clusterId").unwrap_or_default().to_owned(),
+        store_id: identity.get_str("storeId").ok().map(str::to_owned),
+    }))
+}
+
 /// Reads (or creates) the cluster identity and checks the configured cluster id; the id.
 pub async fn cluster_identity(store: &Store, config: &CommonConfig) -> Result<String, String> {
     let cluster = store.documents(CLUSTER);
-    let read = || async {
-        store
-            .bounded(
-                "reading the cluster identity",
-                cluster.find_one(doc! { "_id": IDENTITY }),
-            )
-            .await
-            .map_err(|e| e.to_string())
-    };
+    let read = || read_identity(store);
     let database = &config.mongo.database;
     let identity = match read().await? {
         Some(identity) => identity,
@@ -132,7 +155,7 @@ impl StoreGuard {
             inner: Arc::new(Inner {
                 store,
                 valkey,
-                key: format!("{namespace}store-id"),
+                key: store_id_key(namespace),
                 replica_id: replica_id.to_owned(),
                 stale_after,
                 state: Mutex::new(StoreState {

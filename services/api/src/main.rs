@@ -150,7 +150,13 @@ async fn bootstrap_admin(
     let store =
         prexor_store::Store::connect(&mongo.uri, &mongo.database, "prexor-api", mongo.timeout)
             .await?;
+    // The cluster identity first (created here for a new cluster when `cluster.bootstrap` is
+    // set, as `prexorctl setup` does), so an admin is never made in the wrong database.
+    let cluster = prexor_serve::guard::cluster_identity(&store, &config.common)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let password = auth::bootstrap_admin(&store, &username).await?;
+    tracing::info!(cluster = %cluster, user = %username, "bootstrap admin created");
     match password_file {
         Some(path) => {
             prexor_pki::write_private(&path, password.as_bytes())?;

@@ -33,6 +33,10 @@ struct CaArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
+    /// Create the cluster CA (key at `<ca.dataDir>/certs/ca/ca.key`, mode 0600; certificate
+    /// published in MongoDB), print its fingerprint and exit. Refused if the cluster has a CA.
+    /// `prexorctl setup --bootstrap=true` runs this.
+    Init,
     /// Create a single-use join token for a node (on a controller host, with the CA's config),
     /// print it and exit. Put it in the node's `daemon.joinToken`.
     JoinToken {
@@ -59,6 +63,13 @@ fn main() -> ExitCode {
                 args.service,
                 |config: &CaConfig| &config.common.telemetry,
                 move |config: CaConfig| join_token(config, node_id, ttl),
+            );
+        }
+        Some(Command::Init) => {
+            return prexor_serve::launch_with(
+                args.service,
+                |config: &CaConfig| &config.common.telemetry,
+                init,
             );
         }
         Some(Command::Revoke { serial, reason }) => {
@@ -139,10 +150,7 @@ async fn join_token(
 ) -> anyhow::Result<()> {
     prexor_domain::validate_name(&node_id)
         .map_err(|e| anyhow::anyhow!("node id {node_id:?}: {e}"))?;
-    let mongo = &config.common.mongo;
-    let store =
-        prexor_store::Store::connect(&mongo.uri, &mongo.database, "prexor-ca", mongo.timeout)
-            .await?;
+    let store = admin_store(&config).await?;
     let Some(ca) = prexor_pki::records::published_ca(&store).await? else {
         anyhow::bail!(
             "the cluster has no CA yet (database {}): start prexor-ca with --bootstrap first",
@@ -168,6 +176,29 @@ async fn admin_store(config: &CaConfig) -> anyhow::Result<prexor_store::Store> {
         prexor_store::Store::connect(&mongo.uri, &mongo.database, "prexor-ca", mongo.timeout)
             .await?,
     )
+}
+
+/// `prexor-ca init`.
+async fn init(config: CaConfig) -> anyhow::Result<()> {
+    let store = admin_store(&config).await?;
+    let paths = Paths::new(&config.data_dir);
+    let authority = authority::resolve(
+        &store,
+        &paths,
+        Bootstrap::Yes,
+        &config.common.replica_id,
+        |_| {},
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await?
+    .ok_or_else(|| anyhow::anyhow!("the CA was not created"))?;
+    println!(
+        "cluster CA created: fingerprint {}; key {} (mode 0600), certificate {}",
+        authority.certificate.fingerprint,
+        paths.key.display(),
+        paths.cert.display()
+    );
+    Ok(())
 }
 
 /// `prexor-ca revoke SERIAL`.

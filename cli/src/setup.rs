@@ -1,0 +1,828 @@
+//! `prexorctl setup`: makes this host a controller (any of api, gateway, scheduler, ca) or a
+//! daemon node. It checks everything first (both stores reachable, the cluster there or not as
+//! `--bootstrap` expects, every config accepted by its service's own `--check-config`), then
+//! writes the config files and systemd units, bootstraps a new cluster (identity, admin user,
+//! CA) and enables the units. Nothing is written when a check fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{ArgAction, Args, ValueEnum};
+use prexor_coord::{LeaseBackend, ValkeyBackend};
+use prexor_pki::records::JoinToken;
+use prexor_store::Store;
+
+/// How long setup waits for either store before saying it is unreachable.
+const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// Control-plane services (the `--services` chosen) against the shared stores.
+    Controller,
+    /// The node daemon that runs game servers on this host.
+    Daemon,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum ServiceName {
+    Api,
+    Gateway,
+    Scheduler,
+    Ca,
+}
+
+impl ServiceName {
+    fn name(self) -> &'static str {
+        match self {
+            ServiceName::Api => "api",
+            ServiceName::Gateway => "gateway",
+            ServiceName::Scheduler => "scheduler",
+            ServiceName::Ca => "ca",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// What this host becomes.
+    #[arg(long, value_enum)]
+    role: Role,
+    /// The MongoDB every controller shares (controller role).
+    #[arg(long, value_name = "URI", required_if_eq("role", "controller"))]
+    mongo_uri: Option<String>,
+    /// The database in it.
+    #[arg(long, default_value = "prexorcloud")]
+    mongo_database: String,
+    /// The Valkey every controller shares (`redis://` or `rediss://`; controller role).
+    #[arg(
+        long,
+        visible_alias = "valkey-uri",
+        value_name = "URI",
+        required_if_eq("role", "controller")
+    )]
+    redis_uri: Option<String>,
+    /// Key prefix in Valkey (several clusters can share one Valkey under different prefixes).
+    #[arg(long, default_value = "prexor:v1:")]
+    valkey_namespace: String,
+    /// `true`: the first controller of a new cluster (creates the cluster identity, the admin
+    /// user, printed once, and the CA on this host). `false`: join the existing cluster.
+    #[arg(long, num_args = 0..=1, default_value = "true", default_missing_value = "true",
+          value_name = "true|false", action = ArgAction::Set)]
+    bootstrap: bool,
+    /// The services this controller runs.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "api,gateway,scheduler,ca"
+    )]
+    services: Vec<ServiceName>,
+    /// Check and print what would be written and run; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Write the files and bootstrap, but leave enabling and starting the units to you.
+    #[arg(long)]
+    no_enable: bool,
+    /// The new cluster's id (bootstrap; default: random). When joining, it must match.
+    #[arg(long)]
+    cluster_id: Option<String>,
+    /// Name or address peers, daemons and operators reach this controller by (default: the
+    /// host name).
+    #[arg(long)]
+    advertise_host: Option<String>,
+    /// User name of the bootstrap admin.
+    #[arg(long, default_value = "admin")]
+    admin_user: String,
+    /// Where the config files go (the CA key ends up in `<dir>/data/certs/ca/`).
+    #[arg(long, default_value = "/etc/prexorcloud")]
+    config_dir: PathBuf,
+    /// Where the systemd units go.
+    #[arg(long, default_value = "/etc/systemd/system")]
+    unit_dir: PathBuf,
+    /// State directory (the daemon's data lives in `<dir>/daemon`).
+    #[arg(long, default_value = "/var/lib/prexorcloud")]
+    state_dir: PathBuf,
+    /// Where the prexor-* binaries are installed (default: next to prexorctl).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// System user the services run as (created when setup runs as root and it is missing).
+    #[arg(long, default_value = "prexorcloud")]
+    user: String,
+    /// Daemon role: the node id (default: the one in the join token).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Daemon role: the join token from `prexorctl nodes join-token NODE`.
+    #[arg(long, required_if_eq("role", "daemon"))]
+    join_token: Option<String>,
+    /// Daemon role: a gateway's daemon port, `host:port` (repeat, or comma-separate, for every
+    /// gateway replica).
+    #[arg(
+        long = "gateway",
+        value_delimiter = ',',
+        required_if_eq("role", "daemon")
+    )]
+    gateways: Vec<String>,
+    /// Daemon role: a node label, `key=value` (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+}
+
+/// A file setup writes.
+struct PlannedFile {
+    path: PathBuf,
+    contents: String,
+    mode: u32,
+    /// The binary whose `--check-config` must accept this file.
+    checked_by: Option<&'static str>,
+}
+
+/// A command setup runs after writing the files.
+struct Step {
+    what: &'static str,
+    binary: &'static str,
+    args: Vec<String>,
+    env: Vec<(&'static str, &'static str)>,
+}
+
+/// Everything setup will do, decided before anything is done.
+#[derive(Default)]
+struct Plan {
+    checked: Vec<String>,
+    dirs: Vec<PathBuf>,
+    files: Vec<PlannedFile>,
+    steps: Vec<Step>,
+    units: Vec<String>,
+    /// Values never printed in a dry run (passwords in URIs, the join token's secret).
+    secrets: Vec<String>,
+}
+
+pub async fn setup(args: SetupArgs) -> anyhow::Result<ExitCode> {
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => default_bin_dir(),
+    };
+    let mut plan = match args.role {
+        Role::Controller => controller(&args).await?,
+        Role::Daemon => daemon(&args)?,
+    };
+    plan.files.extend(units(&args, &bin_dir, &plan.units));
+    if args.dry_run {
+        print_dry_run(&args, &plan, &bin_dir);
+        return Ok(ExitCode::SUCCESS);
+    }
+    apply(&args, &plan, &bin_dir)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The directory holding this prexorctl, where packages install the prexor-* binaries too.
+fn default_bin_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        .filter(|dir| dir.join("prexor-api").is_file() || dir.join("prexor-daemon").is_file())
+        .unwrap_or_else(|| PathBuf::from("/usr/local/bin"))
+}
+
+async fn controller(args: &SetupArgs) -> anyhow::Result<Plan> {
+    let (Some(mongo_uri), Some(valkey_uri)) = (&args.mongo_uri, &args.redis_uri) else {
+        bail!("--role controller needs --mongo-uri and --redis-uri");
+    };
+    if args.services.is_empty() {
+        bail!("--services must name at least one of api, gateway, scheduler, ca");
+    }
+    if args.bootstrap && !args.services.contains(&ServiceName::Api) {
+        bail!(
+            "--bootstrap=true creates the admin user with prexor-api: include api in --services, or bootstrap on a host that runs the api"
+        );
+    }
+    if let Some(id) = &args.cluster_id {
+        check_cluster_id(id)?;
+    }
+    let mut plan = Plan {
+        secrets: [mongo_uri, valkey_uri]
+            .into_iter()
+            .filter_map(|uri| uri_password(uri))
+            .collect(),
+        ..Plan::default()
+    };
+    let mongo_shown = prexor_domain::redact_uri(mongo_uri);
+    let valkey_shown = prexor_domain::redact_uri(valkey_uri);
+    let database = &args.mongo_database;
+
+    let store = Store::connect(mongo_uri, database, "prexorctl-setup", STORE_TIMEOUT)
+        .await
+        .with_context(|| format!("MongoDB at {mongo_shown} is not usable"))?;
+    store
+        .ping()
+        .await
+        .with_context(|| format!("MongoDB at {mongo_shown} is not reachable"))?;
+    let valkey = ValkeyBackend::connect(valkey_uri, STORE_TIMEOUT)
+        .with_context(|| format!("Valkey at {valkey_shown} is not usable"))?;
+    valkey
+        .ping()
+        .await
+        .with_context(|| format!("Valkey at {valkey_shown} is not reachable"))?;
+    let existing = prexor_serve::guard::existing_cluster(&store)
+        .await
+        .map_err(|e| anyhow::anyhow!("MongoDB at {mongo_shown}: {e}"))?;
+    let store_key = prexor_serve::guard::store_id_key(&args.valkey_namespace);
+    let valkey_store = valkey
+        .get(&store_key)
+        .await
+        .with_context(|| format!("Valkey at {valkey_shown}: reading {store_key}"))?;
+
+    let cluster_id = if args.bootstrap {
+        if let Some(existing) = &existing {
+            bail!(
+                "database {database:?} at {mongo_shown} already holds cluster {:?}: refusing to bootstrap it a second time. To add this host to that cluster run setup with --bootstrap=false",
+                existing.id
+            );
+        }
+        if let Some(other) = valkey_store {
+            bail!(
+                "Valkey at {valkey_shown} already coordinates a cluster under {:?} (store id {other}), but database {database:?} has none: a new cluster needs its own Valkey (or another --valkey-namespace); two clusters on one store would fence each other",
+                args.valkey_namespace
+            );
+        }
+        plan.checked.push(format!(
+            "MongoDB at {mongo_shown} reachable; database {database:?} holds no cluster yet"
+        ));
+        args.cluster_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+    } else {
+        let Some(existing) = existing else {
+            bail!(
+                "database {database:?} at {mongo_shown} holds no PrexorCloud cluster yet: set up the first controller with --bootstrap=true, or fix --mongo-uri / --mongo-database"
+            );
+        };
+        if let Some(id) = &args.cluster_id
+            && *id != existing.id
+        {
+            bail!(
+                "--cluster-id {id:?} does not match the cluster in database {database:?} at {mongo_shown} ({:?})",
+                existing.id
+            );
+        }
+        if let (Some(in_valkey), Some(expected)) = (&valkey_store, &existing.store_id)
+            && in_valkey != expected
+        {
+            bail!(
+                "Valkey at {valkey_shown} holds store id {in_valkey} but cluster {:?} uses store {expected}: this is a different Valkey than the other controllers use (split brain). Pass the cluster's Valkey URI",
+                existing.id
+            );
+        }
+        let ca = prexor_pki::records::published_ca(&store)
+            .await
+            .with_context(|| format!("MongoDB at {mongo_shown}: reading the cluster CA"))?
+            .with_context(|| {
+                format!(
+                    "cluster {:?} has no CA yet: start the first controller's prexor-ca (setup --bootstrap=true does) before adding controllers",
+                    existing.id
+                )
+            })?;
+        plan.checked.push(format!(
+            "MongoDB at {mongo_shown} reachable; cluster {:?}, CA fingerprint {}",
+            existing.id, ca.certificate.fingerprint
+        ));
+        plan.files.push(PlannedFile {
+            path: ca_dir(args).join("ca.crt"),
+            contents: ca.certificate.pem,
+            mode: 0o644,
+            checked_by: None,
+        });
+        existing.id
+    };
+    plan.checked
+        .push(format!("Valkey at {valkey_shown} reachable"));
+
+    let data_dir = args.config_dir.join("data");
+    plan.dirs = vec![
+        args.config_dir.clone(),
+        data_dir.clone(),
+        args.state_dir.clone(),
+    ];
+    for service in &args.services {
+        let name = service.name();
+        let mut toml = format!(
+            "# Written by `prexorctl setup --role controller`; see docs/configuration.md.\n[runtime]\nprofile = \"production\"\n\n[cluster]\nid = {}\n\n",
+            quoted(&cluster_id)
+        );
+        if let Some(host) = &args.advertise_host {
+            toml.push_str(&format!("[replica]\nadvertiseHost = {}\n\n", quoted(host)));
+        }
+        toml.push_str(&format!(
+            "[mongo]\nuri = {}\ndatabase = {}\n\n[valkey]\nuri = {}\nnamespace = {}\n",
+            quoted(mongo_uri),
+            quoted(database),
+            quoted(valkey_uri),
+            quoted(&args.valkey_namespace)
+        ));
+        if *service == ServiceName::Ca {
+            toml.push_str(&format!(
+                "\n[ca]\n# The CA key is <dataDir>/certs/ca/ca.key (0600), only on hosts allowed to sign.\ndataDir = {}\n",
+                quoted(&data_dir.display().to_string())
+            ));
+        }
+        plan.files.push(PlannedFile {
+            path: config_file(args, name),
+            contents: toml,
+            mode: 0o600,
+            checked_by: Some(binary_of(*service)),
+        });
+        plan.units.push(format!("prexor-{name}.service"));
+    }
+    plan.units.push("prexorcloud-controller.service".into());
+
+    if args.bootstrap {
+        plan.steps.push(Step {
+            what: "create the cluster identity and the bootstrap admin",
+            binary: "prexor-api",
+            args: vec![
+                "--config".into(),
+                config_file(args, "api").display().to_string(),
+                "bootstrap-admin".into(),
+                "--username".into(),
+                args.admin_user.clone(),
+            ],
+            env: vec![("PREXOR_CLUSTER__BOOTSTRAP", "true")],
+        });
+        if args.services.contains(&ServiceName::Ca) {
+            plan.steps.push(Step {
+                what: "create the cluster CA on this host",
+                binary: "prexor-ca",
+                args: vec![
+                    "--config".into(),
+                    config_file(args, "ca").display().to_string(),
+                    "init".into(),
+                ],
+                env: vec![],
+            });
+        }
+    }
+    Ok(plan)
+}
+
+fn daemon(args: &SetupArgs) -> anyhow::Result<Plan> {
+    let token = args
+        .join_token
+        .as_deref()
+        .context("--role daemon needs --join-token (from `prexorctl nodes join-token NODE`)")?;
+    let parsed = JoinToken::parse(token).map_err(|e| anyhow::anyhow!("--join-token: {e}"))?;
+    let node_id = args.node_id.clone().unwrap_or(parsed.node_id.clone());
+    prexor_domain::validate_name(&node_id)
+        .map_err(|e| anyhow::anyhow!("--node-id {node_id:?}: {e}"))?;
+    if node_id != parsed.node_id {
+        bail!(
+            "--join-token was issued for node {:?}, not {node_id:?}: create a token for {node_id:?} or drop --node-id",
+            parsed.node_id
+        );
+    }
+    if args.gateways.is_empty() {
+        bail!("--role daemon needs --gateway host:port for every gateway replica");
+    }
+    for gateway in &args.gateways {
+        let port_ok = gateway.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !port_ok {
+            bail!(
+                "--gateway {gateway:?} is not host:port (a gateway's daemon port, e.g. controller-1:9443)"
+            );
+        }
+    }
+    let mut labels = String::new();
+    for label in &args.labels {
+        let Some((key, value)) = label.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
+            bail!("--label {label:?} is not key=value");
+        };
+        labels.push_str(&format!(
+            "{} = {}\n",
+            quoted(key.trim()),
+            quoted(value.trim())
+        ));
+    }
+    let data_dir = args.state_dir.join("daemon");
+    let gateways: Vec<String> = args.gateways.iter().map(|g| quoted(g)).collect();
+    let mut toml = format!(
+        "# Written by `prexorctl setup --role daemon`; see docs/configuration.md.\n[node]\nid = {}\n",
+        quoted(&node_id)
+    );
+    if !labels.is_empty() {
+        toml.push_str(&format!("\n[node.labels]\n{labels}"));
+    }
+    toml.push_str(&format!(
+        "\n[daemon]\ndataDir = {}\ngateways = [{}]\n# Used once: exchanged for the node certificate on first start.\njoinToken = {}\n",
+        quoted(&data_dir.display().to_string()),
+        gateways.join(", "),
+        quoted(token.trim()),
+    ));
+    Ok(Plan {
+        checked: vec![format!(
+            "join token for node {node_id:?}, trusting only the CA with fingerprint {}",
+            parsed.ca_fingerprint
+        )],
+        dirs: vec![args.config_dir.clone(), args.state_dir.clone(), data_dir],
+        files: vec![PlannedFile {
+            path: config_file(args, "daemon"),
+            contents: toml,
+            mode: 0o600,
+            checked_by: Some("prexor-daemon"),
+        }],
+        steps: vec![],
+        units: vec!["prexor-daemon.service".into()],
+        secrets: token
+            .split('.')
+            .nth(2)
+            .map(str::to_owned)
+            .into_iter()
+            .collect(),
+    })
+}
+
+/// The unit templates shipped in compose/systemd/.
+const UNIT_TEMPLATES: &[(&str, &str)] = &[
+    (
+        "prexor-api.service",
+        include_str!("../../compose/systemd/prexor-api.service"),
+    ),
+    (
+        "prexor-gateway.service",
+        include_str!("../../compose/systemd/prexor-gateway.service"),
+    ),
+    (
+        "prexor-scheduler.service",
+        include_str!("../../compose/systemd/prexor-scheduler.service"),
+    ),
+    (
+        "prexor-ca.service",
+        include_str!("../../compose/systemd/prexor-ca.service"),
+    ),
+    (
+        "prexor-daemon.service",
+        include_str!("../../compose/systemd/prexor-daemon.service"),
+    ),
+    (
+        "prexorcloud-controller.service",
+        include_str!("../../compose/systemd/prexorcloud-controller.service"),
+    ),
+];
+
+/// The units, with this host's paths and user put into the templates.
+fn units(args: &SetupArgs, bin_dir: &Path, names: &[String]) -> Vec<PlannedFile> {
+    names
+        .iter()
+        .filter_map(|name| {
+            let template = UNIT_TEMPLATES.iter().find(|(n, _)| n == name)?.1;
+            let contents = template
+                .replace("/usr/local/bin", &bin_dir.display().to_string())
+                .replace("/etc/prexorcloud", &args.config_dir.display().to_string())
+                .replace(
+                    "/var/lib/prexorcloud",
+                    &args.state_dir.display().to_string(),
+                )
+                .replace("User=prexorcloud", &format!("User={}", args.user))
+                .replace("Group=prexorcloud", &format!("Group={}", args.user));
+            Some(PlannedFile {
+                path: args.unit_dir.join(name),
+                contents,
+                mode: 0o644,
+                checked_by: None,
+            })
+        })
+        .collect()
+}
+
+fn print_dry_run(args: &SetupArgs, plan: &Plan, bin_dir: &Path) {
+    let hide = |text: &str| {
+        plan.secrets
+            .iter()
+            .fold(text.to_owned(), |text, secret| text.replace(secret, "****"))
+    };
+    println!("dry run: nothing is written, created or started");
+    for check in &plan.checked {
+        println!("checked: {check}");
+    }
+    for dir in &plan.dirs {
+        println!("would create directory {}", dir.display());
+    }
+    for file in &plan.files {
+        println!(
+            "would write {} (mode {:o}):",
+            file.path.display(),
+            file.mode
+        );
+        for line in file.contents.lines() {
+            println!("    {}", hide(line));
+        }
+    }
+    for step in &plan.steps {
+        println!("would {}: {}", step.what, step_command(step, bin_dir));
+    }
+    println!("would give {} to user {}", owned(plan), args.user);
+    for command in systemctl(plan) {
+        println!("would run: systemctl {}", command.join(" "));
+    }
+}
+
+fn step_command(step: &Step, bin_dir: &Path) -> String {
+    let env: String = step.env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    format!(
+        "{env}{} {}",
+        bin_dir.join(step.binary).display(),
+        step.args.join(" ")
+    )
+}
+
+/// The directories handed to the service user.
+fn owned(plan: &Plan) -> String {
+    plan.dirs
+        .iter()
+        .map(|dir| dir.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn systemctl(plan: &Plan) -> Vec<Vec<String>> {
+    let mut enable = vec!["enable".to_owned(), "--now".to_owned()];
+    enable.extend(plan.units.iter().cloned());
+    vec![vec!["daemon-reload".to_owned()], enable]
+}
+
+fn apply(args: &SetupArgs, plan: &Plan, bin_dir: &Path) -> anyhow::Result<()> {
+    // Every binary the units and steps need, and every config accepted by its own service,
+    // before anything is written.
+    let needed = plan
+        .files
+        .iter()
+        .filter_map(|f| f.checked_by)
+        .chain(plan.steps.iter().map(|s| s.binary));
+    for binary in needed {
+        let path = bin_dir.join(binary);
+        if !path.is_file() {
+            bail!(
+                "{binary} is not installed in {}: install the PrexorCloud binaries there, or pass --bin-dir",
+                bin_dir.display()
+            );
+        }
+    }
+    let scratch = tempdir()?;
+    let checked = plan
+        .files
+        .iter()
+        .filter_map(|f| f.checked_by.map(|b| (f, b)))
+        .try_for_each(|(file, binary)| check_config(&scratch, file, &bin_dir.join(binary)));
+    let _ = std::fs::remove_dir_all(&scratch);
+    checked?;
+
+    let running_as_root = effective_uid() == 0;
+    if running_as_root {
+        ensure_user(args)?;
+    }
+    for dir in &plan.dirs {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    for file in &plan.files {
+        write_file(file)?;
+        println!("wrote {}", file.path.display());
+    }
+    for step in &plan.steps {
+        println!("{}: {}", step.what, step_command(step, bin_dir));
+        let status = Command::new(bin_dir.join(step.binary))
+            .args(&step.args)
+            .envs(step.env.iter().copied())
+            .env_remove("PREXOR_CONFIG")
+            .status()
+            .with_context(|| format!("running {}", step.binary))?;
+        if !status.success() {
+            bail!(
+                "could not {} ({} exited with {status}); the files above are written. Fix the cause shown above and run: {}",
+                step.what,
+                step.binary,
+                step_command(step, bin_dir)
+            );
+        }
+    }
+    if running_as_root {
+        for dir in &plan.dirs {
+            run(
+                "chown",
+                &[
+                    "-R".into(),
+                    format!("{0}:{0}", args.user),
+                    dir.display().to_string(),
+                ],
+            )?;
+        }
+    } else {
+        println!(
+            "not running as root: {} stay owned by you; give them to {} before starting the units",
+            owned(plan),
+            args.user
+        );
+    }
+    if args.no_enable {
+        println!(
+            "--no-enable: start with `systemctl daemon-reload && systemctl enable --now {}`",
+            plan.units.join(" ")
+        );
+    } else {
+        for command in systemctl(plan) {
+            run("systemctl", &command)?;
+        }
+        println!("enabled and started {}", plan.units.join(", "));
+    }
+    if args.role == Role::Controller {
+        let host = args.advertise_host.as_deref().unwrap_or("<this host>");
+        println!(
+            "next: prexorctl --controller http://{host}:8080 status (after `prexorctl login`)"
+        );
+    }
+    Ok(())
+}
+
+/// Runs `<binary> --config <scratch copy> --check-config`: the service's own validation.
+fn check_config(scratch: &Path, file: &PlannedFile, binary: &Path) -> anyhow::Result<()> {
+    let name = file.path.file_name().unwrap_or_default();
+    let copy = scratch.join(name);
+    std::fs::write(&copy, &file.contents).with_context(|| format!("writing {}", copy.display()))?;
+    let output = Command::new(binary)
+        .arg("--config")
+        .arg(&copy)
+        .arg("--check-config")
+        .env_remove("PREXOR_CONFIG")
+        .output()
+        .with_context(|| format!("running {} --check-config", binary.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} refuses the configuration setup would write to {}; nothing was written:\n{}{}",
+            binary.display(),
+            file.path.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// A fresh private directory for the config checks.
+fn tempdir() -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::env::temp_dir().join(format!(
+        "prexorctl-setup-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Writes through a temporary file and a rename, so a file is either the old or the new one.
+fn write_file(file: &PlannedFile) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = &file.path;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.setup-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let written = (|| {
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(file.mode)
+            .open(&tmp)?;
+        out.write_all(file.contents.as_bytes())?;
+        out.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.with_context(|| format!("writing {}", path.display()))
+}
+
+/// Creates the service user (system account, own group, no login) when it does not exist.
+fn ensure_user(args: &SetupArgs) -> anyhow::Result<()> {
+    let exists = Command::new("id")
+        .arg("-u")
+        .arg(&args.user)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !exists {
+        run(
+            "useradd",
+            &[
+                "--system".into(),
+                "--user-group".into(),
+                "--home-dir".into(),
+                args.state_dir.display().to_string(),
+                "--no-create-home".into(),
+                "--shell".into(),
+                "/usr/sbin/nologin".into(),
+                args.user.clone(),
+            ],
+        )?;
+        println!("created system user {}", args.user);
+    }
+    Ok(())
+}
+
+fn run(program: &str, args: &[String]) -> anyhow::Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn effective_uid() -> u32 {
+    // The owner of /proc/self is the effective user: no libc call needed.
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
+}
+
+fn config_file(args: &SetupArgs, name: &str) -> PathBuf {
+    args.config_dir.join(format!("{name}.toml"))
+}
+
+fn ca_dir(args: &SetupArgs) -> PathBuf {
+    args.config_dir.join("data").join("certs").join("ca")
+}
+
+fn binary_of(service: ServiceName) -> &'static str {
+    match service {
+        ServiceName::Api => "prexor-api",
+        ServiceName::Gateway => "prexor-gateway",
+        ServiceName::Scheduler => "prexor-scheduler",
+        ServiceName::Ca => "prexor-ca",
+    }
+}
+
+fn check_cluster_id(id: &str) -> anyhow::Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !ok {
+        bail!("--cluster-id {id:?}: use 1-64 letters, digits, '-' or '_'");
+    }
+    Ok(())
+}
+
+/// A TOML basic string.
+fn quoted(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The password part of `scheme://user:password@host/…`, if any.
+fn uri_password(uri: &str) -> Option<String> {
+    let rest = uri.split_once("://")?.1;
+    let userinfo = rest.split_once('@')?.0;
+    let password = userinfo.split_once(':')?.1;
+    (!password.is_empty()).then(|| password.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_and_passwords() {
+        assert_eq!(quoted("a\"b\\c"), "\"a\\\"b\\\\c\"");
+        assert_eq!(
+            uri_password("mongodb://root:s3cret@db:27017/?x=1").as_deref(),
+            Some("s3cret")
+        );
+        assert_eq!(uri_password("redis://127.0.0.1:6379"), None);
+        assert!(check_cluster_id("prod-eu_1").is_ok());
+        assert!(check_cluster_id("no spaces").is_err());
+    }
+}
