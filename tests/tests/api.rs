@@ -559,6 +559,43 @@ async fn dynamic_scaling(cluster: &Cluster) -> anyhow::Result<()> {
         .context("group state")?;
     ensure!(state.get_i64("scaleTarget")? == 1, "{state:?}");
 
+    // A node drain with players online: arena-1 DRAINS (still up) until they left, then stops.
+    let (status, _) = server
+        .put(
+            "/workload/players",
+            json!({ "players": ["alex", "sam", "kim"] }),
+        )
+        .await?;
+    ensure!(status == 200, "{status}");
+    let (status, body) = rest.post("/nodes/node-1/drain", json!({})).await?;
+    ensure!(status == 202, "{status} {body}");
+    let draining = wait_doc(cluster, "instances", "arena-1", "DRAINING", |d| {
+        d.get_str("state") == Ok("DRAINING")
+    })
+    .await?;
+    ensure!(
+        draining.get_i64("drainUntilMs")? > draining.get_i64("stateAtMs")?
+            && reported_state(&draining) == "RUNNING",
+        "drains with a deadline, the server still up: {draining:?}"
+    );
+    let (status, shown) = rest.get("/instances/arena-1").await?;
+    ensure!(
+        status == 200 && shown["state"] == "DRAINING",
+        "{status} {shown}"
+    );
+    let (status, _) = server
+        .put("/workload/players", json!({ "players": [] }))
+        .await?;
+    ensure!(status == 200, "{status}");
+    wait_doc(
+        cluster,
+        "instances",
+        "arena-1",
+        "stopped after draining",
+        |d| d.get_str("state") == Ok("STOPPED"),
+    )
+    .await?;
+
     stop_all([&mut api], EXIT_WITHIN).await?;
     fleet.stop_with(&mut scheduler).await
 }

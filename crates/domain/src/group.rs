@@ -44,10 +44,18 @@ pub struct GroupSpec {
     /// Console `stop`, then SIGKILL after this many seconds.
     #[serde(default = "default_grace")]
     pub stop_grace_seconds: u32,
+    /// A server taken out of service (scale-down, node drain) while players are online first
+    /// DRAINS for up to this many seconds (until they left), then is stopped; 0: stop at once.
+    #[serde(default = "default_drain")]
+    pub drain_seconds: u32,
 }
 
 fn default_grace() -> u32 {
     30
+}
+
+fn default_drain() -> u32 {
+    60
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,6 +254,7 @@ mod tests {
             maintenance: false,
             modules: vec![],
             stop_grace_seconds: 30,
+            drain_seconds: 60,
         }
     }
 

@@ -4,6 +4,7 @@
 mod digest;
 mod group;
 mod lease_timing;
+mod lifecycle;
 mod name;
 mod redact;
 mod scope;
@@ -13,6 +14,7 @@ mod time;
 pub use digest::{is_sha256_hex, sha256_hex};
 pub use group::{DynamicScaling, FieldProblem, GroupSpec, PortRange, ScalingMode, TemplateRef};
 pub use lease_timing::LeaseTiming;
+pub use lifecycle::InstanceState;
 pub use name::{NameError, validate_name};
 pub use redact::redact_uri;
 pub use scope::{Scope, ScopeParseError};

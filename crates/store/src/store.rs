@@ -135,6 +135,26 @@ impl Store {
             .await
     }
 
+    /// Only the `projection` fields of the documents of `collection` matching `filter`.
+    pub async fn find_projected(
+        &self,
+        collection: &str,
+        what: &str,
+        filter: Document,
+        projection: Document,
+    ) -> Result<Vec<Document>, StoreError> {
+        let documents = self.documents(collection);
+        self.bounded(what, async {
+            documents
+                .find(filter)
+                .projection(projection)
+                .await?
+                .try_collect()
+                .await
+        })
+        .await
+    }
+
     /// Documents of `collection` matching `filter` in `sort` order, at most `limit`.
     pub async fn find_sorted(
         &self,

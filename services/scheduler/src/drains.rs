@@ -89,12 +89,14 @@ impl Drains {
             let (Ok(id), Ok(group)) = (instance.get_str("_id"), instance.get_str("group")) else {
                 continue;
             };
+            // Each instance leaves like a surplus one (draining while players are online);
+            // past the drain's timeout whatever is left is killed.
             let action = if escalate {
                 "kill"
             } else if instance.get_str("state") == Ok("STOPPING") {
                 continue;
             } else {
-                "stop"
+                "drain"
             };
             writes.push(
                 Write::update_one(

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use mongodb::bson::{self, Bson, Document, doc};
 use prexor_coord::{EventLog, Lease};
-use prexor_domain::{GroupSpec, ScalingMode, now_ms};
+use prexor_domain::{GroupSpec, InstanceState, ScalingMode, now_ms};
 use prexor_proto::v1::command::Action;
 use prexor_proto::v1::{
     AckResult, Command, CompositionPlan, KillInstance, StartInstance, StopInstance, TemplateLayer,
@@ -53,13 +53,15 @@ const CRASHES: &str = "crashes";
 /// How long a port that a foreign process holds stays out of placement on that node.
 const PORT_BLOCK: Duration = Duration::from_secs(60);
 
-/// Scheduler-side instance states (a forward-only state machine).
-const SCHEDULED: &str = "SCHEDULED";
-const STARTING: &str = "STARTING";
-const RUNNING: &str = "RUNNING";
-const STOPPING: &str = "STOPPING";
-const STOPPED: &str = "STOPPED";
-const CRASHED: &str = "CRASHED";
+/// Scheduler-side instance states (the forward-only machine of [`InstanceState`]).
+const SCHEDULED: &str = InstanceState::Scheduled.as_str();
+const PREPARING: &str = InstanceState::Preparing.as_str();
+const STARTING: &str = InstanceState::Starting.as_str();
+const RUNNING: &str = InstanceState::Running.as_str();
+const DRAINING: &str = InstanceState::Draining.as_str();
+const STOPPING: &str = InstanceState::Stopping.as_str();
+const STOPPED: &str = InstanceState::Stopped.as_str();
+const CRASHED: &str = InstanceState::Crashed.as_str();
 
 fn is_terminal(state: &str) -> bool {
     state == STOPPED || state == CRASHED
@@ -123,6 +125,8 @@ struct Instance {
     next_attempt_at_ms: i64,
     /// Dispatches of the current plan that the node could not take yet.
     dispatch_retries: i64,
+    /// DRAINING: stopped at the latest then.
+    drain_until_ms: i64,
     plan: Option<Document>,
     reported_state: Option<String>,
     reported_plan_hash: Option<String>,
@@ -144,6 +148,7 @@ impl Instance {
             attempt: doc.get_i64("attempt").unwrap_or_default(),
             next_attempt_at_ms: doc.get_i64("nextAttemptAtMs").unwrap_or_default(),
             dispatch_retries: doc.get_i64("dispatchRetries").unwrap_or_default(),
+            drain_until_ms: doc.get_i64("drainUntilMs").unwrap_or_default(),
             plan: doc.get_document("plan").ok().cloned(),
             reported_state: reported.and_then(|r| r.get_str("state").ok().map(str::to_string)),
             reported_plan_hash: reported
@@ -196,7 +201,7 @@ impl Groups {
     pub async fn snapshot(
         &self,
         names: &[String],
-        all_groups: &HashMap<String, Document>,
+        all_groups: &crate::reconciler::GroupMap,
     ) -> Result<Snapshot, StoreError> {
         if names.is_empty() {
             return Ok(Snapshot::default());
@@ -253,7 +258,7 @@ impl Groups {
         Ok(Snapshot {
             groups: names
                 .iter()
-                .filter_map(|n| Some((n.clone(), all_groups.get(n)?.clone())))
+                .filter_map(|n| Some((n.clone(), all_groups.get(n)?.as_ref().clone())))
                 .collect(),
             instances: by_group(mine(instances, "group")),
             states: by_id(mine(states, "_id")),
@@ -315,11 +320,17 @@ impl Groups {
             }
             let reported = instance.reported_state.clone();
             match (instance.state.clone().as_str(), reported.as_deref()) {
-                (SCHEDULED | STARTING, Some("RUNNING")) => {
-                    self.set_state(lease, instance, RUNNING).await?;
+                (SCHEDULED | PREPARING | STARTING, Some("RUNNING")) => {
+                    self.set_state(lease, instance, InstanceState::Running)
+                        .await?;
                 }
-                (SCHEDULED, Some("STARTING")) => {
-                    self.set_state(lease, instance, STARTING).await?;
+                (SCHEDULED | PREPARING, Some("STARTING")) => {
+                    self.set_state(lease, instance, InstanceState::Starting)
+                        .await?;
+                }
+                (SCHEDULED, Some("PREPARING")) => {
+                    self.set_state(lease, instance, InstanceState::Preparing)
+                        .await?;
                 }
                 (state, Some(reported @ ("STOPPED" | "CRASHED"))) if !is_terminal(state) => {
                     let reason = instance.reported_detail.clone();
@@ -344,10 +355,8 @@ impl Groups {
         if group.get_bool("deleting").unwrap_or(false) {
             return self.tear_down(name, &spec, lease, &instances).await;
         }
-        if let Some(requests) = snap.requests.get(name) {
-            self.operator_requests(name, &spec, revision, lease, &mut instances, requests)
-                .await?;
-        }
+        self.operator_requests(name, &spec, revision, lease, &mut instances, snap)
+            .await?;
 
         // 2. Placed but not confirmed started: dispatch (again) the persisted plan.
         let now = now_ms();
@@ -406,17 +415,59 @@ impl Groups {
                 }
             }
         }
+        // Surplus instances leave, draining first; a DRAINING one keeps leaving even if it is
+        // wanted again (it is replaced once stopped).
         for instance in active
             .values()
-            .filter(|i| !wanted.contains(&i.id) && i.state != STOPPING)
+            .filter(|i| (!wanted.contains(&i.id) || i.state == DRAINING) && i.state != STOPPING)
         {
-            let how = Halt::Stop {
-                grace_s: spec.stop_grace_seconds,
-            };
-            self.stop(name, lease, instance, how, "above the desired count")
-                .await?;
+            let players = snap.players.get(&instance.id).copied().unwrap_or(0);
+            self.retire(
+                name,
+                &spec,
+                lease,
+                instance,
+                players,
+                "above the desired count",
+            )
+            .await?;
         }
         Ok(())
+    }
+
+    /// Takes `instance` out of service: a RUNNING server with players online DRAINS first (it
+    /// stays up, DRAINING in the API and events, for proxies to send nobody new) until its
+    /// players left or `drainSeconds` passed; then it is stopped. True once it is STOPPING.
+    async fn retire(
+        &self,
+        group: &str,
+        spec: &GroupSpec,
+        lease: &Lease,
+        instance: &Instance,
+        players: u64,
+        why: &str,
+    ) -> anyhow::Result<bool> {
+        let now = now_ms();
+        if instance.state == RUNNING && players > 0 && spec.drain_seconds > 0 {
+            let until = now + i64::from(spec.drain_seconds) * 1000;
+            self.advance(
+                lease,
+                instance,
+                InstanceState::Draining,
+                doc! { "drainUntilMs": until, "stopReason": why },
+                why,
+            )
+            .await?;
+            tracing::info!(group, instance = %instance.id, players, "draining ({why})");
+            return Ok(false);
+        }
+        if instance.state == DRAINING && players > 0 && now < instance.drain_until_ms {
+            return Ok(false);
+        }
+        let how = Halt::Stop {
+            grace_s: spec.stop_grace_seconds,
+        };
+        self.stop(group, lease, instance, how, why).await
     }
 
     async fn give_up_lost_nodes(
@@ -605,23 +656,52 @@ impl Groups {
         })
     }
 
+    /// Moves `instance` forward to `state` (a move the lifecycle does not allow is refused,
+    /// here and by the write's filter, so a stale view never moves it backwards).
     async fn set_state(
         &self,
         lease: &Lease,
         instance: &mut Instance,
-        state: &str,
+        state: InstanceState,
     ) -> anyhow::Result<()> {
+        self.advance(lease, instance, state, doc! {}, "").await?;
+        instance.state = state.as_str().to_owned();
+        Ok(())
+    }
+
+    /// [`Groups::set_state`] with more fields set in the same write and a reason for the event.
+    async fn advance(
+        &self,
+        lease: &Lease,
+        instance: &Instance,
+        state: InstanceState,
+        mut set: Document,
+        why: &str,
+    ) -> anyhow::Result<()> {
+        let allowed =
+            InstanceState::parse(&instance.state).is_some_and(|from| from.may_become(state));
+        anyhow::ensure!(
+            allowed,
+            "instance {} cannot go from {} to {state}",
+            instance.id,
+            instance.state
+        );
+        set.insert("state", state.as_str());
+        set.insert("stateAtMs", now_ms());
         self.write(
             lease,
             vec![Write::update_one(
                 INSTANCES,
-                doc! { "_id": &instance.id, "planHash": &instance.plan_hash },
-                doc! { "$set": { "state": state, "stateAtMs": now_ms() } },
+                doc! {
+                    "_id": &instance.id,
+                    "planHash": &instance.plan_hash,
+                    "state": { "$in": InstanceState::predecessors(state) },
+                },
+                doc! { "$set": set },
             )],
         )
         .await?;
-        instance.state = state.to_string();
-        self.state_changed(&instance.group, &instance.id, state, "")
+        self.state_changed(&instance.group, &instance.id, state.as_str(), why)
             .await;
         Ok(())
     }
@@ -741,7 +821,7 @@ impl Groups {
             .find_all(
                 INSTANCES,
                 "counting instances per node",
-                doc! { "state": { "$in": [SCHEDULED, STARTING, RUNNING, STOPPING] } },
+                doc! { "state": { "$in": [SCHEDULED, PREPARING, STARTING, RUNNING, DRAINING, STOPPING] } },
             )
             .await?;
         let count_on = |node: &str, only_group: bool| {
@@ -853,6 +933,7 @@ impl Groups {
                             attempt,
                             next_attempt_at_ms: 0,
                             dispatch_retries: 0,
+                            drain_until_ms: 0,
                             plan: Some(plan),
                             reported_state: None,
                             reported_plan_hash: None,
@@ -890,8 +971,10 @@ impl Groups {
         match self.gateways.send(&instance.node, command).await {
             Ok(ack) => match ack.result() {
                 AckResult::Done | AckResult::Already => {
+                    // The node has the plan; what it reports from now on moves the state on.
                     if instance.state == SCHEDULED {
-                        self.set_state(lease, instance, STARTING).await?;
+                        self.set_state(lease, instance, InstanceState::Preparing)
+                            .await?;
                     }
                 }
                 AckResult::Transient if ack.message.contains("in use on this host") => {
@@ -1040,7 +1123,11 @@ impl Groups {
                     lease,
                     vec![Write::update_one(
                         INSTANCES,
-                        doc! { "_id": &instance.id, "planHash": &instance.plan_hash },
+                        doc! {
+                            "_id": &instance.id,
+                            "planHash": &instance.plan_hash,
+                            "state": { "$in": InstanceState::predecessors(InstanceState::Stopping) },
+                        },
                         doc! { "$set": { "state": STOPPING, "stateAtMs": now_ms(), "stopReason": why } },
                     )],
                 )
@@ -1206,13 +1293,28 @@ impl Groups {
         revision: i64,
         lease: &Lease,
         instances: &mut Vec<Instance>,
-        requests: &[Document],
+        snap: &Snapshot,
     ) -> anyhow::Result<()> {
-        for request in requests {
+        let players = &snap.players;
+        for request in snap.requests.get(name).into_iter().flatten() {
             let Ok(id) = request.get_str("_id") else {
                 continue;
             };
             let done = match request.get_str("action").unwrap_or_default() {
+                "drain" => {
+                    // A node drain: the instance leaves like a surplus one (draining first).
+                    let target = request.get_str("instance").unwrap_or_default();
+                    match instances.iter().find(|i| i.id == target && i.is_active()) {
+                        Some(instance) if instance.state == STOPPING => true,
+                        Some(instance) => {
+                            let by = request.get_str("by").unwrap_or("an operator");
+                            let players = players.get(target).copied().unwrap_or(0);
+                            self.retire(name, spec, lease, instance, players, by)
+                                .await?
+                        }
+                        None => true,
+                    }
+                }
                 action @ ("stop" | "kill") => {
                     let target = request.get_str("instance").unwrap_or_default();
                     match instances.iter().find(|i| i.id == target && i.is_active()) {
@@ -1355,7 +1457,7 @@ fn dynamic_names(
     };
     let mut keep: Vec<&Instance> = active
         .values()
-        .filter(|i| i.state != STOPPING)
+        .filter(|i| i.state != STOPPING && i.state != DRAINING)
         .copied()
         .collect();
     keep.sort_by_key(|i| {
@@ -1503,6 +1605,7 @@ mod tests {
             attempt: 1,
             next_attempt_at_ms: 0,
             dispatch_retries: 0,
+            drain_until_ms: 0,
             plan: None,
             reported_state: None,
             reported_plan_hash: None,
@@ -1529,5 +1632,15 @@ mod tests {
             dynamic_names("g", 5, &active, &players),
             ["g-4", "g-2", "g-1", "g-3", "g-5"]
         );
+    }
+
+    #[test]
+    fn a_draining_instance_is_never_kept() {
+        let (a, b) = (instance("g-1", DRAINING), instance("g-2", RUNNING));
+        let active: BTreeMap<String, &Instance> =
+            [&a, &b].into_iter().map(|i| (i.id.clone(), i)).collect();
+        let players: HashMap<String, u64> = [("g-1".to_string(), 30)].into_iter().collect();
+        // g-1 is leaving: the group's second instance is a fresh one, not g-1 again.
+        assert_eq!(dynamic_names("g", 2, &active, &players), ["g-2", "g-3"]);
     }
 }

@@ -84,6 +84,7 @@ async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
             service.events.clone(),
         ),
         store: service.store.clone(),
+        group_docs: reconciler::GroupDocs::default(),
         leases: service.leases.clone(),
         keeper: keeper.clone(),
         registry: service.registry.clone(),

@@ -5,6 +5,7 @@
 //! next tick. A crashed replica's leases expire after the TTL and are taken the tick after.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{Document, doc};
@@ -19,6 +20,81 @@ pub use prexor_store::GROUPS;
 /// Open node drains by node id.
 type Drains = HashMap<String, Document>;
 
+/// Every group's document by name.
+pub type GroupMap = HashMap<String, Arc<Document>>;
+
+/// `(revision, updatedAtMs)`: every write to a group document changes it.
+type Stamp = (i64, i64);
+
+fn stamp(doc: &Document) -> Stamp {
+    (
+        doc.get_i64("revision").unwrap_or(0),
+        doc.get_i64("updatedAtMs").unwrap_or(0),
+    )
+}
+
+/// More changed groups than this are read with one full listing instead of an `$in` query.
+const CHANGED_QUERY_LIMIT: usize = 256;
+
+/// The group documents as of the last tick. Each tick lists only the groups' stamps and re-reads
+/// the documents whose stamp changed: at 1,000 groups, reading every spec every tick was most
+/// of the tick.
+#[derive(Default)]
+pub struct GroupDocs {
+    docs: Mutex<HashMap<String, (Stamp, Arc<Document>)>>,
+}
+
+impl GroupDocs {
+    async fn refresh(&self, store: &Store) -> Result<GroupMap, prexor_store::StoreError> {
+        let listed = store
+            .find_projected(
+                GROUPS,
+                "listing groups",
+                doc! {},
+                doc! { "revision": 1, "updatedAtMs": 1 },
+            )
+            .await?;
+        let stamps: HashMap<String, Stamp> = listed
+            .iter()
+            .filter_map(|d| Some((d.get_str("_id").ok()?.to_owned(), stamp(d))))
+            .collect();
+        let changed: Vec<&String> = {
+            let docs = self.docs.lock().expect("group docs lock");
+            stamps
+                .iter()
+                .filter(|(name, stamp)| docs.get(*name).map(|(s, _)| s) != Some(*stamp))
+                .map(|(name, _)| name)
+                .collect()
+        };
+        let fresh = match changed.len() {
+            0 => Vec::new(),
+            n if n > CHANGED_QUERY_LIMIT => {
+                store.find_all(GROUPS, "reading groups", doc! {}).await?
+            }
+            _ => {
+                store
+                    .find_all(
+                        GROUPS,
+                        "reading changed groups",
+                        doc! { "_id": { "$in": changed } },
+                    )
+                    .await?
+            }
+        };
+        let mut docs = self.docs.lock().expect("group docs lock");
+        docs.retain(|name, _| stamps.contains_key(name));
+        for doc in fresh {
+            if let Ok(name) = doc.get_str("_id") {
+                docs.insert(name.to_owned(), (stamp(&doc), Arc::new(doc)));
+            }
+        }
+        Ok(docs
+            .iter()
+            .map(|(name, (_, doc))| (name.clone(), doc.clone()))
+            .collect())
+    }
+}
+
 /// How long the last tick's phase took (`scopes`, `leases`, `snapshot`, `groups`).
 fn phase_took(phase: &'static str, started: Instant) {
     metrics::gauge!("prexor_scheduler_tick_phase_seconds", "phase" => phase)
@@ -31,6 +107,7 @@ pub struct Reconciler {
     pub modules: crate::modules::Modules,
     pub guard: prexor_serve::guard::StoreGuard,
     pub store: Store,
+    pub group_docs: GroupDocs,
     pub leases: Leases,
     pub keeper: LeaseKeeper,
     pub registry: Registry,
@@ -89,9 +166,9 @@ impl Reconciler {
 
     /// Every scope there is work for (each group, the platform modules, each open drain), with
     /// every group's document for this tick's snapshot and the open drains by node.
-    async fn scopes(&self) -> anyhow::Result<(BTreeSet<Scope>, HashMap<String, Document>, Drains)> {
-        let (groups, drains) = tokio::try_join!(
-            self.store.find_all(GROUPS, "listing groups", doc! {}),
+    async fn scopes(&self) -> anyhow::Result<(BTreeSet<Scope>, GroupMap, Drains)> {
+        let (by_name, drains) = tokio::try_join!(
+            self.group_docs.refresh(&self.store),
             self.store.find_all(
                 crate::drains::NODE_DRAINS,
                 "listing node drains",
@@ -102,10 +179,6 @@ impl Reconciler {
             .into_iter()
             .filter(crate::drains::is_open)
             .filter_map(|d| Some((d.get_str("_id").ok()?.to_string(), d)))
-            .collect();
-        let by_name: HashMap<String, Document> = groups
-            .into_iter()
-            .filter_map(|g| Some((g.get_str("_id").ok()?.to_string(), g)))
             .collect();
         let mut scopes: BTreeSet<Scope> = by_name
             .keys()
