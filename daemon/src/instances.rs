@@ -39,6 +39,8 @@ pub struct Instances {
 
 struct Inner {
     dir: PathBuf,
+    /// `<dataDir>/processes.log`: every server process launch and exit, one JSON line each.
+    journal: PathBuf,
     node_id: String,
     layers: LayerCache,
     table: Mutex<HashMap<String, Instance>>,
@@ -115,11 +117,28 @@ impl Instances {
         Instances {
             inner: Arc::new(Inner {
                 dir: data_dir.join("instances"),
+                journal: data_dir.join("processes.log"),
                 node_id: node_id.to_string(),
                 layers,
                 table: Mutex::new(HashMap::new()),
                 events,
             }),
+        }
+    }
+
+    /// Appends `entry` to the process journal (one `O_APPEND` write per line, so concurrent
+    /// entries never interleave). Operators read it as the host's record of what ran; the
+    /// acceptance suite reads it as evidence that no instance ever ran twice.
+    fn journal(&self, entry: serde_json::Value) {
+        use std::io::Write;
+        let line = format!("{entry}\n");
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.inner.journal)
+            .and_then(|mut file| file.write_all(line.as_bytes()));
+        if let Err(err) = written {
+            tracing::warn!(journal = %self.inner.journal.display(), "cannot append to the process journal: {err}");
         }
     }
 
@@ -345,6 +364,10 @@ impl Instances {
             i.detail = format!("started {}", argv.join(" "));
         });
         tracing::info!(instance = %id, pid, port = plan.port, "instance started");
+        self.journal(serde_json::json!({
+            "event": "launch", "atMs": now_ms(), "instance": &id, "group": &plan.group,
+            "planHash": &plan.plan_hash, "pid": pid, "port": plan.port,
+        }));
 
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
         let ready_tx = Arc::new(Mutex::new(Some(ready_tx)));
@@ -410,6 +433,7 @@ impl Instances {
         });
         // Exit: STOPPED when asked to stop (or a clean exit), CRASHED otherwise.
         let this = self.clone();
+        let plan_hash = plan.plan_hash.clone();
         tokio::spawn(async move {
             let status = tokio::select! {
                 status = child.wait() => status,
@@ -444,6 +468,10 @@ impl Instances {
                 }
             });
             tracing::info!(instance = %id, code, "instance ended: {how}");
+            this.journal(serde_json::json!({
+                "event": "exit", "atMs": now_ms(), "instance": &id, "planHash": plan_hash,
+                "pid": pid, "code": code,
+            }));
         });
         Ok(pid)
     }

@@ -12,6 +12,8 @@ use anyhow::{Context, bail, ensure};
 use mongodb::bson::{Document, doc};
 pub use prexor_testkit::{TestStores, free_port};
 
+pub mod fault;
+
 /// `target/<profile>/`, where `cargo build --workspace --bins` put the binaries.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -466,6 +468,33 @@ timeout = "10s"
         extra: &str,
         args: &[&str],
     ) -> anyhow::Result<Proc> {
+        self.start_service(kind, replica_id, base, extra, args, &BTreeMap::new())
+    }
+
+    /// Like [`Cluster::service`], with extra environment variables (e.g. `PREXORCLOUD_FAILPOINTS`).
+    pub fn service_with_env(
+        &self,
+        kind: &str,
+        replica_id: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Proc> {
+        let env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let base = self.common_toml(replica_id);
+        self.start_service(kind, replica_id, &base, "", &[], &env)
+    }
+
+    fn start_service(
+        &self,
+        kind: &str,
+        replica_id: &str,
+        base: &str,
+        extra: &str,
+        args: &[&str],
+        env: &BTreeMap<String, String>,
+    ) -> anyhow::Result<Proc> {
         let http = free_port();
         let grpc = (kind != "api").then(free_port);
         let mut toml = base.to_owned();
@@ -486,7 +515,7 @@ timeout = "10s"
             &toml,
             http,
             grpc,
-            &BTreeMap::new(),
+            env,
             args,
         )?;
         proc.daemon_port = daemon_port;
@@ -822,4 +851,82 @@ pub fn tar_gz(files: &[(&str, &str)]) -> anyhow::Result<Vec<u8>> {
         builder.append_data(&mut header, path, content.as_bytes())?;
     }
     Ok(builder.into_inner()?.finish()?)
+}
+
+/// One line of a daemon's process journal (`<daemon.dataDir>/processes.log`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessEntry {
+    /// `launch` or `exit`.
+    pub event: String,
+    pub at_ms: i64,
+    pub instance: String,
+    pub plan_hash: String,
+    pub pid: i64,
+    #[serde(default)]
+    pub port: u32,
+    /// The node whose journal this came from.
+    #[serde(skip)]
+    pub node: String,
+}
+
+/// Every process launch and exit the daemons of `nodes` journaled (their data dirs are
+/// `<test dir>/<node>`, as [`nodes`] makes them), oldest first.
+pub fn process_journal(cluster: &Cluster, nodes: &[&str]) -> anyhow::Result<Vec<ProcessEntry>> {
+    let mut entries = Vec::new();
+    for node in nodes {
+        let path = cluster.dir.join(node).join("processes.log");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+        };
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let mut entry: ProcessEntry = serde_json::from_str(line)
+                .with_context(|| format!("{}: {line}", path.display()))?;
+            entry.node = node.to_string();
+            entries.push(entry);
+        }
+    }
+    entries.sort_by_key(|e| e.at_ms);
+    Ok(entries)
+}
+
+/// The invariants of the journals: an instance never has two live processes (on any nodes),
+/// and no two live processes share a node and port.
+pub fn no_double_runs(entries: &[ProcessEntry]) -> anyhow::Result<()> {
+    let mut live: BTreeMap<(String, i64), &ProcessEntry> = BTreeMap::new();
+    for entry in entries {
+        match entry.event.as_str() {
+            "launch" => {
+                if let Some(other) = live.values().find(|l| l.instance == entry.instance) {
+                    bail!(
+                        "{} launched on {} (pid {}) while it still ran on {} (pid {})",
+                        entry.instance,
+                        entry.node,
+                        entry.pid,
+                        other.node,
+                        other.pid
+                    );
+                }
+                if let Some(other) = live
+                    .values()
+                    .find(|l| l.node == entry.node && l.port == entry.port && entry.port != 0)
+                {
+                    bail!(
+                        "{} and {} both ran on {}:{}",
+                        entry.instance,
+                        other.instance,
+                        entry.node,
+                        entry.port
+                    );
+                }
+                live.insert((entry.node.clone(), entry.pid), entry);
+            }
+            _ => {
+                live.remove(&(entry.node.clone(), entry.pid));
+            }
+        }
+    }
+    Ok(())
 }

@@ -8,6 +8,7 @@
 //!   [`Service`] to the service's own code, and on SIGTERM stop gracefully: unready first, then the
 //!   service's tasks (which release their leases), then deregistration, then the servers.
 
+pub mod failpoint;
 mod grpc;
 pub mod guard;
 mod launch;

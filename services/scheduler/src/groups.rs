@@ -918,6 +918,9 @@ impl Groups {
                     .await;
                 match placed {
                     Ok(()) => {
+                        // The plan is persisted, not yet dispatched: a new holder must dispatch
+                        // exactly this plan (the placement-time failover test dies here).
+                        prexor_serve::failpoint::hit("scheduler.after-plan-persisted");
                         metrics::counter!("prexor_scheduler_placements_total").increment(1);
                         tracing::info!(group, instance = id, %node, port, attempt, "placed");
                         self.state_changed(group, id, SCHEDULED, &node).await;

@@ -130,6 +130,12 @@ impl Reconciler {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Ticks failing for longer than the self-fencing deadline (MongoDB unreachable from
+        // here, say) mean this replica cannot do the work it holds: it lets every lease go so
+        // that a healthy peer takes the scopes on its next tick, and takes none back until a
+        // tick succeeds again.
+        let give_up_after = self.leases.timing().self_fence_after;
+        let mut failing_since: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -138,6 +144,7 @@ impl Reconciler {
             let started = Instant::now();
             match self.tick().await {
                 Ok(outcome) => {
+                    failing_since = None;
                     metrics::gauge!("prexor_scheduler_scopes_held").set(outcome.held as f64);
                     metrics::gauge!("prexor_scheduler_fair_share").set(outcome.share as f64);
                     if outcome.acquired + outcome.released > 0 {
@@ -155,6 +162,18 @@ impl Reconciler {
                 Err(err) => {
                     metrics::counter!("prexor_scheduler_tick_failures_total").increment(1);
                     tracing::warn!("lease reconciler tick failed: {err}");
+                    let since = *failing_since.get_or_insert(started);
+                    let held = self.keeper.len();
+                    if held > 0 && since.elapsed() >= give_up_after {
+                        tracing::warn!(
+                            held,
+                            failing_for = ?since.elapsed(),
+                            "ticks keep failing: releasing every lease for a healthy peer to take"
+                        );
+                        metrics::counter!("prexor_scheduler_leases_given_up_total")
+                            .increment(held as u64);
+                        self.keeper.release_all().await;
+                    }
                 }
             }
             let took = started.elapsed().as_secs_f64();
