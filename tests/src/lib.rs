@@ -767,6 +767,19 @@ impl Fleet {
 
 /// A CA, two gateways and enrolled daemons for `nodes`.
 pub async fn nodes(cluster: &Cluster, nodes: &[&str]) -> anyhow::Result<Fleet> {
+    let mut fleet = control(cluster).await?;
+    let ports = fleet.daemon_ports();
+    let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
+    for node in nodes {
+        fleet
+            .daemons
+            .push(enrolled_daemon(cluster, node, &ports).await?);
+    }
+    Ok(fleet)
+}
+
+/// A CA and two gateways, ready; no daemons yet.
+pub async fn control(cluster: &Cluster) -> anyhow::Result<Fleet> {
     let mut ca = cluster.service("ca", "ca-1", &cluster.ca_extra("ca-1"))?;
     ca.wait_ready(FLEET_READY_WITHIN).await?;
     let mut gateways = vec![
@@ -776,41 +789,52 @@ pub async fn nodes(cluster: &Cluster, nodes: &[&str]) -> anyhow::Result<Fleet> {
     for gateway in &mut gateways {
         gateway.wait_ready(FLEET_READY_WITHIN).await?;
     }
-    let ports: Vec<String> = gateways
-        .iter()
-        .filter_map(|g| g.daemon_port.clone())
-        .collect();
-    let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
+    Ok(Fleet {
+        ca,
+        gateways,
+        daemons: Vec::new(),
+    })
+}
+
+impl Fleet {
+    /// The gateways' daemon ports (`127.0.0.1:<port>`).
+    pub fn daemon_ports(&self) -> Vec<String> {
+        self.gateways
+            .iter()
+            .filter_map(|g| g.daemon_port.clone())
+            .collect()
+    }
+}
+
+/// A daemon for `node` (data in `<test dir>/<node>`) enrolled with a fresh join token, dialing
+/// `gateways`; ready.
+pub async fn enrolled_daemon(
+    cluster: &Cluster,
+    node: &str,
+    gateways: &[&str],
+) -> anyhow::Result<Proc> {
     let store = cluster.store().await?;
     let ca_cert = prexor_pki::records::published_ca(&store)
         .await?
         .context("CA")?
         .certificate;
-    let mut daemons = Vec::new();
-    for node in nodes {
-        let (token, _) = prexor_pki::records::create_join_token(
-            &store,
-            node,
-            &ca_cert,
-            Duration::from_secs(600),
-            "test",
-        )
-        .await?;
-        let mut daemon = cluster.daemon(
-            &format!("daemon-{node}"),
-            node,
-            node,
-            &ports,
-            Some(&token.to_string()),
-        )?;
-        daemon.wait_ready(FLEET_READY_WITHIN).await?;
-        daemons.push(daemon);
-    }
-    Ok(Fleet {
-        ca,
+    let (token, _) = prexor_pki::records::create_join_token(
+        &store,
+        node,
+        &ca_cert,
+        Duration::from_secs(600),
+        "test",
+    )
+    .await?;
+    let mut daemon = cluster.daemon(
+        &format!("daemon-{node}"),
+        node,
+        node,
         gateways,
-        daemons,
-    })
+        Some(&token.to_string()),
+    )?;
+    daemon.wait_ready(FLEET_READY_WITHIN).await?;
+    Ok(daemon)
 }
 
 /// A group document for the fake server (`extra` arguments after `--port {port}`).
