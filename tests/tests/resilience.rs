@@ -269,7 +269,7 @@ fn operator(apis: Arc<Mutex<Vec<Rest>>>, writes: Arc<Mutex<Writes>>, stop: Arc<M
 async fn rolling_restart(cluster: &Cluster) -> anyhow::Result<()> {
     let mut fleet = nodes(cluster, &["node-1", "node-2"]).await?;
     let password = cluster.bootstrap_admin("admin")?;
-    let mut apis = vec![
+    let mut apis = [
         cluster.service("api", "api-1", "")?,
         cluster.service("api", "api-2", "")?,
     ];
@@ -301,12 +301,12 @@ async fn rolling_restart(cluster: &Cluster) -> anyhow::Result<()> {
     let restart = |old: &Proc, kind: &str, extra: String| -> anyhow::Result<Proc> {
         cluster.service(kind, &old.name, &extra)
     };
-    for i in 0..apis.len() {
-        apis[i].stop(EXIT_WITHIN).await?;
-        let mut fresh = restart(&apis[i], "api", String::new())?;
+    for (i, api) in apis.iter_mut().enumerate() {
+        api.stop(EXIT_WITHIN).await?;
+        let mut fresh = restart(api, "api", String::new())?;
         fresh.wait_ready(READY_WITHIN).await?;
         targets.lock().expect("targets lock")[i] = fresh.rest(&token);
-        apis[i] = fresh;
+        *api = fresh;
     }
     for i in 0..fleet.gateways.len() {
         let port = fleet.gateways[i]
