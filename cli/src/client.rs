@@ -112,11 +112,11 @@ impl Client {
         let status = response.status();
         let body = response.text().await.context("reading the answer")?;
         if !status.is_success() {
-            let detail = detail(&body);
-            if status == reqwest::StatusCode::UNAUTHORIZED {
-                bail!("{method} {url} answered {status}: {detail}\nsign in with `prexorctl login`");
+            return Err(Refused {
+                status: status.as_u16(),
+                message: format!("{method} {url} answered {status}: {}", detail(&body)),
             }
-            bail!("{method} {url} answered {status}: {detail}");
+            .into());
         }
         let body = if body.is_empty() {
             "null".to_owned()
@@ -126,6 +126,30 @@ impl Client {
         serde_json::from_str(&body)
             .with_context(|| format!("{method} {url} answered with unexpected JSON"))
     }
+}
+
+/// The API answered with an error status.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    message: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)?;
+        if self.status == 401 {
+            f.write_str("\nsign in with `prexorctl login`")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// The status of an API refusal behind `err`, if that is what it is.
+pub fn refused_with(err: &anyhow::Error) -> Option<u16> {
+    err.downcast_ref::<Refused>().map(|r| r.status)
 }
 
 /// `CODE: message` of an API error body (the body itself if it is not one).

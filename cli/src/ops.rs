@@ -347,7 +347,7 @@ pub async fn groups(
                         )
                         .await?
                 }
-                Err(err) if err.to_string().contains("404") => {
+                Err(err) if crate::client::refused_with(&err) == Some(404) => {
                     client
                         .send(
                             Method::POST,
@@ -475,7 +475,12 @@ pub async fn instances(
             match deadline {
                 // Without --follow: the history, then stop once it has arrived.
                 Some(_) => {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), printing).await;
+                    // Elapsed is the normal end; an error event or a broken stream is not.
+                    if let Ok(printed) =
+                        tokio::time::timeout(Duration::from_secs(2), printing).await
+                    {
+                        printed?;
+                    }
                 }
                 None => printing.await?,
             }
@@ -567,6 +572,10 @@ pub async fn nodes(client: &Client, command: NodeCommand, out: Output) -> anyhow
                     let state = drain["state"].as_str().unwrap_or("?").to_owned();
                     if matches!(state.as_str(), "DONE" | "CANCELLED") {
                         println!("drain of {id}: {state}");
+                        if state == "CANCELLED" {
+                            // Not drained: a script waiting for it must not go on as if it were.
+                            return Ok(ExitCode::FAILURE);
+                        }
                         break;
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -90,9 +90,16 @@ pub async fn logout(client: &Client, context: Option<&str>) -> anyhow::Result<Ex
         .map(str::to_owned)
         .or_else(|| config.current.clone())
         .context("no context to log out of")?;
-    let _: serde_json::Value = client
+    let ended: anyhow::Result<serde_json::Value> = client
         .send(reqwest::Method::POST, "/auth/logout", serde_json::json!({}))
-        .await?;
+        .await;
+    match ended {
+        Ok(_) => {}
+        // The session already ended on the server (expired, revoked, its user disabled): there
+        // is nothing left to revoke, and the context still has to forget it.
+        Err(err) if crate::client::refused_with(&err) == Some(401) => {}
+        Err(err) => return Err(err),
+    }
     if let Some(ctx) = config.contexts.get_mut(&name) {
         ctx.token = None;
     }
