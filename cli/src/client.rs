@@ -69,11 +69,26 @@ impl Client {
 
     /// Opens a server-sent event stream at `/api/v1{path}`.
     pub async fn stream(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        self.open(path, "text/event-stream").await
+    }
+
+    /// GETs `/api/v1{path}` as raw bytes (a backup archive).
+    pub async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let response = self.open(path, "application/gzip").await?;
+        Ok(response
+            .bytes()
+            .await
+            .context("reading the download")?
+            .to_vec())
+    }
+
+    /// A GET whose body is read by the caller (no overall timeout).
+    async fn open(&self, path: &str, accept: &str) -> anyhow::Result<reqwest::Response> {
         let url = format!("{}/api/v1{path}", self.base);
         let mut request = self
             .http
             .get(&url)
-            .header("accept", "text/event-stream")
+            .header("accept", accept)
             .timeout(Duration::from_secs(365 * 24 * 3600));
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
@@ -82,7 +97,11 @@ impl Client {
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
-            bail!("GET {url} answered {status}: {}", detail(&body));
+            return Err(Refused {
+                status: status.as_u16(),
+                message: format!("GET {url} answered {status}: {}", detail(&body)),
+            }
+            .into());
         }
         Ok(response)
     }

@@ -88,6 +88,24 @@ enum Command {
     /// Platform modules.
     #[command(subcommand, alias = "module")]
     Modules(ops::ModuleCommand),
+    /// Backups of the cluster's state.
+    #[command(subcommand, alias = "backups")]
+    Backup(ops::BackupCommand),
+    /// Replace the cluster's configuration with a backup's, every replica still running: takes
+    /// every mutation lease, writes the backup in one fenced transaction, lets the schedulers
+    /// reconcile what runs.
+    Restore {
+        id: String,
+        /// Print what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Restore a backup of another cluster.
+        #[arg(long)]
+        force: bool,
+        /// How long to try to take every lease (default 30s).
+        #[arg(long)]
+        timeout: Option<String>,
+    },
     /// API tokens.
     #[command(subcommand, alias = "token")]
     Tokens(ops::TokenCommand),
@@ -179,6 +197,13 @@ fn main() -> ExitCode {
             Command::Deployments(command) => ops::deployments(&client, command, cli.output).await,
             Command::Modules(command) => ops::modules(&client, command, cli.output).await,
             Command::Tokens(command) => ops::tokens(&client, command, cli.output).await,
+            Command::Backup(command) => ops::backups(&client, command, cli.output).await,
+            Command::Restore {
+                id,
+                dry_run,
+                force,
+                timeout,
+            } => ops::restore(&client, &id, dry_run, force, timeout, cli.output).await,
             Command::Users(command) => ops::users(&client, command, cli.output).await,
             Command::Roles(command) => ops::roles(&client, command, cli.output).await,
             Command::Audit { limit } => ops::audit(&client, limit, cli.output).await,

@@ -53,6 +53,24 @@ impl Store {
         }
     }
 
+    /// Removes the blob (record first, so it is never listed while incomplete); `false` if it
+    /// was not stored.
+    pub async fn delete_blob(&self, hash: &str) -> Result<bool, StoreError> {
+        let removed = self
+            .bounded(
+                &format!("removing blob {hash}"),
+                self.documents(BLOBS).delete_one(doc! { "_id": hash }),
+            )
+            .await?;
+        self.bounded(
+            &format!("removing blob {hash}'s chunks"),
+            self.documents(BLOB_CHUNKS)
+                .delete_many(doc! { "_id": { "$regex": format!("^{hash}:") } }),
+        )
+        .await?;
+        Ok(removed.deleted_count > 0)
+    }
+
     /// The blob's size, if it is stored.
     pub async fn blob_size(&self, hash: &str) -> Result<Option<u64>, StoreError> {
         let record = self

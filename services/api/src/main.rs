@@ -3,6 +3,7 @@
 
 mod app;
 mod auth;
+mod backups;
 mod deployments;
 mod error;
 mod events;
@@ -99,6 +100,7 @@ async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
         .merge(modules::routes())
         .merge(events::routes())
         .merge(workload::routes())
+        .merge(backups::routes())
         .merge(openapi::routes())
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -136,6 +138,17 @@ async fn refuse_mutations_when_split(
     {
         return error::ApiError::unavailable(format!("this api replica refuses changes: {reason}"))
             .into_response();
+    }
+    // While a restore replaces the configuration, no other change may slip in (or be lost).
+    if !reading
+        && !session
+        && let Ok(Some(left)) = app.service.ephemeral.remaining(backups::RESTORE_FLAG).await
+    {
+        return error::ApiError::unavailable(
+            "a restore is in progress; changes are refused until it finishes",
+        )
+        .retry_after(left.as_secs().clamp(1, 30))
+        .into_response();
     }
     next.run(request).await
 }

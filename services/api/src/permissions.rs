@@ -16,6 +16,7 @@ pub const RESOURCES: &[&str] = &[
     "audit",
     "system",
     "events",
+    "backups",
 ];
 
 /// The built-in roles: `admin` may do everything; `operator` runs the network (groups,
