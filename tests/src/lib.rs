@@ -861,6 +861,25 @@ pub fn group_doc(name: &str, min: i64, extra: &[&str]) -> anyhow::Result<Documen
     })
 }
 
+/// A group's spec as the API takes it (`group_doc`'s, as JSON).
+pub fn group_spec(min: i64) -> anyhow::Result<serde_json::Value> {
+    let doc = group_doc("g", min, &[])?;
+    Ok(serde_json::to_value(doc.get_document("spec")?)?)
+}
+
+/// The fence mark of `scope` (the highest token that acquired or wrote it; 0 if none did).
+pub async fn fence_mark(cluster: &Cluster, scope: &str) -> anyhow::Result<i64> {
+    Ok(cluster
+        .stores
+        .mongo()
+        .await?
+        .collection::<Document>("fences")
+        .find_one(doc! { "_id": scope })
+        .await?
+        .and_then(|d| d.get_i64("mark").ok())
+        .unwrap_or(0))
+}
+
 /// A tar.gz with the given (path, content) files.
 pub fn tar_gz(files: &[(&str, &str)]) -> anyhow::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(

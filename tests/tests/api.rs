@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use mongodb::bson::Document;
 use prexor_acceptance::{
-    Cluster, Fleet, Rest, group_doc, nodes, reported_state, running, stop_all, tar_gz, wait_doc,
+    Cluster, Fleet, Rest, group_spec, nodes, reported_state, running, stop_all, tar_gz, wait_doc,
 };
 use serde_json::{Value, json};
 
@@ -29,12 +29,6 @@ fn tar_gz_with_raw_path(path: &str, content: &str) -> anyhow::Result<Vec<u8>> {
     header.set_cksum();
     builder.append(&header, content.as_bytes())?;
     Ok(builder.into_inner()?.finish()?)
-}
-
-fn group_spec(min: i64) -> anyhow::Result<Value> {
-    let doc = group_doc("g", min, &[])?;
-    let spec: &Document = doc.get_document("spec")?;
-    Ok(serde_json::to_value(spec)?)
 }
 
 async fn two_replicas(cluster: &Cluster) -> anyhow::Result<()> {

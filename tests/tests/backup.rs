@@ -9,32 +9,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use mongodb::bson::{Document, doc};
+use mongodb::bson::Document;
 use prexor_acceptance::{
-    Cluster, Rest, binary, group_doc, no_double_runs, nodes, process_journal, running, stop_all,
-    tar_gz, wait_doc,
+    Cluster, Rest, binary, fence_mark, group_spec, no_double_runs, nodes, process_journal, running,
+    stop_all, tar_gz, wait_doc,
 };
 use serde_json::{Value, json};
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
 const EXIT_WITHIN: Duration = Duration::from_secs(20);
-
-fn spec(min: i64) -> anyhow::Result<Value> {
-    let doc = group_doc("g", min, &[])?;
-    Ok(serde_json::to_value(doc.get_document("spec")?)?)
-}
-
-async fn mark(cluster: &Cluster, scope: &str) -> anyhow::Result<i64> {
-    Ok(cluster
-        .stores
-        .mongo()
-        .await?
-        .collection::<Document>("fences")
-        .find_one(doc! { "_id": scope })
-        .await?
-        .and_then(|d| d.get_i64("mark").ok())
-        .unwrap_or(0))
-}
 
 /// `archive` with its manifest's cluster id replaced (every hash still matches).
 fn foreign(archive: &[u8]) -> anyhow::Result<Vec<u8>> {
@@ -94,7 +77,10 @@ async fn backup_restore(cluster: &Cluster) -> anyhow::Result<()> {
 
     // The state to keep: a group of two, a template at version 1, a user.
     let (status, body) = rest
-        .post("/groups", json!({ "name": "lobby", "spec": spec(2)? }))
+        .post(
+            "/groups",
+            json!({ "name": "lobby", "spec": group_spec(2)? }),
+        )
         .await?;
     ensure!(status == 201, "{status} {body}");
     let v1 = tar_gz(&[("server.properties", "motd=v1\n")])?;
@@ -123,12 +109,15 @@ async fn backup_restore(cluster: &Cluster) -> anyhow::Result<()> {
     let (status, body) = rest
         .put(
             "/groups/lobby",
-            json!({ "spec": spec(3)?, "revision": lobby["revision"] }),
+            json!({ "spec": group_spec(3)?, "revision": lobby["revision"] }),
         )
         .await?;
     ensure!(status == 200, "{status} {body}");
     let (status, body) = rest
-        .post("/groups", json!({ "name": "extra", "spec": spec(1)? }))
+        .post(
+            "/groups",
+            json!({ "name": "extra", "spec": group_spec(1)? }),
+        )
         .await?;
     ensure!(status == 201, "{status} {body}");
     let v2 = tar_gz(&[("server.properties", "motd=v2\n")])?;
@@ -137,7 +126,7 @@ async fn backup_restore(cluster: &Cluster) -> anyhow::Result<()> {
     let (status, _) = rest.delete("/users/alice").await?;
     ensure!(status == 204, "{status}");
     running(cluster, &["lobby-3", "extra-1"]).await?;
-    let lobby_mark = mark(cluster, "group:lobby").await?;
+    let lobby_mark = fence_mark(cluster, "group:lobby").await?;
 
     // A dry run prints the plan and changes nothing.
     let (ok, said) = ctl(&["restore", &id, "--dry-run", "-o", "json"])?;
@@ -154,14 +143,14 @@ async fn backup_restore(cluster: &Cluster) -> anyhow::Result<()> {
         "untouched: {status} {extra}"
     );
     ensure!(
-        mark(cluster, "group:lobby").await? == lobby_mark,
+        fence_mark(cluster, "group:lobby").await? == lobby_mark,
         "a dry run takes no lease"
     );
 
     // The restore, with both schedulers and both gateways running.
     let (ok, said) = ctl(&["restore", &id])?;
     ensure!(ok && said.contains("restored backup"), "{said}");
-    let restored_mark = mark(cluster, "group:lobby").await?;
+    let restored_mark = fence_mark(cluster, "group:lobby").await?;
     ensure!(
         restored_mark > lobby_mark,
         "the restore raised the fence mark ({lobby_mark} → {restored_mark})"

@@ -7,24 +7,12 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use mongodb::bson::{Document, doc};
 use prexor_acceptance::{
-    Cluster, group_doc, holder_of, no_double_runs, nodes, process_journal, reported_state, running,
-    stop_all, wait_doc,
+    Cluster, fence_mark, group_doc, holder_of, no_double_runs, nodes, process_journal,
+    reported_state, running, stop_all, wait_doc,
 };
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
 const EXIT_WITHIN: Duration = Duration::from_secs(20);
-
-async fn mark(cluster: &Cluster, scope: &str) -> anyhow::Result<i64> {
-    Ok(cluster
-        .stores
-        .mongo()
-        .await?
-        .collection::<Document>("fences")
-        .find_one(doc! { "_id": scope })
-        .await?
-        .and_then(|d| d.get_i64("mark").ok())
-        .unwrap_or(0))
-}
 
 async fn gc_pause(cluster: &Cluster) -> anyhow::Result<()> {
     let mut fleet = nodes(cluster, &["node-1", "node-2"]).await?;
@@ -51,7 +39,7 @@ async fn gc_pause(cluster: &Cluster) -> anyhow::Result<()> {
     }
     let holder = holder.context("nobody holds group:lobby")?;
     let peer = 1 - holder;
-    let old_token = mark(cluster, scope).await?;
+    let old_token = fence_mark(cluster, scope).await?;
 
     // The pause: well past the 2 s TTL.
     schedulers[holder].signal(libc::SIGSTOP);
@@ -69,7 +57,7 @@ async fn gc_pause(cluster: &Cluster) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     ensure!(taken, "the peer took the group while its holder was paused");
-    let new_token = mark(cluster, scope).await?;
+    let new_token = fence_mark(cluster, scope).await?;
     ensure!(
         new_token > old_token,
         "a higher token: {old_token} -> {new_token}"

@@ -11,8 +11,8 @@ use anyhow::{Context, ensure};
 use mongodb::bson::{Document, doc};
 use prexor_acceptance::fault::{Fault, FaultProxy};
 use prexor_acceptance::{
-    Cluster, Proc, Rest, control, enrolled_daemon, group_doc, holder_of, no_double_runs, nodes,
-    process_journal, running, stop_all,
+    Cluster, Proc, Rest, control, enrolled_daemon, fence_mark, group_doc, holder_of,
+    no_double_runs, nodes, process_journal, running, stop_all,
 };
 use prexor_testkit::ValkeyServer;
 use serde_json::{Value, json};
@@ -66,18 +66,6 @@ async fn untouched(
     Ok(())
 }
 
-async fn mark(cluster: &Cluster, scope: &str) -> anyhow::Result<i64> {
-    Ok(cluster
-        .stores
-        .mongo()
-        .await?
-        .collection::<Document>("fences")
-        .find_one(doc! { "_id": scope })
-        .await?
-        .and_then(|d| d.get_i64("mark").ok())
-        .unwrap_or(0))
-}
-
 async fn valkey_restart(cluster: &Cluster, valkey: &mut ValkeyServer) -> anyhow::Result<()> {
     let mut fleet = nodes(cluster, &["node-1", "node-2"]).await?;
     let db = cluster.stores.mongo().await?;
@@ -95,8 +83,8 @@ async fn valkey_restart(cluster: &Cluster, valkey: &mut ValkeyServer) -> anyhow:
     }
     let before = plans(cluster, &["alpha-1", "alpha-2", "beta-1"]).await?;
     let marks_before = [
-        mark(cluster, "group:alpha").await?,
-        mark(cluster, "group:beta").await?,
+        fence_mark(cluster, "group:alpha").await?,
+        fence_mark(cluster, "group:beta").await?,
     ];
 
     // Every key is gone: leases, node ownership, the store id.
@@ -104,8 +92,8 @@ async fn valkey_restart(cluster: &Cluster, valkey: &mut ValkeyServer) -> anyhow:
     let deadline = Instant::now() + SETTLE_WITHIN;
     loop {
         let marks = [
-            mark(cluster, "group:alpha").await?,
-            mark(cluster, "group:beta").await?,
+            fence_mark(cluster, "group:alpha").await?,
+            fence_mark(cluster, "group:beta").await?,
         ];
         let held = holder_of(&schedulers, "group:alpha").await?.is_some()
             && holder_of(&schedulers, "group:beta").await?.is_some();

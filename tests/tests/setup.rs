@@ -122,6 +122,21 @@ fn normalize(cluster: &Cluster, output: &str, more: &[(&str, &str)]) -> String {
     text
 }
 
+/// `out` failed saying each of `needles`, and nothing was written for `host`.
+fn refused(out: &Output, host: &Host, needles: &[&str]) -> anyhow::Result<()> {
+    let said = text(out);
+    ensure!(
+        !out.status.success() && needles.iter().all(|n| said.contains(n)),
+        "{said}"
+    );
+    ensure!(
+        !host.root.exists(),
+        "nothing written to {}",
+        host.root.display()
+    );
+    Ok(())
+}
+
 fn mode(path: &Path) -> anyhow::Result<u32> {
     Ok(std::fs::metadata(path)
         .with_context(|| format!("{}", path.display()))?
@@ -142,14 +157,11 @@ async fn setup(cluster: &Cluster) -> anyhow::Result<()> {
     // Joining a cluster that does not exist yet is refused.
     let lonely = Host::new(cluster, "lonely");
     let out = run(&controller_args(cluster, &lonely, &["--bootstrap=false"]))?;
-    ensure!(
-        !out.status.success()
-            && text(&out).contains("holds no PrexorCloud cluster yet")
-            && text(&out).contains("--bootstrap=true"),
-        "{}",
-        text(&out)
-    );
-    ensure!(!lonely.root.exists(), "nothing written");
+    refused(
+        &out,
+        &lonely,
+        &["holds no PrexorCloud cluster yet", "--bootstrap=true"],
+    )?;
 
     // The dry run: checks the stores, prints every file and command, writes nothing.
     let first = Host::new(cluster, "controller-1");
@@ -266,14 +278,11 @@ async fn setup(cluster: &Cluster) -> anyhow::Result<()> {
         &again,
         &["--bin-dir", &bins, "--user", &user, "--no-enable"],
     ))?;
-    ensure!(
-        !out.status.success()
-            && text(&out).contains("already holds cluster \"setup-test\"")
-            && text(&out).contains("--bootstrap=false"),
-        "{}",
-        text(&out)
-    );
-    ensure!(!again.root.exists(), "nothing written");
+    refused(
+        &out,
+        &again,
+        &["already holds cluster \"setup-test\"", "--bootstrap=false"],
+    )?;
 
     // controller-2 joins: no admin, no new CA, the CA certificate read from MongoDB.
     let second = Host::new(cluster, "controller-2");
@@ -385,50 +394,29 @@ async fn setup_bootstraps_once_joins_and_writes_what_the_services_accept() {
 
 async fn unreachable(cluster: &Cluster) -> anyhow::Result<()> {
     let host = Host::new(cluster, "nowhere");
+    let setup = |mongo: &str, valkey: &str| -> anyhow::Result<Output> {
+        let mut args: Vec<String> = ["setup", "--role", "controller", "--mongo-uri", mongo]
+            .iter()
+            .chain(&["--redis-uri", valkey])
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(host.args());
+        run(&args)
+    };
     let dead_mongo = format!("mongodb://127.0.0.1:{}/", free_port());
-    let mut args: Vec<String> = [
-        "setup",
-        "--role",
-        "controller",
-        "--mongo-uri",
-        &dead_mongo,
-        "--redis-uri",
-        &cluster.stores.valkey_url,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(host.args());
-    let out = run(&args)?;
-    ensure!(
-        !out.status.success()
-            && text(&out).contains(&format!("MongoDB at {dead_mongo} is not reachable")),
-        "{}",
-        text(&out)
-    );
+    let out = setup(&dead_mongo, &cluster.stores.valkey_url)?;
+    refused(
+        &out,
+        &host,
+        &[&format!("MongoDB at {dead_mongo} is not reachable")],
+    )?;
     let dead_valkey = format!("redis://127.0.0.1:{}", free_port());
-    let mut args: Vec<String> = [
-        "setup",
-        "--role",
-        "controller",
-        "--mongo-uri",
-        &cluster.stores.mongo_uri,
-        "--redis-uri",
-        &dead_valkey,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(host.args());
-    let out = run(&args)?;
-    ensure!(
-        !out.status.success()
-            && text(&out).contains(&format!("Valkey at {dead_valkey} is not reachable")),
-        "{}",
-        text(&out)
-    );
-    ensure!(!host.root.exists(), "nothing written");
-    Ok(())
+    let out = setup(&cluster.stores.mongo_uri, &dead_valkey)?;
+    refused(
+        &out,
+        &host,
+        &[&format!("Valkey at {dead_valkey} is not reachable")],
+    )
 }
 
 #[tokio::test]
