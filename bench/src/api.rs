@@ -176,6 +176,10 @@ pub async fn run(servers: &Servers, n: usize) -> anyhow::Result<()> {
         }
         Err(err) => eprintln!("GET /groups throughput not measured: {err:#}"),
     }
+    a.print_rss(
+        "api RSS after the GET /groups load",
+        "PrexorCloud sizes ~1 GiB heap + 1 MiB per instance per controller",
+    )?;
     drop(b);
     Ok(())
 }

@@ -168,6 +168,13 @@ pub async fn run(servers: &Servers, n: usize, kills: usize) -> anyhow::Result<()
     )
     .print();
 
+    for gateway in &gateways {
+        gateway.print_rss(
+            &format!("{} RSS with one node session", gateway.name),
+            "PrexorCloud sizes ~1 GiB heap + 1 MiB per instance per controller",
+        )?;
+    }
+
     // Failover: kill the owner, time until the other gateway owns the node.
     let mut times = Vec::new();
     for _ in 0..kills {

@@ -4,6 +4,7 @@
 //! Servers: `--mongo-uri` / `--valkey-url` (or `MONGODB_URI` / `VALKEY_URL`); without them the
 //! benchmark starts its own Valkey and MongoDB-wire server, as the tests do.
 
+mod all;
 mod api;
 mod ca;
 mod coord;
@@ -34,6 +35,22 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Every benchmark below, `--runs` times, against one pair of stores: medians with min and
+    /// max into BENCHMARKS.md and a JSON file.
+    All {
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: std::path::PathBuf,
+        #[arg(long, default_value = "benchmarks.json")]
+        json: std::path::PathBuf,
+    },
+    /// Failover timings: group takeover after SIGKILL and hand-over after SIGTERM of the
+    /// scheduler holding it, and daemon reconnect after its gateway is killed.
+    Failover {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Raw floors: Valkey SET+GET and MongoDB-wire insert+find round trips.
     Stack,
     /// The REST API: cold start, cross-replica event latency, GET /groups under wrk.
@@ -123,7 +140,24 @@ async fn main() -> anyhow::Result<()> {
         namespace: format!("prexorbench:{suffix}:"),
     };
     let n = cli.iterations.max(20);
+    let server_name = match (&stores, std::env::var("MONGODB_URI")) {
+        (_, Ok(uri)) if !uri.is_empty() => "external (MONGODB_URI)".to_owned(),
+        (Ok(_), _) => prexor_testkit::mongo_server_binary()
+            .map(|(name, _)| name.to_owned())
+            .unwrap_or_else(|_| "unknown".into()),
+        (Err(_), _) => "unknown".into(),
+    };
     let result = match cli.command {
+        Command::All { runs, out, json } => {
+            all::run(&servers, runs.max(1), &out, &json, &server_name).await
+        }
+        Command::Failover { rounds } => {
+            let outcome = scheduler::failover(&servers, rounds.max(1)).await;
+            match outcome {
+                Ok(()) => gateway::run(&servers, 20, rounds.max(1)).await,
+                err => err,
+            }
+        }
         Command::Stack => stack::run(&servers, n).await.map(|_| ()),
         Command::Coord => coord::run(&servers, n).await,
         Command::Api => api::run(&servers, n).await,

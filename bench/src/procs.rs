@@ -58,6 +58,30 @@ fn common_toml(servers: &Servers, id: &str, http: u16, grpc: u16) -> String {
 }
 
 impl Proc {
+    /// Resident memory of the process (VmRSS), in MiB.
+    pub fn rss_mib(&self) -> anyhow::Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no VmRSS for {}", self.name))?;
+        Ok(kib / 1024.0)
+    }
+
+    /// Prints this process's resident memory as metric `name`.
+    pub fn print_rss(&self, name: &str, note: &str) -> anyhow::Result<()> {
+        crate::report::Metric {
+            name: name.to_owned(),
+            value: self.rss_mib()?,
+            unit: "MiB",
+            baseline: None,
+            target: Some(note.to_owned()),
+        }
+        .print();
+        Ok(())
+    }
+
     /// Starts `prexor-<kind>` as replica `id`, `extra` appended to its configuration, and waits
     /// until it is ready.
     pub async fn service(
@@ -85,8 +109,9 @@ impl Proc {
         let (http, grpc) = (prexor_testkit::free_port(), prexor_testkit::free_port());
         let mut toml = common_toml(servers, id, http, grpc);
         if kind == "api" {
-            // The api has no internal gRPC port.
+            // The api has no internal gRPC port; plain HTTP on loopback.
             toml = toml.replace(&format!("[grpc]\nlisten = \"127.0.0.1:{grpc}\"\n"), "");
+            toml.push_str("[api]\ntls = \"off\"\n");
         }
         let mut daemon_port = None;
         if kind == "gateway" {

@@ -11,21 +11,70 @@ pub struct Client {
     http: reqwest::Client,
 }
 
+fn base_url(controller: &str) -> anyhow::Result<String> {
+    let base = controller.trim_end_matches('/').to_owned();
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        bail!(
+            "--controller {controller:?} must be an http:// or https:// URL, e.g. https://controller-1:8080"
+        );
+    }
+    Ok(base)
+}
+
+fn http_builder() -> reqwest::ClientBuilder {
+    // The one TLS crypto provider compiled in (ring); reqwest is built without a default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .connect_timeout(Duration::from_secs(5))
+}
+
+/// Which server certificates an https:// controller may present.
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    /// PEM of the CA(s) to trust (the cluster CA kept in the context, or `--ca-file`). No
+    /// other root is trusted.
+    pub ca_pem: Option<String>,
+    /// `--insecure-skip-verify`: any certificate (warned about on every use).
+    pub insecure: bool,
+}
+
 impl Client {
-    pub fn new(controller: &str, token: Option<String>) -> anyhow::Result<Client> {
-        let base = controller.trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            bail!(
-                "--controller {controller:?} must be an http:// or https:// URL, e.g. https://controller-1:8080"
-            );
-        }
-        // The one TLS crypto provider compiled in (ring); reqwest is built without a default.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .connect_timeout(Duration::from_secs(5))
+    /// A client that accepts any certificate, for reading what is public (the cluster CA, to be
+    /// confirmed by its fingerprint before anything is believed or sent).
+    pub fn probe(controller: &str) -> anyhow::Result<Client> {
+        let base = base_url(controller)?;
+        let http = http_builder()
+            .tls_danger_accept_invalid_certs(true)
             .build()
             .context("creating the HTTP client")?;
+        Ok(Client {
+            base,
+            token: None,
+            http,
+        })
+    }
+
+    pub fn new(controller: &str, token: Option<String>, trust: &Trust) -> anyhow::Result<Client> {
+        let base = base_url(controller)?;
+        let mut builder = http_builder();
+        if base.starts_with("https://") {
+            if trust.insecure {
+                eprintln!(
+                    "warning: --insecure-skip-verify: the controller's certificate is not checked; anyone on the path can read and change this session"
+                );
+                builder = builder.tls_danger_accept_invalid_certs(true);
+            } else if let Some(pem) = &trust.ca_pem {
+                let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                    .context("the trusted CA is not PEM certificates")?;
+                builder = builder.tls_certs_only(certs);
+            } else {
+                bail!(
+                    "no CA to check {base} against: sign in with `prexorctl login --controller {base}` (it shows the cluster CA's fingerprint and keeps the CA), or pass --ca-file"
+                );
+            }
+        }
+        let http = builder.build().context("creating the HTTP client")?;
         Ok(Client { base, token, http })
     }
 

@@ -25,6 +25,9 @@ pub struct Context {
     pub user: Option<String>,
     #[serde(default)]
     pub token: Option<String>,
+    /// The cluster CA (PEM) an https:// controller's certificate must chain to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
 }
 
 pub fn path() -> anyhow::Result<PathBuf> {

@@ -10,6 +10,7 @@ mod status;
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -25,6 +26,13 @@ struct Cli {
     /// Saved context to use instead of the current one.
     #[arg(long, global = true, env = "PREXOR_CONTEXT")]
     context: Option<String>,
+    /// Trust the https:// controller's certificate if it chains to this CA (PEM) instead of the
+    /// cluster CA kept in the context.
+    #[arg(long, global = true, value_name = "FILE")]
+    ca_file: Option<std::path::PathBuf>,
+    /// Do not check the controller's certificate at all (warned about on every use).
+    #[arg(long, global = true)]
+    insecure_skip_verify: bool,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -62,6 +70,10 @@ enum Command {
         /// Name of the context to save (default: "default").
         #[arg(long, default_value = "default")]
         name: String,
+        /// The cluster CA's SHA-256 fingerprint to expect from an https:// controller (from
+        /// `prexorctl setup`); without it the fingerprint is shown and confirmed at the terminal.
+        #[arg(long, value_name = "SHA256")]
+        ca_fingerprint: Option<String>,
     },
     /// End the current context's session (on every replica).
     Logout,
@@ -176,13 +188,41 @@ fn main() -> ExitCode {
             .token
             .clone()
             .or_else(|| context.as_ref().and_then(|c| c.token.clone()));
-        let client = client::Client::new(&controller, token)?;
-        match cli.command {
-            Command::Login {
+        let trust = client::Trust {
+            ca_pem: match &cli.ca_file {
+                Some(file) => Some(
+                    std::fs::read_to_string(file)
+                        .with_context(|| format!("reading --ca-file {}", file.display()))?,
+                ),
+                None => context.as_ref().and_then(|c| c.ca.clone()),
+            },
+            insecure: cli.insecure_skip_verify,
+        };
+        if let Command::Login {
+            user,
+            password_stdin,
+            name,
+            ca_fingerprint,
+        } = &cli.command
+        {
+            // A new sign-in chooses its CA itself (the context's may be another cluster's).
+            let trust = client::Trust {
+                ca_pem: trust.ca_pem.filter(|_| cli.ca_file.is_some()),
+                ..trust
+            };
+            return session::login(
+                &controller,
                 user,
-                password_stdin,
+                *password_stdin,
                 name,
-            } => session::login(&controller, &user, password_stdin, &name).await,
+                &trust,
+                ca_fingerprint.as_deref(),
+            )
+            .await;
+        }
+        let client = client::Client::new(&controller, token, &trust)?;
+        match cli.command {
+            Command::Login { .. } => unreachable!("handled above"),
             Command::Logout => session::logout(&client, cli.context.as_deref()).await,
             Command::Context {
                 command: ContextCommand::List,

@@ -6,7 +6,7 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
-use crate::client::Client;
+use crate::client::{Client, Trust};
 use crate::contexts::{Config, Context};
 
 #[derive(Deserialize)]
@@ -41,17 +41,70 @@ fn read_password(from_stdin: bool) -> anyhow::Result<String> {
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
+/// The cluster CA of an https:// controller not trusted yet: fetched, shown by fingerprint, and
+/// kept only if it matches `pinned` or the operator confirms it at the terminal.
+async fn discover_ca(
+    controller: &str,
+    pinned: Option<&str>,
+    interactive: bool,
+) -> anyhow::Result<String> {
+    let answer: serde_json::Value = Client::probe(controller)?.get("/system/ca").await?;
+    let pem = answer["certificate"]
+        .as_str()
+        .context("the controller sent no CA certificate")?
+        .to_owned();
+    let first = prexor_pki::pem_certificates(&pem)
+        .map_err(|e| anyhow::anyhow!("the controller's CA certificate is unreadable: {e}"))?
+        .into_iter()
+        .next()
+        .context("the controller sent no CA certificate")?;
+    let fingerprint = prexor_pki::fingerprint(first.as_ref());
+    match pinned {
+        Some(expected) => {
+            let expected = expected.replace(':', "").to_ascii_lowercase();
+            if expected != fingerprint {
+                bail!(
+                    "the controller at {controller} presents a CA with fingerprint {fingerprint}, not the {expected} you expect: refusing (the wrong cluster, or someone in between)"
+                );
+            }
+        }
+        None if interactive => {
+            eprintln!(
+                "the controller at {controller} presents the cluster CA with SHA-256 fingerprint\n  {fingerprint}\ncompare it with the one `prexorctl setup` / `prexor-ca init` printed on the first controller."
+            );
+            eprint!("trust this CA? [y/N] ");
+            std::io::stderr().flush()?;
+            let mut answer = String::new();
+            std::io::stdin().lock().read_line(&mut answer)?;
+            if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                bail!("CA not trusted; nothing was saved");
+            }
+        }
+        None => bail!(
+            "the controller at {controller} presents a cluster CA with fingerprint {fingerprint} that is not trusted yet: check it, then pass --ca-fingerprint {fingerprint} (or --ca-file with the CA certificate)"
+        ),
+    }
+    Ok(pem)
+}
+
 pub async fn login(
     controller: &str,
     user: &str,
     password_stdin: bool,
     name: &str,
+    trust: &Trust,
+    ca_fingerprint: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
+    let mut trust = trust.clone();
+    if controller.starts_with("https://") && trust.ca_pem.is_none() && !trust.insecure {
+        let interactive = !password_stdin && std::io::stdin().is_terminal();
+        trust.ca_pem = Some(discover_ca(controller, ca_fingerprint, interactive).await?);
+    }
     let password = read_password(password_stdin)?;
     if password.is_empty() {
         bail!("no password given");
     }
-    let client = Client::new(controller, None)?;
+    let client = Client::new(controller, None, &trust)?;
     let session: Session = client
         .send(
             reqwest::Method::POST,
@@ -66,6 +119,8 @@ pub async fn login(
             controller: client.base().to_owned(),
             user: Some(user.to_owned()),
             token: Some(session.token),
+            // An insecure session keeps no CA: the next command must choose again.
+            ca: trust.ca_pem.filter(|_| !trust.insecure),
         },
     );
     config.current = Some(name.to_owned());

@@ -637,7 +637,7 @@ fn apply(args: &SetupArgs, plan: &Plan, bin_dir: &Path) -> anyhow::Result<()> {
     if args.role == Role::Controller {
         let host = args.advertise_host.as_deref().unwrap_or("<this host>");
         println!(
-            "next: prexorctl --controller http://{host}:8080 status (after `prexorctl login`)"
+            "next: prexorctl login --controller https://{host}:8080 --ca-fingerprint <the CA fingerprint above>, then prexorctl status"
         );
     }
     Ok(())

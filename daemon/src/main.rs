@@ -53,6 +53,7 @@ async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         identity,
         readiness.clone(),
         Arc::new(OnceLock::new()),
+        None,
         servers_stop.clone(),
     ));
 

@@ -508,6 +508,10 @@ timeout = "10s"
             toml.push_str(&format!("[gateway]\ndaemonListen = \"{port}\"\n"));
             daemon_port = Some(port);
         }
+        // Plain HTTP for the api unless the test configures its TLS (tests/tests/tls.rs).
+        if kind == "api" && !toml.contains("[api]") && !extra.contains("[api]") {
+            toml.push_str("[api]\ntls = \"off\"\n");
+        }
         toml.push_str(extra);
         let mut proc = self.spawn(
             &format!("prexor-{kind}"),

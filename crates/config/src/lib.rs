@@ -16,5 +16,6 @@ pub use common::{
 };
 pub use reader::{ConfigError, Problem, Reader, env_var_for, load};
 pub use services::{
-    ApiConfig, CaConfig, DaemonConfig, GatewayConfig, GrpcConfig, SchedulerConfig, ServiceConfig,
+    ApiConfig, ApiTls, CaConfig, DaemonConfig, GatewayConfig, GrpcConfig, SchedulerConfig,
+    ServiceConfig,
 };

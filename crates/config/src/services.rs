@@ -29,16 +29,67 @@ impl GrpcConfig {
     }
 }
 
-/// `prexor-api`: REST on `http.listen` (default 8080).
+/// `prexor-api`: REST on `http.listen` (default 8080), HTTPS unless `api.tls = "off"`.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
     pub common: CommonConfig,
+    pub tls: ApiTls,
+    /// `api.tlsNames`: extra DNS names or addresses clients reach this replica by (a load
+    /// balancer's name); `replica.advertiseHost`, `localhost` and `127.0.0.1` are always in a
+    /// certificate from the cluster CA.
+    pub tls_names: Vec<String>,
+}
+
+/// `api.tls`: how the REST port is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiTls {
+    /// `"cluster-ca"` (the default): HTTPS with a certificate the cluster CA issues to this
+    /// replica, renewed before expiry without a restart.
+    ClusterCa,
+    /// `"files"`: HTTPS with `api.tlsCertFile` (PEM chain) and `api.tlsKeyFile` (PEM key) — a
+    /// public CA's certificate, say — re-read when they change.
+    Files { cert: PathBuf, key: PathBuf },
+    /// `"off"`: plain HTTP (development, or TLS terminated by a load balancer in front).
+    Off,
 }
 
 impl ServiceConfig for ApiConfig {
     fn read(r: &mut Reader) -> Self {
+        let common = CommonConfig::read(r, ServiceKind::Api, 8080);
+        let cert: Option<PathBuf> = r.get("api.tlsCertFile");
+        let key: Option<PathBuf> = r.get("api.tlsKeyFile");
+        let mode: String = r.get_or("api.tls", "cluster-ca".to_owned());
+        let tls = match mode.as_str() {
+            "cluster-ca" => ApiTls::ClusterCa,
+            "off" => ApiTls::Off,
+            "files" => match (cert.clone(), key.clone()) {
+                (Some(cert), Some(key)) => ApiTls::Files { cert, key },
+                _ => {
+                    r.problem(
+                        "api.tls",
+                        "\"files\" needs api.tlsCertFile and api.tlsKeyFile (PEM certificate chain and key)",
+                    );
+                    ApiTls::Off
+                }
+            },
+            other => {
+                r.problem(
+                    "api.tls",
+                    format!("unknown mode {other:?}: use \"cluster-ca\", \"files\" or \"off\""),
+                );
+                ApiTls::Off
+            }
+        };
+        if mode != "files" && (cert.is_some() || key.is_some()) {
+            r.problem(
+                "api.tlsCertFile",
+                "certificate files are only used with api.tls = \"files\"",
+            );
+        }
         ApiConfig {
-            common: CommonConfig::read(r, ServiceKind::Api, 8080),
+            common,
+            tls,
+            tls_names: r.get_or("api.tlsNames", Vec::new()),
         }
     }
 }
@@ -362,6 +413,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.labels.get("zone").map(String::as_str), Some("eu"));
+    }
+
+    #[test]
+    fn api_tls_modes() {
+        let base = "mongo.uri = \"mongodb://x/\"\n";
+        let cfg = load_str::<ApiConfig>(base).unwrap();
+        assert_eq!(cfg.tls, ApiTls::ClusterCa, "HTTPS unless turned off");
+        let cfg = load_str::<ApiConfig>(&format!("{base}api.tls = \"off\"\n")).unwrap();
+        assert_eq!(cfg.tls, ApiTls::Off);
+        let err = load_str::<ApiConfig>(&format!("{base}api.tls = \"files\"\n")).unwrap_err();
+        assert!(err.to_string().contains("api.tlsCertFile"), "{err}");
+        let err = load_str::<ApiConfig>(&format!("{base}api.tls = \"plain\"\n")).unwrap_err();
+        assert!(err.to_string().contains("unknown mode \"plain\""), "{err}");
+        let cfg = load_str::<ApiConfig>(&format!(
+            "{base}[api]\ntls = \"files\"\ntlsCertFile = \"/etc/c.pem\"\ntlsKeyFile = \"/etc/k.pem\"\n"
+        ))
+        .unwrap();
+        assert!(matches!(cfg.tls, ApiTls::Files { .. }));
     }
 
     #[test]

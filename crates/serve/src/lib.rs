@@ -16,9 +16,10 @@ mod nodes;
 mod ops;
 mod readiness;
 mod runtime;
+pub mod tls;
 
 pub use launch::{ServiceArgs, launch, launch_with};
 pub use nodes::Gateways;
 pub use ops::{Identity, serve_ops};
 pub use readiness::{CheckResult, Readiness, ReadinessReport};
-pub use runtime::{BoxError, Parts, ServeError, Service, bind, run, stop_on_signals};
+pub use runtime::{BoxError, Parts, ServeError, Service, bind, run, run_tls, stop_on_signals};

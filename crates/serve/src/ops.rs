@@ -34,16 +34,29 @@ pub async fn serve_ops(
     identity: Arc<Identity>,
     readiness: Readiness,
     app: Arc<OnceLock<Router>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     // The peer address reaches handlers as `ConnectInfo` (login rate limits per client).
-    axum::serve(
-        listener,
-        router(identity, readiness, app)
-            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.cancelled_owned())
-    .await
+    let service = router(identity, readiness, app)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    match tls {
+        None => {
+            axum::serve(listener, service)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }
+        Some(config) => {
+            // `tap_io` makes axum hand the peer's SocketAddr to handlers for this listener too.
+            let listener = axum::serve::ListenerExt::tap_io(
+                crate::tls::TlsListener::new(listener, config, stop.clone(), "https")?,
+                |_| {},
+            );
+            axum::serve(listener, service)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }
+    }
 }
 
 /// `/healthz`, `/readyz` and `/metrics`, plus the service's own routes once they exist (`app`):

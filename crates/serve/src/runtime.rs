@@ -222,6 +222,20 @@ where
     F: FnOnce(Service) -> Fut,
     Fut: Future<Output = Result<Parts, BoxError>>,
 {
+    run_tls(config, grpc_listen, None, build).await
+}
+
+/// [`run`], with `http.listen` served over TLS with `http_tls` (HTTPS: the api's REST port).
+pub async fn run_tls<F, Fut>(
+    config: CommonConfig,
+    grpc_listen: Option<SocketAddr>,
+    http_tls: Option<Arc<rustls::ServerConfig>>,
+    build: F,
+) -> Result<(), ServeError>
+where
+    F: FnOnce(Service) -> Fut,
+    Fut: Future<Output = Result<Parts, BoxError>>,
+{
     let shutdown = CancellationToken::new();
     stop_on_signals(shutdown.clone());
     let readiness = Readiness::new();
@@ -263,6 +277,7 @@ where
         identity,
         readiness.clone(),
         app.clone(),
+        http_tls,
         servers_stop.clone(),
     ));
     let grpc_server = grpc_listener.map(|listener| {

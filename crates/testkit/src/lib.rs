@@ -343,13 +343,29 @@ pub struct MongoServer {
     _process: OwnedProcess,
 }
 
+/// Which MongoDB-wire server [`MongoServer::start`] runs: `PREXOR_MONGO_SERVER=rs` picks the
+/// Rust build of SecantusDB (`secantusd-rs`, installed into `.svc/mdb` by
+/// `compose/dev install-fast-mongo`; 3–17× faster), anything else the Python one from PyPI.
+pub fn mongo_server_binary() -> anyhow::Result<(&'static str, PathBuf)> {
+    if std::env::var("PREXOR_MONGO_SERVER").as_deref() == Ok("rs") {
+        let path = svc_dir().join("mdb/bin/secantusd-rs");
+        anyhow::ensure!(
+            path.is_file(),
+            "PREXOR_MONGO_SERVER=rs but {} is missing: run compose/dev install-fast-mongo",
+            path.display()
+        );
+        return Ok(("secantusd-rs", path));
+    }
+    Ok(("secantusd-py", ensure_installed()?.join("bin/secantusd-py")))
+}
+
 impl MongoServer {
     pub fn start() -> anyhow::Result<MongoServer> {
-        let venv = ensure_installed()?;
+        let (name, binary) = mongo_server_binary()?;
         let port = free_port();
         let dir = server_dir("mongo", port)?;
         let log = dir.join("mongo.log");
-        let mut cmd = Command::new(venv.join("bin/secantusd-py"));
+        let mut cmd = Command::new(binary);
         cmd.args(["--host", "127.0.0.1", "--port"])
             .arg(port.to_string())
             .arg("--storage-path")
@@ -358,9 +374,9 @@ impl MongoServer {
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::File::create(dir.join("mongo.err"))?);
-        let mut child = spawn_tied(cmd).context("starting secantusd-py")?;
+        let mut child = spawn_tied(cmd).with_context(|| format!("starting {name}"))?;
         wait_for_port(
-            "secantusd-py",
+            name,
             port,
             &mut child,
             &dir.join("mongo.err"),

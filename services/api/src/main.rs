@@ -25,7 +25,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use clap::Parser;
-use prexor_config::ApiConfig;
+use prexor_config::{ApiConfig, ApiTls};
 use prexor_serve::{Parts, Service, ServiceArgs};
 
 use crate::app::AppState;
@@ -71,14 +71,74 @@ fn main() -> ExitCode {
     prexor_serve::launch_with(
         args.service,
         |config: &ApiConfig| &config.common.telemetry,
-        |config: ApiConfig| prexor_serve::run(config.common, None, build),
+        |config: ApiConfig| async move {
+            // The certificate slot exists before the port opens; it is filled once the service
+            // reached its stores (and the CA): until then handshakes are refused, and the
+            // replica is unready.
+            let slot = Arc::new(prexor_pki::tls::CertSlot::default());
+            let https = match config.tls {
+                ApiTls::Off => {
+                    tracing::warn!(
+                        "api.tls = \"off\": the REST API is served over plain HTTP (development, or TLS terminated in front of it)"
+                    );
+                    None
+                }
+                _ => Some(Arc::new(prexor_serve::tls::https_server(slot.clone())?)),
+            };
+            let common = config.common.clone();
+            prexor_serve::run_tls(common, None, https, move |service| {
+                build(service, config, slot)
+            })
+            .await
+            .map_err(anyhow::Error::from)
+        },
     )
 }
 
-async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
+/// Keeps the REST port's certificate: from the cluster CA, or from the operator's files.
+fn certificate_task(
+    service: &Service,
+    config: &ApiConfig,
+    signer: &prexor_pki::client::SignerClient,
+    slot: Arc<prexor_pki::tls::CertSlot>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    use prexor_serve::tls;
+    let state = || tls::cert_state(&service.readiness, "https", "the REST port");
+    match &config.tls {
+        ApiTls::Off => None,
+        ApiTls::ClusterCa => Some(tokio::spawn(tls::keep_certificate(
+            signer.clone(),
+            tls::Wanted {
+                kind: "api",
+                replica_id: service.config.replica_id.clone(),
+                names: tls::certificate_names(&service.config.advertise_host, &config.tls_names),
+            },
+            slot,
+            state(),
+            "api",
+            service.shutdown.clone(),
+        ))),
+        ApiTls::Files { cert, key } => Some(tokio::spawn(tls::watch_files(
+            cert.clone(),
+            key.clone(),
+            slot,
+            state(),
+            "api",
+            service.shutdown.clone(),
+        ))),
+    }
+}
+
+async fn build(
+    service: Service,
+    config: ApiConfig,
+    slot: Arc<prexor_pki::tls::CertSlot>,
+) -> Result<Parts, prexor_serve::BoxError> {
     let sessions = auth::SessionKeys::load(&service.store).await?;
+    let signer = prexor_pki::client::SignerClient::new(service.registry.clone());
+    let certificate = certificate_task(&service, &config, &signer, slot);
     let app = Arc::new(AppState {
-        signer: prexor_pki::client::SignerClient::new(service.registry.clone()),
+        signer,
         gateways: prexor_serve::Gateways::new(service.registry.clone()),
         sessions,
         service: service.clone(),
@@ -115,7 +175,7 @@ async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
                 .nest("/api/v1", api)
                 .fallback(error::not_found),
         ),
-        tasks: vec![follow],
+        tasks: [follow].into_iter().chain(certificate).collect(),
         ..Parts::default()
     })
 }

@@ -18,6 +18,7 @@ use crate::app::App;
     paths(
         crate::system::info,
         crate::system::status,
+        crate::system::ca,
         crate::auth::login,
         crate::auth::logout,
         crate::auth::me,

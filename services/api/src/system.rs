@@ -18,6 +18,26 @@ pub fn routes() -> Router<App> {
     Router::new()
         .route("/system/info", get(info))
         .route("/system/status", get(status))
+        .route("/system/ca", get(ca))
+}
+
+/// Unauthenticated: the cluster CA certificate (public by nature), for a client that has not
+/// trusted it yet. `prexorctl login` shows its fingerprint and keeps it only once the operator
+/// confirmed it (or it matches `--ca-fingerprint`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/system/ca",
+    tag = "system",
+    responses((status = 200, description = "the CA certificate (PEM) and its SHA-256 fingerprint", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody))
+)]
+async fn ca(State(app): State<App>) -> Result<Json<serde_json::Value>, ApiError> {
+    let ca = prexor_pki::records::published_ca(app.store())
+        .await?
+        .ok_or_else(|| ApiError::conflict("the cluster has no CA yet"))?;
+    Ok(Json(serde_json::json!({
+        "certificate": ca.certificate.pem,
+        "fingerprint": ca.certificate.fingerprint,
+    })))
 }
 
 #[derive(Serialize)]

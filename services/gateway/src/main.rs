@@ -11,7 +11,7 @@ mod sessions;
 mod tls;
 
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prexor_config::GatewayConfig;
@@ -57,24 +57,19 @@ async fn build(service: Service, config: GatewayConfig) -> Result<Parts, prexor_
 
     let signer = SignerClient::new(service.registry.clone());
     let slot = Arc::new(CertSlot::default());
-    let state: tls::CertState = Arc::new(Mutex::new(Err("not requested yet".into())));
-    let readiness_state = state.clone();
-    service.readiness.add("daemon-tls", move || {
-        let state = readiness_state.clone();
-        async move {
-            match &*state.lock().expect("cert state lock") {
-                Ok(_) => Ok(()),
-                Err(reason) => Err(format!("no certificate for the daemon port: {reason}")),
-            }
-        }
-    });
-    let names = tls::certificate_names(&service.config.advertise_host, &config.tls_names);
-    let cert_keeper = tokio::spawn(tls::keep_certificate(
+    let state = prexor_serve::tls::cert_state(&service.readiness, "daemon-tls", "the daemon port");
+    let names =
+        prexor_serve::tls::certificate_names(&service.config.advertise_host, &config.tls_names);
+    let cert_keeper = tokio::spawn(prexor_serve::tls::keep_certificate(
         signer.clone(),
-        service.config.replica_id.clone(),
-        names,
+        prexor_serve::tls::Wanted {
+            kind: "gateway",
+            replica_id: service.config.replica_id.clone(),
+            names,
+        },
         slot.clone(),
         state,
+        "daemon-port",
         service.shutdown.clone(),
     ));
 
