@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 pub use prexor_testkit::{TestStores, free_port};
 
@@ -973,6 +974,98 @@ pub fn no_double_runs(entries: &[ProcessEntry]) -> anyhow::Result<()> {
             _ => {
                 live.remove(&(entry.node.clone(), entry.pid));
             }
+        }
+    }
+    Ok(())
+}
+
+/// What every scenario ends with: every durable intent finished and nothing is stuck on its way
+/// up ([`settled`]), no document carries a fencing token its scope never reached
+/// ([`fences_hold`]), and no instance ever ran twice ([`no_double_runs`] over `nodes`' journals).
+pub async fn invariants(cluster: &Cluster, nodes: &[&str]) -> anyhow::Result<()> {
+    settled(cluster).await?;
+    fences_hold(cluster).await?;
+    no_double_runs(&process_journal(cluster, nodes)?)
+}
+
+/// Waits (at most a minute) until no instance is SCHEDULED, PREPARING or STARTING and no
+/// operator request, platform-module mutation or rolling deployment is left.
+pub async fn settled(cluster: &Cluster) -> anyhow::Result<()> {
+    let db = cluster.stores.mongo().await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut pending = Vec::new();
+        let starting: Vec<Document> = db
+            .collection::<Document>("instances")
+            .find(doc! { "state": { "$in": ["SCHEDULED", "PREPARING", "STARTING"] } })
+            .await?
+            .try_collect()
+            .await?;
+        for instance in &starting {
+            pending.push(format!(
+                "instance {} is {}",
+                instance.get_str("_id").unwrap_or("?"),
+                instance.get_str("state").unwrap_or("?")
+            ));
+        }
+        for (collection, filter, what) in [
+            ("instance_requests", doc! {}, "operator request"),
+            ("module_mutation", doc! {}, "module mutation"),
+            (
+                "deployments",
+                doc! { "state": "ROLLING" },
+                "rolling deployment",
+            ),
+        ] {
+            let left = db
+                .collection::<Document>(collection)
+                .count_documents(filter)
+                .await?;
+            if left > 0 {
+                pending.push(format!("{left} {what}(s) not finished"));
+            }
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "not settled after a minute: {}",
+            pending.join("; ")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every document stamped by a fenced write carries a token no higher than its scope's mark
+/// (a write never got in without raising the mark, so none with a lower token can follow it).
+pub async fn fences_hold(cluster: &Cluster) -> anyhow::Result<()> {
+    let db = cluster.stores.mongo().await?;
+    let marks: BTreeMap<String, i64> = db
+        .collection::<Document>("fences")
+        .find(doc! {})
+        .await?
+        .try_collect::<Vec<Document>>()
+        .await?
+        .iter()
+        .filter_map(|f| Some((f.get_str("_id").ok()?.to_owned(), f.get_i64("mark").ok()?)))
+        .collect();
+    for name in db.list_collection_names().await? {
+        let stamped: Vec<Document> = db
+            .collection::<Document>(&name)
+            .find(doc! { "_fence": { "$exists": true } })
+            .await?
+            .try_collect()
+            .await?;
+        for doc in stamped {
+            let fence = doc.get_document("_fence")?;
+            let (scope, token) = (fence.get_str("scope")?, fence.get_i64("token")?);
+            let mark = marks.get(scope).copied().unwrap_or(0);
+            ensure!(
+                token <= mark,
+                "{name}/{:?} was written with token {token} of {scope}, above its mark {mark}",
+                doc.get("_id")
+            );
         }
     }
     Ok(())

@@ -245,6 +245,7 @@ async fn backup_restore(cluster: &Cluster) -> anyhow::Result<()> {
         "{listed}"
     );
 
+    prexor_acceptance::invariants(cluster, &["node-1"]).await?;
     stop_all([&mut api], EXIT_WITHIN).await?;
     let mut last = schedulers.pop().context("a scheduler")?;
     stop_all(schedulers.iter_mut(), EXIT_WITHIN).await?;

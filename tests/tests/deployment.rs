@@ -178,6 +178,7 @@ async fn rollout(cluster: &Cluster) -> anyhow::Result<()> {
     let (_, group) = rest.get("/groups/web").await?;
     ensure!(group["spec"]["env"]["VERSION"] == "2", "{group}");
 
+    prexor_acceptance::invariants(cluster, &["node-1", "node-2"]).await?;
     stop_all([&mut api], EXIT_WITHIN).await?;
     let mut survivor = schedulers.remove(0);
     fleet.stop_with(&mut survivor).await

@@ -146,6 +146,7 @@ async fn drain_mid_failover(cluster: &Cluster) -> anyhow::Result<()> {
     let (_, node_view) = rest.get(&format!("/nodes/{node}")).await?;
     ensure!(node_view["cordoned"] == false, "{node_view}");
 
+    prexor_acceptance::invariants(cluster, &["node-1", "node-2"]).await?;
     stop_all([&mut api], EXIT_WITHIN).await?;
     let mut rest_of = schedulers.remove(0);
     fleet.stop_with(&mut rest_of).await

@@ -112,6 +112,7 @@ async fn gc_pause(cluster: &Cluster) -> anyhow::Result<()> {
 
     let mut rest = schedulers.remove(peer);
     stop_all(schedulers.iter_mut(), EXIT_WITHIN).await?;
+    prexor_acceptance::invariants(cluster, &["node-1", "node-2"]).await?;
     fleet.stop_with(&mut rest).await
 }
 

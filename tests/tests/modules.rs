@@ -144,6 +144,7 @@ async fn modules(cluster: &Cluster) -> anyhow::Result<()> {
     })
     .await?;
 
+    prexor_acceptance::invariants(cluster, &["node-1"]).await?;
     stop_all([&mut api], EXIT_WITHIN).await?;
     let mut survivor = schedulers.remove(0);
     fleet.stop_with(&mut survivor).await

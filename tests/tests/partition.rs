@@ -167,6 +167,7 @@ async fn partition(cluster: &Cluster) -> anyhow::Result<()> {
         "cut from MongoDB, scheduler-1 said why it let go:\n{log}"
     );
 
+    prexor_acceptance::invariants(cluster, &["node-1"]).await?;
     fleet.stop_with(&mut cut).await?;
     peer.stop(Duration::from_secs(20)).await
 }

@@ -82,6 +82,7 @@ async fn placement_failover(cluster: &Cluster) -> anyhow::Result<()> {
         .await?;
     ensure!(attempts == 1, "{attempts} instance records");
 
+    prexor_acceptance::invariants(cluster, &["node-1", "node-2"]).await?;
     fleet.stop_with(&mut peer).await
 }
 

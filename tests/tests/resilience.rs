@@ -113,6 +113,7 @@ async fn valkey_restart(cluster: &Cluster, valkey: &mut ValkeyServer) -> anyhow:
 
     let mut last = schedulers.pop().context("a scheduler")?;
     stop_all(schedulers.iter_mut(), EXIT_WITHIN).await?;
+    prexor_acceptance::invariants(cluster, &["node-1", "node-2"]).await?;
     fleet.stop_with(&mut last).await
 }
 
@@ -185,6 +186,7 @@ async fn blip(cluster: &Cluster) -> anyhow::Result<()> {
     }
     untouched(cluster, &before, &["node-1"]).await?;
 
+    prexor_acceptance::invariants(cluster, &["node-1"]).await?;
     fleet.stop_with(&mut scheduler).await
 }
 
@@ -356,6 +358,7 @@ async fn rolling_restart(cluster: &Cluster) -> anyhow::Result<()> {
     stop_all(apis.iter_mut(), EXIT_WITHIN).await?;
     let mut last = schedulers.pop().context("a scheduler")?;
     stop_all(schedulers.iter_mut(), EXIT_WITHIN).await?;
+    prexor_acceptance::invariants(cluster, &["node-1", "node-2"]).await?;
     fleet.stop_with(&mut last).await
 }
 

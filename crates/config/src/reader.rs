@@ -59,8 +59,16 @@ pub fn load<C: ServiceConfig>(path: Option<&Path>) -> Result<C, ConfigError> {
     }
     figment = figment.merge(
         // `lowercase(false)` last: every filter or map added after it turns lowercasing back on.
+        // Not configuration: the config file's path, prexorctl's variables (an operator's shell
+        // may have them set) and the local stack's port offset.
         Env::prefixed("PREXOR_")
-            .ignore(&["config"])
+            .ignore(&[
+                "config",
+                "controller",
+                "token",
+                "context",
+                "dev_port_offset",
+            ])
             .map(|key| Uncased::from_owned(key_for_env(key.as_str())))
             .lowercase(false),
     );

@@ -389,6 +389,9 @@ mod tests {
             jail.set_env("PREXOR_SCHEDULER__EVALUATION_INTERVAL_SECONDS", "3");
             jail.set_env("PREXOR_VALKEY__URI", "redis://127.0.0.1:6379");
             jail.set_env("PREXOR_RUNTIME__PROFILE", "production");
+            // prexorctl's variables in the same shell are not configuration.
+            jail.set_env("PREXOR_TOKEN", "pxt_x_y");
+            jail.set_env("PREXOR_CONTROLLER", "https://controller-1:8080");
             let cfg = load::<SchedulerConfig>(Some(std::path::Path::new("s.toml")))
                 .map_err(|e| e.to_string())?;
             assert_eq!(cfg.common.evaluation_interval, Duration::from_secs(3));

@@ -343,15 +343,15 @@ pub struct MongoServer {
     _process: OwnedProcess,
 }
 
-/// Which MongoDB-wire server [`MongoServer::start`] runs: `PREXOR_MONGO_SERVER=rs` picks the
+/// Which MongoDB-wire server [`MongoServer::start`] runs: `PREXORCLOUD_MONGO_SERVER=rs` picks the
 /// Rust build of SecantusDB (`secantusd-rs`, installed into `.svc/mdb` by
 /// `compose/dev install-fast-mongo`; 3–17× faster), anything else the Python one from PyPI.
 pub fn mongo_server_binary() -> anyhow::Result<(&'static str, PathBuf)> {
-    if std::env::var("PREXOR_MONGO_SERVER").as_deref() == Ok("rs") {
+    if std::env::var("PREXORCLOUD_MONGO_SERVER").as_deref() == Ok("rs") {
         let path = svc_dir().join("mdb/bin/secantusd-rs");
         anyhow::ensure!(
             path.is_file(),
-            "PREXOR_MONGO_SERVER=rs but {} is missing: run compose/dev install-fast-mongo",
+            "PREXORCLOUD_MONGO_SERVER=rs but {} is missing: run compose/dev install-fast-mongo",
             path.display()
         );
         return Ok(("secantusd-rs", path));
