@@ -1,6 +1,8 @@
 //! The "GC pause": SIGSTOP the scheduler holding a group past the lease TTL; the peer takes the
 //! group with a higher token and changes it; SIGCONT the old holder. It fences itself off before
-//! doing anything, nothing it could still send is accepted, and no server runs twice.
+//! doing anything, nothing it could still send is accepted, and no server runs twice. And the
+//! worst moment for it: paused between deciding a placement and writing it, the woken holder's
+//! write is refused by the fence (counted), never applied.
 
 use std::time::Duration;
 
@@ -120,4 +122,96 @@ async fn gc_pause(cluster: &Cluster) -> anyhow::Result<()> {
 async fn a_paused_holder_wakes_up_fenced_off() {
     let cluster = Cluster::new("gc_pause").unwrap();
     gc_pause(&cluster).await.unwrap();
+}
+
+/// Whether process `pid` is stopped (state `T` in /proc).
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+        .unwrap_or(false)
+}
+
+/// The worst moment for a pause: the holder has decided a placement and is about to write it.
+/// It stops there (a failpoint SIGSTOPs it) past the TTL; the peer takes the group and places
+/// the instance itself; woken, the old holder's write arrives with a deposed token and MongoDB
+/// refuses it — counted, never applied, one server.
+async fn paused_mid_write(cluster: &Cluster) -> anyhow::Result<()> {
+    let mut fleet = nodes(cluster, &["node-1"]).await?;
+    let mut paused = cluster.service_with_env(
+        "scheduler",
+        "scheduler-1",
+        &[(
+            "PREXORCLOUD_FAILPOINTS",
+            "scheduler.before-placement-write=stop",
+        )],
+    )?;
+    paused.wait_ready(READY_WITHIN).await?;
+    cluster
+        .stores
+        .mongo()
+        .await?
+        .collection::<Document>("groups")
+        .insert_one(group_doc("lobby", 1, &[])?)
+        .await?;
+    let deadline = std::time::Instant::now() + READY_WITHIN;
+    while !is_stopped(paused.pid()) {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "scheduler-1 never reached the failpoint:\n{}",
+            paused.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deposed = fence_mark(cluster, "group:lobby").await?;
+
+    let mut peer = cluster.service("scheduler", "scheduler-2", "")?;
+    peer.wait_ready(READY_WITHIN).await?;
+    let placed = running(cluster, &["lobby-1"]).await?.remove(0);
+    let token = placed.get_document("_fence")?.get_i64("token")?;
+    ensure!(
+        token > deposed,
+        "the peer placed lobby-1 under a newer token"
+    );
+
+    paused.signal(libc::SIGCONT);
+    let deadline = std::time::Instant::now() + READY_WITHIN;
+    loop {
+        let (_, metrics) = paused.get("/metrics").await.unwrap_or_default();
+        let stale: f64 = metrics
+            .lines()
+            .find(|l| l.starts_with("prexor_fenced_writes_total{result=\"stale\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0);
+        if stale >= 1.0 {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the woken holder's write was never refused:\n{}",
+            paused.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let now = running(cluster, &["lobby-1"]).await?.remove(0);
+    ensure!(
+        now.get_str("planHash")? == placed.get_str("planHash")?,
+        "the stale placement was not applied: {now:?}"
+    );
+    let journal = process_journal(cluster, &["node-1"])?;
+    let launches = journal.iter().filter(|e| e.event == "launch").count();
+    ensure!(launches == 1, "one server: {journal:?}");
+    prexor_acceptance::invariants(cluster, &["node-1"]).await?;
+
+    stop_all([&mut paused], EXIT_WITHIN).await?;
+    fleet.stop_with(&mut peer).await
+}
+
+#[tokio::test]
+async fn a_write_delayed_past_the_ttl_is_refused_by_the_fence() {
+    let cluster = Cluster::new("stale_write").unwrap();
+    paused_mid_write(&cluster).await.unwrap();
 }

@@ -1,28 +1,65 @@
-//! Crash points for the acceptance suite: with `PREXORCLOUD_FAILPOINTS=name[,name…]` (not a
-//! `PREXOR_*` variable: those are configuration keys) in its
-//! environment a process dies (abort, as abruptly as SIGKILL) when it reaches a named point, so
-//! a test can kill a replica at an exact moment — e.g. after a plan is persisted and before it is
-//! dispatched. Unset (always, in production) a point costs one lookup in an empty list.
+//! Crash and pause points for the acceptance suite: with
+//! `PREXORCLOUD_FAILPOINTS=name[=action][,…]` (not a `PREXOR_*` variable: those are configuration
+//! keys) in its environment, a process reaching a named point either dies (`abort`, the default:
+//! as abruptly as SIGKILL) or stops itself (`stop`: SIGSTOP, once — a "GC pause" at exactly that
+//! moment, until the test sends SIGCONT). Tests use them to hit a replica between two steps,
+//! e.g. after a plan is persisted and before it is dispatched. Unset (always, in production) a
+//! point costs one lookup in an empty list.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-fn armed() -> &'static [String] {
-    static ARMED: OnceLock<Vec<String>> = OnceLock::new();
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Abort,
+    Stop,
+}
+
+fn armed() -> &'static [(String, Action, AtomicBool)] {
+    static ARMED: OnceLock<Vec<(String, Action, AtomicBool)>> = OnceLock::new();
     ARMED.get_or_init(|| {
         std::env::var("PREXORCLOUD_FAILPOINTS")
             .unwrap_or_default()
             .split(',')
             .map(str::trim)
             .filter(|p| !p.is_empty())
-            .map(str::to_owned)
+            .map(|point| match point.split_once('=') {
+                Some((name, "stop")) => (name.to_owned(), Action::Stop, AtomicBool::new(false)),
+                Some((name, _)) => (name.to_owned(), Action::Abort, AtomicBool::new(false)),
+                None => (point.to_owned(), Action::Abort, AtomicBool::new(false)),
+            })
             .collect()
     })
 }
 
-/// Dies here if `name` is armed.
+/// Dies or pauses here if `name` is armed.
 pub fn hit(name: &str) {
-    if armed().iter().any(|p| p == name) {
-        tracing::error!(failpoint = name, "failpoint reached: aborting");
-        std::process::abort();
+    for (point, action, fired) in armed() {
+        if point != name {
+            continue;
+        }
+        match action {
+            Action::Abort => {
+                tracing::error!(failpoint = name, "failpoint reached: aborting");
+                std::process::abort();
+            }
+            Action::Stop => {
+                if !fired.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(failpoint = name, "failpoint reached: stopping (SIGSTOP)");
+                    // kill(1) rather than an unsafe raise(2): the stop is delivered while the
+                    // child is being waited for, so this thread stops before it goes on.
+                    let stopped = std::process::Command::new("kill")
+                        .args(["-STOP", &std::process::id().to_string()])
+                        .status();
+                    if !stopped.as_ref().is_ok_and(|s| s.success()) {
+                        tracing::error!(
+                            failpoint = name,
+                            "could not stop this process: {stopped:?}"
+                        );
+                    }
+                    tracing::warn!(failpoint = name, "resumed after the failpoint's stop");
+                }
+            }
+        }
     }
 }

@@ -873,6 +873,9 @@ impl Groups {
                 let token = workload_token(id);
                 let plan = plan_doc(group, spec, id, port, &token, &module_layers);
                 let plan_hash = plan_hash(&plan, id, attempt, revision);
+                // Everything decided, nothing written: a pause here (the stale-write test stops
+                // the process at this point) makes the write below arrive with a deposed token.
+                prexor_serve::failpoint::hit("scheduler.before-placement-write");
                 let placed = self
                     .write(
                         lease,
