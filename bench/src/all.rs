@@ -94,10 +94,12 @@ const ANCHORS: &[Anchor] = &[
         target: "—",
     },
     Anchor {
-        what: "takeover after SIGKILL / hand-over after SIGTERM",
+        what: "takeover after SIGKILL / hand-over after SIGTERM (p50, then p95)",
         ours: &[
             "group takeover after SIGKILL of its holder (median)",
             "group hand-over after SIGTERM of its holder (median)",
+            "group takeover after SIGKILL of its holder (p95)",
+            "group hand-over after SIGTERM of its holder (p95)",
         ],
         target: "TTL + tick / one tick",
     },

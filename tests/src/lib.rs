@@ -432,6 +432,8 @@ uri = "{valkey}"
 namespace = "{ns}"
 [scheduler]
 evaluationIntervalSeconds = 1
+[coordination]
+fenceLog = true
 [shutdown]
 timeout = "10s"
 "#,
@@ -1037,19 +1039,57 @@ pub async fn settled(cluster: &Cluster) -> anyhow::Result<()> {
     }
 }
 
-/// Every document stamped by a fenced write carries a token no higher than its scope's mark
-/// (a write never got in without raising the mark, so none with a lower token can follow it).
+/// The fence invariants: per scope, the tokens of applied writes (`fence_log`, recorded in each
+/// write's transaction) never go down and never exceed the scope's mark; and every document
+/// stamped by a fenced write carries a token its scope's mark covers.
 pub async fn fences_hold(cluster: &Cluster) -> anyhow::Result<()> {
     let db = cluster.stores.mongo().await?;
-    let marks: BTreeMap<String, i64> = db
+    let fences: Vec<Document> = db
         .collection::<Document>("fences")
         .find(doc! {})
         .await?
-        .try_collect::<Vec<Document>>()
-        .await?
+        .try_collect()
+        .await?;
+    let marks: BTreeMap<String, i64> = fences
         .iter()
         .filter_map(|f| Some((f.get_str("_id").ok()?.to_owned(), f.get_i64("mark").ok()?)))
         .collect();
+    let applied: i64 = fences.iter().filter_map(|f| f.get_i64("writes").ok()).sum();
+    let log: Vec<Document> = db
+        .collection::<Document>("fence_log")
+        .find(doc! {})
+        .await?
+        .try_collect()
+        .await?;
+    ensure!(
+        log.len() as i64 == applied,
+        "fence_log holds {} writes, the fences counted {applied} (is coordination.fenceLog on everywhere?)",
+        log.len()
+    );
+    let mut by_scope: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+    for entry in &log {
+        by_scope
+            .entry(entry.get_str("scope")?.to_owned())
+            .or_default()
+            .push((entry.get_i64("atMs")?, entry.get_i64("token")?));
+    }
+    for (scope, mut writes) in by_scope {
+        writes.sort();
+        let mark = marks.get(&scope).copied().unwrap_or(0);
+        if let Some((_, top)) = writes.iter().max_by_key(|(_, token)| *token) {
+            ensure!(
+                *top <= mark,
+                "{scope}: a write with token {top} is above the mark {mark}"
+            );
+        }
+        for pair in writes.windows(2) {
+            let ((at_a, token_a), (at_b, token_b)) = (pair[0], pair[1]);
+            ensure!(
+                token_b >= token_a || at_a == at_b,
+                "{scope}: a write with token {token_b} was applied at {at_b} after one with token {token_a} at {at_a}"
+            );
+        }
+    }
     for name in db.list_collection_names().await? {
         let stamped: Vec<Document> = db
             .collection::<Document>(&name)

@@ -31,6 +31,10 @@ pub struct CommonConfig {
     pub evaluation_interval: Duration,
     /// `coordination.*`, derived from the evaluation interval unless set.
     pub leases: LeaseTiming,
+    /// `coordination.fenceLog`: record every fenced write's scope and token in `fence_log`
+    /// (same transaction) — an audit trail of who wrote under which token; one more document per
+    /// write, so off by default.
+    pub fence_log: bool,
     pub telemetry: TelemetryConfig,
     pub http: HttpConfig,
     /// `shutdown.timeout`: how long a graceful stop may take before the process exits anyway.
@@ -195,6 +199,7 @@ impl CommonConfig {
             r.problem(&format!("coordination.{key}"), message);
         }
 
+        let fence_log = r.get_or("coordination.fenceLog", false);
         let telemetry = TelemetryConfig::read(r, kind.binary());
         let http = HttpConfig::read(r, default_http_port);
         let shutdown_timeout = read_shutdown_timeout(r);
@@ -210,6 +215,7 @@ impl CommonConfig {
             valkey,
             evaluation_interval,
             leases,
+            fence_log,
             telemetry,
             http,
             shutdown_timeout,

@@ -344,6 +344,11 @@ where
         config.mongo.timeout,
     )
     .await?;
+    let store = if config.fence_log {
+        store.with_fence_log()
+    } else {
+        store
+    };
     let what = format!("MongoDB at {mongo_uri}");
     if wait_for(&what, &readiness, &shutdown, || store.ping())
         .await

@@ -14,6 +14,8 @@ use crate::store::Store;
 
 /// The collection holding one fence document per scope: `{_id: scope, counter, mark, writes}`.
 pub const FENCES: &str = "fences";
+/// With `coordination.fenceLog`: one `{scope, token, atMs, writes}` per applied fenced write.
+pub const FENCE_LOG: &str = "fence_log";
 
 /// The right to write a scope: the scope's name (`group:lobby`, ...) and the fencing token its
 /// lease was acquired with.
@@ -401,13 +403,34 @@ impl Store {
             .map_err(|e| Attempt::classify("starting a transaction", e))?;
 
         let stamp = doc! { "scope": &fence.scope, "token": fence.token as i64 };
+        // The log entry goes in with the writes: it exists exactly when they were applied.
+        let logged: Vec<Write>;
+        let writes = if self.fence_log {
+            logged = writes
+                .iter()
+                .cloned()
+                .chain([Write::insert(
+                    FENCE_LOG,
+                    doc! {
+                        "scope": &fence.scope, "token": fence.token as i64,
+                        "atMs": prexor_domain::now_ms(), "writes": writes.len() as i64,
+                    },
+                )])
+                .collect();
+            &logged[..]
+        } else {
+            writes
+        };
         let body = if bulk {
             self.fenced_bulk(&mut session, fence, &stamp, writes).await
         } else {
             self.fenced_each(&mut session, fence, &stamp, writes).await
         };
         let outcome = match body {
-            Ok((true, results)) => check_outcomes(writes, results),
+            Ok((true, results)) => check_outcomes(writes, results).map(|mut results| {
+                results.truncate(writes.len() - usize::from(self.fence_log));
+                results
+            }),
             Ok((false, _)) => Err(self.stale(&mut session, fence).await),
             Err(err) => Err(err),
         };

@@ -15,7 +15,7 @@ mod store;
 
 pub use blobs::{BLOB_CHUNKS, BLOBS, blob_hash};
 pub use error::StoreError;
-pub use fence::{FENCES, Fence, Write, WriteOutcome};
+pub use fence::{FENCE_LOG, FENCES, Fence, Write, WriteOutcome};
 pub use groups::{
     GROUPS, GroupRecord, GroupWriteError, create_group, get_group, mark_group_deleting,
     update_group,

@@ -20,6 +20,8 @@ pub struct Store {
     /// Whether the server has the cross-collection `bulkWrite` command (MongoDB 8+), learnt from
     /// `hello` on first use.
     bulk_write: Arc<OnceCell<bool>>,
+    /// Whether every fenced write also records its scope and token in `fence_log`.
+    pub(crate) fence_log: bool,
 }
 
 impl Store {
@@ -48,6 +50,7 @@ impl Store {
             client,
             timeout,
             bulk_write: Arc::new(OnceCell::new()),
+            fence_log: false,
         })
     }
 
@@ -56,6 +59,15 @@ impl Store {
         self.bounded("pinging MongoDB", self.db.run_command(doc! { "ping": 1 }))
             .await
             .map(|_| ())
+    }
+
+    /// This store, recording every fenced write's scope, token and time in `fence_log`, in the
+    /// write's own transaction (`coordination.fenceLog`).
+    pub fn with_fence_log(self) -> Store {
+        Store {
+            fence_log: true,
+            ..self
+        }
     }
 
     /// This store, writing fenced writes one operation at a time as on MongoDB 7, even when the

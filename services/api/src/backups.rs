@@ -60,6 +60,7 @@ const NEVER: &[&str] = &[
     "blobs",
     "blob_chunks",
     "fences",
+    "fence_log",
     "replicas",
     "dev_claims",
     BACKUPS,
