@@ -24,6 +24,17 @@ fn cell(value: Option<&Value>) -> String {
     }
 }
 
+/// A `…AtMs` value (Unix milliseconds) as UTC time; anything else as [`cell`].
+fn time_cell(value: Option<&Value>) -> String {
+    match value.and_then(Value::as_i64).filter(|ms| *ms > 0) {
+        Some(ms) => humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64),
+        )
+        .to_string(),
+        None => cell(value),
+    }
+}
+
 fn structured(value: &Value, output: Output) -> anyhow::Result<bool> {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
@@ -48,7 +59,13 @@ pub fn list(value: &Value, columns: &[Column], output: Output) -> anyhow::Result
         .load_preset(UTF8_FULL_CONDENSED)
         .set_header(columns.iter().map(|(h, _)| *h));
     for row in &rows {
-        table.add_row(columns.iter().map(|(_, p)| cell(row.pointer(p))));
+        table.add_row(columns.iter().map(|(_, p)| {
+            if p.ends_with("AtMs") {
+                time_cell(row.pointer(p))
+            } else {
+                cell(row.pointer(p))
+            }
+        }));
     }
     println!("{table}");
     Ok(())
@@ -87,7 +104,7 @@ pub fn done(value: &Value, message: &str, output: Output) -> anyhow::Result<()> 
 mod tests {
     use serde_json::json;
 
-    use super::cell;
+    use super::{cell, time_cell};
 
     #[test]
     fn cells_are_readable() {
@@ -96,5 +113,10 @@ mod tests {
         assert_eq!(cell(None), "-");
         assert_eq!(cell(Some(&json!(true))), "yes");
         assert_eq!(cell(Some(&json!({ "RUNNING": 2 }))), "RUNNING=2");
+        assert_eq!(
+            time_cell(Some(&json!(1_795_682_695_434_i64))),
+            "2026-11-26T08:44:55Z"
+        );
+        assert_eq!(time_cell(Some(&json!(null))), "-");
     }
 }
