@@ -434,46 +434,13 @@ pub async fn instances(
             render::object(&client.get(&format!("/instances/{}", seg(&id))).await?, out)?
         }
         InstanceCommand::Start { group } => {
-            let answer: Value = client
-                .send(
-                    Method::POST,
-                    &format!("/groups/{}/instances", seg(&group)),
-                    json!({}),
-                )
-                .await?;
-            render::done(
-                &answer,
-                answer["message"].as_str().unwrap_or("requested"),
-                out,
-            )?;
+            request(client, &format!("/groups/{}/instances", seg(&group)), out).await?
         }
         InstanceCommand::Stop { id } => {
-            let answer: Value = client
-                .send(
-                    Method::POST,
-                    &format!("/instances/{}/stop", seg(&id)),
-                    json!({}),
-                )
-                .await?;
-            render::done(
-                &answer,
-                answer["message"].as_str().unwrap_or("requested"),
-                out,
-            )?;
+            request(client, &format!("/instances/{}/stop", seg(&id)), out).await?
         }
         InstanceCommand::Kill { id } => {
-            let answer: Value = client
-                .send(
-                    Method::POST,
-                    &format!("/instances/{}/kill", seg(&id)),
-                    json!({}),
-                )
-                .await?;
-            render::done(
-                &answer,
-                answer["message"].as_str().unwrap_or("requested"),
-                out,
-            )?;
+            request(client, &format!("/instances/{}/kill", seg(&id)), out).await?
         }
         InstanceCommand::Command { id, line } => {
             if line.is_empty() {
@@ -899,6 +866,16 @@ pub async fn modules(
         out,
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// POSTs an operator request (start, stop, kill) and reports what the API answered.
+async fn request(client: &Client, path: &str, out: Output) -> anyhow::Result<()> {
+    let answer: Value = client.send(Method::POST, path, json!({})).await?;
+    render::done(
+        &answer,
+        answer["message"].as_str().unwrap_or("requested"),
+        out,
+    )
 }
 
 pub async fn backups(

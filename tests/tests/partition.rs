@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use mongodb::bson::Document;
 use prexor_acceptance::fault::{Fault, FaultProxy};
-use prexor_acceptance::{
-    Cluster, Proc, group_doc, no_double_runs, nodes, process_journal, running,
-};
+use prexor_acceptance::{Cluster, Proc, group_doc, nodes, process_journal, running};
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
 /// Lease TTL 2 s (1 s interval), MongoDB timeout 2 s: a few ticks beyond.
@@ -155,7 +153,6 @@ async fn partition(cluster: &Cluster) -> anyhow::Result<()> {
         unchanged(cluster, &plans).await?;
     }
     let journal = process_journal(cluster, &["node-1"])?;
-    no_double_runs(&journal)?;
     let launches = journal.iter().filter(|e| e.event == "launch").count();
     ensure!(
         launches == GROUPS.len(),

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use mongodb::bson::{Document, doc};
-use prexor_acceptance::{
-    Cluster, group_doc, no_double_runs, nodes, process_journal, running, wait_doc,
-};
+use prexor_acceptance::{Cluster, group_doc, nodes, process_journal, running, wait_doc};
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
 const EXIT_WITHIN: Duration = Duration::from_secs(30);
@@ -75,7 +73,6 @@ async fn placement_failover(cluster: &Cluster) -> anyhow::Result<()> {
             && launches[0].node == node,
         "exactly one process, of the persisted plan: {journal:?}"
     );
-    no_double_runs(&journal)?;
     let attempts = db
         .collection::<Document>("instances")
         .count_documents(doc! { "group": "lobby" })

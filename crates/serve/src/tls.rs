@@ -78,6 +78,15 @@ fn installed(
         .set(not_after as f64);
 }
 
+/// Records why no (new) certificate could be installed. A certificate already in place stays in
+/// use until it expires, so only a listener that never had one reports the reason.
+fn not_installed(state: &CertState, reason: String) {
+    let mut current = state.lock().expect("cert state lock");
+    if current.is_err() {
+        *current = Err(reason);
+    }
+}
+
 /// The certificate a replica asks the CA for.
 #[derive(Debug, Clone)]
 pub struct Wanted {
@@ -108,11 +117,7 @@ pub async fn keep_certificate(
             }
             Err(reason) => {
                 tracing::warn!(purpose, "no certificate yet: {reason}");
-                // A certificate in place stays in use until it expires; only readiness says so.
-                let mut current = state.lock().expect("cert state lock");
-                if current.is_err() {
-                    *current = Err(reason);
-                }
+                not_installed(&state, reason);
                 RETRY
             }
         };
@@ -171,10 +176,7 @@ pub async fn watch_files(
                 }
                 Err(reason) => {
                     tracing::warn!("{reason}");
-                    let mut current = state.lock().expect("cert state lock");
-                    if current.is_err() {
-                        *current = Err(reason);
-                    }
+                    not_installed(&state, reason);
                 }
             }
         }

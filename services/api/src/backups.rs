@@ -612,17 +612,19 @@ struct RestoreRequest {
     timeout: Option<String>,
 }
 
+/// The `_id`s of `docs` (a string id as itself, any other as its text).
+fn ids(docs: Option<&Vec<Document>>) -> BTreeSet<String> {
+    docs.into_iter()
+        .flatten()
+        .filter_map(|d| {
+            d.get("_id")
+                .map(|id| id.to_string().trim_matches('"').to_owned())
+        })
+        .collect()
+}
+
 /// What a restore changes, per collection.
 fn plan(current: &BTreeMap<String, Vec<Document>>, archive: &Archive) -> Value {
-    let ids = |docs: Option<&Vec<Document>>| -> BTreeSet<String> {
-        docs.into_iter()
-            .flatten()
-            .filter_map(|d| {
-                d.get("_id")
-                    .map(|id| id.to_string().trim_matches('"').to_owned())
-            })
-            .collect()
-    };
     let mut replaced = serde_json::Map::new();
     for name in REPLACED {
         let (now, then) = (ids(current.get(*name)), ids(archive.collections.get(*name)));
@@ -736,14 +738,8 @@ async fn restore_under_leases(
     let fence = guard.fence();
     keeper.insert(guard);
 
-    let names = |docs: Option<&Vec<Document>>| -> BTreeSet<String> {
-        docs.into_iter()
-            .flatten()
-            .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
-            .collect()
-    };
-    let mut scopes: Vec<Scope> = names(current.get("groups"))
-        .union(&names(archive.collections.get("groups")))
+    let mut scopes: Vec<Scope> = ids(current.get("groups"))
+        .union(&ids(archive.collections.get("groups")))
         .map(|g| Scope::Group(g.clone()))
         .collect();
     scopes.push(Scope::PlatformModule);
@@ -815,13 +811,7 @@ fn restore_writes(current: &BTreeMap<String, Vec<Document>>, archive: &Archive) 
             ))
         })
         .collect();
-    let restored_groups: BTreeSet<String> = archive
-        .collections
-        .get("groups")
-        .into_iter()
-        .flatten()
-        .filter_map(|g| g.get_str("_id").ok().map(str::to_owned))
-        .collect();
+    let restored_groups = ids(archive.collections.get("groups"));
     for name in REPLACED {
         let docs = archive.collections.get(*name).cloned().unwrap_or_default();
         if *name == "groups" {
