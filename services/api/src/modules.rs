@@ -288,29 +288,36 @@ async fn install(
     if module.get_str("state") == Ok("ACTIVE") {
         return Err(ApiError::conflict(format!(
             "module {name:?} is installed (version {}); upgrade it instead",
-            module
-                .get_document("active")
-                .and_then(|a| a.get_str("version"))
-                .unwrap_or("?")
+            active_version(&module).unwrap_or("?")
         )));
     }
-    let hash = version_hash(&module, &request_body.version).ok_or_else(|| {
+    request_version(&app, &who, &name, &module, "install", &request_body.version).await
+}
+
+/// The version a module runs, if it is installed.
+fn active_version(module: &Document) -> Option<&str> {
+    module
+        .get_document("active")
+        .ok()
+        .and_then(|a| a.get_str("version").ok())
+}
+
+/// Requests `action` (install, upgrade) of `version`, which must have been uploaded.
+async fn request_version(
+    app: &App,
+    who: &Principal,
+    name: &str,
+    module: &Document,
+    action: &str,
+    version: &str,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let hash = version_hash(module, version).ok_or_else(|| {
         ApiError::field(
             "version",
-            format!(
-                "module {name:?} has no version {:?}; upload it first",
-                request_body.version
-            ),
+            format!("module {name:?} has no version {version:?}; upload it first"),
         )
     })?;
-    request(
-        &app,
-        &who,
-        &name,
-        "install",
-        Some((&request_body.version, &hash)),
-    )
-    .await
+    request(app, who, name, action, Some((version, &hash))).await
 }
 
 #[utoipa::path(
@@ -335,33 +342,13 @@ async fn upgrade(
             "module {name:?} is not installed; install it instead"
         )));
     }
-    let active = module
-        .get_document("active")
-        .ok()
-        .and_then(|a| a.get_str("version").ok())
-        .unwrap_or_default();
+    let active = active_version(&module).unwrap_or_default();
     if active == request_body.version {
         return Err(ApiError::conflict(format!(
             "module {name:?} already runs version {active}"
         )));
     }
-    let hash = version_hash(&module, &request_body.version).ok_or_else(|| {
-        ApiError::field(
-            "version",
-            format!(
-                "module {name:?} has no version {:?}; upload it first",
-                request_body.version
-            ),
-        )
-    })?;
-    request(
-        &app,
-        &who,
-        &name,
-        "upgrade",
-        Some((&request_body.version, &hash)),
-    )
-    .await
+    request_version(&app, &who, &name, &module, "upgrade", &request_body.version).await
 }
 
 /// Groups that attach `name`.
