@@ -7,7 +7,6 @@ use std::time::Duration;
 use prexor_pki::{CertificateAuthority, Identity, KeyAndCsr, ServiceNames};
 use prexor_proto::v1::SignNodeCsrRequest;
 use prexor_proto::v1::ca_signer_client::CaSignerClient;
-use tonic::transport::Channel;
 
 use crate::Servers;
 use crate::procs::{Proc, Scratch};
@@ -50,9 +49,12 @@ pub async fn run(servers: &Servers, n: usize) -> anyhow::Result<()> {
         &["--bootstrap"],
     )
     .await?;
-    let channel = Channel::from_shared(format!("http://127.0.0.1:{}", ca.grpc))?
-        .connect()
-        .await?;
+    let channel = servers
+        .internal()
+        .await?
+        .peers
+        .get(&format!("127.0.0.1:{}", ca.grpc))
+        .map_err(anyhow::Error::msg)?;
     let client = CaSignerClient::new(channel);
     let signing = Samples::measure(n, |i| {
         let mut client = client.clone();

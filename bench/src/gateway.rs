@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{Document, doc};
+use prexor_pki::internal::InternalTls;
 use prexor_proto::v1::command::Action;
 use prexor_proto::v1::node_commands_client::NodeCommandsClient;
 use prexor_proto::v1::{
@@ -23,11 +24,11 @@ use crate::report::{Metric, Samples};
 
 const NODE: &str = "bench-node";
 
-async fn client(gateway: &Proc) -> anyhow::Result<NodeCommandsClient<Channel>> {
-    let channel = Channel::from_shared(format!("http://127.0.0.1:{}", gateway.grpc))?
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
+fn client(internal: &InternalTls, gateway: &Proc) -> anyhow::Result<NodeCommandsClient<Channel>> {
+    let channel = internal
+        .peers
+        .get(&format!("127.0.0.1:{}", gateway.grpc))
+        .map_err(anyhow::Error::msg)?;
     Ok(NodeCommandsClient::new(channel))
 }
 
@@ -93,8 +94,9 @@ pub async fn run(servers: &Servers, n: usize, kills: usize) -> anyhow::Result<()
     let owner_of = |name: &str| names.iter().position(|g| g == name);
     let (first_owner, _) = wait_owner(&store, None).await?;
     let owner_index = owner_of(&first_owner).ok_or_else(|| anyhow::anyhow!("unknown owner"))?;
-    let mut via_owner = client(&gateways[owner_index]).await?;
-    let via_other = client(&gateways[1 - owner_index]).await?;
+    let internal = servers.internal().await?;
+    let mut via_owner = client(&internal, &gateways[owner_index])?;
+    let via_other = client(&internal, &gateways[1 - owner_index])?;
 
     let server = binary("prexor-fakeserver")?;
     let port = prexor_testkit::free_port();

@@ -104,6 +104,23 @@ impl Servers {
         }
     }
 
+    /// Internal mTLS for the benchmark as a client of internal ports: a service certificate
+    /// (api replica `bench-client`) obtained like a replica's first one, from a running CA.
+    pub async fn internal(&self) -> anyhow::Result<prexor_pki::internal::InternalTls> {
+        let store = self.store().await?;
+        let registry = prexor_coord::Registry::Valkey {
+            backend: prexor_coord::ValkeyBackend::connect(
+                &self.valkey_url,
+                std::time::Duration::from_secs(5),
+            )?,
+            namespace: self.namespace.clone(),
+            ttl: std::time::Duration::from_secs(15),
+        };
+        prexor_pki::internal::InternalTls::enrol(&store, registry, "api", "bench-client")
+            .await
+            .map_err(anyhow::Error::msg)
+    }
+
     /// The project's store on the benchmark's database.
     pub async fn store(&self) -> anyhow::Result<prexor_store::Store> {
         Ok(prexor_store::Store::connect(

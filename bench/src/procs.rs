@@ -196,19 +196,16 @@ impl Proc {
         }
     }
 
-    /// The lease scopes the replica holds (its gRPC status).
+    /// The lease scopes the replica holds (`GET /status`).
     pub async fn leases_held(&self) -> anyhow::Result<Vec<String>> {
-        let channel =
-            tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", self.grpc))?
-                .connect()
-                .await?;
-        Ok(
-            prexor_proto::v1::replica_status_client::ReplicaStatusClient::new(channel)
-                .get_status(prexor_proto::v1::GetStatusRequest {})
-                .await?
-                .into_inner()
-                .leases_held,
-        )
+        let url = format!("http://127.0.0.1:{}/status", self.http);
+        let status: serde_json::Value = reqwest::get(&url).await?.json().await?;
+        Ok(status["leasesHeld"]
+            .as_array()
+            .ok_or_else(|| anyhow::anyhow!("{url} without leasesHeld"))?
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect())
     }
 
     /// SIGTERM, then waits for the exit (a graceful stop).

@@ -216,7 +216,7 @@ pub async fn keep_renewed(
     loop {
         let info = identity.info();
         let now = now_secs();
-        let due = info.not_before + (info.not_after - info.not_before) * 2 / 3;
+        let due = prexor_pki::renewal_due(&info);
         let wait = Duration::from_secs((due - now).max(0) as u64);
         metrics::gauge!("prexor_tls_certificate_not_after_seconds", "use" => "node")
             .set(info.not_after as f64);

@@ -46,6 +46,7 @@ async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         kind: "daemon".into(),
         replica_id: config.node_id.clone(),
         version: prexor_domain::VERSION,
+        keepers: Default::default(),
     });
     let servers_stop = CancellationToken::new();
     let server = tokio::spawn(prexor_serve::serve_ops(

@@ -1,10 +1,6 @@
 //! Every PrexorCloud protobuf, compiled once. `proto/prexor/v1/*.proto` is the only place a
 //! message or service is defined.
 
-mod channels;
-
-pub use channels::PeerChannels;
-
 /// Version 1 of the PrexorCloud protocols (package `prexor.v1`).
 pub mod v1 {
     tonic::include_proto!("prexor.v1");

@@ -44,7 +44,8 @@ pub struct Proc {
     pub log: PathBuf,
     /// `http://127.0.0.1:<http port>` (`/healthz`, `/readyz`, `/metrics`, REST on the api).
     pub http: String,
-    /// `http://127.0.0.1:<grpc port>` for services with an internal gRPC port.
+    /// `127.0.0.1:<grpc port>` for services with an internal gRPC port (mTLS; reach it with
+    /// [`Cluster::internal_channel`]).
     pub grpc: Option<String>,
     /// `127.0.0.1:<port>` of a gateway's daemon port (TLS).
     pub daemon_port: Option<String>,
@@ -96,19 +97,21 @@ impl Proc {
         Ok(())
     }
 
-    /// The lease scopes this replica holds (its `prexor.v1.ReplicaStatus` report).
+    /// The lease scopes this replica holds (`GET /status` on its HTTP port).
     pub async fn leases_held(&self) -> anyhow::Result<Vec<String>> {
-        use prexor_proto::v1::GetStatusRequest;
-        use prexor_proto::v1::replica_status_client::ReplicaStatusClient;
-        let channel =
-            tonic::transport::Channel::from_shared(self.grpc.clone().context("no gRPC port")?)?
-                .connect()
-                .await?;
-        Ok(ReplicaStatusClient::new(channel)
-            .get_status(GetStatusRequest {})
-            .await?
-            .into_inner()
-            .leases_held)
+        let (status, body) = self.get("/status").await?;
+        ensure!(
+            status == 200,
+            "{}: /status answered {status}: {body}",
+            self.name
+        );
+        let body: serde_json::Value = serde_json::from_str(&body)?;
+        Ok(body["leasesHeld"]
+            .as_array()
+            .context("/status without leasesHeld")?
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect())
     }
 
     pub fn log_text(&self) -> String {
@@ -398,6 +401,7 @@ pub struct Cluster {
     pub stores: TestStores,
     pub dir: PathBuf,
     procs: Mutex<Vec<(String, PathBuf)>>,
+    internal: tokio::sync::OnceCell<prexor_pki::internal::InternalTls>,
 }
 
 impl Cluster {
@@ -411,7 +415,55 @@ impl Cluster {
             stores,
             dir,
             procs: Mutex::new(Vec::new()),
+            internal: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// Internal mTLS for the test itself: a service certificate (api replica
+    /// `acceptance-client`) obtained the way a replica gets its first one — the cluster's service
+    /// enrolment secret, presented to a running CA replica. Waits up to a minute for one.
+    pub async fn internal(&self) -> anyhow::Result<&prexor_pki::internal::InternalTls> {
+        self.internal
+            .get_or_try_init(|| async {
+                let store = self.store().await?;
+                let backend = prexor_coord::ValkeyBackend::connect(
+                    &self.stores.valkey_url,
+                    Duration::from_secs(2),
+                )?;
+                let registry = prexor_coord::Registry::Valkey {
+                    backend,
+                    namespace: self.stores.namespace.clone(),
+                    ttl: Duration::from_secs(15),
+                };
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    match prexor_pki::internal::InternalTls::enrol(
+                        &store,
+                        registry.clone(),
+                        "api",
+                        "acceptance-client",
+                    )
+                    .await
+                    {
+                        Ok(internal) => return Ok(internal),
+                        Err(err) if Instant::now() > deadline => {
+                            bail!("no internal certificate for the test: {err}")
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                }
+            })
+            .await
+    }
+
+    /// A channel to `proc`'s internal gRPC port, presenting the test's service certificate.
+    pub async fn internal_channel(&self, proc: &Proc) -> anyhow::Result<tonic::transport::Channel> {
+        let address = proc.grpc.as_deref().context("no internal gRPC port")?;
+        self.internal()
+            .await?
+            .peers
+            .get(address)
+            .map_err(anyhow::Error::msg)
     }
 
     /// The configuration every control-plane replica of this test shares (production profile,
@@ -567,7 +619,7 @@ timeout = "10s"
             child,
             log,
             http: format!("http://127.0.0.1:{http_port}"),
-            grpc: grpc_port.map(|p| format!("http://127.0.0.1:{p}")),
+            grpc: grpc_port.map(|p| format!("127.0.0.1:{p}")),
             daemon_port: None,
             exited: None,
         })
@@ -599,6 +651,16 @@ impl Cluster {
     /// `[ca] dataDir` for a CA replica whose data lives in `<test dir>/<name>`.
     pub fn ca_extra(&self, name: &str) -> String {
         format!("[ca]\ndataDir = \"{}\"\n", self.dir.join(name).display())
+    }
+
+    /// The cluster CA (certificate and key) from the data directory `<test dir>/<data>` of the
+    /// CA replica that created it: for tests that sign certificates of their own.
+    pub fn ca_from_disk(&self, data: &str) -> anyhow::Result<prexor_pki::CertificateAuthority> {
+        let dir = self.dir.join(data).join("certs/ca");
+        Ok(prexor_pki::CertificateAuthority::from_pem(
+            &std::fs::read_to_string(dir.join("ca.crt"))?,
+            &std::fs::read_to_string(dir.join("ca.key"))?,
+        )?)
     }
 
     /// Starts a daemon for `node_id` with its data in `<test dir>/<data>`, talking to the
@@ -716,20 +778,15 @@ impl Drop for Cluster {
     }
 }
 
-/// Asks a gRPC port for its grpc.health.v1 status of the whole server ("").
-pub async fn grpc_health(endpoint: &str) -> anyhow::Result<String> {
+/// Asks an internal gRPC port for its grpc.health.v1 status of the whole server ("").
+pub async fn grpc_health(channel: tonic::transport::Channel) -> anyhow::Result<String> {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(5))
-        .connect()
-        .await?;
-    let response = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await?;
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
+    request.set_timeout(Duration::from_secs(5));
+    let response = HealthClient::new(channel).check(request).await?;
     Ok(response.into_inner().status().as_str_name().to_owned())
 }
 

@@ -50,14 +50,6 @@ fn ca_admin(cluster: &Cluster, replica: &str, args: &[&str]) -> anyhow::Result<S
 
 /// The cluster CA with its key, read from a CA replica's data dir (the test plays an attacker
 /// or a second CA host).
-fn ca_from_disk(cluster: &Cluster, data: &str) -> anyhow::Result<CertificateAuthority> {
-    let dir = cluster.dir.join(data).join("certs/ca");
-    Ok(CertificateAuthority::from_pem(
-        &std::fs::read_to_string(dir.join("ca.crt"))?,
-        &std::fs::read_to_string(dir.join("ca.key"))?,
-    )?)
-}
-
 async fn enrolment_channel(gateway: &Proc, fingerprint: &str) -> anyhow::Result<Channel> {
     let address = gateway.daemon_port.as_deref().context("not a gateway")?;
     Ok(connect(
@@ -288,7 +280,7 @@ async fn enrolment(cluster: &Cluster) -> anyhow::Result<()> {
     )?;
 
     // A service certificate of the cluster is not a node certificate.
-    let authority = ca_from_disk(cluster, "ca-1")?;
+    let authority = cluster.ca_from_disk("ca-1")?;
     let service = KeyAndCsr::new(
         &Identity::Service {
             kind: "scheduler".into(),
@@ -372,11 +364,8 @@ async fn a_daemon_enrols_once_and_is_admitted_only_with_its_own_certificate() {
     enrolment(&cluster).await.unwrap();
 }
 
-async fn can_sign(ca: &Proc) -> anyhow::Result<(bool, String)> {
-    let channel = Channel::from_shared(ca.grpc.clone().context("grpc")?)?
-        .connect()
-        .await?;
-    let info = CaSignerClient::new(channel)
+async fn can_sign(cluster: &Cluster, ca: &Proc) -> anyhow::Result<(bool, String)> {
+    let info = CaSignerClient::new(cluster.internal_channel(ca).await?)
         .get_ca_certificate(GetCaCertificateRequest {})
         .await?
         .into_inner();
@@ -416,7 +405,7 @@ async fn keyless_replica(cluster: &Cluster) -> anyhow::Result<()> {
         &ca2_args,
     )?;
     ca2.wait_ready(READY_WITHIN).await?;
-    let (signs, detail) = can_sign(&ca2).await?;
+    let (signs, detail) = can_sign(cluster, &ca2).await?;
     ensure!(!signs && detail.contains("no signing key"), "{detail}");
     let password = cluster.bootstrap_admin("admin")?;
     let mut api = cluster.service("api", "api-1", "")?;
@@ -543,7 +532,7 @@ async fn keyless_replica(cluster: &Cluster) -> anyhow::Result<()> {
     )?;
     ca2.wait_ready(READY_WITHIN).await?;
     ensure!(
-        can_sign(&ca2).await?.0,
+        can_sign(cluster, &ca2).await?.0,
         "ca-2 signs after the bundle was copied"
     );
 

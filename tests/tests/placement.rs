@@ -14,7 +14,6 @@ use prexor_acceptance::{
 use prexor_proto::v1::command::Action;
 use prexor_proto::v1::node_commands_client::NodeCommandsClient;
 use prexor_proto::v1::{Command, ConsoleInput, NodeCommandRequest};
-use tonic::transport::Channel;
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
 const EXIT_WITHIN: Duration = Duration::from_secs(20);
@@ -109,10 +108,7 @@ async fn placement(cluster: &Cluster) -> anyhow::Result<()> {
         .context("fence record")?;
     let token = fence.get_i64("mark")? as u64;
     let node = after[0].get_str("nodeId")?.to_string();
-    let channel = Channel::from_shared(gateways[0].grpc.clone().context("grpc")?)?
-        .connect()
-        .await?;
-    NodeCommandsClient::new(channel)
+    NodeCommandsClient::new(cluster.internal_channel(&gateways[0]).await?)
         .send(NodeCommandRequest {
             node_id: node,
             command: Some(Command {

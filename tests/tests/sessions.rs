@@ -1,7 +1,7 @@
 //! Gateway sessions and node daemons with real processes: commands reach a node through any
 //! gateway, server processes survive the owning gateway's death, a paused gateway that wakes up
 //! closes its stale stream and cannot write, and stale fencing tokens are refused, also after a
-//! daemon restart.
+//! daemon restart; certificates rotating under load keep every daemon stream open.
 
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,13 @@ struct Stack {
 }
 
 async fn stack(cluster: &Cluster) -> anyhow::Result<Stack> {
-    let mut ca = cluster.service("ca", "ca-1", &cluster.ca_extra("ca-1"))?;
+    stack_with(cluster, "").await
+}
+
+/// [`stack`] with `ca_keys` added to the CA's `[ca]` table.
+async fn stack_with(cluster: &Cluster, ca_keys: &str) -> anyhow::Result<Stack> {
+    let ca_extra = format!("{}{ca_keys}", cluster.ca_extra("ca-1"));
+    let mut ca = cluster.service("ca", "ca-1", &ca_extra)?;
     ca.wait_ready(READY_WITHIN).await?;
     let mut gateways = vec![
         cluster.service("gateway", "gateway-1", "")?,
@@ -99,11 +105,13 @@ fn owner_of(doc: &Document) -> (String, i64) {
     )
 }
 
-async fn commands(gateway: &Proc) -> anyhow::Result<NodeCommandsClient<Channel>> {
-    let channel = Channel::from_shared(gateway.grpc.clone().context("grpc")?)?
-        .connect()
-        .await?;
-    Ok(NodeCommandsClient::new(channel))
+async fn commands(
+    cluster: &Cluster,
+    gateway: &Proc,
+) -> anyhow::Result<NodeCommandsClient<Channel>> {
+    Ok(NodeCommandsClient::new(
+        cluster.internal_channel(gateway).await?,
+    ))
 }
 
 fn command(id: &str, scope: &str, token: u64, action: Action) -> Command {
@@ -200,7 +208,7 @@ async fn commands_and_failover(cluster: &Cluster) -> anyhow::Result<()> {
     let other_index = 1 - owner_index;
 
     // A command sent to the gateway that does not hold the stream is forwarded and acked.
-    let mut via_other = commands(&gateways[other_index]).await?;
+    let mut via_other = commands(cluster, &gateways[other_index]).await?;
     let port = free_port();
     let reply = lobby(&mut via_other, "c1", 1, start("lobby-1", port, &[])?).await?;
     let started = ack(&reply)?;
@@ -279,7 +287,7 @@ async fn commands_and_failover(cluster: &Cluster) -> anyhow::Result<()> {
     );
 
     // Through the survivor: graceful stop.
-    let mut via_survivor = commands(&gateways[other_index]).await?;
+    let mut via_survivor = commands(cluster, &gateways[other_index]).await?;
     let reply = lobby(
         &mut via_survivor,
         "c5",
@@ -570,4 +578,113 @@ async fn paused_gateway(cluster: &Cluster) -> anyhow::Result<()> {
 async fn a_paused_gateway_that_wakes_up_closes_its_stale_session() {
     let cluster = Cluster::new("paused_gateway").unwrap();
     paused_gateway(&cluster).await.unwrap();
+}
+
+/// How many certificates the CA has issued to `subject` (a replica or node id).
+async fn issued_to(cluster: &Cluster, subject: &str) -> anyhow::Result<u64> {
+    let db = cluster.stores.mongo().await?;
+    Ok(db
+        .collection::<Document>("certificates")
+        .count_documents(doc! { "subject": subject })
+        .await?)
+}
+
+async fn rotation_under_load(cluster: &Cluster) -> anyhow::Result<()> {
+    // 30 s certificates: every gateway's daemon-port and internal certificates and the node's
+    // certificate are renewed every 20 s while commands flow.
+    let Stack {
+        mut ca,
+        mut gateways,
+        mut daemon,
+        owner_index,
+        token,
+    } = stack_with(
+        cluster,
+        "serviceCertValidity = \"30s\"\nnodeCertValidity = \"30s\"\n",
+    )
+    .await?;
+    let mut clients = [
+        commands(cluster, &gateways[owner_index]).await?,
+        commands(cluster, &gateways[1 - owner_index]).await?,
+    ];
+    let reply = lobby(
+        &mut clients[0],
+        "start",
+        1,
+        start("lobby-1", free_port(), &[])?,
+    )
+    .await?;
+    ensure!(ack(&reply)?.result() == AckResult::Done, "{reply:?}");
+
+    let subjects = [
+        gateways[0].name.clone(),
+        gateways[1].name.clone(),
+        "node-1".to_string(),
+    ];
+    let mut before = Vec::new();
+    for subject in &subjects {
+        before.push(issued_to(cluster, subject).await?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(65);
+    let mut sent = 0;
+    while Instant::now() < deadline {
+        // Alternately through the owner and through the other gateway (forwarded over the
+        // gateways' own internal mTLS).
+        let client = &mut clients[sent % 2];
+        let reply = lobby(
+            client,
+            &format!("console-{sent}"),
+            1,
+            Action::Console(ConsoleInput {
+                instance_id: "lobby-1".into(),
+                line: format!("say rotation {sent}"),
+            }),
+        )
+        .await
+        .with_context(|| format!("command {sent} failed during rotation"))?;
+        ensure!(
+            ack(&reply)?.result() == AckResult::Done,
+            "command {sent}: {reply:?}"
+        );
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Each gateway renewed its daemon-port and its internal certificate at least twice, the
+    // node its certificate at least twice.
+    for (subject, before) in subjects.iter().zip(before) {
+        let after = issued_to(cluster, subject).await?;
+        let wanted = if subject == "node-1" { 2 } else { 4 };
+        ensure!(
+            after >= before + wanted,
+            "{subject}: {before} certificates issued before the load, {after} after"
+        );
+    }
+    // The same session throughout: same owner, same ownership token, no reconnect.
+    let (owner, now_token) = owner_of(&node_doc(cluster, "node-1").await?);
+    ensure!(
+        owner == gateways[owner_index].name && now_token == token,
+        "the session moved or was re-opened: {owner} token {now_token} (was {} token {token})",
+        gateways[owner_index].name
+    );
+    ensure!(
+        !daemon.log_text().contains("session ended") && !daemon.log_text().contains("reconnecting"),
+        "the daemon's stream was interrupted:\n{}",
+        daemon.log_text()
+    );
+    let (_, metrics) = gateways[owner_index].get("/metrics").await?;
+    ensure!(
+        metrics.contains("prexor_tls_certificate_not_after_seconds{use=\"internal\"}")
+            && metrics.contains("prexor_tls_certificate_not_after_seconds{use=\"daemon-port\"}"),
+        "expiry metrics: {metrics}"
+    );
+    let mut all: Vec<&mut Proc> = gateways.iter_mut().collect();
+    all.push(&mut daemon);
+    all.push(&mut ca);
+    stop_all(all, EXIT_WITHIN).await
+}
+
+#[tokio::test]
+async fn certificates_rotating_under_load_keep_every_daemon_stream_open() {
+    let cluster = Cluster::new("rotation").unwrap();
+    rotation_under_load(&cluster).await.unwrap();
 }

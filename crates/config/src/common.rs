@@ -1,7 +1,8 @@
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use prexor_domain::{LeaseTiming, Profile, ServiceKind, validate_name};
+use prexor_domain::{LeaseTiming, Profile, ServiceKind, redact_uri, validate_name};
 
 use crate::reader::Reader;
 
@@ -59,6 +60,12 @@ pub struct ValkeyConfig {
     pub namespace: String,
     /// `valkey.timeout`: bound on connecting and on every command.
     pub timeout: Duration,
+    /// `valkey.tlsCaFile`: PEM CA that signed the Valkey server's certificate, for a
+    /// `rediss://` URI (without it, the system's trusted roots).
+    pub tls_ca_file: Option<PathBuf>,
+    /// `valkey.tlsCertFile` and `valkey.tlsKeyFile`: a client certificate and key, for a Valkey
+    /// that requires one (`tls-auth-clients yes`).
+    pub tls_client: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,10 +165,38 @@ impl CommonConfig {
                         format!("{uri:?} must start with redis://, rediss://, valkey://, valkeys:// or unix://"),
                     );
                 }
+                let tls = uri.starts_with("rediss://") || uri.starts_with("valkeys://");
+                let file = |r: &mut Reader, key: &str| {
+                    let path: PathBuf = r.get(key)?;
+                    if !tls {
+                        r.problem(
+                            key,
+                            format!("is set, but valkey.uri {:?} is not a TLS URI (rediss:// or valkeys://)", redact_uri(&uri)),
+                        );
+                    } else if !path.is_file() {
+                        r.problem(key, format!("{} is not a readable file", path.display()));
+                    }
+                    Some(path)
+                };
+                let tls_ca_file = file(r, "valkey.tlsCaFile");
+                let tls_client = match (file(r, "valkey.tlsCertFile"), file(r, "valkey.tlsKeyFile"))
+                {
+                    (Some(cert), Some(key)) => Some((cert, key)),
+                    (None, None) => None,
+                    (Some(_), None) | (None, Some(_)) => {
+                        r.problem(
+                            "valkey.tlsCertFile",
+                            "valkey.tlsCertFile and valkey.tlsKeyFile go together: set both or neither",
+                        );
+                        None
+                    }
+                };
                 Some(ValkeyConfig {
                     uri,
                     namespace,
                     timeout: valkey_timeout,
+                    tls_ca_file,
+                    tls_client,
                 })
             }
             None => {

@@ -38,4 +38,4 @@ pub use keeper::LeaseKeeper;
 pub use lease::{Lease, LeaseHolder, Leases};
 pub use local::LocalBackend;
 pub use registry::{DevClaim, Registry, ReplicaRecord};
-pub use valkey::ValkeyBackend;
+pub use valkey::{ValkeyBackend, ValkeyTls};

@@ -59,7 +59,7 @@ const RENEW_BATCH: usize = 512;
 #[derive(Clone)]
 pub struct ValkeyBackend {
     conn: ConnectionManager,
-    client: redis::Client,
+    client: std::sync::Arc<redis::Client>,
     uri: String,
     timeout: Duration,
 }
@@ -72,12 +72,47 @@ impl std::fmt::Debug for ValkeyBackend {
     }
 }
 
+/// TLS material for a `rediss://` (or `valkeys://`) connection, PEM: the CA to verify the
+/// server with (the system's roots when absent) and a client certificate and key for servers
+/// that require one (`tls-auth-clients yes`).
+#[derive(Debug, Clone, Default)]
+pub struct ValkeyTls {
+    pub ca_pem: Option<Vec<u8>>,
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
 impl ValkeyBackend {
     /// Prepares a connection that is opened on first use and re-opened after failures.
-    /// `timeout` bounds connecting and every command.
+    /// `timeout` bounds connecting and every command. A `rediss://` URI verifies the server
+    /// against the system's roots; see [`ValkeyBackend::connect_tls`] for a private CA.
     pub fn connect(uri: &str, timeout: Duration) -> Result<ValkeyBackend, CoordError> {
+        ValkeyBackend::connect_tls(uri, &ValkeyTls::default(), timeout)
+    }
+
+    /// [`ValkeyBackend::connect`] with TLS material for a `rediss://` URI.
+    pub fn connect_tls(
+        uri: &str,
+        tls: &ValkeyTls,
+        timeout: Duration,
+    ) -> Result<ValkeyBackend, CoordError> {
         let redacted = redact_uri(uri);
-        let client = redis::Client::open(uri).map_err(|e| CoordError::Connect {
+        let opened = if tls.ca_pem.is_none() && tls.client.is_none() {
+            redis::Client::open(uri)
+        } else {
+            redis::Client::build_with_tls(
+                uri,
+                redis::TlsCertificates {
+                    client_tls: tls.client.clone().map(|(client_cert, client_key)| {
+                        redis::ClientTlsConfig {
+                            client_cert,
+                            client_key,
+                        }
+                    }),
+                    root_cert: tls.ca_pem.clone(),
+                },
+            )
+        };
+        let client = opened.map_err(|e| CoordError::Connect {
             uri: redacted.clone(),
             reason: e.to_string(),
         })?;
@@ -95,7 +130,7 @@ impl ValkeyBackend {
             })?;
         Ok(ValkeyBackend {
             conn,
-            client,
+            client: std::sync::Arc::new(client),
             uri: redacted,
             timeout,
         })

@@ -21,6 +21,13 @@ pub const CA_VALIDITY: Duration = Duration::from_secs(20 * 365 * 24 * 3600);
 /// Issued certificates are valid from slightly in the past, for hosts whose clocks lag.
 const BACKDATE: Duration = Duration::from_secs(300);
 
+/// When a certificate issued by the cluster CA is due for renewal (Unix seconds): two thirds
+/// into its lifetime as issued (the back-dating of `not_before` does not count).
+pub fn renewal_due(info: &CertInfo) -> i64 {
+    let issued_at = (info.not_before + BACKDATE.as_secs() as i64).min(info.not_after);
+    issued_at + (info.not_after - issued_at) * 2 / 3
+}
+
 /// The public half of the cluster CA, as published in MongoDB and pinned by daemons.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaCertificate {

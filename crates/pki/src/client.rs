@@ -1,15 +1,21 @@
 //! Reaching a CA replica that can sign: every `ca` replica in the registry is tried in turn
 //! (ready ones first), with bounded timeouts, until one holding the key answers.
 
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prexor_coord::Registry;
 use prexor_domain::ServiceKind;
-use prexor_proto::PeerChannels;
 use prexor_proto::v1::ca_signer_client::CaSignerClient;
 use prexor_proto::v1::{SignNodeCsrRequest, SignServiceCsrRequest, SignedCertificate};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+
+use crate::internal::{ENROLMENT_HEADER, PeerChannels};
+use crate::tls::certified_key;
+use crate::{Identity, KeyAndCsr, ServiceNames};
+use rustls::sign::CertifiedKey;
 
 /// One signing call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,19 +33,41 @@ pub enum SignerError {
     Refused(String),
 }
 
-/// Finds a signing CA replica through the registry and keeps channels to them.
+/// Signs this replica's service certificate: a CA replica over the network ([`SignerClient`]),
+/// or, on a CA replica holding the key, the key itself.
+#[tonic::async_trait]
+pub trait ServiceSigner: Send + Sync {
+    async fn sign_service(
+        &self,
+        request: SignServiceCsrRequest,
+    ) -> Result<SignedCertificate, SignerError>;
+}
+
+/// Finds a signing CA replica through the registry and keeps channels to them (mTLS). Calls
+/// carry the service enrolment secret, so a replica without a certificate yet can get its
+/// first one.
 #[derive(Clone, Debug)]
 pub struct SignerClient {
     registry: Registry,
     channels: PeerChannels,
+    enrolment: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
 }
 
 impl SignerClient {
-    pub fn new(registry: Registry) -> SignerClient {
-        SignerClient {
+    /// `enrolment_secret`: [`crate::records::service_enrolment_secret`].
+    pub fn new(
+        registry: Registry,
+        channels: PeerChannels,
+        enrolment_secret: &str,
+    ) -> Result<SignerClient, crate::PkiError> {
+        let enrolment = enrolment_secret.parse().map_err(|_| {
+            crate::PkiError::Tls("the service enrolment secret is not valid metadata".into())
+        })?;
+        Ok(SignerClient {
             registry,
-            channels: PeerChannels::default(),
-        }
+            channels,
+            enrolment,
+        })
     }
 
     pub async fn sign_node(
@@ -52,21 +80,18 @@ impl SignerClient {
             csr_pem: csr_pem.to_string(),
         };
         self.first_signer(|mut client| {
-            let request = request.clone();
+            let request = self.call(request.clone());
             async move { client.sign_node_csr(request).await }
         })
         .await
     }
 
-    pub async fn sign_service(
-        &self,
-        request: SignServiceCsrRequest,
-    ) -> Result<SignedCertificate, SignerError> {
-        self.first_signer(|mut client| {
-            let request = request.clone();
-            async move { client.sign_service_csr(request).await }
-        })
-        .await
+    fn call<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert(ENROLMENT_HEADER, self.enrolment.clone());
+        request
     }
 
     async fn first_signer<F, Fut>(&self, call: F) -> Result<SignedCertificate, SignerError>
@@ -114,4 +139,45 @@ impl SignerClient {
             tried: tried.join("; "),
         })
     }
+}
+
+#[tonic::async_trait]
+impl ServiceSigner for SignerClient {
+    async fn sign_service(
+        &self,
+        request: SignServiceCsrRequest,
+    ) -> Result<SignedCertificate, SignerError> {
+        self.first_signer(|mut client| {
+            let request = self.call(request.clone());
+            async move { client.sign_service_csr(request).await }
+        })
+        .await
+    }
+}
+
+/// A new key pair and a certificate for service replica `kind`/`replica_id` valid for `names`,
+/// signed by `signer`: the key and chain ready for rustls, and its expiry (Unix seconds).
+pub async fn issue_service_certificate(
+    signer: &dyn ServiceSigner,
+    kind: &str,
+    replica_id: &str,
+    names: &ServiceNames,
+) -> Result<(Arc<CertifiedKey>, i64), String> {
+    let identity = Identity::Service {
+        kind: kind.into(),
+        replica: replica_id.to_string(),
+    };
+    let request = KeyAndCsr::new(&identity, names).map_err(|e| e.to_string())?;
+    let signed = signer
+        .sign_service(SignServiceCsrRequest {
+            service: kind.into(),
+            replica_id: replica_id.to_string(),
+            csr_pem: request.csr_pem,
+            dns_names: names.dns.clone(),
+            ip_addresses: names.ips.iter().map(IpAddr::to_string).collect(),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let key = certified_key(&signed.chain_pem, &request.key_pem).map_err(|e| e.to_string())?;
+    Ok((key, signed.not_after_unix))
 }

@@ -6,13 +6,16 @@
 mod ca;
 pub mod client;
 mod identity;
+pub mod internal;
 pub mod records;
 pub mod tls;
 
 use std::io::Write;
 use std::path::Path;
 
-pub use ca::{CA_VALIDITY, CaCertificate, CertificateAuthority, IssuedCertificate, ServiceNames};
+pub use ca::{
+    CA_VALIDITY, CaCertificate, CertificateAuthority, IssuedCertificate, ServiceNames, renewal_due,
+};
 pub use identity::{CertInfo, Identity};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
 use rustls::pki_types::pem::PemObject;

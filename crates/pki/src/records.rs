@@ -86,6 +86,62 @@ pub async fn publish_ca(
     }
 }
 
+/// 32 random bytes, lower-case hex.
+fn random_hex() -> String {
+    let secret: [u8; 32] = rand::random();
+    secret.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where the cluster's secrets live (never backed up; the api keeps its session key there too).
+const SECRETS: &str = "cluster_secrets";
+const SERVICE_ENROLMENT_ID: &str = "service-enrolment";
+
+/// The cluster's service enrolment secret (created by whichever replica asks first): a replica
+/// that can read MongoDB presents it to the CA to obtain its first service certificate. It
+/// never leaves MongoDB and the replicas' memory (not in backups, logs or the API).
+pub async fn service_enrolment_secret(store: &Store) -> Result<String, StoreError> {
+    let secrets = store.documents(SECRETS);
+    let read = || async {
+        let found = store
+            .bounded(
+                "reading the service enrolment secret",
+                secrets.find_one(doc! { "_id": SERVICE_ENROLMENT_ID }),
+            )
+            .await?;
+        found
+            .map(|doc| {
+                doc.get_str("secret")
+                    .map(str::to_string)
+                    .map_err(|_| StoreError::Precondition {
+                        what: "the service enrolment secret stored in MongoDB is unreadable".into(),
+                    })
+            })
+            .transpose()
+    };
+    if let Some(secret) = read().await? {
+        return Ok(secret);
+    }
+    let created = store
+        .bounded(
+            "creating the service enrolment secret",
+            secrets.insert_one(doc! {
+                "_id": SERVICE_ENROLMENT_ID,
+                "secret": random_hex(),
+                "created_at_ms": now_ms(),
+            }),
+        )
+        .await;
+    match created {
+        // Created here, or concurrently by another replica: either way, the stored one counts.
+        Ok(_) => {}
+        Err(err) if err.is_duplicate_key() => {}
+        Err(err) => return Err(err),
+    }
+    read().await?.ok_or_else(|| StoreError::Precondition {
+        what: "the service enrolment secret vanished right after it was created".into(),
+    })
+}
+
 /// Records an issued certificate (the ledger the revocation list is kept in).
 pub async fn record_issued(
     store: &Store,
@@ -235,10 +291,9 @@ pub async fn create_join_token(
     ttl: Duration,
     created_by: &str,
 ) -> Result<(JoinToken, i64), StoreError> {
-    let secret: [u8; 32] = rand::random();
     let token = JoinToken {
         node_id: node_id.to_string(),
-        secret: secret.iter().map(|b| format!("{b:02x}")).collect(),
+        secret: random_hex(),
         ca_fingerprint: ca.fingerprint.clone(),
     };
     let expires_at_ms = now_ms() + ttl.as_millis() as i64;

@@ -26,7 +26,7 @@ fn tls_err(what: &str) -> impl Fn(rustls::Error) -> PkiError + '_ {
     move |e| PkiError::Tls(format!("{what}: {e}"))
 }
 
-fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, PkiError> {
+pub(crate) fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, PkiError> {
     let mut roots = RootCertStore::empty();
     for cert in pem_certificates(ca_pem)? {
         roots
@@ -51,15 +51,29 @@ pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>
 #[derive(Debug, Default)]
 pub struct CertSlot {
     current: RwLock<Option<Arc<CertifiedKey>>>,
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl CertSlot {
     pub fn set(&self, key: Arc<CertifiedKey>) {
         *self.current.write().expect("cert slot lock") = Some(key);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Changes whenever a certificate is set: connections made with an older one (as a client)
+    /// should be replaced.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn is_set(&self) -> bool {
         self.current.read().expect("cert slot lock").is_some()
+    }
+
+    /// The current certificate and key, if any.
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.current.read().expect("cert slot lock").clone()
     }
 
     /// The DER of the current leaf certificate.
@@ -71,7 +85,7 @@ impl CertSlot {
 
 impl ResolvesServerCert for CertSlot {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.current.read().expect("cert slot lock").clone()
+        self.current()
     }
 }
 
@@ -209,28 +223,7 @@ pub async fn connect(
     config: ClientConfig,
     timeout: std::time::Duration,
 ) -> Result<tonic::transport::Channel, PkiError> {
-    let (host, _) = address
-        .rsplit_once(':')
-        .ok_or_else(|| PkiError::Tls(format!("{address:?} is not host:port")))?;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let server_name = ServerName::try_from(host.clone())
-        .map_err(|_| PkiError::Tls(format!("{host:?} is not a valid server name")))?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let target = address.to_string();
-    let service = tower::service_fn(move |_: tonic::transport::Uri| {
-        let connector = connector.clone();
-        let server_name = server_name.clone();
-        let target = target.clone();
-        async move {
-            let tcp = tokio::net::TcpStream::connect(&target).await?;
-            tcp.set_nodelay(true)?;
-            let tls = connector.connect(server_name, tcp).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-        }
-    });
+    let service = connector(address, Arc::new(config))?;
     tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| PkiError::Tls(format!("{address}: {e}")))?
         .connect_timeout(timeout)
@@ -242,6 +235,58 @@ pub async fn connect(
         .connect_with_connector(service)
         .await
         .map_err(|e| PkiError::Tls(format!("cannot connect to {address}: {}", source_chain(&e))))
+}
+
+/// Connects to one `host:port` over TCP and TLS, verifying the server certificate for `host`:
+/// the connector of a tonic endpoint.
+#[derive(Clone)]
+pub(crate) struct TlsDialer {
+    connector: tokio_rustls::TlsConnector,
+    server_name: ServerName<'static>,
+    target: String,
+}
+
+type TlsIo = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+impl tower::Service<tonic::transport::Uri> for TlsDialer {
+    type Response = TlsIo;
+    type Error = std::io::Error;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<TlsIo, std::io::Error>> + Send + 'static>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: tonic::transport::Uri) -> Self::Future {
+        let dialer = self.clone();
+        Box::pin(async move {
+            let tcp = tokio::net::TcpStream::connect(&dialer.target).await?;
+            tcp.set_nodelay(true)?;
+            let tls = dialer.connector.connect(dialer.server_name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
+}
+
+pub(crate) fn connector(address: &str, config: Arc<ClientConfig>) -> Result<TlsDialer, PkiError> {
+    let (host, _) = address
+        .rsplit_once(':')
+        .ok_or_else(|| PkiError::Tls(format!("{address:?} is not host:port")))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let server_name = ServerName::try_from(host.clone())
+        .map_err(|_| PkiError::Tls(format!("{host:?} is not a valid server name")))?;
+    Ok(TlsDialer {
+        connector: tokio_rustls::TlsConnector::from(config),
+        server_name,
+        target: address.to_string(),
+    })
 }
 
 /// An error with its causes (`a: b: c`), so TLS alerts reach the message.

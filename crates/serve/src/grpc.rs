@@ -5,7 +5,6 @@ use prexor_proto::v1::{GetStatusRequest, ReadinessCheck, ReplicaStatusReport};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -52,9 +51,11 @@ impl ReplicaStatus for StatusService {
 }
 
 /// Serves grpc.health.v1 and ReplicaStatus from the start, and the service's own gRPC routes
-/// once `late` is set (UNAVAILABLE "starting" before), until `stop` is cancelled.
+/// once `late` is set (UNAVAILABLE "starting" before), until `stop` is cancelled — over TLS
+/// with `tls` (internal mTLS: handshakes complete once this replica has its certificate).
 pub(crate) async fn serve(
     listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
     info: Arc<ReplicaInfo>,
     late: Arc<OnceLock<axum::Router>>,
     stop: CancellationToken,
@@ -80,13 +81,14 @@ pub(crate) async fn serve(
                 }
             }
         });
-    tonic::transport::Server::builder()
-        .add_routes(Routes::from(router))
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            stop.cancelled_owned(),
-        )
-        .await
+    crate::tls::serve_grpc(
+        listener,
+        tls,
+        Routes::from(router),
+        stop,
+        "internal gRPC port",
+    )
+    .await
 }
 
 /// Mirrors readiness into the overall ("") grpc.health.v1 status.

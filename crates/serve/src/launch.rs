@@ -58,6 +58,8 @@ where
         return ExitCode::SUCCESS;
     }
     let telemetry_config = telemetry(&config).clone();
+    // One TLS crypto provider for every client that does not pick its own (Valkey over TLS).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -11,6 +11,7 @@
 pub mod failpoint;
 mod grpc;
 pub mod guard;
+mod internal;
 mod launch;
 mod nodes;
 mod ops;

@@ -4,7 +4,7 @@
 
 use prexor_coord::Registry;
 use prexor_domain::ServiceKind;
-use prexor_proto::PeerChannels;
+use prexor_pki::internal::PeerChannels;
 use prexor_proto::v1::node_commands_client::NodeCommandsClient;
 use prexor_proto::v1::{Command, CommandAck, NodeCommandRequest};
 
@@ -17,11 +17,9 @@ pub struct Gateways {
 }
 
 impl Gateways {
-    pub fn new(registry: Registry) -> Gateways {
-        Gateways {
-            registry,
-            channels: Default::default(),
-        }
+    /// `channels`: [`crate::Service::internal`]'s peers (mTLS with this replica's certificate).
+    pub fn new(registry: Registry, channels: PeerChannels) -> Gateways {
+        Gateways { registry, channels }
     }
 
     pub async fn send(&self, node: &str, command: Command) -> Result<CommandAck, String> {

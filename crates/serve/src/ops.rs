@@ -13,12 +13,30 @@ use tower::ServiceExt;
 
 use crate::readiness::Readiness;
 
+/// The lease keepers of a replica, set once its service is built.
+pub type Keepers = Arc<OnceLock<Vec<prexor_coord::LeaseKeeper>>>;
+
+/// Every lease scope `keepers` hold right now, sorted.
+pub(crate) fn held(keepers: &Keepers) -> Vec<String> {
+    let mut held: Vec<String> = keepers
+        .get()
+        .into_iter()
+        .flatten()
+        .flat_map(prexor_coord::LeaseKeeper::held)
+        .map(|l| l.scope().to_string())
+        .collect();
+    held.sort();
+    held
+}
+
 /// Who answers, for the ops endpoints.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Identity {
     pub kind: String,
     pub replica_id: String,
     pub version: &'static str,
+    /// Reported by `/status` (none on a daemon).
+    pub keepers: Keepers,
 }
 
 #[derive(Clone)]
@@ -70,6 +88,7 @@ pub(crate) fn router(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/status", get(status))
         .fallback(app_or_starting)
         .with_state(OpsState {
             identity,
@@ -85,6 +104,20 @@ async fn healthz(State(state): State<OpsState>) -> Response {
         "kind": id.kind,
         "replicaId": id.replica_id,
         "version": id.version,
+    }))
+    .into_response()
+}
+
+/// Who this replica is, whether it is ready and the lease scopes it holds (what
+/// `prexor.v1.ReplicaStatus` reports on the internal port, readable without a certificate).
+async fn status(State(state): State<OpsState>) -> Response {
+    let id = &state.identity;
+    axum::Json(json!({
+        "kind": id.kind,
+        "replicaId": id.replica_id,
+        "version": id.version,
+        "ready": state.readiness.report().await.ready,
+        "leasesHeld": held(&id.keepers),
     }))
     .into_response()
 }

@@ -8,9 +8,11 @@ use axum::Router;
 use prexor_config::CommonConfig;
 use prexor_coord::{
     CoordError, DevClaim, Ephemeral, EventLog, LeaseBackend, LeaseKeeper, Leases, LocalBackend,
-    Registry, ReplicaRecord, ValkeyBackend,
+    Registry, ReplicaRecord, ValkeyBackend, ValkeyTls,
 };
 use prexor_domain::{Profile, now_ms, redact_uri};
+use prexor_pki::client::{ServiceSigner, SignerClient};
+use prexor_pki::internal::InternalTls;
 use prexor_store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -59,6 +61,9 @@ pub struct Parts {
     /// Background tasks. They must end when [`Service::shutdown`] is cancelled (releasing what
     /// they hold); the process waits for them, up to `shutdown.timeout`.
     pub tasks: Vec<JoinHandle<()>>,
+    /// Signs this replica's internal certificate in-process (a CA replica holding the key);
+    /// otherwise a CA replica is asked over the network.
+    pub local_signer: Option<Arc<dyn ServiceSigner>>,
 }
 
 /// A connected replica: configuration, stores, coordination, readiness and the shutdown signal.
@@ -82,6 +87,11 @@ pub struct Service {
     pub readiness: Readiness,
     /// Cancelled on SIGTERM/SIGINT (or a fatal error): stop mutating, release leases, return.
     pub shutdown: CancellationToken,
+    /// This replica's internal mTLS: its service certificate and the channels to peers'
+    /// internal ports ([`prexor_pki::internal`]).
+    pub internal: InternalTls,
+    /// Reaches a CA replica that can sign (over internal mTLS).
+    pub signer: SignerClient,
     info: Arc<ReplicaInfo>,
     fatal: Arc<Mutex<Option<String>>>,
 }
@@ -91,27 +101,23 @@ pub(crate) struct ReplicaInfo {
     pub config: Arc<CommonConfig>,
     pub readiness: Readiness,
     pub started_at_ms: i64,
-    keepers: OnceLock<Vec<LeaseKeeper>>,
+    keepers: crate::ops::Keepers,
     notes: Mutex<Vec<String>>,
 }
 
 impl ReplicaInfo {
     /// Every lease scope held right now (`group:lobby`, `node:node-1`, ...).
     pub fn leases_held(&self) -> Vec<String> {
-        let mut held: Vec<String> = self
-            .keepers
-            .get()
-            .into_iter()
-            .flatten()
-            .flat_map(LeaseKeeper::held)
-            .map(|l| l.scope().to_string())
-            .collect();
-        held.sort();
-        held
+        crate::ops::held(&self.keepers)
     }
 }
 
 impl Service {
+    /// Node commands through the gateways, over this replica's internal mTLS.
+    pub fn gateways(&self) -> crate::Gateways {
+        crate::Gateways::new(self.registry.clone(), self.internal.peers.clone())
+    }
+
     pub fn started_at_ms(&self) -> i64 {
         self.info.started_at_ms
     }
@@ -246,13 +252,14 @@ where
         config: config.clone(),
         readiness: readiness.clone(),
         started_at_ms: now_ms(),
-        keepers: OnceLock::new(),
+        keepers: crate::ops::Keepers::default(),
         notes: Mutex::new(Vec::new()),
     });
     let identity = Arc::new(Identity {
         kind: config.kind.to_string(),
         replica_id: config.replica_id.clone(),
         version: prexor_domain::VERSION,
+        keepers: info.keepers.clone(),
     });
 
     // Both ports answer from the first moment (health, readiness, status); the service's own
@@ -272,6 +279,14 @@ where
         None => None,
     };
     let grpc_addr = grpc_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let internal = InternalTls::new().map_err(|e| ServeError::Server {
+        what: "internal gRPC",
+        reason: e.to_string(),
+    })?;
+    let grpc_tls = internal.server_config().map_err(|e| ServeError::Server {
+        what: "internal gRPC",
+        reason: e.to_string(),
+    })?;
     let http_server = tokio::spawn(ops::serve_ops(
         http_listener,
         identity,
@@ -283,6 +298,7 @@ where
     let grpc_server = grpc_listener.map(|listener| {
         tokio::spawn(crate::grpc::serve(
             listener,
+            Arc::new(grpc_tls),
             info.clone(),
             grpc_app.clone(),
             servers_stop.clone(),
@@ -298,8 +314,10 @@ where
         "starting"
     );
 
-    let outcome =
-        connect_and_serve(info, shutdown, app, grpc_app, http_addr, grpc_addr, build).await;
+    let outcome = connect_and_serve(
+        info, shutdown, app, grpc_app, http_addr, grpc_addr, internal, build,
+    )
+    .await;
 
     readiness.set_draining();
     servers_stop.cancel();
@@ -321,6 +339,7 @@ where
     outcome
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn connect_and_serve<F, Fut>(
     info: Arc<ReplicaInfo>,
     shutdown: CancellationToken,
@@ -328,6 +347,7 @@ async fn connect_and_serve<F, Fut>(
     grpc_app: Arc<OnceLock<Router>>,
     http_addr: SocketAddr,
     grpc_addr: Option<SocketAddr>,
+    internal: InternalTls,
     build: F,
 ) -> Result<(), ServeError>
 where
@@ -361,7 +381,8 @@ where
     let (backend, registry, valkey): (Arc<dyn LeaseBackend>, Registry, Option<ValkeyBackend>) =
         match &config.valkey {
             Some(valkey) => {
-                let backend = ValkeyBackend::connect(&valkey.uri, valkey.timeout)?;
+                let tls = valkey_tls(valkey).map_err(|e| ServeError::Service(e.into()))?;
+                let backend = ValkeyBackend::connect_tls(&valkey.uri, &tls, valkey.timeout)?;
                 let what = format!("Valkey at {}", redact_uri(&valkey.uri));
                 if wait_for(&what, &readiness, &shutdown, || backend.ping())
                     .await
@@ -388,6 +409,9 @@ where
     let cluster_id = crate::guard::cluster_identity(&store, &config)
         .await
         .map_err(ServeError::Identity)?;
+    let enrolment_secret = prexor_pki::records::service_enrolment_secret(&store).await?;
+    let signer = SignerClient::new(registry.clone(), internal.peers.clone(), &enrolment_secret)
+        .map_err(|e| ServeError::Service(e.into()))?;
     let namespace_for_guard = config
         .valkey
         .as_ref()
@@ -466,6 +490,8 @@ where
         registry,
         readiness: readiness.clone(),
         shutdown: shutdown.clone(),
+        internal: internal.clone(),
+        signer: signer.clone(),
         info: info.clone(),
         fatal: Arc::new(Mutex::new(None)),
     };
@@ -485,9 +511,29 @@ where
     if let Some(router) = parts.http {
         let _ = app.set(router);
     }
+    // Peers reach this replica's own gRPC routes only once it has its certificate; until then
+    // the replica is not ready. A replica without routes of its own (scheduler) needs the
+    // certificate only for its calls to peers, which say why they fail without one.
+    let cert_state = crate::tls::new_cert_state();
     if let Some(routes) = parts.grpc {
+        crate::tls::require_certificate(
+            &readiness,
+            "internal-tls",
+            "the internal gRPC port",
+            &cert_state,
+        );
         let _ = grpc_app.set(routes.into_axum_router());
     }
+    let mut tasks = parts.tasks;
+    let signer: Arc<dyn ServiceSigner> = match parts.local_signer {
+        Some(local) => local,
+        None => Arc::new(signer.clone()),
+    };
+    tasks.push(tokio::spawn(crate::internal::keep_internal_certificate(
+        service.clone(),
+        signer,
+        cert_state,
+    )));
 
     let record = ReplicaRecord {
         kind: config.kind,
@@ -513,7 +559,7 @@ where
     tracing::info!("shutting down: stopping the service's work and releasing its leases");
     let deadline = config.shutdown_timeout;
     let stopped = tokio::time::timeout(deadline, async {
-        for task in parts.tasks {
+        for task in tasks {
             if let Err(err) = task.await {
                 tracing::warn!(error = %err, "a service task failed while stopping");
             }
@@ -542,6 +588,26 @@ where
         Some(reason) => Err(ServeError::Fatal(reason)),
         None => Ok(()),
     }
+}
+
+/// The TLS files of `valkey.*`, read.
+fn valkey_tls(config: &prexor_config::ValkeyConfig) -> Result<ValkeyTls, String> {
+    let read = |path: &std::path::PathBuf, key: &str| {
+        std::fs::read(path).map_err(|e| format!("{key} = {}: {e}", path.display()))
+    };
+    Ok(ValkeyTls {
+        ca_pem: match &config.tls_ca_file {
+            Some(path) => Some(read(path, "valkey.tlsCaFile")?),
+            None => None,
+        },
+        client: match &config.tls_client {
+            Some((cert, key)) => Some((
+                read(cert, "valkey.tlsCertFile")?,
+                read(key, "valkey.tlsKeyFile")?,
+            )),
+            None => None,
+        },
+    })
 }
 
 /// Registers the replica every renew interval (and keeps the development claim), until shutdown.

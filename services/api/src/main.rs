@@ -107,7 +107,7 @@ fn certificate_task(
     match &config.tls {
         ApiTls::Off => None,
         ApiTls::ClusterCa => Some(tokio::spawn(tls::keep_certificate(
-            signer.clone(),
+            Arc::new(signer.clone()),
             tls::Wanted {
                 kind: "api",
                 replica_id: service.config.replica_id.clone(),
@@ -135,11 +135,11 @@ async fn build(
     slot: Arc<prexor_pki::tls::CertSlot>,
 ) -> Result<Parts, prexor_serve::BoxError> {
     let sessions = auth::SessionKeys::load(&service.store).await?;
-    let signer = prexor_pki::client::SignerClient::new(service.registry.clone());
+    let signer = service.signer.clone();
     let certificate = certificate_task(&service, &config, &signer, slot);
     let app = Arc::new(AppState {
         signer,
-        gateways: prexor_serve::Gateways::new(service.registry.clone()),
+        gateways: service.gateways(),
         sessions,
         service: service.clone(),
     });

@@ -128,16 +128,22 @@ async fn build(
     metrics::gauge!("prexor_ca_can_sign").set(if authority.signer.is_ok() { 1.0 } else { 0.0 });
     metrics::gauge!("prexor_ca_certificate_not_after_seconds")
         .set(authority.certificate.not_after as f64);
-    let signer = signer::Signer {
+    let can_sign = authority.signer.is_ok();
+    let enrolment_secret = prexor_pki::records::service_enrolment_secret(&service.store).await?;
+    let signer = Arc::new(signer::Signer {
         authority: Arc::new(authority),
+        enrolment_secret,
         store: service.store.clone(),
         replica_id: service.config.replica_id.clone(),
         node_validity: config.node_cert_validity,
         service_validity: config.service_cert_validity,
-    };
-    let routes = tonic::service::Routes::new(CaSignerServer::new(signer));
+    });
+    let routes = tonic::service::Routes::new(CaSignerServer::from_arc(signer.clone()));
+    let local_signer: Option<Arc<dyn prexor_pki::client::ServiceSigner>> =
+        can_sign.then_some(signer as Arc<dyn prexor_pki::client::ServiceSigner>);
     Ok(Parts {
         grpc: Some(routes),
+        local_signer,
         ..Parts::default()
     })
 }

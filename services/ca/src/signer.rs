@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prexor_domain::{ServiceKind, validate_name};
+use prexor_pki::client::{ServiceSigner, SignerError};
+use prexor_pki::internal::{Caller, ENROLMENT_HEADER, caller, require_service_caller};
 use prexor_pki::records;
 use prexor_pki::{IssuedCertificate, PkiError, ServiceNames};
 use prexor_proto::v1::ca_signer_server::CaSigner;
@@ -19,26 +21,71 @@ use crate::authority::Authority;
 
 pub struct Signer {
     pub authority: Arc<Authority>,
+    /// [`records::service_enrolment_secret`].
+    pub enrolment_secret: String,
     pub store: Store,
     pub replica_id: String,
     pub node_validity: Duration,
     pub service_validity: Duration,
 }
 
-/// Only callers on this host reach the signer until internal mTLS carries service identities.
-fn authorize<T>(request: &Request<T>) -> Result<(), Status> {
-    match request.remote_addr() {
-        Some(addr) if addr.ip().is_loopback() => Ok(()),
-        Some(addr) => Err(Status::permission_denied(format!(
-            "the CA signer accepts calls only from its own host (loopback); {addr} is not local"
-        ))),
-        None => Err(Status::permission_denied(
-            "the CA signer could not tell where this call came from",
-        )),
-    }
+/// The CA signs a service certificate for a caller presenting the cluster's service enrolment
+/// secret (a replica that can read MongoDB; how it gets its first certificate), or renews the
+/// certificate of the replica that presents it; node certificates only for callers presenting
+/// a service certificate (the gateways that admitted the node).
+fn has_enrolment_secret<T>(request: &Request<T>, secret: &str) -> bool {
+    request
+        .metadata()
+        .get(ENROLMENT_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|presented| {
+            prexor_domain::sha256_hex(presented.as_bytes())
+                == prexor_domain::sha256_hex(secret.as_bytes())
+        })
 }
 
 impl Signer {
+    async fn sign_service_request(
+        &self,
+        request: SignServiceCsrRequest,
+    ) -> Result<SignedCertificate, Status> {
+        let kind: ServiceKind = request.service.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "service {:?} is not one of api, gateway, scheduler, ca",
+                request.service
+            ))
+        })?;
+        if request.replica_id.is_empty() || request.replica_id.contains(['/', ':']) {
+            return Err(Status::invalid_argument(format!(
+                "replica id {:?} must be non-empty and contain no '/' or ':'",
+                request.replica_id
+            )));
+        }
+        let ips = request
+            .ip_addresses
+            .iter()
+            .map(|ip| {
+                ip.parse::<IpAddr>()
+                    .map_err(|_| Status::invalid_argument(format!("{ip:?} is not an IP address")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let names = ServiceNames {
+            dns: request.dns_names,
+            ips,
+        };
+        let ca = self.ca()?;
+        let issued = ca.sign_service(
+            &kind.to_string(),
+            &request.replica_id,
+            &names,
+            &request.csr_pem,
+            self.service_validity,
+        );
+        self.finish("service", issued)
+            .await
+            .map(Response::into_inner)
+    }
+
     fn ca(&self) -> Result<&prexor_pki::CertificateAuthority, Status> {
         self.authority
             .signer
@@ -85,7 +132,7 @@ impl CaSigner for Signer {
         &self,
         request: Request<SignNodeCsrRequest>,
     ) -> Result<Response<SignedCertificate>, Status> {
-        authorize(&request)?;
+        require_service_caller(&request)?;
         let request = request.into_inner();
         validate_name(&request.node_id)
             .map_err(|e| Status::invalid_argument(format!("node id {:?}: {e}", request.node_id)))?;
@@ -98,41 +145,28 @@ impl CaSigner for Signer {
         &self,
         request: Request<SignServiceCsrRequest>,
     ) -> Result<Response<SignedCertificate>, Status> {
-        authorize(&request)?;
-        let request = request.into_inner();
-        let kind: ServiceKind = request.service.parse().map_err(|_| {
-            Status::invalid_argument(format!(
-                "service {:?} is not one of api, gateway, scheduler, ca",
-                request.service
-            ))
-        })?;
-        if request.replica_id.is_empty() || request.replica_id.contains(['/', ':']) {
-            return Err(Status::invalid_argument(format!(
-                "replica id {:?} must be non-empty and contain no '/' or ':'",
-                request.replica_id
-            )));
+        if !has_enrolment_secret(&request, &self.enrolment_secret) {
+            match caller(&request) {
+                Caller::Service { kind, replica }
+                    if kind == request.get_ref().service
+                        && replica == request.get_ref().replica_id => {}
+                Caller::Service { kind, replica } => {
+                    return Err(Status::permission_denied(format!(
+                        "{kind} replica {replica} may renew only its own certificate, not {}/{}",
+                        request.get_ref().service,
+                        request.get_ref().replica_id
+                    )));
+                }
+                Caller::Anonymous => {
+                    return Err(Status::permission_denied(
+                        "a service certificate is issued only to a caller presenting the cluster's service enrolment secret or its current certificate",
+                    ));
+                }
+            }
         }
-        let ips = request
-            .ip_addresses
-            .iter()
-            .map(|ip| {
-                ip.parse::<IpAddr>()
-                    .map_err(|_| Status::invalid_argument(format!("{ip:?} is not an IP address")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let names = ServiceNames {
-            dns: request.dns_names,
-            ips,
-        };
-        let ca = self.ca()?;
-        let issued = ca.sign_service(
-            &kind.to_string(),
-            &request.replica_id,
-            &names,
-            &request.csr_pem,
-            self.service_validity,
-        );
-        self.finish("service", issued).await
+        self.sign_service_request(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn get_ca_certificate(
@@ -153,5 +187,18 @@ impl CaSigner for Signer {
                 .cloned()
                 .unwrap_or_default(),
         }))
+    }
+}
+
+/// The CA replica's own internal certificate, signed with the key it holds.
+#[tonic::async_trait]
+impl ServiceSigner for Signer {
+    async fn sign_service(
+        &self,
+        request: SignServiceCsrRequest,
+    ) -> Result<SignedCertificate, SignerError> {
+        self.sign_service_request(request)
+            .await
+            .map_err(|status| SignerError::Refused(status.message().to_string()))
     }
 }

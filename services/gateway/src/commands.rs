@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use prexor_coord::Registry;
 use prexor_domain::{Scope, ServiceKind, validate_name};
-use prexor_proto::PeerChannels;
+use prexor_pki::internal::{PeerChannels, require_service_caller};
 use prexor_proto::v1::node_commands_client::NodeCommandsClient;
 use prexor_proto::v1::node_commands_server::NodeCommands;
 use prexor_proto::v1::{NodeCommandReply, NodeCommandRequest};
@@ -24,11 +24,11 @@ pub struct Commands {
 }
 
 impl Commands {
-    pub fn new(sessions: Sessions, registry: Registry) -> Commands {
+    pub fn new(sessions: Sessions, registry: Registry, channels: PeerChannels) -> Commands {
         Commands {
             sessions,
             registry,
-            channels: PeerChannels::default(),
+            channels,
         }
     }
 
@@ -73,6 +73,7 @@ impl NodeCommands for Commands {
         &self,
         request: Request<NodeCommandRequest>,
     ) -> Result<Response<NodeCommandReply>, Status> {
+        require_service_caller(&request)?;
         let request = request.into_inner();
         validate(&request)?;
         let timeout = match request.timeout_ms {

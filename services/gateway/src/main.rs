@@ -8,7 +8,6 @@ mod commands;
 mod content;
 mod enrolment;
 mod sessions;
-mod tls;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -16,7 +15,6 @@ use std::time::Duration;
 
 use prexor_config::GatewayConfig;
 use prexor_coord::{ConsoleStreams, LeaseKeeper};
-use prexor_pki::client::SignerClient;
 use prexor_pki::records;
 use prexor_pki::tls::CertSlot;
 use prexor_proto::v1::node_commands_server::NodeCommandsServer;
@@ -55,13 +53,13 @@ async fn build(service: Service, config: GatewayConfig) -> Result<Parts, prexor_
         .readiness
         .set_phase(Some("starting the daemon port".into()));
 
-    let signer = SignerClient::new(service.registry.clone());
+    let signer = service.signer.clone();
     let slot = Arc::new(CertSlot::default());
     let state = prexor_serve::tls::cert_state(&service.readiness, "daemon-tls", "the daemon port");
     let names =
         prexor_serve::tls::certificate_names(&service.config.advertise_host, &config.tls_names);
     let cert_keeper = tokio::spawn(prexor_serve::tls::keep_certificate(
-        signer.clone(),
+        Arc::new(signer.clone()),
         prexor_serve::tls::Wanted {
             kind: "gateway",
             replica_id: service.config.replica_id.clone(),
@@ -101,11 +99,19 @@ async fn build(service: Service, config: GatewayConfig) -> Result<Parts, prexor_
     let internal = tonic::service::Routes::new(NodeCommandsServer::new(commands::Commands::new(
         sessions,
         service.registry.clone(),
+        service.internal.peers.clone(),
     )));
     let shutdown = service.shutdown.clone();
     let failing = service.clone();
     let daemon_port = tokio::spawn(async move {
-        if let Err(err) = tls::serve(listener, server_config, routes, shutdown).await {
+        let serving = prexor_serve::tls::serve_grpc(
+            listener,
+            Arc::new(server_config),
+            routes,
+            shutdown,
+            "daemon port",
+        );
+        if let Err(err) = serving.await {
             failing.fail(format!("the daemon port failed: {err}"));
         }
     });

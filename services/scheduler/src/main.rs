@@ -67,7 +67,7 @@ async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
         LeaseKeeper::start(service.leases.clone(), "mixed", service.shutdown.clone());
     let drains = drains::Drains {
         store: service.store.clone(),
-        gateways: prexor_serve::Gateways::new(service.registry.clone()),
+        gateways: service.gateways(),
         events: service.events.clone(),
     };
     let modules = modules::Modules {
@@ -80,7 +80,7 @@ async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
         guard: service.guard.clone(),
         groups: groups::Groups::new(
             service.store.clone(),
-            prexor_serve::Gateways::new(service.registry.clone()),
+            service.gateways(),
             service.events.clone(),
         ),
         store: service.store.clone(),

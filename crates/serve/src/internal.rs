@@ -1,0 +1,68 @@
+//! This replica's internal certificate: once the cluster CA certificate is published in
+//! MongoDB it becomes the trust anchor of internal mTLS, and a service certificate for this
+//! replica (`<kind>/<replica id>`, valid for its advertised host and loopback) is obtained and
+//! renewed at two thirds of its lifetime ([`crate::tls::keep_certificate`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prexor_pki::client::ServiceSigner;
+
+use crate::Service;
+use crate::tls::{CertState, Wanted, certificate_names, keep_certificate};
+
+/// How often MongoDB is asked for the CA certificate while the cluster has none.
+const CA_POLL: Duration = Duration::from_secs(1);
+
+pub(crate) async fn keep_internal_certificate(
+    service: Service,
+    signer: Arc<dyn ServiceSigner>,
+    state: CertState,
+) {
+    let mut waiting_logged = false;
+    loop {
+        match prexor_pki::records::published_ca(&service.store).await {
+            Ok(Some(ca)) => match service.internal.trust.set(&ca.certificate.pem) {
+                Ok(()) => break,
+                Err(err) => {
+                    tracing::warn!(error = %err, "the cluster CA certificate cannot be used");
+                    *state.lock().expect("cert state lock") =
+                        Err(format!("the cluster CA certificate cannot be used: {err}"));
+                }
+            },
+            Ok(None) => {
+                if !waiting_logged {
+                    tracing::info!(
+                        "internal mTLS waits for the cluster CA certificate (start a prexor-ca)"
+                    );
+                    waiting_logged = true;
+                }
+                *state.lock().expect("cert state lock") =
+                    Err("the cluster has no CA yet (start a prexor-ca)".into());
+            }
+            Err(err) => {
+                *state.lock().expect("cert state lock") =
+                    Err(format!("cannot read the cluster CA certificate: {err}"));
+            }
+        }
+        tokio::select! {
+            _ = service.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(CA_POLL) => {}
+        }
+    }
+    let config = &service.config;
+    let wanted = Wanted {
+        kind: config.kind.as_str(),
+        replica_id: config.replica_id.clone(),
+        names: certificate_names(&config.advertise_host, &[]),
+    };
+    keep_certificate(
+        signer,
+        wanted,
+        service.internal.slot.clone(),
+        state,
+        "internal",
+        service.shutdown.clone(),
+    )
+    .await;
+}
