@@ -7,10 +7,10 @@
 //! a new holder dispatches the same plan and never re-plans.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mongodb::bson::{self, Bson, Document, doc};
+use mongodb::bson::{Bson, Document, doc};
 use prexor_coord::{EventLog, Lease};
 use prexor_domain::{GroupSpec, InstanceState, ScalingMode, now_ms};
 use prexor_proto::v1::command::Action;
@@ -71,7 +71,7 @@ fn is_terminal(state: &str) -> bool {
 /// (not per group), so that a tick's cost in steady state does not grow with round trips.
 #[derive(Default)]
 pub struct Snapshot {
-    groups: HashMap<String, Document>,
+    groups: HashMap<String, Arc<crate::reconciler::GroupEntry>>,
     instances: HashMap<String, Vec<Document>>,
     states: HashMap<String, Document>,
     strays: HashMap<String, Vec<Document>>,
@@ -84,6 +84,132 @@ pub struct Snapshot {
     players: HashMap<String, u64>,
     /// The rolling deployment of each group, if one is under way.
     deployments: HashMap<String, Document>,
+}
+
+/// The store reads behind a [`Snapshot`], for a set of groups (or a superset of them).
+struct SnapshotReads {
+    instances: Vec<Document>,
+    states: Vec<Document>,
+    strays: Vec<Document>,
+    nodes: Vec<Document>,
+    crashes: Vec<Document>,
+    requests: Vec<Document>,
+    loads: Vec<Document>,
+    deployments: Vec<Document>,
+}
+
+impl SnapshotReads {
+    /// Eight queries, run together. With many groups it reads whole (small) collections and
+    /// [`SnapshotReads::assemble`] filters: one pass over a collection is far cheaper than a
+    /// large `$in` on the MongoDB-wire server, and the same on MongoDB.
+    async fn fetch(store: &Store, names: &[String]) -> Result<SnapshotReads, StoreError> {
+        if names.is_empty() {
+            return Ok(SnapshotReads::empty());
+        }
+        let window = now_ms() - CRASH_LOOP_WINDOW.as_millis() as i64;
+        let scoped = |filter: Document| -> Document {
+            if names.len() <= IN_QUERY_LIMIT {
+                let mut filter = filter;
+                filter.insert("group", doc! { "$in": names });
+                filter
+            } else {
+                filter
+            }
+        };
+        let (instances, states, strays, nodes, crashes, requests, loads, deployments) = tokio::try_join!(
+            // Without the plans: they are large and needed only to dispatch one (read then).
+            store.find_projected(
+                INSTANCES,
+                "listing instances",
+                scoped(doc! { "state": { "$exists": true } }),
+                doc! { "plan": 0 },
+            ),
+            store.find_all(GROUP_STATE, "reading group states", doc! {}),
+            store.find_all(STRAYS, "listing stray instances", scoped(doc! {})),
+            store.find_all(NODES, "listing nodes", doc! {}),
+            store.find_all(
+                CRASHES,
+                "reading recent crashes",
+                scoped(doc! { "atMs": { "$gt": window } })
+            ),
+            store.find_all(
+                INSTANCE_REQUESTS,
+                "reading operator requests",
+                scoped(doc! {})
+            ),
+            store.find_all(INSTANCE_LOAD, "reading instance load", scoped(doc! {})),
+            store.find_all(
+                deployments::DEPLOYMENTS,
+                "reading deployments",
+                scoped(doc! { "state": "ROLLING" })
+            ),
+        )?;
+        Ok(SnapshotReads {
+            instances,
+            states,
+            strays,
+            nodes,
+            crashes,
+            requests,
+            loads,
+            deployments,
+        })
+    }
+
+    fn empty() -> SnapshotReads {
+        SnapshotReads {
+            instances: Vec::new(),
+            states: Vec::new(),
+            strays: Vec::new(),
+            nodes: Vec::new(),
+            crashes: Vec::new(),
+            requests: Vec::new(),
+            loads: Vec::new(),
+            deployments: Vec::new(),
+        }
+    }
+
+    /// The snapshot of `names`, which must be among the groups the reads were made for.
+    fn assemble(self, names: &[String], all_groups: &crate::reconciler::GroupMap) -> Snapshot {
+        if names.is_empty() {
+            return Snapshot::default();
+        }
+        let held: HashSet<&str> = names.iter().map(String::as_str).collect();
+        let mine = |docs: Vec<Document>, key: &str| -> Vec<Document> {
+            docs.into_iter()
+                .filter(|d| d.get_str(key).is_ok_and(|g| held.contains(g)))
+                .collect()
+        };
+        let mut crash_times: HashMap<String, Vec<i64>> = HashMap::new();
+        for crash in mine(self.crashes, "group") {
+            if let (Ok(group), Ok(at)) = (crash.get_str("group"), crash.get_i64("atMs")) {
+                crash_times.entry(group.to_string()).or_default().push(at);
+            }
+        }
+        Snapshot {
+            groups: names
+                .iter()
+                .filter_map(|n| Some((n.clone(), all_groups.get(n)?.clone())))
+                .collect(),
+            instances: by_group(mine(self.instances, "group")),
+            states: by_id(mine(self.states, "_id")),
+            strays: by_group(mine(self.strays, "group")),
+            nodes: by_id(self.nodes),
+            crashes: crash_times,
+            requests: by_group(mine(self.requests, "group")),
+            players: mine(self.loads, "group")
+                .into_iter()
+                .filter_map(|l| {
+                    let players = l.get_array("playerNames").map_or(0, Vec::len) as u64;
+                    Some((l.get_str("_id").ok()?.to_string(), players))
+                })
+                .collect(),
+            deployments: mine(self.deployments, "group")
+                .into_iter()
+                .filter_map(|d| Some((d.get_str("group").ok()?.to_string(), d)))
+                .collect(),
+        }
+    }
 }
 
 fn by_group(docs: Vec<Document>) -> HashMap<String, Vec<Document>> {
@@ -194,116 +320,26 @@ impl Groups {
             .map(|_| ())
     }
 
-    /// Reads what a tick needs for `names` (the groups held) in five queries, given every
-    /// group's document (read by the reconciler anyway). With many groups held it reads whole
-    /// (small) collections and filters here: one pass over a collection is far cheaper than a
-    /// large `$in` on the MongoDB-wire server, and the same on MongoDB.
+    /// Reads what a tick needs for `names` (the groups held) and assembles it with every group's
+    /// document (read by the reconciler anyway).
     pub async fn snapshot(
         &self,
         names: &[String],
         all_groups: &crate::reconciler::GroupMap,
     ) -> Result<Snapshot, StoreError> {
-        if names.is_empty() {
-            return Ok(Snapshot::default());
-        }
-        let store = &self.store;
-        let window = now_ms() - CRASH_LOOP_WINDOW.as_millis() as i64;
-        let held: HashSet<&str> = names.iter().map(String::as_str).collect();
-        let scoped = |filter: Document| -> Document {
-            if names.len() <= IN_QUERY_LIMIT {
-                let mut filter = filter;
-                filter.insert("group", doc! { "$in": names });
-                filter
-            } else {
-                filter
-            }
-        };
-        let (instances, states, strays, nodes, crashes, requests, loads, deployments) = tokio::try_join!(
-            store.find_all(
-                INSTANCES,
-                "listing instances",
-                scoped(doc! { "state": { "$exists": true } })
-            ),
-            store.find_all(GROUP_STATE, "reading group states", doc! {}),
-            store.find_all(STRAYS, "listing stray instances", scoped(doc! {})),
-            store.find_all(NODES, "listing nodes", doc! {}),
-            store.find_all(
-                CRASHES,
-                "reading recent crashes",
-                scoped(doc! { "atMs": { "$gt": window } })
-            ),
-            store.find_all(
-                INSTANCE_REQUESTS,
-                "reading operator requests",
-                scoped(doc! {})
-            ),
-            store.find_all(INSTANCE_LOAD, "reading instance load", scoped(doc! {})),
-            store.find_all(
-                deployments::DEPLOYMENTS,
-                "reading deployments",
-                scoped(doc! { "state": "ROLLING" })
-            ),
-        )?;
-        let mine = |docs: Vec<Document>, key: &str| -> Vec<Document> {
-            docs.into_iter()
-                .filter(|d| d.get_str(key).is_ok_and(|g| held.contains(g)))
-                .collect()
-        };
-        let mut crash_times: HashMap<String, Vec<i64>> = HashMap::new();
-        for crash in mine(crashes, "group") {
-            if let (Ok(group), Ok(at)) = (crash.get_str("group"), crash.get_i64("atMs")) {
-                crash_times.entry(group.to_string()).or_default().push(at);
-            }
-        }
-        Ok(Snapshot {
-            groups: names
-                .iter()
-                .filter_map(|n| Some((n.clone(), all_groups.get(n)?.as_ref().clone())))
-                .collect(),
-            instances: by_group(mine(instances, "group")),
-            states: by_id(mine(states, "_id")),
-            strays: by_group(mine(strays, "group")),
-            nodes: by_id(nodes),
-            crashes: crash_times,
-            requests: by_group(mine(requests, "group")),
-            players: mine(loads, "group")
-                .into_iter()
-                .filter_map(|l| {
-                    let players = l.get_array("playerNames").map_or(0, Vec::len) as u64;
-                    Some((l.get_str("_id").ok()?.to_string(), players))
-                })
-                .collect(),
-            deployments: mine(deployments, "group")
-                .into_iter()
-                .filter_map(|d| Some((d.get_str("group").ok()?.to_string(), d)))
-                .collect(),
-        })
+        let raw = SnapshotReads::fetch(&self.store, names).await?;
+        Ok(raw.assemble(names, all_groups))
     }
-
     /// One convergence step for group `name` under `lease`, from this tick's snapshot.
     pub async fn converge(&self, name: &str, lease: &Lease, snap: &Snapshot) -> anyhow::Result<()> {
-        let Some(group) = snap.groups.get(name) else {
+        let Some(entry) = snap.groups.get(name) else {
             return Ok(());
         };
-        let Some(spec_doc) = group.get_document("spec").ok() else {
+        // An unusable spec was reported when the document was read.
+        let Ok(spec) = &entry.spec else {
             return Ok(());
         };
-        let spec: GroupSpec = match bson::from_document(spec_doc.clone()) {
-            Ok(spec) => spec,
-            Err(err) => {
-                tracing::warn!(group = name, "the group's spec is unreadable: {err}");
-                return Ok(());
-            }
-        };
-        let problems = spec.problems(name);
-        if !problems.is_empty() {
-            tracing::warn!(
-                group = name,
-                ?problems,
-                "the group's spec is invalid; not scheduling it"
-            );
-            return Ok(());
-        }
+        let group = &entry.doc;
         let revision = group.get_i64("revision").unwrap_or(1);
         let mut instances: Vec<Instance> = snap
             .instances
@@ -353,9 +389,9 @@ impl Groups {
         .await?;
 
         if group.get_bool("deleting").unwrap_or(false) {
-            return self.tear_down(name, &spec, lease, &instances).await;
+            return self.tear_down(name, spec, lease, &instances).await;
         }
-        self.operator_requests(name, &spec, revision, lease, &mut instances, snap)
+        self.operator_requests(name, spec, revision, lease, &mut instances, snap)
             .await?;
 
         // 2. Placed but not confirmed started: dispatch (again) the persisted plan.
@@ -388,7 +424,7 @@ impl Groups {
                 .collect(),
             ScalingMode::Dynamic => {
                 let target = self
-                    .dynamic_target(name, &spec, lease, snap, &active)
+                    .dynamic_target(name, spec, lease, snap, &active)
                     .await?;
                 dynamic_names(name, target, &active, &snap.players)
             }
@@ -397,7 +433,7 @@ impl Groups {
             return Ok(());
         }
         if let Some(deployment) = snap.deployments.get(name) {
-            self.roll(name, &spec, lease, deployment, &active, &wanted)
+            self.roll(name, spec, lease, deployment, &active, &wanted)
                 .await?;
         }
         let attempts: HashMap<String, i64> = instances
@@ -407,9 +443,8 @@ impl Groups {
         if !paused {
             for id in wanted.iter().filter(|id| !active.contains_key(*id)) {
                 let attempt = attempts.get(id).copied().unwrap_or(0) + 1;
-                if let Some(mut placed) = self
-                    .place(name, &spec, revision, id, attempt, lease)
-                    .await?
+                if let Some(mut placed) =
+                    self.place(name, spec, revision, id, attempt, lease).await?
                 {
                     self.dispatch(name, lease, &mut placed).await?;
                 }
@@ -424,7 +459,7 @@ impl Groups {
             let players = snap.players.get(&instance.id).copied().unwrap_or(0);
             self.retire(
                 name,
-                &spec,
+                spec,
                 lease,
                 instance,
                 players,
@@ -956,6 +991,23 @@ impl Groups {
         Ok(None)
     }
 
+    /// The plan persisted for `instance` (its current plan hash), read when it is dispatched.
+    async fn persisted_plan(&self, instance: &Instance) -> Result<Option<Document>, StoreError> {
+        let found = self
+            .store
+            .find_projected(
+                INSTANCES,
+                "reading an instance's plan",
+                doc! { "_id": &instance.id, "planHash": &instance.plan_hash },
+                doc! { "plan": 1 },
+            )
+            .await?;
+        Ok(found
+            .into_iter()
+            .next()
+            .and_then(|d| d.get_document("plan").ok().cloned()))
+    }
+
     /// Sends the persisted plan to the instance's node and records what the ack says.
     async fn dispatch(
         &self,
@@ -963,6 +1015,9 @@ impl Groups {
         lease: &Lease,
         instance: &mut Instance,
     ) -> anyhow::Result<()> {
+        if instance.plan.is_none() {
+            instance.plan = self.persisted_plan(instance).await?;
+        }
         let Some(plan) = &instance.plan else {
             return Ok(());
         };

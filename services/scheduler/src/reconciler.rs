@@ -4,13 +4,13 @@
 //! renews what it holds and releases everything on SIGTERM, so peers take the work on their
 //! next tick. A crashed replica's leases expire after the TTL and are taken the tick after.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{Document, doc};
 use prexor_coord::{LeaseKeeper, Leases, Registry};
-use prexor_domain::{Scope, ServiceKind};
+use prexor_domain::{GroupSpec, Scope, ServiceKind};
 use prexor_store::Store;
 use rand::seq::SliceRandom;
 use tokio_util::sync::CancellationToken;
@@ -20,8 +20,46 @@ pub use prexor_store::GROUPS;
 /// Open node drains by node id.
 type Drains = HashMap<String, Document>;
 
-/// Every group's document by name.
-pub type GroupMap = HashMap<String, Arc<Document>>;
+/// A group's document with its spec, parsed and validated once per change of the document (not
+/// once per tick).
+pub struct GroupEntry {
+    pub doc: Document,
+    /// The spec, or why the group cannot be scheduled (no spec, unreadable, invalid).
+    pub spec: Result<GroupSpec, String>,
+}
+
+impl GroupEntry {
+    fn new(name: &str, doc: Document) -> GroupEntry {
+        let spec = match doc.get_document("spec") {
+            Err(_) => Err("the group has no spec".to_string()),
+            Ok(spec) => match mongodb::bson::from_document::<GroupSpec>(spec.clone()) {
+                Err(err) => Err(format!("the group's spec is unreadable: {err}")),
+                Ok(spec) => {
+                    let problems = spec.problems(name);
+                    if problems.is_empty() {
+                        Ok(spec)
+                    } else {
+                        Err(format!(
+                            "the group's spec is invalid: {}",
+                            problems
+                                .iter()
+                                .map(|p| format!("{}: {}", p.field, p.message))
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        ))
+                    }
+                }
+            },
+        };
+        if let Err(reason) = &spec {
+            tracing::warn!(group = name, "not scheduling the group: {reason}");
+        }
+        GroupEntry { doc, spec }
+    }
+}
+
+/// Every group by name.
+pub type GroupMap = HashMap<String, Arc<GroupEntry>>;
 
 /// `(revision, updatedAtMs)`: every write to a group document changes it.
 type Stamp = (i64, i64);
@@ -41,7 +79,7 @@ const CHANGED_QUERY_LIMIT: usize = 256;
 /// of the tick.
 #[derive(Default)]
 pub struct GroupDocs {
-    docs: Mutex<HashMap<String, (Stamp, Arc<Document>)>>,
+    docs: Mutex<HashMap<String, (Stamp, Arc<GroupEntry>)>>,
 }
 
 impl GroupDocs {
@@ -84,8 +122,9 @@ impl GroupDocs {
         let mut docs = self.docs.lock().expect("group docs lock");
         docs.retain(|name, _| stamps.contains_key(name));
         for doc in fresh {
-            if let Ok(name) = doc.get_str("_id") {
-                docs.insert(name.to_owned(), (stamp(&doc), Arc::new(doc)));
+            if let Ok(name) = doc.get_str("_id").map(str::to_owned) {
+                let stamp = stamp(&doc);
+                docs.insert(name.clone(), (stamp, Arc::new(GroupEntry::new(&name, doc))));
             }
         }
         Ok(docs
@@ -93,6 +132,17 @@ impl GroupDocs {
             .map(|(name, (_, doc))| (name.clone(), doc.clone()))
             .collect())
     }
+}
+
+/// The groups among `leases`.
+fn group_names(leases: &[prexor_coord::Lease]) -> HashSet<String> {
+    leases
+        .iter()
+        .filter_map(|l| match l.scope() {
+            Scope::Group(name) => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// How long the last tick's phase took (`scopes`, `leases`, `snapshot`, `groups`).
@@ -300,13 +350,7 @@ impl Reconciler {
 
         // The work itself, under each group lease still held.
         let leases = self.keeper.held();
-        let names: std::collections::HashSet<String> = leases
-            .iter()
-            .filter_map(|l| match l.scope() {
-                Scope::Group(name) => Some(name.clone()),
-                _ => None,
-            })
-            .collect();
+        let names = group_names(&leases);
         phase_took("leases", phase);
         self.groups.retain(&names);
         let held_names: Vec<String> = names.iter().cloned().collect();
