@@ -22,8 +22,7 @@ fn base_url(controller: &str) -> anyhow::Result<String> {
 }
 
 fn http_builder() -> reqwest::ClientBuilder {
-    // The one TLS crypto provider compiled in (ring); reqwest is built without a default.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // reqwest is built without a crypto provider: main() installs ring as the default.
     reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .connect_timeout(Duration::from_secs(5))

@@ -162,6 +162,9 @@ const fn prexor_version() -> &'static str {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The one TLS crypto provider compiled in (ring), for every client built without one
+    // (reqwest, Valkey over TLS in setup).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -66,6 +66,17 @@ pub struct SetupArgs {
     /// Key prefix in Valkey (several clusters can share one Valkey under different prefixes).
     #[arg(long, default_value = "prexor:v1:")]
     valkey_namespace: String,
+    /// For a `rediss://` URI: the PEM CA that signed Valkey's certificate (default: the system's
+    /// trusted roots). Written to `valkey.tlsCaFile`.
+    #[arg(long, value_name = "PATH")]
+    valkey_tls_ca_file: Option<PathBuf>,
+    /// For a Valkey requiring client certificates: the PEM certificate (with
+    /// --valkey-tls-key-file). Written to `valkey.tlsCertFile`.
+    #[arg(long, value_name = "PATH", requires = "valkey_tls_key_file")]
+    valkey_tls_cert_file: Option<PathBuf>,
+    /// The key of --valkey-tls-cert-file. Written to `valkey.tlsKeyFile`.
+    #[arg(long, value_name = "PATH", requires = "valkey_tls_cert_file")]
+    valkey_tls_key_file: Option<PathBuf>,
     /// `true`: the first controller of a new cluster (creates the cluster identity, the admin
     /// user, printed once, and the CA on this host). `false`: join the existing cluster.
     #[arg(long, num_args = 0..=1, default_value = "true", default_missing_value = "true",
@@ -185,6 +196,31 @@ fn default_bin_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/local/bin"))
 }
 
+/// The Valkey TLS files given to setup, read (the services read the same paths at start).
+fn valkey_tls(args: &SetupArgs) -> anyhow::Result<prexor_coord::ValkeyTls> {
+    let read = |path: &PathBuf, flag: &str| {
+        std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))
+    };
+    Ok(prexor_coord::ValkeyTls {
+        ca_pem: match &args.valkey_tls_ca_file {
+            Some(path) => Some(read(path, "--valkey-tls-ca-file")?),
+            None => None,
+        },
+        client: match (&args.valkey_tls_cert_file, &args.valkey_tls_key_file) {
+            (Some(cert), Some(key)) => Some((
+                read(cert, "--valkey-tls-cert-file")?,
+                read(key, "--valkey-tls-key-file")?,
+            )),
+            _ => None,
+        },
+    })
+}
+
+/// `path` made absolute against the working directory (configs are read from elsewhere).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 async fn controller(args: &SetupArgs) -> anyhow::Result<Plan> {
     let (Some(mongo_uri), Some(valkey_uri)) = (&args.mongo_uri, &args.redis_uri) else {
         bail!("--role controller needs --mongo-uri and --redis-uri");
@@ -218,7 +254,7 @@ async fn controller(args: &SetupArgs) -> anyhow::Result<Plan> {
         .ping()
         .await
         .with_context(|| format!("MongoDB at {mongo_shown} is not reachable"))?;
-    let valkey = ValkeyBackend::connect(valkey_uri, STORE_TIMEOUT)
+    let valkey = ValkeyBackend::connect_tls(valkey_uri, &valkey_tls(args)?, STORE_TIMEOUT)
         .with_context(|| format!("Valkey at {valkey_shown} is not usable"))?;
     valkey
         .ping()
@@ -320,6 +356,18 @@ async fn controller(args: &SetupArgs) -> anyhow::Result<Plan> {
             quoted(valkey_uri),
             quoted(&args.valkey_namespace)
         ));
+        for (key, path) in [
+            ("tlsCaFile", &args.valkey_tls_ca_file),
+            ("tlsCertFile", &args.valkey_tls_cert_file),
+            ("tlsKeyFile", &args.valkey_tls_key_file),
+        ] {
+            if let Some(path) = path {
+                toml.push_str(&format!(
+                    "{key} = {}\n",
+                    quoted(&absolute(path).display().to_string())
+                ));
+            }
+        }
         if *service == ServiceName::Ca {
             toml.push_str(&format!(
                 "\n[ca]\n# The CA key is <dataDir>/certs/ca/ca.key (0600), only on hosts allowed to sign.\ndataDir = {}\n",

@@ -1,12 +1,13 @@
 //! Backing stores over TLS: a Valkey that speaks only TLS and requires client certificates
 //! (`rediss://` with `valkey.tlsCaFile`, `valkey.tlsCertFile`, `valkey.tlsKeyFile`) and a
 //! MongoDB-wire server that speaks only TLS (`tls=true&tlsCAFile=...`) carry a working cluster;
-//! a TLS setting without a TLS URI is refused at boot, naming the key.
+//! `prexorctl setup` checks and configures them with the same files; a TLS setting without a
+//! TLS URI is refused at boot, naming the key.
 
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use prexor_acceptance::{Cluster, stop_all};
+use prexor_acceptance::{Cluster, binary, stop_all};
 use prexor_pki::{CertificateAuthority, Identity, KeyAndCsr, ServiceNames};
 use prexor_testkit::{MongoServer, ServerTls, ValkeyServer};
 
@@ -55,6 +56,39 @@ async fn stores_over_tls(cluster: &Cluster) -> anyhow::Result<()> {
     let valkey = ValkeyServer::start_tls(server.clone())?;
     let mongo = MongoServer::start_tls(server)?;
     ensure!(valkey.url().starts_with("rediss://") && mongo.uri().contains("tls=true"));
+
+    // prexorctl setup checks both stores over TLS with the same files and writes them into
+    // every service's configuration.
+    let setup = std::process::Command::new(binary("prexorctl")?)
+        .args([
+            "setup",
+            "--role",
+            "controller",
+            "--dry-run",
+            "--cluster-id",
+            "store-tls",
+        ])
+        .args(["--mongo-uri", &mongo.uri(), "--redis-uri", &valkey.url()])
+        .args(["--mongo-database", &cluster.stores.database])
+        .args(["--valkey-namespace", &cluster.stores.namespace])
+        .arg("--valkey-tls-ca-file")
+        .arg(&ca_file)
+        .arg("--valkey-tls-cert-file")
+        .arg(&client_cert)
+        .arg("--valkey-tls-key-file")
+        .arg(&client_key)
+        .output()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&setup.stdout),
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    ensure!(setup.status.success(), "{said}");
+    ensure!(
+        said.contains("reachable")
+            && said.contains(&format!("tlsCaFile = \"{}\"", ca_file.display())),
+        "{said}"
+    );
 
     let tls_base = |replica: &str| {
         cluster

@@ -310,6 +310,54 @@ mod tests {
     }
 
     #[test]
+    fn valkey_tls_files_need_a_tls_uri_exist_and_come_in_pairs() {
+        let err = load_str::<SchedulerConfig>(
+            r#"
+            mongo.uri = "mongodb://127.0.0.1:27017/?replicaSet=secantus"
+            valkey.uri = "redis://127.0.0.1:6379"
+            valkey.tlsCaFile = "config.toml"
+            "#,
+        )
+        .unwrap_err();
+        assert_eq!(keys(&err), ["valkey.tlsCaFile"], "{err}");
+        assert!(err.to_string().contains("not a TLS URI"), "{err}");
+
+        let err = load_str::<SchedulerConfig>(
+            r#"
+            mongo.uri = "mongodb://127.0.0.1:27017/?replicaSet=secantus"
+            valkey.uri = "rediss://127.0.0.1:6379"
+            valkey.tlsCaFile = "/nonexistent/ca.pem"
+            valkey.tlsCertFile = "config.toml"
+            "#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            keys(&err),
+            ["valkey.tlsCaFile", "valkey.tlsCertFile"],
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("/nonexistent/ca.pem is not a readable file"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("go together"), "{err}");
+
+        let cfg = load_str::<SchedulerConfig>(
+            r#"
+            mongo.uri = "mongodb://127.0.0.1:27017/?replicaSet=secantus"
+            valkey.uri = "rediss://127.0.0.1:6379"
+            valkey.tlsCaFile = "config.toml"
+            valkey.tlsCertFile = "config.toml"
+            valkey.tlsKeyFile = "config.toml"
+            "#,
+        )
+        .unwrap();
+        let valkey = cfg.common.valkey.expect("valkey");
+        assert!(valkey.tls_ca_file.is_some() && valkey.tls_client.is_some());
+    }
+
+    #[test]
     fn production_requires_valkey() {
         let err = load_str::<ApiConfig>(
             r#"
