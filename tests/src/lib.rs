@@ -755,6 +755,40 @@ pub async fn wait_doc(
     bail!("{collection}/{id} never became {what}; last: {last:?}")
 }
 
+/// The composition plan of `instance`'s current placement (`instance_plans`, same plan hash).
+pub async fn plan_of(cluster: &Cluster, instance: &Document) -> anyhow::Result<Document> {
+    let id = instance.get_str("_id")?;
+    let db = cluster.stores.mongo().await?;
+    let planned = db
+        .collection::<Document>("instance_plans")
+        .find_one(doc! { "_id": id, "planHash": instance.get_str("planHash")? })
+        .await?
+        .with_context(|| format!("no plan persisted for {id}'s current placement"))?;
+    Ok(planned.get_document("plan")?.clone())
+}
+
+/// Waits until instance `id` and the plan of its current placement satisfy `check`.
+pub async fn wait_plan(
+    cluster: &Cluster,
+    id: &str,
+    what: &str,
+    check: impl Fn(&Document, &Document) -> bool,
+) -> anyhow::Result<(Document, Document)> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last = None;
+    while Instant::now() < deadline {
+        let instance = wait_doc(cluster, "instances", id, "present", |_| true).await?;
+        if let Ok(plan) = plan_of(cluster, &instance).await {
+            if check(&instance, &plan) {
+                return Ok((instance, plan));
+            }
+            last = Some((instance, plan));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("instance {id} and its plan never became {what}; last: {last:?}")
+}
+
 /// The state a daemon reported for an instance record.
 pub fn reported_state(doc: &Document) -> &str {
     doc.get_document("reported")

@@ -490,8 +490,8 @@ async fn dynamic_scaling(cluster: &Cluster) -> anyhow::Result<()> {
         .await?;
     ensure!(status == 201, "{status} {body}");
     let first = running(cluster, &["arena-1"]).await?.remove(0);
-    let token = first
-        .get_document("plan")?
+    let token = prexor_acceptance::plan_of(cluster, &first)
+        .await?
         .get_document("env")?
         .get_str("PREXOR_INSTANCE_TOKEN")?
         .to_owned();

@@ -94,7 +94,12 @@ async fn modules(cluster: &Cluster) -> anyhow::Result<()> {
         .await?;
     ensure!(status == 201, "{status} {body}");
     let hub = running(cluster, &["hub-1"]).await?.remove(0);
-    let layers = format!("{:?}", hub.get_document("plan")?.get_array("layers")?);
+    let layers = format!(
+        "{:?}",
+        prexor_acceptance::plan_of(cluster, &hub)
+            .await?
+            .get_array("layers")?
+    );
     ensure!(layers.contains("module essentials@1.0"), "{layers}");
     let file = cluster
         .dir
@@ -134,13 +139,9 @@ async fn modules(cluster: &Cluster) -> anyhow::Result<()> {
     // A restart of the instance gets 2.0.
     let (status, _) = rest.post("/instances/hub-1/stop", json!({})).await?;
     ensure!(status == 202, "{status}");
-    wait_doc(cluster, "instances", "hub-1", "running 2.0", |d| {
+    prexor_acceptance::wait_plan(cluster, "hub-1", "running 2.0", |d, plan| {
         d.get_str("state") == Ok("RUNNING")
-            && format!(
-                "{:?}",
-                d.get_document("plan").and_then(|p| p.get_array("layers"))
-            )
-            .contains("module essentials@2.0")
+            && format!("{:?}", plan.get_array("layers")).contains("module essentials@2.0")
     })
     .await?;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use mongodb::bson::{Document, doc};
-use prexor_acceptance::{Cluster, group_doc, nodes, process_journal, running, wait_doc};
+use prexor_acceptance::{Cluster, group_doc, nodes, process_journal, running, wait_plan};
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
 const EXIT_WITHIN: Duration = Duration::from_secs(30);
@@ -33,8 +33,8 @@ async fn placement_failover(cluster: &Cluster) -> anyhow::Result<()> {
         "{}",
         doomed.log_text()
     );
-    let planned = wait_doc(cluster, "instances", "lobby-1", "a persisted plan", |d| {
-        d.get_str("state") == Ok("SCHEDULED") && d.get_document("plan").is_ok()
+    let (planned, _) = wait_plan(cluster, "lobby-1", "a persisted plan", |d, _| {
+        d.get_str("state") == Ok("SCHEDULED")
     })
     .await?;
     let plan_hash = planned.get_str("planHash")?.to_owned();

@@ -9,6 +9,12 @@ use prexor_domain::{GroupSpec, now_ms};
 use crate::{Store, StoreError};
 
 pub const GROUPS: &str = "groups";
+/// One record per instance: where it runs, its state, what its node reports.
+pub const INSTANCES: &str = "instances";
+/// The composition plan of each instance (`_id` = instance id, with its `planHash`): written in
+/// the same transaction as the instance record, kept apart because plans are large and only
+/// dispatching one reads it, while every scheduler tick reads every instance record.
+pub const INSTANCE_PLANS: &str = "instance_plans";
 
 /// A group as stored.
 #[derive(Debug, Clone, PartialEq)]

@@ -17,8 +17,8 @@ pub use blobs::{BLOB_CHUNKS, BLOBS, blob_hash};
 pub use error::StoreError;
 pub use fence::{FENCE_LOG, FENCES, Fence, Write, WriteOutcome};
 pub use groups::{
-    GROUPS, GroupRecord, GroupWriteError, create_group, get_group, mark_group_deleting,
-    update_group,
+    GROUPS, GroupRecord, GroupWriteError, INSTANCE_PLANS, INSTANCES, create_group, get_group,
+    mark_group_deleting, update_group,
 };
 pub use mongodb::bson;
 pub use store::Store;

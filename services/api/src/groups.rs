@@ -16,7 +16,7 @@ use crate::app::App;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult, Body};
 
-pub const INSTANCES: &str = "instances";
+pub use prexor_store::INSTANCES;
 pub const INSTANCE_REQUESTS: &str = "instance_requests";
 const GROUP_STATE: &str = "group_state";
 

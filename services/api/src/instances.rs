@@ -43,7 +43,8 @@ struct Filter {
     state: Option<String>,
 }
 
-/// An instance record without its plan (which `GET /instances/{id}` includes).
+/// An instance record without its plan (which `GET /instances/{id}` includes; records written
+/// before plans moved to `instance_plans` carry it).
 fn summary(mut doc: Document) -> serde_json::Value {
     doc.remove("plan");
     doc.remove("workloadTokenHash");
@@ -117,7 +118,15 @@ async fn show(
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     who.require("instances:read")?;
-    Ok(Json(detail(find(&app, &id).await?)))
+    let mut doc = find(&app, &id).await?;
+    // The plan of the instance's current placement, kept apart from the record.
+    if let Some(planned) = app.by_id(prexor_store::INSTANCE_PLANS, &id).await?
+        && planned.get_str("planHash").ok() == doc.get_str("planHash").ok()
+        && let Ok(plan) = planned.get_document("plan")
+    {
+        doc.insert("plan", plan.clone());
+    }
+    Ok(Json(detail(doc)))
 }
 
 #[utoipa::path(

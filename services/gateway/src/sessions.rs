@@ -33,7 +33,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const HEARTBEAT: Duration = Duration::from_secs(2);
 
 pub const NODES: &str = "nodes";
-pub const INSTANCES: &str = "instances";
+pub use prexor_store::INSTANCES;
 pub const CRASHES: &str = "crashes";
 pub const STRAYS: &str = "stray_instances";
 

@@ -23,7 +23,8 @@ use sha2::{Digest, Sha256};
 
 mod deployments;
 
-pub const INSTANCES: &str = "instances";
+use prexor_store::INSTANCE_PLANS;
+pub use prexor_store::INSTANCES;
 pub const NODES: &str = "nodes";
 pub const NODE_ALLOCATIONS: &str = "node_allocations";
 pub const PORT_RESERVATIONS: &str = "port_reservations";
@@ -86,6 +87,20 @@ pub struct Snapshot {
     deployments: HashMap<String, Document>,
 }
 
+impl Snapshot {
+    /// The composition plan kept in instance `id`'s own record (written before plans moved to
+    /// `instance_plans`).
+    fn plan_of(&self, group: &str, id: &str) -> Option<Document> {
+        self.instances
+            .get(group)?
+            .iter()
+            .find(|d| d.get_str("_id") == Ok(id))?
+            .get_document("plan")
+            .ok()
+            .cloned()
+    }
+}
+
 /// The store reads behind a [`Snapshot`], for a set of groups (or a superset of them).
 struct SnapshotReads {
     instances: Vec<Document>,
@@ -117,12 +132,10 @@ impl SnapshotReads {
             }
         };
         let (instances, states, strays, nodes, crashes, requests, loads, deployments) = tokio::try_join!(
-            // Without the plans: they are large and needed only to dispatch one (read then).
-            store.find_projected(
+            store.find_all(
                 INSTANCES,
                 "listing instances",
-                scoped(doc! { "state": { "$exists": true } }),
-                doc! { "plan": 0 },
+                scoped(doc! { "state": { "$exists": true } })
             ),
             store.find_all(GROUP_STATE, "reading group states", doc! {}),
             store.find_all(STRAYS, "listing stray instances", scoped(doc! {})),
@@ -275,7 +288,8 @@ impl Instance {
             next_attempt_at_ms: doc.get_i64("nextAttemptAtMs").unwrap_or_default(),
             dispatch_retries: doc.get_i64("dispatchRetries").unwrap_or_default(),
             drain_until_ms: doc.get_i64("drainUntilMs").unwrap_or_default(),
-            plan: doc.get_document("plan").ok().cloned(),
+            // Copied from the snapshot only when dispatched (`Snapshot::plan_of`).
+            plan: None,
             reported_state: reported.and_then(|r| r.get_str("state").ok().map(str::to_string)),
             reported_plan_hash: reported
                 .and_then(|r| r.get_str("planHash").ok().map(str::to_string)),
@@ -400,6 +414,10 @@ impl Groups {
             .iter_mut()
             .filter(|i| i.state == SCHEDULED && i.next_attempt_at_ms <= now)
         {
+            instance.plan = match snap.plan_of(name, &instance.id) {
+                Some(plan) => Some(plan),
+                None => self.persisted_plan(instance).await?,
+            };
             self.dispatch(name, lease, instance).await?;
         }
 
@@ -932,6 +950,16 @@ impl Groups {
                                 doc! { "_id": format!("{node}:{port}"), "nodeId": &node, "port": i64::from(port), "group": group, "instance": id },
                             ),
                             Write::update_one(
+                                INSTANCE_PLANS,
+                                doc! { "_id": id },
+                                doc! { "$set": {
+                                    "group": group,
+                                    "planHash": &plan_hash,
+                                    "plan": plan.clone(),
+                                } },
+                            )
+                            .upsert(),
+                            Write::update_one(
                                 INSTANCES,
                                 doc! { "_id": id },
                                 doc! { "$set": {
@@ -939,7 +967,6 @@ impl Groups {
                                     "nodeId": &node,
                                     "state": SCHEDULED,
                                     "planHash": &plan_hash,
-                                    "plan": plan.clone(),
                                     "port": i64::from(port),
                                     "memoryMb": need,
                                     "attempt": attempt,
@@ -948,7 +975,7 @@ impl Groups {
                                     "specHash": spec.hash(),
                                     "nextAttemptAtMs": 0_i64,
                                     "scheduledAtMs": now_ms(),
-                                } },
+                                }, "$unset": { "plan": "" } },
                             )
                             .upsert(),
                         ],
@@ -991,15 +1018,14 @@ impl Groups {
         Ok(None)
     }
 
-    /// The plan persisted for `instance` (its current plan hash), read when it is dispatched.
+    /// The plan persisted for `instance` under its current plan hash (`instance_plans`).
     async fn persisted_plan(&self, instance: &Instance) -> Result<Option<Document>, StoreError> {
         let found = self
             .store
-            .find_projected(
-                INSTANCES,
+            .find_all(
+                INSTANCE_PLANS,
                 "reading an instance's plan",
                 doc! { "_id": &instance.id, "planHash": &instance.plan_hash },
-                doc! { "plan": 1 },
             )
             .await?;
         Ok(found
@@ -1015,10 +1041,12 @@ impl Groups {
         lease: &Lease,
         instance: &mut Instance,
     ) -> anyhow::Result<()> {
-        if instance.plan.is_none() {
-            instance.plan = self.persisted_plan(instance).await?;
-        }
         let Some(plan) = &instance.plan else {
+            tracing::warn!(
+                instance = %instance.id,
+                plan_hash = %instance.plan_hash,
+                "no persisted plan for this placement; not dispatching it"
+            );
             return Ok(());
         };
         let command = Command {
