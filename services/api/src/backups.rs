@@ -63,6 +63,7 @@ const NEVER: &[&str] = &[
     "fence_log",
     "replicas",
     "dev_claims",
+    "scheduler_sync",
     BACKUPS,
 ];
 /// Restored by replacing what is there: the desired configuration.

@@ -21,7 +21,7 @@ use prexor_serve::Gateways;
 use prexor_store::{GROUPS, Store, StoreError, Write};
 use sha2::{Digest, Sha256};
 
-mod deployments;
+pub(crate) mod deployments;
 
 use prexor_store::INSTANCE_PLANS;
 pub use prexor_store::INSTANCES;
@@ -50,7 +50,7 @@ const CRASH_LOOP_PAUSE: Duration = Duration::from_secs(30);
 /// Dispatches of one plan that a node could not take (TRANSIENT, or no gateway reached it)
 /// before the instance is given up and placed again.
 const START_RETRIES: i64 = 8;
-const CRASHES: &str = "crashes";
+pub(crate) const CRASHES: &str = "crashes";
 /// How long a port that a foreign process holds stays out of placement on that node.
 const PORT_BLOCK: Duration = Duration::from_secs(60);
 
@@ -102,7 +102,7 @@ impl Snapshot {
 }
 
 /// The store reads behind a [`Snapshot`], for a set of groups (or a superset of them).
-struct SnapshotReads {
+pub(crate) struct SnapshotReads {
     instances: Vec<Document>,
     states: Vec<Document>,
     strays: Vec<Document>,
@@ -169,6 +169,44 @@ impl SnapshotReads {
         })
     }
 
+    /// The same reads from the scheduler's mirror ([`crate::mirror`]): the documents of `names`
+    /// that [`SnapshotReads::fetch`]'s queries select.
+    pub(crate) fn from_mirror(c: &crate::mirror::Collections, names: &[String]) -> SnapshotReads {
+        let held: HashSet<&str> = names.iter().map(String::as_str).collect();
+        let window = now_ms() - CRASH_LOOP_WINDOW.as_millis() as i64;
+        let of_held = |collection: &str, keep: &dyn Fn(&Document) -> bool| -> Vec<Document> {
+            c.get(collection)
+                .into_iter()
+                .flat_map(HashMap::values)
+                .filter(|d| d.get_str("group").is_ok_and(|g| held.contains(g)) && keep(d))
+                .cloned()
+                .collect()
+        };
+        SnapshotReads {
+            instances: of_held(INSTANCES, &|d| d.contains_key("state")),
+            states: c
+                .get(GROUP_STATE)
+                .into_iter()
+                .flat_map(HashMap::values)
+                .filter(|d| d.get_str("_id").is_ok_and(|g| held.contains(g)))
+                .cloned()
+                .collect(),
+            strays: of_held(STRAYS, &|_| true),
+            nodes: c
+                .get(NODES)
+                .into_iter()
+                .flat_map(HashMap::values)
+                .cloned()
+                .collect(),
+            crashes: of_held(CRASHES, &|d| d.get_i64("atMs").is_ok_and(|at| at > window)),
+            requests: of_held(INSTANCE_REQUESTS, &|_| true),
+            loads: of_held(INSTANCE_LOAD, &|_| true),
+            deployments: of_held(deployments::DEPLOYMENTS, &|d| {
+                d.get_str("state") == Ok("ROLLING")
+            }),
+        }
+    }
+
     fn empty() -> SnapshotReads {
         SnapshotReads {
             instances: Vec::new(),
@@ -183,7 +221,11 @@ impl SnapshotReads {
     }
 
     /// The snapshot of `names`, which must be among the groups the reads were made for.
-    fn assemble(self, names: &[String], all_groups: &crate::reconciler::GroupMap) -> Snapshot {
+    pub(crate) fn assemble(
+        self,
+        names: &[String],
+        all_groups: &crate::reconciler::GroupMap,
+    ) -> Snapshot {
         if names.is_empty() {
             return Snapshot::default();
         }

@@ -8,6 +8,7 @@
 mod admin;
 mod drains;
 mod groups;
+mod mirror;
 mod modules;
 mod reconciler;
 
@@ -85,6 +86,11 @@ async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
         ),
         store: service.store.clone(),
         group_docs: reconciler::GroupDocs::default(),
+        mirror: mirror::Mirror::start(
+            service.store.clone(),
+            service.config.replica_id.clone(),
+            service.shutdown.clone(),
+        ),
         leases: service.leases.clone(),
         keeper: keeper.clone(),
         registry: service.registry.clone(),

@@ -83,6 +83,7 @@ pub struct GroupDocs {
 }
 
 impl GroupDocs {
+    /// Every group, re-reading from MongoDB only the documents whose stamp changed.
     async fn refresh(&self, store: &Store) -> Result<GroupMap, prexor_store::StoreError> {
         let listed = store
             .find_projected(
@@ -92,18 +93,8 @@ impl GroupDocs {
                 doc! { "revision": 1, "updatedAtMs": 1 },
             )
             .await?;
-        let stamps: HashMap<String, Stamp> = listed
-            .iter()
-            .filter_map(|d| Some((d.get_str("_id").ok()?.to_owned(), stamp(d))))
-            .collect();
-        let changed: Vec<&String> = {
-            let docs = self.docs.lock().expect("group docs lock");
-            stamps
-                .iter()
-                .filter(|(name, stamp)| docs.get(*name).map(|(s, _)| s) != Some(*stamp))
-                .map(|(name, _)| name)
-                .collect()
-        };
+        let stamps = stamps(listed.iter());
+        let changed = self.changed(&stamps);
         let fresh = match changed.len() {
             0 => Vec::new(),
             n if n > CHANGED_QUERY_LIMIT => {
@@ -119,6 +110,32 @@ impl GroupDocs {
                     .await?
             }
         };
+        Ok(self.apply(&stamps, fresh))
+    }
+
+    /// Every group, from the mirror's copy of the collection.
+    fn refresh_from(&self, groups: &HashMap<String, Document>) -> GroupMap {
+        let stamps = stamps(groups.values());
+        let changed = self.changed(&stamps);
+        let fresh = changed
+            .iter()
+            .filter_map(|name| groups.get(name).cloned())
+            .collect();
+        self.apply(&stamps, fresh)
+    }
+
+    /// The groups whose stamp differs from the document held.
+    fn changed(&self, stamps: &HashMap<String, Stamp>) -> Vec<String> {
+        let docs = self.docs.lock().expect("group docs lock");
+        stamps
+            .iter()
+            .filter(|(name, stamp)| docs.get(*name).map(|(s, _)| s) != Some(*stamp))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Forgets groups that are gone, takes the `fresh` documents in, and returns every group.
+    fn apply(&self, stamps: &HashMap<String, Stamp>, fresh: Vec<Document>) -> GroupMap {
         let mut docs = self.docs.lock().expect("group docs lock");
         docs.retain(|name, _| stamps.contains_key(name));
         for doc in fresh {
@@ -127,11 +144,15 @@ impl GroupDocs {
                 docs.insert(name.clone(), (stamp, Arc::new(GroupEntry::new(&name, doc))));
             }
         }
-        Ok(docs
-            .iter()
-            .map(|(name, (_, doc))| (name.clone(), doc.clone()))
-            .collect())
+        docs.iter()
+            .map(|(name, (_, entry))| (name.clone(), entry.clone()))
+            .collect()
     }
+}
+
+fn stamps<'a>(docs: impl Iterator<Item = &'a Document>) -> HashMap<String, Stamp> {
+    docs.filter_map(|d| Some((d.get_str("_id").ok()?.to_owned(), stamp(d))))
+        .collect()
 }
 
 /// The groups among `leases`.
@@ -145,7 +166,7 @@ fn group_names(leases: &[prexor_coord::Lease]) -> HashSet<String> {
         .collect()
 }
 
-/// How long the last tick's phase took (`scopes`, `leases`, `snapshot`, `groups`).
+/// How long the last tick's phase took (`sync`, `scopes`, `leases`, `snapshot`, `groups`).
 fn phase_took(phase: &'static str, started: Instant) {
     metrics::gauge!("prexor_scheduler_tick_phase_seconds", "phase" => phase)
         .set(started.elapsed().as_secs_f64());
@@ -158,6 +179,7 @@ pub struct Reconciler {
     pub guard: prexor_serve::guard::StoreGuard,
     pub store: Store,
     pub group_docs: GroupDocs,
+    pub mirror: crate::mirror::Mirror,
     pub leases: Leases,
     pub keeper: LeaseKeeper,
     pub registry: Registry,
@@ -235,15 +257,34 @@ impl Reconciler {
 
     /// Every scope there is work for (each group, the platform modules, each open drain), with
     /// every group's document for this tick's snapshot and the open drains by node.
-    async fn scopes(&self) -> anyhow::Result<(BTreeSet<Scope>, GroupMap, Drains)> {
-        let (by_name, drains) = tokio::try_join!(
-            self.group_docs.refresh(&self.store),
-            self.store.find_all(
-                crate::drains::NODE_DRAINS,
-                "listing node drains",
-                doc! { "state": { "$in": ["PENDING", "DRAINING"] } }
-            ),
-        )?;
+    async fn scopes(
+        &self,
+        synced: Option<u64>,
+    ) -> anyhow::Result<(BTreeSet<Scope>, GroupMap, Drains)> {
+        let mirrored = synced.and_then(|generation| {
+            self.mirror.read(generation, |c| {
+                let none = HashMap::new();
+                let groups = self.group_docs.refresh_from(c.get(GROUPS).unwrap_or(&none));
+                let drains: Vec<Document> = c
+                    .get(crate::drains::NODE_DRAINS)
+                    .into_iter()
+                    .flat_map(HashMap::values)
+                    .cloned()
+                    .collect();
+                (groups, drains)
+            })
+        });
+        let (by_name, drains) = match mirrored {
+            Some(read) => read,
+            None => tokio::try_join!(
+                self.group_docs.refresh(&self.store),
+                self.store.find_all(
+                    crate::drains::NODE_DRAINS,
+                    "listing node drains",
+                    doc! { "state": { "$in": ["PENDING", "DRAINING"] } }
+                ),
+            )?,
+        };
         let drains: Drains = drains
             .into_iter()
             .filter(crate::drains::is_open)
@@ -269,7 +310,11 @@ impl Reconciler {
             return Ok(TickOutcome::default());
         }
         let phase = Instant::now();
-        let (scopes, all_groups, drains) = self.scopes().await?;
+        // Everything committed before this point is in the mirror (or it is not used).
+        let synced = self.mirror.sync().await?;
+        phase_took("sync", phase);
+        let phase = Instant::now();
+        let (scopes, all_groups, drains) = self.scopes(synced).await?;
         phase_took("scopes", phase);
         let phase = Instant::now();
         // Ready peers plus this replica (which may not be registered yet on its first tick).
@@ -355,7 +400,19 @@ impl Reconciler {
         self.groups.retain(&names);
         let held_names: Vec<String> = names.iter().cloned().collect();
         let phase = Instant::now();
-        let snapshot = self.groups.snapshot(&held_names, &all_groups).await?;
+        let mirrored = synced.and_then(|generation| {
+            self.mirror.read(generation, |c| {
+                crate::groups::SnapshotReads::from_mirror(c, &held_names)
+            })
+        });
+        let (snapshot, source) = match mirrored {
+            Some(reads) => (reads.assemble(&held_names, &all_groups), "mirror"),
+            None => (
+                self.groups.snapshot(&held_names, &all_groups).await?,
+                "mongo",
+            ),
+        };
+        metrics::counter!("prexor_scheduler_snapshots_total", "source" => source).increment(1);
         phase_took("snapshot", phase);
         let phase = Instant::now();
         for lease in &leases {
