@@ -73,18 +73,18 @@ fn is_terminal(state: &str) -> bool {
 #[derive(Default)]
 pub struct Snapshot {
     groups: HashMap<String, Arc<crate::reconciler::GroupEntry>>,
-    instances: HashMap<String, Vec<Document>>,
-    states: HashMap<String, Document>,
-    strays: HashMap<String, Vec<Document>>,
-    nodes: HashMap<String, Document>,
+    instances: HashMap<String, Vec<Arc<Document>>>,
+    states: HashMap<String, Arc<Document>>,
+    strays: HashMap<String, Vec<Arc<Document>>>,
+    nodes: HashMap<String, Arc<Document>>,
     /// Crash times (ms) of the last crash-loop window, per group.
     crashes: HashMap<String, Vec<i64>>,
     /// Operator requests (stop, kill, start), per group.
-    requests: HashMap<String, Vec<Document>>,
+    requests: HashMap<String, Vec<Arc<Document>>>,
     /// Players online per instance, as the servers report them (`instance_load`).
     players: HashMap<String, u64>,
     /// The rolling deployment of each group, if one is under way.
-    deployments: HashMap<String, Document>,
+    deployments: HashMap<String, Arc<Document>>,
 }
 
 impl Snapshot {
@@ -103,14 +103,14 @@ impl Snapshot {
 
 /// The store reads behind a [`Snapshot`], for a set of groups (or a superset of them).
 pub(crate) struct SnapshotReads {
-    instances: Vec<Document>,
-    states: Vec<Document>,
-    strays: Vec<Document>,
-    nodes: Vec<Document>,
-    crashes: Vec<Document>,
-    requests: Vec<Document>,
-    loads: Vec<Document>,
-    deployments: Vec<Document>,
+    instances: Vec<Arc<Document>>,
+    states: Vec<Arc<Document>>,
+    strays: Vec<Arc<Document>>,
+    nodes: Vec<Arc<Document>>,
+    crashes: Vec<Arc<Document>>,
+    requests: Vec<Arc<Document>>,
+    loads: Vec<Arc<Document>>,
+    deployments: Vec<Arc<Document>>,
 }
 
 impl SnapshotReads {
@@ -157,15 +157,16 @@ impl SnapshotReads {
                 scoped(doc! { "state": "ROLLING" })
             ),
         )?;
+        let shared = |docs: Vec<Document>| docs.into_iter().map(Arc::new).collect();
         Ok(SnapshotReads {
-            instances,
-            states,
-            strays,
-            nodes,
-            crashes,
-            requests,
-            loads,
-            deployments,
+            instances: shared(instances),
+            states: shared(states),
+            strays: shared(strays),
+            nodes: shared(nodes),
+            crashes: shared(crashes),
+            requests: shared(requests),
+            loads: shared(loads),
+            deployments: shared(deployments),
         })
     }
 
@@ -174,7 +175,7 @@ impl SnapshotReads {
     pub(crate) fn from_mirror(c: &crate::mirror::Collections, names: &[String]) -> SnapshotReads {
         let held: HashSet<&str> = names.iter().map(String::as_str).collect();
         let window = now_ms() - CRASH_LOOP_WINDOW.as_millis() as i64;
-        let of_held = |collection: &str, keep: &dyn Fn(&Document) -> bool| -> Vec<Document> {
+        let of_held = |collection: &str, keep: &dyn Fn(&Document) -> bool| -> Vec<Arc<Document>> {
             c.get(collection)
                 .into_iter()
                 .flat_map(HashMap::values)
@@ -230,7 +231,7 @@ impl SnapshotReads {
             return Snapshot::default();
         }
         let held: HashSet<&str> = names.iter().map(String::as_str).collect();
-        let mine = |docs: Vec<Document>, key: &str| -> Vec<Document> {
+        let mine = |docs: Vec<Arc<Document>>, key: &str| -> Vec<Arc<Document>> {
             docs.into_iter()
                 .filter(|d| d.get_str(key).is_ok_and(|g| held.contains(g)))
                 .collect()
@@ -267,8 +268,8 @@ impl SnapshotReads {
     }
 }
 
-fn by_group(docs: Vec<Document>) -> HashMap<String, Vec<Document>> {
-    let mut grouped: HashMap<String, Vec<Document>> = HashMap::new();
+fn by_group(docs: Vec<Arc<Document>>) -> HashMap<String, Vec<Arc<Document>>> {
+    let mut grouped: HashMap<String, Vec<Arc<Document>>> = HashMap::new();
     for doc in docs {
         if let Ok(group) = doc.get_str("group") {
             grouped.entry(group.to_string()).or_default().push(doc);
@@ -277,7 +278,7 @@ fn by_group(docs: Vec<Document>) -> HashMap<String, Vec<Document>> {
     grouped
 }
 
-fn by_id(docs: Vec<Document>) -> HashMap<String, Document> {
+fn by_id(docs: Vec<Arc<Document>>) -> HashMap<String, Arc<Document>> {
     docs.into_iter()
         .filter_map(|d| Some((d.get_str("_id").ok()?.to_string(), d)))
         .collect()
@@ -402,7 +403,7 @@ impl Groups {
             .get(name)
             .into_iter()
             .flatten()
-            .filter_map(Instance::from_doc)
+            .filter_map(|d| Instance::from_doc(d))
             .collect();
 
         // 1. What the daemons reported about the current plans moves the state machine forward.
@@ -569,14 +570,17 @@ impl Groups {
         &self,
         lease: &Lease,
         instances: &mut [Instance],
-        nodes: &HashMap<String, Document>,
+        nodes: &HashMap<String, Arc<Document>>,
     ) -> anyhow::Result<()> {
         let hosting: HashSet<&str> = instances
             .iter()
             .filter(|i| i.is_active())
             .map(|i| i.node.as_str())
             .collect();
-        let docs: Vec<&Document> = hosting.iter().filter_map(|n| nodes.get(*n)).collect();
+        let docs: Vec<&Document> = hosting
+            .iter()
+            .filter_map(|n| nodes.get(*n).map(|d| d.as_ref()))
+            .collect();
         let now = now_ms();
         let lost: HashMap<String, String> = docs
             .iter()
@@ -607,7 +611,7 @@ impl Groups {
         &self,
         group: &str,
         lease: &Lease,
-        strays: &[Document],
+        strays: &[Arc<Document>],
     ) -> anyhow::Result<()> {
         for stray in strays {
             let Ok(id) = stray.get_str("_id") else {
@@ -727,7 +731,7 @@ impl Groups {
         name: &str,
         lease: &Lease,
         instances: &[Instance],
-        nodes: &HashMap<String, Document>,
+        nodes: &HashMap<String, Arc<Document>>,
     ) -> bool {
         let (since, since_ms) = {
             let mut seen = self.seen.lock().expect("seen lock");

@@ -37,6 +37,7 @@ pub const MIRRORED: &[&str] = &[
     crate::groups::INSTANCE_REQUESTS,
     crate::groups::INSTANCE_LOAD,
     crate::groups::deployments::DEPLOYMENTS,
+    crate::modules::MODULE_MUTATION,
 ];
 /// Where each scheduler replica writes its marker (one small document per replica).
 pub const SYNC: &str = "scheduler_sync";
@@ -45,8 +46,8 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause before reopening a stream that failed.
 const REOPEN_AFTER: Duration = Duration::from_secs(1);
 
-/// Documents by `_id` (its string form), by collection.
-pub type Collections = HashMap<&'static str, HashMap<String, Document>>;
+/// Documents by `_id` (its string form), by collection; shared with the snapshots that read them.
+pub type Collections = HashMap<&'static str, HashMap<String, Arc<Document>>>;
 
 #[derive(Default)]
 struct State {
@@ -145,7 +146,7 @@ impl Mirror {
                 .map_err(|e| e.to_string())?;
             let by_id = all
                 .into_iter()
-                .filter_map(|d| Some((key(d.get("_id"))?, d)))
+                .filter_map(|d| Some((key(d.get("_id"))?, Arc::new(d))))
                 .collect();
             docs.insert(collection, by_id);
         }
@@ -212,7 +213,7 @@ impl Mirror {
         // The document as it is now; none when it is gone (deleted, also after an update).
         match event.full_document {
             Some(doc) => {
-                docs.insert(id, doc);
+                docs.insert(id, Arc::new(doc));
             }
             None => {
                 docs.remove(&id);

@@ -114,12 +114,12 @@ impl GroupDocs {
     }
 
     /// Every group, from the mirror's copy of the collection.
-    fn refresh_from(&self, groups: &HashMap<String, Document>) -> GroupMap {
-        let stamps = stamps(groups.values());
+    fn refresh_from(&self, groups: &HashMap<String, Arc<Document>>) -> GroupMap {
+        let stamps = stamps(groups.values().map(|d| d.as_ref()));
         let changed = self.changed(&stamps);
         let fresh = changed
             .iter()
-            .filter_map(|name| groups.get(name).cloned())
+            .filter_map(|name| groups.get(name).map(|d| d.as_ref().clone()))
             .collect();
         self.apply(&stamps, fresh)
     }
@@ -166,7 +166,8 @@ fn group_names(leases: &[prexor_coord::Lease]) -> HashSet<String> {
         .collect()
 }
 
-/// How long the last tick's phase took (`sync`, `scopes`, `leases`, `snapshot`, `groups`).
+/// How long the last tick's phase took (`sync`, `scopes`, `leases`, `snapshot`, `groups`,
+/// `workflows`).
 fn phase_took(phase: &'static str, started: Instant) {
     metrics::gauge!("prexor_scheduler_tick_phase_seconds", "phase" => phase)
         .set(started.elapsed().as_secs_f64());
@@ -269,7 +270,7 @@ impl Reconciler {
                     .get(crate::drains::NODE_DRAINS)
                     .into_iter()
                     .flat_map(HashMap::values)
-                    .cloned()
+                    .map(|d| d.as_ref().clone())
                     .collect();
                 (groups, drains)
             })
@@ -310,15 +311,19 @@ impl Reconciler {
             return Ok(TickOutcome::default());
         }
         let phase = Instant::now();
-        // Everything committed before this point is in the mirror (or it is not used).
-        let synced = self.mirror.sync().await?;
+        // Everything committed before this point is in the mirror (or it is not used); the
+        // replica list is read meanwhile.
+        let (synced, listed) = tokio::join!(
+            self.mirror.sync(),
+            self.registry.list(Some(ServiceKind::Scheduler))
+        );
+        let (synced, listed) = (synced?, listed?);
         phase_took("sync", phase);
         let phase = Instant::now();
         let (scopes, all_groups, drains) = self.scopes(synced).await?;
         phase_took("scopes", phase);
         let phase = Instant::now();
         // Ready peers plus this replica (which may not be registered yet on its first tick).
-        let listed = self.registry.list(Some(ServiceKind::Scheduler)).await?;
         let peers = listed
             .iter()
             .filter(|r| r.ready && r.id != self.replica_id)
@@ -427,6 +432,7 @@ impl Reconciler {
             }
         }
         phase_took("groups", phase);
+        let phase = Instant::now();
         for lease in &leases {
             let Scope::Workflow(name) = lease.scope() else {
                 continue;
@@ -444,14 +450,25 @@ impl Reconciler {
                 tracing::warn!(node, "drain step failed: {err:#}");
             }
         }
+        // The mirror tells whether a module mutation is open at all (most ticks: none).
+        let mutation_open = synced
+            .and_then(|generation| {
+                self.mirror.read(generation, |c| {
+                    c.get(crate::modules::MODULE_MUTATION)
+                        .is_some_and(|m| !m.is_empty())
+                })
+            })
+            .unwrap_or(true);
         for lease in &leases {
             if lease.scope() == &Scope::PlatformModule
+                && mutation_open
                 && lease.is_valid()
                 && let Err(err) = self.modules.step(lease).await
             {
                 tracing::warn!("module mutation step failed: {err:#}");
             }
         }
+        phase_took("workflows", phase);
         Ok(outcome)
     }
 }
