@@ -119,7 +119,14 @@ pub async fn run(servers: &Servers, sizes: &[usize], ticks: usize) -> anyhow::Re
         )?;
         // Where the last tick's time went.
         let page = metrics_page(&scheduler).await?;
-        for phase in ["sync", "scopes", "leases", "snapshot", "groups", "workflows"] {
+        for phase in [
+            "sync",
+            "scopes",
+            "leases",
+            "snapshot",
+            "groups",
+            "workflows",
+        ] {
             let name = format!("prexor_scheduler_tick_phase_seconds{{phase=\"{phase}\"}}");
             if let Some(took) = metric(&page, &name) {
                 Metric::floor(
