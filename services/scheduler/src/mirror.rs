@@ -43,8 +43,10 @@ pub const MIRRORED: &[&str] = &[
 pub const SYNC: &str = "scheduler_sync";
 /// How long a tick waits for its marker before reading MongoDB directly.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
-/// Pause before reopening a stream that failed.
+/// Pause before reopening a stream that failed...
 const REOPEN_AFTER: Duration = Duration::from_secs(1);
+/// ...growing up to this while it cannot be opened at all.
+const MAX_REOPEN_AFTER: Duration = Duration::from_secs(30);
 
 /// Documents by `_id` (its string form), by collection; shared with the snapshots that read them.
 pub type Collections = HashMap<&'static str, HashMap<String, Arc<Document>>>;
@@ -100,6 +102,9 @@ impl Mirror {
 
     async fn watch(self, shutdown: CancellationToken) {
         let mut reported = false;
+        // Doubles while the stream cannot be opened or loaded at all (a MongoDB without change
+        // streams: a standalone server in development), back to the minimum once it works.
+        let mut pause = REOPEN_AFTER;
         loop {
             let loaded_before = self.lock().generation;
             let outcome = tokio::select! {
@@ -118,9 +123,14 @@ impl Mirror {
                 );
                 reported = true;
             }
+            pause = if loaded {
+                REOPEN_AFTER
+            } else {
+                (pause * 2).min(MAX_REOPEN_AFTER)
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(REOPEN_AFTER) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
         }
     }
