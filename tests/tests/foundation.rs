@@ -90,11 +90,20 @@ async fn every_service(cluster: &Cluster) -> anyhow::Result<()> {
             proc.name
         );
         if let Some(grpc) = &proc.grpc {
-            ensure!(
-                grpc_health(cluster.internal_channel(proc).await?).await? == "SERVING",
-                "{}: gRPC health",
-                proc.name
-            );
+            // The internal port completes handshakes once the replica has its certificate,
+            // which a scheduler (serving nothing of its own) may get just after it is ready.
+            let mut health = String::from("never asked");
+            for _ in 0..100 {
+                health = match grpc_health(cluster.internal_channel(proc).await?).await {
+                    Ok(status) => status,
+                    Err(err) => format!("{err:#}"),
+                };
+                if health == "SERVING" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            ensure!(health == "SERVING", "{}: gRPC health: {health}", proc.name);
             // The internal port speaks only TLS: a plaintext call gets no answer.
             let plain =
                 tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?.connect_lazy();
