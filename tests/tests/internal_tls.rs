@@ -128,9 +128,19 @@ async fn internal_ports(cluster: &Cluster) -> anyhow::Result<()> {
             "{} answered a caller presenting a node certificate",
             proc.name
         );
+        // The port logs the refusal on its own task, possibly after the client saw it.
+        let mut logged = false;
+        for _ in 0..50 {
+            logged = proc
+                .log_text()
+                .contains("internal gRPC ports accept only service certificates");
+            if logged {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         ensure!(
-            proc.log_text()
-                .contains("internal gRPC ports accept only service certificates"),
+            logged,
             "{} logged no reason for the refused handshake:\n{}",
             proc.name,
             proc.log_text()
