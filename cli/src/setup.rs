@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{ArgAction, Args, ValueEnum};
-use prexor_coord::{LeaseBackend, ValkeyBackend};
+use prexor_coord::{LeaseBackend, ValkeyBackend, ValkeyTls};
 use prexor_pki::records::JoinToken;
 use prexor_store::Store;
 
@@ -196,26 +196,6 @@ fn default_bin_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/local/bin"))
 }
 
-/// The Valkey TLS files given to setup, read (the services read the same paths at start).
-fn valkey_tls(args: &SetupArgs) -> anyhow::Result<prexor_coord::ValkeyTls> {
-    let read = |path: &PathBuf, flag: &str| {
-        std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))
-    };
-    Ok(prexor_coord::ValkeyTls {
-        ca_pem: match &args.valkey_tls_ca_file {
-            Some(path) => Some(read(path, "--valkey-tls-ca-file")?),
-            None => None,
-        },
-        client: match (&args.valkey_tls_cert_file, &args.valkey_tls_key_file) {
-            (Some(cert), Some(key)) => Some((
-                read(cert, "--valkey-tls-cert-file")?,
-                read(key, "--valkey-tls-key-file")?,
-            )),
-            _ => None,
-        },
-    })
-}
-
 /// `path` made absolute against the working directory (configs are read from elsewhere).
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
@@ -254,7 +234,14 @@ async fn controller(args: &SetupArgs) -> anyhow::Result<Plan> {
         .ping()
         .await
         .with_context(|| format!("MongoDB at {mongo_shown} is not reachable"))?;
-    let valkey = ValkeyBackend::connect_tls(valkey_uri, &valkey_tls(args)?, STORE_TIMEOUT)
+    let tls = ValkeyTls::from_files(
+        args.valkey_tls_ca_file.as_deref(),
+        args.valkey_tls_cert_file
+            .as_deref()
+            .zip(args.valkey_tls_key_file.as_deref()),
+    )
+    .map_err(|e| anyhow::anyhow!("--valkey-tls-*: {e}"))?;
+    let valkey = ValkeyBackend::connect_tls(valkey_uri, &tls, STORE_TIMEOUT)
         .with_context(|| format!("Valkey at {valkey_shown} is not usable"))?;
     valkey
         .ping()

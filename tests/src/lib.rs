@@ -812,6 +812,24 @@ impl Drop for Cluster {
     }
 }
 
+/// Requires a gRPC `call` to fail with `code` and a message containing `needle`.
+pub fn refused_call<T: std::fmt::Debug>(
+    call: Result<tonic::Response<T>, tonic::Status>,
+    code: tonic::Code,
+    needle: &str,
+) -> anyhow::Result<()> {
+    match call {
+        Ok(response) => bail!("expected {code:?} ({needle}), got {response:?}"),
+        Err(status) => {
+            ensure!(
+                status.code() == code && status.message().contains(needle),
+                "expected {code:?} containing {needle:?}, got {status:?}"
+            );
+            Ok(())
+        }
+    }
+}
+
 /// Asks an internal gRPC port for its grpc.health.v1 status of the whole server ("").
 pub async fn grpc_health(channel: tonic::transport::Channel) -> anyhow::Result<String> {
     use tonic_health::pb::HealthCheckRequest;

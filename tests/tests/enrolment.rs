@@ -7,7 +7,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use prexor_acceptance::{Cluster, Proc, binary, free_port, stop_all, wait_unready_because};
+use prexor_acceptance::{
+    Cluster, Proc, binary, free_port, refused_call, stop_all, wait_unready_because,
+};
 use prexor_pki::records::{self, JoinToken};
 use prexor_pki::tls::{connect, daemon_client, enrolment_client};
 use prexor_pki::{CertInfo, CertificateAuthority, Identity, KeyAndCsr, ServiceNames, pem_to_der};
@@ -76,24 +78,6 @@ fn node_csr(node: &str) -> anyhow::Result<KeyAndCsr> {
         &Identity::Node(node.into()),
         &ServiceNames::default(),
     )?)
-}
-
-/// Requires `call` to fail with `code` and a message containing `needle`.
-fn refused<T: std::fmt::Debug>(
-    call: Result<tonic::Response<T>, tonic::Status>,
-    code: Code,
-    needle: &str,
-) -> anyhow::Result<()> {
-    match call {
-        Ok(response) => anyhow::bail!("expected {code:?} ({needle}), got {response:?}"),
-        Err(status) => {
-            ensure!(
-                status.code() == code && status.message().contains(needle),
-                "expected {code:?} containing {needle:?}, got {status:?}"
-            );
-            Ok(())
-        }
-    }
 }
 
 fn enrol_request(node: &str, token: &str, csr_for: &str) -> anyhow::Result<EnrolRequest> {
@@ -182,7 +166,7 @@ async fn enrolment(cluster: &Cluster) -> anyhow::Result<()> {
     // An expired token.
     let expired = token(cluster, "node-2", Duration::from_millis(1)).await?;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    refused(
+    refused_call(
         enrol
             .enrol(enrol_request("node-2", &expired.to_string(), "node-2")?)
             .await,
@@ -192,14 +176,14 @@ async fn enrolment(cluster: &Cluster) -> anyhow::Result<()> {
 
     // A token for node A used for node B, and a token for A with a CSR for B.
     let for_a = token(cluster, "node-a", HOUR).await?;
-    refused(
+    refused_call(
         enrol
             .enrol(enrol_request("node-b", &for_a.to_string(), "node-b")?)
             .await,
         Code::PermissionDenied,
         "issued for node node-a",
     )?;
-    refused(
+    refused_call(
         enrol
             .enrol(enrol_request("node-a", &for_a.to_string(), "node-b")?)
             .await,
@@ -225,7 +209,7 @@ async fn enrolment(cluster: &Cluster) -> anyhow::Result<()> {
         "ab".repeat(32),
         other_ca.certificate().fingerprint
     );
-    refused(
+    refused_call(
         enrol
             .enrol(enrol_request("node-1", &foreign, "node-1")?)
             .await,
@@ -233,7 +217,7 @@ async fn enrolment(cluster: &Cluster) -> anyhow::Result<()> {
         "made for the cluster CA",
     )?;
     // Garbage.
-    refused(
+    refused_call(
         enrol
             .enrol(EnrolRequest {
                 node_id: "node-1".into(),
@@ -254,13 +238,13 @@ async fn enrolment(cluster: &Cluster) -> anyhow::Result<()> {
         "renewal issues a new certificate"
     );
     // ...but node-1's certificate cannot speak for node-2 (CN differs from the claimed node).
-    refused(
+    refused_call(
         as_node1.renew(renew_request("node-2")?).await,
         Code::PermissionDenied,
         "is for node node-1",
     )?;
     // A renewal without a client certificate is refused.
-    refused(
+    refused_call(
         enrol.renew(renew_request("node-1")?).await,
         Code::Unauthenticated,
         "no client certificate",
@@ -273,7 +257,7 @@ async fn enrolment(cluster: &Cluster) -> anyhow::Result<()> {
         &["revoke", &info.serial, "--reason", "test"],
     )?;
     ensure!(revoked.contains(&info.serial), "{revoked}");
-    refused(
+    refused_call(
         as_node1.renew(renew_request("node-1")?).await,
         Code::PermissionDenied,
         "was revoked",
@@ -298,7 +282,7 @@ async fn enrolment(cluster: &Cluster) -> anyhow::Result<()> {
     let mut as_service = NodeEnrolmentClient::new(
         node_channel(&gw2, &ca_pem, &service_cert.pem, &service.key_pem).await?,
     );
-    refused(
+    refused_call(
         as_service.renew(renew_request("s1")?).await,
         Code::PermissionDenied,
         "accepts only node certificates",

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use prexor_acceptance::{Cluster, Proc, control, grpc_health, stop_all};
+use prexor_acceptance::{Cluster, Proc, control, grpc_health, refused_call, stop_all};
 use prexor_pki::internal::ENROLMENT_HEADER;
 use prexor_pki::tls::{connect, daemon_client};
 use prexor_pki::{CertificateAuthority, Identity, KeyAndCsr, ServiceNames, pem_certificates};
@@ -52,24 +52,6 @@ async fn anonymous(proc: &Proc, ca_pem: &str) -> anyhow::Result<Channel> {
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"h2".to_vec()];
     Ok(connect(address(proc)?, tls, CONNECT).await?)
-}
-
-/// Requires `call` to fail with `code` and a message containing `needle`.
-fn refused<T: std::fmt::Debug>(
-    call: Result<tonic::Response<T>, tonic::Status>,
-    code: Code,
-    needle: &str,
-) -> anyhow::Result<()> {
-    match call {
-        Ok(response) => anyhow::bail!("expected {code:?} ({needle}), got {response:?}"),
-        Err(status) => {
-            ensure!(
-                status.code() == code && status.message().contains(needle),
-                "expected {code:?} containing {needle:?}, got {status:?}"
-            );
-            Ok(())
-        }
-    }
 }
 
 fn csr(identity: Identity) -> anyhow::Result<KeyAndCsr> {
@@ -183,7 +165,7 @@ async fn internal_ports(cluster: &Cluster) -> anyhow::Result<()> {
             ..Default::default()
         })),
     };
-    refused(
+    refused_call(
         NodeCommandsClient::new(plain_gateway)
             .send(NodeCommandRequest {
                 node_id: "node-1".into(),
@@ -203,7 +185,7 @@ async fn internal_ports(cluster: &Cluster) -> anyhow::Result<()> {
             .into_inner()
             .can_sign
     );
-    refused(
+    refused_call(
         plain_ca
             .sign_node_csr(SignNodeCsrRequest {
                 node_id: "node-1".into(),
@@ -213,7 +195,7 @@ async fn internal_ports(cluster: &Cluster) -> anyhow::Result<()> {
         Code::Unauthenticated,
         "requires a service certificate",
     )?;
-    refused(
+    refused_call(
         plain_ca
             .sign_service_csr(sign_service_request("gateway", "rogue")?)
             .await,
@@ -224,7 +206,7 @@ async fn internal_ports(cluster: &Cluster) -> anyhow::Result<()> {
     wrong
         .metadata_mut()
         .insert(ENROLMENT_HEADER, "0".repeat(64).parse()?);
-    refused(
+    refused_call(
         plain_ca.sign_service_csr(wrong).await,
         Code::PermissionDenied,
         "service enrolment secret",
@@ -242,7 +224,7 @@ async fn internal_ports(cluster: &Cluster) -> anyhow::Result<()> {
     let mut as_scheduler = CaSignerClient::new(
         presenting(&fleet.ca, &ca_pem, &scheduler_cert.pem, &scheduler.key_pem).await?,
     );
-    refused(
+    refused_call(
         as_scheduler
             .sign_service_csr(sign_service_request("gateway", "gateway-9")?)
             .await,

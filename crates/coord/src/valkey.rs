@@ -81,6 +81,25 @@ pub struct ValkeyTls {
     pub client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
+impl ValkeyTls {
+    /// Reads the CA file and the client certificate and key files; an error names the file.
+    pub fn from_files(
+        ca: Option<&std::path::Path>,
+        client: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<ValkeyTls, String> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        };
+        Ok(ValkeyTls {
+            ca_pem: ca.map(read).transpose()?,
+            client: match client {
+                Some((cert, key)) => Some((read(cert)?, read(key)?)),
+                None => None,
+            },
+        })
+    }
+}
+
 impl ValkeyBackend {
     /// Prepares a connection that is opened on first use and re-opened after failures.
     /// `timeout` bounds connecting and every command. A `rediss://` URI verifies the server

@@ -24,7 +24,9 @@ use rustls::{
 };
 use tonic::transport::{Channel, Endpoint};
 
-use crate::tls::{CertSlot, connector, provider, roots};
+use crate::tls::{
+    CertSlot, connector, provider, roots, verify_schemes, verify_tls12, verify_tls13,
+};
 use crate::{CertInfo, Identity, PkiError};
 
 /// Bound on connecting to a peer; each call sets its own deadline.
@@ -140,8 +142,7 @@ impl ClientCertVerifier for ServiceClients {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &algorithms)
+        verify_tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -150,14 +151,11 @@ impl ClientCertVerifier for ServiceClients {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms)
+        verify_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        verify_schemes()
     }
 }
 
@@ -192,8 +190,7 @@ impl ServerCertVerifier for ServiceServers {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &algorithms)
+        verify_tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -202,14 +199,11 @@ impl ServerCertVerifier for ServiceServers {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms)
+        verify_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        verify_schemes()
     }
 }
 

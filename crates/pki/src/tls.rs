@@ -3,7 +3,7 @@
 //! side (trusting the cluster CA, or during enrolment only a CA with a pinned fingerprint), and a
 //! certificate slot that can be swapped without restarting the listener.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -17,9 +17,48 @@ use rustls::{
 
 use crate::{PkiError, fingerprint, pem_certificates};
 
-/// The one crypto provider every PrexorCloud TLS endpoint uses.
+static PROVIDER: LazyLock<Arc<CryptoProvider>> =
+    LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
+
+/// The one crypto provider every PrexorCloud TLS endpoint uses (built once, shared).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    PROVIDER.clone()
+}
+
+/// The handshake signature checks every PrexorCloud certificate verifier delegates to: the
+/// provider's algorithms.
+pub(crate) fn verify_tls12(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls12_signature(
+        message,
+        cert,
+        dss,
+        &PROVIDER.signature_verification_algorithms,
+    )
+}
+
+/// See [`verify_tls12`].
+pub(crate) fn verify_tls13(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature(
+        message,
+        cert,
+        dss,
+        &PROVIDER.signature_verification_algorithms,
+    )
+}
+
+/// See [`verify_tls12`].
+pub(crate) fn verify_schemes() -> Vec<SignatureScheme> {
+    PROVIDER
+        .signature_verification_algorithms
+        .supported_schemes()
 }
 
 fn tls_err(what: &str) -> impl Fn(rustls::Error) -> PkiError + '_ {
@@ -133,7 +172,6 @@ pub fn daemon_client(
 pub fn enrolment_client(ca_fingerprint: &str) -> Result<ClientConfig, PkiError> {
     let verifier = Arc::new(PinnedCa {
         fingerprint: ca_fingerprint.to_ascii_lowercase(),
-        provider: provider(),
     });
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -148,7 +186,6 @@ pub fn enrolment_client(ca_fingerprint: &str) -> Result<ClientConfig, PkiError> 
 #[derive(Debug)]
 struct PinnedCa {
     fingerprint: String,
-    provider: Arc<CryptoProvider>,
 }
 
 impl ServerCertVerifier for PinnedCa {
@@ -173,10 +210,9 @@ impl ServerCertVerifier for PinnedCa {
         roots
             .add(ca.clone().into_owned())
             .map_err(|e| rustls::Error::General(format!("pinned CA unusable: {e}")))?;
-        let inner =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
@@ -186,12 +222,7 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -200,18 +231,11 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        verify_schemes()
     }
 }
 

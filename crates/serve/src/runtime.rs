@@ -381,7 +381,14 @@ where
     let (backend, registry, valkey): (Arc<dyn LeaseBackend>, Registry, Option<ValkeyBackend>) =
         match &config.valkey {
             Some(valkey) => {
-                let tls = valkey_tls(valkey).map_err(|e| ServeError::Service(e.into()))?;
+                let tls = ValkeyTls::from_files(
+                    valkey.tls_ca_file.as_deref(),
+                    valkey
+                        .tls_client
+                        .as_ref()
+                        .map(|(cert, key)| (cert.as_path(), key.as_path())),
+                )
+                .map_err(|e| ServeError::Service(format!("valkey TLS files: {e}").into()))?;
                 let backend = ValkeyBackend::connect_tls(&valkey.uri, &tls, valkey.timeout)?;
                 let what = format!("Valkey at {}", redact_uri(&valkey.uri));
                 if wait_for(&what, &readiness, &shutdown, || backend.ping())
@@ -588,26 +595,6 @@ where
         Some(reason) => Err(ServeError::Fatal(reason)),
         None => Ok(()),
     }
-}
-
-/// The TLS files of `valkey.*`, read.
-fn valkey_tls(config: &prexor_config::ValkeyConfig) -> Result<ValkeyTls, String> {
-    let read = |path: &std::path::PathBuf, key: &str| {
-        std::fs::read(path).map_err(|e| format!("{key} = {}: {e}", path.display()))
-    };
-    Ok(ValkeyTls {
-        ca_pem: match &config.tls_ca_file {
-            Some(path) => Some(read(path, "valkey.tlsCaFile")?),
-            None => None,
-        },
-        client: match &config.tls_client {
-            Some((cert, key)) => Some((
-                read(cert, "valkey.tlsCertFile")?,
-                read(key, "valkey.tlsKeyFile")?,
-            )),
-            None => None,
-        },
-    })
 }
 
 /// Registers the replica every renew interval (and keeps the development claim), until shutdown.
