@@ -17,6 +17,7 @@ const RUNS: &[&[&str]] = &[
     &["api"],
     &["ca"],
     &["gateway", "--kills", "5"],
+    &["reports", "--rounds", "2", "--freeze", "30s"],
     &[
         "scheduler",
         "--groups",

@@ -25,7 +25,7 @@ fn http() -> reqwest::Client {
 }
 
 /// Runs `prexor-api bootstrap-admin` with `api`'s configuration; the admin password.
-fn bootstrap(api: &Proc, dir: &std::path::Path) -> anyhow::Result<String> {
+pub(crate) fn bootstrap(api: &Proc, dir: &std::path::Path) -> anyhow::Result<String> {
     let file = dir.join("admin.password");
     let output = Command::new(binary("prexor-api")?)
         .arg("--config")
@@ -41,7 +41,11 @@ fn bootstrap(api: &Proc, dir: &std::path::Path) -> anyhow::Result<String> {
     Ok(std::fs::read_to_string(file)?)
 }
 
-async fn login(client: &reqwest::Client, api: &Proc, password: &str) -> anyhow::Result<String> {
+pub(crate) async fn login(
+    client: &reqwest::Client,
+    api: &Proc,
+    password: &str,
+) -> anyhow::Result<String> {
     let reply: Value = client
         .post(format!("http://127.0.0.1:{}/api/v1/auth/login", api.http))
         .json(&json!({ "username": "admin", "password": password }))

@@ -19,7 +19,7 @@ use prexor_store::Store;
 use tonic::transport::Channel;
 
 use crate::Servers;
-use crate::procs::{Proc, Scratch, binary};
+use crate::procs::{NodeFleet, Proc, Scratch, binary};
 use crate::report::{Metric, Samples};
 
 const NODE: &str = "bench-node";
@@ -63,32 +63,11 @@ async fn owner(store: &Store) -> anyhow::Result<Option<(String, i64)>> {
 pub async fn run(servers: &Servers, n: usize, kills: usize) -> anyhow::Result<()> {
     let dir = Scratch::new("gateway")?;
     let store = servers.store().await?;
-    let _ca = Proc::service(
-        servers,
-        &dir.0,
-        "ca",
-        "ca-bench",
-        &format!("[ca]\ndataDir = \"{}\"\n", dir.0.join("ca").display()),
-        &["--bootstrap"],
-    )
-    .await?;
-    let mut gateways = [
-        Proc::service(servers, &dir.0, "gateway", "gateway-a", "", &[]).await?,
-        Proc::service(servers, &dir.0, "gateway", "gateway-b", "", &[]).await?,
-    ];
-    let ca = prexor_pki::records::published_ca(&store)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no cluster CA"))?;
-    let (token, _) = prexor_pki::records::create_join_token(
-        &store,
-        NODE,
-        &ca.certificate,
-        Duration::from_secs(600),
-        "prexor-bench",
-    )
-    .await?;
-    let ports: Vec<u16> = gateways.iter().filter_map(|g| g.daemon_port).collect();
-    let _daemon = Proc::daemon(&dir.0, NODE, &ports, &token.to_string()).await?;
+    let NodeFleet {
+        ca: _ca,
+        mut gateways,
+        daemon: _daemon,
+    } = NodeFleet::start(servers, &dir.0, NODE).await?;
 
     let names: Vec<String> = gateways.iter().map(|g| g.name.clone()).collect();
     let owner_of = |name: &str| names.iter().position(|g| g == name);

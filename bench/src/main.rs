@@ -11,6 +11,7 @@ mod coord;
 mod gateway;
 mod procs;
 mod report;
+mod reports;
 mod scheduler;
 mod stack;
 
@@ -46,10 +47,20 @@ enum Command {
         json: std::path::PathBuf,
     },
     /// Failover timings: group takeover after SIGKILL and hand-over after SIGTERM of the
-    /// scheduler holding it, and daemon reconnect after its gateway is killed.
+    /// scheduler holding it, daemon reconnect after its gateway is killed, and report delivery
+    /// in the conflict scenario (see `reports`).
     Failover {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+    },
+    /// Report delivery in the conflict scenario: rolling deployments of a 4-instance group
+    /// whose holder freezes (SIGSTOP) at each start; reports re-sent, retried and lost.
+    Reports {
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// How long the holder stays frozen.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        freeze: std::time::Duration,
     },
     /// Raw floors: Valkey SET+GET and MongoDB-wire insert+find round trips.
     Stack,
@@ -169,11 +180,17 @@ async fn main() -> anyhow::Result<()> {
             all::run(&servers, runs.max(1), &out, &json, &server_name).await
         }
         Command::Failover { rounds } => {
-            let outcome = scheduler::failover(&servers, rounds.max(1)).await;
-            match outcome {
-                Ok(()) => gateway::run(&servers, 20, rounds.max(1)).await,
-                err => err,
+            let mut outcome = scheduler::failover(&servers, rounds.max(1)).await;
+            if outcome.is_ok() {
+                outcome = gateway::run(&servers, 20, rounds.max(1)).await;
             }
+            if outcome.is_ok() {
+                outcome = reports::conflict(&servers, 2, std::time::Duration::from_secs(30)).await;
+            }
+            outcome
+        }
+        Command::Reports { rounds, freeze } => {
+            reports::conflict(&servers, rounds.max(1), freeze).await
         }
         Command::Stack => stack::run(&servers, n).await.map(|_| ()),
         Command::Coord => coord::run(&servers, n).await,
@@ -203,7 +220,7 @@ async fn main() -> anyhow::Result<()> {
 /// Drops the benchmark's database and keys.
 async fn cleanup(servers: &Servers) {
     if let Ok(client) = mongodb::Client::with_uri_str(&servers.mongo_uri).await {
-        for what in ["", "_placements", "_failover"] {
+        for what in ["", "_placements", "_failover", "_reports"] {
             let _ = client
                 .database(&format!("{}{what}", servers.database))
                 .drop()

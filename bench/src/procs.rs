@@ -39,6 +39,59 @@ pub struct Proc {
     args: Vec<String>,
 }
 
+/// A bootstrapped CA, two gateways and a daemon for one node enrolled through them, all ready.
+pub struct NodeFleet {
+    pub ca: Proc,
+    pub gateways: [Proc; 2],
+    pub daemon: Proc,
+}
+
+impl NodeFleet {
+    /// Replicas `ca-bench`, `gateway-a` and `gateway-b`, and the daemon of `node`.
+    pub async fn start(servers: &Servers, dir: &Path, node: &str) -> anyhow::Result<NodeFleet> {
+        let store = servers.store().await?;
+        let ca = Proc::service(
+            servers,
+            dir,
+            "ca",
+            "ca-bench",
+            &format!("[ca]\ndataDir = \"{}\"\n", dir.join("ca").display()),
+            &["--bootstrap"],
+        )
+        .await?;
+        let gateways = [
+            Proc::service(servers, dir, "gateway", "gateway-a", "", &[]).await?,
+            Proc::service(servers, dir, "gateway", "gateway-b", "", &[]).await?,
+        ];
+        let published = prexor_pki::records::published_ca(&store)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no cluster CA"))?;
+        let (token, _) = prexor_pki::records::create_join_token(
+            &store,
+            node,
+            &published.certificate,
+            Duration::from_secs(600),
+            "prexor-bench",
+        )
+        .await?;
+        let ports: Vec<u16> = gateways.iter().filter_map(|g| g.daemon_port).collect();
+        let daemon = Proc::daemon(dir, node, &ports, &token.to_string()).await?;
+        Ok(NodeFleet {
+            ca,
+            gateways,
+            daemon,
+        })
+    }
+}
+
+/// The value of one series (`name{labels}`) on a `/metrics` page.
+pub fn metric(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// The path of a workspace binary next to this one.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let path = std::env::current_exe()?.with_file_name(name);
@@ -206,6 +259,25 @@ impl Proc {
             .iter()
             .filter_map(|s| s.as_str().map(str::to_owned))
             .collect())
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        prexor_testkit::signal(self.child.id(), signal);
+    }
+
+    /// The process's `/metrics` page.
+    pub async fn metrics_page(&self) -> anyhow::Result<String> {
+        Ok(
+            reqwest::get(format!("http://127.0.0.1:{}/metrics", self.http))
+                .await?
+                .text()
+                .await?,
+        )
+    }
+
+    /// The value of one series on the process's `/metrics`; 0 when it is not exported (yet).
+    pub async fn metric(&self, series: &str) -> anyhow::Result<f64> {
+        Ok(metric(&self.metrics_page().await?, series).unwrap_or(0.0))
     }
 
     /// SIGTERM, then waits for the exit (a graceful stop).

@@ -13,26 +13,10 @@ use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 
 use crate::Servers;
-use crate::procs::{Proc, Scratch};
+use crate::procs::{Proc, Scratch, metric};
 use crate::report::Metric;
 
 /// One value of a metric without labels from a Prometheus text page.
-fn metric(page: &str, name: &str) -> Option<f64> {
-    page.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-async fn metrics_page(proc: &Proc) -> anyhow::Result<String> {
-    Ok(
-        reqwest::get(format!("http://127.0.0.1:{}/metrics", proc.http))
-            .await?
-            .text()
-            .await?,
-    )
-}
-
 pub async fn run(servers: &Servers, sizes: &[usize], ticks: usize) -> anyhow::Result<()> {
     for &size in sizes {
         let dir = Scratch::new("scheduler")?;
@@ -75,7 +59,7 @@ pub async fn run(servers: &Servers, sizes: &[usize], ticks: usize) -> anyhow::Re
         // Steady state: every scope held, nothing acquired any more.
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
-            let page = metrics_page(&scheduler).await?;
+            let page = scheduler.metrics_page().await?;
             if metric(&page, "prexor_scheduler_scopes_held") == Some((size + 1) as f64) {
                 break;
             }
@@ -89,7 +73,7 @@ pub async fn run(servers: &Servers, sizes: &[usize], ticks: usize) -> anyhow::Re
         let mut last_tick = None;
         let deadline = Instant::now() + Duration::from_secs(ticks as u64 * 5 + 30);
         while samples.len() < ticks {
-            let page = metrics_page(&scheduler).await?;
+            let page = scheduler.metrics_page().await?;
             let count = metric(&page, "prexor_scheduler_ticks_total");
             if count.is_some() && count != last_tick {
                 if last_tick.is_some()
@@ -118,7 +102,7 @@ pub async fn run(servers: &Servers, sizes: &[usize], ticks: usize) -> anyhow::Re
             "PrexorCloud sizes ~1 GiB heap + 1 MiB per instance per controller",
         )?;
         // Where the last tick's time went.
-        let page = metrics_page(&scheduler).await?;
+        let page = scheduler.metrics_page().await?;
         for phase in [
             "sync",
             "scopes",
@@ -325,7 +309,7 @@ pub async fn failover(servers: &Servers, rounds: usize) -> anyhow::Result<()> {
     // unless a replica paused mid-write (tests/tests/gc_pause.rs provokes exactly that).
     let mut stale = 0.0;
     for replica in &replicas {
-        let page = metrics_page(replica).await?;
+        let page = replica.metrics_page().await?;
         stale += metric(&page, "prexor_fenced_writes_total{result=\"stale\"}").unwrap_or(0.0);
     }
     Metric {

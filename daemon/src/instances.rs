@@ -1,66 +1,71 @@
 //! The server processes of this host: one child process per instance, started from its
-//! composition plan, with console in/out, graceful stop (console `stop`, then SIGKILL after the
-//! grace period) and crash detection (not asked to stop and a non-zero exit).
+//! composition plan ([`crate::launch`]), with console in/out, graceful stop (console `stop`,
+//! then SIGKILL after the grace period) and crash detection (not asked to stop and a non-zero
+//! exit). Every state change becomes a numbered report in the [`Outbox`], kept until a gateway
+//! acknowledges it.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::{Component, Path, PathBuf};
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prexor_domain::limits::{LOG_TAIL_LINES, cap_tail};
 use prexor_domain::now_ms;
 use prexor_proto::v1::{
     AckResult, CommandAck, CompositionPlan, ConsoleInput, InstanceReport, InstanceState,
-    KillInstance, StopInstance,
+    KillInstance, QueryInstance, StopInstance,
 };
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{ChildStdin, Command};
+use tokio::io::AsyncWriteExt;
+use tokio::process::ChildStdin;
 use tokio::sync::{Notify, mpsc};
 
-use crate::layers::{self, LayerCache, LayerError};
+use crate::layers::{LayerCache, LayerError};
+use crate::orphans::{self, Orphan};
+use crate::outbox::Outbox;
 
-/// Output lines kept per instance for crash reports.
-const LOG_TAIL: usize = 50;
-/// How long an instance may take to open its port (or print `Done (`) before it counts as
-/// running anyway.
-const STARTUP_PROBE: Duration = Duration::from_secs(120);
-
-/// What the instances tell the session (forwarded to the gateway when connected).
+/// One line of a server's output, for the session to forward (best effort: the console is a
+/// bounded stream; a crash report carries the tail durably).
 #[derive(Debug)]
-pub enum Event {
-    Report(InstanceReport),
-    Console { instance_id: String, line: String },
+pub struct ConsoleLine {
+    pub instance_id: String,
+    pub line: String,
 }
 
 #[derive(Clone)]
 pub struct Instances {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    dir: PathBuf,
+pub(crate) struct Inner {
+    pub(crate) dir: PathBuf,
     /// `<dataDir>/processes.log`: every server process launch and exit, one JSON line each.
     journal: PathBuf,
-    node_id: String,
-    layers: LayerCache,
+    pub(crate) node_id: String,
+    pub(crate) layers: LayerCache,
     table: Mutex<HashMap<String, Instance>>,
-    events: mpsc::Sender<Event>,
+    outbox: Arc<Outbox>,
+    console: mpsc::Sender<ConsoleLine>,
+    pub(crate) boot_id: Option<String>,
 }
 
-struct Instance {
-    plan: CompositionPlan,
-    state: InstanceState,
-    pid: i32,
-    exit_code: Option<i32>,
-    detail: String,
+pub(crate) struct Instance {
+    pub(crate) plan: CompositionPlan,
+    pub(crate) state: InstanceState,
+    pub(crate) pid: i32,
+    pub(crate) exit_code: Option<i32>,
+    pub(crate) detail: String,
     tail: VecDeque<String>,
-    stdin: Option<Arc<tokio::sync::Mutex<ChildStdin>>>,
-    stop_requested: bool,
-    kill: Arc<Notify>,
+    pub(crate) stdin: Option<Arc<tokio::sync::Mutex<ChildStdin>>>,
+    pub(crate) stop_requested: bool,
+    pub(crate) kill: Arc<Notify>,
     at_ms: i64,
+    /// The seq of the instance's latest report.
+    seq: u64,
+    /// Started by a previous run of the daemon: stopped by signal, exit code unknown.
+    orphan: bool,
 }
 
-fn ack(
+pub(crate) fn ack(
     result: AckResult,
     state: InstanceState,
     pid: i32,
@@ -73,6 +78,8 @@ fn ack(
         message: message.into(),
         retry_after_ms: 0,
         pid,
+        plan_hash: String::new(),
+        exit_code: None,
     }
 }
 
@@ -87,6 +94,23 @@ fn is_active(state: InstanceState) -> bool {
 }
 
 impl Instance {
+    fn new(plan: CompositionPlan, state: InstanceState) -> Instance {
+        Instance {
+            plan,
+            state,
+            pid: 0,
+            exit_code: None,
+            detail: String::new(),
+            tail: VecDeque::new(),
+            stdin: None,
+            stop_requested: false,
+            kill: Arc::new(Notify::new()),
+            at_ms: now_ms(),
+            seq: 0,
+            orphan: false,
+        }
+    }
+
     fn report(&self, id: &str) -> InstanceReport {
         InstanceReport {
             instance_id: id.to_string(),
@@ -97,12 +121,22 @@ impl Instance {
             plan_hash: self.plan.plan_hash.clone(),
             exit_code: self.exit_code,
             log_tail: if self.state == InstanceState::Crashed {
-                self.tail.iter().cloned().collect()
+                cap_tail(&self.tail.iter().cloned().collect::<Vec<_>>())
             } else {
                 Vec::new()
             },
             at_unix_ms: self.at_ms,
             detail: self.detail.clone(),
+            seq: self.seq,
+        }
+    }
+
+    /// An ack naming what the node knows of this instance.
+    fn ack(&self, result: AckResult, message: impl Into<String>) -> CommandAck {
+        CommandAck {
+            plan_hash: self.plan.plan_hash.clone(),
+            exit_code: self.exit_code,
+            ..ack(result, self.state, self.pid, message)
         }
     }
 }
@@ -111,7 +145,8 @@ impl Instances {
     pub fn new(
         data_dir: &Path,
         node_id: &str,
-        events: mpsc::Sender<Event>,
+        outbox: Arc<Outbox>,
+        console: mpsc::Sender<ConsoleLine>,
         layers: LayerCache,
     ) -> Instances {
         Instances {
@@ -121,15 +156,18 @@ impl Instances {
                 node_id: node_id.to_string(),
                 layers,
                 table: Mutex::new(HashMap::new()),
-                events,
+                outbox,
+                console,
+                boot_id: orphans::boot_id(),
             }),
         }
     }
 
     /// Appends `entry` to the process journal (one `O_APPEND` write per line, so concurrent
     /// entries never interleave). Operators read it as the host's record of what ran; the
-    /// acceptance suite reads it as evidence that no instance ever ran twice.
-    fn journal(&self, entry: serde_json::Value) {
+    /// acceptance suite reads it as evidence that no instance ever ran twice, and a restarted
+    /// daemon finds the servers it left running in it ([`crate::orphans`]).
+    pub(crate) fn journal(&self, entry: serde_json::Value) {
         use std::io::Write;
         let line = format!("{entry}\n");
         let written = std::fs::OpenOptions::new()
@@ -142,16 +180,31 @@ impl Instances {
         }
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instance>> {
+    pub(crate) fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instance>> {
         self.inner.table.lock().expect("instances lock")
     }
 
-    /// Every instance's current report (the inventory sent with each new session).
+    /// Every instance's latest report (the inventory sent with each new session and on request).
     pub fn inventory(&self) -> Vec<InstanceReport> {
         let table = self.table();
         let mut reports: Vec<InstanceReport> = table.iter().map(|(id, i)| i.report(id)).collect();
         reports.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
         reports
+    }
+
+    /// The digest of the instances with a live process
+    /// ([`prexor_domain::inventory_digest`]).
+    pub fn digest(&self) -> String {
+        let table = self.table();
+        prexor_domain::inventory_digest(table.iter().filter(|(_, i)| is_active(i.state)).map(
+            |(id, i)| {
+                (
+                    id.as_str(),
+                    i.plan.plan_hash.as_str(),
+                    i.state.as_str_name(),
+                )
+            },
+        ))
     }
 
     /// Ids of instances with a live process.
@@ -163,26 +216,95 @@ impl Instances {
             .collect()
     }
 
-    /// Sets the state (and detail) and emits the report.
-    fn transition(&self, id: &str, update: impl FnOnce(&mut Instance)) {
-        let report = {
+    /// Changes the instance and records the change as a report (in the outbox, on disk, before
+    /// anything else can see the new state).
+    pub(crate) fn transition(&self, id: &str, update: impl FnOnce(&mut Instance)) {
+        let state = {
             let mut table = self.table();
             let Some(instance) = table.get_mut(id) else {
                 return;
             };
             update(instance);
             instance.at_ms = now_ms();
-            instance.report(id)
+            instance.seq = self.inner.outbox.push(instance.report(id));
+            instance.state
         };
-        metrics::counter!("prexor_daemon_instance_transitions_total", "state" => report.state().as_str_name())
+        metrics::counter!("prexor_daemon_instance_transitions_total", "state" => state.as_str_name())
             .increment(1);
-        // A full queue (no gateway for a long time) drops reports: the inventory carries the
-        // latest state on the next session.
-        let _ = self.inner.events.try_send(Event::Report(report));
+    }
+
+    /// Takes in the servers a previous run of the daemon left running, reporting each as
+    /// RUNNING under its plan hash; they are watched until they exit.
+    pub fn adopt_orphans(&self) {
+        for orphan in orphans::find(&self.inner.journal) {
+            let Orphan {
+                instance: id,
+                group,
+                plan_hash,
+                pid,
+                port,
+            } = orphan;
+            tracing::info!(instance = %id, pid, "a server started by a previous daemon run still runs; taking it in (console not available)");
+            let plan = CompositionPlan {
+                instance_id: id.clone(),
+                group,
+                plan_hash: plan_hash.clone(),
+                port,
+                ..CompositionPlan::default()
+            };
+            let mut instance = Instance::new(plan, InstanceState::Running);
+            instance.pid = pid;
+            instance.orphan = true;
+            let kill = instance.kill.clone();
+            self.table().insert(id.clone(), instance);
+            self.transition(&id, |i| {
+                i.detail = format!(
+                    "started by a previous daemon run (pid {pid}); its console is not available"
+                );
+            });
+            self.watch_orphan(id, plan_hash, pid, kill);
+        }
+    }
+
+    /// Waits for an orphan to exit (polling `/proc`: it is not this process's child), killing
+    /// its process group when asked.
+    fn watch_orphan(&self, id: String, plan_hash: String, pid: i32, kill: Arc<Notify>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = kill.notified() => {
+                        if let Err(err) = orphans::signal_group(pid, "KILL") {
+                            tracing::warn!(instance = %id, pid, "cannot kill: {err}");
+                        }
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                if !orphans::alive(pid) {
+                    break;
+                }
+            }
+            this.transition(&id, |i| {
+                i.pid = 0;
+                i.state = if i.stop_requested {
+                    InstanceState::Stopped
+                } else {
+                    InstanceState::Crashed
+                };
+                if !i.detail.starts_with("killed after") {
+                    i.detail = "ended while not a child of this daemon (exit code unknown)".into();
+                }
+            });
+            tracing::info!(instance = %id, pid, "a server of a previous daemon run ended");
+            this.journal(serde_json::json!({
+                "event": "exit", "atMs": now_ms(), "instance": &id, "planHash": plan_hash,
+                "pid": pid, "code": null,
+            }));
+        });
     }
 
     pub async fn start(&self, plan: CompositionPlan) -> CommandAck {
-        if let Err(reason) = check_plan(&plan) {
+        if let Err(reason) = crate::launch::check_plan(&plan) {
             return ack(AckResult::Permanent, InstanceState::Unspecified, 0, reason);
         }
         let id = plan.instance_id.clone();
@@ -192,17 +314,10 @@ impl Instances {
                 && is_active(existing.state)
             {
                 return if existing.plan.plan_hash == plan.plan_hash {
-                    ack(
-                        AckResult::Already,
-                        existing.state,
-                        existing.pid,
-                        "the instance already runs this plan",
-                    )
+                    existing.ack(AckResult::Already, "the instance already runs this plan")
                 } else {
-                    ack(
+                    existing.ack(
                         AckResult::Permanent,
-                        existing.state,
-                        existing.pid,
                         format!(
                             "instance {id} runs plan {}; stop it before starting plan {}",
                             existing.plan.plan_hash, plan.plan_hash
@@ -241,31 +356,22 @@ impl Instances {
             }
             table.insert(
                 id.clone(),
-                Instance {
-                    plan: plan.clone(),
-                    state: InstanceState::Preparing,
-                    pid: 0,
-                    exit_code: None,
-                    detail: String::new(),
-                    tail: VecDeque::new(),
-                    stdin: None,
-                    stop_requested: false,
-                    kill: Arc::new(Notify::new()),
-                    at_ms: now_ms(),
-                },
+                Instance::new(plan.clone(), InstanceState::Preparing),
             );
         }
         self.transition(&id, |_| {});
 
-        match self.spawn(&plan).await {
+        match self.launch(&plan).await {
             Ok(pid) => {
                 let state = self.table().get(&id).map(|i| i.state);
-                ack(
+                let mut done = ack(
                     AckResult::Done,
                     state.unwrap_or(InstanceState::Starting),
                     pid,
                     "started",
-                )
+                );
+                done.plan_hash = plan.plan_hash.clone();
+                done
             }
             Err(LayerError::Permanent(reason)) => {
                 self.transition(&id, |i| {
@@ -288,301 +394,136 @@ impl Instances {
         }
     }
 
-    async fn spawn(&self, plan: &CompositionPlan) -> Result<i32, LayerError> {
-        let id = plan.instance_id.clone();
-        let dir = self.inner.dir.join(&id);
-        let substitute = |s: &str| {
-            s.replace("{port}", &plan.port.to_string())
-                .replace("{instance}", &id)
-                .replace("{group}", &plan.group)
-                .replace("{node}", &self.inner.node_id)
-                .replace("{memory}", &plan.memory_mb.to_string())
-        };
-        let permanent = LayerError::Permanent;
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| permanent(format!("cannot create {}: {e}", dir.display())))?;
-        for layer in &plan.layers {
-            let archive = self.inner.layers.archive(&layer.hash).await?;
-            let dest = dir.clone();
-            let name = if layer.name.is_empty() {
-                layer.hash.clone()
-            } else {
-                layer.name.clone()
-            };
-            tokio::task::spawn_blocking(move || layers::unpack(&archive, &dest))
-                .await
-                .map_err(|e| permanent(e.to_string()))?
-                .map_err(|e| permanent(format!("template layer {name}: {e}")))?;
-        }
-        if !plan.layers.is_empty() {
-            substitute_tree(&dir, &substitute).map_err(permanent)?;
-        }
-        for file in &plan.files {
-            let path = dir.join(&file.path);
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| permanent(format!("cannot create {}: {e}", parent.display())))?;
-            }
-            std::fs::write(&path, substitute(&file.content))
-                .map_err(|e| permanent(format!("cannot write {}: {e}", path.display())))?;
-        }
-        let argv: Vec<String> = plan.command.iter().map(|a| substitute(a)).collect();
-        let mut command = Command::new(&argv[0]);
-        command
-            .args(&argv[1..])
-            .current_dir(&dir)
-            .env("SERVER_PORT", plan.port.to_string())
-            .env("PREXOR_INSTANCE_ID", &id)
-            .env("PREXOR_GROUP", &plan.group)
-            .env("PREXOR_NODE_ID", &self.inner.node_id)
-            .envs(plan.env.iter().map(|(k, v)| (k.clone(), substitute(v))))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group: a signal to the daemon's group does not reach servers.
-            .process_group(0)
-            .kill_on_drop(false);
-        let mut child = command
-            .spawn()
-            .map_err(|e| permanent(format!("cannot start {:?}: {e}", argv[0])))?;
-        let pid = child.id().map(|p| p as i32).unwrap_or_default();
-        let stdin = child
-            .stdin
-            .take()
-            .map(|s| Arc::new(tokio::sync::Mutex::new(s)));
-        let kill = {
-            let mut table = self.table();
-            let instance = table
-                .get_mut(&id)
-                .ok_or_else(|| permanent("instance vanished".into()))?;
-            instance.pid = pid;
-            instance.stdin = stdin;
-            instance.kill.clone()
-        };
-        self.transition(&id, |i| {
-            i.state = InstanceState::Starting;
-            i.detail = format!("started {}", argv.join(" "));
-        });
-        tracing::info!(instance = %id, pid, port = plan.port, "instance started");
-        self.journal(serde_json::json!({
-            "event": "launch", "atMs": now_ms(), "instance": &id, "group": &plan.group,
-            "planHash": &plan.plan_hash, "pid": pid, "port": plan.port,
-        }));
-
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
-        let ready_tx = Arc::new(Mutex::new(Some(ready_tx)));
-        for output in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let this = self.clone();
-            let id = id.clone();
-            let ready_tx = ready_tx.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(output).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if line.contains("Done (")
-                        && let Some(tx) = ready_tx.lock().expect("ready lock").take()
-                    {
-                        let _ = tx.send(());
-                    }
-                    this.console_line(&id, line);
-                }
-            });
-        }
-        // RUNNING once the server says so or its port accepts connections.
-        let this = self.clone();
-        let port = plan.port;
-        let ready_id = id.clone();
-        tokio::spawn(async move {
-            let probe = async {
-                if port == 0 {
-                    return std::future::pending::<()>().await;
-                }
-                loop {
-                    if tokio::net::TcpStream::connect(("127.0.0.1", port as u16))
-                        .await
-                        .is_ok()
-                    {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            };
-            let _ = tokio::time::timeout(STARTUP_PROBE, async {
-                tokio::select! {
-                    _ = ready_rx => {}
-                    _ = probe => {}
-                }
-            })
-            .await;
-            this.transition(&ready_id, |i| {
-                if i.state == InstanceState::Starting {
-                    i.state = InstanceState::Running;
-                }
-            });
-        });
-        // Exit: STOPPED when asked to stop (or a clean exit), CRASHED otherwise.
-        let this = self.clone();
-        let plan_hash = plan.plan_hash.clone();
-        tokio::spawn(async move {
-            let status = tokio::select! {
-                status = child.wait() => status,
-                _ = kill.notified() => {
-                    let _ = child.start_kill();
-                    child.wait().await
-                }
-            };
-            let (code, how) = match status {
-                Ok(status) => match (
-                    status.code(),
-                    std::os::unix::process::ExitStatusExt::signal(&status),
-                ) {
-                    (Some(code), _) => (code, format!("exited with code {code}")),
-                    (None, Some(signal)) => (128 + signal, format!("killed by signal {signal}")),
-                    (None, None) => (-1, "ended".to_string()),
-                },
-                Err(err) => (-1, format!("could not be waited for: {err}")),
-            };
-            this.transition(&id, |i| {
-                i.exit_code = Some(code);
-                i.stdin = None;
-                i.pid = 0;
-                if i.stop_requested || code == 0 {
-                    i.state = InstanceState::Stopped;
-                    if i.detail.is_empty() || !i.detail.starts_with("killed after") {
-                        i.detail = how.clone();
-                    }
-                } else {
-                    i.state = InstanceState::Crashed;
-                    i.detail = how.clone();
-                }
-            });
-            tracing::info!(instance = %id, code, "instance ended: {how}");
-            this.journal(serde_json::json!({
-                "event": "exit", "atMs": now_ms(), "instance": &id, "planHash": plan_hash,
-                "pid": pid, "code": code,
-            }));
-        });
-        Ok(pid)
-    }
-
-    fn console_line(&self, id: &str, line: String) {
+    /// Keeps `line` in the instance's tail and hands it to the session.
+    pub(crate) fn console_line(&self, id: &str, line: String) {
         if let Some(instance) = self.table().get_mut(id) {
-            if instance.tail.len() == LOG_TAIL {
+            if instance.tail.len() == LOG_TAIL_LINES {
                 instance.tail.pop_front();
             }
             instance.tail.push_back(line.clone());
         }
-        let _ = self.inner.events.try_send(Event::Console {
+        let sent = self.inner.console.try_send(ConsoleLine {
             instance_id: id.to_string(),
             line,
         });
+        if sent.is_err() {
+            metrics::counter!("prexor_daemon_console_lines_dropped_total").increment(1);
+        }
     }
 
     pub async fn stop(&self, request: StopInstance) -> CommandAck {
         let id = request.instance_id.clone();
-        let (stdin, kill, state, pid) = {
+        let (stdin, kill, pid, orphan) = {
             let mut table = self.table();
             let Some(instance) = table.get_mut(&id) else {
-                return ack(
-                    AckResult::Already,
-                    InstanceState::Stopped,
-                    0,
-                    format!("instance {id} is not on this node"),
-                );
+                return not_here(&id);
             };
+            if let Some(other) = other_plan(instance, &request.plan_hash) {
+                return other;
+            }
             if !is_active(instance.state) || instance.stop_requested {
-                return ack(
-                    AckResult::Already,
-                    instance.state,
-                    instance.pid,
-                    "already stopped or stopping",
-                );
+                return instance.ack(AckResult::Already, "already stopped or stopping");
             }
             instance.stop_requested = true;
             (
                 instance.stdin.clone(),
                 instance.kill.clone(),
-                instance.state,
                 instance.pid,
+                instance.orphan,
             )
         };
-        let _ = state;
         self.transition(&id, |i| {
             i.state = InstanceState::Stopping;
             i.detail = "stop requested".into();
         });
-        let command = if request.stop_command.is_empty() {
-            "stop".to_string()
-        } else {
-            request.stop_command.clone()
-        };
-        if let Some(stdin) = stdin {
+        if orphan {
+            // No console to type `stop` into: SIGTERM, which servers take as a graceful stop.
+            if let Err(err) = orphans::signal_group(pid, "TERM") {
+                tracing::warn!(instance = %id, pid, "cannot stop: {err}");
+            }
+        } else if let Some(stdin) = stdin {
+            let command = if request.stop_command.is_empty() {
+                "stop".to_string()
+            } else {
+                request.stop_command.clone()
+            };
             let mut stdin = stdin.lock().await;
             let _ = stdin.write_all(format!("{command}\n").as_bytes()).await;
             let _ = stdin.flush().await;
         }
         let grace = Duration::from_millis(u64::from(request.grace_period_ms.max(1)));
         let this = self.clone();
+        let grace_id = id.clone();
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             let still_running = this
                 .table()
-                .get(&id)
+                .get(&grace_id)
                 .is_some_and(|i| i.state == InstanceState::Stopping);
             if still_running {
-                tracing::warn!(instance = %id, ?grace, "did not stop within its grace period; killing it");
-                this.transition(&id, |i| {
+                tracing::warn!(instance = %grace_id, ?grace, "did not stop within its grace period; killing it");
+                this.transition(&grace_id, |i| {
                     i.detail = format!("killed after the {grace:?} grace period");
                 });
                 kill.notify_one();
             }
         });
-        ack(AckResult::Done, InstanceState::Stopping, pid, "stopping")
+        let mut done = ack(AckResult::Done, InstanceState::Stopping, pid, "stopping");
+        done.plan_hash = self.plan_hash_of(&id);
+        done
     }
 
     pub async fn kill(&self, request: KillInstance) -> CommandAck {
         let id = request.instance_id;
-        let kill = {
+        let (kill, plan_hash) = {
             let mut table = self.table();
+            if let Some(other) = table
+                .get(&id)
+                .and_then(|i| other_plan(i, &request.plan_hash))
+            {
+                return other;
+            }
             match table.get_mut(&id) {
                 Some(instance) if is_active(instance.state) => {
                     instance.stop_requested = true;
                     instance.detail = "killed on request".into();
-                    instance.kill.clone()
+                    (instance.kill.clone(), instance.plan.plan_hash.clone())
                 }
-                Some(instance) => {
-                    return ack(AckResult::Already, instance.state, 0, "not running");
-                }
-                None => {
-                    return ack(
-                        AckResult::Already,
-                        InstanceState::Stopped,
-                        0,
-                        format!("instance {id} is not on this node"),
-                    );
-                }
+                Some(instance) => return instance.ack(AckResult::Already, "not running"),
+                None => return not_here(&id),
             }
         };
         kill.notify_one();
-        ack(AckResult::Done, InstanceState::Stopping, 0, "killed")
+        let mut done = ack(AckResult::Done, InstanceState::Stopping, 0, "killed");
+        done.plan_hash = plan_hash;
+        done
+    }
+
+    /// What this node knows about the instance, changing nothing.
+    pub fn query(&self, request: QueryInstance) -> CommandAck {
+        match self.table().get(&request.instance_id) {
+            Some(instance) => instance.ack(AckResult::Done, instance.detail.clone()),
+            None => ack(
+                AckResult::Done,
+                InstanceState::Unspecified,
+                0,
+                format!("instance {} is not on this node", request.instance_id),
+            ),
+        }
+    }
+
+    fn plan_hash_of(&self, id: &str) -> String {
+        self.table()
+            .get(id)
+            .map(|i| i.plan.plan_hash.clone())
+            .unwrap_or_default()
     }
 
     pub async fn console(&self, request: ConsoleInput) -> CommandAck {
-        let (stdin, state, pid) = {
+        let (stdin, state, pid, orphan) = {
             let table = self.table();
             match table.get(&request.instance_id) {
-                Some(i) => (i.stdin.clone(), i.state, i.pid),
+                Some(i) => (i.stdin.clone(), i.state, i.pid, i.orphan),
                 None => {
                     return ack(
                         AckResult::Permanent,
@@ -593,6 +534,14 @@ impl Instances {
                 }
             }
         };
+        if orphan {
+            return ack(
+                AckResult::Permanent,
+                state,
+                pid,
+                "the console of a server started by a previous daemon run is not available",
+            );
+        }
         let Some(stdin) = stdin.filter(|_| is_active(state)) else {
             return ack(
                 AckResult::Permanent,
@@ -620,58 +569,26 @@ impl Instances {
     }
 }
 
-/// Substitutes placeholders in the configuration files (by extension, under 1 MiB) below `dir`.
-fn substitute_tree(dir: &Path, substitute: &dyn Fn(&str) -> String) -> Result<(), String> {
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(current) = pending.pop() {
-        let entries =
-            std::fs::read_dir(&current).map_err(|e| format!("{}: {e}", current.display()))?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                pending.push(path);
-            } else if meta.is_file()
-                && meta.len() < 1024 * 1024
-                && layers::is_config_file(&path)
-                && let Ok(text) = std::fs::read_to_string(&path)
-            {
-                let replaced = substitute(&text);
-                if replaced != text {
-                    std::fs::write(&path, replaced)
-                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-                }
-            }
-        }
-    }
-    Ok(())
+/// The answer to a stop or kill for `plan` when the instance runs (or ran) another plan here:
+/// left alone.
+fn other_plan(instance: &Instance, plan: &str) -> Option<CommandAck> {
+    (!plan.is_empty() && instance.plan.plan_hash != plan).then(|| {
+        instance.ack(
+            AckResult::Already,
+            format!(
+                "the instance runs plan {} here, not {plan}; left alone",
+                instance.plan.plan_hash
+            ),
+        )
+    })
 }
 
-/// Refuses plans that can never run, naming the problem.
-fn check_plan(plan: &CompositionPlan) -> Result<(), String> {
-    prexor_domain::validate_name(&plan.instance_id)
-        .map_err(|e| format!("instance id {:?}: {e}", plan.instance_id))?;
-    if plan.plan_hash.is_empty() {
-        return Err("the plan has no hash".into());
-    }
-    if plan.command.first().is_none_or(|c| c.is_empty()) {
-        return Err("the plan has no command".into());
-    }
-    if plan.port > u32::from(u16::MAX) {
-        return Err(format!("port {} is not a TCP port", plan.port));
-    }
-    for file in &plan.files {
-        let path = Path::new(&file.path);
-        let escapes = path.is_absolute()
-            || path
-                .components()
-                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
-        if file.path.is_empty() || escapes {
-            return Err(format!(
-                "plan file {:?} must be a relative path inside the instance directory",
-                file.path
-            ));
-        }
-    }
-    Ok(())
+/// The answer to a stop or kill of an instance this node does not know: nothing runs.
+fn not_here(id: &str) -> CommandAck {
+    ack(
+        AckResult::Already,
+        InstanceState::Stopped,
+        0,
+        format!("instance {id} is not on this node"),
+    )
 }

@@ -5,7 +5,11 @@ mod datadir;
 mod fences;
 mod identity;
 mod instances;
+mod launch;
 mod layers;
+mod orphans;
+mod outbox;
+mod output;
 mod session;
 
 use std::process::ExitCode;
@@ -73,15 +77,17 @@ async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     match obtained {
         Ok(Some(node)) => {
-            let fences = match fences::Fences::load(&config.data_dir) {
-                Ok(fences) => Arc::new(fences),
+            let state = fences::Fences::load(&config.data_dir)
+                .and_then(|fences| Ok((fences, outbox::Outbox::open(&config.data_dir)?)));
+            let (fences, outbox) = match state {
+                Ok((fences, outbox)) => (Arc::new(fences), Arc::new(outbox)),
                 Err(err) => {
                     servers_stop.cancel();
                     let _ = server.await;
                     return Err(err);
                 }
             };
-            let (events_tx, events_rx) = tokio::sync::mpsc::channel(4096);
+            let (console_tx, console_rx) = tokio::sync::mpsc::channel(4096);
             let layer_source = Arc::new(layers::GatewayLayers {
                 node_id: config.node_id.clone(),
                 identity: node.clone(),
@@ -90,9 +96,11 @@ async fn run(config: DaemonConfig) -> anyhow::Result<()> {
             let instances = instances::Instances::new(
                 &config.data_dir,
                 &config.node_id,
-                events_tx,
+                outbox.clone(),
+                console_tx,
                 layers::LayerCache::new(&config.data_dir, layer_source),
             );
+            instances.adopt_orphans();
             let status = session::SessionStatus::default();
             let check = status.clone();
             readiness.add("gateway", move || {
@@ -109,10 +117,11 @@ async fn run(config: DaemonConfig) -> anyhow::Result<()> {
                 identity: node.clone(),
                 instances,
                 fences,
+                outbox,
                 status,
                 shutdown: stop.clone(),
             };
-            tasks.push(tokio::spawn(session.run(events_rx, stop.clone())));
+            tasks.push(tokio::spawn(session.run(console_rx, stop.clone())));
             tasks.push(tokio::spawn(identity::keep_renewed(
                 node,
                 config.node_id.clone(),

@@ -1,9 +1,11 @@
 //! The node's one session: a bidirectional stream to one gateway at a time. On any break the
 //! daemon reconnects to the next gateway with jittered backoff and sends its full inventory; the
-//! gateway that accepts it becomes the node's owner.
+//! gateway that accepts it becomes the node's owner. Reports come from the [`Outbox`] and are
+//! sent again until acknowledged (docs/daemon-protocol.md, "Reports").
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prexor_domain::now_ms;
 use prexor_proto::v1::daemon_message::Body as Up;
@@ -11,17 +13,20 @@ use prexor_proto::v1::gateway_message::Body as Down;
 use prexor_proto::v1::node_session_client::NodeSessionClient;
 use prexor_proto::v1::{
     AckResult, Command, CommandAck, ConsoleLines, DaemonMessage, Goodbye, Heartbeat, Hello,
-    HostResources, InstanceState, command::Action,
+    HostResources, InstanceState, Inventory, command::Action,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::fences::Fences;
 use crate::identity::NodeIdentity;
-use crate::instances::{Event, Instances};
+use crate::instances::{ConsoleLine, Instances, ack};
+use crate::outbox::Outbox;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// A report not acknowledged this long after it was sent is sent again.
+const RESEND_AFTER: Duration = Duration::from_secs(10);
 
 /// Where the session stands, for readiness and logs.
 #[derive(Clone, Default)]
@@ -65,14 +70,15 @@ pub struct Session {
     pub identity: NodeIdentity,
     pub instances: Instances,
     pub fences: Arc<Fences>,
+    pub outbox: Arc<Outbox>,
     pub status: SessionStatus,
     /// Cancelled by a ShutdownNode command once every instance has stopped.
     pub shutdown: CancellationToken,
 }
 
 impl Session {
-    /// Runs until `stop`; `events` carries what the instances report.
-    pub async fn run(self, mut events: mpsc::Receiver<Event>, stop: CancellationToken) {
+    /// Runs until `stop`; `console` carries the servers' output.
+    pub async fn run(self, mut console: mpsc::Receiver<ConsoleLine>, stop: CancellationToken) {
         let mut attempt: u32 = 0;
         let mut next = rand::random_range(0..self.gateways.len().max(1));
         loop {
@@ -81,7 +87,7 @@ impl Session {
             }
             let gateway = self.gateways[next % self.gateways.len()].clone();
             next += 1;
-            match self.session(&gateway, &mut events, &stop).await {
+            match self.session(&gateway, &mut console, &stop).await {
                 Ok(()) => return,
                 Err(err) => {
                     metrics::counter!("prexor_daemon_session_breaks_total").increment(1);
@@ -106,7 +112,7 @@ impl Session {
     async fn session(
         &self,
         gateway: &str,
-        events: &mut mpsc::Receiver<Event>,
+        console: &mut mpsc::Receiver<ConsoleLine>,
         stop: &CancellationToken,
     ) -> Result<(), String> {
         let tls = self.identity.client_config()?;
@@ -114,14 +120,14 @@ impl Session {
             .await
             .map_err(|e| e.to_string())?;
         let (up, up_rx) = mpsc::channel::<DaemonMessage>(256);
-        // Reports queued while disconnected are older than the inventory sent now.
-        while events.try_recv().is_ok() {}
         let hello = Hello {
             node_id: self.node_id.clone(),
             version: self.version.to_string(),
             resources: Some(self.resources()),
             labels: self.labels.clone().into_iter().collect(),
             inventory: self.instances.inventory(),
+            report_epoch: self.outbox.epoch(),
+            host_id: host_id(),
         };
         send(&up, Up::Hello(hello)).await?;
         let mut inbound = NodeSessionClient::new(channel)
@@ -152,6 +158,10 @@ impl Session {
             welcome.heartbeat_interval_ms.clamp(200, 60_000),
         )));
         heartbeat.tick().await;
+        // Reports sent on this stream and when; every unacknowledged one goes out again now.
+        let mut sent: HashMap<u64, Instant> = HashMap::new();
+        self.send_reports(&up, &mut sent, true).await?;
+        let mut resend = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = stop.cancelled() => {
@@ -164,19 +174,29 @@ impl Session {
                     return Ok(());
                 }
                 _ = heartbeat.tick() => {
+                    // The digest only means something once every report is acknowledged.
+                    let inventory_digest = if self.outbox.is_empty() {
+                        self.instances.digest()
+                    } else {
+                        String::new()
+                    };
                     send(&up, Up::Heartbeat(Heartbeat {
                         sent_at_unix_ms: now_ms(),
                         resources: Some(self.resources()),
+                        inventory_digest,
                     })).await?;
                 }
-                Some(event) = events.recv() => {
-                    let body = match event {
-                        Event::Report(report) => Up::Instance(report),
-                        Event::Console { instance_id, line } => {
-                            Up::Console(ConsoleLines { instance_id, lines: vec![line] })
-                        }
-                    };
-                    send(&up, body).await?;
+                _ = self.outbox.changed() => {
+                    self.send_reports(&up, &mut sent, false).await?;
+                }
+                _ = resend.tick() => {
+                    self.send_reports(&up, &mut sent, false).await?;
+                }
+                Some(line) = console.recv() => {
+                    send(&up, Up::Console(ConsoleLines {
+                        instance_id: line.instance_id,
+                        lines: vec![line.line],
+                    })).await?;
                 }
                 message = inbound.message() => {
                     let message = match message {
@@ -184,17 +204,58 @@ impl Session {
                         Ok(None) => return Err("the gateway closed the stream".into()),
                         Err(status) => return Err(status.message().to_string()),
                     };
-                    if let Some(Down::Command(command)) = message.body {
-                        let up = up.clone();
-                        let handler = self.handler();
-                        tokio::spawn(async move {
-                            let ack = handler.handle(command).await;
-                            let _ = send(&up, Up::Ack(ack)).await;
-                        });
+                    match message.body {
+                        Some(Down::Command(command)) => {
+                            let up = up.clone();
+                            let handler = self.handler();
+                            tokio::spawn(async move {
+                                let ack = handler.handle(command).await;
+                                let _ = send(&up, Up::Ack(ack)).await;
+                            });
+                        }
+                        Some(Down::ReportAck(acked)) => {
+                            self.outbox.ack(&acked.seqs);
+                            for seq in &acked.seqs {
+                                sent.remove(seq);
+                            }
+                        }
+                        Some(Down::InventoryRequest(request)) => {
+                            tracing::info!(reason = %request.reason, "the gateway asked for the full inventory");
+                            send(&up, Up::Inventory(Inventory {
+                                reports: self.instances.inventory(),
+                            })).await?;
+                        }
+                        Some(Down::Welcome(_)) | None => {}
                     }
                 }
             }
         }
+    }
+
+    /// Sends the pending reports not sent on this stream yet, and (unless `all`) again those
+    /// sent longer than [`RESEND_AFTER`] ago; `all` sends every pending one.
+    async fn send_reports(
+        &self,
+        up: &mpsc::Sender<DaemonMessage>,
+        sent: &mut HashMap<u64, Instant>,
+        all: bool,
+    ) -> Result<(), String> {
+        let pending = self.outbox.pending();
+        sent.retain(|seq, _| pending.iter().any(|r| r.seq == *seq));
+        for report in pending {
+            let due = match sent.get(&report.seq) {
+                None => true,
+                Some(at) => all || at.elapsed() >= RESEND_AFTER,
+            };
+            if !due {
+                continue;
+            }
+            if sent.insert(report.seq, Instant::now()).is_some() || all {
+                metrics::counter!("prexor_daemon_reports_resent_total").increment(1);
+            }
+            send(up, Up::Instance(report)).await?;
+        }
+        Ok(())
     }
 
     fn handler(&self) -> Handler {
@@ -241,13 +302,8 @@ impl Handler {
     }
 
     async fn run(&self, command: &Command) -> CommandAck {
-        let refuse = |result: AckResult, message: String| CommandAck {
-            command_id: String::new(),
-            result: result as i32,
-            actual_state: InstanceState::Unspecified as i32,
-            message,
-            retry_after_ms: 0,
-            pid: 0,
+        let refuse = |result: AckResult, message: String| {
+            ack(result, InstanceState::Unspecified, 0, message)
         };
         if command.scope.is_empty() {
             return refuse(
@@ -285,6 +341,7 @@ impl Handler {
             Some(Action::Kill(kill)) => self.instances.kill(kill).await,
             Some(Action::Console(input)) => self.instances.console(input).await,
             Some(Action::Shutdown(shutdown)) => self.shutdown_node(shutdown.grace_period_ms).await,
+            Some(Action::Query(query)) => self.instances.query(query),
             None => refuse(
                 AckResult::Permanent,
                 "the command has no action this daemon knows (newer control plane?)".into(),
@@ -304,6 +361,7 @@ impl Handler {
                     instance_id: id.clone(),
                     grace_period_ms: grace_ms,
                     stop_command: String::new(),
+                    plan_hash: String::new(),
                 })
                 .await;
         }
@@ -320,15 +378,23 @@ impl Handler {
             tracing::info!("node shutdown requested by the control plane: stopping the daemon");
             shutdown.cancel();
         });
-        CommandAck {
-            command_id: String::new(),
-            result: AckResult::Done as i32,
-            actual_state: InstanceState::Unspecified as i32,
-            message: format!("stopping {} instance(s), then the daemon", active.len()),
-            retry_after_ms: 0,
-            pid: 0,
-        }
+        ack(
+            AckResult::Done,
+            InstanceState::Unspecified,
+            0,
+            format!("stopping {} instance(s), then the daemon", active.len()),
+        )
     }
+}
+
+/// This host's identity: `/etc/machine-id`, else this boot's id.
+fn host_id() -> String {
+    std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(crate::orphans::boot_id)
+        .unwrap_or_default()
 }
 
 /// (total, available) memory in MiB from /proc/meminfo.

@@ -4,7 +4,8 @@
 //! - prints `Done (…)! For help, type "help"` once listening, like Paper;
 //! - answers console commands on stdin: `stop` (prints `Stopping the server`, exits 0),
 //!   `say TEXT` (prints `[Server] TEXT`), `list`, `crash [CODE]` (exits with CODE, default 3),
-//!   `hang-on-stop` (from now on `stop` is ignored), `echo TEXT`;
+//!   `hang-on-stop` (from now on `stop` is ignored), `echo TEXT`, `blob BYTES` (prints that many
+//!   bytes without a newline, then a newline: one huge line);
 //! - `--crash-after MS` exits with code 3 after that long;
 //! - `--stop-delay MS` takes that long to stop (like saving worlds).
 
@@ -80,6 +81,19 @@ fn main() {
             }
             "say" => say(&format!("[Server] {rest}")),
             "echo" => say(rest),
+            "blob" => {
+                let bytes: usize = rest.parse().unwrap_or(1 << 20);
+                let mut out = std::io::stdout().lock();
+                let chunk = [b'x'; 8192];
+                let mut left = bytes;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    let _ = out.write_all(&chunk[..n]);
+                    left -= n;
+                }
+                let _ = out.write_all(b"\n");
+                let _ = out.flush();
+            }
             "list" => say("There are 0 of a max of 20 players online:"),
             "crash" => {
                 say("Exception in server tick loop: crash requested");

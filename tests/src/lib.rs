@@ -114,6 +114,18 @@ impl Proc {
             .collect())
     }
 
+    /// The value of one series on the process's `/metrics` (e.g.
+    /// `prexor_fenced_writes_total{result="stale"}`); 0 when it is not exported (yet).
+    pub async fn metric(&self, series: &str) -> anyhow::Result<f64> {
+        let (status, page) = self.get("/metrics").await?;
+        ensure!(status == 200, "{}: /metrics answered {status}", self.name);
+        Ok(page
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0))
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -894,13 +906,47 @@ pub async fn nodes(cluster: &Cluster, nodes: &[&str]) -> anyhow::Result<Fleet> {
     Ok(fleet)
 }
 
+/// The operators' side of a test cluster: one api replica with the bootstrap admin signed in,
+/// and scheduler replicas, all ready.
+pub struct Operators {
+    pub api: Proc,
+    pub schedulers: Vec<Proc>,
+    /// REST on the api as the admin.
+    pub rest: Rest,
+}
+
+/// Bootstraps the admin and starts an api replica and `schedulers` scheduler replicas.
+pub async fn operators(cluster: &Cluster, schedulers: usize) -> anyhow::Result<Operators> {
+    let password = cluster.bootstrap_admin("admin")?;
+    let mut api = cluster.service("api", "api-1", "")?;
+    let mut started = Vec::new();
+    for i in 1..=schedulers {
+        started.push(cluster.service("scheduler", &format!("scheduler-{i}"), "")?);
+    }
+    api.wait_ready(FLEET_READY_WITHIN).await?;
+    for scheduler in &mut started {
+        scheduler.wait_ready(FLEET_READY_WITHIN).await?;
+    }
+    let rest = api.rest(&api.login("admin", &password).await?);
+    Ok(Operators {
+        api,
+        schedulers: started,
+        rest,
+    })
+}
+
 /// A CA and two gateways, ready; no daemons yet.
 pub async fn control(cluster: &Cluster) -> anyhow::Result<Fleet> {
+    control_with_env(cluster, &[]).await
+}
+
+/// [`control`] with extra environment variables for the gateways (e.g. failpoints).
+pub async fn control_with_env(cluster: &Cluster, env: &[(&str, &str)]) -> anyhow::Result<Fleet> {
     let mut ca = cluster.service("ca", "ca-1", &cluster.ca_extra("ca-1"))?;
     ca.wait_ready(FLEET_READY_WITHIN).await?;
     let mut gateways = vec![
-        cluster.service("gateway", "gateway-1", "")?,
-        cluster.service("gateway", "gateway-2", "")?,
+        cluster.service_with_env("gateway", "gateway-1", env)?,
+        cluster.service_with_env("gateway", "gateway-2", env)?,
     ];
     for gateway in &mut gateways {
         gateway.wait_ready(FLEET_READY_WITHIN).await?;
@@ -975,6 +1021,26 @@ pub fn group_doc(name: &str, min: i64, extra: &[&str]) -> anyhow::Result<Documen
             "scaling": "STATIC",
         },
     })
+}
+
+/// `spec` (JSON, as the API takes it) with `env.VERSION` set: a new revision to roll out.
+pub fn with_version(spec: &serde_json::Value, version: &str) -> serde_json::Value {
+    let mut spec = spec.clone();
+    spec["env"] = serde_json::json!({ "VERSION": version });
+    spec
+}
+
+/// Starts a rolling deployment of `group` (`POST /groups/{group}/deployments`); the deployment.
+pub async fn deploy(
+    rest: &Rest,
+    group: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let (status, deployment) = rest
+        .post(&format!("/groups/{group}/deployments"), body)
+        .await?;
+    ensure!(status == 201, "{status} {deployment}");
+    Ok(deployment)
 }
 
 /// A group's spec as the API takes it (`group_doc`'s, as JSON).

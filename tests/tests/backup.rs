@@ -11,12 +11,11 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use mongodb::bson::Document;
 use prexor_acceptance::{
-    Cluster, Rest, binary, fence_mark, group_spec, nodes, process_journal, running, stop_all,
-    tar_gz, wait_doc,
+    Cluster, Operators, binary, fence_mark, group_spec, nodes, operators, process_journal, running,
+    stop_all, tar_gz, wait_doc,
 };
 use serde_json::{Value, json};
 
-const READY_WITHIN: Duration = Duration::from_secs(60);
 const EXIT_WITHIN: Duration = Duration::from_secs(20);
 
 /// `archive` with its manifest's cluster id replaced (every hash still matches).
@@ -47,18 +46,12 @@ fn foreign(archive: &[u8]) -> anyhow::Result<Vec<u8>> {
 
 async fn backup_restore(cluster: &Cluster) -> anyhow::Result<()> {
     let mut fleet = nodes(cluster, &["node-1"]).await?;
-    let password = cluster.bootstrap_admin("admin")?;
-    let mut api = cluster.service("api", "api-1", "")?;
-    let mut schedulers = vec![
-        cluster.service("scheduler", "scheduler-1", "")?,
-        cluster.service("scheduler", "scheduler-2", "")?,
-    ];
-    api.wait_ready(READY_WITHIN).await?;
-    for scheduler in &mut schedulers {
-        scheduler.wait_ready(READY_WITHIN).await?;
-    }
-    let token = api.login("admin", &password).await?;
-    let rest: Rest = api.rest(&token);
+    let Operators {
+        mut api,
+        mut schedulers,
+        rest,
+    } = operators(cluster, 2).await?;
+    let token = rest.token.clone();
     let ctl = |args: &[&str]| -> anyhow::Result<(bool, String)> {
         let output = Command::new(binary("prexorctl")?)
             .args(["--controller", &api.http, "--token", &token])

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use mongodb::bson::{Document, doc};
 use prexor_acceptance::{
-    Cluster, Proc, Rest, group_doc, holder_of, nodes, running, stop_all, wait_doc,
+    Cluster, Operators, Proc, deploy, group_doc, holder_of, nodes, operators, running, stop_all,
+    wait_doc, with_version,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
-const READY_WITHIN: Duration = Duration::from_secs(60);
 const EXIT_WITHIN: Duration = Duration::from_secs(20);
 const IDS: [&str; 4] = ["web-1", "web-2", "web-3", "web-4"];
 
@@ -39,31 +39,13 @@ async fn on_spec(cluster: &Cluster, hash: &str) -> anyhow::Result<HashMap<String
         .collect())
 }
 
-fn with_version(spec: &Value, version: &str) -> Value {
-    let mut spec = spec.clone();
-    spec["env"] = json!({ "VERSION": version });
-    spec
-}
-
-async fn deploy(rest: &Rest, body: Value) -> anyhow::Result<Value> {
-    let (status, deployment) = rest.post("/groups/web/deployments", body).await?;
-    ensure!(status == 201, "{status} {deployment}");
-    Ok(deployment)
-}
-
 async fn rollout(cluster: &Cluster) -> anyhow::Result<()> {
     let mut fleet = nodes(cluster, &["node-1", "node-2"]).await?;
-    let password = cluster.bootstrap_admin("admin")?;
-    let mut api = cluster.service("api", "api-1", "")?;
-    let mut schedulers = vec![
-        cluster.service("scheduler", "scheduler-1", "")?,
-        cluster.service("scheduler", "scheduler-2", "")?,
-    ];
-    api.wait_ready(READY_WITHIN).await?;
-    for scheduler in &mut schedulers {
-        scheduler.wait_ready(READY_WITHIN).await?;
-    }
-    let rest = api.rest(&api.login("admin", &password).await?);
+    let Operators {
+        mut api,
+        mut schedulers,
+        rest,
+    } = operators(cluster, 2).await?;
     let base = serde_json::to_value(
         group_doc("web", 4, &["--stop-delay", "1500"])?.get_document("spec")?,
     )?;
@@ -80,6 +62,7 @@ async fn rollout(cluster: &Cluster) -> anyhow::Result<()> {
     let v2 = with_version(&base, "2");
     let deployment = deploy(
         &rest,
+        "web",
         json!({ "spec": v2, "batchSize": 1, "maxUnavailable": 1 }),
     )
     .await?;
@@ -140,6 +123,7 @@ async fn rollout(cluster: &Cluster) -> anyhow::Result<()> {
     // Version 3, paused at once, then rolled back to 2: whatever never left 2 is untouched.
     let second = deploy(
         &rest,
+        "web",
         json!({ "spec": with_version(&base, "3"), "batchSize": 1, "maxUnavailable": 1 }),
     )
     .await?;

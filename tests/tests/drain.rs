@@ -8,26 +8,20 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use mongodb::bson::{Document, doc};
 use prexor_acceptance::{
-    Cluster, group_doc, holder_of, nodes, reported_state, running, stop_all, wait_doc,
+    Cluster, Operators, group_doc, holder_of, nodes, operators, reported_state, running, stop_all,
+    wait_doc,
 };
 use serde_json::json;
 
-const READY_WITHIN: Duration = Duration::from_secs(60);
 const EXIT_WITHIN: Duration = Duration::from_secs(20);
 
 async fn drain_mid_failover(cluster: &Cluster) -> anyhow::Result<()> {
     let mut fleet = nodes(cluster, &["node-1", "node-2"]).await?;
-    let password = cluster.bootstrap_admin("admin")?;
-    let mut api = cluster.service("api", "api-1", "")?;
-    let mut schedulers = vec![
-        cluster.service("scheduler", "scheduler-1", "")?,
-        cluster.service("scheduler", "scheduler-2", "")?,
-    ];
-    api.wait_ready(READY_WITHIN).await?;
-    for scheduler in &mut schedulers {
-        scheduler.wait_ready(READY_WITHIN).await?;
-    }
-    let rest = api.rest(&api.login("admin", &password).await?);
+    let Operators {
+        mut api,
+        mut schedulers,
+        rest,
+    } = operators(cluster, 2).await?;
 
     // Servers that take 4 s to stop, so the drain is still under way when its holder dies.
     let group = group_doc("lobby", 2, &["--stop-delay", "4000"])?;

@@ -179,11 +179,9 @@ async fn paused_mid_write(cluster: &Cluster) -> anyhow::Result<()> {
     paused.signal(libc::SIGCONT);
     let deadline = std::time::Instant::now() + READY_WITHIN;
     loop {
-        let (_, metrics) = paused.get("/metrics").await.unwrap_or_default();
-        let stale: f64 = metrics
-            .lines()
-            .find(|l| l.starts_with("prexor_fenced_writes_total{result=\"stale\"}"))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        let stale = paused
+            .metric("prexor_fenced_writes_total{result=\"stale\"}")
+            .await
             .unwrap_or(0.0);
         if stale >= 1.0 {
             break;

@@ -8,11 +8,10 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use mongodb::bson::Document;
 use prexor_acceptance::{
-    Cluster, group_doc, holder_of, nodes, running, stop_all, tar_gz, wait_doc,
+    Cluster, Operators, group_doc, holder_of, nodes, operators, running, stop_all, tar_gz, wait_doc,
 };
 use serde_json::json;
 
-const READY_WITHIN: Duration = Duration::from_secs(60);
 const EXIT_WITHIN: Duration = Duration::from_secs(20);
 
 fn history(module: &Document, action: &str) -> Vec<Document> {
@@ -29,17 +28,11 @@ fn history(module: &Document, action: &str) -> Vec<Document> {
 
 async fn modules(cluster: &Cluster) -> anyhow::Result<()> {
     let mut fleet = nodes(cluster, &["node-1"]).await?;
-    let password = cluster.bootstrap_admin("admin")?;
-    let mut api = cluster.service("api", "api-1", "")?;
-    let mut schedulers = vec![
-        cluster.service("scheduler", "scheduler-1", "")?,
-        cluster.service("scheduler", "scheduler-2", "")?,
-    ];
-    api.wait_ready(READY_WITHIN).await?;
-    for scheduler in &mut schedulers {
-        scheduler.wait_ready(READY_WITHIN).await?;
-    }
-    let rest = api.rest(&api.login("admin", &password).await?);
+    let Operators {
+        mut api,
+        mut schedulers,
+        rest,
+    } = operators(cluster, 2).await?;
 
     for version in ["1.0", "2.0"] {
         let layer = tar_gz(&[("plugins/essentials.txt", &format!("essentials {version}\n"))])?;

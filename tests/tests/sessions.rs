@@ -183,6 +183,22 @@ fn pid_alive(pid: i32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Records `instance` as placed on node-1 under the plan [`start`] sends, as a scheduler does
+/// before dispatching: a node's reports land only in the records of instances placed on it.
+async fn placed(cluster: &Cluster, instance: &str) -> anyhow::Result<()> {
+    cluster
+        .stores
+        .mongo()
+        .await?
+        .collection::<Document>("instances")
+        .insert_one(doc! {
+            "_id": instance, "group": "lobby", "nodeId": "node-1",
+            "planHash": format!("plan-{instance}-1"), "state": "SCHEDULED",
+        })
+        .await?;
+    Ok(())
+}
+
 async fn console_contains(cluster: &Cluster, instance: &str, needle: &str) -> anyhow::Result<()> {
     let backend = ValkeyBackend::connect(&cluster.stores.valkey_url, Duration::from_secs(2))?;
     let streams = ConsoleStreams::new(backend, cluster.stores.namespace.clone());
@@ -209,6 +225,9 @@ async fn commands_and_failover(cluster: &Cluster) -> anyhow::Result<()> {
 
     // A command sent to the gateway that does not hold the stream is forwarded and acked.
     let mut via_other = commands(cluster, &gateways[other_index]).await?;
+    for instance in ["lobby-1", "lobby-2", "lobby-3"] {
+        placed(cluster, instance).await?;
+    }
     let port = free_port();
     let reply = lobby(&mut via_other, "c1", 1, start("lobby-1", port, &[])?).await?;
     let started = ack(&reply)?;
@@ -296,6 +315,7 @@ async fn commands_and_failover(cluster: &Cluster) -> anyhow::Result<()> {
             instance_id: "lobby-1".into(),
             grace_period_ms: 5000,
             stop_command: String::new(),
+            plan_hash: String::new(),
         }),
     )
     .await?;
@@ -371,6 +391,7 @@ async fn commands_and_failover(cluster: &Cluster) -> anyhow::Result<()> {
             instance_id: "lobby-3".into(),
             grace_period_ms: 500,
             stop_command: String::new(),
+            plan_hash: String::new(),
         }),
     )
     .await?;
@@ -607,6 +628,7 @@ async fn rotation_under_load(cluster: &Cluster) -> anyhow::Result<()> {
         commands(cluster, &gateways[owner_index]).await?,
         commands(cluster, &gateways[1 - owner_index]).await?,
     ];
+    placed(cluster, "lobby-1").await?;
     let reply = lobby(
         &mut clients[0],
         "start",

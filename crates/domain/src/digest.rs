@@ -11,6 +11,18 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// The inventory digest a daemon sends and a gateway recomputes from MongoDB (see
+/// docs/daemon-protocol.md, "Reports"): SHA-256 over the sorted lines
+/// `<instance> <plan hash> <state>` of the instances with a live process, one per line.
+pub fn inventory_digest<'a>(live: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>) -> String {
+    let mut lines: Vec<String> = live
+        .into_iter()
+        .map(|(instance, plan, state)| format!("{instance} {plan} {state}\n"))
+        .collect();
+    lines.sort();
+    sha256_hex(lines.concat().as_bytes())
+}
+
 /// Whether `s` has the shape of a SHA-256 in hex (64 hex digits).
 pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit())
@@ -31,5 +43,18 @@ mod tests {
         assert!(is_sha256_hex(&empty.to_ascii_uppercase()));
         assert!(!is_sha256_hex(&empty[1..]));
         assert!(!is_sha256_hex(&"zz".repeat(32)));
+    }
+
+    #[test]
+    fn the_inventory_digest_ignores_order_and_sees_every_field() {
+        let a = inventory_digest([("g-1", "p1", "RUNNING"), ("g-2", "p2", "STARTING")]);
+        let b = inventory_digest([("g-2", "p2", "STARTING"), ("g-1", "p1", "RUNNING")]);
+        assert_eq!(a, b);
+        assert_ne!(a, inventory_digest([("g-1", "p1", "RUNNING")]));
+        assert_ne!(
+            a,
+            inventory_digest([("g-1", "p1", "RUNNING"), ("g-2", "p2", "RUNNING")])
+        );
+        assert_eq!(inventory_digest([]), sha256_hex(b""));
     }
 }

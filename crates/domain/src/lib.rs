@@ -5,13 +5,14 @@ mod digest;
 mod group;
 mod lease_timing;
 mod lifecycle;
+pub mod limits;
 mod name;
 mod redact;
 mod scope;
 mod service;
 mod time;
 
-pub use digest::{is_sha256_hex, sha256_hex};
+pub use digest::{inventory_digest, is_sha256_hex, sha256_hex};
 pub use group::{DynamicScaling, FieldProblem, GroupSpec, PortRange, ScalingMode, TemplateRef};
 pub use lease_timing::LeaseTiming;
 pub use lifecycle::InstanceState;

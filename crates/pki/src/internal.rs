@@ -334,6 +334,11 @@ impl PeerChannels {
         let channel = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| bad(e.to_string()))?
             .connect_timeout(CONNECT_TIMEOUT)
+            // A frozen or black-holed peer is noticed within about 5 s and its calls fail
+            // (callers then try another replica), instead of waiting on a dead connection.
+            .http2_keep_alive_interval(std::time::Duration::from_secs(2))
+            .keep_alive_timeout(std::time::Duration::from_secs(3))
+            .keep_alive_while_idle(true)
             .connect_with_connector_lazy(service);
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)

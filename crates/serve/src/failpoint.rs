@@ -1,18 +1,22 @@
-//! Crash and pause points for the acceptance suite: with
+//! Crash, pause and error points for the acceptance suite: with
 //! `PREXORCLOUD_FAILPOINTS=name[=action][,…]` (not a `PREXOR_*` variable: those are configuration
 //! keys) in its environment, a process reaching a named point either dies (`abort`, the default:
 //! as abruptly as SIGKILL) or stops itself (`stop`: SIGSTOP, once — a "GC pause" at exactly that
 //! moment, until the test sends SIGCONT). Tests use them to hit a replica between two steps,
-//! e.g. after a plan is persisted and before it is dispatched. Unset (always, in production) a
-//! point costs one lookup in an empty list.
+//! e.g. after a plan is persisted and before it is dispatched. An error point ([`fail`]) armed
+//! with `fail-while:PATH` makes its operation fail while the file PATH exists, so a test decides
+//! when a store write starts and stops failing. Unset (always, in production) a point costs one
+//! lookup in an empty list.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Action {
     Abort,
     Stop,
+    /// [`fail`] reports an error while this file exists.
+    FailWhile(std::path::PathBuf),
 }
 
 fn armed() -> &'static [(String, Action, AtomicBool)] {
@@ -23,13 +27,36 @@ fn armed() -> &'static [(String, Action, AtomicBool)] {
             .split(',')
             .map(str::trim)
             .filter(|p| !p.is_empty())
-            .map(|point| match point.split_once('=') {
-                Some((name, "stop")) => (name.to_owned(), Action::Stop, AtomicBool::new(false)),
-                Some((name, _)) => (name.to_owned(), Action::Abort, AtomicBool::new(false)),
-                None => (point.to_owned(), Action::Abort, AtomicBool::new(false)),
+            .map(|point| {
+                let (name, action) = match point.split_once('=') {
+                    Some((name, "stop")) => (name, Action::Stop),
+                    Some((name, action)) => match action.strip_prefix("fail-while:") {
+                        Some(path) => (name, Action::FailWhile(path.into())),
+                        None => (name, Action::Abort),
+                    },
+                    None => (point, Action::Abort),
+                };
+                (name.to_owned(), action, AtomicBool::new(false))
             })
             .collect()
     })
+}
+
+/// An error point: `Err` (naming the point) while it is armed with `fail-while:PATH` and PATH
+/// exists; `Ok` otherwise.
+pub fn fail(name: &str) -> Result<(), String> {
+    for (point, action, _) in armed() {
+        if point == name
+            && let Action::FailWhile(path) = action
+            && path.exists()
+        {
+            return Err(format!(
+                "failpoint {name} (while {} exists)",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Dies or pauses here if `name` is armed.
@@ -43,6 +70,7 @@ pub fn hit(name: &str) {
                 tracing::error!(failpoint = name, "failpoint reached: aborting");
                 std::process::abort();
             }
+            Action::FailWhile(_) => {}
             Action::Stop => {
                 if !fired.swap(true, Ordering::SeqCst) {
                     tracing::warn!(failpoint = name, "failpoint reached: stopping (SIGSTOP)");

@@ -20,7 +20,7 @@ mod runtime;
 pub mod tls;
 
 pub use launch::{ServiceArgs, launch, launch_with};
-pub use nodes::Gateways;
+pub use nodes::{Gateways, SendError};
 pub use ops::{Identity, serve_ops};
 pub use readiness::{CheckResult, Readiness, ReadinessReport};
 pub use runtime::{BoxError, Parts, ServeError, Service, bind, run, run_tls, stop_on_signals};

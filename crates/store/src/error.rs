@@ -62,6 +62,41 @@ impl StoreError {
     }
 }
 
+/// Server error codes that say "try again": write conflicts, a primary stepping down or shutting
+/// down, a transaction aborted underneath, a time limit.
+const TRANSIENT_CODES: [i32; 11] = [
+    112,   // WriteConflict
+    189,   // PrimarySteppedDown
+    91,    // ShutdownInProgress
+    10107, // NotWritablePrimary
+    13435, // NotPrimaryNoSecondaryOk
+    11600, // InterruptedAtShutdown
+    11602, // InterruptedDueToReplStateChange
+    251,   // NoSuchTransaction
+    50,    // MaxTimeMSExpired
+    262,   // ExceededTimeLimit
+    24,    // LockTimeout
+];
+
+impl StoreError {
+    /// True for errors that pass by themselves: unavailable or slow stores, write conflicts
+    /// (another writer's open transaction), transient transaction errors, elections. A caller
+    /// that must not lose what it writes retries these.
+    pub fn is_transient(&self) -> bool {
+        if self.is_unavailable() {
+            return true;
+        }
+        match self {
+            StoreError::Mongo { source, .. } => {
+                source.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
+                    || source.contains_label(mongodb::error::RETRYABLE_WRITE_ERROR)
+                    || server_code(source).is_some_and(|c| TRANSIENT_CODES.contains(&c))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The server's error code, for command and write errors.
 pub(crate) fn server_code(err: &mongodb::error::Error) -> Option<i32> {
     match &*err.kind {

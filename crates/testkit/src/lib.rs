@@ -194,6 +194,26 @@ impl Drop for OwnedProcess {
     }
 }
 
+/// Polls `check` every 200 ms until it yields a value; after `within`, an error naming `what` (a
+/// bound for a broken run, not a timing assertion).
+pub async fn eventually<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(found) = check().await? {
+            return Ok(found);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{what} did not happen within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Sends `sig` to process `pid` (a process the caller spawned and has not reaped).
 pub fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: kill(2) on a pid this process spawned and has not reaped yet.

@@ -56,6 +56,11 @@ impl ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
     }
 
+    /// Something behind the api (a node, through a gateway) did not answer in time: 504.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::GATEWAY_TIMEOUT, "TIMEOUT", message)
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", message)
     }

@@ -15,6 +15,7 @@ use mongodb::bson::{Document, doc};
 use prexor_coord::ConsoleStreams;
 use prexor_proto::v1::command::Action;
 use prexor_proto::v1::{AckResult, Command, ConsoleInput};
+use prexor_serve::SendError;
 use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -24,6 +25,8 @@ use crate::error::{ApiError, ApiResult, Body};
 use crate::groups::{Accepted, INSTANCES, request};
 
 const CRASHES: &str = "crashes";
+/// How long a console command waits for the node's ack (then 504).
+const CONSOLE_ACK_WITHIN: Duration = Duration::from_secs(5);
 
 pub fn routes() -> Router<App> {
     Router::new()
@@ -233,7 +236,7 @@ struct ConsoleCommand {
     tag = "instances",
     params(("id" = String, Path)),
     request_body = ConsoleCommand,
-    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 204, description = "done"), (status = 503, description = "no gateway or node can take the command", body = crate::error::ErrorBody), (status = 504, description = "the node did not acknowledge within 5 s", body = crate::error::ErrorBody), (status = "default", description = "an error", body = crate::error::ErrorBody)),
     security(("bearer" = []))
 )]
 async fn command(
@@ -265,7 +268,7 @@ async fn command(
     let mark = app.store().fence_mark(&scope).await?;
     let ack = app
         .gateways
-        .send(
+        .send_within(
             node,
             Command {
                 command_id: format!("console:{}", uuid::Uuid::new_v4().simple()),
@@ -276,12 +279,20 @@ async fn command(
                     line: line.to_owned(),
                 })),
             },
+            CONSOLE_ACK_WITHIN,
         )
         .await
-        .map_err(|reason| {
-            ApiError::unavailable(format!(
+        .map_err(|err| match err {
+            SendError::Timeout(reason) => ApiError::timeout(format!(
+                "node {node} did not acknowledge the command in time (it may still arrive): {reason}"
+            )),
+            SendError::Unavailable(reason) => ApiError::unavailable(format!(
                 "cannot reach node {node} through any gateway: {reason}"
-            ))
+            )),
+            SendError::Refused(status) => ApiError::unavailable(format!(
+                "cannot deliver the command to node {node}: {}",
+                status.message()
+            )),
         })?;
     match ack.result() {
         AckResult::Done | AckResult::Already => {}

@@ -9,7 +9,7 @@ use prexor_domain::{Scope, ServiceKind, validate_name};
 use prexor_pki::internal::{PeerChannels, require_service_caller};
 use prexor_proto::v1::node_commands_client::NodeCommandsClient;
 use prexor_proto::v1::node_commands_server::NodeCommands;
-use prexor_proto::v1::{NodeCommandReply, NodeCommandRequest};
+use prexor_proto::v1::{AckResult, Command, CommandAck, NodeCommandReply, NodeCommandRequest};
 use tonic::{Code, Request, Response, Status};
 
 use crate::sessions::{DeliveryError, Sessions};
@@ -43,6 +43,32 @@ impl Commands {
             .into_iter()
             .find(|g| g.id == replica)
             .and_then(|g| g.grpc_address))
+    }
+}
+
+impl Commands {
+    /// A STALE_FENCE ack when the command's token is below its scope's mark in MongoDB: a
+    /// newer holder has taken the scope, so a deposed one's late command (sent after a pause)
+    /// never reaches the node, whatever the node has seen so far.
+    async fn below_mark(&self, command: &Command) -> Result<Option<CommandAck>, Status> {
+        let mark = self
+            .sessions
+            .store()
+            .fence_mark(&command.scope)
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot check the command's fence: {e}")))?;
+        if command.fence_token >= mark {
+            return Ok(None);
+        }
+        Ok(Some(CommandAck {
+            command_id: command.command_id.clone(),
+            result: AckResult::StaleFence as i32,
+            message: format!(
+                "fencing token {} of {} is below the scope's mark {mark}: another replica holds it now; not delivered",
+                command.fence_token, command.scope
+            ),
+            ..CommandAck::default()
+        }))
     }
 }
 
@@ -93,6 +119,12 @@ impl NodeCommands for Commands {
                 )));
             }
             if let Some(session) = self.sessions.get(&node) {
+                if let Some(stale) = self.below_mark(&command).await? {
+                    break Ok(NodeCommandReply {
+                        ack: Some(stale),
+                        handled_by: self.sessions.replica_id().to_string(),
+                    });
+                }
                 break match session.deliver(command.clone(), remaining).await {
                     Ok(ack) => Ok(NodeCommandReply {
                         ack: Some(ack),
@@ -157,6 +189,14 @@ impl NodeCommands for Commands {
             }
         };
         let label = match &outcome {
+            Ok(reply)
+                if reply
+                    .ack
+                    .as_ref()
+                    .is_some_and(|a| a.result() == AckResult::StaleFence) =>
+            {
+                "stale"
+            }
             Ok(_) => "acked",
             Err(status) => match status.code() {
                 Code::FailedPrecondition => "offline",

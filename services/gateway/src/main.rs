@@ -7,6 +7,7 @@
 mod commands;
 mod content;
 mod enrolment;
+mod reports;
 mod sessions;
 
 use std::process::ExitCode;

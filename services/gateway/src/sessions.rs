@@ -1,24 +1,25 @@
 //! `prexor.v1.NodeSession`: daemon streams. The gateway that accepts a node's stream takes the
 //! node's ownership lease (`<ns>node:<id>`, with a fresh fencing token), records what the daemon
-//! reports under that token, and closes the stream the moment it loses the lease. Decisions
-//! (crash handling after a disconnect, healing) belong to the scheduler.
+//! reports under that token ([`crate::reports`]), and closes the stream the moment it loses the
+//! lease. Decisions (crash handling after a disconnect, healing) belong to the scheduler.
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use mongodb::bson::{Bson, Document, doc};
 use prexor_coord::{ConsoleStreams, EventLog, Lease, LeaseKeeper, Leases};
+use prexor_domain::limits::{CONSOLE_BATCH_MAX, CONSOLE_LINE_MAX, cut_line};
 use prexor_domain::{Scope, now_ms, validate_name};
 use prexor_proto::v1::daemon_message::Body as Up;
 use prexor_proto::v1::gateway_message::Body as Down;
 use prexor_proto::v1::node_session_server::NodeSession;
 use prexor_proto::v1::{
-    Command, CommandAck, DaemonMessage, GatewayMessage, Hello, HostResources, InstanceReport,
-    InstanceState, Welcome,
+    Command, CommandAck, ConsoleLines, DaemonMessage, GatewayMessage, Hello, HostResources,
+    InventoryRequest, Welcome,
 };
 use prexor_store::{Store, StoreError, Write};
 use tokio::sync::{mpsc, oneshot};
@@ -26,11 +27,20 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::enrolment::authorize_node;
+use crate::reports::{Recorder, Reporter, until_stored};
 
 /// How long a daemon has to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The heartbeat interval asked of daemons; three missed heartbeats end the session.
 const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How often a daemon's inventory digest is compared with MongoDB.
+const DIGEST_EVERY: Duration = Duration::from_secs(5);
+/// At most one full inventory asked for per this long.
+const INVENTORY_EVERY: Duration = Duration::from_secs(15);
+/// How long a console line's instance stays known as placed (or not) on the node.
+const PLACEMENT_CACHE: Duration = Duration::from_secs(10);
+/// How long a session's end is retried into the node record before the lease is let go.
+const DISCONNECT_RECORD_WITHIN: Duration = Duration::from_secs(30);
 
 pub const NODES: &str = "nodes";
 pub use prexor_store::INSTANCES;
@@ -115,42 +125,6 @@ fn resources_doc(r: &HostResources) -> Document {
     }
 }
 
-/// What the daemon said about an instance, as stored under `reported`.
-fn reported_doc(node_id: &str, report: &InstanceReport) -> Document {
-    doc! {
-        "state": report.state().as_str_name(),
-        "pid": report.pid,
-        "port": i64::from(report.port),
-        "planHash": &report.plan_hash,
-        "nodeId": node_id,
-        "exitCode": report.exit_code.map(Bson::Int32).unwrap_or(Bson::Null),
-        "detail": &report.detail,
-        "atMs": report.at_unix_ms,
-    }
-}
-
-/// The crash record of a CRASHED report, keyed by instance and time: the same crash reported
-/// again (a new session's inventory) is recorded once.
-fn crash_write(node_id: &str, report: &InstanceReport) -> Option<Write> {
-    (report.state() == InstanceState::Crashed).then(|| {
-        Write::update_one(
-            CRASHES,
-            doc! { "_id": format!("{}@{}", report.instance_id, report.at_unix_ms) },
-            doc! { "$set": {
-                "instanceId": &report.instance_id,
-                "nodeId": node_id,
-                "group": &report.group,
-                "planHash": &report.plan_hash,
-                "exitCode": report.exit_code.map(Bson::Int32).unwrap_or(Bson::Null),
-                "logTail": report.log_tail.clone(),
-                "detail": &report.detail,
-                "atMs": report.at_unix_ms,
-            } },
-        )
-        .upsert()
-    })
-}
-
 impl Sessions {
     pub fn new(
         service: &prexor_serve::Service,
@@ -181,6 +155,10 @@ impl Sessions {
         &self.inner.leases
     }
 
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
     /// The live session of `node_id` on this gateway, if it still owns the node.
     pub fn get(&self, node_id: &str) -> Option<SessionHandle> {
         let live = self.inner.live.lock().expect("sessions lock");
@@ -194,97 +172,7 @@ impl Sessions {
     }
 
     async fn write(&self, lease: &Lease, writes: Vec<Write>) -> Result<(), StoreError> {
-        if !lease.is_valid() {
-            return Err(StoreError::StaleFence {
-                scope: lease.scope().to_string(),
-                token: lease.token(),
-                mark: 0,
-            });
-        }
-        self.inner
-            .store
-            .fenced_write(&lease.fence(), writes)
-            .await
-            .map(|_| ())
-    }
-
-    /// Records one instance report. A report about the instance's current plan (or about an
-    /// instance the control plane never placed) goes into its record; a report about an older
-    /// plan (a node that was cut off while its instance was placed elsewhere) goes to
-    /// `stray_instances`, where the group's scheduler finds it and stops the process.
-    async fn record_report(
-        &self,
-        lease: &Lease,
-        node_id: &str,
-        report: &InstanceReport,
-    ) -> Result<(), StoreError> {
-        let id = &report.instance_id;
-        for _ in 0..3 {
-            let current = self
-                .inner
-                .store
-                .bounded(
-                    "reading an instance record",
-                    self.inner
-                        .store
-                        .documents(INSTANCES)
-                        .find_one(doc! { "_id": id })
-                        .projection(doc! { "planHash": 1, "nodeId": 1 }),
-                )
-                .await?;
-            let reported = reported_doc(node_id, report);
-            let plan = current
-                .as_ref()
-                .map(|d| d.get_str("planHash").ok().map(str::to_string));
-            let node = current
-                .as_ref()
-                .and_then(|d| d.get_str("nodeId").ok().map(str::to_string));
-            let mut writes = vec![match plan {
-                None => Write::update_one(
-                    INSTANCES,
-                    doc! { "_id": id },
-                    doc! {
-                        "$set": { "reported": reported },
-                        "$setOnInsert": { "group": &report.group, "nodeId": node_id },
-                    },
-                )
-                .upsert(),
-                Some(None) => Write::update_one(
-                    INSTANCES,
-                    doc! { "_id": id, "planHash": { "$exists": false } },
-                    doc! { "$set": { "reported": reported } },
-                )
-                .require_match(),
-                Some(Some(hash))
-                    if hash == report.plan_hash && node.as_deref().is_none_or(|n| n == node_id) =>
-                {
-                    Write::update_one(
-                        INSTANCES,
-                        doc! { "_id": id, "planHash": &hash },
-                        doc! { "$set": { "reported": reported } },
-                    )
-                    .require_match()
-                }
-                Some(Some(_)) => Write::update_one(
-                    STRAYS,
-                    doc! { "_id": format!("{id}@{node_id}") },
-                    doc! { "$set": {
-                        "instanceId": id,
-                        "group": &report.group,
-                        "nodeId": node_id,
-                        "reported": reported,
-                    } },
-                )
-                .upsert(),
-            }];
-            writes.extend(crash_write(node_id, report));
-            match self.write(lease, writes).await {
-                // The scheduler re-planned the instance meanwhile: classify it again.
-                Err(StoreError::Precondition { .. }) => continue,
-                other => return other,
-            }
-        }
-        Ok(())
+        crate::reports::write_owned(&self.inner.store, lease, writes).await
     }
 
     /// Accepts a stream whose Hello came from `node_id` (authorised), taking ownership.
@@ -304,48 +192,6 @@ impl Sessions {
             Status::unavailable(format!("cannot take ownership of node {node_id}: {e}"))
         })?;
         self.inner.keeper.insert(lease.clone());
-
-        let writes = vec![
-            Write::update_one(
-                NODES,
-                doc! { "_id": &node_id },
-                doc! { "$set": {
-                    "state": "ONLINE",
-                    "gateway": &self.inner.replica_id,
-                    "ownershipToken": lease.token() as i64,
-                    "version": &hello.version,
-                    "labels": hello.labels.iter().map(|(k, v)| (k.clone(), Bson::String(v.clone()))).collect::<Document>(),
-                    "resources": hello.resources.as_ref().map(resources_doc).map(Bson::Document).unwrap_or(Bson::Null),
-                    "connectedAtMs": now_ms(),
-                    "lastHeartbeatMs": now_ms(),
-                } },
-            )
-            .upsert(),
-        ];
-        let mut recorded = self.write(&lease, writes).await;
-        for report in &hello.inventory {
-            if recorded.is_err() {
-                break;
-            }
-            recorded = self.record_report(&lease, &node_id, report).await;
-        }
-        if let Err(err) = recorded {
-            self.inner.keeper.release(&scope).await;
-            return Err(match err {
-                StoreError::StaleFence { .. } => Status::aborted(format!(
-                    "another gateway took node {node_id} while this one was accepting it; reconnect"
-                )),
-                other => Status::unavailable(other.to_string()),
-            });
-        }
-        self.inner
-            .events
-            .publish(
-                "NODE_ONLINE",
-                &node_id,
-                serde_json::json!({ "gateway": &self.inner.replica_id }),
-            )
-            .await;
 
         let (outbox, rx) = mpsc::channel(256);
         let handle = SessionHandle {
@@ -375,8 +221,68 @@ impl Sessions {
             }))
             .await;
         tracing::info!(node = %node_id, token = lease.token(), instances = hello.inventory.len(), "node session accepted; this gateway owns the node");
-        tokio::spawn(self.clone().serve(node_id, handle, inbound));
+        let reporter = Reporter::new(
+            Recorder {
+                store: self.inner.store.clone(),
+                node_id: node_id.clone(),
+                epoch: hello.report_epoch.clone(),
+                lease: lease.clone(),
+            },
+            outbox,
+            handle.closed.clone(),
+        );
+        // The node record first, then the inventory, both retried while this gateway owns the
+        // node: a locked document delays them, never refuses the session.
+        tokio::spawn(self.clone().record_online(hello.clone(), handle.clone()));
+        for report in hello.inventory {
+            reporter.submit(report, false);
+        }
+        tokio::spawn(self.clone().serve(node_id, handle, reporter, inbound));
         Ok(rx)
+    }
+
+    /// Records the node ONLINE under this session's token and announces it.
+    async fn record_online(self, hello: Hello, handle: SessionHandle) {
+        let node_id = &hello.node_id;
+        let write = || {
+            let writes = vec![
+                Write::update_one(
+                    NODES,
+                    doc! { "_id": node_id },
+                    doc! { "$set": {
+                        "state": "ONLINE",
+                        "gateway": &self.inner.replica_id,
+                        "ownershipToken": handle.lease.token() as i64,
+                        "version": &hello.version,
+                        "hostId": &hello.host_id,
+                        "labels": hello.labels.iter().map(|(k, v)| (k.clone(), Bson::String(v.clone()))).collect::<Document>(),
+                        "resources": hello.resources.as_ref().map(resources_doc).map(Bson::Document).unwrap_or(Bson::Null),
+                        "connectedAtMs": now_ms(),
+                        "lastHeartbeatMs": now_ms(),
+                    } },
+                )
+                .upsert(),
+            ];
+            self.write(&handle.lease, writes)
+        };
+        let recorded = until_stored(
+            &handle.lease,
+            &handle.closed,
+            node_id,
+            "the node record",
+            write,
+        )
+        .await;
+        if recorded.is_some() {
+            self.inner
+                .events
+                .publish(
+                    "NODE_ONLINE",
+                    node_id,
+                    serde_json::json!({ "gateway": &self.inner.replica_id }),
+                )
+                .await;
+        }
     }
 
     /// Reads the daemon's messages until the stream ends, the lease is lost, a newer session
@@ -385,10 +291,14 @@ impl Sessions {
         self,
         node_id: String,
         handle: SessionHandle,
+        reporter: Arc<Reporter>,
         mut inbound: Streaming<DaemonMessage>,
     ) {
         let lost = handle.lease.lost();
         let mut goodbye = false;
+        let console = self.console_task(&node_id, &handle);
+        let heartbeat_writing = Arc::new(AtomicBool::new(false));
+        let digest = Arc::new(DigestCheck::default());
         let end = loop {
             let next = tokio::select! {
                 _ = lost.cancelled() => break "lost",
@@ -402,32 +312,55 @@ impl Sessions {
                 Ok(Err(_)) => break "broken",
                 Err(_) => break "silent for three heartbeats",
             };
-            let result = match message.body {
+            match message.body {
                 Some(Up::Heartbeat(heartbeat)) => {
-                    let mut set = doc! { "lastHeartbeatMs": now_ms(), "state": "ONLINE" };
-                    if let Some(resources) = &heartbeat.resources {
-                        set.insert("resources", resources_doc(resources));
+                    // Written beside the stream, one at a time: a slow store never holds up
+                    // acks and reports, and a skipped heartbeat is replaced by the next one.
+                    if !heartbeat_writing.swap(true, Ordering::SeqCst) {
+                        let (this, node, lease, busy) = (
+                            self.clone(),
+                            node_id.clone(),
+                            handle.lease.clone(),
+                            heartbeat_writing.clone(),
+                        );
+                        tokio::spawn(async move {
+                            this.record_heartbeat(&node, &lease, heartbeat.resources.as_ref())
+                                .await;
+                            busy.store(false, Ordering::SeqCst);
+                        });
                     }
-                    self.write(
-                        &handle.lease,
-                        vec![Write::update_one(
-                            NODES,
-                            doc! { "_id": &node_id },
-                            doc! { "$set": set },
-                        )],
-                    )
-                    .await
-                }
-                Some(Up::Instance(report)) => {
-                    self.record_report(&handle.lease, &node_id, &report).await
-                }
-                Some(Up::Console(console)) => {
-                    if let Some(streams) = &self.inner.console
-                        && let Err(err) = streams.append(&console.instance_id, &console.lines).await
-                    {
-                        tracing::debug!(error = %err, "console lines not stored");
+                    if !heartbeat.inventory_digest.is_empty() {
+                        digest.clone().check(
+                            &reporter,
+                            heartbeat.inventory_digest,
+                            handle.outbox.clone(),
+                        );
                     }
-                    Ok(())
+                }
+                Some(Up::Instance(report)) => reporter.submit(report, false),
+                Some(Up::Inventory(inventory)) => {
+                    for report in &inventory.reports {
+                        reporter.submit(report.clone(), true);
+                    }
+                    let recorder = reporter.recorder().clone();
+                    let closed = handle.closed.clone();
+                    tokio::spawn(async move {
+                        let settle = || recorder.settle_missing(&inventory.reports);
+                        until_stored(
+                            &recorder.lease,
+                            &closed,
+                            &recorder.node_id,
+                            "the inventory's reconciliation",
+                            settle,
+                        )
+                        .await;
+                    });
+                }
+                Some(Up::Console(lines)) => {
+                    if console.try_send(lines).is_err() {
+                        metrics::counter!("prexor_gateway_console_lines_dropped_total")
+                            .increment(1);
+                    }
                 }
                 Some(Up::Ack(ack)) => {
                     let waiter = handle
@@ -438,20 +371,9 @@ impl Sessions {
                     if let Some(waiter) = waiter {
                         let _ = waiter.send(ack);
                     }
-                    Ok(())
                 }
-                Some(Up::Goodbye(_)) => {
-                    goodbye = true;
-                    Ok(())
-                }
-                Some(Up::Hello(_)) | None => Ok(()),
-            };
-            match result {
-                Ok(()) => {}
-                Err(StoreError::StaleFence { .. }) => break "lost",
-                Err(err) => {
-                    tracing::warn!(node = %node_id, error = %err, "could not record a daemon report");
-                }
+                Some(Up::Goodbye(_)) => goodbye = true,
+                Some(Up::Hello(_)) | None => {}
             }
         };
 
@@ -479,13 +401,33 @@ impl Sessions {
             ))));
         } else if still_current {
             let state = if goodbye { "OFFLINE" } else { "UNREACHABLE" };
-            let write = Write::update_one(
-                NODES,
-                doc! { "_id": &node_id },
-                doc! { "$set": { "state": state, "disconnectedAtMs": now_ms() } },
-            );
-            match self.write(&handle.lease, vec![write]).await {
-                Ok(()) => {
+            let at = now_ms();
+            let write = || {
+                self.write(
+                    &handle.lease,
+                    vec![Write::update_one(
+                        NODES,
+                        doc! { "_id": &node_id },
+                        doc! { "$set": { "state": state, "disconnectedAtMs": at } },
+                    )],
+                )
+            };
+            // Retried for a while (the lease is still held meanwhile); a node that comes back
+            // is recorded ONLINE by whichever gateway accepts it.
+            let never = CancellationToken::new();
+            let recorded = tokio::time::timeout(
+                DISCONNECT_RECORD_WITHIN,
+                until_stored(
+                    &handle.lease,
+                    &never,
+                    &node_id,
+                    "the node's disconnection",
+                    write,
+                ),
+            )
+            .await;
+            match recorded {
+                Ok(Some(())) => {
                     let kind = if goodbye {
                         "NODE_OFFLINE"
                     } else {
@@ -496,8 +438,8 @@ impl Sessions {
                         .publish(kind, &node_id, serde_json::json!({ "reason": end }))
                         .await;
                 }
-                Err(err) => {
-                    tracing::warn!(node = %node_id, error = %err, "could not record the node's disconnection");
+                _ => {
+                    tracing::warn!(node = %node_id, "could not record the node's disconnection within {DISCONNECT_RECORD_WITHIN:?}");
                 }
             }
             self.inner
@@ -509,6 +451,161 @@ impl Sessions {
             tracing::info!(node = %node_id, "node session replaced by a newer one on this gateway");
         }
         handle.closed.cancel();
+    }
+}
+
+impl Sessions {
+    /// The node's heartbeat: last seen now, ONLINE, its resources.
+    async fn record_heartbeat(
+        &self,
+        node_id: &str,
+        lease: &Lease,
+        resources: Option<&HostResources>,
+    ) {
+        let mut set = doc! { "lastHeartbeatMs": now_ms(), "state": "ONLINE" };
+        if let Some(resources) = resources {
+            set.insert("resources", resources_doc(resources));
+        }
+        let write = Write::update_one(NODES, doc! { "_id": node_id }, doc! { "$set": set });
+        if let Err(err) = self.write(lease, vec![write]).await {
+            tracing::debug!(node = %node_id, error = %err, "heartbeat not recorded (the next one will be)");
+        }
+    }
+
+    /// The session's console writer: lines of instances placed on this node go to their
+    /// Valkey streams, cut to size; lines of anything else are refused.
+    fn console_task(&self, node_id: &str, handle: &SessionHandle) -> mpsc::Sender<ConsoleLines> {
+        let (tx, mut rx) = mpsc::channel::<ConsoleLines>(1024);
+        let (this, node_id, closed) = (self.clone(), node_id.to_owned(), handle.closed.clone());
+        tokio::spawn(async move {
+            let mut placed: HashMap<String, (bool, Instant)> = HashMap::new();
+            loop {
+                let batch = tokio::select! {
+                    _ = closed.cancelled() => return,
+                    batch = rx.recv() => match batch {
+                        Some(batch) => batch,
+                        None => return,
+                    },
+                };
+                let Some(streams) = &this.inner.console else {
+                    continue;
+                };
+                let id = batch.instance_id;
+                let fresh = placed
+                    .get(&id)
+                    .is_some_and(|(_, at)| at.elapsed() < PLACEMENT_CACHE);
+                if !fresh {
+                    let here = this.placed_on(&id, &node_id).await;
+                    placed.insert(id.clone(), (here, Instant::now()));
+                }
+                if !placed.get(&id).is_some_and(|(here, _)| *here) {
+                    metrics::counter!("prexor_gateway_console_refused_total").increment(1);
+                    tracing::debug!(node = %node_id, instance = %id, "console lines of an instance not placed on this node; refused");
+                    continue;
+                }
+                let lines: Vec<String> = batch
+                    .lines
+                    .iter()
+                    .take(CONSOLE_BATCH_MAX)
+                    .map(|l| cut_line(l, CONSOLE_LINE_MAX))
+                    .collect();
+                if let Err(err) = streams.append(&id, &lines).await {
+                    tracing::debug!(error = %err, "console lines not stored");
+                }
+            }
+        });
+        tx
+    }
+
+    /// Whether instance `id` is placed on `node_id` (its record names the node).
+    async fn placed_on(&self, id: &str, node_id: &str) -> bool {
+        if validate_name(id).is_err() {
+            return false;
+        }
+        let found = self
+            .inner
+            .store
+            .bounded(
+                "reading an instance's node",
+                self.inner
+                    .store
+                    .documents(INSTANCES)
+                    .find_one(doc! { "_id": id, "nodeId": node_id })
+                    .projection(doc! { "_id": 1 }),
+            )
+            .await;
+        matches!(found, Ok(Some(_)))
+    }
+}
+
+/// Compares a daemon's inventory digest with MongoDB every [`DIGEST_EVERY`] and asks for the
+/// full inventory (at most every [`INVENTORY_EVERY`]) when they differ.
+#[derive(Default)]
+struct DigestCheck {
+    running: AtomicBool,
+    /// When the digest was last compared, and when an inventory was last asked for.
+    last: Mutex<(Option<Instant>, Option<Instant>)>,
+}
+
+impl DigestCheck {
+    fn check(
+        self: Arc<Self>,
+        reporter: &Arc<Reporter>,
+        digest: String,
+        outbox: mpsc::Sender<Result<GatewayMessage, Status>>,
+    ) {
+        // Only when every report received is stored: then MongoDB must say what the digest says.
+        if !reporter.is_idle() {
+            return;
+        }
+        {
+            let mut last = self.last.lock().expect("digest lock");
+            if last.0.is_some_and(|at| at.elapsed() < DIGEST_EVERY) {
+                return;
+            }
+            last.0 = Some(Instant::now());
+        }
+        if self.running.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let submitted = reporter.submitted();
+        let reporter = reporter.clone();
+        tokio::spawn(async move {
+            let outcome = reporter.recorder().digest_matches(&digest).await;
+            self.running.store(false, Ordering::SeqCst);
+            let node = &reporter.recorder().node_id;
+            match outcome {
+                Ok(true) => {}
+                // A report arrived while MongoDB was read: not comparable, next time.
+                Ok(false) if reporter.submitted() != submitted || !reporter.is_idle() => {}
+                Ok(false) => {
+                    metrics::counter!("prexor_gateway_inventory_mismatches_total").increment(1);
+                    let due = {
+                        let mut last = self.last.lock().expect("digest lock");
+                        let due = last.1.is_none_or(|at| at.elapsed() >= INVENTORY_EVERY);
+                        if due {
+                            last.1 = Some(Instant::now());
+                        }
+                        due
+                    };
+                    if due {
+                        tracing::warn!(%node, "the node's inventory differs from what MongoDB holds; asking for the full inventory");
+                        let _ = outbox
+                            .send(Ok(GatewayMessage {
+                                body: Some(Down::InventoryRequest(InventoryRequest {
+                                    reason:
+                                        "the inventory digest differs from the cluster's record"
+                                            .into(),
+                                })),
+                            }))
+                            .await;
+                    }
+                }
+                Err(err) => {
+                    tracing::debug!(%node, error = %err, "inventory digest not compared");
+                }
+            }
+        });
     }
 }
 

@@ -119,9 +119,19 @@ impl Drains {
         Ok(())
     }
 
-    /// Nothing runs on the node any more: shut its daemon down if asked, then DONE.
+    /// Nothing runs on the node any more: shut its daemon down if asked (recorded on the drain
+    /// by a fenced write before it is sent with the same token), then DONE.
     async fn finish(&self, node: &str, lease: &Lease, drain: &Document) -> anyhow::Result<()> {
         if drain.get_bool("shutdown").unwrap_or(false) {
+            self.update_draining(
+                node,
+                lease,
+                doc! { "shutdownRequestedAtMs": now_ms(), "shutdownToken": lease.token() as i64 },
+            )
+            .await?;
+            if !lease.is_valid() {
+                return Ok(());
+            }
             let command = Command {
                 command_id: format!("shutdown:{node}:{}", lease.token()),
                 scope: lease.scope().to_string(),
@@ -153,19 +163,12 @@ impl Drains {
                 }
             }
         }
-        self.store
-            .fenced_write(
-                &lease.fence(),
-                vec![
-                    Write::update_one(
-                        NODE_DRAINS,
-                        doc! { "_id": node, "state": DRAINING },
-                        doc! { "$set": { "state": DONE, "finishedAtMs": now_ms() } },
-                    )
-                    .require_match(),
-                ],
-            )
-            .await?;
+        self.update_draining(
+            node,
+            lease,
+            doc! { "state": DONE, "finishedAtMs": now_ms() },
+        )
+        .await?;
         tracing::info!(node, "drain done");
         self.events
             .publish(
@@ -174,6 +177,30 @@ impl Drains {
                 serde_json::json!({ "shutdown": drain.get_bool("shutdown").unwrap_or(false) }),
             )
             .await;
+        Ok(())
+    }
+
+    /// Sets fields of `node`'s drain while it is DRAINING (refused, and nothing written, once it
+    /// is not).
+    async fn update_draining(
+        &self,
+        node: &str,
+        lease: &Lease,
+        set: Document,
+    ) -> anyhow::Result<()> {
+        self.store
+            .fenced_write(
+                &lease.fence(),
+                vec![
+                    Write::update_one(
+                        NODE_DRAINS,
+                        doc! { "_id": node, "state": DRAINING },
+                        doc! { "$set": set },
+                    )
+                    .require_match(),
+                ],
+            )
+            .await?;
         Ok(())
     }
 }

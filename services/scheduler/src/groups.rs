@@ -14,14 +14,14 @@ use mongodb::bson::{Bson, Document, doc};
 use prexor_coord::{EventLog, Lease};
 use prexor_domain::{GroupSpec, InstanceState, ScalingMode, now_ms};
 use prexor_proto::v1::command::Action;
-use prexor_proto::v1::{
-    AckResult, Command, CompositionPlan, KillInstance, StartInstance, StopInstance, TemplateLayer,
-};
+use prexor_proto::v1::{AckResult, Command, InstanceState as Reported};
 use prexor_serve::Gateways;
 use prexor_store::{GROUPS, Store, StoreError, Write};
 use sha2::{Digest, Sha256};
 
 pub(crate) mod deployments;
+mod dispatch;
+mod halts;
 
 use prexor_store::INSTANCE_PLANS;
 pub use prexor_store::INSTANCES;
@@ -47,12 +47,9 @@ const CRASH_LOOP_CRASHES: u64 = 3;
 const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(300);
 /// ...pauses new placements for this long, doubled each time it recurs (at most 30 min).
 const CRASH_LOOP_PAUSE: Duration = Duration::from_secs(30);
-/// Dispatches of one plan that a node could not take (TRANSIENT, or no gateway reached it)
-/// before the instance is given up and placed again.
-const START_RETRIES: i64 = 8;
 pub(crate) const CRASHES: &str = "crashes";
-/// How long a port that a foreign process holds stays out of placement on that node.
-const PORT_BLOCK: Duration = Duration::from_secs(60);
+/// A stray's kill is sent again after this long while the node still reports it running.
+const STRAY_KILL_EVERY: Duration = Duration::from_secs(10);
 
 /// Scheduler-side instance states (the forward-only machine of [`InstanceState`]).
 const SCHEDULED: &str = InstanceState::Scheduled.as_str();
@@ -288,8 +285,12 @@ pub struct Groups {
     pub store: Store,
     pub gateways: Gateways,
     events: EventLog,
+    /// The scheduler's tick (`scheduler.evaluationIntervalSeconds`).
+    interval: Duration,
     /// Per group: the token last worked under and when it was first seen (convergence gate).
     seen: Mutex<HashMap<String, (u64, Instant, i64)>>,
+    /// When this replica last queried a node about an overdue instance (`<id>:<plan>` → ms).
+    queried: Mutex<HashMap<String, i64>>,
 }
 
 /// The scheduler-owned part of an instance record.
@@ -309,6 +310,11 @@ struct Instance {
     dispatch_retries: i64,
     /// DRAINING: stopped at the latest then.
     drain_until_ms: i64,
+    /// When the current state was entered (0 when not recorded).
+    state_at_ms: i64,
+    /// STOPPING: the halt sent (or to be sent) and whether the node took it.
+    halt: Option<halts::HaltRecord>,
+    stop_reason: String,
     plan: Option<Document>,
     reported_state: Option<String>,
     reported_plan_hash: Option<String>,
@@ -331,6 +337,15 @@ impl Instance {
             next_attempt_at_ms: doc.get_i64("nextAttemptAtMs").unwrap_or_default(),
             dispatch_retries: doc.get_i64("dispatchRetries").unwrap_or_default(),
             drain_until_ms: doc.get_i64("drainUntilMs").unwrap_or_default(),
+            state_at_ms: doc
+                .get_i64("stateAtMs")
+                .or_else(|_| doc.get_i64("scheduledAtMs"))
+                .unwrap_or_default(),
+            halt: doc
+                .get_document("halt")
+                .ok()
+                .and_then(halts::HaltRecord::from_doc),
+            stop_reason: doc.get_str("stopReason").unwrap_or_default().to_string(),
             // Copied from the snapshot only when dispatched (`Snapshot::plan_of`).
             plan: None,
             reported_state: reported.and_then(|r| r.get_str("state").ok().map(str::to_string)),
@@ -349,12 +364,14 @@ impl Instance {
 }
 
 impl Groups {
-    pub fn new(store: Store, gateways: Gateways, events: EventLog) -> Groups {
+    pub fn new(store: Store, gateways: Gateways, events: EventLog, interval: Duration) -> Groups {
         Groups {
             store,
             gateways,
             events,
+            interval,
             seen: Mutex::new(HashMap::new()),
+            queried: Mutex::new(HashMap::new()),
         }
     }
 
@@ -444,6 +461,16 @@ impl Groups {
             snap.strays.get(name).map(Vec::as_slice).unwrap_or_default(),
         )
         .await?;
+        // 1c. Halts recorded but not taken yet go out again; instances overdue in a transient
+        // state are settled from what their node says.
+        self.resend_halts(name, lease, &instances).await?;
+        let online = |node: &str| {
+            snap.nodes
+                .get(node)
+                .is_some_and(|n| n.get_str("state") == Ok("ONLINE"))
+        };
+        self.settle_overdue(name, lease, &mut instances, &online)
+            .await?;
 
         if group.get_bool("deleting").unwrap_or(false) {
             return self.tear_down(name, spec, lease, &instances).await;
@@ -451,8 +478,9 @@ impl Groups {
         self.operator_requests(name, spec, revision, lease, &mut instances, snap)
             .await?;
 
-        // 2. Placed but not confirmed started: dispatch (again) the persisted plan.
+        // 2. Placed but not confirmed started: dispatch (again) the persisted plans.
         let now = now_ms();
+        let mut due = Vec::new();
         for instance in instances
             .iter_mut()
             .filter(|i| i.state == SCHEDULED && i.next_attempt_at_ms <= now)
@@ -461,8 +489,9 @@ impl Groups {
                 Some(plan) => Some(plan),
                 None => self.persisted_plan(instance).await?,
             };
-            self.dispatch(name, lease, instance).await?;
+            due.push(instance);
         }
+        self.dispatch_all(name, lease, due).await?;
 
         // 3. Convergence gate for a newly acquired group.
         if !self.gate_open(name, lease, &instances, &snap.nodes) {
@@ -502,14 +531,13 @@ impl Groups {
             .map(|i| (i.id.clone(), i.attempt))
             .collect();
         if !paused {
+            let mut placed = Vec::new();
             for id in wanted.iter().filter(|id| !active.contains_key(*id)) {
                 let attempt = attempts.get(id).copied().unwrap_or(0) + 1;
-                if let Some(mut placed) =
-                    self.place(name, spec, revision, id, attempt, lease).await?
-                {
-                    self.dispatch(name, lease, &mut placed).await?;
-                }
+                placed.extend(self.place(name, spec, revision, id, attempt, lease).await?);
             }
+            self.dispatch_all(name, lease, placed.iter_mut().collect())
+                .await?;
         }
         // Surplus instances leave, draining first; a DRAINING one keeps leaving even if it is
         // wanted again (it is replaced once stopped).
@@ -606,19 +634,21 @@ impl Groups {
         Ok(())
     }
 
-    /// Stops processes of older plans that a node reported after it came back.
+    /// Stops processes of older plans that a node reported after it came back: each kill is
+    /// recorded on the stray (a fenced write) before it is sent with the same token, at most
+    /// every [`STRAY_KILL_EVERY`] until the node reports the process ended.
     async fn stop_strays(
         &self,
         group: &str,
         lease: &Lease,
         strays: &[Arc<Document>],
     ) -> anyhow::Result<()> {
+        let now = now_ms();
+        let mut kills = Vec::new();
         for stray in strays {
             let Ok(id) = stray.get_str("_id") else {
                 continue;
             };
-            let instance = stray.get_str("instanceId").unwrap_or_default();
-            let node = stray.get_str("nodeId").unwrap_or_default();
             let reported = stray.get_document("reported").ok();
             let state = reported
                 .and_then(|r| r.get_str("state").ok())
@@ -628,30 +658,81 @@ impl Groups {
                     .await?;
                 continue;
             }
+            let last = stray
+                .get_document("kill")
+                .and_then(|k| k.get_i64("atMs"))
+                .unwrap_or(0);
+            if now - last < STRAY_KILL_EVERY.as_millis() as i64 {
+                continue;
+            }
             let plan = reported
                 .and_then(|r| r.get_str("planHash").ok())
                 .unwrap_or_default();
+            let recorded = self
+                .write(
+                    lease,
+                    vec![
+                        Write::update_one(
+                            STRAYS,
+                            doc! { "_id": id, "reported.planHash": plan },
+                            doc! { "$set": { "kill": { "token": lease.token() as i64, "atMs": now } } },
+                        )
+                        .require_match(),
+                    ],
+                )
+                .await;
+            match recorded {
+                Ok(()) => {}
+                Err(StoreError::Precondition { .. }) => continue,
+                Err(err) => return Err(err.into()),
+            }
+            let instance = stray.get_str("instanceId").unwrap_or_default().to_owned();
+            let node = stray.get_str("nodeId").unwrap_or_default().to_owned();
             let command = Command {
                 command_id: format!("kill-stray:{id}:{plan}"),
                 scope: lease.scope().to_string(),
                 fence_token: lease.token(),
                 action: Some(Action::Kill(prexor_proto::v1::KillInstance {
-                    instance_id: instance.to_string(),
+                    instance_id: instance.clone(),
+                    plan_hash: plan.to_owned(),
                 })),
             };
-            match self.gateways.send(node, command).await {
+            kills.push((id.to_owned(), plan.to_owned(), instance, node, command));
+        }
+        prexor_serve::failpoint::hit("scheduler.before-halt-send");
+        if kills.is_empty() || !lease.is_valid() {
+            return Ok(());
+        }
+        let outcomes = futures::future::join_all(
+            kills
+                .iter()
+                .map(|(_, _, _, node, command)| self.gateways.send(node, command.clone())),
+        )
+        .await;
+        for ((stray, plan, instance, node, _), outcome) in kills.iter().zip(outcomes) {
+            match outcome {
+                Ok(ack)
+                    if ack.result() == AckResult::Already
+                        && (ack.plan_hash != *plan
+                            || matches!(
+                                ack.actual_state(),
+                                Reported::Stopped | Reported::Crashed | Reported::Unspecified
+                            )) =>
+                {
+                    // Nothing of it runs there (any more): nothing will report its end.
+                    self.write(
+                        lease,
+                        vec![Write::delete_one(STRAYS, doc! { "_id": stray })],
+                    )
+                    .await?;
+                    tracing::info!(group, %instance, %node, "stray record dropped: {}", ack.message);
+                }
                 Ok(ack) => {
-                    tracing::warn!(
-                        group,
-                        instance,
-                        node,
-                        "stopped a stray process of an older plan: {}",
-                        ack.message
-                    );
+                    tracing::warn!(group, %instance, %node, "killed a stray process of an older plan: {}", ack.message);
                     metrics::counter!("prexor_scheduler_strays_stopped_total").increment(1);
                 }
                 Err(reason) => {
-                    tracing::info!(group, instance, node, "stray not stopped yet: {reason}")
+                    tracing::info!(group, %instance, %node, "stray not stopped yet: {reason}")
                 }
             }
         }
@@ -813,6 +894,19 @@ impl Groups {
         state: &str,
         reason: &str,
     ) -> anyhow::Result<()> {
+        self.finish_record(lease, instance, state, reason).await?;
+        instance.state = state.to_string();
+        Ok(())
+    }
+
+    /// [`Groups::finish`]'s writes and event, for an instance not held mutably.
+    async fn finish_record(
+        &self,
+        lease: &Lease,
+        instance: &Instance,
+        state: &str,
+        reason: &str,
+    ) -> anyhow::Result<()> {
         let result = self
             .write(
                 lease,
@@ -842,7 +936,6 @@ impl Groups {
         metrics::counter!("prexor_scheduler_instances_ended_total", "state" => state.to_string())
             .increment(1);
         tracing::info!(instance = %instance.id, node = %instance.node, state, reason, "instance ended");
-        instance.state = state.to_string();
         self.state_changed(&instance.group, &instance.id, state, reason)
             .await;
         Ok(())
@@ -950,12 +1043,33 @@ impl Groups {
                         .upsert(true),
                 )
                 .await?;
+            // Nodes on one host share its ports.
+            let host = nodes
+                .iter()
+                .find(|n| n.get_str("_id") == Ok(node.as_str()))
+                .and_then(|n| n.get_str("hostId").ok())
+                .filter(|h| !h.is_empty());
+            let neighbours: Vec<String> = match host {
+                Some(host) => self
+                    .store
+                    .find_projected(
+                        NODES,
+                        "listing the nodes of a host",
+                        doc! { "hostId": host },
+                        doc! { "_id": 1 },
+                    )
+                    .await?
+                    .iter()
+                    .filter_map(|n| n.get_str("_id").ok().map(str::to_owned))
+                    .collect(),
+                None => vec![node.clone()],
+            };
             let used: HashSet<i64> = self
                 .store
                 .find_all(
                     PORT_RESERVATIONS,
                     "reading port reservations",
-                    doc! { "nodeId": &node },
+                    doc! { "nodeId": { "$in": neighbours } },
                 )
                 .await?
                 .iter()
@@ -1048,6 +1162,9 @@ impl Groups {
                             next_attempt_at_ms: 0,
                             dispatch_retries: 0,
                             drain_until_ms: 0,
+                            state_at_ms: now_ms(),
+                            halt: None,
+                            stop_reason: String::new(),
                             plan: Some(plan),
                             reported_state: None,
                             reported_plan_hash: None,
@@ -1062,224 +1179,6 @@ impl Groups {
             }
         }
         Ok(None)
-    }
-
-    /// The plan persisted for `instance` under its current plan hash (`instance_plans`).
-    async fn persisted_plan(&self, instance: &Instance) -> Result<Option<Document>, StoreError> {
-        let found = self
-            .store
-            .find_all(
-                INSTANCE_PLANS,
-                "reading an instance's plan",
-                doc! { "_id": &instance.id, "planHash": &instance.plan_hash },
-            )
-            .await?;
-        Ok(found
-            .into_iter()
-            .next()
-            .and_then(|d| d.get_document("plan").ok().cloned()))
-    }
-
-    /// Sends the persisted plan to the instance's node and records what the ack says.
-    async fn dispatch(
-        &self,
-        group: &str,
-        lease: &Lease,
-        instance: &mut Instance,
-    ) -> anyhow::Result<()> {
-        let Some(plan) = &instance.plan else {
-            tracing::warn!(
-                instance = %instance.id,
-                plan_hash = %instance.plan_hash,
-                "no persisted plan for this placement; not dispatching it"
-            );
-            return Ok(());
-        };
-        let command = Command {
-            command_id: format!("start:{}:{}", instance.id, instance.plan_hash),
-            scope: lease.scope().to_string(),
-            fence_token: lease.token(),
-            action: Some(Action::Start(StartInstance {
-                plan: Some(composition_plan(group, instance, plan)),
-            })),
-        };
-        match self.gateways.send(&instance.node, command).await {
-            Ok(ack) => match ack.result() {
-                AckResult::Done | AckResult::Already => {
-                    // The node has the plan; what it reports from now on moves the state on.
-                    if instance.state == SCHEDULED {
-                        self.set_state(lease, instance, InstanceState::Preparing)
-                            .await?;
-                    }
-                }
-                AckResult::Transient if ack.message.contains("in use on this host") => {
-                    // Something outside PrexorCloud holds the port on that host: give the slot
-                    // up, keep the port off limits there for a while, place again elsewhere.
-                    let reason = format!("not started: {}", ack.message);
-                    self.finish(lease, instance, CRASHED, &reason).await?;
-                    self.block_port(&instance.node, instance.port).await?;
-                }
-                AckResult::Transient => {
-                    let hint = u64::from(ack.retry_after_ms);
-                    self.retry_later(lease, instance, hint, &ack.message)
-                        .await?;
-                }
-                AckResult::Permanent | AckResult::Unspecified => {
-                    self.finish(
-                        lease,
-                        instance,
-                        CRASHED,
-                        &format!("the node refused the plan: {}", ack.message),
-                    )
-                    .await?;
-                }
-                AckResult::StaleFence => {
-                    anyhow::bail!(
-                        "node {} refused group {group}'s token {}: {}",
-                        instance.node,
-                        lease.token(),
-                        ack.message
-                    );
-                }
-            },
-            Err(reason) => {
-                tracing::info!(instance = %instance.id, node = %instance.node, "dispatch deferred: {reason}");
-                self.retry_later(lease, instance, 0, &reason).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Keeps `node:port` out of placement for a minute (a foreign process holds it).
-    async fn block_port(&self, node: &str, port: u16) -> anyhow::Result<()> {
-        let blocked = self
-            .store
-            .bounded(
-                "blocking a port",
-                self.store.documents(PORT_RESERVATIONS).insert_one(doc! {
-                    "_id": format!("{node}:{port}"),
-                    "nodeId": node,
-                    "port": i64::from(port),
-                    "blockedUntilMs": now_ms() + PORT_BLOCK.as_millis() as i64,
-                }),
-            )
-            .await;
-        match blocked {
-            Ok(_) => Ok(()),
-            Err(err) if err.is_duplicate_key() => Ok(()),
-            Err(err) => Err(err.into()),
-        }
-    }
-
-    /// The start-retry intent: the plan is dispatched again after a backoff (doubling from 1 s,
-    /// at most 30 s, never sooner than the daemon's hint), at most [`START_RETRIES`] times; then
-    /// the instance is given up as CRASHED with a crash record (so a group whose instances never
-    /// start pauses like a crash loop) and placed again as a new attempt.
-    async fn retry_later(
-        &self,
-        lease: &Lease,
-        instance: &mut Instance,
-        hint_ms: u64,
-        reason: &str,
-    ) -> anyhow::Result<()> {
-        let retries = instance.dispatch_retries + 1;
-        if retries > START_RETRIES {
-            let detail = format!("not started after {START_RETRIES} retries: {reason}");
-            self.write(
-                lease,
-                vec![
-                    Write::update_one(
-                        CRASHES,
-                        doc! { "_id": format!("{}@{}", instance.id, now_ms()) },
-                        doc! { "$set": {
-                            "instanceId": &instance.id,
-                            "nodeId": &instance.node,
-                            "group": &instance.group,
-                            "planHash": &instance.plan_hash,
-                            "exitCode": Bson::Null,
-                            "detail": &detail,
-                            "atMs": now_ms(),
-                        } },
-                    )
-                    .upsert(),
-                ],
-            )
-            .await?;
-            metrics::counter!("prexor_scheduler_start_retries_exhausted_total").increment(1);
-            return self.finish(lease, instance, CRASHED, &detail).await;
-        }
-        let at = now_ms() + start_backoff_ms(retries, hint_ms) as i64;
-        self.write(
-            lease,
-            vec![Write::update_one(
-                INSTANCES,
-                doc! { "_id": &instance.id, "planHash": &instance.plan_hash },
-                doc! { "$set": { "nextAttemptAtMs": at, "dispatchRetries": retries, "lastDispatchError": reason } },
-            )],
-        )
-        .await?;
-        instance.next_attempt_at_ms = at;
-        instance.dispatch_retries = retries;
-        Ok(())
-    }
-
-    /// Stops (or kills) `instance` and records it STOPPING once the daemon accepted.
-    async fn stop(
-        &self,
-        group: &str,
-        lease: &Lease,
-        instance: &Instance,
-        how: Halt,
-        why: &str,
-    ) -> anyhow::Result<bool> {
-        let action = match how {
-            Halt::Stop { grace_s } => Action::Stop(StopInstance {
-                instance_id: instance.id.clone(),
-                grace_period_ms: grace_s.saturating_mul(1000),
-                stop_command: String::new(),
-            }),
-            Halt::Kill => Action::Kill(KillInstance {
-                instance_id: instance.id.clone(),
-            }),
-        };
-        let verb = match how {
-            Halt::Stop { .. } => "stop",
-            Halt::Kill => "kill",
-        };
-        let command = Command {
-            command_id: format!("{verb}:{}:{}", instance.id, instance.plan_hash),
-            scope: lease.scope().to_string(),
-            fence_token: lease.token(),
-            action: Some(action),
-        };
-        match self.gateways.send(&instance.node, command).await {
-            Ok(ack) if matches!(ack.result(), AckResult::Done | AckResult::Already) => {
-                self.write(
-                    lease,
-                    vec![Write::update_one(
-                        INSTANCES,
-                        doc! {
-                            "_id": &instance.id,
-                            "planHash": &instance.plan_hash,
-                            "state": { "$in": InstanceState::predecessors(InstanceState::Stopping) },
-                        },
-                        doc! { "$set": { "state": STOPPING, "stateAtMs": now_ms(), "stopReason": why } },
-                    )],
-                )
-                .await?;
-                self.state_changed(group, &instance.id, STOPPING, why).await;
-                tracing::info!(group, instance = %instance.id, "{verb} ({why})");
-                Ok(true)
-            }
-            Ok(ack) => {
-                tracing::warn!(instance = %instance.id, "{verb} refused: {}", ack.message);
-                Ok(false)
-            }
-            Err(reason) => {
-                tracing::info!(instance = %instance.id, "{verb} deferred: {reason}");
-                Ok(false)
-            }
-        }
     }
 
     async fn state_changed(&self, group: &str, instance: &str, state: &str, detail: &str) {
@@ -1504,7 +1403,7 @@ impl Groups {
                             .await?
                         {
                             Some(mut placed) => {
-                                self.dispatch(name, lease, &mut placed).await?;
+                                self.dispatch_all(name, lease, vec![&mut placed]).await?;
                                 instances.retain(|i| i.id != instance_id);
                                 instances.push(placed);
                                 true
@@ -1543,13 +1442,15 @@ impl Groups {
         instances: &[Instance],
     ) -> anyhow::Result<()> {
         let active: Vec<&Instance> = instances.iter().filter(|i| i.is_active()).collect();
-        for instance in active.iter().filter(|i| i.state != STOPPING) {
-            let how = Halt::Stop {
-                grace_s: spec.stop_grace_seconds,
-            };
-            self.stop(name, lease, instance, how, "group deleted")
-                .await?;
-        }
+        let how = Halt::Stop {
+            grace_s: spec.stop_grace_seconds,
+        };
+        let halts = active
+            .iter()
+            .filter(|i| i.state != STOPPING)
+            .map(|i| (*i, how, "group deleted".to_owned()))
+            .collect();
+        self.halt_all(name, lease, halts).await?;
         if !active.is_empty() {
             return Ok(());
         }
@@ -1567,13 +1468,6 @@ impl Groups {
             .await;
         Ok(())
     }
-}
-
-/// The wait before the `retries`-th dispatch retry: doubling from 1 s to at most 30 s, never
-/// sooner than the daemon's hint.
-fn start_backoff_ms(retries: i64, hint_ms: u64) -> u64 {
-    let doubling = 1000u64 << (retries.max(1) - 1).min(5);
-    doubling.min(30_000).max(hint_ms)
 }
 
 /// The instances a DYNAMIC group keeps at `target`: the fullest running ones, then the lowest
@@ -1618,7 +1512,7 @@ fn dynamic_names(
 }
 
 /// How to end an instance.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Halt {
     /// Console stop command, then SIGKILL after the grace period.
     Stop { grace_s: u32 },
@@ -1673,59 +1567,9 @@ fn plan_hash(plan: &Document, id: &str, attempt: i64, revision: i64) -> String {
     digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
 
-fn composition_plan(group: &str, instance: &Instance, plan: &Document) -> CompositionPlan {
-    let strings = |key: &str| -> Vec<String> {
-        plan.get_array(key)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    CompositionPlan {
-        instance_id: instance.id.clone(),
-        group: group.to_string(),
-        plan_hash: instance.plan_hash.clone(),
-        command: strings("command"),
-        env: plan
-            .get_document("env")
-            .map(|e| {
-                e.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        port: u32::from(instance.port),
-        memory_mb: instance.memory_mb,
-        files: Vec::new(),
-        layers: plan
-            .get_array("layers")
-            .map(|a| {
-                a.iter()
-                    .filter_map(|l| {
-                        let l = l.as_document()?;
-                        Some(TemplateLayer {
-                            hash: l.get_str("hash").ok()?.to_string(),
-                            name: l.get_str("name").unwrap_or_default().to_string(),
-                        })
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn start_retries_back_off_and_honour_the_hint() {
-        let waits: Vec<u64> = (1..=8).map(|n| start_backoff_ms(n, 0)).collect();
-        assert_eq!(waits, [1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
-        assert_eq!(start_backoff_ms(1, 5000), 5000);
-    }
 
     fn instance(id: &str, state: &str) -> Instance {
         Instance {
@@ -1741,6 +1585,9 @@ mod tests {
             next_attempt_at_ms: 0,
             dispatch_retries: 0,
             drain_until_ms: 0,
+            state_at_ms: 0,
+            halt: None,
+            stop_reason: String::new(),
             plan: None,
             reported_state: None,
             reported_plan_hash: None,

@@ -66,9 +66,11 @@ fn main() -> ExitCode {
 async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
     let (keeper, keeper_task) =
         LeaseKeeper::start(service.leases.clone(), "mixed", service.shutdown.clone());
+    // One client for every node command, so a gateway that did not answer is avoided by all.
+    let gateways = service.gateways();
     let drains = drains::Drains {
         store: service.store.clone(),
-        gateways: service.gateways(),
+        gateways: gateways.clone(),
         events: service.events.clone(),
     };
     let modules = modules::Modules {
@@ -81,8 +83,9 @@ async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
         guard: service.guard.clone(),
         groups: groups::Groups::new(
             service.store.clone(),
-            service.gateways(),
+            gateways.clone(),
             service.events.clone(),
+            service.config.evaluation_interval,
         ),
         store: service.store.clone(),
         group_docs: reconciler::GroupDocs::default(),

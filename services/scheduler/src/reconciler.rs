@@ -8,6 +8,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use mongodb::bson::{Document, doc};
 use prexor_coord::{LeaseKeeper, Leases, Registry};
 use prexor_domain::{GroupSpec, Scope, ServiceKind};
@@ -70,6 +71,9 @@ fn stamp(doc: &Document) -> Stamp {
         doc.get_i64("updatedAtMs").unwrap_or(0),
     )
 }
+
+/// Groups converging at the same time within one tick.
+const GROUPS_AT_ONCE: usize = 8;
 
 /// More changed groups than this are read with one full listing instead of an `$in` query.
 const CHANGED_QUERY_LIMIT: usize = 256;
@@ -420,17 +424,22 @@ impl Reconciler {
         metrics::counter!("prexor_scheduler_snapshots_total", "source" => source).increment(1);
         phase_took("snapshot", phase);
         let phase = Instant::now();
-        for lease in &leases {
-            let Scope::Group(name) = lease.scope() else {
-                continue;
-            };
-            if !lease.is_valid() {
-                continue;
-            }
-            if let Err(err) = self.groups.converge(name, lease, &snapshot).await {
-                tracing::warn!(group = %name, "group step failed: {err:#}");
-            }
-        }
+        // Groups step side by side: one group waiting on a slow node or gateway (each command
+        // has a deadline) does not hold up the others.
+        let held_groups = leases.iter().filter_map(|lease| match lease.scope() {
+            Scope::Group(name) if lease.is_valid() => Some((name, lease)),
+            _ => None,
+        });
+        futures::stream::iter(held_groups)
+            .for_each_concurrent(GROUPS_AT_ONCE, |(name, lease)| {
+                let snapshot = &snapshot;
+                async move {
+                    if let Err(err) = self.groups.converge(name, lease, snapshot).await {
+                        tracing::warn!(group = %name, "group step failed: {err:#}");
+                    }
+                }
+            })
+            .await;
         phase_took("groups", phase);
         let phase = Instant::now();
         for lease in &leases {

@@ -50,13 +50,15 @@ impl Groups {
             .filter(|i| i.spec_hash != target && i.state == RUNNING && wanted.contains(&i.id))
             .collect();
         let budget = max_unavailable.saturating_sub(unavailable).min(batch);
-        for instance in outdated.iter().take(budget) {
-            let how = Halt::Stop {
-                grace_s: spec.stop_grace_seconds,
-            };
-            self.stop(name, lease, instance, how, &format!("deployment {id}"))
-                .await?;
-        }
+        let how = Halt::Stop {
+            grace_s: spec.stop_grace_seconds,
+        };
+        let halts = outdated
+            .iter()
+            .take(budget)
+            .map(|i| (*i, how, format!("deployment {id}")))
+            .collect();
+        self.halt_all(name, lease, halts).await?;
         let total = wanted.len();
         let stale_left = active.values().any(|i| i.spec_hash != target);
         let done = updated == total && !stale_left;

@@ -1,0 +1,285 @@
+//! Dispatching persisted plans: the start commands of one group's tick go out together (a
+//! frozen or unreachable gateway costs one deadline, not one per instance), then each ack is
+//! recorded in turn under the group's fence. A node that cannot take a plan yet gets it again
+//! after a backoff (the start-retry intent), at most [`START_RETRIES`] times.
+
+use futures::future::join_all;
+use mongodb::bson::{Bson, Document, doc};
+use prexor_coord::Lease;
+use prexor_domain::{InstanceState, now_ms};
+use prexor_proto::v1::command::Action;
+use prexor_proto::v1::{
+    AckResult, Command, CommandAck, CompositionPlan, StartInstance, TemplateLayer,
+};
+use prexor_serve::SendError;
+use prexor_store::{INSTANCE_PLANS, StoreError, Write};
+
+use super::{CRASHED, CRASHES, Groups, INSTANCES, Instance, PORT_RESERVATIONS, SCHEDULED};
+
+/// Dispatches of one plan that a node could not take (TRANSIENT, or no gateway reached it)
+/// before the instance is given up and placed again.
+const START_RETRIES: i64 = 8;
+/// How long a port that a foreign process holds stays out of placement on that node.
+const PORT_BLOCK: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Groups {
+    /// The plan persisted for `instance` under its current plan hash (`instance_plans`).
+    pub(super) async fn persisted_plan(
+        &self,
+        instance: &Instance,
+    ) -> Result<Option<Document>, StoreError> {
+        let found = self
+            .store
+            .find_all(
+                INSTANCE_PLANS,
+                "reading an instance's plan",
+                doc! { "_id": &instance.id, "planHash": &instance.plan_hash },
+            )
+            .await?;
+        Ok(found
+            .into_iter()
+            .next()
+            .and_then(|d| d.get_document("plan").ok().cloned()))
+    }
+
+    /// Sends each instance's persisted plan to its node, all at once, and records what each ack
+    /// says.
+    pub(super) async fn dispatch_all(
+        &self,
+        group: &str,
+        lease: &Lease,
+        instances: Vec<&mut Instance>,
+    ) -> anyhow::Result<()> {
+        let mut ready = Vec::new();
+        for instance in instances {
+            match &instance.plan {
+                Some(plan) => {
+                    let command = Command {
+                        command_id: format!("start:{}:{}", instance.id, instance.plan_hash),
+                        scope: lease.scope().to_string(),
+                        fence_token: lease.token(),
+                        action: Some(Action::Start(StartInstance {
+                            plan: Some(composition_plan(group, instance, plan)),
+                        })),
+                    };
+                    ready.push((instance, command));
+                }
+                None => tracing::warn!(
+                    instance = %instance.id,
+                    plan_hash = %instance.plan_hash,
+                    "no persisted plan for this placement; not dispatching it"
+                ),
+            }
+        }
+        if ready.is_empty() {
+            return Ok(());
+        }
+        // A holder paused since it read the snapshot sends nothing once its lease is gone (and
+        // the gateways refuse a token below the group's mark anyway).
+        if !lease.is_valid() {
+            return Ok(());
+        }
+        let outcomes = join_all(
+            ready
+                .iter()
+                .map(|(instance, command)| self.gateways.send(&instance.node, command.clone())),
+        )
+        .await;
+        for ((instance, _), outcome) in ready.into_iter().zip(outcomes) {
+            self.record_dispatch(group, lease, instance, outcome)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// What a start's ack (or its absence) means for the instance.
+    async fn record_dispatch(
+        &self,
+        group: &str,
+        lease: &Lease,
+        instance: &mut Instance,
+        outcome: Result<CommandAck, SendError>,
+    ) -> anyhow::Result<()> {
+        match outcome {
+            Ok(ack) => match ack.result() {
+                AckResult::Done | AckResult::Already => {
+                    // The node has the plan; what it reports from now on moves the state on.
+                    if instance.state == SCHEDULED {
+                        self.set_state(lease, instance, InstanceState::Preparing)
+                            .await?;
+                    }
+                }
+                AckResult::Transient if ack.message.contains("in use on this host") => {
+                    // Something outside PrexorCloud holds the port on that host: give the slot
+                    // up, keep the port off limits there for a while, place again elsewhere.
+                    let reason = format!("not started: {}", ack.message);
+                    self.finish(lease, instance, CRASHED, &reason).await?;
+                    self.block_port(&instance.node, instance.port).await?;
+                }
+                AckResult::Transient => {
+                    let hint = u64::from(ack.retry_after_ms);
+                    self.retry_later(lease, instance, hint, &ack.message)
+                        .await?;
+                }
+                AckResult::Permanent | AckResult::Unspecified => {
+                    self.finish(
+                        lease,
+                        instance,
+                        CRASHED,
+                        &format!("the node refused the plan: {}", ack.message),
+                    )
+                    .await?;
+                }
+                AckResult::StaleFence => {
+                    anyhow::bail!(
+                        "node {} refused group {group}'s token {}: {}",
+                        instance.node,
+                        lease.token(),
+                        ack.message
+                    );
+                }
+            },
+            Err(reason) => {
+                tracing::info!(instance = %instance.id, node = %instance.node, "dispatch deferred: {reason}");
+                self.retry_later(lease, instance, 0, &reason.to_string())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps `node:port` out of placement for a minute (a foreign process holds it).
+    async fn block_port(&self, node: &str, port: u16) -> anyhow::Result<()> {
+        let blocked = self
+            .store
+            .bounded(
+                "blocking a port",
+                self.store.documents(PORT_RESERVATIONS).insert_one(doc! {
+                    "_id": format!("{node}:{port}"),
+                    "nodeId": node,
+                    "port": i64::from(port),
+                    "blockedUntilMs": now_ms() + PORT_BLOCK.as_millis() as i64,
+                }),
+            )
+            .await;
+        match blocked {
+            Ok(_) => Ok(()),
+            Err(err) if err.is_duplicate_key() => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The start-retry intent: the plan is dispatched again after a backoff (doubling from 1 s,
+    /// at most 30 s, never sooner than the daemon's hint), at most [`START_RETRIES`] times; then
+    /// the instance is given up as CRASHED with a crash record (so a group whose instances never
+    /// start pauses like a crash loop) and placed again as a new attempt.
+    async fn retry_later(
+        &self,
+        lease: &Lease,
+        instance: &mut Instance,
+        hint_ms: u64,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        let retries = instance.dispatch_retries + 1;
+        if retries > START_RETRIES {
+            let detail = format!("not started after {START_RETRIES} retries: {reason}");
+            self.write(
+                lease,
+                vec![
+                    Write::update_one(
+                        CRASHES,
+                        doc! { "_id": format!("{}@{}", instance.id, instance.plan_hash) },
+                        doc! { "$setOnInsert": {
+                            "instanceId": &instance.id,
+                            "nodeId": &instance.node,
+                            "group": &instance.group,
+                            "planHash": &instance.plan_hash,
+                            "exitCode": Bson::Null,
+                            "detail": &detail,
+                            "atMs": now_ms(),
+                        } },
+                    )
+                    .upsert(),
+                ],
+            )
+            .await?;
+            metrics::counter!("prexor_scheduler_start_retries_exhausted_total").increment(1);
+            return self.finish(lease, instance, CRASHED, &detail).await;
+        }
+        let at = now_ms() + start_backoff_ms(retries, hint_ms) as i64;
+        self.write(
+            lease,
+            vec![Write::update_one(
+                INSTANCES,
+                doc! { "_id": &instance.id, "planHash": &instance.plan_hash },
+                doc! { "$set": { "nextAttemptAtMs": at, "dispatchRetries": retries, "lastDispatchError": reason } },
+            )],
+        )
+        .await?;
+        instance.next_attempt_at_ms = at;
+        instance.dispatch_retries = retries;
+        Ok(())
+    }
+}
+
+/// The wait before the `retries`-th dispatch retry: doubling from 1 s to at most 30 s, never
+/// sooner than the daemon's hint.
+fn start_backoff_ms(retries: i64, hint_ms: u64) -> u64 {
+    let doubling = 1000u64 << (retries.max(1) - 1).min(5);
+    doubling.min(30_000).max(hint_ms)
+}
+
+fn composition_plan(group: &str, instance: &Instance, plan: &Document) -> CompositionPlan {
+    let strings = |key: &str| -> Vec<String> {
+        plan.get_array(key)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    CompositionPlan {
+        instance_id: instance.id.clone(),
+        group: group.to_string(),
+        plan_hash: instance.plan_hash.clone(),
+        command: strings("command"),
+        env: plan
+            .get_document("env")
+            .map(|e| {
+                e.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        port: u32::from(instance.port),
+        memory_mb: instance.memory_mb,
+        files: Vec::new(),
+        layers: plan
+            .get_array("layers")
+            .map(|a| {
+                a.iter()
+                    .filter_map(|l| {
+                        let l = l.as_document()?;
+                        Some(TemplateLayer {
+                            hash: l.get_str("hash").ok()?.to_string(),
+                            name: l.get_str("name").unwrap_or_default().to_string(),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_retries_back_off_and_honour_the_hint() {
+        let waits: Vec<u64> = (1..=8).map(|n| start_backoff_ms(n, 0)).collect();
+        assert_eq!(waits, [1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+        assert_eq!(start_backoff_ms(1, 5000), 5000);
+    }
+}
