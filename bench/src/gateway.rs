@@ -63,11 +63,8 @@ async fn owner(store: &Store) -> anyhow::Result<Option<(String, i64)>> {
 pub async fn run(servers: &Servers, n: usize, kills: usize) -> anyhow::Result<()> {
     let dir = Scratch::new("gateway")?;
     let store = servers.store().await?;
-    let NodeFleet {
-        ca: _ca,
-        mut gateways,
-        daemon: _daemon,
-    } = NodeFleet::start(servers, &dir.0, NODE).await?;
+    let mut fleet = NodeFleet::start(servers, &dir.0, NODE, &[]).await?;
+    let gateways = &mut fleet.gateways;
 
     let names: Vec<String> = gateways.iter().map(|g| g.name.clone()).collect();
     let owner_of = |name: &str| names.iter().position(|g| g == name);
@@ -149,7 +146,7 @@ pub async fn run(servers: &Servers, n: usize, kills: usize) -> anyhow::Result<()
     )
     .print();
 
-    for gateway in &gateways {
+    for gateway in gateways.iter() {
         gateway.print_rss(
             &format!("{} RSS with one node session", gateway.name),
             "PrexorCloud sizes ~1 GiB heap + 1 MiB per instance per controller",

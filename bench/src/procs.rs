@@ -37,18 +37,54 @@ pub struct Proc {
     config: PathBuf,
     binary: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 /// A bootstrapped CA, two gateways and a daemon for one node enrolled through them, all ready.
 pub struct NodeFleet {
-    pub ca: Proc,
+    /// Kept running (and stopped) with the fleet.
+    _ca: Proc,
     pub gateways: [Proc; 2],
     pub daemon: Proc,
+    /// The daemon's process journal: the servers it started outlive it, so dropping the fleet
+    /// kills those still running.
+    journal: PathBuf,
+}
+
+impl Drop for NodeFleet {
+    fn drop(&mut self) {
+        let Ok(text) = std::fs::read_to_string(&self.journal) else {
+            return;
+        };
+        let mut live = std::collections::BTreeSet::new();
+        for entry in text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        {
+            let Some(pid) = entry["pid"].as_u64() else {
+                continue;
+            };
+            if entry["event"] == "launch" {
+                live.insert(pid as u32);
+            } else {
+                live.remove(&(pid as u32));
+            }
+        }
+        for pid in live {
+            prexor_testkit::signal(pid, libc::SIGKILL);
+        }
+    }
 }
 
 impl NodeFleet {
-    /// Replicas `ca-bench`, `gateway-a` and `gateway-b`, and the daemon of `node`.
-    pub async fn start(servers: &Servers, dir: &Path, node: &str) -> anyhow::Result<NodeFleet> {
+    /// Replicas `ca-bench`, `gateway-a` and `gateway-b` (with `gateway_env`), and the daemon of
+    /// `node`.
+    pub async fn start(
+        servers: &Servers,
+        dir: &Path,
+        node: &str,
+        gateway_env: &[(&str, &str)],
+    ) -> anyhow::Result<NodeFleet> {
         let store = servers.store().await?;
         let ca = Proc::service(
             servers,
@@ -59,10 +95,29 @@ impl NodeFleet {
             &["--bootstrap"],
         )
         .await?;
-        let gateways = [
-            Proc::service(servers, dir, "gateway", "gateway-a", "", &[]).await?,
-            Proc::service(servers, dir, "gateway", "gateway-b", "", &[]).await?,
+        let mut gateways = [
+            Proc::spawn_service_with_env(
+                servers,
+                dir,
+                "gateway",
+                "gateway-a",
+                "",
+                &[],
+                gateway_env,
+            )?,
+            Proc::spawn_service_with_env(
+                servers,
+                dir,
+                "gateway",
+                "gateway-b",
+                "",
+                &[],
+                gateway_env,
+            )?,
         ];
+        for gateway in &mut gateways {
+            gateway.wait_ready().await?;
+        }
         let published = prexor_pki::records::published_ca(&store)
             .await?
             .ok_or_else(|| anyhow::anyhow!("no cluster CA"))?;
@@ -77,9 +132,10 @@ impl NodeFleet {
         let ports: Vec<u16> = gateways.iter().filter_map(|g| g.daemon_port).collect();
         let daemon = Proc::daemon(dir, node, &ports, &token.to_string()).await?;
         Ok(NodeFleet {
-            ca,
+            _ca: ca,
             gateways,
             daemon,
+            journal: dir.join(node).join("processes.log"),
         })
     }
 }
@@ -159,6 +215,19 @@ impl Proc {
         extra: &str,
         args: &[&str],
     ) -> anyhow::Result<Proc> {
+        Proc::spawn_service_with_env(servers, dir, kind, id, extra, args, &[])
+    }
+
+    /// [`Proc::spawn_service`] with extra environment variables (e.g. failpoints).
+    pub fn spawn_service_with_env(
+        servers: &Servers,
+        dir: &Path,
+        kind: &str,
+        id: &str,
+        extra: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Proc> {
         let (http, grpc) = (prexor_testkit::free_port(), prexor_testkit::free_port());
         let mut toml = common_toml(servers, id, http, grpc);
         if kind == "api" {
@@ -175,8 +244,12 @@ impl Proc {
         toml.push_str(extra);
         let config = dir.join(format!("{id}.toml"));
         std::fs::write(&config, toml)?;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Ok(Proc {
-            child: spawn(&binary(&format!("prexor-{kind}"))?, &config, args)?,
+            child: spawn(&binary(&format!("prexor-{kind}"))?, &config, args, &env)?,
             name: id.to_string(),
             http,
             grpc,
@@ -184,6 +257,7 @@ impl Proc {
             config,
             binary: binary(&format!("prexor-{kind}"))?,
             args: args.iter().map(|a| a.to_string()).collect(),
+            env,
         })
     }
 
@@ -214,7 +288,7 @@ impl Proc {
         )?;
         let binary = binary("prexor-daemon")?;
         let mut proc = Proc {
-            child: spawn(&binary, &config, &[])?,
+            child: spawn(&binary, &config, &[], &[])?,
             name: node.to_string(),
             http,
             grpc: 0,
@@ -222,6 +296,7 @@ impl Proc {
             config,
             binary,
             args: Vec::new(),
+            env: Vec::new(),
         };
         proc.wait_ready().await?;
         Ok(proc)
@@ -261,6 +336,10 @@ impl Proc {
             .collect())
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn signal(&self, signal: libc::c_int) {
         prexor_testkit::signal(self.child.id(), signal);
     }
@@ -295,17 +374,23 @@ impl Proc {
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        self.child = spawn(&self.binary, &self.config, &args)?;
+        self.child = spawn(&self.binary, &self.config, &args, &self.env)?;
         self.wait_ready().await
     }
 }
 
-fn spawn(binary: &Path, config: &Path, args: &[&str]) -> anyhow::Result<std::process::Child> {
+fn spawn(
+    binary: &Path,
+    config: &Path,
+    args: &[&str],
+    env: &[(String, String)],
+) -> anyhow::Result<std::process::Child> {
     let mut cmd = Command::new(binary);
     cmd.arg("--config")
         .arg(config)
         .args(args)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().cloned())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());

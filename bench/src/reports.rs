@@ -1,10 +1,13 @@
 //! Report delivery under the conflict that once lost a report: a rolling deployment of a
 //! 4-instance STATIC group whose lease holder freezes (SIGSTOP) right after the deployment
-//! starts, for longer than the lease, so its open transaction can hold instance documents while
-//! the gateways try to record the daemon's reports. Reported: the reports the daemon sent again,
-//! the store retries, the rollout time, and the reports lost (the goal: 0): instances whose
-//! record disagrees with the node's own journal once everything settled, plus any report the
-//! daemon still holds unacknowledged.
+//! starts. A frozen holder's open transaction keeps the instance documents it wrote locked, so
+//! every report write of the gateways meets a write conflict; that happens only when the freeze
+//! lands inside a transaction, so here the gateways' report writes are made to fail the same way
+//! for the whole freeze (the `gateway.report-write` failpoint, a file the benchmark creates and
+//! removes). Reported: the reports the daemon sent again, the store retries, the time from the
+//! deployment's start to DONE, and the reports lost (the goal: 0): instances whose record
+//! disagrees with the node's own journal once everything settled, plus any report the daemon
+//! still holds unacknowledged.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -24,11 +27,16 @@ pub async fn conflict(servers: &Servers, rounds: usize, freeze: Duration) -> any
     let servers = &servers.fresh("reports");
     let dir = Scratch::new("reports")?;
     let store = servers.store().await?;
-    let NodeFleet {
-        ca: _ca,
-        gateways,
-        daemon,
-    } = NodeFleet::start(servers, &dir.0, NODE).await?;
+    let conflict = dir.0.join("report-write.conflict");
+    let armed = format!("gateway.report-write=fail-while:{}", conflict.display());
+    let fleet = NodeFleet::start(
+        servers,
+        &dir.0,
+        NODE,
+        &[("PREXORCLOUD_FAILPOINTS", armed.as_str())],
+    )
+    .await?;
+    let (gateways, daemon) = (&fleet.gateways, &fleet.daemon);
     let api = Proc::service(servers, &dir.0, "api", "api-conflict", "", &[]).await?;
     let schedulers = [
         Proc::service(servers, &dir.0, "scheduler", "conflict-a", "", &[]).await?,
@@ -91,13 +99,20 @@ pub async fn conflict(servers: &Servers, rounds: usize, freeze: Duration) -> any
         let id = deployment["id"].as_str().unwrap_or_default().to_owned();
         let holder = holder(&schedulers).await?;
         schedulers[holder].signal(libc::SIGSTOP);
-        tokio::time::sleep(freeze).await;
-        schedulers[holder].signal(libc::SIGCONT);
+        std::fs::write(&conflict, b"")?;
+        let frozen = schedulers[holder].pid();
+        let file = conflict.clone();
+        let thaw = tokio::spawn(async move {
+            tokio::time::sleep(freeze).await;
+            let _ = std::fs::remove_file(&file);
+            prexor_testkit::signal(frozen, libc::SIGCONT);
+        });
         eventually("the rollout DONE", Duration::from_secs(300), async || {
             let shown = call(reqwest::Method::GET, &format!("/deployments/{id}"), None).await?;
             Ok((shown["state"] == "DONE").then_some(()))
         })
         .await?;
+        thaw.await?;
         rollouts.push(started.elapsed().as_secs_f64());
     }
 
@@ -111,7 +126,7 @@ pub async fn conflict(servers: &Servers, rounds: usize, freeze: Duration) -> any
     let unacknowledged = daemon.metric("prexor_daemon_reports_pending").await?;
     let disagreeing = disagreements(&store, &dir.0.join(NODE).join("processes.log")).await?;
     let mut retries = 0.0;
-    for gateway in &gateways {
+    for gateway in gateways.iter() {
         for kind in ["transient", "error"] {
             retries += gateway
                 .metric(&format!(
@@ -145,10 +160,10 @@ pub async fn conflict(servers: &Servers, rounds: usize, freeze: Duration) -> any
             "any: retried while the gateway owns the node",
         ),
         (
-            "rollout with its holder frozen at the start (median)",
+            "rollout with its holder frozen at the start, start to DONE (median)",
             median(&mut rollouts),
             "s",
-            "freeze + one rollout",
+            "the freeze (reports wait for the store) + one rollout",
         ),
     ] {
         Metric {

@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// An enrolment or renewal, answered by the gateway once a CA signer signed (which may take it
+/// through several signers, each with its own deadline).
+const ENROLMENT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Files {
     pub key: PathBuf,
@@ -177,6 +180,13 @@ enum Refusal {
     Retry(String),
 }
 
+/// An enrolment call with its deadline: the gateway asks a CA signer, which has its own.
+fn deadline<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(ENROLMENT_CALL_TIMEOUT);
+    request
+}
+
 async fn enrol_at(
     gateway: &str,
     tls: rustls::ClientConfig,
@@ -188,11 +198,11 @@ async fn enrol_at(
         .await
         .map_err(|e| Refusal::Retry(e.to_string()))?;
     NodeEnrolmentClient::new(channel)
-        .enrol(EnrolRequest {
+        .enrol(deadline(EnrolRequest {
             node_id: node_id.into(),
             join_token: token.into(),
             csr_pem: csr_pem.into(),
-        })
+        }))
         .await
         .map(tonic::Response::into_inner)
         .map_err(|status| match status.code() {
@@ -261,10 +271,10 @@ async fn renew(
             }
         };
         match NodeEnrolmentClient::new(channel)
-            .renew(RenewRequest {
+            .renew(deadline(RenewRequest {
                 node_id: node_id.into(),
                 csr_pem: request.csr_pem.clone(),
-            })
+            }))
             .await
         {
             Ok(response) => return Ok((request.key_pem, response.into_inner())),

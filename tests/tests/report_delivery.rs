@@ -127,6 +127,21 @@ async fn a_minute_of_failed_writes(cluster: &Cluster) -> anyhow::Result<()> {
         "a gateway stored a delayed report"
     );
     invariants(cluster, &["node-1"]).await?;
+
+    // A console command to a node that does not answer gets its answer within the deadline.
+    let daemon = &fleet.daemons[0];
+    daemon.signal(libc::SIGSTOP);
+    let asked = Instant::now();
+    let (status, body) = rest
+        .post("/instances/web-1/command", json!({ "command": "list" }))
+        .await?;
+    daemon.signal(libc::SIGCONT);
+    ensure!(
+        status == 504 || status == 503,
+        "a command to a frozen node: {status} {body} after {:?}",
+        asked.elapsed()
+    );
+    fleet.daemons[0].wait_ready(READY_WITHIN).await?;
     stop_all([&mut api], EXIT_WITHIN).await?;
     fleet.stop_with(&mut scheduler).await
 }
