@@ -38,6 +38,42 @@ pub struct ApiConfig {
     /// balancer's name); `replica.advertiseHost`, `localhost` and `127.0.0.1` are always in a
     /// certificate from the cluster CA.
     pub tls_names: Vec<String>,
+    /// `api.trustedProxies`: networks whose connections are proxies forwarding clients in
+    /// `X-Forwarded-For` (login limits then count the forwarded client).
+    pub trusted_proxies: Vec<IpNetwork>,
+}
+
+/// An IP network, `address/prefix` (a plain address is the network of that one address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNetwork {
+    pub address: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl std::str::FromStr for IpNetwork {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<IpNetwork, String> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        let address: std::net::IpAddr = address
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not an IP address or address/prefix"))?;
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{text:?}: the prefix must be 0 to {max}"))?,
+        };
+        Ok(IpNetwork { address, prefix })
+    }
 }
 
 /// `api.tls`: how the REST port is served.
@@ -86,10 +122,18 @@ impl ServiceConfig for ApiConfig {
                 "certificate files are only used with api.tls = \"files\"",
             );
         }
+        let mut trusted_proxies = Vec::new();
+        for entry in r.get_or::<Vec<String>>("api.trustedProxies", Vec::new()) {
+            match entry.parse() {
+                Ok(network) => trusted_proxies.push(network),
+                Err(problem) => r.problem("api.trustedProxies", problem),
+            }
+        }
         ApiConfig {
             common,
             tls,
             tls_names: r.get_or("api.tlsNames", Vec::new()),
+            trusted_proxies,
         }
     }
 }

@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{is_sha256_hex, validate_name};
 
+/// The longest group name: `<name>-<number>` (instance ids) must stay within the 63 characters of
+/// a name for up to a million instances.
+pub const GROUP_NAME_MAX: usize = 63 - 7;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -148,6 +152,14 @@ impl GroupSpec {
         };
         if let Err(e) = validate_name(name) {
             problem("name", format!("{name:?} {e}"));
+        } else if name.len() > GROUP_NAME_MAX {
+            problem(
+                "name",
+                format!(
+                    "{name:?} is {} characters long; a group name has at most {GROUP_NAME_MAX}, so that its instance ids (<name>-<number>) stay valid names",
+                    name.len()
+                ),
+            );
         }
         if self.command.first().is_none_or(|c| c.trim().is_empty()) {
             problem("command", "must name the program to run".into());
@@ -275,6 +287,19 @@ mod tests {
             fields,
             ["name", "command", "memoryMb", "portRange", "minInstances"]
         );
+    }
+
+    #[test]
+    fn a_group_name_leaves_room_for_its_instance_numbers() {
+        let longest = "g".repeat(GROUP_NAME_MAX);
+        assert!(spec().problems(&longest).is_empty());
+        assert!(crate::validate_name(&format!("{longest}-999999")).is_ok());
+        let fields: Vec<String> = spec()
+            .problems(&format!("{longest}x"))
+            .into_iter()
+            .map(|p| p.field)
+            .collect();
+        assert_eq!(fields, ["name"]);
     }
 
     #[test]

@@ -41,6 +41,15 @@ impl StoreError {
         }
     }
 
+    /// The refusal a [`crate::Store::transaction`] body returned with
+    /// `mongodb::error::Error::custom`, if this is one.
+    pub fn custom<T: 'static>(&self) -> Option<&T> {
+        match self {
+            StoreError::Mongo { source, .. } => source.get_custom::<T>(),
+            _ => None,
+        }
+    }
+
     /// True when a write was refused because a document with the same unique key exists.
     pub fn is_duplicate_key(&self) -> bool {
         matches!(self, StoreError::Mongo { source, .. } if server_code(source) == Some(11000))

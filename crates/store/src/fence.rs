@@ -688,7 +688,7 @@ enum Attempt {
 
 impl Attempt {
     fn classify(op: &str, err: mongodb::error::Error) -> Attempt {
-        if err.contains_label(TRANSIENT_TRANSACTION_ERROR) || is_write_conflict(&err) {
+        if is_transient_conflict(&err) {
             Attempt::Retry(err)
         } else {
             Attempt::Done(StoreError::mongo(op, err))
@@ -696,17 +696,28 @@ impl Attempt {
     }
 }
 
-async fn commit(session: &mut ClientSession) -> Result<(), Attempt> {
+/// A transaction that failed this way is to be run again from the start: a write conflict with
+/// another transaction, or any error MongoDB labels a transient transaction error.
+pub(crate) fn is_transient_conflict(err: &mongodb::error::Error) -> bool {
+    err.contains_label(TRANSIENT_TRANSACTION_ERROR) || is_write_conflict(err)
+}
+
+/// Commits, committing again while the outcome is unknown (safe, and it tells).
+pub(crate) async fn commit_or_retry(
+    session: &mut ClientSession,
+) -> Result<(), mongodb::error::Error> {
     for _ in 0..3 {
         match session.commit_transaction().await {
             Ok(()) => return Ok(()),
-            // The commit may or may not have been applied; committing again is safe and tells.
             Err(err) if err.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => continue,
-            Err(err) => return Err(Attempt::classify("committing", err)),
+            Err(err) => return Err(err),
         }
     }
-    session
-        .commit_transaction()
+    session.commit_transaction().await
+}
+
+async fn commit(session: &mut ClientSession) -> Result<(), Attempt> {
+    commit_or_retry(session)
         .await
         .map_err(|e| Attempt::classify("committing", e))
 }

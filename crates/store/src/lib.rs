@@ -12,6 +12,7 @@ mod error;
 mod fence;
 mod groups;
 mod store;
+mod transaction;
 
 pub use blobs::{BLOB_CHUNKS, BLOBS, blob_hash};
 pub use error::StoreError;

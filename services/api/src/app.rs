@@ -19,6 +19,8 @@ pub struct AppState {
     pub sessions: SessionKeys,
     pub signer: SignerClient,
     pub gateways: prexor_serve::Gateways,
+    pub verifications: crate::login::Verifications,
+    pub trusted_proxies: crate::login::TrustedProxies,
 }
 
 pub const AUDIT: &str = "audit";
@@ -61,14 +63,41 @@ impl AppState {
         after: Option<&A>,
     ) {
         let to_bson = |value: Option<Bson>| value.unwrap_or(Bson::Null);
+        self.record_audit(
+            &who.user,
+            &who.via(),
+            action,
+            target,
+            to_bson(before.and_then(|b| mongodb::bson::to_bson(b).ok())),
+            to_bson(after.and_then(|a| mongodb::bson::to_bson(a).ok())),
+        )
+        .await;
+    }
+
+    /// An audit entry for an act without a signed-in caller (a sign-in, a failed one), by the
+    /// name it was made under.
+    pub async fn audit_as(&self, actor: &str, via: &str, action: &str, target: &str) {
+        self.record_audit(actor, via, action, target, Bson::Null, Bson::Null)
+            .await;
+    }
+
+    async fn record_audit(
+        &self,
+        actor: &str,
+        via: &str,
+        action: &str,
+        target: &str,
+        before: Bson,
+        after: Bson,
+    ) {
         let entry = doc! {
             "atMs": prexor_domain::now_ms(),
-            "actor": &who.user,
-            "via": who.via(),
+            "actor": actor,
+            "via": via,
             "action": action,
             "target": target,
-            "before": to_bson(before.and_then(|b| mongodb::bson::to_bson(b).ok())),
-            "after": to_bson(after.and_then(|a| mongodb::bson::to_bson(a).ok())),
+            "before": before,
+            "after": after,
             "replica": &self.service.config.replica_id,
         };
         let store = self.store();

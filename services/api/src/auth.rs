@@ -1,16 +1,14 @@
 //! Who is calling: JWT sessions (HS256, signing key shared by every replica through MongoDB,
 //! logout revocations in Valkey) and API tokens (`pxt_<id>_<secret>`, stored as a SHA-256 hash,
-//! scoped permissions, expiry, last use). Passwords are argon2id hashes. Login is rate limited
-//! per user name and per client address, and repeated failures lock the account for a while;
-//! both counters live in Valkey, so they hold across replicas.
+//! scoped permissions, expiry, last use), both bound to the user's id. Passwords are argon2id
+//! hashes; signing in is [`crate::login`].
 
-use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
@@ -36,13 +34,6 @@ const SECRETS: &str = "cluster_secrets";
 
 /// How long a login session lasts.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-/// Consecutive failed logins of one user that lock the account, and for how long.
-pub const LOCKOUT_AFTER: i64 = 5;
-pub const LOCKOUT_FOR: Duration = Duration::from_secs(15 * 60);
-/// Login attempts allowed per user name and per client address in one window.
-pub const LOGIN_WINDOW: Duration = Duration::from_secs(60);
-pub const LOGINS_PER_USER: i64 = 10;
-pub const LOGINS_PER_ADDRESS: i64 = 30;
 /// API token last-use times are written at most this often.
 const LAST_USED_RESOLUTION_MS: i64 = 60_000;
 
@@ -95,6 +86,9 @@ impl SessionKeys {
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: String,
+    /// The user's id: a user deleted and created again under the same name is another user.
+    #[serde(default)]
+    uid: String,
     jti: String,
     iat: u64,
     /// Issue time in milliseconds, compared with `sessionsValidAfterMs`.
@@ -106,14 +100,23 @@ struct Claims {
 /// How the caller authenticated.
 #[derive(Debug, Clone)]
 pub enum Credential {
-    Session { id: String, expires_at_secs: u64 },
-    Token { id: String },
+    Session {
+        id: String,
+        expires_at_secs: u64,
+        issued_at_ms: i64,
+    },
+    Token {
+        id: String,
+        expires_at_ms: Option<i64>,
+    },
 }
 
 /// An authenticated caller and what it may do.
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub user: String,
+    /// The user's id (its credentials are bound to it, not to the name).
+    pub user_id: String,
     pub permissions: Vec<String>,
     pub credential: Credential,
 }
@@ -126,7 +129,7 @@ impl Principal {
         } else {
             let via = match &self.credential {
                 Credential::Session { .. } => format!("user {:?}", self.user),
-                Credential::Token { id } => format!("API token {id} of user {:?}", self.user),
+                Credential::Token { id, .. } => format!("API token {id} of user {:?}", self.user),
             };
             Err(ApiError::forbidden(format!(
                 "{via} lacks the permission {needed:?}"
@@ -137,12 +140,86 @@ impl Principal {
     pub fn via(&self) -> String {
         match &self.credential {
             Credential::Session { .. } => "session".to_owned(),
-            Credential::Token { id } => format!("token:{id}"),
+            Credential::Token { id, .. } => format!("token:{id}"),
+        }
+    }
+
+    /// The caller as it stands now: its credential checked again (logged out, deleted, expired,
+    /// disabled, ended by a password or role change) and its permissions read again.
+    pub async fn refresh(&self, app: &App) -> ApiResult<Principal> {
+        match &self.credential {
+            Credential::Session {
+                id,
+                expires_at_secs,
+                issued_at_ms,
+            } => {
+                if *expires_at_secs <= prexor_domain::now_secs().max(0) as u64 {
+                    return Err(ApiError::unauthorized(
+                        "the session has expired; sign in again",
+                    ));
+                }
+                session_principal(
+                    app,
+                    &self.user,
+                    &self.user_id,
+                    id,
+                    *issued_at_ms,
+                    *expires_at_secs,
+                )
+                .await
+            }
+            Credential::Token { id, .. } => {
+                let record = app.by_id(API_TOKENS, id).await?.ok_or_else(|| {
+                    ApiError::unauthorized(format!("the API token {id} was deleted"))
+                })?;
+                token_principal(app, id, &record).await
+            }
         }
     }
 }
 
-fn revoked_key(session_id: &str) -> String {
+/// How often a long-lived stream checks its caller again.
+pub const RECHECK_EVERY: Duration = Duration::from_secs(3);
+
+/// Resolves once `who` no longer holds `permission` (its credential ended or its permissions
+/// shrank), with the reason; checked every [`RECHECK_EVERY`]. A store that cannot be asked
+/// counts as nothing changed.
+pub async fn until_lapsed(app: &App, who: &Principal, permission: &str) -> String {
+    loop {
+        tokio::time::sleep(RECHECK_EVERY).await;
+        match who.refresh(app).await {
+            Ok(now) => {
+                if let Err(err) = now.require(permission) {
+                    return err.to_string();
+                }
+            }
+            Err(err) if err.is_unauthorized() => return err.to_string(),
+            Err(_) => {}
+        }
+    }
+}
+
+/// A new session for `user` (its record `record`): the signed token and when it expires (ms).
+pub(crate) fn sign_session(app: &App, user: &str, record: &Document) -> ApiResult<(String, i64)> {
+    let now = prexor_domain::now_secs().max(0) as u64;
+    let claims = Claims {
+        sub: user.to_owned(),
+        uid: record.get_str("userId").unwrap_or_default().to_owned(),
+        jti: uuid::Uuid::new_v4().simple().to_string(),
+        iat: now,
+        iat_ms: now_ms(),
+        exp: now + SESSION_TTL.as_secs(),
+    };
+    let token = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &app.sessions.encoding,
+    )
+    .map_err(|e| ApiError::internal(format!("cannot sign the session: {e}")))?;
+    Ok((token, (claims.exp * 1000) as i64))
+}
+
+pub(crate) fn revoked_key(session_id: &str) -> String {
     format!("session:revoked:{session_id}")
 }
 
@@ -187,10 +264,31 @@ async fn authenticate_session(app: &App, jwt: &str) -> ApiResult<Principal> {
             ),
         })?
         .claims;
+    session_principal(
+        app,
+        &claims.sub,
+        &claims.uid,
+        &claims.jti,
+        claims.iat_ms,
+        claims.exp,
+    )
+    .await
+}
+
+/// The caller behind a session: not logged out, its user still the one it was issued to (same
+/// id), enabled, and not ended by a password or role change since.
+async fn session_principal(
+    app: &App,
+    user: &str,
+    user_id: &str,
+    session_id: &str,
+    issued_at_ms: i64,
+    expires_at_secs: u64,
+) -> ApiResult<Principal> {
     if app
         .service
         .ephemeral
-        .remaining(&revoked_key(&claims.jti))
+        .remaining(&revoked_key(session_id))
         .await?
         .is_some()
     {
@@ -198,18 +296,25 @@ async fn authenticate_session(app: &App, jwt: &str) -> ApiResult<Principal> {
             "the session was logged out; sign in again",
         ));
     }
-    let user = active_user(app, &claims.sub).await?;
-    if user.get_i64("sessionsValidAfterMs").unwrap_or(0) > claims.iat_ms {
+    let record = active_user(app, user).await?;
+    if user_id.is_empty() || record.get_str("userId") != Ok(user_id) {
+        return Err(ApiError::unauthorized(format!(
+            "the session belongs to an earlier user {user:?}; sign in again"
+        )));
+    }
+    if record.get_i64("sessionsValidAfterMs").unwrap_or(0) > issued_at_ms {
         return Err(ApiError::unauthorized(
             "the session was ended by a password or role change; sign in again",
         ));
     }
     Ok(Principal {
-        permissions: user_permissions(app.store(), &user).await?,
-        user: claims.sub,
+        permissions: user_permissions(app.store(), &record).await?,
+        user: user.to_owned(),
+        user_id: user_id.to_owned(),
         credential: Credential::Session {
-            id: claims.jti,
-            expires_at_secs: claims.exp,
+            id: session_id.to_owned(),
+            expires_at_secs,
+            issued_at_ms,
         },
     })
 }
@@ -217,29 +322,35 @@ async fn authenticate_session(app: &App, jwt: &str) -> ApiResult<Principal> {
 async fn authenticate_token(app: &App, token: &str) -> ApiResult<Principal> {
     let invalid = || ApiError::unauthorized("the API token is not valid (unknown or deleted)");
     let (id, secret) = token.split_once('_').ok_or_else(invalid)?;
-    let store = app.store();
-    let record = store
-        .bounded(
-            "reading an API token",
-            store.documents(API_TOKENS).find_one(doc! { "_id": id }),
-        )
-        .await?
-        .ok_or_else(invalid)?;
+    let record = app.by_id(API_TOKENS, id).await?.ok_or_else(invalid)?;
     if record.get_str("hash").ok() != Some(sha256_hex(secret.as_bytes()).as_str()) {
         return Err(invalid());
     }
+    token_principal(app, id, &record).await
+}
+
+/// The caller behind an API token (its secret checked): not expired, its owner the user it was
+/// created for (same id) and enabled; what the token was scoped to, as far as the owner still
+/// holds it.
+async fn token_principal(app: &App, id: &str, record: &Document) -> ApiResult<Principal> {
     let now = now_ms();
-    if let Ok(expires) = record.get_i64("expiresAtMs")
-        && expires <= now
-    {
+    let expires_at_ms = record.get_i64("expiresAtMs").ok();
+    if expires_at_ms.is_some_and(|at| at <= now) {
         return Err(ApiError::unauthorized(format!(
             "the API token {id} has expired; create a new one"
         )));
     }
     let owner = record.get_str("owner").unwrap_or_default().to_owned();
     let user = active_user(app, &owner).await?;
+    let user_id = user.get_str("userId").unwrap_or_default().to_owned();
+    if user_id.is_empty() || record.get_str("ownerId") != Ok(user_id.as_str()) {
+        return Err(ApiError::unauthorized(format!(
+            "the API token {id} belongs to an earlier user {owner:?}; it is not valid"
+        )));
+    }
+    let store = app.store();
     let held = user_permissions(store, &user).await?;
-    let scoped: Vec<String> = string_list(&record, "permissions");
+    let scoped: Vec<String> = string_list(record, "permissions");
     // A token never exceeds its owner: what it was scoped to, as far as the owner still holds it.
     let permissions = permissions_intersection(&scoped, &held);
     if record.get_i64("lastUsedAtMs").unwrap_or(0) + LAST_USED_RESOLUTION_MS < now {
@@ -259,8 +370,12 @@ async fn authenticate_token(app: &App, token: &str) -> ApiResult<Principal> {
     }
     Ok(Principal {
         user: owner,
+        user_id,
         permissions,
-        credential: Credential::Token { id: id.to_owned() },
+        credential: Credential::Token {
+            id: id.to_owned(),
+            expires_at_ms,
+        },
     })
 }
 
@@ -308,26 +423,7 @@ pub async fn user_permissions(
     store: &Store,
     user: &Document,
 ) -> Result<Vec<String>, prexor_store::StoreError> {
-    let roles = string_list(user, "roles");
-    let mut granted = Vec::new();
-    let mut custom = Vec::new();
-    for role in &roles {
-        match permissions::builtin(role) {
-            Some(list) => granted.extend(list),
-            None => custom.push(role.clone()),
-        }
-    }
-    if !custom.is_empty() {
-        for role in store
-            .find_all(ROLES, "reading roles", doc! { "_id": { "$in": custom } })
-            .await?
-        {
-            granted.extend(string_list(&role, "permissions"));
-        }
-    }
-    granted.sort();
-    granted.dedup();
-    Ok(granted)
+    crate::access::roles_permissions(store, &string_list(user, "roles")).await
 }
 
 /// An argon2id hash of `password` (PHC string).
@@ -342,7 +438,7 @@ pub async fn hash_password(password: String) -> ApiResult<String> {
     .map_err(|e| ApiError::internal(format!("hashing the password failed: {e}")))
 }
 
-async fn verify_password(password: String, hash: String) -> bool {
+pub(crate) async fn verify_password(password: String, hash: String) -> bool {
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash).is_ok_and(|h| {
             Argon2::default()
@@ -374,196 +470,10 @@ pub fn random_secret(bytes: usize) -> String {
 
 pub fn routes() -> Router<App> {
     Router::new()
-        .route("/auth/login", post(login))
-        .route("/auth/logout", post(logout))
         .route("/auth/me", get(me))
         .route("/auth/password", post(change_password))
         .route("/auth/tokens", get(list_tokens).post(create_token))
         .route("/auth/tokens/{id}", delete(delete_token))
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-struct Login {
-    username: String,
-    password: String,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Session {
-    token: String,
-    expires_at_ms: i64,
-    user: String,
-    permissions: Vec<String>,
-}
-
-/// The client's address (the peer of the TCP connection).
-pub struct ClientAddr(pub Option<IpAddr>);
-
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddr(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip()),
-        ))
-    }
-}
-
-#[utoipa::path(
-    post,
-    path = "/api/v1/auth/login",
-    tag = "auth",
-    request_body = Login,
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody))
-)]
-async fn login(
-    State(app): State<App>,
-    ClientAddr(addr): ClientAddr,
-    Body(login): Body<Login>,
-) -> ApiResult<Json<Session>> {
-    let ephemeral = &app.service.ephemeral;
-    let user_key = URL_SAFE_NO_PAD.encode(login.username.as_bytes());
-    if let Some(addr) = addr {
-        let attempts = ephemeral
-            .incr_window(&format!("login:addr:{addr}"), LOGIN_WINDOW)
-            .await?;
-        if attempts > LOGINS_PER_ADDRESS {
-            return Err(ApiError::too_many(
-                "RATE_LIMITED",
-                format!("too many login attempts from {addr}; wait a minute"),
-                LOGIN_WINDOW.as_secs(),
-            ));
-        }
-    }
-    if let Some(left) = ephemeral
-        .remaining(&format!("login:locked:{user_key}"))
-        .await?
-    {
-        return Err(ApiError::too_many(
-            "LOCKED_OUT",
-            format!(
-                "user {:?} is locked for {} s after {LOCKOUT_AFTER} failed logins",
-                login.username,
-                left.as_secs().max(1)
-            ),
-            left.as_secs(),
-        ));
-    }
-    let attempts = ephemeral
-        .incr_window(&format!("login:user:{user_key}"), LOGIN_WINDOW)
-        .await?;
-    if attempts > LOGINS_PER_USER {
-        return Err(ApiError::too_many(
-            "RATE_LIMITED",
-            format!(
-                "too many login attempts for user {:?}; wait a minute",
-                login.username
-            ),
-            LOGIN_WINDOW.as_secs(),
-        ));
-    }
-    let store = app.store();
-    let user = store
-        .bounded(
-            "reading a user",
-            store
-                .documents(USERS)
-                .find_one(doc! { "_id": &login.username }),
-        )
-        .await?;
-    // Unknown users cost a hash verification too, so timing does not tell which names exist.
-    let hash = user
-        .as_ref()
-        .and_then(|u| u.get_str("passwordHash").ok())
-        .unwrap_or("$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE")
-        .to_owned();
-    let valid = verify_password(login.password, hash).await && user.is_some();
-    let user = match user {
-        Some(user) if valid => user,
-        _ => {
-            let failures = ephemeral
-                .incr_window(&format!("login:failed:{user_key}"), LOCKOUT_FOR)
-                .await?;
-            if failures >= LOCKOUT_AFTER {
-                ephemeral
-                    .set_for(&format!("login:locked:{user_key}"), LOCKOUT_FOR)
-                    .await?;
-                ephemeral
-                    .delete(&format!("login:failed:{user_key}"))
-                    .await?;
-                tracing::warn!(user = %login.username, "account locked after repeated failed logins");
-            }
-            return Err(ApiError::unauthorized("invalid user name or password"));
-        }
-    };
-    if user.get_bool("disabled").unwrap_or(false) {
-        return Err(ApiError::unauthorized(format!(
-            "user {:?} is disabled",
-            login.username
-        )));
-    }
-    ephemeral
-        .delete(&format!("login:failed:{user_key}"))
-        .await?;
-    let now = prexor_domain::now_secs().max(0) as u64;
-    let claims = Claims {
-        sub: login.username.clone(),
-        jti: uuid::Uuid::new_v4().simple().to_string(),
-        iat: now,
-        iat_ms: now_ms(),
-        exp: now + SESSION_TTL.as_secs(),
-    };
-    let token = jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &app.sessions.encoding,
-    )
-    .map_err(|e| ApiError::internal(format!("cannot sign the session: {e}")))?;
-    let _ = store
-        .bounded(
-            "recording the login",
-            store.documents(USERS).update_one(
-                doc! { "_id": &login.username },
-                doc! { "$set": { "lastLoginAtMs": now_ms() } },
-            ),
-        )
-        .await;
-    Ok(Json(Session {
-        token,
-        expires_at_ms: (claims.exp * 1000) as i64,
-        permissions: user_permissions(store, &user).await?,
-        user: login.username,
-    }))
-}
-
-#[utoipa::path(
-    post,
-    path = "/api/v1/auth/logout",
-    tag = "auth",
-    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
-    security(("bearer" = []))
-)]
-async fn logout(State(app): State<App>, principal: Principal) -> ApiResult<StatusCode> {
-    let Credential::Session {
-        id,
-        expires_at_secs,
-    } = &principal.credential
-    else {
-        return Err(ApiError::bad_request(
-            "an API token cannot log out; delete it with DELETE /api/v1/auth/tokens/{id}",
-        ));
-    };
-    let left = expires_at_secs.saturating_sub(prexor_domain::now_secs().max(0) as u64) + 10;
-    app.service
-        .ephemeral
-        .set_for(&revoked_key(id), Duration::from_secs(left))
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Serialize)]
@@ -711,7 +621,7 @@ async fn create_token(
         }
         None => principal.permissions.clone(),
     };
-    let expires_at_ms = match &new.expires_in {
+    let mut expires_at_ms = match &new.expires_in {
         Some(text) => {
             let ttl = humantime::parse_duration(text).map_err(|e| {
                 ApiError::field("expiresIn", format!("{text:?} is not a duration: {e}"))
@@ -723,6 +633,22 @@ async fn create_token(
         }
         None => None,
     };
+    // A token never outlives the token that made it (by default it ends with it).
+    if let Credential::Token {
+        id,
+        expires_at_ms: Some(limit),
+    } = &principal.credential
+    {
+        match expires_at_ms {
+            Some(at) if at > *limit => {
+                return Err(ApiError::forbidden(format!(
+                    "expiresIn: the new token would outlive API token {id}, which created it; ask for at most its remaining lifetime"
+                )));
+            }
+            Some(_) => {}
+            None => expires_at_ms = Some(*limit),
+        }
+    }
     let id = {
         let mut raw = [0u8; 8];
         rand::rng().fill_bytes(&mut raw);
@@ -733,6 +659,7 @@ async fn create_token(
         "_id": &id,
         "name": new.name.trim(),
         "owner": &principal.user,
+        "ownerId": &principal.user_id,
         "permissions": &permissions,
         "hash": sha256_hex(secret.as_bytes()),
         "createdAtMs": now_ms(),
@@ -894,12 +821,15 @@ pub async fn bootstrap_admin(store: &Store, username: &str) -> anyhow::Result<St
                 .documents(USERS)
                 .update_one(
                     doc! { "_id": username },
-                    doc! { "$set": {
-                        "passwordHash": hash,
-                        "roles": ["admin"],
-                        "disabled": false,
-                        "createdAtMs": now_ms(),
-                    } },
+                    doc! {
+                        "$set": {
+                            "passwordHash": hash,
+                            "roles": ["admin"],
+                            "disabled": false,
+                            "createdAtMs": now_ms(),
+                        },
+                        "$setOnInsert": { "userId": crate::access::new_user_id() },
+                    },
                 )
                 .upsert(true),
         )

@@ -710,6 +710,8 @@ async fn restore(
         tracing::warn!("could not clear the restore flag (it expires by itself): {err}");
     }
     let leases = outcome?;
+    // Users and tokens of an archive made before credentials were bound to user ids.
+    crate::access::bind_credentials(app.store()).await?;
     let result = json!({ "id": id, "dryRun": false, "plan": plan, "leasesTaken": leases });
     app.audit::<(), _>(&who, "backup.restore", &id, None, Some(&result))
         .await;

@@ -110,6 +110,11 @@ impl ApiError {
         ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message).retry_after(retry_secs)
     }
 
+    /// The caller is not (or no longer) signed in.
+    pub fn is_unauthorized(&self) -> bool {
+        self.0.status == StatusCode::UNAUTHORIZED
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
     }

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::app::App;
-use crate::auth::Principal;
+use crate::auth::{Principal, until_lapsed};
 use crate::error::{ApiError, ApiResult};
 
 const REPLAY_PAGE: usize = 500;
@@ -87,9 +87,14 @@ async fn events(
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(1024);
     let stop = app.service.shutdown.clone();
     tokio::spawn(async move {
+        let ended = tx.clone();
         tokio::select! {
             () = stop.cancelled() => {}
             () = pump(log, live, after, types, tx) => {}
+            // A caller logged out, disabled or stripped of the permission loses the stream.
+            reason = until_lapsed(&app, &who, "events:read") => {
+                let _ = ended.send(Ok(Event::default().event("error").data(format!("the stream ended: {reason}")))).await;
+            }
         }
     });
     Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))

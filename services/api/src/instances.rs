@@ -20,7 +20,7 @@ use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::app::App;
-use crate::auth::Principal;
+use crate::auth::{Principal, until_lapsed};
 use crate::error::{ApiError, ApiResult, Body};
 use crate::groups::{Accepted, INSTANCES, request};
 
@@ -253,6 +253,13 @@ async fn command(
             "must be one line of 1 to 4096 bytes",
         ));
     }
+    // A carriage return inside the line is a second command to most server consoles.
+    if let Some(bad) = line.chars().find(|c| c.is_control() && *c != '\t') {
+        return Err(ApiError::field(
+            "command",
+            format!("must not contain control characters ({bad:?}); only tab is allowed"),
+        ));
+    }
     let instance = find(&app, &id).await?;
     let state = instance.get_str("state").unwrap_or_default();
     if is_terminal(state) {
@@ -354,7 +361,8 @@ async fn console(
     let mut follower = streams.follower().await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(256);
     let stop = app.service.shutdown.clone();
-    tokio::spawn(async move {
+    let ended = tx.clone();
+    let follow = async move {
         let mut after = history
             .last()
             .map_or_else(|| "0-0".to_owned(), |l| l.id.clone());
@@ -392,6 +400,15 @@ async fn console(
                         .await;
                     return;
                 }
+            }
+        }
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            () = follow => {}
+            // A caller logged out, disabled or stripped of the permission loses the stream.
+            reason = until_lapsed(&app, &who, "instances:read") => {
+                let _ = ended.send(Ok(Event::default().event("error").data(format!("the stream ended: {reason}")))).await;
             }
         }
     });

@@ -1,6 +1,7 @@
 //! `prexor-api`: the stateless REST API. Any replica answers any request; everything it uses
 //! lives in MongoDB or Valkey.
 
+mod access;
 mod app;
 mod auth;
 mod backups;
@@ -10,6 +11,7 @@ mod events;
 mod groups;
 mod instances;
 mod json;
+mod login;
 mod modules;
 mod nodes;
 mod openapi;
@@ -135,6 +137,7 @@ async fn build(
     slot: Arc<prexor_pki::tls::CertSlot>,
 ) -> Result<Parts, prexor_serve::BoxError> {
     let sessions = auth::SessionKeys::load(&service.store).await?;
+    access::bind_credentials(&service.store).await?;
     let signer = service.signer.clone();
     let certificate = certificate_task(&service, &config, &signer, slot);
     let app = Arc::new(AppState {
@@ -142,6 +145,8 @@ async fn build(
         gateways: service.gateways(),
         sessions,
         service: service.clone(),
+        verifications: login::Verifications::default(),
+        trusted_proxies: login::TrustedProxies::new(&config.trusted_proxies),
     });
     let follow = {
         let events = service.events.clone();
@@ -151,6 +156,7 @@ async fn build(
     let api = Router::new()
         .merge(system::routes())
         .merge(auth::routes())
+        .merge(login::routes())
         .merge(users::routes())
         .merge(groups::routes())
         .merge(deployments::routes())

@@ -9,6 +9,7 @@ use mongodb::bson::{Document, doc};
 use prexor_domain::now_ms;
 use serde::{Deserialize, Serialize};
 
+use crate::access::{self, UserWrite};
 use crate::app::{AUDIT, App};
 use crate::auth::{Principal, ROLES, USERS, hash_password, password_problem, string_list};
 use crate::error::{ApiError, ApiResult, Body};
@@ -117,6 +118,21 @@ async fn check_roles(app: &App, roles: &[String]) -> ApiResult<()> {
     Ok(())
 }
 
+/// 403 unless `who` holds everything user `name` holds (a user changes only users it could have
+/// made).
+async fn require_holds_user(
+    app: &App,
+    who: &Principal,
+    name: &str,
+    user: &Document,
+) -> ApiResult<()> {
+    if name == who.user {
+        return Ok(());
+    }
+    let held = access::roles_permissions(app.store(), &string_list(user, "roles")).await?;
+    access::require_within(who, &held, &format!("user {name:?} holds more than you"))
+}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewUser {
@@ -145,8 +161,11 @@ async fn create_user(
         return Err(ApiError::field("password", problem));
     }
     check_roles(&app, &new.roles).await?;
+    let granted = access::roles_permissions(app.store(), &new.roles).await?;
+    access::require_within(&who, &granted, "roles")?;
     let record = doc! {
         "_id": &new.username,
+        "userId": access::new_user_id(),
         "passwordHash": hash_password(new.password).await?,
         "roles": &new.roles,
         "disabled": false,
@@ -183,24 +202,6 @@ struct UserChange {
     disabled: Option<bool>,
 }
 
-/// Refuses a change that would leave the cluster without an enabled admin.
-async fn keep_an_admin(app: &App, changing: &str) -> ApiResult<()> {
-    let others = app
-        .store()
-        .find_all(
-            USERS,
-            "counting admins",
-            doc! { "roles": "admin", "disabled": { "$ne": true }, "_id": { "$ne": changing } },
-        )
-        .await?;
-    if others.is_empty() {
-        return Err(ApiError::conflict(format!(
-            "{changing:?} is the last enabled admin; make another user admin first"
-        )));
-    }
-    Ok(())
-}
-
 #[utoipa::path(
     patch,
     path = "/api/v1/users/{name}",
@@ -218,26 +219,28 @@ async fn update_user(
 ) -> ApiResult<Json<UserView>> {
     who.require("users:write")?;
     let before = find_user(&app, &name).await?;
+    require_holds_user(&app, &who, &name, &before).await?;
     let mut set = Document::new();
     if let Some(password) = change.password {
+        if name == who.user {
+            return Err(ApiError::field(
+                "password",
+                "change your own password with POST /api/v1/auth/password (it asks for the current one)",
+            ));
+        }
+        access::require_all_of(&who, "users", "resetting another user's password")?;
         if let Some(problem) = password_problem(&password) {
             return Err(ApiError::field("password", problem));
         }
         set.insert("passwordHash", hash_password(password).await?);
     }
-    let was_admin = string_list(&before, "roles").iter().any(|r| r == "admin")
-        && !before.get_bool("disabled").unwrap_or(false);
     if let Some(roles) = &change.roles {
         check_roles(&app, roles).await?;
-        if was_admin && !roles.iter().any(|r| r == "admin") {
-            keep_an_admin(&app, &name).await?;
-        }
+        let granted = access::roles_permissions(app.store(), roles).await?;
+        access::require_within(&who, &granted, "roles")?;
         set.insert("roles", roles);
     }
     if let Some(disabled) = change.disabled {
-        if disabled && was_admin {
-            keep_an_admin(&app, &name).await?;
-        }
         set.insert("disabled", disabled);
     }
     if set.is_empty() {
@@ -245,17 +248,15 @@ async fn update_user(
             "nothing to change: send password, roles or disabled",
         ));
     }
+    let reset = set.contains_key("passwordHash");
     // Existing sessions end, so a removed role or a reset password takes effect everywhere.
     set.insert("sessionsValidAfterMs", now_ms());
-    let store = app.store();
-    store
-        .bounded(
-            "updating a user",
-            store
-                .documents(USERS)
-                .update_one(doc! { "_id": &name }, doc! { "$set": set }),
-        )
-        .await?;
+    let user_id = before.get_str("userId").unwrap_or_default();
+    access::write_user(&app, &name, user_id, UserWrite::Set(set)).await?;
+    if reset {
+        app.audit::<(), ()>(&who, "user.password-reset", &name, None, None)
+            .await;
+    }
     let after = find_user(&app, &name).await?;
     let (before, after) = (UserView::from_doc(&before), UserView::from_doc(&after));
     app.audit(&who, "user.update", &name, Some(&before), Some(&after))
@@ -278,16 +279,9 @@ async fn delete_user(
 ) -> ApiResult<StatusCode> {
     who.require("users:write")?;
     let before = find_user(&app, &name).await?;
-    if string_list(&before, "roles").iter().any(|r| r == "admin") {
-        keep_an_admin(&app, &name).await?;
-    }
-    let store = app.store();
-    store
-        .bounded(
-            "deleting a user",
-            store.documents(USERS).delete_one(doc! { "_id": &name }),
-        )
-        .await?;
+    require_holds_user(&app, &who, &name, &before).await?;
+    let user_id = before.get_str("userId").unwrap_or_default();
+    access::write_user(&app, &name, user_id, UserWrite::Delete).await?;
     app.audit(
         &who,
         "user.delete",

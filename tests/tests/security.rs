@@ -1,0 +1,346 @@
+//! Privilege and credentials through the real API (docs/security.md): nobody grants, changes or
+//! removes more than they hold; the last admin survives concurrent demotions; credentials are
+//! bound to a user's id, a token never outlives the token that made it, and a stream ends when
+//! its caller loses the right to it; console input and group names are checked.
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use prexor_acceptance::{Cluster, Proc, Rest, group_spec};
+use serde_json::{Value, json};
+
+const READY_WITHIN: Duration = Duration::from_secs(60);
+const EXIT_WITHIN: Duration = Duration::from_secs(20);
+const PASSWORD: &str = "correct horse battery";
+
+/// An api replica and the bootstrap admin's REST client.
+async fn api(cluster: &Cluster) -> anyhow::Result<(Proc, Rest)> {
+    let password = cluster.bootstrap_admin("admin")?;
+    let mut api = cluster.service("api", "api-1", "")?;
+    api.wait_ready(READY_WITHIN).await?;
+    let admin = api.rest(&api.login("admin", &password).await?);
+    Ok((api, admin))
+}
+
+async fn create_user(admin: &Rest, name: &str, roles: &[&str]) -> anyhow::Result<()> {
+    let (status, body) = admin
+        .post(
+            "/users",
+            json!({ "username": name, "password": PASSWORD, "roles": roles }),
+        )
+        .await?;
+    ensure!(status == 201, "creating {name}: {status} {body}");
+    Ok(())
+}
+
+fn expect(status: u16, body: &Value, wanted: u16, what: &str) -> anyhow::Result<()> {
+    ensure!(
+        status == wanted,
+        "{what}: expected {wanted}, got {status} {body}"
+    );
+    Ok(())
+}
+
+async fn holds_no_more(api: &Proc, admin: &Rest) -> anyhow::Result<()> {
+    let (status, body) = admin
+        .post(
+            "/roles",
+            json!({ "name": "user-manager", "permissions": ["users:read", "users:write"] }),
+        )
+        .await?;
+    expect(status, &body, 201, "a narrow role")?;
+    create_user(admin, "mallory", &["user-manager"]).await?;
+    let mallory = api.rest(&api.login("mallory", PASSWORD).await?);
+
+    // The reproduced escalation: granting oneself admin.
+    let (status, body) = mallory
+        .call(
+            reqwest::Method::PATCH,
+            "/users/mallory",
+            Some(json!({ "roles": ["admin"] })),
+        )
+        .await?;
+    expect(status, &body, 403, "PATCH self roles [admin]")?;
+    let (_, me) = mallory.get("/auth/me").await?;
+    ensure!(
+        !me["permissions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p == "*"),
+        "{me}"
+    );
+    // Creating users with more than one holds, or changing users who hold more.
+    for roles in [json!(["admin"]), json!(["viewer"])] {
+        let (status, body) = mallory
+            .post(
+                "/users",
+                json!({ "username": "eve", "password": PASSWORD, "roles": roles }),
+            )
+            .await?;
+        expect(status, &body, 403, &format!("creating a user with {roles}"))?;
+    }
+    let (status, body) = mallory
+        .post(
+            "/users",
+            json!({ "username": "eve", "password": PASSWORD, "roles": ["user-manager"] }),
+        )
+        .await?;
+    expect(status, &body, 201, "creating a user within what one holds")?;
+    for (change, what) in [
+        (
+            json!({ "password": "a brand new password" }),
+            "reset admin's password",
+        ),
+        (json!({ "disabled": true }), "disable admin"),
+        (json!({ "roles": ["viewer"] }), "demote admin"),
+    ] {
+        let (status, body) = mallory
+            .call(reqwest::Method::PATCH, "/users/admin", Some(change))
+            .await?;
+        expect(status, &body, 403, what)?;
+    }
+    let (status, body) = mallory.delete("/users/admin").await?;
+    expect(status, &body, 403, "delete admin")?;
+    // Resetting another's password takes users:* (or admin), even for a peer.
+    let (status, body) = mallory
+        .call(
+            reqwest::Method::PATCH,
+            "/users/eve",
+            Some(json!({ "password": "a brand new password" })),
+        )
+        .await?;
+    expect(
+        status,
+        &body,
+        403,
+        "reset a peer's password without users:*",
+    )?;
+    let (status, body) = mallory
+        .call(
+            reqwest::Method::PATCH,
+            "/users/mallory",
+            Some(json!({ "password": "a brand new password" })),
+        )
+        .await?;
+    expect(
+        status,
+        &body,
+        400,
+        "reset one's own password without the current one",
+    )?;
+    let (status, body) = admin
+        .call(
+            reqwest::Method::PATCH,
+            "/users/eve",
+            Some(json!({ "password": "a brand new password" })),
+        )
+        .await?;
+    expect(status, &body, 200, "an admin resets eve's password")?;
+    let (_, page) = admin.get("/audit?limit=20").await?;
+    ensure!(
+        page["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["action"] == "user.password-reset" && e["target"] == "eve"),
+        "the reset is audited: {page}"
+    );
+    Ok(())
+}
+
+async fn admins(admin: &Rest) -> anyhow::Result<Vec<String>> {
+    let (status, users) = admin.get("/users").await?;
+    ensure!(status == 200, "{status} {users}");
+    Ok(users
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|u| {
+            u["disabled"] != true
+                && u["roles"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|r| r == "admin")
+        })
+        .filter_map(|u| u["username"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// Two admins demote themselves at the same moment, six times: one of them always stays.
+async fn last_admin_under_concurrency(api: &Proc, admin: &Rest) -> anyhow::Result<()> {
+    create_user(admin, "ann", &["admin"]).await?;
+    create_user(admin, "bob", &["admin"]).await?;
+    let (status, body) = admin
+        .call(
+            reqwest::Method::PATCH,
+            "/users/admin",
+            Some(json!({ "roles": ["viewer"] })),
+        )
+        .await?;
+    expect(status, &body, 200, "the bootstrap admin steps down")?;
+    let mut ann = api.rest(&api.login("ann", PASSWORD).await?);
+    let mut bob = api.rest(&api.login("bob", PASSWORD).await?);
+    for round in 0..6 {
+        let change = if round % 2 == 0 {
+            json!({ "roles": ["viewer"] })
+        } else {
+            json!({ "disabled": true })
+        };
+        let (a, b) = tokio::join!(
+            ann.call(reqwest::Method::PATCH, "/users/ann", Some(change.clone())),
+            bob.call(reqwest::Method::PATCH, "/users/bob", Some(change.clone())),
+        );
+        let (a, b) = (a?, b?);
+        let mut statuses = [a.0, b.0];
+        statuses.sort();
+        ensure!(
+            statuses == [200, 409],
+            "round {round}: one demotion passes, the other is refused: {a:?} {b:?}"
+        );
+        // The one refused is the last admin; it restores the other for the next round (whose
+        // sessions the change ended).
+        let (kept, other) = if a.0 == 409 {
+            (&ann, "bob")
+        } else {
+            (&bob, "ann")
+        };
+        let left = admins(kept).await?;
+        ensure!(
+            left.len() == 1 && left[0] != other,
+            "round {round}: admins left {left:?}"
+        );
+        let (status, body) = kept
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/users/{other}"),
+                Some(json!({ "roles": ["admin"], "disabled": false })),
+            )
+            .await?;
+        expect(status, &body, 200, "restoring the other admin")?;
+        let relogged = api.rest(&api.login(other, PASSWORD).await?);
+        if other == "ann" {
+            ann = relogged;
+        } else {
+            bob = relogged;
+        }
+    }
+    Ok(())
+}
+
+async fn bound_credentials(api: &Proc, admin: &Rest) -> anyhow::Result<()> {
+    create_user(admin, "carol", &["operator"]).await?;
+    let carol = api.rest(&api.login("carol", PASSWORD).await?);
+    let (status, token) = carol
+        .post("/auth/tokens", json!({ "name": "ci", "expiresIn": "1h" }))
+        .await?;
+    expect(status, &token, 201, "carol's token")?;
+    let secret = token["token"].as_str().context("token")?.to_owned();
+    let limit = token["expiresAtMs"].as_i64().context("expiry")?;
+    let via_token = api.rest(&secret);
+
+    // A token makes no token that outlives it; by default its children end with it.
+    let (status, body) = via_token
+        .post(
+            "/auth/tokens",
+            json!({ "name": "longer", "expiresIn": "2h" }),
+        )
+        .await?;
+    expect(status, &body, 403, "a token minting a longer-lived token")?;
+    let (status, child) = via_token
+        .post("/auth/tokens", json!({ "name": "child" }))
+        .await?;
+    expect(status, &child, 201, "a token minting a token")?;
+    ensure!(
+        child["expiresAtMs"].as_i64().is_some_and(|at| at <= limit),
+        "the child ends with its parent: {child}"
+    );
+
+    // A stream ends once its caller loses the right to it.
+    let mut stream = carol.sse("/events", None).await?;
+    let (status, body) = admin
+        .call(
+            reqwest::Method::PATCH,
+            "/users/carol",
+            Some(json!({ "disabled": true })),
+        )
+        .await?;
+    expect(status, &body, 200, "disabling carol")?;
+    let ended = loop {
+        match stream.next(Duration::from_secs(20)).await {
+            Ok(event) if event.event == "error" => break event.data,
+            Ok(_) => continue,
+            Err(err) => break err.to_string(),
+        }
+    };
+    ensure!(
+        ended.contains("ended") || ended.contains("disabled"),
+        "the stream of a disabled user ended: {ended}"
+    );
+
+    // Deleting carol deletes her tokens; a new carol gets neither them nor the old session.
+    let (status, body) = admin.delete("/users/carol").await?;
+    expect(status, &body, 204, "deleting carol")?;
+    create_user(admin, "carol", &["operator"]).await?;
+    for (rest, what) in [(&via_token, "the old token"), (&carol, "the old session")] {
+        let (status, body) = rest.get("/groups").await?;
+        expect(
+            status,
+            &body,
+            401,
+            &format!("{what} after carol was created again"),
+        )?;
+    }
+    let (_, tokens) = admin.get("/auth/tokens?owner=carol").await?;
+    ensure!(
+        tokens.as_array().is_some_and(Vec::is_empty),
+        "carol's tokens went with her: {tokens}"
+    );
+    Ok(())
+}
+
+async fn checked_input(admin: &Rest) -> anyhow::Result<()> {
+    for line in ["say hi\rstop", "say \u{1b}[2J"] {
+        let (status, body) = admin
+            .post("/instances/lobby-1/command", json!({ "command": line }))
+            .await?;
+        expect(status, &body, 400, &format!("console input {line:?}"))?;
+        ensure!(
+            body["message"].as_str().unwrap_or("").contains("control"),
+            "{body}"
+        );
+    }
+    let long = "g".repeat(57);
+    let (status, body) = admin
+        .post("/groups", json!({ "name": long, "spec": group_spec(0)? }))
+        .await?;
+    expect(
+        status,
+        &body,
+        400,
+        "a group name too long for its instance ids",
+    )?;
+    ensure!(
+        body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("instance ids"),
+        "{body}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn nobody_grants_changes_or_removes_more_than_they_hold() {
+    let cluster = Cluster::new("security").unwrap();
+    let run = async {
+        let (mut api, admin) = api(&cluster).await?;
+        holds_no_more(&api, &admin).await?;
+        bound_credentials(&api, &admin).await?;
+        checked_input(&admin).await?;
+        last_admin_under_concurrency(&api, &admin).await?;
+        api.stop(EXIT_WITHIN).await
+    };
+    run.await.unwrap();
+}
