@@ -895,7 +895,12 @@ impl Fleet {
 
 /// A CA, two gateways and enrolled daemons for `nodes`.
 pub async fn nodes(cluster: &Cluster, nodes: &[&str]) -> anyhow::Result<Fleet> {
-    let mut fleet = control(cluster).await?;
+    nodes_with(cluster, nodes, "").await
+}
+
+/// [`nodes`] with `ca_keys` added to the CA's `[ca]` table (e.g. short certificate lifetimes).
+pub async fn nodes_with(cluster: &Cluster, nodes: &[&str], ca_keys: &str) -> anyhow::Result<Fleet> {
+    let mut fleet = control_with(cluster, ca_keys, &[]).await?;
     let ports = fleet.daemon_ports();
     let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
     for node in nodes {
@@ -942,7 +947,17 @@ pub async fn control(cluster: &Cluster) -> anyhow::Result<Fleet> {
 
 /// [`control`] with extra environment variables for the gateways (e.g. failpoints).
 pub async fn control_with_env(cluster: &Cluster, env: &[(&str, &str)]) -> anyhow::Result<Fleet> {
-    let mut ca = cluster.service("ca", "ca-1", &cluster.ca_extra("ca-1"))?;
+    control_with(cluster, "", env).await
+}
+
+/// A CA (with `ca_keys` added to its `[ca]` table) and two gateways (with `env`), ready.
+pub async fn control_with(
+    cluster: &Cluster,
+    ca_keys: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Fleet> {
+    let ca_extra = format!("{}{ca_keys}", cluster.ca_extra("ca-1"));
+    let mut ca = cluster.service("ca", "ca-1", &ca_extra)?;
     ca.wait_ready(FLEET_READY_WITHIN).await?;
     let mut gateways = vec![
         cluster.service_with_env("gateway", "gateway-1", env)?,

@@ -46,6 +46,9 @@ struct Verifiers {
 #[derive(Default)]
 pub struct Trust {
     verifiers: RwLock<Option<Arc<Verifiers>>>,
+    /// Serials of revoked service certificates, refused at every handshake (kept current by
+    /// the replica from MongoDB).
+    revoked: RwLock<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Trust {
@@ -75,6 +78,47 @@ impl Trust {
         self.verifiers.read().expect("trust lock").is_some()
     }
 
+    /// Replaces the set of revoked service certificate serials.
+    pub fn set_revoked(&self, serials: std::collections::HashSet<String>) {
+        *self.revoked.write().expect("revoked lock") = serials;
+    }
+
+    /// Only service identities pass, and none revoked; the chain itself has been verified
+    /// already.
+    fn require_service(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        side: &str,
+    ) -> Result<(), rustls::Error> {
+        let info = CertInfo::parse(end_entity.as_ref())
+            .map_err(|e| rustls::Error::General(format!("unreadable {side} certificate: {e}")))?;
+        match info.identity {
+            Some(Identity::Service { .. }) => {}
+            Some(other) => {
+                return Err(rustls::Error::General(format!(
+                    "the {side} certificate belongs to {other}; internal gRPC ports accept only service certificates of the cluster"
+                )));
+            }
+            None => {
+                return Err(rustls::Error::General(format!(
+                    "the {side} certificate carries no PrexorCloud service identity"
+                )));
+            }
+        }
+        if self
+            .revoked
+            .read()
+            .expect("revoked lock")
+            .contains(&info.serial)
+        {
+            return Err(rustls::Error::General(format!(
+                "the {side} certificate {} was revoked",
+                info.serial
+            )));
+        }
+        Ok(())
+    }
+
     fn get(&self) -> Result<Arc<Verifiers>, rustls::Error> {
         self.verifiers
             .read()
@@ -85,21 +129,6 @@ impl Trust {
                     "the cluster CA certificate is not known yet (no CA in MongoDB)".into(),
                 )
             })
-    }
-}
-
-/// Only service identities pass; the chain itself has been verified already.
-fn require_service(end_entity: &CertificateDer<'_>, side: &str) -> Result<(), rustls::Error> {
-    let info = CertInfo::parse(end_entity.as_ref())
-        .map_err(|e| rustls::Error::General(format!("unreadable {side} certificate: {e}")))?;
-    match info.identity {
-        Some(Identity::Service { .. }) => Ok(()),
-        Some(other) => Err(rustls::Error::General(format!(
-            "the {side} certificate belongs to {other}; internal gRPC ports accept only service certificates of the cluster"
-        ))),
-        None => Err(rustls::Error::General(format!(
-            "the {side} certificate carries no PrexorCloud service identity"
-        ))),
     }
 }
 
@@ -132,7 +161,7 @@ impl ClientCertVerifier for ServiceClients {
                 .get()?
                 .client
                 .verify_client_cert(end_entity, intermediates, now)?;
-        require_service(end_entity, "client")?;
+        self.trust.require_service(end_entity, "client")?;
         Ok(verified)
     }
 
@@ -180,7 +209,7 @@ impl ServerCertVerifier for ServiceServers {
             ocsp_response,
             now,
         )?;
-        require_service(end_entity, "server")?;
+        self.trust.require_service(end_entity, "server")?;
         Ok(verified)
     }
 

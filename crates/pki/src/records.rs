@@ -1,6 +1,7 @@
 //! What MongoDB keeps about certificates: the published CA certificate (never its key), every
 //! issued certificate with its revocation state, and join tokens (stored only as hashes).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use mongodb::bson::{Bson, Document, doc};
@@ -204,6 +205,160 @@ pub async fn revocation(store: &Store, serial: &str) -> Result<Option<(i64, Stri
                 .to_string(),
         )
     }))
+}
+
+/// A node presenting certificate `serial`: refused (the reason) when it is revoked; otherwise
+/// the node's older certificates still valid are revoked now, superseded by this one — a renewal
+/// takes effect when the node first uses the new certificate, so a node whose renewal answer was
+/// lost keeps working with the old one. (A certificate the ledger does not know supersedes
+/// nothing.)
+pub async fn admit_node_certificate(
+    store: &Store,
+    node_id: &str,
+    serial: &str,
+) -> Result<Option<String>, StoreError> {
+    let certificates = store.documents(CERTIFICATES);
+    let record = store
+        .bounded(
+            "checking the revocation list",
+            certificates.find_one(doc! { "_id": serial }),
+        )
+        .await?;
+    let Some(record) = record else {
+        return Ok(None);
+    };
+    if i64_of(&record, "revoked_at_ms").unwrap_or(0) > 0 {
+        return Ok(Some(
+            record
+                .get_str("revoked_reason")
+                .unwrap_or("revoked")
+                .to_owned(),
+        ));
+    }
+    let issued = i64_of(&record, "issued_at_ms").unwrap_or(0);
+    store
+        .bounded(
+            "revoking superseded node certificates",
+            certificates.update_many(
+                doc! {
+                    "kind": "node", "subject": node_id, "_id": { "$ne": serial },
+                    "issued_at_ms": { "$lt": issued }, "revoked_at_ms": Bson::Null,
+                },
+                doc! { "$set": {
+                    "revoked_at_ms": now_ms(),
+                    "revoked_reason": format!("superseded by {serial} (renewed)"),
+                    "superseded_by": serial,
+                } },
+            ),
+        )
+        .await?;
+    Ok(None)
+}
+
+/// Revokes every certificate of node `node_id` still valid (the node was deleted); how many.
+pub async fn revoke_node(store: &Store, node_id: &str, reason: &str) -> Result<u64, StoreError> {
+    let result = store
+        .bounded(
+            &format!("revoking the certificates of node {node_id}"),
+            store.documents(CERTIFICATES).update_many(
+                doc! { "kind": "node", "subject": node_id, "revoked_at_ms": Bson::Null },
+                doc! { "$set": { "revoked_at_ms": now_ms(), "revoked_reason": reason } },
+            ),
+        )
+        .await?;
+    Ok(result.modified_count)
+}
+
+/// Of `serials` (certificates in use by live connections), those that no longer stand: revoked,
+/// unless superseded by renewals ending in a certificate that is not revoked (a node renews many
+/// times over one long session). With the reason.
+pub async fn fallen(
+    store: &Store,
+    serials: &[String],
+) -> Result<Vec<(String, String)>, StoreError> {
+    if serials.is_empty() {
+        return Ok(Vec::new());
+    }
+    let revoked = |ids: Vec<String>| async move {
+        store
+            .find_all(
+                CERTIFICATES,
+                "checking live certificates",
+                doc! { "_id": { "$in": ids }, "revoked_at_ms": { "$gt": 0_i64 } },
+            )
+            .await
+    };
+    // (live serial, reason, the certificate its renewals have reached)
+    let mut open: Vec<(String, String, String)> = revoked(serials.to_vec())
+        .await?
+        .iter()
+        .filter_map(|d| {
+            let serial = d.get_str("_id").ok()?.to_owned();
+            let reason = d.get_str("revoked_reason").unwrap_or("revoked").to_owned();
+            let next = d.get_str("superseded_by").unwrap_or_default().to_owned();
+            Some((serial, reason, next))
+        })
+        .collect();
+    let mut fallen = Vec::new();
+    // One hop per renewal during the session: years of renewals before this gives up.
+    for _ in 0..64 {
+        let (ended, following): (Vec<_>, Vec<_>) =
+            open.into_iter().partition(|(_, _, next)| next.is_empty());
+        fallen.extend(
+            ended
+                .into_iter()
+                .map(|(serial, reason, _)| (serial, reason)),
+        );
+        if following.is_empty() {
+            return Ok(fallen);
+        }
+        let successors: BTreeMap<String, Document> =
+            revoked(following.iter().map(|(_, _, n)| n.clone()).collect())
+                .await?
+                .into_iter()
+                .filter_map(|d| Some((d.get_str("_id").ok()?.to_owned(), d)))
+                .collect();
+        // A successor not revoked: the live certificate stands. A revoked one without a
+        // successor of its own ends the chain: the live certificate falls with it.
+        open = following
+            .into_iter()
+            .filter_map(|(serial, _, next)| {
+                let record = successors.get(&next)?;
+                let reason = record
+                    .get_str("revoked_reason")
+                    .unwrap_or("revoked")
+                    .to_owned();
+                let further = record
+                    .get_str("superseded_by")
+                    .unwrap_or_default()
+                    .to_owned();
+                Some((serial, reason, further))
+            })
+            .collect();
+    }
+    fallen.extend(open.into_iter().map(|(serial, reason, _)| (serial, reason)));
+    Ok(fallen)
+}
+
+/// The serials of every revoked service certificate not expired yet (what internal ports
+/// refuse).
+pub async fn revoked_service_serials(
+    store: &Store,
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    Ok(store
+        .find_projected(
+            CERTIFICATES,
+            "reading revoked service certificates",
+            doc! {
+                "kind": { "$ne": "node" }, "revoked_at_ms": { "$gt": 0_i64 },
+                "not_after": { "$gt": prexor_domain::now_secs() },
+            },
+            doc! { "_id": 1 },
+        )
+        .await?
+        .iter()
+        .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
+        .collect())
 }
 
 /// A join token as handed to an operator: `pxj1.<node id>.<secret>.<CA fingerprint>`.

@@ -14,6 +14,25 @@ use crate::tls::{CertState, Wanted, certificate_names, keep_certificate};
 /// How often MongoDB is asked for the CA certificate while the cluster has none.
 const CA_POLL: Duration = Duration::from_secs(1);
 
+/// How often a replica re-reads the revoked service certificates its internal port refuses.
+const REVOCATIONS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Keeps the internal port's list of revoked service certificates current.
+pub(crate) async fn keep_revocations(service: Service) {
+    loop {
+        match prexor_pki::records::revoked_service_serials(&service.store).await {
+            Ok(serials) => service.internal.trust.set_revoked(serials),
+            Err(err) => {
+                tracing::debug!(error = %err, "revoked service certificates not read (the last list stays)")
+            }
+        }
+        tokio::select! {
+            _ = service.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(REVOCATIONS_EVERY) => {}
+        }
+    }
+}
+
 pub(crate) async fn keep_internal_certificate(
     service: Service,
     signer: Arc<dyn ServiceSigner>,

@@ -541,6 +541,9 @@ where
         signer,
         cert_state,
     )));
+    tasks.push(tokio::spawn(crate::internal::keep_revocations(
+        service.clone(),
+    )));
 
     let record = ReplicaRecord {
         kind: config.kind,

@@ -215,6 +215,10 @@ async fn remove(
                 .delete_one(doc! { "_id": &id, "state": { "$ne": "ONLINE" } }),
         )
         .await?;
+    // A deleted node cannot come back with the certificate it had.
+    let revoked =
+        prexor_pki::records::revoke_node(app.store(), &id, "the node was deleted").await?;
+    tracing::info!(node = %id, certificates = revoked, "node deleted; its certificates are revoked");
     app.audit(
         &who,
         "node.delete",

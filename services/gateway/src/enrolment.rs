@@ -54,10 +54,11 @@ pub async fn authorize_node(
             ));
         }
     }
-    let revoked = records::revocation(store, &info.serial)
+    // Also revokes the node's older certificates once it uses a renewed one.
+    let revoked = records::admit_node_certificate(store, node_id, &info.serial)
         .await
         .map_err(|e| Status::unavailable(e.to_string()))?;
-    if let Some((_, reason)) = revoked {
+    if let Some(reason) = revoked {
         metrics::counter!("prexor_gateway_revoked_certificates_refused_total").increment(1);
         return Err(Status::permission_denied(format!(
             "the certificate {} of node {node_id} was revoked ({reason}); enrol the node again with a new join token",

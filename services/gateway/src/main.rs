@@ -85,6 +85,7 @@ async fn build(service: Service, config: GatewayConfig) -> Result<Parts, prexor_
         _ => None,
     };
     let sessions = sessions::Sessions::new(&service, keeper.clone(), console);
+    let revocations = tokio::spawn(sessions.clone().close_revoked());
     // grpc.health.v1 on the daemon port too: a probe there proves TLS both ways works.
     let (_health_reporter, health) = tonic_health::server::health_reporter();
     let routes = tonic::service::Routes::new(health)
@@ -120,7 +121,7 @@ async fn build(service: Service, config: GatewayConfig) -> Result<Parts, prexor_
     Ok(Parts {
         grpc: Some(internal),
         keepers: vec![keeper],
-        tasks: vec![cert_keeper, keeper_task, daemon_port],
+        tasks: vec![cert_keeper, keeper_task, daemon_port, revocations],
         ..Parts::default()
     })
 }

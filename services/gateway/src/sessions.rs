@@ -39,6 +39,8 @@ const DIGEST_EVERY: Duration = Duration::from_secs(5);
 const INVENTORY_EVERY: Duration = Duration::from_secs(15);
 /// How long a console line's instance stays known as placed (or not) on the node.
 const PLACEMENT_CACHE: Duration = Duration::from_secs(10);
+/// How often live sessions are checked against the revocation list.
+const REVOCATION_CHECK: Duration = Duration::from_secs(3);
 /// How long a session's end is retried into the node record before the lease is let go.
 const DISCONNECT_RECORD_WITHIN: Duration = Duration::from_secs(30);
 
@@ -74,6 +76,10 @@ pub struct SessionHandle {
     outbox: mpsc::Sender<Result<GatewayMessage, Status>>,
     pending: Arc<Mutex<HashMap<String, oneshot::Sender<CommandAck>>>>,
     closed: CancellationToken,
+    /// The serial of the node certificate the session was opened with.
+    serial: String,
+    /// Cancelled when that certificate is revoked (not merely renewed).
+    revoked: CancellationToken,
 }
 
 /// Why a command got no ack.
@@ -180,6 +186,7 @@ impl Sessions {
         &self,
         hello: Hello,
         inbound: Streaming<DaemonMessage>,
+        serial: String,
     ) -> Result<mpsc::Receiver<Result<GatewayMessage, Status>>, Status> {
         let node_id = hello.node_id.clone();
         if let Err(reason) = self.inner.guard.allow_mutations() {
@@ -200,6 +207,8 @@ impl Sessions {
             outbox: outbox.clone(),
             pending: Arc::default(),
             closed: CancellationToken::new(),
+            serial,
+            revoked: CancellationToken::new(),
         };
         if let Some(previous) = self
             .inner
@@ -303,6 +312,7 @@ impl Sessions {
             let next = tokio::select! {
                 _ = lost.cancelled() => break "lost",
                 _ = handle.closed.cancelled() => break "replaced",
+                _ = handle.revoked.cancelled() => break "certificate revoked",
                 _ = self.inner.shutdown.cancelled() => break "gateway stopping",
                 next = tokio::time::timeout(HEARTBEAT * 3, inbound.message()) => next,
             };
@@ -455,6 +465,46 @@ impl Sessions {
 }
 
 impl Sessions {
+    /// Ends, within [`REVOCATION_CHECK`], every session whose node certificate was revoked
+    /// (one renewed by the node since still stands); the node is then refused at its next
+    /// handshake. Runs until the gateway stops.
+    pub async fn close_revoked(self) {
+        loop {
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(REVOCATION_CHECK) => {}
+            }
+            let live: Vec<(String, SessionHandle)> = self
+                .inner
+                .live
+                .lock()
+                .expect("sessions lock")
+                .iter()
+                .map(|(node, handle)| (node.clone(), handle.clone()))
+                .collect();
+            let serials: Vec<String> = live.iter().map(|(_, h)| h.serial.clone()).collect();
+            let fallen = match prexor_pki::records::fallen(&self.inner.store, &serials).await {
+                Ok(fallen) => fallen,
+                Err(err) => {
+                    tracing::debug!(error = %err, "the revocation list was not read (checked again shortly)");
+                    continue;
+                }
+            };
+            for (serial, reason) in fallen {
+                for (node, handle) in live.iter().filter(|(_, h)| h.serial == serial) {
+                    tracing::warn!(%node, %serial, %reason, "the node's certificate was revoked: closing its session");
+                    metrics::counter!("prexor_gateway_sessions_revoked_total").increment(1);
+                    let _ = handle
+                        .outbox
+                        .try_send(Err(Status::permission_denied(format!(
+                            "the certificate {serial} of node {node} was revoked ({reason})"
+                        ))));
+                    handle.revoked.cancel();
+                }
+            }
+        }
+    }
+
     /// The node's heartbeat: last seen now, ONLINE, its resources.
     async fn record_heartbeat(
         &self,
@@ -640,8 +690,8 @@ impl NodeSession for Sessions {
         };
         validate_name(&hello.node_id)
             .map_err(|e| Status::invalid_argument(format!("node id {:?}: {e}", hello.node_id)))?;
-        authorize_node(&self.inner.store, certs, &hello.node_id).await?;
-        let rx = self.accept(hello, inbound).await?;
+        let certificate = authorize_node(&self.inner.store, certs, &hello.node_id).await?;
+        let rx = self.accept(hello, inbound, certificate.serial).await?;
         let shutdown = self.inner.shutdown.clone();
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
             .take_until(async move { shutdown.cancelled().await });

@@ -1,0 +1,150 @@
+//! Certificates that no longer stand stop working at once (docs/security.md): a revoked node
+//! certificate closes the live session within seconds and is refused at the next handshake; a
+//! renewed one revokes its predecessor once the node uses it, while the session it runs on
+//! carries on; a deleted node cannot come back; internal ports refuse a revoked service
+//! certificate.
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use mongodb::bson::{Document, doc};
+use prexor_acceptance::{
+    Cluster, Operators, grpc_health, nodes_with, operators, stop_all, wait_doc,
+};
+use prexor_pki::{CertInfo, pem_to_der, records};
+use prexor_testkit::eventually;
+
+const WITHIN: Duration = Duration::from_secs(60);
+const EXIT_WITHIN: Duration = Duration::from_secs(20);
+
+/// The serial of the certificate node `node`'s daemon holds now (`<dir>/<node>/certs/node.crt`).
+fn node_serial(cluster: &Cluster, node: &str) -> anyhow::Result<String> {
+    let pem = std::fs::read_to_string(cluster.dir.join(node).join("certs/node.crt"))?;
+    Ok(CertInfo::parse(&pem_to_der(&pem, "CERTIFICATE")?)?.serial)
+}
+
+async fn certificate(cluster: &Cluster, serial: &str) -> anyhow::Result<Document> {
+    cluster
+        .stores
+        .mongo()
+        .await?
+        .collection::<Document>("certificates")
+        .find_one(doc! { "_id": serial })
+        .await?
+        .with_context(|| format!("no certificate {serial} in the ledger"))
+}
+
+async fn revocation(cluster: &Cluster) -> anyhow::Result<()> {
+    let mut fleet = nodes_with(
+        cluster,
+        &["node-1", "node-2"],
+        "nodeCertValidity = \"30s\"\n",
+    )
+    .await?;
+    let Operators { mut api, rest, .. } = operators(cluster, 0).await?;
+    let store = cluster.store().await?;
+
+    // Revoked while connected: the session ends within seconds, and reconnecting is refused.
+    let serial = node_serial(cluster, "node-1")?;
+    ensure!(records::revoke(&store, &serial, "compromised (test)").await?);
+    wait_doc(cluster, "nodes", "node-1", "no longer online", |d| {
+        d.get_str("state") != Ok("ONLINE")
+    })
+    .await?;
+    let daemon = &fleet.daemons[0];
+    eventually("node-1 refused at its next handshake", WITHIN, async || {
+        Ok(daemon.log_text().contains("was revoked").then_some(()))
+    })
+    .await?;
+    ensure!(
+        daemon.get("/readyz").await?.0 != 200,
+        "a node with a revoked certificate is not connected"
+    );
+
+    // A renewal: node-2 renews (30 s certificates renew at 20 s); once it uses the new
+    // certificate (here: at its next connection), the old one is revoked as superseded.
+    let before = node_serial(cluster, "node-2")?;
+    let renewed = eventually("node-2 renewing its certificate", WITHIN, async || {
+        let now = node_serial(cluster, "node-2")?;
+        Ok((now != before).then_some(now))
+    })
+    .await?;
+    ensure!(
+        fleet.daemons[1].get("/readyz").await?.0 == 200,
+        "the session survives the renewal"
+    );
+    let mut old_daemon = fleet.daemons.remove(1);
+    old_daemon.stop(EXIT_WITHIN).await?;
+    let ports = fleet.daemon_ports();
+    let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
+    let mut again = cluster.daemon("daemon-node-2-b", "node-2", "node-2", &ports, None)?;
+    again.wait_ready(WITHIN).await?;
+    let old = certificate(cluster, &before).await?;
+    ensure!(
+        old.get_str("superseded_by") == Ok(renewed.as_str())
+            && old.get_i64("revoked_at_ms").is_ok_and(|at| at > 0),
+        "the replaced certificate is revoked, superseded by the new one: {old:?}"
+    );
+
+    // A deleted node cannot come back.
+    again.stop(EXIT_WITHIN).await?;
+    wait_doc(cluster, "nodes", "node-2", "OFFLINE", |d| {
+        d.get_str("state") == Ok("OFFLINE")
+    })
+    .await?;
+    let (status, body) = rest.delete("/nodes/node-2").await?;
+    ensure!(status == 204, "deleting node-2: {status} {body}");
+    let back = cluster.daemon("daemon-node-2-c", "node-2", "node-2", &ports, None)?;
+    eventually("the deleted node refused", WITHIN, async || {
+        Ok(back.log_text().contains("was revoked").then_some(()))
+    })
+    .await?;
+    ensure!(
+        back.get("/readyz").await?.0 != 200,
+        "a deleted node stays out"
+    );
+
+    // An internal port refuses a revoked service certificate (new connections).
+    let registry = prexor_coord::Registry::Valkey {
+        backend: prexor_coord::ValkeyBackend::connect(
+            &cluster.stores.valkey_url,
+            Duration::from_secs(2),
+        )?,
+        namespace: cluster.stores.namespace.clone(),
+        ttl: Duration::from_secs(15),
+    };
+    let probe = prexor_pki::internal::InternalTls::enrol(&store, registry, "api", "probe")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let leaf = probe.slot.leaf().context("the probe's certificate")?;
+    let probe_serial = CertInfo::parse(leaf.as_ref())?.serial;
+    ensure!(records::revoke(&store, &probe_serial, "test").await?);
+    // Gateways re-read the revoked service certificates every 5 s.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let address = fleet.gateways[0].grpc.as_deref().context("gateway port")?;
+    let refused = grpc_health(probe.peers.get(address).map_err(anyhow::Error::msg)?).await;
+    ensure!(
+        refused.is_err(),
+        "a revoked service certificate was accepted"
+    );
+    let trusted = cluster.internal_channel(&fleet.gateways[0]).await?;
+    ensure!(
+        grpc_health(trusted).await? == "SERVING",
+        "other certificates still work"
+    );
+
+    drop(back);
+    stop_all([&mut api], EXIT_WITHIN).await?;
+    fleet.daemons.truncate(0);
+    stop_all(
+        fleet.gateways.iter_mut().chain([&mut fleet.ca]),
+        EXIT_WITHIN,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn certificates_that_no_longer_stand_stop_working() {
+    let cluster = Cluster::new("security_pki").unwrap();
+    revocation(&cluster).await.unwrap();
+}
