@@ -300,6 +300,172 @@ async fn bound_credentials(api: &Proc, admin: &Rest) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A backup archive with `edit` applied to its files and the manifest's hashes and counts redone
+/// to match — what someone without the cluster's MAC key can make.
+fn edited_archive(
+    bytes: &[u8],
+    edit: impl Fn(&mut std::collections::BTreeMap<String, Vec<u8>>),
+) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut files = std::collections::BTreeMap::new();
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    for entry in tar.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.to_string_lossy().into_owned();
+        let mut content = Vec::new();
+        entry.read_to_end(&mut content)?;
+        files.insert(path, content);
+    }
+    edit(&mut files);
+    let mut manifest: Value = serde_json::from_slice(&files["manifest.json"])?;
+    for (path, content) in &files {
+        if let Some(name) = path
+            .strip_prefix("collections/")
+            .and_then(|p| p.strip_suffix(".jsonl"))
+        {
+            manifest["collections"][name] = json!({
+                "count": String::from_utf8_lossy(content).lines().count(),
+                "sha256": prexor_domain::sha256_hex(content),
+            });
+        }
+    }
+    files.insert(
+        "manifest.json".into(),
+        serde_json::to_vec_pretty(&manifest)?,
+    );
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    for (path, content) in &files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o600);
+        header.set_cksum();
+        builder.append_data(&mut header, path, &content[..])?;
+    }
+    Ok(builder.into_inner()?.finish()?)
+}
+
+async fn upload(admin: &Rest, id: &str, archive: Vec<u8>) -> anyhow::Result<Value> {
+    let (status, body) = admin
+        .put_bytes(&format!("/backups/{id}/archive"), archive)
+        .await?;
+    expect(status, &body, 201, &format!("uploading {id}"))?;
+    Ok(body)
+}
+
+/// Archives carry the cluster's MAC: one edited elsewhere restores no users, roles, tokens or
+/// certificates; a group a restore would bring back is checked like an API write; and a restore
+/// never reopens sessions ended since the backup.
+async fn forged_backups(cluster: &Cluster, admin: &Rest) -> anyhow::Result<()> {
+    create_user(admin, "dave", &["viewer"]).await?;
+    let (status, body) = admin
+        .post("/groups", json!({ "name": "hub", "spec": group_spec(0)? }))
+        .await?;
+    expect(status, &body, 201, "a group to back up")?;
+    let (status, backup) = admin.post("/backups", json!({})).await?;
+    expect(status, &backup, 201, "a backup")?;
+    let id = backup["id"].as_str().context("id")?.to_owned();
+    let (status, original) = admin.get_bytes(&format!("/backups/{id}/archive")).await?;
+    ensure!(status == 200, "downloading {id}: {status}");
+
+    // An intruder added to the users, the hashes redone: uploaded, but not the cluster's.
+    let forged = edited_archive(&original, |files| {
+        let users = files.entry("collections/users.jsonl".into()).or_default();
+        users.extend(
+            br#"{"_id":"intruder","userId":"x","roles":["admin"],"passwordHash":"$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$YWFh","disabled":false,"createdAtMs":{"$numberLong":"1"}}"#,
+        );
+        users.push(b'\n');
+    })?;
+    let uploaded = upload(admin, "forged", forged).await?;
+    ensure!(uploaded["madeByThisCluster"] == false, "{uploaded}");
+    let (status, plan) = admin
+        .post(
+            "/backups/forged/restore",
+            json!({ "dryRun": true, "force": true }),
+        )
+        .await?;
+    expect(status, &plan, 200, "planning the forged restore")?;
+    ensure!(
+        plan["plan"]["identity"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not restored"),
+        "{plan}"
+    );
+    // The cluster's own archive passes through the same upload untouched.
+    let own = upload(admin, "own-copy", original.clone()).await?;
+    ensure!(own["madeByThisCluster"] == true, "{own}");
+
+    // dave's password is reset after the backup: his sessions from before stay ended even when
+    // the backup comes back.
+    let (status, body) = admin
+        .call(
+            reqwest::Method::PATCH,
+            "/users/dave",
+            Some(json!({ "password": "dave's second password" })),
+        )
+        .await?;
+    expect(status, &body, 200, "resetting dave's password")?;
+    let users = cluster
+        .stores
+        .mongo()
+        .await?
+        .collection::<mongodb::bson::Document>("users");
+    let cut_off = |d: Option<mongodb::bson::Document>| {
+        d.and_then(|d| d.get_i64("sessionsValidAfterMs").ok())
+            .unwrap_or(0)
+    };
+    let before_restore = cut_off(
+        users
+            .find_one(mongodb::bson::doc! { "_id": "dave" })
+            .await?,
+    );
+    let (status, body) = admin
+        .post("/backups/forged/restore", json!({ "force": true }))
+        .await?;
+    expect(status, &body, 200, "restoring the forged archive")?;
+    let (status, body) = admin.get("/users/intruder").await?;
+    expect(status, &body, 404, "the intruder from a forged archive")?;
+    let (status, body) = admin.post("/backups/own-copy/restore", json!({})).await?;
+    expect(status, &body, 200, "restoring the cluster's own archive")?;
+    let after_restore = cut_off(
+        users
+            .find_one(mongodb::bson::doc! { "_id": "dave" })
+            .await?,
+    );
+    ensure!(
+        after_restore >= before_restore,
+        "a restore rolled dave's session cut-off back from {before_restore} to {after_restore}"
+    );
+
+    // A group the API would refuse is refused in a restore too, with nothing changed.
+    let invalid = edited_archive(&original, |files| {
+        let groups = files.get_mut("collections/groups.jsonl").expect("groups");
+        let text = String::from_utf8_lossy(groups)
+            .replace(
+                r#""memoryMb":{"$numberLong":"256"}"#,
+                r#""memoryMb":{"$numberLong":"1"}"#,
+            )
+            .replace(
+                r#""memoryMb":{"$numberInt":"256"}"#,
+                r#""memoryMb":{"$numberInt":"1"}"#,
+            );
+        *groups = text.into_bytes();
+    })?;
+    upload(admin, "invalid-group", invalid).await?;
+    let (status, body) = admin
+        .post("/backups/invalid-group/restore", json!({ "force": true }))
+        .await?;
+    expect(status, &body, 422, "restoring an invalid group")?;
+    ensure!(
+        body["message"].as_str().unwrap_or("").contains("memoryMb"),
+        "{body}"
+    );
+    Ok(())
+}
+
 async fn checked_input(admin: &Rest) -> anyhow::Result<()> {
     for line in ["say hi\rstop", "say \u{1b}[2J"] {
         let (status, body) = admin
@@ -339,6 +505,7 @@ async fn nobody_grants_changes_or_removes_more_than_they_hold() {
         holds_no_more(&api, &admin).await?;
         bound_credentials(&api, &admin).await?;
         checked_input(&admin).await?;
+        forged_backups(&cluster, &admin).await?;
         last_admin_under_concurrency(&api, &admin).await?;
         api.stop(EXIT_WITHIN).await
     };

@@ -24,6 +24,52 @@ pub struct AppState {
 }
 
 pub const AUDIT: &str = "audit";
+/// Keys only the cluster holds (never in a backup).
+const SECRETS: &str = "cluster_secrets";
+
+/// The cluster's secret `name` (at least 32 random bytes), created by whichever replica asks
+/// first; every replica reads the same one.
+pub async fn cluster_secret(
+    store: &Store,
+    name: &str,
+    what: &str,
+) -> Result<Vec<u8>, prexor_store::StoreError> {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use rand::RngCore;
+    let mut fresh = [0u8; 64];
+    rand::rng().fill_bytes(&mut fresh);
+    let secrets = store.documents(SECRETS);
+    let created = store
+        .bounded(
+            &format!("creating {what}"),
+            secrets
+                .update_one(
+                    doc! { "_id": name },
+                    doc! { "$setOnInsert": { "key": URL_SAFE_NO_PAD.encode(fresh), "createdAtMs": prexor_domain::now_ms() } },
+                )
+                .upsert(true),
+        )
+        .await;
+    if let Err(err) = created
+        && !err.is_duplicate_key()
+    {
+        return Err(err);
+    }
+    let record = store
+        .bounded(
+            &format!("reading {what}"),
+            secrets.find_one(doc! { "_id": name }),
+        )
+        .await?
+        .unwrap_or_default();
+    Ok(record
+        .get_str("key")
+        .ok()
+        .and_then(|k| URL_SAFE_NO_PAD.decode(k).ok())
+        .filter(|k| k.len() >= 32)
+        .unwrap_or_else(|| fresh.to_vec()))
+}
 
 impl AppState {
     pub fn store(&self) -> &Store {

@@ -30,7 +30,6 @@ use crate::permissions;
 pub const USERS: &str = "users";
 pub const ROLES: &str = "roles";
 pub const API_TOKENS: &str = "api_tokens";
-const SECRETS: &str = "cluster_secrets";
 
 /// How long a login session lasts.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
@@ -46,36 +45,8 @@ pub struct SessionKeys {
 impl SessionKeys {
     /// Reads the cluster's signing key, creating it if this is the first replica ever.
     pub async fn load(store: &Store) -> Result<SessionKeys, prexor_store::StoreError> {
-        let secrets = store.documents(SECRETS);
-        let mut fresh = [0u8; 64];
-        rand::rng().fill_bytes(&mut fresh);
-        let inserted = store
-            .bounded(
-                "creating the session signing key",
-                secrets.update_one(
-                    doc! { "_id": "session-hs256" },
-                    doc! { "$setOnInsert": { "key": URL_SAFE_NO_PAD.encode(fresh), "createdAtMs": now_ms() } },
-                ).upsert(true),
-            )
-            .await;
-        if let Err(err) = inserted
-            && !err.is_duplicate_key()
-        {
-            return Err(err);
-        }
-        let record = store
-            .bounded(
-                "reading the session signing key",
-                secrets.find_one(doc! { "_id": "session-hs256" }),
-            )
-            .await?
-            .unwrap_or_default();
-        let key = record
-            .get_str("key")
-            .ok()
-            .and_then(|k| URL_SAFE_NO_PAD.decode(k).ok())
-            .filter(|k| k.len() >= 32)
-            .unwrap_or_else(|| fresh.to_vec());
+        let key =
+            crate::app::cluster_secret(store, "session-hs256", "the session signing key").await?;
         Ok(SessionKeys {
             encoding: EncodingKey::from_secret(&key),
             decoding: DecodingKey::from_secret(&key),

@@ -17,7 +17,6 @@
 //! restored configuration under new, higher tokens, keeping every process it still wants.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -31,7 +30,7 @@ use futures::TryStreamExt;
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::ReadConcern;
 use prexor_coord::LeaseKeeper;
-use prexor_domain::{Scope, now_ms, sha256_hex, validate_name};
+use prexor_domain::{GroupSpec, Scope, now_ms, validate_name};
 use prexor_store::Write;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -40,6 +39,10 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
+
+mod archive;
+
+use archive::{Archive, pack, unpack};
 
 pub const BACKUPS: &str = "backups";
 /// Largest archive accepted on upload.
@@ -79,6 +82,14 @@ const REPLACED: &[&str] = &[
 /// Restored by adding what the store lacks, never removing: a certificate revoked or a join
 /// token used since the backup stays so.
 const MERGED: &[&str] = &["certificates", "join_tokens"];
+/// Who may do what: restored only from an archive this cluster made (its MAC checks out).
+const IDENTITY: &[&str] = &[
+    "users",
+    "roles",
+    "api_tokens",
+    "certificates",
+    "join_tokens",
+];
 
 pub fn routes() -> Router<App> {
     Router::new()
@@ -92,165 +103,6 @@ pub fn routes() -> Router<App> {
         )
         .route("/backups/{id}/verify", post(verify))
         .route("/backups/{id}/restore", post(restore))
-}
-
-/// An archive read back and checked against its manifest.
-struct Archive {
-    manifest: Value,
-    collections: BTreeMap<String, Vec<Document>>,
-    blobs: BTreeMap<String, Vec<u8>>,
-}
-
-fn jsonl(docs: &[Document]) -> String {
-    let mut out = String::new();
-    for doc in docs {
-        out.push_str(
-            &Bson::Document(doc.clone())
-                .into_canonical_extjson()
-                .to_string(),
-        );
-        out.push('\n');
-    }
-    out
-}
-
-/// Packs the snapshot into a tar.gz with its manifest.
-fn pack(
-    manifest_base: Value,
-    collections: &BTreeMap<String, Vec<Document>>,
-    blobs: &BTreeMap<String, Vec<u8>>,
-) -> Result<(Vec<u8>, Value), String> {
-    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut listed = serde_json::Map::new();
-    for (name, docs) in collections {
-        let text = jsonl(docs).into_bytes();
-        listed.insert(
-            name.clone(),
-            json!({ "count": docs.len(), "sha256": sha256_hex(&text) }),
-        );
-        files.push((format!("collections/{name}.jsonl"), text));
-    }
-    let mut blob_sizes = serde_json::Map::new();
-    for (hash, bytes) in blobs {
-        blob_sizes.insert(hash.clone(), json!(bytes.len()));
-        files.push((format!("blobs/{hash}"), bytes.clone()));
-    }
-    let mut manifest = manifest_base;
-    manifest["collections"] = Value::Object(listed);
-    manifest["blobs"] = Value::Object(blob_sizes);
-    let manifest_bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::default(),
-    ));
-    let mut append = |path: &str, bytes: &[u8]| -> std::io::Result<()> {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(bytes.len() as u64);
-        header.set_mode(0o600);
-        header.set_mtime((now_ms() / 1000) as u64);
-        header.set_cksum();
-        builder.append_data(&mut header, path, bytes)
-    };
-    append("manifest.json", &manifest_bytes).map_err(|e| e.to_string())?;
-    for (path, bytes) in &files {
-        append(path, bytes).map_err(|e| e.to_string())?;
-    }
-    let gz = builder
-        .into_inner()
-        .and_then(|gz| gz.finish())
-        .map_err(|e| e.to_string())?;
-    Ok((gz, manifest))
-}
-
-/// Reads an archive and checks every count and hash against its manifest; what is wrong
-/// otherwise, naming the file.
-fn unpack(bytes: &[u8]) -> Result<Archive, String> {
-    if !bytes.starts_with(&[0x1f, 0x8b]) {
-        return Err("the archive is not gzip-compressed (expected a .tar.gz backup)".into());
-    }
-    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
-    let entries = tar
-        .entries()
-        .map_err(|e| format!("the archive is unreadable: {e}"))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| format!("the archive is truncated or corrupt: {e}"))?;
-        let path = entry
-            .path()
-            .map_err(|e| format!("the archive has an unreadable path: {e}"))?
-            .to_string_lossy()
-            .into_owned();
-        let mut content = Vec::new();
-        entry
-            .read_to_end(&mut content)
-            .map_err(|e| format!("the archive is truncated or corrupt in {path}: {e}"))?;
-        files.insert(path, content);
-    }
-    let manifest: Value = serde_json::from_slice(
-        &files
-            .remove("manifest.json")
-            .ok_or("the archive has no manifest.json (is it a PrexorCloud backup?)")?,
-    )
-    .map_err(|e| format!("manifest.json is not JSON: {e}"))?;
-    if manifest["format"].as_i64() != Some(FORMAT) {
-        return Err(format!(
-            "manifest.json has format {}, this version reads format {FORMAT}",
-            manifest["format"]
-        ));
-    }
-    let mut collections = BTreeMap::new();
-    for (name, expected) in manifest["collections"].as_object().into_iter().flatten() {
-        let path = format!("collections/{name}.jsonl");
-        let text = files
-            .remove(&path)
-            .ok_or_else(|| format!("{path} is missing from the archive"))?;
-        let hash = sha256_hex(&text);
-        if Some(hash.as_str()) != expected["sha256"].as_str() {
-            return Err(format!(
-                "{path} was altered: its SHA-256 is {hash}, the manifest says {}",
-                expected["sha256"]
-            ));
-        }
-        let text = String::from_utf8(text).map_err(|_| format!("{path} is not UTF-8"))?;
-        let mut docs = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let value: Value = serde_json::from_str(line)
-                .map_err(|e| format!("{path} line {}: not JSON ({e})", n + 1))?;
-            match Bson::try_from(value) {
-                Ok(Bson::Document(doc)) => docs.push(doc),
-                _ => return Err(format!("{path} line {}: not a document", n + 1)),
-            }
-        }
-        if Some(docs.len() as u64) != expected["count"].as_u64() {
-            return Err(format!(
-                "{path} holds {} documents, the manifest says {}",
-                docs.len(),
-                expected["count"]
-            ));
-        }
-        collections.insert(name.clone(), docs);
-    }
-    let mut blobs = BTreeMap::new();
-    for (hash, size) in manifest["blobs"].as_object().into_iter().flatten() {
-        let path = format!("blobs/{hash}");
-        let bytes = files
-            .remove(&path)
-            .ok_or_else(|| format!("{path} is missing from the archive"))?;
-        if sha256_hex(&bytes) != *hash || Some(bytes.len() as u64) != size.as_u64() {
-            return Err(format!(
-                "{path} was altered (its content no longer has that SHA-256 or size)"
-            ));
-        }
-        blobs.insert(hash.clone(), bytes);
-    }
-    if let Some(extra) = files.keys().next() {
-        return Err(format!("{extra} is in the archive but not in its manifest"));
-    }
-    Ok(Archive {
-        manifest,
-        collections,
-        blobs,
-    })
 }
 
 /// Every version hash of the templates and modules in `collections`.
@@ -405,7 +257,8 @@ async fn create(State(app): State<App>, who: Principal) -> ApiResult<(StatusCode
         "restoredByReplacing": REPLACED,
         "restoredByMerging": MERGED,
     });
-    let (archive, manifest) = pack(base, &collections, &blobs).map_err(ApiError::internal)?;
+    let key = archive::mac_key(app.store()).await?;
+    let (archive, manifest) = pack(&key, base, &collections, &blobs).map_err(ApiError::internal)?;
     let saved = record(&app, &id, &manifest, &archive, &who.user).await?;
     app.audit::<(), _>(&who, "backup.create", &id, None, Some(&view(&saved)))
         .await;
@@ -553,9 +406,11 @@ async fn upload(
         ApiError::bad_request(format!("the uploaded archive is refused: {problem}"))
     })?;
     let saved = record(&app, &id, &archive.manifest, &bytes, &who.user).await?;
-    app.audit::<(), _>(&who, "backup.upload", &id, None, Some(&view(&saved)))
+    let mut shown = view(&saved);
+    shown["madeByThisCluster"] = json!(archive.made_with(&archive::mac_key(app.store()).await?));
+    app.audit::<(), _>(&who, "backup.upload", &id, None, Some(&shown))
         .await;
-    Ok((StatusCode::CREATED, Json(view(&saved))))
+    Ok((StatusCode::CREATED, Json(shown)))
 }
 
 #[utoipa::path(
@@ -624,10 +479,50 @@ fn ids(docs: Option<&Vec<Document>>) -> BTreeSet<String> {
         .collect()
 }
 
-/// What a restore changes, per collection.
+/// `archive` without users, roles, tokens, join tokens and certificates (restored as they are
+/// now).
+fn without_identity(mut archive: Archive) -> Archive {
+    for name in IDENTITY {
+        archive.collections.remove(*name);
+    }
+    archive
+}
+
+/// Every group of the archive must be one the API would accept (422 naming it otherwise).
+fn check_groups(archive: &Archive) -> ApiResult<()> {
+    for group in archive.collections.get("groups").into_iter().flatten() {
+        let name = group.get_str("_id").unwrap_or_default();
+        let spec: GroupSpec = group
+            .get_document("spec")
+            .ok()
+            .and_then(|s| mongodb::bson::from_document(s.clone()).ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "BACKUP_INVALID",
+                    format!(
+                        "the backup's group {name:?} has no readable spec; nothing was changed"
+                    ),
+                )
+            })?;
+        crate::groups::validate(name, &spec).map_err(|err| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "BACKUP_INVALID",
+                format!("the backup's {err}; nothing was changed"),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// What a restore changes, per collection (the collections the archive has).
 fn plan(current: &BTreeMap<String, Vec<Document>>, archive: &Archive) -> Value {
     let mut replaced = serde_json::Map::new();
-    for name in REPLACED {
+    for name in REPLACED
+        .iter()
+        .filter(|n| archive.collections.contains_key(**n))
+    {
         let (now, then) = (ids(current.get(*name)), ids(archive.collections.get(*name)));
         replaced.insert(
             name.to_string(),
@@ -639,7 +534,10 @@ fn plan(current: &BTreeMap<String, Vec<Document>>, archive: &Archive) -> Value {
         );
     }
     let mut merged = serde_json::Map::new();
-    for name in MERGED {
+    for name in MERGED
+        .iter()
+        .filter(|n| archive.collections.contains_key(**n))
+    {
         let (now, then) = (ids(current.get(*name)), ids(archive.collections.get(*name)));
         merged.insert(name.to_string(), json!(then.difference(&now).count()));
     }
@@ -687,8 +585,25 @@ async fn restore(
             ),
         ));
     }
+    // Who may do what comes back only from an archive this cluster made; `force` changes
+    // nothing about that, nor about any other check.
+    let ours = archive.made_with(&archive::mac_key(app.store()).await?);
+    let archive = if ours {
+        archive
+    } else {
+        without_identity(archive)
+    };
+    check_groups(&archive)?;
     let current = snapshot(&app).await?;
-    let plan = plan(&current, &archive);
+    let mut plan = plan(&current, &archive);
+    plan["identity"] = if ours {
+        json!("restored (the archive was made by this cluster)")
+    } else {
+        json!(format!(
+            "kept as it is: the archive was not made by this cluster (no valid MAC), so {} are not restored from it",
+            IDENTITY.join(", ")
+        ))
+    };
     if request.dry_run {
         return Ok(Json(json!({ "id": id, "dryRun": true, "plan": plan })));
     }
@@ -799,6 +714,20 @@ async fn restore_under_leases(
     Ok(taken)
 }
 
+/// A restored user keeps the later of its two `sessionsValidAfterMs`: sessions ended since the
+/// backup (a password or role change) stay ended.
+fn keep_sessions_ended(user: &mut Document, current: Option<&Vec<Document>>) {
+    let now = current
+        .into_iter()
+        .flatten()
+        .find(|u| u.get("_id") == user.get("_id"))
+        .and_then(|u| u.get_i64("sessionsValidAfterMs").ok());
+    let then = user.get_i64("sessionsValidAfterMs").ok();
+    if let Some(later) = now.max(then) {
+        user.insert("sessionsValidAfterMs", later);
+    }
+}
+
 /// The writes that turn `current` into the backup's configuration.
 fn restore_writes(current: &BTreeMap<String, Vec<Document>>, archive: &Archive) -> Vec<Write> {
     let now = now_ms();
@@ -849,9 +778,16 @@ fn restore_writes(current: &BTreeMap<String, Vec<Document>>, archive: &Archive) 
             }
             continue;
         }
+        if !archive.collections.contains_key(*name) {
+            // Not restored from this archive (identity from an archive of elsewhere): kept.
+            continue;
+        }
         writes.push(Write::delete_many(name, doc! {}));
         for mut doc in docs {
             doc.remove("_fence");
+            if *name == "users" {
+                keep_sessions_ended(&mut doc, current.get("users"));
+            }
             writes.push(Write::insert(name, doc));
         }
     }
@@ -873,75 +809,17 @@ fn restore_writes(current: &BTreeMap<String, Vec<Document>>, archive: &Archive) 
 mod tests {
     use super::*;
 
-    fn sample() -> (Vec<u8>, Value) {
-        let mut collections = BTreeMap::new();
-        collections.insert(
-            "groups".to_owned(),
-            vec![doc! { "_id": "lobby", "revision": 3_i64, "spec": { "memoryMb": 512_i64 } }],
-        );
-        collections.insert("users".to_owned(), vec![]);
-        let mut blobs = BTreeMap::new();
-        blobs.insert(sha256_hex(b"layer"), b"layer".to_vec());
-        pack(
-            json!({ "format": FORMAT, "clusterId": "c1" }),
-            &collections,
-            &blobs,
-        )
-        .unwrap()
-    }
-
     #[test]
-    fn an_archive_round_trips_with_exact_types() {
-        let (bytes, manifest) = sample();
-        let archive = unpack(&bytes).unwrap();
-        assert_eq!(archive.manifest, manifest);
-        let lobby = &archive.collections["groups"][0];
-        assert_eq!(lobby.get_i64("revision"), Ok(3), "an i64 stays an i64");
-        assert_eq!(archive.blobs.values().next().unwrap(), b"layer");
-    }
-
-    #[test]
-    fn damage_is_named() {
-        let (bytes, _) = sample();
-        let truncated = &bytes[..bytes.len() / 2];
-        let err = unpack(truncated).err().unwrap();
-        assert!(err.contains("truncated or corrupt"), "{err}");
-        assert!(unpack(b"plain text").err().unwrap().contains("gzip"));
-
-        // Altered content with the manifest left as it was.
-        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
-        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-        for entry in tar.entries().unwrap() {
-            let mut entry = entry.unwrap();
-            let path = entry.path().unwrap().to_string_lossy().into_owned();
-            let mut content = Vec::new();
-            entry.read_to_end(&mut content).unwrap();
-            if path == "collections/groups.jsonl" {
-                content = String::from_utf8(content)
-                    .unwrap()
-                    .replace("512", "999")
-                    .into_bytes();
-            }
-            files.push((path, content));
-        }
-        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-            Vec::new(),
-            flate2::Compression::default(),
-        ));
-        for (path, content) in &files {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(content.len() as u64);
-            header.set_mode(0o600);
-            header.set_cksum();
-            builder
-                .append_data(&mut header, path, &content[..])
-                .unwrap();
-        }
-        let altered = builder.into_inner().unwrap().finish().unwrap();
-        let err = unpack(&altered).err().unwrap();
-        assert!(
-            err.contains("collections/groups.jsonl was altered"),
-            "{err}"
-        );
+    fn a_restored_user_keeps_its_later_session_cut_off() {
+        let current = vec![doc! { "_id": "dave", "sessionsValidAfterMs": 2_000_i64 }];
+        let mut older = doc! { "_id": "dave", "sessionsValidAfterMs": 1_000_i64 };
+        keep_sessions_ended(&mut older, Some(&current));
+        assert_eq!(older.get_i64("sessionsValidAfterMs"), Ok(2_000));
+        let mut newer = doc! { "_id": "dave", "sessionsValidAfterMs": 3_000_i64 };
+        keep_sessions_ended(&mut newer, Some(&current));
+        assert_eq!(newer.get_i64("sessionsValidAfterMs"), Ok(3_000));
+        let mut unknown = doc! { "_id": "erin" };
+        keep_sessions_ended(&mut unknown, Some(&current));
+        assert!(unknown.get("sessionsValidAfterMs").is_none());
     }
 }

@@ -173,7 +173,7 @@ fn write_error(err: GroupWriteError) -> ApiError {
     }
 }
 
-fn validate(name: &str, spec: &GroupSpec) -> ApiResult<()> {
+pub(crate) fn validate(name: &str, spec: &GroupSpec) -> ApiResult<()> {
     let problems = spec.problems(name);
     if problems.is_empty() {
         Ok(())
