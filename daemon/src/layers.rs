@@ -63,7 +63,8 @@ impl LayerSource for GatewayLayers {
                 .await
             {
                 Ok(response) => response.into_inner(),
-                Err(status) if status.code() == Code::NotFound => {
+                // Not in the store, or not for this node (no plan of it names the layer).
+                Err(status) if matches!(status.code(), Code::NotFound | Code::PermissionDenied) => {
                     return Err(LayerError::Permanent(status.message().to_string()));
                 }
                 Err(status) => {

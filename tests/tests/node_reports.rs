@@ -22,11 +22,12 @@ use prexor_pki::{Identity, KeyAndCsr, ServiceNames};
 use prexor_proto::v1::daemon_message::Body as Up;
 use prexor_proto::v1::gateway_message::Body as Down;
 use prexor_proto::v1::node_commands_client::NodeCommandsClient;
+use prexor_proto::v1::node_content_client::NodeContentClient;
 use prexor_proto::v1::node_session_client::NodeSessionClient;
 use prexor_proto::v1::{
     AckResult, Command, CommandAck, CompositionPlan, ConsoleInput, ConsoleLines, DaemonMessage,
-    Heartbeat, Hello, HostResources, InstanceReport, InstanceState, NodeCommandRequest,
-    command::Action,
+    FetchBlobRequest, Heartbeat, Hello, HostResources, InstanceReport, InstanceState,
+    NodeCommandRequest, command::Action,
 };
 use prexor_testkit::eventually;
 use tokio::sync::mpsc;
@@ -37,6 +38,7 @@ const YEAR_MS: i64 = 365 * 24 * 3600 * 1000;
 /// The test acting as node `node` on `gateway`'s daemon port: it acks every command (and hands
 /// start plans to the test) and sends what the test tells it to.
 struct ForgedNode {
+    channel: tonic::transport::Channel,
     up: mpsc::Sender<DaemonMessage>,
     plans: mpsc::Receiver<CompositionPlan>,
     acked: mpsc::Receiver<u64>,
@@ -71,7 +73,7 @@ impl ForgedNode {
             })),
         })
         .await?;
-        let mut inbound = NodeSessionClient::new(channel)
+        let mut inbound = NodeSessionClient::new(channel.clone())
             .open(tokio_stream::wrappers::ReceiverStream::new(up_rx))
             .await?
             .into_inner();
@@ -128,6 +130,7 @@ impl ForgedNode {
             }
         });
         Ok(ForgedNode {
+            channel,
             up,
             plans,
             acked,
@@ -321,6 +324,23 @@ async fn speaks_for_itself(cluster: &Cluster) -> anyhow::Result<()> {
             .as_ref()
             .is_none_or(|s| s.get_i64("pausedUntilMs").is_err()),
         "the group was paused: {state:?}"
+    );
+
+    // A node is served only the layers its current plans name: not any blob of the store.
+    let elsewhere = cluster.store().await?.put_blob(b"not for node-2").await?;
+    let refused = NodeContentClient::new(forged.channel.clone())
+        .fetch_blob(FetchBlobRequest {
+            node_id: "node-2".into(),
+            hash: elsewhere,
+        })
+        .await;
+    ensure!(
+        refused
+            .as_ref()
+            .err()
+            .is_some_and(|s| s.code() == tonic::Code::PermissionDenied),
+        "a blob no plan of node-2 names was served: {:?}",
+        refused.map(|_| ())
     );
 
     // A console line of a megabyte from node-2 is cut by the gateway.

@@ -347,6 +347,24 @@ fn edited_archive(
     Ok(builder.into_inner()?.finish()?)
 }
 
+/// A REST client signed in as `user` on the same api replica as `admin`.
+async fn cluster_api_rest(admin: &Rest, user: &str) -> anyhow::Result<Rest> {
+    let (status, session) = Rest {
+        base: admin.base.clone(),
+        token: String::new(),
+    }
+    .post(
+        "/auth/login",
+        json!({ "username": user, "password": PASSWORD }),
+    )
+    .await?;
+    expect(status, &session, 200, &format!("signing in as {user}"))?;
+    Ok(Rest {
+        base: admin.base.clone(),
+        token: session["token"].as_str().context("token")?.to_owned(),
+    })
+}
+
 async fn upload(admin: &Rest, id: &str, archive: Vec<u8>) -> anyhow::Result<Value> {
     let (status, body) = admin
         .put_bytes(&format!("/backups/{id}/archive"), archive)
@@ -369,6 +387,37 @@ async fn forged_backups(cluster: &Cluster, admin: &Rest) -> anyhow::Result<()> {
     let id = backup["id"].as_str().context("id")?.to_owned();
     let (status, original) = admin.get_bytes(&format!("/backups/{id}/archive")).await?;
     ensure!(status == 200, "downloading {id}: {status}");
+
+    // A backup archive is not a template layer: no group's servers get to unpack it.
+    let archive_hash = backup["hash"].as_str().context("the archive's hash")?;
+    let mut spec = group_spec(0)?;
+    spec["templates"] = json!([{ "hash": archive_hash }]);
+    let (status, body) = admin
+        .post("/groups", json!({ "name": "thief", "spec": spec }))
+        .await?;
+    expect(
+        status,
+        &body,
+        400,
+        "a group naming a backup archive as its layer",
+    )?;
+    ensure!(
+        body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not the layer of any template"),
+        "{body}"
+    );
+    // Where an archive is stored is for those who may read backups.
+    create_user(admin, "olga", &["operator"]).await?;
+    let olga = cluster_api_rest(admin, "olga").await?;
+    let (status, page) = olga.get("/audit?action=backup.create").await?;
+    expect(status, &page, 200, "an operator reads the audit log")?;
+    ensure!(
+        page["entries"].as_array().is_some_and(|e| !e.is_empty())
+            && !page.to_string().contains(archive_hash),
+        "the archive's hash is hidden from a reader without backups:read: {page}"
+    );
 
     // An intruder added to the users, the hashes redone: uploaded, but not the cluster's.
     let forged = edited_archive(&original, |files| {

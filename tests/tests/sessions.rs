@@ -186,15 +186,27 @@ fn pid_alive(pid: i32) -> bool {
 /// Records `instance` as placed on node-1 under the plan [`start`] sends, as a scheduler does
 /// before dispatching: a node's reports land only in the records of instances placed on it.
 async fn placed(cluster: &Cluster, instance: &str) -> anyhow::Result<()> {
-    cluster
-        .stores
-        .mongo()
-        .await?
-        .collection::<Document>("instances")
+    placed_with_layers(cluster, instance, &[]).await
+}
+
+/// [`placed`], with a persisted plan naming template `layers`: a gateway serves a node only
+/// the layers its current plans name.
+async fn placed_with_layers(
+    cluster: &Cluster,
+    instance: &str,
+    layers: &[&str],
+) -> anyhow::Result<()> {
+    let db = cluster.stores.mongo().await?;
+    let plan_hash = format!("plan-{instance}-1");
+    db.collection::<Document>("instances")
         .insert_one(doc! {
             "_id": instance, "group": "lobby", "nodeId": "node-1",
-            "planHash": format!("plan-{instance}-1"), "state": "SCHEDULED",
+            "planHash": &plan_hash, "state": "SCHEDULED",
         })
+        .await?;
+    let layers: Vec<Document> = layers.iter().map(|h| doc! { "hash": *h }).collect();
+    db.collection::<Document>("instance_plans")
+        .insert_one(doc! { "_id": instance, "planHash": &plan_hash, "plan": { "layers": layers } })
         .await?;
     Ok(())
 }
@@ -450,6 +462,7 @@ async fn commands_and_failover(cluster: &Cluster) -> anyhow::Result<()> {
         .put_blob(&tar_gz(&[("plugins/hello.txt", "overlay layer\n")])?)
         .await?;
     let layered_port = free_port();
+    placed_with_layers(cluster, "lobby-5", &[&base, &overlay]).await?;
     let mut layered = start("lobby-5", layered_port, &[])?;
     if let Action::Start(StartInstance { plan: Some(plan) }) = &mut layered {
         plan.layers = vec![
@@ -478,10 +491,12 @@ async fn commands_and_failover(cluster: &Cluster) -> anyhow::Result<()> {
             .join(format!("node-1/cache/layers/{base}.tar.gz"))
             .is_file()
     );
+    let gone = "ab".repeat(32);
+    placed_with_layers(cluster, "lobby-6", &[&gone]).await?;
     let mut missing = start("lobby-6", free_port(), &[])?;
     if let Action::Start(StartInstance { plan: Some(plan) }) = &mut missing {
         plan.layers = vec![TemplateLayer {
-            hash: "ab".repeat(32),
+            hash: gone.clone(),
             name: "gone".into(),
         }];
     }

@@ -453,6 +453,20 @@ async fn remove(
 
 /// Resolves every template reference of `spec` to a hash: by name (the pinned `version`, else the
 /// current one); a given hash must be a stored layer. 400 naming the reference otherwise.
+/// Whether `hash` is the layer of some template version (and stored).
+async fn is_template_layer(app: &App, hash: &str) -> ApiResult<bool> {
+    let named = app
+        .store()
+        .find_projected(
+            TEMPLATES,
+            "finding a template layer",
+            doc! { "versions.hash": hash },
+            doc! { "_id": 1 },
+        )
+        .await?;
+    Ok(!named.is_empty() && app.store().blob_size(hash).await?.is_some())
+}
+
 pub async fn resolve(app: &App, spec: &mut GroupSpec) -> ApiResult<()> {
     for (i, reference) in spec.templates.iter_mut().enumerate() {
         if reference.hash.is_empty() {
@@ -486,13 +500,14 @@ pub async fn resolve(app: &App, spec: &mut GroupSpec) -> ApiResult<()> {
             })?;
             reference.hash = chosen.get_str("hash").unwrap_or_default().to_owned();
             reference.version = chosen.get_i64("version").ok().map(|v| v as u32);
-        } else if is_sha256_hex(&reference.hash)
-            && app.store().blob_size(&reference.hash).await?.is_none()
+        } else if is_sha256_hex(&reference.hash) && !is_template_layer(app, &reference.hash).await?
         {
+            // Only a template version's layer: any other blob (a module, a backup archive) is
+            // not for a group's servers to unpack.
             return Err(ApiError::field(
                 &format!("templates[{i}].hash"),
                 format!(
-                    "no stored layer {}; upload it as a template first",
+                    "{} is not the layer of any template version; upload it as a template first",
                     reference.hash
                 ),
             ));

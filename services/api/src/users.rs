@@ -595,8 +595,26 @@ async fn audit_log(
         .then(|| entries.last().and_then(|e| e.get_object_id("_id").ok()))
         .flatten()
         .map(|id| id.to_hex());
+    // Where a backup archive is stored is for those who may read backups.
+    let backups = who.require("backups:read").is_ok();
     Ok(Json(AuditPage {
-        entries: entries.into_iter().map(crate::json::record).collect(),
+        entries: entries
+            .into_iter()
+            .map(|mut entry| {
+                if !backups
+                    && entry
+                        .get_str("action")
+                        .is_ok_and(|a| a.starts_with("backup."))
+                {
+                    for side in ["before", "after"] {
+                        if let Ok(recorded) = entry.get_document_mut(side) {
+                            recorded.remove("hash");
+                        }
+                    }
+                }
+                crate::json::record(entry)
+            })
+            .collect(),
         next_cursor,
     }))
 }

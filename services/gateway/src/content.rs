@@ -1,12 +1,14 @@
 //! `prexor.v1.NodeContent` on the daemon port: template layers for plans, by hash, to
-//! authenticated nodes only.
+//! authenticated nodes only, and to each node only the layers its current plans name (a node
+//! cannot read other blobs of the store, such as backup archives, by guessing their hash).
 
 use std::pin::Pin;
 
 use futures::Stream;
+use mongodb::bson::{Document, doc};
 use prexor_proto::v1::node_content_server::NodeContent;
 use prexor_proto::v1::{BlobChunk, FetchBlobRequest};
-use prexor_store::Store;
+use prexor_store::{INSTANCE_PLANS, INSTANCES, Store, StoreError};
 use tonic::{Request, Response, Status};
 
 use crate::enrolment::authorize_node;
@@ -18,6 +20,56 @@ pub struct Content {
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<BlobChunk, Status>> + Send>>;
+
+impl Content {
+    /// Whether a plan of an instance placed on `node` (and not ended) names layer `hash`.
+    async fn entitled(&self, node: &str, hash: &str) -> Result<bool, StoreError> {
+        let placed = self
+            .store
+            .find_projected(
+                INSTANCES,
+                "listing the node's instances",
+                doc! { "nodeId": node, "state": { "$nin": ["STOPPED", "CRASHED"] } },
+                doc! { "planHash": 1, "plan.layers.hash": 1 },
+            )
+            .await?;
+        // Records written before plans moved to instance_plans carry theirs.
+        let embedded = placed.iter().any(|i| {
+            i.get_document("plan")
+                .and_then(|p| p.get_array("layers"))
+                .is_ok_and(|layers| {
+                    layers.iter().any(|l| {
+                        l.as_document()
+                            .is_some_and(|l| l.get_str("hash") == Ok(hash))
+                    })
+                })
+        });
+        if embedded {
+            return Ok(true);
+        }
+        let current: Vec<Document> = placed
+            .iter()
+            .filter_map(|i| {
+                Some(
+                    doc! { "_id": i.get_str("_id").ok()?, "planHash": i.get_str("planHash").ok()? },
+                )
+            })
+            .collect();
+        if current.is_empty() {
+            return Ok(false);
+        }
+        let plans = self
+            .store
+            .find_projected(
+                INSTANCE_PLANS,
+                "reading the node's plans",
+                doc! { "$or": current, "plan.layers.hash": hash },
+                doc! { "_id": 1 },
+            )
+            .await?;
+        Ok(!plans.is_empty())
+    }
+}
 
 #[tonic::async_trait]
 impl NodeContent for Content {
@@ -33,6 +85,16 @@ impl NodeContent for Content {
         if !prexor_domain::is_sha256_hex(&hash) {
             return Err(Status::invalid_argument(format!(
                 "{hash:?} is not a SHA-256 hash"
+            )));
+        }
+        if !self
+            .entitled(&node_id, &hash)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+        {
+            metrics::counter!("prexor_gateway_blobs_refused_total").increment(1);
+            return Err(Status::permission_denied(format!(
+                "no current plan of node {node_id} names layer {hash}"
             )));
         }
         let bytes = self
