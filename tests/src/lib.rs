@@ -545,12 +545,23 @@ timeout = "10s"
         replica_id: &str,
         env: &[(&str, &str)],
     ) -> anyhow::Result<Proc> {
+        self.service_with_extra_and_env(kind, replica_id, "", env)
+    }
+
+    /// Like [`Cluster::service`] (with `extra` configuration), with extra environment variables.
+    pub fn service_with_extra_and_env(
+        &self,
+        kind: &str,
+        replica_id: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Proc> {
         let env: BTreeMap<String, String> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let base = self.common_toml(replica_id);
-        self.start_service(kind, replica_id, &base, "", &[], &env)
+        self.start_service(kind, replica_id, &base, extra, &[], &env)
     }
 
     fn start_service(

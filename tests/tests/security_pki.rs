@@ -148,3 +148,115 @@ async fn certificates_that_no_longer_stand_stop_working() {
     let cluster = Cluster::new("security_pki").unwrap();
     revocation(&cluster).await.unwrap();
 }
+
+/// A bootstrap whose publish answered with an error although the CA was published (the answer
+/// got lost) keeps the key: the cluster never ends with a CA and no key anywhere.
+async fn lost_publish_answer(cluster: &Cluster) -> anyhow::Result<()> {
+    let switch = cluster.dir.join("publish-answer.lost");
+    std::fs::write(&switch, b"")?;
+    let armed = format!("ca.after-publish=fail-while:{}", switch.display());
+    let mut ca = cluster.service_with_extra_and_env(
+        "ca",
+        "ca-1",
+        &cluster.ca_extra("ca-1"),
+        &[("PREXORCLOUD_FAILPOINTS", &armed)],
+    )?;
+    ca.wait_ready(WITHIN).await?;
+    ensure!(
+        cluster.dir.join("ca-1/certs/ca/ca.key").exists(),
+        "the CA key is in place:\n{}",
+        ca.log_text()
+    );
+    ensure!(
+        ca.log_text()
+            .contains("the cluster has this CA: keeping its key"),
+        "{}",
+        ca.log_text()
+    );
+    // It signs: a gateway gets its certificates and becomes ready.
+    let mut gateway = cluster.service("gateway", "gateway-1", "")?;
+    gateway.wait_ready(WITHIN).await?;
+    stop_all([&mut gateway, &mut ca], EXIT_WITHIN).await
+}
+
+#[tokio::test]
+async fn a_bootstrap_whose_publish_answer_is_lost_keeps_the_ca_key() {
+    let cluster = Cluster::new("lost_publish").unwrap();
+    lost_publish_answer(&cluster).await.unwrap();
+}
+
+/// The CA gives a replica a certificate only for its own names, not another replica's host.
+async fn foreign_names(cluster: &Cluster) -> anyhow::Result<()> {
+    let mut ca = cluster.service("ca", "ca-1", &cluster.ca_extra("ca-1"))?;
+    ca.wait_ready(WITHIN).await?;
+    let store = cluster.store().await?;
+    let registry = prexor_coord::Registry::Valkey {
+        backend: prexor_coord::ValkeyBackend::connect(
+            &cluster.stores.valkey_url,
+            Duration::from_secs(2),
+        )?,
+        namespace: cluster.stores.namespace.clone(),
+        ttl: Duration::from_secs(60),
+    };
+    // A gateway on another host, as the registry knows it.
+    registry
+        .heartbeat(&prexor_coord::ReplicaRecord {
+            kind: prexor_domain::ServiceKind::Gateway,
+            id: "gateway-elsewhere".into(),
+            version: "test".into(),
+            profile: "production".into(),
+            http_address: "gw.elsewhere.example:9091".into(),
+            grpc_address: Some("gw.elsewhere.example:9090".into()),
+            started_at_ms: prexor_domain::now_ms(),
+            ready: true,
+            leases_held: 0,
+            heartbeat_age_ms: 0,
+            notes: Vec::new(),
+            clock_skew_ms: None,
+            coordination: None,
+        })
+        .await?;
+    let internal = prexor_pki::internal::InternalTls::new()?;
+    let ca_pem = records::published_ca(&store)
+        .await?
+        .context("the CA")?
+        .certificate
+        .pem;
+    internal.trust.set(&ca_pem)?;
+    let secret = records::service_enrolment_secret(&store).await?;
+    let signer = prexor_pki::client::SignerClient::new(registry, internal.peers.clone(), &secret)?;
+    let names = |dns: &str| prexor_pki::ServiceNames {
+        dns: vec![dns.to_owned()],
+        ips: Vec::new(),
+    };
+    let refused = prexor_pki::client::issue_service_certificate(
+        &signer,
+        "api",
+        "intruder",
+        &names("gw.elsewhere.example"),
+    )
+    .await;
+    ensure!(
+        refused
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.contains("is the host of gateway replica gateway-elsewhere")),
+        "a certificate for another replica's host: {:?}",
+        refused.map(|_| ())
+    );
+    prexor_pki::client::issue_service_certificate(
+        &signer,
+        "api",
+        "intruder",
+        &names("api.intruder.example"),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    ca.stop(EXIT_WITHIN).await
+}
+
+#[tokio::test]
+async fn a_replica_gets_no_certificate_for_another_replicas_host() {
+    let cluster = Cluster::new("foreign_names").unwrap();
+    foreign_names(&cluster).await.unwrap();
+}

@@ -123,7 +123,12 @@ impl SignerClient {
                 tokio::time::timeout(CALL_TIMEOUT, call(CaSignerClient::new(channel))).await;
             match outcome {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
-                Ok(Err(status)) if status.code() == Code::InvalidArgument => {
+                Ok(Err(status))
+                    if matches!(
+                        status.code(),
+                        Code::InvalidArgument | Code::PermissionDenied
+                    ) =>
+                {
                     return Err(SignerError::Refused(status.message().to_string()));
                 }
                 Ok(Err(status)) => {

@@ -115,7 +115,47 @@ pub async fn resolve(
     }
 }
 
+/// After a publish whose answer was an error: `Some(Ok(true))` when this CA is the published
+/// one, `Some(Ok(false))` when another is, `Some(Err(()))` when none is; `None` when MongoDB
+/// cannot tell (then the key must stay).
+async fn settle_publish(store: &Store, ours: &CaCertificate) -> Option<Result<bool, ()>> {
+    for _ in 0..10 {
+        match records::published_ca(store).await {
+            Ok(Some(published)) => {
+                return Some(Ok(published.certificate.fingerprint == ours.fingerprint));
+            }
+            Ok(None) => return Some(Err(())),
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+    None
+}
+
+/// A key left pending by a bootstrap whose publish outcome was unknown goes into place when
+/// the cluster turns out to have published that very CA.
+fn recover_pending(paths: &Paths, published: &CaCertificate) {
+    let pending = paths.dir.join("ca.key.pending");
+    if paths.key.exists() || !pending.exists() {
+        return;
+    }
+    let Ok(key) = std::fs::read_to_string(&pending) else {
+        return;
+    };
+    if CertificateAuthority::from_pem(&published.pem, &key).is_err() {
+        return;
+    }
+    match std::fs::rename(&pending, &paths.key)
+        .and_then(|()| std::fs::write(&paths.cert, &published.pem))
+    {
+        Ok(()) => {
+            tracing::warn!(key = %paths.key.display(), "took the pending CA key of an earlier bootstrap into place: the cluster published that CA")
+        }
+        Err(err) => tracing::error!("cannot take the pending CA key into place: {err}"),
+    }
+}
+
 fn load(paths: &Paths, published: PublishedCa) -> Authority {
+    recover_pending(paths, &published.certificate);
     let certificate = published.certificate;
     let signer = read_key(paths).and_then(|key| {
         CertificateAuthority::from_pem(&certificate.pem, &key).map_err(|e| {
@@ -186,16 +226,46 @@ async fn create(
         write_private(&pending, key_pem.as_bytes())
             .map_err(|e| AuthorityError::Create(e.to_string()))?;
     }
-    match records::publish_ca(store, authority.certificate(), replica_id).await {
+    let published = records::publish_ca(store, authority.certificate(), replica_id)
+        .await
+        .and_then(|outcome| {
+            // The answer lost on its way back (the insert may have been applied): for tests.
+            prexor_serve::failpoint::fail("ca.after-publish").map_err(|what| {
+                StoreError::Timeout {
+                    op: what,
+                    timeout: Duration::ZERO,
+                }
+            })?;
+            Ok(outcome)
+        });
+    match published {
         Ok(Ok(())) => {}
         Ok(Err(_existing)) => {
             let _ = std::fs::remove_file(&pending);
             return Ok(None);
         }
-        Err(err) => {
-            let _ = std::fs::remove_file(&pending);
-            return Err(err.into());
-        }
+        // A failed publish may still have been applied: look before the key goes.
+        Err(err) => match settle_publish(store, authority.certificate()).await {
+            Some(Ok(true)) => {
+                tracing::warn!(
+                    "publishing the CA answered with an error ({err}), but the cluster has this CA: keeping its key"
+                );
+            }
+            Some(Ok(false)) => {
+                let _ = std::fs::remove_file(&pending);
+                return Ok(None);
+            }
+            Some(Err(())) => {
+                let _ = std::fs::remove_file(&pending);
+                return Err(err.into());
+            }
+            None => {
+                return Err(AuthorityError::Create(format!(
+                    "publishing the CA failed ({err}) and whether it was applied cannot be told now; its key is kept at {} and taken into place when this replica starts again and finds that CA published",
+                    pending.display()
+                )));
+            }
+        },
     }
     if fresh {
         std::fs::rename(&pending, &paths.key).map_err(|e| {

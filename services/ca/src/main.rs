@@ -132,6 +132,7 @@ async fn build(
     let enrolment_secret = prexor_pki::records::service_enrolment_secret(&service.store).await?;
     let signer = Arc::new(signer::Signer {
         authority: Arc::new(authority),
+        registry: service.registry.clone(),
         enrolment_secret,
         store: service.store.clone(),
         replica_id: service.config.replica_id.clone(),

@@ -21,6 +21,8 @@ use crate::authority::Authority;
 
 pub struct Signer {
     pub authority: Arc<Authority>,
+    /// Whose host is whose: a replica gets no certificate for another replica's host.
+    pub registry: prexor_coord::Registry,
     /// [`records::service_enrolment_secret`].
     pub enrolment_secret: String,
     pub store: Store,
@@ -69,6 +71,8 @@ impl Signer {
                     .map_err(|_| Status::invalid_argument(format!("{ip:?} is not an IP address")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        self.refuse_foreign_names(kind, &request.replica_id, &request.dns_names, &ips)
+            .await?;
         let names = ServiceNames {
             dns: request.dns_names,
             ips,
@@ -84,6 +88,67 @@ impl Signer {
         self.finish("service", issued)
             .await
             .map(Response::into_inner)
+    }
+
+    /// The names of a service certificate are the caller's to ask for only as far as they are
+    /// not another replica's host: a name (or address) that another registered replica
+    /// advertises, and the requesting replica does not, is refused. Loopback names are every
+    /// replica's.
+    async fn refuse_foreign_names(
+        &self,
+        kind: ServiceKind,
+        replica: &str,
+        dns: &[String],
+        ips: &[IpAddr],
+    ) -> Result<(), Status> {
+        let replicas = self.registry.list(None).await.map_err(|e| {
+            Status::unavailable(format!(
+                "cannot read the replica registry to check the names: {e}"
+            ))
+        })?;
+        let host_of = |address: &str| -> String {
+            address
+                .rsplit_once(':')
+                .map_or(address, |(host, _)| host)
+                .trim_matches(['[', ']'])
+                .to_ascii_lowercase()
+        };
+        let hosts = |r: &prexor_coord::ReplicaRecord| -> Vec<String> {
+            [Some(r.http_address.as_str()), r.grpc_address.as_deref()]
+                .into_iter()
+                .flatten()
+                .map(host_of)
+                .collect()
+        };
+        let own: Vec<String> = replicas
+            .iter()
+            .filter(|r| r.kind == kind && r.id == replica)
+            .flat_map(hosts)
+            .collect();
+        let requested = dns
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .chain(ips.iter().map(|ip| ip.to_string()));
+        for name in requested {
+            let loopback =
+                name == "localhost" || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if loopback || own.contains(&name) {
+                continue;
+            }
+            if let Some(other) = replicas
+                .iter()
+                .filter(|r| !(r.kind == kind && r.id == replica))
+                .find(|r| hosts(r).contains(&name))
+            {
+                metrics::counter!("prexor_ca_signatures_total", "kind" => "service", "outcome" => "refused")
+                    .increment(1);
+                return Err(Status::permission_denied(format!(
+                    "{name} is the host of {} replica {}, not of {kind} replica {replica}; a replica gets certificates only for its own names",
+                    other.kind, other.id
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn ca(&self) -> Result<&prexor_pki::CertificateAuthority, Status> {
