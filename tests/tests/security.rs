@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use prexor_acceptance::{Cluster, Proc, Rest, group_spec};
+use prexor_testkit::eventually;
 use serde_json::{Value, json};
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
@@ -515,6 +516,71 @@ async fn forged_backups(cluster: &Cluster, admin: &Rest) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Valkey's connected clients now.
+async fn valkey_clients(cluster: &Cluster) -> anyhow::Result<i64> {
+    let client = redis::Client::open(cluster.stores.valkey_url.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(&mut conn)
+        .await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("connected_clients in INFO")
+}
+
+/// Streams are capped per caller and watched consoles share one Valkey connection.
+async fn capped_streams(cluster: &Cluster, api: &Proc, admin: &Rest) -> anyhow::Result<()> {
+    create_user(admin, "vic", &["viewer"]).await?;
+    let vic = api.rest(&api.login("vic", PASSWORD).await?);
+    let mut open = Vec::new();
+    for _ in 0..8 {
+        open.push(vic.sse("/events", None).await?);
+    }
+    let (status, body) = vic.get("/events").await?;
+    expect(status, &body, 429, "a ninth stream of one caller")?;
+    ensure!(body["code"] == "TOO_MANY_STREAMS", "{body}");
+    drop(open.pop());
+    let reopened = eventually(
+        "a stream's place freed",
+        Duration::from_secs(10),
+        async || Ok(vic.sse("/events", None).await.ok()),
+    )
+    .await?;
+    drop(reopened);
+    drop(open);
+
+    // Consoles of several instances, watched by several callers, through one connection.
+    let instances = cluster
+        .stores
+        .mongo()
+        .await?
+        .collection::<mongodb::bson::Document>("instances");
+    for k in 1..=4 {
+        instances
+            .insert_one(mongodb::bson::doc! { "_id": format!("watched-{k}"), "group": "watched", "state": "RUNNING" })
+            .await?;
+    }
+    let first = admin.sse("/instances/watched-1/console", None).await?;
+    let before = valkey_clients(cluster).await?;
+    let mut consoles = vec![first];
+    for k in 1..=4 {
+        for rest in [admin, &vic] {
+            consoles.push(
+                rest.sse(&format!("/instances/watched-{k}/console"), None)
+                    .await?,
+            );
+        }
+    }
+    let after = valkey_clients(cluster).await?;
+    ensure!(
+        after <= before,
+        "nine open consoles need no more Valkey connections than one: {before} before, {after} after"
+    );
+    Ok(())
+}
+
 async fn checked_input(admin: &Rest) -> anyhow::Result<()> {
     for line in ["say hi\rstop", "say \u{1b}[2J"] {
         let (status, body) = admin
@@ -555,6 +621,7 @@ async fn nobody_grants_changes_or_removes_more_than_they_hold() {
         bound_credentials(&api, &admin).await?;
         checked_input(&admin).await?;
         forged_backups(&cluster, &admin).await?;
+        capped_streams(&cluster, &api, &admin).await?;
         last_admin_under_concurrency(&api, &admin).await?;
         api.stop(EXIT_WITHIN).await
     };

@@ -30,7 +30,7 @@ mod valkey;
 
 pub use backend::{Acquired, LeaseBackend};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use console::{CONSOLE_LINES_KEPT, ConsoleFollower, ConsoleLine, ConsoleStreams};
+pub use console::{CONSOLE_LINES_KEPT, ConsoleHub, ConsoleLine, ConsoleStreams, ConsoleWatch};
 pub use ephemeral::Ephemeral;
 pub use error::CoordError;
 pub use events::{EVENTS_KEPT, Event, EventLog, Replay, StoredEvent, id_key};

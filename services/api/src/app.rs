@@ -21,6 +21,10 @@ pub struct AppState {
     pub gateways: prexor_serve::Gateways,
     pub verifications: crate::login::Verifications,
     pub trusted_proxies: crate::login::TrustedProxies,
+    pub streams: crate::streams::StreamCounts,
+    /// Every console followed on this replica, through one Valkey connection (none without
+    /// Valkey).
+    pub console_hub: Option<prexor_coord::ConsoleHub>,
 }
 
 pub const AUDIT: &str = "audit";

@@ -60,6 +60,7 @@ async fn events(
     Query(query): Query<EventQuery>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     who.require("events:read")?;
+    let slot = crate::streams::open(&app, &who)?;
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -87,10 +88,13 @@ async fn events(
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(1024);
     let stop = app.service.shutdown.clone();
     tokio::spawn(async move {
+        let _slot = slot;
         let ended = tx.clone();
         tokio::select! {
             () = stop.cancelled() => {}
             () = pump(log, live, after, types, tx) => {}
+            // The client went away: free its place at once, not at the next line or event.
+            () = ended.closed() => {}
             // A caller logged out, disabled or stripped of the permission loses the stream.
             reason = until_lapsed(&app, &who, "events:read") => {
                 let _ = ended.send(Ok(Event::default().event("error").data(format!("the stream ended: {reason}")))).await;

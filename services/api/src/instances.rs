@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::Stream;
 use mongodb::bson::{Document, doc};
-use prexor_coord::ConsoleStreams;
+use prexor_coord::{ConsoleStreams, id_key};
 use prexor_proto::v1::command::Action;
 use prexor_proto::v1::{AckResult, Command, ConsoleInput};
 use prexor_serve::SendError;
@@ -332,7 +332,7 @@ struct ConsoleQuery {
     path = "/api/v1/instances/{id}/console",
     tag = "instances",
     params(("id" = String, Path), ("lines" = Option<usize>, Query)),
-    responses((status = 200, description = "server-sent events", content_type = "text/event-stream", body = String), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, description = "server-sent events", content_type = "text/event-stream", body = String), (status = 429, description = "too many streams open (per caller or on this replica)", body = crate::error::ErrorBody), (status = "default", description = "an error", body = crate::error::ErrorBody)),
     security(("bearer" = []))
 )]
 async fn console(
@@ -343,11 +343,19 @@ async fn console(
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     who.require("instances:read")?;
     find(&app, &id).await?;
-    let (Some(backend), Some(valkey)) = (&app.service.valkey, &app.service.config.valkey) else {
+    let (Some(hub), Some(backend), Some(valkey)) = (
+        &app.console_hub,
+        &app.service.valkey,
+        &app.service.config.valkey,
+    ) else {
         return Err(ApiError::unavailable(
             "console output is kept in Valkey, which this replica does not use (development profile without Valkey)",
         ));
     };
+    let slot = crate::streams::open(&app, &who)?;
+    // Watch first, then read the history: together they hold every line (the overlap is
+    // skipped by id).
+    let mut watch = hub.watch(&id).await?;
     let streams = ConsoleStreams::new(backend.clone(), valkey.namespace.clone());
     let history = streams
         .tail(
@@ -358,14 +366,11 @@ async fn console(
                 .min(prexor_coord::CONSOLE_LINES_KEPT),
         )
         .await?;
-    let mut follower = streams.follower().await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(256);
     let stop = app.service.shutdown.clone();
     let ended = tx.clone();
     let follow = async move {
-        let mut after = history
-            .last()
-            .map_or_else(|| "0-0".to_owned(), |l| l.id.clone());
+        let mut after = history.last().map_or((0, 0), |l| id_key(&l.id));
         for line in history {
             if tx
                 .send(Ok(Event::default().id(line.id).data(line.line)))
@@ -375,37 +380,38 @@ async fn console(
                 return;
             }
         }
-        while !stop.is_cancelled() && !tx.is_closed() {
-            match follower
-                .next_lines(&id, &after, Duration::from_secs(5))
+        loop {
+            let line = tokio::select! {
+                _ = stop.cancelled() => return,
+                line = watch.lines.recv() => line,
+            };
+            let Some(line) = line else {
+                let _ = tx
+                    .send(Ok(Event::default().event("error").data(
+                        "the console stream fell behind and was closed; open it again",
+                    )))
+                    .await;
+                return;
+            };
+            if id_key(&line.id) <= after {
+                continue;
+            }
+            after = id_key(&line.id);
+            if tx
+                .send(Ok(Event::default().id(line.id).data(line.line)))
                 .await
+                .is_err()
             {
-                Ok(lines) => {
-                    for line in lines {
-                        after = line.id.clone();
-                        if tx
-                            .send(Ok(Event::default().id(line.id).data(line.line)))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-                Err(err) => {
-                    let _ = tx
-                        .send(Ok(Event::default()
-                            .event("error")
-                            .data(format!("console stream interrupted: {err}"))))
-                        .await;
-                    return;
-                }
+                return;
             }
         }
     };
     tokio::spawn(async move {
+        let _slot = slot;
         tokio::select! {
             () = follow => {}
+            // The client went away: free its place at once, not at the next line or event.
+            () = ended.closed() => {}
             // A caller logged out, disabled or stripped of the permission loses the stream.
             reason = until_lapsed(&app, &who, "instances:read") => {
                 let _ = ended.send(Ok(Event::default().event("error").data(format!("the stream ended: {reason}")))).await;

@@ -16,6 +16,7 @@ mod modules;
 mod nodes;
 mod openapi;
 mod permissions;
+mod streams;
 mod system;
 mod templates;
 mod users;
@@ -147,6 +148,14 @@ async fn build(
         service: service.clone(),
         verifications: login::Verifications::default(),
         trusted_proxies: login::TrustedProxies::new(&config.trusted_proxies),
+        streams: streams::StreamCounts::default(),
+        console_hub: match (&service.valkey, &service.config.valkey) {
+            (Some(backend), Some(valkey)) => Some(prexor_coord::ConsoleHub::start(
+                prexor_coord::ConsoleStreams::new(backend.clone(), valkey.namespace.clone()),
+                service.shutdown.clone(),
+            )),
+            _ => None,
+        },
     });
     let follow = {
         let events = service.events.clone();
