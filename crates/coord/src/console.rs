@@ -28,6 +28,15 @@ pub struct ConsoleLine {
     pub line: String,
 }
 
+impl From<redis::streams::StreamId> for ConsoleLine {
+    fn from(entry: redis::streams::StreamId) -> ConsoleLine {
+        ConsoleLine {
+            line: entry.get::<String>("l").unwrap_or_default(),
+            id: entry.id,
+        }
+    }
+}
+
 impl ConsoleStreams {
     pub fn new(backend: ValkeyBackend, namespace: impl Into<String>) -> ConsoleStreams {
         ConsoleStreams {
@@ -80,14 +89,7 @@ impl ConsoleStreams {
                     .query_async(&mut conn),
             )
             .await?;
-        let mut lines: Vec<ConsoleLine> = reply
-            .ids
-            .into_iter()
-            .map(|entry| ConsoleLine {
-                line: entry.get::<String>("l").unwrap_or_default(),
-                id: entry.id,
-            })
-            .collect();
+        let mut lines: Vec<ConsoleLine> = reply.ids.into_iter().map(ConsoleLine::from).collect();
         lines.reverse();
         Ok(lines)
     }
@@ -298,15 +300,10 @@ impl ConsoleHub {
             .flat_map(|r| r.keys)
             .map(|key| {
                 let instance = key.key.strip_prefix(&prefix).unwrap_or(&key.key).to_owned();
-                let lines = key
-                    .ids
-                    .into_iter()
-                    .map(|entry| ConsoleLine {
-                        line: entry.get::<String>("l").unwrap_or_default(),
-                        id: entry.id,
-                    })
-                    .collect();
-                (instance, lines)
+                (
+                    instance,
+                    key.ids.into_iter().map(ConsoleLine::from).collect(),
+                )
             })
             .collect())
     }
