@@ -14,6 +14,7 @@ mod report;
 mod reports;
 mod scheduler;
 mod stack;
+mod uploads;
 
 use clap::{Parser, Subcommand};
 
@@ -77,6 +78,12 @@ enum Command {
         /// How many times the owning gateway is killed.
         #[arg(long, default_value_t = 10)]
         kills: usize,
+    },
+    /// A large template layer up and down through the API: throughput and the api's peak
+    /// memory growth (streamed, it stays far below the layer's size).
+    Uploads {
+        #[arg(long, default_value_t = 128)]
+        megabytes: usize,
     },
     /// Scheduler tick duration in steady state with N groups held by one replica.
     Scheduler {
@@ -195,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Stack => stack::run(&servers, n).await.map(|_| ()),
         Command::Coord => coord::run(&servers, n).await,
         Command::Api => api::run(&servers, n).await,
+        Command::Uploads { megabytes } => uploads::run(&servers, megabytes.max(1)).await,
         Command::Ca => ca::run(&servers, n).await,
         Command::Gateway { kills } => gateway::run(&servers, n, kills.max(1)).await,
         Command::Scheduler {

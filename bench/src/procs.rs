@@ -169,12 +169,21 @@ fn common_toml(servers: &Servers, id: &str, http: u16, grpc: u16) -> String {
 impl Proc {
     /// Resident memory of the process (VmRSS), in MiB.
     pub fn rss_mib(&self) -> anyhow::Result<f64> {
+        self.memory_mib("VmRSS")
+    }
+
+    /// The most resident memory the process has had so far (VmHWM), in MiB.
+    pub fn peak_rss_mib(&self) -> anyhow::Result<f64> {
+        self.memory_mib("VmHWM")
+    }
+
+    fn memory_mib(&self, field: &str) -> anyhow::Result<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         let kib: f64 = status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("no VmRSS for {}", self.name))?;
+            .ok_or_else(|| anyhow::anyhow!("no {field} for {}", self.name))?;
         Ok(kib / 1024.0)
     }
 

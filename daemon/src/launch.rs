@@ -32,8 +32,12 @@ impl Instances {
                 .replace("{memory}", &plan.memory_mb.to_string())
         };
         let permanent = LayerError::Permanent;
+        let fresh = !dir.exists();
         std::fs::create_dir_all(&dir)
             .map_err(|e| permanent(format!("cannot create {}: {e}", dir.display())))?;
+        // Every layer of the instance shares one budget (daemon.instanceDiskMb).
+        let budget = inner.layers.budget;
+        let mut used = 0u64;
         for layer in &plan.layers {
             let archive = inner.layers.archive(&layer.hash).await?;
             let dest = dir.clone();
@@ -42,10 +46,22 @@ impl Instances {
             } else {
                 layer.name.clone()
             };
-            tokio::task::spawn_blocking(move || layers::unpack(&archive, &dest))
-                .await
-                .map_err(|e| permanent(e.to_string()))?
-                .map_err(|e| permanent(format!("template layer {name}: {e}")))?;
+            let left = budget.instance_bytes.saturating_sub(used);
+            let unpacked =
+                tokio::task::spawn_blocking(move || layers::unpack(&archive, &dest, left, &budget))
+                    .await
+                    .map_err(|e| permanent(e.to_string()))?;
+            match unpacked {
+                Ok(bytes) => used += bytes,
+                Err(e) => {
+                    // A directory made for this start holds nothing but the refused layers: it
+                    // goes, so they do not keep the disk they were refused for.
+                    if fresh {
+                        let _ = std::fs::remove_dir_all(&dir);
+                    }
+                    return Err(permanent(format!("template layer {name}: {e}")));
+                }
+            }
         }
         if !plan.layers.is_empty() {
             substitute_tree(&dir, &substitute).map_err(permanent)?;

@@ -1,13 +1,16 @@
-//! Template layers: content-addressed tar.gz blobs fetched through a gateway once, cached under
-//! `<dataDir>/cache/layers/<sha256>.tar.gz`, checked against their hash, unpacked in plan order.
+//! Template layers: content-addressed tar.gz blobs fetched through a gateway once (streamed to
+//! disk, never held whole), cached under `<dataDir>/cache/layers/<sha256>.tar.gz`, checked
+//! against their hash, unpacked in plan order under the node's disk budget ([`DiskBudget`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use prexor_domain::StreamHash;
 use prexor_proto::v1::FetchBlobRequest;
 use prexor_proto::v1::node_content_client::NodeContentClient;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tonic::Code;
 
 use crate::identity::NodeIdentity;
@@ -23,7 +26,71 @@ pub enum LayerError {
 
 #[async_trait]
 pub trait LayerSource: Send + Sync {
-    async fn fetch(&self, hash: &str) -> Result<Vec<u8>, LayerError>;
+    /// Streams layer `hash` into `sink` (restarting it when a source fails midway).
+    async fn fetch(&self, hash: &str, sink: &mut LayerSink) -> Result<(), LayerError>;
+}
+
+/// The disk rules of a node: every write keeps `min_free_bytes` free on the data directory's
+/// file system, and one instance's layers unpack to at most `instance_bytes`.
+#[derive(Debug, Clone, Copy)]
+pub struct DiskBudget {
+    pub instance_bytes: u64,
+    pub min_free_bytes: u64,
+}
+
+impl DiskBudget {
+    /// Whether `need` more bytes fit in `dir`'s file system above the reserve.
+    pub fn room(&self, dir: &Path, need: u64) -> Result<(), String> {
+        let stat = rustix::fs::statvfs(dir)
+            .map_err(|e| format!("cannot tell the free space of {}: {e}", dir.display()))?;
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if free < need.saturating_add(self.min_free_bytes) {
+            return Err(format!(
+                "{} has {} MiB free, and the daemon keeps {} MiB free (daemon.minFreeDiskMb)",
+                dir.display(),
+                free / 1024 / 1024,
+                self.min_free_bytes / 1024 / 1024
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A layer being fetched: a partial file in the cache, hashed as it is written, never past the
+/// free-space reserve. Nothing of a layer is held in memory beyond one chunk.
+pub struct LayerSink {
+    path: PathBuf,
+    file: tokio::fs::File,
+    hash: StreamHash,
+    budget: DiskBudget,
+}
+
+impl LayerSink {
+    /// Starts the layer over (a source failed midway).
+    pub async fn restart(&mut self) -> Result<(), LayerError> {
+        self.file
+            .set_len(0)
+            .await
+            .and(self.file.rewind().await)
+            .map_err(|e| {
+                LayerError::Transient(format!("cannot rewrite {}: {e}", self.path.display()))
+            })?;
+        self.hash = StreamHash::default();
+        Ok(())
+    }
+
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), LayerError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        // Out of room: this start fails (the scheduler places it again), naming the reserve.
+        self.budget
+            .room(dir, data.len() as u64)
+            .map_err(LayerError::Permanent)?;
+        self.file.write_all(data).await.map_err(|e| {
+            LayerError::Transient(format!("cannot write {}: {e}", self.path.display()))
+        })?;
+        self.hash.update(data);
+        Ok(())
+    }
 }
 
 /// Layers from the cluster store, through any reachable gateway.
@@ -35,7 +102,7 @@ pub struct GatewayLayers {
 
 #[async_trait]
 impl LayerSource for GatewayLayers {
-    async fn fetch(&self, hash: &str) -> Result<Vec<u8>, LayerError> {
+    async fn fetch(&self, hash: &str, sink: &mut LayerSink) -> Result<(), LayerError> {
         let tls = self
             .identity
             .client_config()
@@ -67,15 +134,16 @@ impl LayerSource for GatewayLayers {
                 Err(status) if matches!(status.code(), Code::NotFound | Code::PermissionDenied) => {
                     return Err(LayerError::Permanent(status.message().to_string()));
                 }
+                // Busy (RESOURCE_EXHAUSTED), unreachable: the next gateway, or later.
                 Err(status) => {
                     reasons.push(format!("{gateway}: {}", status.message()));
                     continue;
                 }
             };
-            let mut bytes = Vec::new();
+            sink.restart().await?;
             let complete = loop {
                 match stream.message().await {
-                    Ok(Some(chunk)) => bytes.extend_from_slice(&chunk.data),
+                    Ok(Some(chunk)) => sink.write(&chunk.data).await?,
                     Ok(None) => break true,
                     Err(status) => {
                         reasons.push(format!("{gateway}: {}", status.message()));
@@ -84,7 +152,7 @@ impl LayerSource for GatewayLayers {
                 }
             };
             if complete {
-                return Ok(bytes);
+                return Ok(());
             }
         }
         Err(LayerError::Transient(format!(
@@ -98,17 +166,19 @@ impl LayerSource for GatewayLayers {
 pub struct LayerCache {
     dir: PathBuf,
     source: Arc<dyn LayerSource>,
+    pub budget: DiskBudget,
 }
 
 impl LayerCache {
-    pub fn new(data_dir: &Path, source: Arc<dyn LayerSource>) -> LayerCache {
+    pub fn new(data_dir: &Path, source: Arc<dyn LayerSource>, budget: DiskBudget) -> LayerCache {
         LayerCache {
             dir: data_dir.join("cache").join("layers"),
             source,
+            budget,
         }
     }
 
-    /// The cached archive of `hash`, fetched (and checked) first if needed.
+    /// The cached archive of `hash`, fetched (streamed to disk and checked) first if needed.
     pub async fn archive(&self, hash: &str) -> Result<PathBuf, LayerError> {
         if !prexor_domain::is_sha256_hex(hash) {
             return Err(LayerError::Permanent(format!(
@@ -119,51 +189,73 @@ impl LayerCache {
         if path.is_file() {
             return Ok(path);
         }
-        let bytes = self.source.fetch(hash).await?;
-        let actual = prexor_domain::sha256_hex(&bytes);
-        if actual != hash {
-            return Err(LayerError::Permanent(format!(
-                "template layer {hash} arrived with hash {actual}"
-            )));
-        }
-        std::fs::create_dir_all(&self.dir).map_err(|e| {
+        tokio::fs::create_dir_all(&self.dir).await.map_err(|e| {
             LayerError::Transient(format!("cannot create {}: {e}", self.dir.display()))
         })?;
         let tmp = self
             .dir
             .join(format!(".{hash}.partial-{}", std::process::id()));
-        std::fs::write(&tmp, &bytes)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| LayerError::Transient(format!("cannot cache layer {hash}: {e}")))?;
+        let file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| LayerError::Transient(format!("cannot create {}: {e}", tmp.display())))?;
+        let mut sink = LayerSink {
+            path: tmp.clone(),
+            file,
+            hash: StreamHash::default(),
+            budget: self.budget,
+        };
+        let fetched = self.source.fetch(hash, &mut sink).await;
+        let written = sink.file.flush().await;
+        let LayerSink { hash: seen, .. } = sink;
+        let outcome = fetched.and_then(|()| {
+            written
+                .map_err(|e| LayerError::Transient(format!("cannot cache layer {hash}: {e}")))?;
+            let actual = seen.finish();
+            if actual != hash {
+                return Err(LayerError::Permanent(format!(
+                    "template layer {hash} arrived with hash {actual}"
+                )));
+            }
+            std::fs::rename(&tmp, &path)
+                .map_err(|e| LayerError::Transient(format!("cannot cache layer {hash}: {e}")))
+        });
+        if outcome.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        outcome?;
         metrics::counter!("prexor_daemon_layers_fetched_total").increment(1);
         Ok(path)
     }
 }
 
-/// Unpacks a tar.gz into `dest`; an entry that would land outside `dest` fails the unpack.
-pub fn unpack(archive: &Path, dest: &Path) -> Result<(), String> {
+/// Unpacks a layer into `dest` with at most `max_bytes` of content (what is left of the
+/// instance's budget), keeping the free-space reserve before every file; the bytes unpacked.
+/// Paths, links and special files are refused as on upload (`prexor_archive`).
+pub fn unpack(
+    archive: &Path,
+    dest: &Path,
+    max_bytes: u64,
+    budget: &DiskBudget,
+) -> Result<u64, String> {
     let file = std::fs::File::open(archive).map_err(|e| format!("{}: {e}", archive.display()))?;
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
-    tar.set_preserve_permissions(true);
-    let entries = tar
-        .entries()
-        .map_err(|e| format!("{} is not a tar.gz: {e}", archive.display()))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| format!("{} is corrupt: {e}", archive.display()))?;
-        let name = entry
-            .path()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        let inside = entry
-            .unpack_in(dest)
-            .map_err(|e| format!("cannot unpack {name}: {e}"))?;
-        if !inside {
-            return Err(format!(
-                "the layer contains {name:?}, which points outside the instance directory"
-            ));
+    let limits = prexor_archive::Limits {
+        max_entries: prexor_archive::MAX_ENTRIES,
+        max_unpacked_bytes: max_bytes,
+    };
+    let summary = prexor_archive::unpack(std::io::BufReader::new(file), dest, &limits, |size| {
+        budget.room(dest, size)
+    })
+    .map_err(|problem| {
+        if problem.contains("unpacks to more than") {
+            format!(
+                "{problem}: an instance's layers may unpack to at most {} MiB (daemon.instanceDiskMb)",
+                budget.instance_bytes / 1024 / 1024
+            )
+        } else {
+            problem
         }
-    }
-    Ok(())
+    })?;
+    Ok(summary.unpacked_bytes)
 }
 
 /// Text files whose placeholders are substituted after unpacking (configuration, not jars).

@@ -98,7 +98,14 @@ async fn run(config: DaemonConfig) -> anyhow::Result<()> {
                 &config.node_id,
                 outbox.clone(),
                 console_tx,
-                layers::LayerCache::new(&config.data_dir, layer_source),
+                layers::LayerCache::new(
+                    &config.data_dir,
+                    layer_source,
+                    layers::DiskBudget {
+                        instance_bytes: config.instance_disk_bytes,
+                        min_free_bytes: config.min_free_disk_bytes,
+                    },
+                ),
             );
             instances.adopt_orphans();
             let status = session::SessionStatus::default();

@@ -687,7 +687,8 @@ impl Cluster {
     }
 
     /// Starts a daemon for `node_id` with its data in `<test dir>/<data>`, talking to the
-    /// listed daemon ports, enrolling with `join_token` if it has no certificate yet.
+    /// listed daemon ports, enrolling with `join_token` if it has no certificate yet; `env`
+    /// adds environment variables (`PREXOR_DAEMON__…` settings).
     pub fn daemon(
         &self,
         name: &str,
@@ -695,6 +696,7 @@ impl Cluster {
         data: &str,
         gateways: &[&str],
         join_token: Option<&str>,
+        env: &[(&str, &str)],
     ) -> anyhow::Result<Proc> {
         let http = free_port();
         let gateways: Vec<String> = gateways.iter().map(|g| format!("\"{g}\"")).collect();
@@ -706,15 +708,11 @@ impl Cluster {
             self.dir.join(data).display(),
             gateways.join(", "),
         );
-        self.spawn(
-            "prexor-daemon",
-            name,
-            &toml,
-            http,
-            None,
-            &BTreeMap::new(),
-            &[],
-        )
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.spawn("prexor-daemon", name, &toml, http, None, &env, &[])
     }
 
     /// A connection to this test's database.
@@ -933,8 +931,17 @@ pub struct Operators {
 
 /// Bootstraps the admin and starts an api replica and `schedulers` scheduler replicas.
 pub async fn operators(cluster: &Cluster, schedulers: usize) -> anyhow::Result<Operators> {
+    operators_with(cluster, schedulers, "").await
+}
+
+/// [`operators`] with `api_extra` added to the api replica's configuration.
+pub async fn operators_with(
+    cluster: &Cluster,
+    schedulers: usize,
+    api_extra: &str,
+) -> anyhow::Result<Operators> {
     let password = cluster.bootstrap_admin("admin")?;
-    let mut api = cluster.service("api", "api-1", "")?;
+    let mut api = cluster.service("api", "api-1", api_extra)?;
     let mut started = Vec::new();
     for i in 1..=schedulers {
         started.push(cluster.service("scheduler", &format!("scheduler-{i}"), "")?);
@@ -1001,6 +1008,16 @@ pub async fn enrolled_daemon(
     node: &str,
     gateways: &[&str],
 ) -> anyhow::Result<Proc> {
+    enrolled_daemon_with_env(cluster, node, gateways, &[]).await
+}
+
+/// [`enrolled_daemon`] with extra environment variables for the daemon.
+pub async fn enrolled_daemon_with_env(
+    cluster: &Cluster,
+    node: &str,
+    gateways: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<Proc> {
     let store = cluster.store().await?;
     let ca_cert = prexor_pki::records::published_ca(&store)
         .await?
@@ -1020,6 +1037,7 @@ pub async fn enrolled_daemon(
         node,
         gateways,
         Some(&token.to_string()),
+        env,
     )?;
     daemon.wait_ready(FLEET_READY_WITHIN).await?;
     Ok(daemon)
@@ -1088,8 +1106,22 @@ pub async fn fence_mark(cluster: &Cluster, scope: &str) -> anyhow::Result<i64> {
         .unwrap_or(0))
 }
 
+/// `len` random bytes (content no compressor can shrink).
+pub fn random_bytes(len: usize) -> Vec<u8> {
+    use rand::RngCore;
+    let mut bytes = vec![0u8; len];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes
+}
+
 /// A tar.gz with the given (path, content) files.
 pub fn tar_gz(files: &[(&str, &str)]) -> anyhow::Result<Vec<u8>> {
+    let files: Vec<(&str, &[u8])> = files.iter().map(|(p, c)| (*p, c.as_bytes())).collect();
+    tar_gz_with(&files, &[])
+}
+
+/// A tar.gz with the given (path, content) files and symbolic links (path, target).
+pub fn tar_gz_with(files: &[(&str, &[u8])], links: &[(&str, &str)]) -> anyhow::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
         Vec::new(),
         flate2::Compression::default(),
@@ -1099,7 +1131,14 @@ pub fn tar_gz(files: &[(&str, &str)]) -> anyhow::Result<Vec<u8>> {
         header.set_size(content.len() as u64);
         header.set_mode(0o644);
         header.set_cksum();
-        builder.append_data(&mut header, path, content.as_bytes())?;
+        builder.append_data(&mut header, path, *content)?;
+    }
+    for (path, target) in links {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        header.set_mode(0o777);
+        builder.append_link(&mut header, path, target)?;
     }
     Ok(builder.into_inner()?.finish()?)
 }

@@ -649,8 +649,14 @@ async fn scenario(cluster: &Cluster) -> anyhow::Result<()> {
         .filter_map(|g| g.daemon_port.clone())
         .collect();
     let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
-    let mut second_daemon =
-        cluster.daemon("daemon-node-2", "node-2", "node-2", &ports, Some(&token))?;
+    let mut second_daemon = cluster.daemon(
+        "daemon-node-2",
+        "node-2",
+        "node-2",
+        &ports,
+        Some(&token),
+        &[],
+    )?;
     second_daemon.wait_ready(READY_WITHIN).await?;
     fleet.daemons.push(second_daemon);
     wait_doc(cluster, "nodes", "node-2", "ONLINE", |d| {

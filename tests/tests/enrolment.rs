@@ -128,6 +128,7 @@ async fn enrolment(cluster: &Cluster) -> anyhow::Result<()> {
         "node-1",
         &[&dead, &gw1_port],
         Some(&node1_token),
+        &[],
     )?;
     daemon.wait_ready(READY_WITHIN).await?;
     let certs = cluster.dir.join("node-1/certs");
@@ -152,6 +153,7 @@ async fn enrolment(cluster: &Cluster) -> anyhow::Result<()> {
         "node-1-again",
         &[&gw2_port],
         Some(&node1_token),
+        &[],
     )?;
     let status = reuse.wait_exit(EXIT_WITHIN).await?;
     ensure!(!status.success(), "reusing a join token must fail");
@@ -309,12 +311,18 @@ async fn enrolment(cluster: &Cluster) -> anyhow::Result<()> {
 
     // The daemon, its certificate revoked, is no longer admitted to a session.
     daemon.stop(EXIT_WITHIN).await?;
-    let mut revoked_daemon =
-        cluster.daemon("daemon-revoked", "node-1", "node-1", &[&gw1_port], None)?;
+    let mut revoked_daemon = cluster.daemon(
+        "daemon-revoked",
+        "node-1",
+        "node-1",
+        &[&gw1_port],
+        None,
+        &[],
+    )?;
     wait_unready_because(&revoked_daemon, "was revoked").await?;
     revoked_daemon.stop(EXIT_WITHIN).await?;
     // Without any reachable gateway a daemon says so.
-    let lonely = cluster.daemon("daemon-lonely", "node-a", "node-a", &[&dead], None)?;
+    let lonely = cluster.daemon("daemon-lonely", "node-a", "node-a", &[&dead], None, &[])?;
     // node-a has no files yet: without a token it cannot start.
     let mut lonely = lonely;
     ensure!(!lonely.wait_exit(EXIT_WITHIN).await?.success());
@@ -332,10 +340,11 @@ async fn enrolment(cluster: &Cluster) -> anyhow::Result<()> {
     ] {
         prexor_pki::write_private(&node_a_dir.join(file), contents.as_bytes())?;
     }
-    let mut offline = cluster.daemon("daemon-offline", "node-a", "node-a", &[&dead], None)?;
+    let mut offline = cluster.daemon("daemon-offline", "node-a", "node-a", &[&dead], None, &[])?;
     wait_unready_because(&offline, &format!("not connected to any gateway: {dead}: ")).await?;
     offline.stop(EXIT_WITHIN).await?;
-    let mut online = cluster.daemon("daemon-online", "node-a", "node-a", &[&gw1_port], None)?;
+    let mut online =
+        cluster.daemon("daemon-online", "node-a", "node-a", &[&gw1_port], None, &[])?;
     online.wait_ready(READY_WITHIN).await?;
     online.stop(EXIT_WITHIN).await?;
 
@@ -524,7 +533,14 @@ async fn keyless_replica(cluster: &Cluster) -> anyhow::Result<()> {
     gateway.wait_ready(READY_WITHIN).await?;
     let port = gateway.daemon_port.clone().context("daemon port")?;
     // The token made through the API enrols the node.
-    let mut daemon = cluster.daemon("daemon-9", "node-9", "node-9", &[&port], Some(&api_join))?;
+    let mut daemon = cluster.daemon(
+        "daemon-9",
+        "node-9",
+        "node-9",
+        &[&port],
+        Some(&api_join),
+        &[],
+    )?;
     daemon.wait_ready(READY_WITHIN).await?;
     stop_all([&mut daemon, &mut gateway, &mut api, &mut ca2], EXIT_WITHIN).await
 }

@@ -6,7 +6,8 @@
 //! ahead count as one crash, timed by the gateway, and do not pause the group. A server
 //! printing a megabyte without a newline is cut to a line and the session survives. When a
 //! record differs from what the node runs (changed behind the gateways' backs), the inventory
-//! digest notices and the full inventory repairs it.
+//! digest notices and the full inventory repairs it. A node's layer streams to it, at most
+//! `gateway.maxBlobFetches` fetches at once per gateway.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -14,7 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use mongodb::bson::{Document, doc};
 use prexor_acceptance::{
-    Cluster, Proc, group_doc, invariants, nodes, reported_state, running, wait_doc,
+    Cluster, Proc, control_with_env, enrolled_daemon, group_doc, invariants, random_bytes,
+    reported_state, running, wait_doc,
 };
 use prexor_coord::{ConsoleStreams, ValkeyBackend};
 use prexor_domain::limits::{CONSOLE_LINE_MAX, CUT_MARK};
@@ -219,12 +221,26 @@ async fn console_lines(cluster: &Cluster, instance: &str) -> anyhow::Result<Vec<
 }
 
 async fn speaks_for_itself(cluster: &Cluster) -> anyhow::Result<()> {
-    let mut fleet = nodes(cluster, &["node-1"]).await?;
+    // One layer fetch at a time per gateway.
+    let mut fleet = control_with_env(cluster, &[("PREXOR_GATEWAY__MAX_BLOB_FETCHES", "1")]).await?;
+    let ports = fleet.daemon_ports();
+    let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
+    fleet
+        .daemons
+        .push(enrolled_daemon(cluster, "node-1", &ports).await?);
     let mut scheduler = cluster.service("scheduler", "scheduler-1", "")?;
     scheduler.wait_ready(READY_WITHIN).await?;
+    // h's servers get a 12 MiB layer (bigger than what HTTP/2 buffers for a reader that waits).
+    let layer = random_bytes(12 << 20);
+    let layer_hash = cluster.store().await?.put_blob(&layer).await?;
+    let mut h = group_in("h", "forge")?;
+    h.get_document_mut("spec")?.insert(
+        "templates",
+        vec![doc! { "hash": &layer_hash, "name": "big" }],
+    );
     let db = cluster.stores.mongo().await?;
     db.collection::<Document>("groups")
-        .insert_many([group_in("g", "test")?, group_in("h", "forge")?])
+        .insert_many([group_in("g", "test")?, h])
         .await?;
     let g1 = running(cluster, &["g-1"]).await?.remove(0);
     let g1_plan = g1.get_str("planHash")?.to_owned();
@@ -324,6 +340,62 @@ async fn speaks_for_itself(cluster: &Cluster) -> anyhow::Result<()> {
             .as_ref()
             .is_none_or(|s| s.get_i64("pausedUntilMs").is_err()),
         "the group was paused: {state:?}"
+    );
+
+    // Its layer streams to it, one fetch at a time: a second fetch while the first is still
+    // being read is refused as busy, and goes through once the first is given up.
+    ensure!(
+        h1.layers.iter().any(|l| l.hash == layer_hash),
+        "h-1's plan names its layer: {h1:?}"
+    );
+    let fetch = || {
+        let channel = forged.channel.clone();
+        let hash = layer_hash.clone();
+        async move {
+            NodeContentClient::new(channel)
+                .fetch_blob(FetchBlobRequest {
+                    node_id: "node-2".into(),
+                    hash,
+                })
+                .await
+        }
+    };
+    let mut held = fetch().await?.into_inner();
+    let first = held.message().await?.context("a first chunk")?;
+    ensure!(
+        layer.starts_with(&first.data),
+        "the first chunk is the layer's"
+    );
+    let busy = fetch().await;
+    ensure!(
+        busy.as_ref()
+            .err()
+            .is_some_and(|s| s.code() == tonic::Code::ResourceExhausted),
+        "a second fetch past gateway.maxBlobFetches was not refused as busy: {:?}",
+        busy.map(|_| ())
+    );
+    drop(held);
+    let fetched = eventually(
+        "a fetch once the first was given up",
+        READY_WITHIN,
+        async || {
+            let mut stream = match fetch().await {
+                Ok(response) => response.into_inner(),
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => return Ok(None),
+                Err(status) => bail!("fetching the layer: {status}"),
+            };
+            let mut bytes = Vec::new();
+            while let Some(chunk) = stream.message().await? {
+                bytes.extend_from_slice(&chunk.data);
+            }
+            Ok(Some(bytes))
+        },
+    )
+    .await?;
+    ensure!(
+        prexor_domain::sha256_hex(&fetched) == layer_hash,
+        "the streamed layer differs ({} bytes)",
+        fetched.len()
     );
 
     // A node is served only the layers its current plans name: not any blob of the store.

@@ -196,7 +196,7 @@ async fn restart_with_unacknowledged_reports(cluster: &Cluster) -> anyhow::Resul
     old.stop(EXIT_WITHIN).await?;
     let ports = fleet.daemon_ports();
     let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
-    let mut restarted = cluster.daemon("daemon-node-1-b", "node-1", "node-1", &ports, None)?;
+    let mut restarted = cluster.daemon("daemon-node-1-b", "node-1", "node-1", &ports, None, &[])?;
     restarted.wait_ready(READY_WITHIN).await?;
     ensure!(
         restarted.metric("prexor_daemon_reports_pending").await? >= 1.0,

@@ -77,7 +77,7 @@ async fn revocation(cluster: &Cluster) -> anyhow::Result<()> {
     old_daemon.stop(EXIT_WITHIN).await?;
     let ports = fleet.daemon_ports();
     let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
-    let mut again = cluster.daemon("daemon-node-2-b", "node-2", "node-2", &ports, None)?;
+    let mut again = cluster.daemon("daemon-node-2-b", "node-2", "node-2", &ports, None, &[])?;
     again.wait_ready(WITHIN).await?;
     let old = certificate(cluster, &before).await?;
     ensure!(
@@ -94,7 +94,7 @@ async fn revocation(cluster: &Cluster) -> anyhow::Result<()> {
     .await?;
     let (status, body) = rest.delete("/nodes/node-2").await?;
     ensure!(status == 204, "deleting node-2: {status} {body}");
-    let back = cluster.daemon("daemon-node-2-c", "node-2", "node-2", &ports, None)?;
+    let back = cluster.daemon("daemon-node-2-c", "node-2", "node-2", &ports, None, &[])?;
     eventually("the deleted node refused", WITHIN, async || {
         Ok(back.log_text().contains("was revoked").then_some(()))
     })

@@ -70,6 +70,7 @@ async fn stack_with(cluster: &Cluster, ca_keys: &str) -> anyhow::Result<Stack> {
         "node-1",
         &ports,
         Some(&token.to_string()),
+        &[],
     )?;
     daemon.wait_ready(READY_WITHIN).await?;
     let node = wait_doc(cluster, "nodes", "node-1", "ONLINE", |d| {
@@ -524,6 +525,7 @@ async fn commands_and_failover(cluster: &Cluster) -> anyhow::Result<()> {
         "node-1",
         &[&ports[other_index]],
         None,
+        &[],
     )?;
     restarted.wait_ready(READY_WITHIN).await?;
     let reply = lobby(

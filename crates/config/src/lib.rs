@@ -17,5 +17,5 @@ pub use common::{
 pub use reader::{ConfigError, Problem, Reader, env_var_for, load};
 pub use services::{
     ApiConfig, ApiTls, CaConfig, DaemonConfig, GatewayConfig, GrpcConfig, IpNetwork,
-    SchedulerConfig, ServiceConfig,
+    SchedulerConfig, ServiceConfig, UploadLimits,
 };

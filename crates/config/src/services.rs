@@ -41,6 +41,52 @@ pub struct ApiConfig {
     /// `api.trustedProxies`: networks whose connections are proxies forwarding clients in
     /// `X-Forwarded-For` (login limits then count the forwarded client).
     pub trusted_proxies: Vec<IpNetwork>,
+    pub uploads: UploadLimits,
+}
+
+/// `uploads.*`: what the API accepts as an uploaded archive. Uploads are streamed to a spool
+/// file and checked there; none is ever held in memory whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadLimits {
+    /// `uploads.layerMb` (default 256): a template or module upload, as sent (tar.gz).
+    pub layer_bytes: u64,
+    /// `uploads.layerUnpackedMb` (default 2048): the file content a layer unpacks to.
+    pub layer_unpacked_bytes: u64,
+    /// `uploads.backupMb` (default 1024): a backup archive upload, as sent.
+    pub backup_bytes: u64,
+    /// `uploads.backupUnpackedMb` (default 4096): the content a backup archive unpacks to.
+    pub backup_unpacked_bytes: u64,
+    /// `uploads.maxEntries` (default 100000): files, directories and links in one archive.
+    pub max_entries: u64,
+}
+
+impl UploadLimits {
+    fn read(r: &mut Reader) -> Self {
+        UploadLimits {
+            layer_bytes: megabytes(r, "uploads.layerMb", 256),
+            layer_unpacked_bytes: megabytes(r, "uploads.layerUnpackedMb", 2048),
+            backup_bytes: megabytes(r, "uploads.backupMb", 1024),
+            backup_unpacked_bytes: megabytes(r, "uploads.backupUnpackedMb", 4096),
+            max_entries: positive(r, "uploads.maxEntries", 100_000),
+        }
+    }
+}
+
+/// A count that must be at least 1.
+fn positive(r: &mut Reader, key: &str, default: u64) -> u64 {
+    match r.get::<u64>(key) {
+        Some(0) => {
+            r.problem(key, "must be at least 1");
+            default
+        }
+        Some(value) => value,
+        None => default,
+    }
+}
+
+/// A size given in MiB (at least 1), in bytes.
+fn megabytes(r: &mut Reader, key: &str, default_mb: u64) -> u64 {
+    positive(r, key, default_mb).saturating_mul(1024 * 1024)
 }
 
 /// An IP network, `address/prefix` (a plain address is the network of that one address).
@@ -134,6 +180,7 @@ impl ServiceConfig for ApiConfig {
             tls,
             tls_names: r.get_or("api.tlsNames", Vec::new()),
             trusted_proxies,
+            uploads: UploadLimits::read(r),
         }
     }
 }
@@ -150,6 +197,9 @@ pub struct GatewayConfig {
     /// load balancer's name, say). `replica.advertiseHost`, `localhost` and `127.0.0.1` are
     /// always in its certificate.
     pub tls_names: Vec<String>,
+    /// `gateway.maxBlobFetches` (default 16): template layers streamed to nodes at once; a
+    /// fetch past it is refused with RESOURCE_EXHAUSTED, and the daemon tries again.
+    pub max_blob_fetches: usize,
 }
 
 impl ServiceConfig for GatewayConfig {
@@ -161,6 +211,7 @@ impl ServiceConfig for GatewayConfig {
                 .parse("gateway.daemonListen")
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9443))),
             tls_names: r.get_or("gateway.tlsNames", Vec::new()),
+            max_blob_fetches: positive(r, "gateway.maxBlobFetches", 16) as usize,
         }
     }
 }
@@ -238,6 +289,12 @@ pub struct DaemonConfig {
     /// `daemon.joinToken`: the single-use token (`prexorctl nodes join-token`) exchanged for the
     /// node certificate on first start; unused once `<dataDir>/certs/node.crt` exists.
     pub join_token: Option<String>,
+    /// `daemon.instanceDiskMb` (default 20480): the most one instance's template layers may
+    /// unpack to; a plan past it fails to start, naming the layer.
+    pub instance_disk_bytes: u64,
+    /// `daemon.minFreeDiskMb` (default 1024): free space the daemon keeps on `dataDir`'s file
+    /// system; fetching or unpacking a layer that would go below it fails the start.
+    pub min_free_disk_bytes: u64,
     pub telemetry: TelemetryConfig,
     pub http: HttpConfig,
     pub shutdown_timeout: Duration,
@@ -283,6 +340,11 @@ impl ServiceConfig for DaemonConfig {
             join_token: r
                 .get::<String>("daemon.joinToken")
                 .filter(|t| !t.trim().is_empty()),
+            instance_disk_bytes: megabytes(r, "daemon.instanceDiskMb", 20 * 1024),
+            min_free_disk_bytes: r
+                .get::<u64>("daemon.minFreeDiskMb")
+                .unwrap_or(1024)
+                .saturating_mul(1024 * 1024),
             telemetry: TelemetryConfig::read(r, "prexor-daemon"),
             http: HttpConfig::read(r, 9391),
             shutdown_timeout: read_shutdown_timeout(r),
@@ -527,6 +589,26 @@ mod tests {
         ))
         .unwrap();
         assert!(matches!(cfg.tls, ApiTls::Files { .. }));
+    }
+
+    #[test]
+    fn upload_and_disk_limits_are_sizes_in_mib() {
+        let api = load_str::<ApiConfig>(
+            "mongo.uri = \"mongodb://127.0.0.1:27017/?replicaSet=s\"\n[uploads]\nlayerMb = 8\nmaxEntries = 10\n",
+        )
+        .unwrap();
+        assert_eq!(api.uploads.layer_bytes, 8 << 20);
+        assert_eq!(api.uploads.max_entries, 10);
+        assert_eq!(api.uploads.backup_bytes, 1024 << 20);
+        let err = load_str::<ApiConfig>("[uploads]\nlayerMb = 0\n").unwrap_err();
+        assert!(keys(&err).contains(&"uploads.layerMb"), "{err}");
+        let err = load_str::<GatewayConfig>("[gateway]\nmaxBlobFetches = 0\n").unwrap_err();
+        assert!(keys(&err).contains(&"gateway.maxBlobFetches"), "{err}");
+        let err = load_str::<DaemonConfig>(
+            "[node]\nid = \"n1\"\n[daemon]\ngateways = [\"g:1\"]\ninstanceDiskMb = -1\n",
+        )
+        .unwrap_err();
+        assert!(keys(&err).contains(&"daemon.instanceDiskMb"), "{err}");
     }
 
     #[test]

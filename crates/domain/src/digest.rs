@@ -5,10 +5,41 @@ use sha2::{Digest, Sha256};
 
 /// SHA-256 of `bytes`, lower-case hex (64 characters).
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let mut hash = StreamHash::default();
+    hash.update(bytes);
+    hash.finish()
+}
+
+/// SHA-256 of content that arrives in pieces (an upload, a blob read chunk by chunk), with its
+/// length; [`StreamHash::finish`] gives the same hex as [`sha256_hex`] of the whole.
+#[derive(Default, Clone)]
+pub struct StreamHash {
+    hash: Sha256,
+    len: u64,
+}
+
+impl StreamHash {
+    pub fn update(&mut self, piece: &[u8]) {
+        self.hash.update(piece);
+        self.len += piece.len() as u64;
+    }
+
+    /// Bytes seen so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn finish(self) -> String {
+        self.hash
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
 }
 
 /// The inventory digest a daemon sends and a gateway recomputes from MongoDB (see

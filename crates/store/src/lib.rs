@@ -14,7 +14,7 @@ mod groups;
 mod store;
 mod transaction;
 
-pub use blobs::{BLOB_CHUNKS, BLOBS, blob_hash};
+pub use blobs::{BLOB_CHUNK, BLOB_CHUNKS, BLOBS, BlobChunks, blob_hash};
 pub use error::StoreError;
 pub use fence::{FENCE_LOG, FENCES, Fence, Write, WriteOutcome};
 pub use groups::{

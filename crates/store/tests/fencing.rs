@@ -291,5 +291,30 @@ async fn blobs_are_content_addressed_and_chunked() -> anyhow::Result<()> {
     assert_eq!(store.get_blob(&"0".repeat(64)).await?, None);
     let empty = store.put_blob(b"").await?;
     assert_eq!(store.get_blob(&empty).await?, Some(Vec::new()));
+
+    // From a file, a chunk at a time, and back out to one.
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("layer");
+    let other: Vec<u8> = bytes.iter().map(|b| b ^ 0x5a).collect();
+    std::fs::write(&file, &other)?;
+    let other_hash = prexor_store::blob_hash(&other);
+    store.put_blob_file(&file, &other_hash).await?;
+    let (size, chunks) = store.blob_chunks(&other_hash).await?.unwrap();
+    assert_eq!(size, other.len() as u64);
+    let pieces: Vec<Vec<u8>> = futures::TryStreamExt::try_collect(chunks).await?;
+    assert_eq!(pieces.len(), 3, "served a stored chunk at a time");
+    assert_eq!(pieces.concat(), other);
+    let out = dir.path().join("out");
+    assert!(store.blob_to_file(&other_hash, &out).await?);
+    assert_eq!(std::fs::read(&out)?, other);
+    // A file that does not have the hash it is stored under is refused, and nothing is kept.
+    let wrong = "1".repeat(64);
+    let err = store.put_blob_file(&file, &wrong).await.unwrap_err();
+    assert!(
+        err.to_string().contains("changed while it was stored"),
+        "{err}"
+    );
+    assert_eq!(store.blob_size(&wrong).await?, None);
+    assert!(store.blob_chunks(&wrong).await?.is_none());
     Ok(())
 }

@@ -25,6 +25,8 @@ pub struct AppState {
     /// Every console followed on this replica, through one Valkey connection (none without
     /// Valkey).
     pub console_hub: Option<prexor_coord::ConsoleHub>,
+    /// What an uploaded archive may be (`uploads.*`).
+    pub uploads: prexor_config::UploadLimits,
 }
 
 pub const AUDIT: &str = "audit";

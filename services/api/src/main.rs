@@ -19,6 +19,7 @@ mod permissions;
 mod streams;
 mod system;
 mod templates;
+mod uploads;
 mod users;
 mod workload;
 
@@ -156,6 +157,7 @@ async fn build(
             )),
             _ => None,
         },
+        uploads: config.uploads,
     });
     let follow = {
         let events = service.events.clone();

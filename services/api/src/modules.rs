@@ -4,10 +4,9 @@
 //! the holder of `prexor:v1:lease:platform-module` carries out step by step. One mutation at a
 //! time, cluster-wide: a second request while one is in flight is a 409.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::body::Body as Raw;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use mongodb::bson::{Document, doc};
@@ -17,7 +16,7 @@ use serde::Deserialize;
 use crate::app::App;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult, Body};
-use crate::templates::{Layer, TEMPLATE_LIMIT, receive_layer};
+use crate::templates::{Layer, receive_layer};
 
 pub const MODULES: &str = "modules";
 /// The one mutation in flight (`_id: "current"`), created here, completed by the scheduler.
@@ -27,10 +26,7 @@ pub fn routes() -> Router<App> {
     Router::new()
         .route("/modules", get(list))
         .route("/modules/{name}", get(show).delete(delete_storage))
-        .route(
-            "/modules/{name}/versions/{version}",
-            put(upload).layer(DefaultBodyLimit::max(TEMPLATE_LIMIT)),
-        )
+        .route("/modules/{name}/versions/{version}", put(upload))
         .route("/modules/{name}/install", post(install))
         .route("/modules/{name}/upgrade", post(upgrade))
         .route("/modules/{name}/uninstall", post(uninstall))
@@ -138,12 +134,13 @@ async fn upload(
     State(app): State<App>,
     who: Principal,
     Path((name, version)): Path<(String, String)>,
-    body: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Raw,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     who.require("modules:write")?;
     prexor_domain::validate_name(&name).map_err(|e| ApiError::field("name", e.to_string()))?;
     check_version(&version)?;
-    let Layer { hash, size, files } = receive_layer(&app, body).await?;
+    let Layer { hash, size, files } = receive_layer(&app, &headers, body).await?;
     let store = app.store();
     let existing = store
         .bounded(

@@ -4,12 +4,9 @@
 //! runs. Moving a template's current version (upload, rollback) changes nothing that runs: the next
 //! group update or deployment picks it up.
 
-use std::io::Read;
-
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{StatusCode, header};
+use axum::body::Body as Raw;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -20,21 +17,14 @@ use serde::Deserialize;
 use crate::app::App;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult, Body};
+use crate::uploads;
 
 pub const TEMPLATES: &str = "templates";
-/// Largest template layer accepted.
-pub const TEMPLATE_LIMIT: usize = 256 * 1024 * 1024;
 
 pub fn routes() -> Router<App> {
     Router::new()
         .route("/templates", get(list))
-        .route(
-            "/templates/{name}",
-            get(show)
-                .put(upload)
-                .delete(remove)
-                .layer(DefaultBodyLimit::max(TEMPLATE_LIMIT)),
-        )
+        .route("/templates/{name}", get(show).put(upload).delete(remove))
         .route("/templates/{name}/rollback", post(rollback))
         .route("/templates/{name}/versions/{version}/content", get(content))
 }
@@ -113,92 +103,25 @@ async fn show(
     Ok(Json(crate::json::record(find(&app, &name).await?)))
 }
 
-/// Checks that `bytes` is a gzip-compressed tar whose entries stay inside the directory it is
-/// unpacked in; the problem otherwise.
-fn check_archive(bytes: &[u8]) -> Result<usize, String> {
-    if !bytes.starts_with(&[0x1f, 0x8b]) {
-        return Err("the body is not gzip-compressed (send a .tar.gz)".into());
-    }
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
-    let mut files = 0;
-    for entry in archive
-        .entries()
-        .map_err(|e| format!("not a tar.gz: {e}"))?
-    {
-        let mut entry = entry.map_err(|e| format!("the archive is corrupt: {e}"))?;
-        let path = entry
-            .path()
-            .map_err(|e| format!("an entry has an unreadable name: {e}"))?
-            .into_owned();
-        let escapes = |p: &std::path::Path| {
-            p.components().any(|c| {
-                matches!(
-                    c,
-                    std::path::Component::ParentDir
-                        | std::path::Component::RootDir
-                        | std::path::Component::Prefix(_)
-                )
-            })
-        };
-        if escapes(&path) {
-            return Err(format!(
-                "{} points outside the instance directory",
-                path.display()
-            ));
-        }
-        if let Ok(Some(target)) = entry.link_name()
-            && escapes(&target)
-        {
-            return Err(format!(
-                "{} links to {}, outside the instance directory",
-                path.display(),
-                target.display()
-            ));
-        }
-        // Read through the entry so a truncated archive is noticed here, not on a node.
-        std::io::copy(&mut entry.by_ref().take(u64::MAX), &mut std::io::sink())
-            .map_err(|e| format!("the archive is corrupt at {}: {e}", path.display()))?;
-        files += 1;
-    }
-    if files == 0 {
-        return Err("the archive is empty".into());
-    }
-    Ok(files)
-}
-
 /// A checked layer, stored.
 pub struct Layer {
     pub hash: String,
-    pub size: usize,
-    pub files: usize,
+    pub size: u64,
+    pub files: u64,
 }
 
-/// Reads a tar.gz request body, checks it ([`check_archive`]) and stores it content-addressed.
-pub async fn receive_layer(app: &App, body: Result<Bytes, BytesRejection>) -> ApiResult<Layer> {
-    let bytes = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "PAYLOAD_TOO_LARGE",
-                format!(
-                    "a layer may be at most {} MiB",
-                    TEMPLATE_LIMIT / 1024 / 1024
-                ),
-            )
-        } else {
-            ApiError::bad_request(format!("cannot read the body: {e}"))
-        }
-    })?;
-    let checked = bytes.clone();
-    let files = tokio::task::spawn_blocking(move || check_archive(&checked))
-        .await
-        .map_err(|e| ApiError::internal(format!("checking the archive failed: {e}")))?
-        .map_err(|problem| ApiError::field("body", problem))?;
-    let hash = app.store().put_blob(&bytes).await?;
+/// Streams a tar.gz request body to a spool file, checks it within the `uploads.layer*`
+/// limits (paths stay inside, no special files) and stores it content-addressed.
+pub async fn receive_layer(app: &App, headers: &HeaderMap, body: Raw) -> ApiResult<Layer> {
+    let spooled = uploads::spool(headers, body, app.uploads.layer_bytes, "a layer").await?;
+    let summary = uploads::check(&spooled, uploads::layer_limits(app)).await?;
+    app.store()
+        .put_blob_file(&spooled.path, &spooled.hash)
+        .await?;
     Ok(Layer {
-        hash,
-        size: bytes.len(),
-        files,
+        hash: spooled.hash,
+        size: spooled.size,
+        files: summary.entries,
     })
 }
 
@@ -217,11 +140,12 @@ async fn upload(
     State(app): State<App>,
     who: Principal,
     Path(name): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Raw,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     who.require("templates:write")?;
     prexor_domain::validate_name(&name).map_err(|e| ApiError::field("name", e.to_string()))?;
-    let Layer { hash, size, files } = receive_layer(&app, body).await?;
+    let Layer { hash, size, files } = receive_layer(&app, &headers, body).await?;
     let store = app.store();
     let existing = store
         .bounded(
@@ -368,18 +292,19 @@ async fn content(
         .ok_or_else(|| {
             ApiError::not_found(format!("template {name:?} has no version {version}"))
         })?;
-    let bytes = app.store().get_blob(&hash).await?.ok_or_else(|| {
+    let (size, body) = uploads::blob_body(&app, &hash).await?.ok_or_else(|| {
         ApiError::internal(format!("the blob {hash} of {name}@{version} is missing"))
     })?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/gzip".to_owned()),
+            (header::CONTENT_LENGTH, size.to_string()),
             (
                 header::CONTENT_DISPOSITION,
                 format!("attachment; filename=\"{name}-{version}.tar.gz\""),
             ),
         ],
-        bytes,
+        body,
     )
         .into_response())
 }

@@ -1,14 +1,19 @@
 //! `prexor.v1.NodeContent` on the daemon port: template layers for plans, by hash, to
 //! authenticated nodes only, and to each node only the layers its current plans name (a node
 //! cannot read other blobs of the store, such as backup archives, by guessing their hash).
+//! A layer streams from MongoDB to the node a stored chunk at a time (the gateway holds at most
+//! one per fetch), and at most `gateway.maxBlobFetches` fetches run at once: one past that is
+//! refused with RESOURCE_EXHAUSTED, which the daemon retries (another gateway, or later).
 
 use std::pin::Pin;
+use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use mongodb::bson::{Document, doc};
 use prexor_proto::v1::node_content_server::NodeContent;
 use prexor_proto::v1::{BlobChunk, FetchBlobRequest};
 use prexor_store::{INSTANCE_PLANS, INSTANCES, Store, StoreError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 
 use crate::enrolment::authorize_node;
@@ -17,9 +22,23 @@ const CHUNK: usize = 256 * 1024;
 
 pub struct Content {
     pub store: Store,
+    /// One permit per fetch being streamed.
+    pub fetches: Arc<Semaphore>,
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<BlobChunk, Status>> + Send>>;
+
+/// A fetch being streamed: its permit goes back (and the gauge down) when the stream ends or
+/// the node goes away.
+struct InFlight {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("prexor_gateway_blob_fetches").decrement(1.0);
+    }
+}
 
 impl Content {
     /// Whether a plan of an instance placed on `node` (and not ended) names layer `hash`.
@@ -97,9 +116,15 @@ impl NodeContent for Content {
                 "no current plan of node {node_id} names layer {hash}"
             )));
         }
-        let bytes = self
+        let Ok(permit) = self.fetches.clone().try_acquire_owned() else {
+            metrics::counter!("prexor_gateway_blob_fetches_refused_total").increment(1);
+            return Err(Status::resource_exhausted(
+                "this gateway is streaming as many layers as gateway.maxBlobFetches allows; retry",
+            ));
+        };
+        let (_, stored) = self
             .store
-            .get_blob(&hash)
+            .blob_chunks(&hash)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?
             .ok_or_else(|| {
@@ -107,11 +132,23 @@ impl NodeContent for Content {
                     "template layer {hash} is not in the cluster store (deleted, or never uploaded)"
                 ))
             })?;
-        metrics::counter!("prexor_gateway_blob_bytes_served_total").increment(bytes.len() as u64);
-        let chunks: Vec<Result<BlobChunk, Status>> = bytes
-            .chunks(CHUNK)
-            .map(|c| Ok(BlobChunk { data: c.to_vec() }))
-            .collect();
-        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+        metrics::gauge!("prexor_gateway_blob_fetches").increment(1.0);
+        let in_flight = InFlight { _permit: permit };
+        let messages = stored.flat_map(move |chunk| {
+            let _held = &in_flight;
+            let messages: Vec<Result<BlobChunk, Status>> = match chunk {
+                Ok(bytes) => {
+                    metrics::counter!("prexor_gateway_blob_bytes_served_total")
+                        .increment(bytes.len() as u64);
+                    bytes
+                        .chunks(CHUNK)
+                        .map(|c| Ok(BlobChunk { data: c.to_vec() }))
+                        .collect()
+                }
+                Err(e) => vec![Err(Status::unavailable(e.to_string()))],
+            };
+            futures::stream::iter(messages)
+        });
+        Ok(Response::new(Box::pin(messages)))
     }
 }

@@ -97,6 +97,7 @@ async fn build(service: Service, config: GatewayConfig) -> Result<Parts, prexor_
         .add_service(NodeSessionServer::new(sessions.clone()))
         .add_service(NodeContentServer::new(content::Content {
             store: service.store.clone(),
+            fetches: Arc::new(tokio::sync::Semaphore::new(config.max_blob_fetches)),
         }));
     let internal = tonic::service::Routes::new(NodeCommandsServer::new(commands::Commands::new(
         sessions,

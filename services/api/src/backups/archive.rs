@@ -5,11 +5,12 @@
 //! archive this cluster made is told apart from one made or edited elsewhere.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 
 use hmac::{Hmac, Mac};
 use mongodb::bson::{Bson, Document};
-use prexor_domain::{now_ms, sha256_hex};
+use prexor_domain::{StreamHash, is_sha256_hex, now_ms, sha256_hex};
 use prexor_store::{Store, StoreError};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -27,15 +28,18 @@ fn mac_of(key: &[u8], manifest: &[u8]) -> Hmac<Sha256> {
     mac
 }
 
-/// An archive read back and checked against its manifest.
+/// An archive read back and checked against its manifest. Its blobs wait in a spool
+/// directory (removed with the archive), never in memory.
 pub struct Archive {
     pub manifest: Value,
     pub collections: BTreeMap<String, Vec<Document>>,
-    pub blobs: BTreeMap<String, Vec<u8>>,
+    /// Each blob's hash and spooled file.
+    pub blobs: BTreeMap<String, PathBuf>,
     /// The manifest exactly as stored, and the MAC that came with it (absent in archives made
     /// before archives carried one).
     manifest_bytes: Vec<u8>,
     mac: Option<Vec<u8>>,
+    _spool: tempfile::TempDir,
 }
 
 impl Archive {
@@ -77,14 +81,41 @@ fn jsonl(docs: &[Document]) -> String {
     out
 }
 
-/// Packs the snapshot into a tar.gz with its manifest and the manifest's MAC under `key`.
+/// A writer that hashes what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hash: StreamHash,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A packed archive on disk.
+pub struct Packed {
+    pub manifest: Value,
+    pub hash: String,
+    pub size: u64,
+}
+
+/// Packs the snapshot into a tar.gz at `out` with its manifest and the manifest's MAC under
+/// `key`; `blobs` are read from their files as they are written.
 pub fn pack(
+    out: &Path,
     key: &[u8],
     manifest_base: Value,
     collections: &BTreeMap<String, Vec<Document>>,
-    blobs: &BTreeMap<String, Vec<u8>>,
-) -> Result<(Vec<u8>, Value), String> {
-    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    blobs: &BTreeMap<String, PathBuf>,
+) -> Result<Packed, String> {
+    let mut texts: Vec<(String, Vec<u8>)> = Vec::new();
     let mut listed = serde_json::Map::new();
     for (name, docs) in collections {
         let text = jsonl(docs).into_bytes();
@@ -92,66 +123,97 @@ pub fn pack(
             name.clone(),
             json!({ "count": docs.len(), "sha256": sha256_hex(&text) }),
         );
-        files.push((format!("collections/{name}.jsonl"), text));
+        texts.push((format!("collections/{name}.jsonl"), text));
     }
     let mut blob_sizes = serde_json::Map::new();
-    for (hash, bytes) in blobs {
-        blob_sizes.insert(hash.clone(), json!(bytes.len()));
-        files.push((format!("blobs/{hash}"), bytes.clone()));
+    for (hash, path) in blobs {
+        let size = std::fs::metadata(path)
+            .map_err(|e| format!("blob {hash}: {e}"))?
+            .len();
+        blob_sizes.insert(hash.clone(), json!(size));
     }
     let mut manifest = manifest_base;
     manifest["collections"] = Value::Object(listed);
     manifest["blobs"] = Value::Object(blob_sizes);
     let manifest_bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
+    let file = std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
+        Hashing {
+            inner: std::io::BufWriter::new(file),
+            hash: StreamHash::default(),
+        },
         flate2::Compression::default(),
     ));
-    let mut append = |path: &str, bytes: &[u8]| -> std::io::Result<()> {
+    let mut append = |path: &str, size: u64, content: &mut dyn Read| -> std::io::Result<()> {
         let mut header = tar::Header::new_gnu();
-        header.set_size(bytes.len() as u64);
+        header.set_size(size);
         header.set_mode(0o600);
         header.set_mtime((now_ms() / 1000) as u64);
         header.set_cksum();
-        builder.append_data(&mut header, path, bytes)
+        builder.append_data(&mut header, path, content)
     };
-    append("manifest.json", &manifest_bytes).map_err(|e| e.to_string())?;
+    let mut small = |path: &str, bytes: &[u8]| append(path, bytes.len() as u64, &mut &bytes[..]);
+    small("manifest.json", &manifest_bytes).map_err(|e| e.to_string())?;
     let mac = hex(&mac_of(key, &manifest_bytes).finalize().into_bytes());
-    append("manifest.mac", mac.as_bytes()).map_err(|e| e.to_string())?;
-    for (path, bytes) in &files {
-        append(path, bytes).map_err(|e| e.to_string())?;
+    small("manifest.mac", mac.as_bytes()).map_err(|e| e.to_string())?;
+    for (path, bytes) in &texts {
+        small(path, bytes).map_err(|e| e.to_string())?;
     }
-    let gz = builder
+    for (hash, path) in blobs {
+        let mut file = std::fs::File::open(path).map_err(|e| format!("blob {hash}: {e}"))?;
+        let size = file
+            .metadata()
+            .map_err(|e| format!("blob {hash}: {e}"))?
+            .len();
+        append(&format!("blobs/{hash}"), size, &mut file).map_err(|e| e.to_string())?;
+    }
+    let mut hashing = builder
         .into_inner()
         .and_then(|gz| gz.finish())
         .map_err(|e| e.to_string())?;
-    Ok((gz, manifest))
+    hashing.flush().map_err(|e| e.to_string())?;
+    let size = hashing.hash.len();
+    Ok(Packed {
+        manifest,
+        hash: hashing.hash.finish(),
+        size,
+    })
 }
 
-/// Reads an archive and checks every count and hash against its manifest; what is wrong
-/// otherwise, naming the file. (Who made it is [`Archive::made_with`].)
-pub fn unpack(bytes: &[u8]) -> Result<Archive, String> {
-    if !bytes.starts_with(&[0x1f, 0x8b]) {
-        return Err("the archive is not gzip-compressed (expected a .tar.gz backup)".into());
-    }
+/// Reads an archive within `limits` and checks every count and hash against its manifest;
+/// what is wrong otherwise, naming the file. Blobs are hashed as they are spooled to a
+/// directory of the archive's own. (Who made it is [`Archive::made_with`].)
+pub fn read(reader: impl Read, limits: &prexor_archive::Limits) -> Result<Archive, String> {
+    let spool = tempfile::Builder::new()
+        .prefix("prexor-backup-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a spool directory: {e}"))?;
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
-    let entries = tar
-        .entries()
-        .map_err(|e| format!("the archive is unreadable: {e}"))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| format!("the archive is truncated or corrupt: {e}"))?;
-        let path = entry
-            .path()
-            .map_err(|e| format!("the archive has an unreadable path: {e}"))?
-            .to_string_lossy()
-            .into_owned();
-        let mut content = Vec::new();
-        entry
-            .read_to_end(&mut content)
-            .map_err(|e| format!("the archive is truncated or corrupt in {path}: {e}"))?;
-        files.insert(path, content);
-    }
+    let mut spooled: BTreeMap<String, (PathBuf, String, u64)> = BTreeMap::new();
+    prexor_archive::walk(reader, limits, |path, entry| {
+        let name = path.to_string_lossy().into_owned();
+        let corrupt =
+            |e: std::io::Error| format!("the archive is truncated or corrupt in {name}: {e}");
+        if let Some(hash) = name.strip_prefix("blobs/") {
+            if !is_sha256_hex(hash) {
+                return Err(format!("{name} is not named by a SHA-256 (blobs/<hash>)"));
+            }
+            let target = spool.path().join(hash);
+            let mut out = Hashing {
+                inner: std::fs::File::create(&target)
+                    .map_err(|e| format!("cannot spool {name}: {e}"))?,
+                hash: StreamHash::default(),
+            };
+            std::io::copy(entry, &mut out).map_err(corrupt)?;
+            let size = out.hash.len();
+            spooled.insert(hash.to_owned(), (target, out.hash.finish(), size));
+        } else {
+            let mut content = Vec::new();
+            entry.read_to_end(&mut content).map_err(corrupt)?;
+            files.insert(name, content);
+        }
+        Ok(())
+    })?;
     let manifest_bytes = files
         .remove("manifest.json")
         .ok_or("the archive has no manifest.json (is it a PrexorCloud backup?)")?;
@@ -203,18 +265,22 @@ pub fn unpack(bytes: &[u8]) -> Result<Archive, String> {
     }
     let mut blobs = BTreeMap::new();
     for (hash, size) in manifest["blobs"].as_object().into_iter().flatten() {
-        let path = format!("blobs/{hash}");
-        let bytes = files
-            .remove(&path)
-            .ok_or_else(|| format!("{path} is missing from the archive"))?;
-        if sha256_hex(&bytes) != *hash || Some(bytes.len() as u64) != size.as_u64() {
+        let (path, actual, actual_size) = spooled
+            .remove(hash)
+            .ok_or_else(|| format!("blobs/{hash} is missing from the archive"))?;
+        if actual != *hash || Some(actual_size) != size.as_u64() {
             return Err(format!(
-                "{path} was altered (its content no longer has that SHA-256 or size)"
+                "blobs/{hash} was altered (its content no longer has that SHA-256 or size)"
             ));
         }
-        blobs.insert(hash.clone(), bytes);
+        blobs.insert(hash.clone(), path);
     }
-    if let Some(extra) = files.keys().next() {
+    if let Some(extra) = files
+        .keys()
+        .next()
+        .cloned()
+        .or_else(|| spooled.keys().next().map(|h| format!("blobs/{h}")))
+    {
         return Err(format!("{extra} is in the archive but not in its manifest"));
     }
     Ok(Archive {
@@ -223,6 +289,7 @@ pub fn unpack(bytes: &[u8]) -> Result<Archive, String> {
         blobs,
         manifest_bytes,
         mac,
+        _spool: spool,
     })
 }
 
@@ -232,44 +299,74 @@ mod tests {
     use mongodb::bson::doc;
 
     const KEY: &[u8] = b"a key of thirty-two bytes or so!";
+    const LIMITS: prexor_archive::Limits = prexor_archive::Limits {
+        max_entries: 100,
+        max_unpacked_bytes: 1 << 20,
+    };
 
-    fn sample() -> (Vec<u8>, Value) {
+    fn collections() -> BTreeMap<String, Vec<Document>> {
         let mut collections = BTreeMap::new();
         collections.insert(
             "groups".to_owned(),
             vec![doc! { "_id": "lobby", "revision": 3_i64, "spec": { "memoryMb": 512_i64 } }],
         );
         collections.insert("users".to_owned(), vec![]);
-        let mut blobs = BTreeMap::new();
-        blobs.insert(sha256_hex(b"layer"), b"layer".to_vec());
-        pack(
+        collections
+    }
+
+    /// An archive packed in `dir` with one blob, its bytes and manifest.
+    fn sample(dir: &Path) -> (Vec<u8>, Value) {
+        let blob = dir.join("blob");
+        std::fs::write(&blob, b"layer").unwrap();
+        let blobs = BTreeMap::from([(sha256_hex(b"layer"), blob)]);
+        let out = dir.join("backup.tar.gz");
+        let packed = pack(
+            &out,
             KEY,
             json!({ "format": FORMAT, "clusterId": "c1" }),
-            &collections,
+            &collections(),
             &blobs,
         )
-        .unwrap()
+        .unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        assert_eq!(packed.hash, sha256_hex(&bytes));
+        assert_eq!(packed.size, bytes.len() as u64);
+        (bytes, packed.manifest)
     }
 
     #[test]
     fn an_archive_round_trips_with_exact_types() {
-        let (bytes, manifest) = sample();
-        let archive = unpack(&bytes).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (bytes, manifest) = sample(dir.path());
+        let archive = read(&bytes[..], &LIMITS).unwrap();
         assert_eq!(archive.manifest, manifest);
         assert!(archive.made_with(KEY));
         assert!(!archive.made_with(b"another cluster's key, 32 bytes!"));
         let lobby = &archive.collections["groups"][0];
         assert_eq!(lobby.get_i64("revision"), Ok(3), "an i64 stays an i64");
-        assert_eq!(archive.blobs.values().next().unwrap(), b"layer");
+        let spooled = archive.blobs.values().next().unwrap();
+        assert_eq!(std::fs::read(spooled).unwrap(), b"layer");
     }
 
     #[test]
-    fn damage_is_named() {
-        let (bytes, _) = sample();
+    fn damage_and_excess_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bytes, _) = sample(dir.path());
         let truncated = &bytes[..bytes.len() / 2];
-        let err = unpack(truncated).err().unwrap();
+        let err = read(truncated, &LIMITS).err().unwrap();
         assert!(err.contains("truncated or corrupt"), "{err}");
-        assert!(unpack(b"plain text").err().unwrap().contains("gzip"));
+        assert!(
+            read(&b"plain text"[..], &LIMITS)
+                .err()
+                .unwrap()
+                .contains("gzip")
+        );
+        let tight = prexor_archive::Limits {
+            max_entries: 3,
+            ..LIMITS
+        };
+        let err = read(&bytes[..], &tight).err().unwrap();
+        assert!(err.contains("more than 3 entries"), "{err}");
 
         // Altered content with the manifest left as it was.
         let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
@@ -301,7 +398,7 @@ mod tests {
                 .unwrap();
         }
         let altered = builder.into_inner().unwrap().finish().unwrap();
-        let err = unpack(&altered).err().unwrap();
+        let err = read(&altered[..], &LIMITS).err().unwrap();
         assert!(
             err.contains("collections/groups.jsonl was altered"),
             "{err}"
@@ -312,8 +409,9 @@ mod tests {
     fn an_archive_edited_with_its_hashes_redone_is_not_the_clusters() {
         // Someone adds an admin and rewrites the manifest's hash to match: the archive reads
         // back, but its MAC no longer vouches for it.
-        let (bytes, _) = sample();
-        let original = unpack(&bytes).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (bytes, _) = sample(dir.path());
+        let original = read(&bytes[..], &LIMITS).unwrap();
         let mut collections = original.collections.clone();
         collections.insert(
             "users".to_owned(),
@@ -321,15 +419,17 @@ mod tests {
         );
         let mut base = original.manifest.clone();
         base.as_object_mut().unwrap().remove("collections");
-        let (forged, _) = pack(
+        let forged = dir.path().join("forged.tar.gz");
+        pack(
+            &forged,
             b"the forger's own key, 32 bytes!!",
             base,
             &collections,
             &original.blobs,
         )
         .unwrap();
-        let read = unpack(&forged).unwrap();
-        assert!(!read.made_with(KEY));
+        let read_back = read(std::fs::File::open(&forged).unwrap(), &LIMITS).unwrap();
+        assert!(!read_back.made_with(KEY));
         assert_eq!(unhex("0aff"), Some(vec![0x0a, 0xff]));
         assert_eq!(unhex("0g"), None);
     }

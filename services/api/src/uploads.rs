@@ -1,0 +1,118 @@
+//! Uploaded archives (template and module layers, backups): the request body is streamed to a
+//! spool file in the temporary directory and hashed on the way, never held in memory whole;
+//! checked there with `prexor_archive` within the configured `uploads.*` limits; stored a chunk
+//! at a time. A refused upload leaves nothing behind (the spool file is removed when dropped).
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode, header};
+use futures::StreamExt;
+use prexor_domain::StreamHash;
+use tempfile::TempPath;
+use tokio::io::AsyncWriteExt;
+
+use crate::app::App;
+use crate::error::{ApiError, ApiResult};
+
+/// A request body on disk.
+pub struct Spooled {
+    pub path: TempPath,
+    pub hash: String,
+    pub size: u64,
+}
+
+fn too_large(what: &str, limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PAYLOAD_TOO_LARGE",
+        format!(
+            "{what} may be at most {} MiB (uploads limit; see docs/configuration.md)",
+            limit / 1024 / 1024
+        ),
+    )
+}
+
+/// Streams `body` to a spool file, refusing it (413) once it passes `limit` bytes, or at once
+/// if its declared length does.
+pub async fn spool(headers: &HeaderMap, body: Body, limit: u64, what: &str) -> ApiResult<Spooled> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(what, limit));
+    }
+    let spool_error =
+        |e: std::io::Error| ApiError::unavailable(format!("cannot spool the upload: {e}"));
+    let file = tempfile::NamedTempFile::with_prefix("prexor-upload-").map_err(spool_error)?;
+    let (file, path) = file.into_parts();
+    let mut file = tokio::fs::File::from_std(file);
+    let mut hash = StreamHash::default();
+    let mut frames = body.into_data_stream();
+    while let Some(frame) = frames.next().await {
+        let data =
+            frame.map_err(|e| ApiError::bad_request(format!("reading the upload failed: {e}")))?;
+        hash.update(&data);
+        if hash.len() > limit {
+            return Err(too_large(what, limit));
+        }
+        file.write_all(&data).await.map_err(spool_error)?;
+    }
+    file.flush().await.map_err(spool_error)?;
+    if hash.is_empty() {
+        return Err(ApiError::field("body", format!("{what} is empty")));
+    }
+    let size = hash.len();
+    Ok(Spooled {
+        path,
+        hash: hash.finish(),
+        size,
+    })
+}
+
+/// Checks the spooled archive within `limits` (off the async threads); the reason otherwise,
+/// as a 400 naming the body.
+pub async fn check(
+    spooled: &Spooled,
+    limits: prexor_archive::Limits,
+) -> ApiResult<prexor_archive::Summary> {
+    let path = spooled.path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path)
+            .map_err(|e| format!("cannot read the spooled upload: {e}"))?;
+        prexor_archive::check(std::io::BufReader::new(file), &limits)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("checking the archive failed: {e}")))?
+    .map_err(|problem| ApiError::field("body", problem))
+}
+
+/// The limits a template or module layer is checked with.
+pub fn layer_limits(app: &App) -> prexor_archive::Limits {
+    prexor_archive::Limits {
+        max_entries: app.uploads.max_entries,
+        max_unpacked_bytes: app.uploads.layer_unpacked_bytes,
+    }
+}
+
+/// The limits a backup archive is read with.
+pub fn backup_limits(app: &App) -> prexor_archive::Limits {
+    prexor_archive::Limits {
+        max_entries: app.uploads.max_entries,
+        max_unpacked_bytes: app.uploads.backup_unpacked_bytes,
+    }
+}
+
+/// A stored blob as a response body, streamed a chunk at a time (with its length).
+pub async fn blob_body(app: &App, hash: &str) -> ApiResult<Option<(u64, Body)>> {
+    let Some((size, chunks)) = app.store().blob_chunks(hash).await? else {
+        return Ok(None);
+    };
+    let hash = hash.to_owned();
+    let body = Body::from_stream(chunks.map(move |chunk| {
+        chunk.map_err(|e| {
+            tracing::warn!(%hash, "serving a blob failed midway: {e}");
+            std::io::Error::other(e.to_string())
+        })
+    }));
+    Ok(Some((size, body)))
+}
