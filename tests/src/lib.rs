@@ -233,12 +233,12 @@ pub struct Rest {
 }
 
 impl Rest {
-    pub async fn call(
+    fn request(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<serde_json::Value>,
-    ) -> anyhow::Result<(u16, serde_json::Value)> {
+    ) -> reqwest::RequestBuilder {
         let mut request = http().request(method, format!("{}{path}", self.base));
         if !self.token.is_empty() {
             request = request.bearer_auth(&self.token);
@@ -246,7 +246,28 @@ impl Rest {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await?;
+        request
+    }
+
+    /// The status of a request, without reading its body (which may be a stream that never
+    /// ends).
+    pub async fn status_of(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<u16> {
+        let response = self.request(method, path, body).send().await?;
+        Ok(response.status().as_u16())
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let response = self.request(method, path, body).send().await?;
         let status = response.status().as_u16();
         let text = response.text().await?;
         let value = if text.is_empty() {

@@ -7,6 +7,7 @@ mod lease_timing;
 mod lifecycle;
 pub mod limits;
 mod name;
+mod permission;
 mod redact;
 mod scope;
 mod service;
@@ -17,6 +18,7 @@ pub use group::{DynamicScaling, FieldProblem, GroupSpec, PortRange, ScalingMode,
 pub use lease_timing::LeaseTiming;
 pub use lifecycle::InstanceState;
 pub use name::{NameError, validate_name};
+pub use permission::permission_allows;
 pub use redact::redact_uri;
 pub use scope::{Scope, ScopeParseError};
 pub use service::{Profile, ServiceKind};

@@ -94,7 +94,7 @@ use crate::app::App;
         crate::workload::players,
         crate::workload::metrics
     ),
-    modifiers(&Security),
+    modifiers(&Security, &Permissions),
     tags(
         (name = "system"), (name = "auth"), (name = "users"), (name = "roles"), (name = "audit"),
         (name = "groups"), (name = "deployments"), (name = "instances"), (name = "nodes"),
@@ -121,10 +121,77 @@ impl Modify for Security {
     }
 }
 
+/// Every operation's `x-permission`: what a caller must hold ([`crate::permissions::ROUTES`]).
+struct Permissions;
+
+impl Modify for Permissions {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            for (method, operation) in operations(item) {
+                if let Some(needed) = crate::permissions::route_permission(method, path) {
+                    operation
+                        .extensions
+                        .get_or_insert_with(Default::default)
+                        .insert("x-permission".to_owned(), serde_json::json!(needed));
+                }
+            }
+        }
+    }
+}
+
+/// The operations of a path item with their HTTP methods.
+fn operations(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = (&'static str, &mut utoipa::openapi::path::Operation)> {
+    [
+        ("GET", item.get.as_mut()),
+        ("PUT", item.put.as_mut()),
+        ("POST", item.post.as_mut()),
+        ("DELETE", item.delete.as_mut()),
+        ("PATCH", item.patch.as_mut()),
+    ]
+    .into_iter()
+    .filter_map(|(method, op)| Some((method, op?)))
+}
+
 pub fn routes() -> axum::Router<App> {
     axum::Router::new().route("/openapi.json", get(document))
 }
 
 async fn document() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_documents_its_permission_and_every_listed_route_exists() {
+        let mut doc = ApiDoc::openapi();
+        let mut documented = Vec::new();
+        let mut missing = Vec::new();
+        for (path, item) in doc.paths.paths.iter_mut() {
+            for (method, operation) in operations(item) {
+                documented.push((method, path.clone()));
+                let has = operation
+                    .extensions
+                    .as_ref()
+                    .is_some_and(|e| e.contains_key("x-permission"));
+                if !has {
+                    missing.push(format!("{method} {path}"));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "operations without a permission in permissions::ROUTES: {missing:#?}"
+        );
+        for (method, path, _) in crate::permissions::ROUTES {
+            assert!(
+                documented.iter().any(|(m, p)| m == method && p == path),
+                "permissions::ROUTES lists {method} {path}, which the API does not have"
+            );
+        }
+    }
 }
