@@ -2,7 +2,7 @@
 //! certificate closes the live session within seconds and is refused at the next handshake; a
 //! renewed one revokes its predecessor once the node uses it, while the session it runs on
 //! carries on; a deleted node cannot come back; internal ports refuse a revoked service
-//! certificate.
+//! certificate, and a replica's renewal revokes the certificate it replaced.
 
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ async fn revocation(cluster: &Cluster) -> anyhow::Result<()> {
     let mut fleet = nodes_with(
         cluster,
         &["node-1", "node-2"],
-        "nodeCertValidity = \"30s\"\n",
+        "nodeCertValidity = \"30s\"\nserviceCertValidity = \"30s\"\n",
     )
     .await?;
     let Operators { mut api, rest, .. } = operators(cluster, 0).await?;
@@ -131,6 +131,38 @@ async fn revocation(cluster: &Cluster) -> anyhow::Result<()> {
     ensure!(
         grpc_health(trusted).await? == "SERVING",
         "other certificates still work"
+    );
+
+    // Replicas renew their certificates too (30 s ones at 20 s): each renewal revokes the
+    // certificate it replaced, once the new one is in place, and the replica carries on.
+    let superseded = eventually("a gateway renewal revoking its predecessor", WITHIN, async || {
+        let found = store
+            .find_all(
+                "certificates",
+                "test",
+                doc! { "kind": "gateway", "subject": "gateway-1", "superseded_by": { "$exists": true } },
+            )
+            .await?;
+        Ok(found.into_iter().next())
+    })
+    .await?;
+    ensure!(
+        superseded.get_i64("revoked_at_ms").is_ok_and(|at| at > 0),
+        "the replaced gateway certificate is revoked: {superseded:?}"
+    );
+    // Its successors (renewed again, perhaps) lead to one that stands.
+    let mut successor = certificate(cluster, superseded.get_str("superseded_by")?).await?;
+    while let Ok(next) = successor.get_str("superseded_by") {
+        successor = certificate(cluster, next).await?;
+    }
+    ensure!(
+        successor.get("revoked_at_ms") == Some(&mongodb::bson::Bson::Null),
+        "the newest certificate stands: {successor:?}"
+    );
+    let fresh = cluster.internal_channel(&fleet.gateways[0]).await?;
+    ensure!(
+        grpc_health(fresh).await? == "SERVING",
+        "the renewed gateway still serves"
     );
 
     drop(back);

@@ -244,15 +244,35 @@ pub async fn admit_node_certificate(
                     "kind": "node", "subject": node_id, "_id": { "$ne": serial },
                     "issued_at_ms": { "$lt": issued }, "revoked_at_ms": Bson::Null,
                 },
-                doc! { "$set": {
-                    "revoked_at_ms": now_ms(),
-                    "revoked_reason": format!("superseded by {serial} (renewed)"),
-                    "superseded_by": serial,
-                } },
+                superseded_by(serial),
             ),
         )
         .await?;
     Ok(None)
+}
+
+/// The ledger update that revokes a certificate replaced by `serial`.
+fn superseded_by(serial: &str) -> mongodb::bson::Document {
+    doc! { "$set": {
+        "revoked_at_ms": now_ms(),
+        "revoked_reason": format!("superseded by {serial} (renewed)"),
+        "superseded_by": serial,
+    } }
+}
+
+/// Revokes certificate `old`, which a replica has just replaced with `new` (a renewal: the
+/// replica serves and dials with `new` from now on). Nothing happens if `old` is revoked.
+pub async fn supersede(store: &Store, old: &str, new: &str) -> Result<(), StoreError> {
+    store
+        .bounded(
+            &format!("revoking certificate {old}, superseded by {new}"),
+            store.documents(CERTIFICATES).update_one(
+                doc! { "_id": old, "revoked_at_ms": Bson::Null },
+                superseded_by(new),
+            ),
+        )
+        .await
+        .map(drop)
 }
 
 /// Revokes every certificate of node `node_id` still valid (the node was deleted); how many.

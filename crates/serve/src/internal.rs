@@ -77,6 +77,7 @@ pub(crate) async fn keep_internal_certificate(
     };
     keep_certificate(
         signer,
+        service.store.clone(),
         wanted,
         service.internal.slot.clone(),
         state,

@@ -110,19 +110,31 @@ pub struct Wanted {
     pub names: ServiceNames,
 }
 
+/// The serial of a certificate chain's leaf.
+fn leaf_serial(key: &rustls::sign::CertifiedKey) -> Option<String> {
+    let leaf = key.cert.first()?;
+    prexor_pki::CertInfo::parse(leaf.as_ref())
+        .ok()
+        .map(|info| info.serial)
+}
+
 /// Obtains this replica's certificate ([`Wanted`]) from a CA replica and renews it at two
-/// thirds of its lifetime, swapping it into `slot`. `purpose` labels the expiry metric
-/// (`prexor_tls_certificate_not_after_seconds{use}`).
+/// thirds of its lifetime, swapping it into `slot`; once the renewed one is in place, the one
+/// it replaced is revoked in the ledger (`store`), so a renewal leaves one valid certificate per
+/// use. `purpose` labels the expiry metric (`prexor_tls_certificate_not_after_seconds{use}`).
 pub async fn keep_certificate(
     signer: Arc<dyn ServiceSigner>,
+    store: prexor_store::Store,
     wanted: Wanted,
     slot: Arc<CertSlot>,
     state: CertState,
     purpose: &'static str,
     shutdown: CancellationToken,
 ) {
+    // A replaced certificate not yet revoked (MongoDB did not answer): (old, new).
+    let mut replaced: Option<(String, String)> = None;
     loop {
-        let wait = match issue_service_certificate(
+        let mut wait = match issue_service_certificate(
             signer.as_ref(),
             wanted.kind,
             &wanted.replica_id,
@@ -136,8 +148,15 @@ pub async fn keep_certificate(
                     .first()
                     .and_then(|leaf| prexor_pki::CertInfo::parse(leaf.as_ref()).ok())
                     .map_or(not_after, |info| prexor_pki::renewal_due(&info));
+                let old = slot.current().and_then(|k| leaf_serial(&k));
+                let new = leaf_serial(&key);
                 installed(&slot, &state, purpose, key, not_after);
                 tracing::info!(not_after, purpose, "certificate issued by the cluster CA");
+                if let (Some(old), Some(new)) = (old, new)
+                    && old != new
+                {
+                    replaced = Some((old, new));
+                }
                 Duration::from_secs((due - now_secs()).max(5) as u64)
             }
             Err(reason) => {
@@ -146,6 +165,15 @@ pub async fn keep_certificate(
                 RETRY
             }
         };
+        if let Some((old, new)) = &replaced {
+            match prexor_pki::records::supersede(&store, old, new).await {
+                Ok(()) => replaced = None,
+                Err(err) => {
+                    tracing::warn!(purpose, %old, "the replaced certificate is not revoked yet, retrying: {err}");
+                    wait = wait.min(RETRY);
+                }
+            }
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}

@@ -112,6 +112,7 @@ fn certificate_task(
         ApiTls::Off => None,
         ApiTls::ClusterCa => Some(tokio::spawn(tls::keep_certificate(
             Arc::new(signer.clone()),
+            service.store.clone(),
             tls::Wanted {
                 kind: "api",
                 replica_id: service.config.replica_id.clone(),

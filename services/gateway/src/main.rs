@@ -61,6 +61,7 @@ async fn build(service: Service, config: GatewayConfig) -> Result<Parts, prexor_
         prexor_serve::tls::certificate_names(&service.config.advertise_host, &config.tls_names);
     let cert_keeper = tokio::spawn(prexor_serve::tls::keep_certificate(
         Arc::new(signer.clone()),
+        service.store.clone(),
         prexor_serve::tls::Wanted {
             kind: "gateway",
             replica_id: service.config.replica_id.clone(),
