@@ -1,6 +1,6 @@
 //! Short-lived shared state that must be seen by every replica but need not survive a Valkey
 //! restart: login-failure counters and lockouts, rate-limit windows, JWT revocations
-//! (ARCHITECTURE.md, "State"). Valkey in production; in-process for the development profile
+//! (docs/architecture.md, "State"). Valkey in production; in-process for the development profile
 //! without Valkey (one replica, enforced by [`crate::DevClaim`]).
 
 use std::collections::HashMap;

@@ -1,4 +1,4 @@
-//! Coordination for PrexorCloud replicas (ARCHITECTURE.md, "Leases and fencing").
+//! Coordination for PrexorCloud replicas (docs/architecture.md, "Leases and fencing").
 //!
 //! - [`Leases`] acquires, takes over, renews and releases leases. Each acquisition mints a fencing
 //!   token from MongoDB (so tokens only grow, even if Valkey loses every key) and raises the scope's

@@ -1,5 +1,5 @@
 //! Commands to nodes from any replica: through any ready gateway's internal `NodeCommands`,
-//! which forwards to the gateway holding the node's session (ARCHITECTURE.md, "Commands to
+//! which forwards to the gateway holding the node's session (docs/architecture.md, "Commands to
 //! nodes"). Acknowledged with the daemon's result, never fire-and-forget; every call has a
 //! deadline, so a frozen or black-holed gateway costs one deadline, and the gateways that did
 //! not answer are tried last for a while.

@@ -1,7 +1,7 @@
 //! MongoDB access for PrexorCloud: one connection per process with bounded operations, the
 //! fencing-token counters, and the fenced write that every lease holder mutates state through.
 //!
-//! Fencing (ARCHITECTURE.md, "Leases and fencing"): each scope has one document in the `fences`
+//! Fencing (docs/architecture.md, "Leases and fencing"): each scope has one document in the `fences`
 //! collection holding a `counter` (tokens are minted from it, so they only grow, whatever happens
 //! to Valkey) and a `mark` (the highest token that has written or acquired). A fenced write runs in
 //! a transaction that first requires `mark <= token` and bumps the document, then performs the
