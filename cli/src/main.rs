@@ -1,8 +1,8 @@
 //! `prexorctl`: the PrexorCloud command line.
 
 mod client;
+mod commands;
 mod contexts;
-mod ops;
 mod render;
 mod session;
 mod setup;
@@ -84,25 +84,25 @@ enum Command {
     },
     /// Server groups.
     #[command(subcommand, alias = "group")]
-    Groups(ops::GroupCommand),
+    Groups(commands::GroupCommand),
     /// Game server instances.
     #[command(subcommand, alias = "instance")]
-    Instances(ops::InstanceCommand),
+    Instances(commands::InstanceCommand),
     /// Hosts running a daemon.
     #[command(subcommand, alias = "node")]
-    Nodes(ops::NodeCommand),
+    Nodes(commands::NodeCommand),
     /// Versioned template layers.
     #[command(subcommand, alias = "template")]
-    Templates(ops::TemplateCommand),
+    Templates(commands::TemplateCommand),
     /// Rolling deployments.
     #[command(subcommand, alias = "deployment")]
-    Deployments(ops::DeploymentCommand),
+    Deployments(commands::DeploymentCommand),
     /// Platform modules.
     #[command(subcommand, alias = "module")]
-    Modules(ops::ModuleCommand),
+    Modules(commands::ModuleCommand),
     /// Backups of the cluster's state.
     #[command(subcommand, alias = "backups")]
-    Backup(ops::BackupCommand),
+    Backup(commands::BackupCommand),
     /// Replace the cluster's configuration with a backup's, every replica still running: takes
     /// every mutation lease, writes the backup in one fenced transaction, lets the schedulers
     /// reconcile what runs.
@@ -120,13 +120,13 @@ enum Command {
     },
     /// API tokens.
     #[command(subcommand, alias = "token")]
-    Tokens(ops::TokenCommand),
+    Tokens(commands::TokenCommand),
     /// Users.
     #[command(subcommand, alias = "user")]
-    Users(ops::UserCommand),
+    Users(commands::UserCommand),
     /// Roles.
     #[command(subcommand, alias = "role")]
-    Roles(ops::RoleCommand),
+    Roles(commands::RoleCommand),
     /// The audit log, newest first.
     Audit {
         #[arg(long, default_value_t = 50)]
@@ -233,24 +233,26 @@ fn main() -> ExitCode {
             Command::Context {
                 command: ContextCommand::Use { name },
             } => session::use_context(&name),
-            Command::Groups(command) => ops::groups(&client, command, cli.output).await,
-            Command::Instances(command) => ops::instances(&client, command, cli.output).await,
-            Command::Nodes(command) => ops::nodes(&client, command, cli.output).await,
-            Command::Templates(command) => ops::templates(&client, command, cli.output).await,
-            Command::Deployments(command) => ops::deployments(&client, command, cli.output).await,
-            Command::Modules(command) => ops::modules(&client, command, cli.output).await,
-            Command::Tokens(command) => ops::tokens(&client, command, cli.output).await,
-            Command::Backup(command) => ops::backups(&client, command, cli.output).await,
+            Command::Groups(command) => commands::groups(&client, command, cli.output).await,
+            Command::Instances(command) => commands::instances(&client, command, cli.output).await,
+            Command::Nodes(command) => commands::nodes(&client, command, cli.output).await,
+            Command::Templates(command) => commands::templates(&client, command, cli.output).await,
+            Command::Deployments(command) => {
+                commands::deployments(&client, command, cli.output).await
+            }
+            Command::Modules(command) => commands::modules(&client, command, cli.output).await,
+            Command::Tokens(command) => commands::tokens(&client, command, cli.output).await,
+            Command::Backup(command) => commands::backups(&client, command, cli.output).await,
             Command::Restore {
                 id,
                 dry_run,
                 force,
                 timeout,
-            } => ops::restore(&client, &id, dry_run, force, timeout, cli.output).await,
-            Command::Users(command) => ops::users(&client, command, cli.output).await,
-            Command::Roles(command) => ops::roles(&client, command, cli.output).await,
-            Command::Audit { limit } => ops::audit(&client, limit, cli.output).await,
-            Command::Events { types } => ops::events(&client, types).await,
+            } => commands::restore(&client, &id, dry_run, force, timeout, cli.output).await,
+            Command::Users(command) => commands::users(&client, command, cli.output).await,
+            Command::Roles(command) => commands::roles(&client, command, cli.output).await,
+            Command::Audit { limit } => commands::audit(&client, limit, cli.output).await,
+            Command::Events { types } => commands::events(&client, types).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory;
                 clap_complete::generate(

@@ -1,0 +1,92 @@
+//! `prexorctl groups`: list, show, apply (create or update from a spec file), delete, start an instance.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::{read_spec, seg};
+use crate::Output;
+use crate::client::Client;
+use crate::render::{self, Column};
+
+const GROUP_COLUMNS: &[Column] = &[
+    ("NAME", "/name"),
+    ("REVISION", "/revision"),
+    ("SCALING", "/spec/scaling"),
+    ("MIN", "/spec/minInstances"),
+    ("MAX", "/spec/maxInstances"),
+    ("INSTANCES", "/status/instances"),
+    ("PAUSED UNTIL", "/status/pausedUntilMs"),
+    ("DELETING", "/deleting"),
+];
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Every group with its instance counts.
+    List,
+    /// One group: spec, revision, status.
+    Get { name: String },
+    /// Create the group, or update it to the spec (JSON or YAML file; fields in docs/scheduling.md).
+    Apply {
+        name: String,
+        #[arg(long, short = 'f', value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Stop the group's instances, then remove it.
+    Delete { name: String },
+}
+
+pub async fn groups(
+    client: &Client,
+    command: GroupCommand,
+    out: Output,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        GroupCommand::List => render::list(&client.get("/groups").await?, GROUP_COLUMNS, out)?,
+        GroupCommand::Get { name } => {
+            render::object(&client.get(&format!("/groups/{}", seg(&name))).await?, out)?
+        }
+        GroupCommand::Apply { name, file } => {
+            let spec = read_spec(&file)?;
+            let path = format!("/groups/{}", seg(&name));
+            let existing: Result<Value, _> = client.get(&path).await;
+            let answer: Value = match existing {
+                Ok(current) => {
+                    client
+                        .send(
+                            Method::PUT,
+                            &path,
+                            json!({ "spec": spec, "revision": current["revision"] }),
+                        )
+                        .await?
+                }
+                Err(err) if crate::client::refused_with(&err) == Some(404) => {
+                    client
+                        .send(
+                            Method::POST,
+                            "/groups",
+                            json!({ "name": name, "spec": spec }),
+                        )
+                        .await?
+                }
+                Err(err) => return Err(err),
+            };
+            render::done(
+                &answer,
+                &format!("group {name} at revision {}", answer["revision"]),
+                out,
+            )?;
+        }
+        GroupCommand::Delete { name } => {
+            let answer: Value = client.delete(&format!("/groups/{}", seg(&name))).await?;
+            render::done(
+                &answer,
+                &format!("group {name} is being deleted: its instances stop, then it is removed"),
+                out,
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,116 @@
+//! `prexorctl modules`: upload versions, install, upgrade, uninstall, delete, the mutation in flight.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Subcommand;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::seg;
+use crate::Output;
+use crate::client::Client;
+use crate::render::{self};
+
+#[derive(Debug, Subcommand)]
+pub enum ModuleCommand {
+    List,
+    Get {
+        name: String,
+    },
+    /// Store a version (a .tar.gz of the files it adds to every instance, e.g. plugins/x.jar).
+    Upload {
+        name: String,
+        version: String,
+        file: PathBuf,
+    },
+    Install {
+        name: String,
+        version: String,
+    },
+    Upgrade {
+        name: String,
+        version: String,
+    },
+    Uninstall {
+        name: String,
+    },
+    /// Remove an uninstalled module and its stored versions.
+    Delete {
+        name: String,
+    },
+}
+
+pub async fn modules(
+    client: &Client,
+    command: ModuleCommand,
+    out: Output,
+) -> anyhow::Result<ExitCode> {
+    let (path, body) = match command {
+        ModuleCommand::List => {
+            render::list(
+                &client.get("/modules").await?,
+                &[
+                    ("NAME", "/id"),
+                    ("STATE", "/state"),
+                    ("ACTIVE", "/active/version"),
+                    ("LAST MUTATION", "/lastMutation/result"),
+                ],
+                out,
+            )?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        ModuleCommand::Get { name } => {
+            render::object(&client.get(&format!("/modules/{}", seg(&name))).await?, out)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        ModuleCommand::Upload {
+            name,
+            version,
+            file,
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let answer: Value = client
+                .put_bytes(
+                    &format!("/modules/{}/versions/{}", seg(&name), seg(&version)),
+                    bytes,
+                )
+                .await?;
+            render::done(
+                &answer,
+                &format!("module {name}: version {version} stored"),
+                out,
+            )?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        ModuleCommand::Install { name, version } => (
+            format!("/modules/{}/install", seg(&name)),
+            json!({ "version": version }),
+        ),
+        ModuleCommand::Upgrade { name, version } => (
+            format!("/modules/{}/upgrade", seg(&name)),
+            json!({ "version": version }),
+        ),
+        ModuleCommand::Uninstall { name } => {
+            (format!("/modules/{}/uninstall", seg(&name)), json!({}))
+        }
+        ModuleCommand::Delete { name } => {
+            let answer: Value = client.delete(&format!("/modules/{}", seg(&name))).await?;
+            render::done(&answer, &format!("module {name}: deletion requested"), out)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let answer: Value = client.send(Method::POST, &path, body).await?;
+    let module = answer["module"].as_str().unwrap_or("?");
+    render::done(
+        &answer,
+        &format!(
+            "{} of module {module} requested (see prexorctl modules get {module})",
+            answer["action"].as_str().unwrap_or("mutation"),
+        ),
+        out,
+    )?;
+    Ok(ExitCode::SUCCESS)
+}

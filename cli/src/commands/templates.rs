@@ -1,0 +1,90 @@
+//! `prexorctl templates`: list, show, upload a layer, roll back, download, delete.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Subcommand;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::seg;
+use crate::Output;
+use crate::client::Client;
+use crate::render::{self};
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    List,
+    Get {
+        name: String,
+    },
+    /// Upload a .tar.gz as the template's new version.
+    Upload {
+        name: String,
+        file: PathBuf,
+    },
+    /// Make an earlier version current.
+    Rollback {
+        name: String,
+        version: i64,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+pub async fn templates(
+    client: &Client,
+    command: TemplateCommand,
+    out: Output,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        TemplateCommand::List => render::list(
+            &client.get("/templates").await?,
+            &[
+                ("NAME", "/name"),
+                ("CURRENT", "/current"),
+                ("VERSIONS", "/versions"),
+                ("SIZE", "/size"),
+                ("HASH", "/hash"),
+            ],
+            out,
+        )?,
+        TemplateCommand::Get { name } => render::object(
+            &client.get(&format!("/templates/{}", seg(&name))).await?,
+            out,
+        )?,
+        TemplateCommand::Upload { name, file } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let answer: Value = client
+                .put_bytes(&format!("/templates/{}", seg(&name)), bytes)
+                .await?;
+            render::done(
+                &answer,
+                &format!("template {name}: version {} is current", answer["current"]),
+                out,
+            )?;
+        }
+        TemplateCommand::Rollback { name, version } => {
+            let answer: Value = client
+                .send(
+                    Method::POST,
+                    &format!("/templates/{}/rollback", seg(&name)),
+                    json!({ "version": version }),
+                )
+                .await?;
+            render::done(
+                &answer,
+                &format!("template {name}: version {version} is current"),
+                out,
+            )?;
+        }
+        TemplateCommand::Delete { name } => {
+            let _: Value = client.delete(&format!("/templates/{}", seg(&name))).await?;
+            println!("template {name} deleted");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,233 @@
+//! What a tick reads: every collection the group needs, read once (from the change-stream
+//! mirror, or from MongoDB) and indexed by group and id.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use mongodb::bson::{Document, doc};
+use prexor_domain::now_ms;
+use prexor_store::{Store, StoreError};
+
+use super::{
+    CRASH_LOOP_WINDOW, CRASHES, GROUP_STATE, IN_QUERY_LIMIT, INSTANCE_LOAD, INSTANCE_REQUESTS,
+    INSTANCES, NODES, STRAYS, deployments,
+};
+
+/// Everything one tick needs about the groups this replica holds, read in a handful of queries
+/// (not per group), so that a tick's cost in steady state does not grow with round trips.
+#[derive(Default)]
+pub struct Snapshot {
+    pub(super) groups: HashMap<String, Arc<crate::reconciler::GroupEntry>>,
+    pub(super) instances: HashMap<String, Vec<Arc<Document>>>,
+    pub(super) states: HashMap<String, Arc<Document>>,
+    pub(super) strays: HashMap<String, Vec<Arc<Document>>>,
+    pub(super) nodes: HashMap<String, Arc<Document>>,
+    /// Crash times (ms) of the last crash-loop window, per group.
+    pub(super) crashes: HashMap<String, Vec<i64>>,
+    /// Operator requests (stop, kill, start), per group.
+    pub(super) requests: HashMap<String, Vec<Arc<Document>>>,
+    /// Players online per instance, as the servers report them (`instance_load`).
+    pub(super) players: HashMap<String, u64>,
+    /// The rolling deployment of each group, if one is under way.
+    pub(super) deployments: HashMap<String, Arc<Document>>,
+}
+
+impl Snapshot {
+    /// The composition plan kept in instance `id`'s own record (written before plans moved to
+    /// `instance_plans`).
+    pub(super) fn plan_of(&self, group: &str, id: &str) -> Option<Document> {
+        self.instances
+            .get(group)?
+            .iter()
+            .find(|d| d.get_str("_id") == Ok(id))?
+            .get_document("plan")
+            .ok()
+            .cloned()
+    }
+}
+
+/// The store reads behind a [`Snapshot`], for a set of groups (or a superset of them).
+pub(crate) struct SnapshotReads {
+    instances: Vec<Arc<Document>>,
+    states: Vec<Arc<Document>>,
+    strays: Vec<Arc<Document>>,
+    nodes: Vec<Arc<Document>>,
+    crashes: Vec<Arc<Document>>,
+    requests: Vec<Arc<Document>>,
+    loads: Vec<Arc<Document>>,
+    deployments: Vec<Arc<Document>>,
+}
+
+impl SnapshotReads {
+    /// Eight queries, run together. With many groups it reads whole (small) collections and
+    /// [`SnapshotReads::assemble`] filters: one pass over a collection is far cheaper than a
+    /// large `$in` on the MongoDB-wire server, and the same on MongoDB.
+    pub(super) async fn fetch(
+        store: &Store,
+        names: &[String],
+    ) -> Result<SnapshotReads, StoreError> {
+        if names.is_empty() {
+            return Ok(SnapshotReads::empty());
+        }
+        let window = now_ms() - CRASH_LOOP_WINDOW.as_millis() as i64;
+        let scoped = |filter: Document| -> Document {
+            if names.len() <= IN_QUERY_LIMIT {
+                let mut filter = filter;
+                filter.insert("group", doc! { "$in": names });
+                filter
+            } else {
+                filter
+            }
+        };
+        let (instances, states, strays, nodes, crashes, requests, loads, deployments) = tokio::try_join!(
+            store.find_all(
+                INSTANCES,
+                "listing instances",
+                scoped(doc! { "state": { "$exists": true } })
+            ),
+            store.find_all(GROUP_STATE, "reading group states", doc! {}),
+            store.find_all(STRAYS, "listing stray instances", scoped(doc! {})),
+            store.find_all(NODES, "listing nodes", doc! {}),
+            store.find_all(
+                CRASHES,
+                "reading recent crashes",
+                scoped(doc! { "atMs": { "$gt": window } })
+            ),
+            store.find_all(
+                INSTANCE_REQUESTS,
+                "reading operator requests",
+                scoped(doc! {})
+            ),
+            store.find_all(INSTANCE_LOAD, "reading instance load", scoped(doc! {})),
+            store.find_all(
+                deployments::DEPLOYMENTS,
+                "reading deployments",
+                scoped(doc! { "state": "ROLLING" })
+            ),
+        )?;
+        let shared = |docs: Vec<Document>| docs.into_iter().map(Arc::new).collect();
+        Ok(SnapshotReads {
+            instances: shared(instances),
+            states: shared(states),
+            strays: shared(strays),
+            nodes: shared(nodes),
+            crashes: shared(crashes),
+            requests: shared(requests),
+            loads: shared(loads),
+            deployments: shared(deployments),
+        })
+    }
+
+    /// The same reads from the scheduler's mirror ([`crate::mirror`]): the documents of `names`
+    /// that [`SnapshotReads::fetch`]'s queries select.
+    pub(crate) fn from_mirror(c: &crate::mirror::Collections, names: &[String]) -> SnapshotReads {
+        let held: HashSet<&str> = names.iter().map(String::as_str).collect();
+        let window = now_ms() - CRASH_LOOP_WINDOW.as_millis() as i64;
+        let of_held = |collection: &str, keep: &dyn Fn(&Document) -> bool| -> Vec<Arc<Document>> {
+            c.get(collection)
+                .into_iter()
+                .flat_map(HashMap::values)
+                .filter(|d| d.get_str("group").is_ok_and(|g| held.contains(g)) && keep(d))
+                .cloned()
+                .collect()
+        };
+        SnapshotReads {
+            instances: of_held(INSTANCES, &|d| d.contains_key("state")),
+            states: c
+                .get(GROUP_STATE)
+                .into_iter()
+                .flat_map(HashMap::values)
+                .filter(|d| d.get_str("_id").is_ok_and(|g| held.contains(g)))
+                .cloned()
+                .collect(),
+            strays: of_held(STRAYS, &|_| true),
+            nodes: c
+                .get(NODES)
+                .into_iter()
+                .flat_map(HashMap::values)
+                .cloned()
+                .collect(),
+            crashes: of_held(CRASHES, &|d| d.get_i64("atMs").is_ok_and(|at| at > window)),
+            requests: of_held(INSTANCE_REQUESTS, &|_| true),
+            loads: of_held(INSTANCE_LOAD, &|_| true),
+            deployments: of_held(deployments::DEPLOYMENTS, &|d| {
+                d.get_str("state") == Ok("ROLLING")
+            }),
+        }
+    }
+
+    pub(super) fn empty() -> SnapshotReads {
+        SnapshotReads {
+            instances: Vec::new(),
+            states: Vec::new(),
+            strays: Vec::new(),
+            nodes: Vec::new(),
+            crashes: Vec::new(),
+            requests: Vec::new(),
+            loads: Vec::new(),
+            deployments: Vec::new(),
+        }
+    }
+
+    /// The snapshot of `names`, which must be among the groups the reads were made for.
+    pub(crate) fn assemble(
+        self,
+        names: &[String],
+        all_groups: &crate::reconciler::GroupMap,
+    ) -> Snapshot {
+        if names.is_empty() {
+            return Snapshot::default();
+        }
+        let held: HashSet<&str> = names.iter().map(String::as_str).collect();
+        let mine = |docs: Vec<Arc<Document>>, key: &str| -> Vec<Arc<Document>> {
+            docs.into_iter()
+                .filter(|d| d.get_str(key).is_ok_and(|g| held.contains(g)))
+                .collect()
+        };
+        let mut crash_times: HashMap<String, Vec<i64>> = HashMap::new();
+        for crash in mine(self.crashes, "group") {
+            if let (Ok(group), Ok(at)) = (crash.get_str("group"), crash.get_i64("atMs")) {
+                crash_times.entry(group.to_string()).or_default().push(at);
+            }
+        }
+        Snapshot {
+            groups: names
+                .iter()
+                .filter_map(|n| Some((n.clone(), all_groups.get(n)?.clone())))
+                .collect(),
+            instances: by_group(mine(self.instances, "group")),
+            states: by_id(mine(self.states, "_id")),
+            strays: by_group(mine(self.strays, "group")),
+            nodes: by_id(self.nodes),
+            crashes: crash_times,
+            requests: by_group(mine(self.requests, "group")),
+            players: mine(self.loads, "group")
+                .into_iter()
+                .filter_map(|l| {
+                    let players = l.get_array("playerNames").map_or(0, Vec::len) as u64;
+                    Some((l.get_str("_id").ok()?.to_string(), players))
+                })
+                .collect(),
+            deployments: mine(self.deployments, "group")
+                .into_iter()
+                .filter_map(|d| Some((d.get_str("group").ok()?.to_string(), d)))
+                .collect(),
+        }
+    }
+}
+
+pub(super) fn by_group(docs: Vec<Arc<Document>>) -> HashMap<String, Vec<Arc<Document>>> {
+    let mut grouped: HashMap<String, Vec<Arc<Document>>> = HashMap::new();
+    for doc in docs {
+        if let Ok(group) = doc.get_str("group") {
+            grouped.entry(group.to_string()).or_default().push(doc);
+        }
+    }
+    grouped
+}
+
+pub(super) fn by_id(docs: Vec<Arc<Document>>) -> HashMap<String, Arc<Document>> {
+    docs.into_iter()
+        .filter_map(|d| Some((d.get_str("_id").ok()?.to_string(), d)))
+        .collect()
+}
