@@ -9,20 +9,14 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use prexor_client::{API_PREFIX, Body, Client, GroupSpec, Method};
+use serde_json::json;
 
 use crate::Servers;
-use crate::procs::{Proc, Scratch, binary};
+use crate::procs::{Proc, Scratch, binary, print_rss, ready, replica};
 use crate::report::{Metric, Samples};
 
 const COLD_STARTS: usize = 7;
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .build()
-        .expect("HTTP client")
-}
 
 /// Runs `prexor-api bootstrap-admin` with `api`'s configuration; the admin password.
 pub(crate) fn bootstrap(api: &Proc, dir: &std::path::Path) -> anyhow::Result<String> {
@@ -41,44 +35,41 @@ pub(crate) fn bootstrap(api: &Proc, dir: &std::path::Path) -> anyhow::Result<Str
     Ok(std::fs::read_to_string(file)?)
 }
 
-pub(crate) async fn login(
-    client: &reqwest::Client,
-    api: &Proc,
-    password: &str,
-) -> anyhow::Result<String> {
-    let reply: Value = client
-        .post(format!("http://127.0.0.1:{}/api/v1/auth/login", api.http))
-        .json(&json!({ "username": "admin", "password": password }))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    Ok(reply["token"].as_str().unwrap_or_default().to_owned())
+/// A REST client for `api`, signed in as the admin.
+pub(crate) async fn login(api: &Proc, password: &str) -> anyhow::Result<Client> {
+    let client = Client::builder(&api.http).build()?;
+    let session = client.login("admin", password).await?;
+    Ok(client.with_token(Some(session.token)))
+}
+
+/// A MANUAL group of the fake server that never starts anything by itself.
+fn idle_spec() -> anyhow::Result<GroupSpec> {
+    Ok(serde_json::from_value(json!({
+        "platform": "fake", "version": "1", "command": ["true"], "memoryMb": 64,
+        "portRange": { "from": 40000, "to": 40009 }, "minInstances": 0, "maxInstances": 1,
+        "scaling": "MANUAL",
+    }))?)
 }
 
 pub async fn run(servers: &Servers, n: usize) -> anyhow::Result<()> {
     let dir = Scratch::new("api")?;
-    let client = http();
-    let a = Proc::service(servers, &dir.0, "api", "api-a", "", &[]).await?;
-    let b = Proc::service(servers, &dir.0, "api", "api-b", "", &[]).await?;
+    let a = ready(replica(servers, &dir.0, "api", "api-a", "")?).await?;
+    let b = ready(replica(servers, &dir.0, "api", "api-b", "")?).await?;
     let password = bootstrap(&a, &dir.0)?;
-    let token = login(&client, &a, &password).await?;
+    let admin = login(&a, &password).await?;
+    let token = admin.token().unwrap_or_default().to_owned();
 
     // Cold start.
     let mut starts = Vec::new();
     for i in 0..COLD_STARTS {
         let started = Instant::now();
-        let mut cold =
-            Proc::spawn_service(servers, &dir.0, "api", &format!("api-cold-{i}"), "", &[])?;
-        let url = format!("http://127.0.0.1:{}/api/v1/system/status", cold.http);
+        let mut cold = replica(servers, &dir.0, "api", &format!("api-cold-{i}"), "")?.start()?;
+        let on_cold = admin.with_controller(&cold.http)?;
         loop {
-            let ok = client
-                .get(&url)
-                .bearer_auth(&token)
-                .send()
+            let ok = on_cold
+                .status_of(Method::GET, "/system/status", Body::Empty)
                 .await
-                .is_ok_and(|r| r.status().is_success());
+                .is_ok_and(|status| (200..300).contains(&status));
             if ok {
                 break;
             }
@@ -103,43 +94,25 @@ pub async fn run(servers: &Servers, n: usize) -> anyhow::Result<()> {
 
     // Event latency, cross-replica.
     let floors = crate::stack::run(servers, n).await?;
-    let mut events = client
-        .get(format!(
-            "http://127.0.0.1:{}/api/v1/events?types=GROUP_CREATED",
-            b.http
-        ))
-        .bearer_auth(&token)
-        .header("accept", "text/event-stream")
-        .send()
-        .await?
-        .error_for_status()?;
-    let spec = json!({
-        "platform": "fake", "version": "1", "command": ["true"], "memoryMb": 64,
-        "portRange": { "from": 40000, "to": 40009 }, "minInstances": 0, "maxInstances": 1,
-        "scaling": "MANUAL",
-    });
-    let create_url = format!("http://127.0.0.1:{}/api/v1/groups", a.http);
-    let mut buffer = String::new();
+    let mut events = admin
+        .with_controller(&b.http)?
+        .events("/events?types=GROUP_CREATED", None)
+        .await?;
+    let spec = idle_spec()?;
     let mut timings = Vec::with_capacity(n);
     for i in 0..n + n / 10 {
         let name = format!("bench-{i}");
         let started = Instant::now();
-        client
-            .post(&create_url)
-            .bearer_auth(&token)
-            .json(&json!({ "name": name, "spec": spec }))
-            .send()
-            .await?
-            .error_for_status()?;
-        let needle = format!("\"subject\":\"{name}\"");
-        while !buffer.contains(&needle) {
-            let chunk = tokio::time::timeout(Duration::from_secs(10), events.chunk())
+        admin.create_group(&name, &spec).await?;
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(10), events.next())
                 .await
                 .map_err(|_| anyhow::anyhow!("no GROUP_CREATED for {name} within 10 s"))??
                 .ok_or_else(|| anyhow::anyhow!("the event stream ended"))?;
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            if event.json::<serde_json::Value>()?["subject"] == name.as_str() {
+                break;
+            }
         }
-        buffer.clear();
         // The first tenth warms up and is not recorded.
         if i >= n / 10 {
             timings.push(started.elapsed().as_secs_f64() * 1000.0);
@@ -162,10 +135,7 @@ pub async fn run(servers: &Servers, n: usize) -> anyhow::Result<()> {
     .print();
 
     // GET /groups under wrk.
-    match wrk(
-        &format!("http://127.0.0.1:{}/api/v1/groups?bench", a.http),
-        &token,
-    ) {
+    match wrk(&format!("{}{API_PREFIX}/groups?bench", a.http), &token) {
         Ok((rps, p99)) => {
             Metric {
                 name: "authenticated GET /groups throughput (wrk, 2 threads, 32 connections)"
@@ -180,7 +150,8 @@ pub async fn run(servers: &Servers, n: usize) -> anyhow::Result<()> {
         }
         Err(err) => eprintln!("GET /groups throughput not measured: {err:#}"),
     }
-    a.print_rss(
+    print_rss(
+        &a,
         "api RSS after the GET /groups load",
         "PrexorCloud sizes ~1 GiB heap + 1 MiB per instance per controller",
     )?;

@@ -9,7 +9,7 @@ use prexor_proto::v1::SignNodeCsrRequest;
 use prexor_proto::v1::ca_signer_client::CaSignerClient;
 
 use crate::Servers;
-use crate::procs::{Proc, Scratch};
+use crate::procs::{Scratch, ready, replica};
 use crate::report::{Metric, Samples};
 
 pub async fn run(servers: &Servers, n: usize) -> anyhow::Result<()> {
@@ -40,20 +40,18 @@ pub async fn run(servers: &Servers, n: usize) -> anyhow::Result<()> {
     Metric::floor("ca_sign_in_process_p95", in_process.percentile(95.0)).print();
 
     let dir = Scratch::new("ca")?;
-    let ca = Proc::service(
-        servers,
-        &dir.0,
-        "ca",
-        "ca-bench",
-        &format!("[ca]\ndataDir = \"{}\"\n", dir.0.display()),
-        &["--bootstrap"],
-    )
-    .await?;
+    let data = format!("[ca]\ndataDir = \"{}\"\n", dir.0.display());
+    let ca =
+        ready(replica(servers, &dir.0, "ca", "ca-bench", &data)?.args(&["--bootstrap"])).await?;
     let channel = servers
         .internal()
         .await?
         .peers
-        .get(&format!("127.0.0.1:{}", ca.grpc))
+        .get(
+            ca.grpc
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("no internal gRPC port"))?,
+        )
         .map_err(anyhow::Error::msg)?;
     let client = CaSignerClient::new(channel);
     let signing = Samples::measure(n, |i| {

@@ -19,7 +19,7 @@ use prexor_store::Store;
 use tonic::transport::Channel;
 
 use crate::Servers;
-use crate::procs::{NodeFleet, Proc, Scratch, binary};
+use crate::procs::{NodeFleet, Proc, READY_WITHIN, Scratch, binary, print_rss};
 use crate::report::{Metric, Samples};
 
 const NODE: &str = "bench-node";
@@ -27,7 +27,12 @@ const NODE: &str = "bench-node";
 fn client(internal: &InternalTls, gateway: &Proc) -> anyhow::Result<NodeCommandsClient<Channel>> {
     let channel = internal
         .peers
-        .get(&format!("127.0.0.1:{}", gateway.grpc))
+        .get(
+            gateway
+                .grpc
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("no internal gRPC port"))?,
+        )
         .map_err(anyhow::Error::msg)?;
     Ok(NodeCommandsClient::new(channel))
 }
@@ -147,7 +152,8 @@ pub async fn run(servers: &Servers, n: usize, kills: usize) -> anyhow::Result<()
     .print();
 
     for gateway in gateways.iter() {
-        gateway.print_rss(
+        print_rss(
+            gateway,
             &format!("{} RSS with one node session", gateway.name),
             "PrexorCloud sizes ~1 GiB heap + 1 MiB per instance per controller",
         )?;
@@ -162,7 +168,7 @@ pub async fn run(servers: &Servers, n: usize, kills: usize) -> anyhow::Result<()
         gateways[index].kill();
         wait_owner(&store, Some((before.as_str(), token))).await?;
         times.push(killed_at.elapsed().as_secs_f64() * 1000.0);
-        gateways[index].restart().await?;
+        gateways[index].restart(READY_WITHIN).await?;
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];

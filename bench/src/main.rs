@@ -134,7 +134,7 @@ impl Servers {
             namespace: self.namespace.clone(),
             ttl: std::time::Duration::from_secs(15),
         };
-        prexor_pki::internal::InternalTls::enrol(&store, registry, "api", "bench-client")
+        prexor_testkit::enrol_internal_tls(&store, registry, "api", "bench-client")
             .await
             .map_err(anyhow::Error::msg)
     }

@@ -13,11 +13,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{Document, doc};
+use prexor_client::{GroupSpec, NewDeployment};
 use prexor_testkit::eventually;
 use serde_json::{Value, json};
 
 use crate::Servers;
-use crate::procs::{NodeFleet, Proc, Scratch, binary};
+use crate::procs::{NodeFleet, Proc, Scratch, binary, ready, replica};
 use crate::report::Metric;
 
 const NODE: &str = "conflict-node";
@@ -37,43 +38,21 @@ pub async fn conflict(servers: &Servers, rounds: usize, freeze: Duration) -> any
     )
     .await?;
     let (gateways, daemon) = (&fleet.gateways, &fleet.daemon);
-    let api = Proc::service(servers, &dir.0, "api", "api-conflict", "", &[]).await?;
+    let api = ready(replica(servers, &dir.0, "api", "api-conflict", "")?).await?;
     let schedulers = [
-        Proc::service(servers, &dir.0, "scheduler", "conflict-a", "", &[]).await?,
-        Proc::service(servers, &dir.0, "scheduler", "conflict-b", "", &[]).await?,
+        ready(replica(servers, &dir.0, "scheduler", "conflict-a", "")?).await?,
+        ready(replica(servers, &dir.0, "scheduler", "conflict-b", "")?).await?,
     ];
-    let client = reqwest::Client::new();
     let password = crate::api::bootstrap(&api, &dir.0)?;
-    let token = crate::api::login(&client, &api, &password).await?;
-    let base = format!("http://127.0.0.1:{}/api/v1", api.http);
-    let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
-        let mut request = client
-            .request(method, format!("{base}{path}"))
-            .bearer_auth(&token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        async move {
-            let response = request.send().await?;
-            let status = response.status();
-            let body: Value = response.json().await.unwrap_or(Value::Null);
-            anyhow::ensure!(status.is_success(), "{status}: {body}");
-            anyhow::Ok(body)
-        }
-    };
+    let client = crate::api::login(&api, &password).await?;
     let from = prexor_testkit::free_port();
-    let spec = json!({
+    let spec: GroupSpec = serde_json::from_value(json!({
         "platform": "fake", "version": "1",
         "command": [binary("prexor-fakeserver")?.display().to_string(), "--port", "{port}"],
         "memoryMb": 64, "portRange": { "from": from, "to": from + 19 },
         "minInstances": INSTANCES, "maxInstances": INSTANCES, "scaling": "STATIC",
-    });
-    call(
-        reqwest::Method::POST,
-        "/groups",
-        Some(json!({ "name": "conflict", "spec": spec })),
-    )
-    .await?;
+    }))?;
+    client.create_group("conflict", &spec).await?;
     let instances = store.documents("instances");
     eventually("the group RUNNING", Duration::from_secs(120), async || {
         let running = instances
@@ -88,15 +67,14 @@ pub async fn conflict(servers: &Servers, rounds: usize, freeze: Duration) -> any
     let mut rollouts = Vec::new();
     for round in 1..=rounds {
         let mut next = spec.clone();
-        next["env"] = json!({ "VERSION": round.to_string() });
+        next.env = BTreeMap::from([("VERSION".to_owned(), round.to_string())]);
         let started = Instant::now();
-        let deployment = call(
-            reqwest::Method::POST,
-            "/groups/conflict/deployments",
-            Some(json!({ "spec": next, "batchSize": 1, "maxUnavailable": 1 })),
-        )
-        .await?;
-        let id = deployment["id"].as_str().unwrap_or_default().to_owned();
+        let new = NewDeployment {
+            spec: Some(next),
+            batch_size: 1,
+            max_unavailable: 1,
+        };
+        let id = client.create_deployment("conflict", &new).await?.id;
         let holder = holder(&schedulers).await?;
         schedulers[holder].signal(libc::SIGSTOP);
         std::fs::write(&conflict, b"")?;
@@ -108,8 +86,8 @@ pub async fn conflict(servers: &Servers, rounds: usize, freeze: Duration) -> any
             prexor_testkit::signal(frozen, libc::SIGCONT);
         });
         eventually("the rollout DONE", Duration::from_secs(300), async || {
-            let shown = call(reqwest::Method::GET, &format!("/deployments/{id}"), None).await?;
-            Ok((shown["state"] == "DONE").then_some(()))
+            let shown = client.deployment(&id).await?;
+            Ok((shown.state == "DONE").then_some(()))
         })
         .await?;
         thaw.await?;

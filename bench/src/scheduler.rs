@@ -13,7 +13,7 @@ use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 
 use crate::Servers;
-use crate::procs::{Proc, Scratch, metric};
+use crate::procs::{Proc, READY_WITHIN, Scratch, metric, print_rss, ready, replica};
 use crate::report::Metric;
 
 /// One value of a metric without labels from a Prometheus text page.
@@ -54,7 +54,7 @@ pub async fn run(servers: &Servers, sizes: &[usize], ticks: usize) -> anyhow::Re
             instances.insert_many(chunk.to_vec()).await?;
         }
         let id = format!("scheduler-bench-{size}");
-        let scheduler = Proc::service(servers, &dir.0, "scheduler", &id, "", &[]).await?;
+        let scheduler = ready(replica(servers, &dir.0, "scheduler", &id, "")?).await?;
 
         // Steady state: every scope held, nothing acquired any more.
         let deadline = Instant::now() + Duration::from_secs(600);
@@ -97,7 +97,8 @@ pub async fn run(servers: &Servers, sizes: &[usize], ticks: usize) -> anyhow::Re
             m.target = target.map(|t| format!("{t}; {} ticks", samples.len()));
             m.print();
         }
-        scheduler.print_rss(
+        print_rss(
+            &scheduler,
             &format!("scheduler RSS at {size} groups / {size} instances"),
             "PrexorCloud sizes ~1 GiB heap + 1 MiB per instance per controller",
         )?;
@@ -172,8 +173,8 @@ pub async fn placements(servers: &Servers, groups: usize, per_group: usize) -> a
     db.collection::<Document>("groups")
         .insert_many(docs)
         .await?;
-    let _a = Proc::service(servers, &dir.0, "scheduler", "place-a", "", &[]).await?;
-    let _b = Proc::service(servers, &dir.0, "scheduler", "place-b", "", &[]).await?;
+    let _a = ready(replica(servers, &dir.0, "scheduler", "place-a", "")?).await?;
+    let _b = ready(replica(servers, &dir.0, "scheduler", "place-b", "")?).await?;
     let total = (groups * per_group) as u64;
     let instances = db.collection::<Document>("instances");
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -264,8 +265,8 @@ pub async fn failover(servers: &Servers, rounds: usize) -> anyhow::Result<()> {
         .await?;
     let scope = "group:fo";
     let mut replicas = vec![
-        Proc::service(servers, &dir.0, "scheduler", "fo-a", "", &[]).await?,
-        Proc::service(servers, &dir.0, "scheduler", "fo-b", "", &[]).await?,
+        ready(replica(servers, &dir.0, "scheduler", "fo-a", "")?).await?,
+        ready(replica(servers, &dir.0, "scheduler", "fo-b", "")?).await?,
     ];
     let (mut kills, mut terms) = (Vec::new(), Vec::new());
     for round in 0..rounds * 2 {
@@ -283,10 +284,11 @@ pub async fn failover(servers: &Servers, rounds: usize) -> anyhow::Result<()> {
             replicas[holder].kill();
             kills.push(raised(&db, scope, before, started).await?);
         } else {
-            replicas[holder].terminate();
+            replicas[holder].sigterm();
+            replicas[holder].wait_exit(READY_WITHIN).await?;
             terms.push(raised(&db, scope, before, started).await?);
         }
-        replicas[holder].restart().await?;
+        replicas[holder].restart(READY_WITHIN).await?;
     }
     for (name, samples) in [
         ("group takeover after SIGKILL of its holder", kills),

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use crate::Servers;
-use crate::procs::{Proc, Scratch};
+use crate::procs::{Scratch, ready, replica};
 use crate::report::Metric;
 
 fn mib(name: &str, value: f64, target: &str) -> Metric {
@@ -48,34 +48,20 @@ fn layer(megabytes: usize) -> anyhow::Result<Vec<u8>> {
 
 pub async fn run(servers: &Servers, megabytes: usize) -> anyhow::Result<()> {
     let dir = Scratch::new("uploads")?;
-    let api = Proc::service(servers, &dir.0, "api", "api-uploads", "", &[]).await?;
+    let api = ready(replica(servers, &dir.0, "api", "api-uploads", "")?).await?;
     let password = crate::api::bootstrap(&api, &dir.0)?;
-    let client = reqwest::Client::new();
-    let token = crate::api::login(&client, &api, &password).await?;
+    let client = crate::api::login(&api, &password).await?;
     let body = layer(megabytes)?;
-    let base = format!("http://127.0.0.1:{}/api/v1/templates/bench", api.http);
     let before = api.peak_rss_mib()?;
 
     let started = Instant::now();
-    client
-        .put(&base)
-        .bearer_auth(&token)
-        .header("content-type", "application/gzip")
-        .body(body.clone())
-        .send()
-        .await?
-        .error_for_status()?;
+    let _: serde_json::Value = client.put_bytes("/templates/bench", body.clone()).await?;
     let up = started.elapsed().as_secs_f64();
     let after_upload = api.peak_rss_mib()?;
 
     let started = Instant::now();
     let back = client
-        .get(format!("{base}/versions/1/content"))
-        .bearer_auth(&token)
-        .send()
-        .await?
-        .error_for_status()?
-        .bytes()
+        .get_bytes("/templates/bench/versions/1/content")
         .await?;
     let down = started.elapsed().as_secs_f64();
     anyhow::ensure!(back[..] == body[..], "the layer came back altered");

@@ -2,7 +2,6 @@
 //! `$PREXORCTL_CONFIG` or `~/.config/prexorctl/config.json` (mode 0600: it holds tokens).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -55,24 +54,10 @@ impl Config {
     }
 
     pub fn save(&self) -> anyhow::Result<()> {
+        // It holds tokens: readable by its owner only, and never half-written.
         let path = path()?;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let tmp = path.with_extension("json.tmp");
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .with_context(|| format!("writing {}", tmp.display()))?;
-            file.write_all(serde_json::to_string_pretty(self)?.as_bytes())?;
-            file.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+        prexor_pki::write_private(&path, serde_json::to_string_pretty(self)?.as_bytes())?;
+        Ok(())
     }
 
     /// The context named `name`, or the current one.

@@ -1,6 +1,5 @@
 //! `prexorctl`: the PrexorCloud command line.
 
-mod client;
 mod commands;
 mod contexts;
 mod render;
@@ -12,6 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use prexor_client::{Client, Trust};
 
 #[derive(Debug, Parser)]
 #[command(name = "prexorctl", version = prexor_version(), about = "Operate a PrexorCloud cluster")]
@@ -130,7 +130,7 @@ enum Command {
     /// The audit log, newest first.
     Audit {
         #[arg(long, default_value_t = 50)]
-        limit: u32,
+        limit: usize,
     },
     /// Follow domain events from any replica.
     Events {
@@ -163,7 +163,7 @@ const fn prexor_version() -> &'static str {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The one TLS crypto provider compiled in (ring), for every client built without one
-    // (reqwest, Valkey over TLS in setup).
+    // (the REST client's reqwest, Valkey over TLS in setup).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -191,7 +191,7 @@ fn main() -> ExitCode {
             .token
             .clone()
             .or_else(|| context.as_ref().and_then(|c| c.token.clone()));
-        let trust = client::Trust {
+        let trust = Trust {
             ca_pem: match &cli.ca_file {
                 Some(file) => Some(
                     std::fs::read_to_string(file)
@@ -209,7 +209,7 @@ fn main() -> ExitCode {
         } = &cli.command
         {
             // A new sign-in chooses its CA itself (the context's may be another cluster's).
-            let trust = client::Trust {
+            let trust = Trust {
                 ca_pem: trust.ca_pem.filter(|_| cli.ca_file.is_some()),
                 ..trust
             };
@@ -223,7 +223,7 @@ fn main() -> ExitCode {
             )
             .await;
         }
-        let client = client::Client::new(&controller, token, &trust)?;
+        let client = connect(&controller, token, &trust)?;
         match cli.command {
             Command::Login { .. } => unreachable!("handled above"),
             Command::Logout => session::logout(&client, cli.context.as_deref()).await,
@@ -274,7 +274,41 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
+            if let Some(hint) = hint(&err) {
+                eprintln!("{hint}");
+            }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A client for `controller`, with what is wrong said in the command line's terms.
+pub(crate) fn connect(
+    controller: &str,
+    token: Option<String>,
+    trust: &Trust,
+) -> anyhow::Result<Client> {
+    if controller.starts_with("https://") && trust.insecure {
+        eprintln!(
+            "warning: --insecure-skip-verify: the controller's certificate is not checked; anyone on the path can read and change this session"
+        );
+    }
+    Client::new(controller, token, trust).map_err(|err| match err {
+        prexor_client::Error::BadUrl { url } => anyhow::anyhow!(
+            "--controller {url:?} must be an http:// or https:// URL, e.g. https://controller-1:8080"
+        ),
+        prexor_client::Error::NoTrustedCa { base } => anyhow::anyhow!(
+            "no CA to check {base} against: sign in with `prexorctl login --controller {base}` (it shows the cluster CA's fingerprint and keeps the CA), or pass --ca-file"
+        ),
+        err => err.into(),
+    })
+}
+
+/// What to do about a failed call of the api.
+fn hint(err: &anyhow::Error) -> Option<&'static str> {
+    match err.downcast_ref::<prexor_client::Error>()? {
+        prexor_client::Error::Unreachable { .. } => Some("check --controller or PREXOR_CONTROLLER"),
+        refused if refused.status_code() == Some(401) => Some("sign in with `prexorctl login`"),
+        _ => None,
     }
 }

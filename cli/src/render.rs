@@ -1,6 +1,7 @@
 //! Printing API answers: tables by default, `-o json` / `-o yaml` for scripts.
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::Output;
@@ -35,7 +36,7 @@ fn time_cell(value: Option<&Value>) -> String {
     }
 }
 
-fn structured(value: &Value, output: Output) -> anyhow::Result<bool> {
+fn structured(value: &(impl Serialize + ?Sized), output: Output) -> anyhow::Result<bool> {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
         Output::Yaml => print!("{}", serde_norway::to_string(value)?),
@@ -45,11 +46,18 @@ fn structured(value: &Value, output: Output) -> anyhow::Result<bool> {
 }
 
 /// A list of objects as a table with `columns`.
-pub fn list(value: &Value, columns: &[Column], output: Output) -> anyhow::Result<()> {
+pub fn list(
+    value: &(impl Serialize + ?Sized),
+    columns: &[Column],
+    output: Output,
+) -> anyhow::Result<()> {
     if structured(value, output)? {
         return Ok(());
     }
-    let rows = value.as_array().cloned().unwrap_or_default();
+    let rows = serde_json::to_value(value)?
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if rows.is_empty() {
         println!("(none)");
         return Ok(());
@@ -72,10 +80,11 @@ pub fn list(value: &Value, columns: &[Column], output: Output) -> anyhow::Result
 }
 
 /// One object as a two-column table (nested objects flattened to `key=value`).
-pub fn object(value: &Value, output: Output) -> anyhow::Result<()> {
+pub fn object(value: &(impl Serialize + ?Sized), output: Output) -> anyhow::Result<()> {
     if structured(value, output)? {
         return Ok(());
     }
+    let value = &serde_json::to_value(value)?;
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
     match value.as_object() {
@@ -93,7 +102,11 @@ pub fn object(value: &Value, output: Output) -> anyhow::Result<()> {
 }
 
 /// A short confirmation, or the answer itself for scripts.
-pub fn done(value: &Value, message: &str, output: Output) -> anyhow::Result<()> {
+pub fn done(
+    value: &(impl Serialize + ?Sized),
+    message: &str,
+    output: Output,
+) -> anyhow::Result<()> {
     if !structured(value, output)? {
         println!("{message}");
     }

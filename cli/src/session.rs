@@ -4,17 +4,9 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context as _, bail};
-use serde::Deserialize;
+use prexor_client::{Client, Trust};
 
-use crate::client::{Client, Trust};
 use crate::contexts::{Config, Context};
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Session {
-    token: String,
-    expires_at_ms: i64,
-}
 
 /// Reads a password: from stdin when asked to (scripts), else prompted without echo.
 fn read_password(from_stdin: bool) -> anyhow::Result<String> {
@@ -104,14 +96,8 @@ pub async fn login(
     if password.is_empty() {
         bail!("no password given");
     }
-    let client = Client::new(controller, None, &trust)?;
-    let session: Session = client
-        .send(
-            reqwest::Method::POST,
-            "/auth/login",
-            serde_json::json!({ "username": user, "password": password }),
-        )
-        .await?;
+    let client = crate::connect(controller, None, &trust)?;
+    let session = client.login(user, &password).await?;
     let mut config = Config::load()?;
     config.contexts.insert(
         name.to_owned(),
@@ -145,15 +131,12 @@ pub async fn logout(client: &Client, context: Option<&str>) -> anyhow::Result<Ex
         .map(str::to_owned)
         .or_else(|| config.current.clone())
         .context("no context to log out of")?;
-    let ended: anyhow::Result<serde_json::Value> = client
-        .send(reqwest::Method::POST, "/auth/logout", serde_json::json!({}))
-        .await;
-    match ended {
-        Ok(_) => {}
+    match client.logout().await {
+        Ok(()) => {}
         // The session already ended on the server (expired, revoked, its user disabled): there
         // is nothing left to revoke, and the context still has to forget it.
-        Err(err) if crate::client::refused_with(&err) == Some(401) => {}
-        Err(err) => return Err(err),
+        Err(err) if err.status_code() == Some(401) => {}
+        Err(err) => return Err(err.into()),
     }
     if let Some(ctx) = config.contexts.get_mut(&name) {
         ctx.token = None;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{ArgAction, Args, ValueEnum};
 use prexor_coord::{LeaseBackend, ValkeyBackend, ValkeyTls};
-use prexor_pki::records::JoinToken;
+use prexor_pki::JoinToken;
 use prexor_store::Store;
 
 /// How long setup waits for either store before saying it is unreachable.
@@ -301,7 +301,7 @@ async fn controller(args: &SetupArgs) -> anyhow::Result<Plan> {
                 existing.id
             );
         }
-        let ca = prexor_pki::records::published_ca(&store)
+        let ca = prexor_model::pki::published_ca(&store)
             .await
             .with_context(|| format!("MongoDB at {mongo_shown}: reading the cluster CA"))?
             .with_context(|| {

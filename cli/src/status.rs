@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::Output;
-use crate::client::Client;
+use prexor_client::Client;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prexor_domain::now_secs;
-use prexor_pki::records::JoinToken;
+use prexor_pki::JoinToken;
 use prexor_pki::tls::{connect, daemon_client, enrolment_client};
 use prexor_pki::{CertInfo, Identity, KeyAndCsr, ServiceNames, pem_to_der, write_private};
 use prexor_proto::v1::node_enrolment_client::NodeEnrolmentClient;

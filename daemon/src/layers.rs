@@ -245,15 +245,12 @@ pub fn unpack(
     let summary = prexor_archive::unpack(std::io::BufReader::new(file), dest, &limits, |size| {
         budget.room(dest, size)
     })
-    .map_err(|problem| {
-        if problem.contains("unpacks to more than") {
-            format!(
-                "{problem}: an instance's layers may unpack to at most {} MiB (daemon.instanceDiskMb)",
-                budget.instance_bytes / 1024 / 1024
-            )
-        } else {
-            problem
-        }
+    .map_err(|problem| match problem {
+        prexor_archive::ArchiveError::TooLarge { .. } => format!(
+            "{problem}: an instance's layers may unpack to at most {} MiB (daemon.instanceDiskMb)",
+            budget.instance_bytes / 1024 / 1024
+        ),
+        other => other.to_string(),
     })?;
     Ok(summary.unpacked_bytes)
 }

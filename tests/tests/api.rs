@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use mongodb::bson::Document;
 use prexor_acceptance::{
-    Cluster, Fleet, Rest, group_spec, nodes, reported_state, running, stop_all, tar_gz, wait_doc,
+    Cluster, Rest, find_doc, group_spec, reported_state, running, stop_all, system, tar_gz,
+    wait_doc,
 };
 use serde_json::{Value, json};
 
@@ -310,25 +311,15 @@ async fn two_api_replicas_share_sessions_events_and_lockouts() {
 }
 
 async fn instance_doc(cluster: &Cluster, id: &str) -> anyhow::Result<Document> {
-    cluster
-        .stores
-        .mongo()
-        .await?
-        .collection::<Document>("instances")
-        .find_one(mongodb::bson::doc! { "_id": id })
+    find_doc(cluster, "instances", id)
         .await?
         .context("instance")
 }
 
 async fn operator_actions(cluster: &Cluster) -> anyhow::Result<()> {
-    let mut fleet: Fleet = nodes(cluster, &["node-1"]).await?;
-    let password = cluster.bootstrap_admin("admin")?;
-    let mut api = cluster.service("api", "api-1", "")?;
-    let mut scheduler = cluster.service("scheduler", "scheduler-1", "")?;
-    api.wait_ready(READY_WITHIN).await?;
-    scheduler.wait_ready(READY_WITHIN).await?;
-    let rest: Rest = api.rest(&api.login("admin", &password).await?);
-    let api_url = api.http.clone();
+    let system = system(cluster, &["node-1"], 1).await?;
+    let rest = system.rest.clone();
+    let api_url = system.api.http.clone();
 
     let (status, body) = rest
         .post("/groups", json!({ "name": "hub", "spec": group_spec(1)? }))
@@ -364,7 +355,7 @@ async fn operator_actions(cluster: &Cluster) -> anyhow::Result<()> {
     // prexorctl does the same through the API.
     let ctl = |args: &[&str]| -> anyhow::Result<String> {
         let output = std::process::Command::new(prexor_acceptance::binary("prexorctl")?)
-            .args(["--controller", &api_url, "--token", &rest.token])
+            .args(["--controller", &api_url, "--token", rest.token()])
             .args(args)
             .env("PREXORCTL_CONFIG", cluster.dir.join("prexorctl.json"))
             .output()?;
@@ -453,8 +444,7 @@ async fn operator_actions(cluster: &Cluster) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    stop_all([&mut api], EXIT_WITHIN).await?;
-    fleet.stop_with(&mut scheduler).await
+    system.stop(0).await
 }
 
 #[tokio::test]
@@ -463,14 +453,19 @@ async fn operator_actions_through_the_api_reach_real_instances() {
     operator_actions(&cluster).await.unwrap();
 }
 
+/// Tells the api, as a server (`server` carries its instance token), which `players` are online;
+/// the count it answers.
+async fn players(server: &Rest, players: Value) -> anyhow::Result<Value> {
+    let (status, count) = server
+        .put("/workload/players", json!({ "players": players }))
+        .await?;
+    ensure!(status == 200, "{status} {count}");
+    Ok(count)
+}
+
 async fn dynamic_scaling(cluster: &Cluster) -> anyhow::Result<()> {
-    let mut fleet: Fleet = nodes(cluster, &["node-1"]).await?;
-    let password = cluster.bootstrap_admin("admin")?;
-    let mut api = cluster.service("api", "api-1", "")?;
-    let mut scheduler = cluster.service("scheduler", "scheduler-1", "")?;
-    api.wait_ready(READY_WITHIN).await?;
-    scheduler.wait_ready(READY_WITHIN).await?;
-    let rest: Rest = api.rest(&api.login("admin", &password).await?);
+    let system = system(cluster, &["node-1"], 1).await?;
+    let rest = system.rest.clone();
 
     let mut spec = group_spec(1)?;
     spec["scaling"] = json!("DYNAMIC");
@@ -502,10 +497,11 @@ async fn dynamic_scaling(cluster: &Cluster) -> anyhow::Result<()> {
     );
 
     // The server reports through the workload endpoints with its own token.
-    let server = api.rest(&token);
+    let server = system.api.rest(&token);
     let (status, _) = server.post("/workload/ready", json!({})).await?;
     ensure!(status == 204, "ready: {status}");
-    let (status, _) = api
+    let (status, _) = system
+        .api
         .rest(&format!("{token}x"))
         .post("/workload/ready", json!({}))
         .await?;
@@ -519,17 +515,12 @@ async fn dynamic_scaling(cluster: &Cluster) -> anyhow::Result<()> {
     ensure!(status == 200 && count["players"] == 1, "{status} {count}");
     // 8 of 10 players: at the 80 % mark, a second instance starts.
     let eight: Vec<String> = (0..8).map(|i| format!("player{i}")).collect();
-    let (status, count) = server
-        .put("/workload/players", json!({ "players": eight }))
-        .await?;
-    ensure!(status == 200 && count["players"] == 8, "{status} {count}");
+    let count = players(&server, json!(eight)).await?;
+    ensure!(count["players"] == 8, "{count}");
     running(cluster, &["arena-2"]).await?;
 
     // Everyone leaves: after the scale-down delay the emptiest instance goes, down to min.
-    let (status, _) = server
-        .put("/workload/players", json!({ "players": [] }))
-        .await?;
-    ensure!(status == 200, "{status}");
+    players(&server, json!([])).await?;
     wait_doc(
         cluster,
         "instances",
@@ -543,24 +534,13 @@ async fn dynamic_scaling(cluster: &Cluster) -> anyhow::Result<()> {
         one.get_str("state")? == "RUNNING" && reported_state(&one) == "RUNNING",
         "arena-1 keeps running: {one:?}"
     );
-    let state = cluster
-        .stores
-        .mongo()
-        .await?
-        .collection::<Document>("group_state")
-        .find_one(mongodb::bson::doc! { "_id": "arena" })
+    let state = find_doc(cluster, "group_state", "arena")
         .await?
         .context("group state")?;
     ensure!(state.get_i64("scaleTarget")? == 1, "{state:?}");
 
     // A node drain with players online: arena-1 DRAINS (still up) until they left, then stops.
-    let (status, _) = server
-        .put(
-            "/workload/players",
-            json!({ "players": ["alex", "sam", "kim"] }),
-        )
-        .await?;
-    ensure!(status == 200, "{status}");
+    players(&server, json!(["alex", "sam", "kim"])).await?;
     let (status, body) = rest.post("/nodes/node-1/drain", json!({})).await?;
     ensure!(status == 202, "{status} {body}");
     let draining = wait_doc(cluster, "instances", "arena-1", "DRAINING", |d| {
@@ -577,10 +557,7 @@ async fn dynamic_scaling(cluster: &Cluster) -> anyhow::Result<()> {
         status == 200 && shown["state"] == "DRAINING",
         "{status} {shown}"
     );
-    let (status, _) = server
-        .put("/workload/players", json!({ "players": [] }))
-        .await?;
-    ensure!(status == 200, "{status}");
+    players(&server, json!([])).await?;
     wait_doc(
         cluster,
         "instances",
@@ -590,8 +567,7 @@ async fn dynamic_scaling(cluster: &Cluster) -> anyhow::Result<()> {
     )
     .await?;
 
-    stop_all([&mut api], EXIT_WITHIN).await?;
-    fleet.stop_with(&mut scheduler).await
+    system.stop(0).await
 }
 
 #[tokio::test]

@@ -4,57 +4,37 @@
 //! the deposed holders still send is applied; a dry run changes nothing; a damaged archive and a
 //! backup of another cluster are refused.
 
-use std::io::Read;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use mongodb::bson::Document;
 use prexor_acceptance::{
-    Cluster, Operators, binary, fence_mark, group_spec, nodes, operators, process_journal, running,
-    stop_all, tar_gz, wait_doc,
+    Cluster, binary, create_group, fence_mark, group_spec, process_journal, running, system,
+    tar_gz, tar_gz_entries, tar_gz_mode, wait_doc,
 };
 use serde_json::{Value, json};
 
-const EXIT_WITHIN: Duration = Duration::from_secs(20);
-
 /// `archive` with its manifest's cluster id replaced (every hash still matches).
 fn foreign(archive: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::default(),
-    ));
-    for entry in tar.entries()? {
-        let mut entry = entry?;
-        let path = entry.path()?.to_string_lossy().into_owned();
-        let mut content = Vec::new();
-        entry.read_to_end(&mut content)?;
+    let mut files = tar_gz_entries(archive)?;
+    for (path, content) in &mut files {
         if path == "manifest.json" {
-            let mut manifest: Value = serde_json::from_slice(&content)?;
+            let mut manifest: Value = serde_json::from_slice(content)?;
             manifest["clusterId"] = json!("some-other-cluster");
-            content = manifest.to_string().into_bytes();
+            *content = manifest.to_string().into_bytes();
         }
-        let mut header = tar::Header::new_gnu();
-        header.set_size(content.len() as u64);
-        header.set_mode(0o600);
-        header.set_cksum();
-        builder.append_data(&mut header, &path, &content[..])?;
     }
-    Ok(builder.into_inner()?.finish()?)
+    tar_gz_mode(files, 0o600)
 }
 
 async fn backup_restore(cluster: &Cluster) -> anyhow::Result<()> {
-    let mut fleet = nodes(cluster, &["node-1"]).await?;
-    let Operators {
-        mut api,
-        mut schedulers,
-        rest,
-    } = operators(cluster, 2).await?;
-    let token = rest.token.clone();
+    let system = system(cluster, &["node-1"], 2).await?;
+    let rest = system.rest.clone();
+    let token = rest.token().to_owned();
     let ctl = |args: &[&str]| -> anyhow::Result<(bool, String)> {
         let output = Command::new(binary("prexorctl")?)
-            .args(["--controller", &api.http, "--token", &token])
+            .args(["--controller", &system.api.http, "--token", &token])
             .args(args)
             .env("PREXORCTL_CONFIG", cluster.dir.join("prexorctl.json"))
             .output()?;
@@ -69,13 +49,7 @@ async fn backup_restore(cluster: &Cluster) -> anyhow::Result<()> {
     };
 
     // The state to keep: a group of two, a template at version 1, a user.
-    let (status, body) = rest
-        .post(
-            "/groups",
-            json!({ "name": "lobby", "spec": group_spec(2)? }),
-        )
-        .await?;
-    ensure!(status == 201, "{status} {body}");
+    create_group(&rest, "lobby", group_spec(2)?).await?;
     let v1 = tar_gz(&[("server.properties", "motd=v1\n")])?;
     let (status, body) = rest.put_bytes("/templates/base", v1).await?;
     ensure!(status == 201 || status == 200, "{status} {body}");
@@ -106,13 +80,7 @@ async fn backup_restore(cluster: &Cluster) -> anyhow::Result<()> {
         )
         .await?;
     ensure!(status == 200, "{status} {body}");
-    let (status, body) = rest
-        .post(
-            "/groups",
-            json!({ "name": "extra", "spec": group_spec(1)? }),
-        )
-        .await?;
-    ensure!(status == 201, "{status} {body}");
+    create_group(&rest, "extra", group_spec(1)?).await?;
     let v2 = tar_gz(&[("server.properties", "motd=v2\n")])?;
     let (status, body) = rest.put_bytes("/templates/base", v2).await?;
     ensure!(status == 201 || status == 200, "{status} {body}");
@@ -237,11 +205,8 @@ async fn backup_restore(cluster: &Cluster) -> anyhow::Result<()> {
         "{listed}"
     );
 
-    prexor_acceptance::invariants(cluster, &["node-1"]).await?;
-    stop_all([&mut api], EXIT_WITHIN).await?;
-    let mut last = schedulers.pop().context("a scheduler")?;
-    stop_all(schedulers.iter_mut(), EXIT_WITHIN).await?;
-    fleet.stop_with(&mut last).await
+    let last = system.schedulers.len().saturating_sub(1);
+    system.finish(cluster, last).await
 }
 
 #[tokio::test]

@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use mongodb::bson::{Document, doc};
+use mongodb::bson::doc;
 use prexor_acceptance::{
-    Cluster, Operators, Proc, deploy, group_doc, holder_of, nodes, operators, running, stop_all,
-    wait_doc, with_version,
+    Cluster, Proc, create_group, deploy, find_docs, holder_of, running, spec_of, system, wait_doc,
+    with_version,
 };
 use serde_json::json;
 
@@ -19,15 +19,12 @@ const IDS: [&str; 4] = ["web-1", "web-2", "web-3", "web-4"];
 
 /// planHash of every instance RUNNING (also by report) the spec `hash`.
 async fn on_spec(cluster: &Cluster, hash: &str) -> anyhow::Result<HashMap<String, String>> {
-    let docs: Vec<Document> = cluster
-        .store()
-        .await?
-        .find_all(
-            "instances",
-            "test",
-            doc! { "group": "web", "specHash": hash, "state": "RUNNING", "reported.state": "RUNNING" },
-        )
-        .await?;
+    let docs = find_docs(
+        cluster,
+        "instances",
+        doc! { "group": "web", "specHash": hash, "state": "RUNNING", "reported.state": "RUNNING" },
+    )
+    .await?;
     Ok(docs
         .iter()
         .filter_map(|d| {
@@ -40,22 +37,10 @@ async fn on_spec(cluster: &Cluster, hash: &str) -> anyhow::Result<HashMap<String
 }
 
 async fn rollout(cluster: &Cluster) -> anyhow::Result<()> {
-    let mut fleet = nodes(cluster, &["node-1", "node-2"]).await?;
-    let Operators {
-        mut api,
-        mut schedulers,
-        rest,
-    } = operators(cluster, 2).await?;
-    let base = serde_json::to_value(
-        group_doc("web", 4, &["--stop-delay", "1500"])?.get_document("spec")?,
-    )?;
-    let (status, body) = rest
-        .post(
-            "/groups",
-            json!({ "name": "web", "spec": with_version(&base, "1") }),
-        )
-        .await?;
-    ensure!(status == 201, "{status} {body}");
+    let mut system = system(cluster, &["node-1", "node-2"], 2).await?;
+    let rest = system.rest.clone();
+    let base = spec_of("web", 4, &["--stop-delay", "1500"])?;
+    create_group(&rest, "web", with_version(&base, "1")).await?;
     running(cluster, &IDS).await?;
 
     // Roll out version 2, one at a time.
@@ -89,11 +74,11 @@ async fn rollout(cluster: &Cluster) -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let holder = holder_of(&schedulers, "group:web")
+    let holder = holder_of(&system.schedulers, "group:web")
         .await?
         .context("no scheduler holds group:web")?;
-    schedulers[holder].signal(libc::SIGKILL);
-    let mut dead: Proc = schedulers.remove(holder);
+    system.schedulers[holder].signal(libc::SIGKILL);
+    let mut dead: Proc = system.schedulers.remove(holder);
     dead.wait_exit(EXIT_WITHIN).await?;
     ensure!(
         updated.len() < 4,
@@ -162,10 +147,7 @@ async fn rollout(cluster: &Cluster) -> anyhow::Result<()> {
     let (_, group) = rest.get("/groups/web").await?;
     ensure!(group["spec"]["env"]["VERSION"] == "2", "{group}");
 
-    prexor_acceptance::invariants(cluster, &["node-1", "node-2"]).await?;
-    stop_all([&mut api], EXIT_WITHIN).await?;
-    let mut survivor = schedulers.remove(0);
-    fleet.stop_with(&mut survivor).await
+    system.finish(cluster, 0).await
 }
 
 #[tokio::test]

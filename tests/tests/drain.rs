@@ -6,30 +6,26 @@
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use mongodb::bson::{Document, doc};
+use mongodb::bson::doc;
 use prexor_acceptance::{
-    Cluster, Operators, group_doc, holder_of, nodes, operators, reported_state, running, stop_all,
-    wait_doc,
+    Cluster, count_docs, create_group, find_doc, reported_state, running, spec_of, system,
+    wait_doc, wait_holder,
 };
 use serde_json::json;
 
 const EXIT_WITHIN: Duration = Duration::from_secs(20);
 
 async fn drain_mid_failover(cluster: &Cluster) -> anyhow::Result<()> {
-    let mut fleet = nodes(cluster, &["node-1", "node-2"]).await?;
-    let Operators {
-        mut api,
-        mut schedulers,
-        rest,
-    } = operators(cluster, 2).await?;
+    let mut system = system(cluster, &["node-1", "node-2"], 2).await?;
+    let rest = system.rest.clone();
 
     // Servers that take 4 s to stop, so the drain is still under way when its holder dies.
-    let group = group_doc("lobby", 2, &["--stop-delay", "4000"])?;
-    let spec = serde_json::to_value(group.get_document("spec")?)?;
-    let (status, body) = rest
-        .post("/groups", json!({ "name": "lobby", "spec": spec }))
-        .await?;
-    ensure!(status == 201, "{status} {body}");
+    create_group(
+        &rest,
+        "lobby",
+        spec_of("lobby", 2, &["--stop-delay", "4000"])?,
+    )
+    .await?;
     let docs = running(cluster, &["lobby-1", "lobby-2"]).await?;
     let node = docs[0].get_str("nodeId")?.to_owned();
     let other = if node == "node-1" { "node-2" } else { "node-1" };
@@ -52,29 +48,16 @@ async fn drain_mid_failover(cluster: &Cluster) -> anyhow::Result<()> {
     })
     .await?;
     let scope = format!("workflow:drain-{node}");
-    let mut killed = None;
-    for _ in 0..100 {
-        if let Some(i) = holder_of(&schedulers, &scope).await? {
-            killed = Some(i);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let killed = killed.context("no scheduler holds the drain's lease")?;
-    let still_draining = cluster
-        .stores
-        .mongo()
-        .await?
-        .collection::<Document>("node_drains")
-        .find_one(doc! { "_id": &node })
+    let killed = wait_holder(&system.schedulers, &scope, Duration::from_secs(5)).await?;
+    let still_draining = find_doc(cluster, "node_drains", &node)
         .await?
         .context("drain")?;
     ensure!(
         still_draining.get_str("state") == Ok("DRAINING"),
         "the drain finished before its holder could be killed: {still_draining:?}"
     );
-    schedulers[killed].signal(libc::SIGKILL);
-    let mut dead = schedulers.remove(killed);
+    system.schedulers[killed].signal(libc::SIGKILL);
+    let mut dead = system.schedulers.remove(killed);
     dead.wait_exit(EXIT_WITHIN).await?;
 
     // The peer takes the workflow lease after the TTL and finishes the drain.
@@ -83,13 +66,8 @@ async fn drain_mid_failover(cluster: &Cluster) -> anyhow::Result<()> {
     })
     .await?;
     ensure!(done.get_i64("finishedAtMs").is_ok(), "{done:?}");
-    let survivor = &schedulers[0];
-    let fence_owner = cluster
-        .stores
-        .mongo()
-        .await?
-        .collection::<Document>("fences")
-        .find_one(doc! { "_id": &scope })
+    let survivor = &system.schedulers[0];
+    let fence_owner = find_doc(cluster, "fences", &scope)
         .await?
         .context("fence")?;
     ensure!(
@@ -101,14 +79,12 @@ async fn drain_mid_failover(cluster: &Cluster) -> anyhow::Result<()> {
         status == 200 && node_view["cordoned"] == true && node_view["drain"]["state"] == "DONE",
         "{node_view}"
     );
-    let instances = cluster
-        .stores
-        .mongo()
-        .await?
-        .collection::<Document>("instances");
-    let active_on_node = instances
-        .count_documents(doc! { "nodeId": &node, "state": { "$nin": ["STOPPED", "CRASHED"] } })
-        .await?;
+    let active_on_node = count_docs(
+        cluster,
+        "instances",
+        doc! { "nodeId": &node, "state": { "$nin": ["STOPPED", "CRASHED"] } },
+    )
+    .await?;
     ensure!(
         active_on_node == 0,
         "{active_on_node} instances still on {node}"
@@ -140,10 +116,7 @@ async fn drain_mid_failover(cluster: &Cluster) -> anyhow::Result<()> {
     let (_, node_view) = rest.get(&format!("/nodes/{node}")).await?;
     ensure!(node_view["cordoned"] == false, "{node_view}");
 
-    prexor_acceptance::invariants(cluster, &["node-1", "node-2"]).await?;
-    stop_all([&mut api], EXIT_WITHIN).await?;
-    let mut rest_of = schedulers.remove(0);
-    fleet.stop_with(&mut rest_of).await
+    system.finish(cluster, 0).await
 }
 
 #[tokio::test]

@@ -10,7 +10,8 @@ use anyhow::{Context, ensure};
 use prexor_acceptance::{
     Cluster, Proc, binary, free_port, refused_call, stop_all, wait_unready_because,
 };
-use prexor_pki::records::{self, JoinToken};
+use prexor_model::pki as records;
+use prexor_pki::JoinToken;
 use prexor_pki::tls::{connect, daemon_client, enrolment_client};
 use prexor_pki::{CertInfo, CertificateAuthority, Identity, KeyAndCsr, ServiceNames, pem_to_der};
 use prexor_proto::v1::ca_signer_client::CaSignerClient;
@@ -388,15 +389,16 @@ async fn keyless_replica(cluster: &Cluster) -> anyhow::Result<()> {
     ensure!(!cluster.dir.join("ca-bootstrap/certs/ca/ca.key").exists());
 
     // Controller-2: --bootstrap=false, no key copied.
-    let ca2_args = ["--bootstrap=false"];
-    let ca2_base = cluster.common_toml("ca-2");
-    let mut ca2 = cluster.service_with_args(
-        "ca",
-        "ca-2",
-        &ca2_base,
-        &cluster.ca_extra("ca-2"),
-        &ca2_args,
-    )?;
+    let start_ca2 = || {
+        cluster.service_with_args(
+            "ca",
+            "ca-2",
+            &cluster.common_toml("ca-2"),
+            &cluster.ca_extra("ca-2"),
+            &["--bootstrap=false"],
+        )
+    };
+    let mut ca2 = start_ca2()?;
     ca2.wait_ready(READY_WITHIN).await?;
     let (signs, detail) = can_sign(cluster, &ca2).await?;
     ensure!(!signs && detail.contains("no signing key"), "{detail}");
@@ -516,13 +518,7 @@ async fn keyless_replica(cluster: &Cluster) -> anyhow::Result<()> {
         std::fs::Permissions::from_mode(0o600),
     )?;
     ca2.stop(EXIT_WITHIN).await?;
-    let mut ca2 = cluster.service_with_args(
-        "ca",
-        "ca-2",
-        &ca2_base,
-        &cluster.ca_extra("ca-2"),
-        &ca2_args,
-    )?;
+    let mut ca2 = start_ca2()?;
     ca2.wait_ready(READY_WITHIN).await?;
     ensure!(
         can_sign(cluster, &ca2).await?.0,

@@ -6,11 +6,11 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use mongodb::bson::{Document, doc};
 use prexor_acceptance::{
-    Cluster, fence_mark, group_doc, holder_of, nodes, process_journal, reported_state, running,
-    stop_all, wait_doc,
+    Cluster, fence_mark, find_docs, group_doc, insert_group, nodes, process_journal,
+    reported_state, running, stop_all, wait_doc, wait_holder,
 };
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
@@ -31,15 +31,7 @@ async fn gc_pause(cluster: &Cluster) -> anyhow::Result<()> {
     }
     let before: Vec<Document> = running(cluster, &["lobby-1", "lobby-2"]).await?;
     let scope = "group:lobby";
-    let mut holder = None;
-    for _ in 0..100 {
-        holder = holder_of(&schedulers, scope).await?;
-        if holder.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let holder = holder.context("nobody holds group:lobby")?;
+    let holder = wait_holder(&schedulers, scope, Duration::from_secs(5)).await?;
     let peer = 1 - holder;
     let old_token = fence_mark(cluster, scope).await?;
 
@@ -76,11 +68,7 @@ async fn gc_pause(cluster: &Cluster) -> anyhow::Result<()> {
     // Wake the old holder: it must not act on its stale view.
     schedulers[holder].signal(libc::SIGCONT);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let instances: Vec<Document> = cluster
-        .store()
-        .await?
-        .find_all("instances", "test", doc! { "group": "lobby" })
-        .await?;
+    let instances = find_docs(cluster, "instances", doc! { "group": "lobby" }).await?;
     ensure!(
         instances.len() == 3,
         "three instances, no more: {instances:?}"
@@ -112,9 +100,9 @@ async fn gc_pause(cluster: &Cluster) -> anyhow::Result<()> {
     );
 
     let mut rest = schedulers.remove(peer);
-    stop_all(schedulers.iter_mut(), EXIT_WITHIN).await?;
-    prexor_acceptance::invariants(cluster, &["node-1", "node-2"]).await?;
-    fleet.stop_with(&mut rest).await
+    fleet
+        .finish(cluster, &["node-1", "node-2"], &mut schedulers, &mut rest)
+        .await
 }
 
 #[tokio::test]
@@ -149,13 +137,7 @@ async fn paused_mid_write(cluster: &Cluster) -> anyhow::Result<()> {
         )],
     )?;
     paused.wait_ready(READY_WITHIN).await?;
-    cluster
-        .stores
-        .mongo()
-        .await?
-        .collection::<Document>("groups")
-        .insert_one(group_doc("lobby", 1, &[])?)
-        .await?;
+    insert_group(cluster, group_doc("lobby", 1, &[])?).await?;
     let deadline = std::time::Instant::now() + READY_WITHIN;
     while !is_stopped(paused.pid()) {
         ensure!(

@@ -92,7 +92,7 @@ async fn gets_through(
 async fn internal_ports(cluster: &Cluster) -> anyhow::Result<()> {
     let mut fleet = control(cluster).await?;
     let store = cluster.store().await?;
-    let ca_pem = prexor_pki::records::published_ca(&store)
+    let ca_pem = prexor_model::pki::published_ca(&store)
         .await?
         .context("CA")?
         .certificate
@@ -212,7 +212,7 @@ async fn internal_ports(cluster: &Cluster) -> anyhow::Result<()> {
         "service enrolment secret",
     )?;
     // With the secret from MongoDB: how every replica gets its first certificate.
-    let secret = prexor_pki::records::service_enrolment_secret(&store).await?;
+    let secret = prexor_model::pki::service_enrolment_secret(&store).await?;
     let mut right = tonic::Request::new(sign_service_request("gateway", "gateway-9")?);
     right
         .metadata_mut()

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use mongodb::bson::Document;
-use prexor_acceptance::{
-    Cluster, Operators, group_doc, holder_of, nodes, operators, running, stop_all, tar_gz, wait_doc,
-};
+use prexor_acceptance::{Cluster, holder_of, running, spec_of, system, tar_gz, wait_doc};
 use serde_json::json;
 
 const EXIT_WITHIN: Duration = Duration::from_secs(20);
@@ -27,12 +25,8 @@ fn history(module: &Document, action: &str) -> Vec<Document> {
 }
 
 async fn modules(cluster: &Cluster) -> anyhow::Result<()> {
-    let mut fleet = nodes(cluster, &["node-1"]).await?;
-    let Operators {
-        mut api,
-        mut schedulers,
-        rest,
-    } = operators(cluster, 2).await?;
+    let mut system = system(cluster, &["node-1"], 2).await?;
+    let rest = system.rest.clone();
 
     for version in ["1.0", "2.0"] {
         let layer = tar_gz(&[("plugins/essentials.txt", &format!("essentials {version}\n"))])?;
@@ -53,7 +47,7 @@ async fn modules(cluster: &Cluster) -> anyhow::Result<()> {
     );
 
     // A group cannot attach a module that is not installed.
-    let mut spec = serde_json::to_value(group_doc("hub", 1, &[])?.get_document("spec")?)?;
+    let mut spec = spec_of("hub", 1, &[])?;
     spec["modules"] = json!(["essentials"]);
     let (status, refused) = rest
         .post("/groups", json!({ "name": "hub", "spec": spec }))
@@ -110,11 +104,11 @@ async fn modules(cluster: &Cluster) -> anyhow::Result<()> {
         .post("/modules/essentials/upgrade", json!({ "version": "2.0" }))
         .await?;
     ensure!(status == 202, "{status} {body}");
-    let holder = holder_of(&schedulers, "platform-module")
+    let holder = holder_of(&system.schedulers, "platform-module")
         .await?
         .context("no scheduler holds platform-module")?;
-    schedulers[holder].signal(libc::SIGKILL);
-    let mut dead = schedulers.remove(holder);
+    system.schedulers[holder].signal(libc::SIGKILL);
+    let mut dead = system.schedulers.remove(holder);
     dead.wait_exit(EXIT_WITHIN).await?;
     let module = wait_doc(cluster, "modules", "essentials", "ACTIVE 2.0", |d| {
         d.get_str("state") == Ok("ACTIVE")
@@ -138,10 +132,7 @@ async fn modules(cluster: &Cluster) -> anyhow::Result<()> {
     })
     .await?;
 
-    prexor_acceptance::invariants(cluster, &["node-1"]).await?;
-    stop_all([&mut api], EXIT_WITHIN).await?;
-    let mut survivor = schedulers.remove(0);
-    fleet.stop_with(&mut survivor).await
+    system.finish(cluster, 0).await
 }
 
 #[tokio::test]

@@ -7,9 +7,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use mongodb::bson::Document;
+use mongodb::bson::doc;
 use prexor_acceptance::fault::{Fault, FaultProxy};
-use prexor_acceptance::{Cluster, Proc, group_doc, nodes, process_journal, running};
+use prexor_acceptance::{
+    Cluster, Proc, count_docs, group_doc, insert_group, nodes, process_journal, running,
+    running_plans,
+};
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
 /// Lease TTL 2 s (1 s interval), MongoDB timeout 2 s: a few ticks beyond.
@@ -51,24 +54,20 @@ async fn unchanged(cluster: &Cluster, plans: &BTreeMap<String, String>) -> anyho
             "{id} was restarted or placed again: {doc:?}"
         );
     }
-    let active = cluster
-        .stores
-        .mongo()
-        .await?
-        .collection::<Document>("instances")
-        .count_documents(mongodb::bson::doc! { "state": { "$nin": ["STOPPED", "CRASHED"] } })
-        .await?;
+    let active = count_docs(
+        cluster,
+        "instances",
+        doc! { "state": { "$nin": ["STOPPED", "CRASHED"] } },
+    )
+    .await?;
     ensure!(active == GROUPS.len() as u64, "{active} active instances");
     Ok(())
 }
 
 async fn partition(cluster: &Cluster) -> anyhow::Result<()> {
     let mut fleet = nodes(cluster, &["node-1"]).await?;
-    let db = cluster.stores.mongo().await?;
     for group in GROUPS {
-        db.collection::<Document>("groups")
-            .insert_one(group_doc(group, 1, &[])?)
-            .await?;
+        insert_group(cluster, group_doc(group, 1, &[])?).await?;
     }
     let valkey_port: u16 = cluster
         .stores
@@ -108,16 +107,7 @@ async fn partition(cluster: &Cluster) -> anyhow::Result<()> {
 
     let ids: Vec<String> = GROUPS.iter().map(|g| format!("{g}-1")).collect();
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let plans: BTreeMap<String, String> = running(cluster, &ids)
-        .await?
-        .iter()
-        .map(|d| {
-            Ok((
-                d.get_str("_id")?.to_owned(),
-                d.get_str("planHash")?.to_owned(),
-            ))
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let plans = running_plans(cluster, &ids).await?;
     wait_until("both schedulers hold groups", MOVE_WITHIN, || async {
         !groups_of(&cut).await.is_empty() && !groups_of(&peer).await.is_empty()
     })

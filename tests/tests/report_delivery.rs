@@ -11,8 +11,8 @@ use anyhow::{Context, ensure};
 use mongodb::bson::{Document, doc};
 use prexor_acceptance::{
     Cluster, Fleet, Operators, Proc, control_with_env, deploy, enrolled_daemon, group_doc,
-    invariants, operators, process_journal, reported_state, running, stop_all, wait_doc,
-    with_version,
+    insert_group, invariants, operators, process_journal, reported_state, running, stop_all,
+    wait_doc, with_version,
 };
 use prexor_testkit::eventually;
 use serde_json::json;
@@ -162,13 +162,7 @@ async fn restart_with_unacknowledged_reports(cluster: &Cluster) -> anyhow::Resul
     let (mut fleet, switch) = failing_fleet(cluster).await?;
     let mut scheduler = cluster.service("scheduler", "scheduler-1", "")?;
     scheduler.wait_ready(READY_WITHIN).await?;
-    cluster
-        .stores
-        .mongo()
-        .await?
-        .collection::<Document>("groups")
-        .insert_one(patient_spec("g", 2)?)
-        .await?;
+    insert_group(cluster, patient_spec("g", 2)?).await?;
     let before = running(cluster, &["g-1", "g-2"]).await?;
     let (crashing_plan, crashing_pid) = (
         before[0].get_str("planHash")?.to_owned(),

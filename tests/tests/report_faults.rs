@@ -3,48 +3,27 @@
 //! while the frozen one holds a transaction open), and a gateway frozen while the schedulers
 //! send through it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use mongodb::bson::Document;
 use prexor_acceptance::{
-    Cluster, Operators, Proc, deploy, group_doc, holder_of, invariants, nodes, operators, plan_of,
-    process_journal, reported_state, running, stop_all, wait_doc, with_version,
+    Cluster, create_group, deploy, group_doc, insert_group, invariants, nodes, plan_of,
+    process_journal, reported_state, running, spec_of, system, wait_doc, wait_holder, with_version,
 };
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
-const EXIT_WITHIN: Duration = Duration::from_secs(20);
 const WEB: [&str; 4] = ["web-1", "web-2", "web-3", "web-4"];
 /// Freezes of the group's holder, spread over rollouts two at a time.
 const FREEZES: usize = 20;
 const FREEZES_PER_ROLLOUT: usize = 2;
 
-/// The replica holding `scope`, waiting (a hand-over may be under way) up to 20 s.
-async fn holder(schedulers: &[Proc], scope: &str) -> anyhow::Result<usize> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(i) = holder_of(schedulers, scope).await? {
-            return Ok(i);
-        }
-        ensure!(Instant::now() < deadline, "nobody holds {scope}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn rollouts_with_freezes(cluster: &Cluster) -> anyhow::Result<()> {
-    let mut fleet = nodes(cluster, &["node-1", "node-2"]).await?;
-    let Operators {
-        mut api,
-        mut schedulers,
-        rest,
-    } = operators(cluster, 2).await?;
-    let base = serde_json::to_value(group_doc("web", 4, &[])?.get_document("spec")?)?;
-    let (status, body) = rest
-        .post("/groups", json!({ "name": "web", "spec": base }))
-        .await?;
-    ensure!(status == 201, "{status} {body}");
+    let system = system(cluster, &["node-1", "node-2"], 2).await?;
+    let rest = system.rest.clone();
+    let base = spec_of("web", 4, &[])?;
+    create_group(&rest, "web", base.clone()).await?;
     running(cluster, &WEB).await?;
 
     let seed: u64 = std::env::var("PREXOR_TEST_SEED")
@@ -66,12 +45,13 @@ async fn rollouts_with_freezes(cluster: &Cluster) -> anyhow::Result<()> {
         let id = deployment["id"].as_str().context("id")?.to_owned();
         for _ in 0..FREEZES_PER_ROLLOUT {
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..4000))).await;
-            let frozen = holder(&schedulers, "group:web").await?;
+            let frozen =
+                wait_holder(&system.schedulers, "group:web", Duration::from_secs(20)).await?;
             // Past the 2 s lease TTL: the peer takes the group over while this one is stopped.
             let pause = Duration::from_millis(rng.random_range(2500..5000));
-            schedulers[frozen].signal(libc::SIGSTOP);
+            system.schedulers[frozen].signal(libc::SIGSTOP);
             tokio::time::sleep(pause).await;
-            schedulers[frozen].signal(libc::SIGCONT);
+            system.schedulers[frozen].signal(libc::SIGCONT);
         }
         wait_doc(cluster, "deployments", &id, "DONE", |d| {
             d.get_str("state") == Ok("DONE")
@@ -105,11 +85,7 @@ async fn rollouts_with_freezes(cluster: &Cluster) -> anyhow::Result<()> {
             "{instance:?} is not on version {last_version}: {plan:?}"
         );
     }
-    invariants(cluster, &["node-1", "node-2"]).await?;
-    stop_all([&mut api], EXIT_WITHIN).await?;
-    let mut survivor = schedulers.remove(0);
-    stop_all(schedulers.iter_mut(), EXIT_WITHIN).await?;
-    fleet.stop_with(&mut survivor).await
+    system.finish(cluster, 0).await
 }
 
 #[tokio::test]
@@ -122,13 +98,7 @@ async fn frozen_gateway(cluster: &Cluster) -> anyhow::Result<()> {
     let mut fleet = nodes(cluster, &["node-1"]).await?;
     let mut scheduler = cluster.service("scheduler", "scheduler-1", "")?;
     scheduler.wait_ready(READY_WITHIN).await?;
-    cluster
-        .stores
-        .mongo()
-        .await?
-        .collection::<Document>("groups")
-        .insert_one(group_doc("g", 2, &[])?)
-        .await?;
+    insert_group(cluster, group_doc("g", 2, &[])?).await?;
     let before = running(cluster, &["g-1", "g-2"]).await?;
     let node = wait_doc(cluster, "nodes", "node-1", "owned", |d| {
         d.get_str("state") == Ok("ONLINE")

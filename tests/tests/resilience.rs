@@ -11,8 +11,8 @@ use anyhow::{Context, ensure};
 use mongodb::bson::{Document, doc};
 use prexor_acceptance::fault::{Fault, FaultProxy};
 use prexor_acceptance::{
-    Cluster, Proc, Rest, control, enrolled_daemon, fence_mark, group_doc, holder_of, nodes,
-    process_journal, running, stop_all,
+    Cluster, Proc, Rest, control, count_docs, enrolled_daemon, fence_mark, group_doc, holder_of,
+    insert_group, nodes, process_journal, running_plans,
 };
 use prexor_testkit::ValkeyServer;
 use serde_json::{Value, json};
@@ -20,20 +20,6 @@ use serde_json::{Value, json};
 const READY_WITHIN: Duration = Duration::from_secs(60);
 const EXIT_WITHIN: Duration = Duration::from_secs(20);
 const SETTLE_WITHIN: Duration = Duration::from_secs(60);
-
-/// The plan hash of each instance, once all of them run.
-async fn plans(cluster: &Cluster, ids: &[&str]) -> anyhow::Result<BTreeMap<String, String>> {
-    running(cluster, ids)
-        .await?
-        .iter()
-        .map(|d| {
-            Ok((
-                d.get_str("_id")?.to_owned(),
-                d.get_str("planHash")?.to_owned(),
-            ))
-        })
-        .collect()
-}
 
 /// Every instance still runs its first plan, nothing crashed, and the journals show one launch
 /// per instance (each scenario ends with `invariants`, which checks for double runs).
@@ -43,18 +29,12 @@ async fn untouched(
     nodes: &[&str],
 ) -> anyhow::Result<()> {
     let ids: Vec<&str> = before.keys().map(String::as_str).collect();
-    let after = plans(cluster, &ids).await?;
+    let after = running_plans(cluster, &ids).await?;
     ensure!(
         after == *before,
         "instances were placed again: {before:?} → {after:?}"
     );
-    let crashed = cluster
-        .stores
-        .mongo()
-        .await?
-        .collection::<Document>("instances")
-        .count_documents(doc! { "state": "CRASHED" })
-        .await?;
+    let crashed = count_docs(cluster, "instances", doc! { "state": "CRASHED" }).await?;
     ensure!(crashed == 0, "{crashed} instances marked crashed");
     let journal = process_journal(cluster, nodes)?;
     let launches = journal.iter().filter(|e| e.event == "launch").count();
@@ -67,11 +47,8 @@ async fn untouched(
 
 async fn valkey_restart(cluster: &Cluster, valkey: &mut ValkeyServer) -> anyhow::Result<()> {
     let mut fleet = nodes(cluster, &["node-1", "node-2"]).await?;
-    let db = cluster.stores.mongo().await?;
     for (name, min) in [("alpha", 2), ("beta", 1)] {
-        db.collection::<Document>("groups")
-            .insert_one(group_doc(name, min, &[])?)
-            .await?;
+        insert_group(cluster, group_doc(name, min, &[])?).await?;
     }
     let mut schedulers = vec![
         cluster.service("scheduler", "scheduler-1", "")?,
@@ -80,7 +57,7 @@ async fn valkey_restart(cluster: &Cluster, valkey: &mut ValkeyServer) -> anyhow:
     for scheduler in &mut schedulers {
         scheduler.wait_ready(READY_WITHIN).await?;
     }
-    let before = plans(cluster, &["alpha-1", "alpha-2", "beta-1"]).await?;
+    let before = running_plans(cluster, &["alpha-1", "alpha-2", "beta-1"]).await?;
     let marks_before = [
         fence_mark(cluster, "group:alpha").await?,
         fence_mark(cluster, "group:beta").await?,
@@ -111,9 +88,9 @@ async fn valkey_restart(cluster: &Cluster, valkey: &mut ValkeyServer) -> anyhow:
     untouched(cluster, &before, &["node-1", "node-2"]).await?;
 
     let mut last = schedulers.pop().context("a scheduler")?;
-    stop_all(schedulers.iter_mut(), EXIT_WITHIN).await?;
-    prexor_acceptance::invariants(cluster, &["node-1", "node-2"]).await?;
-    fleet.stop_with(&mut last).await
+    fleet
+        .finish(cluster, &["node-1", "node-2"], &mut schedulers, &mut last)
+        .await
 }
 
 #[tokio::test]
@@ -151,16 +128,10 @@ async fn blip(cluster: &Cluster) -> anyhow::Result<()> {
     fleet
         .daemons
         .push(enrolled_daemon(cluster, "node-1", &dial).await?);
-    cluster
-        .stores
-        .mongo()
-        .await?
-        .collection::<Document>("groups")
-        .insert_one(group_doc("lobby", 2, &[])?)
-        .await?;
+    insert_group(cluster, group_doc("lobby", 2, &[])?).await?;
     let mut scheduler = cluster.service("scheduler", "scheduler-1", "")?;
     scheduler.wait_ready(READY_WITHIN).await?;
-    let before = plans(cluster, &["lobby-1", "lobby-2"]).await?;
+    let before = running_plans(cluster, &["lobby-1", "lobby-2"]).await?;
 
     // Cut for a few seconds: well inside the 20 s disconnect grace.
     for proxy in &proxies {
@@ -270,14 +241,8 @@ async fn rolling_restart(cluster: &Cluster) -> anyhow::Result<()> {
         proc.wait_ready(READY_WITHIN).await?;
     }
     let token = apis[0].login("admin", &password).await?;
-    cluster
-        .stores
-        .mongo()
-        .await?
-        .collection::<Document>("groups")
-        .insert_one(group_doc("lobby", 2, &[])?)
-        .await?;
-    let before = plans(cluster, &["lobby-1", "lobby-2"]).await?;
+    insert_group(cluster, group_doc("lobby", 2, &[])?).await?;
+    let before = running_plans(cluster, &["lobby-1", "lobby-2"]).await?;
 
     let targets = Arc::new(Mutex::new(
         apis.iter().map(|a| a.rest(&token)).collect::<Vec<_>>(),
@@ -354,11 +319,11 @@ async fn rolling_restart(cluster: &Cluster) -> anyhow::Result<()> {
     }
     untouched(cluster, &before, &["node-1", "node-2"]).await?;
 
-    stop_all(apis.iter_mut(), EXIT_WITHIN).await?;
     let mut last = schedulers.pop().context("a scheduler")?;
-    stop_all(schedulers.iter_mut(), EXIT_WITHIN).await?;
-    prexor_acceptance::invariants(cluster, &["node-1", "node-2"]).await?;
-    fleet.stop_with(&mut last).await
+    let others = apis.iter_mut().chain(&mut schedulers);
+    fleet
+        .finish(cluster, &["node-1", "node-2"], others, &mut last)
+        .await
 }
 
 #[tokio::test]

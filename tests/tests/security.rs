@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use prexor_acceptance::{Cluster, Proc, Rest, group_spec};
+use prexor_acceptance::{Cluster, Proc, Rest, group_spec, tar_gz_entries, tar_gz_mode};
 use prexor_testkit::eventually;
 use serde_json::{Value, json};
 
@@ -307,16 +307,8 @@ fn edited_archive(
     bytes: &[u8],
     edit: impl Fn(&mut std::collections::BTreeMap<String, Vec<u8>>),
 ) -> anyhow::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut files = std::collections::BTreeMap::new();
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
-    for entry in tar.entries()? {
-        let mut entry = entry?;
-        let path = entry.path()?.to_string_lossy().into_owned();
-        let mut content = Vec::new();
-        entry.read_to_end(&mut content)?;
-        files.insert(path, content);
-    }
+    let mut files: std::collections::BTreeMap<String, Vec<u8>> =
+        tar_gz_entries(bytes)?.into_iter().collect();
     edit(&mut files);
     let mut manifest: Value = serde_json::from_slice(&files["manifest.json"])?;
     for (path, content) in &files {
@@ -334,36 +326,20 @@ fn edited_archive(
         "manifest.json".into(),
         serde_json::to_vec_pretty(&manifest)?,
     );
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::default(),
-    ));
-    for (path, content) in &files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(content.len() as u64);
-        header.set_mode(0o600);
-        header.set_cksum();
-        builder.append_data(&mut header, path, &content[..])?;
-    }
-    Ok(builder.into_inner()?.finish()?)
+    tar_gz_mode(&files, 0o600)
 }
 
 /// A REST client signed in as `user` on the same api replica as `admin`.
 async fn cluster_api_rest(admin: &Rest, user: &str) -> anyhow::Result<Rest> {
-    let (status, session) = Rest {
-        base: admin.base.clone(),
-        token: String::new(),
-    }
-    .post(
-        "/auth/login",
-        json!({ "username": user, "password": PASSWORD }),
-    )
-    .await?;
+    let (status, session) = admin
+        .with_token("")
+        .post(
+            "/auth/login",
+            json!({ "username": user, "password": PASSWORD }),
+        )
+        .await?;
     expect(status, &session, 200, &format!("signing in as {user}"))?;
-    Ok(Rest {
-        base: admin.base.clone(),
-        token: session["token"].as_str().context("token")?.to_owned(),
-    })
+    Ok(admin.with_token(session["token"].as_str().context("token")?))
 }
 
 async fn upload(admin: &Rest, id: &str, archive: Vec<u8>) -> anyhow::Result<Value> {

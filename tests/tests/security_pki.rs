@@ -9,9 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use mongodb::bson::{Document, doc};
 use prexor_acceptance::{
-    Cluster, Operators, grpc_health, nodes_with, operators, stop_all, wait_doc,
+    Cluster, Operators, Proc, find_doc, grpc_health, nodes_with, operators, stop_all, wait_doc,
 };
-use prexor_pki::{CertInfo, pem_to_der, records};
+use prexor_model::pki as records;
+use prexor_pki::{CertInfo, pem_to_der};
 use prexor_testkit::eventually;
 
 const WITHIN: Duration = Duration::from_secs(60);
@@ -24,14 +25,20 @@ fn node_serial(cluster: &Cluster, node: &str) -> anyhow::Result<String> {
 }
 
 async fn certificate(cluster: &Cluster, serial: &str) -> anyhow::Result<Document> {
-    cluster
-        .stores
-        .mongo()
-        .await?
-        .collection::<Document>("certificates")
-        .find_one(doc! { "_id": serial })
+    find_doc(cluster, "certificates", serial)
         .await?
         .with_context(|| format!("no certificate {serial} in the ledger"))
+}
+
+/// `daemon` is turned away at a handshake (`what`) because its certificate was revoked, and is
+/// not connected (`why`).
+async fn refused_as_revoked(daemon: &Proc, what: &str, why: &str) -> anyhow::Result<()> {
+    eventually(what, WITHIN, async || {
+        Ok(daemon.log_text().contains("was revoked").then_some(()))
+    })
+    .await?;
+    ensure!(daemon.get("/readyz").await?.0 != 200, "{why}");
+    Ok(())
 }
 
 async fn revocation(cluster: &Cluster) -> anyhow::Result<()> {
@@ -51,15 +58,12 @@ async fn revocation(cluster: &Cluster) -> anyhow::Result<()> {
         d.get_str("state") != Ok("ONLINE")
     })
     .await?;
-    let daemon = &fleet.daemons[0];
-    eventually("node-1 refused at its next handshake", WITHIN, async || {
-        Ok(daemon.log_text().contains("was revoked").then_some(()))
-    })
+    refused_as_revoked(
+        &fleet.daemons[0],
+        "node-1 refused at its next handshake",
+        "a node with a revoked certificate is not connected",
+    )
     .await?;
-    ensure!(
-        daemon.get("/readyz").await?.0 != 200,
-        "a node with a revoked certificate is not connected"
-    );
 
     // A renewal: node-2 renews (30 s certificates renew at 20 s); once it uses the new
     // certificate (here: at its next connection), the old one is revoked as superseded.
@@ -95,25 +99,16 @@ async fn revocation(cluster: &Cluster) -> anyhow::Result<()> {
     let (status, body) = rest.delete("/nodes/node-2").await?;
     ensure!(status == 204, "deleting node-2: {status} {body}");
     let back = cluster.daemon("daemon-node-2-c", "node-2", "node-2", &ports, None, &[])?;
-    eventually("the deleted node refused", WITHIN, async || {
-        Ok(back.log_text().contains("was revoked").then_some(()))
-    })
+    refused_as_revoked(
+        &back,
+        "the deleted node refused",
+        "a deleted node stays out",
+    )
     .await?;
-    ensure!(
-        back.get("/readyz").await?.0 != 200,
-        "a deleted node stays out"
-    );
 
     // An internal port refuses a revoked service certificate (new connections).
-    let registry = prexor_coord::Registry::Valkey {
-        backend: prexor_coord::ValkeyBackend::connect(
-            &cluster.stores.valkey_url,
-            Duration::from_secs(2),
-        )?,
-        namespace: cluster.stores.namespace.clone(),
-        ttl: Duration::from_secs(15),
-    };
-    let probe = prexor_pki::internal::InternalTls::enrol(&store, registry, "api", "probe")
+    let registry = cluster.registry(Duration::from_secs(15))?;
+    let probe = prexor_testkit::enrol_internal_tls(&store, registry, "api", "probe")
         .await
         .map_err(anyhow::Error::msg)?;
     let leaf = probe.slot.leaf().context("the probe's certificate")?;
@@ -122,7 +117,7 @@ async fn revocation(cluster: &Cluster) -> anyhow::Result<()> {
     // Gateways re-read the revoked service certificates every 5 s.
     tokio::time::sleep(Duration::from_secs(7)).await;
     let address = fleet.gateways[0].grpc.as_deref().context("gateway port")?;
-    let refused = grpc_health(probe.peers.get(address).map_err(anyhow::Error::msg)?).await;
+    let refused = grpc_health(probe.peers.get(address)?).await;
     ensure!(
         refused.is_err(),
         "a revoked service certificate was accepted"
@@ -222,14 +217,7 @@ async fn foreign_names(cluster: &Cluster) -> anyhow::Result<()> {
     let mut ca = cluster.service("ca", "ca-1", &cluster.ca_extra("ca-1"))?;
     ca.wait_ready(WITHIN).await?;
     let store = cluster.store().await?;
-    let registry = prexor_coord::Registry::Valkey {
-        backend: prexor_coord::ValkeyBackend::connect(
-            &cluster.stores.valkey_url,
-            Duration::from_secs(2),
-        )?,
-        namespace: cluster.stores.namespace.clone(),
-        ttl: Duration::from_secs(60),
-    };
+    let registry = cluster.registry(Duration::from_secs(60))?;
     // A gateway on another host, as the registry knows it.
     registry
         .heartbeat(&prexor_coord::ReplicaRecord {
@@ -256,12 +244,13 @@ async fn foreign_names(cluster: &Cluster) -> anyhow::Result<()> {
         .pem;
     internal.trust.set(&ca_pem)?;
     let secret = records::service_enrolment_secret(&store).await?;
-    let signer = prexor_pki::client::SignerClient::new(registry, internal.peers.clone(), &secret)?;
+    let signer =
+        prexor_serve::signer::SignerClient::new(registry, internal.peers.clone(), &secret)?;
     let names = |dns: &str| prexor_pki::ServiceNames {
         dns: vec![dns.to_owned()],
         ips: Vec::new(),
     };
-    let refused = prexor_pki::client::issue_service_certificate(
+    let refused = prexor_serve::signer::issue_service_certificate(
         &signer,
         "api",
         "intruder",
@@ -269,21 +258,19 @@ async fn foreign_names(cluster: &Cluster) -> anyhow::Result<()> {
     )
     .await;
     ensure!(
-        refused
-            .as_ref()
-            .err()
-            .is_some_and(|e| e.contains("is the host of gateway replica gateway-elsewhere")),
+        refused.as_ref().err().is_some_and(|e| e
+            .to_string()
+            .contains("is the host of gateway replica gateway-elsewhere")),
         "a certificate for another replica's host: {:?}",
         refused.map(|_| ())
     );
-    prexor_pki::client::issue_service_certificate(
+    prexor_serve::signer::issue_service_certificate(
         &signer,
         "api",
         "intruder",
         &names("api.intruder.example"),
     )
-    .await
-    .map_err(anyhow::Error::msg)?;
+    .await?;
     ca.stop(EXIT_WITHIN).await
 }
 

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use mongodb::bson::{Document, doc};
 use prexor_acceptance::{
-    Cluster, Proc, binary, free_port, reported_state, stop_all, tar_gz, wait_doc,
+    Cluster, Proc, binary, count_docs, find_doc, free_port, reported_state, stop_all, tar_gz,
+    wait_doc,
 };
 use prexor_coord::{ConsoleStreams, ValkeyBackend};
-use prexor_pki::records;
+use prexor_model::pki as records;
 use prexor_proto::v1::command::Action;
 use prexor_proto::v1::node_commands_client::NodeCommandsClient;
 use prexor_proto::v1::{
@@ -92,9 +93,7 @@ async fn stack_with(cluster: &Cluster, ca_keys: &str) -> anyhow::Result<Stack> {
 }
 
 async fn node_doc(cluster: &Cluster, node: &str) -> anyhow::Result<Document> {
-    let db = cluster.stores.mongo().await?;
-    db.collection::<Document>("nodes")
-        .find_one(doc! { "_id": node })
+    find_doc(cluster, "nodes", node)
         .await?
         .with_context(|| format!("no nodes record for {node}"))
 }
@@ -104,6 +103,28 @@ fn owner_of(doc: &Document) -> (String, i64) {
         doc.get_str("gateway").unwrap_or_default().to_string(),
         doc.get_i64("ownershipToken").unwrap_or_default(),
     )
+}
+
+/// Waits until node-1 is owned by `gateway` with a token above `token`; its record.
+async fn owned_by(
+    cluster: &Cluster,
+    gateway: &str,
+    token: i64,
+    what: &str,
+) -> anyhow::Result<Document> {
+    wait_doc(cluster, "nodes", "node-1", what, |d| {
+        let (owner, new_token) = owner_of(d);
+        owner == gateway && new_token > token
+    })
+    .await
+}
+
+/// Waits until node-1 reported `state` for `instance`; its record.
+async fn wait_reported(cluster: &Cluster, instance: &str, state: &str) -> anyhow::Result<Document> {
+    wait_doc(cluster, "instances", instance, state, |d| {
+        reported_state(d) == state
+    })
+    .await
 }
 
 async fn commands(
@@ -251,10 +272,7 @@ async fn commands_and_failover(cluster: &Cluster) -> anyhow::Result<()> {
     );
     let pid = started.pid;
     ensure!(pid > 0 && pid_alive(pid));
-    wait_doc(cluster, "instances", "lobby-1", "RUNNING", |d| {
-        reported_state(d) == "RUNNING"
-    })
-    .await?;
+    wait_reported(cluster, "lobby-1", "RUNNING").await?;
     let properties = cluster
         .dir
         .join("node-1/instances/lobby-1/server.properties");
@@ -292,11 +310,8 @@ async fn commands_and_failover(cluster: &Cluster) -> anyhow::Result<()> {
     // kill -9 the owning gateway: the daemon moves to the other one, the server keeps running.
     let killed_at = Instant::now();
     gateways[owner_index].signal(libc::SIGKILL);
-    let moved = wait_doc(cluster, "nodes", "node-1", "owned by the survivor", |d| {
-        let (gateway, new_token) = owner_of(d);
-        gateway == gateways[other_index].name && new_token > token
-    })
-    .await?;
+    let survivor = &gateways[other_index].name;
+    let moved = owned_by(cluster, survivor, token, "owned by the survivor").await?;
     eprintln!(
         "node-1 moved to {} (token {} -> {}) {:?} after the kill",
         owner_of(&moved).0,
@@ -333,10 +348,7 @@ async fn commands_and_failover(cluster: &Cluster) -> anyhow::Result<()> {
     )
     .await?;
     ensure!(ack(&reply)?.result() == AckResult::Done, "{reply:?}");
-    let stopped = wait_doc(cluster, "instances", "lobby-1", "STOPPED", |d| {
-        reported_state(d) == "STOPPED"
-    })
-    .await?;
+    let stopped = wait_reported(cluster, "lobby-1", "STOPPED").await?;
     let reported = stopped.get_document("reported")?;
     ensure!(reported.get_i32("exitCode") == Ok(0), "{stopped:?}");
     ensure!(
@@ -354,10 +366,7 @@ async fn commands_and_failover(cluster: &Cluster) -> anyhow::Result<()> {
     )
     .await?;
     ensure!(ack(&reply)?.result() == AckResult::Done, "{reply:?}");
-    let crash = wait_doc(cluster, "instances", "lobby-2", "CRASHED", |d| {
-        reported_state(d) == "CRASHED"
-    })
-    .await?;
+    let crash = wait_reported(cluster, "lobby-2", "CRASHED").await?;
     ensure!(crash.get_document("reported")?.get_i32("exitCode") == Ok(3));
     let db = cluster.stores.mongo().await?;
     let record = db
@@ -381,10 +390,7 @@ async fn commands_and_failover(cluster: &Cluster) -> anyhow::Result<()> {
     )
     .await?;
     let hung_pid = ack(&reply)?.pid;
-    wait_doc(cluster, "instances", "lobby-3", "RUNNING", |d| {
-        reported_state(d) == "RUNNING"
-    })
-    .await?;
+    wait_reported(cluster, "lobby-3", "RUNNING").await?;
     lobby(
         &mut via_survivor,
         "c8",
@@ -408,10 +414,7 @@ async fn commands_and_failover(cluster: &Cluster) -> anyhow::Result<()> {
         }),
     )
     .await?;
-    let killed = wait_doc(cluster, "instances", "lobby-3", "STOPPED", |d| {
-        reported_state(d) == "STOPPED"
-    })
-    .await?;
+    let killed = wait_reported(cluster, "lobby-3", "STOPPED").await?;
     let detail = killed
         .get_document("reported")?
         .get_str("detail")?
@@ -553,37 +556,22 @@ async fn commands_reach_the_node_through_any_gateway_and_servers_survive_a_gatew
 }
 
 async fn paused_gateway(cluster: &Cluster) -> anyhow::Result<()> {
-    let Stack {
-        mut ca,
-        mut gateways,
-        mut daemon,
-        owner_index,
-        token,
-    } = stack(cluster).await?;
-    let other = gateways[1 - owner_index].name.clone();
+    let mut stack = stack(cluster).await?;
+    let (owner_index, token) = (stack.owner_index, stack.token);
+    let other = stack.gateways[1 - owner_index].name.clone();
 
     // Pause the owner well past the lease TTL (2 s here): the daemon moves, the other gateway
     // takes the node with a higher token.
-    gateways[owner_index].signal(libc::SIGSTOP);
-    wait_doc(
-        cluster,
-        "nodes",
-        "node-1",
-        "owned by the other gateway",
-        |d| {
-            let (gateway, new_token) = owner_of(d);
-            gateway == other && new_token > token
-        },
-    )
-    .await?;
+    stack.gateways[owner_index].signal(libc::SIGSTOP);
+    owned_by(cluster, &other, token, "owned by the other gateway").await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    gateways[owner_index].signal(libc::SIGCONT);
+    stack.gateways[owner_index].signal(libc::SIGCONT);
 
     // The woken gateway notices it lost the node and closes its stale stream; nothing it writes
     // under the old token lands.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let log = gateways[owner_index].log_text();
+        let log = stack.gateways[owner_index].log_text();
         if log.contains("lost ownership of the node") || log.contains("node session ended") {
             break;
         }
@@ -600,13 +588,13 @@ async fn paused_gateway(cluster: &Cluster) -> anyhow::Result<()> {
         node.get_str("state") == Ok("ONLINE"),
         "the stale gateway's write was rejected: {node:?}"
     );
-    ensure!(daemon.get("/readyz").await?.0 == 200);
+    ensure!(stack.daemon.get("/readyz").await?.0 == 200);
 
     stop_all(
-        [&mut daemon]
+        [&mut stack.daemon]
             .into_iter()
-            .chain(&mut gateways)
-            .chain([&mut ca]),
+            .chain(&mut stack.gateways)
+            .chain([&mut stack.ca]),
         EXIT_WITHIN,
     )
     .await
@@ -620,30 +608,21 @@ async fn a_paused_gateway_that_wakes_up_closes_its_stale_session() {
 
 /// How many certificates the CA has issued to `subject` (a replica or node id).
 async fn issued_to(cluster: &Cluster, subject: &str) -> anyhow::Result<u64> {
-    let db = cluster.stores.mongo().await?;
-    Ok(db
-        .collection::<Document>("certificates")
-        .count_documents(doc! { "subject": subject })
-        .await?)
+    count_docs(cluster, "certificates", doc! { "subject": subject }).await
 }
 
 async fn rotation_under_load(cluster: &Cluster) -> anyhow::Result<()> {
     // 30 s certificates: every gateway's daemon-port and internal certificates and the node's
     // certificate are renewed every 20 s while commands flow.
-    let Stack {
-        mut ca,
-        mut gateways,
-        mut daemon,
-        owner_index,
-        token,
-    } = stack_with(
+    let mut stack = stack_with(
         cluster,
         "serviceCertValidity = \"30s\"\nnodeCertValidity = \"30s\"\n",
     )
     .await?;
+    let (owner_index, token) = (stack.owner_index, stack.token);
     let mut clients = [
-        commands(cluster, &gateways[owner_index]).await?,
-        commands(cluster, &gateways[1 - owner_index]).await?,
+        commands(cluster, &stack.gateways[owner_index]).await?,
+        commands(cluster, &stack.gateways[1 - owner_index]).await?,
     ];
     placed(cluster, "lobby-1").await?;
     let reply = lobby(
@@ -656,8 +635,8 @@ async fn rotation_under_load(cluster: &Cluster) -> anyhow::Result<()> {
     ensure!(ack(&reply)?.result() == AckResult::Done, "{reply:?}");
 
     let subjects = [
-        gateways[0].name.clone(),
-        gateways[1].name.clone(),
+        stack.gateways[0].name.clone(),
+        stack.gateways[1].name.clone(),
         "node-1".to_string(),
     ];
     let mut before = Vec::new();
@@ -701,24 +680,25 @@ async fn rotation_under_load(cluster: &Cluster) -> anyhow::Result<()> {
     // The same session throughout: same owner, same ownership token, no reconnect.
     let (owner, now_token) = owner_of(&node_doc(cluster, "node-1").await?);
     ensure!(
-        owner == gateways[owner_index].name && now_token == token,
+        owner == stack.gateways[owner_index].name && now_token == token,
         "the session moved or was re-opened: {owner} token {now_token} (was {} token {token})",
-        gateways[owner_index].name
+        stack.gateways[owner_index].name
     );
     ensure!(
-        !daemon.log_text().contains("session ended") && !daemon.log_text().contains("reconnecting"),
+        !stack.daemon.log_text().contains("session ended")
+            && !stack.daemon.log_text().contains("reconnecting"),
         "the daemon's stream was interrupted:\n{}",
-        daemon.log_text()
+        stack.daemon.log_text()
     );
-    let (_, metrics) = gateways[owner_index].get("/metrics").await?;
+    let (_, metrics) = stack.gateways[owner_index].get("/metrics").await?;
     ensure!(
         metrics.contains("prexor_tls_certificate_not_after_seconds{use=\"internal\"}")
             && metrics.contains("prexor_tls_certificate_not_after_seconds{use=\"daemon-port\"}"),
         "expiry metrics: {metrics}"
     );
-    let mut all: Vec<&mut Proc> = gateways.iter_mut().collect();
-    all.push(&mut daemon);
-    all.push(&mut ca);
+    let mut all: Vec<&mut Proc> = stack.gateways.iter_mut().collect();
+    all.push(&mut stack.daemon);
+    all.push(&mut stack.ca);
     stop_all(all, EXIT_WITHIN).await
 }
 

@@ -122,6 +122,13 @@ fn normalize(cluster: &Cluster, output: &str, more: &[(&str, &str)]) -> String {
     text
 }
 
+/// `out` succeeded; everything it said.
+fn succeeded(out: &Output) -> anyhow::Result<String> {
+    let said = text(out);
+    ensure!(out.status.success(), "{said}");
+    Ok(said)
+}
+
 /// `out` failed saying each of `needles`, and nothing was written for `host`.
 fn refused(out: &Output, host: &Host, needles: &[&str]) -> anyhow::Result<()> {
     let said = text(out);
@@ -153,6 +160,11 @@ fn current_user() -> anyhow::Result<String> {
 async fn setup(cluster: &Cluster) -> anyhow::Result<()> {
     let user = current_user()?;
     let bins = bin_dir().display().to_string();
+    // A real install on `host`: this build's binaries, run as this user, units not enabled.
+    let install = |host: &Host, extra: &[&str]| {
+        let real = ["--bin-dir", &bins, "--user", &user, "--no-enable"];
+        run(&controller_args(cluster, host, &[extra, &real].concat()))
+    };
 
     // Joining a cluster that does not exist yet is refused.
     let lonely = Host::new(cluster, "lonely");
@@ -176,7 +188,7 @@ async fn setup(cluster: &Cluster) -> anyhow::Result<()> {
             "--dry-run",
         ],
     ))?;
-    ensure!(out.status.success(), "{}", text(&out));
+    succeeded(&out)?;
     snapshot(
         "setup-controller-dry-run.txt",
         &normalize(cluster, &String::from_utf8(out.stdout)?, &[]),
@@ -184,21 +196,7 @@ async fn setup(cluster: &Cluster) -> anyhow::Result<()> {
     ensure!(!first.root.exists(), "a dry run writes nothing");
 
     // The first controller: files, identity, admin (printed once), CA.
-    let out = run(&controller_args(
-        cluster,
-        &first,
-        &[
-            "--cluster-id",
-            "setup-test",
-            "--bin-dir",
-            &bins,
-            "--user",
-            &user,
-            "--no-enable",
-        ],
-    ))?;
-    let said = text(&out);
-    ensure!(out.status.success(), "{said}");
+    let said = succeeded(&install(&first, &["--cluster-id", "setup-test"])?)?;
     let password = said
         .lines()
         .find_map(|l| {
@@ -273,11 +271,7 @@ async fn setup(cluster: &Cluster) -> anyhow::Result<()> {
 
     // A second bootstrap against this cluster is refused, and writes nothing.
     let again = Host::new(cluster, "controller-x");
-    let out = run(&controller_args(
-        cluster,
-        &again,
-        &["--bin-dir", &bins, "--user", &user, "--no-enable"],
-    ))?;
+    let out = install(&again, &[])?;
     refused(
         &out,
         &again,
@@ -286,20 +280,7 @@ async fn setup(cluster: &Cluster) -> anyhow::Result<()> {
 
     // controller-2 joins: no admin, no new CA, the CA certificate read from MongoDB.
     let second = Host::new(cluster, "controller-2");
-    let out = run(&controller_args(
-        cluster,
-        &second,
-        &[
-            "--bootstrap=false",
-            "--bin-dir",
-            &bins,
-            "--user",
-            &user,
-            "--no-enable",
-        ],
-    ))?;
-    let said = text(&out);
-    ensure!(out.status.success(), "{said}");
+    let said = succeeded(&install(&second, &["--bootstrap=false"])?)?;
     ensure!(
         !said.contains("password"),
         "no admin on a joining controller: {said}"
@@ -349,7 +330,7 @@ async fn setup(cluster: &Cluster) -> anyhow::Result<()> {
         "--dry-run".into(),
     ]);
     let out = run(&dry)?;
-    ensure!(out.status.success(), "{}", text(&out));
+    succeeded(&out)?;
     let secret = join_token.split('.').nth(2).context("secret")?;
     let fingerprint = join_token.split('.').nth(3).context("fingerprint")?;
     let printed = String::from_utf8(out.stdout)?;
@@ -366,7 +347,7 @@ async fn setup(cluster: &Cluster) -> anyhow::Result<()> {
         "--no-enable".into(),
     ]);
     let out = run(&daemon_args)?;
-    ensure!(out.status.success(), "{}", text(&out));
+    succeeded(&out)?;
     let daemon_toml = std::fs::read_to_string(node.etc().join("daemon.toml"))?;
     ensure!(
         daemon_toml.contains(&join_token) && mode(&node.etc().join("daemon.toml"))? == 0o600,

@@ -122,7 +122,7 @@ async fn served_leaf(url: &str, ca_pem: &str) -> anyhow::Result<String> {
 async fn tls(cluster: &Cluster) -> anyhow::Result<()> {
     let mut ca = cluster.service("ca", "ca-1", &cluster.ca_extra("ca-1"))?;
     ca.wait_ready(READY_WITHIN).await?;
-    let published = prexor_pki::records::published_ca(&cluster.store().await?)
+    let published = prexor_model::pki::published_ca(&cluster.store().await?)
         .await?
         .context("the cluster CA")?
         .certificate;
@@ -148,11 +148,11 @@ async fn tls(cluster: &Cluster) -> anyhow::Result<()> {
     ensure!(plain.is_err(), "no plain HTTP on an HTTPS port");
 
     // prexorctl: not trusted yet → the fingerprint is shown, nothing saved.
-    let out = ctl(
-        cluster,
-        &["login", "--controller", &url, "--password-stdin"],
-        &password,
-    )?;
+    let login = |extra: &[&str]| {
+        let args = ["login", "--controller", &url, "--password-stdin"];
+        ctl(cluster, &[&args[..], extra].concat(), &password)
+    };
+    let out = login(&[])?;
     ensure!(
         !out.status.success()
             && said(&out).contains(&published.fingerprint)
@@ -162,36 +162,14 @@ async fn tls(cluster: &Cluster) -> anyhow::Result<()> {
     );
     // A wrong fingerprint is refused.
     let wrong = "ab".repeat(32);
-    let out = ctl(
-        cluster,
-        &[
-            "login",
-            "--controller",
-            &url,
-            "--password-stdin",
-            "--ca-fingerprint",
-            &wrong,
-        ],
-        &password,
-    )?;
+    let out = login(&["--ca-fingerprint", &wrong])?;
     ensure!(
         !out.status.success() && said(&out).contains("refusing"),
         "{}",
         said(&out)
     );
     // The right one: signed in, the CA kept in the context, used from then on.
-    let out = ctl(
-        cluster,
-        &[
-            "login",
-            "--controller",
-            &url,
-            "--password-stdin",
-            "--ca-fingerprint",
-            &published.fingerprint,
-        ],
-        &password,
-    )?;
+    let out = login(&["--ca-fingerprint", &published.fingerprint])?;
     ensure!(out.status.success(), "{}", said(&out));
     let saved = std::fs::read_to_string(cluster.dir.join("prexorctl.json"))?;
     ensure!(

@@ -4,13 +4,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
-use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::seg;
+use super::{Client, segment};
 use crate::Output;
-use crate::client::Client;
-use crate::render::{self};
+use crate::render;
 
 #[derive(Debug, Subcommand)]
 pub enum BackupCommand {
@@ -51,10 +49,10 @@ pub async fn backups(
     command: BackupCommand,
     out: Output,
 ) -> anyhow::Result<ExitCode> {
-    let path = |id: &str| format!("/backups/{}", seg(id));
+    let path = |id: &str| format!("/backups/{}", segment(id));
     match command {
         BackupCommand::Create { file } => {
-            let made: Value = client.send(Method::POST, "/backups", json!({})).await?;
+            let made: Value = client.post("/backups", &json!({})).await?;
             let id = made["id"].as_str().unwrap_or_default().to_owned();
             if let Some(file) = file {
                 save(client, &id, &file).await?;
@@ -68,7 +66,7 @@ pub async fn backups(
             }
         }
         BackupCommand::List => render::list(
-            &client.get("/backups").await?,
+            &client.get::<Value>("/backups").await?,
             &[
                 ("ID", "/id"),
                 ("CREATED", "/createdAtMs"),
@@ -84,7 +82,7 @@ pub async fn backups(
         }
         BackupCommand::Verify { id } => {
             let checked: Value = client
-                .send(Method::POST, &format!("{}/verify", path(&id)), json!({}))
+                .post(&format!("{}/verify", path(&id)), &json!({}))
                 .await?;
             match out {
                 Output::Table => println!(
@@ -120,7 +118,7 @@ pub async fn backups(
 
 async fn save(client: &Client, id: &str, file: &std::path::Path) -> anyhow::Result<()> {
     let bytes = client
-        .get_bytes(&format!("/backups/{}/archive", seg(id)))
+        .get_bytes(&format!("/backups/{}/archive", segment(id)))
         .await?;
     std::fs::write(file, bytes).with_context(|| format!("writing {}", file.display()))
 }
@@ -140,7 +138,7 @@ pub async fn restore(
         body["timeout"] = json!(timeout);
     }
     let answer: Value = client
-        .send(Method::POST, &format!("/backups/{}/restore", seg(id)), body)
+        .post(&format!("/backups/{}/restore", segment(id)), &body)
         .await?;
     if out != Output::Table {
         render::object(&answer, out)?;

@@ -5,12 +5,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Subcommand;
-use reqwest::Method;
-use serde_json::{Value, json};
+use prexor_client::NewDeployment;
+use prexor_model::workflows::DeploymentState;
 
-use super::{read_spec, seg};
+use super::{Client, read_spec};
 use crate::Output;
-use crate::client::Client;
 use crate::render::{self, Column};
 
 const DEPLOYMENT_COLUMNS: &[Column] = &[
@@ -63,13 +62,14 @@ pub enum DeploymentCommand {
 /// Follows a deployment until it is done, with a progress bar.
 async fn wait_deployment(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
     loop {
-        let deployment: Value = client.get(&format!("/deployments/{}", seg(id))).await?;
-        let updated = deployment["live"]["updated"].as_u64().unwrap_or(0);
-        let total = deployment["live"]["active"]
-            .as_u64()
-            .unwrap_or(0)
-            .max(updated);
-        let state = deployment["state"].as_str().unwrap_or("?");
+        let deployment = client.deployment(id).await?;
+        let updated = deployment.live.updated;
+        let total = deployment.live.active.max(updated);
+        let state = if deployment.state.is_empty() {
+            "?"
+        } else {
+            deployment.state.as_str()
+        };
         let width = 30usize;
         let filled = if total == 0 {
             width
@@ -81,13 +81,13 @@ async fn wait_deployment(client: &Client, id: &str) -> anyhow::Result<ExitCode> 
             "#".repeat(filled),
             ".".repeat(width - filled)
         );
-        match state {
-            "DONE" => {
+        match state.parse() {
+            Ok(DeploymentState::Done) => {
                 eprintln!();
                 println!("deployment {id} done");
                 return Ok(ExitCode::SUCCESS);
             }
-            "PAUSED" => {
+            Ok(DeploymentState::Paused) => {
                 eprintln!();
                 println!("deployment {id} is paused (prexorctl deployments resume {id})");
                 return Ok(ExitCode::FAILURE);
@@ -102,7 +102,7 @@ pub async fn deployments(
     command: DeploymentCommand,
     out: Output,
 ) -> anyhow::Result<ExitCode> {
-    let (answer, wait): (Value, bool) = match command {
+    let (answer, wait) = match command {
         DeploymentCommand::Create {
             group,
             file,
@@ -110,78 +110,33 @@ pub async fn deployments(
             max_unavailable,
             wait,
         } => {
-            let mut body = json!({ "batchSize": batch_size, "maxUnavailable": max_unavailable });
-            if let Some(file) = &file {
-                body["spec"] = read_spec(file)?;
-            }
-            let answer = client
-                .send(
-                    Method::POST,
-                    &format!("/groups/{}/deployments", seg(&group)),
-                    body,
-                )
-                .await?;
-            (answer, wait)
+            let new = NewDeployment {
+                spec: file.as_deref().map(read_spec).transpose()?,
+                batch_size,
+                max_unavailable,
+            };
+            (client.create_deployment(&group, &new).await?, wait)
         }
         DeploymentCommand::List { group } => {
-            render::list(
-                &client
-                    .get(&format!("/groups/{}/deployments", seg(&group)))
-                    .await?,
-                DEPLOYMENT_COLUMNS,
-                out,
-            )?;
+            render::list(&client.deployments(&group).await?, DEPLOYMENT_COLUMNS, out)?;
             return Ok(ExitCode::SUCCESS);
         }
         DeploymentCommand::Get { id } => {
-            render::object(
-                &client.get(&format!("/deployments/{}", seg(&id))).await?,
-                out,
-            )?;
+            render::object(&client.deployment(&id).await?, out)?;
             return Ok(ExitCode::SUCCESS);
         }
-        DeploymentCommand::Pause { id } => (
-            client
-                .send(
-                    Method::POST,
-                    &format!("/deployments/{}/pause", seg(&id)),
-                    json!({}),
-                )
-                .await?,
-            false,
-        ),
-        DeploymentCommand::Resume { id, wait } => (
-            client
-                .send(
-                    Method::POST,
-                    &format!("/deployments/{}/resume", seg(&id)),
-                    json!({}),
-                )
-                .await?,
-            wait,
-        ),
-        DeploymentCommand::Rollback { id, wait } => (
-            client
-                .send(
-                    Method::POST,
-                    &format!("/deployments/{}/rollback", seg(&id)),
-                    json!({}),
-                )
-                .await?,
-            wait,
-        ),
+        DeploymentCommand::Pause { id } => (client.pause_deployment(&id).await?, false),
+        DeploymentCommand::Resume { id, wait } => (client.resume_deployment(&id).await?, wait),
+        DeploymentCommand::Rollback { id, wait } => (client.rollback_deployment(&id).await?, wait),
     };
-    let id = answer["id"].as_str().unwrap_or_default().to_owned();
-    render::done(
-        &answer,
-        &format!(
-            "deployment {id}: {}",
-            answer["state"].as_str().unwrap_or("?")
-        ),
-        out,
-    )?;
+    let state = if answer.state.is_empty() {
+        "?"
+    } else {
+        answer.state.as_str()
+    };
+    render::done(&answer, &format!("deployment {}: {state}", answer.id), out)?;
     if wait {
-        return wait_deployment(client, &id).await;
+        return wait_deployment(client, &answer.id).await;
     }
     Ok(ExitCode::SUCCESS)
 }

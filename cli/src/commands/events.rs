@@ -4,25 +4,23 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::seg;
-use crate::client::{Client, read_events};
+use super::{Client, segment};
 
 /// Follows domain events (optionally of some types) until interrupted.
 pub async fn events(client: &Client, types: Option<String>) -> anyhow::Result<ExitCode> {
     let path = match types {
-        Some(types) => format!("/events?types={}", seg(&types)),
+        Some(types) => format!("/events?types={}", segment(&types)),
         None => "/events".to_owned(),
     };
-    let response = client.stream(&path).await?;
-    read_events(response, |event, data| {
-        let parsed: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+    let mut events = client.events(&path, None).await?;
+    while let Some(event) = events.next().await? {
+        let parsed: Value = event.json().unwrap_or(Value::Null);
         println!(
-            "{event:<24} {:<24} {}",
+            "{:<24} {:<24} {}",
+            event.event,
             parsed["subject"].as_str().unwrap_or("-"),
             parsed["data"]
         );
-        Ok(true)
-    })
-    .await?;
+    }
     Ok(ExitCode::SUCCESS)
 }

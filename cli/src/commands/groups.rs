@@ -4,12 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use reqwest::Method;
-use serde_json::{Value, json};
 
-use super::{read_spec, seg};
+use super::{Client, read_spec};
 use crate::Output;
-use crate::client::Client;
 use crate::render::{self, Column};
 
 const GROUP_COLUMNS: &[Column] = &[
@@ -44,43 +41,29 @@ pub async fn groups(
     out: Output,
 ) -> anyhow::Result<ExitCode> {
     match command {
-        GroupCommand::List => render::list(&client.get("/groups").await?, GROUP_COLUMNS, out)?,
-        GroupCommand::Get { name } => {
-            render::object(&client.get(&format!("/groups/{}", seg(&name))).await?, out)?
-        }
+        GroupCommand::List => render::list(&client.groups().await?, GROUP_COLUMNS, out)?,
+        GroupCommand::Get { name } => render::object(&client.group(&name).await?, out)?,
         GroupCommand::Apply { name, file } => {
             let spec = read_spec(&file)?;
-            let path = format!("/groups/{}", seg(&name));
-            let existing: Result<Value, _> = client.get(&path).await;
-            let answer: Value = match existing {
+            let answer = match client.group(&name).await {
                 Ok(current) => {
                     client
-                        .send(
-                            Method::PUT,
-                            &path,
-                            json!({ "spec": spec, "revision": current["revision"] }),
-                        )
+                        .update_group(&name, &spec, Some(current.revision))
                         .await?
                 }
-                Err(err) if crate::client::refused_with(&err) == Some(404) => {
-                    client
-                        .send(
-                            Method::POST,
-                            "/groups",
-                            json!({ "name": name, "spec": spec }),
-                        )
-                        .await?
+                Err(err) if err.status_code() == Some(404) => {
+                    client.create_group(&name, &spec).await?
                 }
-                Err(err) => return Err(err),
+                Err(err) => return Err(err.into()),
             };
             render::done(
                 &answer,
-                &format!("group {name} at revision {}", answer["revision"]),
+                &format!("group {name} at revision {}", answer.revision),
                 out,
             )?;
         }
         GroupCommand::Delete { name } => {
-            let answer: Value = client.delete(&format!("/groups/{}", seg(&name))).await?;
+            let answer = client.delete_group(&name).await?;
             render::done(
                 &answer,
                 &format!("group {name} is being deleted: its instances stop, then it is removed"),

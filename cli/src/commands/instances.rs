@@ -5,12 +5,10 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::Subcommand;
-use reqwest::Method;
-use serde_json::{Value, json};
+use prexor_client::InstanceFilter;
 
-use super::{request, seg};
+use super::{Client, requested};
 use crate::Output;
-use crate::client::{Client, read_events};
 use crate::render::{self, Column};
 
 const INSTANCE_COLUMNS: &[Column] = &[
@@ -63,62 +61,41 @@ pub async fn instances(
 ) -> anyhow::Result<ExitCode> {
     match command {
         InstanceCommand::List { group, node, state } => {
-            let mut query = Vec::new();
-            for (key, value) in [("group", group), ("node", node), ("state", state)] {
-                if let Some(value) = value {
-                    query.push(format!("{key}={}", seg(&value)));
-                }
-            }
-            let path = if query.is_empty() {
-                "/instances".to_owned()
-            } else {
-                format!("/instances?{}", query.join("&"))
-            };
-            render::list(&client.get(&path).await?, INSTANCE_COLUMNS, out)?;
+            let filter = InstanceFilter { group, node, state };
+            render::list(&client.instances(&filter).await?, INSTANCE_COLUMNS, out)?;
         }
-        InstanceCommand::Get { id } => {
-            render::object(&client.get(&format!("/instances/{}", seg(&id))).await?, out)?
-        }
-        InstanceCommand::Start { group } => {
-            request(client, &format!("/groups/{}/instances", seg(&group)), out).await?
-        }
-        InstanceCommand::Stop { id } => {
-            request(client, &format!("/instances/{}/stop", seg(&id)), out).await?
-        }
-        InstanceCommand::Kill { id } => {
-            request(client, &format!("/instances/{}/kill", seg(&id)), out).await?
-        }
+        InstanceCommand::Get { id } => render::object(&client.instance(&id).await?, out)?,
+        InstanceCommand::Start { group } => requested(&client.start_instance(&group).await?, out)?,
+        InstanceCommand::Stop { id } => requested(&client.stop_instance(&id).await?, out)?,
+        InstanceCommand::Kill { id } => requested(&client.kill_instance(&id).await?, out)?,
         InstanceCommand::Command { id, line } => {
             if line.is_empty() {
                 bail!(
                     "give the console line to send, e.g. `prexorctl instances command {id} say hello`"
                 );
             }
-            let _: Value = client
-                .send(
-                    Method::POST,
-                    &format!("/instances/{}/command", seg(&id)),
-                    json!({ "command": line.join(" ") }),
-                )
-                .await?;
+            client.send_command(&id, &line.join(" ")).await?;
             println!("sent to {id}");
         }
         InstanceCommand::Console { id, follow, lines } => {
-            let response = client
-                .stream(&format!("/instances/{}/console?lines={lines}", seg(&id)))
-                .await?;
+            let mut console = client.console(&id, lines).await?;
             if follow {
                 spawn_console_input(client, &id);
             }
             let deadline =
                 (!follow).then(|| std::time::Instant::now() + Duration::from_millis(500));
-            let printing = read_events(response, |event, data| {
-                if event == "error" {
-                    bail!("{data}");
+            let printing = async {
+                while let Some(event) = console.next().await? {
+                    if event.event == "error" {
+                        bail!("{}", event.data);
+                    }
+                    println!("{}", event.data);
+                    if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                        break;
+                    }
                 }
-                println!("{data}");
-                Ok(deadline.is_none_or(|d| std::time::Instant::now() < d))
-            });
+                anyhow::Ok(())
+            };
             match deadline {
                 // Without --follow: the history, then stop once it has arrived.
                 Some(_) => {
@@ -133,9 +110,7 @@ pub async fn instances(
             }
         }
         InstanceCommand::Crashes { id } => render::list(
-            &client
-                .get(&format!("/instances/{}/crashes", seg(&id)))
-                .await?,
+            &client.crashes(&id).await?,
             &[
                 ("AT", "/atMs"),
                 ("EXIT CODE", "/exitCode"),
@@ -159,15 +134,8 @@ fn spawn_console_input(client: &Client, id: &str) {
             if line.trim().is_empty() {
                 continue;
             }
-            let sent: anyhow::Result<Value> = client
-                .send(
-                    Method::POST,
-                    &format!("/instances/{}/command", seg(&id)),
-                    json!({ "command": line }),
-                )
-                .await;
-            if let Err(err) = sent {
-                eprintln!("error: {err:#}");
+            if let Err(err) = client.send_command(&id, &line).await {
+                eprintln!("error: {:#}", anyhow::Error::from(err));
             }
         }
     });

@@ -24,52 +24,40 @@ pub use templates::*;
 pub use tokens::*;
 pub use users::*;
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use anyhow::Context;
-use reqwest::Method;
-use serde_json::{Value, json};
+use prexor_client::{Accepted, GroupSpec};
+pub(crate) use prexor_client::{Client, segment};
 
 use crate::Output;
-use crate::client::Client;
 use crate::render;
 
-/// Escapes a path segment.
-pub(crate) fn seg(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.~".contains(c) {
-                c.to_string()
-            } else {
-                format!("%{:02X}", c as u32)
-            }
-        })
-        .collect()
-}
-
-pub(crate) fn read_spec(file: &PathBuf) -> anyhow::Result<Value> {
+/// A group spec from a JSON or YAML file (fields in docs/scheduling.md).
+pub(crate) fn read_spec(file: &Path) -> anyhow::Result<GroupSpec> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let is_yaml = file.extension().is_some_and(|e| e == "yaml" || e == "yml");
-    if is_yaml {
+    let spec: serde_json::Value = if is_yaml {
         serde_norway::from_str(&text)
-            .with_context(|| format!("{} is not valid YAML", file.display()))
+            .with_context(|| format!("{} is not valid YAML", file.display()))?
     } else {
         serde_json::from_str(&text).with_context(|| {
             format!(
                 "{} is not valid JSON (name it .yaml for YAML)",
                 file.display()
             )
-        })
-    }
+        })?
+    };
+    serde_json::from_value(spec).with_context(|| {
+        format!(
+            "{} is not a group spec (fields in docs/scheduling.md)",
+            file.display()
+        )
+    })
 }
 
-/// POSTs an operator request (start, stop, kill) and reports what the API answered.
-pub(crate) async fn request(client: &Client, path: &str, out: Output) -> anyhow::Result<()> {
-    let answer: Value = client.send(Method::POST, path, json!({})).await?;
-    render::done(
-        &answer,
-        answer["message"].as_str().unwrap_or("requested"),
-        out,
-    )
+/// Reports what the api answered to an operator request (start, stop, kill).
+pub(crate) fn requested(answer: &Accepted, out: Output) -> anyhow::Result<()> {
+    render::done(answer, &answer.message, out)
 }

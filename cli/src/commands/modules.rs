@@ -5,13 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
-use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::seg;
+use super::{Client, segment};
 use crate::Output;
-use crate::client::Client;
-use crate::render::{self};
+use crate::render;
 
 #[derive(Debug, Subcommand)]
 pub enum ModuleCommand {
@@ -50,7 +48,7 @@ pub async fn modules(
     let (path, body) = match command {
         ModuleCommand::List => {
             render::list(
-                &client.get("/modules").await?,
+                &client.get::<Value>("/modules").await?,
                 &[
                     ("NAME", "/id"),
                     ("STATE", "/state"),
@@ -62,7 +60,12 @@ pub async fn modules(
             return Ok(ExitCode::SUCCESS);
         }
         ModuleCommand::Get { name } => {
-            render::object(&client.get(&format!("/modules/{}", seg(&name))).await?, out)?;
+            render::object(
+                &client
+                    .get::<Value>(&format!("/modules/{}", segment(&name)))
+                    .await?,
+                out,
+            )?;
             return Ok(ExitCode::SUCCESS);
         }
         ModuleCommand::Upload {
@@ -74,7 +77,7 @@ pub async fn modules(
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let answer: Value = client
                 .put_bytes(
-                    &format!("/modules/{}/versions/{}", seg(&name), seg(&version)),
+                    &format!("/modules/{}/versions/{}", segment(&name), segment(&version)),
                     bytes,
                 )
                 .await?;
@@ -86,23 +89,25 @@ pub async fn modules(
             return Ok(ExitCode::SUCCESS);
         }
         ModuleCommand::Install { name, version } => (
-            format!("/modules/{}/install", seg(&name)),
+            format!("/modules/{}/install", segment(&name)),
             json!({ "version": version }),
         ),
         ModuleCommand::Upgrade { name, version } => (
-            format!("/modules/{}/upgrade", seg(&name)),
+            format!("/modules/{}/upgrade", segment(&name)),
             json!({ "version": version }),
         ),
         ModuleCommand::Uninstall { name } => {
-            (format!("/modules/{}/uninstall", seg(&name)), json!({}))
+            (format!("/modules/{}/uninstall", segment(&name)), json!({}))
         }
         ModuleCommand::Delete { name } => {
-            let answer: Value = client.delete(&format!("/modules/{}", seg(&name))).await?;
+            let answer: Value = client
+                .delete(&format!("/modules/{}", segment(&name)))
+                .await?;
             render::done(&answer, &format!("module {name}: deletion requested"), out)?;
             return Ok(ExitCode::SUCCESS);
         }
     };
-    let answer: Value = client.send(Method::POST, &path, body).await?;
+    let answer: Value = client.post(&path, &body).await?;
     let module = answer["module"].as_str().unwrap_or("?");
     render::done(
         &answer,

@@ -4,12 +4,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Subcommand;
-use reqwest::Method;
-use serde_json::{Value, json};
+use prexor_client::DrainRequest;
+use prexor_model::nodes::DrainState;
 
-use super::seg;
+use super::Client;
 use crate::Output;
-use crate::client::Client;
 use crate::render::{self, Column};
 
 const NODE_COLUMNS: &[Column] = &[
@@ -66,28 +65,14 @@ pub enum NodeCommand {
 
 pub async fn nodes(client: &Client, command: NodeCommand, out: Output) -> anyhow::Result<ExitCode> {
     match command {
-        NodeCommand::List => render::list(&client.get("/nodes").await?, NODE_COLUMNS, out)?,
-        NodeCommand::Get { id } => {
-            render::object(&client.get(&format!("/nodes/{}", seg(&id))).await?, out)?
-        }
+        NodeCommand::List => render::list(&client.nodes().await?, NODE_COLUMNS, out)?,
+        NodeCommand::Get { id } => render::object(&client.node(&id).await?, out)?,
         NodeCommand::Cordon { id } => {
-            let _: Value = client
-                .send(
-                    Method::POST,
-                    &format!("/nodes/{}/cordon", seg(&id)),
-                    json!({}),
-                )
-                .await?;
+            client.cordon(&id, true).await?;
             println!("node {id} cordoned");
         }
         NodeCommand::Uncordon { id } => {
-            let _: Value = client
-                .send(
-                    Method::POST,
-                    &format!("/nodes/{}/uncordon", seg(&id)),
-                    json!({}),
-                )
-                .await?;
+            client.cordon(&id, false).await?;
             println!("node {id} uncordoned");
         }
         NodeCommand::Drain {
@@ -96,21 +81,19 @@ pub async fn nodes(client: &Client, command: NodeCommand, out: Output) -> anyhow
             shutdown,
             wait,
         } => {
-            let answer: Value = client
-                .send(
-                    Method::POST,
-                    &format!("/nodes/{}/drain", seg(&id)),
-                    json!({ "timeout": timeout, "shutdown": shutdown }),
-                )
-                .await?;
+            let request = DrainRequest {
+                timeout: Some(timeout),
+                shutdown,
+            };
+            let answer = client.drain_node(&id, &request).await?;
             render::done(&answer, &format!("draining node {id}"), out)?;
             if wait {
                 loop {
-                    let drain: Value = client.get(&format!("/nodes/{}/drain", seg(&id))).await?;
-                    let state = drain["state"].as_str().unwrap_or("?").to_owned();
-                    if matches!(state.as_str(), "DONE" | "CANCELLED") {
-                        println!("drain of {id}: {state}");
-                        if state == "CANCELLED" {
+                    let drain = client.drain(&id).await?;
+                    let state = drain.state.parse().ok();
+                    if matches!(state, Some(DrainState::Done | DrainState::Cancelled)) {
+                        println!("drain of {id}: {}", drain.state);
+                        if state == Some(DrainState::Cancelled) {
                             // Not drained: a script waiting for it must not go on as if it were.
                             return Ok(ExitCode::FAILURE);
                         }
@@ -121,29 +104,17 @@ pub async fn nodes(client: &Client, command: NodeCommand, out: Output) -> anyhow
             }
         }
         NodeCommand::Undrain { id } => {
-            let _: Value = client
-                .send(
-                    Method::POST,
-                    &format!("/nodes/{}/undrain", seg(&id)),
-                    json!({}),
-                )
-                .await?;
+            client.undrain(&id).await?;
             println!("node {id}: drain cancelled, uncordoned");
         }
         NodeCommand::Delete { id } => {
-            let _: Value = client.delete(&format!("/nodes/{}", seg(&id))).await?;
+            client.delete_node(&id).await?;
             println!("node {id} deleted");
         }
         NodeCommand::JoinToken { id, ttl } => {
-            let answer: Value = client
-                .send(
-                    Method::POST,
-                    &format!("/nodes/{}/join-token", seg(&id)),
-                    json!({ "expiresIn": ttl }),
-                )
-                .await?;
+            let answer = client.join_token(&id, &ttl).await?;
             match out {
-                Output::Table => println!("{}", answer["token"].as_str().unwrap_or_default()),
+                Output::Table => println!("{}", answer.token),
                 _ => render::object(&answer, out)?,
             }
         }

@@ -5,13 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
-use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::seg;
+use super::{Client, segment};
 use crate::Output;
-use crate::client::Client;
-use crate::render::{self};
+use crate::render;
 
 #[derive(Debug, Subcommand)]
 pub enum TemplateCommand {
@@ -41,7 +39,7 @@ pub async fn templates(
 ) -> anyhow::Result<ExitCode> {
     match command {
         TemplateCommand::List => render::list(
-            &client.get("/templates").await?,
+            &client.get::<Value>("/templates").await?,
             &[
                 ("NAME", "/name"),
                 ("CURRENT", "/current"),
@@ -52,14 +50,16 @@ pub async fn templates(
             out,
         )?,
         TemplateCommand::Get { name } => render::object(
-            &client.get(&format!("/templates/{}", seg(&name))).await?,
+            &client
+                .get::<Value>(&format!("/templates/{}", segment(&name)))
+                .await?,
             out,
         )?,
         TemplateCommand::Upload { name, file } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let answer: Value = client
-                .put_bytes(&format!("/templates/{}", seg(&name)), bytes)
+                .put_bytes(&format!("/templates/{}", segment(&name)), bytes)
                 .await?;
             render::done(
                 &answer,
@@ -69,10 +69,9 @@ pub async fn templates(
         }
         TemplateCommand::Rollback { name, version } => {
             let answer: Value = client
-                .send(
-                    Method::POST,
-                    &format!("/templates/{}/rollback", seg(&name)),
-                    json!({ "version": version }),
+                .post(
+                    &format!("/templates/{}/rollback", segment(&name)),
+                    &json!({ "version": version }),
                 )
                 .await?;
             render::done(
@@ -82,7 +81,9 @@ pub async fn templates(
             )?;
         }
         TemplateCommand::Delete { name } => {
-            let _: Value = client.delete(&format!("/templates/{}", seg(&name))).await?;
+            let _: Value = client
+                .delete(&format!("/templates/{}", segment(&name)))
+                .await?;
             println!("template {name} deleted");
         }
     }

@@ -3,13 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use reqwest::Method;
-use serde_json::{Value, json};
+use prexor_client::NewToken;
 
-use super::seg;
+use super::Client;
 use crate::Output;
-use crate::client::Client;
-use crate::render::{self};
+use crate::render;
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
@@ -39,12 +37,8 @@ pub async fn tokens(
 ) -> anyhow::Result<ExitCode> {
     match command {
         TokenCommand::List { owner } => {
-            let path = match owner {
-                Some(owner) => format!("/auth/tokens?owner={}", seg(&owner)),
-                None => "/auth/tokens".to_owned(),
-            };
             render::list(
-                &client.get(&path).await?,
+                &client.tokens(owner.as_deref()).await?,
                 &[
                     ("ID", "/id"),
                     ("NAME", "/name"),
@@ -61,24 +55,22 @@ pub async fn tokens(
             permissions,
             expires_in,
         } => {
-            let mut body = json!({ "name": name });
-            if !permissions.is_empty() {
-                body["permissions"] = json!(permissions);
-            }
-            if let Some(expires_in) = expires_in {
-                body["expiresIn"] = json!(expires_in);
-            }
-            let answer: Value = client.send(Method::POST, "/auth/tokens", body).await?;
+            let new = NewToken {
+                name,
+                permissions: (!permissions.is_empty()).then_some(permissions),
+                expires_in,
+            };
+            let answer = client.create_token(&new).await?;
             match out {
                 Output::Table => {
-                    println!("{}", answer["token"].as_str().unwrap_or_default());
-                    eprintln!("(shown once; id {})", answer["id"].as_str().unwrap_or("?"));
+                    println!("{}", answer.token);
+                    eprintln!("(shown once; id {})", answer.view.id);
                 }
                 _ => render::object(&answer, out)?,
             }
         }
         TokenCommand::Delete { id } => {
-            let _: Value = client.delete(&format!("/auth/tokens/{}", seg(&id))).await?;
+            client.delete_token(&id).await?;
             println!("token {id} deleted");
         }
     }

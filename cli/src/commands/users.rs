@@ -3,13 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use reqwest::Method;
-use serde_json::{Value, json};
+use prexor_client::{NewUser, User, UserChange};
 
-use super::seg;
+use super::Client;
 use crate::Output;
-use crate::client::Client;
-use crate::render::{self};
+use crate::render;
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
@@ -52,13 +50,9 @@ pub enum RoleCommand {
 }
 
 pub async fn users(client: &Client, command: UserCommand, out: Output) -> anyhow::Result<ExitCode> {
-    let patch = |username: &str, body: Value| {
-        let path = format!("/users/{}", seg(username));
-        async move { client.send::<Value>(Method::PATCH, &path, body).await }
-    };
     match command {
         UserCommand::List => render::list(
-            &client.get("/users").await?,
+            &client.users().await?,
             &[
                 ("USER", "/username"),
                 ("ROLES", "/roles"),
@@ -71,48 +65,63 @@ pub async fn users(client: &Client, command: UserCommand, out: Output) -> anyhow
             eprintln!("password for {username} (from stdin):");
             let mut password = String::new();
             std::io::stdin().read_line(&mut password)?;
-            let answer: Value = client
-                .send(
-                    Method::POST,
-                    "/users",
-                    json!({ "username": username, "password": password.trim_end_matches(['\r', '\n']), "roles": roles }),
-                )
-                .await?;
+            let new = NewUser {
+                username: username.clone(),
+                password: password.trim_end_matches(['\r', '\n']).to_owned(),
+                roles,
+            };
+            let answer = client.create_user(&new).await?;
             render::done(&answer, &format!("user {username} created"), out)?;
         }
         UserCommand::SetRoles { username, roles } => {
+            let change = UserChange {
+                roles: Some(roles),
+                ..UserChange::default()
+            };
             render::done(
-                &patch(&username, json!({ "roles": roles })).await?,
+                &client.update_user(&username, &change).await?,
                 &format!("user {username} updated (their sessions ended)"),
                 out,
             )?;
         }
         UserCommand::Disable { username } => {
             render::done(
-                &patch(&username, json!({ "disabled": true })).await?,
+                &set_disabled(client, &username, true).await?,
                 &format!("user {username} disabled"),
                 out,
             )?;
         }
         UserCommand::Enable { username } => {
             render::done(
-                &patch(&username, json!({ "disabled": false })).await?,
+                &set_disabled(client, &username, false).await?,
                 &format!("user {username} enabled"),
                 out,
             )?;
         }
         UserCommand::Delete { username } => {
-            let _: Value = client.delete(&format!("/users/{}", seg(&username))).await?;
+            client.delete_user(&username).await?;
             println!("user {username} deleted");
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
+async fn set_disabled(
+    client: &Client,
+    username: &str,
+    disabled: bool,
+) -> Result<User, prexor_client::Error> {
+    let change = UserChange {
+        disabled: Some(disabled),
+        ..UserChange::default()
+    };
+    client.update_user(username, &change).await
+}
+
 pub async fn roles(client: &Client, command: RoleCommand, out: Output) -> anyhow::Result<ExitCode> {
     match command {
         RoleCommand::List => render::list(
-            &client.get("/roles").await?,
+            &client.roles().await?,
             &[
                 ("ROLE", "/name"),
                 ("BUILT-IN", "/builtin"),
@@ -121,27 +130,21 @@ pub async fn roles(client: &Client, command: RoleCommand, out: Output) -> anyhow
             out,
         )?,
         RoleCommand::Create { name, permissions } => {
-            let answer: Value = client
-                .send(
-                    Method::POST,
-                    "/roles",
-                    json!({ "name": name, "permissions": permissions }),
-                )
-                .await?;
+            let answer = client.create_role(&name, &permissions).await?;
             render::done(&answer, &format!("role {name} created"), out)?;
         }
         RoleCommand::Delete { name } => {
-            let _: Value = client.delete(&format!("/roles/{}", seg(&name))).await?;
+            client.delete_role(&name).await?;
             println!("role {name} deleted");
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn audit(client: &Client, limit: u32, out: Output) -> anyhow::Result<ExitCode> {
-    let page: Value = client.get(&format!("/audit?limit={limit}")).await?;
+/// The newest `limit` entries of the audit log.
+pub async fn audit(client: &Client, limit: usize, out: Output) -> anyhow::Result<ExitCode> {
     render::list(
-        &page["entries"],
+        &client.audit(limit).await?,
         &[
             ("AT", "/atMs"),
             ("ACTOR", "/actor"),

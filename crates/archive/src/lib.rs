@@ -43,6 +43,50 @@ pub struct Summary {
     pub unpacked_bytes: u64,
 }
 
+/// Why an archive was refused. Every message names the entry it is about, when there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("the archive is empty or not gzip-compressed (expected a .tar.gz)")]
+    NotGzip,
+    #[error("the archive is empty")]
+    Empty,
+    #[error("the archive is truncated or corrupt{}: {source}", at.as_ref().map(|e| format!(" at {e}")).unwrap_or_default())]
+    Corrupt {
+        at: Option<String>,
+        source: io::Error,
+    },
+    #[error(
+        "the archive holds more than {} of tar metadata between two entries",
+        mib(METADATA_LIMIT)
+    )]
+    MetadataTooLarge,
+    #[error("an entry has an unreadable name: {0}")]
+    BadName(io::Error),
+    #[error("{entry} points outside the directory it is unpacked in")]
+    Outside { entry: String },
+    #[error("{entry} links to {target}, outside the directory it is unpacked in")]
+    LinkOutside { entry: String, target: String },
+    #[error("{entry} has an unreadable link target: {source}")]
+    BadLink { entry: String, source: io::Error },
+    #[error("{entry} is a link without a target")]
+    NoLinkTarget { entry: String },
+    #[error("{entry} is a {kind}; an archive may hold only files, directories and links")]
+    Special { entry: String, kind: &'static str },
+    #[error("the archive has more than {limit} entries (the limit)")]
+    TooManyEntries { limit: u64 },
+    #[error("the archive unpacks to more than {} (the limit), at {entry}", mib(*limit))]
+    TooLarge { limit: u64, entry: String },
+    #[error("not unpacking {entry}: {reason}")]
+    NoRoom { entry: String, reason: String },
+    #[error("cannot unpack {entry}: {source}")]
+    Unpack { entry: String, source: io::Error },
+    #[error("cannot create {path}: {source}")]
+    CreateDir { path: String, source: io::Error },
+    /// A visitor of [`walk`] refused an entry.
+    #[error("{entry}: {reason}")]
+    Refused { entry: String, reason: String },
+}
+
 /// One entry as [`walk`] hands it to its visitor.
 pub type Entry<'a, R> = tar::Entry<'a, Budgeted<GzDecoder<io::Chain<io::Cursor<[u8; 2]>, R>>>>;
 
@@ -52,15 +96,15 @@ pub type Entry<'a, R> = tar::Entry<'a, Budgeted<GzDecoder<io::Chain<io::Cursor<[
 pub fn walk<R: Read>(
     reader: R,
     limits: &Limits,
-    mut visit: impl FnMut(&Path, &mut Entry<'_, R>) -> Result<(), String>,
-) -> Result<Summary, String> {
+    mut visit: impl FnMut(&Path, &mut Entry<'_, R>) -> Result<(), ArchiveError>,
+) -> Result<Summary, ArchiveError> {
     let mut reader = reader;
     let mut magic = [0u8; 2];
     reader
         .read_exact(&mut magic)
-        .map_err(|_| "the archive is empty or not gzip-compressed (expected a .tar.gz)")?;
+        .map_err(|_| ArchiveError::NotGzip)?;
     if magic != [0x1f, 0x8b] {
-        return Err("the archive is not gzip-compressed (expected a .tar.gz)".into());
+        return Err(ArchiveError::NotGzip);
     }
     let allowance = Rc::new(Cell::new(METADATA_LIMIT));
     let budgeted = Budgeted {
@@ -70,60 +114,62 @@ pub fn walk<R: Read>(
     };
     let mut archive = tar::Archive::new(budgeted);
     let mut summary = Summary::default();
-    let entries = archive.entries().map_err(|e| unreadable(&e))?;
+    let entries = archive.entries().map_err(unreadable)?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| unreadable(&e))?;
-        let path = entry
-            .path()
-            .map_err(|e| format!("an entry has an unreadable name: {e}"))?
-            .into_owned();
+        let mut entry = entry.map_err(unreadable)?;
+        let path = entry.path().map_err(ArchiveError::BadName)?.into_owned();
         let kind = entry.header().entry_type();
         if kind == EntryType::XGlobalHeader {
             continue;
         }
         let named = path.display().to_string();
-        let normal = inside(Path::new(""), &path)
-            .ok_or_else(|| format!("{named} points outside the directory it is unpacked in"))?;
+        let normal = inside(Path::new(""), &path).ok_or_else(|| ArchiveError::Outside {
+            entry: named.clone(),
+        })?;
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::Directory => {}
             EntryType::Symlink | EntryType::Link => {
                 let target = entry
                     .link_name()
-                    .map_err(|e| format!("{named} has an unreadable link target: {e}"))?
-                    .ok_or_else(|| format!("{named} is a link without a target"))?;
+                    .map_err(|source| ArchiveError::BadLink {
+                        entry: named.clone(),
+                        source,
+                    })?
+                    .ok_or_else(|| ArchiveError::NoLinkTarget {
+                        entry: named.clone(),
+                    })?;
                 // A symbolic link resolves from its own directory, a hard link from the root.
                 let base = match kind {
                     EntryType::Symlink => normal.parent().unwrap_or(Path::new("")).to_path_buf(),
                     _ => PathBuf::new(),
                 };
                 if inside(&base, &target).is_none() {
-                    return Err(format!(
-                        "{named} links to {}, outside the directory it is unpacked in",
-                        target.display()
-                    ));
+                    return Err(ArchiveError::LinkOutside {
+                        entry: named,
+                        target: target.display().to_string(),
+                    });
                 }
             }
             other => {
-                return Err(format!(
-                    "{named} is a {}; an archive may hold only files, directories and links",
-                    describe(other)
-                ));
+                return Err(ArchiveError::Special {
+                    entry: named,
+                    kind: describe(other),
+                });
             }
         }
         summary.entries += 1;
         if summary.entries > limits.max_entries {
-            return Err(format!(
-                "the archive has more than {} entries (the limit)",
-                limits.max_entries
-            ));
+            return Err(ArchiveError::TooManyEntries {
+                limit: limits.max_entries,
+            });
         }
         let size = entry.size();
         summary.unpacked_bytes = summary.unpacked_bytes.saturating_add(size);
         if summary.unpacked_bytes > limits.max_unpacked_bytes {
-            return Err(format!(
-                "the archive unpacks to more than {} (the limit), at {named}",
-                mib(limits.max_unpacked_bytes)
-            ));
+            return Err(ArchiveError::TooLarge {
+                limit: limits.max_unpacked_bytes,
+                entry: named,
+            });
         }
         // This entry's content (in 512-byte blocks), then the next entry's metadata.
         let consumed = entry.raw_file_position() + size.div_ceil(512) * 512;
@@ -131,42 +177,49 @@ pub fn walk<R: Read>(
         visit(&normal, &mut entry)?;
     }
     if summary.entries == 0 {
-        return Err("the archive is empty".into());
+        return Err(ArchiveError::Empty);
     }
     Ok(summary)
 }
 
 /// Checks an archive, reading every entry through (a truncated archive is noticed here).
-pub fn check(reader: impl Read, limits: &Limits) -> Result<Summary, String> {
+pub fn check(reader: impl Read, limits: &Limits) -> Result<Summary, ArchiveError> {
     walk(reader, limits, |path, entry| {
-        io::copy(entry, &mut io::sink()).map(drop).map_err(|e| {
-            format!(
-                "the archive is truncated or corrupt at {}: {e}",
-                path.display()
-            )
-        })
+        io::copy(entry, &mut io::sink())
+            .map(drop)
+            .map_err(|source| ArchiveError::Corrupt {
+                at: Some(path.display().to_string()),
+                source,
+            })
     })
 }
 
 /// Unpacks an archive into `dest` (created if missing), permissions kept; `room(size)` is
 /// asked before each entry is written (a disk budget) and its refusal ends the unpack.
-pub fn unpack(
+pub fn unpack<E: std::fmt::Display>(
     reader: impl Read,
     dest: &Path,
     limits: &Limits,
-    mut room: impl FnMut(u64) -> Result<(), String>,
-) -> Result<Summary, String> {
-    std::fs::create_dir_all(dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+    mut room: impl FnMut(u64) -> Result<(), E>,
+) -> Result<Summary, ArchiveError> {
+    std::fs::create_dir_all(dest).map_err(|source| ArchiveError::CreateDir {
+        path: dest.display().to_string(),
+        source,
+    })?;
     walk(reader, limits, |path, entry| {
-        room(entry.size()).map_err(|e| format!("not unpacking {}: {e}", path.display()))?;
+        let named = || path.display().to_string();
+        room(entry.size()).map_err(|e| ArchiveError::NoRoom {
+            entry: named(),
+            reason: e.to_string(),
+        })?;
         entry.set_preserve_permissions(true);
         match entry.unpack_in(dest) {
             Ok(true) => Ok(()),
-            Ok(false) => Err(format!(
-                "{} points outside the directory it is unpacked in",
-                path.display()
-            )),
-            Err(e) => Err(format!("cannot unpack {}: {e}", path.display())),
+            Ok(false) => Err(ArchiveError::Outside { entry: named() }),
+            Err(source) => Err(ArchiveError::Unpack {
+                entry: named(),
+                source,
+            }),
         }
     })
 }
@@ -197,14 +250,14 @@ fn describe(kind: EntryType) -> &'static str {
     }
 }
 
-fn unreadable(e: &io::Error) -> String {
+fn unreadable(e: io::Error) -> ArchiveError {
     if e.kind() == io::ErrorKind::Other && e.to_string().contains(BUDGET) {
-        format!(
-            "the archive holds more than {} of tar metadata between two entries",
-            mib(METADATA_LIMIT)
-        )
+        ArchiveError::MetadataTooLarge
     } else {
-        format!("the archive is truncated or corrupt: {e}")
+        ArchiveError::Corrupt {
+            at: None,
+            source: e,
+        }
     }
 }
 

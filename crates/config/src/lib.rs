@@ -16,6 +16,6 @@ pub use common::{
 };
 pub use reader::{ConfigError, Problem, Reader, env_var_for, load};
 pub use services::{
-    ApiConfig, ApiTls, CaConfig, DaemonConfig, GatewayConfig, GrpcConfig, IpNetwork,
+    ApiConfig, ApiTls, CaConfig, DaemonConfig, GatewayConfig, GrpcConfig, IpNetwork, NetworkError,
     SchedulerConfig, ServiceConfig, UploadLimits,
 };

@@ -96,10 +96,19 @@ pub struct IpNetwork {
     pub prefix: u8,
 }
 
-impl std::str::FromStr for IpNetwork {
-    type Err = String;
+/// A network that is not `address` or `address/prefix`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetworkError {
+    #[error("{0:?} is not an IP address or address/prefix")]
+    NotAnAddress(String),
+    #[error("{text:?}: the prefix must be 0 to {max}")]
+    BadPrefix { text: String, max: u8 },
+}
 
-    fn from_str(text: &str) -> Result<IpNetwork, String> {
+impl std::str::FromStr for IpNetwork {
+    type Err = NetworkError;
+
+    fn from_str(text: &str) -> Result<IpNetwork, NetworkError> {
         let (address, prefix) = match text.split_once('/') {
             Some((address, prefix)) => (address, Some(prefix)),
             None => (text, None),
@@ -107,7 +116,7 @@ impl std::str::FromStr for IpNetwork {
         let address: std::net::IpAddr = address
             .trim()
             .parse()
-            .map_err(|_| format!("{text:?} is not an IP address or address/prefix"))?;
+            .map_err(|_| NetworkError::NotAnAddress(text.to_owned()))?;
         let max = if address.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
@@ -116,7 +125,10 @@ impl std::str::FromStr for IpNetwork {
                 .parse::<u8>()
                 .ok()
                 .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{text:?}: the prefix must be 0 to {max}"))?,
+                .ok_or_else(|| NetworkError::BadPrefix {
+                    text: text.to_owned(),
+                    max,
+                })?,
         };
         Ok(IpNetwork { address, prefix })
     }
@@ -170,9 +182,9 @@ impl ServiceConfig for ApiConfig {
         }
         let mut trusted_proxies = Vec::new();
         for entry in r.get_or::<Vec<String>>("api.trustedProxies", Vec::new()) {
-            match entry.parse() {
+            match entry.parse::<IpNetwork>() {
                 Ok(network) => trusted_proxies.push(network),
-                Err(problem) => r.problem("api.trustedProxies", problem),
+                Err(problem) => r.problem("api.trustedProxies", problem.to_string()),
             }
         }
         ApiConfig {

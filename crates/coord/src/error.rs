@@ -21,6 +21,11 @@ pub enum CoordError {
     Protocol { op: String, detail: String },
     #[error("{0}")]
     Refused(String),
+    #[error("cannot read {path}: {source}")]
+    ReadFile {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl CoordError {
@@ -33,6 +38,16 @@ impl CoordError {
             }
             CoordError::Store(err) => err.is_unavailable(),
             _ => false,
+        }
+    }
+
+    /// What this means to a client (see [`prexor_store::StoreError::code`]).
+    pub fn code(&self) -> prexor_proto::ErrorCode {
+        match self {
+            CoordError::Store(err) => err.code(),
+            _ if self.is_unavailable() => prexor_proto::ErrorCode::Unavailable,
+            CoordError::Refused(_) => prexor_proto::ErrorCode::Conflict,
+            _ => prexor_proto::ErrorCode::Internal,
         }
     }
 }

@@ -11,7 +11,8 @@
 use prexor_domain::Scope;
 
 pub(crate) fn acquired(scope: &Scope) {
-    metrics::counter!("prexor_lease_acquisitions_total", "kind" => scope.kind()).increment(1);
+    metrics::counter!("prexor_lease_acquisitions_total", "kind" => scope.kind().as_str())
+        .increment(1);
 }
 
 pub(crate) fn contended(scope: &Scope) {
@@ -19,15 +20,17 @@ pub(crate) fn contended(scope: &Scope) {
 }
 
 pub(crate) fn stale_acquisition(scope: &Scope) {
-    metrics::counter!("prexor_lease_stale_acquisitions_total", "kind" => scope.kind()).increment(1);
+    metrics::counter!("prexor_lease_stale_acquisitions_total", "kind" => scope.kind().as_str())
+        .increment(1);
 }
 
 pub(crate) fn renew_failed(scope: &Scope) {
-    metrics::counter!("prexor_lease_renew_failures_total", "kind" => scope.kind()).increment(1);
+    metrics::counter!("prexor_lease_renew_failures_total", "kind" => scope.kind().as_str())
+        .increment(1);
 }
 
 pub(crate) fn lost(scope: &Scope, reason: &'static str) {
-    metrics::counter!("prexor_lease_losses_total", "kind" => scope.kind(), "reason" => reason)
+    metrics::counter!("prexor_lease_losses_total", "kind" => scope.kind().as_str(), "reason" => reason)
         .increment(1);
 }
 

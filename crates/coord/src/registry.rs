@@ -85,7 +85,7 @@ pub enum Registry {
     Mongo { store: Store, ttl: Duration },
 }
 
-const REPLICAS: &str = "replicas";
+use prexor_model::cluster::REPLICAS;
 
 impl Registry {
     /// Records (or refreshes) `record` as alive now; the registry store's clock (Unix ms) when
@@ -283,7 +283,7 @@ fn mongo_id(kind: ServiceKind, id: &str) -> String {
     format!("{kind}:{id}")
 }
 
-const DEV_CLAIMS: &str = "dev_claims";
+use prexor_model::cluster::DEV_CLAIMS;
 
 /// The development profile's single-writer rule: one replica per service kind may run against a
 /// database. The claim is a document per kind, refreshed like a heartbeat; a claim not refreshed

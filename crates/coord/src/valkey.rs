@@ -86,9 +86,12 @@ impl ValkeyTls {
     pub fn from_files(
         ca: Option<&std::path::Path>,
         client: Option<(&std::path::Path, &std::path::Path)>,
-    ) -> Result<ValkeyTls, String> {
+    ) -> Result<ValkeyTls, CoordError> {
         let read = |path: &std::path::Path| {
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+            std::fs::read(path).map_err(|source| CoordError::ReadFile {
+                path: path.display().to_string(),
+                source,
+            })
         };
         Ok(ValkeyTls {
             ca_pem: ca.map(read).transpose()?,

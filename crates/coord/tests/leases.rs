@@ -135,7 +135,7 @@ async fn a_paused_holder_loses_its_lease_and_its_late_writes() -> anyhow::Result
 #[tokio::test]
 async fn a_flushed_valkey_never_reuses_a_token() -> anyhow::Result<()> {
     let env = Env::new("flushed").await?;
-    let scope = Scope::Workflow("drain-node-1".into());
+    let scope = Scope::drain("node-1");
     let a = env.leases("a").acquire(&scope).await?.expect("free");
     // Every key of this test disappears, as with FLUSHALL on a Valkey without persistence.
     let mut raw = env.stores.valkey().await?;

@@ -20,7 +20,7 @@ pub use lifecycle::InstanceState;
 pub use name::{NameError, validate_name};
 pub use permission::permission_allows;
 pub use redact::redact_uri;
-pub use scope::{Scope, ScopeParseError};
+pub use scope::{Scope, ScopeKind, ScopeParseError};
 pub use service::{Profile, ServiceKind};
 pub use time::{now_ms, now_secs};
 

@@ -20,7 +20,81 @@ pub enum Scope {
     Node(String),
 }
 
+/// The kinds of scope, each with its own lease-key form. Code that must consider every kind
+/// (restore taking every lease, metrics labels) iterates [`ScopeKind::ALL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScopeKind {
+    Group,
+    PlatformModule,
+    Workflow,
+    Node,
+}
+
+impl ScopeKind {
+    pub const ALL: [ScopeKind; 4] = [
+        ScopeKind::Group,
+        ScopeKind::PlatformModule,
+        ScopeKind::Workflow,
+        ScopeKind::Node,
+    ];
+
+    /// The kind's name: the prefix of the scope's string form, a low-cardinality metrics label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ScopeKind::Group => "group",
+            ScopeKind::PlatformModule => "platform-module",
+            ScopeKind::Workflow => "workflow",
+            ScopeKind::Node => "node",
+        }
+    }
+}
+
+/// The workflow name of a node's drain is this prefix and the node id.
+const DRAIN_PREFIX: &str = "drain-";
+/// The workflow name a restore runs under.
+const RESTORE: &str = "restore";
+
 impl Scope {
+    pub fn group(name: impl Into<String>) -> Scope {
+        Scope::Group(name.into())
+    }
+
+    pub fn node(id: impl Into<String>) -> Scope {
+        Scope::Node(id.into())
+    }
+
+    /// The workflow scope of `node`'s drain (`workflow:drain-<node>`).
+    pub fn drain(node: &str) -> Scope {
+        Scope::Workflow(format!("{DRAIN_PREFIX}{node}"))
+    }
+
+    /// The workflow scope a backup restore holds while it replaces the cluster's state.
+    pub fn restore() -> Scope {
+        Scope::Workflow(RESTORE.to_owned())
+    }
+
+    /// Every scope the schedulers work under, given the cluster's groups and the nodes with an
+    /// open drain: one per group, the platform modules, one per drain. The reconciler splits
+    /// these among scheduler replicas; a restore takes them all.
+    pub fn scheduled<'a>(
+        groups: impl IntoIterator<Item = &'a str>,
+        drained_nodes: impl IntoIterator<Item = &'a str>,
+    ) -> std::collections::BTreeSet<Scope> {
+        let mut scopes: std::collections::BTreeSet<Scope> =
+            groups.into_iter().map(Scope::group).collect();
+        scopes.insert(Scope::PlatformModule);
+        scopes.extend(drained_nodes.into_iter().map(Scope::drain));
+        scopes
+    }
+
+    /// The node whose drain this scope is, if it is a drain.
+    pub fn drained_node(&self) -> Option<&str> {
+        match self {
+            Scope::Workflow(name) => name.strip_prefix(DRAIN_PREFIX),
+            _ => None,
+        }
+    }
+
     /// The Valkey key of this scope's lease, below the given namespace (normally `prexor:v1:`).
     pub fn lease_key(&self, namespace: &str) -> String {
         match self {
@@ -31,13 +105,12 @@ impl Scope {
         }
     }
 
-    /// The kind of scope, used as a low-cardinality metrics label.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ScopeKind {
         match self {
-            Scope::Group(_) => "group",
-            Scope::PlatformModule => "platform-module",
-            Scope::Workflow(_) => "workflow",
-            Scope::Node(_) => "node",
+            Scope::Group(_) => ScopeKind::Group,
+            Scope::PlatformModule => ScopeKind::PlatformModule,
+            Scope::Workflow(_) => ScopeKind::Workflow,
+            Scope::Node(_) => ScopeKind::Node,
         }
     }
 }
@@ -68,17 +141,21 @@ impl FromStr for Scope {
     type Err = ScopeParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s == "platform-module" {
+        if s == ScopeKind::PlatformModule.as_str() {
             return Ok(Scope::PlatformModule);
         }
         let (kind, name) = s
             .split_once(':')
             .ok_or_else(|| ScopeParseError::Unknown(s.to_owned()))?;
+        let kind = ScopeKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == kind)
+            .ok_or_else(|| ScopeParseError::Unknown(s.to_owned()))?;
         let ctor: fn(String) -> Scope = match kind {
-            "group" => Scope::Group,
-            "workflow" => Scope::Workflow,
-            "node" => Scope::Node,
-            _ => return Err(ScopeParseError::Unknown(s.to_owned())),
+            ScopeKind::Group => Scope::Group,
+            ScopeKind::Workflow => Scope::Workflow,
+            ScopeKind::Node => Scope::Node,
+            ScopeKind::PlatformModule => return Err(ScopeParseError::Unknown(s.to_owned())),
         };
         validate_name(name).map_err(|reason| ScopeParseError::BadName {
             scope: s.to_owned(),
@@ -104,10 +181,33 @@ mod tests {
             "prexor:v1:lease:platform-module"
         );
         assert_eq!(
-            Scope::Workflow("drain-n1".into()).lease_key(ns),
+            Scope::drain("n1").lease_key(ns),
             "prexor:v1:lease:workflow:drain-n1"
         );
         assert_eq!(Scope::Node("n1".into()).lease_key(ns), "prexor:v1:node:n1");
+    }
+
+    #[test]
+    fn drains_and_restores_have_their_own_workflow_names() {
+        assert_eq!(Scope::drain("node-1").to_string(), "workflow:drain-node-1");
+        assert_eq!(Scope::drain("node-1").drained_node(), Some("node-1"));
+        assert_eq!(Scope::restore().to_string(), "workflow:restore");
+        assert_eq!(Scope::restore().drained_node(), None);
+        assert_eq!(Scope::group("drain-x").drained_node(), None);
+    }
+
+    #[test]
+    fn the_scheduled_scopes_are_groups_modules_and_drains() {
+        let scopes = Scope::scheduled(["lobby", "bedwars"], ["node-1"]);
+        assert_eq!(
+            scopes.into_iter().collect::<Vec<_>>(),
+            vec![
+                Scope::group("bedwars"),
+                Scope::group("lobby"),
+                Scope::PlatformModule,
+                Scope::drain("node-1"),
+            ]
+        );
     }
 
     #[test]

@@ -13,20 +13,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{
-    ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
-};
+use rustls::{ClientConfig, DistinguishedName, ServerConfig, SignatureScheme};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::tls::{
-    CertSlot, connector, provider, roots, verify_schemes, verify_tls12, verify_tls13,
-};
+use crate::tls::{CertSlot, connector, provider, provider_signature_checks, roots};
 use crate::{CertInfo, Identity, PkiError};
 
 /// Bound on connecting to a peer; each call sets its own deadline.
@@ -165,27 +161,7 @@ impl ClientCertVerifier for ServiceClients {
         Ok(verified)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        verify_schemes()
-    }
+    provider_signature_checks!();
 }
 
 #[derive(Debug)]
@@ -213,27 +189,7 @@ impl ServerCertVerifier for ServiceServers {
         Ok(verified)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        verify_schemes()
-    }
+    provider_signature_checks!();
 }
 
 /// A replica presents its current service certificate as a client too (none before it has one).
@@ -347,7 +303,7 @@ impl PeerChannels {
     }
 
     /// The channel to `address`; an address that is not `host:port` is an error naming it.
-    pub fn get(&self, address: &str) -> Result<Channel, String> {
+    pub fn get(&self, address: &str) -> Result<Channel, PkiError> {
         let mut guard = self.channels.lock().expect("peer channels lock");
         let (generation, channels) = &mut *guard;
         let current = self.slot.generation();
@@ -358,7 +314,10 @@ impl PeerChannels {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let bad = |e: String| format!("bad peer address {address}: {e}");
+        let bad = |reason: String| PkiError::BadPeerAddress {
+            address: address.to_owned(),
+            reason,
+        };
         let service = connector(address, self.config.clone()).map_err(|e| bad(e.to_string()))?;
         let channel = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| bad(e.to_string()))?
@@ -393,41 +352,5 @@ impl InternalTls {
 
     pub fn server_config(&self) -> Result<ServerConfig, PkiError> {
         server_config(self.trust.clone(), self.slot.clone())
-    }
-}
-
-impl InternalTls {
-    /// Internal mTLS for a tool (the acceptance suite, benchmarks) acting as service replica
-    /// `kind`/`replica_id`: trusts the cluster CA published in `store` and obtains a certificate
-    /// the way a replica obtains its first one (the service enrolment secret, a CA replica from
-    /// `registry`).
-    pub async fn enrol(
-        store: &prexor_store::Store,
-        registry: prexor_coord::Registry,
-        kind: &str,
-        replica_id: &str,
-    ) -> Result<InternalTls, String> {
-        let internal = InternalTls::new().map_err(|e| e.to_string())?;
-        let ca = crate::records::published_ca(store)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("the cluster has no CA yet")?;
-        internal
-            .trust
-            .set(&ca.certificate.pem)
-            .map_err(|e| e.to_string())?;
-        let secret = crate::records::service_enrolment_secret(store)
-            .await
-            .map_err(|e| e.to_string())?;
-        let signer = crate::client::SignerClient::new(registry, internal.peers.clone(), &secret)
-            .map_err(|e| e.to_string())?;
-        let names = crate::ServiceNames {
-            dns: vec!["localhost".into()],
-            ips: vec![std::net::Ipv4Addr::LOCALHOST.into()],
-        };
-        let (key, _) =
-            crate::client::issue_service_certificate(&signer, kind, replica_id, &names).await?;
-        internal.slot.set(key);
-        Ok(internal)
     }
 }

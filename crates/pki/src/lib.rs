@@ -4,10 +4,9 @@
 //! for the daemon port ([`tls`]).
 
 mod ca;
-pub mod client;
 mod identity;
 pub mod internal;
-pub mod records;
+mod join_token;
 pub mod tls;
 
 use std::io::Write;
@@ -17,6 +16,7 @@ pub use ca::{
     CA_VALIDITY, CaCertificate, CertificateAuthority, IssuedCertificate, ServiceNames, renewal_due,
 };
 pub use identity::{CertInfo, Identity};
+pub use join_token::{JoinToken, MalformedJoinToken};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
 use rustls::pki_types::pem::PemObject;
 
@@ -43,6 +43,12 @@ pub enum PkiError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "{path} has mode {mode:o}; a private key must not be readable by others (chmod 600 {path})"
+    )]
+    KeyReadable { path: String, mode: u32 },
+    #[error("bad peer address {address}: {reason}")]
+    BadPeerAddress { address: String, reason: String },
 }
 
 /// SHA-256 of a DER certificate, lower-case hex: what join tokens carry and operators compare.
@@ -151,16 +157,18 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
 }
 
 /// Refuses a private key file that anyone but its owner can read (like ssh does).
-pub fn check_private_mode(path: &Path) -> Result<(), String> {
+pub fn check_private_mode(path: &Path) -> Result<(), PkiError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let meta = std::fs::metadata(path).map_err(|source| PkiError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(format!(
-            "{} has mode {mode:o}; a private key must not be readable by others (chmod 600 {})",
-            path.display(),
-            path.display()
-        ));
+        return Err(PkiError::KeyReadable {
+            path: path.display().to_string(),
+            mode,
+        });
     }
     Ok(())
 }

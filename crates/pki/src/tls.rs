@@ -5,15 +5,12 @@
 
 use std::sync::{Arc, LazyLock, RwLock};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{
-    ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
-    client::WebPkiServerVerifier,
-};
+use rustls::{ClientConfig, RootCertStore, ServerConfig, client::WebPkiServerVerifier};
 
 use crate::{PkiError, fingerprint, pem_certificates};
 
@@ -25,41 +22,46 @@ pub fn provider() -> Arc<CryptoProvider> {
     PROVIDER.clone()
 }
 
-/// The handshake signature checks every PrexorCloud certificate verifier delegates to: the
-/// provider's algorithms.
-pub(crate) fn verify_tls12(
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-) -> Result<HandshakeSignatureValid, rustls::Error> {
-    rustls::crypto::verify_tls12_signature(
-        message,
-        cert,
-        dss,
-        &PROVIDER.signature_verification_algorithms,
-    )
-}
+/// The handshake signature checks of a rustls certificate verifier, which every PrexorCloud
+/// verifier delegates to the one provider's algorithms: expands to the three trait methods.
+macro_rules! provider_signature_checks {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &$crate::tls::provider().signature_verification_algorithms,
+            )
+        }
 
-/// See [`verify_tls12`].
-pub(crate) fn verify_tls13(
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-) -> Result<HandshakeSignatureValid, rustls::Error> {
-    rustls::crypto::verify_tls13_signature(
-        message,
-        cert,
-        dss,
-        &PROVIDER.signature_verification_algorithms,
-    )
-}
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &$crate::tls::provider().signature_verification_algorithms,
+            )
+        }
 
-/// See [`verify_tls12`].
-pub(crate) fn verify_schemes() -> Vec<SignatureScheme> {
-    PROVIDER
-        .signature_verification_algorithms
-        .supported_schemes()
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            $crate::tls::provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    };
 }
+pub(crate) use provider_signature_checks;
 
 fn tls_err(what: &str) -> impl Fn(rustls::Error) -> PkiError + '_ {
     move |e| PkiError::Tls(format!("{what}: {e}"))
@@ -216,27 +218,7 @@ impl ServerCertVerifier for PinnedCa {
         inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        verify_schemes()
-    }
+    provider_signature_checks!();
 }
 
 /// A gRPC channel to `address` (`host:port`) over TLS with `config` (the daemon side of the

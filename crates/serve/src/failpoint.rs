@@ -42,18 +42,26 @@ fn armed() -> &'static [(String, Action, AtomicBool)] {
     })
 }
 
+/// An armed error point that fired.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("failpoint {name} (while {path} exists)")]
+pub struct Injected {
+    pub name: String,
+    pub path: String,
+}
+
 /// An error point: `Err` (naming the point) while it is armed with `fail-while:PATH` and PATH
 /// exists; `Ok` otherwise.
-pub fn fail(name: &str) -> Result<(), String> {
+pub fn fail(name: &str) -> Result<(), Injected> {
     for (point, action, _) in armed() {
         if point == name
             && let Action::FailWhile(path) = action
             && path.exists()
         {
-            return Err(format!(
-                "failpoint {name} (while {} exists)",
-                path.display()
-            ));
+            return Err(Injected {
+                name: name.to_owned(),
+                path: path.display().to_string(),
+            });
         }
     }
     Ok(())

@@ -26,8 +26,7 @@ use prexor_store::Store;
 use prexor_store::bson::doc;
 use serde::Serialize;
 
-const CLUSTER: &str = "cluster";
-const IDENTITY: &str = "identity";
+use prexor_model::cluster::{CLUSTER, ClusterIdentity, IDENTITY};
 
 /// What the replica knows about its coordination store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -76,26 +75,60 @@ pub struct ExistingCluster {
     pub store_id: Option<String>,
 }
 
-async fn read_identity(store: &Store) -> Result<Option<prexor_store::bson::Document>, String> {
+/// Why a replica cannot use a database as its cluster's.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error(transparent)]
+    Store(#[from] prexor_store::StoreError),
+    #[error(
+        "database {database:?} has no cluster yet, but this replica is configured for cluster {id:?} (cluster.id): that usually means mongo.uri or mongo.database points at the wrong database. Fix them, or set cluster.bootstrap = true to create cluster {id:?} here"
+    )]
+    NoClusterYet { database: String, id: String },
+    #[error(
+        "this replica is configured for cluster {id:?} (cluster.id) but database {database:?} belongs to cluster {stored:?}; fix cluster.id, or point mongo.uri / mongo.database at cluster {id:?}'s database"
+    )]
+    OtherCluster {
+        id: String,
+        database: String,
+        stored: String,
+    },
+    #[error("the cluster identity vanished right after it was created; retry")]
+    Vanished,
+}
+
+/// Why this replica refuses to mutate anything right now (the store state and its detail).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct MutationsRefused(pub String);
+
+/// The cluster identity record; one that does not read as [`ClusterIdentity`] is an error
+/// naming it (MongoDB's deserialization error), never a guessed identity.
+async fn read_identity(store: &Store) -> Result<Option<ClusterIdentity>, prexor_store::StoreError> {
     store
         .bounded(
             "reading the cluster identity",
-            store.documents(CLUSTER).find_one(doc! { "_id": IDENTITY }),
+            store
+                .collection::<ClusterIdentity>(CLUSTER)
+                .find_one(doc! { "_id": IDENTITY }),
         )
         .await
-        .map_err(|e| e.to_string())
 }
 
 /// The cluster in this database, or `None` for an empty one.
-pub async fn existing_cluster(store: &Store) -> Result<Option<ExistingCluster>, String> {
+pub async fn existing_cluster(
+    store: &Store,
+) -> Result<Option<ExistingCluster>, prexor_store::StoreError> {
     Ok(read_identity(store).await?.map(|identity| ExistingCluster {
-        id: identity.get_str("clusterId").unwrap_or_default().to_owned(),
-        store_id: identity.get_str("storeId").ok().map(str::to_owned),
+        id: identity.cluster_id,
+        store_id: identity.store_id,
     }))
 }
 
 /// Reads (or creates) the cluster identity and checks the configured cluster id; the id.
-pub async fn cluster_identity(store: &Store, config: &CommonConfig) -> Result<String, String> {
+pub async fn cluster_identity(
+    store: &Store,
+    config: &CommonConfig,
+) -> Result<String, IdentityError> {
     let cluster = store.documents(CLUSTER);
     let read = || read_identity(store);
     let database = &config.mongo.database;
@@ -105,9 +138,10 @@ pub async fn cluster_identity(store: &Store, config: &CommonConfig) -> Result<St
             if let Some(id) = &config.cluster_id
                 && !config.cluster_bootstrap
             {
-                return Err(format!(
-                    "database {database:?} has no cluster yet, but this replica is configured for cluster {id:?} (cluster.id): that usually means mongo.uri or mongo.database points at the wrong database. Fix them, or set cluster.bootstrap = true to create cluster {id:?} here"
-                ));
+                return Err(IdentityError::NoClusterYet {
+                    database: database.clone(),
+                    id: id.clone(),
+                });
             }
             let id = config
                 .cluster_id
@@ -124,18 +158,20 @@ pub async fn cluster_identity(store: &Store, config: &CommonConfig) -> Result<St
             if let Err(err) = created
                 && !err.is_duplicate_key()
             {
-                return Err(err.to_string());
+                return Err(err.into());
             }
-            read().await?.ok_or("the cluster identity vanished")?
+            read().await?.ok_or(IdentityError::Vanished)?
         }
     };
-    let stored = identity.get_str("clusterId").unwrap_or_default().to_owned();
+    let stored = identity.cluster_id;
     if let Some(id) = &config.cluster_id
         && *id != stored
     {
-        return Err(format!(
-            "this replica is configured for cluster {id:?} (cluster.id) but database {database:?} belongs to cluster {stored:?}; fix cluster.id, or point mongo.uri / mongo.database at cluster {id:?}'s database"
-        ));
+        return Err(IdentityError::OtherCluster {
+            id: id.clone(),
+            database: database.clone(),
+            stored,
+        });
     }
     Ok(stored)
 }
@@ -176,11 +212,11 @@ impl StoreGuard {
     }
 
     /// `Err(reason)` while this replica must not mutate anything.
-    pub fn allow_mutations(&self) -> Result<(), String> {
+    pub fn allow_mutations(&self) -> Result<(), MutationsRefused> {
         let state = self.state();
         match state.store.as_str() {
             "available" => Ok(()),
-            _ => Err(state.detail.unwrap_or(state.store)),
+            _ => Err(MutationsRefused(state.detail.unwrap_or(state.store))),
         }
     }
 
@@ -214,13 +250,7 @@ impl StoreGuard {
         };
         let store = &self.inner.store;
         let cluster = store.documents(CLUSTER);
-        let identity = match store
-            .bounded(
-                "reading the cluster identity",
-                cluster.find_one(doc! { "_id": IDENTITY }),
-            )
-            .await
-        {
+        let identity = match read_identity(store).await {
             Ok(Some(identity)) => identity,
             Ok(None) => return,
             Err(err) => {
@@ -233,7 +263,7 @@ impl StoreGuard {
                 return;
             }
         };
-        let expected = identity.get_str("storeId").ok().map(str::to_owned);
+        let expected = identity.store_id.clone();
         let found = match valkey.get(&self.inner.key).await {
             Ok(found) => found,
             Err(err) => {
@@ -282,8 +312,8 @@ impl StoreGuard {
                     .lock()
                     .expect("guard lock")
                     .get_or_insert(now);
-                let seen_at = identity.get_i64("storeSeenAtMs").unwrap_or(0);
-                let seen_by = identity.get_str("storeSeenBy").unwrap_or_default();
+                let seen_at = identity.store_seen_at_ms;
+                let seen_by = identity.store_seen_by.as_str();
                 let others_still_see_it = expected.is_some()
                     && seen_by != self.inner.replica_id
                     && seen_at > empty_since + 1000;
@@ -344,17 +374,10 @@ impl StoreGuard {
 
     async fn check_after_stamp(&self) {
         *self.inner.empty_since.lock().expect("guard lock") = None;
-        let store = &self.inner.store;
-        let Ok(Some(identity)) = store
-            .bounded(
-                "reading the cluster identity",
-                store.documents(CLUSTER).find_one(doc! { "_id": IDENTITY }),
-            )
-            .await
-        else {
+        let Ok(Some(identity)) = read_identity(&self.inner.store).await else {
             return;
         };
-        let expected = identity.get_str("storeId").ok().map(str::to_owned);
+        let expected = identity.store_id;
         let found = match &self.inner.valkey {
             Some(v) => v.get(&self.inner.key).await.ok().flatten(),
             None => None,

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use prexor_pki::client::ServiceSigner;
+use crate::signer::ServiceSigner;
 
 use crate::Service;
 use crate::tls::{CertState, Wanted, certificate_names, keep_certificate};
@@ -20,7 +20,7 @@ const REVOCATIONS_EVERY: std::time::Duration = std::time::Duration::from_secs(5)
 /// Keeps the internal port's list of revoked service certificates current.
 pub(crate) async fn keep_revocations(service: Service) {
     loop {
-        match prexor_pki::records::revoked_service_serials(&service.store).await {
+        match prexor_model::pki::revoked_service_serials(&service.store).await {
             Ok(serials) => service.internal.trust.set_revoked(serials),
             Err(err) => {
                 tracing::debug!(error = %err, "revoked service certificates not read (the last list stays)")
@@ -40,7 +40,7 @@ pub(crate) async fn keep_internal_certificate(
 ) {
     let mut waiting_logged = false;
     loop {
-        match prexor_pki::records::published_ca(&service.store).await {
+        match prexor_model::pki::published_ca(&service.store).await {
             Ok(Some(ca)) => match service.internal.trust.set(&ca.certificate.pem) {
                 Ok(()) => break,
                 Err(err) => {

@@ -7,20 +7,35 @@
 //!   not crashing, while they are unreachable), register the replica and heartbeat it, hand a
 //!   [`Service`] to the service's own code, and on SIGTERM stop gracefully: unready first, then the
 //!   service's tasks (which release their leases), then deregistration, then the servers.
+//!
+//! Without the `cluster` feature (the daemon) only what needs no store is built: [`launch`],
+//! [`serve_ops`], [`Readiness`], [`bind`], [`stop_on_signals`] and the TLS listeners, so the
+//! daemon links neither the MongoDB nor the Redis driver.
 
 pub mod failpoint;
+#[cfg(feature = "cluster")]
 mod grpc;
+#[cfg(feature = "cluster")]
 pub mod guard;
+#[cfg(feature = "cluster")]
 mod internal;
 mod launch;
+#[cfg(feature = "cluster")]
 mod nodes;
 mod ops;
+mod process;
 mod readiness;
+#[cfg(feature = "cluster")]
 mod runtime;
+#[cfg(feature = "cluster")]
+pub mod signer;
 pub mod tls;
 
 pub use launch::{ServiceArgs, launch, launch_with};
+#[cfg(feature = "cluster")]
 pub use nodes::{Gateways, SendError};
 pub use ops::{Identity, serve_ops};
+pub use process::{BindError, bind, stop_on_signals};
 pub use readiness::{CheckResult, Readiness, ReadinessReport};
-pub use runtime::{BoxError, Parts, ServeError, Service, bind, run, run_tls, stop_on_signals};
+#[cfg(feature = "cluster")]
+pub use runtime::{BoxError, Parts, ServeError, Service, run, run_tls};

@@ -24,6 +24,9 @@ const SUSPECT_FOR: Duration = Duration::from_secs(15);
 /// Why a command got no ack from the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
+    /// No gateway replica is registered and ready: nothing was delivered.
+    #[error("no gateway is ready")]
+    NoGateway,
     /// No gateway could take the command: nothing was delivered.
     #[error("{0}")]
     Unavailable(String),
@@ -74,7 +77,7 @@ impl Gateways {
             .map_err(|e| SendError::Unavailable(e.to_string()))?;
         gateways.retain(|g| g.ready && g.grpc_address.is_some());
         if gateways.is_empty() {
-            return Err(SendError::Unavailable("no gateway is ready".into()));
+            return Err(SendError::NoGateway);
         }
         let start = rand::random_range(0..gateways.len());
         gateways.rotate_left(start);
@@ -86,7 +89,7 @@ impl Gateways {
             let channel = self
                 .channels
                 .get(&address)
-                .map_err(SendError::Unavailable)?;
+                .map_err(|e| SendError::Unavailable(e.to_string()))?;
             let mut request = tonic::Request::new(NodeCommandRequest {
                 node_id: node.to_string(),
                 command: Some(command.clone()),

@@ -13,18 +13,15 @@ use tower::ServiceExt;
 
 use crate::readiness::Readiness;
 
-/// The lease keepers of a replica, set once its service is built.
-pub type Keepers = Arc<OnceLock<Vec<prexor_coord::LeaseKeeper>>>;
+/// What lists the lease scopes a replica holds right now.
+pub type HeldScopes = Box<dyn Fn() -> Vec<String> + Send + Sync>;
+
+/// The leases of a replica, set once its service is built (never on a daemon).
+pub type Keepers = Arc<OnceLock<HeldScopes>>;
 
 /// Every lease scope `keepers` hold right now, sorted.
 pub(crate) fn held(keepers: &Keepers) -> Vec<String> {
-    let mut held: Vec<String> = keepers
-        .get()
-        .into_iter()
-        .flatten()
-        .flat_map(prexor_coord::LeaseKeeper::held)
-        .map(|l| l.scope().to_string())
-        .collect();
+    let mut held = keepers.get().map(|list| list()).unwrap_or_default();
     held.sort();
     held
 }

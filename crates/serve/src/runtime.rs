@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use crate::signer::{ServiceSigner, SignerClient};
 use axum::Router;
 use prexor_config::CommonConfig;
 use prexor_coord::{
@@ -11,15 +12,14 @@ use prexor_coord::{
     Registry, ReplicaRecord, ValkeyBackend, ValkeyTls,
 };
 use prexor_domain::{Profile, now_ms, redact_uri};
-use prexor_pki::client::{ServiceSigner, SignerClient};
 use prexor_pki::internal::InternalTls;
 use prexor_store::{Store, StoreError};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::ops::{self, Identity};
 
+use crate::process::{BindError, bind, stop_on_signals};
 use crate::readiness::Readiness;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -27,12 +27,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Why a service process could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen on {key} = {addr}: {source} (is another process using the port?)")]
-    Bind {
-        key: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -44,8 +40,8 @@ pub enum ServeError {
     #[error("stopping: {0}")]
     Fatal(String),
     /// The database belongs to another cluster (or none while one is configured).
-    #[error("{0}")]
-    Identity(String),
+    #[error(transparent)]
+    Identity(#[from] crate::guard::IdentityError),
 }
 
 /// What a service's own code adds to the process.
@@ -146,38 +142,6 @@ impl Service {
     }
 }
 
-/// Cancels `token` on SIGTERM or SIGINT; a second signal exits at once.
-pub fn stop_on_signals(token: CancellationToken) {
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers; stop this process with SIGKILL");
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received; shutting down gracefully"),
-            _ = int.recv() => tracing::info!("SIGINT received; shutting down gracefully"),
-        }
-        token.cancel();
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::warn!("second signal received; exiting without finishing the graceful shutdown");
-        std::process::exit(130);
-    });
-}
-
-/// Binds a listener, naming the configuration key in the error.
-pub async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { key, addr, source })
-}
-
 /// Retries `attempt` with backoff until it succeeds, reporting what it waits for as the reason
 /// the replica is not ready. `None` when shutdown was requested meanwhile.
 async fn wait_for<T, E, F, Fut>(
@@ -267,13 +231,11 @@ where
     // so `/readyz` keeps answering "shutting down" while leases are released.
     let servers_stop = CancellationToken::new();
     let http_listener = bind("http.listen", config.http.listen).await?;
-    let http_addr = http_listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind {
-            key: "http.listen",
-            addr: config.http.listen,
-            source,
-        })?;
+    let http_addr = http_listener.local_addr().map_err(|source| BindError {
+        key: "http.listen",
+        addr: config.http.listen,
+        source,
+    })?;
     let grpc_listener = match grpc_listen {
         Some(addr) => Some(bind("grpc.listen", addr).await?),
         None => None,
@@ -416,7 +378,7 @@ where
     let cluster_id = crate::guard::cluster_identity(&store, &config)
         .await
         .map_err(ServeError::Identity)?;
-    let enrolment_secret = prexor_pki::records::service_enrolment_secret(&store).await?;
+    let enrolment_secret = prexor_model::pki::service_enrolment_secret(&store).await?;
     let signer = SignerClient::new(registry.clone(), internal.peers.clone(), &enrolment_secret)
         .map_err(|e| ServeError::Service(e.into()))?;
     let namespace_for_guard = config
@@ -514,7 +476,14 @@ where
             return Err(ServeError::Service(err));
         }
     };
-    let _ = info.keepers.set(parts.keepers);
+    let keepers = parts.keepers;
+    let _ = info.keepers.set(Box::new(move || {
+        keepers
+            .iter()
+            .flat_map(LeaseKeeper::held)
+            .map(|lease| lease.scope().to_string())
+            .collect()
+    }));
     if let Some(router) = parts.http {
         let _ = app.set(router);
     }

@@ -69,6 +69,18 @@ impl StoreError {
             _ => false,
         }
     }
+
+    /// What this means to a client: unreachable (retry, any replica), a change refused because
+    /// someone else changed what it relied on (read again), or a fault.
+    pub fn code(&self) -> prexor_proto::ErrorCode {
+        use prexor_proto::ErrorCode;
+        match self {
+            _ if self.is_unavailable() => ErrorCode::Unavailable,
+            StoreError::StaleFence { .. } | StoreError::Precondition { .. } => ErrorCode::Conflict,
+            _ if self.is_duplicate_key() => ErrorCode::Conflict,
+            _ => ErrorCode::Internal,
+        }
+    }
 }
 
 /// Server error codes that say "try again": write conflicts, a primary stepping down or shutting

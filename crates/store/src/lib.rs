@@ -10,16 +10,11 @@
 mod blobs;
 mod error;
 mod fence;
-mod groups;
 mod store;
 mod transaction;
 
 pub use blobs::{BLOB_CHUNK, BLOB_CHUNKS, BLOBS, BlobChunks, blob_hash};
 pub use error::StoreError;
 pub use fence::{FENCE_LOG, FENCES, Fence, Write, WriteOutcome};
-pub use groups::{
-    GROUPS, GroupRecord, GroupWriteError, INSTANCE_PLANS, INSTANCES, create_group, get_group,
-    mark_group_deleting, update_group,
-};
 pub use mongodb::bson;
 pub use store::Store;

@@ -5,10 +5,19 @@
 //!   otherwise one Valkey and one MongoDB-wire server started for this test process.
 //! - [`ValkeyServer`] and [`MongoServer`] start servers a test owns alone (to restart, pause or
 //!   kill them).
+//! - [`enrol_internal_tls`] gives a tool a service certificate of a running cluster.
+//! - [`Launch`] starts one of the project's binaries as a [`Process`] (configuration file,
+//!   readiness, signals, restarts), for the acceptance suite and the benchmarks.
 //!
 //! Servers are installed by `compose/dev install` (idempotent) and run from the workspace's
 //! `.svc/` directory. Every server this crate starts dies with the test process (Linux parent-death
 //! signal) and is also stopped by PID when its handle is dropped.
+
+mod internal_tls;
+mod process;
+
+pub use internal_tls::enrol_internal_tls;
+pub use process::{Launch, Process, bin_dir, binary, metric};
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};

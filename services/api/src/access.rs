@@ -13,19 +13,18 @@ use futures::future::BoxFuture;
 use mongodb::ClientSession;
 use mongodb::bson::{Document, doc};
 use prexor_domain::now_ms;
+use prexor_model::access::{API_TOKENS, ROLES, RoleRecord, USERS};
 use prexor_store::{Store, StoreError};
 
-use crate::app::App;
-use crate::auth::{API_TOKENS, Principal, ROLES, USERS, string_list};
+use crate::app::{App, decode};
+use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::permissions;
 
-/// The document every user write touches, so that concurrent ones conflict.
-const GUARD: &str = "cluster";
-const GUARD_ID: &str = "users-guard";
+use prexor_model::cluster::{CLUSTER as GUARD, USERS_GUARD as GUARD_ID};
 
 /// The permissions `roles` grant: built-in roles by name, custom ones from `roles`.
-pub async fn roles_permissions(store: &Store, roles: &[String]) -> Result<Vec<String>, StoreError> {
+pub async fn roles_permissions(store: &Store, roles: &[String]) -> ApiResult<Vec<String>> {
     let mut granted = Vec::new();
     let mut custom = Vec::new();
     for role in roles {
@@ -39,7 +38,7 @@ pub async fn roles_permissions(store: &Store, roles: &[String]) -> Result<Vec<St
             .find_all(ROLES, "reading roles", doc! { "_id": { "$in": custom } })
             .await?
         {
-            granted.extend(string_list(&role, "permissions"));
+            granted.extend(decode::<RoleRecord>(ROLES, role)?.permissions);
         }
     }
     granted.sort();

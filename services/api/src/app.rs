@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use mongodb::bson::{Bson, Document, doc};
-use prexor_pki::client::SignerClient;
 use prexor_serve::Service;
+use prexor_serve::signer::SignerClient;
 use prexor_store::Store;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::auth::{Principal, SessionKeys};
 use crate::error::{ApiError, ApiResult};
@@ -29,9 +30,8 @@ pub struct AppState {
     pub uploads: prexor_config::UploadLimits,
 }
 
-pub const AUDIT: &str = "audit";
-/// Keys only the cluster holds (never in a backup).
-const SECRETS: &str = "cluster_secrets";
+pub use prexor_model::access::AUDIT;
+use prexor_model::cluster::CLUSTER_SECRETS as SECRETS;
 
 /// The cluster's secret `name` (at least 32 random bytes), created by whichever replica asks
 /// first; every replica reads the same one.
@@ -97,11 +97,70 @@ impl AppState {
             .await
     }
 
+    /// Deletes the document `_id = id` of `collection` (`doing` names the act in an error).
+    pub async fn delete_by_id(
+        &self,
+        collection: &str,
+        doing: &str,
+        id: &str,
+    ) -> Result<(), prexor_store::StoreError> {
+        let store = self.store();
+        store
+            .bounded(
+                doing,
+                store.documents(collection).delete_one(doc! { "_id": id }),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// [`AppState::by_id`], or 404 `no <what> "<id>"`.
     pub async fn must_find(&self, collection: &str, what: &str, id: &str) -> ApiResult<Document> {
         self.by_id(collection, id)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("no {what} {id:?}")))
+    }
+
+    /// The record `_id = id` of `collection` as `T`, if there is one.
+    pub async fn record<T: DeserializeOwned>(
+        &self,
+        collection: &str,
+        id: &str,
+    ) -> ApiResult<Option<T>> {
+        self.by_id(collection, id)
+            .await?
+            .map(|doc| decode(collection, doc))
+            .transpose()
+    }
+
+    /// [`AppState::record`], or 404 `no <what> "<id>"`.
+    pub async fn must_record<T: DeserializeOwned>(
+        &self,
+        collection: &str,
+        what: &str,
+        id: &str,
+    ) -> ApiResult<T> {
+        decode(collection, self.must_find(collection, what, id).await?)
+    }
+
+    /// The records of `collection` matching `filter` as `T`, in `sort` order (empty: any), at
+    /// most `limit`.
+    pub async fn records<T: DeserializeOwned>(
+        &self,
+        collection: &str,
+        what: &str,
+        filter: Document,
+        sort: Document,
+        limit: Option<i64>,
+    ) -> ApiResult<Vec<T>> {
+        let found = self
+            .store()
+            .find_sorted(collection, what, filter, sort, limit)
+            .await?;
+        found
+            .into_iter()
+            .map(|doc| decode(collection, doc))
+            .collect()
     }
 
     /// Records a mutation in the audit log (who, what, on what, before/after, when). A failure is
@@ -124,6 +183,23 @@ impl AppState {
             to_bson(after.and_then(|a| mongodb::bson::to_bson(a).ok())),
         )
         .await;
+    }
+
+    /// A change `who` made to `target`: its audit entry, then a `kind` event about `target` with
+    /// `data` for whoever follows the event stream.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn audit_and_publish<B: Serialize, A: Serialize>(
+        &self,
+        who: &Principal,
+        action: &str,
+        target: &str,
+        before: Option<&B>,
+        after: Option<&A>,
+        kind: &str,
+        data: serde_json::Value,
+    ) {
+        self.audit(who, action, target, before, after).await;
+        self.service.events.publish(kind, target, data).await;
     }
 
     /// An audit entry for an act without a signed-in caller (a sign-in, a failed one), by the
@@ -163,4 +239,15 @@ impl AppState {
             tracing::error!(action, target, error = %err, "audit entry not written");
         }
     }
+}
+
+/// A stored document as its record type: a 500 naming it when it does not read as one (written
+/// by hand, or by another version).
+pub(crate) fn decode<T: DeserializeOwned>(collection: &str, doc: Document) -> ApiResult<T> {
+    let id = doc.get("_id").map(ToString::to_string).unwrap_or_default();
+    mongodb::bson::from_document(doc).map_err(|e| {
+        ApiError::internal(format!(
+            "the record {id} in {collection} cannot be read: {e}"
+        ))
+    })
 }

@@ -21,19 +21,21 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::TryStreamExt;
-use mongodb::bson::{Bson, Document, doc};
+use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::options::ReadConcern;
 use prexor_domain::{now_ms, validate_name};
-use serde_json::{Value, json};
+use prexor_model::workflows::backups::{BackupManifest, BackupRecord, ManifestCollection};
+use serde::Serialize;
+use serde_json::json;
 
 use crate::app::App;
 use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorCode};
 
 mod archive;
 mod restore;
@@ -41,47 +43,13 @@ mod restore;
 use archive::{Archive, pack};
 pub use restore::{__path_restore, restore};
 
-pub const BACKUPS: &str = "backups";
+pub use prexor_model::workflows::BACKUPS;
 const FORMAT: i64 = 1;
 /// The flag (in the coordination store) that makes every api replica refuse changes while a
 /// restore runs.
-pub const RESTORE_FLAG: &str = "restore-in-progress";
+pub use prexor_model::workflows::RESTORE_FLAG;
 
-/// Never in a backup: the session-signing key, the blob store as such (template and module
-/// blobs are added as files), fencing marks (they only ever go up), ephemeral registries, and the
-/// backups themselves.
-const NEVER: &[&str] = &[
-    "cluster_secrets",
-    "blobs",
-    "blob_chunks",
-    "fences",
-    "fence_log",
-    "replicas",
-    "dev_claims",
-    "scheduler_sync",
-    BACKUPS,
-];
-/// Restored by replacing what is there: the desired configuration.
-const REPLACED: &[&str] = &[
-    "groups",
-    "deployments",
-    "templates",
-    "modules",
-    "users",
-    "roles",
-    "api_tokens",
-];
-/// Restored by adding what the store lacks, never removing: a certificate revoked or a join
-/// token used since the backup stays so.
-const MERGED: &[&str] = &["certificates", "join_tokens"];
-/// Who may do what: restored only from an archive this cluster made (its MAC checks out).
-const IDENTITY: &[&str] = &[
-    "users",
-    "roles",
-    "api_tokens",
-    "certificates",
-    "join_tokens",
-];
+use prexor_model::backup::{IDENTITY, MERGED, NEVER, REPLACED, WITH_BLOBS};
 
 pub fn routes() -> Router<App> {
     Router::new()
@@ -94,7 +62,7 @@ pub fn routes() -> Router<App> {
 
 /// Every version hash of the templates and modules in `collections`.
 fn referenced_blobs(collections: &BTreeMap<String, Vec<Document>>) -> BTreeSet<String> {
-    ["templates", "modules"]
+    WITH_BLOBS
         .iter()
         .filter_map(|c| collections.get(*c))
         .flatten()
@@ -149,35 +117,131 @@ fn backup_id() -> String {
     format!("backup-{stamp}-{suffix:04x}")
 }
 
-/// The listing view of a backup record.
-fn view(record: &Document) -> Value {
-    let manifest = record.get_document("manifest").ok();
-    let counts: serde_json::Map<String, Value> = manifest
-        .and_then(|m| m.get_document("collections").ok())
-        .map(|c| {
-            c.iter()
-                .map(|(name, v)| {
-                    let count = v
-                        .as_document()
-                        .and_then(|d| d.get("count"))
-                        .and_then(Bson::as_i64)
-                        .unwrap_or(0);
-                    (name.clone(), json!(count))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    json!({
-        "id": record.get_str("_id").unwrap_or_default(),
-        "createdAtMs": record.get_i64("createdAtMs").ok(),
-        "createdBy": record.get_str("createdBy").ok(),
-        "size": record.get_i64("size").ok(),
-        "hash": record.get_str("hash").ok(),
-        "clusterId": manifest.and_then(|m| m.get_str("clusterId").ok()),
-        "version": manifest.and_then(|m| m.get_str("version").ok()),
-        "collections": counts,
-        "blobs": manifest.and_then(|m| m.get_document("blobs").ok()).map_or(0, Document::len),
-    })
+/// A backup as listed.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct BackupView {
+    id: String,
+    created_at_ms: i64,
+    /// Who made or uploaded it.
+    created_by: String,
+    /// Bytes of the archive.
+    size: i64,
+    /// The archive's SHA-256: where it is stored.
+    hash: String,
+    /// The cluster that made it and its PrexorCloud version, as its manifest says.
+    cluster_id: Option<String>,
+    version: Option<String>,
+    /// Documents per collection.
+    collections: BTreeMap<String, i64>,
+    /// How many blobs (template and module versions) it carries.
+    blobs: usize,
+}
+
+impl From<&BackupRecord> for BackupView {
+    fn from(record: &BackupRecord) -> BackupView {
+        let manifest = &record.manifest;
+        BackupView {
+            id: record.id.clone(),
+            created_at_ms: record.created_at_ms,
+            created_by: record.created_by.clone(),
+            size: record.size,
+            hash: record.hash.clone(),
+            cluster_id: manifest.cluster_id.clone(),
+            version: manifest.version.clone(),
+            collections: manifest
+                .collections
+                .iter()
+                .map(|(name, c)| (name.clone(), c.count))
+                .collect(),
+            blobs: manifest.blobs.len(),
+        }
+    }
+}
+
+/// One backup with its manifest.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct BackupDetail {
+    #[serde(flatten)]
+    view: BackupView,
+    manifest: ManifestView,
+}
+
+/// What the archive says it holds (`manifest.json`).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct ManifestView {
+    format: Option<i64>,
+    version: Option<String>,
+    /// The id it was made under.
+    id: Option<String>,
+    cluster_id: Option<String>,
+    created_at_ms: Option<i64>,
+    created_by: Option<String>,
+    ca_fingerprint: Option<String>,
+    restored_by_replacing: Vec<String>,
+    restored_by_merging: Vec<String>,
+    /// Per collection: its document count and the SHA-256 of its file.
+    collections: BTreeMap<String, ManifestCollectionView>,
+    /// Per blob (by hash): its size in bytes.
+    blobs: BTreeMap<String, i64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct ManifestCollectionView {
+    count: i64,
+    sha256: String,
+}
+
+impl From<&BackupManifest> for ManifestView {
+    fn from(manifest: &BackupManifest) -> ManifestView {
+        let collection = |c: &ManifestCollection| ManifestCollectionView {
+            count: c.count,
+            sha256: c.sha256.clone(),
+        };
+        ManifestView {
+            format: manifest.format,
+            version: manifest.version.clone(),
+            id: manifest.id.clone(),
+            cluster_id: manifest.cluster_id.clone(),
+            created_at_ms: manifest.created_at_ms,
+            created_by: manifest.created_by.clone(),
+            ca_fingerprint: manifest.ca_fingerprint.clone(),
+            restored_by_replacing: manifest.restored_by_replacing.clone(),
+            restored_by_merging: manifest.restored_by_merging.clone(),
+            collections: manifest
+                .collections
+                .iter()
+                .map(|(name, c)| (name.clone(), collection(c)))
+                .collect(),
+            blobs: manifest.blobs.clone(),
+        }
+    }
+}
+
+/// An archive just uploaded.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct UploadedBackup {
+    #[serde(flatten)]
+    view: BackupView,
+    /// Whether this cluster made it (its MAC checks out): only then does a restore bring back
+    /// users, roles, tokens, certificates and join tokens.
+    made_by_this_cluster: bool,
+}
+
+/// A backup read back and checked.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct VerifiedBackup {
+    id: String,
+    /// Always `true` (a damaged backup is a 422).
+    ok: bool,
+    /// Documents per collection, as counted in the archive.
+    collections: BTreeMap<String, usize>,
+    blobs: usize,
+    cluster_id: Option<String>,
 }
 
 fn spool_dir() -> ApiResult<tempfile::TempDir> {
@@ -188,7 +252,12 @@ fn spool_dir() -> ApiResult<tempfile::TempDir> {
 }
 
 /// Records a stored archive as backup `id`.
-async fn record(app: &App, id: &str, packed: &archive::Packed, by: &str) -> ApiResult<Document> {
+async fn record(
+    app: &App,
+    id: &str,
+    packed: &archive::Packed,
+    by: &str,
+) -> ApiResult<BackupRecord> {
     let manifest_doc = match Bson::try_from(packed.manifest.clone()) {
         Ok(Bson::Document(doc)) => doc,
         _ => return Err(ApiError::internal("the manifest is not a document")),
@@ -205,7 +274,8 @@ async fn record(app: &App, id: &str, packed: &archive::Packed, by: &str) -> ApiR
         )
         .await;
     match inserted {
-        Ok(_) => Ok(record),
+        Ok(_) => bson::from_document(record)
+            .map_err(|e| ApiError::internal(format!("backup {id:?} does not read back: {e}"))),
         Err(err) if err.is_duplicate_key() => {
             Err(ApiError::conflict(format!("backup {id:?} already exists")))
         }
@@ -214,13 +284,14 @@ async fn record(app: &App, id: &str, packed: &archive::Packed, by: &str) -> ApiR
 }
 
 #[utoipa::path(
-    post,
-    path = "/api/v1/backups",
-    tag = "backups",
-    responses((status = 201, description = "created", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    post, path = "/api/v1/backups", tag = "backups",
+    responses((status = 201, description = "created", body = BackupView)),
     security(("bearer" = []))
 )]
-async fn create(State(app): State<App>, who: Principal) -> ApiResult<(StatusCode, Json<Value>)> {
+async fn create(
+    State(app): State<App>,
+    who: Principal,
+) -> ApiResult<(StatusCode, Json<BackupView>)> {
     who.require("backups:write")?;
     let collections = snapshot(&app).await?;
     // Blobs go through a spool directory: nothing of the archive is held in memory whole.
@@ -235,7 +306,7 @@ async fn create(State(app): State<App>, who: Principal) -> ApiResult<(StatusCode
         }
         blobs.insert(hash, path);
     }
-    let ca = prexor_pki::records::published_ca(app.store()).await?;
+    let ca = prexor_model::pki::published_ca(app.store()).await?;
     let id = backup_id();
     let base = json!({
         "format": FORMAT,
@@ -257,24 +328,21 @@ async fn create(State(app): State<App>, who: Principal) -> ApiResult<(StatusCode
     app.store()
         .put_blob_file(&spool.path().join("backup.tar.gz"), &packed.hash)
         .await?;
-    let saved = record(&app, &id, &packed, &who.user).await?;
-    app.audit::<(), _>(&who, "backup.create", &id, None, Some(&view(&saved)))
+    let saved = BackupView::from(&record(&app, &id, &packed, &who.user).await?);
+    app.audit::<(), _>(&who, "backup.create", &id, None, Some(&saved))
         .await;
-    Ok((StatusCode::CREATED, Json(view(&saved))))
+    Ok((StatusCode::CREATED, Json(saved)))
 }
 
 #[utoipa::path(
-    get,
-    path = "/api/v1/backups",
-    tag = "backups",
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    get, path = "/api/v1/backups", tag = "backups",
+    responses((status = 200, body = Vec<BackupView>)),
     security(("bearer" = []))
 )]
-async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<Value>>> {
+async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<BackupView>>> {
     who.require("backups:read")?;
-    let records = app
-        .store()
-        .find_sorted(
+    let records: Vec<BackupRecord> = app
+        .records(
             BACKUPS,
             "listing backups",
             doc! {},
@@ -282,28 +350,30 @@ async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<Valu
             None,
         )
         .await?;
-    Ok(Json(records.iter().map(view).collect()))
+    Ok(Json(records.iter().map(BackupView::from).collect()))
+}
+
+async fn find(app: &App, id: &str) -> ApiResult<BackupRecord> {
+    app.must_record(BACKUPS, "backup", id).await
 }
 
 #[utoipa::path(
-    get,
-    path = "/api/v1/backups/{id}",
-    tag = "backups",
+    get, path = "/api/v1/backups/{id}", tag = "backups",
     params(("id" = String, Path)),
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, body = BackupDetail)),
     security(("bearer" = []))
 )]
 async fn show(
     State(app): State<App>,
     who: Principal,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<BackupDetail>> {
     who.require("backups:read")?;
-    let record = app.must_find(BACKUPS, "backup", &id).await?;
-    let mut shown = view(&record);
-    shown["manifest"] =
-        crate::json::record(record.get_document("manifest").cloned().unwrap_or_default());
-    Ok(Json(shown))
+    let record = find(&app, &id).await?;
+    Ok(Json(BackupDetail {
+        view: BackupView::from(&record),
+        manifest: ManifestView::from(&record.manifest),
+    }))
 }
 
 /// Reads a backup archive from `file` within the `uploads.backup*` limits (off the async
@@ -319,56 +389,63 @@ async fn read_archive(app: &App, file: std::path::PathBuf) -> ApiResult<Result<A
     .map_err(|e| ApiError::internal(format!("reading the archive failed: {e}")))
 }
 
+/// The stored record of backup `id` names an archive the store does not have.
+fn missing_archive(id: &str, hash: &str) -> ApiError {
+    ApiError::conflict(format!(
+        "the archive of backup {id:?} (blob {hash}) is missing from the store"
+    ))
+}
+
 /// The archive of backup `id`, read back from the store and checked.
 async fn verified(app: &App, id: &str) -> ApiResult<Archive> {
-    let record = app.must_find(BACKUPS, "backup", id).await?;
-    let hash = record.get_str("hash").unwrap_or_default();
+    let record = find(app, id).await?;
+    let hash = &record.hash;
     let spool = spool_dir()?;
     let file = spool.path().join("backup.tar.gz");
     if !app.store().blob_to_file(hash, &file).await? {
-        return Err(ApiError::conflict(format!(
-            "the archive of backup {id:?} (blob {hash}) is missing from the store"
-        )));
+        return Err(missing_archive(id, hash));
     }
     read_archive(app, file).await?.map_err(|problem| {
         ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "BACKUP_CORRUPT",
+            ErrorCode::BackupCorrupt,
             format!("backup {id:?} is damaged: {problem}"),
         )
     })
 }
 
 #[utoipa::path(
-    post,
-    path = "/api/v1/backups/{id}/verify",
-    tag = "backups",
+    post, path = "/api/v1/backups/{id}/verify", tag = "backups",
     params(("id" = String, Path)),
-    responses((status = 200, description = "every count and hash matches", body = serde_json::Value), (status = 422, description = "damaged", body = crate::error::ErrorBody), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses(
+        (status = 200, description = "every count and hash matches", body = VerifiedBackup),
+        (status = 422, description = "damaged", body = crate::error::ErrorBody),
+    ),
     security(("bearer" = []))
 )]
 async fn verify(
     State(app): State<App>,
     who: Principal,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<VerifiedBackup>> {
     who.require("backups:read")?;
     let archive = verified(&app, &id).await?;
-    Ok(Json(json!({
-        "id": id,
-        "ok": true,
-        "collections": archive.collections.iter().map(|(n, d)| (n.clone(), json!(d.len()))).collect::<serde_json::Map<_, _>>(),
-        "blobs": archive.blobs.len(),
-        "clusterId": archive.manifest["clusterId"],
-    })))
+    Ok(Json(VerifiedBackup {
+        ok: true,
+        collections: archive
+            .collections
+            .iter()
+            .map(|(name, docs)| (name.clone(), docs.len()))
+            .collect(),
+        blobs: archive.blobs.len(),
+        cluster_id: archive.manifest["clusterId"].as_str().map(str::to_owned),
+        id,
+    }))
 }
 
 #[utoipa::path(
-    get,
-    path = "/api/v1/backups/{id}/archive",
-    tag = "backups",
+    get, path = "/api/v1/backups/{id}/archive", tag = "backups",
     params(("id" = String, Path)),
-    responses((status = 200, description = "the tar.gz", content_type = "application/gzip"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, description = "the tar.gz", content_type = "application/gzip")),
     security(("bearer" = []))
 )]
 async fn download(
@@ -377,36 +454,17 @@ async fn download(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     who.require("backups:read")?;
-    let record = app.must_find(BACKUPS, "backup", &id).await?;
-    let hash = record.get_str("hash").unwrap_or_default();
-    let (size, body) = crate::uploads::blob_body(&app, hash)
+    let record = find(&app, &id).await?;
+    crate::uploads::gzip_download(&app, &record.hash, &format!("{id}.tar.gz"))
         .await?
-        .ok_or_else(|| {
-            ApiError::conflict(format!(
-                "the archive of backup {id:?} (blob {hash}) is missing from the store"
-            ))
-        })?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/gzip".to_owned()),
-            (header::CONTENT_LENGTH, size.to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{id}.tar.gz\""),
-            ),
-        ],
-        body,
-    )
-        .into_response())
+        .ok_or_else(|| missing_archive(&id, &record.hash))
 }
 
 #[utoipa::path(
-    put,
-    path = "/api/v1/backups/{id}/archive",
-    tag = "backups",
+    put, path = "/api/v1/backups/{id}/archive", tag = "backups",
     params(("id" = String, Path)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "a backup archive (.tar.gz) as downloaded"),
-    responses((status = 201, description = "imported", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 201, description = "imported", body = UploadedBackup)),
     security(("bearer" = []))
 )]
 async fn upload(
@@ -415,7 +473,7 @@ async fn upload(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<UploadedBackup>)> {
     who.require("backups:write")?;
     validate_name(&id).map_err(|e| ApiError::field("id", format!("{id:?} {e}")))?;
     let spooled =
@@ -434,19 +492,19 @@ async fn upload(
         size: spooled.size,
     };
     let saved = record(&app, &id, &packed, &who.user).await?;
-    let mut shown = view(&saved);
-    shown["madeByThisCluster"] = json!(archive.made_with(&archive::mac_key(app.store()).await?));
+    let shown = UploadedBackup {
+        view: BackupView::from(&saved),
+        made_by_this_cluster: archive.made_with(&archive::mac_key(app.store()).await?),
+    };
     app.audit::<(), _>(&who, "backup.upload", &id, None, Some(&shown))
         .await;
     Ok((StatusCode::CREATED, Json(shown)))
 }
 
 #[utoipa::path(
-    delete,
-    path = "/api/v1/backups/{id}",
-    tag = "backups",
+    delete, path = "/api/v1/backups/{id}", tag = "backups",
     params(("id" = String, Path)),
-    responses((status = 204, description = "deleted"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 204, description = "deleted")),
     security(("bearer" = []))
 )]
 async fn remove(
@@ -455,16 +513,9 @@ async fn remove(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     who.require("backups:write")?;
-    let record = app.must_find(BACKUPS, "backup", &id).await?;
-    app.store()
-        .bounded(
-            "removing a backup",
-            app.store()
-                .documents(BACKUPS)
-                .delete_one(doc! { "_id": &id }),
-        )
-        .await?;
-    let hash = record.get_str("hash").unwrap_or_default();
+    let record = find(&app, &id).await?;
+    app.delete_by_id(BACKUPS, "removing a backup", &id).await?;
+    let hash = record.hash.as_str();
     // Another backup may have the very same bytes (an upload of a download).
     let shared = app
         .store()
@@ -477,7 +528,48 @@ async fn remove(
     if shared.is_empty() {
         app.store().delete_blob(hash).await?;
     }
-    app.audit::<_, ()>(&who, "backup.delete", &id, Some(&view(&record)), None)
-        .await;
+    app.audit::<_, ()>(
+        &who,
+        "backup.delete",
+        &id,
+        Some(&BackupView::from(&record)),
+        None,
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backup_is_shown_with_its_manifest_as_stored() {
+        let manifest = doc! {
+            "format": 1_i64, "version": "0.1.0", "id": "backup-1", "clusterId": "c",
+            "createdAtMs": 5_i64, "createdBy": "ann", "caFingerprint": Bson::Null,
+            "restoredByReplacing": ["groups"], "restoredByMerging": ["certificates"],
+            "collections": { "groups": { "count": 2_i64, "sha256": "s" }, "users": { "count": 1_i64, "sha256": "t" } },
+            "blobs": { "b": 7_i64 },
+        };
+        let stored = doc! {
+            "_id": "backup-1", "hash": "h", "size": 100_i64, "createdAtMs": 5_i64,
+            "createdBy": "ann", "manifest": manifest.clone(),
+        };
+        let record: BackupRecord = bson::from_document(stored).unwrap();
+        let listed = serde_json::to_value(BackupView::from(&record)).unwrap();
+        let mut expected = json!({
+            "id": "backup-1", "createdAtMs": 5, "createdBy": "ann", "size": 100, "hash": "h",
+            "clusterId": "c", "version": "0.1.0", "collections": { "groups": 2, "users": 1 },
+            "blobs": 1,
+        });
+        assert_eq!(listed, expected);
+        let shown = serde_json::to_value(BackupDetail {
+            view: BackupView::from(&record),
+            manifest: ManifestView::from(&record.manifest),
+        })
+        .unwrap();
+        expected["manifest"] = crate::json::record(manifest);
+        assert_eq!(shown, expected);
+    }
 }

@@ -6,17 +6,19 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use mongodb::bson::{self, Document, doc};
+use mongodb::bson::doc;
 use prexor_domain::{GroupSpec, ScalingMode, now_ms};
-use serde::Deserialize;
+use prexor_model::instances::{InstanceRecord, InstanceState};
+use prexor_model::workflows::DeploymentState;
+use prexor_model::workflows::deployments::DeploymentRecord;
+use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult, Body};
 use crate::groups::INSTANCES;
 
-pub const DEPLOYMENTS: &str = "deployments";
-const OPEN: [&str; 2] = ["ROLLING", "PAUSED"];
+pub use prexor_model::workflows::DEPLOYMENTS;
 
 pub fn routes() -> Router<App> {
     Router::new()
@@ -28,66 +30,129 @@ pub fn routes() -> Router<App> {
 }
 
 /// The group's open deployment, if any.
-pub async fn open_deployment(app: &App, group: &str) -> ApiResult<Option<Document>> {
-    let store = app.store();
-    Ok(store
-        .bounded(
+pub async fn open_deployment(app: &App, group: &str) -> ApiResult<Option<DeploymentRecord>> {
+    let open = app
+        .records(
+            DEPLOYMENTS,
             "reading deployments",
-            store
-                .documents(DEPLOYMENTS)
-                .find_one(doc! { "group": group, "state": { "$in": OPEN.to_vec() } }),
+            doc! { "group": group, "state": DeploymentState::open_filter() },
+            doc! {},
+            Some(1),
         )
-        .await?)
+        .await?;
+    Ok(open.into_iter().next())
+}
+
+/// A deployment as the API shows it: its record (without the spec it started from) and live
+/// progress from the instances.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct DeploymentView {
+    id: String,
+    group: String,
+    #[schema(value_type = String, example = "ROLLING")]
+    state: DeploymentState,
+    batch_size: i64,
+    max_unavailable: i64,
+    from_revision: i64,
+    from_spec_hash: String,
+    to_revision: i64,
+    /// The spec hash every instance is rolled to (the old one after a rollback).
+    target_spec_hash: String,
+    rolled_back: bool,
+    created_by: String,
+    created_at_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    updated_at_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rolled_back_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finished_at_ms: Option<i64>,
+    /// Progress the group's holder last recorded: instances updated...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    updated: Option<i64>,
+    /// ...of those the group wants.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total: Option<i64>,
+    live: DeploymentProgress,
+}
+
+/// Progress read from the instances now.
+#[derive(Serialize, utoipa::ToSchema)]
+struct DeploymentProgress {
+    /// RUNNING the target spec.
+    updated: usize,
+    /// Not ended.
+    active: usize,
+}
+
+impl DeploymentView {
+    fn new(deployment: DeploymentRecord, live: DeploymentProgress) -> DeploymentView {
+        DeploymentView {
+            id: deployment.id,
+            group: deployment.group,
+            state: deployment.state,
+            batch_size: deployment.batch_size,
+            max_unavailable: deployment.max_unavailable,
+            from_revision: deployment.from_revision,
+            from_spec_hash: deployment.from_spec_hash,
+            to_revision: deployment.to_revision,
+            target_spec_hash: deployment.target_spec_hash,
+            rolled_back: deployment.rolled_back,
+            created_by: deployment.created_by,
+            created_at_ms: deployment.created_at_ms,
+            updated_at_ms: deployment.updated_at_ms,
+            rolled_back_by: deployment.rolled_back_by,
+            finished_at_ms: deployment.finished_at_ms,
+            updated: deployment.updated,
+            total: deployment.total,
+            live,
+        }
+    }
 }
 
 /// The record plus live progress from the instances (updated / active, by spec hash).
-async fn view(app: &App, deployment: Document) -> ApiResult<serde_json::Value> {
-    let group = deployment.get_str("group").unwrap_or_default();
-    let target = deployment.get_str("targetSpecHash").unwrap_or_default();
-    let instances = app
-        .store()
-        .find_all(
+async fn view(app: &App, deployment: DeploymentRecord) -> ApiResult<DeploymentView> {
+    let instances: Vec<InstanceRecord> = app
+        .records(
             INSTANCES,
             "reading the group's instances",
-            doc! { "group": group, "state": { "$nin": ["STOPPED", "CRASHED"], "$exists": true } },
+            doc! { "group": &deployment.group, "state": prexor_model::instances::live_filter() },
+            doc! {},
+            None,
         )
         .await?;
     let updated = instances
         .iter()
-        .filter(|i| i.get_str("specHash") == Ok(target) && i.get_str("state") == Ok("RUNNING"))
+        .filter(|i| {
+            i.spec_hash == deployment.target_spec_hash && i.state() == Some(InstanceState::Running)
+        })
         .count();
-    let mut json = crate::json::record(deployment);
-    if let Some(object) = json.as_object_mut() {
-        object.remove("fromSpec");
-        object.insert(
-            "live".into(),
-            serde_json::json!({ "updated": updated, "active": instances.len() }),
-        );
-    }
-    Ok(json)
+    let live = DeploymentProgress {
+        updated,
+        active: instances.len(),
+    };
+    Ok(DeploymentView::new(deployment, live))
 }
 
-async fn find(app: &App, id: &str) -> ApiResult<Document> {
-    app.must_find(DEPLOYMENTS, "deployment", id).await
+async fn find(app: &App, id: &str) -> ApiResult<DeploymentRecord> {
+    app.must_record(DEPLOYMENTS, "deployment", id).await
 }
 
 #[utoipa::path(
-    get,
-    path = "/api/v1/groups/{name}/deployments",
-    tag = "deployments",
+    get, path = "/api/v1/groups/{name}/deployments", tag = "deployments",
     params(("name" = String, Path)),
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, body = Vec<DeploymentView>)),
     security(("bearer" = []))
 )]
 async fn list(
     State(app): State<App>,
     who: Principal,
     Path(name): Path<String>,
-) -> ApiResult<Json<Vec<serde_json::Value>>> {
+) -> ApiResult<Json<Vec<DeploymentView>>> {
     who.require("deployments:read")?;
-    let docs = app
-        .store()
-        .find_sorted(
+    let deployments = app
+        .records(
             DEPLOYMENTS,
             "listing deployments",
             doc! { "group": &name },
@@ -95,26 +160,24 @@ async fn list(
             Some(50),
         )
         .await?;
-    let mut out = Vec::with_capacity(docs.len());
-    for doc in docs {
-        out.push(view(&app, doc).await?);
+    let mut out = Vec::with_capacity(deployments.len());
+    for deployment in deployments {
+        out.push(view(&app, deployment).await?);
     }
     Ok(Json(out))
 }
 
 #[utoipa::path(
-    get,
-    path = "/api/v1/deployments/{id}",
-    tag = "deployments",
+    get, path = "/api/v1/deployments/{id}", tag = "deployments",
     params(("id" = String, Path)),
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, body = DeploymentView)),
     security(("bearer" = []))
 )]
 async fn show(
     State(app): State<App>,
     who: Principal,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<DeploymentView>> {
     who.require("deployments:read")?;
     let deployment = find(&app, &id).await?;
     Ok(Json(view(&app, deployment).await?))
@@ -137,17 +200,11 @@ fn one() -> i64 {
     1
 }
 
-fn encode(spec: &GroupSpec) -> ApiResult<Document> {
-    bson::to_document(spec).map_err(|e| ApiError::internal(format!("encoding the spec: {e}")))
-}
-
 #[utoipa::path(
-    post,
-    path = "/api/v1/groups/{name}/deployments",
-    tag = "deployments",
+    post, path = "/api/v1/groups/{name}/deployments", tag = "deployments",
     params(("name" = String, Path)),
     request_body = NewDeployment,
-    responses((status = 201, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 201, body = DeploymentView)),
     security(("bearer" = []))
 )]
 async fn create(
@@ -155,7 +212,7 @@ async fn create(
     who: Principal,
     Path(name): Path<String>,
     Body(new): Body<NewDeployment>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<(StatusCode, Json<DeploymentView>)> {
     who.require("deployments:write")?;
     who.require("groups:write")?;
     if !(1..=1000).contains(&new.batch_size) {
@@ -168,9 +225,9 @@ async fn create(
         ));
     }
     let store = app.store();
-    let current = prexor_store::get_group(store, &name)
+    let current = prexor_model::groups::get_group(store, &name)
         .await?
-        .and_then(|d| prexor_store::GroupRecord::from_doc(&d))
+        .and_then(|d| prexor_model::groups::GroupRecord::from_doc(&d))
         .ok_or_else(|| ApiError::not_found(format!("no group {name:?}")))?;
     if current.deleting {
         return Err(ApiError::conflict(format!(
@@ -185,8 +242,7 @@ async fn create(
     if let Some(open) = open_deployment(&app, &name).await? {
         return Err(ApiError::conflict(format!(
             "deployment {} of group {name:?} is {}; wait for it, or roll it back",
-            open.get_str("_id").unwrap_or("?"),
-            open.get_str("state").unwrap_or("?")
+            open.id, open.state
         )));
     }
     let mut new = new;
@@ -206,47 +262,56 @@ async fn create(
                     "a deployment cannot make a group MANUAL; update the group instead",
                 ));
             }
-            match prexor_store::update_group(store, &name, spec, Some(current.revision)).await {
+            match prexor_model::groups::update_group(store, &name, spec, Some(current.revision))
+                .await
+            {
                 Ok(Some(record)) => record,
                 Ok(None) => current.clone(),
-                Err(prexor_store::GroupWriteError::Store(err)) => return Err(err.into()),
+                Err(prexor_model::groups::GroupWriteError::Store(err)) => return Err(err.into()),
                 Err(err) => return Err(ApiError::conflict(err.to_string())),
             }
         }
         None => current.clone(),
     };
     let id = format!("{name}-r{}-{}", target.revision, now_ms() % 100_000);
-    let record = doc! {
-        "_id": &id,
-        "group": &name,
-        "state": "ROLLING",
-        "batchSize": new.batch_size,
-        "maxUnavailable": new.max_unavailable,
-        "fromRevision": current.revision,
-        "fromSpec": encode(&current.spec)?,
-        "fromSpecHash": current.spec.hash(),
-        "toRevision": target.revision,
-        "targetSpecHash": target.spec.hash(),
-        "rolledBack": false,
-        "createdBy": &who.user,
-        "createdAtMs": now_ms(),
+    let record = DeploymentRecord {
+        id: id.clone(),
+        group: name.clone(),
+        state: DeploymentState::Rolling,
+        batch_size: new.batch_size,
+        max_unavailable: new.max_unavailable,
+        from_revision: current.revision,
+        from_spec_hash: current.spec.hash(),
+        from_spec: Some(current.spec),
+        to_revision: target.revision,
+        target_spec_hash: target.spec.hash(),
+        rolled_back: false,
+        created_by: who.user.clone(),
+        created_at_ms: now_ms(),
+        updated_at_ms: None,
+        rolled_back_by: None,
+        finished_at_ms: None,
+        updated: None,
+        total: None,
     };
     store
         .bounded(
             "recording the deployment",
-            store.documents(DEPLOYMENTS).insert_one(&record),
+            store
+                .collection::<DeploymentRecord>(DEPLOYMENTS)
+                .insert_one(&record),
         )
         .await?;
-    app.audit::<(), _>(&who, "deployment.create", &id, None, Some(&target.spec))
-        .await;
-    app.service
-        .events
-        .publish(
-            "DEPLOYMENT_CREATED",
-            &id,
-            serde_json::json!({ "group": &name, "revision": target.revision }),
-        )
-        .await;
+    app.audit_and_publish::<(), _>(
+        &who,
+        "deployment.create",
+        &id,
+        None,
+        Some(&target.spec),
+        "DEPLOYMENT_CREATED",
+        serde_json::json!({ "group": &name, "revision": target.revision }),
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(view(&app, record).await?)))
 }
 
@@ -255,9 +320,9 @@ async fn transition(
     app: &App,
     who: &Principal,
     id: &str,
-    from: &str,
-    to: &str,
-) -> ApiResult<Json<serde_json::Value>> {
+    from: DeploymentState,
+    to: DeploymentState,
+) -> ApiResult<Json<DeploymentView>> {
     who.require("deployments:write")?;
     let store = app.store();
     let changed = store
@@ -273,112 +338,110 @@ async fn transition(
     if changed.matched_count == 0 {
         return Err(ApiError::conflict(format!(
             "deployment {id} is {}, not {from}",
-            deployment.get_str("state").unwrap_or("?")
+            deployment.state
         )));
     }
-    app.audit(
+    app.audit_and_publish(
         who,
-        &format!("deployment.{}", to.to_lowercase()),
+        &format!("deployment.{}", to.as_str().to_lowercase()),
         id,
         Some(&from),
         Some(&to),
+        &format!("DEPLOYMENT_{to}"),
+        serde_json::json!({ "group": &deployment.group }),
     )
     .await;
-    app.service
-        .events
-        .publish(
-            &format!("DEPLOYMENT_{to}"),
-            id,
-            serde_json::json!({ "group": deployment.get_str("group").unwrap_or_default() }),
-        )
-        .await;
     Ok(Json(view(app, deployment).await?))
 }
 
 #[utoipa::path(
-    post,
-    path = "/api/v1/deployments/{id}/pause",
-    tag = "deployments",
+    post, path = "/api/v1/deployments/{id}/pause", tag = "deployments",
     params(("id" = String, Path)),
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, body = DeploymentView)),
     security(("bearer" = []))
 )]
 async fn pause(
     State(app): State<App>,
     who: Principal,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
-    transition(&app, &who, &id, "ROLLING", "PAUSED").await
+) -> ApiResult<Json<DeploymentView>> {
+    transition(
+        &app,
+        &who,
+        &id,
+        DeploymentState::Rolling,
+        DeploymentState::Paused,
+    )
+    .await
 }
 
 #[utoipa::path(
-    post,
-    path = "/api/v1/deployments/{id}/resume",
-    tag = "deployments",
+    post, path = "/api/v1/deployments/{id}/resume", tag = "deployments",
     params(("id" = String, Path)),
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, body = DeploymentView)),
     security(("bearer" = []))
 )]
 async fn resume(
     State(app): State<App>,
     who: Principal,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
-    transition(&app, &who, &id, "PAUSED", "ROLLING").await
+) -> ApiResult<Json<DeploymentView>> {
+    transition(
+        &app,
+        &who,
+        &id,
+        DeploymentState::Paused,
+        DeploymentState::Rolling,
+    )
+    .await
 }
 
 /// Restores the spec the deployment started from and rolls every instance back to it (those
 /// never updated are left alone: they already run it).
 #[utoipa::path(
-    post,
-    path = "/api/v1/deployments/{id}/rollback",
-    tag = "deployments",
+    post, path = "/api/v1/deployments/{id}/rollback", tag = "deployments",
     params(("id" = String, Path)),
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, body = DeploymentView)),
     security(("bearer" = []))
 )]
 async fn rollback(
     State(app): State<App>,
     who: Principal,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<DeploymentView>> {
     who.require("deployments:write")?;
     who.require("groups:write")?;
     let deployment = find(&app, &id).await?;
-    let state = deployment.get_str("state").unwrap_or_default();
-    if !OPEN.contains(&state) {
+    if !deployment.is_open() {
         return Err(ApiError::conflict(format!(
-            "deployment {id} is {state}; only a ROLLING or PAUSED deployment can be rolled back (create a new deployment with the old spec instead)"
+            "deployment {id} is {}; only a ROLLING or PAUSED deployment can be rolled back (create a new deployment with the old spec instead)",
+            deployment.state
         )));
     }
-    if deployment.get_bool("rolledBack").unwrap_or(false) {
+    if deployment.rolled_back {
         return Err(ApiError::conflict(format!(
             "deployment {id} is already rolling back"
         )));
     }
-    let group = deployment.get_str("group").unwrap_or_default().to_owned();
-    let from: GroupSpec = bson::from_document(
-        deployment
-            .get_document("fromSpec")
-            .cloned()
-            .unwrap_or_default(),
-    )
-    .map_err(|e| {
-        ApiError::internal(format!("the deployment's previous spec is unreadable: {e}"))
+    let group = deployment.group;
+    let from: GroupSpec = deployment.from_spec.ok_or_else(|| {
+        ApiError::internal(format!(
+            "deployment {id} does not record the spec it started from"
+        ))
     })?;
     let store = app.store();
-    match prexor_store::update_group(store, &group, &from, None).await {
+    match prexor_model::groups::update_group(store, &group, &from, None).await {
         Ok(_) => {}
-        Err(prexor_store::GroupWriteError::Store(err)) => return Err(err.into()),
+        Err(prexor_model::groups::GroupWriteError::Store(err)) => return Err(err.into()),
         Err(err) => return Err(ApiError::conflict(err.to_string())),
     }
     store
         .bounded(
             "rolling the deployment back",
             store.documents(DEPLOYMENTS).update_one(
-                doc! { "_id": &id, "state": { "$in": OPEN.to_vec() } },
+                doc! { "_id": &id, "state": DeploymentState::open_filter() },
                 doc! { "$set": {
-                    "state": "ROLLING",
+                    "state": DeploymentState::Rolling,
                     "rolledBack": true,
                     "targetSpecHash": from.hash(),
                     "rolledBackBy": &who.user,
@@ -387,16 +450,59 @@ async fn rollback(
             ),
         )
         .await?;
-    app.audit::<(), _>(&who, "deployment.rollback", &id, None, Some(&from))
-        .await;
-    app.service
-        .events
-        .publish(
-            "DEPLOYMENT_ROLLED_BACK",
-            &id,
-            serde_json::json!({ "group": &group }),
-        )
-        .await;
+    app.audit_and_publish::<(), _>(
+        &who,
+        "deployment.rollback",
+        &id,
+        None,
+        Some(&from),
+        "DEPLOYMENT_ROLLED_BACK",
+        serde_json::json!({ "group": &group }),
+    )
+    .await;
     let deployment = find(&app, &id).await?;
     Ok(Json(view(&app, deployment).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use mongodb::bson::doc;
+
+    use super::*;
+
+    #[test]
+    fn a_deployment_shows_as_its_stored_record_without_the_old_spec() {
+        let spec = doc! {
+            "platform": "fake", "version": "1", "command": ["true"], "memoryMb": 256_i64,
+            "portRange": { "from": 30000, "to": 30099 },
+            "minInstances": 1_i64, "maxInstances": 2_i64, "scaling": "STATIC",
+        };
+        let stored = doc! {
+            "_id": "lobby-r2-1", "group": "lobby", "state": "ROLLING", "batchSize": 1_i64,
+            "maxUnavailable": 2_i64, "fromRevision": 1_i64, "fromSpec": spec,
+            "fromSpecHash": "a", "toRevision": 2_i64, "targetSpecHash": "b",
+            "rolledBack": true, "createdBy": "admin", "createdAtMs": 5_i64,
+            "rolledBackBy": "admin", "updatedAtMs": 6_i64, "updated": 1_i64, "total": 2_i64,
+            "_fence": { "scope": "group:lobby", "token": 3_i64 },
+        };
+        let record: DeploymentRecord = mongodb::bson::from_document(stored).unwrap();
+        assert!(record.from_spec.is_some());
+        let shown = serde_json::to_value(DeploymentView::new(
+            record,
+            DeploymentProgress {
+                updated: 1,
+                active: 2,
+            },
+        ))
+        .unwrap();
+        let expected = serde_json::json!({
+            "id": "lobby-r2-1", "group": "lobby", "state": "ROLLING", "batchSize": 1,
+            "maxUnavailable": 2, "fromRevision": 1,
+            "fromSpecHash": "a", "toRevision": 2, "targetSpecHash": "b",
+            "rolledBack": true, "createdBy": "admin", "createdAtMs": 5,
+            "rolledBackBy": "admin", "updatedAtMs": 6, "updated": 1, "total": 2,
+            "live": { "updated": 1, "active": 2 },
+        });
+        assert_eq!(shown, expected);
+    }
 }

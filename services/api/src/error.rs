@@ -8,6 +8,7 @@ use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use prexor_coord::CoordError;
 use prexor_domain::FieldProblem;
+pub use prexor_proto::ErrorCode;
 use prexor_store::StoreError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -18,9 +19,10 @@ pub struct ApiError(Box<ErrorBody>);
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
-    #[serde(skip)]
-    status: StatusCode,
-    code: &'static str,
+    /// The error code (`NOT_FOUND`, `CONFLICT`, ...; see docs/api.md).
+    #[serde(serialize_with = "code_name")]
+    #[schema(value_type = String)]
+    code: ErrorCode,
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     details: Option<serde_json::Value>,
@@ -30,10 +32,13 @@ pub struct ErrorBody {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+fn code_name<S: serde::Serializer>(code: &ErrorCode, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(code.as_str())
+}
+
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError(Box::new(ErrorBody {
-            status,
             code,
             message: message.into(),
             details: None,
@@ -53,16 +58,16 @@ impl ApiError {
 
     /// A store needed to answer is unreachable: 503, the client may retry (any replica).
     pub fn unavailable(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
+        ApiError::new(ErrorCode::Unavailable, message)
     }
 
     /// Something behind the api (a node, through a gateway) did not answer in time: 504.
     pub fn timeout(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::GATEWAY_TIMEOUT, "TIMEOUT", message)
+        ApiError::new(ErrorCode::Timeout, message)
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", message)
+        ApiError::new(ErrorCode::BadRequest, message)
     }
 
     /// 400 listing every invalid field.
@@ -72,8 +77,7 @@ impl ApiError {
             .map(|p| format!("{}: {}", p.field, p.message))
             .collect();
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "VALIDATION_FAILED",
+            ErrorCode::ValidationFailed,
             format!("{what} is invalid: {}", listed.join("; ")),
         )
         .with_details(serde_json::json!({ "fields": problems }))
@@ -82,41 +86,37 @@ impl ApiError {
     /// 400 for one invalid field.
     pub fn field(field: &str, message: impl Into<String>) -> Self {
         let message = message.into();
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "VALIDATION_FAILED",
-            format!("{field}: {message}"),
-        )
-        .with_details(serde_json::json!({ "fields": [{ "field": field, "message": message }] }))
+        ApiError::new(ErrorCode::ValidationFailed, format!("{field}: {message}"))
+            .with_details(serde_json::json!({ "fields": [{ "field": field, "message": message }] }))
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+        ApiError::new(ErrorCode::Unauthorized, message)
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
+        ApiError::new(ErrorCode::Forbidden, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
+        ApiError::new(ErrorCode::NotFound, message)
     }
 
     pub fn conflict(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::CONFLICT, "CONFLICT", message)
+        ApiError::new(ErrorCode::Conflict, message)
     }
 
-    pub fn too_many(code: &'static str, message: impl Into<String>, retry_secs: u64) -> Self {
-        ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message).retry_after(retry_secs)
+    pub fn too_many(code: ErrorCode, message: impl Into<String>, retry_secs: u64) -> Self {
+        ApiError::new(code, message).retry_after(retry_secs)
     }
 
     /// The caller is not (or no longer) signed in.
     pub fn is_unauthorized(&self) -> bool {
-        self.0.status == StatusCode::UNAUTHORIZED
+        self.0.code == ErrorCode::Unauthorized
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
+        ApiError::new(ErrorCode::Internal, message)
     }
 }
 
@@ -128,17 +128,18 @@ impl std::fmt::Display for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        if err.is_unavailable() {
-            ApiError::unavailable(err.to_string())
-        } else {
+        let code = err.code();
+        if code == ErrorCode::Internal {
             tracing::error!(error = %err, "store error");
-            ApiError::internal(err.to_string())
         }
+        ApiError::new(code, err.to_string())
     }
 }
 
 impl From<CoordError> for ApiError {
     fn from(err: CoordError) -> Self {
+        // Valkey holds nothing the API could fail on for good: whatever went wrong, retrying
+        // (on any replica) is the answer.
         ApiError::unavailable(err.to_string())
     }
 }
@@ -147,7 +148,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = *self.0;
         let retry = body.retry_after_secs;
-        let mut response = (body.status, Json(body)).into_response();
+        let status = StatusCode::from_u16(body.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, Json(body)).into_response();
         if let Some(secs) = retry
             && let Ok(value) = HeaderValue::from_str(&secs.to_string())
         {
@@ -186,14 +189,12 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
         JsonRejection::BytesRejection(_) if status == StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "PAYLOAD_TOO_LARGE",
+                ErrorCode::PayloadTooLarge,
                 "the request body is larger than this endpoint accepts",
             )
         }
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UNSUPPORTED_MEDIA_TYPE",
+            ErrorCode::UnsupportedMediaType,
             "send the body as JSON with `Content-Type: application/json`",
         ),
         _ => ApiError::bad_request(format!("the request body is not valid: {text}")),

@@ -46,11 +46,11 @@ fn sse(stored: &StoredEvent) -> Event {
 }
 
 #[utoipa::path(
-    get,
-    path = "/api/v1/events",
-    tag = "events",
+    get, path = "/api/v1/events", tag = "events",
     params(("after" = Option<String>, Query), ("types" = Option<String>, Query)),
-    responses((status = 200, description = "server-sent events", content_type = "text/event-stream", body = String), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses(
+        (status = 200, description = "server-sent events", content_type = "text/event-stream", body = String),
+    ),
     security(("bearer" = []))
 )]
 async fn events(

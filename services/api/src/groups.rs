@@ -7,18 +7,19 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use mongodb::bson::doc;
+use mongodb::bson::{self, doc};
 use prexor_domain::{FieldProblem, GroupSpec, ScalingMode, now_ms};
-use prexor_store::{GroupRecord, GroupWriteError};
+use prexor_model::groups::{GroupRecord, GroupStateRecord, GroupWriteError};
+use prexor_model::instances::{InstanceRecord, InstanceRequest};
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult, Body};
 
-pub use prexor_store::INSTANCES;
-pub const INSTANCE_REQUESTS: &str = "instance_requests";
-const GROUP_STATE: &str = "group_state";
+use prexor_model::groups::GROUP_STATE;
+pub use prexor_model::instances::INSTANCE_REQUESTS;
+pub use prexor_model::instances::INSTANCES;
 
 pub fn routes() -> Router<App> {
     Router::new()
@@ -27,7 +28,7 @@ pub fn routes() -> Router<App> {
         .route("/groups/{name}/instances", post(start_instance))
 }
 
-#[derive(Serialize, Default)]
+#[derive(Serialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct GroupStatus {
     /// Instances by scheduler state (SCHEDULED, STARTING, RUNNING, STOPPING, ...).
@@ -37,7 +38,8 @@ struct GroupStatus {
     pause_reason: Option<String>,
 }
 
-#[derive(Serialize)]
+/// A group as the API shows it: the stored record with its instances' states.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct GroupView {
     name: String,
@@ -62,47 +64,54 @@ fn view(record: GroupRecord, status: GroupStatus) -> GroupView {
     }
 }
 
+/// [`statuses`] of the group `name`.
+async fn status_of(app: &App, name: &str) -> ApiResult<GroupStatus> {
+    Ok(statuses(app, Some(name))
+        .await?
+        .remove(name)
+        .unwrap_or_default())
+}
+
 /// Instance counts and pause state per group (one query each).
 async fn statuses(app: &App, only: Option<&str>) -> ApiResult<HashMap<String, GroupStatus>> {
     let filter = only.map_or_else(|| doc! {}, |g| doc! { "group": g });
     let state_filter = only.map_or_else(|| doc! {}, |g| doc! { "_id": g });
-    let store = app.store();
     let (instances, states) = tokio::try_join!(
-        store.find_all(INSTANCES, "counting instances", filter),
-        store.find_all(GROUP_STATE, "reading group states", state_filter),
+        app.records::<InstanceRecord>(INSTANCES, "counting instances", filter, doc! {}, None),
+        app.records::<GroupStateRecord>(
+            GROUP_STATE,
+            "reading group states",
+            state_filter,
+            doc! {},
+            None
+        ),
     )?;
     let mut out: HashMap<String, GroupStatus> = HashMap::new();
     for instance in instances {
-        let (Ok(group), Ok(state)) = (instance.get_str("group"), instance.get_str("state")) else {
+        if instance.group.is_empty() || instance.state.is_empty() {
             continue;
-        };
-        *out.entry(group.to_owned())
+        }
+        *out.entry(instance.group)
             .or_default()
             .instances
-            .entry(state.to_owned())
+            .entry(instance.state)
             .or_default() += 1;
     }
     let now = now_ms();
     for state in states {
-        let Ok(group) = state.get_str("_id") else {
-            continue;
-        };
-        if let Ok(until) = state.get_i64("pausedUntilMs")
-            && until > now
-        {
-            let entry = out.entry(group.to_owned()).or_default();
+        if let Some((until, reason)) = state.paused_at(now) {
+            let pause_reason = reason.map(str::to_owned);
+            let entry = out.entry(state.group).or_default();
             entry.paused_until_ms = Some(until);
-            entry.pause_reason = state.get_str("pauseReason").ok().map(str::to_owned);
+            entry.pause_reason = pause_reason;
         }
     }
     Ok(out)
 }
 
 #[utoipa::path(
-    get,
-    path = "/api/v1/groups",
-    tag = "groups",
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    get, path = "/api/v1/groups", tag = "groups",
+    responses((status = 200, body = Vec<GroupView>)),
     security(("bearer" = []))
 )]
 async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<GroupView>>> {
@@ -110,7 +119,7 @@ async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<Grou
     let docs = app
         .store()
         .find_sorted(
-            prexor_store::GROUPS,
+            prexor_model::groups::GROUPS,
             "listing groups",
             doc! {},
             doc! { "_id": 1 },
@@ -130,7 +139,7 @@ async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<Grou
 }
 
 async fn find(app: &App, name: &str) -> ApiResult<GroupRecord> {
-    let doc = prexor_store::get_group(app.store(), name)
+    let doc = prexor_model::groups::get_group(app.store(), name)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no group {name:?}")))?;
     GroupRecord::from_doc(&doc).ok_or_else(|| {
@@ -141,11 +150,9 @@ async fn find(app: &App, name: &str) -> ApiResult<GroupRecord> {
 }
 
 #[utoipa::path(
-    get,
-    path = "/api/v1/groups/{name}",
-    tag = "groups",
+    get, path = "/api/v1/groups/{name}", tag = "groups",
     params(("name" = String, Path)),
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, body = GroupView)),
     security(("bearer" = []))
 )]
 async fn show(
@@ -155,10 +162,7 @@ async fn show(
 ) -> ApiResult<Json<GroupView>> {
     who.require("groups:read")?;
     let record = find(&app, &name).await?;
-    let status = statuses(&app, Some(&name))
-        .await?
-        .remove(&name)
-        .unwrap_or_default();
+    let status = status_of(&app, &name).await?;
     Ok(Json(view(record, status)))
 }
 
@@ -190,11 +194,9 @@ struct NewGroup {
 }
 
 #[utoipa::path(
-    post,
-    path = "/api/v1/groups",
-    tag = "groups",
+    post, path = "/api/v1/groups", tag = "groups",
     request_body = NewGroup,
-    responses((status = 201, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 201, body = GroupView)),
     security(("bearer" = []))
 )]
 async fn create(
@@ -219,19 +221,19 @@ async fn create(
         return Err(ApiError::invalid("the group", &problems));
     }
     validate(&new.name, &new.spec)?;
-    let record = prexor_store::create_group(app.store(), &new.name, &new.spec)
+    let record = prexor_model::groups::create_group(app.store(), &new.name, &new.spec)
         .await
         .map_err(write_error)?;
-    app.audit::<(), _>(&who, "group.create", &new.name, None, Some(&record.spec))
-        .await;
-    app.service
-        .events
-        .publish(
-            "GROUP_CREATED",
-            &new.name,
-            serde_json::json!({ "revision": record.revision }),
-        )
-        .await;
+    app.audit_and_publish::<(), _>(
+        &who,
+        "group.create",
+        &new.name,
+        None,
+        Some(&record.spec),
+        "GROUP_CREATED",
+        serde_json::json!({ "revision": record.revision }),
+    )
+    .await;
     Ok((
         StatusCode::CREATED,
         Json(view(record, GroupStatus::default())),
@@ -249,12 +251,10 @@ struct GroupUpdate {
 }
 
 #[utoipa::path(
-    put,
-    path = "/api/v1/groups/{name}",
-    tag = "groups",
+    put, path = "/api/v1/groups/{name}", tag = "groups",
     params(("name" = String, Path)),
     request_body = GroupUpdate,
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, body = GroupView)),
     security(("bearer" = []))
 )]
 async fn update(
@@ -285,49 +285,37 @@ async fn update(
     if let Some(open) = crate::deployments::open_deployment(&app, &name).await? {
         return Err(ApiError::conflict(format!(
             "deployment {} of group {name:?} is {}; change the spec with a new deployment once it is done, or roll it back",
-            open.get_str("_id").unwrap_or("?"),
-            open.get_str("state").unwrap_or("?")
+            open.id, open.state
         )));
     }
     let expected = change.revision.or(if_match);
-    let updated = prexor_store::update_group(app.store(), &name, &change.spec, expected)
+    let updated = prexor_model::groups::update_group(app.store(), &name, &change.spec, expected)
         .await
         .map_err(write_error)?;
     let record = match updated {
         Some(record) => {
-            app.audit(
+            app.audit_and_publish(
                 &who,
                 "group.update",
                 &name,
                 Some(&before.spec),
                 Some(&record.spec),
+                "GROUP_UPDATED",
+                serde_json::json!({ "revision": record.revision }),
             )
             .await;
-            app.service
-                .events
-                .publish(
-                    "GROUP_UPDATED",
-                    &name,
-                    serde_json::json!({ "revision": record.revision }),
-                )
-                .await;
             record
         }
         None => before,
     };
-    let status = statuses(&app, Some(&name))
-        .await?
-        .remove(&name)
-        .unwrap_or_default();
+    let status = status_of(&app, &name).await?;
     Ok(Json(view(record, status)))
 }
 
 #[utoipa::path(
-    delete,
-    path = "/api/v1/groups/{name}",
-    tag = "groups",
+    delete, path = "/api/v1/groups/{name}", tag = "groups",
     params(("name" = String, Path)),
-    responses((status = 202, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 202, body = GroupView)),
     security(("bearer" = []))
 )]
 async fn remove(
@@ -343,24 +331,30 @@ async fn remove(
             Json(view(before, GroupStatus::default())),
         ));
     }
-    let record = prexor_store::mark_group_deleting(app.store(), &name)
+    let record = prexor_model::groups::mark_group_deleting(app.store(), &name)
         .await
         .map_err(write_error)?;
-    app.audit(&who, "group.delete", &name, Some(&before.spec), None::<&()>)
-        .await;
-    app.service
-        .events
-        .publish("GROUP_DELETING", &name, serde_json::json!({}))
-        .await;
+    app.audit_and_publish(
+        &who,
+        "group.delete",
+        &name,
+        Some(&before.spec),
+        None::<&()>,
+        "GROUP_DELETING",
+        serde_json::json!({}),
+    )
+    .await;
     Ok((
         StatusCode::ACCEPTED,
         Json(view(record, GroupStatus::default())),
     ))
 }
 
-#[derive(Serialize)]
+/// An operator request recorded for the group's lease holder.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Accepted {
+    /// The request's id (`<action>:<instance>`, `start:<group>:<nonce>`).
     pub request: String,
     pub message: String,
 }
@@ -378,16 +372,16 @@ pub async fn request(
         Some(instance) => format!("{action}:{instance}"),
         None => format!("{action}:{group}:{}", uuid::Uuid::new_v4().simple()),
     };
-    let mut record = doc! {
-        "_id": &id,
-        "group": group,
-        "action": action,
-        "by": &who.user,
-        "atMs": now_ms(),
+    let record = InstanceRequest {
+        id: id.clone(),
+        group: group.to_owned(),
+        action: action.to_owned(),
+        by: who.user.clone(),
+        at_ms: now_ms(),
+        instance: instance.map(str::to_owned),
     };
-    if let Some(instance) = instance {
-        record.insert("instance", instance);
-    }
+    let record = bson::to_document(&record)
+        .map_err(|e| ApiError::internal(format!("encoding the request: {e}")))?;
     let store = app.store();
     store
         .bounded(
@@ -402,11 +396,9 @@ pub async fn request(
 }
 
 #[utoipa::path(
-    post,
-    path = "/api/v1/groups/{name}/instances",
-    tag = "instances",
+    post, path = "/api/v1/groups/{name}/instances", tag = "instances",
     params(("name" = String, Path)),
-    responses((status = 202, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 202, body = Accepted)),
     security(("bearer" = []))
 )]
 async fn start_instance(
@@ -427,13 +419,11 @@ async fn start_instance(
             "group {name:?} is being deleted"
         )));
     }
-    let active = statuses(&app, Some(&name))
+    let active = status_of(&app, &name)
         .await?
-        .remove(&name)
-        .unwrap_or_default()
         .instances
         .iter()
-        .filter(|(state, _)| !matches!(state.as_str(), "STOPPED" | "CRASHED"))
+        .filter(|(state, _)| !prexor_model::instances::has_ended(state))
         .map(|(_, n)| *n)
         .sum::<u32>();
     if active >= record.spec.max_instances {

@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use futures::Stream;
 use mongodb::bson::{Document, doc};
 use prexor_coord::{ConsoleStreams, id_key};
+use prexor_model::instances::{CrashRecord, InstanceRecord, PlanRecord};
 use prexor_proto::v1::command::Action;
 use prexor_proto::v1::{AckResult, Command, ConsoleInput};
 use prexor_serve::SendError;
@@ -24,7 +25,10 @@ use crate::auth::{Principal, until_lapsed};
 use crate::error::{ApiError, ApiResult, Body};
 use crate::groups::{Accepted, INSTANCES, request};
 
-const CRASHES: &str = "crashes";
+mod views;
+use views::{CrashView, InstanceView};
+
+use prexor_model::instances::CRASHES;
 /// How long a console command waits for the node's ack (then 504).
 const CONSOLE_ACK_WITHIN: Duration = Duration::from_secs(5);
 
@@ -46,39 +50,17 @@ struct Filter {
     state: Option<String>,
 }
 
-/// An instance record without its plan (which `GET /instances/{id}` includes; records written
-/// before plans moved to `instance_plans` carry it).
-fn summary(mut doc: Document) -> serde_json::Value {
-    doc.remove("plan");
-    doc.remove("workloadTokenHash");
-    crate::json::record(doc)
-}
-
-/// The full record; the instance's workload token is not shown.
-fn detail(mut doc: Document) -> serde_json::Value {
-    doc.remove("workloadTokenHash");
-    if let Ok(plan) = doc.get_document_mut("plan")
-        && let Ok(env) = plan.get_document_mut("env")
-        && env.contains_key("PREXOR_INSTANCE_TOKEN")
-    {
-        env.insert("PREXOR_INSTANCE_TOKEN", "(hidden)");
-    }
-    crate::json::record(doc)
-}
-
 #[utoipa::path(
-    get,
-    path = "/api/v1/instances",
-    tag = "instances",
+    get, path = "/api/v1/instances", tag = "instances",
     params(("group" = Option<String>, Query), ("node" = Option<String>, Query), ("state" = Option<String>, Query)),
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, body = Vec<InstanceView>)),
     security(("bearer" = []))
 )]
 async fn list(
     State(app): State<App>,
     who: Principal,
     Query(filter): Query<Filter>,
-) -> ApiResult<Json<Vec<serde_json::Value>>> {
+) -> ApiResult<Json<Vec<InstanceView>>> {
     who.require("instances:read")?;
     let mut query = Document::new();
     if let Some(group) = filter.group {
@@ -90,9 +72,8 @@ async fn list(
     if let Some(state) = filter.state {
         query.insert("state", state.to_ascii_uppercase());
     }
-    let docs = app
-        .store()
-        .find_sorted(
+    let instances = app
+        .records(
             INSTANCES,
             "listing instances",
             query,
@@ -100,55 +81,55 @@ async fn list(
             None,
         )
         .await?;
-    Ok(Json(docs.into_iter().map(summary).collect()))
+    Ok(Json(
+        instances.into_iter().map(InstanceView::summary).collect(),
+    ))
 }
 
-async fn find(app: &App, id: &str) -> ApiResult<Document> {
-    app.must_find(INSTANCES, "instance", id).await
+async fn find(app: &App, id: &str) -> ApiResult<InstanceRecord> {
+    app.must_record(INSTANCES, "instance", id).await
 }
 
 #[utoipa::path(
-    get,
-    path = "/api/v1/instances/{id}",
-    tag = "instances",
+    get, path = "/api/v1/instances/{id}", tag = "instances",
     params(("id" = String, Path)),
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, body = InstanceView)),
     security(("bearer" = []))
 )]
 async fn show(
     State(app): State<App>,
     who: Principal,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<InstanceView>> {
     who.require("instances:read")?;
-    let mut doc = find(&app, &id).await?;
-    // The plan of the instance's current placement, kept apart from the record.
-    if let Some(planned) = app.by_id(prexor_store::INSTANCE_PLANS, &id).await?
-        && planned.get_str("planHash").ok() == doc.get_str("planHash").ok()
-        && let Ok(plan) = planned.get_document("plan")
+    let mut record = find(&app, &id).await?;
+    // The plan of the instance's current placement, kept apart from the record (records
+    // written before that carry it themselves).
+    let mut plan = record.plan.take();
+    if let Some(planned) = app
+        .record::<PlanRecord>(prexor_model::instances::INSTANCE_PLANS, &id)
+        .await?
+        && planned.plan_hash == record.plan_hash
     {
-        doc.insert("plan", plan.clone());
+        plan = Some(planned.plan);
     }
-    Ok(Json(detail(doc)))
+    Ok(Json(InstanceView::detail(record, plan)))
 }
 
 #[utoipa::path(
-    get,
-    path = "/api/v1/instances/{id}/crashes",
-    tag = "instances",
+    get, path = "/api/v1/instances/{id}/crashes", tag = "instances",
     params(("id" = String, Path)),
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, body = Vec<CrashView>)),
     security(("bearer" = []))
 )]
 async fn crashes(
     State(app): State<App>,
     who: Principal,
     Path(id): Path<String>,
-) -> ApiResult<Json<Vec<serde_json::Value>>> {
+) -> ApiResult<Json<Vec<CrashView>>> {
     who.require("instances:read")?;
-    let docs = app
-        .store()
-        .find_sorted(
+    let crashes = app
+        .records::<CrashRecord>(
             CRASHES,
             "reading crash records",
             doc! { "instanceId": &id },
@@ -156,11 +137,7 @@ async fn crashes(
             Some(100),
         )
         .await?;
-    Ok(Json(docs.into_iter().map(crate::json::record).collect()))
-}
-
-fn is_terminal(state: &str) -> bool {
-    matches!(state, "STOPPED" | "CRASHED")
+    Ok(Json(crashes.into_iter().map(CrashView::from).collect()))
 }
 
 async fn halt(
@@ -171,13 +148,13 @@ async fn halt(
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     who.require("instances:write")?;
     let instance = find(&app, &id).await?;
-    let state = instance.get_str("state").unwrap_or_default();
-    if is_terminal(state) {
+    if instance.has_ended() {
         return Err(ApiError::conflict(format!(
-            "instance {id:?} is already {state}"
+            "instance {id:?} is already {}",
+            instance.state
         )));
     }
-    let group = instance.get_str("group").unwrap_or_default().to_owned();
+    let group = instance.group;
     let request_id = request(&app, &who, &group, action, Some(&id)).await?;
     app.audit::<(), _>(&who, &format!("instance.{action}"), &id, None, None::<&()>)
         .await;
@@ -193,11 +170,9 @@ async fn halt(
 }
 
 #[utoipa::path(
-    post,
-    path = "/api/v1/instances/{id}/stop",
-    tag = "instances",
+    post, path = "/api/v1/instances/{id}/stop", tag = "instances",
     params(("id" = String, Path)),
-    responses((status = 202, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 202, body = Accepted)),
     security(("bearer" = []))
 )]
 async fn stop(
@@ -209,11 +184,9 @@ async fn stop(
 }
 
 #[utoipa::path(
-    post,
-    path = "/api/v1/instances/{id}/kill",
-    tag = "instances",
+    post, path = "/api/v1/instances/{id}/kill", tag = "instances",
     params(("id" = String, Path)),
-    responses((status = 202, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 202, body = Accepted)),
     security(("bearer" = []))
 )]
 async fn kill(
@@ -231,12 +204,14 @@ struct ConsoleCommand {
 }
 
 #[utoipa::path(
-    post,
-    path = "/api/v1/instances/{id}/command",
-    tag = "instances",
+    post, path = "/api/v1/instances/{id}/command", tag = "instances",
     params(("id" = String, Path)),
     request_body = ConsoleCommand,
-    responses((status = 204, description = "done"), (status = 503, description = "no gateway or node can take the command", body = crate::error::ErrorBody), (status = 504, description = "the node did not acknowledge within 5 s", body = crate::error::ErrorBody), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses(
+        (status = 204),
+        (status = 503, description = "no gateway or node can take the command", body = crate::error::ErrorBody),
+        (status = 504, description = "the node did not acknowledge within 5 s", body = crate::error::ErrorBody),
+    ),
     security(("bearer" = []))
 )]
 async fn command(
@@ -261,17 +236,17 @@ async fn command(
         ));
     }
     let instance = find(&app, &id).await?;
-    let state = instance.get_str("state").unwrap_or_default();
-    if is_terminal(state) {
-        return Err(ApiError::conflict(format!("instance {id:?} is {state}")));
+    if instance.has_ended() {
+        return Err(ApiError::conflict(format!(
+            "instance {id:?} is {}",
+            instance.state
+        )));
     }
-    let node = instance.get_str("nodeId").unwrap_or_default();
+    let node = instance.node_id.as_str();
     // Input changes no lifecycle state, so the api needs no lease for it; it is sent under the
     // group's scope at the scope's current mark, which the daemon admits (no holder's token is
     // higher) without moving the fence.
-    let scope =
-        prexor_domain::Scope::Group(instance.get_str("group").unwrap_or_default().to_owned())
-            .to_string();
+    let scope = prexor_domain::Scope::group(instance.group.clone()).to_string();
     let mark = app.store().fence_mark(&scope).await?;
     let ack = app
         .gateways
@@ -293,8 +268,8 @@ async fn command(
             SendError::Timeout(reason) => ApiError::timeout(format!(
                 "node {node} did not acknowledge the command in time (it may still arrive): {reason}"
             )),
-            SendError::Unavailable(reason) => ApiError::unavailable(format!(
-                "cannot reach node {node} through any gateway: {reason}"
+            SendError::NoGateway | SendError::Unavailable(_) => ApiError::unavailable(format!(
+                "cannot reach node {node} through any gateway: {err}"
             )),
             SendError::Refused(status) => ApiError::unavailable(format!(
                 "cannot deliver the command to node {node}: {}",
@@ -328,11 +303,12 @@ struct ConsoleQuery {
 }
 
 #[utoipa::path(
-    get,
-    path = "/api/v1/instances/{id}/console",
-    tag = "instances",
+    get, path = "/api/v1/instances/{id}/console", tag = "instances",
     params(("id" = String, Path), ("lines" = Option<usize>, Query)),
-    responses((status = 200, description = "server-sent events", content_type = "text/event-stream", body = String), (status = 429, description = "too many streams open (per caller or on this replica)", body = crate::error::ErrorBody), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses(
+        (status = 200, description = "server-sent events", content_type = "text/event-stream", body = String),
+        (status = 429, description = "too many streams open (per caller or on this replica)", body = crate::error::ErrorBody),
+    ),
     security(("bearer" = []))
 )]
 async fn console(

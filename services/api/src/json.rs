@@ -1,11 +1,12 @@
 //! Stored documents as API JSON: `_id` becomes `id`, numbers stay numbers, object ids are hex,
 //! and internal bookkeeping fields (`_fence`, ...) are left out.
 
-use mongodb::bson::{Bson, Document};
+use mongodb::bson::Bson;
 use serde_json::{Map, Value};
 
 /// A top-level record: `_id` is renamed to `id`.
-pub fn record(doc: Document) -> Value {
+#[cfg(test)]
+pub fn record(doc: mongodb::bson::Document) -> Value {
     let mut out = Map::new();
     for (key, value) in doc {
         let key = match key.as_str() {

@@ -16,12 +16,13 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mongodb::bson::doc;
 use prexor_domain::now_ms;
+use prexor_model::access::{USERS, UserRecord};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::app::App;
-use crate::auth::{Credential, Principal, USERS, revoked_key, user_permissions, verify_password};
-use crate::error::{ApiError, ApiResult, Body};
+use crate::auth::{Credential, Principal, revoked_key, user_permissions, verify_password};
+use crate::error::{ApiError, ApiResult, Body, ErrorCode};
 
 /// Consecutive failed logins of one user that lock the account, and for how long.
 pub const LOCKOUT_AFTER: i64 = 5;
@@ -135,9 +136,11 @@ struct Login {
     password: String,
 }
 
-#[derive(Serialize)]
+/// A new session.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Session {
+    /// The bearer token of every later request.
     token: String,
     expires_at_ms: i64,
     user: String,
@@ -145,11 +148,13 @@ struct Session {
 }
 
 #[utoipa::path(
-    post,
-    path = "/api/v1/auth/login",
-    tag = "auth",
+    post, path = "/api/v1/auth/login", tag = "auth",
     request_body = Login,
-    responses((status = 200, description = "done", body = serde_json::Value), (status = 429, description = "rate limited or locked out", body = crate::error::ErrorBody), (status = 503, description = "too many sign-ins being checked at once; retry", body = crate::error::ErrorBody), (status = "default", description = "an error", body = crate::error::ErrorBody))
+    responses(
+        (status = 200, body = Session),
+        (status = 429, description = "rate limited or locked out", body = crate::error::ErrorBody),
+        (status = 503, description = "too many sign-ins being checked at once; retry", body = crate::error::ErrorBody),
+    )
 )]
 async fn login(
     State(app): State<App>,
@@ -165,7 +170,7 @@ async fn login(
             .await?;
         if attempts > LOGINS_PER_ADDRESS {
             return Err(ApiError::too_many(
-                "RATE_LIMITED",
+                ErrorCode::RateLimited,
                 format!("too many login attempts from {bucket}; wait a minute"),
                 LOGIN_WINDOW.as_secs(),
             ));
@@ -173,7 +178,7 @@ async fn login(
     }
     let locked = |left: Duration| {
         ApiError::too_many(
-            "LOCKED_OUT",
+            ErrorCode::LockedOut,
             format!(
                 "user {:?} is locked for {} s after {LOCKOUT_AFTER} failed logins",
                 login.username,
@@ -193,7 +198,7 @@ async fn login(
         .await?;
     if attempts > LOGINS_PER_USER {
         return Err(ApiError::too_many(
-            "RATE_LIMITED",
+            ErrorCode::RateLimited,
             format!(
                 "too many login attempts for user {:?}; wait a minute",
                 login.username
@@ -221,18 +226,12 @@ async fn login(
         return Err(locked(LOCKOUT_FOR));
     }
     let store = app.store();
-    let user = store
-        .bounded(
-            "reading a user",
-            store
-                .documents(USERS)
-                .find_one(doc! { "_id": &login.username }),
-        )
-        .await?;
+    let user: Option<UserRecord> = app.record(USERS, &login.username).await?;
     // Unknown users cost a hash verification too, so timing does not tell which names exist.
     let hash = user
         .as_ref()
-        .and_then(|u| u.get_str("passwordHash").ok())
+        .map(|u| u.password_hash.as_str())
+        .filter(|h| !h.is_empty())
         .unwrap_or("$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE")
         .to_owned();
     let valid = verify_password(login.password, hash).await && user.is_some();
@@ -255,13 +254,13 @@ async fn login(
     ephemeral
         .delete(&format!("login:failed:{user_key}"))
         .await?;
-    if user.get_bool("disabled").unwrap_or(false) {
+    if user.disabled {
         return Err(ApiError::unauthorized(format!(
             "user {:?} is disabled",
             login.username
         )));
     }
-    let (token, expires_at_ms) = crate::auth::sign_session(&app, &login.username, &user)?;
+    let (token, expires_at_ms) = crate::auth::sign_session(&app, &user)?;
     let _ = store
         .bounded(
             "recording the login",
@@ -296,10 +295,8 @@ async fn lock(app: &App, user: &str, user_key: &str) -> ApiResult<()> {
 }
 
 #[utoipa::path(
-    post,
-    path = "/api/v1/auth/logout",
-    tag = "auth",
-    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    post, path = "/api/v1/auth/logout", tag = "auth",
+    responses((status = 204)),
     security(("bearer" = []))
 )]
 async fn logout(State(app): State<App>, principal: Principal) -> ApiResult<StatusCode> {

@@ -103,7 +103,7 @@ fn main() -> ExitCode {
 fn certificate_task(
     service: &Service,
     config: &ApiConfig,
-    signer: &prexor_pki::client::SignerClient,
+    signer: &prexor_serve::signer::SignerClient,
     slot: Arc<prexor_pki::tls::CertSlot>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     use prexor_serve::tls;
@@ -243,9 +243,7 @@ async fn bootstrap_admin(
             .await?;
     // The cluster identity first (created here for a new cluster when `cluster.bootstrap` is
     // set, as `prexorctl setup` does), so an admin is never made in the wrong database.
-    let cluster = prexor_serve::guard::cluster_identity(&store, &config.common)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let cluster = prexor_serve::guard::cluster_identity(&store, &config.common).await?;
     let password = auth::bootstrap_admin(&store, &username).await?;
     tracing::info!(cluster = %cluster, user = %username, "bootstrap admin created");
     match password_file {

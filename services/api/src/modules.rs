@@ -9,18 +9,21 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use mongodb::bson::{Document, doc};
+use mongodb::bson::doc;
 use prexor_domain::now_ms;
-use serde::Deserialize;
+use prexor_model::workflows::modules::{
+    ActiveModule, ModuleRecord, ModuleVersion, MutationOutcome, MutationRecord,
+};
+use prexor_model::workflows::{CURRENT_MUTATION, ModuleState, MutationStep};
+use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult, Body};
-use crate::templates::{Layer, receive_layer};
+use crate::templates::{Layer, LayerVersionView, receive_layer, version_document};
 
-pub const MODULES: &str = "modules";
-/// The one mutation in flight (`_id: "current"`), created here, completed by the scheduler.
-pub const MODULE_MUTATION: &str = "module_mutation";
+pub use prexor_model::workflows::MODULE_MUTATION;
+pub use prexor_model::workflows::MODULES;
 
 pub fn routes() -> Router<App> {
     Router::new()
@@ -33,75 +36,180 @@ pub fn routes() -> Router<App> {
         .route("/modules/mutation", get(mutation))
 }
 
-async fn find(app: &App, name: &str) -> ApiResult<Document> {
-    app.must_find(MODULES, "module", name).await
+async fn find(app: &App, name: &str) -> ApiResult<ModuleRecord> {
+    app.must_record(MODULES, "module", name).await
 }
 
-fn version_hash(module: &Document, version: &str) -> Option<String> {
-    module
-        .get_array("versions")
-        .ok()?
-        .iter()
-        .filter_map(|v| v.as_document())
-        .find(|v| v.get_str("version") == Ok(version))
-        .and_then(|v| v.get_str("hash").ok().map(str::to_owned))
+/// A platform module with its versions and what its mutations did.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct ModuleView {
+    /// The module's name.
+    id: String,
+    versions: Vec<LayerVersionView<String>>,
+    /// `NEW` (never installed), `ACTIVE` or `UNINSTALLED`.
+    #[schema(value_type = String)]
+    state: ModuleState,
+    created_at_ms: i64,
+    /// The version it runs; `null` once uninstalled; absent while `NEW`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    active: Option<Option<ActiveModuleView>>,
+    /// Absent before the first mutation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_mutation: Option<MutationOutcomeView>,
+    /// Every mutation's outcome, oldest first; absent before the first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    history: Vec<MutationOutcomeView>,
+}
+
+impl From<&ModuleRecord> for ModuleView {
+    fn from(module: &ModuleRecord) -> ModuleView {
+        ModuleView {
+            id: module.name.clone(),
+            versions: module.versions.iter().map(LayerVersionView::from).collect(),
+            state: module.state,
+            created_at_ms: module.created_at_ms,
+            // Every install or uninstall sets it, so only a module still NEW never had one.
+            active: (module.state != ModuleState::New)
+                .then(|| module.active.as_ref().map(ActiveModuleView::from)),
+            last_mutation: module.last_mutation.as_ref().map(MutationOutcomeView::from),
+            history: module
+                .history
+                .iter()
+                .map(MutationOutcomeView::from)
+                .collect(),
+        }
+    }
+}
+
+/// What an installed module runs.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct ActiveModuleView {
+    version: String,
+    hash: String,
+    since_ms: i64,
+}
+
+impl From<&ActiveModule> for ActiveModuleView {
+    fn from(active: &ActiveModule) -> ActiveModuleView {
+        ActiveModuleView {
+            version: active.version.clone(),
+            hash: active.hash.clone(),
+            since_ms: active.since_ms,
+        }
+    }
+}
+
+/// How a mutation ended.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct MutationOutcomeView {
+    action: String,
+    /// `null` for uninstall and delete-storage.
+    version: Option<String>,
+    /// Who requested it.
+    by: String,
+    at_ms: i64,
+    /// `DONE` or `FAILED: <problem>`.
+    result: String,
+}
+
+impl From<&MutationOutcome> for MutationOutcomeView {
+    fn from(outcome: &MutationOutcome) -> MutationOutcomeView {
+        MutationOutcomeView {
+            action: outcome.action.clone(),
+            version: outcome.version.clone(),
+            by: outcome.by.clone(),
+            at_ms: outcome.at_ms,
+            result: outcome.result.clone(),
+        }
+    }
+}
+
+/// The module mutation in flight.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct MutationView {
+    /// Always `current`: there is one at a time.
+    id: String,
+    module: String,
+    /// `install`, `upgrade`, `uninstall` or `delete-storage`.
+    action: String,
+    /// `REQUESTED`, then `VERIFIED` by the platform-module holder, which then applies it.
+    #[schema(value_type = String)]
+    step: MutationStep,
+    requested_by: String,
+    requested_at_ms: i64,
+    /// The version to install or upgrade to, and its layer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hash: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verified_at_ms: Option<i64>,
+}
+
+impl From<&MutationRecord> for MutationView {
+    fn from(mutation: &MutationRecord) -> MutationView {
+        MutationView {
+            id: mutation.id.clone(),
+            module: mutation.module.clone(),
+            action: mutation.action.clone(),
+            step: mutation.step,
+            requested_by: mutation.requested_by.clone(),
+            requested_at_ms: mutation.requested_at_ms,
+            version: mutation.version.clone(),
+            hash: mutation.hash.clone(),
+            verified_at_ms: mutation.verified_at_ms,
+        }
+    }
 }
 
 #[utoipa::path(
-    get,
-    path = "/api/v1/modules",
-    tag = "modules",
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    get, path = "/api/v1/modules", tag = "modules",
+    responses((status = 200, body = Vec<ModuleView>)),
     security(("bearer" = []))
 )]
-async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<serde_json::Value>>> {
+async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<ModuleView>>> {
     who.require("modules:read")?;
-    let modules = app
-        .store()
-        .find_sorted(MODULES, "listing modules", doc! {}, doc! { "_id": 1 }, None)
+    let modules: Vec<ModuleRecord> = app
+        .records(MODULES, "listing modules", doc! {}, doc! { "_id": 1 }, None)
         .await?;
-    Ok(Json(modules.into_iter().map(crate::json::record).collect()))
+    Ok(Json(modules.iter().map(ModuleView::from).collect()))
 }
 
 #[utoipa::path(
-    get,
-    path = "/api/v1/modules/{name}",
-    tag = "modules",
+    get, path = "/api/v1/modules/{name}", tag = "modules",
     params(("name" = String, Path)),
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, body = ModuleView)),
     security(("bearer" = []))
 )]
 async fn show(
     State(app): State<App>,
     who: Principal,
     Path(name): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<ModuleView>> {
     who.require("modules:read")?;
-    Ok(Json(crate::json::record(find(&app, &name).await?)))
+    Ok(Json(ModuleView::from(&find(&app, &name).await?)))
+}
+
+async fn current_mutation(app: &App) -> ApiResult<Option<MutationRecord>> {
+    app.record(MODULE_MUTATION, CURRENT_MUTATION).await
 }
 
 /// The mutation in flight, if any (`null` otherwise).
 #[utoipa::path(
-    get,
-    path = "/api/v1/modules/mutation",
-    tag = "modules",
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    get, path = "/api/v1/modules/mutation", tag = "modules",
+    responses(
+        (status = 200, description = "the mutation in flight, or null", body = Option<MutationView>),
+    ),
     security(("bearer" = []))
 )]
-async fn mutation(State(app): State<App>, who: Principal) -> ApiResult<Json<serde_json::Value>> {
+async fn mutation(State(app): State<App>, who: Principal) -> ApiResult<Json<Option<MutationView>>> {
     who.require("modules:read")?;
-    let store = app.store();
-    let current = store
-        .bounded(
-            "reading the module mutation",
-            store
-                .documents(MODULE_MUTATION)
-                .find_one(doc! { "_id": "current" }),
-        )
-        .await?;
-    Ok(Json(
-        current.map_or(serde_json::Value::Null, crate::json::record),
-    ))
+    let current = current_mutation(&app).await?;
+    Ok(Json(current.as_ref().map(MutationView::from)))
 }
 
 fn check_version(version: &str) -> ApiResult<()> {
@@ -122,12 +230,13 @@ fn check_version(version: &str) -> ApiResult<()> {
 
 /// `PUT /modules/{name}/versions/{version}` with the artifact (tar.gz): stores a version.
 #[utoipa::path(
-    put,
-    path = "/api/v1/modules/{name}/versions/{version}",
-    tag = "modules",
+    put, path = "/api/v1/modules/{name}/versions/{version}", tag = "modules",
     params(("name" = String, Path), ("version" = String, Path)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the layer as .tar.gz bytes"),
-    responses((status = 201, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses(
+        (status = 201, description = "stored", body = ModuleView),
+        (status = 200, description = "the same bytes are this version already: nothing changed", body = ModuleView),
+    ),
     security(("bearer" = []))
 )]
 async fn upload(
@@ -136,35 +245,30 @@ async fn upload(
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
     body: Raw,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<(StatusCode, Json<ModuleView>)> {
     who.require("modules:write")?;
     prexor_domain::validate_name(&name).map_err(|e| ApiError::field("name", e.to_string()))?;
     check_version(&version)?;
     let Layer { hash, size, files } = receive_layer(&app, &headers, body).await?;
     let store = app.store();
-    let existing = store
-        .bounded(
-            "reading a module",
-            store.documents(MODULES).find_one(doc! { "_id": &name }),
-        )
-        .await?;
+    let existing: Option<ModuleRecord> = app.record(MODULES, &name).await?;
     if let Some(module) = &existing
-        && let Some(stored) = version_hash(module, &version)
+        && let Some(stored) = module.version(&version)
     {
-        if stored == hash {
-            return Ok((StatusCode::OK, Json(crate::json::record(module.clone()))));
+        if stored.hash == hash {
+            return Ok((StatusCode::OK, Json(ModuleView::from(module))));
         }
         return Err(ApiError::conflict(format!(
             "module {name:?} already has a different version {version:?}; versions are immutable, upload it under a new version"
         )));
     }
-    let entry = doc! {
-        "version": &version,
-        "hash": &hash,
-        "size": size as i64,
-        "files": files as i64,
-        "uploadedBy": &who.user,
-        "uploadedAtMs": now_ms(),
+    let entry = ModuleVersion {
+        version: version.clone(),
+        hash,
+        size: size as i64,
+        files: files as i64,
+        uploaded_by: who.user.clone(),
+        uploaded_at_ms: now_ms(),
     };
     store
         .bounded(
@@ -174,8 +278,8 @@ async fn upload(
                 .update_one(
                     doc! { "_id": &name, "versions.version": { "$ne": &version } },
                     doc! {
-                        "$push": { "versions": &entry },
-                        "$setOnInsert": { "state": "NEW", "createdAtMs": now_ms() },
+                        "$push": { "versions": version_document(&entry)? },
+                        "$setOnInsert": { "state": ModuleState::New, "createdAtMs": now_ms() },
                     },
                 )
                 .upsert(existing.is_none()),
@@ -194,7 +298,7 @@ async fn upload(
         .await;
     Ok((
         StatusCode::CREATED,
-        Json(crate::json::record(find(&app, &name).await?)),
+        Json(ModuleView::from(&find(&app, &name).await?)),
     ))
 }
 
@@ -205,58 +309,52 @@ async fn request(
     name: &str,
     action: &str,
     version: Option<(&str, &str)>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    let mut record = doc! {
-        "_id": "current",
-        "module": name,
-        "action": action,
-        "step": "REQUESTED",
-        "requestedBy": &who.user,
-        "requestedAtMs": now_ms(),
+) -> ApiResult<(StatusCode, Json<MutationView>)> {
+    let record = MutationRecord {
+        id: CURRENT_MUTATION.to_owned(),
+        module: name.to_owned(),
+        action: action.to_owned(),
+        step: MutationStep::Requested,
+        requested_by: who.user.clone(),
+        requested_at_ms: now_ms(),
+        version: version.map(|(v, _)| v.to_owned()),
+        hash: version.map(|(_, h)| h.to_owned()),
+        verified_at_ms: None,
     };
-    if let Some((version, hash)) = version {
-        record.insert("version", version);
-        record.insert("hash", hash);
-    }
     let store = app.store();
     match store
         .bounded(
             "recording the module mutation",
-            store.documents(MODULE_MUTATION).insert_one(&record),
+            store
+                .collection::<MutationRecord>(MODULE_MUTATION)
+                .insert_one(&record),
         )
         .await
     {
         Ok(_) => {}
         Err(err) if err.is_duplicate_key() => {
-            let current = store
-                .bounded(
-                    "reading the module mutation",
-                    store
-                        .documents(MODULE_MUTATION)
-                        .find_one(doc! { "_id": "current" }),
-                )
-                .await?
-                .unwrap_or_default();
+            let current = current_mutation(app).await?;
+            let said = |field: fn(&MutationRecord) -> &str| current.as_ref().map_or("?", field);
             return Err(ApiError::conflict(format!(
                 "another module mutation is in flight ({} of {}, step {}); wait until it is done",
-                current.get_str("action").unwrap_or("?"),
-                current.get_str("module").unwrap_or("?"),
-                current.get_str("step").unwrap_or("?"),
+                said(|m| &m.action),
+                said(|m| &m.module),
+                said(|m| m.step.as_str()),
             )));
         }
         Err(err) => return Err(err.into()),
     }
-    app.audit::<(), _>(who, &format!("module.{action}"), name, None, Some(&record))
-        .await;
-    app.service
-        .events
-        .publish(
-            "MODULE_MUTATION_REQUESTED",
-            name,
-            serde_json::json!({ "action": action, "version": version.map(|v| v.0) }),
-        )
-        .await;
-    Ok((StatusCode::ACCEPTED, Json(crate::json::record(record))))
+    app.audit_and_publish::<(), _>(
+        who,
+        &format!("module.{action}"),
+        name,
+        None,
+        Some(&record),
+        "MODULE_MUTATION_REQUESTED",
+        serde_json::json!({ "action": action, "version": version.map(|v| v.0) }),
+    )
+    .await;
+    Ok((StatusCode::ACCEPTED, Json(MutationView::from(&record))))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -266,12 +364,10 @@ struct VersionRequest {
 }
 
 #[utoipa::path(
-    post,
-    path = "/api/v1/modules/{name}/install",
-    tag = "modules",
+    post, path = "/api/v1/modules/{name}/install", tag = "modules",
     params(("name" = String, Path)),
     request_body = VersionRequest,
-    responses((status = 202, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 202, description = "requested", body = MutationView)),
     security(("bearer" = []))
 )]
 async fn install(
@@ -279,51 +375,41 @@ async fn install(
     who: Principal,
     Path(name): Path<String>,
     Body(request_body): Body<VersionRequest>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<(StatusCode, Json<MutationView>)> {
     who.require("modules:write")?;
     let module = find(&app, &name).await?;
-    if module.get_str("state") == Ok("ACTIVE") {
+    if module.state == ModuleState::Active {
         return Err(ApiError::conflict(format!(
             "module {name:?} is installed (version {}); upgrade it instead",
-            active_version(&module).unwrap_or("?")
+            module.active_version().unwrap_or("?")
         )));
     }
-    request_version(&app, &who, &name, &module, "install", &request_body.version).await
-}
-
-/// The version a module runs, if it is installed.
-fn active_version(module: &Document) -> Option<&str> {
-    module
-        .get_document("active")
-        .ok()
-        .and_then(|a| a.get_str("version").ok())
+    request_version(&app, &who, &module, "install", &request_body.version).await
 }
 
 /// Requests `action` (install, upgrade) of `version`, which must have been uploaded.
 async fn request_version(
     app: &App,
     who: &Principal,
-    name: &str,
-    module: &Document,
+    module: &ModuleRecord,
     action: &str,
     version: &str,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    let hash = version_hash(module, version).ok_or_else(|| {
+) -> ApiResult<(StatusCode, Json<MutationView>)> {
+    let name = &module.name;
+    let stored = module.version(version).ok_or_else(|| {
         ApiError::field(
             "version",
             format!("module {name:?} has no version {version:?}; upload it first"),
         )
     })?;
-    request(app, who, name, action, Some((version, &hash))).await
+    request(app, who, name, action, Some((version, &stored.hash))).await
 }
 
 #[utoipa::path(
-    post,
-    path = "/api/v1/modules/{name}/upgrade",
-    tag = "modules",
+    post, path = "/api/v1/modules/{name}/upgrade", tag = "modules",
     params(("name" = String, Path)),
     request_body = VersionRequest,
-    responses((status = 202, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 202, description = "requested", body = MutationView)),
     security(("bearer" = []))
 )]
 async fn upgrade(
@@ -331,21 +417,21 @@ async fn upgrade(
     who: Principal,
     Path(name): Path<String>,
     Body(request_body): Body<VersionRequest>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<(StatusCode, Json<MutationView>)> {
     who.require("modules:write")?;
     let module = find(&app, &name).await?;
-    if module.get_str("state") != Ok("ACTIVE") {
+    if module.state != ModuleState::Active {
         return Err(ApiError::conflict(format!(
             "module {name:?} is not installed; install it instead"
         )));
     }
-    let active = active_version(&module).unwrap_or_default();
+    let active = module.active_version().unwrap_or_default();
     if active == request_body.version {
         return Err(ApiError::conflict(format!(
             "module {name:?} already runs version {active}"
         )));
     }
-    request_version(&app, &who, &name, &module, "upgrade", &request_body.version).await
+    request_version(&app, &who, &module, "upgrade", &request_body.version).await
 }
 
 /// Groups that attach `name`.
@@ -353,7 +439,7 @@ async fn attached_to(app: &App, name: &str) -> ApiResult<Vec<String>> {
     let groups = app
         .store()
         .find_all(
-            prexor_store::GROUPS,
+            prexor_model::groups::GROUPS,
             "finding the module's groups",
             doc! { "spec.modules": name },
         )
@@ -365,21 +451,19 @@ async fn attached_to(app: &App, name: &str) -> ApiResult<Vec<String>> {
 }
 
 #[utoipa::path(
-    post,
-    path = "/api/v1/modules/{name}/uninstall",
-    tag = "modules",
+    post, path = "/api/v1/modules/{name}/uninstall", tag = "modules",
     params(("name" = String, Path)),
-    responses((status = 202, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 202, description = "requested", body = MutationView)),
     security(("bearer" = []))
 )]
 async fn uninstall(
     State(app): State<App>,
     who: Principal,
     Path(name): Path<String>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<(StatusCode, Json<MutationView>)> {
     who.require("modules:write")?;
     let module = find(&app, &name).await?;
-    if module.get_str("state") != Ok("ACTIVE") {
+    if module.state != ModuleState::Active {
         return Err(ApiError::conflict(format!(
             "module {name:?} is not installed"
         )));
@@ -396,21 +480,19 @@ async fn uninstall(
 
 /// `DELETE /modules/{name}`: removes the module and its stored versions (not while installed).
 #[utoipa::path(
-    delete,
-    path = "/api/v1/modules/{name}",
-    tag = "modules",
+    delete, path = "/api/v1/modules/{name}", tag = "modules",
     params(("name" = String, Path)),
-    responses((status = 202, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 202, description = "requested", body = MutationView)),
     security(("bearer" = []))
 )]
 async fn delete_storage(
     State(app): State<App>,
     who: Principal,
     Path(name): Path<String>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<(StatusCode, Json<MutationView>)> {
     who.require("modules:write")?;
     let module = find(&app, &name).await?;
-    if module.get_str("state") == Ok("ACTIVE") {
+    if module.state == ModuleState::Active {
         return Err(ApiError::conflict(format!(
             "module {name:?} is installed; uninstall it first"
         )));
@@ -421,14 +503,8 @@ async fn delete_storage(
 /// Every module a group spec attaches must be installed (400 naming the one that is not).
 pub async fn check_attached(app: &App, modules: &[String]) -> ApiResult<()> {
     for (i, name) in modules.iter().enumerate() {
-        let store = app.store();
-        let module = store
-            .bounded(
-                "reading a module",
-                store.documents(MODULES).find_one(doc! { "_id": name }),
-            )
-            .await?;
-        if module.as_ref().and_then(|m| m.get_str("state").ok()) != Some("ACTIVE") {
+        let module: Option<ModuleRecord> = app.record(MODULES, name).await?;
+        if module.map(|m| m.state) != Some(ModuleState::Active) {
             return Err(ApiError::field(
                 &format!("modules[{i}]"),
                 format!("module {name:?} is not installed; install it first"),
@@ -436,4 +512,51 @@ pub async fn check_attached(app: &App, modules: &[String]) -> ApiResult<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use mongodb::bson::{self, Bson, Document, doc};
+
+    use super::*;
+
+    fn shown(stored: &Document) -> serde_json::Value {
+        let record: ModuleRecord = bson::from_document(stored.clone()).unwrap();
+        serde_json::to_value(ModuleView::from(&record)).unwrap()
+    }
+
+    #[test]
+    fn a_module_is_shown_as_stored_at_every_stage() {
+        let version = doc! { "version": "1.0", "hash": "a", "size": 3_i64, "files": 1_i64, "uploadedBy": "ann", "uploadedAtMs": 1_i64 };
+        let new = doc! { "_id": "essentials", "versions": [version.clone()], "state": "NEW", "createdAtMs": 1_i64 };
+        assert_eq!(shown(&new), crate::json::record(new));
+
+        let done = doc! { "action": "install", "version": "1.0", "by": "ann", "atMs": 2_i64, "result": "DONE" };
+        let active = doc! {
+            "_id": "essentials", "versions": [version.clone()], "state": "ACTIVE", "createdAtMs": 1_i64,
+            "active": { "version": "1.0", "hash": "a", "sinceMs": 2_i64 },
+            "lastMutation": done.clone(), "history": [done.clone()],
+            "_fence": { "scope": "platform-module", "token": 4_i64 },
+        };
+        assert_eq!(shown(&active), crate::json::record(active));
+
+        let gone = doc! { "action": "uninstall", "version": Bson::Null, "by": "ann", "atMs": 3_i64, "result": "DONE" };
+        let uninstalled = doc! {
+            "_id": "essentials", "versions": [version], "state": "UNINSTALLED", "createdAtMs": 1_i64,
+            "active": Bson::Null, "lastMutation": gone.clone(), "history": [done, gone],
+        };
+        assert_eq!(shown(&uninstalled), crate::json::record(uninstalled));
+    }
+
+    #[test]
+    fn a_mutation_is_shown_as_stored() {
+        for stored in [
+            doc! { "_id": "current", "module": "m", "action": "install", "step": "VERIFIED", "requestedBy": "ann", "requestedAtMs": 1_i64, "version": "1.0", "hash": "a", "verifiedAtMs": 2_i64 },
+            doc! { "_id": "current", "module": "m", "action": "uninstall", "step": "REQUESTED", "requestedBy": "ann", "requestedAtMs": 1_i64 },
+        ] {
+            let record: MutationRecord = bson::from_document(stored.clone()).unwrap();
+            let shown = serde_json::to_value(MutationView::from(&record)).unwrap();
+            assert_eq!(shown, crate::json::record(stored));
+        }
+    }
 }

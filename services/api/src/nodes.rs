@@ -2,23 +2,28 @@
 //! certificate issue for a node's CSR (503 with the operator page's message when no reachable
 //! CA replica holds the key).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use mongodb::bson::{Document, doc};
-use prexor_pki::client::SignerError;
+use mongodb::bson::doc;
+use prexor_serve::signer::SignerError;
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult, Body};
+use crate::error::{ApiError, ApiResult, Body, ErrorCode};
 
-const NODES: &str = "nodes";
-const NODE_ALLOCATIONS: &str = "node_allocations";
-const NODE_DRAINS: &str = "node_drains";
+use prexor_model::nodes::NODE_ALLOCATIONS;
+use prexor_model::nodes::NODE_DRAINS;
+use prexor_model::nodes::NODES;
+use prexor_model::nodes::{DrainRecord, DrainState, NodeAllocation, NodeRecord, NodeState};
+
+mod views;
+use views::{NodeDrainView, NodeView};
 /// Default and longest drain timeouts (past it, the node's remaining instances are killed).
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
 const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -38,84 +43,69 @@ pub fn routes() -> Router<App> {
 }
 
 #[utoipa::path(
-    get,
-    path = "/api/v1/nodes",
-    tag = "nodes",
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    get, path = "/api/v1/nodes", tag = "nodes",
+    responses((status = 200, body = Vec<NodeView>)),
     security(("bearer" = []))
 )]
-async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<serde_json::Value>>> {
+async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<NodeView>>> {
     who.require("nodes:read")?;
-    let store = app.store();
     let (nodes, allocations, drains) = tokio::try_join!(
-        store.find_sorted(NODES, "listing nodes", doc! {}, doc! { "_id": 1 }, None),
-        store.find_all(NODE_ALLOCATIONS, "reading node allocations", doc! {}),
-        store.find_all(NODE_DRAINS, "reading node drains", doc! {}),
+        app.records::<NodeRecord>(NODES, "listing nodes", doc! {}, doc! { "_id": 1 }, None),
+        app.records::<NodeAllocation>(
+            NODE_ALLOCATIONS,
+            "reading node allocations",
+            doc! {},
+            doc! {},
+            None
+        ),
+        app.records::<DrainRecord>(NODE_DRAINS, "reading node drains", doc! {}, doc! {}, None),
     )?;
+    let reserved: HashMap<String, i64> = allocations
+        .into_iter()
+        .map(|a| (a.id, a.reserved_mb))
+        .collect();
+    let mut drains: HashMap<String, DrainRecord> =
+        drains.into_iter().map(|d| (d.id.clone(), d)).collect();
     Ok(Json(
         nodes
             .into_iter()
-            .map(|node| decorated(node, &allocations, &drains))
+            .map(|node| {
+                let reserved_mb = reserved.get(&node.id).copied().unwrap_or(0);
+                let drain = drains.remove(&node.id);
+                NodeView::new(node, reserved_mb, drain)
+            })
             .collect(),
     ))
 }
 
-/// The node record plus the memory the schedulers reserved on it and its drain, if any.
-fn decorated(
-    mut node: Document,
-    allocations: &[Document],
-    drains: &[Document],
-) -> serde_json::Value {
-    let id = node.get_str("_id").unwrap_or_default().to_owned();
-    let by_id = |docs: &[Document]| {
-        docs.iter()
-            .find(|d| d.get_str("_id") == Ok(id.as_str()))
-            .cloned()
-    };
-    let reserved = by_id(allocations)
-        .and_then(|a| a.get_i64("reservedMb").ok())
-        .unwrap_or(0);
-    node.insert("reservedMb", reserved);
-    node.insert("cordoned", node.get_bool("cordoned").unwrap_or(false));
-    let mut json = crate::json::record(node);
-    json["drain"] = by_id(drains).map_or(serde_json::Value::Null, drain_view);
-    json
+async fn find(app: &App, id: &str) -> ApiResult<NodeRecord> {
+    app.must_record(NODES, "node", id).await
 }
 
-fn drain_view(mut drain: Document) -> serde_json::Value {
-    drain.remove("_id");
-    crate::json::record(drain)
-}
-
-async fn find(app: &App, id: &str) -> ApiResult<Document> {
-    app.must_find(NODES, "node", id).await
+/// `node` as the API shows it (with its allocation and drain).
+async fn view(app: &App, node: NodeRecord) -> ApiResult<NodeView> {
+    let (allocation, drain) = tokio::try_join!(
+        app.record::<NodeAllocation>(NODE_ALLOCATIONS, &node.id),
+        app.record::<DrainRecord>(NODE_DRAINS, &node.id),
+    )?;
+    let reserved_mb = allocation.map_or(0, |a| a.reserved_mb);
+    Ok(NodeView::new(node, reserved_mb, drain))
 }
 
 #[utoipa::path(
-    get,
-    path = "/api/v1/nodes/{id}",
-    tag = "nodes",
+    get, path = "/api/v1/nodes/{id}", tag = "nodes",
     params(("id" = String, Path)),
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, body = NodeView)),
     security(("bearer" = []))
 )]
 async fn show(
     State(app): State<App>,
     who: Principal,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<NodeView>> {
     who.require("nodes:read")?;
     let node = find(&app, &id).await?;
-    let store = app.store();
-    let (allocations, drains) = tokio::try_join!(
-        store.find_all(
-            NODE_ALLOCATIONS,
-            "reading node allocations",
-            doc! { "_id": &id }
-        ),
-        store.find_all(NODE_DRAINS, "reading the node's drain", doc! { "_id": &id }),
-    )?;
-    Ok(Json(decorated(node, &allocations, &drains)))
+    Ok(Json(view(&app, node).await?))
 }
 
 async fn set_cordon(app: App, who: Principal, id: String, cordoned: bool) -> ApiResult<StatusCode> {
@@ -132,33 +122,28 @@ async fn set_cordon(app: App, who: Principal, id: String, cordoned: bool) -> Api
             ),
         )
         .await?;
-    let action = if cordoned { "cordon" } else { "uncordon" };
-    app.audit(
+    let (action, kind) = if cordoned {
+        ("node.cordon", "NODE_CORDONED")
+    } else {
+        ("node.uncordon", "NODE_UNCORDONED")
+    };
+    app.audit_and_publish(
         &who,
-        &format!("node.{action}"),
+        action,
         &id,
-        Some(&before.get_bool("cordoned").unwrap_or(false)),
+        Some(&before.cordoned),
         Some(&cordoned),
+        kind,
+        serde_json::json!({}),
     )
     .await;
-    let kind = if cordoned {
-        "NODE_CORDONED"
-    } else {
-        "NODE_UNCORDONED"
-    };
-    app.service
-        .events
-        .publish(kind, &id, serde_json::json!({}))
-        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(
-    post,
-    path = "/api/v1/nodes/{id}/cordon",
-    tag = "nodes",
+    post, path = "/api/v1/nodes/{id}/cordon", tag = "nodes",
     params(("id" = String, Path)),
-    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 204)),
     security(("bearer" = []))
 )]
 async fn cordon(
@@ -170,11 +155,9 @@ async fn cordon(
 }
 
 #[utoipa::path(
-    post,
-    path = "/api/v1/nodes/{id}/uncordon",
-    tag = "nodes",
+    post, path = "/api/v1/nodes/{id}/uncordon", tag = "nodes",
     params(("id" = String, Path)),
-    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 204)),
     security(("bearer" = []))
 )]
 async fn uncordon(
@@ -186,11 +169,9 @@ async fn uncordon(
 }
 
 #[utoipa::path(
-    delete,
-    path = "/api/v1/nodes/{id}",
-    tag = "nodes",
+    delete, path = "/api/v1/nodes/{id}", tag = "nodes",
     params(("id" = String, Path)),
-    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 204)),
     security(("bearer" = []))
 )]
 async fn remove(
@@ -200,37 +181,35 @@ async fn remove(
 ) -> ApiResult<StatusCode> {
     who.require("nodes:write")?;
     let node = find(&app, &id).await?;
-    if node.get_str("state") == Ok("ONLINE") {
+    if node.is_online() {
         return Err(ApiError::conflict(format!(
             "node {id:?} is connected (through gateway {}); stop its daemon first",
-            node.get_str("gateway").unwrap_or("?")
+            node.gateway
         )));
     }
+    let before = view(&app, node).await?;
     let store = app.store();
     store
         .bounded(
             "deleting a node",
             store
                 .documents(NODES)
-                .delete_one(doc! { "_id": &id, "state": { "$ne": "ONLINE" } }),
+                .delete_one(doc! { "_id": &id, "state": { "$ne": NodeState::Online } }),
         )
         .await?;
     // A deleted node cannot come back with the certificate it had.
-    let revoked =
-        prexor_pki::records::revoke_node(app.store(), &id, "the node was deleted").await?;
+    let revoked = prexor_model::pki::revoke_node(app.store(), &id, "the node was deleted").await?;
     tracing::info!(node = %id, certificates = revoked, "node deleted; its certificates are revoked");
-    app.audit(
+    app.audit_and_publish(
         &who,
         "node.delete",
         &id,
-        Some(&crate::json::record(node)),
+        Some(&before),
         None::<&()>,
+        "NODE_DELETED",
+        serde_json::json!({}),
     )
     .await;
-    app.service
-        .events
-        .publish("NODE_DELETED", &id, serde_json::json!({}))
-        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -242,7 +221,8 @@ struct JoinTokenRequest {
     expires_in: Option<String>,
 }
 
-#[derive(Serialize)]
+/// A single-use join token for a node.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct JoinTokenReply {
     node_id: String,
@@ -253,12 +233,10 @@ struct JoinTokenReply {
 }
 
 #[utoipa::path(
-    post,
-    path = "/api/v1/nodes/{id}/join-token",
-    tag = "nodes",
+    post, path = "/api/v1/nodes/{id}/join-token", tag = "nodes",
     params(("id" = String, Path)),
     request_body(content = Option<JoinTokenRequest>, content_type = "application/json"),
-    responses((status = 201, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 201, body = JoinTokenReply)),
     security(("bearer" = []))
 )]
 async fn join_token(
@@ -284,16 +262,15 @@ async fn join_token(
         ));
     }
     let store = app.store();
-    let ca = prexor_pki::records::published_ca(store)
+    let ca = prexor_model::pki::published_ca(store)
         .await?
         .ok_or_else(|| {
             ApiError::new(
-                StatusCode::CONFLICT,
-                "NO_CA",
+ ErrorCode::NoCa,
                 "the cluster has no CA yet: start prexor-ca with --bootstrap on the first controller",
             )
         })?;
-    let (token, expires_at_ms) = prexor_pki::records::create_join_token(
+    let (token, expires_at_ms) = prexor_model::pki::create_join_token(
         store,
         &id,
         &ca.certificate,
@@ -328,7 +305,8 @@ struct CertIssueRequest {
     csr_pem: String,
 }
 
-#[derive(Serialize)]
+/// A node certificate signed for the node's CSR.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct CertIssueReply {
     node_id: String,
@@ -340,12 +318,10 @@ struct CertIssueReply {
 }
 
 #[utoipa::path(
-    post,
-    path = "/api/v1/nodes/{id}/cert-issue",
-    tag = "nodes",
+    post, path = "/api/v1/nodes/{id}/cert-issue", tag = "nodes",
     params(("id" = String, Path)),
     request_body = CertIssueRequest,
-    responses((status = 201, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 201, body = CertIssueReply)),
     security(("bearer" = []))
 )]
 async fn cert_issue(
@@ -368,12 +344,9 @@ async fn cert_issue(
         .sign_node(&id, &request.csr_pem)
         .await
         .map_err(|err| match err {
-            SignerError::NoSigner { .. } => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "NO_CA_KEY",
-                err.to_string(),
-            ),
+            SignerError::NoSigner { .. } => ApiError::new(ErrorCode::NoCaKey, err.to_string()),
             SignerError::Refused(message) => ApiError::field("csrPem", message),
+            SignerError::Pki(problem) => ApiError::field("csrPem", problem.to_string()),
         })?;
     app.audit::<(), _>(
         &who,
@@ -408,23 +381,17 @@ struct DrainRequest {
     shutdown: bool,
 }
 
-fn open_drain(drain: &Document) -> bool {
-    matches!(drain.get_str("state"), Ok("PENDING" | "DRAINING"))
-}
-
-async fn find_drain(app: &App, id: &str) -> ApiResult<Option<Document>> {
-    Ok(app.by_id(NODE_DRAINS, id).await?)
+async fn find_drain(app: &App, id: &str) -> ApiResult<Option<DrainRecord>> {
+    app.record(NODE_DRAINS, id).await
 }
 
 /// Creates the durable drain intent; a scheduler replica carries it out under
 /// `workflow:drain-<node>`.
 #[utoipa::path(
-    post,
-    path = "/api/v1/nodes/{id}/drain",
-    tag = "nodes",
+    post, path = "/api/v1/nodes/{id}/drain", tag = "nodes",
     params(("id" = String, Path)),
     request_body(content = Option<DrainRequest>, content_type = "application/json"),
-    responses((status = 202, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 202, body = NodeDrainView)),
     security(("bearer" = []))
 )]
 async fn drain(
@@ -432,7 +399,7 @@ async fn drain(
     who: Principal,
     Path(id): Path<String>,
     body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<(StatusCode, Json<NodeDrainView>)> {
     who.require("nodes:write")?;
     let request: DrainRequest = crate::error::optional_body(&body)?;
     let timeout = match &request.timeout {
@@ -447,29 +414,39 @@ async fn drain(
         ));
     }
     find(&app, &id).await?;
-    let scope = prexor_domain::Scope::Workflow(format!("drain-{id}"));
-    if prexor_domain::validate_name(&format!("drain-{id}")).is_err() {
+    let scope = prexor_domain::Scope::drain(&id);
+    if scope.to_string().parse::<prexor_domain::Scope>().is_err() {
         return Err(ApiError::field(
             "nodeId",
             format!("{id:?} is too long to name its drain workflow (at most 57 characters)"),
         ));
     }
     if let Some(current) = find_drain(&app, &id).await?
-        && open_drain(&current)
+        && current.is_open()
     {
         return Err(ApiError::conflict(format!(
             "node {id:?} is already being drained (since {}); cancel it with POST /nodes/{id}/undrain",
-            current.get_i64("requestedAtMs").unwrap_or(0)
+            current.requested_at_ms
         )));
     }
-    let intent = doc! {
-        "state": "PENDING",
-        "timeoutMs": timeout.as_millis() as i64,
-        "shutdown": request.shutdown,
-        "requestedBy": &who.user,
-        "requestedAtMs": prexor_domain::now_ms(),
-        "workflow": scope.to_string(),
+    let intent = DrainRecord {
+        id: id.clone(),
+        state: DrainState::Pending,
+        timeout_ms: timeout.as_millis() as i64,
+        shutdown: request.shutdown,
+        requested_by: who.user.clone(),
+        requested_at_ms: prexor_domain::now_ms(),
+        workflow: scope.to_string(),
+        started_at_ms: None,
+        holder: None,
+        shutdown_requested_at_ms: None,
+        shutdown_token: None,
+        finished_at_ms: None,
+        cancelled_by: None,
     };
+    let mut set = mongodb::bson::to_document(&intent)
+        .map_err(|e| ApiError::internal(format!("encoding the drain: {e}")))?;
+    set.remove("_id");
     let store = app.store();
     // Replaces a finished drain's record; an open one is never overwritten.
     let written = store
@@ -478,8 +455,8 @@ async fn drain(
             store
                 .documents(NODE_DRAINS)
                 .update_one(
-                    doc! { "_id": &id, "state": { "$nin": ["PENDING", "DRAINING"] } },
-                    doc! { "$set": &intent, "$unset": { "startedAtMs": "", "finishedAtMs": "" } },
+                    doc! { "_id": &id, "state": { "$nin": DrainState::any_of(DrainState::OPEN) } },
+                    doc! { "$set": &set, "$unset": { "startedAtMs": "", "finishedAtMs": "" } },
                 )
                 .upsert(true),
         )
@@ -493,43 +470,43 @@ async fn drain(
         }
         Err(err) => return Err(err.into()),
     }
-    app.audit::<(), _>(&who, "node.drain", &id, None, Some(&intent))
-        .await;
-    app.service
-        .events
-        .publish("NODE_DRAIN_REQUESTED", &id, serde_json::json!({}))
-        .await;
+    app.audit_and_publish::<(), _>(
+        &who,
+        "node.drain",
+        &id,
+        None,
+        Some(&set),
+        "NODE_DRAIN_REQUESTED",
+        serde_json::json!({}),
+    )
+    .await;
     let drain = find_drain(&app, &id).await?.unwrap_or(intent);
-    Ok((StatusCode::ACCEPTED, Json(drain_view(drain))))
+    Ok((StatusCode::ACCEPTED, Json(drain.into())))
 }
 
 #[utoipa::path(
-    get,
-    path = "/api/v1/nodes/{id}/drain",
-    tag = "nodes",
+    get, path = "/api/v1/nodes/{id}/drain", tag = "nodes",
     params(("id" = String, Path)),
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, body = NodeDrainView)),
     security(("bearer" = []))
 )]
 async fn drain_status(
     State(app): State<App>,
     who: Principal,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<NodeDrainView>> {
     who.require("nodes:read")?;
     let drain = find_drain(&app, &id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("node {id:?} was never drained")))?;
-    Ok(Json(drain_view(drain)))
+    Ok(Json(drain.into()))
 }
 
 /// Cancels an open drain and uncordons the node.
 #[utoipa::path(
-    post,
-    path = "/api/v1/nodes/{id}/undrain",
-    tag = "nodes",
+    post, path = "/api/v1/nodes/{id}/undrain", tag = "nodes",
     params(("id" = String, Path)),
-    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 204)),
     security(("bearer" = []))
 )]
 async fn undrain(
@@ -544,8 +521,8 @@ async fn undrain(
         .bounded(
             "cancelling the drain",
             store.documents(NODE_DRAINS).update_one(
-                doc! { "_id": &id, "state": { "$in": ["PENDING", "DRAINING"] } },
-                doc! { "$set": { "state": "CANCELLED", "cancelledBy": &who.user, "finishedAtMs": prexor_domain::now_ms() } },
+                doc! { "_id": &id, "state": DrainState::open_filter() },
+                doc! { "$set": { "state": DrainState::Cancelled, "cancelledBy": &who.user, "finishedAtMs": prexor_domain::now_ms() } },
             ),
         )
         .await?;

@@ -2,12 +2,14 @@
 //! and the request types themselves, so it cannot drift from the code.
 
 use axum::Json;
+use axum::http::StatusCode;
 use axum::routing::get;
-use utoipa::Modify;
-use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{Content, Ref, RefOr, Response, ResponseBuilder};
+use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::app::App;
+use crate::error::ErrorBody;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -94,7 +96,8 @@ use crate::app::App;
         crate::workload::players,
         crate::workload::metrics
     ),
-    modifiers(&Security, &Permissions),
+    components(schemas(ErrorBody)),
+    modifiers(&Security, &EveryOperation),
     tags(
         (name = "system"), (name = "auth"), (name = "users"), (name = "roles"), (name = "audit"),
         (name = "groups"), (name = "deployments"), (name = "instances"), (name = "nodes"),
@@ -121,10 +124,12 @@ impl Modify for Security {
     }
 }
 
-/// Every operation's `x-permission`: what a caller must hold ([`crate::permissions::ROUTES`]).
-struct Permissions;
+/// What every operation has, added here rather than on each handler: its `x-permission`
+/// (what a caller must hold, [`crate::permissions::ROUTES`]), the error answer as its `default`
+/// response ([`ErrorBody`]), and a description for each response that does not say more.
+struct EveryOperation;
 
-impl Modify for Permissions {
+impl Modify for EveryOperation {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         for (path, item) in openapi.paths.paths.iter_mut() {
             for (method, operation) in operations(item) {
@@ -134,9 +139,40 @@ impl Modify for Permissions {
                         .get_or_insert_with(Default::default)
                         .insert("x-permission".to_owned(), serde_json::json!(needed));
                 }
+                let responses = &mut operation.responses.responses;
+                for (status, response) in responses.iter_mut() {
+                    if let RefOr::T(response) = response
+                        && response.description.is_empty()
+                    {
+                        response.description = status_description(status);
+                    }
+                }
+                responses.insert("default".to_owned(), error_response().into());
             }
         }
     }
+}
+
+/// Every error: its status and an [`ErrorBody`] naming the code.
+fn error_response() -> Response {
+    ResponseBuilder::new()
+        .description("an error")
+        .content(
+            "application/json",
+            Content::new(Some(Ref::from_schema_name(ErrorBody::name()))),
+        )
+        .build()
+}
+
+/// A status's reason phrase (`200` "OK", `204` "No Content").
+fn status_description(status: &str) -> String {
+    status
+        .parse::<u16>()
+        .ok()
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .and_then(|code| code.canonical_reason())
+        .unwrap_or("done")
+        .to_owned()
 }
 
 /// The operations of a path item with their HTTP methods.
@@ -165,6 +201,38 @@ async fn document() -> Json<utoipa::openapi::OpenApi> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_operation_documents_its_success_and_its_error_answer() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let error_schema = serde_json::json!({ "$ref": "#/components/schemas/ErrorBody" });
+        assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+        let mut operations = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                operations += 1;
+                let responses = operation["responses"].as_object().unwrap();
+                let default = &responses["default"];
+                assert_eq!(
+                    default["content"]["application/json"]["schema"], error_schema,
+                    "{method} {path}: the default response is not the ErrorBody"
+                );
+                assert!(
+                    responses.keys().any(|status| status.starts_with('2')),
+                    "{method} {path} documents no success"
+                );
+                for (status, response) in responses {
+                    assert!(
+                        response["description"]
+                            .as_str()
+                            .is_some_and(|d| !d.is_empty()),
+                        "{method} {path} {status}: no description"
+                    );
+                }
+            }
+        }
+        assert!(operations > 70, "only {operations} operations");
+    }
 
     #[test]
     fn every_operation_documents_its_permission_and_every_listed_route_exists() {

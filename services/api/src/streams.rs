@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use crate::app::App;
 use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorCode};
 
 /// Streams one caller (a user, whichever credentials it uses) may hold open on one replica.
 pub const PER_CALLER: usize = 8;
@@ -50,7 +50,7 @@ pub fn open(app: &App, who: &Principal) -> ApiResult<StreamSlot> {
     if held >= PER_CALLER {
         metrics::counter!("prexor_api_streams_refused_total", "cap" => "caller").increment(1);
         return Err(ApiError::too_many(
-            "TOO_MANY_STREAMS",
+            ErrorCode::TooManyStreams,
             format!(
                 "user {:?} already has {held} streams open on this replica (at most {PER_CALLER}); close one first",
                 who.user
@@ -61,7 +61,7 @@ pub fn open(app: &App, who: &Principal) -> ApiResult<StreamSlot> {
     if counts.0 >= PER_REPLICA {
         metrics::counter!("prexor_api_streams_refused_total", "cap" => "replica").increment(1);
         return Err(ApiError::too_many(
-            "TOO_MANY_STREAMS",
+            ErrorCode::TooManyStreams,
             format!(
                 "this replica serves {PER_REPLICA} streams already; try another replica or later"
             ),

@@ -25,22 +25,32 @@ pub fn routes() -> Router<App> {
 /// trusted it yet. `prexorctl login` shows its fingerprint and keeps it only once the operator
 /// confirmed it (or it matches `--ca-fingerprint`).
 #[utoipa::path(
-    get,
-    path = "/api/v1/system/ca",
-    tag = "system",
-    responses((status = 200, description = "the CA certificate (PEM) and its SHA-256 fingerprint", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody))
+    get, path = "/api/v1/system/ca", tag = "system",
+    responses(
+        (status = 200, description = "the CA certificate (PEM) and its SHA-256 fingerprint", body = CaView),
+    )
 )]
-async fn ca(State(app): State<App>) -> Result<Json<serde_json::Value>, ApiError> {
-    let ca = prexor_pki::records::published_ca(app.store())
+async fn ca(State(app): State<App>) -> Result<Json<CaView>, ApiError> {
+    let ca = prexor_model::pki::published_ca(app.store())
         .await?
         .ok_or_else(|| ApiError::conflict("the cluster has no CA yet"))?;
-    Ok(Json(serde_json::json!({
-        "certificate": ca.certificate.pem,
-        "fingerprint": ca.certificate.fingerprint,
-    })))
+    Ok(Json(CaView {
+        certificate: ca.certificate.pem,
+        fingerprint: ca.certificate.fingerprint,
+    }))
 }
 
-#[derive(Serialize)]
+/// The cluster CA certificate.
+#[derive(Serialize, utoipa::ToSchema)]
+struct CaView {
+    /// PEM.
+    certificate: String,
+    /// SHA-256 of the DER, hex.
+    fingerprint: String,
+}
+
+/// What this replica is.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Info {
     version: &'static str,
@@ -51,10 +61,8 @@ struct Info {
 
 /// Unauthenticated: what a load balancer or `prexorctl --controller URL system info` checks.
 #[utoipa::path(
-    get,
-    path = "/api/v1/system/info",
-    tag = "system",
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody))
+    get, path = "/api/v1/system/info", tag = "system",
+    responses((status = 200, body = Info))
 )]
 async fn info(State(app): State<App>) -> Json<Info> {
     let service = &app.service;
@@ -66,7 +74,8 @@ async fn info(State(app): State<App>) -> Json<Info> {
     })
 }
 
-#[derive(Serialize)]
+/// The cluster as this replica sees it.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Status {
     /// Every live replica of every service.
@@ -76,15 +85,19 @@ struct Status {
     answered_by: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct ReplicaStatus {
+    /// The replica's registration (`kind`, `id`, `version`, `profile`, `httpAddress`,
+    /// `grpcAddress`, `startedAtMs`, `ready`, `leasesHeld`, `heartbeatAgeMs`, `notes`,
+    /// `clockSkewMs`, `coordination`), as `prexor-coord` keeps it.
     #[serde(flatten)]
+    #[schema(value_type = Object)]
     record: ReplicaRecord,
     clock: ClockStatus,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct ClockStatus {
     /// `false` when the replica's clock is more than 500 ms off the coordination store's, or
@@ -93,7 +106,7 @@ struct ClockStatus {
     skew_ms: Option<i64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Coordination {
     /// `available`; `unavailable` (this replica cannot reach the coordination store);
@@ -109,10 +122,8 @@ struct Coordination {
 }
 
 #[utoipa::path(
-    get,
-    path = "/api/v1/system/status",
-    tag = "system",
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    get, path = "/api/v1/system/status", tag = "system",
+    responses((status = 200, body = Status)),
     security(("bearer" = []))
 )]
 async fn status(State(app): State<App>, who: Principal) -> Result<Json<Status>, ApiError> {

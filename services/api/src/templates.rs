@@ -6,20 +6,21 @@
 
 use axum::body::Body as Raw;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use mongodb::bson::{Document, doc};
+use mongodb::bson::{self, doc};
 use prexor_domain::{GroupSpec, is_sha256_hex, now_ms};
-use serde::Deserialize;
+use prexor_model::workflows::templates::{LayerVersion, TemplateRecord, TemplateVersion};
+use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult, Body};
 use crate::uploads;
 
-pub const TEMPLATES: &str = "templates";
+pub use prexor_model::workflows::TEMPLATES;
 
 pub fn routes() -> Router<App> {
     Router::new()
@@ -29,39 +30,102 @@ pub fn routes() -> Router<App> {
         .route("/templates/{name}/versions/{version}/content", get(content))
 }
 
-async fn find(app: &App, name: &str) -> ApiResult<Document> {
-    app.must_find(TEMPLATES, "template", name).await
+async fn find(app: &App, name: &str) -> ApiResult<TemplateRecord> {
+    app.must_record(TEMPLATES, "template", name).await
 }
 
-fn versions(template: &Document) -> Vec<Document> {
-    template
-        .get_array("versions")
-        .map(|a| a.iter().filter_map(|v| v.as_document().cloned()).collect())
-        .unwrap_or_default()
+/// A template in the listing: its current version's layer and how many versions it has.
+#[derive(Serialize, utoipa::ToSchema)]
+struct TemplateSummary {
+    name: String,
+    current: Option<i64>,
+    /// The current version's layer (SHA-256) and its size in bytes.
+    hash: Option<String>,
+    size: Option<i64>,
+    /// How many versions it has.
+    versions: usize,
 }
 
-fn version_of(template: &Document, version: i64) -> Option<Document> {
-    versions(template)
-        .into_iter()
-        .find(|v| v.get_i64("version") == Ok(version))
+impl From<&TemplateRecord> for TemplateSummary {
+    fn from(template: &TemplateRecord) -> TemplateSummary {
+        let head = template.current_version();
+        TemplateSummary {
+            name: template.name.clone(),
+            current: template.current,
+            hash: head.map(|v| v.hash.clone()),
+            size: head.map(|v| v.size),
+            versions: template.versions.len(),
+        }
+    }
 }
 
-fn current(template: &Document) -> Option<Document> {
-    version_of(template, template.get_i64("current").ok()?)
+/// A template with every version.
+#[derive(Serialize, utoipa::ToSchema)]
+struct TemplateView {
+    /// The template's name.
+    id: String,
+    versions: Vec<LayerVersionView<i64>>,
+    /// The version a group gets when it names the template without one.
+    current: Option<i64>,
+}
+
+impl From<&TemplateRecord> for TemplateView {
+    fn from(template: &TemplateRecord) -> TemplateView {
+        TemplateView {
+            id: template.name.clone(),
+            versions: template
+                .versions
+                .iter()
+                .map(LayerVersionView::from)
+                .collect(),
+            current: template.current,
+        }
+    }
+}
+
+/// One uploaded version of a layer (a template's: numbered; a module's: named).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerVersionView<V> {
+    version: V,
+    /// The layer's SHA-256 (what plans name).
+    hash: String,
+    /// Bytes of the tar.gz.
+    size: i64,
+    /// Entries in the tar.gz.
+    files: i64,
+    uploaded_by: String,
+    uploaded_at_ms: i64,
+}
+
+impl<V: Clone> From<&LayerVersion<V>> for LayerVersionView<V> {
+    fn from(version: &LayerVersion<V>) -> LayerVersionView<V> {
+        LayerVersionView {
+            version: version.version.clone(),
+            hash: version.hash.clone(),
+            size: version.size,
+            files: version.files,
+            uploaded_by: version.uploaded_by.clone(),
+            uploaded_at_ms: version.uploaded_at_ms,
+        }
+    }
+}
+
+/// A layer version as it goes into `$push` (it always encodes).
+pub fn version_document<V: Serialize>(version: &LayerVersion<V>) -> ApiResult<bson::Document> {
+    bson::to_document(version)
+        .map_err(|e| ApiError::internal(format!("cannot encode the layer version: {e}")))
 }
 
 #[utoipa::path(
-    get,
-    path = "/api/v1/templates",
-    tag = "templates",
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    get, path = "/api/v1/templates", tag = "templates",
+    responses((status = 200, body = Vec<TemplateSummary>)),
     security(("bearer" = []))
 )]
-async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<serde_json::Value>>> {
+async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<TemplateSummary>>> {
     who.require("templates:read")?;
-    let templates = app
-        .store()
-        .find_sorted(
+    let templates: Vec<TemplateRecord> = app
+        .records(
             TEMPLATES,
             "listing templates",
             doc! {},
@@ -69,38 +133,22 @@ async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<serd
             None,
         )
         .await?;
-    Ok(Json(
-        templates
-            .into_iter()
-            .map(|t| {
-                let head = current(&t);
-                serde_json::json!({
-                    "name": t.get_str("_id").unwrap_or_default(),
-                    "current": t.get_i64("current").ok(),
-                    "hash": head.as_ref().and_then(|v| v.get_str("hash").ok()),
-                    "size": head.as_ref().and_then(|v| v.get_i64("size").ok()),
-                    "versions": versions(&t).len(),
-                })
-            })
-            .collect(),
-    ))
+    Ok(Json(templates.iter().map(TemplateSummary::from).collect()))
 }
 
 #[utoipa::path(
-    get,
-    path = "/api/v1/templates/{name}",
-    tag = "templates",
+    get, path = "/api/v1/templates/{name}", tag = "templates",
     params(("name" = String, Path)),
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, body = TemplateView)),
     security(("bearer" = []))
 )]
 async fn show(
     State(app): State<App>,
     who: Principal,
     Path(name): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<TemplateView>> {
     who.require("templates:read")?;
-    Ok(Json(crate::json::record(find(&app, &name).await?)))
+    Ok(Json(TemplateView::from(&find(&app, &name).await?)))
 }
 
 /// A checked layer, stored.
@@ -128,12 +176,13 @@ pub async fn receive_layer(app: &App, headers: &HeaderMap, body: Raw) -> ApiResu
 /// `PUT /templates/{name}` with a tar.gz body: a new version (201), or the current one again if
 /// the bytes are the same (200).
 #[utoipa::path(
-    put,
-    path = "/api/v1/templates/{name}",
-    tag = "templates",
+    put, path = "/api/v1/templates/{name}", tag = "templates",
     params(("name" = String, Path)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the layer as .tar.gz bytes"),
-    responses((status = 201, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses(
+        (status = 201, description = "a new version, now current", body = TemplateView),
+        (status = 200, description = "the same bytes as the current version: nothing changed", body = TemplateView),
+    ),
     security(("bearer" = []))
 )]
 async fn upload(
@@ -142,41 +191,31 @@ async fn upload(
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Raw,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<(StatusCode, Json<TemplateView>)> {
     who.require("templates:write")?;
     prexor_domain::validate_name(&name).map_err(|e| ApiError::field("name", e.to_string()))?;
     let Layer { hash, size, files } = receive_layer(&app, &headers, body).await?;
     let store = app.store();
-    let existing = store
-        .bounded(
-            "reading a template",
-            store.documents(TEMPLATES).find_one(doc! { "_id": &name }),
-        )
-        .await?;
+    let existing: Option<TemplateRecord> = app.record(TEMPLATES, &name).await?;
     if let Some(template) = &existing
-        && current(template).is_some_and(|v| v.get_str("hash") == Ok(hash.as_str()))
+        && template.current_version().is_some_and(|v| v.hash == hash)
     {
-        return Ok((StatusCode::OK, Json(crate::json::record(template.clone()))));
+        return Ok((StatusCode::OK, Json(TemplateView::from(template))));
     }
     let next = existing.as_ref().map_or(1, |t| {
-        versions(t)
-            .iter()
-            .filter_map(|v| v.get_i64("version").ok())
-            .max()
-            .unwrap_or(0)
-            + 1
+        t.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1
     });
-    let version = doc! {
-        "version": next,
-        "hash": &hash,
-        "size": size as i64,
-        "files": files as i64,
-        "uploadedBy": &who.user,
-        "uploadedAtMs": now_ms(),
+    let version = TemplateVersion {
+        version: next,
+        hash: hash.clone(),
+        size: size as i64,
+        files: files as i64,
+        uploaded_by: who.user.clone(),
+        uploaded_at_ms: now_ms(),
     };
     // Compare-and-set on the version count: two concurrent uploads never get the same number.
     let filter = match &existing {
-        Some(t) => doc! { "_id": &name, "versions": { "$size": versions(t).len() as i64 } },
+        Some(t) => doc! { "_id": &name, "versions": { "$size": t.versions.len() as i64 } },
         None => doc! { "_id": &name },
     };
     let written = store
@@ -186,7 +225,7 @@ async fn upload(
                 .documents(TEMPLATES)
                 .update_one(
                     filter,
-                    doc! { "$push": { "versions": &version }, "$set": { "current": next } },
+                    doc! { "$push": { "versions": version_document(&version)? }, "$set": { "current": next } },
                 )
                 .upsert(existing.is_none()),
         )
@@ -205,19 +244,19 @@ async fn upload(
         }
         Err(err) => return Err(err.into()),
     }
-    app.audit::<(), _>(&who, "template.upload", &name, None, Some(&version))
-        .await;
-    app.service
-        .events
-        .publish(
-            "TEMPLATE_UPLOADED",
-            &name,
-            serde_json::json!({ "version": next, "hash": &hash }),
-        )
-        .await;
+    app.audit_and_publish::<(), _>(
+        &who,
+        "template.upload",
+        &name,
+        None,
+        Some(&version),
+        "TEMPLATE_UPLOADED",
+        serde_json::json!({ "version": next, "hash": &hash }),
+    )
+    .await;
     Ok((
         StatusCode::CREATED,
-        Json(crate::json::record(find(&app, &name).await?)),
+        Json(TemplateView::from(&find(&app, &name).await?)),
     ))
 }
 
@@ -228,12 +267,10 @@ struct Rollback {
 }
 
 #[utoipa::path(
-    post,
-    path = "/api/v1/templates/{name}/rollback",
-    tag = "templates",
+    post, path = "/api/v1/templates/{name}/rollback", tag = "templates",
     params(("name" = String, Path)),
     request_body = Rollback,
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, body = TemplateView)),
     security(("bearer" = []))
 )]
 async fn rollback(
@@ -241,16 +278,16 @@ async fn rollback(
     who: Principal,
     Path(name): Path<String>,
     Body(request): Body<Rollback>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<TemplateView>> {
     who.require("templates:write")?;
     let template = find(&app, &name).await?;
-    if version_of(&template, request.version).is_none() {
+    if template.version(request.version).is_none() {
         return Err(ApiError::field(
             "version",
             format!("template {name:?} has no version {}", request.version),
         ));
     }
-    let before = template.get_i64("current").ok();
+    let before = template.current;
     let store = app.store();
     store
         .bounded(
@@ -269,15 +306,15 @@ async fn rollback(
         Some(&request.version),
     )
     .await;
-    Ok(Json(crate::json::record(find(&app, &name).await?)))
+    Ok(Json(TemplateView::from(&find(&app, &name).await?)))
 }
 
 #[utoipa::path(
-    get,
-    path = "/api/v1/templates/{name}/versions/{version}/content",
-    tag = "templates",
+    get, path = "/api/v1/templates/{name}/versions/{version}/content", tag = "templates",
     params(("name" = String, Path), ("version" = i64, Path)),
-    responses((status = 200, description = "the layer", content_type = "application/gzip", body = Vec<u8>), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses(
+        (status = 200, description = "the layer", content_type = "application/gzip", body = Vec<u8>),
+    ),
     security(("bearer" = []))
 )]
 async fn content(
@@ -287,34 +324,23 @@ async fn content(
 ) -> ApiResult<Response> {
     who.require("templates:read")?;
     let template = find(&app, &name).await?;
-    let hash = version_of(&template, version)
-        .and_then(|v| v.get_str("hash").ok().map(str::to_owned))
+    let hash = template
+        .version(version)
+        .map(|v| v.hash.clone())
         .ok_or_else(|| {
             ApiError::not_found(format!("template {name:?} has no version {version}"))
         })?;
-    let (size, body) = uploads::blob_body(&app, &hash).await?.ok_or_else(|| {
-        ApiError::internal(format!("the blob {hash} of {name}@{version} is missing"))
-    })?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/gzip".to_owned()),
-            (header::CONTENT_LENGTH, size.to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{name}-{version}.tar.gz\""),
-            ),
-        ],
-        body,
-    )
-        .into_response())
+    uploads::gzip_download(&app, &hash, &format!("{name}-{version}.tar.gz"))
+        .await?
+        .ok_or_else(|| {
+            ApiError::internal(format!("the blob {hash} of {name}@{version} is missing"))
+        })
 }
 
 #[utoipa::path(
-    delete,
-    path = "/api/v1/templates/{name}",
-    tag = "templates",
+    delete, path = "/api/v1/templates/{name}", tag = "templates",
     params(("name" = String, Path)),
-    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 204)),
     security(("bearer" = []))
 )]
 async fn remove(
@@ -324,14 +350,11 @@ async fn remove(
 ) -> ApiResult<StatusCode> {
     who.require("templates:write")?;
     let template = find(&app, &name).await?;
-    let hashes: Vec<String> = versions(&template)
-        .iter()
-        .filter_map(|v| v.get_str("hash").ok().map(str::to_owned))
-        .collect();
+    let hashes: Vec<&str> = template.versions.iter().map(|v| v.hash.as_str()).collect();
     let groups = app
         .store()
         .find_all(
-            prexor_store::GROUPS,
+            prexor_model::groups::GROUPS,
             "finding the template's users",
             doc! {},
         )
@@ -345,8 +368,7 @@ async fn remove(
                 .is_some_and(|refs| {
                     refs.iter().filter_map(|r| r.as_document()).any(|r| {
                         r.get_str("name") == Ok(name.as_str())
-                            || r.get_str("hash")
-                                .is_ok_and(|h| hashes.iter().any(|x| x == h))
+                            || r.get_str("hash").is_ok_and(|h| hashes.contains(&h))
                     })
                 })
         })
@@ -358,18 +380,13 @@ async fn remove(
             users.join(", ")
         )));
     }
-    let store = app.store();
-    store
-        .bounded(
-            "deleting a template",
-            store.documents(TEMPLATES).delete_one(doc! { "_id": &name }),
-        )
+    app.delete_by_id(TEMPLATES, "deleting a template", &name)
         .await?;
     app.audit(
         &who,
         "template.delete",
         &name,
-        Some(&crate::json::record(template)),
+        Some(&TemplateView::from(&template)),
         None::<&()>,
     )
     .await;
@@ -408,8 +425,8 @@ pub async fn resolve(app: &App, spec: &mut GroupSpec) -> ApiResult<()> {
                 )
             })?;
             let chosen = match reference.version {
-                Some(v) => version_of(&template, i64::from(v)),
-                None => current(&template),
+                Some(v) => template.version(i64::from(v)),
+                None => template.current_version(),
             }
             .ok_or_else(|| {
                 ApiError::field(
@@ -423,8 +440,8 @@ pub async fn resolve(app: &App, spec: &mut GroupSpec) -> ApiResult<()> {
                     ),
                 )
             })?;
-            reference.hash = chosen.get_str("hash").unwrap_or_default().to_owned();
-            reference.version = chosen.get_i64("version").ok().map(|v| v as u32);
+            reference.hash = chosen.hash.clone();
+            reference.version = Some(chosen.version as u32);
         } else if is_sha256_hex(&reference.hash) && !is_template_layer(app, &reference.hash).await?
         {
             // Only a template version's layer: any other blob (a module, a backup archive) is
@@ -439,4 +456,31 @@ pub async fn resolve(app: &App, spec: &mut GroupSpec) -> ApiResult<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use mongodb::bson::doc;
+
+    use super::*;
+
+    #[test]
+    fn a_template_is_shown_as_stored() {
+        let stored = doc! {
+            "_id": "base",
+            "versions": [
+                { "version": 1_i64, "hash": "a", "size": 10_i64, "files": 1_i64, "uploadedBy": "ann", "uploadedAtMs": 5_i64 },
+                { "version": 2_i64, "hash": "b", "size": 20_i64, "files": 2_i64, "uploadedBy": "bob", "uploadedAtMs": 6_i64 },
+            ],
+            "current": 2_i64,
+        };
+        let record: TemplateRecord = bson::from_document(stored.clone()).unwrap();
+        let shown = serde_json::to_value(TemplateView::from(&record)).unwrap();
+        assert_eq!(shown, crate::json::record(stored));
+        let listed = serde_json::to_value(TemplateSummary::from(&record)).unwrap();
+        assert_eq!(
+            listed,
+            serde_json::json!({ "name": "base", "current": 2, "hash": "b", "size": 20, "versions": 2 })
+        );
+    }
 }

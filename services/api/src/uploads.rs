@@ -2,16 +2,18 @@
 //! spool file in the temporary directory and hashed on the way, never held in memory whole;
 //! checked there with `prexor_archive` within the configured `uploads.*` limits; stored a chunk
 //! at a time. A refused upload leaves nothing behind (the spool file is removed when dropped).
+//! Stored archives go back out the same way, streamed a chunk at a time.
 
 use axum::body::Body;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use prexor_domain::StreamHash;
 use tempfile::TempPath;
 use tokio::io::AsyncWriteExt;
 
 use crate::app::App;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorCode};
 
 /// A request body on disk.
 pub struct Spooled {
@@ -22,8 +24,7 @@ pub struct Spooled {
 
 fn too_large(what: &str, limit: u64) -> ApiError {
     ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "PAYLOAD_TOO_LARGE",
+        ErrorCode::PayloadTooLarge,
         format!(
             "{what} may be at most {} MiB (uploads limit; see docs/configuration.md)",
             limit / 1024 / 1024
@@ -79,7 +80,7 @@ pub async fn check(
     tokio::task::spawn_blocking(move || {
         let file = std::fs::File::open(&path)
             .map_err(|e| format!("cannot read the spooled upload: {e}"))?;
-        prexor_archive::check(std::io::BufReader::new(file), &limits)
+        prexor_archive::check(std::io::BufReader::new(file), &limits).map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| ApiError::internal(format!("checking the archive failed: {e}")))?
@@ -102,8 +103,24 @@ pub fn backup_limits(app: &App) -> prexor_archive::Limits {
     }
 }
 
+/// The stored `.tar.gz` blob `hash` as a download named `filename`; `None` if it is missing.
+pub async fn gzip_download(app: &App, hash: &str, filename: &str) -> ApiResult<Option<Response>> {
+    let Some((size, body)) = blob_body(app, hash).await? else {
+        return Ok(None);
+    };
+    let headers = [
+        (header::CONTENT_TYPE, "application/gzip".to_owned()),
+        (header::CONTENT_LENGTH, size.to_string()),
+        (
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{filename}\""),
+        ),
+    ];
+    Ok(Some((headers, body).into_response()))
+}
+
 /// A stored blob as a response body, streamed a chunk at a time (with its length).
-pub async fn blob_body(app: &App, hash: &str) -> ApiResult<Option<(u64, Body)>> {
+async fn blob_body(app: &App, hash: &str) -> ApiResult<Option<(u64, Body)>> {
     let Some((size, chunks)) = app.store().blob_chunks(hash).await? else {
         return Ok(None);
     };

@@ -5,13 +5,14 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use mongodb::bson::oid::ObjectId;
-use mongodb::bson::{Document, doc};
+use mongodb::bson::{Bson, Document, doc};
 use prexor_domain::now_ms;
+use prexor_model::access::{AUDIT, AuditRecord, ROLES, RoleRecord, USERS, UserRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::access::{self, UserWrite};
-use crate::app::{AUDIT, App};
-use crate::auth::{Principal, ROLES, USERS, hash_password, password_problem, string_list};
+use crate::app::App;
+use crate::auth::{Principal, hash_password, password_problem};
 use crate::error::{ApiError, ApiResult, Body};
 use crate::permissions;
 
@@ -30,7 +31,8 @@ pub fn routes() -> Router<App> {
         .route("/audit", get(audit_log))
 }
 
-#[derive(Serialize)]
+/// A user as shown (never its password hash).
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct UserView {
     username: String,
@@ -40,44 +42,39 @@ struct UserView {
     last_login_at_ms: Option<i64>,
 }
 
-impl UserView {
-    fn from_doc(doc: &Document) -> UserView {
+impl From<&UserRecord> for UserView {
+    fn from(user: &UserRecord) -> UserView {
         UserView {
-            username: doc.get_str("_id").unwrap_or_default().to_owned(),
-            roles: string_list(doc, "roles"),
-            disabled: doc.get_bool("disabled").unwrap_or(false),
-            created_at_ms: doc.get_i64("createdAtMs").unwrap_or(0),
-            last_login_at_ms: doc.get_i64("lastLoginAtMs").ok(),
+            username: user.name.clone(),
+            roles: user.roles.clone(),
+            disabled: user.disabled,
+            created_at_ms: user.created_at_ms,
+            last_login_at_ms: user.last_login_at_ms,
         }
     }
 }
 
 #[utoipa::path(
-    get,
-    path = "/api/v1/users",
-    tag = "users",
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    get, path = "/api/v1/users", tag = "users",
+    responses((status = 200, body = Vec<UserView>)),
     security(("bearer" = []))
 )]
 async fn list_users(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<UserView>>> {
     who.require("users:read")?;
-    let users = app
-        .store()
-        .find_sorted(USERS, "listing users", doc! {}, doc! { "_id": 1 }, None)
+    let users: Vec<UserRecord> = app
+        .records(USERS, "listing users", doc! {}, doc! { "_id": 1 }, None)
         .await?;
-    Ok(Json(users.iter().map(UserView::from_doc).collect()))
+    Ok(Json(users.iter().map(UserView::from).collect()))
 }
 
-async fn find_user(app: &App, name: &str) -> ApiResult<Document> {
-    app.must_find(USERS, "user", name).await
+async fn find_user(app: &App, name: &str) -> ApiResult<UserRecord> {
+    app.must_record(USERS, "user", name).await
 }
 
 #[utoipa::path(
-    get,
-    path = "/api/v1/users/{name}",
-    tag = "users",
+    get, path = "/api/v1/users/{name}", tag = "users",
     params(("name" = String, Path)),
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, body = UserView)),
     security(("bearer" = []))
 )]
 async fn get_user(
@@ -88,7 +85,7 @@ async fn get_user(
     if name != who.user {
         who.require("users:read")?;
     }
-    Ok(Json(UserView::from_doc(&find_user(&app, &name).await?)))
+    Ok(Json(UserView::from(&find_user(&app, &name).await?)))
 }
 
 /// Every role name must exist (built-in or custom).
@@ -100,12 +97,17 @@ async fn check_roles(app: &App, roles: &[String]) -> ApiResult<()> {
     if custom.is_empty() {
         return Ok(());
     }
-    let found = app
-        .store()
-        .find_all(ROLES, "reading roles", doc! { "_id": { "$in": &custom } })
+    let found: Vec<RoleRecord> = app
+        .records(
+            ROLES,
+            "reading roles",
+            doc! { "_id": { "$in": &custom } },
+            Document::new(),
+            None,
+        )
         .await?;
     for role in custom {
-        if !found.iter().any(|f| f.get_str("_id") == Ok(role.as_str())) {
+        if !found.iter().any(|f| f.name == *role) {
             return Err(ApiError::field(
                 "roles",
                 format!(
@@ -124,12 +126,12 @@ async fn require_holds_user(
     app: &App,
     who: &Principal,
     name: &str,
-    user: &Document,
+    user: &UserRecord,
 ) -> ApiResult<()> {
     if name == who.user {
         return Ok(());
     }
-    let held = access::roles_permissions(app.store(), &string_list(user, "roles")).await?;
+    let held = access::roles_permissions(app.store(), &user.roles).await?;
     access::require_within(who, &held, &format!("user {name:?} holds more than you"))
 }
 
@@ -142,11 +144,9 @@ struct NewUser {
 }
 
 #[utoipa::path(
-    post,
-    path = "/api/v1/users",
-    tag = "users",
+    post, path = "/api/v1/users", tag = "users",
     request_body = NewUser,
-    responses((status = 201, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 201, body = UserView)),
     security(("bearer" = []))
 )]
 async fn create_user(
@@ -163,19 +163,21 @@ async fn create_user(
     check_roles(&app, &new.roles).await?;
     let granted = access::roles_permissions(app.store(), &new.roles).await?;
     access::require_within(&who, &granted, "roles")?;
-    let record = doc! {
-        "_id": &new.username,
-        "userId": access::new_user_id(),
-        "passwordHash": hash_password(new.password).await?,
-        "roles": &new.roles,
-        "disabled": false,
-        "createdAtMs": now_ms(),
+    let record = UserRecord {
+        name: new.username.clone(),
+        user_id: Some(access::new_user_id()),
+        password_hash: hash_password(new.password).await?,
+        roles: new.roles,
+        disabled: false,
+        created_at_ms: now_ms(),
+        last_login_at_ms: None,
+        sessions_valid_after_ms: None,
     };
     let store = app.store();
     match store
         .bounded(
             "creating a user",
-            store.documents(USERS).insert_one(&record),
+            store.collection::<UserRecord>(USERS).insert_one(&record),
         )
         .await
     {
@@ -188,7 +190,7 @@ async fn create_user(
         }
         Err(err) => return Err(err.into()),
     }
-    let view = UserView::from_doc(&record);
+    let view = UserView::from(&record);
     app.audit::<(), _>(&who, "user.create", &new.username, None, Some(&view))
         .await;
     Ok((StatusCode::CREATED, Json(view)))
@@ -203,12 +205,10 @@ struct UserChange {
 }
 
 #[utoipa::path(
-    patch,
-    path = "/api/v1/users/{name}",
-    tag = "users",
+    patch, path = "/api/v1/users/{name}", tag = "users",
     params(("name" = String, Path)),
     request_body = UserChange,
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, body = UserView)),
     security(("bearer" = []))
 )]
 async fn update_user(
@@ -251,25 +251,22 @@ async fn update_user(
     let reset = set.contains_key("passwordHash");
     // Existing sessions end, so a removed role or a reset password takes effect everywhere.
     set.insert("sessionsValidAfterMs", now_ms());
-    let user_id = before.get_str("userId").unwrap_or_default();
-    access::write_user(&app, &name, user_id, UserWrite::Set(set)).await?;
+    access::write_user(&app, &name, before.id(), UserWrite::Set(set)).await?;
     if reset {
         app.audit::<(), ()>(&who, "user.password-reset", &name, None, None)
             .await;
     }
     let after = find_user(&app, &name).await?;
-    let (before, after) = (UserView::from_doc(&before), UserView::from_doc(&after));
+    let (before, after) = (UserView::from(&before), UserView::from(&after));
     app.audit(&who, "user.update", &name, Some(&before), Some(&after))
         .await;
     Ok(Json(after))
 }
 
 #[utoipa::path(
-    delete,
-    path = "/api/v1/users/{name}",
-    tag = "users",
+    delete, path = "/api/v1/users/{name}", tag = "users",
     params(("name" = String, Path)),
-    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 204)),
     security(("bearer" = []))
 )]
 async fn delete_user(
@@ -280,20 +277,20 @@ async fn delete_user(
     who.require("users:write")?;
     let before = find_user(&app, &name).await?;
     require_holds_user(&app, &who, &name, &before).await?;
-    let user_id = before.get_str("userId").unwrap_or_default();
-    access::write_user(&app, &name, user_id, UserWrite::Delete).await?;
+    access::write_user(&app, &name, before.id(), UserWrite::Delete).await?;
     app.audit(
         &who,
         "user.delete",
         &name,
-        Some(&UserView::from_doc(&before)),
+        Some(&UserView::from(&before)),
         None::<&()>,
     )
     .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Serialize)]
+/// A role: built in (`admin`, `operator`, `viewer`) or custom.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct RoleView {
     name: String,
@@ -302,16 +299,18 @@ struct RoleView {
     description: String,
 }
 
-impl RoleView {
-    fn from_doc(doc: &Document) -> RoleView {
+impl From<&RoleRecord> for RoleView {
+    fn from(role: &RoleRecord) -> RoleView {
         RoleView {
-            name: doc.get_str("_id").unwrap_or_default().to_owned(),
+            name: role.name.clone(),
             builtin: false,
-            permissions: string_list(doc, "permissions"),
-            description: doc.get_str("description").unwrap_or_default().to_owned(),
+            permissions: role.permissions.clone(),
+            description: role.description.clone(),
         }
     }
+}
 
+impl RoleView {
     fn builtin(name: &str) -> Option<RoleView> {
         Some(RoleView {
             name: name.to_owned(),
@@ -323,10 +322,8 @@ impl RoleView {
 }
 
 #[utoipa::path(
-    get,
-    path = "/api/v1/roles",
-    tag = "roles",
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    get, path = "/api/v1/roles", tag = "roles",
+    responses((status = 200, body = Vec<RoleView>)),
     security(("bearer" = []))
 )]
 async fn list_roles(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<RoleView>>> {
@@ -335,24 +332,21 @@ async fn list_roles(State(app): State<App>, who: Principal) -> ApiResult<Json<Ve
         .iter()
         .filter_map(|r| RoleView::builtin(r))
         .collect();
-    let custom = app
-        .store()
-        .find_sorted(ROLES, "listing roles", doc! {}, doc! { "_id": 1 }, None)
+    let custom: Vec<RoleRecord> = app
+        .records(ROLES, "listing roles", doc! {}, doc! { "_id": 1 }, None)
         .await?;
-    roles.extend(custom.iter().map(RoleView::from_doc));
+    roles.extend(custom.iter().map(RoleView::from));
     Ok(Json(roles))
 }
 
-async fn find_role(app: &App, name: &str) -> ApiResult<Document> {
-    app.must_find(ROLES, "role", name).await
+async fn find_role(app: &App, name: &str) -> ApiResult<RoleRecord> {
+    app.must_record(ROLES, "role", name).await
 }
 
 #[utoipa::path(
-    get,
-    path = "/api/v1/roles/{name}",
-    tag = "roles",
+    get, path = "/api/v1/roles/{name}", tag = "roles",
     params(("name" = String, Path)),
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, body = RoleView)),
     security(("bearer" = []))
 )]
 async fn get_role(
@@ -364,7 +358,7 @@ async fn get_role(
     if let Some(role) = RoleView::builtin(&name) {
         return Ok(Json(role));
     }
-    Ok(Json(RoleView::from_doc(&find_role(&app, &name).await?)))
+    Ok(Json(RoleView::from(&find_role(&app, &name).await?)))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -386,11 +380,9 @@ fn check_permissions(who: &Principal, list: &[String]) -> ApiResult<()> {
 }
 
 #[utoipa::path(
-    post,
-    path = "/api/v1/roles",
-    tag = "roles",
+    post, path = "/api/v1/roles", tag = "roles",
     request_body = RoleBody,
-    responses((status = 201, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 201, body = RoleView)),
     security(("bearer" = []))
 )]
 async fn create_role(
@@ -407,13 +399,16 @@ async fn create_role(
         return Err(ApiError::conflict(format!("{name:?} is a built-in role")));
     }
     check_permissions(&who, &body.permissions)?;
-    let record =
-        doc! { "_id": &name, "permissions": &body.permissions, "description": &body.description };
+    let record = RoleRecord {
+        name: name.clone(),
+        permissions: body.permissions,
+        description: body.description,
+    };
     let store = app.store();
     match store
         .bounded(
             "creating a role",
-            store.documents(ROLES).insert_one(&record),
+            store.collection::<RoleRecord>(ROLES).insert_one(&record),
         )
         .await
     {
@@ -423,19 +418,17 @@ async fn create_role(
         }
         Err(err) => return Err(err.into()),
     }
-    let view = RoleView::from_doc(&record);
+    let view = RoleView::from(&record);
     app.audit::<(), _>(&who, "role.create", &name, None, Some(&view))
         .await;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
 #[utoipa::path(
-    put,
-    path = "/api/v1/roles/{name}",
-    tag = "roles",
+    put, path = "/api/v1/roles/{name}", tag = "roles",
     params(("name" = String, Path)),
     request_body = RoleBody,
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, body = RoleView)),
     security(("bearer" = []))
 )]
 async fn update_role(
@@ -465,12 +458,12 @@ async fn update_role(
             ),
         )
         .await?;
-    let after = RoleView::from_doc(&find_role(&app, &name).await?);
+    let after = RoleView::from(&find_role(&app, &name).await?);
     app.audit(
         &who,
         "role.update",
         &name,
-        Some(&RoleView::from_doc(&before)),
+        Some(&RoleView::from(&before)),
         Some(&after),
     )
     .await;
@@ -478,11 +471,9 @@ async fn update_role(
 }
 
 #[utoipa::path(
-    delete,
-    path = "/api/v1/roles/{name}",
-    tag = "roles",
+    delete, path = "/api/v1/roles/{name}", tag = "roles",
     params(("name" = String, Path)),
-    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 204)),
     security(("bearer" = []))
 )]
 async fn delete_role(
@@ -497,32 +488,28 @@ async fn delete_role(
         )));
     }
     let before = find_role(&app, &name).await?;
-    let holders = app
-        .store()
-        .find_all(USERS, "finding the role's users", doc! { "roles": &name })
+    let holders: Vec<UserRecord> = app
+        .records(
+            USERS,
+            "finding the role's users",
+            doc! { "roles": &name },
+            Document::new(),
+            None,
+        )
         .await?;
     if !holders.is_empty() {
-        let names: Vec<&str> = holders
-            .iter()
-            .filter_map(|u| u.get_str("_id").ok())
-            .collect();
+        let names: Vec<&str> = holders.iter().map(|u| u.name.as_str()).collect();
         return Err(ApiError::conflict(format!(
             "role {name:?} is assigned to {}; remove it from them first",
             names.join(", ")
         )));
     }
-    let store = app.store();
-    store
-        .bounded(
-            "deleting a role",
-            store.documents(ROLES).delete_one(doc! { "_id": &name }),
-        )
-        .await?;
+    app.delete_by_id(ROLES, "deleting a role", &name).await?;
     app.audit(
         &who,
         "role.delete",
         &name,
-        Some(&RoleView::from_doc(&before)),
+        Some(&RoleView::from(&before)),
         None::<&()>,
     )
     .await;
@@ -540,20 +527,65 @@ struct AuditQuery {
     target: Option<String>,
 }
 
-#[derive(Serialize)]
+/// One page of the audit log, newest first.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct AuditPage {
-    entries: Vec<serde_json::Value>,
-    /// Pass as `cursor` for older entries; absent on the last page.
+    entries: Vec<AuditEntryView>,
+    /// Pass as `cursor` for older entries; `null` on the last page.
     next_cursor: Option<String>,
 }
 
+/// One change an operator made.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct AuditEntryView {
+    /// Its place in the log (a MongoDB object id, hex).
+    id: String,
+    at_ms: i64,
+    actor: String,
+    /// `session`, `token:<id>` or `login`.
+    via: String,
+    action: String,
+    target: String,
+    /// The changed thing before and after (`null` for none), as the operation that changed it
+    /// showed it: open-ended, since every kind of record is audited.
+    before: serde_json::Value,
+    after: serde_json::Value,
+    /// The api replica that recorded it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replica: Option<String>,
+}
+
+impl AuditEntryView {
+    /// `entry` as shown; `hide_archives` leaves out where backup archives are stored (their
+    /// blob hash), for a reader without `backups:read`.
+    fn new(mut entry: AuditRecord, hide_archives: bool) -> AuditEntryView {
+        if hide_archives && entry.action.starts_with("backup.") {
+            for side in [&mut entry.before, &mut entry.after] {
+                if let Bson::Document(recorded) = side {
+                    recorded.remove("hash");
+                }
+            }
+        }
+        AuditEntryView {
+            id: entry.id.to_hex(),
+            at_ms: entry.at_ms,
+            actor: entry.actor,
+            via: entry.via,
+            action: entry.action,
+            target: entry.target,
+            before: crate::json::value_of(entry.before),
+            after: crate::json::value_of(entry.after),
+            replica: entry.replica,
+        }
+    }
+}
+
 #[utoipa::path(
-    get,
-    path = "/api/v1/audit",
-    tag = "audit",
+    get, path = "/api/v1/audit", tag = "audit",
     params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("actor" = Option<String>, Query), ("action" = Option<String>, Query), ("target" = Option<String>, Query)),
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, body = AuditPage)),
     security(("bearer" = []))
 )]
 async fn audit_log(
@@ -581,9 +613,8 @@ async fn audit_log(
             filter.insert(key, value);
         }
     }
-    let entries = app
-        .store()
-        .find_sorted(
+    let entries: Vec<AuditRecord> = app
+        .records(
             AUDIT,
             "reading the audit log",
             filter,
@@ -592,29 +623,50 @@ async fn audit_log(
         )
         .await?;
     let next_cursor = (entries.len() as i64 == limit)
-        .then(|| entries.last().and_then(|e| e.get_object_id("_id").ok()))
-        .flatten()
-        .map(|id| id.to_hex());
+        .then(|| entries.last().map(|e| e.id.to_hex()))
+        .flatten();
     // Where a backup archive is stored is for those who may read backups.
-    let backups = who.require("backups:read").is_ok();
+    let hide_archives = who.require("backups:read").is_err();
     Ok(Json(AuditPage {
         entries: entries
             .into_iter()
-            .map(|mut entry| {
-                if !backups
-                    && entry
-                        .get_str("action")
-                        .is_ok_and(|a| a.starts_with("backup."))
-                {
-                    for side in ["before", "after"] {
-                        if let Ok(recorded) = entry.get_document_mut(side) {
-                            recorded.remove("hash");
-                        }
-                    }
-                }
-                crate::json::record(entry)
-            })
+            .map(|entry| AuditEntryView::new(entry, hide_archives))
             .collect(),
         next_cursor,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use mongodb::bson::{self, doc};
+
+    use super::*;
+
+    #[test]
+    fn an_audit_entry_is_shown_as_stored_and_hides_archives_when_asked() {
+        let stored = doc! {
+            "_id": ObjectId::new(), "atMs": 1_i64, "actor": "ann", "via": "session",
+            "action": "backup.create", "target": "backup-1", "before": null,
+            "after": { "id": "backup-1", "hash": "h", "size": 3_i64 }, "replica": "api-1",
+        };
+        let record: AuditRecord = bson::from_document(stored.clone()).unwrap();
+        let shown = serde_json::to_value(AuditEntryView::new(record.clone(), false)).unwrap();
+        assert_eq!(shown, crate::json::record(stored));
+        let hidden = serde_json::to_value(AuditEntryView::new(record, true)).unwrap();
+        assert!(hidden["after"].get("hash").is_none() && hidden["after"]["size"] == 3);
+    }
+
+    #[test]
+    fn a_user_is_shown_without_its_secrets() {
+        let record: UserRecord = bson::from_document(doc! {
+            "_id": "ann", "userId": "u1", "passwordHash": "$argon2id$secret", "roles": ["admin"],
+            "disabled": false, "createdAtMs": 1_i64, "sessionsValidAfterMs": 2_i64,
+        })
+        .unwrap();
+        let shown = serde_json::to_value(UserView::from(&record)).unwrap();
+        assert_eq!(
+            shown,
+            serde_json::json!({ "username": "ann", "roles": ["admin"], "disabled": false, "createdAtMs": 1, "lastLoginAtMs": null })
+        );
+    }
 }

@@ -12,13 +12,14 @@ use axum::routing::post;
 use axum::{Json, Router};
 use mongodb::bson::{Document, doc};
 use prexor_domain::{now_ms, sha256_hex};
+use prexor_model::instances::{InstanceLoad, InstanceRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 use crate::error::{ApiError, ApiResult, Body};
 use crate::groups::INSTANCES;
 
-pub const INSTANCE_LOAD: &str = "instance_load";
+pub use prexor_model::instances::INSTANCE_LOAD;
 const MAX_PLAYER_NAME: usize = 64;
 
 pub fn routes() -> Router<App> {
@@ -55,27 +56,21 @@ impl FromRequestParts<App> for Workload {
         else {
             return Err(invalid());
         };
-        let store = app.store();
-        let record = store
-            .bounded(
-                "reading an instance",
-                store
-                    .documents(INSTANCES)
-                    .find_one(doc! { "_id": instance }),
-            )
+        let record = app
+            .record::<InstanceRecord>(INSTANCES, instance)
             .await?
             .ok_or_else(invalid)?;
-        if record.get_str("workloadTokenHash").ok() != Some(sha256_hex(token.as_bytes()).as_str()) {
+        if record.workload_token_hash.as_deref() != Some(sha256_hex(token.as_bytes()).as_str()) {
             return Err(ApiError::unauthorized(format!(
                 "the token is not the current one of instance {instance} (it was placed again since)"
             )));
         }
-        if matches!(record.get_str("state"), Ok("STOPPED" | "CRASHED")) {
+        if record.has_ended() {
             return Err(ApiError::conflict(format!("instance {instance} has ended")));
         }
         Ok(Workload {
-            instance: instance.to_owned(),
-            group: record.get_str("group").unwrap_or_default().to_owned(),
+            instance: record.id,
+            group: record.group,
         })
     }
 }
@@ -95,10 +90,8 @@ async fn update(app: &App, who: &Workload, update: Document) -> ApiResult<()> {
 }
 
 #[utoipa::path(
-    post,
-    path = "/api/v1/workload/ready",
-    tag = "workload",
-    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    post, path = "/api/v1/workload/ready", tag = "workload",
+    responses((status = 204)),
     security(("instance" = []))
 )]
 async fn ready(State(app): State<App>, who: Workload) -> ApiResult<StatusCode> {
@@ -133,7 +126,8 @@ struct PlayerChange {
     player: String,
 }
 
-#[derive(Serialize)]
+/// Players online on the instance, after the change.
+#[derive(Serialize, utoipa::ToSchema)]
 struct PlayerCount {
     players: usize,
 }
@@ -149,26 +143,17 @@ fn check_player(name: &str) -> ApiResult<()> {
 }
 
 async fn count(app: &App, who: &Workload) -> ApiResult<usize> {
-    let store = app.store();
-    let load = store
-        .bounded(
-            "reading the instance's load",
-            store
-                .documents(INSTANCE_LOAD)
-                .find_one(doc! { "_id": &who.instance }),
-        )
-        .await?
-        .unwrap_or_default();
-    Ok(load.get_array("playerNames").map_or(0, Vec::len))
+    let load = app
+        .record::<InstanceLoad>(INSTANCE_LOAD, &who.instance)
+        .await?;
+    Ok(load.map_or(0, |l| l.player_names.len()))
 }
 
 /// `{"event": "join" | "leave", "player": NAME}`: idempotent (a repeated join counts once).
 #[utoipa::path(
-    post,
-    path = "/api/v1/workload/players",
-    tag = "workload",
+    post, path = "/api/v1/workload/players", tag = "workload",
     request_body = PlayerChange,
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, body = PlayerCount)),
     security(("instance" = []))
 )]
 async fn player(
@@ -201,11 +186,9 @@ struct PlayerList {
 
 /// The full list of online players (e.g. every 30 s, or after a plugin restart).
 #[utoipa::path(
-    put,
-    path = "/api/v1/workload/players",
-    tag = "workload",
+    put, path = "/api/v1/workload/players", tag = "workload",
     request_body = PlayerList,
-    responses((status = 200, description = "done", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 200, body = PlayerCount)),
     security(("instance" = []))
 )]
 async fn players(
@@ -241,11 +224,9 @@ struct Metrics {
 }
 
 #[utoipa::path(
-    post,
-    path = "/api/v1/workload/metrics",
-    tag = "workload",
+    post, path = "/api/v1/workload/metrics", tag = "workload",
     request_body = Metrics,
-    responses((status = 204, description = "done"), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses((status = 204)),
     security(("instance" = []))
 )]
 async fn metrics(

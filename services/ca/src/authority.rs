@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use prexor_pki::records::{self, PublishedCa};
+use prexor_model::pki::{self as records, PublishedCa};
 use prexor_pki::{CaCertificate, CertificateAuthority, check_private_mode, write_private};
 use prexor_store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
@@ -232,7 +232,7 @@ async fn create(
             // The answer lost on its way back (the insert may have been applied): for tests.
             prexor_serve::failpoint::fail("ca.after-publish").map_err(|what| {
                 StoreError::Timeout {
-                    op: what,
+                    op: what.to_string(),
                     timeout: Duration::ZERO,
                 }
             })?;

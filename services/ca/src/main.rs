@@ -129,7 +129,7 @@ async fn build(
     metrics::gauge!("prexor_ca_certificate_not_after_seconds")
         .set(authority.certificate.not_after as f64);
     let can_sign = authority.signer.is_ok();
-    let enrolment_secret = prexor_pki::records::service_enrolment_secret(&service.store).await?;
+    let enrolment_secret = prexor_model::pki::service_enrolment_secret(&service.store).await?;
     let signer = Arc::new(signer::Signer {
         authority: Arc::new(authority),
         registry: service.registry.clone(),
@@ -140,8 +140,8 @@ async fn build(
         service_validity: config.service_cert_validity,
     });
     let routes = tonic::service::Routes::new(CaSignerServer::from_arc(signer.clone()));
-    let local_signer: Option<Arc<dyn prexor_pki::client::ServiceSigner>> =
-        can_sign.then_some(signer as Arc<dyn prexor_pki::client::ServiceSigner>);
+    let local_signer: Option<Arc<dyn prexor_serve::signer::ServiceSigner>> =
+        can_sign.then_some(signer as Arc<dyn prexor_serve::signer::ServiceSigner>);
     Ok(Parts {
         grpc: Some(routes),
         local_signer,
@@ -158,13 +158,13 @@ async fn join_token(
     prexor_domain::validate_name(&node_id)
         .map_err(|e| anyhow::anyhow!("node id {node_id:?}: {e}"))?;
     let store = admin_store(&config).await?;
-    let Some(ca) = prexor_pki::records::published_ca(&store).await? else {
+    let Some(ca) = prexor_model::pki::published_ca(&store).await? else {
         anyhow::bail!(
             "the cluster has no CA yet (database {}): start prexor-ca with --bootstrap first",
             config.common.mongo.database
         );
     };
-    let (token, expires_at_ms) = prexor_pki::records::create_join_token(
+    let (token, expires_at_ms) = prexor_model::pki::create_join_token(
         &store,
         &node_id,
         &ca.certificate,
@@ -212,7 +212,7 @@ async fn init(config: CaConfig) -> anyhow::Result<()> {
 async fn revoke(config: CaConfig, serial: String, reason: String) -> anyhow::Result<()> {
     let serial = serial.replace(':', "").to_ascii_lowercase();
     let store = admin_store(&config).await?;
-    if !prexor_pki::records::revoke(&store, &serial, &reason).await? {
+    if !prexor_model::pki::revoke(&store, &serial, &reason).await? {
         anyhow::bail!("no certificate with serial {serial} was issued by this cluster");
     }
     println!("revoked {serial}");

@@ -5,15 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prexor_domain::{ServiceKind, validate_name};
-use prexor_pki::client::{ServiceSigner, SignerError};
+use prexor_model::pki as records;
 use prexor_pki::internal::{Caller, ENROLMENT_HEADER, caller, require_service_caller};
-use prexor_pki::records;
 use prexor_pki::{IssuedCertificate, PkiError, ServiceNames};
 use prexor_proto::v1::ca_signer_server::CaSigner;
 use prexor_proto::v1::{
     CaCertificateInfo, GetCaCertificateRequest, SignNodeCsrRequest, SignServiceCsrRequest,
     SignedCertificate,
 };
+use prexor_serve::signer::{ServiceSigner, SignerError};
 use prexor_store::Store;
 use tonic::{Request, Response, Status};
 

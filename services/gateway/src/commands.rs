@@ -150,7 +150,7 @@ impl NodeCommands for Commands {
             let holders = self
                 .sessions
                 .leases()
-                .holders(&[Scope::Node(node.clone())])
+                .holders(&[Scope::node(node.clone())])
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;
             let Some(owner) = holders.into_iter().next().flatten() else {
@@ -172,9 +172,13 @@ impl NodeCommands for Commands {
             forward.timeout_ms = remaining.as_millis() as u32;
             let mut call = Request::new(forward);
             call.set_timeout(remaining);
-            match NodeCommandsClient::new(self.channels.get(&address).map_err(Status::internal)?)
-                .send(call)
-                .await
+            match NodeCommandsClient::new(
+                self.channels
+                    .get(&address)
+                    .map_err(|e| Status::internal(e.to_string()))?,
+            )
+            .send(call)
+            .await
             {
                 Ok(reply) => {
                     metrics::counter!("prexor_gateway_commands_forwarded_total").increment(1);

@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use mongodb::bson::{Document, doc};
+use prexor_model::instances::{INSTANCE_PLANS, INSTANCES, InstanceRecord};
 use prexor_proto::v1::node_content_server::NodeContent;
 use prexor_proto::v1::{BlobChunk, FetchBlobRequest};
-use prexor_store::{INSTANCE_PLANS, INSTANCES, Store, StoreError};
+use prexor_store::{Store, StoreError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 
@@ -43,36 +44,32 @@ impl Drop for InFlight {
 impl Content {
     /// Whether a plan of an instance placed on `node` (and not ended) names layer `hash`.
     async fn entitled(&self, node: &str, hash: &str) -> Result<bool, StoreError> {
-        let placed = self
-            .store
-            .find_projected(
-                INSTANCES,
-                "listing the node's instances",
-                doc! { "nodeId": node, "state": { "$nin": ["STOPPED", "CRASHED"] } },
-                doc! { "planHash": 1, "plan.layers.hash": 1 },
-            )
-            .await?;
+        // An instance record that does not read is left out: a node is refused a layer rather
+        // than handed one on a guess.
+        let placed: Vec<InstanceRecord> = prexor_model::decode_each(
+            INSTANCES,
+            self.store
+                .find_projected(
+                    INSTANCES,
+                    "listing the node's instances",
+                    doc! { "nodeId": node, "state": { "$nin": prexor_model::instances::ended_states() } },
+                    doc! { "planHash": 1, "plan.layers.hash": 1 },
+                )
+                .await?,
+        );
         // Records written before plans moved to instance_plans carry theirs.
         let embedded = placed.iter().any(|i| {
-            i.get_document("plan")
-                .and_then(|p| p.get_array("layers"))
-                .is_ok_and(|layers| {
-                    layers.iter().any(|l| {
-                        l.as_document()
-                            .is_some_and(|l| l.get_str("hash") == Ok(hash))
-                    })
-                })
+            i.plan
+                .as_ref()
+                .is_some_and(|p| p.layers.iter().any(|l| l.hash == hash))
         });
         if embedded {
             return Ok(true);
         }
         let current: Vec<Document> = placed
             .iter()
-            .filter_map(|i| {
-                Some(
-                    doc! { "_id": i.get_str("_id").ok()?, "planHash": i.get_str("planHash").ok()? },
-                )
-            })
+            .filter(|i| !i.plan_hash.is_empty())
+            .map(|i| doc! { "_id": &i.id, "planHash": &i.plan_hash })
             .collect();
         if current.is_empty() {
             return Ok(false);

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use prexor_domain::validate_name;
-use prexor_pki::client::{SignerClient, SignerError};
-use prexor_pki::records::{self, JoinError, JoinToken};
+use prexor_model::pki::{self as records, JoinError};
+use prexor_pki::JoinToken;
 use prexor_pki::{CaCertificate, CertInfo, Identity};
 use prexor_proto::v1::node_enrolment_server::NodeEnrolment;
 use prexor_proto::v1::{EnrolRequest, EnrolResponse, RenewRequest, SignedCertificate};
+use prexor_serve::signer::{SignerClient, SignerError};
 use prexor_store::Store;
 use rustls::pki_types::CertificateDer;
 use tonic::{Request, Response, Status};
@@ -69,19 +70,11 @@ pub async fn authorize_node(
 }
 
 fn join_status(err: JoinError) -> Status {
-    match err {
-        JoinError::Malformed => Status::invalid_argument(err.to_string()),
-        JoinError::Busy => Status::aborted(err.to_string()),
-        JoinError::Store(e) => Status::unavailable(e.to_string()),
-        other => Status::permission_denied(other.to_string()),
-    }
+    err.code().status(err.to_string())
 }
 
 fn signer_status(err: SignerError) -> Status {
-    match err {
-        SignerError::NoSigner { .. } => Status::unavailable(err.to_string()),
-        SignerError::Refused(reason) => Status::invalid_argument(reason),
-    }
+    err.code().status(err.to_string())
 }
 
 impl Enrolment {
@@ -110,7 +103,7 @@ impl NodeEnrolment for Enrolment {
         let request = request.into_inner();
         validate_name(&request.node_id)
             .map_err(|e| Status::invalid_argument(format!("node id {:?}: {e}", request.node_id)))?;
-        let token = JoinToken::parse(&request.join_token).map_err(join_status)?;
+        let token = JoinToken::parse(&request.join_token).map_err(|e| join_status(e.into()))?;
         if token.ca_fingerprint != self.ca.fingerprint {
             return Err(Status::permission_denied(format!(
                 "the join token was made for the cluster CA {}, but this cluster's CA is {}",

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use prexor_config::GatewayConfig;
 use prexor_coord::{ConsoleStreams, LeaseKeeper};
-use prexor_pki::records;
+use prexor_model::pki as records;
 use prexor_pki::tls::CertSlot;
 use prexor_proto::v1::node_commands_server::NodeCommandsServer;
 use prexor_proto::v1::node_content_server::NodeContentServer;

@@ -28,10 +28,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::sessions::{CRASHES, INSTANCES, STRAYS};
+use prexor_model::instances::{InstanceState as State, REPORTED_LIVE};
 
-/// Instance states with a live process (what the inventory digest covers).
-pub const LIVE: [&str; 4] = ["PREPARING", "STARTING", "RUNNING", "STOPPING"];
+use crate::sessions::{CRASHES, INSTANCES, STRAYS};
 
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -157,7 +156,7 @@ impl Recorder {
         }
         prexor_serve::failpoint::fail("gateway.report-write").map_err(|what| {
             StoreError::Timeout {
-                op: what,
+                op: what.to_string(),
                 timeout: Duration::ZERO,
             }
         })?;
@@ -314,7 +313,8 @@ impl Recorder {
     /// The instances MongoDB holds as live on this node: the current plan's report in each
     /// instance record, and the strays of this node.
     async fn live_in_store(&self) -> Result<Vec<Live>, StoreError> {
-        let live_states = doc! { "$in": LIVE.to_vec() };
+        let live: Vec<&str> = REPORTED_LIVE.iter().map(|s| s.as_str()).collect();
+        let live_states = doc! { "$in": live };
         let (instances, strays) = tokio::try_join!(
             self.store.find_projected(
                 INSTANCES,
@@ -381,10 +381,10 @@ impl Recorder {
                 (
                     STRAYS,
                     format!("{}@{}", live.instance, self.node_id),
-                    "STOPPED",
+                    State::Stopped.as_str(),
                 )
             } else {
-                (INSTANCES, live.instance.clone(), "CRASHED")
+                (INSTANCES, live.instance.clone(), State::Crashed.as_str())
             };
             // Only while the record still says what was read: a report landing meanwhile wins.
             let write = Write::update_one(

@@ -44,10 +44,11 @@ const REVOCATION_CHECK: Duration = Duration::from_secs(3);
 /// How long a session's end is retried into the node record before the lease is let go.
 const DISCONNECT_RECORD_WITHIN: Duration = Duration::from_secs(30);
 
-pub const NODES: &str = "nodes";
-pub use prexor_store::INSTANCES;
-pub const CRASHES: &str = "crashes";
-pub const STRAYS: &str = "stray_instances";
+pub use prexor_model::instances::CRASHES;
+pub use prexor_model::instances::INSTANCES;
+pub use prexor_model::instances::STRAYS;
+pub use prexor_model::nodes::NODES;
+use prexor_model::nodes::NodeState;
 
 /// The sessions this gateway holds, by node id.
 #[derive(Clone)]
@@ -194,7 +195,7 @@ impl Sessions {
                 "this gateway cannot own nodes now ({reason}); connect to another gateway"
             )));
         }
-        let scope = Scope::Node(node_id.clone());
+        let scope = Scope::node(node_id.clone());
         let lease = self.inner.leases.take_over(&scope).await.map_err(|e| {
             Status::unavailable(format!("cannot take ownership of node {node_id}: {e}"))
         })?;
@@ -259,7 +260,7 @@ impl Sessions {
                     NODES,
                     doc! { "_id": node_id },
                     doc! { "$set": {
-                        "state": "ONLINE",
+                        "state": NodeState::Online,
                         "gateway": &self.inner.replica_id,
                         "ownershipToken": handle.lease.token() as i64,
                         "version": &hello.version,
@@ -410,7 +411,11 @@ impl Sessions {
                 "this gateway no longer owns node {node_id}; reconnect"
             ))));
         } else if still_current {
-            let state = if goodbye { "OFFLINE" } else { "UNREACHABLE" };
+            let state = if goodbye {
+                NodeState::Offline
+            } else {
+                NodeState::Unreachable
+            };
             let at = now_ms();
             let write = || {
                 self.write(
@@ -456,7 +461,7 @@ impl Sessions {
                 .keeper
                 .release(&handle.lease.scope().clone())
                 .await;
-            tracing::info!(node = %node_id, reason = end, state, "node session ended");
+            tracing::info!(node = %node_id, reason = end, %state, "node session ended");
         } else {
             tracing::info!(node = %node_id, "node session replaced by a newer one on this gateway");
         }
@@ -483,7 +488,7 @@ impl Sessions {
                 .map(|(node, handle)| (node.clone(), handle.clone()))
                 .collect();
             let serials: Vec<String> = live.iter().map(|(_, h)| h.serial.clone()).collect();
-            let fallen = match prexor_pki::records::fallen(&self.inner.store, &serials).await {
+            let fallen = match prexor_model::pki::fallen(&self.inner.store, &serials).await {
                 Ok(fallen) => fallen,
                 Err(err) => {
                     tracing::debug!(error = %err, "the revocation list was not read (checked again shortly)");
@@ -512,7 +517,7 @@ impl Sessions {
         lease: &Lease,
         resources: Option<&HostResources>,
     ) {
-        let mut set = doc! { "lastHeartbeatMs": now_ms(), "state": "ONLINE" };
+        let mut set = doc! { "lastHeartbeatMs": now_ms(), "state": NodeState::Online };
         if let Some(resources) = resources {
             set.insert("resources", resources_doc(resources));
         }

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use prexor_config::SchedulerConfig;
 use prexor_domain::GroupSpec;
-use prexor_store::{GroupWriteError, Store};
+use prexor_model::groups::GroupWriteError;
+use prexor_store::Store;
 
 /// Outcome of an apply, printed for the operator.
 #[derive(Debug, PartialEq, Eq)]
@@ -56,8 +57,11 @@ pub async fn apply_group(
 }
 
 async fn upsert(store: &Store, name: &str, spec: &GroupSpec) -> anyhow::Result<Applied> {
-    if prexor_store::get_group(store, name).await?.is_none() {
-        return match prexor_store::create_group(store, name, spec).await {
+    if prexor_model::groups::get_group(store, name)
+        .await?
+        .is_none()
+    {
+        return match prexor_model::groups::create_group(store, name, spec).await {
             Ok(_) => Ok(Applied::Created),
             Err(GroupWriteError::Exists(_)) => {
                 anyhow::bail!("group {name} was created concurrently; apply again")
@@ -66,7 +70,7 @@ async fn upsert(store: &Store, name: &str, spec: &GroupSpec) -> anyhow::Result<A
         };
     }
     Ok(
-        match prexor_store::update_group(store, name, spec, None).await? {
+        match prexor_model::groups::update_group(store, name, spec, None).await? {
             Some(record) => Applied::Updated {
                 revision: record.revision,
             },

@@ -12,24 +12,17 @@ use mongodb::bson::{Document, doc};
 use prexor_coord::{EventLog, Lease};
 use prexor_domain::now_ms;
 use prexor_proto::v1::command::Action;
-use prexor_proto::v1::{AckResult, Command, ShutdownNode};
+use prexor_proto::v1::{AckResult, ShutdownNode};
 use prexor_serve::Gateways;
 use prexor_store::{Store, Write};
 
+use prexor_model::instances::{InstanceRecord, InstanceState};
+use prexor_model::nodes::{DrainRecord, DrainState, NodeState};
+
+use crate::commands::fenced_command;
 use crate::groups::{INSTANCE_REQUESTS, INSTANCES, NODES};
 
-pub const NODE_DRAINS: &str = "node_drains";
-/// The workflow name of a node's drain (`workflow:drain-<node>`).
-pub const DRAIN_PREFIX: &str = "drain-";
-
-const PENDING: &str = "PENDING";
-const DRAINING: &str = "DRAINING";
-const DONE: &str = "DONE";
-
-/// Drains in these states are work for a scheduler.
-pub fn is_open(drain: &Document) -> bool {
-    matches!(drain.get_str("state"), Ok(PENDING | DRAINING))
-}
+pub use prexor_model::nodes::NODE_DRAINS;
 
 pub struct Drains {
     pub store: Store,
@@ -40,17 +33,26 @@ pub struct Drains {
 impl Drains {
     /// One step of `node`'s drain under `lease`.
     pub async fn step(&self, node: &str, lease: &Lease, drain: &Document) -> anyhow::Result<()> {
+        // An unreadable drain is left as it is (every tick says so) rather than carried out
+        // from guesses; the node's other work goes on.
+        let drain: DrainRecord = match prexor_model::decode(NODE_DRAINS, drain.clone()) {
+            Ok(drain) => drain,
+            Err(err) => {
+                tracing::warn!(node, "{err}; the drain waits");
+                return Ok(());
+            }
+        };
         let fence = lease.fence();
         let now = now_ms();
-        if drain.get_str("state") == Ok(PENDING) {
+        if drain.state == DrainState::Pending {
             self.store
                 .fenced_write(
                     &fence,
                     vec![
                         Write::update_one(
                             NODE_DRAINS,
-                            doc! { "_id": node, "state": PENDING },
-                            doc! { "$set": { "state": DRAINING, "startedAtMs": now, "holder": lease.scope().to_string() } },
+                            doc! { "_id": node, "state": DrainState::Pending },
+                            doc! { "$set": { "state": DrainState::Draining, "startedAtMs": now, "holder": lease.scope().to_string() } },
                         )
                         .require_match(),
                         Write::update_one(
@@ -66,34 +68,38 @@ impl Drains {
                 .publish("NODE_DRAIN_STARTED", node, serde_json::json!({}))
                 .await;
         }
-        let started = drain.get_i64("startedAtMs").unwrap_or(now);
-        let timeout_ms = drain.get_i64("timeoutMs").unwrap_or(600_000);
-        let active = self
-            .store
-            .find_all(
-                INSTANCES,
-                "listing the node's instances",
-                doc! { "nodeId": node, "state": { "$nin": ["STOPPED", "CRASHED"], "$exists": true } },
-            )
-            .await?;
-        if active.is_empty() {
-            return self.finish(node, lease, drain).await;
-        }
-        let escalate = now > started + timeout_ms;
-        let by = format!(
-            "drain of node {node} (requested by {})",
-            drain.get_str("requestedBy").unwrap_or("an operator")
+        let started = drain.started_at_ms.unwrap_or(now);
+        let active: Vec<InstanceRecord> = prexor_model::decode_each(
+            INSTANCES,
+            self.store
+                .find_all(
+                    INSTANCES,
+                    "listing the node's instances",
+                    doc! { "nodeId": node, "state": prexor_model::instances::live_filter() },
+                )
+                .await?,
         );
+        if active.is_empty() {
+            return self.finish(node, lease, &drain).await;
+        }
+        let escalate = now > started + drain.timeout_ms;
+        let requester = match drain.requested_by.as_str() {
+            "" => "an operator",
+            by => by,
+        };
+        let by = format!("drain of node {node} (requested by {requester})");
         let mut writes = Vec::new();
         for instance in &active {
-            let (Ok(id), Ok(group)) = (instance.get_str("_id"), instance.get_str("group")) else {
+            // No group, no holder to ask.
+            if instance.group.is_empty() {
                 continue;
-            };
+            }
+            let (id, group) = (&instance.id, &instance.group);
             // Each instance leaves like a surplus one (draining while players are online);
             // past the drain's timeout whatever is left is killed.
             let action = if escalate {
                 "kill"
-            } else if instance.get_str("state") == Ok("STOPPING") {
+            } else if instance.state() == Some(InstanceState::Stopping) {
                 continue;
             } else {
                 "drain"
@@ -121,8 +127,8 @@ impl Drains {
 
     /// Nothing runs on the node any more: shut its daemon down if asked (recorded on the drain
     /// by a fenced write before it is sent with the same token), then DONE.
-    async fn finish(&self, node: &str, lease: &Lease, drain: &Document) -> anyhow::Result<()> {
-        if drain.get_bool("shutdown").unwrap_or(false) {
+    async fn finish(&self, node: &str, lease: &Lease, drain: &DrainRecord) -> anyhow::Result<()> {
+        if drain.shutdown {
             self.update_draining(
                 node,
                 lease,
@@ -132,14 +138,13 @@ impl Drains {
             if !lease.is_valid() {
                 return Ok(());
             }
-            let command = Command {
-                command_id: format!("shutdown:{node}:{}", lease.token()),
-                scope: lease.scope().to_string(),
-                fence_token: lease.token(),
-                action: Some(Action::Shutdown(ShutdownNode {
+            let command = fenced_command(
+                lease,
+                format!("shutdown:{node}:{}", lease.token()),
+                Action::Shutdown(ShutdownNode {
                     grace_period_ms: 30_000,
-                })),
-            };
+                }),
+            );
             match self.gateways.send(node, command).await {
                 Ok(ack) if matches!(ack.result(), AckResult::Done | AckResult::Already) => {}
                 Ok(ack) => {
@@ -153,7 +158,7 @@ impl Drains {
                         .find_all(
                             NODES,
                             "reading the node",
-                            doc! { "_id": node, "state": "ONLINE" },
+                            doc! { "_id": node, "state": NodeState::Online },
                         )
                         .await?;
                     if !online.is_empty() {
@@ -166,7 +171,7 @@ impl Drains {
         self.update_draining(
             node,
             lease,
-            doc! { "state": DONE, "finishedAtMs": now_ms() },
+            doc! { "state": DrainState::Done, "finishedAtMs": now_ms() },
         )
         .await?;
         tracing::info!(node, "drain done");
@@ -174,7 +179,7 @@ impl Drains {
             .publish(
                 "NODE_DRAINED",
                 node,
-                serde_json::json!({ "shutdown": drain.get_bool("shutdown").unwrap_or(false) }),
+                serde_json::json!({ "shutdown": drain.shutdown }),
             )
             .await;
         Ok(())
@@ -194,7 +199,7 @@ impl Drains {
                 vec![
                     Write::update_one(
                         NODE_DRAINS,
-                        doc! { "_id": node, "state": DRAINING },
+                        doc! { "_id": node, "state": DrainState::Draining },
                         doc! { "$set": set },
                     )
                     .require_match(),

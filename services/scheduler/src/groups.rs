@@ -34,22 +34,22 @@ use scaling::dynamic_names;
 pub use snapshot::Snapshot;
 pub(crate) use snapshot::SnapshotReads;
 
-pub use prexor_store::INSTANCES;
-pub const NODES: &str = "nodes";
-pub const NODE_ALLOCATIONS: &str = "node_allocations";
-pub const PORT_RESERVATIONS: &str = "port_reservations";
+pub use prexor_model::instances::INSTANCES;
+pub use prexor_model::nodes::NODE_ALLOCATIONS;
+pub use prexor_model::nodes::NODES;
+pub use prexor_model::nodes::PORT_RESERVATIONS;
 
 /// No scale decisions for a newly acquired group until its nodes reported, or this long passed.
 const CONVERGENCE_GRACE: Duration = Duration::from_secs(5);
-pub const GROUP_STATE: &str = "group_state";
+pub use prexor_model::groups::GROUP_STATE;
 /// Up to this many held groups a snapshot filters with `$in`; beyond, it reads whole collections.
 const IN_QUERY_LIMIT: usize = 32;
-pub const STRAYS: &str = "stray_instances";
+/// What each server reports about its load (players), written by the API's workload endpoints.
+pub use prexor_model::instances::INSTANCE_LOAD;
 /// Operator requests for a group's instances (`stop`, `kill`, `start`), written by the API and
 /// carried out (then deleted) by the group's lease holder.
-pub const INSTANCE_REQUESTS: &str = "instance_requests";
-/// What each server reports about its load (players), written by the API's workload endpoints.
-pub const INSTANCE_LOAD: &str = "instance_load";
+pub use prexor_model::instances::INSTANCE_REQUESTS;
+pub use prexor_model::instances::STRAYS;
 /// An instance on a node unreachable for longer than this is replaced elsewhere.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(20);
 /// A crash loop: this many crashes of a group's instances within the window...
@@ -57,7 +57,7 @@ const CRASH_LOOP_CRASHES: u64 = 3;
 const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(300);
 /// ...pauses new placements for this long, doubled each time it recurs (at most 30 min).
 const CRASH_LOOP_PAUSE: Duration = Duration::from_secs(30);
-pub(crate) const CRASHES: &str = "crashes";
+pub(crate) use prexor_model::instances::CRASHES;
 /// A stray's kill is sent again after this long while the node still reports it running.
 const STRAY_KILL_EVERY: Duration = Duration::from_secs(10);
 
@@ -261,7 +261,7 @@ impl Groups {
         let online = |node: &str| {
             snap.nodes
                 .get(node)
-                .is_some_and(|n| n.get_str("state") == Ok("ONLINE"))
+                .is_some_and(|n| prexor_model::nodes::node_is_online(n))
         };
         self.settle_overdue(name, lease, &mut instances, &online)
             .await?;

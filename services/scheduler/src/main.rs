@@ -6,10 +6,12 @@
 //! deployments run under these leases as they are built.
 
 mod admin;
+mod commands;
 mod drains;
 mod groups;
 mod mirror;
 mod modules;
+mod placement;
 mod reconciler;
 
 use std::path::PathBuf;

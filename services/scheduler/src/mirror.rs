@@ -27,9 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 /// The collections mirrored: what [`crate::reconciler`] and [`crate::groups`] read every tick.
 pub const MIRRORED: &[&str] = &[
-    prexor_store::GROUPS,
+    prexor_model::groups::GROUPS,
     crate::drains::NODE_DRAINS,
-    prexor_store::INSTANCES,
+    prexor_model::instances::INSTANCES,
     crate::groups::GROUP_STATE,
     crate::groups::STRAYS,
     crate::groups::NODES,
@@ -40,7 +40,7 @@ pub const MIRRORED: &[&str] = &[
     crate::modules::MODULE_MUTATION,
 ];
 /// Where each scheduler replica writes its marker (one small document per replica).
-pub const SYNC: &str = "scheduler_sync";
+pub use prexor_model::cluster::SCHEDULER_SYNC as SYNC;
 /// How long a tick waits for its marker before reading MongoDB directly.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause before reopening a stream that failed...

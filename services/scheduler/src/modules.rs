@@ -4,14 +4,22 @@
 //! a holder killed at any point leaves either the old state with the mutation still pending (the
 //! next holder continues) or the new state with nothing pending: never half of it.
 
-use mongodb::bson::{Bson, Document, doc};
+use std::collections::HashSet;
+
+use mongodb::bson::{Bson, doc};
 use prexor_coord::{EventLog, Lease};
 use prexor_domain::now_ms;
+use prexor_model::workflows::modules::{ModuleRecord, MutationOutcome, MutationRecord};
+use prexor_model::workflows::templates::{LayerVersion, TemplateRecord};
+use prexor_model::workflows::{
+    CURRENT_MUTATION, MUTATION_DONE, ModuleState, MutationStep, mutation_failed,
+};
+use prexor_model::{UnreadableRecord, decode};
 use prexor_store::{BLOB_CHUNKS, BLOBS, Store, Write};
 
-pub const MODULES: &str = "modules";
-pub const MODULE_MUTATION: &str = "module_mutation";
-const TEMPLATES: &str = "templates";
+pub use prexor_model::workflows::MODULE_MUTATION;
+pub use prexor_model::workflows::MODULES;
+use prexor_model::workflows::TEMPLATES;
 
 pub struct Modules {
     pub store: Store,
@@ -27,38 +35,57 @@ impl Modules {
                 "reading the module mutation",
                 store
                     .documents(MODULE_MUTATION)
-                    .find_one(doc! { "_id": "current" }),
+                    .find_one(doc! { "_id": CURRENT_MUTATION }),
             )
             .await?
         else {
             return Ok(());
         };
-        let name = mutation.get_str("module").unwrap_or_default().to_owned();
-        let action = mutation.get_str("action").unwrap_or_default().to_owned();
+        // A mutation this version cannot read (an unknown step, a record edited by hand) fails
+        // like any refused one, so it never blocks the next module change; a module it cannot
+        // read is left untouched for a holder that can.
+        let mutation: MutationRecord = match decode(MODULE_MUTATION, mutation.clone()) {
+            Ok(mutation) => mutation,
+            Err(err) => {
+                return self
+                    .fail(lease, &unreadable(&mutation), &err.to_string())
+                    .await;
+            }
+        };
+        let (name, action) = (mutation.module.as_str(), mutation.action.as_str());
         let module = store
             .bounded(
                 "reading a module",
-                store.documents(MODULES).find_one(doc! { "_id": &name }),
+                store.documents(MODULES).find_one(doc! { "_id": name }),
             )
-            .await?;
+            .await?
+            .map(|module| decode::<ModuleRecord>(MODULES, module))
+            .transpose();
+        let module = match module {
+            Ok(module) => module,
+            Err(err) => {
+                tracing::warn!(module = name, action, "{err}; the module mutation waits");
+                return Ok(());
+            }
+        };
         let problem = match &module {
             None => Some(format!("module {name} no longer exists")),
-            Some(module) => self.problem(&action, &name, &mutation, module).await?,
+            Some(module) => self.problem(&mutation, module).await?,
         };
         if let Some(problem) = problem {
-            return self.fail(lease, &name, &action, &mutation, &problem).await;
+            return self.fail(lease, &mutation, &problem).await;
         }
         let module = module.expect("checked above");
-        match mutation.get_str("step").unwrap_or_default() {
-            "REQUESTED" => {
+        match mutation.step {
+            MutationStep::Requested => {
                 self.store
                     .fenced_write(
                         &lease.fence(),
                         vec![
                             Write::update_one(
                                 MODULE_MUTATION,
-                                doc! { "_id": "current", "step": "REQUESTED" },
-                                doc! { "$set": { "step": "VERIFIED", "verifiedAtMs": now_ms() } },
+                                doc! { "_id": CURRENT_MUTATION, "step": MutationStep::Requested },
+                                doc! { "$set": { "step": MutationStep::Verified, "verifiedAtMs": now_ms() } },
                             )
                             .require_match(),
                         ],
@@ -67,25 +94,20 @@ impl Modules {
                 tracing::info!(module = %name, action, "module mutation verified");
                 Ok(())
             }
-            "VERIFIED" => self.apply(lease, &name, &action, &mutation, &module).await,
-            other => {
-                let problem = format!("unknown step {other:?}");
-                self.fail(lease, &name, &action, &mutation, &problem).await
-            }
+            MutationStep::Verified => self.apply(lease, &mutation, &module).await,
         }
     }
 
     /// Why the mutation cannot go ahead, checked before every step.
     async fn problem(
         &self,
-        action: &str,
-        name: &str,
-        mutation: &Document,
-        module: &Document,
+        mutation: &MutationRecord,
+        module: &ModuleRecord,
     ) -> anyhow::Result<Option<String>> {
-        Ok(match action {
+        let name = &mutation.module;
+        Ok(match mutation.action.as_str() {
             "install" | "upgrade" => {
-                let hash = mutation.get_str("hash").unwrap_or_default();
+                let hash = mutation.hash.as_deref().unwrap_or_default();
                 match self.store.blob_size(hash).await? {
                     None => Some(format!("the artifact {hash} of {name} is not stored")),
                     Some(_) => None,
@@ -95,7 +117,7 @@ impl Modules {
                 let attached = self
                     .store
                     .find_all(
-                        prexor_store::GROUPS,
+                        prexor_model::groups::GROUPS,
                         "finding the module's groups",
                         doc! { "spec.modules": name },
                     )
@@ -103,8 +125,9 @@ impl Modules {
                 (!attached.is_empty())
                     .then(|| format!("module {name} was attached to a group since the request"))
             }
-            "delete-storage" => (module.get_str("state") == Ok("ACTIVE"))
-                .then(|| format!("module {name} is installed")),
+            "delete-storage" => {
+                (module.state == ModuleState::Active).then(|| format!("module {name} is installed"))
+            }
             other => Some(format!("unknown action {other:?}")),
         })
     }
@@ -113,28 +136,26 @@ impl Modules {
     async fn apply(
         &self,
         lease: &Lease,
-        name: &str,
-        action: &str,
-        mutation: &Document,
-        module: &Document,
+        mutation: &MutationRecord,
+        module: &ModuleRecord,
     ) -> anyhow::Result<()> {
+        let (name, action) = (mutation.module.as_str(), mutation.action.as_str());
         let now = now_ms();
-        let version = mutation.get_str("version").unwrap_or_default();
-        let hash = mutation.get_str("hash").unwrap_or_default();
-        let record = doc! {
-            "action": action,
-            "version": if version.is_empty() { Bson::Null } else { Bson::String(version.to_owned()) },
-            "by": mutation.get_str("requestedBy").unwrap_or_default(),
-            "atMs": now,
-            "result": "DONE",
-        };
+        let version = mutation.version.as_deref().unwrap_or_default();
+        let hash = mutation.hash.as_deref().unwrap_or_default();
+        let record = outcome(
+            mutation,
+            Some(version).filter(|v| !v.is_empty()),
+            now,
+            MUTATION_DONE.to_owned(),
+        )?;
         let mut writes = match action {
             "install" | "upgrade" => vec![Write::update_one(
                 MODULES,
                 doc! { "_id": name },
                 doc! {
                     "$set": {
-                        "state": "ACTIVE",
+                        "state": ModuleState::Active,
                         "active": { "version": version, "hash": hash, "sinceMs": now },
                         "lastMutation": &record,
                     },
@@ -145,7 +166,7 @@ impl Modules {
                 MODULES,
                 doc! { "_id": name },
                 doc! {
-                    "$set": { "state": "UNINSTALLED", "active": Bson::Null, "lastMutation": &record },
+                    "$set": { "state": ModuleState::Uninstalled, "active": Bson::Null, "lastMutation": &record },
                     "$push": { "history": &record },
                 },
             )],
@@ -153,7 +174,7 @@ impl Modules {
         };
         writes.push(Write::delete_one(
             MODULE_MUTATION,
-            doc! { "_id": "current", "step": "VERIFIED" },
+            doc! { "_id": CURRENT_MUTATION, "step": MutationStep::Verified },
         ));
         self.store.fenced_write(&lease.fence(), writes).await?;
         tracing::info!(module = name, action, version, "module mutation done");
@@ -171,15 +192,11 @@ impl Modules {
 
     /// Removes the module and every stored artifact that nothing else (another module, a
     /// template) refers to.
-    async fn delete_storage(&self, name: &str, module: &Document) -> anyhow::Result<Vec<Write>> {
-        let hashes: Vec<String> = module
-            .get_array("versions")
-            .map(|v| {
-                v.iter()
-                    .filter_map(|v| v.as_document()?.get_str("hash").ok().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
+    async fn delete_storage(
+        &self,
+        name: &str,
+        module: &ModuleRecord,
+    ) -> anyhow::Result<Vec<Write>> {
         let (others, templates) = tokio::try_join!(
             self.store.find_all(
                 MODULES,
@@ -188,17 +205,34 @@ impl Modules {
             ),
             self.store.find_all(TEMPLATES, "reading templates", doc! {}),
         )?;
-        let used_elsewhere = |hash: &str| {
-            others.iter().chain(templates.iter()).any(|d| {
-                d.get_array("versions").is_ok_and(|v| {
-                    v.iter()
-                        .filter_map(|v| v.as_document())
-                        .any(|v| v.get_str("hash") == Ok(hash))
-                })
-            })
-        };
         let mut writes = vec![Write::delete_one(MODULES, doc! { "_id": name })];
-        for hash in hashes.iter().filter(|h| !used_elsewhere(h)) {
+        let used_elsewhere: Result<Vec<Vec<String>>, UnreadableRecord> = others
+            .into_iter()
+            .map(|d| Ok(hashes(decode::<ModuleRecord>(MODULES, d)?.versions)))
+            .chain(
+                templates
+                    .into_iter()
+                    .map(|d| Ok(hashes(decode::<TemplateRecord>(TEMPLATES, d)?.versions))),
+            )
+            .collect();
+        let used_elsewhere: HashSet<String> = match used_elsewhere {
+            Ok(used) => used.into_iter().flatten().collect(),
+            Err(err) => {
+                // What that record refers to is unknown: deleting a blob it may still use would
+                // lose data, keeping them all only costs space.
+                tracing::warn!(
+                    module = name,
+                    "{err}; the module's stored versions are kept"
+                );
+                return Ok(writes);
+            }
+        };
+        for hash in module
+            .versions
+            .iter()
+            .map(|v| v.hash.as_str())
+            .filter(|h| !used_elsewhere.contains(*h))
+        {
             let chunks = self
                 .store
                 .bounded(
@@ -224,18 +258,16 @@ impl Modules {
     async fn fail(
         &self,
         lease: &Lease,
-        name: &str,
-        action: &str,
-        mutation: &Document,
+        mutation: &MutationRecord,
         problem: &str,
     ) -> anyhow::Result<()> {
-        let record = doc! {
-            "action": action,
-            "version": mutation.get_str("version").map_or(Bson::Null, |v| Bson::String(v.to_owned())),
-            "by": mutation.get_str("requestedBy").unwrap_or_default(),
-            "atMs": now_ms(),
-            "result": format!("FAILED: {problem}"),
-        };
+        let (name, action) = (mutation.module.as_str(), mutation.action.as_str());
+        let record = outcome(
+            mutation,
+            mutation.version.as_deref(),
+            now_ms(),
+            mutation_failed(problem),
+        )?;
         self.store
             .fenced_write(
                 &lease.fence(),
@@ -245,7 +277,7 @@ impl Modules {
                         doc! { "_id": name },
                         doc! { "$set": { "lastMutation": &record }, "$push": { "history": &record } },
                     ),
-                    Write::delete_one(MODULE_MUTATION, doc! { "_id": "current" }),
+                    Write::delete_one(MODULE_MUTATION, doc! { "_id": CURRENT_MUTATION }),
                 ],
             )
             .await?;
@@ -259,4 +291,42 @@ impl Modules {
             .await;
         Ok(())
     }
+}
+
+/// What can be told of a mutation that does not read as a [`MutationRecord`], to fail it under
+/// its module's name.
+fn unreadable(raw: &mongodb::bson::Document) -> MutationRecord {
+    let text = |field: &str| raw.get_str(field).unwrap_or_default().to_owned();
+    MutationRecord {
+        id: CURRENT_MUTATION.to_owned(),
+        module: text("module"),
+        action: text("action"),
+        step: MutationStep::Requested,
+        requested_by: text("requestedBy"),
+        requested_at_ms: 0,
+        version: raw.get_str("version").ok().map(str::to_owned),
+        hash: None,
+        verified_at_ms: None,
+    }
+}
+
+/// The outcome of `mutation` as its module records it (`lastMutation`, `history`).
+fn outcome(
+    mutation: &MutationRecord,
+    version: Option<&str>,
+    at_ms: i64,
+    result: String,
+) -> anyhow::Result<Bson> {
+    Ok(mongodb::bson::to_bson(&MutationOutcome {
+        action: mutation.action.clone(),
+        version: version.map(str::to_owned),
+        by: mutation.requested_by.clone(),
+        at_ms,
+        result,
+    })?)
+}
+
+/// The blobs of a module's or template's versions.
+fn hashes<V>(versions: Vec<LayerVersion<V>>) -> Vec<String> {
+    versions.into_iter().map(|v| v.hash).collect()
 }

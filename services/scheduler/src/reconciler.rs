@@ -16,7 +16,7 @@ use prexor_store::Store;
 use rand::seq::SliceRandom;
 use tokio_util::sync::CancellationToken;
 
-pub use prexor_store::GROUPS;
+pub use prexor_model::groups::GROUPS;
 
 /// Open node drains by node id.
 type Drains = HashMap<String, Document>;
@@ -286,24 +286,18 @@ impl Reconciler {
                 self.store.find_all(
                     crate::drains::NODE_DRAINS,
                     "listing node drains",
-                    doc! { "state": { "$in": ["PENDING", "DRAINING"] } }
+                    doc! { "state": prexor_model::nodes::DrainState::open_filter() }
                 ),
             )?,
         };
         let drains: Drains = drains
             .into_iter()
-            .filter(crate::drains::is_open)
+            .filter(prexor_model::nodes::drain_is_open)
             .filter_map(|d| Some((d.get_str("_id").ok()?.to_string(), d)))
             .collect();
-        let mut scopes: BTreeSet<Scope> = by_name
-            .keys()
-            .map(|name| Scope::Group(name.clone()))
-            .collect();
-        scopes.insert(Scope::PlatformModule);
-        scopes.extend(
-            drains
-                .keys()
-                .map(|node| Scope::Workflow(format!("{}{node}", crate::drains::DRAIN_PREFIX))),
+        let scopes = Scope::scheduled(
+            by_name.keys().map(String::as_str),
+            drains.keys().map(String::as_str),
         );
         Ok((scopes, by_name, drains))
     }
@@ -443,10 +437,7 @@ impl Reconciler {
         phase_took("groups", phase);
         let phase = Instant::now();
         for lease in &leases {
-            let Scope::Workflow(name) = lease.scope() else {
-                continue;
-            };
-            let Some(node) = name.strip_prefix(crate::drains::DRAIN_PREFIX) else {
+            let Some(node) = lease.scope().drained_node() else {
                 continue;
             };
             let Some(drain) = drains.get(node) else {

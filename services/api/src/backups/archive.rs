@@ -4,6 +4,7 @@
 //! (`cluster_secrets`, never in a backup), so it vouches for every file the manifest hashes: an
 //! archive this cluster made is told apart from one made or edited elsewhere.
 
+use prexor_archive::ArchiveError;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -192,16 +193,23 @@ pub fn read(reader: impl Read, limits: &prexor_archive::Limits) -> Result<Archiv
     let mut spooled: BTreeMap<String, (PathBuf, String, u64)> = BTreeMap::new();
     prexor_archive::walk(reader, limits, |path, entry| {
         let name = path.to_string_lossy().into_owned();
-        let corrupt =
-            |e: std::io::Error| format!("the archive is truncated or corrupt in {name}: {e}");
+        let corrupt = |source: std::io::Error| ArchiveError::Corrupt {
+            at: Some(name.clone()),
+            source,
+        };
         if let Some(hash) = name.strip_prefix("blobs/") {
             if !is_sha256_hex(hash) {
-                return Err(format!("{name} is not named by a SHA-256 (blobs/<hash>)"));
+                return Err(ArchiveError::Refused {
+                    entry: name.clone(),
+                    reason: "not named by a SHA-256 (blobs/<hash>)".into(),
+                });
             }
             let target = spool.path().join(hash);
             let mut out = Hashing {
-                inner: std::fs::File::create(&target)
-                    .map_err(|e| format!("cannot spool {name}: {e}"))?,
+                inner: std::fs::File::create(&target).map_err(|e| ArchiveError::Refused {
+                    entry: name.clone(),
+                    reason: format!("cannot spool it: {e}"),
+                })?,
                 hash: StreamHash::default(),
             };
             std::io::copy(entry, &mut out).map_err(corrupt)?;
@@ -213,7 +221,8 @@ pub fn read(reader: impl Read, limits: &prexor_archive::Limits) -> Result<Archiv
             files.insert(name, content);
         }
         Ok(())
-    })?;
+    })
+    .map_err(|e| e.to_string())?;
     let manifest_bytes = files
         .remove("manifest.json")
         .ok_or("the archive has no manifest.json (is it a PrexorCloud backup?)")?;
@@ -307,10 +316,10 @@ mod tests {
     fn collections() -> BTreeMap<String, Vec<Document>> {
         let mut collections = BTreeMap::new();
         collections.insert(
-            "groups".to_owned(),
+            prexor_model::groups::GROUPS.to_owned(),
             vec![doc! { "_id": "lobby", "revision": 3_i64, "spec": { "memoryMb": 512_i64 } }],
         );
-        collections.insert("users".to_owned(), vec![]);
+        collections.insert(prexor_model::access::USERS.to_owned(), vec![]);
         collections
     }
 
@@ -342,7 +351,7 @@ mod tests {
         assert_eq!(archive.manifest, manifest);
         assert!(archive.made_with(KEY));
         assert!(!archive.made_with(b"another cluster's key, 32 bytes!"));
-        let lobby = &archive.collections["groups"][0];
+        let lobby = &archive.collections[prexor_model::groups::GROUPS][0];
         assert_eq!(lobby.get_i64("revision"), Ok(3), "an i64 stays an i64");
         let spooled = archive.blobs.values().next().unwrap();
         assert_eq!(std::fs::read(spooled).unwrap(), b"layer");
@@ -414,7 +423,7 @@ mod tests {
         let original = read(&bytes[..], &LIMITS).unwrap();
         let mut collections = original.collections.clone();
         collections.insert(
-            "users".to_owned(),
+            prexor_model::access::USERS.to_owned(),
             vec![doc! { "_id": "intruder", "roles": ["admin"] }],
         );
         let mut base = original.manifest.clone();

@@ -6,20 +6,23 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+
 use mongodb::bson::{Document, doc};
 use prexor_coord::LeaseKeeper;
 use prexor_domain::{GroupSpec, Scope, now_ms};
+use prexor_model::access::USERS;
+use prexor_model::groups::GROUPS;
+use prexor_model::nodes::{NODE_DRAINS, drain_is_open};
 use prexor_store::Write;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::archive::{self, Archive};
 use super::{IDENTITY, MERGED, REPLACED, RESTORE_FLAG, snapshot, verified};
 use crate::app::App;
 use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorCode};
 
 /// Default and longest time a restore may take to get every lease.
 const LEASE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -61,7 +64,7 @@ fn without_identity(mut archive: Archive) -> Archive {
 
 /// Every group of the archive must be one the API would accept (422 naming it otherwise).
 fn check_groups(archive: &Archive) -> ApiResult<()> {
-    for group in archive.collections.get("groups").into_iter().flatten() {
+    for group in archive.collections.get(GROUPS).into_iter().flatten() {
         let name = group.get_str("_id").unwrap_or_default();
         let spec: GroupSpec = group
             .get_document("spec")
@@ -69,8 +72,7 @@ fn check_groups(archive: &Archive) -> ApiResult<()> {
             .and_then(|s| mongodb::bson::from_document(s.clone()).ok())
             .ok_or_else(|| {
                 ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "BACKUP_INVALID",
+                    ErrorCode::BackupInvalid,
                     format!(
                         "the backup's group {name:?} has no readable spec; nothing was changed"
                     ),
@@ -78,8 +80,7 @@ fn check_groups(archive: &Archive) -> ApiResult<()> {
             })?;
         crate::groups::validate(name, &spec).map_err(|err| {
             ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "BACKUP_INVALID",
+                ErrorCode::BackupInvalid,
                 format!("the backup's {err}; nothing was changed"),
             )
         })?;
@@ -87,41 +88,81 @@ fn check_groups(archive: &Archive) -> ApiResult<()> {
     Ok(())
 }
 
+/// What a restore did (or, with `dryRun`, would do).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreResult {
+    id: String,
+    dry_run: bool,
+    plan: RestorePlan,
+    /// Every mutation lease the restore held while it wrote; absent on a dry run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leases_taken: Option<usize>,
+}
+
 /// What a restore changes, per collection (the collections the archive has).
-fn plan(current: &BTreeMap<String, Vec<Document>>, archive: &Archive) -> Value {
-    let mut replaced = serde_json::Map::new();
-    for name in REPLACED
-        .iter()
-        .filter(|n| archive.collections.contains_key(**n))
-    {
-        let (now, then) = (ids(current.get(*name)), ids(archive.collections.get(*name)));
-        replaced.insert(
-            name.to_string(),
-            json!({
-                "keep": now.intersection(&then).count(),
-                "add": then.difference(&now).collect::<Vec<_>>(),
-                "remove": now.difference(&then).collect::<Vec<_>>(),
-            }),
-        );
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct RestorePlan {
+    /// The desired configuration, replaced by the backup's: records by `_id`.
+    replace: BTreeMap<String, Replacement>,
+    /// Certificates and join tokens: how many the store lacks and gets back.
+    add_missing: BTreeMap<String, usize>,
+    /// Whether users, roles, tokens, certificates and join tokens come back, and why.
+    identity: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Replacement {
+    /// How many records both have.
+    keep: usize,
+    /// Records only the backup has, and only the cluster has.
+    add: Vec<String>,
+    remove: Vec<String>,
+}
+
+fn plan(
+    current: &BTreeMap<String, Vec<Document>>,
+    archive: &Archive,
+    identity: String,
+) -> RestorePlan {
+    let in_archive = |names: &'static [&'static str]| {
+        names
+            .iter()
+            .filter(|n| archive.collections.contains_key(**n))
+            .map(|n| {
+                (
+                    n.to_string(),
+                    ids(current.get(*n)),
+                    ids(archive.collections.get(*n)),
+                )
+            })
+    };
+    RestorePlan {
+        replace: in_archive(REPLACED)
+            .map(|(name, now, then)| {
+                let change = Replacement {
+                    keep: now.intersection(&then).count(),
+                    add: then.difference(&now).cloned().collect(),
+                    remove: now.difference(&then).cloned().collect(),
+                };
+                (name, change)
+            })
+            .collect(),
+        add_missing: in_archive(MERGED)
+            .map(|(name, now, then)| (name, then.difference(&now).count()))
+            .collect(),
+        identity,
     }
-    let mut merged = serde_json::Map::new();
-    for name in MERGED
-        .iter()
-        .filter(|n| archive.collections.contains_key(**n))
-    {
-        let (now, then) = (ids(current.get(*name)), ids(archive.collections.get(*name)));
-        merged.insert(name.to_string(), json!(then.difference(&now).count()));
-    }
-    json!({ "replace": replaced, "addMissing": merged })
 }
 
 #[utoipa::path(
-    post,
-    path = "/api/v1/backups/{id}/restore",
-    tag = "backups",
+    post, path = "/api/v1/backups/{id}/restore", tag = "backups",
     params(("id" = String, Path)),
     request_body = RestoreRequest,
-    responses((status = 200, description = "restored (or, with dryRun, the plan)", body = serde_json::Value), (status = "default", description = "an error", body = crate::error::ErrorBody)),
+    responses(
+        (status = 200, description = "restored (or, with dryRun, the plan)", body = RestoreResult),
+    ),
     security(("bearer" = []))
 )]
 pub async fn restore(
@@ -129,7 +170,7 @@ pub async fn restore(
     who: Principal,
     Path(id): Path<String>,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<RestoreResult>> {
     who.require("backups:write")?;
     let request: RestoreRequest = crate::error::optional_body(&body)?;
     let timeout = match &request.timeout {
@@ -148,8 +189,7 @@ pub async fn restore(
     let theirs = archive.manifest["clusterId"].as_str().unwrap_or_default();
     if theirs != app.service.cluster_id && !request.force {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "OTHER_CLUSTER",
+            ErrorCode::OtherCluster,
             format!(
                 "backup {id:?} is of cluster {theirs:?}, this is cluster {:?}; restore it with force to replace this cluster's configuration anyway",
                 app.service.cluster_id
@@ -166,17 +206,22 @@ pub async fn restore(
     };
     check_groups(&archive)?;
     let current = snapshot(&app).await?;
-    let mut plan = plan(&current, &archive);
-    plan["identity"] = if ours {
-        json!("restored (the archive was made by this cluster)")
+    let identity = if ours {
+        "restored (the archive was made by this cluster)".to_owned()
     } else {
-        json!(format!(
+        format!(
             "kept as it is: the archive was not made by this cluster (no valid MAC), so {} are not restored from it",
             IDENTITY.join(", ")
-        ))
+        )
     };
+    let plan = plan(&current, &archive, identity);
     if request.dry_run {
-        return Ok(Json(json!({ "id": id, "dryRun": true, "plan": plan })));
+        return Ok(Json(RestoreResult {
+            id,
+            dry_run: true,
+            plan,
+            leases_taken: None,
+        }));
     }
 
     let flag_ttl = timeout + Duration::from_secs(120);
@@ -198,13 +243,22 @@ pub async fn restore(
     let leases = outcome?;
     // Users and tokens of an archive made before credentials were bound to user ids.
     crate::access::bind_credentials(app.store()).await?;
-    let result = json!({ "id": id, "dryRun": false, "plan": plan, "leasesTaken": leases });
-    app.audit::<(), _>(&who, "backup.restore", &id, None, Some(&result))
-        .await;
-    app.service
-        .events
-        .publish("BACKUP_RESTORED", &id, json!({ "by": &who.user }))
-        .await;
+    let result = RestoreResult {
+        id: id.clone(),
+        dry_run: false,
+        plan,
+        leases_taken: Some(leases),
+    };
+    app.audit_and_publish::<(), _>(
+        &who,
+        "backup.restore",
+        &id,
+        None,
+        Some(&result),
+        "BACKUP_RESTORED",
+        json!({ "by": &who.user }),
+    )
+    .await;
     Ok(Json(result))
 }
 
@@ -218,7 +272,7 @@ async fn restore_under_leases(
     timeout: Duration,
 ) -> ApiResult<usize> {
     let leases = &app.service.leases;
-    let own = Scope::Workflow("restore".into());
+    let own = Scope::restore();
     let guard = leases
         .acquire(&own)
         .await
@@ -227,18 +281,18 @@ async fn restore_under_leases(
     let fence = guard.fence();
     keeper.insert(guard);
 
-    let mut scopes: Vec<Scope> = ids(current.get("groups"))
-        .union(&ids(archive.collections.get("groups")))
-        .map(|g| Scope::Group(g.clone()))
+    let groups = ids(current.get(GROUPS))
+        .union(&ids(archive.collections.get(GROUPS)))
+        .cloned()
+        .collect::<Vec<_>>();
+    let drained: Vec<&str> = current
+        .get(NODE_DRAINS)
+        .into_iter()
+        .flatten()
+        .filter(|drain| drain_is_open(drain))
+        .filter_map(|drain| drain.get_str("_id").ok())
         .collect();
-    scopes.push(Scope::PlatformModule);
-    for drain in current.get("node_drains").into_iter().flatten() {
-        if matches!(drain.get_str("state"), Ok("PENDING" | "DRAINING"))
-            && let Ok(node) = drain.get_str("_id")
-        {
-            scopes.push(Scope::Workflow(format!("drain-{node}")));
-        }
-    }
+    let scopes = Scope::scheduled(groups.iter().map(String::as_str), drained);
     let deadline = Instant::now() + timeout;
     for scope in &scopes {
         loop {
@@ -304,7 +358,7 @@ fn restore_writes(current: &BTreeMap<String, Vec<Document>>, archive: &Archive) 
     let now = now_ms();
     let mut writes = Vec::new();
     let current_groups: BTreeMap<String, i64> = current
-        .get("groups")
+        .get(GROUPS)
         .into_iter()
         .flatten()
         .filter_map(|g| {
@@ -314,10 +368,10 @@ fn restore_writes(current: &BTreeMap<String, Vec<Document>>, archive: &Archive) 
             ))
         })
         .collect();
-    let restored_groups = ids(archive.collections.get("groups"));
+    let restored_groups = ids(archive.collections.get(GROUPS));
     for name in REPLACED {
         let docs = archive.collections.get(*name).cloned().unwrap_or_default();
-        if *name == "groups" {
+        if *name == GROUPS {
             // A restored group gets a revision above both, so a client's stale compare-and-set
             // fails, and a fresh update time, so every scheduler reads it again.
             for mut group in docs {
@@ -333,7 +387,7 @@ fn restore_writes(current: &BTreeMap<String, Vec<Document>>, archive: &Archive) 
                 group.insert("updatedAtMs", now);
                 group.remove("deleting");
                 group.remove("_fence");
-                writes.push(Write::replace_one("groups", doc! { "_id": &id }, group).upsert());
+                writes.push(Write::replace_one(GROUPS, doc! { "_id": &id }, group).upsert());
             }
             // Groups the backup does not have go the normal way: their holders stop their
             // instances, then remove them.
@@ -342,7 +396,7 @@ fn restore_writes(current: &BTreeMap<String, Vec<Document>>, archive: &Archive) 
                 .filter(|(g, _)| !restored_groups.contains(*g))
             {
                 writes.push(Write::update_one(
-                    "groups",
+                    GROUPS,
                     doc! { "_id": id },
                     doc! { "$set": { "deleting": true, "updatedAtMs": now }, "$inc": { "revision": 1_i64 } },
                 ));
@@ -356,8 +410,8 @@ fn restore_writes(current: &BTreeMap<String, Vec<Document>>, archive: &Archive) 
         writes.push(Write::delete_many(name, doc! {}));
         for mut doc in docs {
             doc.remove("_fence");
-            if *name == "users" {
-                keep_sessions_ended(&mut doc, current.get("users"));
+            if *name == USERS {
+                keep_sessions_ended(&mut doc, current.get(USERS));
             }
             writes.push(Write::insert(name, doc));
         }

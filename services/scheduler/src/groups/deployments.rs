@@ -4,6 +4,8 @@
 //! places them again from its current spec. Progress is derived from the instances' spec hashes,
 //! so a holder that takes over mid-rollout never restarts an instance that is already updated.
 
+use prexor_model::workflows::DeploymentState;
+use prexor_model::workflows::deployments::DeploymentRecord;
 use std::collections::BTreeMap;
 
 use mongodb::bson::{Document, doc};
@@ -12,7 +14,7 @@ use prexor_store::Write;
 
 use super::{Groups, Halt, Instance, RUNNING};
 
-pub const DEPLOYMENTS: &str = "deployments";
+pub use prexor_model::workflows::DEPLOYMENTS;
 
 impl Groups {
     /// One step of `deployment` (state ROLLING) of group `name`.
@@ -25,8 +27,17 @@ impl Groups {
         active: &BTreeMap<String, &Instance>,
         wanted: &[String],
     ) -> anyhow::Result<()> {
-        let id = deployment.get_str("_id").unwrap_or_default();
-        let target = deployment.get_str("targetSpecHash").unwrap_or_default();
+        // An unreadable deployment is not rolled (every tick says so); the group goes on.
+        let deployment: DeploymentRecord =
+            match prexor_model::decode(DEPLOYMENTS, deployment.clone()) {
+                Ok(deployment) => deployment,
+                Err(err) => {
+                    tracing::warn!(group = name, "{err}; skipped");
+                    return Ok(());
+                }
+            };
+        let id = deployment.id.as_str();
+        let target = deployment.target_spec_hash.as_str();
         if spec.hash() != target {
             // The API writes the spec first, then points the deployment at it (rollback): wait.
             tracing::debug!(
@@ -36,8 +47,8 @@ impl Groups {
             );
             return Ok(());
         }
-        let batch = deployment.get_i64("batchSize").unwrap_or(1).max(1) as usize;
-        let max_unavailable = deployment.get_i64("maxUnavailable").unwrap_or(1).max(1) as usize;
+        let batch = deployment.batch_size.max(1) as usize;
+        let max_unavailable = deployment.max_unavailable.max(1) as usize;
         let running = |n: &String| active.get(n).is_some_and(|i| i.state == RUNNING);
         let updated = wanted
             .iter()
@@ -63,8 +74,8 @@ impl Groups {
         let stale_left = active.values().any(|i| i.spec_hash != target);
         let done = updated == total && !stale_left;
         let recorded = (
-            deployment.get_i64("updated").unwrap_or(-1),
-            deployment.get_i64("total").unwrap_or(-1),
+            deployment.updated.unwrap_or(-1),
+            deployment.total.unwrap_or(-1),
         );
         if recorded == (updated as i64, total as i64) && !done {
             return Ok(());
@@ -72,7 +83,7 @@ impl Groups {
         let mut set =
             doc! { "updated": updated as i64, "total": total as i64, "updatedAtMs": now_ms() };
         if done {
-            set.insert("state", "DONE");
+            set.insert("state", DeploymentState::Done);
             set.insert("finishedAtMs", now_ms());
         }
         let written = self
@@ -81,7 +92,7 @@ impl Groups {
                 vec![
                     Write::update_one(
                         DEPLOYMENTS,
-                        doc! { "_id": id, "state": "ROLLING" },
+                        doc! { "_id": id, "state": DeploymentState::Rolling },
                         doc! { "$set": set },
                     )
                     .require_match(),

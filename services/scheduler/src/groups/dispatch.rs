@@ -7,12 +7,13 @@ use futures::future::join_all;
 use mongodb::bson::{Bson, Document, doc};
 use prexor_coord::Lease;
 use prexor_domain::{InstanceState, now_ms};
+use prexor_model::instances::INSTANCE_PLANS;
 use prexor_proto::v1::command::Action;
-use prexor_proto::v1::{
-    AckResult, Command, CommandAck, CompositionPlan, StartInstance, TemplateLayer,
-};
+use prexor_proto::v1::{AckResult, CommandAck, CompositionPlan, StartInstance, TemplateLayer};
 use prexor_serve::SendError;
-use prexor_store::{INSTANCE_PLANS, StoreError, Write};
+use prexor_store::{StoreError, Write};
+
+use crate::commands::fenced_command;
 
 use super::{CRASHED, CRASHES, Groups, INSTANCES, Instance, PORT_RESERVATIONS, SCHEDULED};
 
@@ -54,14 +55,13 @@ impl Groups {
         for instance in instances {
             match &instance.plan {
                 Some(plan) => {
-                    let command = Command {
-                        command_id: format!("start:{}:{}", instance.id, instance.plan_hash),
-                        scope: lease.scope().to_string(),
-                        fence_token: lease.token(),
-                        action: Some(Action::Start(StartInstance {
+                    let command = fenced_command(
+                        lease,
+                        format!("start:{}:{}", instance.id, instance.plan_hash),
+                        Action::Start(StartInstance {
                             plan: Some(composition_plan(group, instance, plan)),
-                        })),
-                    };
+                        }),
+                    );
                     ready.push((instance, command));
                 }
                 None => tracing::warn!(

@@ -18,11 +18,12 @@ use prexor_coord::Lease;
 use prexor_domain::{InstanceState, now_ms};
 use prexor_proto::v1::command::Action;
 use prexor_proto::v1::{
-    AckResult, Command, CommandAck, InstanceState as Reported, KillInstance, QueryInstance,
-    StopInstance,
+    AckResult, CommandAck, InstanceState as Reported, KillInstance, QueryInstance, StopInstance,
 };
 use prexor_serve::SendError;
 use prexor_store::{StoreError, Write};
+
+use crate::commands::fenced_command;
 
 use super::{CRASHED, Groups, Halt, INSTANCES, Instance, PREPARING, STARTING, STOPPED, STOPPING};
 
@@ -165,12 +166,11 @@ impl Groups {
             return Ok(recorded.len());
         }
         let outcomes = join_all(recorded.iter().map(|(instance, how, _)| {
-            let command = Command {
-                command_id: format!("{}:{}:{}", how.verb(), instance.id, instance.plan_hash),
-                scope: lease.scope().to_string(),
-                fence_token: lease.token(),
-                action: Some(how.action(&instance.id, &instance.plan_hash)),
-            };
+            let command = fenced_command(
+                lease,
+                format!("{}:{}:{}", how.verb(), instance.id, instance.plan_hash),
+                how.action(&instance.id, &instance.plan_hash),
+            );
             self.gateways.send(&instance.node, command)
         }))
         .await;
@@ -356,14 +356,13 @@ impl Groups {
         }
         let answers = join_all(overdue.iter().map(|index| {
             let instance = &instances[*index];
-            let command = Command {
-                command_id: format!("query:{}:{}:{now}", instance.id, instance.plan_hash),
-                scope: lease.scope().to_string(),
-                fence_token: lease.token(),
-                action: Some(Action::Query(QueryInstance {
+            let command = fenced_command(
+                lease,
+                format!("query:{}:{}:{now}", instance.id, instance.plan_hash),
+                Action::Query(QueryInstance {
                     instance_id: instance.id.clone(),
-                })),
-            };
+                }),
+            );
             self.gateways.send(&instance.node, command)
         }))
         .await;

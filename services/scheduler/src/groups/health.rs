@@ -9,8 +9,10 @@ use mongodb::bson::{Document, doc};
 use prexor_coord::Lease;
 use prexor_domain::{GroupSpec, InstanceState, now_ms};
 use prexor_proto::v1::command::Action;
-use prexor_proto::v1::{AckResult, Command, InstanceState as Reported};
+use prexor_proto::v1::{AckResult, InstanceState as Reported};
 use prexor_store::{StoreError, Write};
+
+use crate::commands::fenced_command;
 
 use super::{
     CONVERGENCE_GRACE, CRASH_LOOP_CRASHES, CRASH_LOOP_PAUSE, CRASH_LOOP_WINDOW, CRASHED,
@@ -76,7 +78,7 @@ impl Groups {
                 let id = n.get_str("_id").ok()?.to_string();
                 let state = n.get_str("state").ok()?;
                 let since = n.get_i64("disconnectedAtMs").unwrap_or(0);
-                (state != "ONLINE"
+                (state != prexor_model::nodes::NodeState::Online.as_str()
                     && since > 0
                     && now - since > DISCONNECT_GRACE.as_millis() as i64)
                     .then(|| (id, state.to_string()))
@@ -113,7 +115,7 @@ impl Groups {
             let state = reported
                 .and_then(|r| r.get_str("state").ok())
                 .unwrap_or_default();
-            if matches!(state, "STOPPED" | "CRASHED") {
+            if prexor_model::instances::has_ended(state) {
                 self.write(lease, vec![Write::delete_one(STRAYS, doc! { "_id": id })])
                     .await?;
                 continue;
@@ -148,15 +150,14 @@ impl Groups {
             }
             let instance = stray.get_str("instanceId").unwrap_or_default().to_owned();
             let node = stray.get_str("nodeId").unwrap_or_default().to_owned();
-            let command = Command {
-                command_id: format!("kill-stray:{id}:{plan}"),
-                scope: lease.scope().to_string(),
-                fence_token: lease.token(),
-                action: Some(Action::Kill(prexor_proto::v1::KillInstance {
+            let command = fenced_command(
+                lease,
+                format!("kill-stray:{id}:{plan}"),
+                Action::Kill(prexor_proto::v1::KillInstance {
                     instance_id: instance.clone(),
                     plan_hash: plan.to_owned(),
-                })),
-            };
+                }),
+            );
             kills.push((id.to_owned(), plan.to_owned(), instance, node, command));
         }
         prexor_serve::failpoint::hit("scheduler.before-halt-send");

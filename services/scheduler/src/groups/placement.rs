@@ -1,19 +1,33 @@
 //! Placing an instance: a node with the labels, memory and a free port, reserved in one fenced
 //! write together with the persisted plan (layers of the group's templates and modules, files,
 //! the workload token), so a new holder dispatches the same plan and never re-plans.
+//!
+//! The choice itself is [`placement::solve`]'s, over a view read here; this module reads, writes
+//! and retries when another replica wins a port or the memory first.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use mongodb::bson::{Bson, Document, doc};
 use prexor_coord::Lease;
 use prexor_domain::{GroupSpec, now_ms};
-use prexor_store::{INSTANCE_PLANS, StoreError, Write};
+use prexor_model::decode_each;
+use prexor_model::instances::{INSTANCE_PLANS, InstanceRecord, PlanLayer};
+use prexor_model::nodes::{NodeAllocation, NodeRecord, PortReservation};
+use prexor_model::workflows::ModuleState;
+use prexor_model::workflows::modules::ModuleRecord;
+use prexor_store::{StoreError, Write};
 use sha2::{Digest, Sha256};
+
+use crate::placement;
 
 use super::{
     DRAINING, Groups, INSTANCES, Instance, NODE_ALLOCATIONS, NODES, PORT_RESERVATIONS, PREPARING,
     RUNNING, SCHEDULED, STARTING, STOPPING,
 };
+
+/// Nodes, and ports on each, a placement tries when other replicas win the race for them.
+const PLACEMENT_NODE_TRIES: usize = 3;
+const PLACEMENT_PORT_TRIES: usize = 3;
 
 /// The instance's credential for the workload endpoints (`pxw.<instance>.<secret>`), handed to
 /// the server in its environment; only its hash is kept with the instance record.
@@ -29,7 +43,7 @@ pub(super) fn plan_doc(
     id: &str,
     port: u16,
     token: &str,
-    modules: &[Document],
+    modules: &[PlanLayer],
 ) -> Document {
     let mut env: Document = spec
         .env
@@ -49,7 +63,11 @@ pub(super) fn plan_doc(
             .templates
             .iter()
             .map(|t| Bson::Document(doc! { "hash": &t.hash, "name": &t.name }))
-            .chain(modules.iter().cloned().map(Bson::Document))
+            .chain(
+                modules
+                    .iter()
+                    .map(|m| Bson::Document(doc! { "hash": &m.hash, "name": &m.name })),
+            )
             .collect::<Vec<_>>(),
         "instance": id,
     }
@@ -63,8 +81,9 @@ pub(super) fn plan_hash(plan: &Document, id: &str, attempt: i64, revision: i64) 
 }
 
 impl Groups {
-    /// Places `id` (attempt `attempt`): picks a node and a free port, and in one fenced write
-    /// reserves memory and port and persists the plan. `None` when no node fits now.
+    /// Places `id` (attempt `attempt`): reads the candidate nodes, lets [`placement::solve`]
+    /// pick a node and a free port, and in one fenced write reserves memory and port and persists
+    /// the plan. `None` when no node fits now.
     pub(super) async fn place(
         &self,
         group: &str,
@@ -77,230 +96,176 @@ impl Groups {
         let Some(module_layers) = self.module_layers(group, spec).await? else {
             return Ok(None);
         };
-        let nodes: Vec<Document> = self
-            .store
-            .find_all(
-                NODES,
-                "listing nodes",
-                doc! { "state": "ONLINE", "cordoned": { "$ne": true } },
-            )
-            .await?;
-        let allocations: HashMap<String, i64> = self
-            .store
-            .find_all(NODE_ALLOCATIONS, "reading node allocations", doc! {})
-            .await?
-            .into_iter()
-            .filter_map(|d| {
-                Some((
-                    d.get_str("_id").ok()?.to_string(),
-                    d.get_i64("reservedMb").unwrap_or(0),
-                ))
-            })
-            .collect();
-        let need = spec.memory_mb as i64;
-        let mut candidates: Vec<(String, i64)> = nodes
-            .iter()
-            .filter(|n| {
-                let labels = n.get_document("labels").ok();
-                let has = |k: &String, v: &String| {
-                    labels.and_then(|l| l.get_str(k).ok()) == Some(v.as_str())
-                };
-                spec.affinity.iter().all(|(k, v)| has(k, v))
-                    && !spec.anti_affinity.iter().any(|(k, v)| has(k, v))
-            })
-            .filter_map(|n| {
-                let node = n.get_str("_id").ok()?.to_string();
-                let allocatable = n
-                    .get_document("resources")
-                    .ok()?
-                    .get_i64("memoryAllocatableMb")
-                    .ok()?;
-                let free = allocatable - allocations.get(&node).copied().unwrap_or(0);
-                (free >= need).then_some((node, allocatable))
-            })
-            .collect();
-        if candidates.is_empty() {
+        let mut cluster = self.placement_view(group).await?;
+        let request = placement::Request::of(spec);
+        let need = request.memory_mb;
+        let mut next = placement::solve(&cluster, &request);
+        if let Err(why) = &next {
             tracing::warn!(
                 group,
                 instance = id,
                 need_mb = need,
+                %why,
                 "no online node has room for the instance"
             );
             return Ok(None);
         }
-        // Score: fewest instances of this group on the node (spread), then most free memory,
-        // then fewest instances in all.
-        let running = self
-            .store
-            .find_all(
+        // Another replica placing on the same nodes can win a port or the memory between the
+        // read and the write: the next port, then the next node, a few times each; past that the
+        // next tick reads afresh.
+        let mut nodes_tried = 0;
+        let mut ports_tried = 0;
+        let mut current: Option<String> = None;
+        while let Ok(choice) = next {
+            if current.as_deref() != Some(choice.node.as_str()) {
+                if nodes_tried == PLACEMENT_NODE_TRIES {
+                    break;
+                }
+                nodes_tried += 1;
+                ports_tried = 0;
+                current = Some(choice.node.clone());
+                self.store
+                    .bounded(
+                        "preparing a node allocation record",
+                        self.store
+                            .documents(NODE_ALLOCATIONS)
+                            .update_one(
+                                doc! { "_id": &choice.node },
+                                doc! { "$setOnInsert": { "reservedMb": 0_i64 } },
+                            )
+                            .upsert(true),
+                    )
+                    .await?;
+            }
+            ports_tried += 1;
+            let (node, port) = (choice.node.as_str(), choice.port);
+            let token = workload_token(id);
+            let plan = plan_doc(group, spec, id, port, &token, &module_layers);
+            let plan_hash = plan_hash(&plan, id, attempt, revision);
+            // Everything decided, nothing written: a pause here (the stale-write test stops the
+            // process at this point) makes the write below arrive with a deposed token.
+            prexor_serve::failpoint::hit("scheduler.before-placement-write");
+            let placed = self
+                .write(
+                    lease,
+                    vec![
+                        Write::update_one(
+                            NODE_ALLOCATIONS,
+                            doc! { "_id": node, "reservedMb": { "$lte": choice.allocatable_mb - need } },
+                            doc! { "$inc": { "reservedMb": need } },
+                        )
+                        .require_match(),
+                        // An expired block on this port goes in the same transaction (never a
+                        // plain multi-document delete on a collection transactions write).
+                        Write::delete_one(
+                            PORT_RESERVATIONS,
+                            doc! { "_id": format!("{node}:{port}"), "blockedUntilMs": { "$lt": now_ms() } },
+                        ),
+                        Write::insert(
+                            PORT_RESERVATIONS,
+                            doc! { "_id": format!("{node}:{port}"), "nodeId": node, "port": i64::from(port), "group": group, "instance": id },
+                        ),
+                        Write::update_one(
+                            INSTANCE_PLANS,
+                            doc! { "_id": id },
+                            doc! { "$set": {
+                                "group": group,
+                                "planHash": &plan_hash,
+                                "plan": plan.clone(),
+                            } },
+                        )
+                        .upsert(),
+                        Write::update_one(
+                            INSTANCES,
+                            doc! { "_id": id },
+                            doc! { "$set": {
+                                "group": group,
+                                "nodeId": node,
+                                "state": SCHEDULED,
+                                "planHash": &plan_hash,
+                                "port": i64::from(port),
+                                "memoryMb": need,
+                                "attempt": attempt,
+                                "revision": revision,
+                                "workloadTokenHash": prexor_domain::sha256_hex(token.as_bytes()),
+                                "specHash": spec.hash(),
+                                "nextAttemptAtMs": 0_i64,
+                                "scheduledAtMs": now_ms(),
+                            }, "$unset": { "plan": "" } },
+                        )
+                        .upsert(),
+                    ],
+                )
+                .await;
+            match placed {
+                Ok(()) => {
+                    // The plan is persisted, not yet dispatched: a new holder must dispatch
+                    // exactly this plan (the placement-time failover test dies here).
+                    prexor_serve::failpoint::hit("scheduler.after-plan-persisted");
+                    metrics::counter!("prexor_scheduler_placements_total").increment(1);
+                    tracing::info!(group, instance = id, %node, port, attempt, "placed");
+                    self.state_changed(group, id, SCHEDULED, node).await;
+                    return Ok(Some(Instance {
+                        id: id.to_string(),
+                        group: group.to_string(),
+                        spec_hash: spec.hash(),
+                        node: node.to_string(),
+                        state: SCHEDULED.into(),
+                        plan_hash,
+                        port,
+                        memory_mb: need as u64,
+                        attempt,
+                        next_attempt_at_ms: 0,
+                        dispatch_retries: 0,
+                        drain_until_ms: 0,
+                        state_at_ms: now_ms(),
+                        halt: None,
+                        stop_reason: String::new(),
+                        plan: Some(plan),
+                        reported_state: None,
+                        reported_plan_hash: None,
+                        reported_detail: String::new(),
+                    }));
+                }
+                // Another replica took that port meanwhile: the next one, a few times.
+                Err(err) if err.is_duplicate_key() => {
+                    cluster.hold_port(node, port);
+                    if ports_tried == PLACEMENT_PORT_TRIES {
+                        cluster.exclude(&choice.node);
+                    }
+                }
+                // ...or the memory: the next node.
+                Err(StoreError::Precondition { .. }) => cluster.exclude(&choice.node),
+                Err(err) => return Err(err.into()),
+            }
+            next = placement::solve(&cluster, &request);
+        }
+        Ok(None)
+    }
+
+    /// What [`placement::solve`] chooses from, read from the store (not the tick's snapshot:
+    /// every placement of a tick must see the reservations of the ones before it).
+    async fn placement_view(&self, group: &str) -> Result<placement::Cluster, StoreError> {
+        let (nodes, allocations, active, reservations) = tokio::try_join!(
+            self.store.find_all(NODES, "listing nodes", doc! {}),
+            self.store
+                .find_all(NODE_ALLOCATIONS, "reading node allocations", doc! {}),
+            self.store.find_all(
                 INSTANCES,
                 "counting instances per node",
                 doc! { "state": { "$in": [SCHEDULED, PREPARING, STARTING, RUNNING, DRAINING, STOPPING] } },
-            )
-            .await?;
-        let count_on = |node: &str, only_group: bool| {
-            running
-                .iter()
-                .filter(|i| i.get_str("nodeId") == Ok(node))
-                .filter(|i| !only_group || i.get_str("group") == Ok(group))
-                .count()
-        };
-        candidates.sort_by_key(|(node, allocatable)| {
-            (
-                count_on(node, true),
-                std::cmp::Reverse(allocatable - allocations.get(node).copied().unwrap_or(0)),
-                count_on(node, false),
-            )
-        });
-        for (node, allocatable) in candidates.into_iter().take(3) {
+            ),
             self.store
-                .bounded(
-                    "preparing a node allocation record",
-                    self.store
-                        .documents(NODE_ALLOCATIONS)
-                        .update_one(
-                            doc! { "_id": &node },
-                            doc! { "$setOnInsert": { "reservedMb": 0_i64 } },
-                        )
-                        .upsert(true),
-                )
-                .await?;
-            // Nodes on one host share its ports.
-            let host = nodes
-                .iter()
-                .find(|n| n.get_str("_id") == Ok(node.as_str()))
-                .and_then(|n| n.get_str("hostId").ok())
-                .filter(|h| !h.is_empty());
-            let neighbours: Vec<String> = match host {
-                Some(host) => self
-                    .store
-                    .find_projected(
-                        NODES,
-                        "listing the nodes of a host",
-                        doc! { "hostId": host },
-                        doc! { "_id": 1 },
-                    )
-                    .await?
-                    .iter()
-                    .filter_map(|n| n.get_str("_id").ok().map(str::to_owned))
-                    .collect(),
-                None => vec![node.clone()],
-            };
-            let used: HashSet<i64> = self
-                .store
-                .find_all(
-                    PORT_RESERVATIONS,
-                    "reading port reservations",
-                    doc! { "nodeId": { "$in": neighbours } },
-                )
-                .await?
-                .iter()
-                // An expired block (a foreign process held the port) no longer counts.
-                .filter(|d| {
-                    d.get_i64("blockedUntilMs")
-                        .map_or(true, |until| until >= now_ms())
-                })
-                .filter_map(|d| d.get_i64("port").ok())
-                .collect();
-            let ports = (spec.port_range.from..=spec.port_range.to)
-                .filter(|p| !used.contains(&i64::from(*p)));
-            for port in ports.take(3) {
-                let token = workload_token(id);
-                let plan = plan_doc(group, spec, id, port, &token, &module_layers);
-                let plan_hash = plan_hash(&plan, id, attempt, revision);
-                // Everything decided, nothing written: a pause here (the stale-write test stops
-                // the process at this point) makes the write below arrive with a deposed token.
-                prexor_serve::failpoint::hit("scheduler.before-placement-write");
-                let placed = self
-                    .write(
-                        lease,
-                        vec![
-                            Write::update_one(
-                                NODE_ALLOCATIONS,
-                                doc! { "_id": &node, "reservedMb": { "$lte": allocatable - need } },
-                                doc! { "$inc": { "reservedMb": need } },
-                            )
-                            .require_match(),
-                            // An expired block on this port goes in the same transaction (never
-                            // a plain multi-document delete on a collection transactions write).
-                            Write::delete_one(
-                                PORT_RESERVATIONS,
-                                doc! { "_id": format!("{node}:{port}"), "blockedUntilMs": { "$lt": now_ms() } },
-                            ),
-                            Write::insert(
-                                PORT_RESERVATIONS,
-                                doc! { "_id": format!("{node}:{port}"), "nodeId": &node, "port": i64::from(port), "group": group, "instance": id },
-                            ),
-                            Write::update_one(
-                                INSTANCE_PLANS,
-                                doc! { "_id": id },
-                                doc! { "$set": {
-                                    "group": group,
-                                    "planHash": &plan_hash,
-                                    "plan": plan.clone(),
-                                } },
-                            )
-                            .upsert(),
-                            Write::update_one(
-                                INSTANCES,
-                                doc! { "_id": id },
-                                doc! { "$set": {
-                                    "group": group,
-                                    "nodeId": &node,
-                                    "state": SCHEDULED,
-                                    "planHash": &plan_hash,
-                                    "port": i64::from(port),
-                                    "memoryMb": need,
-                                    "attempt": attempt,
-                                    "revision": revision,
-                                    "workloadTokenHash": prexor_domain::sha256_hex(token.as_bytes()),
-                                    "specHash": spec.hash(),
-                                    "nextAttemptAtMs": 0_i64,
-                                    "scheduledAtMs": now_ms(),
-                                }, "$unset": { "plan": "" } },
-                            )
-                            .upsert(),
-                        ],
-                    )
-                    .await;
-                match placed {
-                    Ok(()) => {
-                        // The plan is persisted, not yet dispatched: a new holder must dispatch
-                        // exactly this plan (the placement-time failover test dies here).
-                        prexor_serve::failpoint::hit("scheduler.after-plan-persisted");
-                        metrics::counter!("prexor_scheduler_placements_total").increment(1);
-                        tracing::info!(group, instance = id, %node, port, attempt, "placed");
-                        self.state_changed(group, id, SCHEDULED, &node).await;
-                        return Ok(Some(Instance {
-                            id: id.to_string(),
-                            group: group.to_string(),
-                            spec_hash: spec.hash(),
-                            node: node.clone(),
-                            state: SCHEDULED.into(),
-                            plan_hash,
-                            port,
-                            memory_mb: need as u64,
-                            attempt,
-                            next_attempt_at_ms: 0,
-                            dispatch_retries: 0,
-                            drain_until_ms: 0,
-                            state_at_ms: now_ms(),
-                            halt: None,
-                            stop_reason: String::new(),
-                            plan: Some(plan),
-                            reported_state: None,
-                            reported_plan_hash: None,
-                            reported_detail: String::new(),
-                        }));
-                    }
-                    // Another replica took that port or the memory meanwhile: try the next.
-                    Err(err) if err.is_duplicate_key() => continue,
-                    Err(StoreError::Precondition { .. }) => break,
-                    Err(err) => return Err(err.into()),
-                }
-            }
-        }
-        Ok(None)
+                .find_all(PORT_RESERVATIONS, "reading port reservations", doc! {}),
+        )?;
+        Ok(cluster_view(
+            group,
+            &decode_each(NODES, nodes),
+            &decode_each(NODE_ALLOCATIONS, allocations),
+            &decode_each(INSTANCES, active),
+            &decode_each(PORT_RESERVATIONS, reservations),
+            now_ms(),
+        ))
     }
 
     /// The active version of each module the group attaches, as plan layers; `None` (nothing is
@@ -309,34 +274,160 @@ impl Groups {
         &self,
         group: &str,
         spec: &GroupSpec,
-    ) -> anyhow::Result<Option<Vec<Document>>> {
+    ) -> anyhow::Result<Option<Vec<PlanLayer>>> {
         if spec.modules.is_empty() {
             return Ok(Some(Vec::new()));
         }
-        let found = self
-            .store
-            .find_all(
-                crate::modules::MODULES,
-                "reading the group's modules",
-                doc! { "_id": { "$in": &spec.modules } },
-            )
-            .await?;
+        let found: Vec<ModuleRecord> = decode_each(
+            crate::modules::MODULES,
+            self.store
+                .find_all(
+                    crate::modules::MODULES,
+                    "reading the group's modules",
+                    doc! { "_id": { "$in": &spec.modules } },
+                )
+                .await?,
+        );
         let mut layers = Vec::new();
         for name in &spec.modules {
             let active = found
                 .iter()
-                .find(|m| m.get_str("_id") == Ok(name.as_str()))
-                .filter(|m| m.get_str("state") == Ok("ACTIVE"))
-                .and_then(|m| m.get_document("active").ok());
+                .find(|m| m.name == *name)
+                .filter(|m| m.state == ModuleState::Active)
+                .and_then(|m| m.active.as_ref());
             let Some(active) = active else {
                 tracing::warn!(group, module = %name, "the group attaches a module that is not installed; nothing is placed");
                 return Ok(None);
             };
-            layers.push(doc! {
-                "hash": active.get_str("hash").unwrap_or_default(),
-                "name": format!("module {name}@{}", active.get_str("version").unwrap_or("?")),
+            layers.push(PlanLayer {
+                hash: active.hash.clone(),
+                name: format!("module {name}@{}", active.version),
             });
         }
         Ok(Some(layers))
+    }
+}
+
+/// The placement view for group `group`, from the records [`Groups::placement_view`] read:
+/// every node (in the order read), their allocations and active instances, and the port
+/// reservations (a block that expired before `now` no longer holds its port).
+fn cluster_view(
+    group: &str,
+    nodes: &[NodeRecord],
+    allocations: &[NodeAllocation],
+    active: &[InstanceRecord],
+    reservations: &[PortReservation],
+    now: i64,
+) -> placement::Cluster {
+    let reserved: HashMap<&str, i64> = allocations
+        .iter()
+        .map(|a| (a.id.as_str(), a.reserved_mb))
+        .collect();
+    let mut counts: HashMap<&str, (usize, usize)> = HashMap::new();
+    for instance in active {
+        let count = counts.entry(instance.node_id.as_str()).or_default();
+        count.0 += usize::from(instance.group == group);
+        count.1 += 1;
+    }
+    let views = nodes
+        .iter()
+        .map(|n| {
+            let (group_instances, instances) =
+                counts.get(n.id.as_str()).copied().unwrap_or_default();
+            placement::NodeView {
+                id: n.id.clone(),
+                online: n.is_online(),
+                cordoned: n.cordoned,
+                host: Some(n.host_id.clone()).filter(|h| !h.is_empty()),
+                labels: n.labels.clone(),
+                allocatable_mb: n.resources.as_ref().map(|r| r.memory_allocatable_mb),
+                reserved_mb: reserved.get(n.id.as_str()).copied().unwrap_or(0),
+                group_instances,
+                instances,
+            }
+        })
+        .collect();
+    let held = reservations
+        .iter()
+        // An expired block (a foreign process held the port) no longer counts.
+        .filter(|r| r.blocked_until_ms.is_none_or(|until| until >= now))
+        .filter_map(|r| Some((r.node_id.clone(), u16::try_from(r.port).ok()?)));
+    placement::Cluster::new(views, held)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::placement::{NodeView, PortDomain};
+
+    #[test]
+    fn the_view_reads_what_placement_decides_on() {
+        let nodes = [
+            doc! {
+                "_id": "a", "state": "ONLINE", "hostId": "h1",
+                "labels": { "zone": "eu", "weight": 3_i64 },
+                "resources": { "memoryAllocatableMb": 8192_i64 },
+            },
+            doc! { "_id": "b", "state": "OFFLINE", "hostId": "h1", "cordoned": false },
+            doc! {
+                "_id": "c", "state": "ONLINE", "hostId": "", "cordoned": true,
+                "resources": { "memoryAllocatableMb": 4096_i32 },
+            },
+        ];
+        let allocations = [doc! { "_id": "a", "reservedMb": 1024_i64 }];
+        let active = [
+            doc! { "_id": "lobby-1", "group": "lobby", "nodeId": "a" },
+            doc! { "_id": "game-1", "group": "game", "nodeId": "a" },
+            doc! { "_id": "game-2", "group": "game", "nodeId": "c" },
+        ];
+        let reservations = [
+            doc! { "_id": "b:25565", "nodeId": "b", "port": 25565_i64 },
+            doc! { "_id": "c:25566", "nodeId": "c", "port": 25566_i64 },
+            doc! { "_id": "a:25567", "nodeId": "a", "port": 25567_i64, "blockedUntilMs": 2_000_i64 },
+            doc! { "_id": "a:25568", "nodeId": "a", "port": 25568_i64, "blockedUntilMs": 999_i64 },
+            doc! { "_id": "a:70000", "nodeId": "a", "port": 70_000_i64 },
+        ];
+        let view = cluster_view(
+            "lobby",
+            &decode_each(NODES, nodes),
+            &decode_each(NODE_ALLOCATIONS, allocations),
+            &decode_each(INSTANCES, active),
+            &decode_each(PORT_RESERVATIONS, reservations),
+            1_000,
+        );
+
+        assert_eq!(
+            view.nodes[0],
+            NodeView {
+                id: "a".into(),
+                online: true,
+                cordoned: false,
+                host: Some("h1".into()),
+                // A label that is not a string matches no selector.
+                labels: [("zone".to_owned(), "eu".to_owned())].into(),
+                allocatable_mb: Some(8192),
+                reserved_mb: 1024,
+                group_instances: 1,
+                instances: 2,
+            }
+        );
+        assert!(!view.nodes[1].online && !view.nodes[1].cordoned);
+        // An empty host is none; memory stored as a 32-bit integer reads as well.
+        let c = &view.nodes[2];
+        assert!(c.cordoned && c.host.is_none());
+        assert_eq!(c.allocatable_mb, Some(4096));
+        assert_eq!((c.group_instances, c.instances), (0, 1));
+        // b's port is its host's (a's too), a block held until later counts, an expired one
+        // does not.
+        assert_eq!(
+            view.ports_in_use[&PortDomain::Host("h1".into())],
+            BTreeSet::from([25565, 25567])
+        );
+        assert_eq!(
+            view.ports_in_use[&PortDomain::Node("c".into())],
+            BTreeSet::from([25566])
+        );
     }
 }

@@ -3,10 +3,12 @@
 
 use std::collections::HashSet;
 
-use mongodb::bson::doc;
+use mongodb::bson::{Document, doc};
 use prexor_coord::Lease;
 use prexor_domain::{GroupSpec, ScalingMode};
-use prexor_store::{GROUPS, Write};
+use prexor_model::groups::GROUPS;
+use prexor_model::instances::InstanceRequest;
+use prexor_store::Write;
 
 use super::{GROUP_STATE, Groups, Halt, INSTANCE_REQUESTS, Instance, STOPPING, Snapshot};
 
@@ -25,17 +27,27 @@ impl Groups {
     ) -> anyhow::Result<()> {
         let players = &snap.players;
         for request in snap.requests.get(name).into_iter().flatten() {
-            let Ok(id) = request.get_str("_id") else {
-                continue;
+            // An unreadable request stays (every tick says so); the group's others go on.
+            let request: InstanceRequest =
+                match prexor_model::decode(INSTANCE_REQUESTS, Document::clone(request)) {
+                    Ok(request) => request,
+                    Err(err) => {
+                        tracing::warn!(group = name, "{err}; skipped");
+                        continue;
+                    }
+                };
+            let id = request.id.as_str();
+            let target = request.instance.as_deref().unwrap_or_default();
+            let by = match request.by.as_str() {
+                "" => "an operator",
+                by => by,
             };
-            let done = match request.get_str("action").unwrap_or_default() {
+            let done = match request.action.as_str() {
                 "drain" => {
                     // A node drain: the instance leaves like a surplus one (draining first).
-                    let target = request.get_str("instance").unwrap_or_default();
                     match instances.iter().find(|i| i.id == target && i.is_active()) {
                         Some(instance) if instance.state == STOPPING => true,
                         Some(instance) => {
-                            let by = request.get_str("by").unwrap_or("an operator");
                             let players = players.get(target).copied().unwrap_or(0);
                             self.retire(name, spec, lease, instance, players, by)
                                 .await?
@@ -44,7 +56,6 @@ impl Groups {
                     }
                 }
                 action @ ("stop" | "kill") => {
-                    let target = request.get_str("instance").unwrap_or_default();
                     match instances.iter().find(|i| i.id == target && i.is_active()) {
                         Some(instance) if instance.state == STOPPING && action == "stop" => true,
                         Some(instance) => {
@@ -55,7 +66,6 @@ impl Groups {
                                     grace_s: spec.stop_grace_seconds,
                                 }
                             };
-                            let by = request.get_str("by").unwrap_or("an operator");
                             self.stop(
                                 name,
                                 lease,

@@ -1,6 +1,7 @@
 //! What a tick reads: every collection the group needs, read once (from the change-stream
 //! mirror, or from MongoDB) and indexed by group and id.
 
+use prexor_model::workflows::DeploymentState;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -102,7 +103,7 @@ impl SnapshotReads {
             store.find_all(
                 deployments::DEPLOYMENTS,
                 "reading deployments",
-                scoped(doc! { "state": "ROLLING" })
+                scoped(doc! { "state": DeploymentState::Rolling })
             ),
         )?;
         let shared = |docs: Vec<Document>| docs.into_iter().map(Arc::new).collect();
@@ -151,7 +152,7 @@ impl SnapshotReads {
             requests: of_held(INSTANCE_REQUESTS, &|_| true),
             loads: of_held(INSTANCE_LOAD, &|_| true),
             deployments: of_held(deployments::DEPLOYMENTS, &|d| {
-                d.get_str("state") == Ok("ROLLING")
+                DeploymentState::of(d, "state") == Some(DeploymentState::Rolling)
             }),
         }
     }

@@ -8,9 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use prexor_domain::now_secs;
 use prexor_pki::ServiceNames;
-use prexor_pki::client::{ServiceSigner, issue_service_certificate};
 use prexor_pki::tls::{CertSlot, certified_key};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -19,6 +17,11 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::readiness::Readiness;
+
+#[cfg(feature = "cluster")]
+mod keep;
+#[cfg(feature = "cluster")]
+pub use keep::{Wanted, keep_certificate};
 
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,86 +104,6 @@ fn not_installed(state: &CertState, reason: String) {
     }
 }
 
-/// The certificate a replica asks the CA for.
-#[derive(Debug, Clone)]
-pub struct Wanted {
-    /// The service kind (`api`, `gateway`, ...).
-    pub kind: &'static str,
-    pub replica_id: String,
-    pub names: ServiceNames,
-}
-
-/// The serial of a certificate chain's leaf.
-fn leaf_serial(key: &rustls::sign::CertifiedKey) -> Option<String> {
-    let leaf = key.cert.first()?;
-    prexor_pki::CertInfo::parse(leaf.as_ref())
-        .ok()
-        .map(|info| info.serial)
-}
-
-/// Obtains this replica's certificate ([`Wanted`]) from a CA replica and renews it at two
-/// thirds of its lifetime, swapping it into `slot`; once the renewed one is in place, the one
-/// it replaced is revoked in the ledger (`store`), so a renewal leaves one valid certificate per
-/// use. `purpose` labels the expiry metric (`prexor_tls_certificate_not_after_seconds{use}`).
-pub async fn keep_certificate(
-    signer: Arc<dyn ServiceSigner>,
-    store: prexor_store::Store,
-    wanted: Wanted,
-    slot: Arc<CertSlot>,
-    state: CertState,
-    purpose: &'static str,
-    shutdown: CancellationToken,
-) {
-    // A replaced certificate not yet revoked (MongoDB did not answer): (old, new).
-    let mut replaced: Option<(String, String)> = None;
-    loop {
-        let mut wait = match issue_service_certificate(
-            signer.as_ref(),
-            wanted.kind,
-            &wanted.replica_id,
-            &wanted.names,
-        )
-        .await
-        {
-            Ok((key, not_after)) => {
-                let due = key
-                    .cert
-                    .first()
-                    .and_then(|leaf| prexor_pki::CertInfo::parse(leaf.as_ref()).ok())
-                    .map_or(not_after, |info| prexor_pki::renewal_due(&info));
-                let old = slot.current().and_then(|k| leaf_serial(&k));
-                let new = leaf_serial(&key);
-                installed(&slot, &state, purpose, key, not_after);
-                tracing::info!(not_after, purpose, "certificate issued by the cluster CA");
-                if let (Some(old), Some(new)) = (old, new)
-                    && old != new
-                {
-                    replaced = Some((old, new));
-                }
-                Duration::from_secs((due - now_secs()).max(5) as u64)
-            }
-            Err(reason) => {
-                tracing::warn!(purpose, "no certificate yet: {reason}");
-                not_installed(&state, reason);
-                RETRY
-            }
-        };
-        if let Some((old, new)) = &replaced {
-            match prexor_pki::records::supersede(&store, old, new).await {
-                Ok(()) => replaced = None,
-                Err(err) => {
-                    tracing::warn!(purpose, %old, "the replaced certificate is not revoked yet, retrying: {err}");
-                    wait = wait.min(RETRY);
-                }
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
-}
-
 /// Serves the certificate and key an operator provides (PEM files), re-reading them whenever
 /// either file changes: replace the files, and new connections get the new certificate.
 pub async fn watch_files(
@@ -204,7 +127,7 @@ pub async fn watch_files(
                 }
                 Err(reason) => {
                     tracing::warn!("{reason}");
-                    not_installed(&state, reason);
+                    not_installed(&state, reason.to_string());
                 }
             }
         }
@@ -216,22 +139,54 @@ pub async fn watch_files(
     }
 }
 
+/// Why operator-provided certificate files cannot be served.
+#[derive(Debug, thiserror::Error)]
+enum CertFileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{cert} with {key}: {source}")]
+    Pair {
+        cert: String,
+        key: String,
+        source: prexor_pki::PkiError,
+    },
+    #[error("{0} holds no certificate")]
+    Empty(String),
+    #[error("{cert}: {source}")]
+    Leaf {
+        cert: String,
+        source: prexor_pki::PkiError,
+    },
+}
+
 fn load_files(
     cert: &PathBuf,
     key: &PathBuf,
-) -> Result<(Arc<rustls::sign::CertifiedKey>, i64), String> {
+) -> Result<(Arc<rustls::sign::CertifiedKey>, i64), CertFileError> {
     let read = |path: &PathBuf| {
-        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        std::fs::read_to_string(path).map_err(|source| CertFileError::Read {
+            path: path.display().to_string(),
+            source,
+        })
     };
     let (chain, key_pem) = (read(cert)?, read(key)?);
-    let certified = certified_key(&chain, &key_pem)
-        .map_err(|e| format!("{} with {}: {e}", cert.display(), key.display()))?;
+    let certified = certified_key(&chain, &key_pem).map_err(|source| CertFileError::Pair {
+        cert: cert.display().to_string(),
+        key: key.display().to_string(),
+        source,
+    })?;
     let leaf = certified
         .cert
         .first()
-        .ok_or_else(|| format!("{} holds no certificate", cert.display()))?;
-    let info = prexor_pki::CertInfo::parse(leaf.as_ref())
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
+        .ok_or_else(|| CertFileError::Empty(cert.display().to_string()))?;
+    let info =
+        prexor_pki::CertInfo::parse(leaf.as_ref()).map_err(|source| CertFileError::Leaf {
+            cert: cert.display().to_string(),
+            source,
+        })?;
     Ok((certified, info.not_after))
 }
 

@@ -5,39 +5,75 @@
 
 use mongodb::bson::{self, Document, doc};
 use prexor_domain::{GroupSpec, now_ms};
+use serde::{Deserialize, Serialize};
 
-use crate::{Store, StoreError};
+use prexor_store::{Store, StoreError};
 
 pub const GROUPS: &str = "groups";
-/// One record per instance: where it runs, its state, what its node reports.
-pub const INSTANCES: &str = "instances";
-/// The composition plan of each instance (`_id` = instance id, with its `planHash`): written in
-/// the same transaction as the instance record, kept apart because plans are large and only
-/// dispatching one reads it, while every scheduler tick reads every instance record.
-pub const INSTANCE_PLANS: &str = "instance_plans";
+/// What a group's lease holder keeps about the group besides its instances (`_id` = group
+/// name): crash-loop pauses, the scaling decision, placement halts.
+pub const GROUP_STATE: &str = "group_state";
 
 /// A group as stored.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct GroupRecord {
+    #[serde(rename = "_id")]
     pub name: String,
     pub spec: GroupSpec,
+    #[serde(default = "first_revision")]
     pub revision: i64,
+    /// Marked for deletion: its holder stops the instances, then removes the record.
+    #[serde(default)]
     pub deleting: bool,
+    #[serde(default)]
     pub created_at_ms: i64,
+    #[serde(default)]
     pub updated_at_ms: i64,
+}
+
+fn first_revision() -> i64 {
+    1
 }
 
 impl GroupRecord {
     /// `None` when the stored spec no longer parses (written by a newer version, say).
     pub fn from_doc(doc: &Document) -> Option<GroupRecord> {
-        Some(GroupRecord {
-            name: doc.get_str("_id").ok()?.to_owned(),
-            spec: bson::from_document(doc.get_document("spec").ok()?.clone()).ok()?,
-            revision: doc.get_i64("revision").unwrap_or(1),
-            deleting: doc.get_bool("deleting").unwrap_or(false),
-            created_at_ms: doc.get_i64("createdAtMs").unwrap_or(0),
-            updated_at_ms: doc.get_i64("updatedAtMs").unwrap_or(0),
-        })
+        bson::from_document(doc.clone()).ok()
+    }
+}
+
+/// What a group's lease holder keeps about it ([`GROUP_STATE`], `_id` = group name). Every
+/// field is absent until the holder first needs it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupStateRecord {
+    #[serde(rename = "_id")]
+    pub group: String,
+    /// A crash loop pauses new placements until then...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_until_ms: Option<i64>,
+    /// ...for a time that doubles with each level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_level: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<String>,
+    /// DYNAMIC: the instance count the holder scales to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_target: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_at_ms: Option<i64>,
+    /// DYNAMIC: low load counted since then (scaled down once it lasted long enough).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_since_ms: Option<i64>,
+}
+
+impl GroupStateRecord {
+    /// The pause in force at `now` (until, reason).
+    pub fn paused_at(&self, now: i64) -> Option<(i64, Option<&str>)> {
+        self.paused_until_ms
+            .filter(|until| *until > now)
+            .map(|until| (until, self.pause_reason.as_deref()))
     }
 }
 
@@ -177,4 +213,47 @@ pub async fn mark_group_deleting(
         .as_ref()
         .and_then(GroupRecord::from_doc)
         .ok_or_else(|| GroupWriteError::Missing(name.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> Document {
+        doc! {
+            "platform": "fake", "version": "1", "command": ["true"], "memoryMb": 256_i64,
+            "portRange": { "from": 30000, "to": 30099 },
+            "minInstances": 0_i64, "maxInstances": 1_i64, "scaling": "MANUAL",
+        }
+    }
+
+    #[test]
+    fn a_group_reads_with_the_defaults_of_a_record_written_before_them() {
+        let record = GroupRecord::from_doc(&doc! { "_id": "lobby", "spec": spec() }).unwrap();
+        assert_eq!(
+            (record.name.as_str(), record.revision, record.deleting),
+            ("lobby", 1, false)
+        );
+        let record = GroupRecord::from_doc(
+            &doc! { "_id": "lobby", "spec": spec(), "revision": 4_i64, "deleting": true, "_fence": {} },
+        )
+        .unwrap();
+        assert_eq!((record.revision, record.deleting), (4, true));
+    }
+
+    #[test]
+    fn a_group_without_a_readable_spec_is_none() {
+        assert!(GroupRecord::from_doc(&doc! { "_id": "lobby" }).is_none());
+        assert!(GroupRecord::from_doc(&doc! { "_id": "lobby", "spec": { "x": 1 } }).is_none());
+    }
+
+    #[test]
+    fn a_pause_counts_only_until_it_ends() {
+        let state: GroupStateRecord = bson::from_document(
+            doc! { "_id": "lobby", "pausedUntilMs": 100_i64, "pauseLevel": 1_i64, "pauseReason": "3 crashes" },
+        )
+        .unwrap();
+        assert_eq!(state.paused_at(99), Some((100, Some("3 crashes"))));
+        assert_eq!(state.paused_at(100), None);
+    }
 }

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use prexor_pki::records::{self, JoinError, JoinToken};
+use prexor_model::pki::{self as records, JoinError};
+use prexor_pki::JoinToken;
 use prexor_pki::{CertificateAuthority, Identity, KeyAndCsr, ServiceNames};
 use prexor_store::Store;
 use prexor_testkit::TestStores;

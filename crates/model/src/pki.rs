@@ -8,17 +8,21 @@ use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::ReturnDocument;
 use prexor_store::{Store, StoreError};
 
-use prexor_domain::{is_sha256_hex, now_ms, sha256_hex};
+use prexor_domain::now_ms;
 
-use crate::{CaCertificate, IssuedCertificate};
+use prexor_pki::{CaCertificate, IssuedCertificate, JoinToken, MalformedJoinToken};
 
-const CLUSTER_CA: &str = "cluster_ca";
-const CERTIFICATES: &str = "certificates";
-const JOIN_TOKENS: &str = "join_tokens";
+use crate::cluster::CLUSTER_SECRETS;
+
+/// The published cluster CA certificate (`_id` = [`CA_ID`]; never its key).
+pub const CLUSTER_CA: &str = "cluster_ca";
+/// Every issued certificate (`_id` = serial) with its revocation state.
+pub const CERTIFICATES: &str = "certificates";
+/// Join tokens, stored only as hashes (`_id` = hash).
+pub const JOIN_TOKENS: &str = "join_tokens";
 const CA_ID: &str = "current";
 /// How long one redemption may hold a join token before another may try again.
 const CLAIM_FOR: Duration = Duration::from_secs(60);
-const TOKEN_PREFIX: &str = "pxj1";
 
 fn i64_of(doc: &Document, key: &str) -> Option<i64> {
     match doc.get(key) {
@@ -94,14 +98,13 @@ fn random_hex() -> String {
 }
 
 /// Where the cluster's secrets live (never backed up; the api keeps its session key there too).
-const SECRETS: &str = "cluster_secrets";
 const SERVICE_ENROLMENT_ID: &str = "service-enrolment";
 
 /// The cluster's service enrolment secret (created by whichever replica asks first): a replica
 /// that can read MongoDB presents it to the CA to obtain its first service certificate. It
 /// never leaves MongoDB and the replicas' memory (not in backups, logs or the API).
 pub async fn service_enrolment_secret(store: &Store) -> Result<String, StoreError> {
-    let secrets = store.documents(SECRETS);
+    let secrets = store.documents(CLUSTER_SECRETS);
     let read = || async {
         let found = store
             .bounded(
@@ -150,8 +153,8 @@ pub async fn record_issued(
     issued_by: &str,
 ) -> Result<(), StoreError> {
     let (kind, subject) = match &issued.identity {
-        crate::Identity::Node(id) => ("node", id.clone()),
-        crate::Identity::Service { kind, replica } => (kind.as_str(), replica.clone()),
+        prexor_pki::Identity::Node(id) => ("node", id.clone()),
+        prexor_pki::Identity::Service { kind, replica } => (kind.as_str(), replica.clone()),
     };
     store
         .bounded(
@@ -381,55 +384,11 @@ pub async fn revoked_service_serials(
         .collect())
 }
 
-/// A join token as handed to an operator: `pxj1.<node id>.<secret>.<CA fingerprint>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JoinToken {
-    pub node_id: String,
-    secret: String,
-    pub ca_fingerprint: String,
-}
-
-impl JoinToken {
-    pub fn parse(token: &str) -> Result<JoinToken, JoinError> {
-        let parts: Vec<&str> = token.trim().split('.').collect();
-        match parts.as_slice() {
-            [prefix, node, secret, fingerprint]
-                if *prefix == TOKEN_PREFIX
-                    && !node.is_empty()
-                    && is_sha256_hex(secret)
-                    && is_sha256_hex(fingerprint) =>
-            {
-                Ok(JoinToken {
-                    node_id: node.to_string(),
-                    secret: secret.to_string(),
-                    ca_fingerprint: fingerprint.to_ascii_lowercase(),
-                })
-            }
-            _ => Err(JoinError::Malformed),
-        }
-    }
-
-    fn hash(&self) -> String {
-        // Join tokens are stored only as this hash.
-        sha256_hex(self.secret.as_bytes())
-    }
-}
-
-impl std::fmt::Display for JoinToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{TOKEN_PREFIX}.{}.{}.{}",
-            self.node_id, self.secret, self.ca_fingerprint
-        )
-    }
-}
-
 /// Why a join token cannot be redeemed.
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
-    #[error("the join token is malformed (expected pxj1.<node id>.<secret>.<CA fingerprint>)")]
-    Malformed,
+    #[error(transparent)]
+    Malformed(#[from] MalformedJoinToken),
     #[error(
         "the join token is not known to this cluster (mistyped, or created for another cluster)"
     )]
@@ -449,6 +408,21 @@ pub enum JoinError {
     Store(#[from] StoreError),
 }
 
+impl JoinError {
+    pub fn code(&self) -> prexor_proto::ErrorCode {
+        use prexor_proto::ErrorCode;
+        match self {
+            JoinError::Malformed(_) => ErrorCode::BadRequest,
+            JoinError::Busy => ErrorCode::Conflict,
+            JoinError::Store(err) => err.code(),
+            JoinError::Unknown
+            | JoinError::WrongNode { .. }
+            | JoinError::Expired
+            | JoinError::Used => ErrorCode::Forbidden,
+        }
+    }
+}
+
 /// A join token held by one redemption: complete it after the certificate was issued, or
 /// release it so the token can be tried again.
 #[derive(Debug)]
@@ -466,11 +440,7 @@ pub async fn create_join_token(
     ttl: Duration,
     created_by: &str,
 ) -> Result<(JoinToken, i64), StoreError> {
-    let token = JoinToken {
-        node_id: node_id.to_string(),
-        secret: random_hex(),
-        ca_fingerprint: ca.fingerprint.clone(),
-    };
+    let token = JoinToken::generate(node_id, &ca.fingerprint);
     let expires_at_ms = now_ms() + ttl.as_millis() as i64;
     store
         .bounded(
@@ -588,31 +558,4 @@ pub async fn release_join_token(store: &Store, claim: Claim) -> Result<(), Store
 fn uuid_like() -> String {
     let bytes: [u8; 16] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_parse_back_and_reject_garbage() {
-        let token = JoinToken {
-            node_id: "node-1".into(),
-            secret: "ab".repeat(32),
-            ca_fingerprint: "cd".repeat(32),
-        };
-        assert_eq!(JoinToken::parse(&token.to_string()).unwrap(), token);
-        for bad in [
-            "",
-            "pxj1.node-1",
-            &format!("pxj2.node-1.{}.{}", "ab".repeat(32), "cd".repeat(32)),
-            &format!("pxj1..{}.{}", "ab".repeat(32), "cd".repeat(32)),
-            &format!("pxj1.node-1.{}.{}", "zz".repeat(32), "cd".repeat(32)),
-        ] {
-            assert!(
-                matches!(JoinToken::parse(bad), Err(JoinError::Malformed)),
-                "{bad}"
-            );
-        }
-    }
 }

@@ -12,9 +12,9 @@ use prexor_proto::v1::{SignNodeCsrRequest, SignServiceCsrRequest, SignedCertific
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::internal::{ENROLMENT_HEADER, PeerChannels};
-use crate::tls::certified_key;
-use crate::{Identity, KeyAndCsr, ServiceNames};
+use prexor_pki::internal::{ENROLMENT_HEADER, PeerChannels};
+use prexor_pki::tls::certified_key;
+use prexor_pki::{Identity, KeyAndCsr, ServiceNames};
 use rustls::sign::CertifiedKey;
 
 /// One signing call.
@@ -31,6 +31,18 @@ pub enum SignerError {
     /// The CA refused the request itself (CSR does not match the identity, bad names).
     #[error("{0}")]
     Refused(String),
+    /// The key, CSR or the returned chain could not be made or read.
+    #[error(transparent)]
+    Pki(#[from] prexor_pki::PkiError),
+}
+
+impl SignerError {
+    pub fn code(&self) -> prexor_proto::ErrorCode {
+        match self {
+            SignerError::NoSigner { .. } => prexor_proto::ErrorCode::NoCaKey,
+            SignerError::Refused(_) | SignerError::Pki(_) => prexor_proto::ErrorCode::BadRequest,
+        }
+    }
 }
 
 /// Signs this replica's service certificate: a CA replica over the network ([`SignerClient`]),
@@ -54,14 +66,14 @@ pub struct SignerClient {
 }
 
 impl SignerClient {
-    /// `enrolment_secret`: [`crate::records::service_enrolment_secret`].
+    /// `enrolment_secret`: [`prexor_model::pki::service_enrolment_secret`].
     pub fn new(
         registry: Registry,
         channels: PeerChannels,
         enrolment_secret: &str,
-    ) -> Result<SignerClient, crate::PkiError> {
+    ) -> Result<SignerClient, prexor_pki::PkiError> {
         let enrolment = enrolment_secret.parse().map_err(|_| {
-            crate::PkiError::Tls("the service enrolment secret is not valid metadata".into())
+            prexor_pki::PkiError::Tls("the service enrolment secret is not valid metadata".into())
         })?;
         Ok(SignerClient {
             registry,
@@ -167,12 +179,12 @@ pub async fn issue_service_certificate(
     kind: &str,
     replica_id: &str,
     names: &ServiceNames,
-) -> Result<(Arc<CertifiedKey>, i64), String> {
+) -> Result<(Arc<CertifiedKey>, i64), SignerError> {
     let identity = Identity::Service {
         kind: kind.into(),
         replica: replica_id.to_string(),
     };
-    let request = KeyAndCsr::new(&identity, names).map_err(|e| e.to_string())?;
+    let request = KeyAndCsr::new(&identity, names)?;
     let signed = signer
         .sign_service(SignServiceCsrRequest {
             service: kind.into(),
@@ -181,8 +193,7 @@ pub async fn issue_service_certificate(
             dns_names: names.dns.clone(),
             ip_addresses: names.ips.iter().map(IpAddr::to_string).collect(),
         })
-        .await
-        .map_err(|e| e.to_string())?;
-    let key = certified_key(&signed.chain_pem, &request.key_pem).map_err(|e| e.to_string())?;
+        .await?;
+    let key = certified_key(&signed.chain_pem, &request.key_pem)?;
     Ok((key, signed.not_after_unix))
 }

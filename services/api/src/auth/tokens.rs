@@ -1,0 +1,311 @@
+//! API tokens: `pxt_<id>_<secret>`, stored as the secret's SHA-256, scoped to some of the
+//! owner's permissions, with an optional expiry and the time of last use; bound to the owner's
+//! user id. Creating, listing and deleting them.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use mongodb::bson::doc;
+use prexor_domain::{now_ms, sha256_hex};
+use prexor_model::access::{API_TOKENS, ApiTokenRecord};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use super::passwords::random_secret;
+use super::principal::{Credential, Principal, active_user, user_permissions};
+use crate::app::App;
+use crate::error::{ApiError, ApiResult, Body};
+use crate::permissions;
+
+/// API token last-use times are written at most this often.
+const LAST_USED_RESOLUTION_MS: i64 = 60_000;
+
+/// The caller behind `<id>_<secret>` (what follows `pxt_`).
+pub(super) async fn authenticate(app: &App, token: &str) -> ApiResult<Principal> {
+    let invalid = || ApiError::unauthorized("the API token is not valid (unknown or deleted)");
+    let (id, secret) = token.split_once('_').ok_or_else(invalid)?;
+    let record: ApiTokenRecord = app.record(API_TOKENS, id).await?.ok_or_else(invalid)?;
+    if record.hash != sha256_hex(secret.as_bytes()) {
+        return Err(invalid());
+    }
+    principal(app, &record).await
+}
+
+/// The caller behind an API token (its secret checked): not expired, its owner the user it was
+/// created for (same id) and enabled; what the token was scoped to, as far as the owner still
+/// holds it.
+pub(super) async fn principal(app: &App, record: &ApiTokenRecord) -> ApiResult<Principal> {
+    let id = &record.id;
+    let now = now_ms();
+    if record.expires_at_ms.is_some_and(|at| at <= now) {
+        return Err(ApiError::unauthorized(format!(
+            "the API token {id} has expired; create a new one"
+        )));
+    }
+    let owner = &record.owner;
+    let user = active_user(app, owner).await?;
+    if user.id().is_empty() || record.owner_id.as_deref() != Some(user.id()) {
+        return Err(ApiError::unauthorized(format!(
+            "the API token {id} belongs to an earlier user {owner:?}; it is not valid"
+        )));
+    }
+    let store = app.store();
+    let held = user_permissions(store, &user).await?;
+    // A token never exceeds its owner: what it was scoped to, as far as the owner still holds it.
+    let permissions = permissions_intersection(&record.permissions, &held);
+    if record.last_used_at_ms.unwrap_or(0) + LAST_USED_RESOLUTION_MS < now {
+        let store = store.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let _ = store
+                .bounded(
+                    "recording an API token's use",
+                    store.documents(API_TOKENS).update_one(
+                        doc! { "_id": &id },
+                        doc! { "$set": { "lastUsedAtMs": now } },
+                    ),
+                )
+                .await;
+        });
+    }
+    Ok(Principal {
+        user: owner.clone(),
+        user_id: user.id().to_owned(),
+        permissions,
+        credential: Credential::Token {
+            id: id.clone(),
+            expires_at_ms: record.expires_at_ms,
+        },
+    })
+}
+
+/// `scoped` narrowed to what `held` allows (concrete permissions).
+fn permissions_intersection(scoped: &[String], held: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for resource in permissions::RESOURCES {
+        for action in ["read", "write"] {
+            let p = format!("{resource}:{action}");
+            if permissions::allows(scoped, &p) && permissions::allows(held, &p) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct NewToken {
+    name: String,
+    /// Defaults to everything the creator holds.
+    #[serde(default)]
+    permissions: Option<Vec<String>>,
+    /// e.g. "30d", "12h"; none: no expiry.
+    #[serde(default)]
+    expires_in: Option<String>,
+}
+
+/// An API token as shown (never its secret or hash).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenView {
+    id: String,
+    name: String,
+    /// The owner's user name.
+    owner: String,
+    permissions: Vec<String>,
+    created_at_ms: i64,
+    expires_at_ms: Option<i64>,
+    last_used_at_ms: Option<i64>,
+}
+
+impl From<&ApiTokenRecord> for TokenView {
+    fn from(record: &ApiTokenRecord) -> TokenView {
+        TokenView {
+            id: record.id.clone(),
+            name: record.name.clone(),
+            owner: record.owner.clone(),
+            permissions: record.permissions.clone(),
+            created_at_ms: record.created_at_ms,
+            expires_at_ms: record.expires_at_ms,
+            last_used_at_ms: record.last_used_at_ms,
+        }
+    }
+}
+
+/// A token just made, with its secret.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct CreatedToken {
+    #[serde(flatten)]
+    view: TokenView,
+    /// Shown once; only its hash is stored.
+    token: String,
+}
+
+#[utoipa::path(
+    post, path = "/api/v1/auth/tokens", tag = "auth",
+    request_body = NewToken,
+    responses((status = 201, body = CreatedToken)),
+    security(("bearer" = []))
+)]
+pub(super) async fn create_token(
+    State(app): State<App>,
+    principal: Principal,
+    Body(new): Body<NewToken>,
+) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
+    principal.require("tokens:write")?;
+    if new.name.trim().is_empty() || new.name.len() > 100 {
+        return Err(ApiError::field("name", "must be 1 to 100 characters"));
+    }
+    let permissions = match new.permissions {
+        Some(list) => {
+            for p in &list {
+                permissions::validate(p).map_err(|m| ApiError::field("permissions", m))?;
+            }
+            permissions::within(&list, &principal.permissions)
+                .map_err(|m| ApiError::forbidden(format!("permissions: {m}")))?;
+            list
+        }
+        None => principal.permissions.clone(),
+    };
+    let expires_at_ms = expiry(&principal, new.expires_in.as_deref())?;
+    let id = {
+        let mut raw = [0u8; 8];
+        rand::rng().fill_bytes(&mut raw);
+        raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let secret = random_secret(32);
+    let record = ApiTokenRecord {
+        id: id.clone(),
+        name: new.name.trim().to_owned(),
+        owner: principal.user.clone(),
+        owner_id: Some(principal.user_id.clone()),
+        permissions,
+        hash: sha256_hex(secret.as_bytes()),
+        created_at_ms: now_ms(),
+        expires_at_ms,
+        last_used_at_ms: None,
+    };
+    let store = app.store();
+    store
+        .bounded(
+            "storing an API token",
+            store
+                .collection::<ApiTokenRecord>(API_TOKENS)
+                .insert_one(&record),
+        )
+        .await?;
+    let view = TokenView::from(&record);
+    app.audit::<(), _>(&principal, "token.create", &id, None, Some(&view))
+        .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            view,
+            token: format!("pxt_{id}_{secret}"),
+        }),
+    ))
+}
+
+/// When a new token expires: `expires_in` from now, and never after the API token that makes
+/// it (by default it ends with it).
+fn expiry(principal: &Principal, expires_in: Option<&str>) -> ApiResult<Option<i64>> {
+    let asked = match expires_in {
+        Some(text) => {
+            let ttl = humantime::parse_duration(text).map_err(|e| {
+                ApiError::field("expiresIn", format!("{text:?} is not a duration: {e}"))
+            })?;
+            if ttl.is_zero() {
+                return Err(ApiError::field("expiresIn", "must be positive"));
+            }
+            Some(now_ms().saturating_add(ttl.as_millis().min(i64::MAX as u128) as i64))
+        }
+        None => None,
+    };
+    let Credential::Token {
+        id,
+        expires_at_ms: Some(limit),
+    } = &principal.credential
+    else {
+        return Ok(asked);
+    };
+    match asked {
+        Some(at) if at > *limit => Err(ApiError::forbidden(format!(
+            "expiresIn: the new token would outlive API token {id}, which created it; ask for at most its remaining lifetime"
+        ))),
+        Some(at) => Ok(Some(at)),
+        None => Ok(Some(*limit)),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct TokenFilter {
+    /// `all` (needs users:read) or one user's name; default: the caller's own.
+    owner: Option<String>,
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/auth/tokens", tag = "auth",
+    params(("owner" = Option<String>, Query)),
+    responses((status = 200, body = Vec<TokenView>)),
+    security(("bearer" = []))
+)]
+pub(super) async fn list_tokens(
+    State(app): State<App>,
+    principal: Principal,
+    Query(filter): Query<TokenFilter>,
+) -> ApiResult<Json<Vec<TokenView>>> {
+    principal.require("tokens:read")?;
+    let query = match filter.owner.as_deref() {
+        None => doc! { "owner": &principal.user },
+        Some(owner) if owner == principal.user => doc! { "owner": owner },
+        Some(owner) => {
+            principal.require("users:read")?;
+            if owner == "all" {
+                doc! {}
+            } else {
+                doc! { "owner": owner }
+            }
+        }
+    };
+    let tokens: Vec<ApiTokenRecord> = app
+        .records(
+            API_TOKENS,
+            "listing API tokens",
+            query,
+            doc! { "createdAtMs": 1 },
+            None,
+        )
+        .await?;
+    Ok(Json(tokens.iter().map(TokenView::from).collect()))
+}
+
+#[utoipa::path(
+    delete, path = "/api/v1/auth/tokens/{id}", tag = "auth",
+    params(("id" = String, Path)),
+    responses((status = 204)),
+    security(("bearer" = []))
+)]
+pub(super) async fn delete_token(
+    State(app): State<App>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    principal.require("tokens:write")?;
+    let record: ApiTokenRecord = app.must_record(API_TOKENS, "API token", &id).await?;
+    if record.owner != principal.user {
+        principal.require("users:write")?;
+    }
+    app.delete_by_id(API_TOKENS, "deleting an API token", &id)
+        .await?;
+    app.audit(
+        &principal,
+        "token.delete",
+        &id,
+        Some(&TokenView::from(&record)),
+        None::<&()>,
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,261 @@
+//! Access: API tokens (`create`, `list`, use with `--token`, `delete`, and a token that may
+//! write groups but not read them); users (`create` with the password on stdin, a second
+//! context, `disable`, `enable`, `delete`) and contexts (`list`, `use`, `--context`, `logout`);
+//! roles (`create`, `list`, `delete`).
+
+use anyhow::{Context, ensure};
+use prexor_acceptance::{Cluster, find_doc, spec_of};
+use prexor_testkit::eventually;
+use serde_json::json;
+
+use crate::{CONDITION_WITHIN, Stack, has_group, path_str};
+
+/// An API token used and deleted; a write-only token refused by `groups apply`.
+pub async fn tokens(cluster: &Cluster, stack: &Stack) -> anyhow::Result<()> {
+    let (ctl, rest, dir) = (&stack.ctl, &stack.rest, &cluster.dir);
+
+    // ---- tokens create, list, use with --token, delete.
+    let created = ctl.run(
+        &[
+            "tokens",
+            "create",
+            "ci",
+            "-p",
+            "groups:read",
+            "--expires-in",
+            "1h",
+        ],
+        None,
+    )?;
+    ensure!(created.success, "{}{}", created.stdout, created.stderr);
+    let api_token = created.stdout.trim().to_owned();
+    let token_id = api_token
+        .strip_prefix("pxt_")
+        .and_then(|t| t.split('_').next())
+        .with_context(|| format!("an API token: {api_token:?}"))?
+        .to_owned();
+    ensure!(
+        created.stderr.contains(&format!("id {token_id}")),
+        "{}",
+        created.stderr
+    );
+    let stored = find_doc(cluster, "api_tokens", &token_id)
+        .await?
+        .context("token")?;
+    ensure!(
+        stored.get_str("owner") == Ok("admin")
+            && stored.get_str("name") == Ok("ci")
+            && stored.get_i64("expiresAtMs").is_ok()
+            && format!("{:?}", stored.get_array("permissions")?) == "[String(\"groups:read\")]",
+        "{stored:?}"
+    );
+    let listed = ctl.json(&["tokens", "list"])?;
+    ensure!(
+        listed.as_array().is_some_and(|l| l
+            .iter()
+            .any(|t| t["id"] == token_id.as_str() && t["name"] == "ci")),
+        "{listed}"
+    );
+    let table = ctl.ok(&["tokens", "list", "--owner", "all"])?;
+    ensure!(
+        table.contains(&token_id) && table.contains("groups:read"),
+        "{table}"
+    );
+    let with_token = ctl.json(&["--token", &api_token, "groups", "list"])?;
+    ensure!(has_group(&with_token, "lobby"), "{with_token}");
+    let err = ctl.fails(&["--token", &api_token, "nodes", "cordon", "node-1"])?;
+    ensure!(err.contains("403") && err.contains("nodes:write"), "{err}");
+    // A token that may write groups but not read them: `groups apply` cannot see the current
+    // revision, and says so (it must not take the refusal for "no such group" and create it).
+    let writer = ctl.json(&["tokens", "create", "writer", "-p", "groups:write"])?;
+    let writer_token = writer["token"].as_str().context("token")?.to_owned();
+    let writer_id = writer["id"].as_str().context("id")?.to_owned();
+    let mut g404 = spec_of("g404", 0, &[])?;
+    let g404_file = dir.join("g404.json");
+    std::fs::write(&g404_file, serde_json::to_string(&g404)?)?;
+    let refused_to_writer = || -> anyhow::Result<()> {
+        let err = ctl.fails(&[
+            "--token",
+            &writer_token,
+            "groups",
+            "apply",
+            "g404",
+            "-f",
+            path_str(&g404_file)?,
+        ])?;
+        ensure!(err.contains("403") && err.contains("groups:read"), "{err}");
+        Ok(())
+    };
+    refused_to_writer()?;
+    let (status, _) = rest.get("/groups/g404").await?;
+    ensure!(
+        status == 404,
+        "no group created without groups:read: {status}"
+    );
+    ctl.ok(&["groups", "apply", "g404", "-f", path_str(&g404_file)?])?;
+    g404["memoryMb"] = json!(512);
+    std::fs::write(&g404_file, serde_json::to_string(&g404)?)?;
+    refused_to_writer()?;
+    let (_, group) = rest.get("/groups/g404").await?;
+    ensure!(group["revision"] == 1, "{group}");
+    ctl.ok(&["groups", "delete", "g404"])?;
+    eventually("group g404 removed", CONDITION_WITHIN, async || {
+        let (status, _) = rest.get("/groups/g404").await?;
+        Ok((status == 404).then_some(()))
+    })
+    .await?;
+    ctl.ok(&["tokens", "delete", &writer_id])?;
+
+    let out = ctl.ok(&["tokens", "delete", &token_id])?;
+    ensure!(out.contains(&format!("token {token_id} deleted")), "{out}");
+    ensure!(
+        find_doc(cluster, "api_tokens", &token_id).await?.is_none(),
+        "the token record is gone"
+    );
+    let err = ctl.fails(&["--token", &api_token, "groups", "list"])?;
+    ensure!(err.contains("401"), "a deleted token: {err}");
+    Ok(())
+}
+
+/// User "alice" (a viewer) signed in as a second context, disabled, enabled and deleted.
+pub async fn users_and_contexts(cluster: &Cluster, stack: &Stack) -> anyhow::Result<()> {
+    let (ctl, rest, api) = (&stack.ctl, &stack.rest, &stack.api);
+
+    // ---- users create (password on stdin), a second context, disable, enable, delete.
+    let alice_password = "alice-password-1234";
+    let out = ctl.ok_with(
+        &["users", "create", "alice", "-r", "viewer"],
+        &format!("{alice_password}\n"),
+    )?;
+    ensure!(out.contains("user alice created"), "{out}");
+    let (status, alice) = rest.get("/users/alice").await?;
+    ensure!(
+        status == 200 && alice["roles"] == json!(["viewer"]) && alice["disabled"] == false,
+        "{status} {alice}"
+    );
+    ctl.ok_with(
+        &[
+            "login",
+            "--user",
+            "alice",
+            "--password-stdin",
+            "--name",
+            "spare",
+        ],
+        alice_password,
+    )?;
+    let saved = ctl.saved()?;
+    ensure!(
+        saved["current"] == "spare"
+            && saved["contexts"]["spare"]["user"] == "alice"
+            && saved["contexts"]["spare"]["controller"] == api.http.as_str(),
+        "the second context: {saved}"
+    );
+    let contexts = ctl.ok(&["context", "list"])?;
+    ensure!(
+        contexts.contains("* spare") && contexts.contains("  local") && contexts.contains("alice"),
+        "{contexts}"
+    );
+    let listed = ctl.json(&["groups", "list"])?;
+    ensure!(has_group(&listed, "lobby"), "alice reads groups: {listed}");
+    let err = ctl.fails(&["nodes", "cordon", "node-1"])?;
+    ensure!(err.contains("403"), "a viewer cannot cordon: {err}");
+    let out = ctl.ok(&["context", "use", "local"])?;
+    ensure!(out.contains("now using context \"local\""), "{out}");
+    ensure!(ctl.saved()?["current"] == "local", "current context");
+    let contexts = ctl.ok(&["context", "list"])?;
+    ensure!(
+        contexts.contains("* local") && contexts.contains("  spare"),
+        "{contexts}"
+    );
+    let err = ctl.fails(&["context", "use", "nowhere"])?;
+    ensure!(err.contains("no context \"nowhere\""), "{err}");
+    ctl.ok(&["--context", "spare", "groups", "list"])?;
+
+    let table = ctl.ok(&["users", "list"])?;
+    ensure!(
+        table.contains("alice") && table.contains("viewer"),
+        "{table}"
+    );
+    let out = ctl.ok(&["users", "disable", "alice"])?;
+    ensure!(out.contains("user alice disabled"), "{out}");
+    let stored = find_doc(cluster, "users", "alice")
+        .await?
+        .context("alice")?;
+    ensure!(stored.get_bool("disabled") == Ok(true), "{stored:?}");
+    let err = ctl.fails(&["--context", "spare", "groups", "list"])?;
+    ensure!(
+        err.contains("401"),
+        "a disabled user's session ended: {err}"
+    );
+    ensure!(
+        api.login("alice", alice_password).await.is_err(),
+        "a disabled user cannot sign in"
+    );
+    // Signing out of a context whose session already ended on the server forgets it locally.
+    let out = ctl.ok(&["--context", "spare", "logout"])?;
+    ensure!(out.contains("logged out of context \"spare\""), "{out}");
+    let saved = ctl.saved()?;
+    ensure!(
+        saved["contexts"]["spare"]["token"].is_null() && saved["current"] == "local",
+        "{saved}"
+    );
+    ctl.ok(&["users", "enable", "alice"])?;
+    let stored = find_doc(cluster, "users", "alice")
+        .await?
+        .context("alice")?;
+    ensure!(stored.get_bool("disabled") == Ok(false), "{stored:?}");
+    api.login("alice", alice_password).await?;
+    let listed = ctl.json(&["users", "list"])?;
+    ensure!(
+        listed.as_array().is_some_and(|l| l
+            .iter()
+            .any(|u| u["username"] == "alice" && u["disabled"] == false)),
+        "{listed}"
+    );
+    let out = ctl.ok(&["users", "delete", "alice"])?;
+    ensure!(out.contains("user alice deleted"), "{out}");
+    let (status, _) = rest.get("/users/alice").await?;
+    ensure!(status == 404, "deleted: {status}");
+    Ok(())
+}
+
+/// A custom role created, listed and deleted.
+pub async fn roles(cluster: &Cluster, stack: &Stack) -> anyhow::Result<()> {
+    let ctl = &stack.ctl;
+
+    // ---- roles create, list, delete.
+    let out = ctl.ok(&[
+        "roles",
+        "create",
+        "reader",
+        "-p",
+        "groups:read",
+        "-p",
+        "nodes:read",
+    ])?;
+    ensure!(out.contains("role reader created"), "{out}");
+    let stored = find_doc(cluster, "roles", "reader")
+        .await?
+        .context("role")?;
+    ensure!(stored.get_array("permissions")?.len() == 2, "{stored:?}");
+    let table = ctl.ok(&["roles", "list"])?;
+    ensure!(
+        table.contains("reader") && table.contains("nodes:read") && table.contains("operator"),
+        "{table}"
+    );
+    let listed = ctl.json(&["roles", "list"])?;
+    ensure!(
+        listed.as_array().is_some_and(|l| l
+            .iter()
+            .any(|r| r["name"] == "reader" && r["builtin"] == false)),
+        "{listed}"
+    );
+    let out = ctl.ok(&["roles", "delete", "reader"])?;
+    ensure!(out.contains("role reader deleted"), "{out}");
+    ensure!(
+        find_doc(cluster, "roles", "reader").await?.is_none(),
+        "the role is gone"
+    );
+    Ok(())
+}
