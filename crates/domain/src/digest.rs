@@ -3,6 +3,11 @@
 
 use sha2::{Digest, Sha256};
 
+/// `bytes` as lower-case hex, two characters each.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// SHA-256 of `bytes`, lower-case hex (64 characters).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let mut hash = StreamHash::default();
@@ -34,11 +39,7 @@ impl StreamHash {
     }
 
     pub fn finish(self) -> String {
-        self.hash
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hex(&self.hash.finalize())
     }
 }
 

@@ -13,7 +13,7 @@ mod scope;
 mod service;
 mod time;
 
-pub use digest::{StreamHash, inventory_digest, is_sha256_hex, sha256_hex};
+pub use digest::{StreamHash, hex, inventory_digest, is_sha256_hex, sha256_hex};
 pub use group::{DynamicScaling, FieldProblem, GroupSpec, PortRange, ScalingMode, TemplateRef};
 pub use lease_timing::LeaseTiming;
 pub use lifecycle::InstanceState;

@@ -28,8 +28,7 @@ pub const ENDED: &[InstanceState] = &[InstanceState::Stopped, InstanceState::Cra
 
 /// `{ "$nin": [ended states], "$exists": true }`: instances that may still hold a process.
 pub fn live_filter() -> mongodb::bson::Bson {
-    let ended: Vec<mongodb::bson::Bson> = ENDED.iter().map(|s| s.as_str().into()).collect();
-    mongodb::bson::Bson::Document(mongodb::bson::doc! { "$nin": ended, "$exists": true })
+    mongodb::bson::Bson::Document(mongodb::bson::doc! { "$nin": ended_states(), "$exists": true })
 }
 
 /// `[ended states]`, for `$nin` filters without the `$exists` condition.

@@ -93,8 +93,7 @@ pub async fn publish_ca(
 
 /// 32 random bytes, lower-case hex.
 fn random_hex() -> String {
-    let secret: [u8; 32] = rand::random();
-    secret.iter().map(|b| format!("{b:02x}")).collect()
+    prexor_domain::hex(&rand::random::<[u8; 32]>())
 }
 
 /// Where the cluster's secrets live (never backed up; the api keeps its session key there too).
@@ -556,6 +555,5 @@ pub async fn release_join_token(store: &Store, claim: Claim) -> Result<(), Store
 }
 
 fn uuid_like() -> String {
-    let bytes: [u8; 16] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    prexor_domain::hex(&rand::random::<[u8; 16]>())
 }

@@ -107,7 +107,7 @@ pub(crate) fn serial_hex(raw: &[u8]) -> String {
         Some(first) => &raw[first..],
         None => &[0],
     };
-    trimmed.iter().map(|b| format!("{b:02x}")).collect()
+    prexor_domain::hex(trimmed)
 }
 
 #[cfg(test)]

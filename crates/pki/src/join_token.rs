@@ -2,7 +2,7 @@
 //! once and redeemed by a daemon. Where tokens are stored (only as hashes) is the model crate's
 //! `pki` module.
 
-use prexor_domain::{is_sha256_hex, sha256_hex};
+use prexor_domain::{hex, is_sha256_hex, sha256_hex};
 
 const TOKEN_PREFIX: &str = "pxj1";
 
@@ -41,10 +41,9 @@ impl JoinToken {
 
     /// A fresh token for `node_id` in the cluster whose CA has `ca_fingerprint`.
     pub fn generate(node_id: &str, ca_fingerprint: &str) -> JoinToken {
-        let secret: [u8; 32] = rand::random();
         JoinToken {
             node_id: node_id.to_owned(),
-            secret: secret.iter().map(|b| format!("{b:02x}")).collect(),
+            secret: hex(&rand::random::<[u8; 32]>()),
             ca_fingerprint: ca_fingerprint.to_owned(),
         }
     }

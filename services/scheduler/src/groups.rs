@@ -71,10 +71,6 @@ const STOPPING: &str = InstanceState::Stopping.as_str();
 const STOPPED: &str = InstanceState::Stopped.as_str();
 const CRASHED: &str = InstanceState::Crashed.as_str();
 
-fn is_terminal(state: &str) -> bool {
-    state == STOPPED || state == CRASHED
-}
-
 pub struct Groups {
     pub store: Store,
     pub gateways: Gateways,
@@ -153,7 +149,7 @@ impl Instance {
     }
 
     fn is_active(&self) -> bool {
-        !self.state.is_empty() && !is_terminal(&self.state)
+        !self.state.is_empty() && !prexor_model::instances::has_ended(&self.state)
     }
 }
 
@@ -236,7 +232,9 @@ impl Groups {
                     self.set_state(lease, instance, InstanceState::Preparing)
                         .await?;
                 }
-                (state, Some(reported @ ("STOPPED" | "CRASHED"))) if !is_terminal(state) => {
+                (state, Some(reported @ ("STOPPED" | "CRASHED")))
+                    if !prexor_model::instances::has_ended(state) =>
+                {
                     let reason = instance.reported_detail.clone();
                     self.finish(lease, instance, reported, &reason).await?;
                 }

@@ -173,7 +173,7 @@ pub(super) async fn create_token(
     let id = {
         let mut raw = [0u8; 8];
         rand::rng().fill_bytes(&mut raw);
-        raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        prexor_domain::hex(&raw)
     };
     let secret = random_secret(32);
     let record = ApiTokenRecord {

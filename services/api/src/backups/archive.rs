@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use hmac::{Hmac, Mac};
 use mongodb::bson::{Bson, Document};
-use prexor_domain::{StreamHash, is_sha256_hex, now_ms, sha256_hex};
+use prexor_domain::{StreamHash, hex, is_sha256_hex, now_ms, sha256_hex};
 use prexor_store::{Store, StoreError};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -50,10 +50,6 @@ impl Archive {
             .as_ref()
             .is_some_and(|mac| mac_of(key, &self.manifest_bytes).verify_slice(mac).is_ok())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {

@@ -32,9 +32,8 @@ const PLACEMENT_PORT_TRIES: usize = 3;
 /// The instance's credential for the workload endpoints (`pxw.<instance>.<secret>`), handed to
 /// the server in its environment; only its hash is kept with the instance record.
 pub(super) fn workload_token(id: &str) -> String {
-    let secret: [u8; 24] = rand::random();
-    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    format!("pxw.{id}.{hex}")
+    let secret = prexor_domain::hex(&rand::random::<[u8; 24]>());
+    format!("pxw.{id}.{secret}")
 }
 
 pub(super) fn plan_doc(
@@ -77,7 +76,7 @@ pub(super) fn plan_hash(plan: &Document, id: &str, attempt: i64, revision: i64) 
     let canonical = serde_json::to_string(&Bson::Document(plan.clone()).into_relaxed_extjson())
         .unwrap_or_default();
     let digest = Sha256::digest(format!("{id}|{attempt}|{revision}|{canonical}").as_bytes());
-    digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
+    prexor_domain::hex(&digest[..12])
 }
 
 impl Groups {
