@@ -29,6 +29,7 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        prexor_testkit::reap::kill_under(&self.0);
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -39,33 +40,14 @@ pub struct NodeFleet {
     _ca: Proc,
     pub gateways: [Proc; 2],
     pub daemon: Proc,
-    /// The daemon's process journal: the servers it started outlive it, so dropping the fleet
-    /// kills those still running.
-    journal: PathBuf,
+    /// The fleet's directory: the daemon's shims and servers outlive it by design, so dropping
+    /// the fleet ends every process working there.
+    dir: PathBuf,
 }
 
 impl Drop for NodeFleet {
     fn drop(&mut self) {
-        let Ok(text) = std::fs::read_to_string(&self.journal) else {
-            return;
-        };
-        let mut live = std::collections::BTreeSet::new();
-        for entry in text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        {
-            let Some(pid) = entry["pid"].as_u64() else {
-                continue;
-            };
-            if entry["event"] == "launch" {
-                live.insert(pid as u32);
-            } else {
-                live.remove(&(pid as u32));
-            }
-        }
-        for pid in live {
-            prexor_testkit::signal(pid, libc::SIGKILL);
-        }
+        prexor_testkit::reap::kill_under(&self.dir);
     }
 }
 
@@ -111,7 +93,7 @@ impl NodeFleet {
             _ca: ca,
             gateways,
             daemon,
-            journal: dir.join(node).join("processes.log"),
+            dir: dir.to_path_buf(),
         })
     }
 }

@@ -1,8 +1,9 @@
-//! The server processes of this host: one child process per instance, started from its
-//! composition plan ([`crate::launch`]), with console in/out, graceful stop (console `stop`,
-//! then SIGKILL after the grace period) and crash detection (not asked to stop and a non-zero
-//! exit). Every state change becomes a numbered report in the [`Outbox`], kept until a gateway
-//! acknowledges it.
+//! The server processes of this host: one per instance, each under its own shim
+//! ([`crate::shim`]), started from its composition plan ([`crate::launch`]) and adopted again
+//! after a daemon restart ([`crate::supervise`]), with console in/out, graceful stop (console
+//! `stop`, then SIGKILL of its whole tree after the grace period) and crash detection (not asked
+//! to stop and a non-zero exit). Every state change becomes a numbered report in the [`Outbox`],
+//! kept until a gateway acknowledges it.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -15,13 +16,13 @@ use prexor_proto::v1::{
     AckResult, CommandAck, CompositionPlan, ConsoleInput, InstanceReport, InstanceState,
     KillInstance, QueryInstance, StopInstance,
 };
-use tokio::io::AsyncWriteExt;
-use tokio::process::ChildStdin;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
+use crate::isolation::{Isolation, ServerUser};
 use crate::layers::{LayerCache, LayerError};
-use crate::orphans::{self, Orphan};
 use crate::outbox::Outbox;
+use crate::shim::client::ShimClient;
+use crate::shim::protocol::RunDir;
 
 /// One line of a server's output, for the session to forward (best effort: the console is a
 /// bounded stream; a crash report carries the tail durably).
@@ -37,7 +38,9 @@ pub struct Instances {
 }
 
 pub(crate) struct Inner {
-    pub(crate) dir: PathBuf,
+    /// `<dataDir>/run`: one private run directory per started server.
+    pub(crate) run_root: PathBuf,
+    pub(crate) isolation: Isolation,
     /// `<dataDir>/processes.log`: every server process launch and exit, one JSON line each.
     journal: PathBuf,
     pub(crate) node_id: String,
@@ -54,15 +57,19 @@ pub(crate) struct Instance {
     pub(crate) pid: i32,
     pub(crate) exit_code: Option<i32>,
     pub(crate) detail: String,
-    tail: VecDeque<String>,
-    pub(crate) stdin: Option<Arc<tokio::sync::Mutex<ChildStdin>>>,
+    pub(crate) tail: VecDeque<String>,
     pub(crate) stop_requested: bool,
-    pub(crate) kill: Arc<Notify>,
     at_ms: i64,
     /// The seq of the instance's latest report.
     seq: u64,
-    /// Started by a previous run of the daemon: stopped by signal, exit code unknown.
-    orphan: bool,
+    /// The shim supervising the process, while it runs.
+    pub(crate) shim: Option<ShimClient>,
+    /// The shim's run directory (record, console log, exit file).
+    pub(crate) run: Option<RunDir>,
+    /// The lease scope and fencing token the process was started under.
+    pub(crate) fence: (String, u64),
+    /// The user the process runs as (`daemon.runAs`), held while it runs.
+    pub(crate) user: Option<ServerUser>,
 }
 
 pub(crate) fn ack(
@@ -83,7 +90,7 @@ pub(crate) fn ack(
     }
 }
 
-fn is_active(state: InstanceState) -> bool {
+pub(crate) fn is_active(state: InstanceState) -> bool {
     matches!(
         state,
         InstanceState::Preparing
@@ -94,7 +101,7 @@ fn is_active(state: InstanceState) -> bool {
 }
 
 impl Instance {
-    fn new(plan: CompositionPlan, state: InstanceState) -> Instance {
+    pub(crate) fn new(plan: CompositionPlan, state: InstanceState) -> Instance {
         Instance {
             plan,
             state,
@@ -102,12 +109,13 @@ impl Instance {
             exit_code: None,
             detail: String::new(),
             tail: VecDeque::new(),
-            stdin: None,
             stop_requested: false,
-            kill: Arc::new(Notify::new()),
             at_ms: now_ms(),
             seq: 0,
-            orphan: false,
+            shim: None,
+            run: None,
+            fence: (String::new(), 0),
+            user: None,
         }
     }
 
@@ -128,6 +136,8 @@ impl Instance {
             at_unix_ms: self.at_ms,
             detail: self.detail.clone(),
             seq: self.seq,
+            fence_scope: self.fence.0.clone(),
+            fence_token: self.fence.1,
         }
     }
 
@@ -148,17 +158,19 @@ impl Instances {
         outbox: Arc<Outbox>,
         console: mpsc::Sender<ConsoleLine>,
         layers: LayerCache,
+        isolation: Isolation,
     ) -> Instances {
         Instances {
             inner: Arc::new(Inner {
-                dir: data_dir.join("instances"),
+                run_root: data_dir.join("run"),
+                isolation,
                 journal: data_dir.join("processes.log"),
                 node_id: node_id.to_string(),
                 layers,
                 table: Mutex::new(HashMap::new()),
                 outbox,
                 console,
-                boot_id: orphans::boot_id(),
+                boot_id: crate::procfs::boot_id(),
             }),
         }
     }
@@ -166,7 +178,7 @@ impl Instances {
     /// Appends `entry` to the process journal (one `O_APPEND` write per line, so concurrent
     /// entries never interleave). Operators read it as the host's record of what ran; the
     /// acceptance suite reads it as evidence that no instance ever ran twice, and a restarted
-    /// daemon finds the servers it left running in it ([`crate::orphans`]).
+    /// daemon reports the exits it finds on its return there too.
     pub(crate) fn journal(&self, entry: serde_json::Value) {
         use std::io::Write;
         let line = format!("{entry}\n");
@@ -233,77 +245,8 @@ impl Instances {
             .increment(1);
     }
 
-    /// Takes in the servers a previous run of the daemon left running, reporting each as
-    /// RUNNING under its plan hash; they are watched until they exit.
-    pub fn adopt_orphans(&self) {
-        for orphan in orphans::find(&self.inner.journal) {
-            let Orphan {
-                instance: id,
-                group,
-                plan_hash,
-                pid,
-                port,
-            } = orphan;
-            tracing::info!(instance = %id, pid, "a server started by a previous daemon run still runs; taking it in (console not available)");
-            let plan = CompositionPlan {
-                instance_id: id.clone(),
-                group,
-                plan_hash: plan_hash.clone(),
-                port,
-                ..CompositionPlan::default()
-            };
-            let mut instance = Instance::new(plan, InstanceState::Running);
-            instance.pid = pid;
-            instance.orphan = true;
-            let kill = instance.kill.clone();
-            self.table().insert(id.clone(), instance);
-            self.transition(&id, |i| {
-                i.detail = format!(
-                    "started by a previous daemon run (pid {pid}); its console is not available"
-                );
-            });
-            self.watch_orphan(id, plan_hash, pid, kill);
-        }
-    }
-
-    /// Waits for an orphan to exit (polling `/proc`: it is not this process's child), killing
-    /// its process group when asked.
-    fn watch_orphan(&self, id: String, plan_hash: String, pid: i32, kill: Arc<Notify>) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = kill.notified() => {
-                        if let Err(err) = orphans::signal_group(pid, "KILL") {
-                            tracing::warn!(instance = %id, pid, "cannot kill: {err}");
-                        }
-                    }
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                }
-                if !orphans::alive(pid) {
-                    break;
-                }
-            }
-            this.transition(&id, |i| {
-                i.pid = 0;
-                i.state = if i.stop_requested {
-                    InstanceState::Stopped
-                } else {
-                    InstanceState::Crashed
-                };
-                if !i.detail.starts_with("killed after") {
-                    i.detail = "ended while not a child of this daemon (exit code unknown)".into();
-                }
-            });
-            tracing::info!(instance = %id, pid, "a server of a previous daemon run ended");
-            this.journal(serde_json::json!({
-                "event": "exit", "atMs": now_ms(), "instance": &id, "planHash": plan_hash,
-                "pid": pid, "code": null,
-            }));
-        });
-    }
-
-    pub async fn start(&self, plan: CompositionPlan) -> CommandAck {
+    /// Starts `plan` under the fence (`scope`, `token`) of its command.
+    pub async fn start(&self, plan: CompositionPlan, fence: (String, u64)) -> CommandAck {
         if let Err(reason) = crate::launch::check_plan(&plan) {
             return ack(AckResult::Permanent, InstanceState::Unspecified, 0, reason);
         }
@@ -354,10 +297,9 @@ impl Instances {
                 refused.retry_after_ms = 5000;
                 return refused;
             }
-            table.insert(
-                id.clone(),
-                Instance::new(plan.clone(), InstanceState::Preparing),
-            );
+            let mut instance = Instance::new(plan.clone(), InstanceState::Preparing);
+            instance.fence = fence;
+            table.insert(id.clone(), instance);
         }
         self.transition(&id, |_| {});
 
@@ -413,7 +355,7 @@ impl Instances {
 
     pub async fn stop(&self, request: StopInstance) -> CommandAck {
         let id = request.instance_id.clone();
-        let (stdin, kill, pid, orphan) = {
+        let (shim, pid) = {
             let mut table = self.table();
             let Some(instance) = table.get_mut(&id) else {
                 return not_here(&id);
@@ -425,31 +367,21 @@ impl Instances {
                 return instance.ack(AckResult::Already, "already stopped or stopping");
             }
             instance.stop_requested = true;
-            (
-                instance.stdin.clone(),
-                instance.kill.clone(),
-                instance.pid,
-                instance.orphan,
-            )
+            (instance.shim.clone(), instance.pid)
         };
         self.transition(&id, |i| {
             i.state = InstanceState::Stopping;
             i.detail = "stop requested".into();
         });
-        if orphan {
-            // No console to type `stop` into: SIGTERM, which servers take as a graceful stop.
-            if let Err(err) = orphans::signal_group(pid, "TERM") {
-                tracing::warn!(instance = %id, pid, "cannot stop: {err}");
-            }
-        } else if let Some(stdin) = stdin {
-            let command = if request.stop_command.is_empty() {
-                "stop".to_string()
-            } else {
-                request.stop_command.clone()
-            };
-            let mut stdin = stdin.lock().await;
-            let _ = stdin.write_all(format!("{command}\n").as_bytes()).await;
-            let _ = stdin.flush().await;
+        let command = if request.stop_command.is_empty() {
+            "stop"
+        } else {
+            request.stop_command.as_str()
+        };
+        if let Some(shim) = &shim
+            && let Err(err) = shim.input(command).await
+        {
+            tracing::warn!(instance = %id, "cannot type {command:?} into the console ({err}); the grace period ends in a kill");
         }
         let grace = Duration::from_millis(u64::from(request.grace_period_ms.max(1)));
         let this = self.clone();
@@ -465,7 +397,7 @@ impl Instances {
                 this.transition(&grace_id, |i| {
                     i.detail = format!("killed after the {grace:?} grace period");
                 });
-                kill.notify_one();
+                this.kill_tree(&grace_id, shim.as_ref()).await;
             }
         });
         let mut done = ack(AckResult::Done, InstanceState::Stopping, pid, "stopping");
@@ -473,9 +405,17 @@ impl Instances {
         done
     }
 
+    /// SIGKILLs the instance's whole process tree through its shim.
+    async fn kill_tree(&self, id: &str, shim: Option<&ShimClient>) {
+        let Some(shim) = shim else { return };
+        if let Err(err) = shim.signal("KILL", true).await {
+            tracing::warn!(instance = %id, "cannot kill: {err}");
+        }
+    }
+
     pub async fn kill(&self, request: KillInstance) -> CommandAck {
         let id = request.instance_id;
-        let (kill, plan_hash) = {
+        let (shim, plan_hash) = {
             let mut table = self.table();
             if let Some(other) = table
                 .get(&id)
@@ -487,13 +427,13 @@ impl Instances {
                 Some(instance) if is_active(instance.state) => {
                     instance.stop_requested = true;
                     instance.detail = "killed on request".into();
-                    (instance.kill.clone(), instance.plan.plan_hash.clone())
+                    (instance.shim.clone(), instance.plan.plan_hash.clone())
                 }
                 Some(instance) => return instance.ack(AckResult::Already, "not running"),
                 None => return not_here(&id),
             }
         };
-        kill.notify_one();
+        self.kill_tree(&id, shim.as_ref()).await;
         let mut done = ack(AckResult::Done, InstanceState::Stopping, 0, "killed");
         done.plan_hash = plan_hash;
         done
@@ -520,10 +460,10 @@ impl Instances {
     }
 
     pub async fn console(&self, request: ConsoleInput) -> CommandAck {
-        let (stdin, state, pid, orphan) = {
+        let (shim, state, pid) = {
             let table = self.table();
             match table.get(&request.instance_id) {
-                Some(i) => (i.stdin.clone(), i.state, i.pid, i.orphan),
+                Some(i) => (i.shim.clone(), i.state, i.pid),
                 None => {
                     return ack(
                         AckResult::Permanent,
@@ -534,15 +474,7 @@ impl Instances {
                 }
             }
         };
-        if orphan {
-            return ack(
-                AckResult::Permanent,
-                state,
-                pid,
-                "the console of a server started by a previous daemon run is not available",
-            );
-        }
-        let Some(stdin) = stdin.filter(|_| is_active(state)) else {
+        let Some(shim) = shim.filter(|_| is_active(state)) else {
             return ack(
                 AckResult::Permanent,
                 state,
@@ -550,14 +482,7 @@ impl Instances {
                 "the instance is not running",
             );
         };
-        let mut stdin = stdin.lock().await;
-        let written = async {
-            stdin.write_all(request.line.as_bytes()).await?;
-            stdin.write_all(b"\n").await?;
-            stdin.flush().await
-        }
-        .await;
-        match written {
+        match shim.input(&request.line).await {
             Ok(()) => ack(AckResult::Done, state, pid, "sent"),
             Err(err) => ack(
                 AckResult::Permanent,

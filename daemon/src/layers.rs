@@ -187,7 +187,26 @@ impl LayerCache {
         }
         let path = self.dir.join(format!("{hash}.tar.gz"));
         if path.is_file() {
-            return Ok(path);
+            // Re-verified before every reuse: a cached layer that changed on disk (corruption,
+            // tampering) is fetched again rather than unpacked into another instance.
+            let cached = path.clone();
+            let actual = tokio::task::spawn_blocking(move || hash_file(&cached))
+                .await
+                .map_err(|e| LayerError::Transient(e.to_string()))?;
+            match actual {
+                Ok(actual) if actual == hash => return Ok(path),
+                Ok(actual) => {
+                    tracing::warn!(layer = %hash, %actual, "a cached template layer no longer matches its hash; fetching it again");
+                    metrics::counter!("prexor_daemon_layers_refetched_total").increment(1);
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(err) => {
+                    return Err(LayerError::Transient(format!(
+                        "cannot read cached layer {}: {err}",
+                        path.display()
+                    )));
+                }
+            }
         }
         tokio::fs::create_dir_all(&self.dir).await.map_err(|e| {
             LayerError::Transient(format!("cannot create {}: {e}", self.dir.display()))
@@ -228,6 +247,21 @@ impl LayerCache {
     }
 }
 
+/// The SHA-256 of a file, read in chunks.
+fn hash_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hash = StreamHash::default();
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            return Ok(hash.finish());
+        }
+        hash.update(&buffer[..n]);
+    }
+}
+
 /// Unpacks a layer into `dest` with at most `max_bytes` of content (what is left of the
 /// instance's budget), keeping the free-space reserve before every file; the bytes unpacked.
 /// Paths, links and special files are refused as on upload (`prexor_archive`).
@@ -261,4 +295,57 @@ pub fn is_config_file(path: &Path) -> bool {
         path.extension().and_then(|e| e.to_str()),
         Some("properties" | "yml" | "yaml" | "toml" | "json" | "txt" | "conf" | "cfg" | "ini")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Serves one blob and counts the fetches.
+    struct OneBlob {
+        bytes: Vec<u8>,
+        fetches: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl LayerSource for OneBlob {
+        async fn fetch(&self, _hash: &str, sink: &mut LayerSink) -> Result<(), LayerError> {
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            sink.restart().await?;
+            sink.write(&self.bytes).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cached_layer_that_changed_on_disk_is_fetched_again() {
+        let dir = std::env::temp_dir().join(format!("prexor-layers-{}", std::process::id()));
+        let bytes = b"not really a tar.gz, but hashed all the same".to_vec();
+        let hash = prexor_domain::sha256_hex(&bytes);
+        let source = Arc::new(OneBlob {
+            bytes: bytes.clone(),
+            fetches: AtomicUsize::new(0),
+        });
+        let cache = LayerCache::new(
+            &dir,
+            source.clone(),
+            DiskBudget {
+                instance_bytes: 1 << 20,
+                min_free_bytes: 0,
+            },
+        );
+        let path = cache.archive(&hash).await.unwrap();
+        cache.archive(&hash).await.unwrap();
+        assert_eq!(
+            source.fetches.load(Ordering::SeqCst),
+            1,
+            "reused while intact"
+        );
+        std::fs::write(&path, b"poisoned by a server").unwrap();
+        let again = cache.archive(&hash).await.unwrap();
+        assert_eq!(source.fetches.load(Ordering::SeqCst), 2, "fetched again");
+        assert_eq!(std::fs::read(&again).unwrap(), bytes);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

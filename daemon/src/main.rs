@@ -1,16 +1,21 @@
 //! `prexor-daemon`: runs the server processes of one host and keeps one session with one gateway
 //! at a time, out of the configured list.
 
+mod cgroup;
 mod datadir;
 mod fences;
 mod identity;
 mod instances;
+mod isolation;
 mod launch;
 mod layers;
-mod orphans;
 mod outbox;
 mod output;
+mod procfs;
+mod record;
 mod session;
+mod shim;
+mod supervise;
 
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
@@ -21,6 +26,11 @@ use prexor_serve::{Identity, Readiness};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
+    // `prexor-daemon shim <run dir>`: the per-server supervisor the daemon starts (crate::shim).
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("shim") {
+        return shim::main(args.next());
+    }
     prexor_serve::launch(|config: &DaemonConfig| &config.telemetry, run)
 }
 
@@ -29,6 +39,8 @@ async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     prexor_serve::stop_on_signals(stop.clone());
     datadir::prepare(&config.data_dir)
         .with_context(|| format!("daemon.dataDir {} is not usable", config.data_dir.display()))?;
+    let isolation = isolation::Isolation::prepare(&config)?;
+    let isolation_summary = isolation.summary();
 
     let readiness = Readiness::new();
     {
@@ -106,8 +118,9 @@ async fn run(config: DaemonConfig) -> anyhow::Result<()> {
                         min_free_bytes: config.min_free_disk_bytes,
                     },
                 ),
+                isolation,
             );
-            instances.adopt_orphans();
+            instances.adopt().await;
             let status = session::SessionStatus::default();
             let check = status.clone();
             readiness.add("gateway", move || {
@@ -118,6 +131,7 @@ async fn run(config: DaemonConfig) -> anyhow::Result<()> {
                 node_id: config.node_id.clone(),
                 version: prexor_domain::VERSION,
                 labels: config.labels.clone(),
+                isolation: isolation_summary,
                 memory_mb: config.memory_mb,
                 gateways: config.gateways.clone(),
                 max_backoff: config.reconnect_max_backoff,

@@ -64,6 +64,8 @@ pub struct Session {
     pub node_id: String,
     pub version: &'static str,
     pub labels: std::collections::BTreeMap<String, String>,
+    /// How servers are kept apart on this node, for its status.
+    pub isolation: prexor_proto::v1::NodeIsolation,
     pub memory_mb: Option<u64>,
     pub gateways: Vec<String>,
     pub max_backoff: Duration,
@@ -128,6 +130,7 @@ impl Session {
             inventory: self.instances.inventory(),
             report_epoch: self.outbox.epoch(),
             host_id: host_id(),
+            isolation: Some(self.isolation.clone()),
         };
         send(&up, Up::Hello(hello)).await?;
         let mut inbound = NodeSessionClient::new(channel)
@@ -334,7 +337,10 @@ impl Handler {
         }
         match command.action.clone() {
             Some(Action::Start(start)) => match start.plan {
-                Some(plan) => self.instances.start(plan).await,
+                Some(plan) => {
+                    let fence = (command.scope.clone(), command.fence_token);
+                    self.instances.start(plan, fence).await
+                }
                 None => refuse(AckResult::Permanent, "start without a plan".into()),
             },
             Some(Action::Stop(stop)) => self.instances.stop(stop).await,
@@ -393,7 +399,7 @@ fn host_id() -> String {
         .ok()
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
-        .or_else(crate::orphans::boot_id)
+        .or_else(crate::procfs::boot_id)
         .unwrap_or_default()
 }
 

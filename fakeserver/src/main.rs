@@ -6,6 +6,9 @@
 //!   `say TEXT` (prints `[Server] TEXT`), `list`, `crash [CODE]` (exits with CODE, default 3),
 //!   `hang-on-stop` (from now on `stop` is ignored), `echo TEXT`, `blob BYTES` (prints that many
 //!   bytes without a newline, then a newline: one huge line);
+//! - for isolation tests: `env` (prints `ENV KEY=VALUE` per variable), `read PATH` (prints
+//!   `READ PATH: ok N bytes` or `READ PATH: denied (…)`, a directory is listed), `whoami`
+//!   (`UID n`), `alloc MB` (allocates and touches that many MiB, kept until exit);
 //! - `--crash-after MS` exits with code 3 after that long;
 //! - `--stop-delay MS` takes that long to stop (like saving worlds).
 
@@ -24,6 +27,21 @@ fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+/// Whether `path` can be read (a file) or listed (a directory), in words.
+fn read(path: &str) -> String {
+    let path = std::path::Path::new(path);
+    if path.is_dir() {
+        return match std::fs::read_dir(path) {
+            Ok(entries) => format!("ok {} entries", entries.count()),
+            Err(err) => format!("denied ({err})"),
+        };
+    }
+    match std::fs::read(path) {
+        Ok(bytes) => format!("ok {} bytes", bytes.len()),
+        Err(err) => format!("denied ({err})"),
+    }
 }
 
 fn main() {
@@ -67,6 +85,7 @@ fn main() {
         .and_then(|v| v.parse::<u64>().ok())
         .map_or(Duration::ZERO, Duration::from_millis);
     static HANG_ON_STOP: AtomicBool = AtomicBool::new(false);
+    static HELD: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         let line = line.trim();
@@ -95,6 +114,31 @@ fn main() {
                 let _ = out.flush();
             }
             "list" => say("There are 0 of a max of 20 players online:"),
+            "env" => {
+                for (key, value) in std::env::vars() {
+                    say(&format!("ENV {key}={value}"));
+                }
+                say("ENV END");
+            }
+            "read" => say(&format!("READ {rest}: {}", read(rest))),
+            "whoami" => {
+                let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+                let uid = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))
+                    .and_then(|l| l.split_whitespace().next())
+                    .unwrap_or("?");
+                say(&format!("UID {uid}"));
+            }
+            "alloc" => {
+                let mb: usize = rest.parse().unwrap_or(64);
+                let mut block = vec![0u8; mb << 20];
+                for page in block.chunks_mut(4096) {
+                    page[0] = 1;
+                }
+                HELD.lock().unwrap().push(block);
+                say(&format!("allocated {mb} MiB"));
+            }
             "crash" => {
                 say("Exception in server tick loop: crash requested");
                 std::process::exit(rest.parse().unwrap_or(3));

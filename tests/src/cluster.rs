@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use prexor_testkit::{Launch, TestStores, binary, free_port};
 
-use crate::Proc;
+use crate::{Proc, run_ok};
 
 /// The processes of one test, sharing its stores. Prints every log if the test panics.
 pub struct Cluster {
@@ -190,7 +190,7 @@ timeout = "10s"
     }
 
     /// Starts `launch` with its output in `<test dir>/<name>.log` (printed if the test fails).
-    fn start(&self, launch: Launch) -> anyhow::Result<Proc> {
+    pub fn start(&self, launch: Launch) -> anyhow::Result<Proc> {
         let name = launch.name().to_owned();
         let log = self.dir.join(format!("{name}.log"));
         let process = launch
@@ -208,19 +208,15 @@ impl Cluster {
         let config = self.dir.join("bootstrap-admin.toml");
         std::fs::write(&config, self.common_toml("bootstrap"))?;
         let file = self.dir.join(format!("{user}.password"));
-        let output = Command::new(binary("prexor-api")?)
-            .arg("--config")
-            .arg(&config)
-            .args(["bootstrap-admin", "--username", user, "--password-file"])
-            .arg(&file)
-            .env_remove("PREXOR_CONFIG")
-            .output()?;
-        ensure!(
-            output.status.success(),
-            "bootstrap-admin failed: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        run_ok(
+            Command::new(binary("prexor-api")?)
+                .arg("--config")
+                .arg(&config)
+                .args(["bootstrap-admin", "--username", user, "--password-file"])
+                .arg(&file)
+                .env_remove("PREXOR_CONFIG"),
+            "bootstrap-admin",
+        )?;
         Ok(std::fs::read_to_string(&file)?)
     }
 
@@ -251,6 +247,22 @@ impl Cluster {
         join_token: Option<&str>,
         env: &[(&str, &str)],
     ) -> anyhow::Result<Proc> {
+        self.start(
+            self.daemon_launch(name, node_id, data, gateways, join_token)?
+                .env(env.iter().copied()),
+        )
+    }
+
+    /// How [`Cluster::daemon`] starts a daemon, to change before [`Cluster::start`] (another
+    /// binary, more arguments).
+    pub fn daemon_launch(
+        &self,
+        name: &str,
+        node_id: &str,
+        data: &str,
+        gateways: &[&str],
+        join_token: Option<&str>,
+    ) -> anyhow::Result<Launch> {
         let http = free_port();
         let gateways: Vec<String> = gateways.iter().map(|g| format!("\"{g}\"")).collect();
         let token = join_token
@@ -261,11 +273,7 @@ impl Cluster {
             self.dir.join(data).display(),
             gateways.join(", "),
         );
-        let env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        self.spawn("prexor-daemon", name, &toml, http, None, &env, &[])
+        Launch::new("prexor-daemon", name, &self.dir, &toml, http)
     }
 
     /// A connection to this test's database.
@@ -276,6 +284,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // Daemons' shims and servers outlive the daemons by design: end everything that works in
+        // or names this test's directory.
+        prexor_testkit::reap::kill_under(&self.dir);
         if std::thread::panicking() {
             for (name, log) in self.procs.lock().expect("procs lock").iter() {
                 eprintln!(
@@ -292,7 +303,7 @@ impl Drop for Cluster {
 
 /// Requires a gRPC `call` to fail with `code` and a message containing `needle`.
 pub fn refused_call<T: std::fmt::Debug>(
-    call: Result<tonic::Response<T>, tonic::Status>,
+    call: Result<T, tonic::Status>,
     code: tonic::Code,
     needle: &str,
 ) -> anyhow::Result<()> {

@@ -3,10 +3,10 @@
 use std::io::Read;
 use std::path::Path;
 
-use anyhow::ensure;
+use anyhow::{Context, ensure};
 use mongodb::bson::{Document, doc};
 
-use crate::{Cluster, Rest, binary, free_port};
+use crate::{Cluster, Rest, binary, collection, free_port};
 
 /// A group document for the fake server (`extra` arguments after `--port {port}`).
 pub fn group_doc(name: &str, min: i64, extra: &[&str]) -> anyhow::Result<Document> {
@@ -45,11 +45,21 @@ pub async fn deploy(
     group: &str,
     body: serde_json::Value,
 ) -> anyhow::Result<serde_json::Value> {
-    let (status, deployment) = rest
-        .post(&format!("/groups/{group}/deployments"), body)
-        .await?;
-    ensure!(status == 201, "{status} {deployment}");
-    Ok(deployment)
+    rest.post_created(&format!("/groups/{group}/deployments"), body)
+        .await
+}
+
+/// Rolls `spec` out to `group` one instance at a time (batch size 1, at most one unavailable);
+/// the deployment's id and the deployment.
+pub async fn deploy_one_by_one(
+    rest: &Rest,
+    group: &str,
+    spec: serde_json::Value,
+) -> anyhow::Result<(String, serde_json::Value)> {
+    let body = serde_json::json!({ "spec": spec, "batchSize": 1, "maxUnavailable": 1 });
+    let deployment = deploy(rest, group, body).await?;
+    let id = deployment["id"].as_str().context("the deployment's id")?;
+    Ok((id.to_owned(), deployment))
 }
 
 /// The spec of [`group_doc`] `name` as the API takes it (JSON).
@@ -70,22 +80,61 @@ pub async fn create_group(
     name: &str,
     spec: serde_json::Value,
 ) -> anyhow::Result<serde_json::Value> {
+    rest.post_created("/groups", serde_json::json!({ "name": name, "spec": spec }))
+        .await
+}
+
+/// Requires `POST /groups` of group `name` with `spec` to be refused (400) naming `field` first.
+pub async fn refused_group(
+    rest: &Rest,
+    name: &str,
+    spec: serde_json::Value,
+    field: &str,
+) -> anyhow::Result<()> {
     let (status, body) = rest
         .post("/groups", serde_json::json!({ "name": name, "spec": spec }))
         .await?;
-    ensure!(status == 201, "{status} {body}");
-    Ok(body)
+    ensure!(
+        status == 400 && body["details"]["fields"][0]["field"] == field,
+        "group {name} should be refused for {field}: {status} {body}"
+    );
+    Ok(())
 }
 
 /// Writes `group` (a [`group_doc`]) straight into MongoDB, as an operator's earlier write would
 /// have: for tests that run schedulers without an api.
 pub async fn insert_group(cluster: &Cluster, group: Document) -> anyhow::Result<()> {
-    cluster
-        .stores
-        .mongo()
+    collection(cluster, "groups")
         .await?
-        .collection::<Document>("groups")
         .insert_one(group)
+        .await?;
+    Ok(())
+}
+
+/// A key and an hour's certificate from `authority` for replica `replica` of service `kind`
+/// (no names beyond its identity): (certificate PEM, key PEM).
+pub fn service_certificate(
+    authority: &prexor_pki::CertificateAuthority,
+    kind: &str,
+    replica: &str,
+) -> anyhow::Result<(String, String)> {
+    let identity = prexor_pki::Identity::Service {
+        kind: kind.into(),
+        replica: replica.into(),
+    };
+    let names = prexor_pki::ServiceNames::default();
+    let request = prexor_pki::KeyAndCsr::new(&identity, &names)?;
+    let hour = std::time::Duration::from_secs(3600);
+    let issued = authority.sign_service(kind, replica, &names, &request.csr_pem, hour)?;
+    Ok((issued.pem, request.key_pem))
+}
+
+/// Sets the fields `set` of group `name` straight in MongoDB (`$set`), as an operator's write
+/// would have: for tests that run schedulers without an api.
+pub async fn set_group(cluster: &Cluster, name: &str, set: Document) -> anyhow::Result<()> {
+    collection(cluster, "groups")
+        .await?
+        .update_one(doc! { "_id": name }, doc! { "$set": set })
         .await?;
     Ok(())
 }

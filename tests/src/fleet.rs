@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use mongodb::bson::Document;
 
-use crate::{Cluster, Proc, Rest, invariants, reported_state, stop_all, wait_doc};
+use crate::{Cluster, Proc, Rest, invariants, reported_pid, reported_state, stop_all, wait_doc};
 
 const FLEET_READY_WITHIN: Duration = Duration::from_secs(60);
 const FLEET_EXIT_WITHIN: Duration = Duration::from_secs(20);
@@ -25,6 +25,23 @@ pub async fn running(cluster: &Cluster, ids: &[&str]) -> anyhow::Result<Vec<Docu
         );
     }
     Ok(docs)
+}
+
+/// Waits until instance `id` runs again (scheduler state and report) as another process than
+/// in `before`, an earlier record of it; its record.
+pub async fn running_again(
+    cluster: &Cluster,
+    id: &str,
+    before: &Document,
+    what: &str,
+) -> anyhow::Result<Document> {
+    let old = reported_pid(before);
+    wait_doc(cluster, "instances", id, what, |d| {
+        d.get_str("state") == Ok("RUNNING")
+            && reported_state(d) == "RUNNING"
+            && ![0, old].contains(&reported_pid(d))
+    })
+    .await
 }
 
 /// The plan hash of each of instances `ids`, once all of them run ([`running`]).
@@ -88,12 +105,8 @@ pub async fn nodes(cluster: &Cluster, nodes: &[&str]) -> anyhow::Result<Fleet> {
 /// [`nodes`] with `ca_keys` added to the CA's `[ca]` table (e.g. short certificate lifetimes).
 pub async fn nodes_with(cluster: &Cluster, nodes: &[&str], ca_keys: &str) -> anyhow::Result<Fleet> {
     let mut fleet = control_with(cluster, ca_keys, &[]).await?;
-    let ports = fleet.daemon_ports();
-    let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
     for node in nodes {
-        fleet
-            .daemons
-            .push(enrolled_daemon(cluster, node, &ports).await?);
+        fleet.enrol(cluster, node).await?;
     }
     Ok(fleet)
 }
@@ -172,20 +185,26 @@ pub async fn operators_with(
 ) -> anyhow::Result<Operators> {
     let password = cluster.bootstrap_admin("admin")?;
     let mut api = cluster.service("api", "api-1", api_extra)?;
-    let mut started = Vec::new();
-    for i in 1..=schedulers {
-        started.push(cluster.service("scheduler", &format!("scheduler-{i}"), "")?);
-    }
+    let started = self::schedulers(cluster, schedulers).await?;
     api.wait_ready(FLEET_READY_WITHIN).await?;
-    for scheduler in &mut started {
-        scheduler.wait_ready(FLEET_READY_WITHIN).await?;
-    }
     let rest = api.rest(&api.login("admin", &password).await?);
     Ok(Operators {
         api,
         schedulers: started,
         rest,
     })
+}
+
+/// Scheduler replicas `scheduler-1` to `scheduler-<count>`, ready.
+pub async fn schedulers(cluster: &Cluster, count: usize) -> anyhow::Result<Vec<Proc>> {
+    let mut started = Vec::new();
+    for i in 1..=count {
+        started.push(cluster.service("scheduler", &format!("scheduler-{i}"), "")?);
+    }
+    for scheduler in &mut started {
+        scheduler.wait_ready(FLEET_READY_WITHIN).await?;
+    }
+    Ok(started)
 }
 
 /// A CA and two gateways, ready; no daemons yet.
@@ -228,6 +247,30 @@ impl Fleet {
             .iter()
             .filter_map(|g| g.daemon_port.clone())
             .collect()
+    }
+
+    /// Starts a daemon `name` for `node` (data in `<test dir>/<node>`) dialing every gateway,
+    /// enrolling with `join_token` if it has no certificate yet; not waited for.
+    pub fn start_daemon(
+        &self,
+        cluster: &Cluster,
+        name: &str,
+        node: &str,
+        join_token: Option<&str>,
+    ) -> anyhow::Result<Proc> {
+        let ports = self.daemon_ports();
+        let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
+        cluster.daemon(name, node, node, &ports, join_token, &[])
+    }
+
+    /// Adds a daemon for `node` dialing every gateway, enrolled with a fresh join token
+    /// ([`enrolled_daemon`]); ready.
+    pub async fn enrol(&mut self, cluster: &Cluster, node: &str) -> anyhow::Result<()> {
+        let ports = self.daemon_ports();
+        let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
+        self.daemons
+            .push(enrolled_daemon(cluster, node, &ports).await?);
+        Ok(())
     }
 }
 

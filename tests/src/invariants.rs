@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use futures::TryStreamExt;
+use mongodb::Database;
 use mongodb::bson::{Document, doc};
 
 use crate::Cluster;
@@ -28,7 +29,7 @@ pub struct ProcessEntry {
 }
 
 /// Every process launch and exit the daemons of `nodes` journaled (their data dirs are
-/// `<test dir>/<node>`, as [`nodes`] makes them), oldest first.
+/// `<test dir>/<node>`, as [`nodes`](crate::nodes) makes them), oldest first.
 pub fn process_journal(cluster: &Cluster, nodes: &[&str]) -> anyhow::Result<Vec<ProcessEntry>> {
     let mut entries = Vec::new();
     for node in nodes {
@@ -104,12 +105,8 @@ pub async fn settled(cluster: &Cluster) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut pending = Vec::new();
-        let starting: Vec<Document> = db
-            .collection::<Document>("instances")
-            .find(doc! { "state": { "$in": ["SCHEDULED", "PREPARING", "STARTING"] } })
-            .await?
-            .try_collect()
-            .await?;
+        let on_the_way = doc! { "state": { "$in": ["SCHEDULED", "PREPARING", "STARTING"] } };
+        let starting = all(&db, "instances", on_the_way).await?;
         for instance in &starting {
             pending.push(format!(
                 "instance {} is {}",
@@ -146,28 +143,28 @@ pub async fn settled(cluster: &Cluster) -> anyhow::Result<()> {
     }
 }
 
+/// Every document of `collection` in `db` matching `filter`.
+async fn all(db: &Database, collection: &str, filter: Document) -> anyhow::Result<Vec<Document>> {
+    Ok(db
+        .collection::<Document>(collection)
+        .find(filter)
+        .await?
+        .try_collect()
+        .await?)
+}
+
 /// The fence invariants: per scope, the tokens of applied writes (`fence_log`, recorded in each
 /// write's transaction) never go down and never exceed the scope's mark; and every document
 /// stamped by a fenced write carries a token its scope's mark covers.
 pub async fn fences_hold(cluster: &Cluster) -> anyhow::Result<()> {
     let db = cluster.stores.mongo().await?;
-    let fences: Vec<Document> = db
-        .collection::<Document>("fences")
-        .find(doc! {})
-        .await?
-        .try_collect()
-        .await?;
+    let fences = all(&db, "fences", doc! {}).await?;
     let marks: BTreeMap<String, i64> = fences
         .iter()
         .filter_map(|f| Some((f.get_str("_id").ok()?.to_owned(), f.get_i64("mark").ok()?)))
         .collect();
     let applied: i64 = fences.iter().filter_map(|f| f.get_i64("writes").ok()).sum();
-    let log: Vec<Document> = db
-        .collection::<Document>("fence_log")
-        .find(doc! {})
-        .await?
-        .try_collect()
-        .await?;
+    let log = all(&db, "fence_log", doc! {}).await?;
     ensure!(
         log.len() as i64 == applied,
         "fence_log holds {} writes, the fences counted {applied} (is coordination.fenceLog on everywhere?)",
@@ -198,12 +195,7 @@ pub async fn fences_hold(cluster: &Cluster) -> anyhow::Result<()> {
         }
     }
     for name in db.list_collection_names().await? {
-        let stamped: Vec<Document> = db
-            .collection::<Document>(&name)
-            .find(doc! { "_fence": { "$exists": true } })
-            .await?
-            .try_collect()
-            .await?;
+        let stamped = all(&db, &name, doc! { "_fence": { "$exists": true } }).await?;
         for doc in stamped {
             let fence = doc.get_document("_fence")?;
             let (scope, token) = (fence.get_str("scope")?, fence.get_i64("token")?);

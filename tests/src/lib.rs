@@ -2,6 +2,7 @@
 //! real backing servers, waits on their readiness endpoints, signals them, and prints every
 //! process's log when a test fails.
 //!
+//! - [`scenario_tests!`]: tests that each run a scenario on a fresh [`Cluster`];
 //! - [`Cluster`]: one test's stores, directory and processes (`cluster.rs`), with internal gRPC
 //!   helpers;
 //! - [`Proc`]: one running process (launched by `prexor-testkit`), and stopping, readiness and
@@ -31,3 +32,19 @@ pub use prexor_testkit::{TestStores, bin_dir, binary, free_port};
 pub use procs::*;
 pub use records::*;
 pub use rest::*;
+
+/// Declares tests, each `test: scenario`: the test runs `scenario(&cluster)` on a fresh
+/// [`Cluster`] (its directory and database named after the scenario) and unwraps the result while
+/// that cluster still lives, so that a failure prints every process's log.
+#[macro_export]
+macro_rules! scenario_tests {
+    ($($test:ident: $scenario:ident),+ $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $test() {
+                let cluster = $crate::Cluster::new(stringify!($scenario)).unwrap();
+                $scenario(&cluster).await.unwrap();
+            }
+        )+
+    };
+}

@@ -2,6 +2,7 @@
 //! REST on an api replica), and what tests do with several of them.
 
 use std::ops::{Deref, DerefMut};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -49,6 +50,43 @@ impl Proc {
             .with_context(|| format!("login as {user}"))?;
         Ok(session.token)
     }
+
+    /// Waits (at most `within`) for this process to exit with a failure whose log names every
+    /// one of `needles`; the log.
+    pub async fn wait_failure(
+        &mut self,
+        within: Duration,
+        needles: &[&str],
+    ) -> anyhow::Result<String> {
+        let status = self.wait_exit(within).await?;
+        let log = self.log_text();
+        ensure!(
+            !status.success(),
+            "{} should have failed but exited with {status}:\n{log}",
+            self.name
+        );
+        mentions_all(log, needles, || format!("{} failed ({status})", self.name))
+    }
+}
+
+/// Requires `text` to contain every one of `needles` (else an error: `what()` without the missing
+/// ones, and the text); the text.
+pub fn mentions_all(
+    text: String,
+    needles: &[&str],
+    what: impl FnOnce() -> String,
+) -> anyhow::Result<String> {
+    let missing: Vec<&str> = needles
+        .iter()
+        .copied()
+        .filter(|n| !text.contains(n))
+        .collect();
+    ensure!(
+        missing.is_empty(),
+        "{} without {missing:?}:\n{text}",
+        what()
+    );
+    Ok(text)
 }
 
 /// Which of `procs` holds the lease `scope` now (from their status).
@@ -83,6 +121,22 @@ pub async fn stop_all<'a>(
         proc.stop(within).await?;
     }
     Ok(())
+}
+
+/// Runs `command` to its end and requires a zero exit (the error names `what` and carries all
+/// it printed); its standard output.
+pub fn run_ok(command: &mut Command, what: &str) -> anyhow::Result<String> {
+    let output = command
+        .output()
+        .with_context(|| format!("running {what}"))?;
+    ensure!(
+        output.status.success(),
+        "{what} failed ({}): {}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
 }
 
 /// Waits until `/readyz` answers 503 with a body containing `needle`.

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{bail, ensure};
 use prexor_client::{Body, Client, Event, EventStream, Method};
 use serde_json::Value;
 
@@ -80,6 +80,10 @@ impl Rest {
         self.call(Method::PUT, path, Some(body)).await
     }
 
+    pub async fn patch(&self, path: &str, body: Value) -> anyhow::Result<(u16, Value)> {
+        self.call(Method::PATCH, path, Some(body)).await
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<(u16, Value)> {
         self.call(Method::DELETE, path, None).await
     }
@@ -99,6 +103,29 @@ impl Rest {
         Ok((answer.status, answer.body))
     }
 
+    /// POSTs `body` to `path` and requires 201 Created; what was created.
+    pub async fn post_created(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let (status, created) = self.post(path, body).await?;
+        ensure!(status == 201, "POST {path}: {status} {created}");
+        Ok(created)
+    }
+
+    /// Waits (at most `within`) until `GET path` answers 404: what was deleted is gone.
+    pub async fn wait_gone(&self, path: &str, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let (status, body) = self.get(path).await?;
+            if status == 404 {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{path} still there after {within:?}: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Opens an SSE stream (`GET` with `Accept: text/event-stream`), resuming after
     /// `last_event_id` when given; an error status is an error.
     pub async fn sse(&self, path: &str, last_event_id: Option<&str>) -> anyhow::Result<Sse> {
@@ -106,6 +133,15 @@ impl Rest {
             events: self.client.events(path, last_event_id).await?,
         })
     }
+}
+
+/// The string `field` of every entry of the JSON list `list` (entries without one skipped); an
+/// error if `list` is not a list.
+pub fn fields_of<'a>(list: &'a Value, field: &str) -> anyhow::Result<Vec<&'a str>> {
+    let Some(entries) = list.as_array() else {
+        bail!("expected a list of entries with a {field:?}: {list}");
+    };
+    Ok(entries.iter().filter_map(|e| e[field].as_str()).collect())
 }
 
 /// One server-sent event.

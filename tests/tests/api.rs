@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use mongodb::bson::Document;
 use prexor_acceptance::{
-    Cluster, Rest, find_doc, group_spec, reported_state, running, stop_all, system, tar_gz,
-    wait_doc,
+    Cluster, Proc, Rest, create_group, fields_of, get_doc, group_spec, refused_group,
+    reported_state, run_ok, running, running_again, scenario_tests, stop_all, system, tar_gz,
+    wait_state,
 };
 use serde_json::{Value, json};
 
@@ -93,12 +93,7 @@ async fn two_replicas(cluster: &Cluster) -> anyhow::Result<()> {
     let (status, invalid) = admin_a
         .post("/groups", json!({ "name": "Not A Name", "spec": bad }))
         .await?;
-    let fields: Vec<&str> = invalid["details"]["fields"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|f| f["field"].as_str())
-        .collect();
+    let fields = fields_of(&invalid["details"]["fields"], "field").unwrap_or_default();
     ensure!(
         status == 400 && fields.contains(&"name") && fields.contains(&"memoryMb"),
         "{status} {invalid}"
@@ -180,32 +175,17 @@ async fn two_replicas(cluster: &Cluster) -> anyhow::Result<()> {
         "{status} {with_template}"
     );
     templated["templates"] = json!([{ "name": "nope" }]);
-    let (status, missing) = admin_a
-        .post("/groups", json!({ "name": "hub2", "spec": templated }))
-        .await?;
-    ensure!(
-        status == 400 && missing["details"]["fields"][0]["field"] == "templates[0].name",
-        "{status} {missing}"
-    );
+    refused_group(&admin_a, "hub2", templated, "templates[0].name").await?;
     let (status, _) = admin_a.delete("/templates/base").await?;
     ensure!(status == 409, "deleting a template in use: {status}");
     let (status, _) = admin_a.delete("/groups/hub").await?;
     ensure!(status == 202, "{status}");
 
     // Permissions: a viewer reads but cannot mutate; a scoped token cannot exceed its scope.
-    let (status, _) = admin_a
-        .post(
-            "/users",
-            json!({ "username": "vera", "password": "viewer-password-1", "roles": ["viewer"] }),
-        )
-        .await?;
-    ensure!(status == 201, "{status}");
-    let (status, weak) = admin_a
-        .post(
-            "/users",
-            json!({ "username": "olga", "password": "short", "roles": ["operator"] }),
-        )
-        .await?;
+    let vera = json!({ "username": "vera", "password": "viewer-password-1", "roles": ["viewer"] });
+    admin_a.post_created("/users", vera).await?;
+    let olga = json!({ "username": "olga", "password": "short", "roles": ["operator"] });
+    let (status, weak) = admin_a.post("/users", olga).await?;
     ensure!(
         status == 400 && weak["message"].as_str().unwrap_or("").contains("password"),
         "{weak}"
@@ -247,25 +227,17 @@ async fn two_replicas(cluster: &Cluster) -> anyhow::Result<()> {
     ensure!(status == 401, "deleted token: {status}");
 
     // Lockout across replicas: five failures spread over A and B lock vera on both.
+    let vera_signs_in = async |replica: &Proc, password: &str| {
+        let body = json!({ "username": "vera", "password": password });
+        replica.rest("").post("/auth/login", body).await
+    };
     for attempt in 0..5 {
         let replica = if attempt % 2 == 0 { &a } else { &b };
-        let (status, _) = replica
-            .rest("")
-            .post(
-                "/auth/login",
-                json!({ "username": "vera", "password": "wrong-password-x" }),
-            )
-            .await?;
+        let (status, _) = vera_signs_in(replica, "wrong-password-x").await?;
         ensure!(status == 401, "failed login {attempt}: {status}");
     }
     for replica in [&a, &b] {
-        let (status, locked) = replica
-            .rest("")
-            .post(
-                "/auth/login",
-                json!({ "username": "vera", "password": "viewer-password-1" }),
-            )
-            .await?;
+        let (status, locked) = vera_signs_in(replica, "viewer-password-1").await?;
         ensure!(
             status == 429 && locked["code"] == "LOCKED_OUT",
             "{status} {locked}"
@@ -279,12 +251,7 @@ async fn two_replicas(cluster: &Cluster) -> anyhow::Result<()> {
     let (_, older) = admin_b
         .get(&format!("/audit?limit=50&cursor={cursor}"))
         .await?;
-    let actions: Vec<&str> = older["entries"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["action"].as_str())
-        .collect();
+    let actions = fields_of(&older["entries"], "action")?;
     ensure!(actions.contains(&"group.create"), "{older}");
     let (status, _) = admin_a.delete("/users/admin").await?;
     ensure!(status == 409, "deleting the last admin: {status}");
@@ -304,27 +271,12 @@ async fn two_replicas(cluster: &Cluster) -> anyhow::Result<()> {
     stop_all([&mut a, &mut b], EXIT_WITHIN).await
 }
 
-#[tokio::test]
-async fn two_api_replicas_share_sessions_events_and_lockouts() {
-    let cluster = Cluster::new("api_replicas").unwrap();
-    two_replicas(&cluster).await.unwrap();
-}
-
-async fn instance_doc(cluster: &Cluster, id: &str) -> anyhow::Result<Document> {
-    find_doc(cluster, "instances", id)
-        .await?
-        .context("instance")
-}
-
 async fn operator_actions(cluster: &Cluster) -> anyhow::Result<()> {
     let system = system(cluster, &["node-1"], 1).await?;
     let rest = system.rest.clone();
     let api_url = system.api.http.clone();
 
-    let (status, body) = rest
-        .post("/groups", json!({ "name": "hub", "spec": group_spec(1)? }))
-        .await?;
-    ensure!(status == 201, "{status} {body}");
+    create_group(&rest, "hub", group_spec(1)?).await?;
     let first = running(cluster, &["hub-1"]).await?.remove(0);
     let (status, nodes) = rest.get("/nodes").await?;
     ensure!(
@@ -354,18 +306,13 @@ async fn operator_actions(cluster: &Cluster) -> anyhow::Result<()> {
 
     // prexorctl does the same through the API.
     let ctl = |args: &[&str]| -> anyhow::Result<String> {
-        let output = std::process::Command::new(prexor_acceptance::binary("prexorctl")?)
-            .args(["--controller", &api_url, "--token", rest.token()])
-            .args(args)
-            .env("PREXORCTL_CONFIG", cluster.dir.join("prexorctl.json"))
-            .output()?;
-        ensure!(
-            output.status.success(),
-            "prexorctl {args:?}: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(String::from_utf8(output.stdout)?)
+        run_ok(
+            std::process::Command::new(prexor_acceptance::binary("prexorctl")?)
+                .args(["--controller", &api_url, "--token", rest.token()])
+                .args(args)
+                .env("PREXORCTL_CONFIG", cluster.dir.join("prexorctl.json")),
+            &format!("prexorctl {args:?}"),
+        )
     };
     let listed: Value = serde_json::from_str(&ctl(&["instances", "list", "-o", "json"])?)?;
     ensure!(listed[0]["id"] == "hub-1", "{listed}");
@@ -385,32 +332,17 @@ async fn operator_actions(cluster: &Cluster) -> anyhow::Result<()> {
     let (status, body) = rest.post("/instances/hub-1/stop", json!({})).await?;
     ensure!(status == 202, "{status} {body}");
     let old_plan = first.get_str("planHash")?.to_owned();
-    let old_pid = first
-        .get_document("reported")?
-        .get_i32("pid")
-        .unwrap_or_default();
-    wait_doc(cluster, "instances", "hub-1", "restarted", |d| {
-        d.get_str("state") == Ok("RUNNING")
-            && reported_state(d) == "RUNNING"
-            && d.get_document("reported")
-                .ok()
-                .and_then(|r| r.get_i32("pid").ok())
-                .is_some_and(|pid| pid != old_pid)
-    })
-    .await?;
+    let restarted = running_again(cluster, "hub-1", &first, "restarted").await?;
     ensure!(
-        instance_doc(cluster, "hub-1").await?.get_str("planHash")? != old_plan,
-        "a restart is a new plan"
+        restarted.get_str("planHash")? != old_plan,
+        "a restart is a new plan: {restarted:?}"
     );
 
     // A MANUAL group starts only what operators start, up to its maximum.
     let mut manual = group_spec(0)?;
     manual["scaling"] = json!("MANUAL");
     manual["maxInstances"] = json!(1);
-    let (status, _) = rest
-        .post("/groups", json!({ "name": "event", "spec": manual }))
-        .await?;
-    ensure!(status == 201, "{status}");
+    create_group(&rest, "event", manual).await?;
     let (status, _) = rest.post("/groups/hub/instances", json!({})).await?;
     ensure!(status == 409, "manual start in a STATIC group: {status}");
     let (status, body) = rest.post("/groups/event/instances", json!({})).await?;
@@ -427,30 +359,11 @@ async fn operator_actions(cluster: &Cluster) -> anyhow::Result<()> {
     // Deleting a group stops its instances, then the group is gone.
     let (status, _) = rest.delete("/groups/hub").await?;
     ensure!(status == 202, "{status}");
-    wait_doc(cluster, "instances", "hub-1", "stopped", |d| {
-        d.get_str("state") == Ok("STOPPED")
-    })
-    .await?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, _) = rest.get("/groups/hub").await?;
-        if status == 404 {
-            break;
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "group hub still there: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_state(cluster, "instances", "hub-1", "STOPPED").await?;
+    rest.wait_gone("/groups/hub", Duration::from_secs(30))
+        .await?;
 
     system.stop(0).await
-}
-
-#[tokio::test]
-async fn operator_actions_through_the_api_reach_real_instances() {
-    let cluster = Cluster::new("api_operator").unwrap();
-    operator_actions(&cluster).await.unwrap();
 }
 
 /// Tells the api, as a server (`server` carries its instance token), which `players` are online;
@@ -470,20 +383,11 @@ async fn dynamic_scaling(cluster: &Cluster) -> anyhow::Result<()> {
     let mut spec = group_spec(1)?;
     spec["scaling"] = json!("DYNAMIC");
     spec["maxInstances"] = json!(3);
-    let (status, missing) = rest
-        .post("/groups", json!({ "name": "arena", "spec": spec }))
-        .await?;
-    ensure!(
-        status == 400 && missing["details"]["fields"][0]["field"] == "dynamic",
-        "{status} {missing}"
-    );
+    refused_group(&rest, "arena", spec.clone(), "dynamic").await?;
     spec["dynamic"] = json!({
         "maxPlayers": 10, "scaleUpPercent": 80, "scaleDownDelaySeconds": 2, "cooldownSeconds": 1,
     });
-    let (status, body) = rest
-        .post("/groups", json!({ "name": "arena", "spec": spec }))
-        .await?;
-    ensure!(status == 201, "{status} {body}");
+    create_group(&rest, "arena", spec).await?;
     let first = running(cluster, &["arena-1"]).await?.remove(0);
     let token = prexor_acceptance::plan_of(cluster, &first)
         .await?
@@ -521,32 +425,22 @@ async fn dynamic_scaling(cluster: &Cluster) -> anyhow::Result<()> {
 
     // Everyone leaves: after the scale-down delay the emptiest instance goes, down to min.
     players(&server, json!([])).await?;
-    wait_doc(
-        cluster,
-        "instances",
-        "arena-2",
-        "stopped by scale-down",
-        |d| d.get_str("state") == Ok("STOPPED"),
-    )
-    .await?;
-    let one = instance_doc(cluster, "arena-1").await?;
+    wait_state(cluster, "instances", "arena-2", "STOPPED")
+        .await
+        .context("stopped by scale-down")?;
+    let one = get_doc(cluster, "instances", "arena-1").await?;
     ensure!(
         one.get_str("state")? == "RUNNING" && reported_state(&one) == "RUNNING",
         "arena-1 keeps running: {one:?}"
     );
-    let state = find_doc(cluster, "group_state", "arena")
-        .await?
-        .context("group state")?;
+    let state = get_doc(cluster, "group_state", "arena").await?;
     ensure!(state.get_i64("scaleTarget")? == 1, "{state:?}");
 
     // A node drain with players online: arena-1 DRAINS (still up) until they left, then stops.
     players(&server, json!(["alex", "sam", "kim"])).await?;
     let (status, body) = rest.post("/nodes/node-1/drain", json!({})).await?;
     ensure!(status == 202, "{status} {body}");
-    let draining = wait_doc(cluster, "instances", "arena-1", "DRAINING", |d| {
-        d.get_str("state") == Ok("DRAINING")
-    })
-    .await?;
+    let draining = wait_state(cluster, "instances", "arena-1", "DRAINING").await?;
     ensure!(
         draining.get_i64("drainUntilMs")? > draining.get_i64("stateAtMs")?
             && reported_state(&draining) == "RUNNING",
@@ -558,20 +452,15 @@ async fn dynamic_scaling(cluster: &Cluster) -> anyhow::Result<()> {
         "{status} {shown}"
     );
     players(&server, json!([])).await?;
-    wait_doc(
-        cluster,
-        "instances",
-        "arena-1",
-        "stopped after draining",
-        |d| d.get_str("state") == Ok("STOPPED"),
-    )
-    .await?;
+    wait_state(cluster, "instances", "arena-1", "STOPPED")
+        .await
+        .context("stopped after draining")?;
 
     system.stop(0).await
 }
 
-#[tokio::test]
-async fn a_dynamic_group_follows_the_players_its_servers_report() {
-    let cluster = Cluster::new("api_dynamic").unwrap();
-    dynamic_scaling(&cluster).await.unwrap();
+scenario_tests! {
+    two_api_replicas_share_sessions_events_and_lockouts: two_replicas,
+    operator_actions_through_the_api_reach_real_instances: operator_actions,
+    a_dynamic_group_follows_the_players_its_servers_report: dynamic_scaling,
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use mongodb::bson::Document;
 use prexor_acceptance::{
-    Cluster, binary, create_group, fence_mark, group_spec, process_journal, running, system,
-    tar_gz, tar_gz_entries, tar_gz_mode, wait_doc,
+    Cluster, binary, create_group, fence_mark, group_spec, process_journal, running,
+    scenario_tests, system, tar_gz, tar_gz_entries, tar_gz_mode, wait_doc, wait_state,
 };
 use serde_json::{Value, json};
 
@@ -135,18 +135,8 @@ async fn backup_restore(cluster: &Cluster) -> anyhow::Result<()> {
         })
         .await?;
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (status, _) = rest.get("/groups/extra").await?;
-        if status == 404 {
-            break;
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "extra was never removed"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    rest.wait_gone("/groups/extra", Duration::from_secs(60))
+        .await?;
     let after = running(cluster, &["lobby-1", "lobby-2"]).await?;
     for (was, now) in before.iter().zip(&after) {
         ensure!(
@@ -155,10 +145,7 @@ async fn backup_restore(cluster: &Cluster) -> anyhow::Result<()> {
             was.get_str("_id")?
         );
     }
-    let stopped = wait_doc(cluster, "instances", "lobby-3", "stopped", |d| {
-        d.get_str("state") == Ok("STOPPED")
-    })
-    .await?;
+    let stopped = wait_state(cluster, "instances", "lobby-3", "STOPPED").await?;
     let token = stopped.get_document("_fence")?.get_i64("token")?;
     ensure!(
         token > lobby_mark,
@@ -209,8 +196,6 @@ async fn backup_restore(cluster: &Cluster) -> anyhow::Result<()> {
     system.finish(cluster, last).await
 }
 
-#[tokio::test]
-async fn a_restore_under_running_replicas_brings_the_backup_back_and_restarts_nothing_it_keeps() {
-    let cluster = Cluster::new("backup").unwrap();
-    backup_restore(&cluster).await.unwrap();
+scenario_tests! {
+    a_restore_under_running_replicas_brings_the_backup_back_and_restarts_nothing_it_keeps: backup_restore,
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use mongodb::bson::doc;
 use prexor_acceptance::{
-    Cluster, Proc, create_group, deploy, find_docs, holder_of, running, spec_of, system, wait_doc,
-    with_version,
+    Cluster, Proc, create_group, deploy_one_by_one, find_docs, holder_of, running, scenario_tests,
+    spec_of, system, wait_state, with_version,
 };
 use serde_json::json;
 
@@ -36,6 +36,31 @@ async fn on_spec(cluster: &Cluster, hash: &str) -> anyhow::Result<HashMap<String
         .collect())
 }
 
+/// Waits until deployment `id` is DONE; then requires all four instances on spec `target`, each
+/// of `kept` still on the plan it had (not restarted `since`).
+async fn done_keeping(
+    cluster: &Cluster,
+    id: &str,
+    target: &str,
+    kept: &HashMap<String, String>,
+    since: &str,
+) -> anyhow::Result<()> {
+    wait_state(cluster, "deployments", id, "DONE").await?;
+    let done = on_spec(cluster, target).await?;
+    ensure!(
+        done.len() == 4,
+        "4 of 4 on the target spec {since}: {done:?}"
+    );
+    for (instance, plan) in kept {
+        ensure!(
+            done.get(instance) == Some(plan),
+            "{instance} was restarted {since} ({plan} -> {:?})",
+            done.get(instance)
+        );
+    }
+    Ok(())
+}
+
 async fn rollout(cluster: &Cluster) -> anyhow::Result<()> {
     let mut system = system(cluster, &["node-1", "node-2"], 2).await?;
     let rest = system.rest.clone();
@@ -44,14 +69,7 @@ async fn rollout(cluster: &Cluster) -> anyhow::Result<()> {
     running(cluster, &IDS).await?;
 
     // Roll out version 2, one at a time.
-    let v2 = with_version(&base, "2");
-    let deployment = deploy(
-        &rest,
-        "web",
-        json!({ "spec": v2, "batchSize": 1, "maxUnavailable": 1 }),
-    )
-    .await?;
-    let id = deployment["id"].as_str().context("id")?.to_owned();
+    let (id, deployment) = deploy_one_by_one(&rest, "web", with_version(&base, "2")).await?;
     let target = deployment["targetSpecHash"]
         .as_str()
         .context("target")?
@@ -86,19 +104,7 @@ async fn rollout(cluster: &Cluster) -> anyhow::Result<()> {
     );
 
     // The peer completes it; the instances updated before the kill keep their plans.
-    wait_doc(cluster, "deployments", &id, "DONE", |d| {
-        d.get_str("state") == Ok("DONE")
-    })
-    .await?;
-    let done = on_spec(cluster, &target).await?;
-    ensure!(done.len() == 4, "4 of 4 updated: {done:?}");
-    for (instance, plan) in &updated {
-        ensure!(
-            done.get(instance) == Some(plan),
-            "{instance} was restarted again after the failover ({plan} -> {:?})",
-            done.get(instance)
-        );
-    }
+    done_keeping(cluster, &id, &target, &updated, "again after the failover").await?;
     let (status, shown) = rest.get(&format!("/deployments/{id}")).await?;
     ensure!(
         status == 200 && shown["live"]["updated"] == 4 && shown["state"] == "DONE",
@@ -106,23 +112,14 @@ async fn rollout(cluster: &Cluster) -> anyhow::Result<()> {
     );
 
     // Version 3, paused at once, then rolled back to 2: whatever never left 2 is untouched.
-    let second = deploy(
-        &rest,
-        "web",
-        json!({ "spec": with_version(&base, "3"), "batchSize": 1, "maxUnavailable": 1 }),
-    )
-    .await?;
-    let second_id = second["id"].as_str().context("id")?.to_owned();
-    let (status, paused) = rest
-        .post(&format!("/deployments/{second_id}/pause"), json!({}))
-        .await?;
+    let (second_id, _) = deploy_one_by_one(&rest, "web", with_version(&base, "3")).await?;
+    let pause = format!("/deployments/{second_id}/pause");
+    let (status, paused) = rest.post(&pause, json!({})).await?;
     ensure!(
         status == 200 && paused["state"] == "PAUSED",
         "{status} {paused}"
     );
-    let (status, _) = rest
-        .post(&format!("/deployments/{second_id}/pause"), json!({}))
-        .await?;
+    let (status, _) = rest.post(&pause, json!({})).await?;
     ensure!(status == 409, "pausing twice: {status}");
     let before_rollback = on_spec(cluster, &target).await?;
     let (status, rolled) = rest
@@ -132,26 +129,14 @@ async fn rollout(cluster: &Cluster) -> anyhow::Result<()> {
         status == 200 && rolled["rolledBack"] == true && rolled["targetSpecHash"] == target,
         "{status} {rolled}"
     );
-    wait_doc(cluster, "deployments", &second_id, "DONE", |d| {
-        d.get_str("state") == Ok("DONE")
-    })
-    .await?;
-    let after = on_spec(cluster, &target).await?;
-    ensure!(after.len() == 4, "all back on version 2: {after:?}");
-    for (instance, plan) in &before_rollback {
-        ensure!(
-            after.get(instance) == Some(plan),
-            "{instance} never left version 2 but was restarted"
-        );
-    }
+    let since = "by the rollback to version 2 although it never left it";
+    done_keeping(cluster, &second_id, &target, &before_rollback, since).await?;
     let (_, group) = rest.get("/groups/web").await?;
     ensure!(group["spec"]["env"]["VERSION"] == "2", "{group}");
 
     system.finish(cluster, 0).await
 }
 
-#[tokio::test]
-async fn a_rollout_completes_on_the_peer_without_restarting_updated_instances() {
-    let cluster = Cluster::new("deployment").unwrap();
-    rollout(&cluster).await.unwrap();
+scenario_tests! {
+    a_rollout_completes_on_the_peer_without_restarting_updated_instances: rollout,
 }

@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use mongodb::bson::doc;
 use prexor_acceptance::{
-    Cluster, count_docs, create_group, find_doc, reported_state, running, spec_of, system,
-    wait_doc, wait_holder,
+    Cluster, create_group, get_doc, live_instances, reported_state, running, scenario_tests,
+    spec_of, system, wait_doc, wait_holder, wait_state,
 };
 use serde_json::json;
 
@@ -30,28 +30,20 @@ async fn drain_mid_failover(cluster: &Cluster) -> anyhow::Result<()> {
     let node = docs[0].get_str("nodeId")?.to_owned();
     let other = if node == "node-1" { "node-2" } else { "node-1" };
 
-    let (status, body) = rest
-        .post(&format!("/nodes/{node}/drain"), json!({ "timeout": "2m" }))
-        .await?;
+    let drain = format!("/nodes/{node}/drain");
+    let (status, body) = rest.post(&drain, json!({ "timeout": "2m" })).await?;
     ensure!(
         status == 202 && body["state"] == "PENDING",
         "{status} {body}"
     );
-    let (status, again) = rest
-        .post(&format!("/nodes/{node}/drain"), json!({}))
-        .await?;
+    let (status, again) = rest.post(&drain, json!({})).await?;
     ensure!(status == 409, "a second drain: {status} {again}");
 
     // Mid-way: the node is cordoned and its servers are stopping. Kill the drain's holder.
-    wait_doc(cluster, "node_drains", &node, "DRAINING", |d| {
-        d.get_str("state") == Ok("DRAINING")
-    })
-    .await?;
+    wait_state(cluster, "node_drains", &node, "DRAINING").await?;
     let scope = format!("workflow:drain-{node}");
     let killed = wait_holder(&system.schedulers, &scope, Duration::from_secs(5)).await?;
-    let still_draining = find_doc(cluster, "node_drains", &node)
-        .await?
-        .context("drain")?;
+    let still_draining = get_doc(cluster, "node_drains", &node).await?;
     ensure!(
         still_draining.get_str("state") == Ok("DRAINING"),
         "the drain finished before its holder could be killed: {still_draining:?}"
@@ -61,15 +53,10 @@ async fn drain_mid_failover(cluster: &Cluster) -> anyhow::Result<()> {
     dead.wait_exit(EXIT_WITHIN).await?;
 
     // The peer takes the workflow lease after the TTL and finishes the drain.
-    let done = wait_doc(cluster, "node_drains", &node, "DONE", |d| {
-        d.get_str("state") == Ok("DONE")
-    })
-    .await?;
+    let done = wait_state(cluster, "node_drains", &node, "DONE").await?;
     ensure!(done.get_i64("finishedAtMs").is_ok(), "{done:?}");
     let survivor = &system.schedulers[0];
-    let fence_owner = find_doc(cluster, "fences", &scope)
-        .await?
-        .context("fence")?;
+    let fence_owner = get_doc(cluster, "fences", &scope).await?;
     ensure!(
         fence_owner.get_i64("mark").unwrap_or_default() >= 2,
         "the peer acquired the drain with a higher token: {fence_owner:?}"
@@ -79,16 +66,8 @@ async fn drain_mid_failover(cluster: &Cluster) -> anyhow::Result<()> {
         status == 200 && node_view["cordoned"] == true && node_view["drain"]["state"] == "DONE",
         "{node_view}"
     );
-    let active_on_node = count_docs(
-        cluster,
-        "instances",
-        doc! { "nodeId": &node, "state": { "$nin": ["STOPPED", "CRASHED"] } },
-    )
-    .await?;
-    ensure!(
-        active_on_node == 0,
-        "{active_on_node} instances still on {node}"
-    );
+    let left = live_instances(cluster, doc! { "nodeId": &node }).await?;
+    ensure!(left.is_empty(), "instances still on {node}: {left:?}");
     for id in ["lobby-1", "lobby-2"] {
         let doc = wait_doc(cluster, "instances", id, "RUNNING on the other node", |d| {
             d.get_str("state") == Ok("RUNNING")
@@ -119,8 +98,6 @@ async fn drain_mid_failover(cluster: &Cluster) -> anyhow::Result<()> {
     system.finish(cluster, 0).await
 }
 
-#[tokio::test]
-async fn a_drain_completes_on_the_peer_when_its_holder_is_killed() {
-    let cluster = Cluster::new("drain").unwrap();
-    drain_mid_failover(&cluster).await.unwrap();
+scenario_tests! {
+    a_drain_completes_on_the_peer_when_its_holder_is_killed: drain_mid_failover,
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use prexor_acceptance::{
-    Cluster, Proc, binary, free_port, refused_call, stop_all, wait_unready_because,
+    Cluster, Proc, binary, free_port, refused_call, run_ok, scenario_tests, service_certificate,
+    stop_all, wait_unready_because,
 };
 use prexor_model::pki as records;
 use prexor_pki::JoinToken;
@@ -16,7 +17,7 @@ use prexor_pki::tls::{connect, daemon_client, enrolment_client};
 use prexor_pki::{CertInfo, CertificateAuthority, Identity, KeyAndCsr, ServiceNames, pem_to_der};
 use prexor_proto::v1::ca_signer_client::CaSignerClient;
 use prexor_proto::v1::node_enrolment_client::NodeEnrolmentClient;
-use prexor_proto::v1::{EnrolRequest, GetCaCertificateRequest, RenewRequest};
+use prexor_proto::v1::{EnrolRequest, EnrolResponse, GetCaCertificateRequest, RenewRequest};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -38,17 +39,14 @@ async fn token(cluster: &Cluster, node: &str, ttl: Duration) -> anyhow::Result<J
 
 /// Runs `prexor-ca --config <replica's config> ARGS…` (the operator's admin commands); stdout.
 fn ca_admin(cluster: &Cluster, replica: &str, args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new(binary("prexor-ca")?)
-        .arg("--config")
-        .arg(cluster.dir.join(format!("{replica}.toml")))
-        .args(args)
-        .output()?;
-    ensure!(
-        output.status.success(),
-        "prexor-ca {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(String::from_utf8(output.stdout)?.trim().to_string())
+    let stdout = run_ok(
+        Command::new(binary("prexor-ca")?)
+            .arg("--config")
+            .arg(cluster.dir.join(format!("{replica}.toml")))
+            .args(args),
+        &format!("prexor-ca {args:?}"),
+    )?;
+    Ok(stdout.trim().to_string())
 }
 
 /// The cluster CA with its key, read from a CA replica's data dir (the test plays an attacker
@@ -87,6 +85,16 @@ fn enrol_request(node: &str, token: &str, csr_for: &str) -> anyhow::Result<Enrol
         join_token: token.into(),
         csr_pem: node_csr(csr_for)?.csr_pem,
     })
+}
+
+/// Asks to enrol `node` with `token` and a CSR for `csr_for`; the answer.
+async fn enrol_as(
+    enrol: &mut NodeEnrolmentClient<Channel>,
+    node: &str,
+    token: &str,
+    csr_for: &str,
+) -> anyhow::Result<Result<tonic::Response<EnrolResponse>, tonic::Status>> {
+    Ok(enrol.enrol(enrol_request(node, token, csr_for)?).await)
 }
 
 fn renew_request(node: &str) -> anyhow::Result<RenewRequest> {
@@ -156,49 +164,28 @@ async fn enrolment(cluster: &Cluster) -> anyhow::Result<()> {
         Some(&node1_token),
         &[],
     )?;
-    let status = reuse.wait_exit(EXIT_WITHIN).await?;
-    ensure!(!status.success(), "reusing a join token must fail");
-    ensure!(
-        reuse.log_text().contains("already used"),
-        "{}",
-        reuse.log_text()
-    );
+    reuse.wait_failure(EXIT_WITHIN, &["already used"]).await?;
 
     let mut enrol = NodeEnrolmentClient::new(enrolment_channel(&gw2, &fingerprint).await?);
 
     // An expired token.
     let expired = token(cluster, "node-2", Duration::from_millis(1)).await?;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    refused_call(
-        enrol
-            .enrol(enrol_request("node-2", &expired.to_string(), "node-2")?)
-            .await,
-        Code::PermissionDenied,
-        "expired",
-    )?;
+    let call = enrol_as(&mut enrol, "node-2", &expired.to_string(), "node-2").await?;
+    refused_call(call, Code::PermissionDenied, "expired")?;
 
     // A token for node A used for node B, and a token for A with a CSR for B.
-    let for_a = token(cluster, "node-a", HOUR).await?;
-    refused_call(
-        enrol
-            .enrol(enrol_request("node-b", &for_a.to_string(), "node-b")?)
-            .await,
-        Code::PermissionDenied,
-        "issued for node node-a",
-    )?;
-    refused_call(
-        enrol
-            .enrol(enrol_request("node-a", &for_a.to_string(), "node-b")?)
-            .await,
-        Code::InvalidArgument,
-        "\"node-b\"",
-    )?;
+    let for_a = token(cluster, "node-a", HOUR).await?.to_string();
+    let call = enrol_as(&mut enrol, "node-b", &for_a, "node-b").await?;
+    refused_call(call, Code::PermissionDenied, "issued for node node-a")?;
+    let call = enrol_as(&mut enrol, "node-a", &for_a, "node-b").await?;
+    refused_call(call, Code::InvalidArgument, "\"node-b\"")?;
     // Nothing was issued, so the token still works with the right CSR.
     let node_a = node_csr("node-a")?;
     let issued = enrol
         .enrol(EnrolRequest {
             node_id: "node-a".into(),
-            join_token: for_a.to_string(),
+            join_token: for_a.clone(),
             csr_pem: node_a.csr_pem.clone(),
         })
         .await?
@@ -212,13 +199,8 @@ async fn enrolment(cluster: &Cluster) -> anyhow::Result<()> {
         "ab".repeat(32),
         other_ca.certificate().fingerprint
     );
-    refused_call(
-        enrol
-            .enrol(enrol_request("node-1", &foreign, "node-1")?)
-            .await,
-        Code::PermissionDenied,
-        "made for the cluster CA",
-    )?;
+    let call = enrol_as(&mut enrol, "node-1", &foreign, "node-1").await?;
+    refused_call(call, Code::PermissionDenied, "made for the cluster CA")?;
     // Garbage.
     refused_call(
         enrol
@@ -268,23 +250,9 @@ async fn enrolment(cluster: &Cluster) -> anyhow::Result<()> {
 
     // A service certificate of the cluster is not a node certificate.
     let authority = cluster.ca_from_disk("ca-1")?;
-    let service = KeyAndCsr::new(
-        &Identity::Service {
-            kind: "scheduler".into(),
-            replica: "s1".into(),
-        },
-        &ServiceNames::default(),
-    )?;
-    let service_cert = authority.sign_service(
-        "scheduler",
-        "s1",
-        &ServiceNames::default(),
-        &service.csr_pem,
-        HOUR,
-    )?;
-    let mut as_service = NodeEnrolmentClient::new(
-        node_channel(&gw2, &ca_pem, &service_cert.pem, &service.key_pem).await?,
-    );
+    let (service_cert, service_key) = service_certificate(&authority, "scheduler", "s1")?;
+    let mut as_service =
+        NodeEnrolmentClient::new(node_channel(&gw2, &ca_pem, &service_cert, &service_key).await?);
     refused_call(
         as_service.renew(renew_request("s1")?).await,
         Code::PermissionDenied,
@@ -326,12 +294,9 @@ async fn enrolment(cluster: &Cluster) -> anyhow::Result<()> {
     let lonely = cluster.daemon("daemon-lonely", "node-a", "node-a", &[&dead], None, &[])?;
     // node-a has no files yet: without a token it cannot start.
     let mut lonely = lonely;
-    ensure!(!lonely.wait_exit(EXIT_WITHIN).await?.success());
-    ensure!(
-        lonely.log_text().contains("daemon.joinToken is not set"),
-        "{}",
-        lonely.log_text()
-    );
+    lonely
+        .wait_failure(EXIT_WITHIN, &["daemon.joinToken is not set"])
+        .await?;
     let node_a_dir = cluster.dir.join("node-a/certs");
     std::fs::create_dir_all(&node_a_dir)?;
     for (file, contents) in [
@@ -350,12 +315,6 @@ async fn enrolment(cluster: &Cluster) -> anyhow::Result<()> {
     online.stop(EXIT_WITHIN).await?;
 
     stop_all([&mut gw1, &mut gw2, &mut ca], EXIT_WITHIN).await
-}
-
-#[tokio::test]
-async fn a_daemon_enrols_once_and_is_admitted_only_with_its_own_certificate() {
-    let cluster = Cluster::new("enrol").unwrap();
-    enrolment(&cluster).await.unwrap();
 }
 
 async fn can_sign(cluster: &Cluster, ca: &Proc) -> anyhow::Result<(bool, String)> {
@@ -378,14 +337,9 @@ async fn keyless_replica(cluster: &Cluster) -> anyhow::Result<()> {
         &cluster.ca_extra("ca-bootstrap"),
         &["--bootstrap"],
     )?;
-    ensure!(!second.wait_exit(EXIT_WITHIN).await?.success());
-    ensure!(
-        second
-            .log_text()
-            .contains("refusing to bootstrap a second one"),
-        "{}",
-        second.log_text()
-    );
+    second
+        .wait_failure(EXIT_WITHIN, &["refusing to bootstrap a second one"])
+        .await?;
     ensure!(!cluster.dir.join("ca-bootstrap/certs/ca/ca.key").exists());
 
     // Controller-2: --bootstrap=false, no key copied.
@@ -541,8 +495,7 @@ async fn keyless_replica(cluster: &Cluster) -> anyhow::Result<()> {
     stop_all([&mut daemon, &mut gateway, &mut api, &mut ca2], EXIT_WITHIN).await
 }
 
-#[tokio::test]
-async fn a_ca_replica_without_the_key_signs_once_the_bundle_is_copied() {
-    let cluster = Cluster::new("ca_bundle").unwrap();
-    keyless_replica(&cluster).await.unwrap();
+scenario_tests! {
+    a_daemon_enrols_once_and_is_admitted_only_with_its_own_certificate: enrolment,
+    a_ca_replica_without_the_key_signs_once_the_bundle_is_copied: keyless_replica,
 }

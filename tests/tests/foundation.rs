@@ -3,11 +3,14 @@
 //! at boot with every problem listed.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::ensure;
-use prexor_acceptance::{Cluster, Rest, binary, free_port, grpc_health, wait_unready_because};
+use prexor_acceptance::{
+    Cluster, Rest, binary, free_port, grpc_health, run_ok, scenario_tests, wait_unready_because,
+};
 use prexor_proto::v1::GetStatusRequest;
 use prexor_proto::v1::replica_status_client::ReplicaStatusClient;
 use serde_json::Value;
@@ -201,12 +204,6 @@ async fn every_service(cluster: &Cluster) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn every_service_starts_registers_and_stops_cleanly() {
-    let cluster = Cluster::new("every_service").unwrap();
-    every_service(&cluster).await.unwrap();
-}
-
 async fn unreachable_stores(cluster: &Cluster) -> anyhow::Result<()> {
     // Nothing listens on this port: the replica must stay up, unready, and say why.
     let dead_mongo = format!("mongodb://127.0.0.1:{}/?directConnection=true", free_port());
@@ -234,29 +231,30 @@ async fn unreachable_stores(cluster: &Cluster) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn unreachable_stores_make_a_replica_unready_not_dead() {
-    let cluster = Cluster::new("unreachable").unwrap();
-    unreachable_stores(&cluster).await.unwrap();
-}
-
 async fn bad_config(cluster: &Cluster) -> anyhow::Result<()> {
+    // `name --config FILE ARGS…` (with `env` added) refuses its configuration: exit 2; its stderr.
+    let refused = |name: &str, config: &Path, args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(binary(name)?)
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env_remove("PREXOR_CONFIG")
+            .envs(env.iter().copied())
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        ensure!(
+            out.status.code() == Some(2),
+            "{name}: exit {:?}: {stderr}",
+            out.status
+        );
+        anyhow::Ok(stderr)
+    };
     let bad = cluster.dir.join("bad.toml");
     std::fs::write(
         &bad,
         "[runtime]\nprofile = \"staging\"\n[scheduler]\nevaluationIntervalSeconds = 0\n",
     )?;
-    let out = Command::new(binary("prexor-scheduler")?)
-        .arg("--config")
-        .arg(&bad)
-        .env_remove("PREXOR_CONFIG")
-        .output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        out.status.code() == Some(2),
-        "exit {:?}: {stderr}",
-        out.status
-    );
+    let stderr = refused("prexor-scheduler", &bad, &[], &[])?;
     for needle in [
         "invalid configuration (3 problems)",
         "runtime.profile: unknown profile \"staging\"",
@@ -270,79 +268,53 @@ async fn bad_config(cluster: &Cluster) -> anyhow::Result<()> {
         &bad,
         "runtime.profile = \"production\"\nmongo.uri = \"mongodb://127.0.0.1:1/\"\n",
     )?;
-    let out = Command::new(binary("prexor-api")?)
-        .arg("--config")
-        .arg(&bad)
-        .output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused("prexor-api", &bad, &[], &[])?;
     ensure!(
-        out.status.code() == Some(2)
-            && stderr.contains("valkey.uri: is required when runtime.profile = \"production\""),
+        stderr.contains("valkey.uri: is required when runtime.profile = \"production\""),
         "{stderr}"
     );
 
     let good = cluster.dir.join("good.toml");
     std::fs::write(&good, cluster.common_toml("api-check"))?;
-    let out = Command::new(binary("prexor-api")?)
-        .arg("--config")
-        .arg(&good)
-        .arg("--check-config")
-        .output()?;
+    run_ok(
+        Command::new(binary("prexor-api")?)
+            .arg("--config")
+            .arg(&good)
+            .arg("--check-config"),
+        "prexor-api --check-config",
+    )?;
+    let env = [("PREXOR_SCHEDULER__EVALUATION_INTERVAL_SECONDS", "-1")];
+    let stderr = refused("prexor-api", &good, &["--check-config"], &env)?;
     ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new(binary("prexor-api")?)
-        .arg("--config")
-        .arg(&good)
-        .arg("--check-config")
-        .env("PREXOR_SCHEDULER__EVALUATION_INTERVAL_SECONDS", "-1")
-        .output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        out.status.code() == Some(2)
-            && stderr.contains("set by PREXOR_SCHEDULER__EVALUATION_INTERVAL_SECONDS"),
+        stderr.contains("set by PREXOR_SCHEDULER__EVALUATION_INTERVAL_SECONDS"),
         "{stderr}"
     );
     Ok(())
 }
 
-#[tokio::test]
-async fn bad_configuration_fails_at_boot_listing_every_problem() {
-    let cluster = Cluster::new("bad_config").unwrap();
-    bad_config(&cluster).await.unwrap();
-}
-
 async fn development_single_writer(cluster: &Cluster) -> anyhow::Result<()> {
-    let dev_toml = |id: &str, http: u16, grpc: u16| {
-        format!(
+    // A development-profile scheduler replica `id` on ports `http` and `grpc`.
+    let dev = |id: &str, (http, grpc): (u16, u16)| {
+        let toml = format!(
             "[replica]\nid = \"{id}\"\n[mongo]\nuri = \"{}\"\ndatabase = \"{}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n[grpc]\nlisten = \"127.0.0.1:{grpc}\"\n",
             cluster.stores.mongo_uri, cluster.stores.database
+        );
+        cluster.spawn(
+            "prexor-scheduler",
+            id,
+            &toml,
+            http,
+            Some(grpc),
+            &BTreeMap::new(),
+            &[],
         )
     };
-    let (h1, g1, h2, g2) = (free_port(), free_port(), free_port(), free_port());
-    let mut first = cluster.spawn(
-        "prexor-scheduler",
-        "dev-1",
-        &dev_toml("dev-1", h1, g1),
-        h1,
-        Some(g1),
-        &BTreeMap::new(),
-        &[],
-    )?;
+    let (ports_1, ports_2) = ((free_port(), free_port()), (free_port(), free_port()));
+    let mut first = dev("dev-1", ports_1)?;
     first.wait_ready(READY_WITHIN).await?;
     let (_, body) = first.get("/readyz").await?;
     ensure!(body.contains("\"ready\":true"), "{body}");
-    let mut second = cluster.spawn(
-        "prexor-scheduler",
-        "dev-2",
-        &dev_toml("dev-2", h2, g2),
-        h2,
-        Some(g2),
-        &BTreeMap::new(),
-        &[],
-    )?;
+    let mut second = dev("dev-2", ports_2)?;
     let status = second.wait_exit(READY_WITHIN).await?;
     let log = second.log_text();
     ensure!(status.code() == Some(1), "{status}: {log}");
@@ -353,22 +325,15 @@ async fn development_single_writer(cluster: &Cluster) -> anyhow::Result<()> {
 
     first.stop(EXIT_WITHIN).await?;
     // The slot was released on the clean stop: a new development replica starts at once.
-    let mut third = cluster.spawn(
-        "prexor-scheduler",
-        "dev-3",
-        &dev_toml("dev-3", h2, g2),
-        h2,
-        Some(g2),
-        &BTreeMap::new(),
-        &[],
-    )?;
+    let mut third = dev("dev-3", ports_2)?;
     third.wait_ready(READY_WITHIN).await?;
     third.stop(EXIT_WITHIN).await?;
     Ok(())
 }
 
-#[tokio::test]
-async fn the_development_profile_refuses_a_second_replica() {
-    let cluster = Cluster::new("dev_single").unwrap();
-    development_single_writer(&cluster).await.unwrap();
+scenario_tests! {
+    every_service_starts_registers_and_stops_cleanly: every_service,
+    unreachable_stores_make_a_replica_unready_not_dead: unreachable_stores,
+    bad_configuration_fails_at_boot_listing_every_problem: bad_config,
+    the_development_profile_refuses_a_second_replica: development_single_writer,
 }

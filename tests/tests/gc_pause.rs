@@ -10,7 +10,8 @@ use anyhow::ensure;
 use mongodb::bson::{Document, doc};
 use prexor_acceptance::{
     Cluster, fence_mark, find_docs, group_doc, insert_group, nodes, process_journal,
-    reported_state, running, stop_all, wait_doc, wait_holder,
+    reported_state, running, scenario_tests, schedulers, set_group, stop_all, wait_doc,
+    wait_holder,
 };
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
@@ -18,17 +19,8 @@ const EXIT_WITHIN: Duration = Duration::from_secs(20);
 
 async fn gc_pause(cluster: &Cluster) -> anyhow::Result<()> {
     let mut fleet = nodes(cluster, &["node-1", "node-2"]).await?;
-    let db = cluster.stores.mongo().await?;
-    db.collection::<Document>("groups")
-        .insert_one(group_doc("lobby", 2, &[])?)
-        .await?;
-    let mut schedulers = vec![
-        cluster.service("scheduler", "scheduler-1", "")?,
-        cluster.service("scheduler", "scheduler-2", "")?,
-    ];
-    for scheduler in &mut schedulers {
-        scheduler.wait_ready(READY_WITHIN).await?;
-    }
+    insert_group(cluster, group_doc("lobby", 2, &[])?).await?;
+    let mut schedulers = schedulers(cluster, 2).await?;
     let before: Vec<Document> = running(cluster, &["lobby-1", "lobby-2"]).await?;
     let scope = "group:lobby";
     let holder = wait_holder(&schedulers, scope, Duration::from_secs(5)).await?;
@@ -57,12 +49,8 @@ async fn gc_pause(cluster: &Cluster) -> anyhow::Result<()> {
         "a higher token: {old_token} -> {new_token}"
     );
     // The peer changes the group meanwhile: one more instance.
-    db.collection::<Document>("groups")
-        .update_one(
-            doc! { "_id": "lobby" },
-            doc! { "$set": { "spec.minInstances": 3_i64, "revision": 2_i64 } },
-        )
-        .await?;
+    let more = doc! { "spec.minInstances": 3_i64, "revision": 2_i64 };
+    set_group(cluster, "lobby", more).await?;
     running(cluster, &["lobby-3"]).await?;
 
     // Wake the old holder: it must not act on its stale view.
@@ -103,12 +91,6 @@ async fn gc_pause(cluster: &Cluster) -> anyhow::Result<()> {
     fleet
         .finish(cluster, &["node-1", "node-2"], &mut schedulers, &mut rest)
         .await
-}
-
-#[tokio::test]
-async fn a_paused_holder_wakes_up_fenced_off() {
-    let cluster = Cluster::new("gc_pause").unwrap();
-    gc_pause(&cluster).await.unwrap();
 }
 
 /// Whether process `pid` is stopped (state `T` in /proc).
@@ -189,8 +171,7 @@ async fn paused_mid_write(cluster: &Cluster) -> anyhow::Result<()> {
     fleet.stop_with(&mut peer).await
 }
 
-#[tokio::test]
-async fn a_write_delayed_past_the_ttl_is_refused_by_the_fence() {
-    let cluster = Cluster::new("stale_write").unwrap();
-    paused_mid_write(&cluster).await.unwrap();
+scenario_tests! {
+    a_paused_holder_wakes_up_fenced_off: gc_pause,
+    a_write_delayed_past_the_ttl_is_refused_by_the_fence: paused_mid_write,
 }

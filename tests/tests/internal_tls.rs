@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use prexor_acceptance::{Cluster, Proc, control, grpc_health, refused_call, stop_all};
+use prexor_acceptance::{
+    Cluster, Proc, control, grpc_health, refused_call, scenario_tests, service_certificate,
+    stop_all,
+};
 use prexor_pki::internal::ENROLMENT_HEADER;
 use prexor_pki::tls::{connect, daemon_client};
 use prexor_pki::{CertificateAuthority, Identity, KeyAndCsr, ServiceNames, pem_certificates};
@@ -75,6 +78,15 @@ fn sign_service_request(kind: &str, replica: &str) -> anyhow::Result<SignService
     })
 }
 
+/// `message` presenting `secret` as the service enrolment secret.
+fn with_secret<T>(message: T, secret: &str) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert(ENROLMENT_HEADER, secret.parse()?);
+    Ok(request)
+}
+
 /// Whether a call over a connection presenting `cert_pem` gets through `proc`'s internal port;
 /// with TLS 1.3 a refused client certificate surfaces on the first call, not on connect.
 async fn gets_through(
@@ -130,28 +142,14 @@ async fn internal_ports(cluster: &Cluster) -> anyhow::Result<()> {
     }
     // Nor does a service certificate of another CA.
     let (other_ca, _) = CertificateAuthority::generate("other")?;
-    let impostor = csr(service("scheduler", "impostor"))?;
-    let impostor_cert = other_ca.sign_service(
-        "scheduler",
-        "impostor",
-        &ServiceNames::default(),
-        &impostor.csr_pem,
-        HOUR,
-    )?;
+    let (impostor_cert, impostor_key) = service_certificate(&other_ca, "scheduler", "impostor")?;
     ensure!(
-        !gets_through(gateway, &ca_pem, &impostor_cert.pem, &impostor.key_pem).await?,
+        !gets_through(gateway, &ca_pem, &impostor_cert, &impostor_key).await?,
         "a certificate of another CA got through"
     );
     // A service certificate of the cluster does.
-    let scheduler = csr(service("scheduler", "s1"))?;
-    let scheduler_cert = authority.sign_service(
-        "scheduler",
-        "s1",
-        &ServiceNames::default(),
-        &scheduler.csr_pem,
-        HOUR,
-    )?;
-    ensure!(gets_through(gateway, &ca_pem, &scheduler_cert.pem, &scheduler.key_pem).await?);
+    let (scheduler_cert, scheduler_key) = service_certificate(&authority, "scheduler", "s1")?;
+    ensure!(gets_through(gateway, &ca_pem, &scheduler_cert, &scheduler_key).await?);
 
     // Without a certificate: health is readable, nothing that acts on the cluster is.
     let plain_gateway = anonymous(gateway, &ca_pem).await?;
@@ -195,53 +193,38 @@ async fn internal_ports(cluster: &Cluster) -> anyhow::Result<()> {
         Code::Unauthenticated,
         "requires a service certificate",
     )?;
-    refused_call(
-        plain_ca
-            .sign_service_csr(sign_service_request("gateway", "rogue")?)
-            .await,
-        Code::PermissionDenied,
-        "service enrolment secret",
-    )?;
-    let mut wrong = tonic::Request::new(sign_service_request("gateway", "rogue")?);
-    wrong
-        .metadata_mut()
-        .insert(ENROLMENT_HEADER, "0".repeat(64).parse()?);
-    refused_call(
-        plain_ca.sign_service_csr(wrong).await,
-        Code::PermissionDenied,
-        "service enrolment secret",
-    )?;
+    // Without the service enrolment secret, or with a wrong one.
+    let rogue = || sign_service_request("gateway", "rogue");
+    let call = plain_ca.sign_service_csr(rogue()?).await;
+    refused_call(call, Code::PermissionDenied, "service enrolment secret")?;
+    let call = plain_ca
+        .sign_service_csr(with_secret(rogue()?, &"0".repeat(64))?)
+        .await;
+    refused_call(call, Code::PermissionDenied, "service enrolment secret")?;
     // With the secret from MongoDB: how every replica gets its first certificate.
     let secret = prexor_model::pki::service_enrolment_secret(&store).await?;
-    let mut right = tonic::Request::new(sign_service_request("gateway", "gateway-9")?);
-    right
-        .metadata_mut()
-        .insert(ENROLMENT_HEADER, secret.parse()?);
+    let right = with_secret(sign_service_request("gateway", "gateway-9")?, &secret)?;
     let issued = plain_ca.sign_service_csr(right).await?.into_inner();
     ensure!(issued.chain_pem.contains("BEGIN CERTIFICATE"));
 
     // A replica's certificate renews itself, and only itself.
-    let mut as_scheduler = CaSignerClient::new(
-        presenting(&fleet.ca, &ca_pem, &scheduler_cert.pem, &scheduler.key_pem).await?,
-    );
+    let mut as_scheduler =
+        CaSignerClient::new(presenting(&fleet.ca, &ca_pem, &scheduler_cert, &scheduler_key).await?);
+    let another = sign_service_request("gateway", "gateway-9")?;
+    let call = as_scheduler.sign_service_csr(another).await;
     refused_call(
-        as_scheduler
-            .sign_service_csr(sign_service_request("gateway", "gateway-9")?)
-            .await,
+        call,
         Code::PermissionDenied,
         "may renew only its own certificate",
     )?;
-    as_scheduler
-        .sign_service_csr(sign_service_request("scheduler", "s1")?)
-        .await?;
+    let own = sign_service_request("scheduler", "s1")?;
+    as_scheduler.sign_service_csr(own).await?;
 
     let mut all: Vec<&mut Proc> = fleet.gateways.iter_mut().collect();
     all.push(&mut fleet.ca);
     stop_all(all, EXIT_WITHIN).await
 }
 
-#[tokio::test]
-async fn internal_ports_accept_only_service_certificates_of_the_cluster() {
-    let cluster = Cluster::new("internal_tls").unwrap();
-    internal_ports(&cluster).await.unwrap();
+scenario_tests! {
+    internal_ports_accept_only_service_certificates_of_the_cluster: internal_ports,
 }

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use mongodb::bson::Document;
-use prexor_acceptance::{Cluster, holder_of, running, spec_of, system, tar_gz, wait_doc};
+use prexor_acceptance::{
+    Cluster, create_group, holder_of, module_active, refused_group, running, scenario_tests,
+    spec_of, system, tar_gz,
+};
 use serde_json::json;
 
 const EXIT_WITHIN: Duration = Duration::from_secs(20);
@@ -49,13 +52,7 @@ async fn modules(cluster: &Cluster) -> anyhow::Result<()> {
     // A group cannot attach a module that is not installed.
     let mut spec = spec_of("hub", 1, &[])?;
     spec["modules"] = json!(["essentials"]);
-    let (status, refused) = rest
-        .post("/groups", json!({ "name": "hub", "spec": spec }))
-        .await?;
-    ensure!(
-        status == 400 && refused["details"]["fields"][0]["field"] == "modules[0]",
-        "{status} {refused}"
-    );
+    refused_group(&rest, "hub", spec.clone(), "modules[0]").await?;
 
     // Install 1.0; a second mutation while it is in flight is refused.
     let (status, body) = rest
@@ -69,17 +66,10 @@ async fn modules(cluster: &Cluster) -> anyhow::Result<()> {
         status == 409 && busy["message"].as_str().unwrap_or("").contains("in flight"),
         "a second mutation while one is in flight: {status} {busy}"
     );
-    wait_doc(cluster, "modules", "essentials", "ACTIVE 1.0", |d| {
-        d.get_str("state") == Ok("ACTIVE")
-            && d.get_document("active").and_then(|a| a.get_str("version")) == Ok("1.0")
-    })
-    .await?;
+    module_active(cluster, "essentials", "1.0").await?;
 
     // Attached: the instance's plan carries the module, and its files are on the node.
-    let (status, body) = rest
-        .post("/groups", json!({ "name": "hub", "spec": spec }))
-        .await?;
-    ensure!(status == 201, "{status} {body}");
+    create_group(&rest, "hub", spec).await?;
     let hub = running(cluster, &["hub-1"]).await?.remove(0);
     let layers = format!(
         "{:?}",
@@ -90,7 +80,7 @@ async fn modules(cluster: &Cluster) -> anyhow::Result<()> {
     ensure!(layers.contains("module essentials@1.0"), "{layers}");
     let file = cluster
         .dir
-        .join("node-1/instances/hub-1/plugins/essentials.txt");
+        .join("node-1-servers/hub-1/plugins/essentials.txt");
     let content =
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     ensure!(content == "essentials 1.0\n", "{content:?}");
@@ -110,11 +100,7 @@ async fn modules(cluster: &Cluster) -> anyhow::Result<()> {
     system.schedulers[holder].signal(libc::SIGKILL);
     let mut dead = system.schedulers.remove(holder);
     dead.wait_exit(EXIT_WITHIN).await?;
-    let module = wait_doc(cluster, "modules", "essentials", "ACTIVE 2.0", |d| {
-        d.get_str("state") == Ok("ACTIVE")
-            && d.get_document("active").and_then(|a| a.get_str("version")) == Ok("2.0")
-    })
-    .await?;
+    let module = module_active(cluster, "essentials", "2.0").await?;
     let upgrades = history(&module, "upgrade");
     ensure!(
         upgrades.len() == 1 && upgrades[0].get_str("result") == Ok("DONE"),
@@ -135,8 +121,6 @@ async fn modules(cluster: &Cluster) -> anyhow::Result<()> {
     system.finish(cluster, 0).await
 }
 
-#[tokio::test]
-async fn a_module_upgrade_converges_when_its_holder_is_killed() {
-    let cluster = Cluster::new("modules").unwrap();
-    modules(&cluster).await.unwrap();
+scenario_tests! {
+    a_module_upgrade_converges_when_its_holder_is_killed: modules,
 }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use mongodb::bson::{Document, doc};
 use prexor_acceptance::{
-    Cluster, Proc, control_with_env, enrolled_daemon, group_doc, invariants, random_bytes,
-    reported_state, running, wait_doc,
+    Cluster, Proc, control_with_env, group_doc, invariants, random_bytes, reported_state, running,
+    scenario_tests, wait_doc,
 };
 use prexor_coord::{ConsoleStreams, ValkeyBackend};
 use prexor_domain::limits::{CONSOLE_LINE_MAX, CUT_MARK};
@@ -72,6 +72,7 @@ impl ForgedNode {
                 inventory: Vec::new(),
                 report_epoch: "forged-epoch".into(),
                 host_id: "forged-host".into(),
+                isolation: None,
             })),
         })
         .await?;
@@ -163,6 +164,7 @@ impl ForgedNode {
             at_unix_ms: at_ms,
             detail: "forged".into(),
             seq,
+            ..InstanceReport::default()
         };
         self.up
             .send(DaemonMessage {
@@ -223,11 +225,7 @@ async fn console_lines(cluster: &Cluster, instance: &str) -> anyhow::Result<Vec<
 async fn speaks_for_itself(cluster: &Cluster) -> anyhow::Result<()> {
     // One layer fetch at a time per gateway.
     let mut fleet = control_with_env(cluster, &[("PREXOR_GATEWAY__MAX_BLOB_FETCHES", "1")]).await?;
-    let ports = fleet.daemon_ports();
-    let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
-    fleet
-        .daemons
-        .push(enrolled_daemon(cluster, "node-1", &ports).await?);
+    fleet.enrol(cluster, "node-1").await?;
     let mut scheduler = cluster.service("scheduler", "scheduler-1", "")?;
     scheduler.wait_ready(READY_WITHIN).await?;
     // h's servers get a 12 MiB layer (bigger than what HTTP/2 buffers for a reader that waits).
@@ -538,8 +536,6 @@ async fn speaks_for_itself(cluster: &Cluster) -> anyhow::Result<()> {
     fleet.stop_with(&mut scheduler).await
 }
 
-#[tokio::test]
-async fn a_node_speaks_only_for_itself_and_the_record_follows_its_inventory() {
-    let cluster = Cluster::new("node_reports").unwrap();
-    speaks_for_itself(&cluster).await.unwrap();
+scenario_tests! {
+    a_node_speaks_only_for_itself_and_the_record_follows_its_inventory: speaks_for_itself,
 }

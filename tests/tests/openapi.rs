@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use prexor_acceptance::{Cluster, stop_all};
+use prexor_acceptance::{Cluster, scenario_tests, stop_all};
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
 const EXIT_WITHIN: Duration = Duration::from_secs(20);
@@ -68,8 +68,6 @@ async fn fuzz(cluster: &Cluster) -> anyhow::Result<()> {
     stop_all([&mut api, &mut ca], EXIT_WITHIN).await
 }
 
-#[tokio::test]
-async fn schemathesis_finds_no_server_errors() {
-    let cluster = Cluster::new("openapi").unwrap();
-    fuzz(&cluster).await.unwrap();
+scenario_tests! {
+    schemathesis_finds_no_server_errors: fuzz,
 }

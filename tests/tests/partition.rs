@@ -10,8 +10,8 @@ use anyhow::{Context, ensure};
 use mongodb::bson::doc;
 use prexor_acceptance::fault::{Fault, FaultProxy};
 use prexor_acceptance::{
-    Cluster, Proc, count_docs, group_doc, insert_group, nodes, process_journal, running,
-    running_plans,
+    Cluster, Proc, group_doc, insert_group, live_instances, nodes, process_journal, running,
+    running_plans, scenario_tests,
 };
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
@@ -54,13 +54,12 @@ async fn unchanged(cluster: &Cluster, plans: &BTreeMap<String, String>) -> anyho
             "{id} was restarted or placed again: {doc:?}"
         );
     }
-    let active = count_docs(
-        cluster,
-        "instances",
-        doc! { "state": { "$nin": ["STOPPED", "CRASHED"] } },
-    )
-    .await?;
-    ensure!(active == GROUPS.len() as u64, "{active} active instances");
+    let active = live_instances(cluster, doc! {}).await?;
+    ensure!(
+        active.len() == GROUPS.len(),
+        "{} active instances: {active:?}",
+        active.len()
+    );
     Ok(())
 }
 
@@ -159,8 +158,6 @@ async fn partition(cluster: &Cluster) -> anyhow::Result<()> {
     peer.stop(Duration::from_secs(20)).await
 }
 
-#[tokio::test]
-async fn a_scheduler_cut_from_valkey_or_mongodb_hands_its_groups_over_and_rejoins() {
-    let cluster = Cluster::new("partition").unwrap();
-    partition(&cluster).await.unwrap();
+scenario_tests! {
+    a_scheduler_cut_from_valkey_or_mongodb_hands_its_groups_over_and_rejoins: partition,
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use mongodb::bson::{Document, doc};
 use prexor_acceptance::{
-    Cluster, Fleet, Proc, binary, group_doc, nodes, reported_state, running, stop_all, wait_doc,
+    Cluster, Fleet, Proc, binary, count_docs, find_doc, find_one, get_doc, group_doc, insert_group,
+    nodes, reported_pid, reported_state, running, scenario_tests, schedulers, set_group, stop_all,
+    wait_doc, wait_state,
 };
 use prexor_proto::v1::command::Action;
 use prexor_proto::v1::node_commands_client::NodeCommandsClient;
@@ -22,13 +24,6 @@ async fn holds(scheduler: &Proc, scope: &str) -> anyhow::Result<bool> {
     Ok(scheduler.leases_held().await?.iter().any(|s| s == scope))
 }
 
-fn reported_pid(doc: &Document) -> i32 {
-    doc.get_document("reported")
-        .ok()
-        .and_then(|r| r.get_i32("pid").ok())
-        .unwrap_or_default()
-}
-
 async fn placement(cluster: &Cluster) -> anyhow::Result<()> {
     let Fleet {
         mut ca,
@@ -36,16 +31,8 @@ async fn placement(cluster: &Cluster) -> anyhow::Result<()> {
         mut daemons,
     } = nodes(cluster, &["node-1", "node-2"]).await?;
     // A STATIC group of three fake servers in a narrow port range.
-    let db = cluster.stores.mongo().await?;
-    let groups = db.collection::<Document>("groups");
-    groups.insert_one(group_doc("lobby", 3, &[])?).await?;
-    let mut schedulers = vec![
-        cluster.service("scheduler", "scheduler-1", "")?,
-        cluster.service("scheduler", "scheduler-2", "")?,
-    ];
-    for scheduler in &mut schedulers {
-        scheduler.wait_ready(READY_WITHIN).await?;
-    }
+    insert_group(cluster, group_doc("lobby", 3, &[])?).await?;
+    let schedulers = schedulers(cluster, 2).await?;
     let ids = ["lobby-1", "lobby-2", "lobby-3"];
     let docs = running(cluster, &ids).await?;
     let slots: BTreeSet<(String, i64)> = docs
@@ -61,12 +48,9 @@ async fn placement(cluster: &Cluster) -> anyhow::Result<()> {
         slots.len() == 3,
         "three distinct node:port slots: {slots:?}"
     );
-    let pids: Vec<i32> = docs.iter().map(reported_pid).collect();
+    let pids: Vec<i64> = docs.iter().map(reported_pid).collect();
     ensure!(pids.iter().all(|p| *p > 0), "{docs:?}");
-    let count = db
-        .collection::<Document>("instances")
-        .count_documents(doc! { "group": "lobby" })
-        .await?;
+    let count = count_docs(cluster, "instances", doc! { "group": "lobby" }).await?;
     ensure!(count == 3, "exactly min instances: {count}");
 
     // SIGKILL the holder of group:lobby: after the TTL the peer holds it and starts nothing new.
@@ -89,23 +73,16 @@ async fn placement(cluster: &Cluster) -> anyhow::Result<()> {
     ensure!(taken, "the peer took group:lobby");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = running(cluster, &ids).await?;
-    let pids_after: Vec<i32> = after.iter().map(reported_pid).collect();
+    let pids_after: Vec<i64> = after.iter().map(reported_pid).collect();
     ensure!(
         pids_after == pids,
         "no instance was restarted: {pids:?} -> {pids_after:?}"
     );
-    let count = db
-        .collection::<Document>("instances")
-        .count_documents(doc! { "group": "lobby" })
-        .await?;
+    let count = count_docs(cluster, "instances", doc! { "group": "lobby" }).await?;
     ensure!(count == 3, "nothing started twice: {count}");
 
     // A crash is healed: lobby-1 is placed again (a new attempt) and runs.
-    let fence = db
-        .collection::<Document>("fences")
-        .find_one(doc! { "_id": "group:lobby" })
-        .await?
-        .context("fence record")?;
+    let fence = get_doc(cluster, "fences", "group:lobby").await?;
     let token = fence.get_i64("mark")? as u64;
     let node = after[0].get_str("nodeId")?.to_string();
     NodeCommandsClient::new(cluster.internal_channel(&gateways[0]).await?)
@@ -140,24 +117,15 @@ async fn placement(cluster: &Cluster) -> anyhow::Result<()> {
         reported_pid(&healed) != pids[0],
         "a new process: {healed:?}"
     );
-    let crash = db
-        .collection::<Document>("crashes")
-        .find_one(doc! { "instanceId": "lobby-1" })
+    let crash = find_one(cluster, "crashes", doc! { "instanceId": "lobby-1" })
         .await?
         .context("crash record")?;
     ensure!(crash.get_i32("exitCode") == Ok(5), "{crash:?}");
 
     // Lowering the minimum stops the surplus instance.
-    groups
-        .update_one(
-            doc! { "_id": "lobby" },
-            doc! { "$set": { "spec.minInstances": 2_i64, "revision": 2_i64 } },
-        )
-        .await?;
-    wait_doc(cluster, "instances", "lobby-3", "STOPPED", |d| {
-        d.get_str("state") == Ok("STOPPED")
-    })
-    .await?;
+    let fewer = doc! { "spec.minInstances": 2_i64, "revision": 2_i64 };
+    set_group(cluster, "lobby", fewer).await?;
+    wait_state(cluster, "instances", "lobby-3", "STOPPED").await?;
 
     peer.sigterm();
     stop_all(
@@ -167,18 +135,9 @@ async fn placement(cluster: &Cluster) -> anyhow::Result<()> {
     .await
 }
 
-#[tokio::test]
-async fn a_static_group_is_placed_once_survives_failover_and_heals() {
-    let cluster = Cluster::new("placement").unwrap();
-    placement(&cluster).await.unwrap();
-}
-
 async fn crash_loop(cluster: &Cluster) -> anyhow::Result<()> {
     let mut fleet = nodes(cluster, &["node-1"]).await?;
-    let db = cluster.stores.mongo().await?;
-    db.collection::<Document>("groups")
-        .insert_one(group_doc("crashy", 1, &["--crash-after", "200"])?)
-        .await?;
+    insert_group(cluster, group_doc("crashy", 1, &["--crash-after", "200"])?).await?;
     let mut scheduler = cluster.service("scheduler", "scheduler-1", "")?;
     scheduler.wait_ready(READY_WITHIN).await?;
     // Three crashes pause the group (30 s for the first loop) under its lease.
@@ -188,16 +147,9 @@ async fn crash_loop(cluster: &Cluster) -> anyhow::Result<()> {
     .await?;
     ensure!(state.get_i64("pausedUntilMs")? > 0, "{state:?}");
     let attempts = |d: &Document| d.get_i64("attempt").unwrap_or(0);
-    let instances = db.collection::<Document>("instances");
-    let before = instances
-        .find_one(doc! { "_id": "crashy-1" })
-        .await?
-        .context("instance")?;
+    let before = get_doc(cluster, "instances", "crashy-1").await?;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let after = instances
-        .find_one(doc! { "_id": "crashy-1" })
-        .await?
-        .context("instance")?;
+    let after = get_doc(cluster, "instances", "crashy-1").await?;
     ensure!(
         attempts(&after) == attempts(&before) && after.get_str("state") == Ok("CRASHED"),
         "no new attempt while paused: {before:?} -> {after:?}"
@@ -208,12 +160,6 @@ async fn crash_loop(cluster: &Cluster) -> anyhow::Result<()> {
             .contains("crash loop: pausing new instances")
     );
     fleet.stop_with(&mut scheduler).await
-}
-
-#[tokio::test]
-async fn a_crash_loop_pauses_the_group() {
-    let cluster = Cluster::new("crash_loop").unwrap();
-    crash_loop(&cluster).await.unwrap();
 }
 
 /// `prexor-scheduler group apply NAME --spec FILE` with scheduler-1's configuration.
@@ -237,7 +183,6 @@ fn apply_group(
 
 async fn lost_node(cluster: &Cluster) -> anyhow::Result<()> {
     let mut fleet = nodes(cluster, &["node-1", "node-2"]).await?;
-    let db = cluster.stores.mongo().await?;
     let mut scheduler = cluster.service("scheduler", "scheduler-1", "")?;
     scheduler.wait_ready(READY_WITHIN).await?;
     // The operator's apply command: a bad spec is refused naming each field, a good one lands.
@@ -278,12 +223,11 @@ async fn lost_node(cluster: &Cluster) -> anyhow::Result<()> {
     fleet.daemons[1].signal(libc::SIGCONT);
     let stray_id = format!("{lost_id}@node-2");
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    let strays = db.collection::<Document>("stray_instances");
     loop {
         let alive = std::path::Path::new(&format!("/proc/{lost_pid}")).exists()
             && !std::fs::read_to_string(format!("/proc/{lost_pid}/stat"))
                 .is_ok_and(|s| s.contains(" Z "));
-        let recorded = strays.find_one(doc! { "_id": &stray_id }).await?;
+        let recorded = find_doc(cluster, "stray_instances", &stray_id).await?;
         if !alive && recorded.is_none() {
             break;
         }
@@ -302,8 +246,8 @@ async fn lost_node(cluster: &Cluster) -> anyhow::Result<()> {
     fleet.stop_with(&mut scheduler).await
 }
 
-#[tokio::test]
-async fn a_lost_node_is_replaced_and_its_strays_stopped_when_it_returns() {
-    let cluster = Cluster::new("lost_node").unwrap();
-    lost_node(&cluster).await.unwrap();
+scenario_tests! {
+    a_static_group_is_placed_once_survives_failover_and_heals: placement,
+    a_crash_loop_pauses_the_group: crash_loop,
+    a_lost_node_is_replaced_and_its_strays_stopped_when_it_returns: lost_node,
 }

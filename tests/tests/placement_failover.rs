@@ -6,8 +6,11 @@
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use mongodb::bson::{Document, doc};
-use prexor_acceptance::{Cluster, group_doc, nodes, process_journal, running, wait_plan};
+use mongodb::bson::doc;
+use prexor_acceptance::{
+    Cluster, count_docs, group_doc, insert_group, nodes, process_journal, running, scenario_tests,
+    wait_plan,
+};
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
 const EXIT_WITHIN: Duration = Duration::from_secs(30);
@@ -20,19 +23,12 @@ async fn placement_failover(cluster: &Cluster) -> anyhow::Result<()> {
         &[("PREXORCLOUD_FAILPOINTS", "scheduler.after-plan-persisted")],
     )?;
     doomed.wait_ready(READY_WITHIN).await?;
-    let db = cluster.stores.mongo().await?;
-    db.collection::<Document>("groups")
-        .insert_one(group_doc("lobby", 1, &[])?)
-        .await?;
+    insert_group(cluster, group_doc("lobby", 1, &[])?).await?;
 
     // The only scheduler takes the group, persists lobby-1's plan, and dies before dispatching.
-    let status = doomed.wait_exit(EXIT_WITHIN).await?;
-    ensure!(!status.success(), "aborted at the failpoint: {status}");
-    ensure!(
-        doomed.log_text().contains("failpoint reached"),
-        "{}",
-        doomed.log_text()
-    );
+    doomed
+        .wait_failure(EXIT_WITHIN, &["failpoint reached"])
+        .await?;
     let (planned, _) = wait_plan(cluster, "lobby-1", "a persisted plan", |d, _| {
         d.get_str("state") == Ok("SCHEDULED")
     })
@@ -73,18 +69,13 @@ async fn placement_failover(cluster: &Cluster) -> anyhow::Result<()> {
             && launches[0].node == node,
         "exactly one process, of the persisted plan: {journal:?}"
     );
-    let attempts = db
-        .collection::<Document>("instances")
-        .count_documents(doc! { "group": "lobby" })
-        .await?;
+    let attempts = count_docs(cluster, "instances", doc! { "group": "lobby" }).await?;
     ensure!(attempts == 1, "{attempts} instance records");
 
     prexor_acceptance::invariants(cluster, &["node-1", "node-2"]).await?;
     fleet.stop_with(&mut peer).await
 }
 
-#[tokio::test]
-async fn a_plan_persisted_before_the_holder_died_is_dispatched_unchanged_by_the_peer() {
-    let cluster = Cluster::new("placement_failover").unwrap();
-    placement_failover(&cluster).await.unwrap();
+scenario_tests! {
+    a_plan_persisted_before_the_holder_died_is_dispatched_unchanged_by_the_peer: placement_failover,
 }

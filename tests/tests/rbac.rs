@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use prexor_acceptance::{
-    Cluster, Rest, deploy, group_spec, nodes, operators, running, stop_all, tar_gz, with_version,
+    Cluster, Rest, deploy, group_spec, nodes, operators, running, scenario_tests, stop_all, tar_gz,
+    with_version,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -51,42 +52,44 @@ struct Fixtures {
 
 impl Fixtures {
     fn path(&self, template: &str) -> String {
-        let id = if template.starts_with("/api/v1/nodes/{id}/drain") {
-            &self.drained
-        } else if template.starts_with("/api/v1/deployments/") {
-            &self.deployment
-        } else if template.starts_with("/api/v1/backups/") {
-            &self.backup
-        } else if template.starts_with("/api/v1/auth/tokens/") {
-            &self.token
-        } else if template.starts_with("/api/v1/instances/") {
-            "lobby-1"
-        } else {
-            "node-1"
-        };
+        let id = by_prefix(
+            template,
+            &[
+                ("/api/v1/nodes/{id}/drain", &self.drained),
+                ("/api/v1/deployments/", &self.deployment),
+                ("/api/v1/backups/", &self.backup),
+                ("/api/v1/auth/tokens/", &self.token),
+                ("/api/v1/instances/", "lobby-1"),
+            ],
+            "node-1",
+        );
         // Not one of the callers: everyone may read their own user.
-        let name = if template.starts_with("/api/v1/users/") {
-            "rbac-other"
-        } else if template.starts_with("/api/v1/roles/") {
-            "narrow"
-        } else if template.starts_with("/api/v1/templates/") {
-            "base"
-        } else if template.starts_with("/api/v1/modules/") {
-            "proxy"
-        } else {
-            "lobby"
-        };
-        let version = if template.starts_with("/api/v1/modules/") {
-            "1.0.0"
-        } else {
-            "1"
-        };
+        let name = by_prefix(
+            template,
+            &[
+                ("/api/v1/users/", "rbac-other"),
+                ("/api/v1/roles/", "narrow"),
+                ("/api/v1/templates/", "base"),
+                ("/api/v1/modules/", "proxy"),
+            ],
+            "lobby",
+        );
+        let version = by_prefix(template, &[("/api/v1/modules/", "1.0.0")], "1");
         template
             .trim_start_matches("/api/v1")
             .replace("{id}", id)
             .replace("{name}", name)
             .replace("{version}", version)
     }
+}
+
+/// The value of the first `(prefix, value)` of `table` whose prefix starts `template`, else
+/// `default`.
+fn by_prefix<'a>(template: &str, table: &[(&str, &'a str)], default: &'a str) -> &'a str {
+    table
+        .iter()
+        .find(|(prefix, _)| template.starts_with(prefix))
+        .map_or(default, |(_, value)| value)
 }
 
 /// A body the operation's extractor accepts, so that what answers a signed-in caller without the
@@ -279,8 +282,6 @@ async fn matrix(cluster: &Cluster) -> anyhow::Result<()> {
     .await
 }
 
-#[tokio::test]
-async fn every_operation_answers_as_its_documented_permission_says() {
-    let cluster = Cluster::new("rbac").unwrap();
-    matrix(&cluster).await.unwrap();
+scenario_tests! {
+    every_operation_answers_as_its_documented_permission_says: matrix,
 }

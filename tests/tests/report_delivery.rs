@@ -2,17 +2,17 @@
 //! gateways cannot store for a minute (every write fails with a transient error, as when a
 //! frozen scheduler's open transaction holds the document) lands afterwards and the rolling
 //! deployment waiting for it completes; reports still unacknowledged when the daemon restarts
-//! arrive after the restart, and the server that outlived the daemon is taken in again.
+//! arrive after the restart, and the server that outlived the daemon is adopted again.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use mongodb::bson::{Document, doc};
 use prexor_acceptance::{
-    Cluster, Fleet, Operators, Proc, control_with_env, deploy, enrolled_daemon, group_doc,
-    insert_group, invariants, operators, process_journal, reported_state, running, stop_all,
-    wait_doc, with_version,
+    Cluster, Fleet, Operators, Proc, control_with_env, deploy_one_by_one, group_doc, insert_group,
+    invariants, operators, process_journal, reported_pid, reported_state, running, scenario_tests,
+    set_group, stop_all, wait_doc, wait_state, with_version,
 };
 use prexor_testkit::eventually;
 use serde_json::json;
@@ -25,11 +25,7 @@ async fn failing_fleet(cluster: &Cluster) -> anyhow::Result<(Fleet, PathBuf)> {
     let switch = cluster.dir.join("report-write.fail");
     let armed = format!("gateway.report-write=fail-while:{}", switch.display());
     let mut fleet = control_with_env(cluster, &[("PREXORCLOUD_FAILPOINTS", &armed)]).await?;
-    let ports = fleet.daemon_ports();
-    let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
-    fleet
-        .daemons
-        .push(enrolled_daemon(cluster, "node-1", &ports).await?);
+    fleet.enrol(cluster, "node-1").await?;
     Ok((fleet, switch))
 }
 
@@ -70,13 +66,7 @@ async fn a_minute_of_failed_writes(cluster: &Cluster) -> anyhow::Result<()> {
     // From now on no report can be stored, for a minute.
     std::fs::write(&switch, b"")?;
     let failing_since = Instant::now();
-    let deployment = deploy(
-        &rest,
-        "web",
-        json!({ "spec": with_version(&spec, "2"), "batchSize": 1, "maxUnavailable": 1 }),
-    )
-    .await?;
-    let id = deployment["id"].as_str().context("id")?.to_owned();
+    let (id, _) = deploy_one_by_one(&rest, "web", with_version(&spec, "2")).await?;
 
     // The first outdated instance stops (its daemon sees the exit), but nobody can store that.
     let stopped = eventually("an outdated server's exit", READY_WITHIN, async || {
@@ -111,10 +101,7 @@ async fn a_minute_of_failed_writes(cluster: &Cluster) -> anyhow::Result<()> {
 
     // The store recovers: the report lands and the rollout completes.
     std::fs::remove_file(&switch)?;
-    wait_doc(cluster, "deployments", &id, "DONE", |d| {
-        d.get_str("state") == Ok("DONE")
-    })
-    .await?;
+    wait_state(cluster, "deployments", &id, "DONE").await?;
     eventually("every report acknowledged", READY_WITHIN, async || {
         Ok((daemon.metric("prexor_daemon_reports_pending").await? == 0.0).then_some(()))
     })
@@ -144,18 +131,6 @@ async fn a_minute_of_failed_writes(cluster: &Cluster) -> anyhow::Result<()> {
     fleet.daemons[0].wait_ready(READY_WITHIN).await?;
     stop_all([&mut api], EXIT_WITHIN).await?;
     fleet.stop_with(&mut scheduler).await
-}
-
-#[tokio::test]
-async fn a_report_that_cannot_be_stored_for_a_minute_lands_afterwards_and_the_rollout_completes() {
-    let cluster = Cluster::new("report_minute").unwrap();
-    a_minute_of_failed_writes(&cluster).await.unwrap();
-}
-
-fn reported_pid(doc: &Document) -> i32 {
-    doc.get_document("reported")
-        .and_then(|r| r.get_i32("pid"))
-        .unwrap_or(0)
 }
 
 async fn restart_with_unacknowledged_reports(cluster: &Cluster) -> anyhow::Result<()> {
@@ -188,16 +163,14 @@ async fn restart_with_unacknowledged_reports(cluster: &Cluster) -> anyhow::Resul
     // The daemon restarts with the report still unacknowledged; g-2's server outlives it.
     let mut old = fleet.daemons.remove(0);
     old.stop(EXIT_WITHIN).await?;
-    let ports = fleet.daemon_ports();
-    let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
-    let mut restarted = cluster.daemon("daemon-node-1-b", "node-1", "node-1", &ports, None, &[])?;
+    let mut restarted = fleet.start_daemon(cluster, "daemon-node-1-b", "node-1", None)?;
     restarted.wait_ready(READY_WITHIN).await?;
     ensure!(
         restarted.metric("prexor_daemon_reports_pending").await? >= 1.0,
         "the unacknowledged report survived the restart"
     );
     ensure!(
-        restarted.log_text().contains("taking it in"),
+        restarted.log_text().contains("adopted a running server"),
         "the restarted daemon took g-2's server in:\n{}",
         restarted.log_text()
     );
@@ -230,19 +203,11 @@ async fn restart_with_unacknowledged_reports(cluster: &Cluster) -> anyhow::Resul
     })
     .await?;
 
-    // The server taken in is stopped like any other (by signal: its console went with the old
-    // daemon) when its group goes.
-    let db = cluster.stores.mongo().await?;
-    db.collection::<Document>("groups")
-        .update_one(
-            doc! { "_id": "g" },
-            doc! { "$set": { "deleting": true, "updatedAtMs": prexor_domain::now_ms() } },
-        )
-        .await?;
-    wait_doc(cluster, "instances", "g-2", "STOPPED", |d| {
-        d.get_str("state") == Ok("STOPPED")
-    })
-    .await?;
+    // The adopted server is stopped like any other (through its shim's console) when its group
+    // goes.
+    let deleting = doc! { "deleting": true, "updatedAtMs": prexor_domain::now_ms() };
+    set_group(cluster, "g", deleting).await?;
+    wait_state(cluster, "instances", "g-2", "STOPPED").await?;
     ensure!(
         !std::path::Path::new(&format!("/proc/{surviving_pid}/stat")).exists()
             || std::fs::read_to_string(format!("/proc/{surviving_pid}/stat"))
@@ -256,8 +221,7 @@ async fn restart_with_unacknowledged_reports(cluster: &Cluster) -> anyhow::Resul
     Ok(())
 }
 
-#[tokio::test]
-async fn reports_unacknowledged_when_the_daemon_restarts_arrive_after_the_restart() {
-    let cluster = Cluster::new("report_restart").unwrap();
-    restart_with_unacknowledged_reports(&cluster).await.unwrap();
+scenario_tests! {
+    a_report_that_cannot_be_stored_for_a_minute_lands_afterwards_and_the_rollout_completes: a_minute_of_failed_writes,
+    reports_unacknowledged_when_the_daemon_restarts_arrive_after_the_restart: restart_with_unacknowledged_reports,
 }

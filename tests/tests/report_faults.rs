@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use prexor_acceptance::{
-    Cluster, create_group, deploy, group_doc, insert_group, invariants, nodes, plan_of,
-    process_journal, reported_state, running, spec_of, system, wait_doc, wait_holder, with_version,
+    Cluster, create_group, deploy_one_by_one, group_doc, insert_group, invariants, nodes, plan_of,
+    process_journal, reported_state, running, scenario_tests, spec_of, system, wait_doc,
+    wait_holder, wait_state, with_version,
 };
 use rand::{Rng, SeedableRng};
-use serde_json::json;
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
 const WEB: [&str; 4] = ["web-1", "web-2", "web-3", "web-4"];
@@ -36,13 +36,7 @@ async fn rollouts_with_freezes(cluster: &Cluster) -> anyhow::Result<()> {
     for round in 1..=FREEZES / FREEZES_PER_ROLLOUT {
         let from = prexor_domain::now_ms();
         let spec = with_version(&base, &round.to_string());
-        let deployment = deploy(
-            &rest,
-            "web",
-            json!({ "spec": spec, "batchSize": 1, "maxUnavailable": 1 }),
-        )
-        .await?;
-        let id = deployment["id"].as_str().context("id")?.to_owned();
+        let (id, _) = deploy_one_by_one(&rest, "web", spec).await?;
         for _ in 0..FREEZES_PER_ROLLOUT {
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..4000))).await;
             let frozen =
@@ -53,11 +47,9 @@ async fn rollouts_with_freezes(cluster: &Cluster) -> anyhow::Result<()> {
             tokio::time::sleep(pause).await;
             system.schedulers[frozen].signal(libc::SIGCONT);
         }
-        wait_doc(cluster, "deployments", &id, "DONE", |d| {
-            d.get_str("state") == Ok("DONE")
-        })
-        .await
-        .with_context(|| format!("rollout {round} (seed {seed})"))?;
+        wait_state(cluster, "deployments", &id, "DONE")
+            .await
+            .with_context(|| format!("rollout {round} (seed {seed})"))?;
         windows.push((round, from, prexor_domain::now_ms()));
     }
 
@@ -86,12 +78,6 @@ async fn rollouts_with_freezes(cluster: &Cluster) -> anyhow::Result<()> {
         );
     }
     system.finish(cluster, 0).await
-}
-
-#[tokio::test]
-async fn rollouts_complete_while_the_groups_holder_freezes_at_random_moments() {
-    let cluster = Cluster::new("frozen_holder").unwrap();
-    rollouts_with_freezes(&cluster).await.unwrap();
 }
 
 async fn frozen_gateway(cluster: &Cluster) -> anyhow::Result<()> {
@@ -141,8 +127,7 @@ async fn frozen_gateway(cluster: &Cluster) -> anyhow::Result<()> {
     fleet.stop_with(&mut scheduler).await
 }
 
-#[tokio::test]
-async fn a_server_killed_while_a_gateway_is_frozen_is_replaced_within_two_ticks() {
-    let cluster = Cluster::new("frozen_gateway").unwrap();
-    frozen_gateway(&cluster).await.unwrap();
+scenario_tests! {
+    rollouts_complete_while_the_groups_holder_freezes_at_random_moments: rollouts_with_freezes,
+    a_server_killed_while_a_gateway_is_frozen_is_replaced_within_two_ticks: frozen_gateway,
 }

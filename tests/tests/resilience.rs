@@ -11,8 +11,8 @@ use anyhow::{Context, ensure};
 use mongodb::bson::{Document, doc};
 use prexor_acceptance::fault::{Fault, FaultProxy};
 use prexor_acceptance::{
-    Cluster, Proc, Rest, control, count_docs, enrolled_daemon, fence_mark, group_doc, holder_of,
-    insert_group, nodes, process_journal, running_plans,
+    Cluster, Proc, Rest, control, count_docs, enrolled_daemon, fence_mark, fields_of, group_doc,
+    holder_of, insert_group, nodes, process_journal, running_plans, scenario_tests, schedulers,
 };
 use prexor_testkit::ValkeyServer;
 use serde_json::{Value, json};
@@ -50,13 +50,7 @@ async fn valkey_restart(cluster: &Cluster, valkey: &mut ValkeyServer) -> anyhow:
     for (name, min) in [("alpha", 2), ("beta", 1)] {
         insert_group(cluster, group_doc(name, min, &[])?).await?;
     }
-    let mut schedulers = vec![
-        cluster.service("scheduler", "scheduler-1", "")?,
-        cluster.service("scheduler", "scheduler-2", "")?,
-    ];
-    for scheduler in &mut schedulers {
-        scheduler.wait_ready(READY_WITHIN).await?;
-    }
+    let mut schedulers = schedulers(cluster, 2).await?;
     let before = running_plans(cluster, &["alpha-1", "alpha-2", "beta-1"]).await?;
     let marks_before = [
         fence_mark(cluster, "group:alpha").await?,
@@ -158,12 +152,6 @@ async fn blip(cluster: &Cluster) -> anyhow::Result<()> {
 
     prexor_acceptance::invariants(cluster, &["node-1"]).await?;
     fleet.stop_with(&mut scheduler).await
-}
-
-#[tokio::test]
-async fn a_connection_blip_shorter_than_the_grace_restarts_nothing() {
-    let cluster = Cluster::new("blip").unwrap();
-    blip(&cluster).await.unwrap();
 }
 
 /// What the operator's writes saw while replicas restarted.
@@ -305,12 +293,7 @@ async fn rolling_restart(cluster: &Cluster) -> anyhow::Result<()> {
     );
     let (status, listed) = apis[1].rest(&token).get("/groups").await?;
     ensure!(status == 200, "{status} {listed}");
-    let names: Vec<&str> = listed
-        .as_array()
-        .context("groups")?
-        .iter()
-        .filter_map(|g| g["name"].as_str())
-        .collect();
+    let names = fields_of(&listed, "name")?;
     for name in &writes.acknowledged {
         ensure!(
             names.contains(&name.as_str()),
@@ -326,8 +309,7 @@ async fn rolling_restart(cluster: &Cluster) -> anyhow::Result<()> {
         .await
 }
 
-#[tokio::test]
-async fn a_rolling_restart_of_every_replica_restarts_no_server_and_loses_no_write() {
-    let cluster = Cluster::new("rolling").unwrap();
-    rolling_restart(&cluster).await.unwrap();
+scenario_tests! {
+    a_connection_blip_shorter_than_the_grace_restarts_nothing: blip,
+    a_rolling_restart_of_every_replica_restarts_no_server_and_loses_no_write: rolling_restart,
 }

@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use prexor_acceptance::{Cluster, Proc, Rest, group_spec, tar_gz_entries, tar_gz_mode};
+use prexor_acceptance::{
+    Cluster, Proc, Rest, group_spec, scenario_tests, tar_gz_entries, tar_gz_mode,
+};
 use prexor_testkit::eventually;
 use serde_json::{Value, json};
 
@@ -55,11 +57,7 @@ async fn holds_no_more(api: &Proc, admin: &Rest) -> anyhow::Result<()> {
 
     // The reproduced escalation: granting oneself admin.
     let (status, body) = mallory
-        .call(
-            reqwest::Method::PATCH,
-            "/users/mallory",
-            Some(json!({ "roles": ["admin"] })),
-        )
+        .patch("/users/mallory", json!({ "roles": ["admin"] }))
         .await?;
     expect(status, &body, 403, "PATCH self roles [admin]")?;
     let (_, me) = mallory.get("/auth/me").await?;
@@ -96,48 +94,33 @@ async fn holds_no_more(api: &Proc, admin: &Rest) -> anyhow::Result<()> {
         (json!({ "disabled": true }), "disable admin"),
         (json!({ "roles": ["viewer"] }), "demote admin"),
     ] {
-        let (status, body) = mallory
-            .call(reqwest::Method::PATCH, "/users/admin", Some(change))
-            .await?;
+        let (status, body) = mallory.patch("/users/admin", change).await?;
         expect(status, &body, 403, what)?;
     }
     let (status, body) = mallory.delete("/users/admin").await?;
     expect(status, &body, 403, "delete admin")?;
     // Resetting another's password takes users:* (or admin), even for a peer.
-    let (status, body) = mallory
-        .call(
-            reqwest::Method::PATCH,
-            "/users/eve",
-            Some(json!({ "password": "a brand new password" })),
-        )
-        .await?;
-    expect(
-        status,
-        &body,
-        403,
-        "reset a peer's password without users:*",
-    )?;
-    let (status, body) = mallory
-        .call(
-            reqwest::Method::PATCH,
-            "/users/mallory",
-            Some(json!({ "password": "a brand new password" })),
-        )
-        .await?;
-    expect(
-        status,
-        &body,
-        400,
-        "reset one's own password without the current one",
-    )?;
-    let (status, body) = admin
-        .call(
-            reqwest::Method::PATCH,
-            "/users/eve",
-            Some(json!({ "password": "a brand new password" })),
-        )
-        .await?;
-    expect(status, &body, 200, "an admin resets eve's password")?;
+    let reset = json!({ "password": "a brand new password" });
+    for (caller, user, wanted, what) in [
+        (
+            &mallory,
+            "eve",
+            403,
+            "reset a peer's password without users:*",
+        ),
+        (
+            &mallory,
+            "mallory",
+            400,
+            "reset one's own password without the current one",
+        ),
+        (admin, "eve", 200, "an admin resets eve's password"),
+    ] {
+        let (status, body) = caller
+            .patch(&format!("/users/{user}"), reset.clone())
+            .await?;
+        expect(status, &body, wanted, what)?;
+    }
     let (_, page) = admin.get("/audit?limit=20").await?;
     ensure!(
         page["entries"]
@@ -174,11 +157,7 @@ async fn last_admin_under_concurrency(api: &Proc, admin: &Rest) -> anyhow::Resul
     create_user(admin, "ann", &["admin"]).await?;
     create_user(admin, "bob", &["admin"]).await?;
     let (status, body) = admin
-        .call(
-            reqwest::Method::PATCH,
-            "/users/admin",
-            Some(json!({ "roles": ["viewer"] })),
-        )
+        .patch("/users/admin", json!({ "roles": ["viewer"] }))
         .await?;
     expect(status, &body, 200, "the bootstrap admin steps down")?;
     let mut ann = api.rest(&api.login("ann", PASSWORD).await?);
@@ -190,8 +169,8 @@ async fn last_admin_under_concurrency(api: &Proc, admin: &Rest) -> anyhow::Resul
             json!({ "disabled": true })
         };
         let (a, b) = tokio::join!(
-            ann.call(reqwest::Method::PATCH, "/users/ann", Some(change.clone())),
-            bob.call(reqwest::Method::PATCH, "/users/bob", Some(change.clone())),
+            ann.patch("/users/ann", change.clone()),
+            bob.patch("/users/bob", change.clone()),
         );
         let (a, b) = (a?, b?);
         let mut statuses = [a.0, b.0];
@@ -212,13 +191,8 @@ async fn last_admin_under_concurrency(api: &Proc, admin: &Rest) -> anyhow::Resul
             left.len() == 1 && left[0] != other,
             "round {round}: admins left {left:?}"
         );
-        let (status, body) = kept
-            .call(
-                reqwest::Method::PATCH,
-                &format!("/users/{other}"),
-                Some(json!({ "roles": ["admin"], "disabled": false })),
-            )
-            .await?;
+        let restore = json!({ "roles": ["admin"], "disabled": false });
+        let (status, body) = kept.patch(&format!("/users/{other}"), restore).await?;
         expect(status, &body, 200, "restoring the other admin")?;
         let relogged = api.rest(&api.login(other, PASSWORD).await?);
         if other == "ann" {
@@ -261,11 +235,7 @@ async fn bound_credentials(api: &Proc, admin: &Rest) -> anyhow::Result<()> {
     // A stream ends once its caller loses the right to it.
     let mut stream = carol.sse("/events", None).await?;
     let (status, body) = admin
-        .call(
-            reqwest::Method::PATCH,
-            "/users/carol",
-            Some(json!({ "disabled": true })),
-        )
+        .patch("/users/carol", json!({ "disabled": true }))
         .await?;
     expect(status, &body, 200, "disabling carol")?;
     let ended = loop {
@@ -426,13 +396,8 @@ async fn forged_backups(cluster: &Cluster, admin: &Rest) -> anyhow::Result<()> {
 
     // dave's password is reset after the backup: his sessions from before stay ended even when
     // the backup comes back.
-    let (status, body) = admin
-        .call(
-            reqwest::Method::PATCH,
-            "/users/dave",
-            Some(json!({ "password": "dave's second password" })),
-        )
-        .await?;
+    let reset = json!({ "password": "dave's second password" });
+    let (status, body) = admin.patch("/users/dave", reset).await?;
     expect(status, &body, 200, "resetting dave's password")?;
     let users = cluster
         .stores
@@ -588,18 +553,17 @@ async fn checked_input(admin: &Rest) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn nobody_grants_changes_or_removes_more_than_they_hold() {
-    let cluster = Cluster::new("security").unwrap();
-    let run = async {
-        let (mut api, admin) = api(&cluster).await?;
-        holds_no_more(&api, &admin).await?;
-        bound_credentials(&api, &admin).await?;
-        checked_input(&admin).await?;
-        forged_backups(&cluster, &admin).await?;
-        capped_streams(&cluster, &api, &admin).await?;
-        last_admin_under_concurrency(&api, &admin).await?;
-        api.stop(EXIT_WITHIN).await
-    };
-    run.await.unwrap();
+async fn security(cluster: &Cluster) -> anyhow::Result<()> {
+    let (mut api, admin) = api(cluster).await?;
+    holds_no_more(&api, &admin).await?;
+    bound_credentials(&api, &admin).await?;
+    checked_input(&admin).await?;
+    forged_backups(cluster, &admin).await?;
+    capped_streams(cluster, &api, &admin).await?;
+    last_admin_under_concurrency(&api, &admin).await?;
+    api.stop(EXIT_WITHIN).await
+}
+
+scenario_tests! {
+    nobody_grants_changes_or_removes_more_than_they_hold: security,
 }

@@ -176,7 +176,7 @@ async fn nodes_keep_their_budget(
     let reason = wa.get_str("reason")?;
     ensure!(reason.contains("unpacks to more than 1 MiB"), "{reason}");
     ensure!(
-        !cluster.dir.join("node-a/instances/wa-1").exists(),
+        !cluster.dir.join("node-a-servers/wa-1").exists(),
         "the refused layer was left on node-a's disk"
     );
     wait_doc(

@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use mongodb::bson::{Document, doc};
 use prexor_acceptance::{
-    Cluster, Operators, Proc, find_doc, grpc_health, nodes_with, operators, stop_all, wait_doc,
+    Cluster, Operators, Proc, find_doc, grpc_health, nodes_with, operators, scenario_tests,
+    stop_all, wait_doc, wait_state,
 };
 use prexor_model::pki as records;
 use prexor_pki::{CertInfo, pem_to_der};
@@ -79,9 +80,7 @@ async fn revocation(cluster: &Cluster) -> anyhow::Result<()> {
     );
     let mut old_daemon = fleet.daemons.remove(1);
     old_daemon.stop(EXIT_WITHIN).await?;
-    let ports = fleet.daemon_ports();
-    let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
-    let mut again = cluster.daemon("daemon-node-2-b", "node-2", "node-2", &ports, None, &[])?;
+    let mut again = fleet.start_daemon(cluster, "daemon-node-2-b", "node-2", None)?;
     again.wait_ready(WITHIN).await?;
     let old = certificate(cluster, &before).await?;
     ensure!(
@@ -92,13 +91,10 @@ async fn revocation(cluster: &Cluster) -> anyhow::Result<()> {
 
     // A deleted node cannot come back.
     again.stop(EXIT_WITHIN).await?;
-    wait_doc(cluster, "nodes", "node-2", "OFFLINE", |d| {
-        d.get_str("state") == Ok("OFFLINE")
-    })
-    .await?;
+    wait_state(cluster, "nodes", "node-2", "OFFLINE").await?;
     let (status, body) = rest.delete("/nodes/node-2").await?;
     ensure!(status == 204, "deleting node-2: {status} {body}");
-    let back = cluster.daemon("daemon-node-2-c", "node-2", "node-2", &ports, None, &[])?;
+    let back = fleet.start_daemon(cluster, "daemon-node-2-c", "node-2", None)?;
     refused_as_revoked(
         &back,
         "the deleted node refused",
@@ -170,12 +166,6 @@ async fn revocation(cluster: &Cluster) -> anyhow::Result<()> {
     .await
 }
 
-#[tokio::test]
-async fn certificates_that_no_longer_stand_stop_working() {
-    let cluster = Cluster::new("security_pki").unwrap();
-    revocation(&cluster).await.unwrap();
-}
-
 /// A bootstrap whose publish answered with an error although the CA was published (the answer
 /// got lost) keeps the key: the cluster never ends with a CA and no key anywhere.
 async fn lost_publish_answer(cluster: &Cluster) -> anyhow::Result<()> {
@@ -204,12 +194,6 @@ async fn lost_publish_answer(cluster: &Cluster) -> anyhow::Result<()> {
     let mut gateway = cluster.service("gateway", "gateway-1", "")?;
     gateway.wait_ready(WITHIN).await?;
     stop_all([&mut gateway, &mut ca], EXIT_WITHIN).await
-}
-
-#[tokio::test]
-async fn a_bootstrap_whose_publish_answer_is_lost_keeps_the_ca_key() {
-    let cluster = Cluster::new("lost_publish").unwrap();
-    lost_publish_answer(&cluster).await.unwrap();
 }
 
 /// The CA gives a replica a certificate only for its own names, not another replica's host.
@@ -274,8 +258,8 @@ async fn foreign_names(cluster: &Cluster) -> anyhow::Result<()> {
     ca.stop(EXIT_WITHIN).await
 }
 
-#[tokio::test]
-async fn a_replica_gets_no_certificate_for_another_replicas_host() {
-    let cluster = Cluster::new("foreign_names").unwrap();
-    foreign_names(&cluster).await.unwrap();
+scenario_tests! {
+    certificates_that_no_longer_stand_stop_working: revocation,
+    a_bootstrap_whose_publish_answer_is_lost_keeps_the_ca_key: lost_publish_answer,
+    a_replica_gets_no_certificate_for_another_replicas_host: foreign_names,
 }

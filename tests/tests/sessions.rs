@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use mongodb::bson::{Document, doc};
 use prexor_acceptance::{
-    Cluster, Proc, binary, count_docs, find_doc, free_port, reported_state, stop_all, tar_gz,
-    wait_doc,
+    Cluster, Fleet, Proc, binary, count_docs, find_doc, find_one, free_port, nodes_with,
+    refused_call, reported_state, scenario_tests, stop_all, tar_gz, wait_doc, wait_state,
 };
 use prexor_coord::{ConsoleStreams, ValkeyBackend};
-use prexor_model::pki as records;
 use prexor_proto::v1::command::Action;
 use prexor_proto::v1::node_commands_client::NodeCommandsClient;
 use prexor_proto::v1::{
@@ -40,44 +39,13 @@ async fn stack(cluster: &Cluster) -> anyhow::Result<Stack> {
 
 /// [`stack`] with `ca_keys` added to the CA's `[ca]` table.
 async fn stack_with(cluster: &Cluster, ca_keys: &str) -> anyhow::Result<Stack> {
-    let ca_extra = format!("{}{ca_keys}", cluster.ca_extra("ca-1"));
-    let mut ca = cluster.service("ca", "ca-1", &ca_extra)?;
-    ca.wait_ready(READY_WITHIN).await?;
-    let mut gateways = vec![
-        cluster.service("gateway", "gateway-1", "")?,
-        cluster.service("gateway", "gateway-2", "")?,
-    ];
-    for gateway in &mut gateways {
-        gateway.wait_ready(READY_WITHIN).await?;
-    }
-    let store = cluster.store().await?;
-    let published = records::published_ca(&store).await?.context("CA")?;
-    let (token, _) = records::create_join_token(
-        &store,
-        "node-1",
-        &published.certificate,
-        Duration::from_secs(600),
-        "test",
-    )
-    .await?;
-    let ports: Vec<String> = gateways
-        .iter()
-        .map(|g| g.daemon_port.clone().context("daemon port"))
-        .collect::<Result<_, _>>()?;
-    let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
-    let mut daemon = cluster.daemon(
-        "daemon-1",
-        "node-1",
-        "node-1",
-        &ports,
-        Some(&token.to_string()),
-        &[],
-    )?;
-    daemon.wait_ready(READY_WITHIN).await?;
-    let node = wait_doc(cluster, "nodes", "node-1", "ONLINE", |d| {
-        d.get_str("state") == Ok("ONLINE")
-    })
-    .await?;
+    let Fleet {
+        ca,
+        gateways,
+        mut daemons,
+    } = nodes_with(cluster, &["node-1"], ca_keys).await?;
+    let daemon = daemons.remove(0);
+    let node = wait_state(cluster, "nodes", "node-1", "ONLINE").await?;
     let (owner, token) = owner_of(&node);
     let owner_index = gateways
         .iter()
@@ -273,9 +241,7 @@ async fn commands_and_failover(cluster: &Cluster) -> anyhow::Result<()> {
     let pid = started.pid;
     ensure!(pid > 0 && pid_alive(pid));
     wait_reported(cluster, "lobby-1", "RUNNING").await?;
-    let properties = cluster
-        .dir
-        .join("node-1/instances/lobby-1/server.properties");
+    let properties = cluster.dir.join("node-1-servers/lobby-1/server.properties");
     let written = std::fs::read_to_string(&properties)?;
     ensure!(
         written.contains(&format!("server-port={port}")) && written.contains("lobby-1 on node-1"),
@@ -368,10 +334,7 @@ async fn commands_and_failover(cluster: &Cluster) -> anyhow::Result<()> {
     ensure!(ack(&reply)?.result() == AckResult::Done, "{reply:?}");
     let crash = wait_reported(cluster, "lobby-2", "CRASHED").await?;
     ensure!(crash.get_document("reported")?.get_i32("exitCode") == Ok(3));
-    let db = cluster.stores.mongo().await?;
-    let record = db
-        .collection::<Document>("crashes")
-        .find_one(doc! { "instanceId": "lobby-2" })
+    let record = find_one(cluster, "crashes", doc! { "instanceId": "lobby-2" })
         .await?
         .context("a crash record")?;
     let tail = record.get_array("logTail")?;
@@ -423,25 +386,12 @@ async fn commands_and_failover(cluster: &Cluster) -> anyhow::Result<()> {
     ensure!(hung_pid > 0);
 
     // Bad input gets a clear answer.
-    let err = send(
-        &mut via_survivor,
-        "node-unknown",
-        command("c10", "group:lobby", 2, start("x-1", free_port(), &[])?),
-    )
-    .await
-    .unwrap_err();
-    ensure!(
-        err.code() == Code::FailedPrecondition && err.message().contains("offline"),
-        "{err:?}"
-    );
-    let err = send(
-        &mut via_survivor,
-        "node-1",
-        command("", "group:lobby", 2, start("x-1", free_port(), &[])?),
-    )
-    .await
-    .unwrap_err();
-    ensure!(err.code() == Code::InvalidArgument, "{err:?}");
+    let unknown_node = command("c10", "group:lobby", 2, start("x-1", free_port(), &[])?);
+    let call = send(&mut via_survivor, "node-unknown", unknown_node).await;
+    refused_call(call, Code::FailedPrecondition, "offline")?;
+    let no_id = command("", "group:lobby", 2, start("x-1", free_port(), &[])?);
+    let call = send(&mut via_survivor, "node-1", no_id).await;
+    refused_call(call, Code::InvalidArgument, "")?;
     let mut escaping = start("x-2", free_port(), &[])?;
     if let Action::Start(StartInstance { plan: Some(plan) }) = &mut escaping {
         plan.files[0].path = "../../escape.txt".into();
@@ -482,7 +432,7 @@ async fn commands_and_failover(cluster: &Cluster) -> anyhow::Result<()> {
     }
     let reply = lobby(&mut via_survivor, "c13", 2, layered).await?;
     ensure!(ack(&reply)?.result() == AckResult::Done, "{reply:?}");
-    let instance_dir = cluster.dir.join("node-1/instances/lobby-5");
+    let instance_dir = cluster.dir.join("node-1-servers/lobby-5");
     let config = std::fs::read_to_string(instance_dir.join("config/server.yml"))?;
     ensure!(
         config == format!("port: {layered_port}\nname: lobby-5\n"),
@@ -514,10 +464,7 @@ async fn commands_and_failover(cluster: &Cluster) -> anyhow::Result<()> {
 
     // The daemon restarts: the fencing marks survive on disk.
     daemon.stop(EXIT_WITHIN).await?;
-    wait_doc(cluster, "nodes", "node-1", "OFFLINE", |d| {
-        d.get_str("state") == Ok("OFFLINE")
-    })
-    .await?;
+    wait_state(cluster, "nodes", "node-1", "OFFLINE").await?;
     let ports: Vec<String> = gateways
         .iter()
         .filter_map(|g| g.daemon_port.clone())
@@ -547,12 +494,6 @@ async fn commands_and_failover(cluster: &Cluster) -> anyhow::Result<()> {
     gateways[other_index].stop(EXIT_WITHIN).await?;
     ca.stop(EXIT_WITHIN).await?;
     Ok(())
-}
-
-#[tokio::test]
-async fn commands_reach_the_node_through_any_gateway_and_servers_survive_a_gateway_kill() {
-    let cluster = Cluster::new("sessions").unwrap();
-    commands_and_failover(&cluster).await.unwrap();
 }
 
 async fn paused_gateway(cluster: &Cluster) -> anyhow::Result<()> {
@@ -598,12 +539,6 @@ async fn paused_gateway(cluster: &Cluster) -> anyhow::Result<()> {
         EXIT_WITHIN,
     )
     .await
-}
-
-#[tokio::test]
-async fn a_paused_gateway_that_wakes_up_closes_its_stale_session() {
-    let cluster = Cluster::new("paused_gateway").unwrap();
-    paused_gateway(&cluster).await.unwrap();
 }
 
 /// How many certificates the CA has issued to `subject` (a replica or node id).
@@ -702,8 +637,8 @@ async fn rotation_under_load(cluster: &Cluster) -> anyhow::Result<()> {
     stop_all(all, EXIT_WITHIN).await
 }
 
-#[tokio::test]
-async fn certificates_rotating_under_load_keep_every_daemon_stream_open() {
-    let cluster = Cluster::new("rotation").unwrap();
-    rotation_under_load(&cluster).await.unwrap();
+scenario_tests! {
+    commands_reach_the_node_through_any_gateway_and_servers_survive_a_gateway_kill: commands_and_failover,
+    a_paused_gateway_that_wakes_up_closes_its_stale_session: paused_gateway,
+    certificates_rotating_under_load_keep_every_daemon_stream_open: rotation_under_load,
 }

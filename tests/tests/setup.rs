@@ -9,8 +9,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use mongodb::bson::{Document, doc};
-use prexor_acceptance::{Cluster, bin_dir, binary, free_port};
+use mongodb::bson::doc;
+use prexor_acceptance::{Cluster, bin_dir, binary, find_one, free_port, get_doc, scenario_tests};
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
 
@@ -58,26 +58,32 @@ impl Host {
     }
 }
 
+/// `args`, then `host`'s directories.
+fn on_host(args: &[&str], host: &Host) -> Vec<String> {
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.extend(host.args());
+    all
+}
+
 fn controller_args(cluster: &Cluster, host: &Host, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "setup",
-        "--role",
-        "controller",
-        "--mongo-uri",
-        &cluster.stores.mongo_uri,
-        "--redis-uri",
-        &cluster.stores.valkey_url,
-        "--mongo-database",
-        &cluster.stores.database,
-        "--valkey-namespace",
-        &cluster.stores.namespace,
-        "--advertise-host",
-        "controller-1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(host.args());
+    let mut args = on_host(
+        &[
+            "setup",
+            "--role",
+            "controller",
+            "--mongo-uri",
+            &cluster.stores.mongo_uri,
+            "--redis-uri",
+            &cluster.stores.valkey_url,
+            "--mongo-database",
+            &cluster.stores.database,
+            "--valkey-namespace",
+            &cluster.stores.namespace,
+            "--advertise-host",
+            "controller-1",
+        ],
+        host,
+    );
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
@@ -227,16 +233,9 @@ async fn setup(cluster: &Cluster) -> anyhow::Result<()> {
     );
     let key = etc.join("data/certs/ca/ca.key");
     ensure!(mode(&key)? == 0o600, "the CA key is 0600");
-    let store = cluster.stores.mongo().await?;
-    let identity = store
-        .collection::<Document>("cluster")
-        .find_one(doc! { "_id": "identity" })
-        .await?
-        .context("the cluster identity exists")?;
+    let identity = get_doc(cluster, "cluster", "identity").await?;
     ensure!(identity.get_str("clusterId")? == "setup-test", "{identity}");
-    let ca_pem = store
-        .collection::<Document>("cluster_ca")
-        .find_one(doc! {})
+    let ca_pem = find_one(cluster, "cluster_ca", doc! {})
         .await?
         .context("the CA certificate is published")?
         .get_str("certificate_pem")?
@@ -247,21 +246,15 @@ async fn setup(cluster: &Cluster) -> anyhow::Result<()> {
     );
 
     // The services start from what setup wrote; the admin signs in.
-    let mut api = cluster.service_from(
-        "api",
-        "api-setup",
-        &std::fs::read_to_string(etc.join("api.toml"))?,
-        "",
-    )?;
-    api.wait_ready(READY_WITHIN).await?;
+    let from_setup = async |kind: &str| {
+        let toml = std::fs::read_to_string(etc.join(format!("{kind}.toml")))?;
+        let mut proc = cluster.service_from(kind, &format!("{kind}-setup"), &toml, "")?;
+        proc.wait_ready(READY_WITHIN).await?;
+        anyhow::Ok(proc)
+    };
+    let mut api = from_setup("api").await?;
     let token = api.login("admin", &password).await?;
-    let mut ca = cluster.service_from(
-        "ca",
-        "ca-setup",
-        &std::fs::read_to_string(etc.join("ca.toml"))?,
-        "",
-    )?;
-    ca.wait_ready(READY_WITHIN).await?;
+    let mut ca = from_setup("ca").await?;
     let (status, join) = api
         .rest(&token)
         .post("/nodes/node-7/join-token", serde_json::json!({}))
@@ -308,21 +301,20 @@ async fn setup(cluster: &Cluster) -> anyhow::Result<()> {
 
     // A daemon host: its config with the join token, the token's secret never printed.
     let node = Host::new(cluster, "node-7");
-    let mut daemon_args: Vec<String> = [
-        "setup",
-        "--role",
-        "daemon",
-        "--join-token",
-        &join_token,
-        "--gateway",
-        "controller-1:9443,controller-2:9443",
-        "--label",
-        "zone=eu-1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    daemon_args.extend(node.args());
+    let mut daemon_args = on_host(
+        &[
+            "setup",
+            "--role",
+            "daemon",
+            "--join-token",
+            &join_token,
+            "--gateway",
+            "controller-1:9443,controller-2:9443",
+            "--label",
+            "zone=eu-1",
+        ],
+        &node,
+    );
     let mut dry = daemon_args.clone();
     dry.extend([
         "--bin-dir".into(),
@@ -367,12 +359,6 @@ async fn setup(cluster: &Cluster) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn setup_bootstraps_once_joins_and_writes_what_the_services_accept() {
-    let cluster = Cluster::new("setup").unwrap();
-    setup(&cluster).await.unwrap();
-}
-
 async fn unreachable(cluster: &Cluster) -> anyhow::Result<()> {
     let host = Host::new(cluster, "nowhere");
     let setup = |mongo: &str, valkey: &str| -> anyhow::Result<Output> {
@@ -400,8 +386,7 @@ async fn unreachable(cluster: &Cluster) -> anyhow::Result<()> {
     )
 }
 
-#[tokio::test]
-async fn setup_names_an_unreachable_store_and_writes_nothing() {
-    let cluster = Cluster::new("setup_unreachable").unwrap();
-    unreachable(&cluster).await.unwrap();
+scenario_tests! {
+    setup_bootstraps_once_joins_and_writes_what_the_services_accept: setup,
+    setup_names_an_unreachable_store_and_writes_nothing: unreachable,
 }

@@ -5,8 +5,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use mongodb::bson::{Document, doc};
-use prexor_acceptance::{Cluster, group_doc, nodes, running, stop_all, wait_unready_because};
+use mongodb::bson::doc;
+use prexor_acceptance::{
+    Cluster, find_docs, group_doc, insert_group, live_instances, nodes, running, scenario_tests,
+    stop_all, wait_unready_because,
+};
 use prexor_testkit::ValkeyServer;
 use serde_json::json;
 
@@ -17,11 +20,7 @@ async fn two_valkeys(cluster: &Cluster) -> anyhow::Result<()> {
     let mut fleet = nodes(cluster, &["node-1"]).await?;
     let mut scheduler_1 = cluster.service("scheduler", "scheduler-1", "")?;
     scheduler_1.wait_ready(READY_WITHIN).await?;
-    let store = cluster.stores.mongo().await?;
-    store
-        .collection::<Document>("groups")
-        .insert_one(group_doc("lobby", 2, &[])?)
-        .await?;
+    insert_group(cluster, group_doc("lobby", 2, &[])?).await?;
     running(cluster, &["lobby-1", "lobby-2"]).await?;
 
     // A second scheduler and an api replica on the same MongoDB but another Valkey.
@@ -70,16 +69,9 @@ async fn two_valkeys(cluster: &Cluster) -> anyhow::Result<()> {
         scheduler_2.leases_held().await?.is_empty(),
         "the split scheduler holds no lease"
     );
-    let count = store
-        .collection::<Document>("instances")
-        .count_documents(doc! { "group": "lobby", "state": { "$nin": ["STOPPED", "CRASHED"] } })
-        .await?;
-    ensure!(count == 2, "exactly the desired instances: {count}");
-    let attempts: Vec<Document> = cluster
-        .store()
-        .await?
-        .find_all("instances", "test", doc! { "group": "lobby" })
-        .await?;
+    let live = live_instances(cluster, doc! { "group": "lobby" }).await?;
+    ensure!(live.len() == 2, "exactly the desired instances: {live:?}");
+    let attempts = find_docs(cluster, "instances", doc! { "group": "lobby" }).await?;
     ensure!(
         attempts.iter().all(|d| d.get_i64("attempt") == Ok(1)),
         "nothing was placed again: {attempts:?}"
@@ -87,12 +79,6 @@ async fn two_valkeys(cluster: &Cluster) -> anyhow::Result<()> {
 
     stop_all([&mut api_2, &mut scheduler_2], EXIT_WITHIN).await?;
     fleet.stop_with(&mut scheduler_1).await
-}
-
-#[tokio::test]
-async fn replicas_on_another_valkey_refuse_mutations() {
-    let cluster = Cluster::new("split_store").unwrap();
-    two_valkeys(&cluster).await.unwrap();
 }
 
 async fn restarted_valkey(cluster: &Cluster) -> anyhow::Result<()> {
@@ -149,23 +135,12 @@ async fn restarted_valkey(cluster: &Cluster) -> anyhow::Result<()> {
     stop_all([&mut api, &mut scheduler], EXIT_WITHIN).await
 }
 
-#[tokio::test]
-async fn a_valkey_that_lost_its_data_is_restamped_without_a_mismatch() {
-    let cluster = Cluster::new("restamp").unwrap();
-    restarted_valkey(&cluster).await.unwrap();
-}
-
 async fn wrong_cluster(cluster: &Cluster) -> anyhow::Result<()> {
     // A configured id and an empty database: refused (usually the wrong database).
     let mut early = cluster.service("api", "api-0", "[cluster]\nid = \"lobby-net\"\n")?;
-    let status = early.wait_exit(EXIT_WITHIN).await?;
-    ensure!(!status.success(), "{status}");
-    ensure!(
-        early.log_text().contains("has no cluster yet")
-            && early.log_text().contains("cluster.bootstrap"),
-        "{}",
-        early.log_text()
-    );
+    early
+        .wait_failure(EXIT_WITHIN, &["has no cluster yet", "cluster.bootstrap"])
+        .await?;
     // With bootstrap it creates the cluster under that id.
     let mut first = cluster.service(
         "api",
@@ -181,18 +156,13 @@ async fn wrong_cluster(cluster: &Cluster) -> anyhow::Result<()> {
         "scheduler-1",
         "[cluster]\nid = \"survival-net\"\n",
     )?;
-    let status = wrong.wait_exit(EXIT_WITHIN).await?;
-    ensure!(!status.success(), "{status}");
-    let log = wrong.log_text();
-    ensure!(
-        log.contains("survival-net") && log.contains("lobby-net") && log.contains("fix cluster.id"),
-        "{log}"
-    );
+    let named = ["survival-net", "lobby-net", "fix cluster.id"];
+    wrong.wait_failure(EXIT_WITHIN, &named).await?;
     stop_all([&mut first], EXIT_WITHIN).await
 }
 
-#[tokio::test]
-async fn a_replica_of_another_cluster_refuses_to_start() {
-    let cluster = Cluster::new("cluster_id").unwrap();
-    wrong_cluster(&cluster).await.unwrap();
+scenario_tests! {
+    replicas_on_another_valkey_refuse_mutations: two_valkeys,
+    a_valkey_that_lost_its_data_is_restamped_without_a_mismatch: restarted_valkey,
+    a_replica_of_another_cluster_refuses_to_start: wrong_cluster,
 }

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use prexor_acceptance::{Cluster, binary, stop_all};
+use prexor_acceptance::{Cluster, binary, scenario_tests, stop_all};
 use prexor_pki::{CertificateAuthority, Identity, KeyAndCsr, ServiceNames};
 use prexor_testkit::{MongoServer, ServerTls, ValkeyServer};
 
@@ -143,21 +143,14 @@ async fn stores_over_tls(cluster: &Cluster) -> anyhow::Result<()> {
     // A TLS file with a plain URI is a configuration error naming the key.
     let plain = tls_base("scheduler-plain").replace(&valkey.url(), "redis://127.0.0.1:6379");
     let mut bad = cluster.service_from("scheduler", "scheduler-plain", &plain, "")?;
-    let status = bad.wait_exit(EXIT_WITHIN).await?;
-    ensure!(!status.success());
-    let log = bad.log_text();
-    ensure!(
-        log.contains("valkey.tlsCaFile") && log.contains("not a TLS URI"),
-        "{log}"
-    );
+    bad.wait_failure(EXIT_WITHIN, &["valkey.tlsCaFile", "not a TLS URI"])
+        .await?;
 
     stop_all([&mut refused, &mut api, &mut scheduler], EXIT_WITHIN)
         .await
         .context("stopping")
 }
 
-#[tokio::test]
-async fn valkey_and_mongodb_over_tls_carry_the_cluster() {
-    let cluster = Cluster::new("store_tls").unwrap();
-    stores_over_tls(&cluster).await.unwrap();
+scenario_tests! {
+    valkey_and_mongodb_over_tls_carry_the_cluster: stores_over_tls,
 }

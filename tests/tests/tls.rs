@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use prexor_acceptance::{Cluster, Proc, binary, stop_all};
+use prexor_acceptance::{Cluster, Proc, binary, scenario_tests, stop_all};
 use prexor_pki::{CertificateAuthority, Identity, KeyAndCsr, ServiceNames};
 
 const READY_WITHIN: Duration = Duration::from_secs(60);
@@ -249,8 +249,6 @@ async fn tls(cluster: &Cluster) -> anyhow::Result<()> {
     stop_all([&mut api, &mut files_api, &mut ca], EXIT_WITHIN).await
 }
 
-#[tokio::test]
-async fn the_rest_port_serves_https_with_the_cluster_ca_and_prexorctl_pins_it() {
-    let cluster = Cluster::new("tls").unwrap();
-    tls(&cluster).await.unwrap();
+scenario_tests! {
+    the_rest_port_serves_https_with_the_cluster_ca_and_prexorctl_pins_it: tls,
 }

@@ -24,6 +24,8 @@ const NODE_COLUMNS: &[Column] = &[
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     List,
+    /// Everything about one node (its resources, drain, and how its servers are isolated).
+    #[command(alias = "show")]
     Get {
         id: String,
     },

@@ -7,6 +7,7 @@
 //! `__`: `PREXOR_SCHEDULER__EVALUATION_INTERVAL_SECONDS=5`, `PREXOR_MONGO__URI=...`.
 
 mod common;
+mod daemon;
 mod reader;
 mod services;
 
@@ -14,6 +15,7 @@ pub use common::{
     CommonConfig, DEFAULT_NAMESPACE, HttpConfig, LogFormat, MongoConfig, TelemetryConfig,
     ValkeyConfig,
 };
+pub use daemon::{DEFAULT_UID_RANGE, RunAs, ServerIsolation};
 pub use reader::{ConfigError, Problem, Reader, env_var_for, load};
 pub use services::{
     ApiConfig, ApiTls, CaConfig, DaemonConfig, GatewayConfig, GrpcConfig, IpNetwork, NetworkError,

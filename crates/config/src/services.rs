@@ -6,6 +6,7 @@ use std::time::Duration;
 use prexor_domain::{ServiceKind, validate_name};
 
 use crate::common::{CommonConfig, HttpConfig, TelemetryConfig, read_shutdown_timeout};
+use crate::daemon::ServerIsolation;
 use crate::reader::Reader;
 
 /// A process configuration that can be read (and validated) from a [`Reader`].
@@ -292,7 +293,8 @@ pub struct DaemonConfig {
     pub labels: BTreeMap<String, String>,
     /// `node.memoryMb`: memory the daemon may hand to servers; the host's total when unset.
     pub memory_mb: Option<u64>,
-    /// `daemon.dataDir`: certificates, fencing marks, template cache, instance directories.
+    /// `daemon.dataDir`: the daemon's private state (certificates, fencing marks, template cache,
+    /// shims' run directories), mode 0700; servers work in `daemon.serversDir`.
     pub data_dir: PathBuf,
     /// `daemon.gateways`: `host:port` of every gateway replica; the daemon uses one at a time.
     pub gateways: Vec<String>,
@@ -307,6 +309,8 @@ pub struct DaemonConfig {
     /// `daemon.minFreeDiskMb` (default 1024): free space the daemon keeps on `dataDir`'s file
     /// system; fetching or unpacking a layer that would go below it fails the start.
     pub min_free_disk_bytes: u64,
+    /// Users, directories, limits and logs of the servers (`daemon.runAs`, …).
+    pub isolation: ServerIsolation,
     pub telemetry: TelemetryConfig,
     pub http: HttpConfig,
     pub shutdown_timeout: Duration,
@@ -337,14 +341,16 @@ impl ServiceConfig for DaemonConfig {
             r.problem("daemon.gateways", "must list at least one gateway");
         }
         let labels = r.get_or("node.labels", BTreeMap::new());
+        let data_dir = r.get_or(
+            "daemon.dataDir",
+            PathBuf::from("/var/lib/prexorcloud/daemon"),
+        );
         DaemonConfig {
             node_id,
             labels,
             memory_mb: r.get("node.memoryMb"),
-            data_dir: r.get_or(
-                "daemon.dataDir",
-                PathBuf::from("/var/lib/prexorcloud/daemon"),
-            ),
+            isolation: ServerIsolation::read(r, &data_dir),
+            data_dir,
             gateways,
             reconnect_max_backoff: r
                 .duration("daemon.reconnectMaxBackoff")

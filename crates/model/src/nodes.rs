@@ -93,6 +93,9 @@ pub struct NodeRecord {
     /// Null until the daemon reports them.
     #[serde(default)]
     pub resources: Option<NodeResources>,
+    /// How the daemon keeps servers apart (null from daemons that do not report it).
+    #[serde(default)]
+    pub isolation: Option<NodeIsolation>,
     #[serde(default)]
     pub connected_at_ms: i64,
     #[serde(default)]
@@ -140,6 +143,20 @@ pub struct NodeResources {
     pub cpu_cores: i64,
     #[serde(default)]
     pub load_average_1m: f64,
+}
+
+/// How a daemon keeps its servers apart (`nodes.isolation`), in words.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeIsolation {
+    /// The users servers run as.
+    #[serde(default)]
+    pub run_as: String,
+    /// Per-server resource limits ("cgroup v2 at …" or "unavailable: <reason>").
+    #[serde(default)]
+    pub limits: String,
+    #[serde(default)]
+    pub resource_limits: bool,
 }
 
 /// Memory reserved on a node by placements (`node_allocations`, `_id` = node id).

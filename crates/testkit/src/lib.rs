@@ -15,6 +15,7 @@
 
 mod internal_tls;
 mod process;
+pub mod reap;
 
 pub use internal_tls::enrol_internal_tls;
 pub use process::{Launch, Process, bin_dir, binary, metric};

@@ -105,6 +105,13 @@ impl Launch {
         })
     }
 
+    /// Runs the program at `path` instead of the workspace binary (e.g. a copy of it, to
+    /// replace it as an upgrade would).
+    pub fn binary_path(mut self, path: &Path) -> Launch {
+        self.binary = path.to_path_buf();
+        self
+    }
+
     /// A control-plane replica (`kind`: api, gateway, scheduler or ca) named `name`: `base`
     /// (its stores, replica id, ...), then ephemeral listen addresses — HTTP; internal gRPC
     /// unless it is the api; a gateway's daemon port unless `extra` has a `[gateway]` table; plain

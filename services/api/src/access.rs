@@ -165,14 +165,7 @@ pub fn new_user_id() -> String {
 /// replica at start; conditional writes make it safe to run concurrently.
 pub async fn bind_credentials(store: &Store) -> Result<(), StoreError> {
     let users = store.documents(USERS);
-    for user in store
-        .find_all(
-            USERS,
-            "reading users without an id",
-            doc! { "userId": { "$exists": false } },
-        )
-        .await?
-    {
+    for user in lacking(store, USERS, "reading users without an id", "userId").await? {
         let Ok(name) = user.get_str("_id") else {
             continue;
         };
@@ -187,14 +180,8 @@ pub async fn bind_credentials(store: &Store) -> Result<(), StoreError> {
             .await?;
     }
     let tokens = store.documents(API_TOKENS);
-    for token in store
-        .find_all(
-            API_TOKENS,
-            "reading API tokens without an owner id",
-            doc! { "ownerId": { "$exists": false } },
-        )
-        .await?
-    {
+    let what = "reading API tokens without an owner id";
+    for token in lacking(store, API_TOKENS, what, "ownerId").await? {
         let (Ok(id), Ok(owner)) = (token.get_str("_id"), token.get_str("owner")) else {
             continue;
         };
@@ -234,4 +221,16 @@ pub async fn bind_credentials(store: &Store) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// The records of `collection` without `field` (written before it existed).
+async fn lacking(
+    store: &Store,
+    collection: &str,
+    what: &str,
+    field: &str,
+) -> Result<Vec<Document>, StoreError> {
+    store
+        .find_all(collection, what, doc! { field: { "$exists": false } })
+        .await
 }

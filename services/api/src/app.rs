@@ -3,7 +3,17 @@
 
 use std::sync::Arc;
 
+use axum::http::StatusCode;
 use mongodb::bson::{Bson, Document, doc};
+use mongodb::results::UpdateResult;
+use prexor_model::access::{API_TOKENS, ApiTokenRecord, ROLES, RoleRecord, USERS, UserRecord};
+use prexor_model::instances::{INSTANCES, InstanceRecord};
+use prexor_model::nodes::{NODES, NodeRecord};
+use prexor_model::workflows::backups::BackupRecord;
+use prexor_model::workflows::deployments::DeploymentRecord;
+use prexor_model::workflows::modules::ModuleRecord;
+use prexor_model::workflows::templates::TemplateRecord;
+use prexor_model::workflows::{BACKUPS, DEPLOYMENTS, MODULES, TEMPLATES};
 use prexor_serve::Service;
 use prexor_serve::signer::SignerClient;
 use prexor_store::Store;
@@ -11,9 +21,41 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::auth::{Principal, SessionKeys};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Json};
 
 pub type App = Arc<AppState>;
+
+/// A record kept one to a document in its own collection, found by its id.
+pub trait Stored: DeserializeOwned {
+    /// Its collection.
+    const COLLECTION: &'static str;
+    /// What a 404 calls it: `no <WHAT> "<id>"`.
+    const WHAT: &'static str;
+}
+
+/// `Record in COLLECTION as "what",`: the [`Stored`] records.
+macro_rules! stored {
+    ($($record:ident in $collection:ident as $what:literal,)*) => {
+        $(
+            impl Stored for $record {
+                const COLLECTION: &'static str = $collection;
+                const WHAT: &'static str = $what;
+            }
+        )*
+    };
+}
+
+stored! {
+    ApiTokenRecord in API_TOKENS as "API token",
+    BackupRecord in BACKUPS as "backup",
+    DeploymentRecord in DEPLOYMENTS as "deployment",
+    InstanceRecord in INSTANCES as "instance",
+    ModuleRecord in MODULES as "module",
+    NodeRecord in NODES as "node",
+    RoleRecord in ROLES as "role",
+    TemplateRecord in TEMPLATES as "template",
+    UserRecord in USERS as "user",
+}
 
 pub struct AppState {
     pub service: Service,
@@ -114,11 +156,75 @@ impl AppState {
         Ok(())
     }
 
-    /// [`AppState::by_id`], or 404 `no <what> "<id>"`.
-    pub async fn must_find(&self, collection: &str, what: &str, id: &str) -> ApiResult<Document> {
-        self.by_id(collection, id)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("no {what} {id:?}")))
+    /// Applies `update` to the document of `collection` that `filter` matches; with `upsert`, to
+    /// a new one when none does (`doing` names the act in an error).
+    pub async fn update_one(
+        &self,
+        collection: &str,
+        doing: &str,
+        filter: Document,
+        update: Document,
+        upsert: bool,
+    ) -> Result<UpdateResult, prexor_store::StoreError> {
+        let documents = self.store().documents(collection);
+        let updating = documents.update_one(filter, update).upsert(upsert);
+        self.store().bounded(doing, updating).await
+    }
+
+    /// [`AppState::update_one`] of the document `_id = id`.
+    pub async fn update_by_id(
+        &self,
+        collection: &str,
+        doing: &str,
+        id: &str,
+        update: Document,
+    ) -> Result<UpdateResult, prexor_store::StoreError> {
+        let filter = doc! { "_id": id };
+        self.update_one(collection, doing, filter, update, false)
+            .await
+    }
+
+    /// Inserts `record` into `collection` (`doing` names the act in an error).
+    pub async fn insert<T: Serialize + Send + Sync>(
+        &self,
+        collection: &str,
+        doing: &str,
+        record: &T,
+    ) -> Result<(), prexor_store::StoreError> {
+        let store = self.store();
+        store
+            .bounded(doing, store.collection::<T>(collection).insert_one(record))
+            .await?;
+        Ok(())
+    }
+
+    /// [`AppState::insert`], or 409 `exists()` when `collection` has a record of that id.
+    pub async fn insert_new<T: Serialize + Send + Sync>(
+        &self,
+        collection: &str,
+        doing: &str,
+        record: &T,
+        exists: impl FnOnce() -> String,
+    ) -> ApiResult<()> {
+        self.insert(collection, doing, record)
+            .await
+            .map_err(|err| crate::error::conflict_if_taken(err, exists))
+    }
+
+    /// Deletes the record `id` of `collection` for `who` (`doing` names the act in an error) and
+    /// audits it as `action`, with the record as it was shown: 204.
+    pub async fn delete_audited<B: Serialize>(
+        &self,
+        who: &Principal,
+        collection: &str,
+        doing: &str,
+        action: &str,
+        id: &str,
+        before: &B,
+    ) -> ApiResult<StatusCode> {
+        self.delete_by_id(collection, doing, id).await?;
+        self.audit(who, action, id, Some(before), None::<&()>).await;
+        Ok(StatusCode::NO_CONTENT)
     }
 
     /// The record `_id = id` of `collection` as `T`, if there is one.
@@ -133,14 +239,11 @@ impl AppState {
             .transpose()
     }
 
-    /// [`AppState::record`], or 404 `no <what> "<id>"`.
-    pub async fn must_record<T: DeserializeOwned>(
-        &self,
-        collection: &str,
-        what: &str,
-        id: &str,
-    ) -> ApiResult<T> {
-        decode(collection, self.must_find(collection, what, id).await?)
+    /// The record `id` of `T`'s collection, or 404 `no <what> "<id>"`.
+    pub async fn find<T: Stored>(&self, id: &str) -> ApiResult<T> {
+        let found = self.by_id(T::COLLECTION, id).await?;
+        let doc = found.ok_or_else(|| ApiError::not_found(format!("no {} {id:?}", T::WHAT)))?;
+        decode(T::COLLECTION, doc)
     }
 
     /// The records of `collection` matching `filter` as `T`, in `sort` order (empty: any), at
@@ -161,6 +264,22 @@ impl AppState {
             .into_iter()
             .map(|doc| decode(collection, doc))
             .collect()
+    }
+
+    /// The records of `collection` matching `filter`, in `sort` order, each as its view `V`.
+    pub async fn views<R, V>(
+        &self,
+        collection: &str,
+        what: &str,
+        filter: Document,
+        sort: Document,
+    ) -> ApiResult<Json<Vec<V>>>
+    where
+        R: DeserializeOwned,
+        V: for<'r> From<&'r R>,
+    {
+        let records: Vec<R> = self.records(collection, what, filter, sort, None).await?;
+        Ok(Json(records.iter().map(V::from).collect()))
     }
 
     /// Records a mutation in the audit log (who, what, on what, before/after, when). A failure is
@@ -251,3 +370,43 @@ pub(crate) fn decode<T: DeserializeOwned>(collection: &str, doc: Document) -> Ap
         ))
     })
 }
+
+/// Operations that differ only in what they hand one shared handler: each is its own route and
+/// OpenAPI operation (`<method> <path>` on one path parameter, with the request body given,
+/// answering `responses`) that calls `shared(app, who, parameter, [body,] args...)`.
+macro_rules! variants {
+    (
+        $shared:ident -> $answer:ty, $tag:literal, $(request_body = $body:ty,)?
+        responses $responses:tt $operations:tt
+    ) => {
+        $crate::app::variants!(@each $shared, $answer, $tag, [$($body)?], $responses, $operations);
+    };
+    (
+        @each $shared:ident, $answer:ty, $tag:literal, $body:tt, $responses:tt,
+        { $($(#[$doc:meta])* $name:ident = $method:ident $path:literal $args:tt;)+ }
+    ) => {
+        $(
+            $crate::app::variants!(
+                @one $shared, $answer, $tag, $body, $responses, $(#[$doc])* $name $method $path $args
+            );
+        )+
+    };
+    (
+        @one $shared:ident, $answer:ty, $tag:literal, [$($body:ty)?], $responses:tt,
+        $(#[$doc:meta])* $name:ident $method:ident $path:literal ($($arg:expr),*)
+    ) => {
+        $(#[$doc])*
+        #[utoipa::path($method, path = $path, tag = $tag, $(request_body = $body,)? responses $responses)]
+        async fn $name(
+            $crate::auth::Caller(app, who): $crate::auth::Caller,
+            axum::extract::Path(parameter): axum::extract::Path<String>,
+            $($crate::error::Json(body): $crate::error::Json<$body>,)?
+        ) -> $crate::error::ApiResult<$answer> {
+            $shared(app, who, parameter, $($crate::app::variants!(@body body $body),)? $($arg),*).await
+        }
+    };
+    (@body $value:ident $body:ty) => {
+        $value
+    };
+}
+pub(crate) use variants;

@@ -19,12 +19,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use futures::TryStreamExt;
 use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::options::ReadConcern;
@@ -34,8 +34,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::app::App;
-use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, ErrorCode, Json};
 
 mod archive;
 mod restore;
@@ -266,32 +266,19 @@ async fn record(
         "_id": id, "hash": &packed.hash, "size": packed.size as i64, "createdAtMs": now_ms(),
         "createdBy": by, "manifest": manifest_doc,
     };
-    let inserted = app
-        .store()
-        .bounded(
-            "recording a backup",
-            app.store().documents(BACKUPS).insert_one(&record),
-        )
-        .await;
-    match inserted {
-        Ok(_) => bson::from_document(record)
-            .map_err(|e| ApiError::internal(format!("backup {id:?} does not read back: {e}"))),
-        Err(err) if err.is_duplicate_key() => {
-            Err(ApiError::conflict(format!("backup {id:?} already exists")))
-        }
-        Err(err) => Err(err.into()),
-    }
+    app.insert_new(BACKUPS, "recording a backup", &record, || {
+        format!("backup {id:?} already exists")
+    })
+    .await?;
+    bson::from_document(record)
+        .map_err(|e| ApiError::internal(format!("backup {id:?} does not read back: {e}")))
 }
 
 #[utoipa::path(
     post, path = "/api/v1/backups", tag = "backups",
-    responses((status = 201, description = "created", body = BackupView)),
-    security(("bearer" = []))
+    responses((status = 201, description = "created", body = BackupView))
 )]
-async fn create(
-    State(app): State<App>,
-    who: Principal,
-) -> ApiResult<(StatusCode, Json<BackupView>)> {
+async fn create(Caller(app, who): Caller) -> ApiResult<(StatusCode, Json<BackupView>)> {
     who.require("backups:write")?;
     let collections = snapshot(&app).await?;
     // Blobs go through a spool directory: nothing of the archive is held in memory whole.
@@ -336,40 +323,22 @@ async fn create(
 
 #[utoipa::path(
     get, path = "/api/v1/backups", tag = "backups",
-    responses((status = 200, body = Vec<BackupView>)),
-    security(("bearer" = []))
+    responses((status = 200, body = Vec<BackupView>))
 )]
-async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<BackupView>>> {
+async fn list(Caller(app, who): Caller) -> ApiResult<Json<Vec<BackupView>>> {
     who.require("backups:read")?;
-    let records: Vec<BackupRecord> = app
-        .records(
-            BACKUPS,
-            "listing backups",
-            doc! {},
-            doc! { "createdAtMs": -1 },
-            None,
-        )
-        .await?;
-    Ok(Json(records.iter().map(BackupView::from).collect()))
-}
-
-async fn find(app: &App, id: &str) -> ApiResult<BackupRecord> {
-    app.must_record(BACKUPS, "backup", id).await
+    let newest_first = doc! { "createdAtMs": -1 };
+    app.views::<BackupRecord, _>(BACKUPS, "listing backups", doc! {}, newest_first)
+        .await
 }
 
 #[utoipa::path(
     get, path = "/api/v1/backups/{id}", tag = "backups",
-    params(("id" = String, Path)),
-    responses((status = 200, body = BackupDetail)),
-    security(("bearer" = []))
+    responses((status = 200, body = BackupDetail))
 )]
-async fn show(
-    State(app): State<App>,
-    who: Principal,
-    Path(id): Path<String>,
-) -> ApiResult<Json<BackupDetail>> {
+async fn show(Caller(app, who): Caller, Path(id): Path<String>) -> ApiResult<Json<BackupDetail>> {
     who.require("backups:read")?;
-    let record = find(&app, &id).await?;
+    let record = app.find(&id).await?;
     Ok(Json(BackupDetail {
         view: BackupView::from(&record),
         manifest: ManifestView::from(&record.manifest),
@@ -398,7 +367,7 @@ fn missing_archive(id: &str, hash: &str) -> ApiError {
 
 /// The archive of backup `id`, read back from the store and checked.
 async fn verified(app: &App, id: &str) -> ApiResult<Archive> {
-    let record = find(app, id).await?;
+    let record: BackupRecord = app.find(id).await?;
     let hash = &record.hash;
     let spool = spool_dir()?;
     let file = spool.path().join("backup.tar.gz");
@@ -415,16 +384,13 @@ async fn verified(app: &App, id: &str) -> ApiResult<Archive> {
 
 #[utoipa::path(
     post, path = "/api/v1/backups/{id}/verify", tag = "backups",
-    params(("id" = String, Path)),
     responses(
         (status = 200, description = "every count and hash matches", body = VerifiedBackup),
         (status = 422, description = "damaged", body = crate::error::ErrorBody),
-    ),
-    security(("bearer" = []))
+    )
 )]
 async fn verify(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<VerifiedBackup>> {
     who.require("backups:read")?;
@@ -444,17 +410,11 @@ async fn verify(
 
 #[utoipa::path(
     get, path = "/api/v1/backups/{id}/archive", tag = "backups",
-    params(("id" = String, Path)),
-    responses((status = 200, description = "the tar.gz", content_type = "application/gzip")),
-    security(("bearer" = []))
+    responses((status = 200, description = "the tar.gz", content_type = "application/gzip"))
 )]
-async fn download(
-    State(app): State<App>,
-    who: Principal,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
+async fn download(Caller(app, who): Caller, Path(id): Path<String>) -> ApiResult<Response> {
     who.require("backups:read")?;
-    let record = find(&app, &id).await?;
+    let record: BackupRecord = app.find(&id).await?;
     crate::uploads::gzip_download(&app, &record.hash, &format!("{id}.tar.gz"))
         .await?
         .ok_or_else(|| missing_archive(&id, &record.hash))
@@ -462,14 +422,11 @@ async fn download(
 
 #[utoipa::path(
     put, path = "/api/v1/backups/{id}/archive", tag = "backups",
-    params(("id" = String, Path)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "a backup archive (.tar.gz) as downloaded"),
-    responses((status = 201, description = "imported", body = UploadedBackup)),
-    security(("bearer" = []))
+    responses((status = 201, description = "imported", body = UploadedBackup))
 )]
 async fn upload(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -503,17 +460,11 @@ async fn upload(
 
 #[utoipa::path(
     delete, path = "/api/v1/backups/{id}", tag = "backups",
-    params(("id" = String, Path)),
-    responses((status = 204, description = "deleted")),
-    security(("bearer" = []))
+    responses((status = 204, description = "deleted"))
 )]
-async fn remove(
-    State(app): State<App>,
-    who: Principal,
-    Path(id): Path<String>,
-) -> ApiResult<StatusCode> {
+async fn remove(Caller(app, who): Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     who.require("backups:write")?;
-    let record = find(&app, &id).await?;
+    let record: BackupRecord = app.find(&id).await?;
     app.delete_by_id(BACKUPS, "removing a backup", &id).await?;
     let hash = record.hash.as_str();
     // Another backup may have the very same bytes (an upload of a download).

@@ -2,10 +2,10 @@
 //! roll back (restores the previous spec and rolls the instances back to it). The group's lease
 //! holder carries them out (`services/scheduler/src/groups/deployments.rs`).
 
-use axum::extract::{Path, State};
+use axum::Router;
+use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use mongodb::bson::doc;
 use prexor_domain::{GroupSpec, ScalingMode, now_ms};
 use prexor_model::instances::{InstanceRecord, InstanceState};
@@ -14,8 +14,8 @@ use prexor_model::workflows::deployments::DeploymentRecord;
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
-use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult, Body};
+use crate::auth::{Caller, Principal};
+use crate::error::{ApiError, ApiResult, Json};
 use crate::groups::INSTANCES;
 
 pub use prexor_model::workflows::DEPLOYMENTS;
@@ -135,19 +135,12 @@ async fn view(app: &App, deployment: DeploymentRecord) -> ApiResult<DeploymentVi
     Ok(DeploymentView::new(deployment, live))
 }
 
-async fn find(app: &App, id: &str) -> ApiResult<DeploymentRecord> {
-    app.must_record(DEPLOYMENTS, "deployment", id).await
-}
-
 #[utoipa::path(
     get, path = "/api/v1/groups/{name}/deployments", tag = "deployments",
-    params(("name" = String, Path)),
-    responses((status = 200, body = Vec<DeploymentView>)),
-    security(("bearer" = []))
+    responses((status = 200, body = Vec<DeploymentView>))
 )]
 async fn list(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Vec<DeploymentView>>> {
     who.require("deployments:read")?;
@@ -169,17 +162,11 @@ async fn list(
 
 #[utoipa::path(
     get, path = "/api/v1/deployments/{id}", tag = "deployments",
-    params(("id" = String, Path)),
-    responses((status = 200, body = DeploymentView)),
-    security(("bearer" = []))
+    responses((status = 200, body = DeploymentView))
 )]
-async fn show(
-    State(app): State<App>,
-    who: Principal,
-    Path(id): Path<String>,
-) -> ApiResult<Json<DeploymentView>> {
+async fn show(Caller(app, who): Caller, Path(id): Path<String>) -> ApiResult<Json<DeploymentView>> {
     who.require("deployments:read")?;
-    let deployment = find(&app, &id).await?;
+    let deployment = app.find(&id).await?;
     Ok(Json(view(&app, deployment).await?))
 }
 
@@ -202,16 +189,12 @@ fn one() -> i64 {
 
 #[utoipa::path(
     post, path = "/api/v1/groups/{name}/deployments", tag = "deployments",
-    params(("name" = String, Path)),
-    request_body = NewDeployment,
-    responses((status = 201, body = DeploymentView)),
-    security(("bearer" = []))
+    responses((status = 201, body = DeploymentView))
 )]
 async fn create(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     Path(name): Path<String>,
-    Body(new): Body<NewDeployment>,
+    Json(new): Json<NewDeployment>,
 ) -> ApiResult<(StatusCode, Json<DeploymentView>)> {
     who.require("deployments:write")?;
     who.require("groups:write")?;
@@ -294,13 +277,7 @@ async fn create(
         updated: None,
         total: None,
     };
-    store
-        .bounded(
-            "recording the deployment",
-            store
-                .collection::<DeploymentRecord>(DEPLOYMENTS)
-                .insert_one(&record),
-        )
+    app.insert(DEPLOYMENTS, "recording the deployment", &record)
         .await?;
     app.audit_and_publish::<(), _>(
         &who,
@@ -317,24 +294,19 @@ async fn create(
 
 /// Moves an open deployment from `from` to `to`; 409 naming its actual state otherwise.
 async fn transition(
-    app: &App,
-    who: &Principal,
-    id: &str,
+    app: App,
+    who: Principal,
+    id: String,
     from: DeploymentState,
     to: DeploymentState,
 ) -> ApiResult<Json<DeploymentView>> {
     who.require("deployments:write")?;
-    let store = app.store();
-    let changed = store
-        .bounded(
-            "changing the deployment",
-            store.documents(DEPLOYMENTS).update_one(
-                doc! { "_id": id, "state": from },
-                doc! { "$set": { "state": to, "updatedAtMs": now_ms() } },
-            ),
-        )
+    let filter = doc! { "_id": &id, "state": from };
+    let set = doc! { "$set": { "state": to, "updatedAtMs": now_ms() } };
+    let changed = app
+        .update_one(DEPLOYMENTS, "changing the deployment", filter, set, false)
         .await?;
-    let deployment = find(app, id).await?;
+    let deployment: DeploymentRecord = app.find(&id).await?;
     if changed.matched_count == 0 {
         return Err(ApiError::conflict(format!(
             "deployment {id} is {}, not {from}",
@@ -342,76 +314,38 @@ async fn transition(
         )));
     }
     app.audit_and_publish(
-        who,
+        &who,
         &format!("deployment.{}", to.as_str().to_lowercase()),
-        id,
+        &id,
         Some(&from),
         Some(&to),
         &format!("DEPLOYMENT_{to}"),
         serde_json::json!({ "group": &deployment.group }),
     )
     .await;
-    Ok(Json(view(app, deployment).await?))
+    Ok(Json(view(&app, deployment).await?))
 }
 
-#[utoipa::path(
-    post, path = "/api/v1/deployments/{id}/pause", tag = "deployments",
-    params(("id" = String, Path)),
-    responses((status = 200, body = DeploymentView)),
-    security(("bearer" = []))
-)]
-async fn pause(
-    State(app): State<App>,
-    who: Principal,
-    Path(id): Path<String>,
-) -> ApiResult<Json<DeploymentView>> {
-    transition(
-        &app,
-        &who,
-        &id,
-        DeploymentState::Rolling,
-        DeploymentState::Paused,
-    )
-    .await
-}
-
-#[utoipa::path(
-    post, path = "/api/v1/deployments/{id}/resume", tag = "deployments",
-    params(("id" = String, Path)),
-    responses((status = 200, body = DeploymentView)),
-    security(("bearer" = []))
-)]
-async fn resume(
-    State(app): State<App>,
-    who: Principal,
-    Path(id): Path<String>,
-) -> ApiResult<Json<DeploymentView>> {
-    transition(
-        &app,
-        &who,
-        &id,
-        DeploymentState::Paused,
-        DeploymentState::Rolling,
-    )
-    .await
+crate::app::variants! {
+    transition -> Json<DeploymentView>, "deployments", responses((status = 200, body = DeploymentView)) {
+        pause = post "/api/v1/deployments/{id}/pause" (DeploymentState::Rolling, DeploymentState::Paused);
+        resume = post "/api/v1/deployments/{id}/resume" (DeploymentState::Paused, DeploymentState::Rolling);
+    }
 }
 
 /// Restores the spec the deployment started from and rolls every instance back to it (those
 /// never updated are left alone: they already run it).
 #[utoipa::path(
     post, path = "/api/v1/deployments/{id}/rollback", tag = "deployments",
-    params(("id" = String, Path)),
-    responses((status = 200, body = DeploymentView)),
-    security(("bearer" = []))
+    responses((status = 200, body = DeploymentView))
 )]
 async fn rollback(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<DeploymentView>> {
     who.require("deployments:write")?;
     who.require("groups:write")?;
-    let deployment = find(&app, &id).await?;
+    let deployment: DeploymentRecord = app.find(&id).await?;
     if !deployment.is_open() {
         return Err(ApiError::conflict(format!(
             "deployment {id} is {}; only a ROLLING or PAUSED deployment can be rolled back (create a new deployment with the old spec instead)",
@@ -435,21 +369,22 @@ async fn rollback(
         Err(prexor_model::groups::GroupWriteError::Store(err)) => return Err(err.into()),
         Err(err) => return Err(ApiError::conflict(err.to_string())),
     }
-    store
-        .bounded(
-            "rolling the deployment back",
-            store.documents(DEPLOYMENTS).update_one(
-                doc! { "_id": &id, "state": DeploymentState::open_filter() },
-                doc! { "$set": {
-                    "state": DeploymentState::Rolling,
-                    "rolledBack": true,
-                    "targetSpecHash": from.hash(),
-                    "rolledBackBy": &who.user,
-                    "updatedAtMs": now_ms(),
-                } },
-            ),
-        )
-        .await?;
+    let open = doc! { "_id": &id, "state": DeploymentState::open_filter() };
+    let roll_back = doc! { "$set": {
+        "state": DeploymentState::Rolling,
+        "rolledBack": true,
+        "targetSpecHash": from.hash(),
+        "rolledBackBy": &who.user,
+        "updatedAtMs": now_ms(),
+    } };
+    app.update_one(
+        DEPLOYMENTS,
+        "rolling the deployment back",
+        open,
+        roll_back,
+        false,
+    )
+    .await?;
     app.audit_and_publish::<(), _>(
         &who,
         "deployment.rollback",
@@ -460,7 +395,7 @@ async fn rollback(
         serde_json::json!({ "group": &group }),
     )
     .await;
-    let deployment = find(&app, &id).await?;
+    let deployment = app.find(&id).await?;
     Ok(Json(view(&app, deployment).await?))
 }
 

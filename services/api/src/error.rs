@@ -1,7 +1,6 @@
 //! Every error the API returns: JSON `{code, message, details}` with the matching status, and the
 //! JSON body extractor that turns malformed input into a 400 naming the problem.
 
-use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
@@ -32,6 +31,33 @@ pub struct ErrorBody {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// `ApiError::<name>(message)`: an error with one fixed code.
+macro_rules! with_code {
+    ($($(#[$doc:meta])* $name:ident => $code:ident,)*) => {
+        impl ApiError {
+            $(
+                $(#[$doc])*
+                pub fn $name(message: impl Into<String>) -> Self {
+                    ApiError::new(ErrorCode::$code, message)
+                }
+            )*
+        }
+    };
+}
+
+with_code! {
+    /// A store needed to answer is unreachable: 503, the client may retry (any replica).
+    unavailable => Unavailable,
+    /// Something behind the api (a node, through a gateway) did not answer in time: 504.
+    timeout => Timeout,
+    bad_request => BadRequest,
+    unauthorized => Unauthorized,
+    forbidden => Forbidden,
+    not_found => NotFound,
+    conflict => Conflict,
+    internal => Internal,
+}
+
 fn code_name<S: serde::Serializer>(code: &ErrorCode, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(code.as_str())
 }
@@ -56,20 +82,6 @@ impl ApiError {
         self
     }
 
-    /// A store needed to answer is unreachable: 503, the client may retry (any replica).
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        ApiError::new(ErrorCode::Unavailable, message)
-    }
-
-    /// Something behind the api (a node, through a gateway) did not answer in time: 504.
-    pub fn timeout(message: impl Into<String>) -> Self {
-        ApiError::new(ErrorCode::Timeout, message)
-    }
-
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        ApiError::new(ErrorCode::BadRequest, message)
-    }
-
     /// 400 listing every invalid field.
     pub fn invalid(what: &str, problems: &[FieldProblem]) -> Self {
         let listed: Vec<String> = problems
@@ -90,22 +102,6 @@ impl ApiError {
             .with_details(serde_json::json!({ "fields": [{ "field": field, "message": message }] }))
     }
 
-    pub fn unauthorized(message: impl Into<String>) -> Self {
-        ApiError::new(ErrorCode::Unauthorized, message)
-    }
-
-    pub fn forbidden(message: impl Into<String>) -> Self {
-        ApiError::new(ErrorCode::Forbidden, message)
-    }
-
-    pub fn not_found(message: impl Into<String>) -> Self {
-        ApiError::new(ErrorCode::NotFound, message)
-    }
-
-    pub fn conflict(message: impl Into<String>) -> Self {
-        ApiError::new(ErrorCode::Conflict, message)
-    }
-
     pub fn too_many(code: ErrorCode, message: impl Into<String>, retry_secs: u64) -> Self {
         ApiError::new(code, message).retry_after(retry_secs)
     }
@@ -113,10 +109,6 @@ impl ApiError {
     /// The caller is not (or no longer) signed in.
     pub fn is_unauthorized(&self) -> bool {
         self.0.code == ErrorCode::Unauthorized
-    }
-
-    pub fn internal(message: impl Into<String>) -> Self {
-        ApiError::new(ErrorCode::Internal, message)
     }
 }
 
@@ -150,7 +142,7 @@ impl IntoResponse for ApiError {
         let retry = body.retry_after_secs;
         let status = StatusCode::from_u16(body.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = (status, Json(body)).into_response();
+        let mut response = (status, axum::Json(body)).into_response();
         if let Some(secs) = retry
             && let Ok(value) = HeaderValue::from_str(&secs.to_string())
         {
@@ -164,11 +156,12 @@ pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::not_found(format!("no such endpoint: {}", uri.path()))
 }
 
-/// A JSON request body; malformed or mistyped input is a 400 that says what is wrong (a body
-/// over the size limit is a 413).
-pub struct Body<T>(pub T);
+/// JSON in and out: as a request body, malformed or mistyped input is a 400 that says what is
+/// wrong (a body over the size limit is a 413); as an answer, [`axum::Json`]. Named `Json` so
+/// that the OpenAPI document takes a handler's request body from its signature.
+pub struct Json<T>(pub T);
 
-impl<S, T> FromRequest<S> for Body<T>
+impl<S, T> FromRequest<S> for Json<T>
 where
     T: DeserializeOwned,
     S: Send + Sync,
@@ -176,10 +169,16 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(Body(value)),
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Json(value)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
+    }
+}
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
     }
 }
 
@@ -199,6 +198,26 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         ),
         _ => ApiError::bad_request(format!("the request body is not valid: {text}")),
     }
+}
+
+/// `err` as an answer; 409 `taken()` when it is a duplicate key (another writer got there first).
+pub fn conflict_if_taken(err: StoreError, taken: impl FnOnce() -> String) -> ApiError {
+    if err.is_duplicate_key() {
+        ApiError::conflict(taken())
+    } else {
+        err.into()
+    }
+}
+
+/// 400 for `field` unless `name` is a valid name ([`prexor_domain::validate_name`]).
+pub fn check_name(field: &str, name: &str) -> ApiResult<()> {
+    prexor_domain::validate_name(name).map_err(|e| ApiError::field(field, e.to_string()))
+}
+
+/// `text` as a duration (`"90s"`, `"12h"`, `"30d"`), or 400 for `field`.
+pub fn duration(field: &str, text: &str) -> ApiResult<std::time::Duration> {
+    humantime::parse_duration(text)
+        .map_err(|e| ApiError::field(field, format!("{text:?} is not a duration: {e}")))
 }
 
 /// An optional JSON body: empty means the defaults.

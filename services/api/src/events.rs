@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::Query;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::app::App;
-use crate::auth::{Principal, until_lapsed};
+use crate::auth::{Caller, until_lapsed};
 use crate::error::{ApiError, ApiResult};
 
 const REPLAY_PAGE: usize = 500;
@@ -50,12 +50,10 @@ fn sse(stored: &StoredEvent) -> Event {
     params(("after" = Option<String>, Query), ("types" = Option<String>, Query)),
     responses(
         (status = 200, description = "server-sent events", content_type = "text/event-stream", body = String),
-    ),
-    security(("bearer" = []))
+    )
 )]
 async fn events(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     headers: HeaderMap,
     Query(query): Query<EventQuery>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {

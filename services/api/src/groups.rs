@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, State};
+use axum::Router;
+use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use mongodb::bson::{self, doc};
 use prexor_domain::{FieldProblem, GroupSpec, ScalingMode, now_ms};
 use prexor_model::groups::{GroupRecord, GroupStateRecord, GroupWriteError};
@@ -14,8 +14,8 @@ use prexor_model::instances::{InstanceRecord, InstanceRequest};
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
-use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult, Body};
+use crate::auth::{Caller, Principal};
+use crate::error::{ApiError, ApiResult, Json};
 
 use prexor_model::groups::GROUP_STATE;
 pub use prexor_model::instances::INSTANCE_REQUESTS;
@@ -111,10 +111,9 @@ async fn statuses(app: &App, only: Option<&str>) -> ApiResult<HashMap<String, Gr
 
 #[utoipa::path(
     get, path = "/api/v1/groups", tag = "groups",
-    responses((status = 200, body = Vec<GroupView>)),
-    security(("bearer" = []))
+    responses((status = 200, body = Vec<GroupView>))
 )]
-async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<GroupView>>> {
+async fn list(Caller(app, who): Caller) -> ApiResult<Json<Vec<GroupView>>> {
     who.require("groups:read")?;
     let docs = app
         .store()
@@ -151,15 +150,9 @@ async fn find(app: &App, name: &str) -> ApiResult<GroupRecord> {
 
 #[utoipa::path(
     get, path = "/api/v1/groups/{name}", tag = "groups",
-    params(("name" = String, Path)),
-    responses((status = 200, body = GroupView)),
-    security(("bearer" = []))
+    responses((status = 200, body = GroupView))
 )]
-async fn show(
-    State(app): State<App>,
-    who: Principal,
-    Path(name): Path<String>,
-) -> ApiResult<Json<GroupView>> {
+async fn show(Caller(app, who): Caller, Path(name): Path<String>) -> ApiResult<Json<GroupView>> {
     who.require("groups:read")?;
     let record = find(&app, &name).await?;
     let status = status_of(&app, &name).await?;
@@ -195,14 +188,11 @@ struct NewGroup {
 
 #[utoipa::path(
     post, path = "/api/v1/groups", tag = "groups",
-    request_body = NewGroup,
-    responses((status = 201, body = GroupView)),
-    security(("bearer" = []))
+    responses((status = 201, body = GroupView))
 )]
 async fn create(
-    State(app): State<App>,
-    who: Principal,
-    Body(mut new): Body<NewGroup>,
+    Caller(app, who): Caller,
+    Json(mut new): Json<NewGroup>,
 ) -> ApiResult<(StatusCode, Json<GroupView>)> {
     who.require("groups:write")?;
     crate::templates::resolve(&app, &mut new.spec).await?;
@@ -252,17 +242,13 @@ struct GroupUpdate {
 
 #[utoipa::path(
     put, path = "/api/v1/groups/{name}", tag = "groups",
-    params(("name" = String, Path)),
-    request_body = GroupUpdate,
-    responses((status = 200, body = GroupView)),
-    security(("bearer" = []))
+    responses((status = 200, body = GroupView))
 )]
 async fn update(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     Path(name): Path<String>,
     headers: HeaderMap,
-    Body(mut change): Body<GroupUpdate>,
+    Json(mut change): Json<GroupUpdate>,
 ) -> ApiResult<Json<GroupView>> {
     who.require("groups:write")?;
     crate::templates::resolve(&app, &mut change.spec).await?;
@@ -314,13 +300,10 @@ async fn update(
 
 #[utoipa::path(
     delete, path = "/api/v1/groups/{name}", tag = "groups",
-    params(("name" = String, Path)),
-    responses((status = 202, body = GroupView)),
-    security(("bearer" = []))
+    responses((status = 202, body = GroupView))
 )]
 async fn remove(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     Path(name): Path<String>,
 ) -> ApiResult<(StatusCode, Json<GroupView>)> {
     who.require("groups:write")?;
@@ -382,28 +365,24 @@ pub async fn request(
     };
     let record = bson::to_document(&record)
         .map_err(|e| ApiError::internal(format!("encoding the request: {e}")))?;
-    let store = app.store();
-    store
-        .bounded(
-            "recording an operator request",
-            store
-                .documents(INSTANCE_REQUESTS)
-                .update_one(doc! { "_id": &id }, doc! { "$set": record })
-                .upsert(true),
-        )
-        .await?;
+    let (filter, set) = (doc! { "_id": &id }, doc! { "$set": record });
+    app.update_one(
+        INSTANCE_REQUESTS,
+        "recording an operator request",
+        filter,
+        set,
+        true,
+    )
+    .await?;
     Ok(id)
 }
 
 #[utoipa::path(
     post, path = "/api/v1/groups/{name}/instances", tag = "instances",
-    params(("name" = String, Path)),
-    responses((status = 202, body = Accepted)),
-    security(("bearer" = []))
+    responses((status = 202, body = Accepted))
 )]
 async fn start_instance(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     Path(name): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     who.require("instances:write")?;

@@ -5,11 +5,11 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::Router;
+use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use futures::Stream;
 use mongodb::bson::{Document, doc};
 use prexor_coord::{ConsoleStreams, id_key};
@@ -21,8 +21,8 @@ use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::app::App;
-use crate::auth::{Principal, until_lapsed};
-use crate::error::{ApiError, ApiResult, Body};
+use crate::auth::{Caller, Principal, until_lapsed};
+use crate::error::{ApiError, ApiResult, Json};
 use crate::groups::{Accepted, INSTANCES, request};
 
 mod views;
@@ -53,12 +53,10 @@ struct Filter {
 #[utoipa::path(
     get, path = "/api/v1/instances", tag = "instances",
     params(("group" = Option<String>, Query), ("node" = Option<String>, Query), ("state" = Option<String>, Query)),
-    responses((status = 200, body = Vec<InstanceView>)),
-    security(("bearer" = []))
+    responses((status = 200, body = Vec<InstanceView>))
 )]
 async fn list(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     Query(filter): Query<Filter>,
 ) -> ApiResult<Json<Vec<InstanceView>>> {
     who.require("instances:read")?;
@@ -86,23 +84,13 @@ async fn list(
     ))
 }
 
-async fn find(app: &App, id: &str) -> ApiResult<InstanceRecord> {
-    app.must_record(INSTANCES, "instance", id).await
-}
-
 #[utoipa::path(
     get, path = "/api/v1/instances/{id}", tag = "instances",
-    params(("id" = String, Path)),
-    responses((status = 200, body = InstanceView)),
-    security(("bearer" = []))
+    responses((status = 200, body = InstanceView))
 )]
-async fn show(
-    State(app): State<App>,
-    who: Principal,
-    Path(id): Path<String>,
-) -> ApiResult<Json<InstanceView>> {
+async fn show(Caller(app, who): Caller, Path(id): Path<String>) -> ApiResult<Json<InstanceView>> {
     who.require("instances:read")?;
-    let mut record = find(&app, &id).await?;
+    let mut record: InstanceRecord = app.find(&id).await?;
     // The plan of the instance's current placement, kept apart from the record (records
     // written before that carry it themselves).
     let mut plan = record.plan.take();
@@ -118,13 +106,10 @@ async fn show(
 
 #[utoipa::path(
     get, path = "/api/v1/instances/{id}/crashes", tag = "instances",
-    params(("id" = String, Path)),
-    responses((status = 200, body = Vec<CrashView>)),
-    security(("bearer" = []))
+    responses((status = 200, body = Vec<CrashView>))
 )]
 async fn crashes(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Vec<CrashView>>> {
     who.require("instances:read")?;
@@ -147,7 +132,7 @@ async fn halt(
     action: &'static str,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     who.require("instances:write")?;
-    let instance = find(&app, &id).await?;
+    let instance: InstanceRecord = app.find(&id).await?;
     if instance.has_ended() {
         return Err(ApiError::conflict(format!(
             "instance {id:?} is already {}",
@@ -169,32 +154,11 @@ async fn halt(
     ))
 }
 
-#[utoipa::path(
-    post, path = "/api/v1/instances/{id}/stop", tag = "instances",
-    params(("id" = String, Path)),
-    responses((status = 202, body = Accepted)),
-    security(("bearer" = []))
-)]
-async fn stop(
-    State(app): State<App>,
-    who: Principal,
-    Path(id): Path<String>,
-) -> ApiResult<(StatusCode, Json<Accepted>)> {
-    halt(app, who, id, "stop").await
-}
-
-#[utoipa::path(
-    post, path = "/api/v1/instances/{id}/kill", tag = "instances",
-    params(("id" = String, Path)),
-    responses((status = 202, body = Accepted)),
-    security(("bearer" = []))
-)]
-async fn kill(
-    State(app): State<App>,
-    who: Principal,
-    Path(id): Path<String>,
-) -> ApiResult<(StatusCode, Json<Accepted>)> {
-    halt(app, who, id, "kill").await
+crate::app::variants! {
+    halt -> (StatusCode, Json<Accepted>), "instances", responses((status = 202, body = Accepted)) {
+        stop = post "/api/v1/instances/{id}/stop" ("stop");
+        kill = post "/api/v1/instances/{id}/kill" ("kill");
+    }
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -205,20 +169,16 @@ struct ConsoleCommand {
 
 #[utoipa::path(
     post, path = "/api/v1/instances/{id}/command", tag = "instances",
-    params(("id" = String, Path)),
-    request_body = ConsoleCommand,
     responses(
         (status = 204),
         (status = 503, description = "no gateway or node can take the command", body = crate::error::ErrorBody),
         (status = 504, description = "the node did not acknowledge within 5 s", body = crate::error::ErrorBody),
-    ),
-    security(("bearer" = []))
+    )
 )]
 async fn command(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     Path(id): Path<String>,
-    Body(input): Body<ConsoleCommand>,
+    Json(input): Json<ConsoleCommand>,
 ) -> ApiResult<StatusCode> {
     who.require("instances:write")?;
     let line = input.command.trim_end_matches(['\r', '\n']);
@@ -235,7 +195,7 @@ async fn command(
             format!("must not contain control characters ({bad:?}); only tab is allowed"),
         ));
     }
-    let instance = find(&app, &id).await?;
+    let instance: InstanceRecord = app.find(&id).await?;
     if instance.has_ended() {
         return Err(ApiError::conflict(format!(
             "instance {id:?} is {}",
@@ -308,17 +268,15 @@ struct ConsoleQuery {
     responses(
         (status = 200, description = "server-sent events", content_type = "text/event-stream", body = String),
         (status = 429, description = "too many streams open (per caller or on this replica)", body = crate::error::ErrorBody),
-    ),
-    security(("bearer" = []))
+    )
 )]
 async fn console(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     Path(id): Path<String>,
     Query(query): Query<ConsoleQuery>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     who.require("instances:read")?;
-    find(&app, &id).await?;
+    app.find::<InstanceRecord>(&id).await?;
     let (Some(hub), Some(backend), Some(valkey)) = (
         &app.console_hub,
         &app.service.valkey,

@@ -7,11 +7,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::routing::post;
-use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mongodb::bson::doc;
@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::app::App;
-use crate::auth::{Credential, Principal, revoked_key, user_permissions, verify_password};
-use crate::error::{ApiError, ApiResult, Body, ErrorCode};
+use crate::auth::{Caller, Credential, revoked_key, user_permissions, verify_password};
+use crate::error::{ApiError, ApiResult, ErrorCode, Json};
 
 /// Consecutive failed logins of one user that lock the account, and for how long.
 pub const LOCKOUT_AFTER: i64 = 5;
@@ -149,7 +149,6 @@ struct Session {
 
 #[utoipa::path(
     post, path = "/api/v1/auth/login", tag = "auth",
-    request_body = Login,
     responses(
         (status = 200, body = Session),
         (status = 429, description = "rate limited or locked out", body = crate::error::ErrorBody),
@@ -159,22 +158,19 @@ struct Session {
 async fn login(
     State(app): State<App>,
     ClientAddr(addr): ClientAddr,
-    Body(login): Body<Login>,
+    Json(login): Json<Login>,
 ) -> ApiResult<Json<Session>> {
     let ephemeral = &app.service.ephemeral;
     let user_key = URL_SAFE_NO_PAD.encode(login.username.as_bytes());
     if let Some(addr) = addr {
         let bucket = address_bucket(addr);
-        let attempts = ephemeral
-            .incr_window(&format!("login:addr:{bucket}"), LOGIN_WINDOW)
-            .await?;
-        if attempts > LOGINS_PER_ADDRESS {
-            return Err(ApiError::too_many(
-                ErrorCode::RateLimited,
-                format!("too many login attempts from {bucket}; wait a minute"),
-                LOGIN_WINDOW.as_secs(),
-            ));
-        }
+        count_attempt(
+            &app,
+            &format!("login:addr:{bucket}"),
+            LOGINS_PER_ADDRESS,
+            || format!("too many login attempts from {bucket}; wait a minute"),
+        )
+        .await?;
     }
     let locked = |left: Duration| {
         ApiError::too_many(
@@ -193,19 +189,18 @@ async fn login(
     {
         return Err(locked(left));
     }
-    let attempts = ephemeral
-        .incr_window(&format!("login:user:{user_key}"), LOGIN_WINDOW)
-        .await?;
-    if attempts > LOGINS_PER_USER {
-        return Err(ApiError::too_many(
-            ErrorCode::RateLimited,
+    count_attempt(
+        &app,
+        &format!("login:user:{user_key}"),
+        LOGINS_PER_USER,
+        || {
             format!(
                 "too many login attempts for user {:?}; wait a minute",
                 login.username
-            ),
-            LOGIN_WINDOW.as_secs(),
-        ));
-    }
+            )
+        },
+    )
+    .await?;
     let _permit = tokio::time::timeout(VERIFY_WAIT, app.verifications.0.acquire())
         .await
         .ok()
@@ -261,14 +256,9 @@ async fn login(
         )));
     }
     let (token, expires_at_ms) = crate::auth::sign_session(&app, &user)?;
-    let _ = store
-        .bounded(
-            "recording the login",
-            store.documents(USERS).update_one(
-                doc! { "_id": &login.username },
-                doc! { "$set": { "lastLoginAtMs": now_ms() } },
-            ),
-        )
+    let last_login = doc! { "$set": { "lastLoginAtMs": now_ms() } };
+    let _ = app
+        .update_by_id(USERS, "recording the login", &login.username, last_login)
         .await;
     app.audit_as(&login.username, "login", "auth.login", &login.username)
         .await;
@@ -278,6 +268,25 @@ async fn login(
         permissions: user_permissions(store, &user).await?,
         user: login.username,
     }))
+}
+
+/// Counts a login attempt under `key` in the current [`LOGIN_WINDOW`]: 429 `too_many()` past
+/// `limit`.
+async fn count_attempt(
+    app: &App,
+    key: &str,
+    limit: i64,
+    too_many: impl FnOnce() -> String,
+) -> ApiResult<()> {
+    let attempts = app.service.ephemeral.incr_window(key, LOGIN_WINDOW).await?;
+    if attempts > limit {
+        return Err(ApiError::too_many(
+            ErrorCode::RateLimited,
+            too_many(),
+            LOGIN_WINDOW.as_secs(),
+        ));
+    }
+    Ok(())
 }
 
 /// Locks the account for [`LOCKOUT_FOR`] (and starts its failure count over).
@@ -296,10 +305,9 @@ async fn lock(app: &App, user: &str, user_key: &str) -> ApiResult<()> {
 
 #[utoipa::path(
     post, path = "/api/v1/auth/logout", tag = "auth",
-    responses((status = 204)),
-    security(("bearer" = []))
+    responses((status = 204))
 )]
-async fn logout(State(app): State<App>, principal: Principal) -> ApiResult<StatusCode> {
+async fn logout(Caller(app, principal): Caller) -> ApiResult<StatusCode> {
     let Credential::Session {
         id,
         expires_at_secs,

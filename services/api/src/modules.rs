@@ -4,11 +4,11 @@
 //! the holder of `prexor:v1:lease:platform-module` carries out step by step. One mutation at a
 //! time, cluster-wide: a second request while one is in flight is a 409.
 
+use axum::Router;
 use axum::body::Body as Raw;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
 use mongodb::bson::doc;
 use prexor_domain::now_ms;
 use prexor_model::workflows::modules::{
@@ -18,8 +18,8 @@ use prexor_model::workflows::{CURRENT_MUTATION, ModuleState, MutationStep};
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
-use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult, Body};
+use crate::auth::{Caller, Principal};
+use crate::error::{ApiError, ApiResult, Json, conflict_if_taken};
 use crate::templates::{Layer, LayerVersionView, receive_layer, version_document};
 
 pub use prexor_model::workflows::MODULE_MUTATION;
@@ -34,10 +34,6 @@ pub fn routes() -> Router<App> {
         .route("/modules/{name}/upgrade", post(upgrade))
         .route("/modules/{name}/uninstall", post(uninstall))
         .route("/modules/mutation", get(mutation))
-}
-
-async fn find(app: &App, name: &str) -> ApiResult<ModuleRecord> {
-    app.must_record(MODULES, "module", name).await
 }
 
 /// A platform module with its versions and what its mutations did.
@@ -168,30 +164,21 @@ impl From<&MutationRecord> for MutationView {
 
 #[utoipa::path(
     get, path = "/api/v1/modules", tag = "modules",
-    responses((status = 200, body = Vec<ModuleView>)),
-    security(("bearer" = []))
+    responses((status = 200, body = Vec<ModuleView>))
 )]
-async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<ModuleView>>> {
+async fn list(Caller(app, who): Caller) -> ApiResult<Json<Vec<ModuleView>>> {
     who.require("modules:read")?;
-    let modules: Vec<ModuleRecord> = app
-        .records(MODULES, "listing modules", doc! {}, doc! { "_id": 1 }, None)
-        .await?;
-    Ok(Json(modules.iter().map(ModuleView::from).collect()))
+    app.views::<ModuleRecord, _>(MODULES, "listing modules", doc! {}, doc! { "_id": 1 })
+        .await
 }
 
 #[utoipa::path(
     get, path = "/api/v1/modules/{name}", tag = "modules",
-    params(("name" = String, Path)),
-    responses((status = 200, body = ModuleView)),
-    security(("bearer" = []))
+    responses((status = 200, body = ModuleView))
 )]
-async fn show(
-    State(app): State<App>,
-    who: Principal,
-    Path(name): Path<String>,
-) -> ApiResult<Json<ModuleView>> {
+async fn show(Caller(app, who): Caller, Path(name): Path<String>) -> ApiResult<Json<ModuleView>> {
     who.require("modules:read")?;
-    Ok(Json(ModuleView::from(&find(&app, &name).await?)))
+    Ok(Json(ModuleView::from(&app.find(&name).await?)))
 }
 
 async fn current_mutation(app: &App) -> ApiResult<Option<MutationRecord>> {
@@ -203,10 +190,9 @@ async fn current_mutation(app: &App) -> ApiResult<Option<MutationRecord>> {
     get, path = "/api/v1/modules/mutation", tag = "modules",
     responses(
         (status = 200, description = "the mutation in flight, or null", body = Option<MutationView>),
-    ),
-    security(("bearer" = []))
+    )
 )]
-async fn mutation(State(app): State<App>, who: Principal) -> ApiResult<Json<Option<MutationView>>> {
+async fn mutation(Caller(app, who): Caller) -> ApiResult<Json<Option<MutationView>>> {
     who.require("modules:read")?;
     let current = current_mutation(&app).await?;
     Ok(Json(current.as_ref().map(MutationView::from)))
@@ -231,26 +217,22 @@ fn check_version(version: &str) -> ApiResult<()> {
 /// `PUT /modules/{name}/versions/{version}` with the artifact (tar.gz): stores a version.
 #[utoipa::path(
     put, path = "/api/v1/modules/{name}/versions/{version}", tag = "modules",
-    params(("name" = String, Path), ("version" = String, Path)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the layer as .tar.gz bytes"),
     responses(
         (status = 201, description = "stored", body = ModuleView),
         (status = 200, description = "the same bytes are this version already: nothing changed", body = ModuleView),
-    ),
-    security(("bearer" = []))
+    )
 )]
 async fn upload(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
     body: Raw,
 ) -> ApiResult<(StatusCode, Json<ModuleView>)> {
     who.require("modules:write")?;
-    prexor_domain::validate_name(&name).map_err(|e| ApiError::field("name", e.to_string()))?;
+    crate::error::check_name("name", &name)?;
     check_version(&version)?;
     let Layer { hash, size, files } = receive_layer(&app, &headers, body).await?;
-    let store = app.store();
     let existing: Option<ModuleRecord> = app.record(MODULES, &name).await?;
     if let Some(module) = &existing
         && let Some(stored) = module.version(&version)
@@ -270,35 +252,29 @@ async fn upload(
         uploaded_by: who.user.clone(),
         uploaded_at_ms: now_ms(),
     };
-    store
-        .bounded(
-            "recording the module version",
-            store
-                .documents(MODULES)
-                .update_one(
-                    doc! { "_id": &name, "versions.version": { "$ne": &version } },
-                    doc! {
-                        "$push": { "versions": version_document(&entry)? },
-                        "$setOnInsert": { "state": ModuleState::New, "createdAtMs": now_ms() },
-                    },
-                )
-                .upsert(existing.is_none()),
-        )
-        .await
-        .map_err(|e| {
-            if e.is_duplicate_key() {
-                ApiError::conflict(format!(
-                    "module {name:?} changed concurrently; upload again"
-                ))
-            } else {
-                e.into()
-            }
-        })?;
+    let push = doc! {
+        "$push": { "versions": version_document(&entry)? },
+        "$setOnInsert": { "state": ModuleState::New, "createdAtMs": now_ms() },
+    };
+    let filter = doc! { "_id": &name, "versions.version": { "$ne": &version } };
+    app.update_one(
+        MODULES,
+        "recording the module version",
+        filter,
+        push,
+        existing.is_none(),
+    )
+    .await
+    .map_err(|err| {
+        conflict_if_taken(err, || {
+            format!("module {name:?} changed concurrently; upload again")
+        })
+    })?;
     app.audit::<(), _>(&who, "module.upload", &name, None, Some(&entry))
         .await;
     Ok((
         StatusCode::CREATED,
-        Json(ModuleView::from(&find(&app, &name).await?)),
+        Json(ModuleView::from(&app.find(&name).await?)),
     ))
 }
 
@@ -309,7 +285,7 @@ async fn request(
     name: &str,
     action: &str,
     version: Option<(&str, &str)>,
-) -> ApiResult<(StatusCode, Json<MutationView>)> {
+) -> Requested {
     let record = MutationRecord {
         id: CURRENT_MUTATION.to_owned(),
         module: name.to_owned(),
@@ -321,17 +297,11 @@ async fn request(
         hash: version.map(|(_, h)| h.to_owned()),
         verified_at_ms: None,
     };
-    let store = app.store();
-    match store
-        .bounded(
-            "recording the module mutation",
-            store
-                .collection::<MutationRecord>(MODULE_MUTATION)
-                .insert_one(&record),
-        )
+    match app
+        .insert(MODULE_MUTATION, "recording the module mutation", &record)
         .await
     {
-        Ok(_) => {}
+        Ok(()) => {}
         Err(err) if err.is_duplicate_key() => {
             let current = current_mutation(app).await?;
             let said = |field: fn(&MutationRecord) -> &str| current.as_ref().map_or("?", field);
@@ -357,81 +327,28 @@ async fn request(
     Ok((StatusCode::ACCEPTED, Json(MutationView::from(&record))))
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-struct VersionRequest {
-    version: String,
+/// What a mutation request answers: the mutation now in flight.
+type Requested = ApiResult<(StatusCode, Json<MutationView>)>;
+
+/// A mutation an operator asks for.
+enum Mutation {
+    /// Of the version given.
+    Install(String),
+    /// To the version given.
+    Upgrade(String),
+    Uninstall,
+    DeleteStorage,
 }
 
-#[utoipa::path(
-    post, path = "/api/v1/modules/{name}/install", tag = "modules",
-    params(("name" = String, Path)),
-    request_body = VersionRequest,
-    responses((status = 202, description = "requested", body = MutationView)),
-    security(("bearer" = []))
-)]
-async fn install(
-    State(app): State<App>,
-    who: Principal,
-    Path(name): Path<String>,
-    Body(request_body): Body<VersionRequest>,
-) -> ApiResult<(StatusCode, Json<MutationView>)> {
-    who.require("modules:write")?;
-    let module = find(&app, &name).await?;
-    if module.state == ModuleState::Active {
-        return Err(ApiError::conflict(format!(
-            "module {name:?} is installed (version {}); upgrade it instead",
-            module.active_version().unwrap_or("?")
-        )));
+impl Mutation {
+    fn action(&self) -> &'static str {
+        match self {
+            Mutation::Install(_) => "install",
+            Mutation::Upgrade(_) => "upgrade",
+            Mutation::Uninstall => "uninstall",
+            Mutation::DeleteStorage => "delete-storage",
+        }
     }
-    request_version(&app, &who, &module, "install", &request_body.version).await
-}
-
-/// Requests `action` (install, upgrade) of `version`, which must have been uploaded.
-async fn request_version(
-    app: &App,
-    who: &Principal,
-    module: &ModuleRecord,
-    action: &str,
-    version: &str,
-) -> ApiResult<(StatusCode, Json<MutationView>)> {
-    let name = &module.name;
-    let stored = module.version(version).ok_or_else(|| {
-        ApiError::field(
-            "version",
-            format!("module {name:?} has no version {version:?}; upload it first"),
-        )
-    })?;
-    request(app, who, name, action, Some((version, &stored.hash))).await
-}
-
-#[utoipa::path(
-    post, path = "/api/v1/modules/{name}/upgrade", tag = "modules",
-    params(("name" = String, Path)),
-    request_body = VersionRequest,
-    responses((status = 202, description = "requested", body = MutationView)),
-    security(("bearer" = []))
-)]
-async fn upgrade(
-    State(app): State<App>,
-    who: Principal,
-    Path(name): Path<String>,
-    Body(request_body): Body<VersionRequest>,
-) -> ApiResult<(StatusCode, Json<MutationView>)> {
-    who.require("modules:write")?;
-    let module = find(&app, &name).await?;
-    if module.state != ModuleState::Active {
-        return Err(ApiError::conflict(format!(
-            "module {name:?} is not installed; install it instead"
-        )));
-    }
-    let active = module.active_version().unwrap_or_default();
-    if active == request_body.version {
-        return Err(ApiError::conflict(format!(
-            "module {name:?} already runs version {active}"
-        )));
-    }
-    request_version(&app, &who, &module, "upgrade", &request_body.version).await
 }
 
 /// Groups that attach `name`.
@@ -450,54 +367,94 @@ async fn attached_to(app: &App, name: &str) -> ApiResult<Vec<String>> {
         .collect())
 }
 
-#[utoipa::path(
-    post, path = "/api/v1/modules/{name}/uninstall", tag = "modules",
-    params(("name" = String, Path)),
-    responses((status = 202, description = "requested", body = MutationView)),
-    security(("bearer" = []))
-)]
-async fn uninstall(
-    State(app): State<App>,
-    who: Principal,
-    Path(name): Path<String>,
-) -> ApiResult<(StatusCode, Json<MutationView>)> {
-    who.require("modules:write")?;
-    let module = find(&app, &name).await?;
-    if module.state != ModuleState::Active {
-        return Err(ApiError::conflict(format!(
-            "module {name:?} is not installed"
-        )));
-    }
-    let groups = attached_to(&app, &name).await?;
-    if !groups.is_empty() {
-        return Err(ApiError::conflict(format!(
-            "module {name:?} is attached to group(s) {}; detach it first",
-            groups.join(", ")
-        )));
-    }
-    request(&app, &who, &name, "uninstall", None).await
+/// 409 unless `module`'s state allows `mutation`: install one not installed, upgrade an installed
+/// one to another version, uninstall an installed one no group attaches, delete the storage of
+/// one not installed.
+async fn check_allowed(app: &App, module: &ModuleRecord, mutation: &Mutation) -> ApiResult<()> {
+    let name = &module.name;
+    let installed = module.state == ModuleState::Active;
+    let active = module.active_version();
+    let refused = match mutation {
+        Mutation::Install(_) if installed => format!(
+            "module {name:?} is installed (version {}); upgrade it instead",
+            active.unwrap_or("?")
+        ),
+        Mutation::Upgrade(_) if !installed => {
+            format!("module {name:?} is not installed; install it instead")
+        }
+        Mutation::Upgrade(version) if active.unwrap_or_default() == version => {
+            format!("module {name:?} already runs version {version}")
+        }
+        Mutation::Uninstall if !installed => format!("module {name:?} is not installed"),
+        Mutation::Uninstall => {
+            let groups = attached_to(app, name).await?;
+            if groups.is_empty() {
+                return Ok(());
+            }
+            format!(
+                "module {name:?} is attached to group(s) {}; detach it first",
+                groups.join(", ")
+            )
+        }
+        Mutation::DeleteStorage if installed => {
+            format!("module {name:?} is installed; uninstall it first")
+        }
+        _ => return Ok(()),
+    };
+    Err(ApiError::conflict(refused))
 }
 
-/// `DELETE /modules/{name}`: removes the module and its stored versions (not while installed).
-#[utoipa::path(
-    delete, path = "/api/v1/modules/{name}", tag = "modules",
-    params(("name" = String, Path)),
-    responses((status = 202, description = "requested", body = MutationView)),
-    security(("bearer" = []))
-)]
-async fn delete_storage(
-    State(app): State<App>,
-    who: Principal,
-    Path(name): Path<String>,
-) -> ApiResult<(StatusCode, Json<MutationView>)> {
+/// Requests `mutation` of module `name` for a caller who may change modules, if the module's
+/// state allows it; the version to install or upgrade to must have been uploaded.
+async fn mutate(app: App, who: Principal, name: String, mutation: Mutation) -> Requested {
     who.require("modules:write")?;
-    let module = find(&app, &name).await?;
-    if module.state == ModuleState::Active {
-        return Err(ApiError::conflict(format!(
-            "module {name:?} is installed; uninstall it first"
-        )));
+    let module = app.find(&name).await?;
+    check_allowed(&app, &module, &mutation).await?;
+    let (Mutation::Install(version) | Mutation::Upgrade(version)) = &mutation else {
+        return request(&app, &who, &name, mutation.action(), None).await;
+    };
+    let stored = module.version(version).ok_or_else(|| {
+        ApiError::field(
+            "version",
+            format!("module {name:?} has no version {version:?}; upload it first"),
+        )
+    })?;
+    let version = Some((version.as_str(), stored.hash.as_str()));
+    request(&app, &who, &name, mutation.action(), version).await
+}
+
+/// [`mutate`] to the version the request body names.
+async fn mutate_to(
+    app: App,
+    who: Principal,
+    name: String,
+    body: VersionRequest,
+    mutation: fn(String) -> Mutation,
+) -> Requested {
+    mutate(app, who, name, mutation(body.version)).await
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct VersionRequest {
+    version: String,
+}
+
+crate::app::variants! {
+    mutate_to -> (StatusCode, Json<MutationView>), "modules", request_body = VersionRequest,
+    responses((status = 202, description = "requested", body = MutationView)) {
+        install = post "/api/v1/modules/{name}/install" (Mutation::Install);
+        upgrade = post "/api/v1/modules/{name}/upgrade" (Mutation::Upgrade);
     }
-    request(&app, &who, &name, "delete-storage", None).await
+}
+
+crate::app::variants! {
+    mutate -> (StatusCode, Json<MutationView>), "modules",
+    responses((status = 202, description = "requested", body = MutationView)) {
+        uninstall = post "/api/v1/modules/{name}/uninstall" (Mutation::Uninstall);
+        /// `DELETE /modules/{name}`: removes the module and its stored versions (not while installed).
+        delete_storage = delete "/api/v1/modules/{name}" (Mutation::DeleteStorage);
+    }
 }
 
 /// Every module a group spec attaches must be installed (400 naming the one that is not).

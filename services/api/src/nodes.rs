@@ -5,17 +5,17 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::Router;
+use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use mongodb::bson::doc;
 use prexor_serve::signer::SignerError;
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
-use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult, Body, ErrorCode};
+use crate::auth::{Caller, Principal};
+use crate::error::{ApiError, ApiResult, ErrorCode, Json, conflict_if_taken};
 
 use prexor_model::nodes::NODE_ALLOCATIONS;
 use prexor_model::nodes::NODE_DRAINS;
@@ -44,10 +44,9 @@ pub fn routes() -> Router<App> {
 
 #[utoipa::path(
     get, path = "/api/v1/nodes", tag = "nodes",
-    responses((status = 200, body = Vec<NodeView>)),
-    security(("bearer" = []))
+    responses((status = 200, body = Vec<NodeView>))
 )]
-async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<NodeView>>> {
+async fn list(Caller(app, who): Caller) -> ApiResult<Json<Vec<NodeView>>> {
     who.require("nodes:read")?;
     let (nodes, allocations, drains) = tokio::try_join!(
         app.records::<NodeRecord>(NODES, "listing nodes", doc! {}, doc! { "_id": 1 }, None),
@@ -78,10 +77,6 @@ async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<Node
     ))
 }
 
-async fn find(app: &App, id: &str) -> ApiResult<NodeRecord> {
-    app.must_record(NODES, "node", id).await
-}
-
 /// `node` as the API shows it (with its allocation and drain).
 async fn view(app: &App, node: NodeRecord) -> ApiResult<NodeView> {
     let (allocation, drain) = tokio::try_join!(
@@ -94,33 +89,20 @@ async fn view(app: &App, node: NodeRecord) -> ApiResult<NodeView> {
 
 #[utoipa::path(
     get, path = "/api/v1/nodes/{id}", tag = "nodes",
-    params(("id" = String, Path)),
-    responses((status = 200, body = NodeView)),
-    security(("bearer" = []))
+    responses((status = 200, body = NodeView))
 )]
-async fn show(
-    State(app): State<App>,
-    who: Principal,
-    Path(id): Path<String>,
-) -> ApiResult<Json<NodeView>> {
+async fn show(Caller(app, who): Caller, Path(id): Path<String>) -> ApiResult<Json<NodeView>> {
     who.require("nodes:read")?;
-    let node = find(&app, &id).await?;
+    let node = app.find(&id).await?;
     Ok(Json(view(&app, node).await?))
 }
 
 async fn set_cordon(app: App, who: Principal, id: String, cordoned: bool) -> ApiResult<StatusCode> {
     who.require("nodes:write")?;
-    let before = find(&app, &id).await?;
-    let store = app.store();
+    let before: NodeRecord = app.find(&id).await?;
     // `$set` of one field: the gateway's own `$set`s of the node's state never erase it.
-    store
-        .bounded(
-            "cordoning a node",
-            store.documents(NODES).update_one(
-                doc! { "_id": &id },
-                doc! { "$set": { "cordoned": cordoned } },
-            ),
-        )
+    let set = doc! { "$set": { "cordoned": cordoned } };
+    app.update_by_id(NODES, "cordoning a node", &id, set)
         .await?;
     let (action, kind) = if cordoned {
         ("node.cordon", "NODE_CORDONED")
@@ -140,47 +122,20 @@ async fn set_cordon(app: App, who: Principal, id: String, cordoned: bool) -> Api
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(
-    post, path = "/api/v1/nodes/{id}/cordon", tag = "nodes",
-    params(("id" = String, Path)),
-    responses((status = 204)),
-    security(("bearer" = []))
-)]
-async fn cordon(
-    State(app): State<App>,
-    who: Principal,
-    Path(id): Path<String>,
-) -> ApiResult<StatusCode> {
-    set_cordon(app, who, id, true).await
-}
-
-#[utoipa::path(
-    post, path = "/api/v1/nodes/{id}/uncordon", tag = "nodes",
-    params(("id" = String, Path)),
-    responses((status = 204)),
-    security(("bearer" = []))
-)]
-async fn uncordon(
-    State(app): State<App>,
-    who: Principal,
-    Path(id): Path<String>,
-) -> ApiResult<StatusCode> {
-    set_cordon(app, who, id, false).await
+crate::app::variants! {
+    set_cordon -> StatusCode, "nodes", responses((status = 204)) {
+        cordon = post "/api/v1/nodes/{id}/cordon" (true);
+        uncordon = post "/api/v1/nodes/{id}/uncordon" (false);
+    }
 }
 
 #[utoipa::path(
     delete, path = "/api/v1/nodes/{id}", tag = "nodes",
-    params(("id" = String, Path)),
-    responses((status = 204)),
-    security(("bearer" = []))
+    responses((status = 204))
 )]
-async fn remove(
-    State(app): State<App>,
-    who: Principal,
-    Path(id): Path<String>,
-) -> ApiResult<StatusCode> {
+async fn remove(Caller(app, who): Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     who.require("nodes:write")?;
-    let node = find(&app, &id).await?;
+    let node: NodeRecord = app.find(&id).await?;
     if node.is_online() {
         return Err(ApiError::conflict(format!(
             "node {id:?} is connected (through gateway {}); stop its daemon first",
@@ -213,6 +168,30 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// 400 unless `id` can name a node.
+fn check_node_id(id: &str) -> ApiResult<()> {
+    prexor_domain::validate_name(id).map_err(|e| ApiError::field("nodeId", format!("{id:?}: {e}")))
+}
+
+/// The duration a request asks for as `field` (`default` without one): more than zero and at
+/// most `max` (`max_said`, as the 400 says it).
+fn requested(
+    field: &str,
+    text: Option<&str>,
+    default: Duration,
+    max: Duration,
+    max_said: &str,
+) -> ApiResult<Duration> {
+    let duration = text.map_or(Ok(default), |text| crate::error::duration(field, text))?;
+    if duration.is_zero() || duration > max {
+        return Err(ApiError::field(
+            field,
+            format!("must be more than zero and at most {max_said}"),
+        ));
+    }
+    Ok(duration)
+}
+
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct JoinTokenRequest {
@@ -234,33 +213,24 @@ struct JoinTokenReply {
 
 #[utoipa::path(
     post, path = "/api/v1/nodes/{id}/join-token", tag = "nodes",
-    params(("id" = String, Path)),
     request_body(content = Option<JoinTokenRequest>, content_type = "application/json"),
-    responses((status = 201, body = JoinTokenReply)),
-    security(("bearer" = []))
+    responses((status = 201, body = JoinTokenReply))
 )]
 async fn join_token(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<JoinTokenReply>)> {
     who.require("nodes:write")?;
-    prexor_domain::validate_name(&id)
-        .map_err(|e| ApiError::field("nodeId", format!("{id:?}: {e}")))?;
+    check_node_id(&id)?;
     let request: JoinTokenRequest = crate::error::optional_body(&body)?;
-    let ttl = match &request.expires_in {
-        Some(text) => humantime::parse_duration(text).map_err(|e| {
-            ApiError::field("expiresIn", format!("{text:?} is not a duration: {e}"))
-        })?,
-        None => Duration::from_secs(3600),
-    };
-    if ttl.is_zero() || ttl > MAX_JOIN_TOKEN_TTL {
-        return Err(ApiError::field(
-            "expiresIn",
-            "must be more than zero and at most 7 days",
-        ));
-    }
+    let ttl = requested(
+        "expiresIn",
+        request.expires_in.as_deref(),
+        Duration::from_secs(3600),
+        MAX_JOIN_TOKEN_TTL,
+        "7 days",
+    )?;
     let store = app.store();
     let ca = prexor_model::pki::published_ca(store)
         .await?
@@ -319,20 +289,15 @@ struct CertIssueReply {
 
 #[utoipa::path(
     post, path = "/api/v1/nodes/{id}/cert-issue", tag = "nodes",
-    params(("id" = String, Path)),
-    request_body = CertIssueRequest,
-    responses((status = 201, body = CertIssueReply)),
-    security(("bearer" = []))
+    responses((status = 201, body = CertIssueReply))
 )]
 async fn cert_issue(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     Path(id): Path<String>,
-    Body(request): Body<CertIssueRequest>,
+    Json(request): Json<CertIssueRequest>,
 ) -> ApiResult<(StatusCode, Json<CertIssueReply>)> {
     who.require("nodes:write")?;
-    prexor_domain::validate_name(&id)
-        .map_err(|e| ApiError::field("nodeId", format!("{id:?}: {e}")))?;
+    check_node_id(&id)?;
     if !request.csr_pem.contains("BEGIN CERTIFICATE REQUEST") {
         return Err(ApiError::field(
             "csrPem",
@@ -389,31 +354,24 @@ async fn find_drain(app: &App, id: &str) -> ApiResult<Option<DrainRecord>> {
 /// `workflow:drain-<node>`.
 #[utoipa::path(
     post, path = "/api/v1/nodes/{id}/drain", tag = "nodes",
-    params(("id" = String, Path)),
     request_body(content = Option<DrainRequest>, content_type = "application/json"),
-    responses((status = 202, body = NodeDrainView)),
-    security(("bearer" = []))
+    responses((status = 202, body = NodeDrainView))
 )]
 async fn drain(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<NodeDrainView>)> {
     who.require("nodes:write")?;
     let request: DrainRequest = crate::error::optional_body(&body)?;
-    let timeout = match &request.timeout {
-        Some(text) => humantime::parse_duration(text)
-            .map_err(|e| ApiError::field("timeout", format!("{text:?} is not a duration: {e}")))?,
-        None => DEFAULT_DRAIN_TIMEOUT,
-    };
-    if timeout.is_zero() || timeout > MAX_DRAIN_TIMEOUT {
-        return Err(ApiError::field(
-            "timeout",
-            "must be more than zero and at most 24h",
-        ));
-    }
-    find(&app, &id).await?;
+    let timeout = requested(
+        "timeout",
+        request.timeout.as_deref(),
+        DEFAULT_DRAIN_TIMEOUT,
+        MAX_DRAIN_TIMEOUT,
+        "24h",
+    )?;
+    app.find::<NodeRecord>(&id).await?;
     let scope = prexor_domain::Scope::drain(&id);
     if scope.to_string().parse::<prexor_domain::Scope>().is_err() {
         return Err(ApiError::field(
@@ -447,29 +405,14 @@ async fn drain(
     let mut set = mongodb::bson::to_document(&intent)
         .map_err(|e| ApiError::internal(format!("encoding the drain: {e}")))?;
     set.remove("_id");
-    let store = app.store();
     // Replaces a finished drain's record; an open one is never overwritten.
-    let written = store
-        .bounded(
-            "recording the drain",
-            store
-                .documents(NODE_DRAINS)
-                .update_one(
-                    doc! { "_id": &id, "state": { "$nin": DrainState::any_of(DrainState::OPEN) } },
-                    doc! { "$set": &set, "$unset": { "startedAtMs": "", "finishedAtMs": "" } },
-                )
-                .upsert(true),
-        )
-        .await;
-    match written {
-        Ok(_) => {}
-        Err(err) if err.is_duplicate_key() => {
-            return Err(ApiError::conflict(format!(
-                "node {id:?} is already being drained"
-            )));
-        }
-        Err(err) => return Err(err.into()),
-    }
+    let finished = doc! { "_id": &id, "state": { "$nin": DrainState::any_of(DrainState::OPEN) } };
+    let replace = doc! { "$set": &set, "$unset": { "startedAtMs": "", "finishedAtMs": "" } };
+    app.update_one(NODE_DRAINS, "recording the drain", finished, replace, true)
+        .await
+        .map_err(|err| {
+            conflict_if_taken(err, || format!("node {id:?} is already being drained"))
+        })?;
     app.audit_and_publish::<(), _>(
         &who,
         "node.drain",
@@ -486,13 +429,10 @@ async fn drain(
 
 #[utoipa::path(
     get, path = "/api/v1/nodes/{id}/drain", tag = "nodes",
-    params(("id" = String, Path)),
-    responses((status = 200, body = NodeDrainView)),
-    security(("bearer" = []))
+    responses((status = 200, body = NodeDrainView))
 )]
 async fn drain_status(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<NodeDrainView>> {
     who.require("nodes:read")?;
@@ -505,26 +445,14 @@ async fn drain_status(
 /// Cancels an open drain and uncordons the node.
 #[utoipa::path(
     post, path = "/api/v1/nodes/{id}/undrain", tag = "nodes",
-    params(("id" = String, Path)),
-    responses((status = 204)),
-    security(("bearer" = []))
+    responses((status = 204))
 )]
-async fn undrain(
-    State(app): State<App>,
-    who: Principal,
-    Path(id): Path<String>,
-) -> ApiResult<StatusCode> {
+async fn undrain(Caller(app, who): Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     who.require("nodes:write")?;
-    find(&app, &id).await?;
-    let store = app.store();
-    store
-        .bounded(
-            "cancelling the drain",
-            store.documents(NODE_DRAINS).update_one(
-                doc! { "_id": &id, "state": DrainState::open_filter() },
-                doc! { "$set": { "state": DrainState::Cancelled, "cancelledBy": &who.user, "finishedAtMs": prexor_domain::now_ms() } },
-            ),
-        )
+    app.find::<NodeRecord>(&id).await?;
+    let open = doc! { "_id": &id, "state": DrainState::open_filter() };
+    let cancel = doc! { "$set": { "state": DrainState::Cancelled, "cancelledBy": &who.user, "finishedAtMs": prexor_domain::now_ms() } };
+    app.update_one(NODE_DRAINS, "cancelling the drain", open, cancel, false)
         .await?;
     app.audit::<(), ()>(&who, "node.undrain", &id, None, None)
         .await;

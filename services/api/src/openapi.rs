@@ -1,15 +1,14 @@
 //! The OpenAPI document (`GET /api/v1/openapi.json`), generated from the handlers' annotations
 //! and the request types themselves, so it cannot drift from the code.
 
-use axum::Json;
 use axum::http::StatusCode;
 use axum::routing::get;
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::app::App;
-use crate::error::ErrorBody;
+use crate::error::{ErrorBody, Json};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -125,8 +124,9 @@ impl Modify for Security {
 }
 
 /// What every operation has, added here rather than on each handler: its `x-permission`
-/// (what a caller must hold, [`crate::permissions::ROUTES`]), the error answer as its `default`
-/// response ([`ErrorBody`]), and a description for each response that does not say more.
+/// (what a caller must hold, [`crate::permissions::ROUTES`]) and the credential that goes with
+/// it, the error answer as its `default` response ([`ErrorBody`]), and a description for each
+/// response that does not say more.
 struct EveryOperation;
 
 impl Modify for EveryOperation {
@@ -138,6 +138,8 @@ impl Modify for EveryOperation {
                         .extensions
                         .get_or_insert_with(Default::default)
                         .insert("x-permission".to_owned(), serde_json::json!(needed));
+                    operation.security = credential(needed)
+                        .map(|scheme| vec![SecurityRequirement::new(scheme, Vec::<String>::new())]);
                 }
                 let responses = &mut operation.responses.responses;
                 for (status, response) in responses.iter_mut() {
@@ -150,6 +152,16 @@ impl Modify for EveryOperation {
                 responses.insert("default".to_owned(), error_response().into());
             }
         }
+    }
+}
+
+/// The security scheme an operation needing `permission` is called with: an instance token for
+/// the plugin's endpoints, none for the public ones, an operator's bearer token otherwise.
+fn credential(permission: &str) -> Option<&'static str> {
+    match permission {
+        "none" => None,
+        "instance" => Some("instance"),
+        _ => Some("bearer"),
     }
 }
 

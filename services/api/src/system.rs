@@ -1,14 +1,14 @@
 //! `GET /api/v1/system/info` and `GET /api/v1/system/status`.
 
+use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use axum::{Json, Router};
 use prexor_coord::ReplicaRecord;
 use serde::Serialize;
 
 use crate::app::App;
-use crate::auth::Principal;
-use crate::error::ApiError;
+use crate::auth::Caller;
+use crate::error::{ApiError, Json};
 
 /// A replica whose clock differs from the coordination store's by more than this is reported
 /// `clock.synchronized = false` (fencing stays safe; lease expiry timing moves).
@@ -123,10 +123,9 @@ struct Coordination {
 
 #[utoipa::path(
     get, path = "/api/v1/system/status", tag = "system",
-    responses((status = 200, body = Status)),
-    security(("bearer" = []))
+    responses((status = 200, body = Status))
 )]
-async fn status(State(app): State<App>, who: Principal) -> Result<Json<Status>, ApiError> {
+async fn status(Caller(app, who): Caller) -> Result<Json<Status>, ApiError> {
     who.require("system:read")?;
     let service = &app.service;
     let backend = service.leases.backend();

@@ -4,20 +4,20 @@
 //! runs. Moving a template's current version (upload, rollback) changes nothing that runs: the next
 //! group update or deployment picks it up.
 
+use axum::Router;
 use axum::body::Body as Raw;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use mongodb::bson::{self, doc};
 use prexor_domain::{GroupSpec, is_sha256_hex, now_ms};
 use prexor_model::workflows::templates::{LayerVersion, TemplateRecord, TemplateVersion};
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
-use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult, Body};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, Json, conflict_if_taken};
 use crate::uploads;
 
 pub use prexor_model::workflows::TEMPLATES;
@@ -28,10 +28,6 @@ pub fn routes() -> Router<App> {
         .route("/templates/{name}", get(show).put(upload).delete(remove))
         .route("/templates/{name}/rollback", post(rollback))
         .route("/templates/{name}/versions/{version}/content", get(content))
-}
-
-async fn find(app: &App, name: &str) -> ApiResult<TemplateRecord> {
-    app.must_record(TEMPLATES, "template", name).await
 }
 
 /// A template in the listing: its current version's layer and how many versions it has.
@@ -119,36 +115,21 @@ pub fn version_document<V: Serialize>(version: &LayerVersion<V>) -> ApiResult<bs
 
 #[utoipa::path(
     get, path = "/api/v1/templates", tag = "templates",
-    responses((status = 200, body = Vec<TemplateSummary>)),
-    security(("bearer" = []))
+    responses((status = 200, body = Vec<TemplateSummary>))
 )]
-async fn list(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<TemplateSummary>>> {
+async fn list(Caller(app, who): Caller) -> ApiResult<Json<Vec<TemplateSummary>>> {
     who.require("templates:read")?;
-    let templates: Vec<TemplateRecord> = app
-        .records(
-            TEMPLATES,
-            "listing templates",
-            doc! {},
-            doc! { "_id": 1 },
-            None,
-        )
-        .await?;
-    Ok(Json(templates.iter().map(TemplateSummary::from).collect()))
+    app.views::<TemplateRecord, _>(TEMPLATES, "listing templates", doc! {}, doc! { "_id": 1 })
+        .await
 }
 
 #[utoipa::path(
     get, path = "/api/v1/templates/{name}", tag = "templates",
-    params(("name" = String, Path)),
-    responses((status = 200, body = TemplateView)),
-    security(("bearer" = []))
+    responses((status = 200, body = TemplateView))
 )]
-async fn show(
-    State(app): State<App>,
-    who: Principal,
-    Path(name): Path<String>,
-) -> ApiResult<Json<TemplateView>> {
+async fn show(Caller(app, who): Caller, Path(name): Path<String>) -> ApiResult<Json<TemplateView>> {
     who.require("templates:read")?;
-    Ok(Json(TemplateView::from(&find(&app, &name).await?)))
+    Ok(Json(TemplateView::from(&app.find(&name).await?)))
 }
 
 /// A checked layer, stored.
@@ -177,25 +158,21 @@ pub async fn receive_layer(app: &App, headers: &HeaderMap, body: Raw) -> ApiResu
 /// the bytes are the same (200).
 #[utoipa::path(
     put, path = "/api/v1/templates/{name}", tag = "templates",
-    params(("name" = String, Path)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the layer as .tar.gz bytes"),
     responses(
         (status = 201, description = "a new version, now current", body = TemplateView),
         (status = 200, description = "the same bytes as the current version: nothing changed", body = TemplateView),
-    ),
-    security(("bearer" = []))
+    )
 )]
 async fn upload(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Raw,
 ) -> ApiResult<(StatusCode, Json<TemplateView>)> {
     who.require("templates:write")?;
-    prexor_domain::validate_name(&name).map_err(|e| ApiError::field("name", e.to_string()))?;
+    crate::error::check_name("name", &name)?;
     let Layer { hash, size, files } = receive_layer(&app, &headers, body).await?;
-    let store = app.store();
     let existing: Option<TemplateRecord> = app.record(TEMPLATES, &name).await?;
     if let Some(template) = &existing
         && template.current_version().is_some_and(|v| v.hash == hash)
@@ -218,31 +195,26 @@ async fn upload(
         Some(t) => doc! { "_id": &name, "versions": { "$size": t.versions.len() as i64 } },
         None => doc! { "_id": &name },
     };
-    let written = store
-        .bounded(
+    let push =
+        doc! { "$push": { "versions": version_document(&version)? }, "$set": { "current": next } };
+    let written = app
+        .update_one(
+            TEMPLATES,
             "recording the template version",
-            store
-                .documents(TEMPLATES)
-                .update_one(
-                    filter,
-                    doc! { "$push": { "versions": version_document(&version)? }, "$set": { "current": next } },
-                )
-                .upsert(existing.is_none()),
+            filter,
+            push,
+            existing.is_none(),
         )
-        .await;
-    match written {
-        Ok(result) if result.matched_count == 1 || result.upserted_id.is_some() => {}
-        Ok(_) => {
-            return Err(ApiError::conflict(format!(
-                "template {name:?} changed concurrently; upload again"
-            )));
-        }
-        Err(err) if err.is_duplicate_key() => {
-            return Err(ApiError::conflict(format!(
-                "template {name:?} was created concurrently; upload again"
-            )));
-        }
-        Err(err) => return Err(err.into()),
+        .await
+        .map_err(|err| {
+            conflict_if_taken(err, || {
+                format!("template {name:?} was created concurrently; upload again")
+            })
+        })?;
+    if written.matched_count != 1 && written.upserted_id.is_none() {
+        return Err(ApiError::conflict(format!(
+            "template {name:?} changed concurrently; upload again"
+        )));
     }
     app.audit_and_publish::<(), _>(
         &who,
@@ -256,7 +228,7 @@ async fn upload(
     .await;
     Ok((
         StatusCode::CREATED,
-        Json(TemplateView::from(&find(&app, &name).await?)),
+        Json(TemplateView::from(&app.find(&name).await?)),
     ))
 }
 
@@ -268,19 +240,15 @@ struct Rollback {
 
 #[utoipa::path(
     post, path = "/api/v1/templates/{name}/rollback", tag = "templates",
-    params(("name" = String, Path)),
-    request_body = Rollback,
-    responses((status = 200, body = TemplateView)),
-    security(("bearer" = []))
+    responses((status = 200, body = TemplateView))
 )]
 async fn rollback(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     Path(name): Path<String>,
-    Body(request): Body<Rollback>,
+    Json(request): Json<Rollback>,
 ) -> ApiResult<Json<TemplateView>> {
     who.require("templates:write")?;
-    let template = find(&app, &name).await?;
+    let template: TemplateRecord = app.find(&name).await?;
     if template.version(request.version).is_none() {
         return Err(ApiError::field(
             "version",
@@ -288,16 +256,13 @@ async fn rollback(
         ));
     }
     let before = template.current;
-    let store = app.store();
-    store
-        .bounded(
-            "moving the template's current version",
-            store.documents(TEMPLATES).update_one(
-                doc! { "_id": &name },
-                doc! { "$set": { "current": request.version } },
-            ),
-        )
-        .await?;
+    app.update_by_id(
+        TEMPLATES,
+        "moving the template's current version",
+        &name,
+        doc! { "$set": { "current": request.version } },
+    )
+    .await?;
     app.audit(
         &who,
         "template.rollback",
@@ -306,24 +271,21 @@ async fn rollback(
         Some(&request.version),
     )
     .await;
-    Ok(Json(TemplateView::from(&find(&app, &name).await?)))
+    Ok(Json(TemplateView::from(&app.find(&name).await?)))
 }
 
 #[utoipa::path(
     get, path = "/api/v1/templates/{name}/versions/{version}/content", tag = "templates",
-    params(("name" = String, Path), ("version" = i64, Path)),
     responses(
         (status = 200, description = "the layer", content_type = "application/gzip", body = Vec<u8>),
-    ),
-    security(("bearer" = []))
+    )
 )]
 async fn content(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     Path((name, version)): Path<(String, i64)>,
 ) -> ApiResult<Response> {
     who.require("templates:read")?;
-    let template = find(&app, &name).await?;
+    let template: TemplateRecord = app.find(&name).await?;
     let hash = template
         .version(version)
         .map(|v| v.hash.clone())
@@ -339,17 +301,11 @@ async fn content(
 
 #[utoipa::path(
     delete, path = "/api/v1/templates/{name}", tag = "templates",
-    params(("name" = String, Path)),
-    responses((status = 204)),
-    security(("bearer" = []))
+    responses((status = 204))
 )]
-async fn remove(
-    State(app): State<App>,
-    who: Principal,
-    Path(name): Path<String>,
-) -> ApiResult<StatusCode> {
+async fn remove(Caller(app, who): Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
     who.require("templates:write")?;
-    let template = find(&app, &name).await?;
+    let template: TemplateRecord = app.find(&name).await?;
     let hashes: Vec<&str> = template.versions.iter().map(|v| v.hash.as_str()).collect();
     let groups = app
         .store()
@@ -380,17 +336,10 @@ async fn remove(
             users.join(", ")
         )));
     }
-    app.delete_by_id(TEMPLATES, "deleting a template", &name)
-        .await?;
-    app.audit(
-        &who,
-        "template.delete",
-        &name,
-        Some(&TemplateView::from(&template)),
-        None::<&()>,
-    )
-    .await;
-    Ok(StatusCode::NO_CONTENT)
+    let before = TemplateView::from(&template);
+    let doing = "deleting a template";
+    app.delete_audited(&who, TEMPLATES, doing, "template.delete", &name, &before)
+        .await
 }
 
 /// Resolves every template reference of `spec` to a hash: by name (the pinned `version`, else the
@@ -418,7 +367,7 @@ pub async fn resolve(app: &App, spec: &mut GroupSpec) -> ApiResult<()> {
                     "give the template's name (and optionally version) or a layer hash",
                 ));
             }
-            let template = find(app, &reference.name).await.map_err(|_| {
+            let template: TemplateRecord = app.find(&reference.name).await.map_err(|_| {
                 ApiError::field(
                     &format!("templates[{i}].name"),
                     format!("no template {:?}; upload it first", reference.name),

@@ -1,9 +1,9 @@
 //! Users, roles and the audit log.
 
-use axum::extract::{Path, Query, State};
+use axum::Router;
+use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::{Json, Router};
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{Bson, Document, doc};
 use prexor_domain::now_ms;
@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::access::{self, UserWrite};
 use crate::app::App;
-use crate::auth::{Principal, hash_password, password_problem};
-use crate::error::{ApiError, ApiResult, Body};
+use crate::auth::{Caller, Principal, hash_password, password_problem};
+use crate::error::{ApiError, ApiResult, Json};
 use crate::permissions;
 
 pub fn routes() -> Router<App> {
@@ -56,36 +56,23 @@ impl From<&UserRecord> for UserView {
 
 #[utoipa::path(
     get, path = "/api/v1/users", tag = "users",
-    responses((status = 200, body = Vec<UserView>)),
-    security(("bearer" = []))
+    responses((status = 200, body = Vec<UserView>))
 )]
-async fn list_users(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<UserView>>> {
+async fn list_users(Caller(app, who): Caller) -> ApiResult<Json<Vec<UserView>>> {
     who.require("users:read")?;
-    let users: Vec<UserRecord> = app
-        .records(USERS, "listing users", doc! {}, doc! { "_id": 1 }, None)
-        .await?;
-    Ok(Json(users.iter().map(UserView::from).collect()))
-}
-
-async fn find_user(app: &App, name: &str) -> ApiResult<UserRecord> {
-    app.must_record(USERS, "user", name).await
+    app.views::<UserRecord, _>(USERS, "listing users", doc! {}, doc! { "_id": 1 })
+        .await
 }
 
 #[utoipa::path(
     get, path = "/api/v1/users/{name}", tag = "users",
-    params(("name" = String, Path)),
-    responses((status = 200, body = UserView)),
-    security(("bearer" = []))
+    responses((status = 200, body = UserView))
 )]
-async fn get_user(
-    State(app): State<App>,
-    who: Principal,
-    Path(name): Path<String>,
-) -> ApiResult<Json<UserView>> {
+async fn get_user(Caller(app, who): Caller, Path(name): Path<String>) -> ApiResult<Json<UserView>> {
     if name != who.user {
         who.require("users:read")?;
     }
-    Ok(Json(UserView::from(&find_user(&app, &name).await?)))
+    Ok(Json(UserView::from(&app.find(&name).await?)))
 }
 
 /// Every role name must exist (built-in or custom).
@@ -145,18 +132,14 @@ struct NewUser {
 
 #[utoipa::path(
     post, path = "/api/v1/users", tag = "users",
-    request_body = NewUser,
-    responses((status = 201, body = UserView)),
-    security(("bearer" = []))
+    responses((status = 201, body = UserView))
 )]
 async fn create_user(
-    State(app): State<App>,
-    who: Principal,
-    Body(new): Body<NewUser>,
+    Caller(app, who): Caller,
+    Json(new): Json<NewUser>,
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
     who.require("users:write")?;
-    prexor_domain::validate_name(&new.username)
-        .map_err(|e| ApiError::field("username", e.to_string()))?;
+    crate::error::check_name("username", &new.username)?;
     if let Some(problem) = password_problem(&new.password) {
         return Err(ApiError::field("password", problem));
     }
@@ -173,23 +156,10 @@ async fn create_user(
         last_login_at_ms: None,
         sessions_valid_after_ms: None,
     };
-    let store = app.store();
-    match store
-        .bounded(
-            "creating a user",
-            store.collection::<UserRecord>(USERS).insert_one(&record),
-        )
-        .await
-    {
-        Ok(_) => {}
-        Err(err) if err.is_duplicate_key() => {
-            return Err(ApiError::conflict(format!(
-                "user {:?} already exists",
-                new.username
-            )));
-        }
-        Err(err) => return Err(err.into()),
-    }
+    app.insert_new(USERS, "creating a user", &record, || {
+        format!("user {:?} already exists", new.username)
+    })
+    .await?;
     let view = UserView::from(&record);
     app.audit::<(), _>(&who, "user.create", &new.username, None, Some(&view))
         .await;
@@ -206,19 +176,15 @@ struct UserChange {
 
 #[utoipa::path(
     patch, path = "/api/v1/users/{name}", tag = "users",
-    params(("name" = String, Path)),
-    request_body = UserChange,
-    responses((status = 200, body = UserView)),
-    security(("bearer" = []))
+    responses((status = 200, body = UserView))
 )]
 async fn update_user(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     Path(name): Path<String>,
-    Body(change): Body<UserChange>,
+    Json(change): Json<UserChange>,
 ) -> ApiResult<Json<UserView>> {
     who.require("users:write")?;
-    let before = find_user(&app, &name).await?;
+    let before = app.find(&name).await?;
     require_holds_user(&app, &who, &name, &before).await?;
     let mut set = Document::new();
     if let Some(password) = change.password {
@@ -256,7 +222,7 @@ async fn update_user(
         app.audit::<(), ()>(&who, "user.password-reset", &name, None, None)
             .await;
     }
-    let after = find_user(&app, &name).await?;
+    let after = app.find(&name).await?;
     let (before, after) = (UserView::from(&before), UserView::from(&after));
     app.audit(&who, "user.update", &name, Some(&before), Some(&after))
         .await;
@@ -265,17 +231,11 @@ async fn update_user(
 
 #[utoipa::path(
     delete, path = "/api/v1/users/{name}", tag = "users",
-    params(("name" = String, Path)),
-    responses((status = 204)),
-    security(("bearer" = []))
+    responses((status = 204))
 )]
-async fn delete_user(
-    State(app): State<App>,
-    who: Principal,
-    Path(name): Path<String>,
-) -> ApiResult<StatusCode> {
+async fn delete_user(Caller(app, who): Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
     who.require("users:write")?;
-    let before = find_user(&app, &name).await?;
+    let before = app.find(&name).await?;
     require_holds_user(&app, &who, &name, &before).await?;
     access::write_user(&app, &name, before.id(), UserWrite::Delete).await?;
     app.audit(
@@ -323,10 +283,9 @@ impl RoleView {
 
 #[utoipa::path(
     get, path = "/api/v1/roles", tag = "roles",
-    responses((status = 200, body = Vec<RoleView>)),
-    security(("bearer" = []))
+    responses((status = 200, body = Vec<RoleView>))
 )]
-async fn list_roles(State(app): State<App>, who: Principal) -> ApiResult<Json<Vec<RoleView>>> {
+async fn list_roles(Caller(app, who): Caller) -> ApiResult<Json<Vec<RoleView>>> {
     who.require("roles:read")?;
     let mut roles: Vec<RoleView> = permissions::BUILTIN_ROLES
         .iter()
@@ -339,26 +298,16 @@ async fn list_roles(State(app): State<App>, who: Principal) -> ApiResult<Json<Ve
     Ok(Json(roles))
 }
 
-async fn find_role(app: &App, name: &str) -> ApiResult<RoleRecord> {
-    app.must_record(ROLES, "role", name).await
-}
-
 #[utoipa::path(
     get, path = "/api/v1/roles/{name}", tag = "roles",
-    params(("name" = String, Path)),
-    responses((status = 200, body = RoleView)),
-    security(("bearer" = []))
+    responses((status = 200, body = RoleView))
 )]
-async fn get_role(
-    State(app): State<App>,
-    who: Principal,
-    Path(name): Path<String>,
-) -> ApiResult<Json<RoleView>> {
+async fn get_role(Caller(app, who): Caller, Path(name): Path<String>) -> ApiResult<Json<RoleView>> {
     who.require("roles:read")?;
     if let Some(role) = RoleView::builtin(&name) {
         return Ok(Json(role));
     }
-    Ok(Json(RoleView::from(&find_role(&app, &name).await?)))
+    Ok(Json(RoleView::from(&app.find(&name).await?)))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -381,20 +330,17 @@ fn check_permissions(who: &Principal, list: &[String]) -> ApiResult<()> {
 
 #[utoipa::path(
     post, path = "/api/v1/roles", tag = "roles",
-    request_body = RoleBody,
-    responses((status = 201, body = RoleView)),
-    security(("bearer" = []))
+    responses((status = 201, body = RoleView))
 )]
 async fn create_role(
-    State(app): State<App>,
-    who: Principal,
-    Body(body): Body<RoleBody>,
+    Caller(app, who): Caller,
+    Json(body): Json<RoleBody>,
 ) -> ApiResult<(StatusCode, Json<RoleView>)> {
     who.require("roles:write")?;
     let name = body
         .name
         .ok_or_else(|| ApiError::field("name", "is required"))?;
-    prexor_domain::validate_name(&name).map_err(|e| ApiError::field("name", e.to_string()))?;
+    crate::error::check_name("name", &name)?;
     if permissions::builtin(&name).is_some() {
         return Err(ApiError::conflict(format!("{name:?} is a built-in role")));
     }
@@ -404,20 +350,10 @@ async fn create_role(
         permissions: body.permissions,
         description: body.description,
     };
-    let store = app.store();
-    match store
-        .bounded(
-            "creating a role",
-            store.collection::<RoleRecord>(ROLES).insert_one(&record),
-        )
-        .await
-    {
-        Ok(_) => {}
-        Err(err) if err.is_duplicate_key() => {
-            return Err(ApiError::conflict(format!("role {name:?} already exists")));
-        }
-        Err(err) => return Err(err.into()),
-    }
+    app.insert_new(ROLES, "creating a role", &record, || {
+        format!("role {name:?} already exists")
+    })
+    .await?;
     let view = RoleView::from(&record);
     app.audit::<(), _>(&who, "role.create", &name, None, Some(&view))
         .await;
@@ -426,16 +362,12 @@ async fn create_role(
 
 #[utoipa::path(
     put, path = "/api/v1/roles/{name}", tag = "roles",
-    params(("name" = String, Path)),
-    request_body = RoleBody,
-    responses((status = 200, body = RoleView)),
-    security(("bearer" = []))
+    responses((status = 200, body = RoleView))
 )]
 async fn update_role(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     Path(name): Path<String>,
-    Body(body): Body<RoleBody>,
+    Json(body): Json<RoleBody>,
 ) -> ApiResult<Json<RoleView>> {
     who.require("roles:write")?;
     if permissions::builtin(&name).is_some() {
@@ -447,18 +379,15 @@ async fn update_role(
         return Err(ApiError::field("name", "cannot be changed"));
     }
     check_permissions(&who, &body.permissions)?;
-    let before = find_role(&app, &name).await?;
-    let store = app.store();
-    store
-        .bounded(
-            "updating a role",
-            store.documents(ROLES).update_one(
-                doc! { "_id": &name },
-                doc! { "$set": { "permissions": &body.permissions, "description": &body.description } },
-            ),
-        )
-        .await?;
-    let after = RoleView::from(&find_role(&app, &name).await?);
+    let before = app.find(&name).await?;
+    app.update_by_id(
+        ROLES,
+        "updating a role",
+        &name,
+        doc! { "$set": { "permissions": &body.permissions, "description": &body.description } },
+    )
+    .await?;
+    let after = RoleView::from(&app.find(&name).await?);
     app.audit(
         &who,
         "role.update",
@@ -472,22 +401,16 @@ async fn update_role(
 
 #[utoipa::path(
     delete, path = "/api/v1/roles/{name}", tag = "roles",
-    params(("name" = String, Path)),
-    responses((status = 204)),
-    security(("bearer" = []))
+    responses((status = 204))
 )]
-async fn delete_role(
-    State(app): State<App>,
-    who: Principal,
-    Path(name): Path<String>,
-) -> ApiResult<StatusCode> {
+async fn delete_role(Caller(app, who): Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
     who.require("roles:write")?;
     if permissions::builtin(&name).is_some() {
         return Err(ApiError::conflict(format!(
             "{name:?} is a built-in role and cannot be deleted"
         )));
     }
-    let before = find_role(&app, &name).await?;
+    let before = app.find(&name).await?;
     let holders: Vec<UserRecord> = app
         .records(
             USERS,
@@ -504,16 +427,16 @@ async fn delete_role(
             names.join(", ")
         )));
     }
-    app.delete_by_id(ROLES, "deleting a role", &name).await?;
-    app.audit(
+    let before = RoleView::from(&before);
+    app.delete_audited(
         &who,
+        ROLES,
+        "deleting a role",
         "role.delete",
         &name,
-        Some(&RoleView::from(&before)),
-        None::<&()>,
+        &before,
     )
-    .await;
-    Ok(StatusCode::NO_CONTENT)
+    .await
 }
 
 #[derive(Deserialize)]
@@ -585,12 +508,10 @@ impl AuditEntryView {
 #[utoipa::path(
     get, path = "/api/v1/audit", tag = "audit",
     params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("actor" = Option<String>, Query), ("action" = Option<String>, Query), ("target" = Option<String>, Query)),
-    responses((status = 200, body = AuditPage)),
-    security(("bearer" = []))
+    responses((status = 200, body = AuditPage))
 )]
 async fn audit_log(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     Query(query): Query<AuditQuery>,
 ) -> ApiResult<Json<AuditPage>> {
     who.require("audit:read")?;

@@ -4,19 +4,19 @@
 //! report is kept in `instance_load`, where the group's scheduler reads it for DYNAMIC scaling.
 //! Any replica validates any instance's token from the shared store.
 
+use axum::Router;
 use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::routing::post;
-use axum::{Json, Router};
 use mongodb::bson::{Document, doc};
 use prexor_domain::{now_ms, sha256_hex};
 use prexor_model::instances::{InstanceLoad, InstanceRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
-use crate::error::{ApiError, ApiResult, Body};
+use crate::error::{ApiError, ApiResult, Json};
 use crate::groups::INSTANCES;
 
 pub use prexor_model::instances::INSTANCE_LOAD;
@@ -76,23 +76,21 @@ impl FromRequestParts<App> for Workload {
 }
 
 async fn update(app: &App, who: &Workload, update: Document) -> ApiResult<()> {
-    let store = app.store();
-    store
-        .bounded(
-            "recording the instance's load",
-            store
-                .documents(INSTANCE_LOAD)
-                .update_one(doc! { "_id": &who.instance }, update)
-                .upsert(true),
-        )
-        .await?;
+    let filter = doc! { "_id": &who.instance };
+    app.update_one(
+        INSTANCE_LOAD,
+        "recording the instance's load",
+        filter,
+        update,
+        true,
+    )
+    .await?;
     Ok(())
 }
 
 #[utoipa::path(
     post, path = "/api/v1/workload/ready", tag = "workload",
-    responses((status = 204)),
-    security(("instance" = []))
+    responses((status = 204))
 )]
 async fn ready(State(app): State<App>, who: Workload) -> ApiResult<StatusCode> {
     update(
@@ -152,14 +150,12 @@ async fn count(app: &App, who: &Workload) -> ApiResult<usize> {
 /// `{"event": "join" | "leave", "player": NAME}`: idempotent (a repeated join counts once).
 #[utoipa::path(
     post, path = "/api/v1/workload/players", tag = "workload",
-    request_body = PlayerChange,
-    responses((status = 200, body = PlayerCount)),
-    security(("instance" = []))
+    responses((status = 200, body = PlayerCount))
 )]
 async fn player(
     State(app): State<App>,
     who: Workload,
-    Body(change): Body<PlayerChange>,
+    Json(change): Json<PlayerChange>,
 ) -> ApiResult<Json<PlayerCount>> {
     check_player(&change.player)?;
     let operation = match change.event {
@@ -187,14 +183,12 @@ struct PlayerList {
 /// The full list of online players (e.g. every 30 s, or after a plugin restart).
 #[utoipa::path(
     put, path = "/api/v1/workload/players", tag = "workload",
-    request_body = PlayerList,
-    responses((status = 200, body = PlayerCount)),
-    security(("instance" = []))
+    responses((status = 200, body = PlayerCount))
 )]
 async fn players(
     State(app): State<App>,
     who: Workload,
-    Body(list): Body<PlayerList>,
+    Json(list): Json<PlayerList>,
 ) -> ApiResult<Json<PlayerCount>> {
     if list.players.len() > 10_000 {
         return Err(ApiError::field("players", "at most 10000 players"));
@@ -225,14 +219,12 @@ struct Metrics {
 
 #[utoipa::path(
     post, path = "/api/v1/workload/metrics", tag = "workload",
-    request_body = Metrics,
-    responses((status = 204)),
-    security(("instance" = []))
+    responses((status = 204))
 )]
 async fn metrics(
     State(app): State<App>,
     who: Workload,
-    Body(metrics): Body<Metrics>,
+    Json(metrics): Json<Metrics>,
 ) -> ApiResult<StatusCode> {
     let finite = |v: Option<f64>| v.is_none_or(|v| v.is_finite() && v >= 0.0);
     if !finite(metrics.tps) || !finite(metrics.mspt) {

@@ -267,6 +267,9 @@ impl Sessions {
                         "hostId": &hello.host_id,
                         "labels": hello.labels.iter().map(|(k, v)| (k.clone(), Bson::String(v.clone()))).collect::<Document>(),
                         "resources": hello.resources.as_ref().map(resources_doc).map(Bson::Document).unwrap_or(Bson::Null),
+                        "isolation": hello.isolation.as_ref().map(|i| Bson::Document(doc! {
+                            "runAs": &i.run_as, "limits": &i.limits, "resourceLimits": i.resource_limits,
+                        })).unwrap_or(Bson::Null),
                         "connectedAtMs": now_ms(),
                         "lastHeartbeatMs": now_ms(),
                     } },

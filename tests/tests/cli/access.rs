@@ -4,11 +4,10 @@
 //! roles (`create`, `list`, `delete`).
 
 use anyhow::{Context, ensure};
-use prexor_acceptance::{Cluster, find_doc, spec_of};
-use prexor_testkit::eventually;
+use prexor_acceptance::{Cluster, find_doc, get_doc, spec_of};
 use serde_json::json;
 
-use crate::{CONDITION_WITHIN, Stack, has_group, path_str};
+use crate::{CONDITION_WITHIN, Stack, has_group, lists, path_str};
 
 /// An API token used and deleted; a write-only token refused by `groups apply`.
 pub async fn tokens(cluster: &Cluster, stack: &Stack) -> anyhow::Result<()> {
@@ -39,9 +38,7 @@ pub async fn tokens(cluster: &Cluster, stack: &Stack) -> anyhow::Result<()> {
         "{}",
         created.stderr
     );
-    let stored = find_doc(cluster, "api_tokens", &token_id)
-        .await?
-        .context("token")?;
+    let stored = get_doc(cluster, "api_tokens", &token_id).await?;
     ensure!(
         stored.get_str("owner") == Ok("admin")
             && stored.get_str("name") == Ok("ci")
@@ -51,20 +48,20 @@ pub async fn tokens(cluster: &Cluster, stack: &Stack) -> anyhow::Result<()> {
     );
     let listed = ctl.json(&["tokens", "list"])?;
     ensure!(
-        listed.as_array().is_some_and(|l| l
-            .iter()
-            .any(|t| t["id"] == token_id.as_str() && t["name"] == "ci")),
+        lists(&listed, |t| t["id"] == token_id.as_str()
+            && t["name"] == "ci"),
         "{listed}"
     );
-    let table = ctl.ok(&["tokens", "list", "--owner", "all"])?;
-    ensure!(
-        table.contains(&token_id) && table.contains("groups:read"),
-        "{table}"
-    );
+    ctl.says(
+        &["tokens", "list", "--owner", "all"],
+        &[&token_id, "groups:read"],
+    )?;
     let with_token = ctl.json(&["--token", &api_token, "groups", "list"])?;
     ensure!(has_group(&with_token, "lobby"), "{with_token}");
-    let err = ctl.fails(&["--token", &api_token, "nodes", "cordon", "node-1"])?;
-    ensure!(err.contains("403") && err.contains("nodes:write"), "{err}");
+    ctl.fails_saying(
+        &["--token", &api_token, "nodes", "cordon", "node-1"],
+        &["403", "nodes:write"],
+    )?;
     // A token that may write groups but not read them: `groups apply` cannot see the current
     // revision, and says so (it must not take the refusal for "no such group" and create it).
     let writer = ctl.json(&["tokens", "create", "writer", "-p", "groups:write"])?;
@@ -74,16 +71,18 @@ pub async fn tokens(cluster: &Cluster, stack: &Stack) -> anyhow::Result<()> {
     let g404_file = dir.join("g404.json");
     std::fs::write(&g404_file, serde_json::to_string(&g404)?)?;
     let refused_to_writer = || -> anyhow::Result<()> {
-        let err = ctl.fails(&[
-            "--token",
-            &writer_token,
-            "groups",
-            "apply",
-            "g404",
-            "-f",
-            path_str(&g404_file)?,
-        ])?;
-        ensure!(err.contains("403") && err.contains("groups:read"), "{err}");
+        ctl.fails_saying(
+            &[
+                "--token",
+                &writer_token,
+                "groups",
+                "apply",
+                "g404",
+                "-f",
+                path_str(&g404_file)?,
+            ],
+            &["403", "groups:read"],
+        )?;
         Ok(())
     };
     refused_to_writer()?;
@@ -99,15 +98,10 @@ pub async fn tokens(cluster: &Cluster, stack: &Stack) -> anyhow::Result<()> {
     let (_, group) = rest.get("/groups/g404").await?;
     ensure!(group["revision"] == 1, "{group}");
     ctl.ok(&["groups", "delete", "g404"])?;
-    eventually("group g404 removed", CONDITION_WITHIN, async || {
-        let (status, _) = rest.get("/groups/g404").await?;
-        Ok((status == 404).then_some(()))
-    })
-    .await?;
+    rest.wait_gone("/groups/g404", CONDITION_WITHIN).await?;
     ctl.ok(&["tokens", "delete", &writer_id])?;
 
-    let out = ctl.ok(&["tokens", "delete", &token_id])?;
-    ensure!(out.contains(&format!("token {token_id} deleted")), "{out}");
+    ctl.deletes("tokens", &token_id)?;
     ensure!(
         find_doc(cluster, "api_tokens", &token_id).await?.is_none(),
         "the token record is gone"
@@ -151,37 +145,23 @@ pub async fn users_and_contexts(cluster: &Cluster, stack: &Stack) -> anyhow::Res
             && saved["contexts"]["spare"]["controller"] == api.http.as_str(),
         "the second context: {saved}"
     );
-    let contexts = ctl.ok(&["context", "list"])?;
-    ensure!(
-        contexts.contains("* spare") && contexts.contains("  local") && contexts.contains("alice"),
-        "{contexts}"
-    );
+    ctl.says(&["context", "list"], &["* spare", "  local", "alice"])?;
     let listed = ctl.json(&["groups", "list"])?;
     ensure!(has_group(&listed, "lobby"), "alice reads groups: {listed}");
     let err = ctl.fails(&["nodes", "cordon", "node-1"])?;
     ensure!(err.contains("403"), "a viewer cannot cordon: {err}");
-    let out = ctl.ok(&["context", "use", "local"])?;
-    ensure!(out.contains("now using context \"local\""), "{out}");
+    ctl.says(
+        &["context", "use", "local"],
+        &["now using context \"local\""],
+    )?;
     ensure!(ctl.saved()?["current"] == "local", "current context");
-    let contexts = ctl.ok(&["context", "list"])?;
-    ensure!(
-        contexts.contains("* local") && contexts.contains("  spare"),
-        "{contexts}"
-    );
-    let err = ctl.fails(&["context", "use", "nowhere"])?;
-    ensure!(err.contains("no context \"nowhere\""), "{err}");
+    ctl.says(&["context", "list"], &["* local", "  spare"])?;
+    ctl.fails_saying(&["context", "use", "nowhere"], &["no context \"nowhere\""])?;
     ctl.ok(&["--context", "spare", "groups", "list"])?;
 
-    let table = ctl.ok(&["users", "list"])?;
-    ensure!(
-        table.contains("alice") && table.contains("viewer"),
-        "{table}"
-    );
-    let out = ctl.ok(&["users", "disable", "alice"])?;
-    ensure!(out.contains("user alice disabled"), "{out}");
-    let stored = find_doc(cluster, "users", "alice")
-        .await?
-        .context("alice")?;
+    ctl.says(&["users", "list"], &["alice", "viewer"])?;
+    ctl.says(&["users", "disable", "alice"], &["user alice disabled"])?;
+    let stored = get_doc(cluster, "users", "alice").await?;
     ensure!(stored.get_bool("disabled") == Ok(true), "{stored:?}");
     let err = ctl.fails(&["--context", "spare", "groups", "list"])?;
     ensure!(
@@ -193,28 +173,26 @@ pub async fn users_and_contexts(cluster: &Cluster, stack: &Stack) -> anyhow::Res
         "a disabled user cannot sign in"
     );
     // Signing out of a context whose session already ended on the server forgets it locally.
-    let out = ctl.ok(&["--context", "spare", "logout"])?;
-    ensure!(out.contains("logged out of context \"spare\""), "{out}");
+    ctl.says(
+        &["--context", "spare", "logout"],
+        &["logged out of context \"spare\""],
+    )?;
     let saved = ctl.saved()?;
     ensure!(
         saved["contexts"]["spare"]["token"].is_null() && saved["current"] == "local",
         "{saved}"
     );
     ctl.ok(&["users", "enable", "alice"])?;
-    let stored = find_doc(cluster, "users", "alice")
-        .await?
-        .context("alice")?;
+    let stored = get_doc(cluster, "users", "alice").await?;
     ensure!(stored.get_bool("disabled") == Ok(false), "{stored:?}");
     api.login("alice", alice_password).await?;
     let listed = ctl.json(&["users", "list"])?;
     ensure!(
-        listed.as_array().is_some_and(|l| l
-            .iter()
-            .any(|u| u["username"] == "alice" && u["disabled"] == false)),
+        lists(&listed, |u| u["username"] == "alice"
+            && u["disabled"] == false),
         "{listed}"
     );
-    let out = ctl.ok(&["users", "delete", "alice"])?;
-    ensure!(out.contains("user alice deleted"), "{out}");
+    ctl.deletes("users", "alice")?;
     let (status, _) = rest.get("/users/alice").await?;
     ensure!(status == 404, "deleted: {status}");
     Ok(())
@@ -225,34 +203,27 @@ pub async fn roles(cluster: &Cluster, stack: &Stack) -> anyhow::Result<()> {
     let ctl = &stack.ctl;
 
     // ---- roles create, list, delete.
-    let out = ctl.ok(&[
-        "roles",
-        "create",
-        "reader",
-        "-p",
-        "groups:read",
-        "-p",
-        "nodes:read",
-    ])?;
-    ensure!(out.contains("role reader created"), "{out}");
-    let stored = find_doc(cluster, "roles", "reader")
-        .await?
-        .context("role")?;
+    ctl.says(
+        &[
+            "roles",
+            "create",
+            "reader",
+            "-p",
+            "groups:read",
+            "-p",
+            "nodes:read",
+        ],
+        &["role reader created"],
+    )?;
+    let stored = get_doc(cluster, "roles", "reader").await?;
     ensure!(stored.get_array("permissions")?.len() == 2, "{stored:?}");
-    let table = ctl.ok(&["roles", "list"])?;
-    ensure!(
-        table.contains("reader") && table.contains("nodes:read") && table.contains("operator"),
-        "{table}"
-    );
+    ctl.says(&["roles", "list"], &["reader", "nodes:read", "operator"])?;
     let listed = ctl.json(&["roles", "list"])?;
     ensure!(
-        listed.as_array().is_some_and(|l| l
-            .iter()
-            .any(|r| r["name"] == "reader" && r["builtin"] == false)),
+        lists(&listed, |r| r["name"] == "reader" && r["builtin"] == false),
         "{listed}"
     );
-    let out = ctl.ok(&["roles", "delete", "reader"])?;
-    ensure!(out.contains("role reader deleted"), "{out}");
+    ctl.deletes("roles", "reader")?;
     ensure!(
         find_doc(cluster, "roles", "reader").await?.is_none(),
         "the role is gone"

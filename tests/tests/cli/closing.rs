@@ -1,10 +1,9 @@
 //! The end of the scenario: the audit log of every phase, completions, errors that name the
 //! problem, deleting the last group (its running instance is stopped first), and logout.
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use mongodb::bson::doc;
-use prexor_acceptance::{Cluster, find_doc, find_docs, reported_state};
-use prexor_testkit::eventually;
+use prexor_acceptance::{Cluster, fields_of, get_doc, live_instances, reported_state};
 use serde_json::json;
 
 use crate::{CONDITION_WITHIN, Stack};
@@ -15,12 +14,7 @@ pub fn audit_completions_and_errors(stack: &Stack) -> anyhow::Result<()> {
 
     // ---- audit: what the commands above did, by whom.
     let entries = ctl.json(&["audit", "--limit", "500"])?;
-    let actions: Vec<&str> = entries
-        .as_array()
-        .context("audit entries")?
-        .iter()
-        .filter_map(|e| e["action"].as_str())
-        .collect();
+    let actions = fields_of(&entries, "action")?;
     for action in [
         "group.create",
         "group.update",
@@ -55,11 +49,10 @@ pub fn audit_completions_and_errors(stack: &Stack) -> anyhow::Result<()> {
     ] {
         ensure!(actions.contains(&action), "{action} audited: {actions:?}");
     }
-    let table = ctl.ok(&["audit", "--limit", "3"])?;
-    ensure!(
-        table.contains("ACTOR") && table.contains("admin") && table.contains("role.delete"),
-        "{table}"
-    );
+    ctl.says(
+        &["audit", "--limit", "3"],
+        &["ACTOR", "admin", "role.delete"],
+    )?;
     let page = ctl.json(&["audit", "--limit", "3"])?;
     ensure!(
         page.as_array().map(Vec::len) == Some(3),
@@ -76,15 +69,15 @@ pub fn audit_completions_and_errors(stack: &Stack) -> anyhow::Result<()> {
     );
 
     // ---- errors name the problem.
-    let err = ctl.fails(&["groups", "get", "does-not-exist"])?;
-    ensure!(
-        err.contains("404") && err.contains("no group \"does-not-exist\""),
-        "{err}"
-    );
-    let err = ctl.fails(&["groups", "apply", "x", "-f", "/nonexistent/spec.json"])?;
-    ensure!(err.contains("cannot read /nonexistent/spec.json"), "{err}");
-    let err = ctl.fails(&["instances", "get", "nope-1"])?;
-    ensure!(err.contains("404") && err.contains("nope-1"), "{err}");
+    ctl.fails_saying(
+        &["groups", "get", "does-not-exist"],
+        &["404", "no group \"does-not-exist\""],
+    )?;
+    ctl.fails_saying(
+        &["groups", "apply", "x", "-f", "/nonexistent/spec.json"],
+        &["cannot read /nonexistent/spec.json"],
+    )?;
+    ctl.fails_saying(&["instances", "get", "nope-1"], &["404", "nope-1"])?;
     let run = ctl.run(&["groups", "frobnicate"], None)?;
     ensure!(
         run.code == Some(2) && run.stderr.contains("frobnicate"),
@@ -92,8 +85,10 @@ pub fn audit_completions_and_errors(stack: &Stack) -> anyhow::Result<()> {
         run.code,
         run.stderr
     );
-    let err = ctl.fails(&["--controller", "api-1:8080", "groups", "list"])?;
-    ensure!(err.contains("must be an http:// or https:// URL"), "{err}");
+    ctl.fails_saying(
+        &["--controller", "api-1:8080", "groups", "list"],
+        &["must be an http:// or https:// URL"],
+    )?;
     Ok(())
 }
 
@@ -103,30 +98,20 @@ pub async fn delete_and_logout(cluster: &Cluster, stack: &Stack) -> anyhow::Resu
 
     // ---- groups delete of a group with a running instance: it is stopped, then the group is
     // gone (and no game server outlives the test: daemons leave their instances running).
-    let out = ctl.ok(&["groups", "delete", "lobby"])?;
-    ensure!(out.contains("group lobby is being deleted"), "{out}");
-    eventually("group lobby removed", CONDITION_WITHIN, async || {
-        let (status, _) = rest.get("/groups/lobby").await?;
-        Ok((status == 404).then_some(()))
-    })
-    .await?;
-    let active = find_docs(
-        cluster,
-        "instances",
-        doc! { "group": "lobby", "state": { "$nin": ["STOPPED", "CRASHED"] } },
-    )
-    .await?;
+    ctl.says(
+        &["groups", "delete", "lobby"],
+        &["group lobby is being deleted"],
+    )?;
+    rest.wait_gone("/groups/lobby", CONDITION_WITHIN).await?;
+    let active = live_instances(cluster, doc! { "group": "lobby" }).await?;
     ensure!(active.is_empty(), "lobby's instances stopped: {active:?}");
-    let stopped = find_doc(cluster, "instances", "lobby-1")
-        .await?
-        .context("lobby-1")?;
+    let stopped = get_doc(cluster, "instances", "lobby-1").await?;
     ensure!(reported_state(&stopped) == "STOPPED", "{stopped:?}");
     let listed = ctl.json(&["groups", "list"])?;
     ensure!(listed == json!([]), "no groups left: {listed}");
 
     // ---- logout: the session ends on the server; the context then asks to sign in.
-    let out = ctl.ok(&["logout"])?;
-    ensure!(out.contains("logged out of context \"local\""), "{out}");
+    ctl.says(&["logout"], &["logged out of context \"local\""])?;
     let (status, _) = rest.get("/auth/me").await?;
     ensure!(status == 401, "the session is revoked: {status}");
     let saved = ctl.saved()?;
@@ -134,12 +119,7 @@ pub async fn delete_and_logout(cluster: &Cluster, stack: &Stack) -> anyhow::Resu
         saved["contexts"]["local"]["token"].is_null() && saved["current"] == "local",
         "{saved}"
     );
-    let contexts = ctl.ok(&["context", "list"])?;
-    ensure!(contexts.contains("(signed out)"), "{contexts}");
-    let err = ctl.fails(&["groups", "list"])?;
-    ensure!(
-        err.contains("401") && err.contains("prexorctl login"),
-        "{err}"
-    );
+    ctl.says(&["context", "list"], &["(signed out)"])?;
+    ctl.fails_saying(&["groups", "list"], &["401", "prexorctl login"])?;
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, ensure};
-use prexor_acceptance::Cluster;
+use prexor_acceptance::{Cluster, mentions_all};
 use serde_json::Value;
 
 /// One finished `prexorctl` run.
@@ -93,6 +93,21 @@ impl Ctl {
         self.succeeds(args, None)
     }
 
+    /// Requires exit 0 and a standard output naming every one of `needles`; that output.
+    pub fn says(&self, args: &[&str], needles: &[&str]) -> anyhow::Result<String> {
+        mentions_all(self.ok(args)?, needles, || {
+            format!("prexorctl {args:?} answered")
+        })
+    }
+
+    /// Requires a non-zero exit and an explanation naming every one of `needles`; that
+    /// explanation.
+    pub fn fails_saying(&self, args: &[&str], needles: &[&str]) -> anyhow::Result<String> {
+        mentions_all(self.fails(args)?, needles, || {
+            format!("prexorctl {args:?} failed")
+        })
+    }
+
     /// Requires a non-zero exit and an explanation on stderr; that explanation.
     pub fn fails(&self, args: &[&str]) -> anyhow::Result<String> {
         let run = self.run(args, None)?;
@@ -104,6 +119,16 @@ impl Ctl {
             run.stderr
         );
         Ok(run.stderr)
+    }
+
+    /// `KIND delete NAME` (`kind` plural: `users`), requiring the answer "user NAME deleted".
+    pub fn deletes(&self, kind: &str, name: &str) -> anyhow::Result<()> {
+        let noun = kind.strip_suffix('s').unwrap_or(kind);
+        self.says(
+            &[kind, "delete", name],
+            &[&format!("{noun} {name} deleted")],
+        )?;
+        Ok(())
     }
 
     /// `args -o json`, parsed.

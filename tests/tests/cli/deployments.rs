@@ -1,42 +1,41 @@
 //! Deployments of the lobby group: `create --wait`, `list`, `get`; `pause`, `resume`;
 //! `rollback`.
 
+use std::path::Path;
+
 use anyhow::{Context, ensure};
-use prexor_acceptance::{Cluster, find_doc, reported_state, wait_doc, with_version};
+use prexor_acceptance::{Cluster, get_doc, reported_state, wait_doc, wait_state, with_version};
 use serde_json::Value;
 
 use crate::{Stack, path_str};
+
+/// `lobby` at `version`, written to `<dir>/lobby-v<version>.json`; the file's path.
+fn spec_file(dir: &Path, lobby: &Value, version: &str) -> anyhow::Result<String> {
+    let file = dir.join(format!("lobby-v{version}.json"));
+    std::fs::write(&file, serde_json::to_string(&with_version(lobby, version))?)?;
+    Ok(path_str(&file)?.to_owned())
+}
 
 /// Rolls `lobby` (the group's spec) to versions 2, 3 and 4, and back from 4 to 3.
 pub async fn deployments(cluster: &Cluster, stack: &Stack, lobby: &Value) -> anyhow::Result<()> {
     let (ctl, rest, dir) = (&stack.ctl, &stack.rest, &cluster.dir);
 
     // ---- deployments: create --wait, list, get; pause, resume; rollback.
-    let v2 = dir.join("lobby-v2.json");
-    std::fs::write(&v2, serde_json::to_string(&with_version(lobby, "2"))?)?;
-    let out = ctl.ok(&[
-        "deployments",
-        "create",
-        "lobby",
-        "-f",
-        path_str(&v2)?,
-        "--wait",
-    ])?;
-    ensure!(out.contains("done"), "{out}");
+    let v2 = spec_file(dir, lobby, "2")?;
+    ctl.says(
+        &["deployments", "create", "lobby", "-f", &v2, "--wait"],
+        &["done"],
+    )?;
     let listed = ctl.json(&["deployments", "list", "lobby"])?;
     ensure!(
         listed.as_array().map(Vec::len) == Some(1) && listed[0]["state"] == "DONE",
         "{listed}"
     );
     let first_deployment = listed[0]["id"].as_str().context("id")?.to_owned();
-    let stored = find_doc(cluster, "deployments", &first_deployment)
-        .await?
-        .context("the deployment record")?;
+    let stored = get_doc(cluster, "deployments", &first_deployment).await?;
     ensure!(stored.get_str("state") == Ok("DONE"), "{stored:?}");
     let target = stored.get_str("targetSpecHash")?.to_owned();
-    let lobby_1 = find_doc(cluster, "instances", "lobby-1")
-        .await?
-        .context("lobby-1")?;
+    let lobby_1 = get_doc(cluster, "instances", "lobby-1").await?;
     ensure!(
         lobby_1.get_str("specHash") == Ok(target.as_str())
             && lobby_1.get_str("state") == Ok("RUNNING"),
@@ -44,25 +43,23 @@ pub async fn deployments(cluster: &Cluster, stack: &Stack, lobby: &Value) -> any
     );
     let (_, group) = rest.get("/groups/lobby").await?;
     ensure!(group["spec"]["env"]["VERSION"] == "2", "{group}");
-    let table = ctl.ok(&["deployments", "list", "lobby"])?;
-    ensure!(
-        table.contains(&first_deployment) && table.contains("DONE"),
-        "{table}"
-    );
+    ctl.says(
+        &["deployments", "list", "lobby"],
+        &[&first_deployment, "DONE"],
+    )?;
     let shown = ctl.yaml(&["deployments", "get", &first_deployment])?;
     ensure!(
         shown["state"] == "DONE" && shown["live"]["updated"] == 1 && shown["group"] == "lobby",
         "{shown}"
     );
 
-    let v3 = dir.join("lobby-v3.json");
-    std::fs::write(&v3, serde_json::to_string(&with_version(lobby, "3"))?)?;
+    let v3 = spec_file(dir, lobby, "3")?;
     let created = ctl.json(&[
         "deployments",
         "create",
         "lobby",
         "-f",
-        path_str(&v3)?,
+        &v3,
         "--batch-size",
         "1",
         "--max-unavailable",
@@ -70,29 +67,21 @@ pub async fn deployments(cluster: &Cluster, stack: &Stack, lobby: &Value) -> any
     ])?;
     let second = created["id"].as_str().context("id")?.to_owned();
     ensure!(created["state"] == "ROLLING", "{created}");
-    let out = ctl.ok(&["deployments", "pause", &second])?;
-    ensure!(
-        out.contains(&format!("deployment {second}: PAUSED")),
-        "{out}"
-    );
-    let stored = find_doc(cluster, "deployments", &second)
-        .await?
-        .context("record")?;
+    ctl.says(
+        &["deployments", "pause", &second],
+        &[&format!("deployment {second}: PAUSED")],
+    )?;
+    let stored = get_doc(cluster, "deployments", &second).await?;
     ensure!(stored.get_str("state") == Ok("PAUSED"), "{stored:?}");
-    let err = ctl.fails(&["deployments", "pause", &second])?;
-    ensure!(err.contains("409") && err.contains("not ROLLING"), "{err}");
+    ctl.fails_saying(&["deployments", "pause", &second], &["409", "not ROLLING"])?;
     let resumed = ctl.json(&["deployments", "resume", &second])?;
     ensure!(resumed["state"] == "ROLLING", "{resumed}");
-    wait_doc(cluster, "deployments", &second, "DONE", |d| {
-        d.get_str("state") == Ok("DONE")
-    })
-    .await?;
+    wait_state(cluster, "deployments", &second, "DONE").await?;
     let (_, group) = rest.get("/groups/lobby").await?;
     ensure!(group["spec"]["env"]["VERSION"] == "3", "{group}");
 
-    let v4 = dir.join("lobby-v4.json");
-    std::fs::write(&v4, serde_json::to_string(&with_version(lobby, "4"))?)?;
-    let created = ctl.json(&["deployments", "create", "lobby", "-f", path_str(&v4)?])?;
+    let v4 = spec_file(dir, lobby, "4")?;
+    let created = ctl.json(&["deployments", "create", "lobby", "-f", &v4])?;
     let third = created["id"].as_str().context("id")?.to_owned();
     ctl.ok(&["deployments", "pause", &third])?;
     let (_, group) = rest.get("/groups/lobby").await?;

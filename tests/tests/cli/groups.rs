@@ -2,13 +2,24 @@
 //! `instances list`, `get`, `start`, `command`, `console`, `stop`, `kill`, `crashes`; and `groups
 //! delete` of a group whose instance ended.
 
+use std::path::Path;
+
 use anyhow::ensure;
 use mongodb::bson::doc;
-use prexor_acceptance::{Cluster, find_docs, reported_state, running, spec_of, wait_doc};
+use prexor_acceptance::{
+    Cluster, find_docs, reported_pid, running, running_again, spec_of, wait_doc,
+};
 use prexor_testkit::eventually;
 use serde_json::{Value, json};
 
-use crate::{CONDITION_WITHIN, Stack, path_str, pid_of};
+use crate::ctl::Ctl;
+use crate::{CONDITION_WITHIN, Stack, path_str};
+
+/// Writes `spec` to `file` and applies it to `group` (`groups apply`); what prexorctl said.
+fn apply(ctl: &Ctl, file: &Path, group: &str, spec: &str) -> anyhow::Result<String> {
+    std::fs::write(file, spec)?;
+    ctl.ok(&["groups", "apply", group, "-f", path_str(file)?])
+}
 
 /// Creates the groups "lobby" (STATIC, one instance) and "event" (MANUAL), operates their
 /// instances, deletes "event"; the lobby's spec, which later phases roll forward.
@@ -17,9 +28,8 @@ pub async fn groups_and_instances(cluster: &Cluster, stack: &Stack) -> anyhow::R
 
     // ---- groups apply (create from JSON, update from YAML), list, get.
     let lobby = spec_of("lobby", 1, &["--stop-delay", "500"])?;
-    let lobby_file = dir.join("lobby.json");
-    std::fs::write(&lobby_file, serde_json::to_string_pretty(&lobby)?)?;
-    let out = ctl.ok(&["groups", "apply", "lobby", "-f", path_str(&lobby_file)?])?;
+    let json = serde_json::to_string_pretty(&lobby)?;
+    let out = apply(ctl, &dir.join("lobby.json"), "lobby", &json)?;
     ensure!(out.contains("group lobby at revision 1"), "{out}");
     let (status, group) = rest.get("/groups/lobby").await?;
     ensure!(
@@ -31,13 +41,15 @@ pub async fn groups_and_instances(cluster: &Cluster, stack: &Stack) -> anyhow::R
     let mut event = spec_of("event", 0, &[])?;
     event["scaling"] = json!("MANUAL");
     event["maxInstances"] = json!(2);
-    let event_file = dir.join("event.json");
-    std::fs::write(&event_file, serde_json::to_string(&event)?)?;
-    ctl.ok(&["groups", "apply", "event", "-f", path_str(&event_file)?])?;
+    apply(
+        ctl,
+        &dir.join("event.json"),
+        "event",
+        &serde_json::to_string(&event)?,
+    )?;
     event["maxInstances"] = json!(3);
-    let event_yaml = dir.join("event.yaml");
-    std::fs::write(&event_yaml, serde_norway::to_string(&event)?)?;
-    let out = ctl.ok(&["groups", "apply", "event", "-f", path_str(&event_yaml)?])?;
+    let yaml = serde_norway::to_string(&event)?;
+    let out = apply(ctl, &dir.join("event.yaml"), "event", &yaml)?;
     ensure!(out.contains("group event at revision 2"), "{out}");
     let (_, group) = rest.get("/groups/event").await?;
     ensure!(
@@ -47,14 +59,10 @@ pub async fn groups_and_instances(cluster: &Cluster, stack: &Stack) -> anyhow::R
         "the YAML update is applied: {group}"
     );
 
-    let table = ctl.ok(&["groups", "list"])?;
-    ensure!(
-        table.contains("lobby")
-            && table.contains("event")
-            && table.contains("MANUAL")
-            && table.contains("RUNNING=1"),
-        "{table}"
-    );
+    ctl.says(
+        &["groups", "list"],
+        &["lobby", "event", "MANUAL", "RUNNING=1"],
+    )?;
     let listed = ctl.json(&["groups", "list"])?;
     ensure!(
         listed.as_array().map(Vec::len) == Some(2),
@@ -77,22 +85,20 @@ pub async fn groups_and_instances(cluster: &Cluster, stack: &Stack) -> anyhow::R
             && listed[0]["nodeId"] == "node-1",
         "{listed}"
     );
-    let table = ctl.ok(&["instances", "list", "--state", "running"])?;
-    ensure!(
-        table.contains("lobby-1") && table.contains("RUNNING"),
-        "{table}"
-    );
+    ctl.says(
+        &["instances", "list", "--state", "running"],
+        &["lobby-1", "RUNNING"],
+    )?;
     let shown = ctl.yaml(&["instances", "get", "lobby-1"])?;
     ensure!(
         shown["id"] == "lobby-1"
             && shown["group"] == "lobby"
             && shown["plan"]["env"]["PREXOR_INSTANCE_TOKEN"] == "(hidden)"
-            && shown["reported"]["pid"] == pid_of(&first),
+            && shown["reported"]["pid"] == reported_pid(&first),
         "{shown}"
     );
 
-    let out = ctl.ok(&["instances", "start", "event"])?;
-    ensure!(out.contains("places a new instance"), "{out}");
+    ctl.says(&["instances", "start", "event"], &["places a new instance"])?;
     running(cluster, &["event-1"]).await?;
     let (_, listed) = rest.get("/instances?group=event").await?;
     ensure!(
@@ -100,31 +106,27 @@ pub async fn groups_and_instances(cluster: &Cluster, stack: &Stack) -> anyhow::R
         "{listed}"
     );
 
-    let out = ctl.ok(&["instances", "command", "lobby-1", "echo", "hello-from-ctl"])?;
-    ensure!(out.contains("sent to lobby-1"), "{out}");
+    ctl.says(
+        &["instances", "command", "lobby-1", "echo", "hello-from-ctl"],
+        &["sent to lobby-1"],
+    )?;
     let console = eventually("the echo in the console", CONDITION_WITHIN, async || {
         let out = ctl.ok(&["instances", "console", "lobby-1", "--lines", "50"])?;
         Ok(out.contains("hello-from-ctl").then_some(out))
     })
     .await?;
     ensure!(console.contains("Done ("), "the history: {console}");
-    let err = ctl.fails(&["instances", "command", "lobby-1"])?;
-    ensure!(err.contains("give the console line"), "{err}");
+    ctl.fails_saying(
+        &["instances", "command", "lobby-1"],
+        &["give the console line"],
+    )?;
 
     // Stop: a STATIC group starts it again, as a new process.
-    let out = ctl.ok(&["instances", "stop", "lobby-1"])?;
-    ensure!(out.contains("stop lobby-1"), "{out}");
-    let old_pid = pid_of(&first);
-    let restarted = wait_doc(cluster, "instances", "lobby-1", "restarted", |d| {
-        d.get_str("state") == Ok("RUNNING")
-            && reported_state(d) == "RUNNING"
-            && pid_of(d) != old_pid
-    })
-    .await?;
+    ctl.says(&["instances", "stop", "lobby-1"], &["stop lobby-1"])?;
+    let restarted = running_again(cluster, "lobby-1", &first, "restarted").await?;
 
     // Kill: a MANUAL group leaves it ended.
-    let out = ctl.ok(&["instances", "kill", "event-1"])?;
-    ensure!(out.contains("kill event-1"), "{out}");
+    ctl.says(&["instances", "kill", "event-1"], &["kill event-1"])?;
     wait_doc(cluster, "instances", "event-1", "ended", |d| {
         matches!(d.get_str("state"), Ok("STOPPED" | "CRASHED"))
     })
@@ -145,32 +147,14 @@ pub async fn groups_and_instances(cluster: &Cluster, stack: &Stack) -> anyhow::R
         listed.as_array().map(Vec::len) == Some(1) && listed[0]["exitCode"] == 7,
         "{listed}"
     );
-    let table = ctl.ok(&["instances", "crashes", "lobby-1"])?;
-    ensure!(
-        table.contains("EXIT CODE") && table.contains("node-1"),
-        "{table}"
-    );
-    let restarted_pid = pid_of(&restarted);
-    wait_doc(
-        cluster,
-        "instances",
-        "lobby-1",
-        "running after the crash",
-        |d| {
-            d.get_str("state") == Ok("RUNNING")
-                && reported_state(d) == "RUNNING"
-                && pid_of(d) != restarted_pid
-        },
-    )
-    .await?;
+    ctl.says(
+        &["instances", "crashes", "lobby-1"],
+        &["EXIT CODE", "node-1"],
+    )?;
+    running_again(cluster, "lobby-1", &restarted, "running after the crash").await?;
 
     // ---- groups delete: the instances stop, then the group is gone.
-    let out = ctl.ok(&["groups", "delete", "event"])?;
-    ensure!(out.contains("is being deleted"), "{out}");
-    eventually("group event removed", CONDITION_WITHIN, async || {
-        let (status, _) = rest.get("/groups/event").await?;
-        Ok((status == 404).then_some(()))
-    })
-    .await?;
+    ctl.says(&["groups", "delete", "event"], &["is being deleted"])?;
+    rest.wait_gone("/groups/event", CONDITION_WITHIN).await?;
     Ok(lobby)
 }

@@ -26,8 +26,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use mongodb::bson::Document;
-use prexor_acceptance::{Cluster, Fleet, Proc, Rest, stop_all};
+use prexor_acceptance::{Cluster, Fleet, Proc, Rest, scenario_tests, stop_all};
 use serde_json::Value;
 
 use ctl::Ctl;
@@ -51,23 +50,13 @@ fn path_str(path: &Path) -> anyhow::Result<&str> {
     path.to_str().context("a UTF-8 path")
 }
 
-fn has_group(listed: &Value, name: &str) -> bool {
-    listed
-        .as_array()
-        .is_some_and(|groups| groups.iter().any(|g| g["name"] == name))
+/// Whether the JSON list `listed` has an entry that `matches`.
+fn lists(listed: &Value, matches: impl Fn(&Value) -> bool) -> bool {
+    listed.as_array().is_some_and(|l| l.iter().any(matches))
 }
 
-fn pid_of(instance: &Document) -> i64 {
-    instance
-        .get_document("reported")
-        .ok()
-        .and_then(|r| {
-            r.get_i32("pid")
-                .map(i64::from)
-                .or_else(|_| r.get_i64("pid"))
-                .ok()
-        })
-        .unwrap_or_default()
+fn has_group(listed: &Value, name: &str) -> bool {
+    lists(listed, |g| g["name"] == name)
 }
 
 async fn scenario(cluster: &Cluster) -> anyhow::Result<()> {
@@ -109,8 +98,6 @@ async fn scenario(cluster: &Cluster) -> anyhow::Result<()> {
     fleet.stop_with(&mut scheduler).await
 }
 
-#[tokio::test]
-async fn prexorctl_operates_a_running_cluster() {
-    let cluster = Cluster::new("cli").unwrap();
-    scenario(&cluster).await.unwrap();
+scenario_tests! {
+    prexorctl_operates_a_running_cluster: scenario,
 }

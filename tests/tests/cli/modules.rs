@@ -1,7 +1,7 @@
 //! Platform modules: `upload`, `install`, `upgrade`, `list`, `get`, `uninstall`, `delete`.
 
 use anyhow::ensure;
-use prexor_acceptance::{Cluster, find_doc, tar_gz, wait_doc};
+use prexor_acceptance::{Cluster, find_doc, module_active, tar_gz, wait_state};
 use prexor_testkit::eventually;
 
 use crate::{CONDITION_WITHIN, Stack, path_str};
@@ -17,56 +17,38 @@ pub async fn modules(cluster: &Cluster, stack: &Stack) -> anyhow::Result<()> {
             &file,
             tar_gz(&[("plugins/essentials.txt", &format!("essentials {version}\n"))])?,
         )?;
-        let out = ctl.ok(&["modules", "upload", "essentials", version, path_str(&file)?])?;
-        ensure!(out.contains(&format!("version {version} stored")), "{out}");
+        ctl.says(
+            &["modules", "upload", "essentials", version, path_str(&file)?],
+            &[&format!("version {version} stored")],
+        )?;
     }
     let shown = ctl.json(&["modules", "get", "essentials"])?;
     ensure!(
         shown["state"] == "NEW" && shown["versions"].as_array().map(Vec::len) == Some(2),
         "{shown}"
     );
-    let out = ctl.ok(&["modules", "install", "essentials", "1.0"])?;
-    ensure!(
-        out.contains("install of module essentials requested"),
-        "{out}"
-    );
-    wait_doc(cluster, "modules", "essentials", "ACTIVE 1.0", |d| {
-        d.get_str("state") == Ok("ACTIVE")
-            && d.get_document("active").and_then(|a| a.get_str("version")) == Ok("1.0")
-    })
-    .await?;
-    let out = ctl.ok(&["modules", "upgrade", "essentials", "2.0"])?;
-    ensure!(
-        out.contains("upgrade of module essentials requested"),
-        "{out}"
-    );
-    wait_doc(cluster, "modules", "essentials", "ACTIVE 2.0", |d| {
-        d.get_str("state") == Ok("ACTIVE")
-            && d.get_document("active").and_then(|a| a.get_str("version")) == Ok("2.0")
-    })
-    .await?;
-    let table = ctl.ok(&["modules", "list"])?;
-    ensure!(
-        table.contains("essentials") && table.contains("ACTIVE") && table.contains("2.0"),
-        "{table}"
-    );
+    for (action, version) in [("install", "1.0"), ("upgrade", "2.0")] {
+        let out = ctl.ok(&["modules", action, "essentials", version])?;
+        let requested = format!("{action} of module essentials requested");
+        ensure!(out.contains(&requested), "{out}");
+        module_active(cluster, "essentials", version).await?;
+    }
+    ctl.says(&["modules", "list"], &["essentials", "ACTIVE", "2.0"])?;
     let shown = ctl.yaml(&["modules", "get", "essentials"])?;
     ensure!(
         shown["state"] == "ACTIVE" && shown["active"]["version"] == "2.0",
         "{shown}"
     );
-    let err = ctl.fails(&["modules", "delete", "essentials"])?;
-    ensure!(
-        err.contains("409") && err.contains("uninstall it first"),
-        "{err}"
-    );
+    ctl.fails_saying(
+        &["modules", "delete", "essentials"],
+        &["409", "uninstall it first"],
+    )?;
     ctl.ok(&["modules", "uninstall", "essentials"])?;
-    wait_doc(cluster, "modules", "essentials", "UNINSTALLED", |d| {
-        d.get_str("state") == Ok("UNINSTALLED")
-    })
-    .await?;
-    let out = ctl.ok(&["modules", "delete", "essentials"])?;
-    ensure!(out.contains("deletion requested"), "{out}");
+    wait_state(cluster, "modules", "essentials", "UNINSTALLED").await?;
+    ctl.says(
+        &["modules", "delete", "essentials"],
+        &["deletion requested"],
+    )?;
     eventually("module essentials deleted", CONDITION_WITHIN, async || {
         Ok(find_doc(cluster, "modules", "essentials")
             .await?

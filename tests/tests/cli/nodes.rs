@@ -5,7 +5,9 @@ use std::process::Stdio;
 
 use anyhow::{Context, ensure};
 use mongodb::bson::doc;
-use prexor_acceptance::{Cluster, find_doc, find_docs, reported_state, wait_doc};
+use prexor_acceptance::{
+    Cluster, find_docs, get_doc, live_instances, reported_state, wait_doc, wait_state,
+};
 
 use crate::{READY_WITHIN, Stack};
 
@@ -27,18 +29,13 @@ pub async fn nodes_and_drains(cluster: &Cluster, stack: &mut Stack) -> anyhow::R
             && listed[0]["state"] == "ONLINE",
         "{listed}"
     );
-    let table = ctl.ok(&["nodes", "list"])?;
-    ensure!(
-        table.contains("node-1") && table.contains("ONLINE"),
-        "{table}"
-    );
+    ctl.says(&["nodes", "list"], &["node-1", "ONLINE"])?;
     let shown = ctl.yaml(&["nodes", "get", "node-1"])?;
     ensure!(
         shown["id"] == "node-1" && shown["labels"]["zone"] == "test" && shown["cordoned"] == false,
         "{shown}"
     );
-    let out = ctl.ok(&["nodes", "cordon", "node-1"])?;
-    ensure!(out.contains("node node-1 cordoned"), "{out}");
+    ctl.says(&["nodes", "cordon", "node-1"], &["node node-1 cordoned"])?;
     let (_, node) = rest.get("/nodes/node-1").await?;
     ensure!(node["cordoned"] == true, "{node}");
     ctl.ok(&["nodes", "uncordon", "node-1"])?;
@@ -70,22 +67,10 @@ pub async fn nodes_and_drains(cluster: &Cluster, stack: &mut Stack) -> anyhow::R
                 .is_some_and(|t| t.starts_with("pxj1.node-3.")),
         "{json_token}"
     );
-    let ports = fleet.daemon_ports();
-    let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
-    let mut second_daemon = cluster.daemon(
-        "daemon-node-2",
-        "node-2",
-        "node-2",
-        &ports,
-        Some(&token),
-        &[],
-    )?;
+    let mut second_daemon = fleet.start_daemon(cluster, "daemon-node-2", "node-2", Some(&token))?;
     second_daemon.wait_ready(READY_WITHIN).await?;
     fleet.daemons.push(second_daemon);
-    wait_doc(cluster, "nodes", "node-2", "ONLINE", |d| {
-        d.get_str("state") == Ok("ONLINE")
-    })
-    .await?;
+    wait_state(cluster, "nodes", "node-2", "ONLINE").await?;
     let used = find_docs(cluster, "join_tokens", doc! { "node_id": "node-2" }).await?;
     ensure!(
         used.len() == 1 && used[0].get_i64("used_at_ms").is_ok(),
@@ -93,11 +78,11 @@ pub async fn nodes_and_drains(cluster: &Cluster, stack: &mut Stack) -> anyhow::R
     );
 
     // ---- nodes drain --wait: node-1 ends empty and cordoned, lobby-1 runs on node-2.
-    let out = ctl.ok(&["nodes", "drain", "node-1", "--timeout", "30s", "--wait"])?;
-    ensure!(out.contains("drain of node-1: DONE"), "{out}");
-    let drain = find_doc(cluster, "node_drains", "node-1")
-        .await?
-        .context("drain")?;
+    ctl.says(
+        &["nodes", "drain", "node-1", "--timeout", "30s", "--wait"],
+        &["drain of node-1: DONE"],
+    )?;
+    let drain = get_doc(cluster, "node_drains", "node-1").await?;
     ensure!(
         drain.get_str("state") == Ok("DONE") && drain.get_i64("timeoutMs") == Ok(30_000),
         "{drain:?}"
@@ -107,12 +92,7 @@ pub async fn nodes_and_drains(cluster: &Cluster, stack: &mut Stack) -> anyhow::R
         node["cordoned"] == true && node["drain"]["state"] == "DONE",
         "{node}"
     );
-    let left = find_docs(
-        cluster,
-        "instances",
-        doc! { "nodeId": "node-1", "state": { "$nin": ["STOPPED", "CRASHED"] } },
-    )
-    .await?;
+    let left = live_instances(cluster, doc! { "nodeId": "node-1" }).await?;
     ensure!(left.is_empty(), "still on node-1: {left:?}");
     wait_doc(cluster, "instances", "lobby-1", "RUNNING on node-2", |d| {
         d.get_str("state") == Ok("RUNNING")
@@ -120,8 +100,7 @@ pub async fn nodes_and_drains(cluster: &Cluster, stack: &mut Stack) -> anyhow::R
             && d.get_str("nodeId") == Ok("node-2")
     })
     .await?;
-    let out = ctl.ok(&["nodes", "undrain", "node-1"])?;
-    ensure!(out.contains("uncordoned"), "{out}");
+    ctl.says(&["nodes", "undrain", "node-1"], &["uncordoned"])?;
     let (_, node) = rest.get("/nodes/node-1").await?;
     ensure!(node["cordoned"] == false, "{node}");
     // An open drain is cancelled by undrain, and `drain --wait` then fails. The scheduler is
@@ -152,9 +131,7 @@ pub async fn nodes_and_drains(cluster: &Cluster, stack: &mut Stack) -> anyhow::R
         waited.status,
         String::from_utf8_lossy(&waited.stderr)
     );
-    let drain = find_doc(cluster, "node_drains", "node-1")
-        .await?
-        .context("drain")?;
+    let drain = get_doc(cluster, "node_drains", "node-1").await?;
     ensure!(
         drain.get_str("state") == Ok("CANCELLED") && drain.get_str("cancelledBy") == Ok("admin"),
         "{drain:?}"

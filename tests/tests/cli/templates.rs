@@ -1,7 +1,7 @@
 //! Templates: `upload`, `list`, `get`, `rollback`, `delete`.
 
-use anyhow::{Context, ensure};
-use prexor_acceptance::{Cluster, find_doc, tar_gz};
+use anyhow::ensure;
+use prexor_acceptance::{Cluster, get_doc, tar_gz};
 
 use crate::{Stack, path_str};
 
@@ -20,22 +20,20 @@ pub async fn templates(cluster: &Cluster, stack: &Stack) -> anyhow::Result<()> {
         std::fs::write(&file, layer)?;
         files.push(file);
     }
-    let out = ctl.ok(&["templates", "upload", "base", path_str(&files[0])?])?;
-    ensure!(out.contains("version 1 is current"), "{out}");
-    let out = ctl.ok(&["templates", "upload", "base", path_str(&files[1])?])?;
-    ensure!(out.contains("version 2 is current"), "{out}");
-    let stored = find_doc(cluster, "templates", "base")
-        .await?
-        .context("template")?;
+    ctl.says(
+        &["templates", "upload", "base", path_str(&files[0])?],
+        &["version 1 is current"],
+    )?;
+    ctl.says(
+        &["templates", "upload", "base", path_str(&files[1])?],
+        &["version 2 is current"],
+    )?;
+    let stored = get_doc(cluster, "templates", "base").await?;
     ensure!(
         stored.get_i64("current") == Ok(2) && stored.get_array("versions")?.len() == 2,
         "{stored:?}"
     );
-    let table = ctl.ok(&["templates", "list"])?;
-    ensure!(
-        table.contains("base") && table.contains("CURRENT"),
-        "{table}"
-    );
+    ctl.says(&["templates", "list"], &["base", "CURRENT"])?;
     let listed = ctl.json(&["templates", "list"])?;
     ensure!(
         listed[0]["name"] == "base" && listed[0]["versions"] == 2 && listed[0]["current"] == 2,
@@ -46,21 +44,22 @@ pub async fn templates(cluster: &Cluster, stack: &Stack) -> anyhow::Result<()> {
         shown["current"] == 2 && shown["versions"].as_array().map(Vec::len) == Some(2),
         "{shown}"
     );
-    let out = ctl.ok(&["templates", "rollback", "base", "1"])?;
-    ensure!(out.contains("version 1 is current"), "{out}");
-    let stored = find_doc(cluster, "templates", "base")
-        .await?
-        .context("template")?;
+    ctl.says(
+        &["templates", "rollback", "base", "1"],
+        &["version 1 is current"],
+    )?;
+    let stored = get_doc(cluster, "templates", "base").await?;
     ensure!(stored.get_i64("current") == Ok(1), "{stored:?}");
     let (status, bytes) = rest.get_bytes("/templates/base/versions/1/content").await?;
     ensure!(
         status == 200 && bytes == layers[0],
         "version 1's bytes: {status}"
     );
-    let err = ctl.fails(&["templates", "rollback", "base", "9"])?;
-    ensure!(err.contains("400") && err.contains("no version 9"), "{err}");
-    let out = ctl.ok(&["templates", "delete", "base"])?;
-    ensure!(out.contains("template base deleted"), "{out}");
+    ctl.fails_saying(
+        &["templates", "rollback", "base", "9"],
+        &["400", "no version 9"],
+    )?;
+    ctl.deletes("templates", "base")?;
     let (status, _) = rest.get("/templates/base").await?;
     ensure!(status == 404, "deleted: {status}");
     Ok(())

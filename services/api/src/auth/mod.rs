@@ -8,16 +8,17 @@ mod principal;
 mod sessions;
 mod tokens;
 
+use axum::Router;
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
 use serde::Serialize;
 
 use crate::app::App;
+use crate::error::Json;
 
 pub use bootstrap::bootstrap_admin;
 pub(crate) use passwords::verify_password;
 pub use passwords::{hash_password, password_problem};
-pub use principal::{Credential, Principal, until_lapsed, user_permissions};
+pub use principal::{Caller, Credential, Principal, until_lapsed, user_permissions};
 pub use sessions::SessionKeys;
 pub(crate) use sessions::{revoked_key, sign_session};
 // The operations' OpenAPI descriptions, for `crate::openapi`.
@@ -48,8 +49,7 @@ struct Me {
 
 #[utoipa::path(
     get, path = "/api/v1/auth/me", tag = "auth",
-    responses((status = 200, body = Me)),
-    security(("bearer" = []))
+    responses((status = 200, body = Me))
 )]
 async fn me(principal: Principal) -> Json<Me> {
     Json(Me {

@@ -4,7 +4,6 @@
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use axum::extract::State;
 use axum::http::StatusCode;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -14,9 +13,8 @@ use prexor_model::access::USERS;
 use rand::RngCore;
 use serde::Deserialize;
 
-use super::principal::{Principal, active_user};
-use crate::app::App;
-use crate::error::{ApiError, ApiResult, Body};
+use super::principal::{Caller, active_user};
+use crate::error::{ApiError, ApiResult, Json};
 
 /// An argon2id hash of `password` (PHC string).
 pub async fn hash_password(password: String) -> ApiResult<String> {
@@ -69,14 +67,11 @@ pub(super) struct PasswordChange {
 
 #[utoipa::path(
     post, path = "/api/v1/auth/password", tag = "auth",
-    request_body = PasswordChange,
-    responses((status = 204)),
-    security(("bearer" = []))
+    responses((status = 204))
 )]
 pub(super) async fn change_password(
-    State(app): State<App>,
-    principal: Principal,
-    Body(change): Body<PasswordChange>,
+    Caller(app, principal): Caller,
+    Json(change): Json<PasswordChange>,
 ) -> ApiResult<StatusCode> {
     if let Some(problem) = password_problem(&change.new_password) {
         return Err(ApiError::field("newPassword", problem));
@@ -89,16 +84,13 @@ pub(super) async fn change_password(
         ));
     }
     let hash = hash_password(change.new_password).await?;
-    let store = app.store();
-    store
-        .bounded(
-            "changing a password",
-            store.documents(USERS).update_one(
-                doc! { "_id": &principal.user },
-                doc! { "$set": { "passwordHash": hash, "sessionsValidAfterMs": now_ms() } },
-            ),
-        )
-        .await?;
+    app.update_by_id(
+        USERS,
+        "changing a password",
+        &principal.user,
+        doc! { "$set": { "passwordHash": hash, "sessionsValidAfterMs": now_ms() } },
+    )
+    .await?;
     app.audit::<(), ()>(&principal, "user.password", &principal.user, None, None)
         .await;
     Ok(StatusCode::NO_CONTENT)

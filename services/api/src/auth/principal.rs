@@ -144,6 +144,18 @@ impl FromRequestParts<App> for Principal {
     }
 }
 
+/// An operator's request: the replica's state and the signed-in caller (401 without one).
+pub struct Caller(pub App, pub Principal);
+
+impl FromRequestParts<App> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let who = Principal::from_request_parts(parts, app).await?;
+        Ok(Caller(app.clone(), who))
+    }
+}
+
 /// User `name`, if it still exists and is enabled (401 otherwise).
 pub(super) async fn active_user(app: &App, name: &str) -> ApiResult<UserRecord> {
     let user: UserRecord = app

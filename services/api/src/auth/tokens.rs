@@ -2,8 +2,7 @@
 //! owner's permissions, with an optional expiry and the time of last use; bound to the owner's
 //! user id. Creating, listing and deleting them.
 
-use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use mongodb::bson::doc;
 use prexor_domain::{now_ms, sha256_hex};
@@ -12,9 +11,9 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use super::passwords::random_secret;
-use super::principal::{Credential, Principal, active_user, user_permissions};
+use super::principal::{Caller, Credential, Principal, active_user, user_permissions};
 use crate::app::App;
-use crate::error::{ApiError, ApiResult, Body};
+use crate::error::{ApiError, ApiResult, Json};
 use crate::permissions;
 
 /// API token last-use times are written at most this often.
@@ -145,14 +144,11 @@ pub(super) struct CreatedToken {
 
 #[utoipa::path(
     post, path = "/api/v1/auth/tokens", tag = "auth",
-    request_body = NewToken,
-    responses((status = 201, body = CreatedToken)),
-    security(("bearer" = []))
+    responses((status = 201, body = CreatedToken))
 )]
 pub(super) async fn create_token(
-    State(app): State<App>,
-    principal: Principal,
-    Body(new): Body<NewToken>,
+    Caller(app, principal): Caller,
+    Json(new): Json<NewToken>,
 ) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
     principal.require("tokens:write")?;
     if new.name.trim().is_empty() || new.name.len() > 100 {
@@ -187,14 +183,7 @@ pub(super) async fn create_token(
         expires_at_ms,
         last_used_at_ms: None,
     };
-    let store = app.store();
-    store
-        .bounded(
-            "storing an API token",
-            store
-                .collection::<ApiTokenRecord>(API_TOKENS)
-                .insert_one(&record),
-        )
+    app.insert(API_TOKENS, "storing an API token", &record)
         .await?;
     let view = TokenView::from(&record);
     app.audit::<(), _>(&principal, "token.create", &id, None, Some(&view))
@@ -213,9 +202,7 @@ pub(super) async fn create_token(
 fn expiry(principal: &Principal, expires_in: Option<&str>) -> ApiResult<Option<i64>> {
     let asked = match expires_in {
         Some(text) => {
-            let ttl = humantime::parse_duration(text).map_err(|e| {
-                ApiError::field("expiresIn", format!("{text:?} is not a duration: {e}"))
-            })?;
+            let ttl = crate::error::duration("expiresIn", text)?;
             if ttl.is_zero() {
                 return Err(ApiError::field("expiresIn", "must be positive"));
             }
@@ -248,12 +235,10 @@ pub(super) struct TokenFilter {
 #[utoipa::path(
     get, path = "/api/v1/auth/tokens", tag = "auth",
     params(("owner" = Option<String>, Query)),
-    responses((status = 200, body = Vec<TokenView>)),
-    security(("bearer" = []))
+    responses((status = 200, body = Vec<TokenView>))
 )]
 pub(super) async fn list_tokens(
-    State(app): State<App>,
-    principal: Principal,
+    Caller(app, principal): Caller,
     Query(filter): Query<TokenFilter>,
 ) -> ApiResult<Json<Vec<TokenView>>> {
     principal.require("tokens:read")?;
@@ -269,43 +254,26 @@ pub(super) async fn list_tokens(
             }
         }
     };
-    let tokens: Vec<ApiTokenRecord> = app
-        .records(
-            API_TOKENS,
-            "listing API tokens",
-            query,
-            doc! { "createdAtMs": 1 },
-            None,
-        )
-        .await?;
-    Ok(Json(tokens.iter().map(TokenView::from).collect()))
+    let oldest_first = doc! { "createdAtMs": 1 };
+    app.views::<ApiTokenRecord, _>(API_TOKENS, "listing API tokens", query, oldest_first)
+        .await
 }
 
 #[utoipa::path(
     delete, path = "/api/v1/auth/tokens/{id}", tag = "auth",
-    params(("id" = String, Path)),
-    responses((status = 204)),
-    security(("bearer" = []))
+    responses((status = 204))
 )]
 pub(super) async fn delete_token(
-    State(app): State<App>,
-    principal: Principal,
+    Caller(app, principal): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     principal.require("tokens:write")?;
-    let record: ApiTokenRecord = app.must_record(API_TOKENS, "API token", &id).await?;
+    let record: ApiTokenRecord = app.find(&id).await?;
     if record.owner != principal.user {
         principal.require("users:write")?;
     }
-    app.delete_by_id(API_TOKENS, "deleting an API token", &id)
-        .await?;
-    app.audit(
-        &principal,
-        "token.delete",
-        &id,
-        Some(&TokenView::from(&record)),
-        None::<&()>,
-    )
-    .await;
-    Ok(StatusCode::NO_CONTENT)
+    let before = TokenView::from(&record);
+    let doing = "deleting an API token";
+    app.delete_audited(&principal, API_TOKENS, doing, "token.delete", &id, &before)
+        .await
 }

@@ -3,9 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 
 use mongodb::bson::{Document, doc};
 use prexor_coord::LeaseKeeper;
@@ -21,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use super::archive::{self, Archive};
 use super::{IDENTITY, MERGED, REPLACED, RESTORE_FLAG, snapshot, verified};
 use crate::app::App;
-use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, ErrorCode, Json};
 
 /// Default and longest time a restore may take to get every lease.
 const LEASE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -158,16 +157,13 @@ fn plan(
 
 #[utoipa::path(
     post, path = "/api/v1/backups/{id}/restore", tag = "backups",
-    params(("id" = String, Path)),
     request_body = RestoreRequest,
     responses(
         (status = 200, description = "restored (or, with dryRun, the plan)", body = RestoreResult),
-    ),
-    security(("bearer" = []))
+    )
 )]
 pub async fn restore(
-    State(app): State<App>,
-    who: Principal,
+    Caller(app, who): Caller,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<RestoreResult>> {

@@ -24,6 +24,8 @@ pub(super) struct NodeView {
     labels: BTreeMap<String, String>,
     /// Null until the daemon reports them.
     resources: Option<NodeResourcesView>,
+    /// How its daemon keeps servers apart (null from daemons that do not say).
+    isolation: Option<NodeIsolationView>,
     connected_at_ms: i64,
     last_heartbeat_ms: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -48,6 +50,11 @@ impl NodeView {
             host_id: node.host_id,
             labels: node.labels,
             resources: node.resources.map(NodeResourcesView::from),
+            isolation: node.isolation.map(|i| NodeIsolationView {
+                run_as: i.run_as,
+                limits: i.limits,
+                resource_limits: i.resource_limits,
+            }),
             connected_at_ms: node.connected_at_ms,
             last_heartbeat_ms: node.last_heartbeat_ms,
             disconnected_at_ms: node.disconnected_at_ms,
@@ -80,6 +87,18 @@ impl From<NodeResources> for NodeResourcesView {
             load_average_1m: r.load_average_1m,
         }
     }
+}
+
+/// How a node's daemon keeps its servers apart, in words.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct NodeIsolationView {
+    /// The users servers run as (e.g. "one uid per server from 200000-200999").
+    run_as: String,
+    /// Per-server resource limits ("cgroup v2 at …", or "unavailable: <reason>").
+    limits: String,
+    /// Whether servers get memory limits on this node.
+    resource_limits: bool,
 }
 
 /// A node's drain.
@@ -149,6 +168,11 @@ mod tests {
                 "memoryTotalMb": 8192_i64, "memoryAllocatableMb": 6144_i64,
                 "memoryAvailableMb": 4000_i64, "cpuCores": 4_i64, "loadAverage1m": 0.25,
             },
+            "isolation": {
+                "runAs": "one uid per server from 200000-200999",
+                "limits": "cgroup v2 at /sys/fs/cgroup/system.slice/prexor-daemon.service/instances (memory)",
+                "resourceLimits": true,
+            },
             "connectedAtMs": 1_i64, "lastHeartbeatMs": 2_i64, "disconnectedAtMs": 0_i64,
             "cordoned": true, "_fence": { "scope": "node:node-1", "token": 3_i64 },
         };
@@ -164,6 +188,11 @@ mod tests {
             "resources": {
                 "memoryTotalMb": 8192, "memoryAllocatableMb": 6144,
                 "memoryAvailableMb": 4000, "cpuCores": 4, "loadAverage1m": 0.25,
+            },
+            "isolation": {
+                "runAs": "one uid per server from 200000-200999",
+                "limits": "cgroup v2 at /sys/fs/cgroup/system.slice/prexor-daemon.service/instances (memory)",
+                "resourceLimits": true,
             },
             "connectedAtMs": 1, "lastHeartbeatMs": 2, "disconnectedAtMs": 0,
             "cordoned": true, "reservedMb": 512,
@@ -187,7 +216,7 @@ mod tests {
         let shown = json!({
             "id": "node-2", "state": "OFFLINE", "gateway": "gw-1", "ownershipToken": 1,
             "version": "0.1.0", "hostId": "h2", "labels": {}, "resources": null,
-            "connectedAtMs": 1, "lastHeartbeatMs": 2,
+            "isolation": null, "connectedAtMs": 1, "lastHeartbeatMs": 2,
             "cordoned": false, "reservedMb": 0, "drain": null,
         });
         assert_eq!(serde_json::to_value(view).unwrap(), shown);
