@@ -29,6 +29,7 @@ const RUNS: &[&[&str]] = &[
         "--failovers",
         "3",
     ],
+    &["startup"],
 ];
 
 /// A row of the anchor table: our metric(s), PrexorCloud's published target.
@@ -85,6 +86,14 @@ const ANCHORS: &[Anchor] = &[
         what: "placements per second (2 scheduler replicas)",
         ours: &["placements per second (2 scheduler replicas)"],
         target: "Agones ~300–400 allocations/s",
+    },
+    Anchor {
+        what: "create → all RUNNING: 100 instances of one group / 100 groups × 10 (real processes)",
+        ours: &[
+            "100 instances of one group: create -> all RUNNING",
+            "100 groups x 10 instances: create -> all RUNNING",
+        ],
+        target: "Agones ~300–400 allocations/s; Nomad / Kubernetes scheduler_perf for placement",
     },
     Anchor {
         what: "command round trip via non-owning gateway p50 / p95",

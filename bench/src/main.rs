@@ -14,6 +14,7 @@ mod report;
 mod reports;
 mod scheduler;
 mod stack;
+mod startup;
 mod uploads;
 
 use clap::{Parser, Subcommand};
@@ -78,6 +79,16 @@ enum Command {
         /// How many times the owning gateway is killed.
         #[arg(long, default_value_t = 10)]
         kills: usize,
+    },
+    /// Creation to RUNNING with real processes: one group of `--one-group` instances, then
+    /// `--groups` groups of `--per-group`, on one daemon with two scheduler replicas.
+    Startup {
+        #[arg(long, default_value_t = 100)]
+        one_group: usize,
+        #[arg(long, default_value_t = 100)]
+        groups: usize,
+        #[arg(long, default_value_t = 10)]
+        per_group: usize,
     },
     /// A large template layer up and down through the API: throughput and the api's peak
     /// memory growth (streamed, it stays far below the layer's size).
@@ -205,6 +216,20 @@ async fn main() -> anyhow::Result<()> {
         Command::Uploads { megabytes } => uploads::run(&servers, megabytes.max(1)).await,
         Command::Ca => ca::run(&servers, n).await,
         Command::Gateway { kills } => gateway::run(&servers, n, kills.max(1)).await,
+        Command::Startup {
+            one_group,
+            groups,
+            per_group,
+        } => {
+            let mut outcome = Ok(());
+            if one_group > 0 {
+                outcome = startup::startup(&servers, 1, one_group).await;
+            }
+            if outcome.is_ok() && groups > 0 && per_group > 0 {
+                outcome = startup::startup(&servers, groups, per_group).await;
+            }
+            outcome
+        }
         Command::Scheduler {
             groups,
             ticks,
@@ -228,11 +253,13 @@ async fn main() -> anyhow::Result<()> {
 /// Drops the benchmark's database and keys.
 async fn cleanup(servers: &Servers) {
     if let Ok(client) = mongodb::Client::with_uri_str(&servers.mongo_uri).await {
-        for what in ["", "_placements", "_failover", "_reports"] {
-            let _ = client
-                .database(&format!("{}{what}", servers.database))
-                .drop()
-                .await;
+        // Its own database and those of `Servers::fresh` (named after it).
+        let names = client.list_database_names().await.unwrap_or_default();
+        for name in names
+            .iter()
+            .filter(|n| n.starts_with(servers.database.as_str()))
+        {
+            let _ = client.database(name).drop().await;
         }
     }
     if let Ok(client) = redis::Client::open(servers.valkey_url.as_str())

@@ -137,7 +137,7 @@ pub async fn daemon(
     let http = prexor_testkit::free_port();
     let gateways: Vec<String> = gateways.iter().map(|g| format!("\"{g}\"")).collect();
     let toml = format!(
-        "[node]\nid = \"{node}\"\n[daemon]\ndataDir = \"{}\"\ngateways = [{}]\njoinToken = \"{token}\"\nreconnectMaxBackoff = \"1s\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n",
+        "[node]\nid = \"{node}\"\n# Room for a thousand fake servers of 64 MiB (they use a few MiB each).\nmemoryMb = 131072\n[daemon]\ndataDir = \"{}\"\ngateways = [{}]\njoinToken = \"{token}\"\nreconnectMaxBackoff = \"1s\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n",
         dir.join(node).display(),
         gateways.join(", ")
     );

@@ -32,12 +32,30 @@ fn tar_gz_with_raw_path(path: &str, content: &str) -> anyhow::Result<Vec<u8>> {
     Ok(builder.into_inner()?.finish()?)
 }
 
+/// How soon a change of a session, user or token on one replica holds on the other: its notice
+/// travels through the event stream (each replica keeps callers for a minute in this test, so
+/// only the notice can end them this soon).
+const NOTICE_WITHIN: Duration = Duration::from_secs(1);
+const KEEP_CALLERS: &str = "[api]\ntls = \"off\"\ncallerCacheTtl = \"1m\"\n";
+
+/// `GET path` as `rest` once it is refused (not 200): at once, or within [`NOTICE_WITHIN`].
+async fn refused_soon(rest: &Rest, path: &str) -> anyhow::Result<(u16, Value)> {
+    let deadline = std::time::Instant::now() + NOTICE_WITHIN;
+    loop {
+        let (status, body) = rest.get(path).await?;
+        if status != 200 || std::time::Instant::now() > deadline {
+            return Ok((status, body));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn two_replicas(cluster: &Cluster) -> anyhow::Result<()> {
     let password = cluster.bootstrap_admin("admin")?;
     let again = cluster.bootstrap_admin("admin").unwrap_err().to_string();
     ensure!(again.contains("never created twice"), "{again}");
-    let mut a = cluster.service("api", "api-1", "")?;
-    let mut b = cluster.service("api", "api-2", "")?;
+    let mut a = cluster.service("api", "api-1", KEEP_CALLERS)?;
+    let mut b = cluster.service("api", "api-2", KEEP_CALLERS)?;
     a.wait_ready(READY_WITHIN).await?;
     b.wait_ready(READY_WITHIN).await?;
 
@@ -119,7 +137,9 @@ async fn two_replicas(cluster: &Cluster) -> anyhow::Result<()> {
     ensure!(status == 401, "no credentials: {status}");
     let (status, listed) = admin_b.get("/groups").await?;
     ensure!(
-        status == 200 && listed.as_array().map(Vec::len) == Some(1),
+        status == 200
+            && listed["items"].as_array().map(Vec::len) == Some(1)
+            && listed["nextCursor"].is_null(),
         "{listed}"
     );
 
@@ -202,6 +222,32 @@ async fn two_replicas(cluster: &Cluster) -> anyhow::Result<()> {
     );
     let (status, _) = viewer.get("/users").await?;
     ensure!(status == 403, "viewer lists users: {status}");
+
+    // Lists come in pages: `limit`, then `after` the previous page's `nextCursor`.
+    let (status, first) = admin_b.get("/users?limit=1").await?;
+    ensure!(
+        status == 200 && first["items"][0]["username"] == "admin" && first["nextCursor"] == "admin",
+        "{status} {first}"
+    );
+    let (_, last) = admin_a.get("/users?limit=1&after=admin").await?;
+    ensure!(
+        fields_of(&last["items"], "username")? == ["vera"] && last["nextCursor"].is_null(),
+        "{last}"
+    );
+    let (_, roles) = admin_a.get("/roles?limit=2&after=admin").await?;
+    ensure!(
+        fields_of(&roles["items"], "name")? == ["operator", "viewer"],
+        "built-in and custom roles page together by name: {roles}"
+    );
+    for bad in ["limit=0", "limit=1001", "limit=ten"] {
+        let (status, refused) = admin_a.get(&format!("/groups?{bad}")).await?;
+        ensure!(
+            status == 400 && refused["message"].as_str().unwrap_or("").contains("limit"),
+            "{bad}: {status} {refused}"
+        );
+    }
+    let (status, _) = admin_a.get("/backups?after=not-a-cursor").await?;
+    ensure!(status == 400, "a cursor this list never gave out: {status}");
     let (status, scoped) = admin_a
         .post(
             "/auth/tokens",
@@ -219,11 +265,11 @@ async fn two_replicas(cluster: &Cluster) -> anyhow::Result<()> {
         .post("/groups", json!({ "name": "t", "spec": group_spec(0)? }))
         .await?;
     ensure!(status == 403, "scoped token mutates: {status}");
-    // Deleting the token on A is seen by B.
+    // Deleting the token on A is seen by B (which resolved it just now).
     let id = scoped["id"].as_str().context("id")?;
     let (status, _) = admin_a.delete(&format!("/auth/tokens/{id}")).await?;
     ensure!(status == 204, "{status}");
-    let (status, _) = dashboard.get("/groups").await?;
+    let (status, _) = refused_soon(&dashboard, "/groups").await?;
     ensure!(status == 401, "deleted token: {status}");
 
     // Lockout across replicas: five failures spread over A and B lock vera on both.
@@ -256,10 +302,13 @@ async fn two_replicas(cluster: &Cluster) -> anyhow::Result<()> {
     let (status, _) = admin_a.delete("/users/admin").await?;
     ensure!(status == 409, "deleting the last admin: {status}");
 
-    // Logout on A ends the session on B too.
+    // Logout on A ends the session on B too, which resolved it just now and would keep it for a
+    // minute.
+    let (status, _) = admin_b.get("/auth/me").await?;
+    ensure!(status == 200, "{status}");
     let (status, _) = admin_a.post("/auth/logout", json!({})).await?;
     ensure!(status == 204, "{status}");
-    let (status, gone) = admin_b.get("/groups").await?;
+    let (status, gone) = refused_soon(&admin_b, "/groups").await?;
     ensure!(
         status == 401
             && gone["message"]
@@ -279,6 +328,7 @@ async fn operator_actions(cluster: &Cluster) -> anyhow::Result<()> {
     create_group(&rest, "hub", group_spec(1)?).await?;
     let first = running(cluster, &["hub-1"]).await?.remove(0);
     let (status, nodes) = rest.get("/nodes").await?;
+    let nodes = &nodes["items"];
     ensure!(
         status == 200 && nodes[0]["id"] == "node-1" && nodes[0]["state"] == "ONLINE",
         "{nodes}"
@@ -352,7 +402,7 @@ async fn operator_actions(cluster: &Cluster) -> anyhow::Result<()> {
     ensure!(status == 409, "beyond maxInstances: {status}");
     let (status, listed) = rest.get("/instances?group=event&state=running").await?;
     ensure!(
-        status == 200 && listed.as_array().map(Vec::len) == Some(1),
+        status == 200 && listed["items"].as_array().map(Vec::len) == Some(1),
         "{listed}"
     );
 

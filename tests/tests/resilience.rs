@@ -11,8 +11,8 @@ use anyhow::{Context, ensure};
 use mongodb::bson::{Document, doc};
 use prexor_acceptance::fault::{Fault, FaultProxy};
 use prexor_acceptance::{
-    Cluster, Proc, Rest, control, count_docs, enrolled_daemon, fence_mark, fields_of, group_doc,
-    holder_of, insert_group, nodes, process_journal, running_plans, scenario_tests, schedulers,
+    Cluster, Proc, Rest, control, count_docs, enrolled_daemon, fence_mark, group_doc, holder_of,
+    insert_group, nodes, process_journal, running_plans, scenario_tests, schedulers,
 };
 use prexor_testkit::ValkeyServer;
 use serde_json::{Value, json};
@@ -291,9 +291,9 @@ async fn rolling_restart(cluster: &Cluster) -> anyhow::Result<()> {
         writes.acknowledged.len(),
         writes.attempts
     );
-    let (status, listed) = apis[1].rest(&token).get("/groups").await?;
-    ensure!(status == 200, "{status} {listed}");
-    let names = fields_of(&listed, "name")?;
+    // Every group, in pages of 1000 (the most one page holds).
+    let listed = apis[1].rest(&token).client().groups().await?;
+    let names: Vec<&str> = listed.iter().map(|g| g.name.as_str()).collect();
     for name in &writes.acknowledged {
         ensure!(
             names.contains(&name.as_str()),

@@ -136,7 +136,7 @@ async fn holds_no_more(api: &Proc, admin: &Rest) -> anyhow::Result<()> {
 async fn admins(admin: &Rest) -> anyhow::Result<Vec<String>> {
     let (status, users) = admin.get("/users").await?;
     ensure!(status == 200, "{status} {users}");
-    Ok(users
+    Ok(users["items"]
         .as_array()
         .into_iter()
         .flatten()
@@ -265,7 +265,7 @@ async fn bound_credentials(api: &Proc, admin: &Rest) -> anyhow::Result<()> {
     }
     let (_, tokens) = admin.get("/auth/tokens?owner=carol").await?;
     ensure!(
-        tokens.as_array().is_some_and(Vec::is_empty),
+        tokens["items"].as_array().is_some_and(Vec::is_empty),
         "carol's tokens went with her: {tokens}"
     );
     Ok(())

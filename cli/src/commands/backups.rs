@@ -66,7 +66,7 @@ pub async fn backups(
             }
         }
         BackupCommand::List => render::list(
-            &client.get::<Value>("/backups").await?,
+            &client.all::<Value>("/backups").await?,
             &[
                 ("ID", "/id"),
                 ("CREATED", "/createdAtMs"),

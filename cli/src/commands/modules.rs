@@ -48,7 +48,7 @@ pub async fn modules(
     let (path, body) = match command {
         ModuleCommand::List => {
             render::list(
-                &client.get::<Value>("/modules").await?,
+                &client.all::<Value>("/modules").await?,
                 &[
                     ("NAME", "/id"),
                     ("STATE", "/state"),

@@ -39,7 +39,7 @@ pub async fn templates(
 ) -> anyhow::Result<ExitCode> {
     match command {
         TemplateCommand::List => render::list(
-            &client.get::<Value>("/templates").await?,
+            &client.all::<Value>("/templates").await?,
             &[
                 ("NAME", "/name"),
                 ("CURRENT", "/current"),

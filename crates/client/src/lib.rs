@@ -9,7 +9,7 @@
 //!   `DeserializeOwned`; an error status becomes [`Error::Status`] with the api's error body
 //!   (`{code, message, details}`) decoded. The common resources have methods of their own
 //!   (`resources.rs`: groups, instances, nodes, deployments, tokens, users, roles, login, the
-//!   audit log, which pages).
+//!   audit log); lists come in pages, which [`Client::all`] and [`Client::first`] follow.
 //! - Raw calls for callers that check statuses themselves (the acceptance suite):
 //!   [`Client::call`] answers whatever the status; [`Client::status_of`] does not read the body.
 //! - Server-sent events (the event stream, consoles): [`Client::events`].

@@ -3,18 +3,20 @@
 //! (`services/api/src/*.rs`); group specs are `prexor_domain::GroupSpec`, as the api takes them.
 //! Records the api shows as stored documents (instances, nodes, deployments, drains, audit
 //! entries) name the fields callers read and keep every other field in `fields`, so nothing is
-//! lost when they are shown again.
+//! lost when they are shown again. Lists come in pages ([`Page`], `?limit=&after=`); the list
+//! methods follow every page ([`Client::all`]).
 
 use std::collections::BTreeMap;
 
 pub use prexor_domain::GroupSpec;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::{Client, Error, EventStream, segment};
 
-/// The largest page of the audit log the api serves.
-const AUDIT_PAGE: usize = 500;
+/// The largest page a list endpoint serves (`?limit=`).
+pub const MAX_PAGE: usize = 1000;
 
 /// A signed-in session (`POST /auth/login`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,12 +130,15 @@ pub struct AuditEntry {
     pub fields: Map<String, Value>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// One page of a list (`?limit=&after=`); the audit log calls its items `entries`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct AuditPage {
-    entries: Vec<AuditEntry>,
+pub struct Page<T> {
+    #[serde(alias = "entries")]
+    pub items: Vec<T>,
+    /// Pass as `after` for the next page; `None` on the last one.
     #[serde(default)]
-    next_cursor: Option<String>,
+    pub next_cursor: Option<String>,
 }
 
 /// A group as the api shows it.
@@ -308,14 +313,58 @@ impl Client {
         self.get("/auth/me").await
     }
 
+    /// One page of the list at `path` (which may have a query already): at most `limit` items
+    /// after the cursor `after`.
+    pub async fn page<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Page<T>, Error> {
+        let mut path = format!(
+            "{path}{}limit={limit}",
+            if path.contains('?') { '&' } else { '?' }
+        );
+        if let Some(after) = after {
+            path.push_str(&format!("&after={}", segment(after)));
+        }
+        self.get(&path).await
+    }
+
+    /// The first `most` items of the list at `path`, following its pages (`nextCursor`).
+    pub async fn first<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        most: usize,
+    ) -> Result<Vec<T>, Error> {
+        let mut items: Vec<T> = Vec::new();
+        let mut after: Option<String> = None;
+        while items.len() < most {
+            let limit = (most - items.len()).min(MAX_PAGE);
+            let page: Page<T> = self.page(path, limit, after.as_deref()).await?;
+            items.extend(page.items);
+            match page.next_cursor {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        items.truncate(most);
+        Ok(items)
+    }
+
+    /// Every item of the list at `path`, page after page.
+    pub async fn all<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, Error> {
+        self.first(path, usize::MAX).await
+    }
+
     /// The caller's API tokens, or `owner`'s (which needs `tokens:read`).
     pub async fn tokens(&self, owner: Option<&str>) -> Result<Vec<Token>, Error> {
         match owner {
             Some(owner) => {
-                self.get(&format!("/auth/tokens?owner={}", segment(owner)))
+                self.all(&format!("/auth/tokens?owner={}", segment(owner)))
                     .await
             }
-            None => self.get("/auth/tokens").await,
+            None => self.all("/auth/tokens").await,
         }
     }
 
@@ -328,7 +377,7 @@ impl Client {
     }
 
     pub async fn users(&self) -> Result<Vec<User>, Error> {
-        self.get("/users").await
+        self.all("/users").await
     }
 
     pub async fn create_user(&self, new: &NewUser) -> Result<User, Error> {
@@ -346,7 +395,7 @@ impl Client {
     }
 
     pub async fn roles(&self) -> Result<Vec<Role>, Error> {
-        self.get("/roles").await
+        self.all("/roles").await
     }
 
     /// A custom role (permissions like `groups:read`, `nodes:*`, `*:read`).
@@ -362,30 +411,13 @@ impl Client {
         self.delete(&format!("/roles/{}", segment(name))).await
     }
 
-    /// The newest `limit` entries of the audit log, newest first, following the api's pages
-    /// (`nextCursor`) past its largest one.
+    /// The newest `limit` entries of the audit log, newest first, following its pages.
     pub async fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, Error> {
-        let mut entries: Vec<AuditEntry> = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let page_size = (limit - entries.len()).clamp(1, AUDIT_PAGE);
-            let path = match &cursor {
-                Some(cursor) => format!("/audit?limit={page_size}&cursor={}", segment(cursor)),
-                None => format!("/audit?limit={page_size}"),
-            };
-            let page: AuditPage = self.get(&path).await?;
-            entries.extend(page.entries);
-            match page.next_cursor {
-                Some(next) if entries.len() < limit => cursor = Some(next),
-                _ => break,
-            }
-        }
-        entries.truncate(limit);
-        Ok(entries)
+        self.first("/audit", limit).await
     }
 
     pub async fn groups(&self) -> Result<Vec<Group>, Error> {
-        self.get("/groups").await
+        self.all("/groups").await
     }
 
     pub async fn group(&self, name: &str) -> Result<Group, Error> {
@@ -432,9 +464,9 @@ impl Client {
         .filter_map(|(key, value)| Some(format!("{key}={}", segment(value.as_deref()?))))
         .collect();
         if query.is_empty() {
-            self.get("/instances").await
+            self.all("/instances").await
         } else {
-            self.get(&format!("/instances?{}", query.join("&"))).await
+            self.all(&format!("/instances?{}", query.join("&"))).await
         }
     }
 
@@ -443,9 +475,9 @@ impl Client {
         self.get(&format!("/instances/{}", segment(id))).await
     }
 
-    /// An instance's crash records (exit code, log tail), as stored.
+    /// An instance's crash records (exit code, log tail), newest first, as stored.
     pub async fn crashes(&self, id: &str) -> Result<Vec<Value>, Error> {
-        self.get(&format!("/instances/{}/crashes", segment(id)))
+        self.all(&format!("/instances/{}/crashes", segment(id)))
             .await
     }
 
@@ -479,7 +511,7 @@ impl Client {
     }
 
     pub async fn nodes(&self) -> Result<Vec<Node>, Error> {
-        self.get("/nodes").await
+        self.all("/nodes").await
     }
 
     pub async fn node(&self, id: &str) -> Result<Node, Error> {
@@ -523,8 +555,9 @@ impl Client {
         .await
     }
 
+    /// A group's deployments, newest first.
     pub async fn deployments(&self, group: &str) -> Result<Vec<Deployment>, Error> {
-        self.get(&format!("/groups/{}/deployments", segment(group)))
+        self.all(&format!("/groups/{}/deployments", segment(group)))
             .await
     }
 

@@ -139,6 +139,40 @@ async fn raw_calls_answer_whatever_the_status() {
 }
 
 #[tokio::test]
+async fn lists_are_followed_across_pages() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let user = |name: &str| {
+        format!(
+            r#"{{"username":"{name}","roles":[],"disabled":false,"createdAtMs":1,"lastLoginAtMs":null}}"#
+        )
+    };
+    let first: &'static str = format!(
+        r#"{{"items":[{},{}],"nextCursor":"bob"}}"#,
+        user("ann"),
+        user("bob")
+    )
+    .leak();
+    let last: &'static str = format!(r#"{{"items":[{}],"nextCursor":null}}"#, user("cy")).leak();
+    let (base, seen) = serve(vec![(200, first), (200, last)]).await;
+    let client = Client::builder(&base).build().expect("client");
+    let users = client.users().await.expect("users");
+    assert_eq!(
+        users
+            .iter()
+            .map(|u| u.username.as_str())
+            .collect::<Vec<_>>(),
+        ["ann", "bob", "cy"]
+    );
+    assert_eq!(
+        *seen.lock().expect("seen lock"),
+        [
+            "GET /api/v1/users?limit=1000 HTTP/1.1",
+            "GET /api/v1/users?limit=1000&after=bob HTTP/1.1"
+        ]
+    );
+}
+
+#[tokio::test]
 async fn the_audit_log_is_followed_across_pages() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (base, seen) = serve(vec![
@@ -153,7 +187,7 @@ async fn the_audit_log_is_followed_across_pages() {
     ])
     .await;
     let client = Client::builder(&base).build().expect("client");
-    let entries = client.audit(700).await.expect("entries");
+    let entries = client.audit(1700).await.expect("entries");
     assert_eq!(
         entries
             .iter()
@@ -165,8 +199,8 @@ async fn the_audit_log_is_followed_across_pages() {
     assert_eq!(
         *seen.lock().expect("seen lock"),
         [
-            "GET /api/v1/audit?limit=500 HTTP/1.1",
-            "GET /api/v1/audit?limit=500&cursor=c1 HTTP/1.1"
+            "GET /api/v1/audit?limit=1000 HTTP/1.1",
+            "GET /api/v1/audit?limit=1000&after=c1 HTTP/1.1"
         ]
     );
 }

@@ -50,6 +50,9 @@ pub struct MongoConfig {
     pub database: String,
     /// `mongo.timeout`: bound on connecting and on every single operation.
     pub timeout: Duration,
+    /// `mongo.maxPoolSize`: the most connections the replica keeps open to each MongoDB server
+    /// (none: the URI's `maxPoolSize`, else the driver's default, 10).
+    pub max_pool_size: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -137,6 +140,13 @@ impl CommonConfig {
             timeout: r
                 .duration("mongo.timeout")
                 .unwrap_or(Duration::from_secs(5)),
+            max_pool_size: match r.get::<u32>("mongo.maxPoolSize") {
+                Some(0) => {
+                    r.problem("mongo.maxPoolSize", "must be at least 1");
+                    None
+                }
+                size => size,
+            },
         };
 
         let valkey_uri: Option<String> = r.get("valkey.uri");

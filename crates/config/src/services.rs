@@ -43,6 +43,11 @@ pub struct ApiConfig {
     /// `X-Forwarded-For` (login limits then count the forwarded client).
     pub trusted_proxies: Vec<IpNetwork>,
     pub uploads: UploadLimits,
+    /// `api.callerCacheTtl` (default 2s; `0s`: off): how long a replica keeps a resolved caller
+    /// (session or API token, user, permissions). Every change of a session, user, role or
+    /// token clears it on every replica at once, so this only bounds how stale it may be when
+    /// that notice is lost.
+    pub caller_cache_ttl: Duration,
 }
 
 /// `uploads.*`: what the API accepts as an uploaded archive. Uploads are streamed to a spool
@@ -194,6 +199,9 @@ impl ServiceConfig for ApiConfig {
             tls_names: r.get_or("api.tlsNames", Vec::new()),
             trusted_proxies,
             uploads: UploadLimits::read(r),
+            caller_cache_ttl: r
+                .duration("api.callerCacheTtl")
+                .unwrap_or(Duration::from_secs(2)),
         }
     }
 }
@@ -607,6 +615,22 @@ mod tests {
         ))
         .unwrap();
         assert!(matches!(cfg.tls, ApiTls::Files { .. }));
+    }
+
+    #[test]
+    fn mongo_pool_size_and_caller_cache() {
+        let base = "mongo.uri = \"mongodb://x/\"\n";
+        let api = load_str::<ApiConfig>(base).unwrap();
+        assert_eq!(api.common.mongo.max_pool_size, None);
+        assert_eq!(api.caller_cache_ttl, Duration::from_secs(2));
+        let api = load_str::<ApiConfig>(&format!(
+            "{base}mongo.maxPoolSize = 64\napi.callerCacheTtl = \"0s\"\n"
+        ))
+        .unwrap();
+        assert_eq!(api.common.mongo.max_pool_size, Some(64));
+        assert_eq!(api.caller_cache_ttl, Duration::ZERO);
+        let err = load_str::<GatewayConfig>(&format!("{base}mongo.maxPoolSize = 0\n")).unwrap_err();
+        assert_eq!(keys(&err), ["mongo.maxPoolSize"], "{err}");
     }
 
     #[test]

@@ -57,6 +57,13 @@ pub async fn serve_ops(
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
     match tls {
         None => {
+            // Answers go out at once, not after Nagle's delay (a small JSON answer is one
+            // segment; waiting for the client's ACK would add up to 40 ms).
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(err) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+                }
+            });
             axum::serve(listener, service)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await

@@ -319,11 +319,12 @@ where
     let config = info.config.clone();
     let readiness = info.readiness.clone();
     let mongo_uri = redact_uri(&config.mongo.uri);
-    let store = Store::connect(
+    let store = Store::connect_pooled(
         &config.mongo.uri,
         &config.mongo.database,
         config.kind.binary(),
         config.mongo.timeout,
+        config.mongo.max_pool_size,
     )
     .await?;
     let store = if config.fence_log {

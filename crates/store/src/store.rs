@@ -33,6 +33,18 @@ impl Store {
         app_name: &str,
         timeout: Duration,
     ) -> Result<Store, StoreError> {
+        Store::connect_pooled(uri, database, app_name, timeout, None).await
+    }
+
+    /// [`Store::connect`] keeping at most `max_pool_size` connections to each server (`None`:
+    /// the URI's `maxPoolSize`, else the driver's default).
+    pub async fn connect_pooled(
+        uri: &str,
+        database: &str,
+        app_name: &str,
+        timeout: Duration,
+        max_pool_size: Option<u32>,
+    ) -> Result<Store, StoreError> {
         let bad_uri = |reason: String| StoreError::BadUri {
             uri: redact_uri(uri),
             reason,
@@ -44,6 +56,9 @@ impl Store {
         options.app_name = Some(app_name.to_owned());
         options.server_selection_timeout = Some(timeout);
         options.connect_timeout = Some(timeout);
+        if max_pool_size.is_some() {
+            options.max_pool_size = max_pool_size;
+        }
         let client = Client::with_options(options).map_err(|e| bad_uri(e.to_string()))?;
         Ok(Store {
             db: client.database(database),

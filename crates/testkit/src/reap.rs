@@ -15,6 +15,8 @@ pub struct Found {
 /// Every process (but this one) whose command line names a path below `dir`, or whose working
 /// directory is below it.
 pub fn under(dir: &Path) -> Vec<Found> {
+    // The kernel names working directories by their resolved path.
+    let resolved = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let needle = dir.display().to_string();
     let own = std::process::id() as i32;
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -52,7 +54,8 @@ pub fn under(dir: &Path) -> Vec<Found> {
         if zombie || command.is_empty() {
             continue;
         }
-        if command.contains(&needle) || cwd.is_some_and(|cwd| cwd.starts_with(dir)) {
+        let works_below = cwd.is_some_and(|cwd| cwd.starts_with(dir) || cwd.starts_with(&resolved));
+        if command.contains(&needle) || works_below {
             found.push(Found { pid, command });
         }
     }
@@ -93,7 +96,14 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
-        assert!(under(&dir).iter().any(|f| f.pid == pid));
+        let seen = (0..100).any(|_| {
+            let found = under(&dir).iter().any(|f| f.pid == pid);
+            if !found {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            found
+        });
+        assert!(seen, "{pid} works in {}", dir.display());
         let killed = kill_under(&dir);
         assert!(killed.iter().any(|f| f.pid == pid), "{killed:?}");
         child.wait().unwrap();

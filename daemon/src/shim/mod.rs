@@ -101,7 +101,7 @@ async fn run_shim(run: RunDir) -> anyhow::Result<()> {
         exited: watch::channel(None).0,
         spec,
     });
-    tokio::spawn(accept(listener, shim.clone()));
+    let accepting = tokio::spawn(accept(listener, shim.clone()));
     forward_term(shim.clone());
 
     let exit = match shim.spawn_server() {
@@ -119,6 +119,7 @@ async fn run_shim(run: RunDir) -> anyhow::Result<()> {
     tokio::time::sleep(LINGER).await;
     // Its own cgroup only (named for this start); the socket file stays, as the run directory
     // may already belong to the instance's next start.
+    accepting.abort();
     if let Some(cgroup) = &shim.spec.cgroup {
         cgroup.remove();
     }

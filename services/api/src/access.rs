@@ -16,7 +16,7 @@ use prexor_domain::now_ms;
 use prexor_model::access::{API_TOKENS, ROLES, RoleRecord, USERS};
 use prexor_store::{Store, StoreError};
 
-use crate::app::{App, decode};
+use crate::app::{App, AppState};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::permissions;
@@ -24,7 +24,7 @@ use crate::permissions;
 use prexor_model::cluster::{CLUSTER as GUARD, USERS_GUARD as GUARD_ID};
 
 /// The permissions `roles` grant: built-in roles by name, custom ones from `roles`.
-pub async fn roles_permissions(store: &Store, roles: &[String]) -> ApiResult<Vec<String>> {
+pub async fn roles_permissions(app: &AppState, roles: &[String]) -> ApiResult<Vec<String>> {
     let mut granted = Vec::new();
     let mut custom = Vec::new();
     for role in roles {
@@ -34,12 +34,11 @@ pub async fn roles_permissions(store: &Store, roles: &[String]) -> ApiResult<Vec
         }
     }
     if !custom.is_empty() {
-        for role in store
-            .find_all(ROLES, "reading roles", doc! { "_id": { "$in": custom } })
-            .await?
-        {
-            granted.extend(decode::<RoleRecord>(ROLES, role)?.permissions);
-        }
+        let filter = doc! { "_id": { "$in": custom } };
+        let found: Vec<RoleRecord> = app
+            .records(ROLES, "reading roles", filter, Document::new(), None)
+            .await?;
+        granted.extend(found.into_iter().flat_map(|role| role.permissions));
     }
     granted.sort();
     granted.dedup();
@@ -98,7 +97,10 @@ pub async fn write_user(app: &App, name: &str, user_id: &str, write: UserWrite) 
         .transaction("changing a user", &context, user_transaction)
         .await;
     match written {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            app.access_changed(name).await;
+            Ok(())
+        }
         Err(err) if err.custom::<LastAdmin>().is_some() => Err(ApiError::conflict(format!(
             "{name:?} is the last enabled admin; make another user admin first"
         ))),

@@ -4,10 +4,14 @@
 use std::sync::Arc;
 
 use axum::http::StatusCode;
+use futures::TryStreamExt;
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::results::UpdateResult;
-use prexor_model::access::{API_TOKENS, ApiTokenRecord, ROLES, RoleRecord, USERS, UserRecord};
-use prexor_model::instances::{INSTANCES, InstanceRecord};
+use prexor_model::access::{
+    API_TOKENS, ApiTokenRecord, AuditRecord, ROLES, RoleRecord, USERS, UserRecord,
+};
+use prexor_model::groups::{GROUPS, GroupRecord};
+use prexor_model::instances::{CRASHES, CrashRecord, INSTANCES, InstanceRecord};
 use prexor_model::nodes::{NODES, NodeRecord};
 use prexor_model::workflows::backups::BackupRecord;
 use prexor_model::workflows::deployments::DeploymentRecord;
@@ -21,12 +25,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::auth::{Principal, SessionKeys};
-use crate::error::{ApiError, ApiResult, Json};
+use crate::error::{ApiError, ApiResult};
 
 pub type App = Arc<AppState>;
 
 /// A record kept one to a document in its own collection, found by its id.
-pub trait Stored: DeserializeOwned {
+pub trait Stored: DeserializeOwned + Send + Sync + Unpin {
     /// Its collection.
     const COLLECTION: &'static str;
     /// What a 404 calls it: `no <WHAT> "<id>"`.
@@ -48,7 +52,10 @@ macro_rules! stored {
 stored! {
     ApiTokenRecord in API_TOKENS as "API token",
     BackupRecord in BACKUPS as "backup",
+    AuditRecord in AUDIT as "audit entry",
+    CrashRecord in CRASHES as "crash record",
     DeploymentRecord in DEPLOYMENTS as "deployment",
+    GroupRecord in GROUPS as "group",
     InstanceRecord in INSTANCES as "instance",
     ModuleRecord in MODULES as "module",
     NodeRecord in NODES as "node",
@@ -70,6 +77,8 @@ pub struct AppState {
     pub console_hub: Option<prexor_coord::ConsoleHub>,
     /// What an uploaded archive may be (`uploads.*`).
     pub uploads: prexor_config::UploadLimits,
+    /// Callers resolved a moment ago (`api.callerCacheTtl`).
+    pub callers: crate::auth::CallerCache,
 }
 
 pub use prexor_model::access::AUDIT;
@@ -122,21 +131,6 @@ pub async fn cluster_secret(
 impl AppState {
     pub fn store(&self) -> &Store {
         &self.service.store
-    }
-
-    /// The document `_id = id` of `collection`, if there is one.
-    pub async fn by_id(
-        &self,
-        collection: &str,
-        id: &str,
-    ) -> Result<Option<Document>, prexor_store::StoreError> {
-        let store = self.store();
-        store
-            .bounded(
-                &format!("reading {id} from {collection}"),
-                store.documents(collection).find_one(doc! { "_id": id }),
-            )
-            .await
     }
 
     /// Deletes the document `_id = id` of `collection` (`doing` names the act in an error).
@@ -228,27 +222,30 @@ impl AppState {
     }
 
     /// The record `_id = id` of `collection` as `T`, if there is one.
-    pub async fn record<T: DeserializeOwned>(
+    pub async fn record<T: DeserializeOwned + Send + Sync>(
         &self,
         collection: &str,
         id: &str,
     ) -> ApiResult<Option<T>> {
-        self.by_id(collection, id)
-            .await?
-            .map(|doc| decode(collection, doc))
-            .transpose()
+        let store = self.store();
+        let records = store.collection::<T>(collection);
+        let reading = records.find_one(doc! { "_id": id });
+        store
+            .bounded(&format!("reading {id} from {collection}"), reading)
+            .await
+            .map_err(|err| unreadable(collection, Some(id), err))
     }
 
     /// The record `id` of `T`'s collection, or 404 `no <what> "<id>"`.
     pub async fn find<T: Stored>(&self, id: &str) -> ApiResult<T> {
-        let found = self.by_id(T::COLLECTION, id).await?;
-        let doc = found.ok_or_else(|| ApiError::not_found(format!("no {} {id:?}", T::WHAT)))?;
-        decode(T::COLLECTION, doc)
+        self.record(T::COLLECTION, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no {} {id:?}", T::WHAT)))
     }
 
-    /// The records of `collection` matching `filter` as `T`, in `sort` order (empty: any), at
-    /// most `limit`.
-    pub async fn records<T: DeserializeOwned>(
+    /// The records of `collection` matching `filter` as `T` (decoded as they arrive, no
+    /// document in between), in `sort` order (empty: any), at most `limit`.
+    pub async fn records<T: DeserializeOwned + Send + Sync + Unpin>(
         &self,
         collection: &str,
         what: &str,
@@ -256,30 +253,35 @@ impl AppState {
         sort: Document,
         limit: Option<i64>,
     ) -> ApiResult<Vec<T>> {
-        let found = self
-            .store()
-            .find_sorted(collection, what, filter, sort, limit)
-            .await?;
-        found
-            .into_iter()
-            .map(|doc| decode(collection, doc))
-            .collect()
+        let store = self.store();
+        let records = store.collection::<T>(collection);
+        let mut find = records.find(filter);
+        if !sort.is_empty() {
+            find = find.sort(sort);
+        }
+        if let Some(limit) = limit {
+            find = find.limit(limit);
+        }
+        store
+            .bounded(what, async { find.await?.try_collect().await })
+            .await
+            .map_err(|err| unreadable(collection, None, err))
     }
 
-    /// The records of `collection` matching `filter`, in `sort` order, each as its view `V`.
-    pub async fn views<R, V>(
+    /// What the aggregation `pipeline` over `collection` yields, each result as `T`.
+    pub async fn aggregate<T: DeserializeOwned + Send + Sync + Unpin>(
         &self,
         collection: &str,
         what: &str,
-        filter: Document,
-        sort: Document,
-    ) -> ApiResult<Json<Vec<V>>>
-    where
-        R: DeserializeOwned,
-        V: for<'r> From<&'r R>,
-    {
-        let records: Vec<R> = self.records(collection, what, filter, sort, None).await?;
-        Ok(Json(records.iter().map(V::from).collect()))
+        pipeline: Vec<Document>,
+    ) -> ApiResult<Vec<T>> {
+        let store = self.store();
+        let documents = store.documents(collection);
+        let aggregate = documents.aggregate(pipeline).with_type::<T>();
+        store
+            .bounded(what, async { aggregate.await?.try_collect().await })
+            .await
+            .map_err(|err| unreadable(collection, None, err))
     }
 
     /// Records a mutation in the audit log (who, what, on what, before/after, when). A failure is
@@ -321,6 +323,17 @@ impl AppState {
         self.service.events.publish(kind, target, data).await;
     }
 
+    /// A change that may end or narrow callers (`subject`: the user, role or token): every
+    /// replica forgets the callers it resolved, this one at once, the others as the event
+    /// reaches them.
+    pub async fn access_changed(&self, subject: &str) {
+        self.callers.clear();
+        let events = &self.service.events;
+        events
+            .publish(crate::auth::ACCESS_CHANGED, subject, serde_json::json!({}))
+            .await;
+    }
+
     /// An audit entry for an act without a signed-in caller (a sign-in, a failed one), by the
     /// name it was made under.
     pub async fn audit_as(&self, actor: &str, via: &str, action: &str, target: &str) {
@@ -360,15 +373,20 @@ impl AppState {
     }
 }
 
-/// A stored document as its record type: a 500 naming it when it does not read as one (written
-/// by hand, or by another version).
-pub(crate) fn decode<T: DeserializeOwned>(collection: &str, doc: Document) -> ApiResult<T> {
-    let id = doc.get("_id").map(ToString::to_string).unwrap_or_default();
-    mongodb::bson::from_document(doc).map_err(|e| {
-        ApiError::internal(format!(
-            "the record {id} in {collection} cannot be read: {e}"
-        ))
-    })
+/// A failed read of `collection` (of the record `id`): a 500 naming it when a record does not
+/// read as its type (written by hand, or by another version), else what the store said.
+pub(crate) fn unreadable(
+    collection: &str,
+    id: Option<&str>,
+    err: prexor_store::StoreError,
+) -> ApiError {
+    if let prexor_store::StoreError::Mongo { source, .. } = &err
+        && let mongodb::error::ErrorKind::BsonDeserialization(e) = &*source.kind
+    {
+        let record = id.map_or_else(|| "a record".to_owned(), |id| format!("the record {id:?}"));
+        return ApiError::internal(format!("{record} in {collection} cannot be read: {e}"));
+    }
+    err.into()
 }
 
 /// Operations that differ only in what they hand one shared handler: each is its own route and

@@ -36,6 +36,7 @@ use serde_json::json;
 use crate::app::App;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorCode, Json};
+use crate::paging::Page;
 
 mod archive;
 mod restore;
@@ -321,15 +322,9 @@ async fn create(Caller(app, who): Caller) -> ApiResult<(StatusCode, Json<BackupV
     Ok((StatusCode::CREATED, Json(saved)))
 }
 
-#[utoipa::path(
-    get, path = "/api/v1/backups", tag = "backups",
-    responses((status = 200, body = Vec<BackupView>))
-)]
-async fn list(Caller(app, who): Caller) -> ApiResult<Json<Vec<BackupView>>> {
-    who.require("backups:read")?;
-    let newest_first = doc! { "createdAtMs": -1 };
-    app.views::<BackupRecord, _>(BACKUPS, "listing backups", doc! {}, newest_first)
-        .await
+crate::paging::list_all! {
+    /// Newest first.
+    list = "/api/v1/backups", "backups", "backups:read", BackupRecord => BackupView;
 }
 
 #[utoipa::path(

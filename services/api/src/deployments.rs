@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use mongodb::bson::doc;
 use prexor_domain::{GroupSpec, ScalingMode, now_ms};
-use prexor_model::instances::{InstanceRecord, InstanceState};
+use prexor_model::instances::InstanceState;
 use prexor_model::workflows::DeploymentState;
 use prexor_model::workflows::deployments::DeploymentRecord;
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,7 @@ use crate::app::App;
 use crate::auth::{Caller, Principal};
 use crate::error::{ApiError, ApiResult, Json};
 use crate::groups::INSTANCES;
+use crate::paging::{Page, PageRequest};
 
 pub use prexor_model::workflows::DEPLOYMENTS;
 
@@ -111,53 +112,76 @@ impl DeploymentView {
     }
 }
 
+/// How many of a group's live instances run one spec hash in one state.
+#[derive(Deserialize)]
+struct SpecCount {
+    #[serde(rename = "_id")]
+    of: SpecAndState,
+    count: usize,
+}
+
+#[derive(Deserialize)]
+struct SpecAndState {
+    #[serde(rename = "specHash")]
+    spec_hash: Option<String>,
+    state: Option<String>,
+}
+
+/// The live (not ended) instances of `group`, counted by spec hash and state by the store.
+async fn live_counts(app: &App, group: &str) -> ApiResult<Vec<SpecCount>> {
+    let pipeline = vec![
+        doc! { "$match": { "group": group, "state": prexor_model::instances::live_filter() } },
+        doc! { "$group": {
+            "_id": { "specHash": "$specHash", "state": "$state" },
+            "count": { "$sum": 1 },
+        } },
+    ];
+    app.aggregate(INSTANCES, "counting the group's instances", pipeline)
+        .await
+}
+
+impl DeploymentProgress {
+    /// Of a deployment to `target` (a spec hash), from its group's [`live_counts`].
+    fn of(counts: &[SpecCount], target: &str) -> DeploymentProgress {
+        let running = |c: &&SpecCount| {
+            c.of.spec_hash.as_deref() == Some(target)
+                && c.of.state.as_deref().and_then(InstanceState::parse)
+                    == Some(InstanceState::Running)
+        };
+        DeploymentProgress {
+            updated: counts.iter().filter(running).map(|c| c.count).sum(),
+            active: counts.iter().map(|c| c.count).sum(),
+        }
+    }
+}
+
 /// The record plus live progress from the instances (updated / active, by spec hash).
 async fn view(app: &App, deployment: DeploymentRecord) -> ApiResult<DeploymentView> {
-    let instances: Vec<InstanceRecord> = app
-        .records(
-            INSTANCES,
-            "reading the group's instances",
-            doc! { "group": &deployment.group, "state": prexor_model::instances::live_filter() },
-            doc! {},
-            None,
-        )
-        .await?;
-    let updated = instances
-        .iter()
-        .filter(|i| {
-            i.spec_hash == deployment.target_spec_hash && i.state() == Some(InstanceState::Running)
-        })
-        .count();
-    let live = DeploymentProgress {
-        updated,
-        active: instances.len(),
-    };
+    let counts = live_counts(app, &deployment.group).await?;
+    let live = DeploymentProgress::of(&counts, &deployment.target_spec_hash);
     Ok(DeploymentView::new(deployment, live))
 }
 
+/// Newest first.
 #[utoipa::path(
-    get, path = "/api/v1/groups/{name}/deployments", tag = "deployments",
-    responses((status = 200, body = Vec<DeploymentView>))
+    get, path = "/api/v1/groups/{name}/deployments", tag = "deployments", params(PageRequest),
+    responses((status = 200, body = Page<DeploymentView>))
 )]
 async fn list(
     Caller(app, who): Caller,
     Path(name): Path<String>,
-) -> ApiResult<Json<Vec<DeploymentView>>> {
+    page: PageRequest,
+) -> ApiResult<Json<Page<DeploymentView>>> {
     who.require("deployments:read")?;
-    let deployments = app
-        .records(
-            DEPLOYMENTS,
-            "listing deployments",
-            doc! { "group": &name },
-            doc! { "createdAtMs": -1 },
-            Some(50),
-        )
-        .await?;
-    let mut out = Vec::with_capacity(deployments.len());
-    for deployment in deployments {
-        out.push(view(&app, deployment).await?);
-    }
-    Ok(Json(out))
+    let filter = doc! { "group": &name };
+    let (deployments, counts) = tokio::try_join!(
+        app.page::<DeploymentRecord>("listing deployments", filter, &page),
+        live_counts(&app, &name),
+    )?;
+    Ok(Json(deployments.map(|deployment| {
+        let live = DeploymentProgress::of(&counts, &deployment.target_spec_hash);
+        DeploymentView::new(deployment, live)
+    })))
 }
 
 #[utoipa::path(
@@ -208,10 +232,7 @@ async fn create(
         ));
     }
     let store = app.store();
-    let current = prexor_model::groups::get_group(store, &name)
-        .await?
-        .and_then(|d| prexor_model::groups::GroupRecord::from_doc(&d))
-        .ok_or_else(|| ApiError::not_found(format!("no group {name:?}")))?;
+    let current: prexor_model::groups::GroupRecord = app.find(&name).await?;
     if current.deleting {
         return Err(ApiError::conflict(format!(
             "group {name:?} is being deleted"

@@ -109,7 +109,11 @@ async fn pump(
     types: Option<HashSet<String>>,
     tx: mpsc::Sender<Result<Event, Infallible>>,
 ) {
-    let wanted = |e: &StoredEvent| types.as_ref().is_none_or(|t| t.contains(&e.event.kind));
+    // What replicas tell each other (ACCESS_CHANGED) is not for clients.
+    let wanted = |e: &StoredEvent| {
+        e.event.kind != crate::auth::ACCESS_CHANGED
+            && types.as_ref().is_none_or(|t| t.contains(&e.event.kind))
+    };
     let mut last = after;
     if let Some(from) = last.clone()
         && !replay(&log, &from, &mut last, &wanted, &tx).await

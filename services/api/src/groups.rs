@@ -10,12 +10,13 @@ use axum::routing::{get, post};
 use mongodb::bson::{self, doc};
 use prexor_domain::{FieldProblem, GroupSpec, ScalingMode, now_ms};
 use prexor_model::groups::{GroupRecord, GroupStateRecord, GroupWriteError};
-use prexor_model::instances::{InstanceRecord, InstanceRequest};
+use prexor_model::instances::InstanceRequest;
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 use crate::auth::{Caller, Principal};
 use crate::error::{ApiError, ApiResult, Json};
+use crate::paging::{Page, PageRequest};
 
 use prexor_model::groups::GROUP_STATE;
 pub use prexor_model::instances::INSTANCE_REQUESTS;
@@ -66,36 +67,68 @@ fn view(record: GroupRecord, status: GroupStatus) -> GroupView {
 
 /// [`statuses`] of the group `name`.
 async fn status_of(app: &App, name: &str) -> ApiResult<GroupStatus> {
-    Ok(statuses(app, Some(name))
+    let names = [name.to_owned()];
+    Ok(statuses(app, &names)
         .await?
         .remove(name)
         .unwrap_or_default())
 }
 
-/// Instance counts and pause state per group (one query each).
-async fn statuses(app: &App, only: Option<&str>) -> ApiResult<HashMap<String, GroupStatus>> {
-    let filter = only.map_or_else(|| doc! {}, |g| doc! { "group": g });
-    let state_filter = only.map_or_else(|| doc! {}, |g| doc! { "_id": g });
-    let (instances, states) = tokio::try_join!(
-        app.records::<InstanceRecord>(INSTANCES, "counting instances", filter, doc! {}, None),
-        app.records::<GroupStateRecord>(
-            GROUP_STATE,
-            "reading group states",
-            state_filter,
-            doc! {},
-            None
-        ),
+/// Indexes the instances by group and state, so that [`statuses`] (and a deployment's progress)
+/// count them from the index alone. Run by every api replica at start; creating an index that
+/// exists is a no-op.
+pub async fn index_instances(store: &prexor_store::Store) -> Result<(), prexor_store::StoreError> {
+    let index = mongodb::IndexModel::builder()
+        .keys(doc! { "group": 1, "state": 1 })
+        .build();
+    let instances = store.documents(INSTANCES);
+    store
+        .bounded(
+            "indexing instances by group and state",
+            instances.create_index(index),
+        )
+        .await
+        .map(|_| ())
+}
+
+/// How many instances of one group are in one state.
+#[derive(Deserialize)]
+struct StateCount {
+    #[serde(rename = "_id")]
+    of: GroupAndState,
+    count: u32,
+}
+
+#[derive(Deserialize)]
+struct GroupAndState {
+    group: Option<String>,
+    state: Option<String>,
+}
+
+/// Instance counts (by state, counted by the store: no instance record is read) and pause state
+/// of the groups `names`.
+async fn statuses(app: &App, names: &[String]) -> ApiResult<HashMap<String, GroupStatus>> {
+    let count = vec![
+        doc! { "$match": { "group": { "$in": names } } },
+        doc! { "$group": {
+            "_id": { "group": "$group", "state": "$state" },
+            "count": { "$sum": 1 },
+        } },
+    ];
+    let paused = doc! { "_id": { "$in": names }, "pausedUntilMs": { "$gt": now_ms() } };
+    let (counts, states) = tokio::try_join!(
+        app.aggregate::<StateCount>(INSTANCES, "counting instances", count),
+        app.records::<GroupStateRecord>(GROUP_STATE, "reading group states", paused, doc! {}, None),
     )?;
     let mut out: HashMap<String, GroupStatus> = HashMap::new();
-    for instance in instances {
-        if instance.group.is_empty() || instance.state.is_empty() {
+    for StateCount { of, count } in counts {
+        let (Some(group), Some(state)) = (of.group, of.state) else {
+            continue;
+        };
+        if group.is_empty() || state.is_empty() {
             continue;
         }
-        *out.entry(instance.group)
-            .or_default()
-            .instances
-            .entry(instance.state)
-            .or_default() += 1;
+        out.entry(group).or_default().instances.insert(state, count);
     }
     let now = now_ms();
     for state in states {
@@ -109,43 +142,20 @@ async fn statuses(app: &App, only: Option<&str>) -> ApiResult<HashMap<String, Gr
     Ok(out)
 }
 
+/// A page of groups with their instances' states.
 #[utoipa::path(
-    get, path = "/api/v1/groups", tag = "groups",
-    responses((status = 200, body = Vec<GroupView>))
+    get, path = "/api/v1/groups", tag = "groups", params(PageRequest),
+    responses((status = 200, body = Page<GroupView>))
 )]
-async fn list(Caller(app, who): Caller) -> ApiResult<Json<Vec<GroupView>>> {
+async fn list(Caller(app, who): Caller, page: PageRequest) -> ApiResult<Json<Page<GroupView>>> {
     who.require("groups:read")?;
-    let docs = app
-        .store()
-        .find_sorted(
-            prexor_model::groups::GROUPS,
-            "listing groups",
-            doc! {},
-            doc! { "_id": 1 },
-            None,
-        )
-        .await?;
-    let mut statuses = statuses(&app, None).await?;
-    Ok(Json(
-        docs.iter()
-            .filter_map(GroupRecord::from_doc)
-            .map(|r| {
-                let status = statuses.remove(&r.name).unwrap_or_default();
-                view(r, status)
-            })
-            .collect(),
-    ))
-}
-
-async fn find(app: &App, name: &str) -> ApiResult<GroupRecord> {
-    let doc = prexor_model::groups::get_group(app.store(), name)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no group {name:?}")))?;
-    GroupRecord::from_doc(&doc).ok_or_else(|| {
-        ApiError::internal(format!(
-            "group {name:?} is stored in a form this version cannot read"
-        ))
-    })
+    let groups: Page<GroupRecord> = app.page("listing groups", doc! {}, &page).await?;
+    let names: Vec<String> = groups.items.iter().map(|g| g.name.clone()).collect();
+    let mut statuses = statuses(&app, &names).await?;
+    Ok(Json(groups.map(|group| {
+        let status = statuses.remove(&group.name).unwrap_or_default();
+        view(group, status)
+    })))
 }
 
 #[utoipa::path(
@@ -154,7 +164,7 @@ async fn find(app: &App, name: &str) -> ApiResult<GroupRecord> {
 )]
 async fn show(Caller(app, who): Caller, Path(name): Path<String>) -> ApiResult<Json<GroupView>> {
     who.require("groups:read")?;
-    let record = find(&app, &name).await?;
+    let record = app.find::<GroupRecord>(&name).await?;
     let status = status_of(&app, &name).await?;
     Ok(Json(view(record, status)))
 }
@@ -267,7 +277,7 @@ async fn update(
         ),
         None => None,
     };
-    let before = find(&app, &name).await?;
+    let before = app.find::<GroupRecord>(&name).await?;
     if let Some(open) = crate::deployments::open_deployment(&app, &name).await? {
         return Err(ApiError::conflict(format!(
             "deployment {} of group {name:?} is {}; change the spec with a new deployment once it is done, or roll it back",
@@ -307,7 +317,7 @@ async fn remove(
     Path(name): Path<String>,
 ) -> ApiResult<(StatusCode, Json<GroupView>)> {
     who.require("groups:write")?;
-    let before = find(&app, &name).await?;
+    let before = app.find::<GroupRecord>(&name).await?;
     if before.deleting {
         return Ok((
             StatusCode::ACCEPTED,
@@ -386,7 +396,7 @@ async fn start_instance(
     Path(name): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     who.require("instances:write")?;
-    let record = find(&app, &name).await?;
+    let record = app.find::<GroupRecord>(&name).await?;
     if record.spec.scaling != ScalingMode::Manual {
         return Err(ApiError::conflict(format!(
             "group {name:?} scales {:?}; instances are started by hand only in MANUAL groups (change minInstances instead)",

@@ -23,12 +23,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::app::App;
 use crate::auth::{Caller, Principal, until_lapsed};
 use crate::error::{ApiError, ApiResult, Json};
-use crate::groups::{Accepted, INSTANCES, request};
+use crate::groups::{Accepted, request};
+use crate::paging::{Page, PageRequest};
 
 mod views;
 use views::{CrashView, InstanceView};
 
-use prexor_model::instances::CRASHES;
 /// How long a console command waits for the node's ack (then 504).
 const CONSOLE_ACK_WITHIN: Duration = Duration::from_secs(5);
 
@@ -52,13 +52,14 @@ struct Filter {
 
 #[utoipa::path(
     get, path = "/api/v1/instances", tag = "instances",
-    params(("group" = Option<String>, Query), ("node" = Option<String>, Query), ("state" = Option<String>, Query)),
-    responses((status = 200, body = Vec<InstanceView>))
+    params(("group" = Option<String>, Query), ("node" = Option<String>, Query), ("state" = Option<String>, Query), PageRequest),
+    responses((status = 200, body = Page<InstanceView>))
 )]
 async fn list(
     Caller(app, who): Caller,
     Query(filter): Query<Filter>,
-) -> ApiResult<Json<Vec<InstanceView>>> {
+    page: PageRequest,
+) -> ApiResult<Json<Page<InstanceView>>> {
     who.require("instances:read")?;
     let mut query = Document::new();
     if let Some(group) = filter.group {
@@ -70,18 +71,8 @@ async fn list(
     if let Some(state) = filter.state {
         query.insert("state", state.to_ascii_uppercase());
     }
-    let instances = app
-        .records(
-            INSTANCES,
-            "listing instances",
-            query,
-            doc! { "_id": 1 },
-            None,
-        )
-        .await?;
-    Ok(Json(
-        instances.into_iter().map(InstanceView::summary).collect(),
-    ))
+    app.views("listing instances", query, &page, InstanceView::summary)
+        .await
 }
 
 #[utoipa::path(
@@ -104,25 +95,20 @@ async fn show(Caller(app, who): Caller, Path(id): Path<String>) -> ApiResult<Jso
     Ok(Json(InstanceView::detail(record, plan)))
 }
 
+/// Newest first.
 #[utoipa::path(
-    get, path = "/api/v1/instances/{id}/crashes", tag = "instances",
-    responses((status = 200, body = Vec<CrashView>))
+    get, path = "/api/v1/instances/{id}/crashes", tag = "instances", params(PageRequest),
+    responses((status = 200, body = Page<CrashView>))
 )]
 async fn crashes(
     Caller(app, who): Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Vec<CrashView>>> {
+    page: PageRequest,
+) -> ApiResult<Json<Page<CrashView>>> {
     who.require("instances:read")?;
-    let crashes = app
-        .records::<CrashRecord>(
-            CRASHES,
-            "reading crash records",
-            doc! { "instanceId": &id },
-            doc! { "atMs": -1 },
-            Some(100),
-        )
-        .await?;
-    Ok(Json(crashes.into_iter().map(CrashView::from).collect()))
+    let filter = doc! { "instanceId": &id };
+    app.views::<CrashRecord, _>("reading crash records", filter, &page, CrashView::from)
+        .await
 }
 
 async fn halt(

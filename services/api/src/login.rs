@@ -220,7 +220,6 @@ async fn login(
         lock(&app, &login.username, &user_key).await?;
         return Err(locked(LOCKOUT_FOR));
     }
-    let store = app.store();
     let user: Option<UserRecord> = app.record(USERS, &login.username).await?;
     // Unknown users cost a hash verification too, so timing does not tell which names exist.
     let hash = user
@@ -265,7 +264,7 @@ async fn login(
     Ok(Json(Session {
         token,
         expires_at_ms,
-        permissions: user_permissions(store, &user).await?,
+        permissions: user_permissions(&app, &user).await?,
         user: login.username,
     }))
 }
@@ -323,6 +322,7 @@ async fn logout(Caller(app, principal): Caller) -> ApiResult<StatusCode> {
         .ephemeral
         .set_for(&revoked_key(id), Duration::from_secs(left))
         .await?;
+    app.access_changed(&principal.user).await;
     app.audit::<(), ()>(&principal, "auth.logout", &principal.user, None, None)
         .await;
     Ok(StatusCode::NO_CONTENT)

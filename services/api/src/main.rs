@@ -15,6 +15,7 @@ mod login;
 mod modules;
 mod nodes;
 mod openapi;
+mod paging;
 mod permissions;
 mod streams;
 mod system;
@@ -141,6 +142,9 @@ async fn build(
 ) -> Result<Parts, prexor_serve::BoxError> {
     let sessions = auth::SessionKeys::load(&service.store).await?;
     access::bind_credentials(&service.store).await?;
+    if let Err(err) = groups::index_instances(&service.store).await {
+        tracing::warn!(error = %err, "instances are not indexed by group; group listings count them by a scan");
+    }
     let signer = service.signer.clone();
     let certificate = certificate_task(&service, &config, &signer, slot);
     let app = Arc::new(AppState {
@@ -159,11 +163,17 @@ async fn build(
             _ => None,
         },
         uploads: config.uploads,
+        callers: auth::CallerCache::new(config.caller_cache_ttl),
     });
     let follow = {
         let events = service.events.clone();
         let stop = service.shutdown.clone();
         tokio::spawn(async move { events.follow(stop).await })
+    };
+    let forget_callers = {
+        let (app, live) = (app.clone(), service.events.subscribe());
+        let stop = service.shutdown.clone();
+        tokio::spawn(async move { app.callers.follow(live, stop).await })
     };
     let api = Router::new()
         .merge(system::routes())
@@ -193,7 +203,10 @@ async fn build(
                 .nest("/api/v1", api)
                 .fallback(error::not_found),
         ),
-        tasks: [follow].into_iter().chain(certificate).collect(),
+        tasks: [follow, forget_callers]
+            .into_iter()
+            .chain(certificate)
+            .collect(),
         ..Parts::default()
     })
 }
@@ -238,9 +251,14 @@ async fn bootstrap_admin(
     password_file: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     let mongo = &config.common.mongo;
-    let store =
-        prexor_store::Store::connect(&mongo.uri, &mongo.database, "prexor-api", mongo.timeout)
-            .await?;
+    let store = prexor_store::Store::connect_pooled(
+        &mongo.uri,
+        &mongo.database,
+        "prexor-api",
+        mongo.timeout,
+        mongo.max_pool_size,
+    )
+    .await?;
     // The cluster identity first (created here for a new cluster when `cluster.bootstrap` is
     // set, as `prexorctl setup` does), so an admin is never made in the wrong database.
     let cluster = prexor_serve::guard::cluster_identity(&store, &config.common).await?;

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::App;
 use crate::auth::{Caller, Principal};
 use crate::error::{ApiError, ApiResult, Json, conflict_if_taken};
+use crate::paging::Page;
 use crate::templates::{Layer, LayerVersionView, receive_layer, version_document};
 
 pub use prexor_model::workflows::MODULE_MUTATION;
@@ -162,14 +163,8 @@ impl From<&MutationRecord> for MutationView {
     }
 }
 
-#[utoipa::path(
-    get, path = "/api/v1/modules", tag = "modules",
-    responses((status = 200, body = Vec<ModuleView>))
-)]
-async fn list(Caller(app, who): Caller) -> ApiResult<Json<Vec<ModuleView>>> {
-    who.require("modules:read")?;
-    app.views::<ModuleRecord, _>(MODULES, "listing modules", doc! {}, doc! { "_id": 1 })
-        .await
+crate::paging::list_all! {
+    list = "/api/v1/modules", "modules", "modules:read", ModuleRecord => ModuleView;
 }
 
 #[utoipa::path(

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::App;
 use crate::auth::{Caller, Principal};
 use crate::error::{ApiError, ApiResult, ErrorCode, Json, conflict_if_taken};
+use crate::paging::{Page, PageRequest};
 
 use prexor_model::nodes::NODE_ALLOCATIONS;
 use prexor_model::nodes::NODE_DRAINS;
@@ -43,21 +44,23 @@ pub fn routes() -> Router<App> {
 }
 
 #[utoipa::path(
-    get, path = "/api/v1/nodes", tag = "nodes",
-    responses((status = 200, body = Vec<NodeView>))
+    get, path = "/api/v1/nodes", tag = "nodes", params(PageRequest),
+    responses((status = 200, body = Page<NodeView>))
 )]
-async fn list(Caller(app, who): Caller) -> ApiResult<Json<Vec<NodeView>>> {
+async fn list(Caller(app, who): Caller, page: PageRequest) -> ApiResult<Json<Page<NodeView>>> {
     who.require("nodes:read")?;
-    let (nodes, allocations, drains) = tokio::try_join!(
-        app.records::<NodeRecord>(NODES, "listing nodes", doc! {}, doc! { "_id": 1 }, None),
+    let nodes: Page<NodeRecord> = app.page("listing nodes", doc! {}, &page).await?;
+    let ids =
+        doc! { "_id": { "$in": nodes.items.iter().map(|n| n.id.as_str()).collect::<Vec<_>>() } };
+    let (allocations, drains) = tokio::try_join!(
         app.records::<NodeAllocation>(
             NODE_ALLOCATIONS,
             "reading node allocations",
-            doc! {},
+            ids.clone(),
             doc! {},
             None
         ),
-        app.records::<DrainRecord>(NODE_DRAINS, "reading node drains", doc! {}, doc! {}, None),
+        app.records::<DrainRecord>(NODE_DRAINS, "reading node drains", ids, doc! {}, None),
     )?;
     let reserved: HashMap<String, i64> = allocations
         .into_iter()
@@ -65,16 +68,11 @@ async fn list(Caller(app, who): Caller) -> ApiResult<Json<Vec<NodeView>>> {
         .collect();
     let mut drains: HashMap<String, DrainRecord> =
         drains.into_iter().map(|d| (d.id.clone(), d)).collect();
-    Ok(Json(
-        nodes
-            .into_iter()
-            .map(|node| {
-                let reserved_mb = reserved.get(&node.id).copied().unwrap_or(0);
-                let drain = drains.remove(&node.id);
-                NodeView::new(node, reserved_mb, drain)
-            })
-            .collect(),
-    ))
+    Ok(Json(nodes.map(|node| {
+        let reserved_mb = reserved.get(&node.id).copied().unwrap_or(0);
+        let drain = drains.remove(&node.id);
+        NodeView::new(node, reserved_mb, drain)
+    })))
 }
 
 /// `node` as the API shows it (with its allocation and drain).

@@ -247,6 +247,34 @@ mod tests {
     }
 
     #[test]
+    fn every_list_is_paged() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let mut lists = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            let Some(get) = item.get("get") else {
+                continue;
+            };
+            let schema = &get["responses"]["200"]["content"]["application/json"]["schema"];
+            assert_ne!(schema["type"], "array", "GET {path} answers a bare list");
+            let reference = schema["$ref"].as_str().unwrap_or_default();
+            if reference.starts_with("#/components/schemas/Page_") || path.ends_with("/audit") {
+                let parameters: Vec<&str> = get["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p["name"].as_str())
+                    .collect();
+                assert!(
+                    parameters.contains(&"limit") && parameters.contains(&"after"),
+                    "GET {path} pages without limit and after: {parameters:?}"
+                );
+                lists.push(path.as_str());
+            }
+        }
+        assert_eq!(lists.len(), 12, "{lists:?}");
+    }
+
+    #[test]
     fn every_operation_documents_its_permission_and_every_listed_route_exists() {
         let mut doc = ApiDoc::openapi();
         let mut documented = Vec::new();

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::App;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Json, conflict_if_taken};
+use crate::paging::Page;
 use crate::uploads;
 
 pub use prexor_model::workflows::TEMPLATES;
@@ -113,14 +114,8 @@ pub fn version_document<V: Serialize>(version: &LayerVersion<V>) -> ApiResult<bs
         .map_err(|e| ApiError::internal(format!("cannot encode the layer version: {e}")))
 }
 
-#[utoipa::path(
-    get, path = "/api/v1/templates", tag = "templates",
-    responses((status = 200, body = Vec<TemplateSummary>))
-)]
-async fn list(Caller(app, who): Caller) -> ApiResult<Json<Vec<TemplateSummary>>> {
-    who.require("templates:read")?;
-    app.views::<TemplateRecord, _>(TEMPLATES, "listing templates", doc! {}, doc! { "_id": 1 })
-        .await
+crate::paging::list_all! {
+    list = "/api/v1/templates", "templates", "templates:read", TemplateRecord => TemplateSummary;
 }
 
 #[utoipa::path(

@@ -4,16 +4,16 @@ use axum::Router;
 use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::routing::get;
-use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{Bson, Document, doc};
 use prexor_domain::now_ms;
-use prexor_model::access::{AUDIT, AuditRecord, ROLES, RoleRecord, USERS, UserRecord};
+use prexor_model::access::{AuditRecord, ROLES, RoleRecord, USERS, UserRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::access::{self, UserWrite};
 use crate::app::App;
 use crate::auth::{Caller, Principal, hash_password, password_problem};
 use crate::error::{ApiError, ApiResult, Json};
+use crate::paging::{Page, PageRequest, cut};
 use crate::permissions;
 
 pub fn routes() -> Router<App> {
@@ -54,14 +54,8 @@ impl From<&UserRecord> for UserView {
     }
 }
 
-#[utoipa::path(
-    get, path = "/api/v1/users", tag = "users",
-    responses((status = 200, body = Vec<UserView>))
-)]
-async fn list_users(Caller(app, who): Caller) -> ApiResult<Json<Vec<UserView>>> {
-    who.require("users:read")?;
-    app.views::<UserRecord, _>(USERS, "listing users", doc! {}, doc! { "_id": 1 })
-        .await
+crate::paging::list_all! {
+    list_users = "/api/v1/users", "users", "users:read", UserRecord => UserView;
 }
 
 #[utoipa::path(
@@ -118,7 +112,7 @@ async fn require_holds_user(
     if name == who.user {
         return Ok(());
     }
-    let held = access::roles_permissions(app.store(), &user.roles).await?;
+    let held = access::roles_permissions(app, &user.roles).await?;
     access::require_within(who, &held, &format!("user {name:?} holds more than you"))
 }
 
@@ -144,7 +138,7 @@ async fn create_user(
         return Err(ApiError::field("password", problem));
     }
     check_roles(&app, &new.roles).await?;
-    let granted = access::roles_permissions(app.store(), &new.roles).await?;
+    let granted = access::roles_permissions(&app, &new.roles).await?;
     access::require_within(&who, &granted, "roles")?;
     let record = UserRecord {
         name: new.username.clone(),
@@ -202,7 +196,7 @@ async fn update_user(
     }
     if let Some(roles) = &change.roles {
         check_roles(&app, roles).await?;
-        let granted = access::roles_permissions(app.store(), roles).await?;
+        let granted = access::roles_permissions(&app, roles).await?;
         access::require_within(&who, &granted, "roles")?;
         set.insert("roles", roles);
     }
@@ -281,21 +275,26 @@ impl RoleView {
     }
 }
 
+/// Built-in and custom roles together, by name.
 #[utoipa::path(
-    get, path = "/api/v1/roles", tag = "roles",
-    responses((status = 200, body = Vec<RoleView>))
+    get, path = "/api/v1/roles", tag = "roles", params(PageRequest),
+    responses((status = 200, body = Page<RoleView>))
 )]
-async fn list_roles(Caller(app, who): Caller) -> ApiResult<Json<Vec<RoleView>>> {
+async fn list_roles(
+    Caller(app, who): Caller,
+    page: PageRequest,
+) -> ApiResult<Json<Page<RoleView>>> {
     who.require("roles:read")?;
+    let custom: Vec<RoleRecord> = app.page_read("listing roles", doc! {}, &page).await?;
+    let after = page.after.as_deref().unwrap_or_default();
     let mut roles: Vec<RoleView> = permissions::BUILTIN_ROLES
         .iter()
-        .filter_map(|r| RoleView::builtin(r))
+        .filter(|name| **name > after)
+        .filter_map(|name| RoleView::builtin(name))
+        .chain(custom.iter().map(RoleView::from))
         .collect();
-    let custom: Vec<RoleRecord> = app
-        .records(ROLES, "listing roles", doc! {}, doc! { "_id": 1 }, None)
-        .await?;
-    roles.extend(custom.iter().map(RoleView::from));
-    Ok(Json(roles))
+    roles.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(cut(roles, page.limit, |role| role.name.clone())))
 }
 
 #[utoipa::path(
@@ -387,6 +386,7 @@ async fn update_role(
         doc! { "$set": { "permissions": &body.permissions, "description": &body.description } },
     )
     .await?;
+    app.access_changed(&name).await;
     let after = RoleView::from(&app.find(&name).await?);
     app.audit(
         &who,
@@ -428,22 +428,23 @@ async fn delete_role(Caller(app, who): Caller, Path(name): Path<String>) -> ApiR
         )));
     }
     let before = RoleView::from(&before);
-    app.delete_audited(
-        &who,
-        ROLES,
-        "deleting a role",
-        "role.delete",
-        &name,
-        &before,
-    )
-    .await
+    let deleted = app
+        .delete_audited(
+            &who,
+            ROLES,
+            "deleting a role",
+            "role.delete",
+            &name,
+            &before,
+        )
+        .await;
+    app.access_changed(&name).await;
+    deleted
 }
 
 #[derive(Deserialize)]
 struct AuditQuery {
-    /// Page size (1–500, default 50).
-    limit: Option<i64>,
-    /// `nextCursor` of the previous page.
+    /// `after` by its older name.
     cursor: Option<String>,
     actor: Option<String>,
     action: Option<String>,
@@ -455,7 +456,7 @@ struct AuditQuery {
 #[serde(rename_all = "camelCase")]
 struct AuditPage {
     entries: Vec<AuditEntryView>,
-    /// Pass as `cursor` for older entries; `null` on the last page.
+    /// Pass as `after` for older entries; `null` on the last page.
     next_cursor: Option<String>,
 }
 
@@ -507,24 +508,17 @@ impl AuditEntryView {
 
 #[utoipa::path(
     get, path = "/api/v1/audit", tag = "audit",
-    params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("actor" = Option<String>, Query), ("action" = Option<String>, Query), ("target" = Option<String>, Query)),
+    params(PageRequest, ("cursor" = Option<String>, Query, description = "`after` by its older name"), ("actor" = Option<String>, Query), ("action" = Option<String>, Query), ("target" = Option<String>, Query)),
     responses((status = 200, body = AuditPage))
 )]
 async fn audit_log(
     Caller(app, who): Caller,
+    mut page: PageRequest,
     Query(query): Query<AuditQuery>,
 ) -> ApiResult<Json<AuditPage>> {
     who.require("audit:read")?;
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::field("limit", "must be between 1 and 500"));
-    }
+    page.after = page.after.or(query.cursor);
     let mut filter = Document::new();
-    if let Some(cursor) = &query.cursor {
-        let id = ObjectId::parse_str(cursor)
-            .map_err(|_| ApiError::field("cursor", "is not a cursor from a previous page"))?;
-        filter.insert("_id", doc! { "$lt": id });
-    }
     for (key, value) in [
         ("actor", &query.actor),
         ("action", &query.action),
@@ -534,31 +528,19 @@ async fn audit_log(
             filter.insert(key, value);
         }
     }
-    let entries: Vec<AuditRecord> = app
-        .records(
-            AUDIT,
-            "reading the audit log",
-            filter,
-            doc! { "_id": -1 },
-            Some(limit),
-        )
-        .await?;
-    let next_cursor = (entries.len() as i64 == limit)
-        .then(|| entries.last().map(|e| e.id.to_hex()))
-        .flatten();
+    let entries: Page<AuditRecord> = app.page("reading the audit log", filter, &page).await?;
     // Where a backup archive is stored is for those who may read backups.
     let hide_archives = who.require("backups:read").is_err();
+    let entries = entries.map(|entry| AuditEntryView::new(entry, hide_archives));
     Ok(Json(AuditPage {
-        entries: entries
-            .into_iter()
-            .map(|entry| AuditEntryView::new(entry, hide_archives))
-            .collect(),
-        next_cursor,
+        entries: entries.items,
+        next_cursor: entries.next_cursor,
     }))
 }
 
 #[cfg(test)]
 mod tests {
+    use mongodb::bson::oid::ObjectId;
     use mongodb::bson::{self, doc};
 
     use super::*;

@@ -323,11 +323,14 @@ impl Groups {
             .map(|i| (i.id.clone(), i.attempt))
             .collect();
         if !paused {
-            let mut placed = Vec::new();
-            for id in wanted.iter().filter(|id| !active.contains_key(*id)) {
-                let attempt = attempts.get(id).copied().unwrap_or(0) + 1;
-                placed.extend(self.place(name, spec, revision, id, attempt, lease).await?);
-            }
+            let missing: Vec<(String, i64)> = wanted
+                .iter()
+                .filter(|id| !active.contains_key(*id))
+                .map(|id| (id.clone(), attempts.get(id).copied().unwrap_or(0) + 1))
+                .collect();
+            let mut placed = self
+                .place_all(name, spec, revision, &missing, lease)
+                .await?;
             self.dispatch_all(name, lease, placed.iter_mut().collect())
                 .await?;
         }

@@ -108,6 +108,17 @@ impl Cluster {
         }
     }
 
+    /// Counts `choice` as made for an instance needing `memory_mb`: its port held, its memory
+    /// reserved, one more instance (of the group) on its node. The next [`solve`] sees it.
+    pub fn commit(&mut self, choice: &Placement, memory_mb: i64) {
+        self.hold_port(&choice.node, choice.port);
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.id == choice.node) {
+            node.reserved_mb += memory_mb;
+            node.group_instances += 1;
+            node.instances += 1;
+        }
+    }
+
     /// Leaves `node` out of the choices that follow.
     pub fn exclude(&mut self, node: &str) {
         self.nodes.retain(|n| n.id != node);
@@ -183,6 +194,26 @@ impl fmt::Display for NoFit {
             }
         })
     }
+}
+
+/// Places up to `count` instances of one request, each seeing the ones before it (spread,
+/// memory and ports as if each were already written); stops at the first that does not fit.
+pub fn solve_many(
+    cluster: &mut Cluster,
+    request: &Request,
+    count: usize,
+) -> (Vec<Placement>, Option<NoFit>) {
+    let mut choices = Vec::with_capacity(count);
+    for _ in 0..count {
+        match solve(cluster, request) {
+            Ok(choice) => {
+                cluster.commit(&choice, request.memory_mb);
+                choices.push(choice);
+            }
+            Err(why) => return (choices, Some(why)),
+        }
+    }
+    (choices, None)
 }
 
 /// Picks the node and port for one instance. Nodes that fit (online and uncordoned, labels,

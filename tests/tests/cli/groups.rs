@@ -101,6 +101,7 @@ pub async fn groups_and_instances(cluster: &Cluster, stack: &Stack) -> anyhow::R
     ctl.says(&["instances", "start", "event"], &["places a new instance"])?;
     running(cluster, &["event-1"]).await?;
     let (_, listed) = rest.get("/instances?group=event").await?;
+    let listed = &listed["items"];
     ensure!(
         listed.as_array().map(Vec::len) == Some(1) && listed[0]["id"] == "event-1",
         "{listed}"
@@ -132,7 +133,10 @@ pub async fn groups_and_instances(cluster: &Cluster, stack: &Stack) -> anyhow::R
     })
     .await?;
     let (_, active) = rest.get("/instances?group=event&state=running").await?;
-    ensure!(active.as_array().is_some_and(Vec::is_empty), "{active}");
+    ensure!(
+        active["items"].as_array().is_some_and(Vec::is_empty),
+        "{active}"
+    );
 
     // A crash (the fake server exits 7 on `crash 7`) is recorded, and the group restarts it.
     ctl.ok(&["instances", "command", "lobby-1", "crash", "7"])?;

@@ -3,6 +3,7 @@
 //! first admin ([`bootstrap`]). Signing in and out is [`crate::login`].
 
 mod bootstrap;
+mod cache;
 mod passwords;
 mod principal;
 mod sessions;
@@ -16,6 +17,7 @@ use crate::app::App;
 use crate::error::Json;
 
 pub use bootstrap::bootstrap_admin;
+pub use cache::{ACCESS_CHANGED, CallerCache};
 pub(crate) use passwords::verify_password;
 pub use passwords::{hash_password, password_problem};
 pub use principal::{Caller, Credential, Principal, until_lapsed, user_permissions};

@@ -91,6 +91,7 @@ pub(super) async fn change_password(
         doc! { "$set": { "passwordHash": hash, "sessionsValidAfterMs": now_ms() } },
     )
     .await?;
+    app.access_changed(&principal.user).await;
     app.audit::<(), ()>(&principal, "user.password", &principal.user, None, None)
         .await;
     Ok(StatusCode::NO_CONTENT)

@@ -1,5 +1,6 @@
 //! The caller: who it is, how it authenticated, what it may do; found again on every request
-//! (and every few seconds on a long-lived stream).
+//! unless this replica resolved the same credential a moment ago ([`super::CallerCache`]), and
+//! every few seconds on a long-lived stream.
 
 use std::time::Duration;
 
@@ -7,7 +8,6 @@ use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use prexor_model::access::{API_TOKENS, USERS, UserRecord};
-use prexor_store::Store;
 
 use super::{sessions, tokens};
 use crate::app::App;
@@ -136,11 +136,17 @@ impl FromRequestParts<App> for Principal {
                 ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
             })?
             .trim();
-        if let Some(token) = bearer.strip_prefix("pxt_") {
-            tokens::authenticate(app, token).await
-        } else {
-            sessions::authenticate(app, bearer).await
+        if let Some(who) = app.callers.get(bearer) {
+            return Ok(who);
         }
+        let generation = app.callers.generation();
+        let who = if let Some(token) = bearer.strip_prefix("pxt_") {
+            tokens::authenticate(app, token).await?
+        } else {
+            sessions::authenticate(app, bearer).await?
+        };
+        app.callers.keep(generation, bearer, &who);
+        Ok(who)
     }
 }
 
@@ -169,6 +175,6 @@ pub(super) async fn active_user(app: &App, name: &str) -> ApiResult<UserRecord> 
 }
 
 /// The union of the user's roles' permissions (built-in or custom).
-pub async fn user_permissions(store: &Store, user: &UserRecord) -> ApiResult<Vec<String>> {
-    crate::access::roles_permissions(store, &user.roles).await
+pub async fn user_permissions(app: &App, user: &UserRecord) -> ApiResult<Vec<String>> {
+    crate::access::roles_permissions(app, &user.roles).await
 }

@@ -132,7 +132,7 @@ pub(super) async fn principal(
         ));
     }
     Ok(Principal {
-        permissions: user_permissions(app.store(), &record).await?,
+        permissions: user_permissions(app, &record).await?,
         user: user.to_owned(),
         user_id: user_id.to_owned(),
         credential: Credential::Session {

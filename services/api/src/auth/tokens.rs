@@ -14,6 +14,7 @@ use super::passwords::random_secret;
 use super::principal::{Caller, Credential, Principal, active_user, user_permissions};
 use crate::app::App;
 use crate::error::{ApiError, ApiResult, Json};
+use crate::paging::{Page, PageRequest};
 use crate::permissions;
 
 /// API token last-use times are written at most this often.
@@ -49,7 +50,7 @@ pub(super) async fn principal(app: &App, record: &ApiTokenRecord) -> ApiResult<P
         )));
     }
     let store = app.store();
-    let held = user_permissions(store, &user).await?;
+    let held = user_permissions(app, &user).await?;
     // A token never exceeds its owner: what it was scoped to, as far as the owner still holds it.
     let permissions = permissions_intersection(&record.permissions, &held);
     if record.last_used_at_ms.unwrap_or(0) + LAST_USED_RESOLUTION_MS < now {
@@ -232,15 +233,17 @@ pub(super) struct TokenFilter {
     owner: Option<String>,
 }
 
+/// Oldest first.
 #[utoipa::path(
     get, path = "/api/v1/auth/tokens", tag = "auth",
-    params(("owner" = Option<String>, Query)),
-    responses((status = 200, body = Vec<TokenView>))
+    params(("owner" = Option<String>, Query), PageRequest),
+    responses((status = 200, body = Page<TokenView>))
 )]
 pub(super) async fn list_tokens(
     Caller(app, principal): Caller,
     Query(filter): Query<TokenFilter>,
-) -> ApiResult<Json<Vec<TokenView>>> {
+    page: PageRequest,
+) -> ApiResult<Json<Page<TokenView>>> {
     principal.require("tokens:read")?;
     let query = match filter.owner.as_deref() {
         None => doc! { "owner": &principal.user },
@@ -254,9 +257,8 @@ pub(super) async fn list_tokens(
             }
         }
     };
-    let oldest_first = doc! { "createdAtMs": 1 };
-    app.views::<ApiTokenRecord, _>(API_TOKENS, "listing API tokens", query, oldest_first)
-        .await
+    let view = |token: ApiTokenRecord| TokenView::from(&token);
+    app.views("listing API tokens", query, &page, view).await
 }
 
 #[utoipa::path(
@@ -274,6 +276,9 @@ pub(super) async fn delete_token(
     }
     let before = TokenView::from(&record);
     let doing = "deleting an API token";
-    app.delete_audited(&principal, API_TOKENS, doing, "token.delete", &id, &before)
-        .await
+    let deleted = app
+        .delete_audited(&principal, API_TOKENS, doing, "token.delete", &id, &before)
+        .await;
+    app.access_changed(&id).await;
+    deleted
 }

@@ -237,6 +237,8 @@ pub async fn restore(
         tracing::warn!("could not clear the restore flag (it expires by itself): {err}");
     }
     let leases = outcome?;
+    // Users, roles and tokens may be others now.
+    app.access_changed(&id).await;
     // Users and tokens of an archive made before credentials were bound to user ids.
     crate::access::bind_credentials(app.store()).await?;
     let result = RestoreResult {

@@ -5,7 +5,7 @@
 //! The choice itself is [`placement::solve`]'s, over a view read here; this module reads, writes
 //! and retries when another replica wins a port or the memory first.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use mongodb::bson::{Bson, Document, doc};
 use prexor_coord::Lease;
@@ -79,7 +79,190 @@ pub(super) fn plan_hash(plan: &Document, id: &str, attempt: i64, revision: i64) 
     prexor_domain::hex(&digest[..12])
 }
 
+/// The memory of `need_mb` reserved on `node` in the fenced write, refused (a precondition)
+/// if it no longer fits in `allocatable_mb`.
+fn reserve(node: &str, allocatable_mb: i64, need_mb: i64) -> Write {
+    Write::update_one(
+        NODE_ALLOCATIONS,
+        doc! { "_id": node, "reservedMb": { "$lte": allocatable_mb - need_mb } },
+        doc! { "$inc": { "reservedMb": need_mb } },
+    )
+    .require_match()
+}
+
+/// One placement decided and not yet written: the instance, its node and port, its plan.
+struct Placing {
+    id: String,
+    attempt: i64,
+    node: String,
+    port: u16,
+    token: String,
+    plan: Document,
+    plan_hash: String,
+}
+
+impl Placing {
+    fn new(
+        group: &str,
+        spec: &GroupSpec,
+        revision: i64,
+        id: &str,
+        attempt: i64,
+        choice: &placement::Placement,
+        modules: &[PlanLayer],
+    ) -> Placing {
+        let token = workload_token(id);
+        let plan = plan_doc(group, spec, id, choice.port, &token, modules);
+        let plan_hash = plan_hash(&plan, id, attempt, revision);
+        Placing {
+            id: id.to_string(),
+            attempt,
+            node: choice.node.clone(),
+            port: choice.port,
+            token,
+            plan,
+            plan_hash,
+        }
+    }
+
+    /// Its writes besides the memory: the port reservation (an expired block on the port goes
+    /// in the same transaction — never a plain multi-document delete on a collection
+    /// transactions write), the persisted plan and the instance record.
+    fn writes(&self, group: &str, spec: &GroupSpec, revision: i64) -> Vec<Write> {
+        let (id, node, port) = (self.id.as_str(), self.node.as_str(), self.port);
+        vec![
+            Write::delete_one(
+                PORT_RESERVATIONS,
+                doc! { "_id": format!("{node}:{port}"), "blockedUntilMs": { "$lt": now_ms() } },
+            ),
+            Write::insert(
+                PORT_RESERVATIONS,
+                doc! { "_id": format!("{node}:{port}"), "nodeId": node, "port": i64::from(port), "group": group, "instance": id },
+            ),
+            Write::update_one(
+                INSTANCE_PLANS,
+                doc! { "_id": id },
+                doc! { "$set": {
+                    "group": group,
+                    "planHash": &self.plan_hash,
+                    "plan": self.plan.clone(),
+                } },
+            )
+            .upsert(),
+            Write::update_one(
+                INSTANCES,
+                doc! { "_id": id },
+                doc! { "$set": {
+                    "group": group,
+                    "nodeId": node,
+                    "state": SCHEDULED,
+                    "planHash": &self.plan_hash,
+                    "port": i64::from(port),
+                    "memoryMb": spec.memory_mb as i64,
+                    "attempt": self.attempt,
+                    "revision": revision,
+                    "workloadTokenHash": prexor_domain::sha256_hex(self.token.as_bytes()),
+                    "specHash": spec.hash(),
+                    "nextAttemptAtMs": 0_i64,
+                    "scheduledAtMs": now_ms(),
+                }, "$unset": { "plan": "" } },
+            )
+            .upsert(),
+        ]
+    }
+}
+
 impl Groups {
+    /// Places the instances `wanted` (id and attempt) of one tick: one read of the view, the
+    /// choices made one after another over it ([`placement::solve_many`]), and one fenced
+    /// transaction for all of them. When another replica wins a port or the memory meanwhile,
+    /// the transaction writes nothing and they are placed one by one ([`Groups::place`]).
+    pub(super) async fn place_all(
+        &self,
+        group: &str,
+        spec: &GroupSpec,
+        revision: i64,
+        wanted: &[(String, i64)],
+        lease: &Lease,
+    ) -> anyhow::Result<Vec<Instance>> {
+        if wanted.len() < 2 {
+            let mut placed = Vec::new();
+            for (id, attempt) in wanted {
+                placed.extend(
+                    self.place(group, spec, revision, id, *attempt, lease)
+                        .await?,
+                );
+            }
+            return Ok(placed);
+        }
+        let Some(module_layers) = self.module_layers(group, spec).await? else {
+            return Ok(Vec::new());
+        };
+        let mut cluster = self.placement_view(group).await?;
+        let request = placement::Request::of(spec);
+        let need = request.memory_mb;
+        let (choices, why) = placement::solve_many(&mut cluster, &request, wanted.len());
+        if let Some(why) = why {
+            tracing::warn!(
+                group,
+                placed = choices.len(),
+                wanted = wanted.len(),
+                need_mb = need,
+                %why,
+                "no online node has room for the rest of the group's instances"
+            );
+        }
+        if choices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut per_node: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+        for choice in &choices {
+            per_node
+                .entry(&choice.node)
+                .or_insert((choice.allocatable_mb, 0))
+                .1 += need;
+        }
+        let mut writes = Vec::new();
+        for (node, (allocatable, sum)) in &per_node {
+            self.prepare_allocation(node).await?;
+            writes.push(reserve(node, *allocatable, *sum));
+        }
+        let mut planned = Vec::new();
+        for ((id, attempt), choice) in wanted.iter().zip(&choices) {
+            let placing = Placing::new(group, spec, revision, id, *attempt, choice, &module_layers);
+            writes.extend(placing.writes(group, spec, revision));
+            planned.push(placing);
+        }
+        prexor_serve::failpoint::hit("scheduler.before-placement-write");
+        match self.write(lease, writes).await {
+            Ok(()) => {
+                prexor_serve::failpoint::hit("scheduler.after-plan-persisted");
+                let mut placed = Vec::new();
+                for placing in planned {
+                    placed.push(self.placed(group, spec, placing).await);
+                }
+                Ok(placed)
+            }
+            Err(err)
+                if err.is_duplicate_key() || matches!(err, StoreError::Precondition { .. }) =>
+            {
+                tracing::info!(
+                    group,
+                    "another replica placed on the same nodes meanwhile; placing one by one"
+                );
+                let mut placed = Vec::new();
+                for (id, attempt) in wanted.iter().take(choices.len()) {
+                    placed.extend(
+                        self.place(group, spec, revision, id, *attempt, lease)
+                            .await?,
+                    );
+                }
+                Ok(placed)
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// Places `id` (attempt `attempt`): reads the candidate nodes, lets [`placement::solve`]
     /// pick a node and a free port, and in one fenced write reserves memory and port and persists
     /// the plan. `None` when no node fits now.
@@ -123,112 +306,25 @@ impl Groups {
                 nodes_tried += 1;
                 ports_tried = 0;
                 current = Some(choice.node.clone());
-                self.store
-                    .bounded(
-                        "preparing a node allocation record",
-                        self.store
-                            .documents(NODE_ALLOCATIONS)
-                            .update_one(
-                                doc! { "_id": &choice.node },
-                                doc! { "$setOnInsert": { "reservedMb": 0_i64 } },
-                            )
-                            .upsert(true),
-                    )
-                    .await?;
+                self.prepare_allocation(&choice.node).await?;
             }
             ports_tried += 1;
-            let (node, port) = (choice.node.as_str(), choice.port);
-            let token = workload_token(id);
-            let plan = plan_doc(group, spec, id, port, &token, &module_layers);
-            let plan_hash = plan_hash(&plan, id, attempt, revision);
+            let placing = Placing::new(group, spec, revision, id, attempt, &choice, &module_layers);
+            let mut writes = vec![reserve(&choice.node, choice.allocatable_mb, need)];
+            writes.extend(placing.writes(group, spec, revision));
             // Everything decided, nothing written: a pause here (the stale-write test stops the
             // process at this point) makes the write below arrive with a deposed token.
             prexor_serve::failpoint::hit("scheduler.before-placement-write");
-            let placed = self
-                .write(
-                    lease,
-                    vec![
-                        Write::update_one(
-                            NODE_ALLOCATIONS,
-                            doc! { "_id": node, "reservedMb": { "$lte": choice.allocatable_mb - need } },
-                            doc! { "$inc": { "reservedMb": need } },
-                        )
-                        .require_match(),
-                        // An expired block on this port goes in the same transaction (never a
-                        // plain multi-document delete on a collection transactions write).
-                        Write::delete_one(
-                            PORT_RESERVATIONS,
-                            doc! { "_id": format!("{node}:{port}"), "blockedUntilMs": { "$lt": now_ms() } },
-                        ),
-                        Write::insert(
-                            PORT_RESERVATIONS,
-                            doc! { "_id": format!("{node}:{port}"), "nodeId": node, "port": i64::from(port), "group": group, "instance": id },
-                        ),
-                        Write::update_one(
-                            INSTANCE_PLANS,
-                            doc! { "_id": id },
-                            doc! { "$set": {
-                                "group": group,
-                                "planHash": &plan_hash,
-                                "plan": plan.clone(),
-                            } },
-                        )
-                        .upsert(),
-                        Write::update_one(
-                            INSTANCES,
-                            doc! { "_id": id },
-                            doc! { "$set": {
-                                "group": group,
-                                "nodeId": node,
-                                "state": SCHEDULED,
-                                "planHash": &plan_hash,
-                                "port": i64::from(port),
-                                "memoryMb": need,
-                                "attempt": attempt,
-                                "revision": revision,
-                                "workloadTokenHash": prexor_domain::sha256_hex(token.as_bytes()),
-                                "specHash": spec.hash(),
-                                "nextAttemptAtMs": 0_i64,
-                                "scheduledAtMs": now_ms(),
-                            }, "$unset": { "plan": "" } },
-                        )
-                        .upsert(),
-                    ],
-                )
-                .await;
-            match placed {
+            match self.write(lease, writes).await {
                 Ok(()) => {
                     // The plan is persisted, not yet dispatched: a new holder must dispatch
                     // exactly this plan (the placement-time failover test dies here).
                     prexor_serve::failpoint::hit("scheduler.after-plan-persisted");
-                    metrics::counter!("prexor_scheduler_placements_total").increment(1);
-                    tracing::info!(group, instance = id, %node, port, attempt, "placed");
-                    self.state_changed(group, id, SCHEDULED, node).await;
-                    return Ok(Some(Instance {
-                        id: id.to_string(),
-                        group: group.to_string(),
-                        spec_hash: spec.hash(),
-                        node: node.to_string(),
-                        state: SCHEDULED.into(),
-                        plan_hash,
-                        port,
-                        memory_mb: need as u64,
-                        attempt,
-                        next_attempt_at_ms: 0,
-                        dispatch_retries: 0,
-                        drain_until_ms: 0,
-                        state_at_ms: now_ms(),
-                        halt: None,
-                        stop_reason: String::new(),
-                        plan: Some(plan),
-                        reported_state: None,
-                        reported_plan_hash: None,
-                        reported_detail: String::new(),
-                    }));
+                    return Ok(Some(self.placed(group, spec, placing).await));
                 }
                 // Another replica took that port meanwhile: the next one, a few times.
                 Err(err) if err.is_duplicate_key() => {
-                    cluster.hold_port(node, port);
+                    cluster.hold_port(&choice.node, choice.port);
                     if ports_tried == PLACEMENT_PORT_TRIES {
                         cluster.exclude(&choice.node);
                     }
@@ -240,6 +336,61 @@ impl Groups {
             next = placement::solve(&cluster, &request);
         }
         Ok(None)
+    }
+
+    /// Makes sure `node` has an allocation record for the fenced `$inc` to match.
+    async fn prepare_allocation(&self, node: &str) -> Result<(), StoreError> {
+        self.store
+            .bounded(
+                "preparing a node allocation record",
+                self.store
+                    .documents(NODE_ALLOCATIONS)
+                    .update_one(
+                        doc! { "_id": node },
+                        doc! { "$setOnInsert": { "reservedMb": 0_i64 } },
+                    )
+                    .upsert(true),
+            )
+            .await
+            .map(drop)
+    }
+
+    /// Counts a placement written, names it in the log and announces it; the instance as the
+    /// tick goes on with it.
+    async fn placed(&self, group: &str, spec: &GroupSpec, placing: Placing) -> Instance {
+        let Placing {
+            id,
+            attempt,
+            node,
+            port,
+            plan,
+            plan_hash,
+            ..
+        } = placing;
+        metrics::counter!("prexor_scheduler_placements_total").increment(1);
+        tracing::info!(group, instance = %id, %node, port, attempt, "placed");
+        self.state_changed(group, &id, SCHEDULED, &node).await;
+        Instance {
+            id,
+            group: group.to_string(),
+            spec_hash: spec.hash(),
+            node,
+            state: SCHEDULED.into(),
+            plan_hash,
+            port,
+            memory_mb: spec.memory_mb,
+            attempt,
+            next_attempt_at_ms: 0,
+            dispatch_retries: 0,
+            drain_until_ms: 0,
+            state_at_ms: now_ms(),
+            halt: None,
+            stop_reason: String::new(),
+            plan: Some(plan),
+            reported_state: None,
+            reported_plan_hash: None,
+            reported_detail: String::new(),
+        }
     }
 
     /// What [`placement::solve`] chooses from, read from the store (not the tick's snapshot:

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::tests::{apply, assert_fits, labels, node, oracle, request};
+use super::tests::{assert_fits, labels, node, oracle, request};
 use super::{Cluster, NoFit, NodeView, Placement, Request, solve};
 
 const SEED: u64 = 20_240_522;
@@ -136,7 +136,7 @@ impl World {
         assert_fits(&self.cluster, request, &placement);
         assert!(!self.gone.contains(&placement.node));
         let memory_mb = request.memory_mb;
-        apply(&mut self.cluster, request, &placement);
+        self.cluster.commit(&placement, request.memory_mb);
         self.per_group.get_mut(&placement.node).expect("counted")[group] += 1;
         self.live.push(Live {
             group,

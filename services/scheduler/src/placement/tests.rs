@@ -7,7 +7,7 @@ use std::ops::RangeInclusive;
 
 use proptest::prelude::*;
 
-use super::{Cluster, NoFit, NodeView, Placement, PortDomain, Request, solve};
+use super::{Cluster, NoFit, NodeView, Placement, PortDomain, Request, solve, solve_many};
 
 pub(super) fn node(id: &str, allocatable_mb: i64) -> NodeView {
     NodeView {
@@ -117,19 +117,6 @@ pub(super) fn assert_fits(cluster: &Cluster, request: &Request, placement: &Plac
         placement.port,
         node.ports()
     );
-}
-
-/// What the fenced write records for `placement`, applied to the view.
-pub(super) fn apply(cluster: &mut Cluster, request: &Request, placement: &Placement) {
-    cluster.hold_port(&placement.node, placement.port);
-    let node = cluster
-        .nodes
-        .iter_mut()
-        .find(|n| n.id == placement.node)
-        .expect("the chosen node is in the view");
-    node.reserved_mb += request.memory_mb;
-    node.group_instances += 1;
-    node.instances += 1;
 }
 
 fn chosen(cluster: &Cluster, request: &Request) -> (String, u16) {
@@ -384,13 +371,39 @@ proptest! {
             assert_fits(&cluster, &request, &placement);
             let node = cluster.nodes.iter().find(|n| n.id == placement.node).expect("in view");
             prop_assert!(given.insert((node.ports(), placement.port)), "port given twice");
-            apply(&mut cluster, &request, &placement);
+            cluster.commit(&placement, request.memory_mb);
         }
         prop_assert!(solve(&cluster, &request).is_err() || given.len() == 64);
+        // A batch decides the same as those placements one by one.
+        let mut batch = before.clone();
+        let (choices, why) = solve_many(&mut batch, &request, given.len());
+        prop_assert_eq!(choices.len(), given.len());
+        prop_assert!(why.is_none());
+        prop_assert_eq!(&batch.nodes, &cluster.nodes);
+        prop_assert_eq!(&batch.ports_in_use, &cluster.ports_in_use);
         for (node, was) in cluster.nodes.iter().zip(&before.nodes) {
             if node.reserved_mb != was.reserved_mb {
                 prop_assert!(node.reserved_mb <= node.allocatable_mb.unwrap_or_default());
             }
         }
     }
+}
+
+#[test]
+fn a_batch_spreads_over_the_nodes_and_stops_with_the_reason() {
+    let mut cluster = cluster(vec![node("a", 1024), node("b", 1024)]);
+    let request = request(512, 25565..=25600);
+    let (choices, why) = solve_many(&mut cluster, &request, 5);
+    let chosen: Vec<(&str, u16)> = choices.iter().map(|c| (c.node.as_str(), c.port)).collect();
+    assert_eq!(
+        chosen,
+        [("a", 25565), ("b", 25565), ("a", 25566), ("b", 25566)]
+    );
+    assert_eq!(why, Some(NoFit::Memory));
+    assert!(
+        cluster
+            .nodes
+            .iter()
+            .all(|n| n.reserved_mb == 1024 && n.group_instances == 2)
+    );
 }
