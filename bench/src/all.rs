@@ -15,6 +15,7 @@ const RUNS: &[&[&str]] = &[
     &["stack"],
     &["coord"],
     &["api"],
+    &["reads"],
     &["ca"],
     &["gateway", "--kills", "5"],
     &["reports", "--rounds", "2", "--freeze", "30s"],
@@ -86,6 +87,23 @@ const ANCHORS: &[Anchor] = &[
         what: "placements per second (2 scheduler replicas)",
         ours: &["placements per second (2 scheduler replicas)"],
         target: "Agones ~300–400 allocations/s",
+    },
+    Anchor {
+        what: "API reads at 1,000 groups / 1,000 instances: `GET /groups?limit=100`, `GET /instances?limit=100`, `GET /auth/me` (req/s)",
+        ours: &[
+            "GET /groups?limit=100 per second (1000 groups, 1000 instances)",
+            "GET /instances?limit=100 per second (1000 groups, 1000 instances)",
+            "GET /auth/me per second (1000 groups, 1000 instances)",
+        ],
+        target: "≥ 50 % of the driver floor (lists), ≥ 60 % of `/healthz` (`/auth/me`)",
+    },
+    Anchor {
+        what: "api RSS before / after the read load",
+        ours: &[
+            "api RSS before the read load",
+            "api RSS after the read load",
+        ],
+        target: "≤ 64 MiB",
     },
     Anchor {
         what: "create → all RUNNING: 100 instances of one group / 100 groups × 10 (real processes)",

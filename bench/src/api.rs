@@ -134,22 +134,20 @@ pub async fn run(servers: &Servers, n: usize) -> anyhow::Result<()> {
     )
     .print();
 
-    // GET /groups under wrk.
-    match wrk(&format!("{}{API_PREFIX}/groups?bench", a.http), &token) {
-        Ok((rps, p99)) => {
-            Metric {
-                name: "authenticated GET /groups throughput (wrk, 2 threads, 32 connections)"
-                    .into(),
-                value: rps,
-                unit: "req/s",
-                baseline: None,
-                target: None,
-            }
-            .print();
-            Metric::floor("authenticated GET /groups p99 under that load", p99).print();
-        }
-        Err(err) => eprintln!("GET /groups throughput not measured: {err:#}"),
+    // GET /groups under wrk (a benchmark that cannot run fails, it never drops a row).
+    let load = crate::wrk::run(
+        &format!("{}{API_PREFIX}/groups?bench", a.http),
+        Some(&token),
+    )?;
+    Metric {
+        name: "authenticated GET /groups throughput (wrk, 32 connections)".into(),
+        value: load.rps,
+        unit: "req/s",
+        baseline: None,
+        target: None,
     }
+    .print();
+    Metric::floor("authenticated GET /groups p99 under that load", load.p99_ms).print();
     print_rss(
         &a,
         "api RSS after the GET /groups load",
@@ -157,61 +155,4 @@ pub async fn run(servers: &Servers, n: usize) -> anyhow::Result<()> {
     )?;
     drop(b);
     Ok(())
-}
-
-/// Runs wrk for 10 s; (requests per second, p99 latency in ms).
-fn wrk(url: &str, token: &str) -> anyhow::Result<(f64, f64)> {
-    let output = Command::new("wrk")
-        .args(["-t2", "-c32", "-d10s", "--latency", "-H"])
-        .arg(format!("Authorization: Bearer {token}"))
-        .arg(url)
-        .output()
-        .map_err(|e| anyhow::anyhow!("cannot run wrk ({e}); install it: apt-get install wrk"))?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    anyhow::ensure!(output.status.success(), "wrk failed: {text}");
-    let non_2xx = text
-        .lines()
-        .find(|l| l.contains("Non-2xx"))
-        .map(str::to_owned);
-    anyhow::ensure!(
-        non_2xx.is_none(),
-        "wrk saw errors: {}",
-        non_2xx.unwrap_or_default()
-    );
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .ok_or_else(|| anyhow::anyhow!("no Requests/sec in wrk output: {text}"))?;
-    let p99 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .and_then(|v| parse_wrk_duration(v.trim()))
-        .ok_or_else(|| anyhow::anyhow!("no 99% latency in wrk output: {text}"))?;
-    Ok((rps, p99))
-}
-
-/// `1.23ms`, `850.00us`, `1.02s` → milliseconds.
-fn parse_wrk_duration(text: &str) -> Option<f64> {
-    let (number, factor) = if let Some(v) = text.strip_suffix("ms") {
-        (v, 1.0)
-    } else if let Some(v) = text.strip_suffix("us") {
-        (v, 0.001)
-    } else if let Some(v) = text.strip_suffix('s') {
-        (v, 1000.0)
-    } else {
-        return None;
-    };
-    number.parse::<f64>().ok().map(|n| n * factor)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn wrk_durations() {
-        assert_eq!(super::parse_wrk_duration("1.50ms"), Some(1.5));
-        assert_eq!(super::parse_wrk_duration("500.00us"), Some(0.5));
-        assert_eq!(super::parse_wrk_duration("1.00s"), Some(1000.0));
-        assert_eq!(super::parse_wrk_duration("junk"), None);
-    }
 }

@@ -10,12 +10,14 @@ mod ca;
 mod coord;
 mod gateway;
 mod procs;
+mod reads;
 mod report;
 mod reports;
 mod scheduler;
 mod stack;
 mod startup;
 mod uploads;
+mod wrk;
 
 use clap::{Parser, Subcommand};
 
@@ -68,6 +70,9 @@ enum Command {
     Stack,
     /// The REST API: cold start, cross-replica event latency, GET /groups under wrk.
     Api,
+    /// API reads at 1,000 groups and 1,000 instances under wrk, next to the driver and
+    /// `/healthz` floors; the api's RSS before and after.
+    Reads,
     /// Leases and fencing: renew, acquire, fenced write, each next to its floor.
     Coord,
     /// Node CSR signing through a real prexor-ca over internal gRPC, next to the in-process
@@ -213,6 +218,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Stack => stack::run(&servers, n).await.map(|_| ()),
         Command::Coord => coord::run(&servers, n).await,
         Command::Api => api::run(&servers, n).await,
+        Command::Reads => reads::run(&servers).await,
         Command::Uploads { megabytes } => uploads::run(&servers, megabytes.max(1)).await,
         Command::Ca => ca::run(&servers, n).await,
         Command::Gateway { kills } => gateway::run(&servers, n, kills.max(1)).await,

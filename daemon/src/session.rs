@@ -89,13 +89,23 @@ impl Session {
             }
             let gateway = self.gateways[next % self.gateways.len()].clone();
             next += 1;
-            match self.session(&gateway, &mut console, &stop).await {
+            let mut established = false;
+            match self
+                .session(&gateway, &mut console, &stop, &mut established)
+                .await
+            {
                 Ok(()) => return,
                 Err(err) => {
                     metrics::counter!("prexor_daemon_session_breaks_total").increment(1);
                     tracing::warn!(%gateway, "session ended: {err}");
                     self.status.set(None, Some(format!("{gateway}: {err}")));
                 }
+            }
+            if established {
+                // A session that was up broke (its gateway went away): the next gateway at once,
+                // and the backoff starts over; it applies only to attempts that fail to connect.
+                attempt = 0;
+                continue;
             }
             attempt = attempt.saturating_add(1);
             // Full jitter: spreads many daemons reconnecting after a gateway died.
@@ -110,12 +120,14 @@ impl Session {
         }
     }
 
-    /// One session with `gateway`; `Ok` only when stopped on purpose.
+    /// One session with `gateway`; `Ok` only when stopped on purpose. `established` is set once
+    /// the gateway welcomed the daemon.
     async fn session(
         &self,
         gateway: &str,
         console: &mut mpsc::Receiver<ConsoleLine>,
         stop: &CancellationToken,
+        established: &mut bool,
     ) -> Result<(), String> {
         let tls = self.identity.client_config()?;
         let channel = prexor_pki::tls::connect(gateway, tls, CONNECT_TIMEOUT)
@@ -153,6 +165,7 @@ impl Session {
             token = welcome.ownership_token,
             "session established"
         );
+        *established = true;
         self.status.set(
             Some((welcome.gateway_replica.clone(), welcome.ownership_token)),
             None,

@@ -48,6 +48,9 @@ pub struct ApiConfig {
     /// token clears it on every replica at once, so this only bounds how stale it may be when
     /// that notice is lost.
     pub caller_cache_ttl: Duration,
+    /// `api.maxConcurrentLists` (default 64): list requests one replica reads at once; past
+    /// it a list is answered 503 with `Retry-After` (load is shed, memory stays bounded).
+    pub max_concurrent_lists: usize,
 }
 
 /// `uploads.*`: what the API accepts as an uploaded archive. Uploads are streamed to a spool
@@ -202,6 +205,7 @@ impl ServiceConfig for ApiConfig {
             caller_cache_ttl: r
                 .duration("api.callerCacheTtl")
                 .unwrap_or(Duration::from_secs(2)),
+            max_concurrent_lists: positive(r, "api.maxConcurrentLists", 64) as usize,
         }
     }
 }

@@ -79,6 +79,8 @@ pub struct AppState {
     pub uploads: prexor_config::UploadLimits,
     /// Callers resolved a moment ago (`api.callerCacheTtl`).
     pub callers: crate::auth::CallerCache,
+    /// List reads in flight on this replica (`api.maxConcurrentLists`).
+    pub list_slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 pub use prexor_model::access::AUDIT;

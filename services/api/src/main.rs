@@ -164,6 +164,7 @@ async fn build(
         },
         uploads: config.uploads,
         callers: auth::CallerCache::new(config.caller_cache_ttl),
+        list_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_lists)),
     });
     let follow = {
         let events = service.events.clone();

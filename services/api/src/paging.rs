@@ -179,6 +179,19 @@ fn after<T: Listed>(cursor: &str) -> ApiResult<Document> {
     Ok(doc! { "$or": [ { field: { beyond: rank } }, { field: rank, "_id": { beyond: id } } ] })
 }
 
+/// A slot for one list read: past `api.maxConcurrentLists` reads at once the replica sheds the
+/// load (503, `Retry-After: 1`) rather than holding ever more pages in memory.
+fn list_slot(slots: &tokio::sync::Semaphore) -> ApiResult<tokio::sync::SemaphorePermit<'_>> {
+    slots.try_acquire().map_err(|_| {
+        metrics::counter!("prexor_api_lists_shed_total").increment(1);
+        ApiError::new(
+            prexor_proto::ErrorCode::Unavailable,
+            "this replica is reading as many lists as api.maxConcurrentLists allows; retry in a second",
+        )
+        .retry_after(1)
+    })
+}
+
 /// `T`'s order.
 fn order<T: Listed>() -> Document {
     let direction = if T::DESCENDING { -1 } else { 1 };
@@ -250,6 +263,7 @@ impl AppState {
             None => filter,
             Some(cursor) => doc! { "$and": [filter, after::<T>(cursor)?] },
         };
+        let _slot = list_slot(&self.list_slots)?;
         let limit = Some(page.limit + 1);
         self.records(T::COLLECTION, what, filter, order::<T>(), limit)
             .await
@@ -287,6 +301,18 @@ mod tests {
             "_id": name, "passwordHash": "", "roles": [], "disabled": false, "createdAtMs": 1_i64,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn lists_past_the_limit_are_shed_with_a_retry_after() {
+        use axum::response::IntoResponse;
+        let slots = tokio::sync::Semaphore::new(1);
+        let held = list_slot(&slots).unwrap();
+        let shed = list_slot(&slots).unwrap_err().into_response();
+        assert_eq!(shed.status(), 503);
+        assert_eq!(shed.headers()["retry-after"], "1");
+        drop(held);
+        assert!(list_slot(&slots).is_ok(), "a slot is free again");
     }
 
     #[test]

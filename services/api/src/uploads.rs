@@ -32,15 +32,40 @@ fn too_large(what: &str, limit: u64) -> ApiError {
     )
 }
 
-/// Streams `body` to a spool file, refusing it (413) once it passes `limit` bytes, or at once
-/// if its declared length does.
+/// How much of a refused upload is read and discarded before the 413 goes out, and for how
+/// long: a client still sending its body then reads the answer instead of a broken pipe, and a
+/// client sending without end costs at most this much.
+const DRAIN_BYTES: u64 = 64 * 1024 * 1024;
+const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The 413 for an upload past `limit`, once what is left of its body was read and discarded
+/// (within [`DRAIN_BYTES`] and [`DRAIN_FOR`]).
+async fn refuse<S, E>(mut rest: S, what: &str, limit: u64) -> ApiError
+where
+    S: futures::Stream<Item = Result<axum::body::Bytes, E>> + Unpin,
+{
+    let drain = async {
+        let mut drained = 0u64;
+        while let Some(Ok(frame)) = rest.next().await {
+            drained += frame.len() as u64;
+            if drained > DRAIN_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_FOR, drain).await;
+    too_large(what, limit)
+}
+
+/// Streams `body` to a spool file, refusing it (413) once it passes `limit` bytes, or before
+/// storing anything if its declared length does.
 pub async fn spool(headers: &HeaderMap, body: Body, limit: u64, what: &str) -> ApiResult<Spooled> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err(too_large(what, limit));
+        return Err(refuse(body.into_data_stream(), what, limit).await);
     }
     let spool_error =
         |e: std::io::Error| ApiError::unavailable(format!("cannot spool the upload: {e}"));
@@ -54,7 +79,7 @@ pub async fn spool(headers: &HeaderMap, body: Body, limit: u64, what: &str) -> A
             frame.map_err(|e| ApiError::bad_request(format!("reading the upload failed: {e}")))?;
         hash.update(&data);
         if hash.len() > limit {
-            return Err(too_large(what, limit));
+            return Err(refuse(frames, what, limit).await);
         }
         file.write_all(&data).await.map_err(spool_error)?;
     }
