@@ -29,19 +29,12 @@ pub async fn run(servers: &Servers) -> anyhow::Result<()> {
     let client = login(&api, &password).await?;
     let token = client.token().unwrap_or_default().to_owned();
     let store = servers.store().await?;
-    seed(store.database()).await?;
+    crate::scheduler::seed_idle(store.database(), "read", GROUPS).await?;
     print_rss(&api, "api RSS before the read load", "goal <= 64 MiB")?;
 
     let db = store.database().clone();
     let groups_floor = driver_rate(&db, |db| async move {
-        let page: Vec<Document> = db
-            .collection::<Document>("groups")
-            .find(doc! {})
-            .sort(doc! { "_id": 1 })
-            .limit(101)
-            .await?
-            .try_collect()
-            .await?;
+        let page = first_page(&db, "groups").await?;
         let names: Vec<&str> = page.iter().filter_map(|g| g.get_str("_id").ok()).collect();
         let _: Vec<Document> = db
             .collection::<Document>("instances")
@@ -56,15 +49,7 @@ pub async fn run(servers: &Servers) -> anyhow::Result<()> {
     })
     .await?;
     let instances_floor = driver_rate(&db, |db| async move {
-        let _: Vec<Document> = db
-            .collection::<Document>("instances")
-            .find(doc! {})
-            .sort(doc! { "_id": 1 })
-            .limit(101)
-            .await?
-            .try_collect()
-            .await?;
-        Ok(())
+        first_page(&db, "instances").await.map(drop)
     })
     .await?;
     let healthz = crate::wrk::run(&format!("{}/healthz", api.http), None)?;
@@ -101,33 +86,16 @@ pub async fn run(servers: &Servers) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `GROUPS` MANUAL groups and one RUNNING instance record in each.
-async fn seed(db: &mongodb::Database) -> anyhow::Result<()> {
-    let spec = doc! {
-        "platform": "fake", "version": "1", "command": ["true"], "memoryMb": 256_i64,
-        "portRange": { "from": 30000, "to": 30099 },
-        "minInstances": 0_i64, "maxInstances": 1_i64, "scaling": "MANUAL",
-    };
-    let groups: Vec<Document> = (0..GROUPS)
-        .map(|i| doc! { "_id": format!("read-{i:04}"), "revision": 1_i64, "spec": spec.clone() })
-        .collect();
-    let instances: Vec<Document> = (0..GROUPS)
-        .map(|i| {
-            doc! {
-                "_id": format!("read-{i:04}-1"), "group": format!("read-{i:04}"),
-                "nodeId": format!("read-node-{}", i % 10), "state": "RUNNING",
-                "planHash": "bench", "port": 30000_i64 + (i / 10) as i64, "memoryMb": 256_i64,
-                "attempt": 1_i64, "reported": { "state": "RUNNING", "planHash": "bench" },
-            }
-        })
-        .collect();
-    db.collection::<Document>("groups")
-        .insert_many(groups)
-        .await?;
-    db.collection::<Document>("instances")
-        .insert_many(instances)
-        .await?;
-    Ok(())
+/// The first page (one more than 100, as the api reads it) of `collection` in `_id` order.
+async fn first_page(db: &mongodb::Database, collection: &str) -> anyhow::Result<Vec<Document>> {
+    Ok(db
+        .collection::<Document>(collection)
+        .find(doc! {})
+        .sort(doc! { "_id": 1 })
+        .limit(101)
+        .await?
+        .try_collect()
+        .await?)
 }
 
 /// Operations per second of `op` with [`CONCURRENCY`] concurrent callers for [`FOR`].

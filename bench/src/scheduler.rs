@@ -23,36 +23,14 @@ pub async fn run(servers: &Servers, sizes: &[usize], ticks: usize) -> anyhow::Re
         let db = mongodb::Client::with_uri_str(&servers.mongo_uri)
             .await?
             .database(&servers.database);
-        let groups = db.collection::<Document>("groups");
-        groups.delete_many(doc! {}).await?;
-        let spec = doc! {
-            "platform": "fake", "version": "1", "command": ["true"], "memoryMb": 256_i64,
-            "portRange": { "from": 30000, "to": 30099 },
-            "minInstances": 0_i64, "maxInstances": 1_i64, "scaling": "MANUAL",
-        };
-        let docs: Vec<Document> = (0..size)
-            .map(|i| doc! { "_id": format!("bench-{i:05}"), "revision": 1_i64, "spec": spec.clone() })
-            .collect();
-        for chunk in docs.chunks(1000) {
-            groups.insert_many(chunk.to_vec()).await?;
-        }
-        // One RUNNING instance per group on ten nodes, so each tick reads and judges them too.
+        db.collection::<Document>("groups")
+            .delete_many(doc! {})
+            .await?;
         fake_nodes(&db, 10).await?;
-        let instances = db.collection::<Document>("instances");
-        instances.delete_many(doc! {}).await?;
-        let running: Vec<Document> = (0..size)
-            .map(|i| {
-                doc! {
-                    "_id": format!("bench-{i:05}-1"), "group": format!("bench-{i:05}"),
-                    "nodeId": format!("bench-node-{}", i % 10), "state": "RUNNING",
-                    "planHash": "bench", "port": 30000_i64 + (i / 10) as i64, "memoryMb": 256_i64,
-                    "attempt": 1_i64, "reported": { "state": "RUNNING", "planHash": "bench" },
-                }
-            })
-            .collect();
-        for chunk in running.chunks(1000) {
-            instances.insert_many(chunk.to_vec()).await?;
-        }
+        db.collection::<Document>("instances")
+            .delete_many(doc! {})
+            .await?;
+        seed_idle(&db, "bench", size).await?;
         let id = format!("scheduler-bench-{size}");
         let scheduler = ready(replica(servers, &dir.0, "scheduler", &id, "")?).await?;
 
@@ -122,10 +100,50 @@ pub async fn run(servers: &Servers, sizes: &[usize], ticks: usize) -> anyhow::Re
             }
         }
         drop(scheduler);
-        groups.delete_many(doc! {}).await?;
-        instances.delete_many(doc! {}).await?;
-        db.collection::<Document>("nodes")
-            .delete_many(doc! {})
+        for collection in ["groups", "instances", "nodes"] {
+            db.collection::<Document>(collection)
+                .delete_many(doc! {})
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// `count` MANUAL groups `<prefix>-00000`… (nothing is ever placed for them) with one RUNNING
+/// instance record each, spread over ten nodes, so a tick or a list reads and judges them too.
+pub(crate) async fn seed_idle(
+    db: &mongodb::Database,
+    prefix: &str,
+    count: usize,
+) -> anyhow::Result<()> {
+    let spec = doc! {
+        "platform": "fake", "version": "1", "command": ["true"], "memoryMb": 256_i64,
+        "portRange": { "from": 30000, "to": 30099 },
+        "minInstances": 0_i64, "maxInstances": 1_i64, "scaling": "MANUAL",
+    };
+    let groups: Vec<Document> = (0..count)
+        .map(
+            |i| doc! { "_id": format!("{prefix}-{i:05}"), "revision": 1_i64, "spec": spec.clone() },
+        )
+        .collect();
+    let running: Vec<Document> = (0..count)
+        .map(|i| {
+            doc! {
+                "_id": format!("{prefix}-{i:05}-1"), "group": format!("{prefix}-{i:05}"),
+                "nodeId": format!("bench-node-{}", i % 10), "state": "RUNNING",
+                "planHash": "bench", "port": 30000_i64 + (i / 10) as i64, "memoryMb": 256_i64,
+                "attempt": 1_i64, "reported": { "state": "RUNNING", "planHash": "bench" },
+            }
+        })
+        .collect();
+    for chunk in groups.chunks(1000) {
+        db.collection::<Document>("groups")
+            .insert_many(chunk.to_vec())
+            .await?;
+    }
+    for chunk in running.chunks(1000) {
+        db.collection::<Document>("instances")
+            .insert_many(chunk.to_vec())
             .await?;
     }
     Ok(())
