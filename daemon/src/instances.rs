@@ -22,7 +22,6 @@ use crate::isolation::{Isolation, ServerUser};
 use crate::layers::{LayerCache, LayerError};
 use crate::outbox::Outbox;
 use crate::shim::client::ShimClient;
-use crate::shim::protocol::RunDir;
 
 /// One line of a server's output, for the session to forward (best effort: the console is a
 /// bounded stream; a crash report carries the tail durably).
@@ -64,8 +63,6 @@ pub(crate) struct Instance {
     seq: u64,
     /// The shim supervising the process, while it runs.
     pub(crate) shim: Option<ShimClient>,
-    /// The shim's run directory (record, console log, exit file).
-    pub(crate) run: Option<RunDir>,
     /// The lease scope and fencing token the process was started under.
     pub(crate) fence: (String, u64),
     /// The user the process runs as (`daemon.runAs`), held while it runs.
@@ -113,7 +110,6 @@ impl Instance {
             at_ms: now_ms(),
             seq: 0,
             shim: None,
-            run: None,
             fence: (String::new(), 0),
             user: None,
         }

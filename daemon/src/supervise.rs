@@ -177,7 +177,6 @@ impl Instances {
                 .ok_or_else(|| permanent("instance vanished".into()))?;
             instance.pid = pid;
             instance.shim = Some(client.clone());
-            instance.run = Some(run.clone());
         }
         self.transition(&id, |i| {
             i.state = InstanceState::Starting;
@@ -278,14 +277,21 @@ impl Instances {
     /// Records the end of `id`'s process: its report (with the tail of its console), the
     /// journal entry, then the record and exit file go (the report is durable in the outbox).
     pub(crate) fn ended(&self, id: &str, exit: Exit, run: &RunDir) {
-        let (pid, plan_hash) = {
+        let (pid, plan_hash, followed) = {
             let table = self.table();
             let Some(instance) = table.get(id) else {
                 return;
             };
-            (instance.pid, instance.plan.plan_hash.clone())
+            let followed = !instance.tail.is_empty();
+            (instance.pid, instance.plan.plan_hash.clone(), followed)
         };
-        let tail = console::tail(&run.console_log(), LOG_TAIL_LINES);
+        // The console log is read only when this daemon saw none of the output (it adopted the
+        // instance after its shim was gone): it can be twice `daemon.consoleLogMb`.
+        let tail = if followed {
+            Vec::new()
+        } else {
+            console::tail(&run.console_log(), LOG_TAIL_LINES)
+        };
         self.transition(id, |i| {
             i.exit_code = Some(exit.code);
             i.pid = 0;
@@ -338,7 +344,6 @@ impl Instances {
             let mut instance = Instance::new(plan, InstanceState::Running);
             instance.fence = (record.fence_scope.clone(), record.fence_token);
             instance.pid = record.server_pid;
-            instance.run = Some(run.clone());
             if record.boot_id != boot {
                 self.table().insert(id.clone(), instance);
                 let exit = unknown_exit("the host restarted while the server ran");
