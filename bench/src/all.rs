@@ -14,6 +14,7 @@ use crate::Servers;
 const RUNS: &[&[&str]] = &[
     &["stack"],
     &["coord"],
+    &["placement"],
     &["api"],
     &["reads"],
     &["ca"],
@@ -26,7 +27,7 @@ const RUNS: &[&[&str]] = &[
         "--ticks",
         "10",
         "--placement-groups",
-        "10",
+        "100",
         "--failovers",
         "3",
     ],
@@ -305,6 +306,8 @@ pub async fn run(
         "mongo_insert_find_p95",
         "mongo_update_p50",
         "mongo_update_p95",
+        "mongo_transaction_p50",
+        "mongo_transaction_p95",
     ] {
         md.push_str(&format!("| {name} | {} |\n", cell(name)));
     }

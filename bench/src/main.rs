@@ -9,6 +9,7 @@ mod api;
 mod ca;
 mod coord;
 mod gateway;
+mod placement;
 mod procs;
 mod reads;
 mod report;
@@ -101,6 +102,8 @@ enum Command {
         #[arg(long, default_value_t = 128)]
         megabytes: usize,
     },
+    /// The placement decision alone (no stores) on 1,000 nodes: single choices and batches of ten.
+    Placement,
     /// Scheduler tick duration in steady state with N groups held by one replica.
     Scheduler {
         /// Group counts to measure, comma-separated.
@@ -109,9 +112,12 @@ enum Command {
         /// Ticks sampled per size.
         #[arg(long, default_value_t = 20)]
         ticks: usize,
-        /// Placement throughput: this many STATIC groups of 20 instances (0: skip).
-        #[arg(long, default_value_t = 10)]
+        /// Placement throughput: this many STATIC groups (0: skip)...
+        #[arg(long, default_value_t = 100)]
         placement_groups: usize,
+        /// ...of this many instances each.
+        #[arg(long, default_value_t = 10)]
+        placement_per_group: usize,
         /// Failover rounds (SIGKILL and SIGTERM each; 0: skip).
         #[arg(long, default_value_t = 3)]
         failovers: usize,
@@ -217,6 +223,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Stack => stack::run(&servers, n).await.map(|_| ()),
         Command::Coord => coord::run(&servers, n).await,
+        Command::Placement => placement::run(n),
         Command::Api => api::run(&servers, n).await,
         Command::Reads => reads::run(&servers).await,
         Command::Uploads { megabytes } => uploads::run(&servers, megabytes.max(1)).await,
@@ -240,11 +247,14 @@ async fn main() -> anyhow::Result<()> {
             groups,
             ticks,
             placement_groups,
+            placement_per_group,
             failovers,
         } => {
             let mut outcome = scheduler::run(&servers, &groups, ticks.max(3)).await;
             if outcome.is_ok() && placement_groups > 0 {
-                outcome = scheduler::placements(&servers, placement_groups, 20).await;
+                outcome =
+                    scheduler::placements(&servers, placement_groups, placement_per_group.max(1))
+                        .await;
             }
             if outcome.is_ok() && failovers > 0 {
                 outcome = scheduler::failover(&servers, failovers).await;

@@ -30,7 +30,10 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         prexor_testkit::reap::kill_under(&self.0);
-        let _ = std::fs::remove_dir_all(&self.0);
+        // BENCH_KEEP_SCRATCH=1 keeps the processes' logs and data for a look afterwards.
+        if std::env::var_os("BENCH_KEEP_SCRATCH").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 

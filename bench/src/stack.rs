@@ -11,6 +11,8 @@ pub struct Floors {
     pub valkey_set_get_p95: Metric,
     pub mongo_update_p50: Metric,
     pub mongo_update_p95: Metric,
+    pub mongo_transaction_p50: Metric,
+    pub mongo_transaction_p95: Metric,
 }
 
 /// Measures and prints the floors; returns them for comparison.
@@ -61,11 +63,36 @@ pub async fn run(servers: &Servers, n: usize) -> anyhow::Result<Floors> {
     })
     .await?;
 
+    // A transaction of the same update (majority write concern, as every fenced write uses):
+    // the update and the commit, two round trips.
+    let transaction = Samples::measure(n, |i| {
+        let mongo = mongo.clone();
+        let coll = coll.clone();
+        async move {
+            let mut session = mongo.start_session().await?;
+            session
+                .start_transaction()
+                .write_concern(mongodb::options::WriteConcern::majority())
+                .await?;
+            coll.update_one(
+                doc! { "_id": (i % 50) as i64 },
+                doc! { "$inc": { "v": 1_i64 } },
+            )
+            .session(&mut session)
+            .await?;
+            session.commit_transaction().await?;
+            Ok(())
+        }
+    })
+    .await?;
+
     let floors = Floors {
         valkey_set_get_p50: Metric::floor("valkey_set_get_p50", set_get.percentile(50.0)),
         valkey_set_get_p95: Metric::floor("valkey_set_get_p95", set_get.percentile(95.0)),
         mongo_update_p50: Metric::floor("mongo_update_p50", update.percentile(50.0)),
         mongo_update_p95: Metric::floor("mongo_update_p95", update.percentile(95.0)),
+        mongo_transaction_p50: Metric::floor("mongo_transaction_p50", transaction.percentile(50.0)),
+        mongo_transaction_p95: Metric::floor("mongo_transaction_p95", transaction.percentile(95.0)),
     };
     floors.valkey_set_get_p50.print();
     floors.valkey_set_get_p95.print();
@@ -73,5 +100,7 @@ pub async fn run(servers: &Servers, n: usize) -> anyhow::Result<Floors> {
     Metric::floor("mongo_insert_find_p95", insert_find.percentile(95.0)).print();
     floors.mongo_update_p50.print();
     floors.mongo_update_p95.print();
+    floors.mongo_transaction_p50.print();
+    floors.mongo_transaction_p95.print();
     Ok(floors)
 }

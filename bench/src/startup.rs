@@ -31,14 +31,16 @@ pub async fn startup(servers: &Servers, groups: usize, per_group: usize) -> anyh
     let client = crate::api::login(&api, &password).await?;
     let store = servers.store().await?;
     let fakeserver = binary("prexor-fakeserver")?.display().to_string();
-    let base = 20_000 + (prexor_testkit::free_port() % 10) as usize * 1_000;
+    // Ranges above the ports the test kit hands out (20000-31999) and the kernel's ephemeral
+    // ones, twice as wide as needed, so a port held by some other process costs a retry on the
+    // next one instead of an instance that can never start.
     let specs: Vec<(String, GroupSpec)> = (0..groups)
         .map(|g| {
-            let from = base + g * per_group;
+            let from = 62_000 + g * per_group * 2;
             let spec = serde_json::from_value(json!({
                 "platform": "fake", "version": "1",
                 "command": [&fakeserver, "--port", "{port}"], "memoryMb": 64,
-                "portRange": { "from": from, "to": from + per_group - 1 },
+                "portRange": { "from": from, "to": from + per_group * 2 - 1 },
                 "minInstances": per_group, "maxInstances": per_group, "scaling": "STATIC",
             }))?;
             Ok((format!("start-{g:03}"), spec))

@@ -197,7 +197,7 @@ async fn enrol_at(
     let channel = connect(gateway, tls, CALL_TIMEOUT)
         .await
         .map_err(|e| Refusal::Retry(e.to_string()))?;
-    NodeEnrolmentClient::new(channel)
+    NodeEnrolmentClient::new(prexor_serve::metered(channel))
         .enrol(deadline(EnrolRequest {
             node_id: node_id.into(),
             join_token: token.into(),
@@ -228,8 +228,7 @@ pub async fn keep_renewed(
         let now = now_secs();
         let due = prexor_pki::renewal_due(&info);
         let wait = Duration::from_secs((due - now).max(0) as u64);
-        metrics::gauge!("prexor_tls_certificate_not_after_seconds", "use" => "node")
-            .set(info.not_after as f64);
+        prexor_serve::tls::certificate_expiry("node", info.not_after);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
@@ -270,7 +269,7 @@ async fn renew(
                 continue;
             }
         };
-        match NodeEnrolmentClient::new(channel)
+        match NodeEnrolmentClient::new(prexor_serve::metered(channel))
             .renew(deadline(RenewRequest {
                 node_id: node_id.into(),
                 csr_pem: request.csr_pem.clone(),

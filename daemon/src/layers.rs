@@ -122,7 +122,7 @@ impl LayerSource for GatewayLayers {
                     continue;
                 }
             };
-            let mut stream = match NodeContentClient::new(channel)
+            let mut stream = match NodeContentClient::new(prexor_serve::metered(channel))
                 .fetch_blob(FetchBlobRequest {
                     node_id: self.node_id.clone(),
                     hash: hash.to_string(),

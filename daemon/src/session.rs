@@ -145,7 +145,7 @@ impl Session {
             isolation: Some(self.isolation.clone()),
         };
         send(&up, Up::Hello(hello)).await?;
-        let mut inbound = NodeSessionClient::new(channel)
+        let mut inbound = NodeSessionClient::new(prexor_serve::metered(channel))
             .open(tokio_stream::wrappers::ReceiverStream::new(up_rx))
             .await
             .map_err(|s| s.message().to_string())?

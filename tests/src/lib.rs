@@ -13,7 +13,9 @@
 //!   started together, and how a scenario ends with them (`fleet.rs`);
 //! - waiting on, reading and counting MongoDB records (`records.rs`); group specs, groups,
 //!   deployments and archives (`fixtures.rs`); what every scenario ends with (`invariants.rs`); a TCP fault proxy
-//!   ([`fault`]).
+//!   ([`fault`]);
+//! - the Prometheus tools and a real [`Prometheus`] server scraping a test's processes
+//!   (`prometheus.rs`).
 
 mod cluster;
 pub mod fault;
@@ -21,6 +23,7 @@ mod fixtures;
 mod fleet;
 mod invariants;
 mod procs;
+mod prometheus;
 mod records;
 mod rest;
 
@@ -30,6 +33,7 @@ pub use fleet::*;
 pub use invariants::*;
 pub use prexor_testkit::{TestStores, bin_dir, binary, free_port};
 pub use procs::*;
+pub use prometheus::*;
 pub use records::*;
 pub use rest::*;
 

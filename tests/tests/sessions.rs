@@ -627,8 +627,13 @@ async fn rotation_under_load(cluster: &Cluster) -> anyhow::Result<()> {
     );
     let (_, metrics) = stack.gateways[owner_index].get("/metrics").await?;
     ensure!(
-        metrics.contains("prexor_tls_certificate_not_after_seconds{use=\"internal\"}")
-            && metrics.contains("prexor_tls_certificate_not_after_seconds{use=\"daemon-port\"}"),
+        ["internal", "daemon-port"].iter().all(|purpose| {
+            prexor_testkit::metric(
+                &metrics,
+                &format!("prexor_tls_certificate_expiry_timestamp_seconds{{use=\"{purpose}\"}}"),
+            )
+            .is_some()
+        }),
         "expiry metrics: {metrics}"
     );
     let mut all: Vec<&mut Proc> = stack.gateways.iter_mut().collect();

@@ -138,7 +138,11 @@ async fn tls(cluster: &Cluster) -> anyhow::Result<()> {
         .text()
         .await?;
     ensure!(
-        metrics.contains("prexor_tls_certificate_not_after_seconds{use=\"api\"}"),
+        prexor_testkit::metric(
+            &metrics,
+            "prexor_tls_certificate_expiry_timestamp_seconds{use=\"api\"}"
+        )
+        .is_some(),
         "the certificate's expiry is exported"
     );
     let plain = reqwest::Client::new()

@@ -81,6 +81,10 @@ pub enum LogFormat {
 pub struct TelemetryConfig {
     /// Name reported in logs and traces (`service.name`), e.g. `prexor-scheduler`.
     pub service_name: String,
+    /// The `service` label on every metric: `api`, `gateway`, `scheduler`, `ca` or `daemon`.
+    pub service: String,
+    /// The `replica` label on every metric: `replica.id` (a daemon's `node.id`).
+    pub replica: String,
     /// `telemetry.logFormat`: `human` or `json`.
     pub log_format: LogFormat,
     /// `telemetry.logLevel`: a tracing filter such as `info` or `info,prexor_coord=debug`.
@@ -245,7 +249,7 @@ impl CommonConfig {
         }
 
         let fence_log = r.get_or("coordination.fenceLog", false);
-        let telemetry = TelemetryConfig::read(r, kind.binary());
+        let telemetry = TelemetryConfig::read(r, kind.as_str(), &replica_id);
         let http = HttpConfig::read(r, default_http_port);
         let shutdown_timeout = read_shutdown_timeout(r);
 
@@ -269,7 +273,8 @@ impl CommonConfig {
 }
 
 impl TelemetryConfig {
-    pub(crate) fn read(r: &mut Reader, service_name: &str) -> Self {
+    /// `service`: the process's kind (`scheduler`, `daemon`, ...); `replica`: its id.
+    pub(crate) fn read(r: &mut Reader, service: &str, replica: &str) -> Self {
         let log_format = match r.get::<String>("telemetry.logFormat").as_deref() {
             None | Some("human") => LogFormat::Human,
             Some("json") => LogFormat::Json,
@@ -282,7 +287,9 @@ impl TelemetryConfig {
             }
         };
         TelemetryConfig {
-            service_name: service_name.to_owned(),
+            service_name: format!("prexor-{service}"),
+            service: service.to_owned(),
+            replica: replica.to_owned(),
             log_format,
             log_level: r.get_or("telemetry.logLevel", "info".to_owned()),
         }

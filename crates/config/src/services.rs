@@ -357,6 +357,7 @@ impl ServiceConfig for DaemonConfig {
             "daemon.dataDir",
             PathBuf::from("/var/lib/prexorcloud/daemon"),
         );
+        let telemetry = TelemetryConfig::read(r, "daemon", &node_id);
         DaemonConfig {
             node_id,
             labels,
@@ -375,7 +376,7 @@ impl ServiceConfig for DaemonConfig {
                 .get::<u64>("daemon.minFreeDiskMb")
                 .unwrap_or(1024)
                 .saturating_mul(1024 * 1024),
-            telemetry: TelemetryConfig::read(r, "prexor-daemon"),
+            telemetry,
             http: HttpConfig::read(r, 9391),
             shutdown_timeout: read_shutdown_timeout(r),
         }

@@ -43,6 +43,7 @@ impl LeaseKeeper {
                 kind,
             }),
         };
+        metrics::keeper_started(kind);
         let task = tokio::spawn(keeper.clone().run(shutdown));
         (keeper, task)
     }
@@ -50,6 +51,8 @@ impl LeaseKeeper {
     /// Keeps `lease` alive from now on. A lease for a scope already kept replaces the old one.
     pub fn insert(&self, lease: Lease) {
         self.lock().insert(lease.scope().clone(), lease);
+        // A lease just taken is as fresh as a renewed one.
+        metrics::renewed(self.inner.kind);
         self.publish();
         self.inner.changed.notify_one();
     }
@@ -147,8 +150,12 @@ impl LeaseKeeper {
         if leases.is_empty() {
             return;
         }
-        if let Err(err) = self.inner.leases.renew_many(&leases).await {
-            tracing::warn!(count = leases.len(), error = %err, "renewing leases failed; they stay valid until their self-fencing deadline");
+        match self.inner.leases.renew_many(&leases).await {
+            Ok(renewed) if renewed.iter().any(|ok| *ok) => metrics::renewed(self.inner.kind),
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(count = leases.len(), error = %err, "renewing leases failed; they stay valid until their self-fencing deadline");
+            }
         }
         self.drop_lost();
     }

@@ -1,5 +1,5 @@
 //! The vocabulary every PrexorCloud crate shares: what a service is, what a lease scope is, how
-//! leases are timed, and which names are valid.
+//! leases are timed, which names are valid, and where an instance is placed (a pure decision).
 
 mod digest;
 mod group;
@@ -8,12 +8,13 @@ mod lifecycle;
 pub mod limits;
 mod name;
 mod permission;
+pub mod placement;
 mod redact;
 mod scope;
 mod service;
 mod time;
 
-pub use digest::{StreamHash, hex, inventory_digest, is_sha256_hex, sha256_hex};
+pub use digest::{StreamHash, fnv1a, hex, inventory_digest, is_sha256_hex, sha256_hex};
 pub use group::{DynamicScaling, FieldProblem, GroupSpec, PortRange, ScalingMode, TemplateRef};
 pub use lease_timing::LeaseTiming;
 pub use lifecycle::InstanceState;

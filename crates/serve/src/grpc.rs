@@ -74,10 +74,15 @@ pub(crate) async fn serve(
                         Ok(response) => response,
                         Err(never) => match never {},
                     },
-                    None => Status::unavailable(
-                        "this replica is still starting; retry shortly or use another replica",
-                    )
-                    .into_http::<axum::body::Body>(),
+                    None => {
+                        let mut response = Status::unavailable(
+                            "this replica is still starting; retry shortly or use another replica",
+                        )
+                        .into_http::<axum::body::Body>();
+                        // Whatever path was asked for, it is not a label of its own.
+                        response.extensions_mut().insert(crate::red::Unrouted);
+                        response
+                    }
                 }
             }
         });

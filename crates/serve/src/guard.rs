@@ -15,6 +15,9 @@
 //!
 //! A replica configured with a `cluster.id` that differs from the database's refuses to start;
 //! so does one with a configured id and an empty database, unless `cluster.bootstrap` is set.
+//!
+//! Exported (docs/observability.md, "Metrics"): `prexor_store_identity_mismatch` (1 while the
+//! store is mismatched) and `prexor_store_up{store}` ([`store_up`], set by the readiness checks).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -60,6 +63,16 @@ struct Inner {
     state: Mutex<StoreState>,
     empty_since: Mutex<Option<i64>>,
     last_seen_write: Mutex<i64>,
+}
+
+/// Exports whether this replica reaches `store` (`mongo` or `valkey`): `prexor_store_up{store}`.
+pub fn store_up(store: &'static str, up: bool) {
+    metrics::gauge!("prexor_store_up", "store" => store).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Exports whether the Valkey answering is another than the cluster's coordination store.
+fn mismatch(mismatched: bool) {
+    metrics::gauge!("prexor_store_identity_mismatch").set(if mismatched { 1.0 } else { 0.0 });
 }
 
 /// The Valkey key holding the id of the coordination store (`<ns>store-id`).
@@ -187,6 +200,7 @@ impl StoreGuard {
         let described = valkey
             .as_ref()
             .map_or_else(|| "in-process (development)".to_owned(), |v| v.describe());
+        mismatch(false);
         StoreGuard {
             inner: Arc::new(Inner {
                 store,
@@ -227,6 +241,7 @@ impl StoreGuard {
         found: Option<String>,
         detail: Option<String>,
     ) {
+        mismatch(store == "mismatched");
         let mut state = self.inner.state.lock().expect("guard lock");
         let changed = state.store != store;
         state.store = store.to_owned();

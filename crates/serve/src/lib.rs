@@ -8,9 +8,11 @@
 //!   [`Service`] to the service's own code, and on SIGTERM stop gracefully: unready first, then the
 //!   service's tasks (which release their leases), then deregistration, then the servers.
 //!
+//! Every HTTP request and gRPC call a process serves or makes is counted and timed ([`red`]).
+//!
 //! Without the `cluster` feature (the daemon) only what needs no store is built: [`launch`],
-//! [`serve_ops`], [`Readiness`], [`bind`], [`stop_on_signals`] and the TLS listeners, so the
-//! daemon links neither the MongoDB nor the Redis driver.
+//! [`serve_ops`], [`Readiness`], [`bind`], [`stop_on_signals`], the TLS listeners and the request
+//! metrics, so the daemon links neither the MongoDB nor the Redis driver.
 
 pub mod failpoint;
 #[cfg(feature = "cluster")]
@@ -25,6 +27,7 @@ mod nodes;
 mod ops;
 mod process;
 mod readiness;
+pub mod red;
 #[cfg(feature = "cluster")]
 mod runtime;
 #[cfg(feature = "cluster")]
@@ -37,5 +40,6 @@ pub use nodes::{Gateways, SendError};
 pub use ops::{Identity, serve_ops};
 pub use process::{BindError, bind, stop_on_signals};
 pub use readiness::{CheckResult, Readiness, ReadinessReport};
+pub use red::{GrpcMetricsLayer, MeteredChannel, metered};
 #[cfg(feature = "cluster")]
 pub use runtime::{BoxError, Parts, ServeError, Service, run, run_tls};

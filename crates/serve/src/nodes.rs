@@ -98,7 +98,7 @@ impl Gateways {
             });
             let deadline = ack_within + CALL_MARGIN;
             request.set_timeout(deadline);
-            let mut client = NodeCommandsClient::new(channel);
+            let mut client = NodeCommandsClient::new(crate::red::metered(channel));
             match tokio::time::timeout(deadline, client.send(request)).await {
                 Ok(Ok(reply)) => {
                     return reply.into_inner().ack.ok_or_else(|| {

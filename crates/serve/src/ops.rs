@@ -82,7 +82,9 @@ pub async fn serve_ops(
 }
 
 /// `/healthz`, `/readyz` and `/metrics`, plus the service's own routes once they exist (`app`):
-/// the port answers from the first moment, before the stores are connected.
+/// the port answers from the first moment, before the stores are connected. Its own routes are
+/// counted and timed here ([`crate::red::http_metrics`]); the service's router counts its own
+/// (`crate::runtime`), so a request is counted once.
 pub(crate) fn router(
     identity: Arc<Identity>,
     readiness: Readiness,
@@ -91,8 +93,9 @@ pub(crate) fn router(
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(render_metrics))
         .route("/status", get(status))
+        .route_layer(axum::middleware::from_fn(crate::red::http_metrics))
         .fallback(app_or_starting)
         .with_state(OpsState {
             identity,
@@ -152,7 +155,11 @@ async fn readyz(State(state): State<OpsState>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn metrics() -> Response {
+/// Every metric of the process, `prexor_replica_ready` evaluated just before (as `/readyz` would
+/// answer; its checks also refresh `prexor_store_up`).
+async fn render_metrics(State(state): State<OpsState>) -> Response {
+    let ready = state.readiness.report().await.ready;
+    metrics::gauge!("prexor_replica_ready").set(if ready { 1.0 } else { 0.0 });
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         prexor_telemetry::Telemetry::render(),

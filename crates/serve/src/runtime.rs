@@ -181,6 +181,16 @@ where
     }
 }
 
+/// `ping`'s outcome, exported as whether `store` is reachable (`prexor_store_up{store}`).
+async fn pinged<E>(
+    store: &'static str,
+    ping: impl Future<Output = Result<(), E>>,
+) -> Result<(), E> {
+    let outcome = ping.await;
+    crate::guard::store_up(store, outcome.is_ok());
+    outcome
+}
+
 /// Runs one replica of a service until SIGTERM/SIGINT; see the crate documentation for the
 /// sequence. `grpc_listen` is the internal gRPC port for services that have one.
 pub async fn run<F, Fut>(
@@ -333,9 +343,11 @@ where
         store
     };
     let what = format!("MongoDB at {mongo_uri}");
-    if wait_for(&what, &readiness, &shutdown, || store.ping())
-        .await
-        .is_none()
+    if wait_for(&what, &readiness, &shutdown, || {
+        pinged("mongo", store.ping())
+    })
+    .await
+    .is_none()
     {
         return Ok(());
     }
@@ -354,9 +366,11 @@ where
                 .map_err(|e| ServeError::Service(format!("valkey TLS files: {e}").into()))?;
                 let backend = ValkeyBackend::connect_tls(&valkey.uri, &tls, valkey.timeout)?;
                 let what = format!("Valkey at {}", redact_uri(&valkey.uri));
-                if wait_for(&what, &readiness, &shutdown, || backend.ping())
-                    .await
-                    .is_none()
+                if wait_for(&what, &readiness, &shutdown, || {
+                    pinged("valkey", backend.ping())
+                })
+                .await
+                .is_none()
                 {
                     return Ok(());
                 }
@@ -420,12 +434,25 @@ where
         let store = store.clone();
         readiness.add("mongo", move || {
             let store = store.clone();
-            async move { store.ping().await.map_err(|e| e.to_string()) }
+            async move {
+                pinged("mongo", store.ping())
+                    .await
+                    .map_err(|e| e.to_string())
+            }
         });
         let backend = backend.clone();
+        // Valkey's reachability is exported; the development profile's in-process store is not
+        // a store to watch.
+        let valkey = config.valkey.is_some();
         readiness.add("coordination", move || {
             let backend = backend.clone();
-            async move { backend.ping().await.map_err(|e| e.to_string()) }
+            async move {
+                let outcome = backend.ping().await;
+                if valkey {
+                    crate::guard::store_up("valkey", outcome.is_ok());
+                }
+                outcome.map_err(|e| e.to_string())
+            }
         });
     }
 
@@ -486,7 +513,8 @@ where
             .collect()
     }));
     if let Some(router) = parts.http {
-        let _ = app.set(router);
+        // Every request to the service's routes is counted by its route template.
+        let _ = app.set(router.layer(axum::middleware::from_fn(crate::red::http_metrics)));
     }
     // Peers reach this replica's own gRPC routes only once it has its certificate; until then
     // the replica is not ready. A replica without routes of its own (scheduler) needs the
@@ -576,7 +604,6 @@ async fn heartbeat(service: Service, mut record: ReplicaRecord, dev_claim: Optio
     let mut failing = false;
     loop {
         record.ready = service.readiness.report().await.ready;
-        metrics::gauge!("prexor_replica_ready").set(if record.ready { 1.0 } else { 0.0 });
         record.leases_held = service.leases_held().len() as u64;
         service.guard.check().await;
         let store_state = service.guard.state();
@@ -593,7 +620,8 @@ async fn heartbeat(service: Service, mut record: ReplicaRecord, dev_claim: Optio
             let midpoint = sent_at + (prexor_domain::now_ms() - sent_at) / 2;
             first_measure = record.clock_skew_ms.is_none();
             record.clock_skew_ms = Some(midpoint - store_now);
-            metrics::gauge!("prexor_clock_skew_ms").set((midpoint - store_now) as f64);
+            metrics::gauge!("prexor_clock_skew_seconds")
+                .set((midpoint - store_now) as f64 / 1000.0);
         }
         match outcome {
             Ok(_) if failing => {

@@ -5,11 +5,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::red::MeteredChannel;
 use prexor_coord::Registry;
 use prexor_domain::ServiceKind;
 use prexor_proto::v1::ca_signer_client::CaSignerClient;
 use prexor_proto::v1::{SignNodeCsrRequest, SignServiceCsrRequest, SignedCertificate};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use prexor_pki::internal::{ENROLMENT_HEADER, PeerChannels};
@@ -108,7 +108,7 @@ impl SignerClient {
 
     async fn first_signer<F, Fut>(&self, call: F) -> Result<SignedCertificate, SignerError>
     where
-        F: Fn(CaSignerClient<Channel>) -> Fut,
+        F: Fn(CaSignerClient<MeteredChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<SignedCertificate>, Status>>,
     {
         let mut replicas = self
@@ -131,8 +131,11 @@ impl SignerClient {
                     continue;
                 }
             };
-            let outcome =
-                tokio::time::timeout(CALL_TIMEOUT, call(CaSignerClient::new(channel))).await;
+            let outcome = tokio::time::timeout(
+                CALL_TIMEOUT,
+                call(CaSignerClient::new(crate::red::metered(channel))),
+            )
+            .await;
             match outcome {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status))

@@ -17,4 +17,4 @@ pub use blobs::{BLOB_CHUNK, BLOB_CHUNKS, BLOBS, BlobChunks, blob_hash};
 pub use error::StoreError;
 pub use fence::{FENCE_LOG, FENCES, Fence, Write, WriteOutcome};
 pub use mongodb::bson;
-pub use store::Store;
+pub use store::{FENCED_WRITE_RESULTS, Store};

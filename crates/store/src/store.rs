@@ -11,6 +11,9 @@ use tokio::sync::OnceCell;
 
 use crate::error::StoreError;
 
+/// The `result` label values of `prexor_fenced_writes_total` (counted by the fenced write).
+pub const FENCED_WRITE_RESULTS: [&str; 4] = ["applied", "stale", "precondition", "error"];
+
 /// The process's handle on the shared MongoDB database. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -60,6 +63,11 @@ impl Store {
             options.max_pool_size = max_pool_size;
         }
         let client = Client::with_options(options).map_err(|e| bad_uri(e.to_string()))?;
+        // Exported at 0 from the start, so that `rate()` sees the first refused write
+        // (docs/observability.md, "Metrics").
+        for result in FENCED_WRITE_RESULTS {
+            metrics::counter!("prexor_fenced_writes_total", "result" => result).increment(0);
+        }
         Ok(Store {
             db: client.database(database),
             client,

@@ -4,11 +4,15 @@
 //!   `telemetry.logLevel` or `RUST_LOG`.
 //! - Traces: exported over OTLP/gRPC when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 //! - Metrics: the `metrics` facade, rendered in Prometheus text format by [`Telemetry::render`]
-//!   (each service serves it on `/metrics`).
+//!   (each service serves it on `/metrics`), with the process's `service` and `replica` labels on
+//!   every series, histograms with [`BUCKETS`] and the standard `process_*` metrics
+//!   (docs/observability.md, "Metrics").
 
-use std::sync::OnceLock;
+mod process;
+mod recorder;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+pub use recorder::{BUCKETS, UPKEEP_EVERY, prometheus};
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -33,19 +37,9 @@ pub struct Telemetry {
     tracer_provider: Option<SdkTracerProvider>,
 }
 
-static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
-
-/// The process-wide Prometheus recorder, installed on first use.
-pub fn prometheus() -> &'static PrometheusHandle {
-    PROMETHEUS.get_or_init(|| {
-        PrometheusBuilder::new()
-            .install_recorder()
-            .expect("the Prometheus recorder is installed exactly once, here")
-    })
-}
-
 impl Telemetry {
-    /// Installs logging, optional OTLP tracing and the Prometheus recorder.
+    /// Installs logging, optional OTLP tracing and the Prometheus recorder (labelled with
+    /// `config.service` and `config.replica`).
     pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         let filter = match std::env::var("RUST_LOG") {
             Ok(env) if !env.trim().is_empty() => {
@@ -103,18 +97,15 @@ impl Telemetry {
             .with(otel_layer)
             .try_init()
             .map_err(|_| TelemetryError::AlreadyInitialised)?;
-        prometheus();
-        metrics::gauge!(
-            "prexor_build_info",
-            "service" => config.service_name.clone(),
-            "version" => env!("CARGO_PKG_VERSION")
-        )
-        .set(1.0);
+        recorder::install(&[("service", &config.service), ("replica", &config.replica)]);
+        metrics::gauge!("prexor_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         Ok(Telemetry { tracer_provider })
     }
 
-    /// Prometheus text exposition of every metric recorded in this process.
+    /// Prometheus text exposition of every metric recorded in this process, the process metrics
+    /// read just before.
     pub fn render() -> String {
+        process::record();
         prometheus().render()
     }
 

@@ -7,18 +7,21 @@
 //!   kill them).
 //! - [`enrol_internal_tls`] gives a tool a service certificate of a running cluster.
 //! - [`Launch`] starts one of the project's binaries as a [`Process`] (configuration file,
-//!   readiness, signals, restarts), for the acceptance suite and the benchmarks.
+//!   readiness, signals, restarts), for the acceptance suite and the benchmarks; [`metric`] and
+//!   [`series`] read its `/metrics` page.
 //!
 //! Servers are installed by `compose/dev install` (idempotent) and run from the workspace's
 //! `.svc/` directory. Every server this crate starts dies with the test process (Linux parent-death
 //! signal) and is also stopped by PID when its handle is dropped.
 
+mod exposition;
 mod internal_tls;
 mod process;
 pub mod reap;
 
+pub use exposition::{Series, metric, series};
 pub use internal_tls::enrol_internal_tls;
-pub use process::{Launch, Process, bin_dir, binary, metric};
+pub use process::{Launch, Process, bin_dir, binary};
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 
-use crate::{free_port, signal, spawn_tied};
+use crate::{free_port, metric, signal, spawn_tied};
 
 /// The directory of the workspace's binaries (`target/<profile>/`): the running executable's
 /// own, or its parent for a test executable in `target/<profile>/deps/`.
@@ -36,13 +36,6 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(path)
-}
-
-/// The value of one series (`name{labels}`) on a Prometheus `/metrics` page.
-pub fn metric(page: &str, series: &str) -> Option<f64> {
-    page.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// One HTTP client for every probe of a process's own port.
@@ -381,7 +374,8 @@ impl Process {
     }
 
     /// The value of one series on the process's `/metrics` (e.g.
-    /// `prexor_fenced_writes_total{result="stale"}`); 0 when it is not exported (yet).
+    /// `prexor_fenced_writes_total{result="stale"}`, see [`metric`]); 0 when it is not exported
+    /// (yet).
     pub async fn metric(&self, series: &str) -> anyhow::Result<f64> {
         Ok(metric(&self.metrics_page().await?, series).unwrap_or(0.0))
     }
@@ -410,21 +404,5 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::metric;
-
-    #[test]
-    fn series_are_read_from_a_metrics_page() {
-        let page = "# HELP x\nprexor_ticks_total 7\nprexor_fenced_writes_total{result=\"stale\"} 2\nprexor_ticks_total_other 9\n";
-        assert_eq!(metric(page, "prexor_ticks_total"), Some(7.0));
-        assert_eq!(
-            metric(page, "prexor_fenced_writes_total{result=\"stale\"}"),
-            Some(2.0)
-        );
-        assert_eq!(metric(page, "prexor_missing"), None);
     }
 }

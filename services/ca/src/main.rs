@@ -126,7 +126,7 @@ async fn build(
         }
     }
     metrics::gauge!("prexor_ca_can_sign").set(if authority.signer.is_ok() { 1.0 } else { 0.0 });
-    metrics::gauge!("prexor_ca_certificate_not_after_seconds")
+    metrics::gauge!("prexor_ca_certificate_expiry_timestamp_seconds")
         .set(authority.certificate.not_after as f64);
     let can_sign = authority.signer.is_ok();
     let enrolment_secret = prexor_model::pki::service_enrolment_secret(&service.store).await?;

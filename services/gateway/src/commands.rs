@@ -172,11 +172,11 @@ impl NodeCommands for Commands {
             forward.timeout_ms = remaining.as_millis() as u32;
             let mut call = Request::new(forward);
             call.set_timeout(remaining);
-            match NodeCommandsClient::new(
+            match NodeCommandsClient::new(prexor_serve::metered(
                 self.channels
                     .get(&address)
                     .map_err(|e| Status::internal(e.to_string()))?,
-            )
+            ))
             .send(call)
             .await
             {

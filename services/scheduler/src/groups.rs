@@ -41,6 +41,8 @@ pub use prexor_model::nodes::PORT_RESERVATIONS;
 
 /// No scale decisions for a newly acquired group until its nodes reported, or this long passed.
 const CONVERGENCE_GRACE: Duration = Duration::from_secs(5);
+/// A settled group whose inputs did not change is judged again every this many ticks anyway.
+const SETTLED_REJUDGE_EVERY: u64 = 10;
 pub use prexor_model::groups::GROUP_STATE;
 /// Up to this many held groups a snapshot filters with `$in`; beyond, it reads whole collections.
 const IN_QUERY_LIMIT: usize = 32;
@@ -75,12 +77,23 @@ pub struct Groups {
     pub store: Store,
     pub gateways: Gateways,
     events: EventLog,
+    /// The replica's mirror, which placements read their view from.
+    mirror: crate::mirror::Mirror,
+    /// Held by a placement from reading its view to its write: placements reserve memory on the
+    /// same few node records, and transactions writing one record at once abort each other
+    /// (MongoDB's write conflict); one at a time per replica, each sees the ones before it.
+    placing: tokio::sync::Mutex<()>,
     /// The scheduler's tick (`scheduler.evaluationIntervalSeconds`).
     interval: Duration,
     /// Per group: the token last worked under and when it was first seen (convergence gate).
     seen: Mutex<HashMap<String, (u64, Instant, i64)>>,
     /// When this replica last queried a node about an overdue instance (`<id>:<plan>` → ms).
     queried: Mutex<HashMap<String, i64>>,
+    /// Groups last judged settled (nothing to do until an input changes), with the lease token
+    /// they were judged under.
+    settled: Mutex<HashMap<String, u64>>,
+    /// Ticks that chose groups to judge ([`Groups::to_judge`]).
+    rounds: std::sync::atomic::AtomicU64,
 }
 
 /// The scheduler-owned part of an instance record.
@@ -154,14 +167,24 @@ impl Instance {
 }
 
 impl Groups {
-    pub fn new(store: Store, gateways: Gateways, events: EventLog, interval: Duration) -> Groups {
+    pub fn new(
+        store: Store,
+        gateways: Gateways,
+        events: EventLog,
+        mirror: crate::mirror::Mirror,
+        interval: Duration,
+    ) -> Groups {
         Groups {
             store,
             gateways,
             events,
+            mirror,
+            placing: tokio::sync::Mutex::new(()),
             interval,
             seen: Mutex::new(HashMap::new()),
             queried: Mutex::new(HashMap::new()),
+            settled: Mutex::new(HashMap::new()),
+            rounds: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -175,6 +198,35 @@ impl Groups {
             .lock()
             .expect("seen lock")
             .retain(|name, _| held.contains(name));
+        self.settled
+            .lock()
+            .expect("settled lock")
+            .retain(|name, _| held.contains(name));
+    }
+
+    /// The groups of `held` (name, lease token) this tick judges: every group whose inputs
+    /// changed (`changes`; `None`: unknown, so all of them) or that was not settled when last
+    /// judged under this token, and each settled one every [`SETTLED_REJUDGE_EVERY`] ticks
+    /// anyway (spread over the ticks by name).
+    pub fn to_judge<'a>(
+        &self,
+        held: impl Iterator<Item = (&'a str, u64)>,
+        changes: Option<&crate::mirror::Changes>,
+    ) -> Vec<String> {
+        let round = self
+            .rounds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let settled = self.settled.lock().expect("settled lock");
+        held.filter(|(name, token)| {
+            let quiet = changes.is_some_and(|c| !c.touches(name))
+                && settled.get(*name) == Some(token)
+                && !round
+                    .wrapping_add(prexor_domain::fnv1a(name))
+                    .is_multiple_of(SETTLED_REJUDGE_EVERY);
+            !quiet
+        })
+        .map(|(name, _)| name.to_owned())
+        .collect()
     }
 
     async fn write(&self, lease: &Lease, writes: Vec<Write>) -> Result<(), StoreError> {
@@ -194,8 +246,39 @@ impl Groups {
         let raw = SnapshotReads::fetch(&self.store, names).await?;
         Ok(raw.assemble(names, all_groups))
     }
-    /// One convergence step for group `name` under `lease`, from this tick's snapshot.
+    /// One convergence step for group `name` under `lease`, from this tick's snapshot; notes
+    /// whether the group was settled, so that the next ticks leave it alone until an input
+    /// changes ([`Groups::to_judge`]).
     pub async fn converge(&self, name: &str, lease: &Lease, snap: &Snapshot) -> anyhow::Result<()> {
+        let settled = snap
+            .groups
+            .get(name)
+            .is_some_and(|entry| snapshot::is_settled(name, entry, snap));
+        self.settled.lock().expect("settled lock").remove(name);
+        self.step(name, lease, snap).await?;
+        if settled && self.gate_passed(name, lease) {
+            self.settled
+                .lock()
+                .expect("settled lock")
+                .insert(name.to_owned(), lease.token());
+        }
+        Ok(())
+    }
+
+    /// The group has been held under `lease` for the convergence grace at least (its gate is
+    /// open whatever its nodes reported).
+    fn gate_passed(&self, name: &str, lease: &Lease) -> bool {
+        self.seen
+            .lock()
+            .expect("seen lock")
+            .get(name)
+            .is_some_and(|(token, since, _)| {
+                *token == lease.token() && since.elapsed() >= CONVERGENCE_GRACE
+            })
+    }
+
+    /// [`Groups::converge`]'s step.
+    async fn step(&self, name: &str, lease: &Lease, snap: &Snapshot) -> anyhow::Result<()> {
         let Some(entry) = snap.groups.get(name) else {
             return Ok(());
         };
@@ -213,33 +296,36 @@ impl Groups {
             .filter_map(|d| Instance::from_doc(d))
             .collect();
 
-        // 1. What the daemons reported about the current plans moves the state machine forward.
+        // 1. What the daemons reported about the current plans moves the state machine forward
+        // (the moves to one state in one write).
+        let mut moves: BTreeMap<&'static str, (InstanceState, Vec<&mut Instance>)> =
+            BTreeMap::new();
         for instance in &mut instances {
             if instance.reported_plan_hash.as_deref() != Some(instance.plan_hash.as_str()) {
                 continue;
             }
             let reported = instance.reported_state.clone();
-            match (instance.state.clone().as_str(), reported.as_deref()) {
-                (SCHEDULED | PREPARING | STARTING, Some("RUNNING")) => {
-                    self.set_state(lease, instance, InstanceState::Running)
-                        .await?;
-                }
-                (SCHEDULED | PREPARING, Some("STARTING")) => {
-                    self.set_state(lease, instance, InstanceState::Starting)
-                        .await?;
-                }
-                (SCHEDULED, Some("PREPARING")) => {
-                    self.set_state(lease, instance, InstanceState::Preparing)
-                        .await?;
-                }
+            let to = match (instance.state.as_str(), reported.as_deref()) {
+                (SCHEDULED | PREPARING | STARTING, Some("RUNNING")) => InstanceState::Running,
+                (SCHEDULED | PREPARING, Some("STARTING")) => InstanceState::Starting,
+                (SCHEDULED, Some("PREPARING")) => InstanceState::Preparing,
                 (state, Some(reported @ ("STOPPED" | "CRASHED")))
                     if !prexor_model::instances::has_ended(state) =>
                 {
                     let reason = instance.reported_detail.clone();
                     self.finish(lease, instance, reported, &reason).await?;
+                    continue;
                 }
-                _ => {}
-            }
+                _ => continue,
+            };
+            moves
+                .entry(to.as_str())
+                .or_insert_with(|| (to, Vec::new()))
+                .1
+                .push(instance);
+        }
+        for (to, moving) in moves.into_values() {
+            self.set_states(lease, moving, to).await?;
         }
 
         // 1b. Instances on a node that has been unreachable longer than the disconnect grace are
@@ -362,8 +448,34 @@ impl Groups {
         instance: &mut Instance,
         state: InstanceState,
     ) -> anyhow::Result<()> {
-        self.advance(lease, instance, state, doc! {}, "").await?;
-        instance.state = state.as_str().to_owned();
+        self.set_states(lease, vec![instance], state).await
+    }
+
+    /// [`Groups::set_state`] for several instances in one fenced write (the acks of one tick's
+    /// dispatch); an instance that moved on meanwhile is left as it is by the write's filter.
+    async fn set_states(
+        &self,
+        lease: &Lease,
+        instances: Vec<&mut Instance>,
+        state: InstanceState,
+    ) -> anyhow::Result<()> {
+        if instances.is_empty() {
+            return Ok(());
+        }
+        let writes = instances
+            .iter()
+            .map(|instance| advance_write(instance, state, doc! {}))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        self.write(lease, writes).await?;
+        futures::future::join_all(
+            instances
+                .iter()
+                .map(|i| self.state_changed(&i.group, &i.id, state.as_str(), "")),
+        )
+        .await;
+        for instance in instances {
+            instance.state = state.as_str().to_owned();
+        }
         Ok(())
     }
 
@@ -373,32 +485,11 @@ impl Groups {
         lease: &Lease,
         instance: &Instance,
         state: InstanceState,
-        mut set: Document,
+        set: Document,
         why: &str,
     ) -> anyhow::Result<()> {
-        let allowed =
-            InstanceState::parse(&instance.state).is_some_and(|from| from.may_become(state));
-        anyhow::ensure!(
-            allowed,
-            "instance {} cannot go from {} to {state}",
-            instance.id,
-            instance.state
-        );
-        set.insert("state", state.as_str());
-        set.insert("stateAtMs", now_ms());
-        self.write(
-            lease,
-            vec![Write::update_one(
-                INSTANCES,
-                doc! {
-                    "_id": &instance.id,
-                    "planHash": &instance.plan_hash,
-                    "state": { "$in": InstanceState::predecessors(state) },
-                },
-                doc! { "$set": set },
-            )],
-        )
-        .await?;
+        self.write(lease, vec![advance_write(instance, state, set)?])
+            .await?;
         self.state_changed(&instance.group, &instance.id, state.as_str(), why)
             .await;
         Ok(())
@@ -468,6 +559,34 @@ impl Groups {
             )
             .await;
     }
+}
+
+/// The write moving `instance` forward to `state` with `set`: a move the lifecycle does not
+/// allow is refused here, and the write's filter (plan and predecessor states) keeps a stale view
+/// from moving it backwards.
+fn advance_write(
+    instance: &Instance,
+    state: InstanceState,
+    mut set: Document,
+) -> anyhow::Result<Write> {
+    let allowed = InstanceState::parse(&instance.state).is_some_and(|from| from.may_become(state));
+    anyhow::ensure!(
+        allowed,
+        "instance {} cannot go from {} to {state}",
+        instance.id,
+        instance.state
+    );
+    set.insert("state", state.as_str());
+    set.insert("stateAtMs", now_ms());
+    Ok(Write::update_one(
+        INSTANCES,
+        doc! {
+            "_id": &instance.id,
+            "planHash": &instance.plan_hash,
+            "state": { "$in": InstanceState::predecessors(state) },
+        },
+        doc! { "$set": set },
+    ))
 }
 
 /// How to end an instance.

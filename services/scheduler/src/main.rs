@@ -11,7 +11,6 @@ mod drains;
 mod groups;
 mod mirror;
 mod modules;
-mod placement;
 mod reconciler;
 
 use std::path::PathBuf;
@@ -79,6 +78,11 @@ async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
         store: service.store.clone(),
         events: service.events.clone(),
     };
+    let mirror = mirror::Mirror::start(
+        service.store.clone(),
+        service.config.replica_id.clone(),
+        service.shutdown.clone(),
+    );
     let reconciler = reconciler::Reconciler {
         drains,
         modules,
@@ -87,20 +91,18 @@ async fn build(service: Service) -> Result<Parts, prexor_serve::BoxError> {
             service.store.clone(),
             gateways.clone(),
             service.events.clone(),
+            mirror.clone(),
             service.config.evaluation_interval,
         ),
         store: service.store.clone(),
         group_docs: reconciler::GroupDocs::default(),
-        mirror: mirror::Mirror::start(
-            service.store.clone(),
-            service.config.replica_id.clone(),
-            service.shutdown.clone(),
-        ),
+        mirror,
         leases: service.leases.clone(),
         keeper: keeper.clone(),
         registry: service.registry.clone(),
         replica_id: service.config.replica_id.clone(),
         interval: service.config.evaluation_interval,
+        scopes_cache: Default::default(),
     };
     let ticks = tokio::spawn(reconciler.run(service.shutdown.clone()));
     Ok(Parts {

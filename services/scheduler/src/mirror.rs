@@ -25,7 +25,8 @@ use prexor_store::{Store, StoreError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// The collections mirrored: what [`crate::reconciler`] and [`crate::groups`] read every tick.
+/// The collections mirrored: what [`crate::reconciler`] and [`crate::groups`] read every tick,
+/// and what a placement decides over.
 pub const MIRRORED: &[&str] = &[
     prexor_model::groups::GROUPS,
     crate::drains::NODE_DRAINS,
@@ -33,6 +34,8 @@ pub const MIRRORED: &[&str] = &[
     crate::groups::GROUP_STATE,
     crate::groups::STRAYS,
     crate::groups::NODES,
+    crate::groups::NODE_ALLOCATIONS,
+    crate::groups::PORT_RESERVATIONS,
     crate::groups::CRASHES,
     crate::groups::INSTANCE_REQUESTS,
     crate::groups::INSTANCE_LOAD,
@@ -63,6 +66,46 @@ struct State {
     /// A tick gave up waiting for its marker: the watcher reloads.
     reload: bool,
     docs: Collections,
+    /// What changed since a tick last took it ([`Mirror::take_changes`]).
+    changes: Changes,
+    /// Changes applied per collection since the load (what a tick may cache on).
+    versions: HashMap<&'static str, u64>,
+}
+
+/// The groups whose inputs changed: a document of theirs (the group, its state, instances,
+/// strays, crashes, requests, load, deployment) was written or removed. A node that changed
+/// state, or a reload, changes every group's inputs.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Changes {
+    pub all: bool,
+    pub groups: std::collections::HashSet<String>,
+}
+
+impl Changes {
+    pub fn touches(&self, group: &str) -> bool {
+        self.all || self.groups.contains(group)
+    }
+}
+
+/// Collections whose documents belong to one group: the group's name is their `_id` (groups,
+/// group states) or their `group` field (the rest). Node allocations and port reservations are
+/// placement's, not a group step's input.
+fn group_of(collection: &str, doc: &Document) -> Option<String> {
+    if collection == prexor_model::groups::GROUPS || collection == crate::groups::GROUP_STATE {
+        return doc.get_str("_id").ok().map(str::to_owned);
+    }
+    if [
+        crate::groups::NODES,
+        crate::groups::NODE_ALLOCATIONS,
+        crate::groups::PORT_RESERVATIONS,
+        crate::drains::NODE_DRAINS,
+        crate::modules::MODULE_MUTATION,
+    ]
+    .contains(&collection)
+    {
+        return None;
+    }
+    doc.get_str("group").ok().map(str::to_owned)
 }
 
 /// The mirror: a watcher task fills it, ticks read it.
@@ -166,6 +209,7 @@ impl Mirror {
             state.generation += 1;
             state.live = true;
             state.reload = false;
+            state.changes.all = true;
         }
         tracing::debug!("scheduler mirror loaded");
         loop {
@@ -219,14 +263,29 @@ impl Mirror {
             return Ok(());
         };
         let mut state = self.lock();
+        *state.versions.entry(name).or_default() += 1;
         let docs = state.docs.entry(name).or_default();
         // The document as it is now; none when it is gone (deleted, also after an update).
-        match event.full_document {
+        let (before, after) = match event.full_document {
             Some(doc) => {
-                docs.insert(id, Arc::new(doc));
+                let doc = Arc::new(doc);
+                (docs.insert(id, doc.clone()), Some(doc))
             }
-            None => {
-                docs.remove(&id);
+            None => (docs.remove(&id), None),
+        };
+        let changes = &mut state.changes;
+        if name == crate::groups::NODES {
+            // Heartbeats rewrite nodes every few seconds; only a node coming or going (its
+            // state) changes what a group step decides.
+            let state_of = |d: &Option<Arc<Document>>| {
+                d.as_ref()
+                    .and_then(|d| d.get_str("state").ok().map(str::to_owned))
+            };
+            changes.all |= state_of(&before) != state_of(&after);
+        }
+        for doc in before.iter().chain(after.iter()) {
+            if let Some(group) = group_of(name, doc) {
+                changes.groups.insert(group);
             }
         }
         Ok(())
@@ -286,6 +345,26 @@ impl Mirror {
             delivered.set(self.delivered.notified());
             delivered.as_mut().enable();
         }
+    }
+
+    /// What changed since the last call, for a tick synchronised as `generation`; `None` when
+    /// the mirror has been reloaded or stopped since (every group is judged).
+    pub fn take_changes(&self, generation: u64) -> Option<Changes> {
+        let mut state = self.lock();
+        (state.live && state.generation == generation).then(|| std::mem::take(&mut state.changes))
+    }
+
+    /// How many changes of `collections` the mirror synchronised as `generation` has applied
+    /// since it was loaded (equal numbers: the collections are as they were); `None` when it has
+    /// been reloaded or stopped since.
+    pub fn versions(&self, generation: u64, collections: &[&str]) -> Option<Vec<u64>> {
+        let state = self.lock();
+        (state.live && state.generation == generation).then(|| {
+            collections
+                .iter()
+                .map(|c| state.versions.get(c).copied().unwrap_or(0))
+                .collect()
+        })
     }
 
     /// Reads the mirror synchronised as `generation`; `None` when it has been reloaded or stopped

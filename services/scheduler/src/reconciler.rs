@@ -24,13 +24,14 @@ type Drains = HashMap<String, Document>;
 /// A group's document with its spec, parsed and validated once per change of the document (not
 /// once per tick).
 pub struct GroupEntry {
-    pub doc: Document,
+    /// Shared with the mirror's copy when read from it.
+    pub doc: Arc<Document>,
     /// The spec, or why the group cannot be scheduled (no spec, unreadable, invalid).
     pub spec: Result<GroupSpec, String>,
 }
 
 impl GroupEntry {
-    fn new(name: &str, doc: Document) -> GroupEntry {
+    pub(crate) fn new(name: &str, doc: Arc<Document>) -> GroupEntry {
         let spec = match doc.get_document("spec") {
             Err(_) => Err("the group has no spec".to_string()),
             Ok(spec) => match mongodb::bson::from_document::<GroupSpec>(spec.clone()) {
@@ -114,7 +115,7 @@ impl GroupDocs {
                     .await?
             }
         };
-        Ok(self.apply(&stamps, fresh))
+        Ok(self.apply(&stamps, fresh.into_iter().map(Arc::new).collect()))
     }
 
     /// Every group, from the mirror's copy of the collection.
@@ -123,7 +124,7 @@ impl GroupDocs {
         let changed = self.changed(&stamps);
         let fresh = changed
             .iter()
-            .filter_map(|name| groups.get(name).map(|d| d.as_ref().clone()))
+            .filter_map(|name| groups.get(name).cloned())
             .collect();
         self.apply(&stamps, fresh)
     }
@@ -139,7 +140,7 @@ impl GroupDocs {
     }
 
     /// Forgets groups that are gone, takes the `fresh` documents in, and returns every group.
-    fn apply(&self, stamps: &HashMap<String, Stamp>, fresh: Vec<Document>) -> GroupMap {
+    fn apply(&self, stamps: &HashMap<String, Stamp>, fresh: Vec<Arc<Document>>) -> GroupMap {
         let mut docs = self.docs.lock().expect("group docs lock");
         docs.retain(|name, _| stamps.contains_key(name));
         for doc in fresh {
@@ -177,6 +178,17 @@ fn phase_took(phase: &'static str, started: Instant) {
         .set(started.elapsed().as_secs_f64());
 }
 
+/// The state of the work this replica holds, once per tick: groups in a crash loop and stalled
+/// deployments (docs/observability.md, "Metrics"), from the tick's snapshot of the groups it
+/// judges (a settled group, left out, has neither a recent crash nor a rolling deployment).
+fn held_work(snapshot: &crate::groups::Snapshot) {
+    let now = prexor_domain::now_ms();
+    metrics::gauge!("prexor_scheduler_groups_crash_looping")
+        .set(snapshot.crash_looping(now) as f64);
+    metrics::gauge!("prexor_scheduler_deployments_stalled")
+        .set(snapshot.deployments_stalled(now) as f64);
+}
+
 pub struct Reconciler {
     pub groups: crate::groups::Groups,
     pub drains: crate::drains::Drains,
@@ -190,6 +202,15 @@ pub struct Reconciler {
     pub registry: Registry,
     pub replica_id: String,
     pub interval: Duration,
+    /// The last [`Reconciler::scopes`] from the mirror, with the versions it was read at.
+    pub scopes_cache: Mutex<Option<(Vec<u64>, Arc<Scopes>)>>,
+}
+
+/// What a tick works on: every scope, every group's document, the open drains by node.
+pub struct Scopes {
+    pub all: BTreeSet<Scope>,
+    pub groups: GroupMap,
+    pub drains: Drains,
 }
 
 /// What one tick saw and did (logged at debug, exported as metrics).
@@ -213,6 +234,7 @@ impl Reconciler {
         // tick succeeds again.
         let give_up_after = self.leases.timing().self_fence_after;
         let mut failing_since: Option<Instant> = None;
+        held_work(&crate::groups::Snapshot::default());
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -261,11 +283,21 @@ impl Reconciler {
     }
 
     /// Every scope there is work for (each group, the platform modules, each open drain), with
-    /// every group's document for this tick's snapshot and the open drains by node.
-    async fn scopes(
-        &self,
-        synced: Option<u64>,
-    ) -> anyhow::Result<(BTreeSet<Scope>, GroupMap, Drains)> {
+    /// every group's document for this tick's snapshot and the open drains by node. From the
+    /// mirror they are computed again only when its groups or drains changed.
+    async fn scopes(&self, synced: Option<u64>) -> anyhow::Result<Arc<Scopes>> {
+        const READ: [&str; 2] = [GROUPS, crate::drains::NODE_DRAINS];
+        let versions = synced.and_then(|generation| {
+            let mut key = self.mirror.versions(generation, &READ)?;
+            key.push(generation);
+            Some(key)
+        });
+        if let Some(key) = &versions
+            && let Some((cached, scopes)) = &*self.scopes_cache.lock().expect("scopes cache")
+            && cached == key
+        {
+            return Ok(scopes.clone());
+        }
         let mirrored = synced.and_then(|generation| {
             self.mirror.read(generation, |c| {
                 let none = HashMap::new();
@@ -295,17 +327,24 @@ impl Reconciler {
             .filter(prexor_model::nodes::drain_is_open)
             .filter_map(|d| Some((d.get_str("_id").ok()?.to_string(), d)))
             .collect();
-        let scopes = Scope::scheduled(
-            by_name.keys().map(String::as_str),
-            drains.keys().map(String::as_str),
-        );
-        Ok((scopes, by_name, drains))
+        let scopes = Arc::new(Scopes {
+            all: Scope::scheduled(
+                by_name.keys().map(String::as_str),
+                drains.keys().map(String::as_str),
+            ),
+            groups: by_name,
+            drains,
+        });
+        *self.scopes_cache.lock().expect("scopes cache") =
+            versions.map(|key| (key, scopes.clone()));
+        Ok(scopes)
     }
 
     pub async fn tick(&self) -> anyhow::Result<TickOutcome> {
         // Never acquire or work under a lease from a Valkey that is not the cluster's store.
         if let Err(reason) = self.guard.allow_mutations() {
             tracing::debug!("not scheduling: {reason}");
+            held_work(&crate::groups::Snapshot::default());
             return Ok(TickOutcome::default());
         }
         let phase = Instant::now();
@@ -318,7 +357,8 @@ impl Reconciler {
         let (synced, listed) = (synced?, listed?);
         phase_took("sync", phase);
         let phase = Instant::now();
-        let (scopes, all_groups, drains) = self.scopes(synced).await?;
+        let read = self.scopes(synced).await?;
+        let (scopes, all_groups, drains) = (&read.all, &read.groups, &read.drains);
         phase_took("scopes", phase);
         let phase = Instant::now();
         // Ready peers plus this replica (which may not be registered yet on its first tick).
@@ -401,27 +441,37 @@ impl Reconciler {
         let names = group_names(&leases);
         phase_took("leases", phase);
         self.groups.retain(&names);
-        let held_names: Vec<String> = names.iter().cloned().collect();
+        // Only the groups with something to judge: their inputs changed since the last tick, or
+        // they were not settled (docs/scheduling.md, "The tick").
+        let changes = synced.and_then(|generation| self.mirror.take_changes(generation));
+        let judged: Vec<String> = self.groups.to_judge(
+            leases.iter().filter_map(|lease| match lease.scope() {
+                Scope::Group(name) => Some((name.as_str(), lease.token())),
+                _ => None,
+            }),
+            changes.as_ref(),
+        );
+        metrics::gauge!("prexor_scheduler_groups_judged").set(judged.len() as f64);
         let phase = Instant::now();
         let mirrored = synced.and_then(|generation| {
             self.mirror.read(generation, |c| {
-                crate::groups::SnapshotReads::from_mirror(c, &held_names)
+                crate::groups::SnapshotReads::from_mirror(c, &judged)
             })
         });
         let (snapshot, source) = match mirrored {
-            Some(reads) => (reads.assemble(&held_names, &all_groups), "mirror"),
-            None => (
-                self.groups.snapshot(&held_names, &all_groups).await?,
-                "mongo",
-            ),
+            Some(reads) => (reads.assemble(&judged, all_groups), "mirror"),
+            None => (self.groups.snapshot(&judged, all_groups).await?, "mongo"),
         };
         metrics::counter!("prexor_scheduler_snapshots_total", "source" => source).increment(1);
         phase_took("snapshot", phase);
         let phase = Instant::now();
         // Groups step side by side: one group waiting on a slow node or gateway (each command
         // has a deadline) does not hold up the others.
+        let judged: HashSet<&str> = judged.iter().map(String::as_str).collect();
         let held_groups = leases.iter().filter_map(|lease| match lease.scope() {
-            Scope::Group(name) if lease.is_valid() => Some((name, lease)),
+            Scope::Group(name) if lease.is_valid() && judged.contains(name.as_str()) => {
+                Some((name, lease))
+            }
             _ => None,
         });
         futures::stream::iter(held_groups)
@@ -434,6 +484,7 @@ impl Reconciler {
                 }
             })
             .await;
+        held_work(&snapshot);
         phase_took("groups", phase);
         let phase = Instant::now();
         for lease in &leases {

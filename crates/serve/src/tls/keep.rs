@@ -32,7 +32,7 @@ fn leaf_serial(key: &rustls::sign::CertifiedKey) -> Option<String> {
 /// Obtains this replica's certificate ([`Wanted`]) from a CA replica and renews it at two
 /// thirds of its lifetime, swapping it into `slot`; once the renewed one is in place, the one
 /// it replaced is revoked in the ledger (`store`), so a renewal leaves one valid certificate per
-/// use. `purpose` labels the expiry metric (`prexor_tls_certificate_not_after_seconds{use}`).
+/// use. `purpose` labels the expiry metric (`prexor_tls_certificate_expiry_timestamp_seconds{use}`).
 pub async fn keep_certificate(
     signer: Arc<dyn ServiceSigner>,
     store: prexor_store::Store,

@@ -91,7 +91,13 @@ fn installed(
 ) {
     slot.set(key);
     *state.lock().expect("cert state lock") = Ok(not_after);
-    metrics::gauge!("prexor_tls_certificate_not_after_seconds", "use" => purpose)
+    certificate_expiry(purpose, not_after);
+}
+
+/// Exports when the certificate used for `purpose` (`internal`, `daemon-port`, `api`, `node`)
+/// expires: `prexor_tls_certificate_expiry_timestamp_seconds{use}`, in Unix seconds.
+pub fn certificate_expiry(purpose: &'static str, not_after: i64) {
+    metrics::gauge!("prexor_tls_certificate_expiry_timestamp_seconds", "use" => purpose)
         .set(not_after as f64);
 }
 
@@ -236,7 +242,8 @@ pub fn incoming(
 }
 
 /// Serves gRPC `routes` on `listener` behind TLS with `config` until `stop` is cancelled (the
-/// internal port, the gateway's daemon port). `what` names the listener in logs and metrics.
+/// internal port, the gateway's daemon port), every call counted and timed
+/// ([`crate::red::GrpcMetricsLayer`]). `what` names the listener in logs and metrics.
 pub async fn serve_grpc(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
@@ -250,6 +257,7 @@ pub async fn serve_grpc(
         |(tls, _peer)| Ok::<_, std::io::Error>(tls),
     );
     tonic::transport::Server::builder()
+        .layer(crate::red::GrpcMetricsLayer::server())
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await

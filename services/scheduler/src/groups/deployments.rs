@@ -12,9 +12,32 @@ use mongodb::bson::{Document, doc};
 use prexor_domain::{GroupSpec, now_ms};
 use prexor_store::Write;
 
-use super::{Groups, Halt, Instance, RUNNING};
+use super::{Groups, Halt, Instance, RUNNING, Snapshot};
 
 pub use prexor_model::workflows::DEPLOYMENTS;
+
+/// A rolling deployment whose progress (`updated` of `total`) has not changed for longer than
+/// this is stalled (`prexor_scheduler_deployments_stalled`, docs/observability.md).
+pub const STALLED_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl Snapshot {
+    /// How many rolling deployments of the held groups are stalled ([`STALLED_AFTER`]): their
+    /// last recorded progress (`updatedAtMs`, set by [`Groups::roll`] when it changes and by the
+    /// api on pause, resume and rollback; `createdAtMs` before any) is older than the bound.
+    pub(crate) fn deployments_stalled(&self, now_ms: i64) -> usize {
+        let bound = STALLED_AFTER.as_millis() as i64;
+        self.deployments
+            .values()
+            .filter(|deployment| {
+                let last = deployment
+                    .get_i64("updatedAtMs")
+                    .or_else(|_| deployment.get_i64("createdAtMs"))
+                    .unwrap_or(now_ms);
+                now_ms - last > bound
+            })
+            .count()
+    }
+}
 
 impl Groups {
     /// One step of `deployment` (state ROLLING) of group `name`.
@@ -126,5 +149,37 @@ impl Groups {
             )
             .await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn a_deployment_without_progress_for_the_bound_is_stalled() {
+        let now = 100_000_000;
+        let bound = STALLED_AFTER.as_millis() as i64;
+        let snapshot = Snapshot {
+            deployments: [
+                (
+                    "moving",
+                    doc! { "createdAtMs": now - 2 * bound, "updatedAtMs": now - 1_000 },
+                ),
+                (
+                    "stuck",
+                    doc! { "createdAtMs": now - 3 * bound, "updatedAtMs": now - bound - 1 },
+                ),
+                ("new-and-stuck", doc! { "createdAtMs": now - bound - 1 }),
+                ("new", doc! { "createdAtMs": now - 1_000 }),
+            ]
+            .into_iter()
+            .map(|(group, d)| (group.to_owned(), Arc::new(d)))
+            .collect(),
+            ..Snapshot::default()
+        };
+        assert_eq!(snapshot.deployments_stalled(now), 2);
     }
 }

@@ -1,6 +1,6 @@
 //! Dispatching persisted plans: the start commands of one group's tick go out together (a
-//! frozen or unreachable gateway costs one deadline, not one per instance), then each ack is
-//! recorded in turn under the group's fence. A node that cannot take a plan yet gets it again
+//! frozen or unreachable gateway costs one deadline, not one per instance), then the acks are
+//! recorded under the group's fence (every plan the nodes took in one write, the rest in turn). A node that cannot take a plan yet gets it again
 //! after a backoff (the start-retry intent), at most [`START_RETRIES`] times.
 
 use futures::future::join_all;
@@ -10,7 +10,6 @@ use prexor_domain::{InstanceState, now_ms};
 use prexor_model::instances::INSTANCE_PLANS;
 use prexor_proto::v1::command::Action;
 use prexor_proto::v1::{AckResult, CommandAck, CompositionPlan, StartInstance, TemplateLayer};
-use prexor_serve::SendError;
 use prexor_store::{StoreError, Write};
 
 use crate::commands::fenced_command;
@@ -20,6 +19,8 @@ use super::{CRASHED, CRASHES, Groups, INSTANCES, Instance, PORT_RESERVATIONS, SC
 /// Dispatches of one plan that a node could not take (TRANSIENT, or no gateway reached it)
 /// before the instance is given up and placed again.
 const START_RETRIES: i64 = 8;
+/// What a daemon's TRANSIENT ack says when a foreign process holds the plan's port.
+const PORT_IN_USE: &str = "in use on this host";
 /// How long a port that a foreign process holds stays out of placement on that node.
 const PORT_BLOCK: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -85,64 +86,72 @@ impl Groups {
                 .map(|(instance, command)| self.gateways.send(&instance.node, command.clone())),
         )
         .await;
+        // The usual answers (the node took the plan; it cannot yet) are recorded for all of
+        // them in one write each.
+        let mut taken = Vec::new();
+        let mut deferred = Vec::new();
         for ((instance, _), outcome) in ready.into_iter().zip(outcomes) {
-            self.record_dispatch(group, lease, instance, outcome)
-                .await?;
+            match outcome {
+                Ok(ack) if matches!(ack.result(), AckResult::Done | AckResult::Already) => {
+                    if instance.state == SCHEDULED {
+                        taken.push(instance);
+                    }
+                }
+                Ok(ack)
+                    if ack.result() == AckResult::Transient
+                        && !ack.message.contains(PORT_IN_USE) =>
+                {
+                    deferred.push((instance, u64::from(ack.retry_after_ms), ack.message));
+                }
+                Err(reason) => {
+                    tracing::info!(instance = %instance.id, node = %instance.node, "dispatch deferred: {reason}");
+                    deferred.push((instance, 0, reason.to_string()));
+                }
+                Ok(ack) => self.record_dispatch(group, lease, instance, ack).await?,
+            }
         }
-        Ok(())
+        self.set_states(lease, taken, InstanceState::Preparing)
+            .await?;
+        self.retry_later(lease, deferred).await
     }
 
-    /// What a start's ack (or its absence) means for the instance.
+    /// What the rarer acks of a start mean for the instance: a port held by a foreign process,
+    /// a refusal, a stale token.
     async fn record_dispatch(
         &self,
         group: &str,
         lease: &Lease,
         instance: &mut Instance,
-        outcome: Result<CommandAck, SendError>,
+        ack: CommandAck,
     ) -> anyhow::Result<()> {
-        match outcome {
-            Ok(ack) => match ack.result() {
-                AckResult::Done | AckResult::Already => {
-                    // The node has the plan; what it reports from now on moves the state on.
-                    if instance.state == SCHEDULED {
-                        self.set_state(lease, instance, InstanceState::Preparing)
-                            .await?;
-                    }
-                }
-                AckResult::Transient if ack.message.contains("in use on this host") => {
-                    // Something outside PrexorCloud holds the port on that host: give the slot
-                    // up, keep the port off limits there for a while, place again elsewhere.
-                    let reason = format!("not started: {}", ack.message);
-                    self.finish(lease, instance, CRASHED, &reason).await?;
-                    self.block_port(&instance.node, instance.port).await?;
-                }
-                AckResult::Transient => {
-                    let hint = u64::from(ack.retry_after_ms);
-                    self.retry_later(lease, instance, hint, &ack.message)
-                        .await?;
-                }
-                AckResult::Permanent | AckResult::Unspecified => {
-                    self.finish(
-                        lease,
-                        instance,
-                        CRASHED,
-                        &format!("the node refused the plan: {}", ack.message),
-                    )
-                    .await?;
-                }
-                AckResult::StaleFence => {
-                    anyhow::bail!(
-                        "node {} refused group {group}'s token {}: {}",
-                        instance.node,
-                        lease.token(),
-                        ack.message
-                    );
-                }
-            },
-            Err(reason) => {
-                tracing::info!(instance = %instance.id, node = %instance.node, "dispatch deferred: {reason}");
-                self.retry_later(lease, instance, 0, &reason.to_string())
-                    .await?;
+        match ack.result() {
+            // The node has the plan, or it cannot take it yet ([`Groups::dispatch_all`] recorded
+            // those).
+            AckResult::Done | AckResult::Already => {}
+            AckResult::Transient if !ack.message.contains(PORT_IN_USE) => {}
+            AckResult::Transient => {
+                // Something outside PrexorCloud holds the port on that host: give the slot up,
+                // keep the port off limits there for a while, place again elsewhere.
+                let reason = format!("not started: {}", ack.message);
+                self.finish(lease, instance, CRASHED, &reason).await?;
+                self.block_port(&instance.node, instance.port).await?;
+            }
+            AckResult::Permanent | AckResult::Unspecified => {
+                self.finish(
+                    lease,
+                    instance,
+                    CRASHED,
+                    &format!("the node refused the plan: {}", ack.message),
+                )
+                .await?;
+            }
+            AckResult::StaleFence => {
+                anyhow::bail!(
+                    "node {} refused group {group}'s token {}: {}",
+                    instance.node,
+                    lease.token(),
+                    ack.message
+                );
             }
         }
         Ok(())
@@ -172,53 +181,70 @@ impl Groups {
     /// The start-retry intent: the plan is dispatched again after a backoff (doubling from 1 s,
     /// at most 30 s, never sooner than the daemon's hint), at most [`START_RETRIES`] times; then
     /// the instance is given up as CRASHED with a crash record (so a group whose instances never
-    /// start pauses like a crash loop) and placed again as a new attempt.
+    /// start pauses like a crash loop) and placed again as a new attempt. `deferred` holds each
+    /// instance with the daemon's hint (ms) and the reason; the retries are recorded in one write.
     async fn retry_later(
         &self,
         lease: &Lease,
-        instance: &mut Instance,
-        hint_ms: u64,
-        reason: &str,
+        deferred: Vec<(&mut Instance, u64, String)>,
     ) -> anyhow::Result<()> {
-        let retries = instance.dispatch_retries + 1;
-        if retries > START_RETRIES {
-            let detail = format!("not started after {START_RETRIES} retries: {reason}");
-            self.write(
-                lease,
-                vec![
-                    Write::update_one(
-                        CRASHES,
-                        doc! { "_id": format!("{}@{}", instance.id, instance.plan_hash) },
-                        doc! { "$setOnInsert": {
-                            "instanceId": &instance.id,
-                            "nodeId": &instance.node,
-                            "group": &instance.group,
-                            "planHash": &instance.plan_hash,
-                            "exitCode": Bson::Null,
-                            "detail": &detail,
-                            "atMs": now_ms(),
-                        } },
-                    )
-                    .upsert(),
-                ],
-            )
-            .await?;
-            metrics::counter!("prexor_scheduler_start_retries_exhausted_total").increment(1);
-            return self.finish(lease, instance, CRASHED, &detail).await;
-        }
-        let at = now_ms() + start_backoff_ms(retries, hint_ms) as i64;
-        self.write(
-            lease,
-            vec![Write::update_one(
+        let mut writes = Vec::new();
+        let mut again = Vec::new();
+        for (instance, hint_ms, reason) in deferred {
+            let retries = instance.dispatch_retries + 1;
+            if retries > START_RETRIES {
+                self.give_up_start(lease, instance, &reason).await?;
+                continue;
+            }
+            let at = now_ms() + start_backoff_ms(retries, hint_ms) as i64;
+            writes.push(Write::update_one(
                 INSTANCES,
                 doc! { "_id": &instance.id, "planHash": &instance.plan_hash },
                 doc! { "$set": { "nextAttemptAtMs": at, "dispatchRetries": retries, "lastDispatchError": reason } },
-            )],
+            ));
+            again.push((instance, at, retries));
+        }
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.write(lease, writes).await?;
+        for (instance, at, retries) in again {
+            instance.next_attempt_at_ms = at;
+            instance.dispatch_retries = retries;
+        }
+        Ok(())
+    }
+
+    /// The start retries are used up: a crash record, and the instance ended as CRASHED.
+    async fn give_up_start(
+        &self,
+        lease: &Lease,
+        instance: &mut Instance,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        let detail = format!("not started after {START_RETRIES} retries: {reason}");
+        self.write(
+            lease,
+            vec![
+                Write::update_one(
+                    CRASHES,
+                    doc! { "_id": format!("{}@{}", instance.id, instance.plan_hash) },
+                    doc! { "$setOnInsert": {
+                        "instanceId": &instance.id,
+                        "nodeId": &instance.node,
+                        "group": &instance.group,
+                        "planHash": &instance.plan_hash,
+                        "exitCode": Bson::Null,
+                        "detail": &detail,
+                        "atMs": now_ms(),
+                    } },
+                )
+                .upsert(),
+            ],
         )
         .await?;
-        instance.next_attempt_at_ms = at;
-        instance.dispatch_retries = retries;
-        Ok(())
+        metrics::counter!("prexor_scheduler_start_retries_exhausted_total").increment(1);
+        self.finish(lease, instance, CRASHED, &detail).await
     }
 }
 

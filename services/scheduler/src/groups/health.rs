@@ -20,6 +20,23 @@ use super::{
     STRAYS, Snapshot,
 };
 
+impl Snapshot {
+    /// How many of the held groups are in a crash loop (`prexor_scheduler_groups_crash_looping`):
+    /// paused now, or paused less than a crash window ago (the gap before the next, longer pause
+    /// of a loop that recurs, or before the loop is over). As of the snapshot: a pause
+    /// [`Groups::crash_loop_pause`] starts in a tick counts from the next one.
+    pub(crate) fn crash_looping(&self, now_ms: i64) -> usize {
+        let window = CRASH_LOOP_WINDOW.as_millis() as i64;
+        self.states
+            .values()
+            .filter(|state| {
+                let until = state.get_i64("pausedUntilMs").unwrap_or(0);
+                until > 0 && now_ms - until <= window
+            })
+            .count()
+    }
+}
+
 impl Groups {
     /// Takes `instance` out of service: a RUNNING server with players online DRAINS first (it
     /// stays up, DRAINING in the API and events, for proxies to send nobody new) until its
@@ -295,5 +312,35 @@ impl Groups {
                 .unwrap_or(0)
                 >= since_ms
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_counts_as_crash_looping_while_paused_and_for_a_window_after() {
+        let now = 10_000_000;
+        let window = CRASH_LOOP_WINDOW.as_millis() as i64;
+        let state = |id: &str, until: i64| {
+            (
+                id.to_owned(),
+                Arc::new(doc! { "_id": id, "pausedUntilMs": until, "pauseLevel": 1_i64 }),
+            )
+        };
+        let snapshot = Snapshot {
+            states: [
+                state("paused", now + 30_000),
+                state("between-pauses", now - 60_000),
+                state("quiet-again", now - window - 1),
+                ("never".to_owned(), Arc::new(doc! { "_id": "never" })),
+            ]
+            .into_iter()
+            .collect(),
+            ..Snapshot::default()
+        };
+        assert_eq!(snapshot.crash_looping(now), 2);
+        assert_eq!(Snapshot::default().crash_looping(now), 0);
     }
 }

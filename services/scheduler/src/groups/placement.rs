@@ -5,7 +5,7 @@
 //! The choice itself is [`placement::solve`]'s, over a view read here; this module reads, writes
 //! and retries when another replica wins a port or the memory first.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use mongodb::bson::{Bson, Document, doc};
 use prexor_coord::Lease;
@@ -18,7 +18,7 @@ use prexor_model::workflows::modules::ModuleRecord;
 use prexor_store::{StoreError, Write};
 use sha2::{Digest, Sha256};
 
-use crate::placement;
+use prexor_domain::placement;
 
 use super::{
     DRAINING, Groups, INSTANCES, Instance, NODE_ALLOCATIONS, NODES, PORT_RESERVATIONS, PREPARING,
@@ -28,6 +28,8 @@ use super::{
 /// Nodes, and ports on each, a placement tries when other replicas win the race for them.
 const PLACEMENT_NODE_TRIES: usize = 3;
 const PLACEMENT_PORT_TRIES: usize = 3;
+/// Times a tick decides a group's batch again over a fresh view before placing one by one.
+const PLACEMENT_BATCH_TRIES: usize = 3;
 
 /// The instance's credential for the workload endpoints (`pxw.<instance>.<secret>`), handed to
 /// the server in its environment; only its hash is kept with the instance record.
@@ -176,7 +178,8 @@ impl Groups {
     /// Places the instances `wanted` (id and attempt) of one tick: one read of the view, the
     /// choices made one after another over it ([`placement::solve_many`]), and one fenced
     /// transaction for all of them. When another replica wins a port or the memory meanwhile,
-    /// the transaction writes nothing and they are placed one by one ([`Groups::place`]).
+    /// the transaction writes nothing and the batch is decided again over a fresh view, a few
+    /// times; past that they are placed one by one ([`Groups::place`]).
     pub(super) async fn place_all(
         &self,
         group: &str,
@@ -198,69 +201,86 @@ impl Groups {
         let Some(module_layers) = self.module_layers(group, spec).await? else {
             return Ok(Vec::new());
         };
-        let mut cluster = self.placement_view(group).await?;
-        let request = placement::Request::of(spec);
+        let request = placement::Request::of(group, spec);
         let need = request.memory_mb;
-        let (choices, why) = placement::solve_many(&mut cluster, &request, wanted.len());
-        if let Some(why) = why {
-            tracing::warn!(
-                group,
-                placed = choices.len(),
-                wanted = wanted.len(),
-                need_mb = need,
-                %why,
-                "no online node has room for the rest of the group's instances"
-            );
-        }
-        if choices.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut per_node: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
-        for choice in &choices {
-            per_node
-                .entry(&choice.node)
-                .or_insert((choice.allocatable_mb, 0))
-                .1 += need;
-        }
-        let mut writes = Vec::new();
-        for (node, (allocatable, sum)) in &per_node {
-            self.prepare_allocation(node).await?;
-            writes.push(reserve(node, *allocatable, *sum));
-        }
-        let mut planned = Vec::new();
-        for ((id, attempt), choice) in wanted.iter().zip(&choices) {
-            let placing = Placing::new(group, spec, revision, id, *attempt, choice, &module_layers);
-            writes.extend(placing.writes(group, spec, revision));
-            planned.push(placing);
-        }
-        prexor_serve::failpoint::hit("scheduler.before-placement-write");
-        match self.write(lease, writes).await {
-            Ok(()) => {
-                prexor_serve::failpoint::hit("scheduler.after-plan-persisted");
-                let mut placed = Vec::new();
-                for placing in planned {
-                    placed.push(self.placed(group, spec, placing).await);
-                }
-                Ok(placed)
-            }
-            Err(err)
-                if err.is_duplicate_key() || matches!(err, StoreError::Precondition { .. }) =>
+        let mut decided = 0;
+        for round in 0..PLACEMENT_BATCH_TRIES {
+            let _turn = self.placing.lock().await;
+            let mut view = self.placement_view(group).await?;
+            let (choices, why) = placement::solve_many(&mut view.cluster, &request, wanted.len());
+            if let Some(why) = why
+                && round == 0
             {
-                tracing::info!(
+                tracing::warn!(
                     group,
-                    "another replica placed on the same nodes meanwhile; placing one by one"
+                    placed = choices.len(),
+                    wanted = wanted.len(),
+                    need_mb = need,
+                    %why,
+                    "no online node has room for the rest of the group's instances"
                 );
-                let mut placed = Vec::new();
-                for (id, attempt) in wanted.iter().take(choices.len()) {
-                    placed.extend(
-                        self.place(group, spec, revision, id, *attempt, lease)
-                            .await?,
+            }
+            if choices.is_empty() {
+                return Ok(Vec::new());
+            }
+            decided = choices.len();
+            let mut per_node: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+            for choice in &choices {
+                per_node
+                    .entry(&choice.node)
+                    .or_insert((choice.allocatable_mb, 0))
+                    .1 += need;
+            }
+            let mut writes = Vec::new();
+            for (node, (allocatable, sum)) in &per_node {
+                if !view.allocated.contains(*node) {
+                    self.prepare_allocation(node).await?;
+                }
+                writes.push(reserve(node, *allocatable, *sum));
+            }
+            let mut planned = Vec::new();
+            for ((id, attempt), choice) in wanted.iter().zip(&choices) {
+                let placing =
+                    Placing::new(group, spec, revision, id, *attempt, choice, &module_layers);
+                writes.extend(placing.writes(group, spec, revision));
+                planned.push(placing);
+            }
+            prexor_serve::failpoint::hit("scheduler.before-placement-write");
+            match self.write(lease, writes).await {
+                Ok(()) => {
+                    prexor_serve::failpoint::hit("scheduler.after-plan-persisted");
+                    return Ok(futures::future::join_all(
+                        planned
+                            .into_iter()
+                            .map(|placing| self.placed(group, spec, placing)),
+                    )
+                    .await);
+                }
+                Err(err)
+                    if err.is_duplicate_key() || matches!(err, StoreError::Precondition { .. }) =>
+                {
+                    metrics::counter!("prexor_scheduler_placement_conflicts_total").increment(1);
+                    tracing::debug!(
+                        group,
+                        round,
+                        "another replica placed on the same nodes meanwhile; deciding again"
                     );
                 }
-                Ok(placed)
+                Err(err) => return Err(err.into()),
             }
-            Err(err) => Err(err.into()),
         }
+        tracing::info!(
+            group,
+            "other replicas kept winning the same ports or memory; placing one by one"
+        );
+        let mut placed = Vec::new();
+        for (id, attempt) in wanted.iter().take(decided) {
+            placed.extend(
+                self.place(group, spec, revision, id, *attempt, lease)
+                    .await?,
+            );
+        }
+        Ok(placed)
     }
 
     /// Places `id` (attempt `attempt`): reads the candidate nodes, lets [`placement::solve`]
@@ -278,8 +298,12 @@ impl Groups {
         let Some(module_layers) = self.module_layers(group, spec).await? else {
             return Ok(None);
         };
-        let mut cluster = self.placement_view(group).await?;
-        let request = placement::Request::of(spec);
+        let _turn = self.placing.lock().await;
+        let View {
+            mut cluster,
+            allocated,
+        } = self.placement_view(group).await?;
+        let request = placement::Request::of(group, spec);
         let need = request.memory_mb;
         let mut next = placement::solve(&cluster, &request);
         if let Err(why) = &next {
@@ -306,7 +330,9 @@ impl Groups {
                 nodes_tried += 1;
                 ports_tried = 0;
                 current = Some(choice.node.clone());
-                self.prepare_allocation(&choice.node).await?;
+                if !allocated.contains(&choice.node) {
+                    self.prepare_allocation(&choice.node).await?;
+                }
             }
             ports_tried += 1;
             let placing = Placing::new(group, spec, revision, id, attempt, &choice, &module_layers);
@@ -393,29 +419,31 @@ impl Groups {
         }
     }
 
-    /// What [`placement::solve`] chooses from, read from the store (not the tick's snapshot:
-    /// every placement of a tick must see the reservations of the ones before it).
-    async fn placement_view(&self, group: &str) -> Result<placement::Cluster, StoreError> {
-        let (nodes, allocations, active, reservations) = tokio::try_join!(
-            self.store.find_all(NODES, "listing nodes", doc! {}),
-            self.store
-                .find_all(NODE_ALLOCATIONS, "reading node allocations", doc! {}),
-            self.store.find_all(
-                INSTANCES,
-                "counting instances per node",
-                doc! { "state": { "$in": [SCHEDULED, PREPARING, STARTING, RUNNING, DRAINING, STOPPING] } },
+    /// What [`placement::solve`] chooses from, as committed now (not the tick's snapshot: every
+    /// placement of a tick must see the reservations of the ones before it): from the mirror
+    /// once it holds every change committed before this call, else read from MongoDB (of the
+    /// instances and reservations only the fields placement reads).
+    async fn placement_view(&self, group: &str) -> Result<View, StoreError> {
+        let mirrored = match self.mirror.sync().await {
+            Ok(Some(generation)) => self.mirror.read(generation, PlacementReads::from_mirror),
+            _ => None,
+        };
+        let reads = match mirrored {
+            Some(reads) => reads,
+            None => PlacementReads::fetch(&self.store).await?,
+        };
+        let allocations: Vec<NodeAllocation> = decode_each(NODE_ALLOCATIONS, reads.allocations);
+        Ok(View {
+            cluster: cluster_view(
+                group,
+                &decode_each(NODES, reads.nodes),
+                &allocations,
+                &decode_each(INSTANCES, reads.active),
+                &decode_each(PORT_RESERVATIONS, reads.reservations),
+                now_ms(),
             ),
-            self.store
-                .find_all(PORT_RESERVATIONS, "reading port reservations", doc! {}),
-        )?;
-        Ok(cluster_view(
-            group,
-            &decode_each(NODES, nodes),
-            &decode_each(NODE_ALLOCATIONS, allocations),
-            &decode_each(INSTANCES, active),
-            &decode_each(PORT_RESERVATIONS, reservations),
-            now_ms(),
-        ))
+            allocated: allocations.into_iter().map(|a| a.id).collect(),
+        })
     }
 
     /// The active version of each module the group attaches, as plan layers; `None` (nothing is
@@ -456,6 +484,79 @@ impl Groups {
         }
         Ok(Some(layers))
     }
+}
+
+/// Instance states that hold a node's memory and port (placement counts them per node).
+const ACTIVE: [&str; 6] = [SCHEDULED, PREPARING, STARTING, RUNNING, DRAINING, STOPPING];
+
+/// The records a placement view is made of: every node and allocation, the active instances
+/// (their group and node), every port reservation.
+struct PlacementReads {
+    nodes: Vec<Document>,
+    allocations: Vec<Document>,
+    active: Vec<Document>,
+    reservations: Vec<Document>,
+}
+
+impl PlacementReads {
+    async fn fetch(store: &prexor_store::Store) -> Result<PlacementReads, StoreError> {
+        let (nodes, allocations, active, reservations) = tokio::try_join!(
+            store.find_all(NODES, "listing nodes", doc! {}),
+            store.find_all(NODE_ALLOCATIONS, "reading node allocations", doc! {}),
+            store.find_projected(
+                INSTANCES,
+                "counting instances per node",
+                doc! { "state": { "$in": &ACTIVE[..] } },
+                doc! { "group": 1, "nodeId": 1 },
+            ),
+            store.find_projected(
+                PORT_RESERVATIONS,
+                "reading port reservations",
+                doc! {},
+                doc! { "nodeId": 1, "port": 1, "blockedUntilMs": 1 },
+            ),
+        )?;
+        Ok(PlacementReads {
+            nodes,
+            allocations,
+            active,
+            reservations,
+        })
+    }
+
+    fn from_mirror(mirror: &crate::mirror::Collections) -> PlacementReads {
+        let all = |collection: &str| -> Vec<Document> {
+            mirror
+                .get(collection)
+                .into_iter()
+                .flat_map(|docs| docs.values())
+                .map(|d| Document::clone(d))
+                .collect()
+        };
+        let active = mirror
+            .get(INSTANCES)
+            .into_iter()
+            .flat_map(|docs| docs.values())
+            .filter(|d| d.get_str("state").is_ok_and(|s| ACTIVE.contains(&s)))
+            .map(|d| {
+                let field = |k: &str| d.get(k).cloned().unwrap_or(Bson::Null);
+                doc! { "_id": field("_id"), "group": field("group"), "nodeId": field("nodeId") }
+            })
+            .collect();
+        PlacementReads {
+            nodes: all(NODES),
+            allocations: all(NODE_ALLOCATIONS),
+            active,
+            reservations: all(PORT_RESERVATIONS),
+        }
+    }
+}
+
+/// What a placement decides over, and the nodes that already have an allocation record (the
+/// others get one before the fenced `$inc` that must match it).
+struct View {
+    cluster: placement::Cluster,
+    allocated: HashSet<String>,
 }
 
 /// The placement view for group `group`, from the records [`Groups::placement_view`] read:
@@ -510,7 +611,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::placement::{NodeView, PortDomain};
+    use prexor_domain::placement::{NodeView, PortDomain};
 
     #[test]
     fn the_view_reads_what_placement_decides_on() {

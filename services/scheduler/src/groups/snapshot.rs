@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use mongodb::bson::{Document, doc};
-use prexor_domain::now_ms;
+use prexor_domain::{InstanceState, ScalingMode, now_ms};
 use prexor_store::{Store, StoreError};
 
 use super::{
@@ -44,6 +44,60 @@ impl Snapshot {
             .get_document("plan")
             .ok()
             .cloned()
+    }
+}
+
+/// Group `name` has nothing to do as long as none of its inputs changes: no instance between
+/// states (each is RUNNING as its node reports, on an online node, or has ended), nothing asked of
+/// it (no request, stray, rolling deployment, recent crash, deletion), and for a STATIC group
+/// exactly its wanted instances. A DYNAMIC group never is (its load moves). A group whose spec
+/// cannot be used is (nothing is done for it until its document changes).
+pub(super) fn is_settled(
+    name: &str,
+    entry: &crate::reconciler::GroupEntry,
+    snap: &Snapshot,
+) -> bool {
+    let Ok(spec) = &entry.spec else {
+        return true;
+    };
+    let busy = |docs: Option<&Vec<Arc<Document>>>| docs.is_some_and(|d| !d.is_empty());
+    if entry.doc.get_bool("deleting").unwrap_or(false)
+        || spec.scaling == ScalingMode::Dynamic
+        || busy(snap.strays.get(name))
+        || busy(snap.requests.get(name))
+        || snap.crashes.get(name).is_some_and(|c| !c.is_empty())
+        || snap.deployments.contains_key(name)
+    {
+        return false;
+    }
+    let mut active = HashSet::new();
+    for instance in snap.instances.get(name).into_iter().flatten() {
+        let state = instance.get_str("state").unwrap_or_default();
+        if prexor_model::instances::has_ended(state) {
+            continue;
+        }
+        let reported = instance.get_document("reported").ok();
+        let steady = state == InstanceState::Running.as_str()
+            && reported.is_some_and(|r| {
+                r.get_str("state") == Ok(InstanceState::Running.as_str())
+                    && r.get_str("planHash") == instance.get_str("planHash")
+            })
+            && instance
+                .get_str("nodeId")
+                .ok()
+                .and_then(|node| snap.nodes.get(node))
+                .is_some_and(|node| prexor_model::nodes::node_is_online(node));
+        if !steady {
+            return false;
+        }
+        active.insert(instance.get_str("_id").unwrap_or_default());
+    }
+    match spec.scaling {
+        ScalingMode::Static if !spec.maintenance => {
+            active.len() == spec.min_instances as usize
+                && (1..=spec.min_instances).all(|k| active.contains(format!("{name}-{k}").as_str()))
+        }
+        _ => true,
     }
 }
 
@@ -231,4 +285,126 @@ pub(super) fn by_id(docs: Vec<Arc<Document>>) -> HashMap<String, Arc<Document>> 
     docs.into_iter()
         .filter_map(|d| Some((d.get_str("_id").ok()?.to_string(), d)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconciler::GroupEntry;
+
+    fn group(name: &str, scaling: &str, min: i64) -> GroupEntry {
+        let mut spec = doc! {
+            "platform": "fake", "version": "1", "command": ["true"], "memoryMb": 256_i64,
+            "portRange": { "from": 30000, "to": 30099 },
+            "minInstances": min, "maxInstances": 4_i64, "scaling": scaling,
+        };
+        if scaling == "DYNAMIC" {
+            spec.insert("dynamic", doc! { "maxPlayers": 20_i64 });
+        }
+        let entry = GroupEntry::new(name, Arc::new(doc! { "_id": name, "spec": spec }));
+        assert!(entry.spec.is_ok(), "{:?}", entry.spec);
+        entry
+    }
+
+    fn running(id: &str, node: &str) -> Arc<Document> {
+        Arc::new(doc! {
+            "_id": id, "group": "g", "nodeId": node, "state": "RUNNING", "planHash": "p",
+            "reported": { "state": "RUNNING", "planHash": "p" },
+        })
+    }
+
+    fn snapshot(instances: Vec<Arc<Document>>) -> Snapshot {
+        let mut snap = Snapshot::default();
+        snap.instances.insert("g".into(), instances);
+        snap.nodes.insert(
+            "n1".into(),
+            Arc::new(doc! { "_id": "n1", "state": "ONLINE" }),
+        );
+        snap.nodes.insert(
+            "n2".into(),
+            Arc::new(doc! { "_id": "n2", "state": "DISCONNECTED" }),
+        );
+        snap
+    }
+
+    #[test]
+    fn a_static_group_with_exactly_its_running_instances_is_settled() {
+        let static2 = group("g", "STATIC", 2);
+        let both = snapshot(vec![running("g-1", "n1"), running("g-2", "n1")]);
+        assert!(is_settled("g", &static2, &both));
+        // One missing, one too many, or one on a node that is not online: work to do.
+        assert!(!is_settled(
+            "g",
+            &static2,
+            &snapshot(vec![running("g-1", "n1")])
+        ));
+        let three = snapshot(vec![
+            running("g-1", "n1"),
+            running("g-2", "n1"),
+            running("g-3", "n1"),
+        ]);
+        assert!(!is_settled("g", &static2, &three));
+        let lost = snapshot(vec![running("g-1", "n1"), running("g-2", "n2")]);
+        assert!(!is_settled("g", &static2, &lost));
+        // An ended instance does not count.
+        let mut ended = doc! { "_id": "g-3", "group": "g", "nodeId": "n2", "state": "CRASHED" };
+        ended.insert("planHash", "p");
+        let with_ended = snapshot(vec![
+            running("g-1", "n1"),
+            running("g-2", "n1"),
+            Arc::new(ended),
+        ]);
+        assert!(is_settled("g", &static2, &with_ended));
+    }
+
+    #[test]
+    fn anything_between_states_or_asked_of_a_group_unsettles_it() {
+        let manual = group("g", "MANUAL", 0);
+        assert!(is_settled(
+            "g",
+            &manual,
+            &snapshot(vec![running("g-1", "n1")])
+        ));
+        let starting = Arc::new(doc! {
+            "_id": "g-1", "group": "g", "nodeId": "n1", "state": "STARTING", "planHash": "p",
+            "reported": { "state": "STARTING", "planHash": "p" },
+        });
+        assert!(!is_settled("g", &manual, &snapshot(vec![starting])));
+        // Running under an older plan than the one placed.
+        let stale = Arc::new(doc! {
+            "_id": "g-1", "group": "g", "nodeId": "n1", "state": "RUNNING", "planHash": "q",
+            "reported": { "state": "RUNNING", "planHash": "p" },
+        });
+        assert!(!is_settled("g", &manual, &snapshot(vec![stale])));
+        let request = Arc::new(doc! { "_id": "r", "group": "g" });
+        let mut asked = snapshot(vec![running("g-1", "n1")]);
+        asked.requests.insert("g".into(), vec![request.clone()]);
+        assert!(!is_settled("g", &manual, &asked));
+        let mut strays = snapshot(vec![]);
+        strays.strays.insert("g".into(), vec![request.clone()]);
+        assert!(!is_settled("g", &manual, &strays));
+        let mut crashed = snapshot(vec![]);
+        crashed.crashes.insert("g".into(), vec![1]);
+        assert!(!is_settled("g", &manual, &crashed));
+        let mut rolling = snapshot(vec![]);
+        rolling.deployments.insert("g".into(), request);
+        assert!(!is_settled("g", &manual, &rolling));
+        // A DYNAMIC group follows its load: never settled.
+        assert!(!is_settled(
+            "g",
+            &group("g", "DYNAMIC", 0),
+            &snapshot(vec![])
+        ));
+        // A group being deleted is not; one whose spec is unusable is (until it changes).
+        let mut deleting = Document::clone(&manual.doc);
+        deleting.insert("deleting", true);
+        let deleting = GroupEntry::new("g", Arc::new(deleting));
+        assert!(!is_settled("g", &deleting, &snapshot(vec![])));
+        let unusable = GroupEntry::new(
+            "g",
+            Arc::new(doc! { "_id": "g", "spec": { "platform": "fake" } }),
+        );
+        assert!(unusable.spec.is_err());
+        assert!(is_settled("g", &unusable, &snapshot(vec![])));
+    }
 }

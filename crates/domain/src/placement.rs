@@ -1,7 +1,8 @@
 //! Where an instance goes, decided without I/O: [`solve`] takes a typed view of the candidate
 //! nodes and what the instance needs, and returns the node and port (or why nothing fits). The
-//! group's lease holder reads the view from the store and writes the choice in one fenced
-//! transaction (`groups/placement.rs`); the rules are docs/scheduling.md, "Placement".
+//! group's lease holder (prexor-scheduler, `services/scheduler/src/groups/placement.rs`) reads
+//! the view from the store and writes the choice in one fenced transaction; the rules are
+//! docs/scheduling.md, "Placement". `prexor-bench placement` measures it at 1,000 nodes.
 //!
 //! Keeping the decision pure lets it be tested at scale and under churn without stores (the
 //! `tests` and `scale_tests` submodules), in the way the control plane's acceptance tests cannot.
@@ -11,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::ops::RangeInclusive;
 
-use prexor_domain::GroupSpec;
+use crate::GroupSpec;
 
 #[cfg(test)]
 mod scale_tests;
@@ -140,16 +141,32 @@ pub struct Request {
     pub anti_affinity: BTreeMap<String, String>,
     pub memory_mb: i64,
     pub ports: RangeInclusive<u16>,
+    /// The port of the range the search for a free one starts at (it wraps around to the
+    /// range's start): fixed per group by [`Request::of`], so that groups sharing a range, placed
+    /// at the same time by different replicas or side by side in one tick, rarely race for the
+    /// same port.
+    pub first_port: u16,
 }
 
 impl Request {
-    pub fn of(spec: &GroupSpec) -> Request {
+    /// What an instance of group `group` needs.
+    pub fn of(group: &str, spec: &GroupSpec) -> Request {
+        let ports = spec.port_range.from..=spec.port_range.to;
         Request {
             affinity: spec.affinity.clone(),
             anti_affinity: spec.anti_affinity.clone(),
             memory_mb: spec.memory_mb as i64,
-            ports: spec.port_range.from..=spec.port_range.to,
+            first_port: first_port(group, &ports),
+            ports,
         }
+    }
+
+    /// The ports of the range in the order they are tried: from `first_port` to the end, then
+    /// from the start.
+    pub fn port_order(&self) -> impl Iterator<Item = u16> + '_ {
+        let (start, end) = (*self.ports.start(), *self.ports.end());
+        let first = self.first_port.clamp(start, end.max(start));
+        (first..=end).chain(start..first)
     }
 
     fn selects(&self, node: &NodeView) -> bool {
@@ -216,10 +233,21 @@ pub fn solve_many(
     (choices, None)
 }
 
+/// Where group `group` starts looking for a free port in `ports`: a point of the range fixed by
+/// the group's name ([`crate::fnv1a`]), the same on every replica and across restarts.
+pub fn first_port(group: &str, ports: &RangeInclusive<u16>) -> u16 {
+    let (start, end) = (*ports.start(), *ports.end());
+    if end <= start {
+        return start;
+    }
+    let len = u64::from(end - start) + 1;
+    start + (crate::fnv1a(group) % len) as u16
+}
+
 /// Picks the node and port for one instance. Nodes that fit (online and uncordoned, labels,
 /// memory, a free port) are ranked by the fewest instances of the group (spread), then the most
 /// free memory, then the fewest instances in all, then their order in `cluster`; the port is the
-/// lowest free one of the range on the chosen node's host.
+/// first free one on the chosen node's host in [`Request::port_order`].
 pub fn solve(cluster: &Cluster, request: &Request) -> Result<Placement, NoFit> {
     let schedulable: Vec<&NodeView> = cluster.nodes.iter().filter(|n| n.schedulable()).collect();
     if schedulable.is_empty() {
@@ -249,8 +277,7 @@ pub fn solve(cluster: &Cluster, request: &Request) -> Result<Placement, NoFit> {
         .find_map(|(node, _)| {
             let domain = node.ports();
             let port = request
-                .ports
-                .clone()
+                .port_order()
                 .find(|port| cluster.is_free(&domain, *port))?;
             Some(Placement {
                 node: node.id.clone(),

@@ -35,6 +35,7 @@ pub(super) fn request(memory_mb: i64, ports: RangeInclusive<u16>) -> Request {
         affinity: BTreeMap::new(),
         anti_affinity: BTreeMap::new(),
         memory_mb,
+        first_port: *ports.start(),
         ports,
     }
 }
@@ -81,11 +82,13 @@ pub(super) fn oracle(cluster: &Cluster, request: &Request) -> Result<(String, u1
         });
     match best {
         Some(node) => {
+            // The free port after the group's first one, else the lowest free one.
             let held = cluster.ports_in_use.get(&node.ports());
             let port = request
                 .ports
                 .clone()
-                .find(|port| held.is_none_or(|held| !held.contains(port)))
+                .filter(|port| held.is_none_or(|held| !held.contains(port)))
+                .min_by_key(|port| (*port < request.first_port, *port))
                 .expect("a node that fits has a free port");
             Ok((node.id.clone(), port))
         }
@@ -194,10 +197,19 @@ fn a_node_whose_host_has_no_port_of_the_range_free_is_not_chosen() {
 }
 
 #[test]
-fn the_lowest_free_port_of_the_range_is_chosen() {
+fn the_first_free_port_from_the_groups_start_is_chosen() {
     let held = [("a".to_owned(), 25565), ("a".to_owned(), 25567)];
     let view = Cluster::new(vec![node("a", 4096)], held);
     assert_eq!(chosen(&view, &request(512, 25565..=25570)).1, 25566);
+    // From a start further up the range, wrapping around to its beginning.
+    let from_25567 = Request {
+        first_port: 25567,
+        ..request(512, 25565..=25570)
+    };
+    assert_eq!(chosen(&view, &from_25567).1, 25568);
+    let held = (25567..=25570).map(|port| ("a".to_owned(), port));
+    let view = Cluster::new(vec![node("a", 4096)], held);
+    assert_eq!(chosen(&view, &from_25567).1, 25565);
     // A reservation of a node that is gone holds a port of that node id only.
     let view = Cluster::new(vec![node("a", 4096)], [("gone".to_owned(), 25565)]);
     assert_eq!(chosen(&view, &request(512, 25565..=25570)).1, 25565);
@@ -330,14 +342,23 @@ fn request_strategy() -> impl Strategy<Value = Request> {
         prop_oneof![Just("a".to_owned()), Just("b".to_owned())],
         0..2,
     );
-    (selector.clone(), selector, 0..6_i64, 0..6_u16, 0..4_u16).prop_map(
-        |(affinity, anti_affinity, memory, from, len)| Request {
-            affinity,
-            anti_affinity,
-            memory_mb: memory * 512,
-            ports: 25565 + from..=25565 + from + len,
-        },
+    (
+        selector.clone(),
+        selector,
+        0..6_i64,
+        0..6_u16,
+        0..4_u16,
+        0..4_u16,
     )
+        .prop_map(
+            |(affinity, anti_affinity, memory, from, len, first)| Request {
+                affinity,
+                anti_affinity,
+                memory_mb: memory * 512,
+                ports: 25565 + from..=25565 + from + len,
+                first_port: 25565 + from + first.min(len),
+            },
+        )
 }
 
 proptest! {
@@ -387,6 +408,23 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_groups_first_port_is_fixed_by_its_name_and_inside_the_range() {
+    let range = 20_000..=29_999;
+    let firsts: HashSet<u16> = (0..100)
+        .map(|g| super::first_port(&format!("group-{g}"), &range))
+        .collect();
+    assert!(firsts.iter().all(|port| range.contains(port)));
+    // Spread over the range (groups sharing it rarely start at the same port)...
+    assert!(firsts.len() > 95, "{} distinct starts", firsts.len());
+    // ...the same for the same name, and a one-port range has one choice.
+    assert_eq!(
+        super::first_port("lobby", &range),
+        super::first_port("lobby", &range)
+    );
+    assert_eq!(super::first_port("lobby", &(25565..=25565)), 25565);
 }
 
 #[test]
