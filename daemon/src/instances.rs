@@ -67,6 +67,9 @@ pub(crate) struct Instance {
     pub(crate) fence: (String, u64),
     /// The user the process runs as (`daemon.runAs`), held while it runs.
     pub(crate) user: Option<ServerUser>,
+    /// The trace context (`traceparent`) of the last command that acted on it: its reports go
+    /// out in that trace (docs/observability.md, "Traces").
+    pub(crate) trace: String,
 }
 
 pub(crate) fn ack(
@@ -112,6 +115,7 @@ impl Instance {
             shim: None,
             fence: (String::new(), 0),
             user: None,
+            trace: String::new(),
         }
     }
 
@@ -134,6 +138,7 @@ impl Instance {
             seq: self.seq,
             fence_scope: self.fence.0.clone(),
             fence_token: self.fence.1,
+            traceparent: self.trace.clone(),
         }
     }
 
@@ -295,6 +300,7 @@ impl Instances {
             }
             let mut instance = Instance::new(plan.clone(), InstanceState::Preparing);
             instance.fence = fence;
+            instance.trace = prexor_telemetry::trace::current_traceparent();
             table.insert(id.clone(), instance);
         }
         self.transition(&id, |_| {});
@@ -363,6 +369,7 @@ impl Instances {
                 return instance.ack(AckResult::Already, "already stopped or stopping");
             }
             instance.stop_requested = true;
+            instance.trace = prexor_telemetry::trace::current_traceparent();
             (instance.shim.clone(), instance.pid)
         };
         self.transition(&id, |i| {
@@ -423,6 +430,7 @@ impl Instances {
                 Some(instance) if is_active(instance.state) => {
                     instance.stop_requested = true;
                     instance.detail = "killed on request".into();
+                    instance.trace = prexor_telemetry::trace::current_traceparent();
                     (instance.shim.clone(), instance.plan.plan_hash.clone())
                 }
                 Some(instance) => return instance.ack(AckResult::Already, "not running"),

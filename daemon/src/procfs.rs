@@ -60,18 +60,20 @@ pub fn signal_named(name: &str) -> Result<Signal, String> {
 
 /// Sends `signal` to the process group led by `pid` (every server leads its own group).
 pub fn signal_group(pid: i32, signal: Signal) -> std::io::Result<()> {
-    let pid = Pid::from_raw(pid)
-        .filter(|p| p.as_raw_nonzero().get() > 1)
-        .ok_or_else(|| std::io::Error::other(format!("refusing to signal pid {pid}")))?;
-    rustix::process::kill_process_group(pid, signal).map_err(std::io::Error::from)
+    rustix::process::kill_process_group(signalable(pid)?, signal).map_err(std::io::Error::from)
 }
 
 /// Sends `signal` to the single process `pid`.
 pub fn signal_process(pid: i32, signal: Signal) -> std::io::Result<()> {
-    let pid = Pid::from_raw(pid)
+    rustix::process::kill_process(signalable(pid)?, signal).map_err(std::io::Error::from)
+}
+
+/// `pid` as a process the daemon may signal: never 0, 1 or a negative number (every process,
+/// init, a group by accident).
+fn signalable(pid: i32) -> std::io::Result<Pid> {
+    Pid::from_raw(pid)
         .filter(|p| p.as_raw_nonzero().get() > 1)
-        .ok_or_else(|| std::io::Error::other(format!("refusing to signal pid {pid}")))?;
-    rustix::process::kill_process(pid, signal).map_err(std::io::Error::from)
+        .ok_or_else(|| std::io::Error::other(format!("refusing to signal pid {pid}")))
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use prexor_proto::v1::{
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::fences::Fences;
 use crate::identity::NodeIdentity;
@@ -224,10 +225,13 @@ impl Session {
                         Some(Down::Command(command)) => {
                             let up = up.clone();
                             let handler = self.handler();
+                            let span = command_span(&command, &message.traceparent);
                             tokio::spawn(async move {
                                 let ack = handler.handle(command).await;
+                                tracing::Span::current()
+                                    .record("result", ack.result().as_str_name());
                                 let _ = send(&up, Up::Ack(ack)).await;
-                            });
+                            }.instrument(span));
                         }
                         Some(Down::ReportAck(acked)) => {
                             self.outbox.ack(&acked.seqs);
@@ -294,6 +298,35 @@ impl Session {
             load_average_1m: load_average(),
         }
     }
+}
+
+/// The span `daemon.command` of one command, a child of the span that delivered it (its
+/// `traceparent`; docs/observability.md, "Traces").
+fn command_span(command: &Command, traceparent: &str) -> tracing::Span {
+    let instance = match &command.action {
+        Some(Action::Start(start)) => start.plan.as_ref().map(|p| p.instance_id.as_str()),
+        Some(Action::Stop(stop)) => Some(stop.instance_id.as_str()),
+        Some(Action::Kill(kill)) => Some(kill.instance_id.as_str()),
+        Some(Action::Console(input)) => Some(input.instance_id.as_str()),
+        Some(Action::Query(query)) => Some(query.instance_id.as_str()),
+        Some(Action::Shutdown(_)) | None => None,
+    };
+    let span = tracing::info_span!(
+        parent: None,
+        "daemon.command",
+        otel.name = %format_args!("daemon.{}", command.action_name()),
+        command_id = %command.command_id,
+        action = command.action_name(),
+        scope = %command.scope,
+        token = command.fence_token,
+        instance = instance.unwrap_or_default(),
+        result = tracing::field::Empty,
+    );
+    prexor_telemetry::trace::adopt(
+        &span,
+        prexor_telemetry::trace::from_traceparent(traceparent),
+    );
+    span
 }
 
 async fn send(up: &mpsc::Sender<DaemonMessage>, body: Up) -> Result<(), String> {

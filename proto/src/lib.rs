@@ -10,3 +10,20 @@ pub use error::ErrorCode;
 pub mod v1 {
     tonic::include_proto!("prexor.v1");
 }
+
+impl v1::Command {
+    /// The action's name (`start`, `stop`, `kill`, `console`, `shutdown`, `query`; `none`), for
+    /// logs and spans.
+    pub fn action_name(&self) -> &'static str {
+        use v1::command::Action;
+        match &self.action {
+            Some(Action::Start(_)) => "start",
+            Some(Action::Stop(_)) => "stop",
+            Some(Action::Kill(_)) => "kill",
+            Some(Action::Console(_)) => "console",
+            Some(Action::Shutdown(_)) => "shutdown",
+            Some(Action::Query(_)) => "query",
+            None => "none",
+        }
+    }
+}

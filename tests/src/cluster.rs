@@ -18,6 +18,8 @@ pub struct Cluster {
     pub dir: PathBuf,
     procs: Mutex<Vec<(String, PathBuf)>>,
     internal: tokio::sync::OnceCell<prexor_pki::internal::InternalTls>,
+    /// Environment variables of every process started from now on ([`Cluster::set_env`]).
+    env: Mutex<Vec<(String, String)>>,
 }
 
 impl Cluster {
@@ -32,7 +34,17 @@ impl Cluster {
             dir,
             procs: Mutex::new(Vec::new()),
             internal: tokio::sync::OnceCell::new(),
+            env: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Sets `key` to `value` in the environment of every process this cluster starts from now
+    /// on (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`), after the process's own variables.
+    pub fn set_env(&self, key: &str, value: &str) {
+        self.env
+            .lock()
+            .expect("env lock")
+            .push((key.to_owned(), value.to_owned()));
     }
 
     /// Internal mTLS for the test itself: a service certificate (api replica
@@ -193,8 +205,10 @@ timeout = "10s"
     pub fn start(&self, launch: Launch) -> anyhow::Result<Proc> {
         let name = launch.name().to_owned();
         let log = self.dir.join(format!("{name}.log"));
+        let env = self.env.lock().expect("env lock").clone();
         let process = launch
             .rust_log("info,prexor_coord=debug")
+            .extra_env(env)
             .log_to(log.clone())
             .start()?;
         self.procs.lock().expect("procs lock").push((name, log));

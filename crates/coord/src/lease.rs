@@ -108,8 +108,14 @@ impl Leases {
 
     /// Acquires `scope` if nobody holds it. `Ok(None)` means another replica holds it (or a
     /// higher token has already marked it, in which case the scope is left free again).
+    #[tracing::instrument(
+        name = "lease.acquire",
+        skip_all,
+        fields(scope = %scope, token = tracing::field::Empty, acquired = tracing::field::Empty)
+    )]
     pub async fn acquire(&self, scope: &Scope) -> Result<Option<Lease>, CoordError> {
         let token = self.inner.store.mint_token(&scope.to_string()).await?;
+        tracing::Span::current().record("token", token);
         let key = self.key(scope);
         let value = format!("{}|{token}", self.inner.holder);
         let sent_at = self.inner.clock.now();
@@ -122,17 +128,26 @@ impl Leases {
             Acquired::Yes => {}
             Acquired::HeldBy(_) => {
                 metrics::contended(scope);
+                tracing::Span::current().record("acquired", false);
                 return Ok(None);
             }
         }
         let lease = self.new_lease(scope.clone(), key, value, token, sent_at);
-        self.fence_in(lease).await
+        let fenced = self.fence_in(lease).await;
+        tracing::Span::current().record("acquired", matches!(fenced, Ok(Some(_))));
+        fenced
     }
 
     /// Takes `scope` whether or not someone holds it (a daemon that moved to this gateway moves
     /// its node's ownership here). The previous holder's renewals and fenced writes fail from now.
+    #[tracing::instrument(
+        name = "lease.take_over",
+        skip_all,
+        fields(scope = %scope, token = tracing::field::Empty)
+    )]
     pub async fn take_over(&self, scope: &Scope) -> Result<Lease, CoordError> {
         let token = self.inner.store.mint_token(&scope.to_string()).await?;
+        tracing::Span::current().record("token", token);
         let key = self.key(scope);
         let value = format!("{}|{token}", self.inner.holder);
         let sent_at = self.inner.clock.now();
@@ -209,6 +224,12 @@ impl Leases {
     /// Renews every lease in one round trip (per 512). Each renewed lease's self-fencing deadline
     /// moves to the send time plus `selfFenceAfter`; each refused one is marked lost. On an error
     /// nothing is marked: the deadlines run out on their own.
+    #[tracing::instrument(
+        level = "debug",
+        name = "lease.renew",
+        skip_all,
+        fields(leases = leases.len())
+    )]
     pub async fn renew_many(&self, leases: &[Lease]) -> Result<Vec<bool>, CoordError> {
         let pairs: Vec<(String, String)> = leases
             .iter()
@@ -242,6 +263,11 @@ impl Leases {
     }
 
     /// Releases the lease if it is still ours (a no-op otherwise) and ends it locally.
+    #[tracing::instrument(
+        name = "lease.release",
+        skip_all,
+        fields(scope = %lease.scope(), token = lease.token())
+    )]
     pub async fn release(&self, lease: &Lease) -> Result<bool, CoordError> {
         lease.end();
         self.inner

@@ -1,7 +1,9 @@
 //! Group records (`groups`: `{_id: name, spec, revision, createdAtMs, updatedAtMs, deleting?}`),
 //! written by operators (API, `prexor-scheduler group apply`) with compare-and-set on the
 //! revision, so a concurrent change is never overwritten silently. Deleting marks the group; its
-//! lease holder stops the instances and removes the record.
+//! lease holder stops the instances and removes the record. Each write carries the writer's
+//! trace context (`traceparent`), which the holder's next step links to
+//! (docs/observability.md, "Traces").
 
 use mongodb::bson::{self, Document, doc};
 use prexor_domain::{GroupSpec, now_ms};
@@ -118,13 +120,14 @@ pub async fn create_group(
     spec: &GroupSpec,
 ) -> Result<GroupRecord, GroupWriteError> {
     let now = now_ms();
-    let record = doc! {
+    let mut record = doc! {
         "_id": name,
         "spec": encode(spec)?,
         "revision": 1_i64,
         "createdAtMs": now,
         "updatedAtMs": now,
     };
+    prexor_telemetry::trace::inject_document(&mut record);
     match store
         .bounded(
             "creating a group",
@@ -166,14 +169,18 @@ pub async fn update_group(
     if current.get_document("spec").ok() == Some(&spec_doc) {
         return Ok(None);
     }
+    let mut changes = doc! { "spec": &spec_doc, "revision": revision + 1, "updatedAtMs": now_ms() };
+    prexor_telemetry::trace::inject_document(&mut changes);
     let updated = store
         .bounded(
             "updating a group",
-            store.documents(GROUPS).find_one_and_update(
-                doc! { "_id": name, "revision": revision, "deleting": { "$ne": true } },
-                doc! { "$set": { "spec": &spec_doc, "revision": revision + 1, "updatedAtMs": now_ms() } },
-            )
-            .return_document(mongodb::options::ReturnDocument::After),
+            store
+                .documents(GROUPS)
+                .find_one_and_update(
+                    doc! { "_id": name, "revision": revision, "deleting": { "$ne": true } },
+                    doc! { "$set": changes },
+                )
+                .return_document(mongodb::options::ReturnDocument::After),
         )
         .await?;
     match updated {
@@ -197,6 +204,8 @@ pub async fn mark_group_deleting(
     store: &Store,
     name: &str,
 ) -> Result<GroupRecord, GroupWriteError> {
+    let mut changes = doc! { "deleting": true, "updatedAtMs": now_ms() };
+    prexor_telemetry::trace::inject_document(&mut changes);
     let updated = store
         .bounded(
             "marking a group for deletion",
@@ -204,7 +213,7 @@ pub async fn mark_group_deleting(
                 .documents(GROUPS)
                 .find_one_and_update(
                     doc! { "_id": name },
-                    doc! { "$set": { "deleting": true, "updatedAtMs": now_ms() }, "$inc": { "revision": 1_i64 } },
+                    doc! { "$set": changes, "$inc": { "revision": 1_i64 } },
                 )
                 .return_document(mongodb::options::ReturnDocument::After),
         )

@@ -242,6 +242,10 @@ pub struct InstanceRequest {
     /// The instance it is about (none for `start`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// The trace context (`traceparent`) of the operator's request that asked for it: the
+    /// scheduler carries it out in that trace (docs/observability.md, "Traces").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// A crash of an instance (`crashes`, `_id` = `<instance>@<plan hash>`: one per plan).

@@ -8,7 +8,8 @@
 //!   [`Service`] to the service's own code, and on SIGTERM stop gracefully: unready first, then the
 //!   service's tasks (which release their leases), then deregistration, then the servers.
 //!
-//! Every HTTP request and gRPC call a process serves or makes is counted and timed ([`red`]).
+//! Every HTTP request and gRPC call a process serves or makes is counted and timed ([`red`]) and
+//! traced ([`trace`]).
 //!
 //! Without the `cluster` feature (the daemon) only what needs no store is built: [`launch`],
 //! [`serve_ops`], [`Readiness`], [`bind`], [`stop_on_signals`], the TLS listeners and the request
@@ -33,6 +34,7 @@ mod runtime;
 #[cfg(feature = "cluster")]
 pub mod signer;
 pub mod tls;
+pub mod trace;
 
 pub use launch::{ServiceArgs, launch, launch_with};
 #[cfg(feature = "cluster")]

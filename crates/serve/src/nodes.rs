@@ -2,7 +2,8 @@
 //! which forwards to the gateway holding the node's session (docs/architecture.md, "Commands to
 //! nodes"). Acknowledged with the daemon's result, never fire-and-forget; every call has a
 //! deadline, so a frozen or black-holed gateway costs one deadline, and the gateways that did
-//! not answer are tried last for a while.
+//! not answer are tried last for a while. Each command is a span `node.command` around the
+//! calls to gateways (docs/observability.md, "Traces").
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +14,7 @@ use prexor_domain::ServiceKind;
 use prexor_pki::internal::PeerChannels;
 use prexor_proto::v1::node_commands_client::NodeCommandsClient;
 use prexor_proto::v1::{Command, CommandAck, NodeCommandRequest};
+use tracing::Instrument;
 
 /// How long a gateway waits for the daemon's ack unless the caller says otherwise.
 pub const ACK_WITHIN: Duration = Duration::from_secs(10);
@@ -65,6 +67,34 @@ impl Gateways {
     /// Sends `command` to `node`; the daemon's ack, waited for at most `ack_within` (plus a
     /// margin for the gateways themselves).
     pub async fn send_within(
+        &self,
+        node: &str,
+        command: Command,
+        ack_within: Duration,
+    ) -> Result<CommandAck, SendError> {
+        let span = tracing::info_span!(
+            "node.command",
+            node,
+            command_id = %command.command_id,
+            action = command.action_name(),
+            scope = %command.scope,
+            token = command.fence_token,
+            result = tracing::field::Empty,
+        );
+        let outcome = self
+            .try_gateways(node, command, ack_within)
+            .instrument(span.clone())
+            .await;
+        let result = match &outcome {
+            Ok(ack) => ack.result().as_str_name(),
+            Err(SendError::Timeout(_)) => "timeout",
+            Err(_) => "unavailable",
+        };
+        span.record("result", result);
+        outcome
+    }
+
+    async fn try_gateways(
         &self,
         node: &str,
         command: Command,

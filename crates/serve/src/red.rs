@@ -14,6 +14,9 @@
 //!   the status code's name (`OK`, `UNAVAILABLE`, …;
 //!   `CANCELLED` when the call was dropped before its status). The duration runs until the
 //!   status (the end of a stream).
+//!
+//! The same layer gives every call its span, carrying the trace context in the call's metadata
+//! ([`crate::trace`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -149,35 +152,42 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: axum::http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: axum::http::Request<ReqBody>) -> Self::Future {
+        let method = request.uri().path().to_owned();
+        let span =
+            crate::trace::grpc_span(self.side == Side::Server, &method, request.headers_mut());
         let mut call = Call {
             side: self.side,
-            method: request.uri().path().to_owned(),
+            method,
             started: Instant::now(),
             head_code: None,
             unrouted: false,
             finished: false,
+            span: span.clone(),
         };
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            match response.await {
-                Ok(response) => {
-                    let (parts, body) = response.into_parts();
-                    // A call refused at once carries its status in the head ("trailers-only").
-                    call.head_code = grpc_status(&parts.headers);
-                    call.unrouted = parts.extensions.get::<Unrouted>().is_some();
-                    Ok(axum::http::Response::from_parts(
-                        parts,
-                        MeteredBody { inner: body, call },
-                    ))
+        let response = span.in_scope(|| self.inner.call(request));
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                match response.await {
+                    Ok(response) => {
+                        let (parts, body) = response.into_parts();
+                        // A call refused at once carries its status in the head ("trailers-only").
+                        call.head_code = grpc_status(&parts.headers);
+                        call.unrouted = parts.extensions.get::<Unrouted>().is_some();
+                        Ok(axum::http::Response::from_parts(
+                            parts,
+                            MeteredBody { inner: body, call },
+                        ))
+                    }
+                    Err(err) => {
+                        // The channel could not make the call (no connection).
+                        call.finish(Some(Code::Unavailable));
+                        Err(err)
+                    }
                 }
-                Err(err) => {
-                    // The channel could not make the call (no connection).
-                    call.finish(Some(Code::Unavailable));
-                    Err(err)
-                }
-            }
-        })
+            },
+            span,
+        ))
     }
 }
 
@@ -190,6 +200,8 @@ struct Call {
     /// The response came from no service ([`Unrouted`]).
     unrouted: bool,
     finished: bool,
+    /// The call's span (`crate::trace`), ended with the call.
+    span: tracing::Span,
 }
 
 impl Call {
@@ -200,6 +212,8 @@ impl Call {
             return;
         }
         let code = code.or(self.head_code).unwrap_or(Code::Unknown);
+        crate::trace::grpc_status(&self.span, code);
+        let _ended = std::mem::replace(&mut self.span, tracing::Span::none());
         let method = if self.side == Side::Server && (self.unrouted || code == Code::Unimplemented)
         {
             UNMATCHED.to_owned()
@@ -251,7 +265,11 @@ impl<B: HttpBody> HttpBody for MeteredBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        // A streamed answer is produced while the body is polled: inside the call's span.
+        let polled = {
+            let _entered = this.call.span.enter();
+            this.inner.poll_frame(cx)
+        };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {

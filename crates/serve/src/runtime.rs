@@ -513,8 +513,13 @@ where
             .collect()
     }));
     if let Some(router) = parts.http {
-        // Every request to the service's routes is counted by its route template.
-        let _ = app.set(router.layer(axum::middleware::from_fn(crate::red::http_metrics)));
+        // Every request to the service's routes is counted by its route template, and answered
+        // inside its span with its request id.
+        let _ = app.set(
+            router
+                .layer(axum::middleware::from_fn(crate::red::http_metrics))
+                .layer(axum::middleware::from_fn(crate::trace::http_trace)),
+        );
     }
     // Peers reach this replica's own gRPC routes only once it has its certificate; until then
     // the replica is not ready. A replica without routes of its own (scheduler) needs the

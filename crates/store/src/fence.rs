@@ -323,7 +323,20 @@ impl Store {
     }
 
     /// Performs `writes` atomically, and only if `fence.token` is still the newest token of the
-    /// scope. A deposed holder gets [`StoreError::StaleFence`] and nothing is written.
+    /// scope. A deposed holder gets [`StoreError::StaleFence`] and nothing is written. Each is a
+    /// span `store.fenced_write` with its scope, token, size and result (docs/observability.md,
+    /// "Traces").
+    #[tracing::instrument(
+        name = "store.fenced_write",
+        skip_all,
+        fields(
+            scope = %fence.scope,
+            token = fence.token,
+            writes = writes.len(),
+            attempts = tracing::field::Empty,
+            result = tracing::field::Empty,
+        )
+    )]
     pub async fn fenced_write(
         &self,
         fence: &Fence,
@@ -348,6 +361,7 @@ impl Store {
                 match tokio::time::timeout(remaining, self.try_fenced(fence, &writes)).await {
                     Ok(outcome) => outcome,
                     Err(_) => {
+                        tracing::Span::current().record("result", "timeout");
                         return Err(StoreError::Timeout {
                             op,
                             timeout: self.timeout(),
@@ -356,8 +370,7 @@ impl Store {
                 };
             match outcome {
                 Ok(results) => {
-                    metrics::counter!("prexor_fenced_writes_total", "result" => "applied")
-                        .increment(1);
+                    fenced_result("applied", attempt);
                     return Ok(results);
                 }
                 Err(Attempt::Done(err)) => {
@@ -366,8 +379,7 @@ impl Store {
                         StoreError::Precondition { .. } => "precondition",
                         _ => "error",
                     };
-                    metrics::counter!("prexor_fenced_writes_total", "result" => result)
-                        .increment(1);
+                    fenced_result(result, attempt);
                     return Err(err);
                 }
                 Err(Attempt::Retry(source)) if attempt < MAX_ATTEMPTS => {
@@ -375,8 +387,7 @@ impl Store {
                     tokio::time::sleep(Duration::from_millis(2u64 << attempt.min(6))).await;
                 }
                 Err(Attempt::Retry(source)) => {
-                    metrics::counter!("prexor_fenced_writes_total", "result" => "error")
-                        .increment(1);
+                    fenced_result("error", attempt);
                     return Err(StoreError::mongo(op, source));
                 }
             }
@@ -733,4 +744,12 @@ fn read_u64(document: &Document, field: &str) -> u64 {
 
 fn is_write_conflict(err: &mongodb::error::Error) -> bool {
     server_code(err) == Some(112)
+}
+
+/// Counts a fenced write by `result` and records it on its span.
+fn fenced_result(result: &'static str, attempts: u32) {
+    metrics::counter!("prexor_fenced_writes_total", "result" => result).increment(1);
+    let span = tracing::Span::current();
+    span.record("result", result);
+    span.record("attempts", attempts);
 }

@@ -2,7 +2,9 @@
 //!
 //! - Logs: `tracing`, human-readable or JSON (`telemetry.logFormat`), filtered by
 //!   `telemetry.logLevel` or `RUST_LOG`.
-//! - Traces: exported over OTLP/gRPC when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//! - Traces: `tracing` spans exported over OTLP/gRPC when the standard
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set, with W3C trace context carried between processes
+//!   ([`trace`]; docs/observability.md, "Traces").
 //! - Metrics: the `metrics` facade, rendered in Prometheus text format by [`Telemetry::render`]
 //!   (each service serves it on `/metrics`), with the process's `service` and `replica` labels on
 //!   every series, histograms with [`BUCKETS`] and the standard `process_*` metrics
@@ -10,11 +12,16 @@
 
 mod process;
 mod recorder;
+pub mod trace;
 
 pub use recorder::{BUCKETS, UPKEEP_EVERY, prometheus};
 
+use std::sync::OnceLock;
+
+use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use prexor_config::{LogFormat, TelemetryConfig};
 use tracing_subscriber::layer::SubscriberExt;
@@ -35,6 +42,14 @@ pub enum TelemetryError {
 /// buffered spans are flushed.
 pub struct Telemetry {
     tracer_provider: Option<SdkTracerProvider>,
+}
+
+static REPLICA: OnceLock<String> = OnceLock::new();
+
+/// This process's replica id (`replica` of its metrics, `replica` of its request spans); empty
+/// before [`Telemetry::init`].
+pub fn replica() -> &'static str {
+    REPLICA.get().map_or("", String::as_str)
 }
 
 impl Telemetry {
@@ -80,6 +95,14 @@ impl Telemetry {
                         .with_resource(
                             Resource::builder()
                                 .with_service_name(config.service_name.clone())
+                                .with_attribute(KeyValue::new(
+                                    "service.instance.id",
+                                    config.replica.clone(),
+                                ))
+                                .with_attribute(KeyValue::new(
+                                    "service.version",
+                                    env!("CARGO_PKG_VERSION"),
+                                ))
                                 .build(),
                         )
                         .build(),
@@ -91,6 +114,9 @@ impl Telemetry {
             tracing_opentelemetry::layer().with_tracer(provider.tracer(config.service_name.clone()))
         });
 
+        // W3C trace context in and out of every process (crate::trace).
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let _ = REPLICA.set(config.replica.clone());
         tracing_subscriber::registry()
             .with(filter)
             .with(fmt_layer)

@@ -236,11 +236,33 @@ pub fn signal(pid: u32, sig: libc::c_int) {
 }
 
 fn server_dir(kind: &str, port: u16) -> anyhow::Result<PathBuf> {
-    let dir = svc_dir()
-        .join("test")
-        .join(format!("{kind}-{port}-{}", std::process::id()));
+    let parent = svc_dir().join("test");
+    sweep_server_dirs(&parent);
+    let dir = parent.join(format!("{kind}-{port}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
+}
+
+/// Removes the server directories (`<kind>-<port>-<pid>`) of test processes that are gone: a
+/// process-wide server lives in a static, which is never dropped, so its data would otherwise
+/// stay behind after every test binary.
+fn sweep_server_dirs(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let owner = name
+            .to_str()
+            .and_then(|n| n.rsplit_once('-'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok());
+        if let Some(pid) = owner
+            && pid != std::process::id()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Which server speaks the Redis protocol.

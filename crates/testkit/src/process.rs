@@ -163,6 +163,16 @@ impl Launch {
         self
     }
 
+    /// Adds environment variables to those set so far (after them, so they win).
+    pub fn extra_env<K: ToString, V: ToString>(
+        mut self,
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> Launch {
+        self.env
+            .extend(env.into_iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self
+    }
+
     pub fn rust_log(mut self, filter: &str) -> Launch {
         self.rust_log = filter.to_owned();
         self

@@ -120,8 +120,9 @@ async fn run_shim(run: RunDir) -> anyhow::Result<()> {
     // Its own cgroup only (named for this start); the socket file stays, as the run directory
     // may already belong to the instance's next start.
     accepting.abort();
-    if let Some(cgroup) = &shim.spec.cgroup {
-        cgroup.remove();
+    if let Some(cgroup) = shim.spec.cgroup.clone() {
+        // Waits for the kernel to let the cgroup go: off the runtime's only thread.
+        let _ = tokio::task::spawn_blocking(move || cgroup.remove()).await;
     }
     Ok(())
 }
@@ -232,8 +233,10 @@ impl Shim {
         // What the server left behind in its group or cgroup goes with it.
         let pid = self.shared.lock().expect("shim lock").server_pid;
         let _ = procfs::signal_group(pid, rustix::process::Signal::KILL);
-        if let Some(cgroup) = &self.spec.cgroup {
-            cgroup.kill_all();
+        if let Some(cgroup) = self.spec.cgroup.clone() {
+            // A v1 sweep waits between rounds: off the runtime's only thread, so the socket
+            // keeps answering meanwhile.
+            let _ = tokio::task::spawn_blocking(move || cgroup.kill_all()).await;
         }
         Exit {
             code,

@@ -308,8 +308,8 @@ impl AppState {
         .await;
     }
 
-    /// A change `who` made to `target`: its audit entry, then a `kind` event about `target` with
-    /// `data` for whoever follows the event stream.
+    /// A change `who` made to `target`: its audit entry and, at the same time, a `kind` event about
+    /// `target` with `data` for whoever follows the event stream.
     #[allow(clippy::too_many_arguments)]
     pub async fn audit_and_publish<B: Serialize, A: Serialize>(
         &self,
@@ -321,8 +321,11 @@ impl AppState {
         kind: &str,
         data: serde_json::Value,
     ) {
-        self.audit(who, action, target, before, after).await;
-        self.service.events.publish(kind, target, data).await;
+        // Side by side: the event does not wait for the audit entry's round trip.
+        tokio::join!(
+            self.audit(who, action, target, before, after),
+            self.service.events.publish(kind, target, data)
+        );
     }
 
     /// A change that may end or narrow callers (`subject`: the user, role or token): every

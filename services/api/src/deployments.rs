@@ -297,6 +297,7 @@ async fn create(
         finished_at_ms: None,
         updated: None,
         total: None,
+        traceparent: prexor_telemetry::trace::traceparent(&tracing::Span::current()),
     };
     app.insert(DEPLOYMENTS, "recording the deployment", &record)
         .await?;
@@ -323,7 +324,9 @@ async fn transition(
 ) -> ApiResult<Json<DeploymentView>> {
     who.require("deployments:write")?;
     let filter = doc! { "_id": &id, "state": from };
-    let set = doc! { "$set": { "state": to, "updatedAtMs": now_ms() } };
+    let mut changes = doc! { "state": to, "updatedAtMs": now_ms() };
+    prexor_telemetry::trace::inject_document(&mut changes);
+    let set = doc! { "$set": changes };
     let changed = app
         .update_one(DEPLOYMENTS, "changing the deployment", filter, set, false)
         .await?;
@@ -391,13 +394,15 @@ async fn rollback(
         Err(err) => return Err(ApiError::conflict(err.to_string())),
     }
     let open = doc! { "_id": &id, "state": DeploymentState::open_filter() };
-    let roll_back = doc! { "$set": {
+    let mut changes = doc! {
         "state": DeploymentState::Rolling,
         "rolledBack": true,
         "targetSpecHash": from.hash(),
         "rolledBackBy": &who.user,
         "updatedAtMs": now_ms(),
-    } };
+    };
+    prexor_telemetry::trace::inject_document(&mut changes);
+    let roll_back = doc! { "$set": changes };
     app.update_one(
         DEPLOYMENTS,
         "rolling the deployment back",

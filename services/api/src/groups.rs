@@ -372,6 +372,7 @@ pub async fn request(
         by: who.user.clone(),
         at_ms: now_ms(),
         instance: instance.map(str::to_owned),
+        traceparent: prexor_telemetry::trace::traceparent(&tracing::Span::current()),
     };
     let record = bson::to_document(&record)
         .map_err(|e| ApiError::internal(format!("encoding the request: {e}")))?;

@@ -27,6 +27,7 @@ use prexor_store::{Store, StoreError, Write};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
+use tracing::Instrument;
 
 use prexor_model::instances::{InstanceState as State, REPORTED_LIVE};
 
@@ -545,6 +546,7 @@ impl Reporter {
                         body: Some(Down::ReportAck(ReportAck {
                             seqs: vec![report.seq],
                         })),
+                        traceparent: String::new(),
                     }))
                     .await;
             }
@@ -561,6 +563,19 @@ impl Reporter {
             report.state().as_str_name()
         );
         let recorder = &self.recorder;
+        // In the trace of the command the report answers (docs/observability.md, "Traces").
+        let span = tracing::info_span!(
+            parent: None,
+            "gateway.report",
+            node = %recorder.node_id,
+            instance = %report.instance_id,
+            state = report.state().as_str_name(),
+            seq = report.seq,
+        );
+        prexor_telemetry::trace::adopt(
+            &span,
+            prexor_telemetry::trace::from_traceparent(&report.traceparent),
+        );
         until_stored(
             &recorder.lease,
             &self.closed,
@@ -568,6 +583,7 @@ impl Reporter {
             &what,
             || recorder.record(report, force),
         )
+        .instrument(span)
         .await
     }
 }

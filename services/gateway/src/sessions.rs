@@ -25,6 +25,7 @@ use prexor_store::{Store, StoreError, Write};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::enrolment::authorize_node;
 use crate::reports::{Recorder, Reporter, until_stored};
@@ -91,9 +92,29 @@ pub enum DeliveryError {
 
 impl SessionHandle {
     /// Sends `command` down the stream and waits for the daemon's ack.
+    /// Its span `gateway.deliver` goes down with the command (`GatewayMessage.traceparent`), so
+    /// that the daemon's span for it continues the trace.
     pub async fn deliver(
         &self,
         command: Command,
+        timeout: Duration,
+    ) -> Result<CommandAck, DeliveryError> {
+        let span = tracing::info_span!(
+            "gateway.deliver",
+            command_id = %command.command_id,
+            action = command.action_name(),
+            token = self.lease.token(),
+        );
+        let traceparent = prexor_telemetry::trace::traceparent(&span).unwrap_or_default();
+        self.deliver_traced(command, traceparent, timeout)
+            .instrument(span)
+            .await
+    }
+
+    async fn deliver_traced(
+        &self,
+        command: Command,
+        traceparent: String,
         timeout: Duration,
     ) -> Result<CommandAck, DeliveryError> {
         let (tx, rx) = oneshot::channel();
@@ -106,6 +127,7 @@ impl SessionHandle {
             .outbox
             .send(Ok(GatewayMessage {
                 body: Some(Down::Command(command)),
+                traceparent,
             }))
             .await;
         if sent.is_err() {
@@ -228,6 +250,7 @@ impl Sessions {
                     ownership_token: lease.token(),
                     heartbeat_interval_ms: HEARTBEAT.as_millis() as u32,
                 })),
+                traceparent: String::new(),
             }))
             .await;
         tracing::info!(node = %node_id, token = lease.token(), instances = hello.inventory.len(), "node session accepted; this gateway owns the node");
@@ -655,6 +678,7 @@ impl DigestCheck {
                                         "the inventory digest differs from the cluster's record"
                                             .into(),
                                 })),
+                                traceparent: String::new(),
                             }))
                             .await;
                     }

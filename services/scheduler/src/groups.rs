@@ -20,6 +20,7 @@ use prexor_coord::{EventLog, Lease};
 use prexor_domain::{InstanceState, ScalingMode, now_ms};
 use prexor_serve::Gateways;
 use prexor_store::{Store, StoreError, Write};
+use tracing::Instrument;
 
 pub(crate) mod deployments;
 mod dispatch;
@@ -250,6 +251,26 @@ impl Groups {
     /// whether the group was settled, so that the next ticks leave it alone until an input
     /// changes ([`Groups::to_judge`]).
     pub async fn converge(&self, name: &str, lease: &Lease, snap: &Snapshot) -> anyhow::Result<()> {
+        // Linked to the last write of the group that carried a trace context (an operator's
+        // create or change; docs/observability.md, "Traces").
+        let span = tracing::info_span!("scheduler.group", group = name, token = lease.token());
+        if let Some(entry) = snap.groups.get(name) {
+            prexor_telemetry::trace::link(
+                &span,
+                &prexor_telemetry::trace::from_document(&entry.doc),
+            );
+        }
+        self.converge_traced(name, lease, snap)
+            .instrument(span)
+            .await
+    }
+
+    async fn converge_traced(
+        &self,
+        name: &str,
+        lease: &Lease,
+        snap: &Snapshot,
+    ) -> anyhow::Result<()> {
         let settled = snap
             .groups
             .get(name)

@@ -1,9 +1,11 @@
 //! `prexor-scheduler`: places, scales, drains and heals instances under group, workflow and
 //! platform-module leases.
 //!
-//! Built so far: the lease reconciler (each replica holds its fair share of the scopes, hands
-//! them over on SIGTERM, takes a crashed peer's after the TTL). Placement, scaling, workflows and
-//! deployments run under these leases as they are built.
+//! The lease reconciler (`reconciler`) holds this replica's fair share of the scopes (handed over
+//! on SIGTERM, taken from a crashed peer after the TTL) and each tick judges the groups it holds
+//! (`groups`: placement, dispatch, scaling, healing, deployments) from the change-stream mirror
+//! (`mirror`), steps open node drains (`drains`) and the platform-module mutation (`modules`).
+//! docs/scheduling.md describes the tick; docs/architecture.md where each part lives.
 
 mod admin;
 mod commands;

@@ -15,6 +15,8 @@ use prexor_domain::{GroupSpec, Scope, ServiceKind};
 use prexor_store::Store;
 use rand::seq::SliceRandom;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 pub use prexor_model::groups::GROUPS;
 
@@ -178,6 +180,16 @@ fn phase_took(phase: &'static str, started: Instant) {
         .set(started.elapsed().as_secs_f64());
 }
 
+/// The span of one phase of a tick, a child of the tick's span `scheduler.tick`
+/// (docs/observability.md, "Traces"); it ends when dropped.
+fn phase_span(phase: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "scheduler.phase",
+        otel.name = %format_args!("scheduler.{phase}"),
+        phase
+    )
+}
+
 /// The state of the work this replica holds, once per tick: groups in a crash loop and stalled
 /// deployments (docs/observability.md, "Metrics"), from the tick's snapshot of the groups it
 /// judges (a settled group, left out, has neither a recent crash nor a rolling deployment).
@@ -241,7 +253,27 @@ impl Reconciler {
                 _ = ticker.tick() => {}
             }
             let started = Instant::now();
-            match self.tick().await {
+            let span = tracing::info_span!(
+                "scheduler.tick",
+                replica = %self.replica_id,
+                held = Empty,
+                acquired = Empty,
+                released = Empty,
+                otel.status_code = Empty,
+            );
+            let ticked = self.tick().instrument(span.clone()).await;
+            match &ticked {
+                Ok(outcome) => {
+                    span.record("held", outcome.held);
+                    span.record("acquired", outcome.acquired);
+                    span.record("released", outcome.released);
+                }
+                Err(_) => {
+                    span.record("otel.status_code", "ERROR");
+                }
+            }
+            drop(span);
+            match ticked {
                 Ok(outcome) => {
                     failing_since = None;
                     metrics::gauge!("prexor_scheduler_scopes_held").set(outcome.held as f64);
@@ -340,41 +372,14 @@ impl Reconciler {
         Ok(scopes)
     }
 
-    pub async fn tick(&self) -> anyhow::Result<TickOutcome> {
-        // Never acquire or work under a lease from a Valkey that is not the cluster's store.
-        if let Err(reason) = self.guard.allow_mutations() {
-            tracing::debug!("not scheduling: {reason}");
-            held_work(&crate::groups::Snapshot::default());
-            return Ok(TickOutcome::default());
-        }
-        let phase = Instant::now();
-        // Everything committed before this point is in the mirror (or it is not used); the
-        // replica list is read meanwhile.
-        let (synced, listed) = tokio::join!(
-            self.mirror.sync(),
-            self.registry.list(Some(ServiceKind::Scheduler))
-        );
-        let (synced, listed) = (synced?, listed?);
-        phase_took("sync", phase);
-        let phase = Instant::now();
-        let read = self.scopes(synced).await?;
-        let (scopes, all_groups, drains) = (&read.all, &read.groups, &read.drains);
-        phase_took("scopes", phase);
-        let phase = Instant::now();
-        // Ready peers plus this replica (which may not be registered yet on its first tick).
-        let peers = listed
-            .iter()
-            .filter(|r| r.ready && r.id != self.replica_id)
-            .count();
-        let replicas = peers + 1;
-        let share = scopes.len().div_ceil(replicas);
-        let mut outcome = TickOutcome {
-            scopes: scopes.len(),
-            replicas,
-            share,
-            ..TickOutcome::default()
-        };
-
+    /// The tick's `leases` phase: lets go of scopes that no longer exist and of a surplus over
+    /// `share`, takes free scopes up to it; the scopes held then.
+    async fn balance(
+        &self,
+        scopes: &BTreeSet<Scope>,
+        share: usize,
+        outcome: &mut TickOutcome,
+    ) -> anyhow::Result<Vec<Scope>> {
         // Scopes that no longer exist (a deleted group) are let go.
         for lease in self.keeper.held() {
             if !scopes.contains(lease.scope()) {
@@ -434,6 +439,52 @@ impl Reconciler {
                 }
             }
         }
+        Ok(held)
+    }
+
+    pub async fn tick(&self) -> anyhow::Result<TickOutcome> {
+        // Never acquire or work under a lease from a Valkey that is not the cluster's store.
+        if let Err(reason) = self.guard.allow_mutations() {
+            tracing::debug!("not scheduling: {reason}");
+            held_work(&crate::groups::Snapshot::default());
+            return Ok(TickOutcome::default());
+        }
+        let phase = Instant::now();
+        // Everything committed before this point is in the mirror (or it is not used); the
+        // replica list is read meanwhile.
+        let (synced, listed) = async {
+            tokio::join!(
+                self.mirror.sync(),
+                self.registry.list(Some(ServiceKind::Scheduler))
+            )
+        }
+        .instrument(phase_span("sync"))
+        .await;
+        let (synced, listed) = (synced?, listed?);
+        phase_took("sync", phase);
+        let phase = Instant::now();
+        let read = self.scopes(synced).instrument(phase_span("scopes")).await?;
+        let (scopes, all_groups, drains) = (&read.all, &read.groups, &read.drains);
+        phase_took("scopes", phase);
+        let phase = Instant::now();
+        // Ready peers plus this replica (which may not be registered yet on its first tick).
+        let peers = listed
+            .iter()
+            .filter(|r| r.ready && r.id != self.replica_id)
+            .count();
+        let replicas = peers + 1;
+        let share = scopes.len().div_ceil(replicas);
+        let mut outcome = TickOutcome {
+            scopes: scopes.len(),
+            replicas,
+            share,
+            ..TickOutcome::default()
+        };
+
+        let held = self
+            .balance(scopes, share, &mut outcome)
+            .instrument(phase_span("leases"))
+            .await?;
         outcome.held = held.len();
 
         // The work itself, under each group lease still held.
@@ -460,7 +511,13 @@ impl Reconciler {
         });
         let (snapshot, source) = match mirrored {
             Some(reads) => (reads.assemble(&judged, all_groups), "mirror"),
-            None => (self.groups.snapshot(&judged, all_groups).await?, "mongo"),
+            None => (
+                self.groups
+                    .snapshot(&judged, all_groups)
+                    .instrument(phase_span("snapshot"))
+                    .await?,
+                "mongo",
+            ),
         };
         metrics::counter!("prexor_scheduler_snapshots_total", "source" => source).increment(1);
         phase_took("snapshot", phase);
@@ -483,42 +540,47 @@ impl Reconciler {
                     }
                 }
             })
+            .instrument(phase_span("groups"))
             .await;
         held_work(&snapshot);
         phase_took("groups", phase);
         let phase = Instant::now();
-        for lease in &leases {
-            let Some(node) = lease.scope().drained_node() else {
-                continue;
-            };
-            let Some(drain) = drains.get(node) else {
-                continue;
-            };
-            if !lease.is_valid() {
-                continue;
+        async {
+            for lease in &leases {
+                let Some(node) = lease.scope().drained_node() else {
+                    continue;
+                };
+                let Some(drain) = drains.get(node) else {
+                    continue;
+                };
+                if !lease.is_valid() {
+                    continue;
+                }
+                if let Err(err) = self.drains.step(node, lease, drain).await {
+                    tracing::warn!(node, "drain step failed: {err:#}");
+                }
             }
-            if let Err(err) = self.drains.step(node, lease, drain).await {
-                tracing::warn!(node, "drain step failed: {err:#}");
-            }
-        }
-        // The mirror tells whether a module mutation is open at all (most ticks: none).
-        let mutation_open = synced
-            .and_then(|generation| {
-                self.mirror.read(generation, |c| {
-                    c.get(crate::modules::MODULE_MUTATION)
-                        .is_some_and(|m| !m.is_empty())
+            // The mirror tells whether a module mutation is open at all (most ticks: none).
+            let mutation_open = synced
+                .and_then(|generation| {
+                    self.mirror.read(generation, |c| {
+                        c.get(crate::modules::MODULE_MUTATION)
+                            .is_some_and(|m| !m.is_empty())
+                    })
                 })
-            })
-            .unwrap_or(true);
-        for lease in &leases {
-            if lease.scope() == &Scope::PlatformModule
-                && mutation_open
-                && lease.is_valid()
-                && let Err(err) = self.modules.step(lease).await
-            {
-                tracing::warn!("module mutation step failed: {err:#}");
+                .unwrap_or(true);
+            for lease in &leases {
+                if lease.scope() == &Scope::PlatformModule
+                    && mutation_open
+                    && lease.is_valid()
+                    && let Err(err) = self.modules.step(lease).await
+                {
+                    tracing::warn!("module mutation step failed: {err:#}");
+                }
             }
         }
+        .instrument(phase_span("workflows"))
+        .await;
         phase_took("workflows", phase);
         Ok(outcome)
     }

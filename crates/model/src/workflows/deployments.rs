@@ -53,6 +53,10 @@ pub struct DeploymentRecord {
     /// ...of the instances the group wants.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total: Option<i64>,
+    /// The trace context (`traceparent`) of the operator's request that created it; the
+    /// scheduler's steps link to it (docs/observability.md, "Traces").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl DeploymentRecord {
