@@ -34,7 +34,9 @@ pub async fn run(servers: &Servers, sizes: &[usize], ticks: usize) -> anyhow::Re
         let id = format!("scheduler-bench-{size}");
         let scheduler = ready(replica(servers, &dir.0, "scheduler", &id, "")?).await?;
 
-        // Steady state: every scope held, nothing acquired any more.
+        // Every scope held, nothing acquired any more. For CONVERGENCE_GRACE after taking a group
+        // a replica judges it every tick; then only the groups whose inputs changed (and a tenth
+        // of the settled ones). The ticks judging every group are reported on their own.
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
             let page = scheduler.metrics_page().await?;
@@ -47,9 +49,11 @@ pub async fn run(servers: &Servers, sizes: &[usize], ticks: usize) -> anyhow::Re
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        let mut judging_all: Vec<f64> = Vec::new();
+        let mut settled = false;
         let mut samples = Vec::new();
         let mut last_tick = None;
-        let deadline = Instant::now() + Duration::from_secs(ticks as u64 * 5 + 30);
+        let deadline = Instant::now() + Duration::from_secs(ticks as u64 * 5 + 60);
         while samples.len() < ticks {
             let page = scheduler.metrics_page().await?;
             let count = metric(&page, "prexor_scheduler_ticks_total");
@@ -57,17 +61,36 @@ pub async fn run(servers: &Servers, sizes: &[usize], ticks: usize) -> anyhow::Re
                 if last_tick.is_some()
                     && let Some(took) = metric(&page, "prexor_scheduler_last_tick_seconds")
                 {
-                    samples.push(took * 1000.0);
+                    let judged = metric(&page, "prexor_scheduler_groups_judged").unwrap_or(0.0);
+                    // Settled: about the tenth re-judged each tick, no longer most of them.
+                    settled |= judged <= size as f64 / 4.0;
+                    if settled {
+                        samples.push(took * 1000.0);
+                    } else {
+                        judging_all.push(took * 1000.0);
+                    }
                 }
                 last_tick = count;
             }
             anyhow::ensure!(Instant::now() < deadline, "too few ticks observed");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        if let Some(worst) = judging_all.iter().copied().reduce(f64::max) {
+            let mut m = Metric::floor(
+                &format!("scheduler_tick_{size}_groups_taking_over_max"),
+                worst,
+            );
+            m.target = Some(format!(
+                "the {} ticks after taking the groups, judging most of them (the 5 s convergence grace); not steady state",
+                judging_all.len()
+            ));
+            m.print();
+        }
         samples.sort_by(f64::total_cmp);
         let pick = |p: f64| samples[((p / 100.0) * samples.len() as f64).ceil() as usize - 1];
         let target = match size {
-            1000 => Some("p50 <= 10 ms, p95 <= 30 ms (PrexorCloud publishes 50 / 150 ms)"),
+            1000 => Some("p50 <= 5 ms, p95 <= 30 ms (PrexorCloud publishes 50 / 150 ms)"),
+            10000 => Some("<= 10x the 1,000-group tick"),
             _ => None,
         };
         for (label, p) in [("p50", 50.0), ("p95", 95.0)] {

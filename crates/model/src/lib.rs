@@ -17,5 +17,5 @@ pub mod pki;
 mod record;
 pub mod workflows;
 
-pub use record::{UnreadableRecord, decode, decode_each};
+pub use record::{UnreadableRecord, decode, decode_each, decode_each_raw, decode_raw, raw_id};
 pub use state::UnknownState;

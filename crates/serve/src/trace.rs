@@ -90,29 +90,30 @@ pub(crate) fn grpc_span(server: bool, path: &str, headers: &mut HeaderMap) -> tr
         .trim_start_matches('/')
         .split_once('/')
         .unwrap_or((path, ""));
+    // One field list for both sides; a span's name must be a literal.
+    macro_rules! span {
+        ($name:literal, $kind:literal $(, $field:ident = $value:expr)*) => {
+            tracing::info_span!(
+                $name,
+                otel.name = %path,
+                otel.kind = $kind,
+                otel.status_code = Empty,
+                rpc.system = "grpc",
+                rpc.service = %service,
+                rpc.method = %method,
+                rpc.grpc.status_code = Empty,
+                $($field = $value,)*
+            )
+        };
+    }
     let span = if server {
-        tracing::info_span!(
+        span!(
             "grpc.server",
-            otel.name = %path,
-            otel.kind = "server",
-            otel.status_code = Empty,
-            rpc.system = "grpc",
-            rpc.service = %service,
-            rpc.method = %method,
-            rpc.grpc.status_code = Empty,
-            replica = prexor_telemetry::replica(),
+            "server",
+            replica = prexor_telemetry::replica()
         )
     } else {
-        tracing::info_span!(
-            "grpc.client",
-            otel.name = %path,
-            otel.kind = "client",
-            otel.status_code = Empty,
-            rpc.system = "grpc",
-            rpc.service = %service,
-            rpc.method = %method,
-            rpc.grpc.status_code = Empty,
-        )
+        span!("grpc.client", "client")
     };
     if server {
         prexor_telemetry::trace::adopt(&span, prexor_telemetry::trace::extract_headers(headers));

@@ -14,6 +14,7 @@ mod process;
 mod recorder;
 pub mod trace;
 
+pub use process::release_free_memory;
 pub use recorder::{BUCKETS, UPKEEP_EVERY, prometheus};
 
 use std::sync::OnceLock;

@@ -48,43 +48,43 @@ pub async fn open_deployment(app: &App, group: &str) -> ApiResult<Option<Deploym
 /// progress from the instances.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct DeploymentView {
-    id: String,
-    group: String,
+pub(crate) struct DeploymentView {
+    pub(crate) id: String,
+    pub(crate) group: String,
     #[schema(value_type = String, example = "ROLLING")]
-    state: DeploymentState,
-    batch_size: i64,
-    max_unavailable: i64,
-    from_revision: i64,
-    from_spec_hash: String,
-    to_revision: i64,
+    pub(crate) state: DeploymentState,
+    pub(crate) batch_size: i64,
+    pub(crate) max_unavailable: i64,
+    pub(crate) from_revision: i64,
+    pub(crate) from_spec_hash: String,
+    pub(crate) to_revision: i64,
     /// The spec hash every instance is rolled to (the old one after a rollback).
-    target_spec_hash: String,
-    rolled_back: bool,
-    created_by: String,
-    created_at_ms: i64,
+    pub(crate) target_spec_hash: String,
+    pub(crate) rolled_back: bool,
+    pub(crate) created_by: String,
+    pub(crate) created_at_ms: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    updated_at_ms: Option<i64>,
+    pub(crate) updated_at_ms: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    rolled_back_by: Option<String>,
+    pub(crate) rolled_back_by: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    finished_at_ms: Option<i64>,
+    pub(crate) finished_at_ms: Option<i64>,
     /// Progress the group's holder last recorded: instances updated...
     #[serde(skip_serializing_if = "Option::is_none")]
-    updated: Option<i64>,
+    pub(crate) updated: Option<i64>,
     /// ...of those the group wants.
     #[serde(skip_serializing_if = "Option::is_none")]
-    total: Option<i64>,
-    live: DeploymentProgress,
+    pub(crate) total: Option<i64>,
+    pub(crate) live: DeploymentProgress,
 }
 
 /// Progress read from the instances now.
 #[derive(Serialize, utoipa::ToSchema)]
-struct DeploymentProgress {
+pub(crate) struct DeploymentProgress {
     /// RUNNING the target spec.
-    updated: usize,
+    pub(crate) updated: usize,
     /// Not ended.
-    active: usize,
+    pub(crate) active: usize,
 }
 
 impl DeploymentView {
@@ -172,16 +172,27 @@ async fn list(
     Path(name): Path<String>,
     page: PageRequest,
 ) -> ApiResult<Json<Page<DeploymentView>>> {
+    Ok(Json(list_deployments(&app, &who, &name, &page).await?))
+}
+
+/// A page of group `name`'s deployments, newest first, with live progress, for `who`
+/// (`deployments:read`).
+pub(crate) async fn list_deployments(
+    app: &App,
+    who: &Principal,
+    name: &str,
+    page: &PageRequest,
+) -> ApiResult<Page<DeploymentView>> {
     who.require("deployments:read")?;
-    let filter = doc! { "group": &name };
+    let filter = doc! { "group": name };
     let (deployments, counts) = tokio::try_join!(
-        app.page::<DeploymentRecord>("listing deployments", filter, &page),
-        live_counts(&app, &name),
+        app.page::<DeploymentRecord>("listing deployments", filter, page),
+        live_counts(app, name),
     )?;
-    Ok(Json(deployments.map(|deployment| {
+    Ok(deployments.map(|deployment| {
         let live = DeploymentProgress::of(&counts, &deployment.target_spec_hash);
         DeploymentView::new(deployment, live)
-    })))
+    }))
 }
 
 #[utoipa::path(
@@ -315,7 +326,7 @@ async fn create(
 }
 
 /// Moves an open deployment from `from` to `to`; 409 naming its actual state otherwise.
-async fn transition(
+pub(crate) async fn transition(
     app: App,
     who: Principal,
     id: String,
@@ -367,9 +378,14 @@ async fn rollback(
     Caller(app, who): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<DeploymentView>> {
+    Ok(Json(roll_back(&app, &who, &id).await?))
+}
+
+/// [`rollback`] of deployment `id` by `who` (`deployments:write` and `groups:write`).
+pub(crate) async fn roll_back(app: &App, who: &Principal, id: &str) -> ApiResult<DeploymentView> {
     who.require("deployments:write")?;
     who.require("groups:write")?;
-    let deployment: DeploymentRecord = app.find(&id).await?;
+    let deployment: DeploymentRecord = app.find(id).await?;
     if !deployment.is_open() {
         return Err(ApiError::conflict(format!(
             "deployment {id} is {}; only a ROLLING or PAUSED deployment can be rolled back (create a new deployment with the old spec instead)",
@@ -393,7 +409,7 @@ async fn rollback(
         Err(prexor_model::groups::GroupWriteError::Store(err)) => return Err(err.into()),
         Err(err) => return Err(ApiError::conflict(err.to_string())),
     }
-    let open = doc! { "_id": &id, "state": DeploymentState::open_filter() };
+    let open = doc! { "_id": id, "state": DeploymentState::open_filter() };
     let mut changes = doc! {
         "state": DeploymentState::Rolling,
         "rolledBack": true,
@@ -412,17 +428,17 @@ async fn rollback(
     )
     .await?;
     app.audit_and_publish::<(), _>(
-        &who,
+        who,
         "deployment.rollback",
-        &id,
+        id,
         None,
         Some(&from),
         "DEPLOYMENT_ROLLED_BACK",
         serde_json::json!({ "group": &group }),
     )
     .await;
-    let deployment = app.find(&id).await?;
-    Ok(Json(view(&app, deployment).await?))
+    let deployment = app.find(id).await?;
+    view(app, deployment).await
 }
 
 #[cfg(test)]

@@ -110,6 +110,37 @@ impl ApiError {
     pub fn is_unauthorized(&self) -> bool {
         self.0.code == ErrorCode::Unauthorized
     }
+
+    /// What went wrong, as the client reads it (the dashboard shows it on its pages).
+    pub fn message(&self) -> &str {
+        &self.0.message
+    }
+
+    /// The invalid fields it names (`details.fields` of [`ApiError::invalid`] and
+    /// [`ApiError::field`]), as (field, message) pairs: a form shows each next to its field.
+    pub fn field_problems(&self) -> Vec<(String, String)> {
+        let fields = self.0.details.as_ref().and_then(|d| d.get("fields"));
+        fields
+            .and_then(|f| f.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                let field = p.get("field")?.as_str()?;
+                let message = p.get("message")?.as_str()?;
+                Some((field.to_owned(), message.to_owned()))
+            })
+            .collect()
+    }
+
+    /// The HTTP status of the answer.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// Seconds the client should wait before retrying, when the error says so.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.0.retry_after_secs
+    }
 }
 
 impl std::fmt::Display for ApiError {
@@ -138,10 +169,9 @@ impl From<CoordError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let status = self.status();
         let body = *self.0;
         let retry = body.retry_after_secs;
-        let status = StatusCode::from_u16(body.code.http_status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, axum::Json(body)).into_response();
         if let Some(secs) = retry
             && let Ok(value) = HeaderValue::from_str(&secs.to_string())

@@ -1,6 +1,7 @@
 //! `GET /api/v1/events`: domain events as server-sent events, from whichever replica made the
 //! change. `Last-Event-ID` (or `?after=`) replays what the client missed while it is still in
 //! the bounded buffer; if some of it is gone, a `gap` event says so (re-read state, then follow).
+//! The dashboard's live feed (`/ui/events`) is the same stream ([`follow`]), rendered as HTML.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -57,8 +58,6 @@ async fn events(
     headers: HeaderMap,
     Query(query): Query<EventQuery>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    who.require("events:read")?;
-    let slot = crate::streams::open(&app, &who)?;
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -79,6 +78,25 @@ async fn events(
             .filter(|s| !s.is_empty())
             .collect()
     });
+    follow(app, who, after, types, sse)
+}
+
+/// How an event is sent to one kind of client: JSON for the REST API, an HTML fragment for the
+/// dashboard.
+pub(crate) type Render = fn(&StoredEvent) -> Event;
+
+/// The event stream of `who` (403 without `events:read`, 429 past the stream caps): events after
+/// `after` replayed, then live ones, those of `types` only (all without), each as `render` makes
+/// it; it ends when the client goes, the replica stops, or `who` loses the permission.
+pub(crate) fn follow(
+    app: App,
+    who: crate::auth::Principal,
+    after: Option<String>,
+    types: Option<HashSet<String>>,
+    render: Render,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>> + use<>>> {
+    who.require("events:read")?;
+    let slot = crate::streams::open(&app, &who)?;
     let log = app.service.events.clone();
     // Subscribe before replaying, so nothing published in between is lost (duplicates are
     // skipped by id).
@@ -90,7 +108,7 @@ async fn events(
         let ended = tx.clone();
         tokio::select! {
             () = stop.cancelled() => {}
-            () = pump(log, live, after, types, tx) => {}
+            () = pump(log, live, after, types, render, tx) => {}
             // The client went away: free its place at once, not at the next line or event.
             () = ended.closed() => {}
             // A caller logged out, disabled or stripped of the permission loses the stream.
@@ -107,6 +125,7 @@ async fn pump(
     mut live: tokio::sync::broadcast::Receiver<Arc<StoredEvent>>,
     after: Option<String>,
     types: Option<HashSet<String>>,
+    render: Render,
     tx: mpsc::Sender<Result<Event, Infallible>>,
 ) {
     // What replicas tell each other (ACCESS_CHANGED) is not for clients.
@@ -116,7 +135,7 @@ async fn pump(
     };
     let mut last = after;
     if let Some(from) = last.clone()
-        && !replay(&log, &from, &mut last, &wanted, &tx).await
+        && !replay(&log, &from, &mut last, &wanted, render, &tx).await
     {
         return;
     }
@@ -130,7 +149,7 @@ async fn pump(
                     continue;
                 }
                 last = Some(event.id.clone());
-                if wanted(&event) && tx.send(Ok(sse(&event))).await.is_err() {
+                if wanted(&event) && tx.send(Ok(render(&event))).await.is_err() {
                     return;
                 }
             }
@@ -139,7 +158,7 @@ async fn pump(
                 let Some(from) = last.clone() else {
                     continue;
                 };
-                if !replay(&log, &from, &mut last, &wanted, &tx).await {
+                if !replay(&log, &from, &mut last, &wanted, render, &tx).await {
                     return;
                 }
             }
@@ -154,6 +173,7 @@ async fn replay(
     from: &str,
     last: &mut Option<String>,
     wanted: &impl Fn(&StoredEvent) -> bool,
+    render: Render,
     tx: &mpsc::Sender<Result<Event, Infallible>>,
 ) -> bool {
     let mut cursor = from.to_owned();
@@ -187,7 +207,7 @@ async fn replay(
         for event in page.events {
             cursor = event.id.clone();
             *last = Some(event.id.clone());
-            if wanted(&event) && tx.send(Ok(sse(&event))).await.is_err() {
+            if wanted(&event) && tx.send(Ok(render(&event))).await.is_err() {
                 return false;
             }
         }

@@ -31,26 +31,26 @@ pub fn routes() -> Router<App> {
 
 #[derive(Serialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct GroupStatus {
+pub(crate) struct GroupStatus {
     /// Instances by scheduler state (SCHEDULED, STARTING, RUNNING, STOPPING, ...).
-    instances: HashMap<String, u32>,
+    pub(crate) instances: HashMap<String, u32>,
     /// Set while a crash loop pauses new placements.
-    paused_until_ms: Option<i64>,
-    pause_reason: Option<String>,
+    pub(crate) paused_until_ms: Option<i64>,
+    pub(crate) pause_reason: Option<String>,
 }
 
 /// A group as the API shows it: the stored record with its instances' states.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct GroupView {
-    name: String,
-    revision: i64,
+pub(crate) struct GroupView {
+    pub(crate) name: String,
+    pub(crate) revision: i64,
     /// Being deleted: its instances are stopping, then the group disappears.
-    deleting: bool,
-    created_at_ms: i64,
-    updated_at_ms: i64,
-    spec: GroupSpec,
-    status: GroupStatus,
+    pub(crate) deleting: bool,
+    pub(crate) created_at_ms: i64,
+    pub(crate) updated_at_ms: i64,
+    pub(crate) spec: GroupSpec,
+    pub(crate) status: GroupStatus,
 }
 
 fn view(record: GroupRecord, status: GroupStatus) -> GroupView {
@@ -148,14 +148,23 @@ async fn statuses(app: &App, names: &[String]) -> ApiResult<HashMap<String, Grou
     responses((status = 200, body = Page<GroupView>))
 )]
 async fn list(Caller(app, who): Caller, page: PageRequest) -> ApiResult<Json<Page<GroupView>>> {
+    Ok(Json(list_groups(&app, &who, &page).await?))
+}
+
+/// A page of groups with their instances' states, for `who` (`groups:read`).
+pub(crate) async fn list_groups(
+    app: &App,
+    who: &Principal,
+    page: &PageRequest,
+) -> ApiResult<Page<GroupView>> {
     who.require("groups:read")?;
-    let groups: Page<GroupRecord> = app.page("listing groups", doc! {}, &page).await?;
+    let groups: Page<GroupRecord> = app.page("listing groups", doc! {}, page).await?;
     let names: Vec<String> = groups.items.iter().map(|g| g.name.clone()).collect();
-    let mut statuses = statuses(&app, &names).await?;
-    Ok(Json(groups.map(|group| {
+    let mut statuses = statuses(app, &names).await?;
+    Ok(groups.map(|group| {
         let status = statuses.remove(&group.name).unwrap_or_default();
         view(group, status)
-    })))
+    }))
 }
 
 #[utoipa::path(
@@ -163,10 +172,15 @@ async fn list(Caller(app, who): Caller, page: PageRequest) -> ApiResult<Json<Pag
     responses((status = 200, body = GroupView))
 )]
 async fn show(Caller(app, who): Caller, Path(name): Path<String>) -> ApiResult<Json<GroupView>> {
+    Ok(Json(show_group(&app, &who, &name).await?))
+}
+
+/// The group `name` with its instances' states, for `who` (`groups:read`).
+pub(crate) async fn show_group(app: &App, who: &Principal, name: &str) -> ApiResult<GroupView> {
     who.require("groups:read")?;
-    let record = app.find::<GroupRecord>(&name).await?;
-    let status = status_of(&app, &name).await?;
-    Ok(Json(view(record, status)))
+    let record = app.find::<GroupRecord>(name).await?;
+    let status = status_of(app, name).await?;
+    Ok(view(record, status))
 }
 
 fn write_error(err: GroupWriteError) -> ApiError {
@@ -202,11 +216,24 @@ struct NewGroup {
 )]
 async fn create(
     Caller(app, who): Caller,
-    Json(mut new): Json<NewGroup>,
+    Json(new): Json<NewGroup>,
 ) -> ApiResult<(StatusCode, Json<GroupView>)> {
+    let created = create_group(&app, &who, new.name, new.spec).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Creates group `name` with `spec` for `who` (`groups:write`): 400 listing every invalid field
+/// (`details.fields`), 409 when it exists.
+pub(crate) async fn create_group(
+    app: &App,
+    who: &Principal,
+    name: String,
+    spec: GroupSpec,
+) -> ApiResult<GroupView> {
+    let mut new = NewGroup { name, spec };
     who.require("groups:write")?;
-    crate::templates::resolve(&app, &mut new.spec).await?;
-    crate::modules::check_attached(&app, &new.spec.modules).await?;
+    crate::templates::resolve(app, &mut new.spec).await?;
+    crate::modules::check_attached(app, &new.spec.modules).await?;
     if let Err(err) = prexor_domain::validate_name(&new.name) {
         let mut problems = vec![FieldProblem {
             field: "name".into(),
@@ -225,7 +252,7 @@ async fn create(
         .await
         .map_err(write_error)?;
     app.audit_and_publish::<(), _>(
-        &who,
+        who,
         "group.create",
         &new.name,
         None,
@@ -234,10 +261,7 @@ async fn create(
         serde_json::json!({ "revision": record.revision }),
     )
     .await;
-    Ok((
-        StatusCode::CREATED,
-        Json(view(record, GroupStatus::default())),
-    ))
+    Ok(view(record, GroupStatus::default()))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -258,12 +282,8 @@ async fn update(
     Caller(app, who): Caller,
     Path(name): Path<String>,
     headers: HeaderMap,
-    Json(mut change): Json<GroupUpdate>,
+    Json(change): Json<GroupUpdate>,
 ) -> ApiResult<Json<GroupView>> {
-    who.require("groups:write")?;
-    crate::templates::resolve(&app, &mut change.spec).await?;
-    crate::modules::check_attached(&app, &change.spec.modules).await?;
-    validate(&name, &change.spec)?;
     let if_match = match headers.get("if-match") {
         Some(value) => Some(
             value
@@ -277,23 +297,41 @@ async fn update(
         ),
         None => None,
     };
-    let before = app.find::<GroupRecord>(&name).await?;
-    if let Some(open) = crate::deployments::open_deployment(&app, &name).await? {
+    let expected = change.revision.or(if_match);
+    Ok(Json(
+        update_group(&app, &who, &name, change.spec, expected).await?,
+    ))
+}
+
+/// Changes group `name`'s spec for `who` (`groups:write`), compare-and-set on `expected` (the
+/// revision the change was made against; another current revision is a 409).
+pub(crate) async fn update_group(
+    app: &App,
+    who: &Principal,
+    name: &str,
+    mut spec: GroupSpec,
+    expected: Option<i64>,
+) -> ApiResult<GroupView> {
+    who.require("groups:write")?;
+    crate::templates::resolve(app, &mut spec).await?;
+    crate::modules::check_attached(app, &spec.modules).await?;
+    validate(name, &spec)?;
+    let before = app.find::<GroupRecord>(name).await?;
+    if let Some(open) = crate::deployments::open_deployment(app, name).await? {
         return Err(ApiError::conflict(format!(
             "deployment {} of group {name:?} is {}; change the spec with a new deployment once it is done, or roll it back",
             open.id, open.state
         )));
     }
-    let expected = change.revision.or(if_match);
-    let updated = prexor_model::groups::update_group(app.store(), &name, &change.spec, expected)
+    let updated = prexor_model::groups::update_group(app.store(), name, &spec, expected)
         .await
         .map_err(write_error)?;
     let record = match updated {
         Some(record) => {
             app.audit_and_publish(
-                &who,
+                who,
                 "group.update",
-                &name,
+                name,
                 Some(&before.spec),
                 Some(&record.spec),
                 "GROUP_UPDATED",
@@ -304,8 +342,8 @@ async fn update(
         }
         None => before,
     };
-    let status = status_of(&app, &name).await?;
-    Ok(Json(view(record, status)))
+    let status = status_of(app, name).await?;
+    Ok(view(record, status))
 }
 
 #[utoipa::path(
@@ -396,8 +434,21 @@ async fn start_instance(
     Caller(app, who): Caller,
     Path(name): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(start_group_instance(&app, &who, &name).await?),
+    ))
+}
+
+/// Asks the holder of MANUAL group `name` to place one more instance, for `who`
+/// (`instances:write`).
+pub(crate) async fn start_group_instance(
+    app: &App,
+    who: &Principal,
+    name: &str,
+) -> ApiResult<Accepted> {
     who.require("instances:write")?;
-    let record = app.find::<GroupRecord>(&name).await?;
+    let record = app.find::<GroupRecord>(name).await?;
     if record.spec.scaling != ScalingMode::Manual {
         return Err(ApiError::conflict(format!(
             "group {name:?} scales {:?}; instances are started by hand only in MANUAL groups (change minInstances instead)",
@@ -409,7 +460,7 @@ async fn start_instance(
             "group {name:?} is being deleted"
         )));
     }
-    let active = status_of(&app, &name)
+    let active = status_of(app, name)
         .await?
         .instances
         .iter()
@@ -422,14 +473,11 @@ async fn start_instance(
             record.spec.max_instances
         )));
     }
-    let id = request(&app, &who, &name, "start", None).await?;
-    app.audit::<(), _>(&who, "instance.start", &name, None, Some(&id))
+    let id = request(app, who, name, "start", None).await?;
+    app.audit::<(), _>(who, "instance.start", name, None, Some(&id))
         .await;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Accepted {
-            request: id,
-            message: format!("the holder of group {name:?} places a new instance on its next tick"),
-        }),
-    ))
+    Ok(Accepted {
+        request: id,
+        message: format!("the holder of group {name:?} places a new instance on its next tick"),
+    })
 }

@@ -27,7 +27,7 @@ use crate::groups::{Accepted, request};
 use crate::paging::{Page, PageRequest};
 
 mod views;
-use views::{CrashView, InstanceView};
+pub(crate) use views::{CrashView, InstanceView};
 
 /// How long a console command waits for the node's ack (then 504).
 const CONSOLE_ACK_WITHIN: Duration = Duration::from_secs(5);
@@ -43,11 +43,12 @@ pub fn routes() -> Router<App> {
         .route("/instances/{id}/console", get(console))
 }
 
-#[derive(Deserialize)]
-struct Filter {
-    group: Option<String>,
-    node: Option<String>,
-    state: Option<String>,
+/// Which instances a list shows (each given one must match).
+#[derive(Deserialize, Default)]
+pub(crate) struct Filter {
+    pub(crate) group: Option<String>,
+    pub(crate) node: Option<String>,
+    pub(crate) state: Option<String>,
 }
 
 #[utoipa::path(
@@ -60,6 +61,16 @@ async fn list(
     Query(filter): Query<Filter>,
     page: PageRequest,
 ) -> ApiResult<Json<Page<InstanceView>>> {
+    Ok(Json(list_instances(&app, &who, filter, &page).await?))
+}
+
+/// A page of the instances `filter` selects, for `who` (`instances:read`).
+pub(crate) async fn list_instances(
+    app: &App,
+    who: &Principal,
+    filter: Filter,
+    page: &PageRequest,
+) -> ApiResult<Page<InstanceView>> {
     who.require("instances:read")?;
     let mut query = Document::new();
     if let Some(group) = filter.group {
@@ -71,8 +82,10 @@ async fn list(
     if let Some(state) = filter.state {
         query.insert("state", state.to_ascii_uppercase());
     }
-    app.views("listing instances", query, &page, InstanceView::summary)
-        .await
+    Ok(app
+        .views("listing instances", query, page, InstanceView::summary)
+        .await?
+        .0)
 }
 
 #[utoipa::path(
@@ -80,19 +93,24 @@ async fn list(
     responses((status = 200, body = InstanceView))
 )]
 async fn show(Caller(app, who): Caller, Path(id): Path<String>) -> ApiResult<Json<InstanceView>> {
+    Ok(Json(show_instance(&app, &who, &id).await?))
+}
+
+/// Instance `id` with the plan of its current placement, for `who` (`instances:read`).
+pub(crate) async fn show_instance(app: &App, who: &Principal, id: &str) -> ApiResult<InstanceView> {
     who.require("instances:read")?;
-    let mut record: InstanceRecord = app.find(&id).await?;
+    let mut record: InstanceRecord = app.find(id).await?;
     // The plan of the instance's current placement, kept apart from the record (records
     // written before that carry it themselves).
     let mut plan = record.plan.take();
     if let Some(planned) = app
-        .record::<PlanRecord>(prexor_model::instances::INSTANCE_PLANS, &id)
+        .record::<PlanRecord>(prexor_model::instances::INSTANCE_PLANS, id)
         .await?
         && planned.plan_hash == record.plan_hash
     {
         plan = Some(planned.plan);
     }
-    Ok(Json(InstanceView::detail(record, plan)))
+    Ok(InstanceView::detail(record, plan))
 }
 
 /// Newest first.
@@ -105,13 +123,27 @@ async fn crashes(
     Path(id): Path<String>,
     page: PageRequest,
 ) -> ApiResult<Json<Page<CrashView>>> {
-    who.require("instances:read")?;
-    let filter = doc! { "instanceId": &id };
-    app.views::<CrashRecord, _>("reading crash records", filter, &page, CrashView::from)
-        .await
+    Ok(Json(list_crashes(&app, &who, &id, &page).await?))
 }
 
-async fn halt(
+/// A page of instance `id`'s crash records, newest first, for `who` (`instances:read`).
+pub(crate) async fn list_crashes(
+    app: &App,
+    who: &Principal,
+    id: &str,
+    page: &PageRequest,
+) -> ApiResult<Page<CrashView>> {
+    who.require("instances:read")?;
+    let filter = doc! { "instanceId": id };
+    Ok(app
+        .views::<CrashRecord, _>("reading crash records", filter, page, CrashView::from)
+        .await?
+        .0)
+}
+
+/// Asks the holder of instance `id`'s group to `action` (`stop` or `kill`) it, for `who`
+/// (`instances:write`); 409 when it has already ended.
+pub(crate) async fn halt(
     app: App,
     who: Principal,
     id: String,
@@ -166,8 +198,20 @@ async fn command(
     Path(id): Path<String>,
     Json(input): Json<ConsoleCommand>,
 ) -> ApiResult<StatusCode> {
+    send_command(&app, &who, &id, &input.command).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Sends `command` (one line) to instance `id`'s console through a gateway to its node and
+/// waits for the node's ack, for `who` (`instances:write`).
+pub(crate) async fn send_command(
+    app: &App,
+    who: &Principal,
+    id: &str,
+    command: &str,
+) -> ApiResult<()> {
     who.require("instances:write")?;
-    let line = input.command.trim_end_matches(['\r', '\n']);
+    let line = command.trim_end_matches(['\r', '\n']);
     if line.is_empty() || line.contains('\n') || line.len() > 4096 {
         return Err(ApiError::field(
             "command",
@@ -181,7 +225,7 @@ async fn command(
             format!("must not contain control characters ({bad:?}); only tab is allowed"),
         ));
     }
-    let instance: InstanceRecord = app.find(&id).await?;
+    let instance: InstanceRecord = app.find(id).await?;
     if instance.has_ended() {
         return Err(ApiError::conflict(format!(
             "instance {id:?} is {}",
@@ -203,7 +247,7 @@ async fn command(
                 scope,
                 fence_token: mark,
                 action: Some(Action::Console(ConsoleInput {
-                    instance_id: id.clone(),
+                    instance_id: id.to_owned(),
                     line: line.to_owned(),
                 })),
             },
@@ -237,9 +281,9 @@ async fn command(
             )));
         }
     }
-    app.audit::<(), _>(&who, "instance.command", &id, None, Some(&line))
+    app.audit::<(), _>(who, "instance.command", id, None, Some(&line))
         .await;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -261,6 +305,18 @@ async fn console(
     Path(id): Path<String>,
     Query(query): Query<ConsoleQuery>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    follow_console(app, who, id, query.lines).await
+}
+
+/// Instance `id`'s console for `who` (`instances:read`): the last `lines` lines (default 100),
+/// then each new one as it is written, each an SSE event with the line's id and text; ends
+/// when `who` signs out or loses the permission.
+pub(crate) async fn follow_console(
+    app: App,
+    who: Principal,
+    id: String,
+    lines: Option<usize>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     who.require("instances:read")?;
     app.find::<InstanceRecord>(&id).await?;
     let (Some(hub), Some(backend), Some(valkey)) = (
@@ -280,10 +336,7 @@ async fn console(
     let history = streams
         .tail(
             &id,
-            query
-                .lines
-                .unwrap_or(100)
-                .min(prexor_coord::CONSOLE_LINES_KEPT),
+            lines.unwrap_or(100).min(prexor_coord::CONSOLE_LINES_KEPT),
         )
         .await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(256);

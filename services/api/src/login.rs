@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::app::App;
-use crate::auth::{Caller, Credential, revoked_key, user_permissions, verify_password};
+use crate::auth::{Caller, Credential, Principal, revoked_key, user_permissions, verify_password};
 use crate::error::{ApiError, ApiResult, ErrorCode, Json};
 
 /// Consecutive failed logins of one user that lock the account, and for how long.
@@ -129,22 +129,23 @@ fn address_bucket(ip: IpAddr) -> String {
     }
 }
 
+/// A sign-in: a user name and its password.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Login {
-    username: String,
-    password: String,
+pub(crate) struct Login {
+    pub username: String,
+    pub password: String,
 }
 
 /// A new session.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct Session {
+pub(crate) struct Session {
     /// The bearer token of every later request.
-    token: String,
-    expires_at_ms: i64,
-    user: String,
-    permissions: Vec<String>,
+    pub token: String,
+    pub expires_at_ms: i64,
+    pub user: String,
+    pub permissions: Vec<String>,
 }
 
 #[utoipa::path(
@@ -160,12 +161,18 @@ async fn login(
     ClientAddr(addr): ClientAddr,
     Json(login): Json<Login>,
 ) -> ApiResult<Json<Session>> {
+    sign_in(&app, addr, login).await.map(Json)
+}
+
+/// Signs `login` in from the client address `addr`: rate limits, lockout, password check and
+/// audit, the same for the REST login and the dashboard's sign-in form.
+pub(crate) async fn sign_in(app: &App, addr: Option<IpAddr>, login: Login) -> ApiResult<Session> {
     let ephemeral = &app.service.ephemeral;
     let user_key = URL_SAFE_NO_PAD.encode(login.username.as_bytes());
     if let Some(addr) = addr {
         let bucket = address_bucket(addr);
         count_attempt(
-            &app,
+            app,
             &format!("login:addr:{bucket}"),
             LOGINS_PER_ADDRESS,
             || format!("too many login attempts from {bucket}; wait a minute"),
@@ -190,7 +197,7 @@ async fn login(
         return Err(locked(left));
     }
     count_attempt(
-        &app,
+        app,
         &format!("login:user:{user_key}"),
         LOGINS_PER_USER,
         || {
@@ -217,7 +224,7 @@ async fn login(
         .incr_window(&format!("login:failed:{user_key}"), LOCKOUT_FOR)
         .await?;
     if failures > LOCKOUT_AFTER {
-        lock(&app, &login.username, &user_key).await?;
+        lock(app, &login.username, &user_key).await?;
         return Err(locked(LOCKOUT_FOR));
     }
     let user: Option<UserRecord> = app.record(USERS, &login.username).await?;
@@ -233,7 +240,7 @@ async fn login(
         Some(user) if valid => user,
         _ => {
             if failures >= LOCKOUT_AFTER {
-                lock(&app, &login.username, &user_key).await?;
+                lock(app, &login.username, &user_key).await?;
             }
             app.audit_as(
                 &login.username,
@@ -254,19 +261,19 @@ async fn login(
             login.username
         )));
     }
-    let (token, expires_at_ms) = crate::auth::sign_session(&app, &user)?;
+    let (token, expires_at_ms) = crate::auth::sign_session(app, &user)?;
     let last_login = doc! { "$set": { "lastLoginAtMs": now_ms() } };
     let _ = app
         .update_by_id(USERS, "recording the login", &login.username, last_login)
         .await;
     app.audit_as(&login.username, "login", "auth.login", &login.username)
         .await;
-    Ok(Json(Session {
+    Ok(Session {
         token,
         expires_at_ms,
-        permissions: user_permissions(&app, &user).await?,
+        permissions: user_permissions(app, &user).await?,
         user: login.username,
-    }))
+    })
 }
 
 /// Counts a login attempt under `key` in the current [`LOGIN_WINDOW`]: 429 `too_many()` past
@@ -307,6 +314,13 @@ async fn lock(app: &App, user: &str, user_key: &str) -> ApiResult<()> {
     responses((status = 204))
 )]
 async fn logout(Caller(app, principal): Caller) -> ApiResult<StatusCode> {
+    sign_out(&app, &principal).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Ends the session `principal` signed in with, on every replica: its id is marked revoked in
+/// Valkey until it would have expired, and every replica's caller cache is cleared.
+pub(crate) async fn sign_out(app: &App, principal: &Principal) -> ApiResult<()> {
     let Credential::Session {
         id,
         expires_at_secs,
@@ -323,9 +337,9 @@ async fn logout(Caller(app, principal): Caller) -> ApiResult<StatusCode> {
         .set_for(&revoked_key(id), Duration::from_secs(left))
         .await?;
     app.access_changed(&principal.user).await;
-    app.audit::<(), ()>(&principal, "auth.logout", &principal.user, None, None)
+    app.audit::<(), ()>(principal, "auth.logout", &principal.user, None, None)
         .await;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 #[cfg(test)]

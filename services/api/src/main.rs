@@ -20,6 +20,7 @@ mod permissions;
 mod streams;
 mod system;
 mod templates;
+mod ui;
 mod uploads;
 mod users;
 mod workload;
@@ -147,6 +148,9 @@ async fn build(
     }
     let signer = service.signer.clone();
     let certificate = certificate_task(&service, &config, &signer, slot);
+    let dashboard = ui::Settings {
+        tls: !matches!(config.tls, ApiTls::Off),
+    };
     let app = Arc::new(AppState {
         signer,
         gateways: service.gateways(),
@@ -197,11 +201,20 @@ async fn build(
             app.clone(),
             refuse_mutations_when_split,
         ))
-        .with_state(app);
+        .with_state(app.clone());
+    let dashboard = ui::secured(
+        ui::routes().layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            refuse_mutations_when_split,
+        )),
+        dashboard,
+    )
+    .with_state(app);
     Ok(Parts {
         http: Some(
             Router::new()
                 .nest("/api/v1", api)
+                .merge(dashboard)
                 .fallback(error::not_found),
         ),
         tasks: [follow, forget_callers]
@@ -223,7 +236,10 @@ async fn refuse_mutations_when_split(
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let reading = method == axum::http::Method::GET || method == axum::http::Method::HEAD;
-    let session = path.ends_with("/auth/login") || path.ends_with("/auth/logout");
+    // The REST API's (nested under /api/v1) and the dashboard's.
+    let session = ["/auth/login", "/auth/logout", "/ui/login", "/ui/logout"]
+        .iter()
+        .any(|p| path.ends_with(p));
     if !reading
         && !session
         && let Err(reason) = app.service.guard.allow_mutations()

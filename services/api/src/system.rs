@@ -7,7 +7,7 @@ use prexor_coord::ReplicaRecord;
 use serde::Serialize;
 
 use crate::app::App;
-use crate::auth::Caller;
+use crate::auth::{Caller, Principal};
 use crate::error::{ApiError, Json};
 
 /// A replica whose clock differs from the coordination store's by more than this is reported
@@ -77,48 +77,48 @@ async fn info(State(app): State<App>) -> Json<Info> {
 /// The cluster as this replica sees it.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct Status {
+pub(crate) struct Status {
     /// Every live replica of every service.
-    replicas: Vec<ReplicaStatus>,
-    coordination: Coordination,
+    pub(crate) replicas: Vec<ReplicaStatus>,
+    pub(crate) coordination: Coordination,
     /// The api replica that answered.
-    answered_by: String,
+    pub(crate) answered_by: String,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct ReplicaStatus {
+pub(crate) struct ReplicaStatus {
     /// The replica's registration (`kind`, `id`, `version`, `profile`, `httpAddress`,
     /// `grpcAddress`, `startedAtMs`, `ready`, `leasesHeld`, `heartbeatAgeMs`, `notes`,
     /// `clockSkewMs`, `coordination`), as `prexor-coord` keeps it.
     #[serde(flatten)]
     #[schema(value_type = Object)]
-    record: ReplicaRecord,
-    clock: ClockStatus,
+    pub(crate) record: ReplicaRecord,
+    pub(crate) clock: ClockStatus,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct ClockStatus {
+pub(crate) struct ClockStatus {
     /// `false` when the replica's clock is more than 500 ms off the coordination store's, or
     /// not measured yet.
-    synchronized: bool,
-    skew_ms: Option<i64>,
+    pub(crate) synchronized: bool,
+    pub(crate) skew_ms: Option<i64>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct Coordination {
+pub(crate) struct Coordination {
     /// `available`; `unavailable` (this replica cannot reach the coordination store);
     /// `mismatched` (its Valkey is not the cluster's: split brain, it refuses mutations);
     /// `restamping` (its Valkey lost its data; mutations wait until it is stamped again).
-    store: String,
+    pub(crate) store: String,
     /// The cluster's coordination store id (MongoDB) and the one in this replica's Valkey.
-    expected_store_id: Option<String>,
-    found_store_id: Option<String>,
-    backend: String,
+    pub(crate) expected_store_id: Option<String>,
+    pub(crate) found_store_id: Option<String>,
+    pub(crate) backend: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 #[utoipa::path(
@@ -126,6 +126,12 @@ struct Coordination {
     responses((status = 200, body = Status))
 )]
 async fn status(Caller(app, who): Caller) -> Result<Json<Status>, ApiError> {
+    status_of(&app, &who).await.map(Json)
+}
+
+/// The cluster as this replica sees it, for `who` (403 without `system:read`): the REST answer
+/// and the dashboard's overview alike.
+pub(crate) async fn status_of(app: &App, who: &Principal) -> Result<Status, ApiError> {
     who.require("system:read")?;
     let service = &app.service;
     let backend = service.leases.backend();
@@ -150,7 +156,7 @@ async fn status(Caller(app, who): Caller) -> Result<Json<Status>, ApiError> {
         (Err(_), _) => "unavailable".to_owned(),
         (Ok(()), state) => state.to_owned(),
     };
-    Ok(Json(Status {
+    Ok(Status {
         replicas,
         coordination: Coordination {
             store,
@@ -160,5 +166,5 @@ async fn status(Caller(app, who): Caller) -> Result<Json<Status>, ApiError> {
             found_store_id: guard.found,
         },
         answered_by: service.config.replica_id.clone(),
-    }))
+    })
 }

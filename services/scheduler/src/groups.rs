@@ -31,6 +31,7 @@ mod requests;
 mod scaling;
 mod snapshot;
 
+pub(crate) use health::crash_looping;
 use scaling::dynamic_names;
 pub use snapshot::Snapshot;
 pub(crate) use snapshot::SnapshotReads;
@@ -257,7 +258,7 @@ impl Groups {
         if let Some(entry) = snap.groups.get(name) {
             prexor_telemetry::trace::link(
                 &span,
-                &prexor_telemetry::trace::from_document(&entry.doc),
+                &prexor_telemetry::trace::from_traceparent(&entry.traceparent),
             );
         }
         self.converge_traced(name, lease, snap)
@@ -307,8 +308,7 @@ impl Groups {
         let Ok(spec) = &entry.spec else {
             return Ok(());
         };
-        let group = &entry.doc;
-        let revision = group.get_i64("revision").unwrap_or(1);
+        let revision = entry.revision;
         let mut instances: Vec<Instance> = snap
             .instances
             .get(name)
@@ -371,7 +371,7 @@ impl Groups {
         self.settle_overdue(name, lease, &mut instances, &online)
             .await?;
 
-        if group.get_bool("deleting").unwrap_or(false) {
+        if entry.deleting {
             return self.tear_down(name, spec, lease, &instances).await;
         }
         self.operator_requests(name, spec, revision, lease, &mut instances, snap)
@@ -423,6 +423,7 @@ impl Groups {
         }
         if let Some(deployment) = snap.deployments.get(name) {
             self.roll(name, spec, lease, deployment, &active, &wanted)
+                .instrument(deployments::deployment_span(name, deployment))
                 .await?;
         }
         let attempts: HashMap<String, i64> = instances

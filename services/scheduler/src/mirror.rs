@@ -13,12 +13,12 @@
 //! events buffered meanwhile are applied after (each carries the document as it is when the
 //! event is delivered, never older than the full read).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
-use mongodb::bson::{Bson, Document, doc};
+use futures::{StreamExt, TryStreamExt};
+use mongodb::bson::{Bson, Document, RawDocument, RawDocumentBuf, doc};
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType};
 use mongodb::options::FullDocumentType;
 use prexor_store::{Store, StoreError};
@@ -51,8 +51,121 @@ const REOPEN_AFTER: Duration = Duration::from_secs(1);
 /// ...growing up to this while it cannot be opened at all.
 const MAX_REOPEN_AFTER: Duration = Duration::from_secs(30);
 
-/// Documents by `_id` (its string form), by collection; shared with the snapshots that read them.
-pub type Collections = HashMap<&'static str, HashMap<String, Arc<Document>>>;
+/// A mirrored document, kept as the BSON MongoDB sent: a few hundred bytes where a decoded
+/// [`Document`] takes several kilobytes, which at 10,000 groups is most of a scheduler's memory.
+/// Readers decode only what they use (docs/scheduling.md, "The tick").
+pub type Raw = Arc<RawDocumentBuf>;
+
+/// The mirrored documents by collection and `_id` (its string form), with each group's documents
+/// indexed, so a tick reads the groups it judges without passing over every other group's.
+#[derive(Default)]
+pub struct Collections {
+    docs: HashMap<&'static str, HashMap<String, Raw>>,
+    /// Per collection whose documents name their group in `group`: the `_id`s by group.
+    by_group: HashMap<&'static str, HashMap<String, HashSet<String>>>,
+}
+
+impl Collections {
+    /// Every document of `collection`.
+    pub fn all<'a>(&'a self, collection: &str) -> impl Iterator<Item = &'a RawDocument> + 'a {
+        self.docs
+            .get(collection)
+            .into_iter()
+            .flat_map(HashMap::values)
+            .map(|raw| raw.as_ref() as &RawDocument)
+    }
+
+    /// Whether `collection` holds no document.
+    pub fn is_empty(&self, collection: &str) -> bool {
+        self.docs.get(collection).is_none_or(HashMap::is_empty)
+    }
+
+    /// The documents of `groups` in `collection`: those whose `_id` is the group's name (groups,
+    /// group states) or whose `group` field names it (the rest).
+    pub fn of_groups<'a>(
+        &'a self,
+        collection: &str,
+        groups: &'a [String],
+    ) -> impl Iterator<Item = &'a RawDocument> + 'a {
+        let docs = self.docs.get(collection);
+        let index = self.by_group.get(collection);
+        let keyed_by_name = keyed_by_group_name(collection);
+        groups.iter().flat_map(move |group| {
+            let ids: Vec<&String> = if keyed_by_name {
+                vec![group]
+            } else {
+                index
+                    .and_then(|i| i.get(group))
+                    .into_iter()
+                    .flatten()
+                    .collect()
+            };
+            ids.into_iter()
+                .filter_map(move |id| docs?.get(id))
+                .map(|raw| raw.as_ref() as &RawDocument)
+        })
+    }
+
+    /// Puts `raw` in as `collection`'s document `id`; the one it replaces, if any.
+    fn insert(&mut self, collection: &'static str, id: String, raw: Raw) -> Option<Raw> {
+        let group = group_field(collection, &raw);
+        let before = self
+            .docs
+            .entry(collection)
+            .or_default()
+            .insert(id.clone(), raw);
+        self.unindex(
+            collection,
+            &id,
+            before.as_deref().map(|b| b as &RawDocument),
+        );
+        if let Some(group) = group {
+            self.by_group
+                .entry(collection)
+                .or_default()
+                .entry(group)
+                .or_default()
+                .insert(id);
+        }
+        before
+    }
+
+    /// Takes `collection`'s document `id` out; the one removed, if any.
+    fn remove(&mut self, collection: &'static str, id: &str) -> Option<Raw> {
+        let before = self.docs.get_mut(collection)?.remove(id);
+        self.unindex(collection, id, before.as_deref().map(|b| b as &RawDocument));
+        before
+    }
+
+    fn unindex(&mut self, collection: &str, id: &str, before: Option<&RawDocument>) {
+        let Some(group) = before.and_then(|b| group_field(collection, b)) else {
+            return;
+        };
+        if let Some(index) = self.by_group.get_mut(collection)
+            && let Some(ids) = index.get_mut(&group)
+        {
+            ids.remove(id);
+            if ids.is_empty() {
+                index.remove(&group);
+            }
+        }
+    }
+}
+
+/// `raw` decoded, for the readers that work on a [`Document`]; `None` (with a warning naming
+/// it) when it cannot be.
+pub fn document(collection: &str, raw: &RawDocument) -> Option<Document> {
+    Document::try_from(raw)
+        .inspect_err(|err| {
+            let id = prexor_model::raw_id(raw).map(|id| id.to_string());
+            tracing::warn!(
+                collection,
+                id = id.as_deref().unwrap_or_default(),
+                "a mirrored document cannot be read ({err}); skipped"
+            );
+        })
+        .ok()
+}
 
 #[derive(Default)]
 struct State {
@@ -87,25 +200,36 @@ impl Changes {
     }
 }
 
-/// Collections whose documents belong to one group: the group's name is their `_id` (groups,
-/// group states) or their `group` field (the rest). Node allocations and port reservations are
+/// Collections whose `_id` is the group's name.
+fn keyed_by_group_name(collection: &str) -> bool {
+    collection == prexor_model::groups::GROUPS || collection == crate::groups::GROUP_STATE
+}
+
+/// Collections whose documents belong to no group. Node allocations and port reservations are
 /// placement's, not a group step's input.
-fn group_of(collection: &str, doc: &Document) -> Option<String> {
-    if collection == prexor_model::groups::GROUPS || collection == crate::groups::GROUP_STATE {
-        return doc.get_str("_id").ok().map(str::to_owned);
-    }
-    if [
-        crate::groups::NODES,
-        crate::groups::NODE_ALLOCATIONS,
-        crate::groups::PORT_RESERVATIONS,
-        crate::drains::NODE_DRAINS,
-        crate::modules::MODULE_MUTATION,
-    ]
-    .contains(&collection)
-    {
+const NOT_PER_GROUP: &[&str] = &[
+    crate::groups::NODES,
+    crate::groups::NODE_ALLOCATIONS,
+    crate::groups::PORT_RESERVATIONS,
+    crate::drains::NODE_DRAINS,
+    crate::modules::MODULE_MUTATION,
+];
+
+/// The group named by the `group` field of a document of `collection`, where documents carry one.
+fn group_field(collection: &str, raw: &RawDocument) -> Option<String> {
+    if keyed_by_group_name(collection) || NOT_PER_GROUP.contains(&collection) {
         return None;
     }
-    doc.get_str("group").ok().map(str::to_owned)
+    raw.get_str("group").ok().map(str::to_owned)
+}
+
+/// The group a document of `collection` belongs to: the group's name is its `_id` (groups,
+/// group states) or its `group` field (the rest).
+fn group_of(collection: &str, raw: &RawDocument) -> Option<String> {
+    if keyed_by_group_name(collection) {
+        return raw.get_str("_id").ok().map(str::to_owned);
+    }
+    group_field(collection, raw)
 }
 
 /// The mirror: a watcher task fills it, ticks read it.
@@ -122,6 +246,14 @@ fn key(id: Option<&Bson>) -> Option<String> {
     match id? {
         Bson::String(s) => Some(s.clone()),
         other => Some(other.to_string()),
+    }
+}
+
+/// [`key`] of a raw document's `_id`.
+fn raw_key(raw: &RawDocument) -> Option<String> {
+    match raw.get_str("_id") {
+        Ok(id) => Some(id.to_owned()),
+        Err(_) => key(prexor_model::raw_id(raw).as_ref()),
     }
 }
 
@@ -189,19 +321,27 @@ impl Mirror {
             .pipeline([doc! { "$match": { "ns.coll": { "$in": colls } } }])
             .full_document(FullDocumentType::UpdateLookup)
             .await
-            .map_err(|e| format!("cannot open a change stream: {e}"))?;
-        let mut docs: Collections = HashMap::new();
+            .map_err(|e| format!("cannot open a change stream: {e}"))?
+            .with_type::<ChangeStreamEvent<RawDocumentBuf>>();
+        let mut docs = Collections::default();
         for &collection in MIRRORED {
-            let all = self
+            let all: Vec<RawDocumentBuf> = self
                 .store
-                .find_all(collection, "loading the scheduler's mirror", doc! {})
+                .bounded("loading the scheduler's mirror", async {
+                    self.store
+                        .collection::<RawDocumentBuf>(collection)
+                        .find(doc! {})
+                        .await?
+                        .try_collect()
+                        .await
+                })
                 .await
                 .map_err(|e| e.to_string())?;
-            let by_id = all
-                .into_iter()
-                .filter_map(|d| Some((key(d.get("_id"))?, Arc::new(d))))
-                .collect();
-            docs.insert(collection, by_id);
+            for raw in all {
+                if let Some(id) = raw_key(&raw) {
+                    docs.insert(collection, id, Arc::new(raw));
+                }
+            }
         }
         {
             let mut state = self.lock();
@@ -227,7 +367,7 @@ impl Mirror {
         }
     }
 
-    fn apply(&self, event: ChangeStreamEvent<Document>) -> Result<(), String> {
+    fn apply(&self, event: ChangeStreamEvent<RawDocumentBuf>) -> Result<(), String> {
         let Some(collection) = event.ns.as_ref().and_then(|ns| ns.coll.as_deref()) else {
             return Ok(());
         };
@@ -264,27 +404,26 @@ impl Mirror {
         };
         let mut state = self.lock();
         *state.versions.entry(name).or_default() += 1;
-        let docs = state.docs.entry(name).or_default();
         // The document as it is now; none when it is gone (deleted, also after an update).
         let (before, after) = match event.full_document {
-            Some(doc) => {
-                let doc = Arc::new(doc);
-                (docs.insert(id, doc.clone()), Some(doc))
+            Some(raw) => {
+                let raw = Arc::new(raw);
+                (state.docs.insert(name, id, raw.clone()), Some(raw))
             }
-            None => (docs.remove(&id), None),
+            None => (state.docs.remove(name, &id), None),
         };
         let changes = &mut state.changes;
         if name == crate::groups::NODES {
             // Heartbeats rewrite nodes every few seconds; only a node coming or going (its
             // state) changes what a group step decides.
-            let state_of = |d: &Option<Arc<Document>>| {
+            let state_of = |d: &Option<Raw>| {
                 d.as_ref()
                     .and_then(|d| d.get_str("state").ok().map(str::to_owned))
             };
             changes.all |= state_of(&before) != state_of(&after);
         }
-        for doc in before.iter().chain(after.iter()) {
-            if let Some(group) = group_of(name, doc) {
+        for raw in before.iter().chain(after.iter()) {
+            if let Some(group) = group_of(name, raw) {
                 changes.groups.insert(group);
             }
         }
@@ -372,5 +511,93 @@ impl Mirror {
     pub fn read<R>(&self, generation: u64, read: impl FnOnce(&Collections) -> R) -> Option<R> {
         let state = self.lock();
         (state.live && state.generation == generation).then(|| read(&state.docs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prexor_model::instances::INSTANCES;
+
+    fn raw(doc: Document) -> Raw {
+        Arc::new(RawDocumentBuf::from_document(&doc).unwrap())
+    }
+
+    fn ids<'a>(docs: impl Iterator<Item = &'a RawDocument>) -> Vec<String> {
+        let mut ids: Vec<String> = docs.filter_map(raw_key).collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn a_group_reads_its_documents_through_the_index_as_they_change() {
+        let mut c = Collections::default();
+        let groups = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        c.insert(
+            INSTANCES,
+            "a-1".into(),
+            raw(doc! { "_id": "a-1", "group": "a" }),
+        );
+        c.insert(
+            INSTANCES,
+            "a-2".into(),
+            raw(doc! { "_id": "a-2", "group": "a" }),
+        );
+        c.insert(
+            INSTANCES,
+            "b-1".into(),
+            raw(doc! { "_id": "b-1", "group": "b" }),
+        );
+        let a = groups(&["a"]);
+        assert_eq!(ids(c.of_groups(INSTANCES, &a)), ["a-1", "a-2"]);
+
+        // A document that moves to another group (written by hand) leaves the first one's index.
+        c.insert(
+            INSTANCES,
+            "a-2".into(),
+            raw(doc! { "_id": "a-2", "group": "b" }),
+        );
+        assert_eq!(ids(c.of_groups(INSTANCES, &a)), ["a-1"]);
+        let b = groups(&["b"]);
+        assert_eq!(ids(c.of_groups(INSTANCES, &b)), ["a-2", "b-1"]);
+
+        // Removed: gone from both.
+        assert!(c.remove(INSTANCES, "a-1").is_some());
+        assert!(c.remove(INSTANCES, "a-1").is_none());
+        assert_eq!(ids(c.of_groups(INSTANCES, &a)), Vec::<String>::new());
+        assert!(!c.by_group[INSTANCES].contains_key("a"));
+        assert_eq!(ids(c.all(INSTANCES)), ["a-2", "b-1"]);
+
+        // Groups and their states are found by name; documents of no group are in no index.
+        let groups_coll = prexor_model::groups::GROUPS;
+        c.insert(
+            groups_coll,
+            "a".into(),
+            raw(doc! { "_id": "a", "revision": 1_i64 }),
+        );
+        assert_eq!(ids(c.of_groups(groups_coll, &groups(&["a", "z"]))), ["a"]);
+        c.insert(
+            crate::groups::NODES,
+            "n".into(),
+            raw(doc! { "_id": "n", "group": "a" }),
+        );
+        assert!(!c.by_group.contains_key(crate::groups::NODES));
+        assert!(c.is_empty(crate::modules::MODULE_MUTATION));
+        assert!(!c.is_empty(crate::groups::NODES));
+    }
+
+    #[test]
+    fn what_changed_names_the_groups_of_the_documents_before_and_after() {
+        let instance = RawDocumentBuf::from_document(&doc! { "_id": "a-1", "group": "a" }).unwrap();
+        assert_eq!(group_of(INSTANCES, &instance).as_deref(), Some("a"));
+        let group = RawDocumentBuf::from_document(&doc! { "_id": "a" }).unwrap();
+        assert_eq!(
+            group_of(prexor_model::groups::GROUPS, &group).as_deref(),
+            Some("a")
+        );
+        let node = RawDocumentBuf::from_document(&doc! { "_id": "n", "group": "a" }).unwrap();
+        assert_eq!(group_of(crate::groups::NODES, &node), None);
+        let numbered = RawDocumentBuf::from_document(&doc! { "_id": 7_i64 }).unwrap();
+        assert_eq!(raw_key(&numbered).as_deref(), Some("7"));
     }
 }

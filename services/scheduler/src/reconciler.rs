@@ -23,17 +23,22 @@ pub use prexor_model::groups::GROUPS;
 /// Open node drains by node id.
 type Drains = HashMap<String, Document>;
 
-/// A group's document with its spec, parsed and validated once per change of the document (not
-/// once per tick).
+/// What a tick uses of a group's document: its spec, parsed and validated once per change of the
+/// document (not once per tick), and the few fields a step reads (the document itself is not
+/// kept: at 10,000 groups the decoded documents were most of a scheduler's memory).
 pub struct GroupEntry {
-    /// Shared with the mirror's copy when read from it.
-    pub doc: Arc<Document>,
     /// The spec, or why the group cannot be scheduled (no spec, unreadable, invalid).
     pub spec: Result<GroupSpec, String>,
+    /// The document's revision (1 when it has none).
+    pub revision: i64,
+    /// The group is being deleted.
+    pub deleting: bool,
+    /// The trace context of the last write that carried one (docs/observability.md, "Traces").
+    pub traceparent: String,
 }
 
 impl GroupEntry {
-    pub(crate) fn new(name: &str, doc: Arc<Document>) -> GroupEntry {
+    pub(crate) fn new(name: &str, doc: &Document) -> GroupEntry {
         let spec = match doc.get_document("spec") {
             Err(_) => Err("the group has no spec".to_string()),
             Ok(spec) => match mongodb::bson::from_document::<GroupSpec>(spec.clone()) {
@@ -58,7 +63,15 @@ impl GroupEntry {
         if let Err(reason) = &spec {
             tracing::warn!(group = name, "not scheduling the group: {reason}");
         }
-        GroupEntry { doc, spec }
+        GroupEntry {
+            spec,
+            revision: doc.get_i64("revision").unwrap_or(1),
+            deleting: doc.get_bool("deleting").unwrap_or(false),
+            traceparent: doc
+                .get_str(prexor_telemetry::trace::TRACEPARENT)
+                .unwrap_or_default()
+                .to_owned(),
+        }
     }
 }
 
@@ -75,8 +88,19 @@ fn stamp(doc: &Document) -> Stamp {
     )
 }
 
+fn raw_stamp(raw: &mongodb::bson::RawDocument) -> Stamp {
+    (
+        raw.get_i64("revision").unwrap_or(0),
+        raw.get_i64("updatedAtMs").unwrap_or(0),
+    )
+}
+
 /// Groups converging at the same time within one tick.
 const GROUPS_AT_ONCE: usize = 8;
+
+/// A tick that judged at least this many groups, and most of those it holds, hands the memory it
+/// freed back to the system.
+const RELEASE_AFTER_JUDGING: usize = 1_000;
 
 /// More changed groups than this are read with one full listing instead of an `$in` query.
 const CHANGED_QUERY_LIMIT: usize = 256;
@@ -100,7 +124,7 @@ impl GroupDocs {
                 doc! { "revision": 1, "updatedAtMs": 1 },
             )
             .await?;
-        let stamps = stamps(listed.iter());
+        let stamps = stamps(listed.iter().map(|d| (d.get_str("_id").ok(), stamp(d))));
         let changed = self.changed(&stamps);
         let fresh = match changed.len() {
             0 => Vec::new(),
@@ -117,16 +141,21 @@ impl GroupDocs {
                     .await?
             }
         };
-        Ok(self.apply(&stamps, fresh.into_iter().map(Arc::new).collect()))
+        Ok(self.apply(&stamps, fresh))
     }
 
-    /// Every group, from the mirror's copy of the collection.
-    fn refresh_from(&self, groups: &HashMap<String, Arc<Document>>) -> GroupMap {
-        let stamps = stamps(groups.values().map(|d| d.as_ref()));
+    /// Every group, from the mirror's copy of the collection (decoding only the documents that
+    /// changed).
+    fn refresh_from(&self, mirror: &crate::mirror::Collections) -> GroupMap {
+        let stamps = stamps(
+            mirror
+                .all(GROUPS)
+                .map(|raw| (raw.get_str("_id").ok(), raw_stamp(raw))),
+        );
         let changed = self.changed(&stamps);
-        let fresh = changed
-            .iter()
-            .filter_map(|name| groups.get(name).cloned())
+        let fresh = mirror
+            .of_groups(GROUPS, &changed)
+            .filter_map(|raw| crate::mirror::document(GROUPS, raw))
             .collect();
         self.apply(&stamps, fresh)
     }
@@ -142,13 +171,16 @@ impl GroupDocs {
     }
 
     /// Forgets groups that are gone, takes the `fresh` documents in, and returns every group.
-    fn apply(&self, stamps: &HashMap<String, Stamp>, fresh: Vec<Arc<Document>>) -> GroupMap {
+    fn apply(&self, stamps: &HashMap<String, Stamp>, fresh: Vec<Document>) -> GroupMap {
         let mut docs = self.docs.lock().expect("group docs lock");
         docs.retain(|name, _| stamps.contains_key(name));
         for doc in fresh {
             if let Ok(name) = doc.get_str("_id").map(str::to_owned) {
                 let stamp = stamp(&doc);
-                docs.insert(name.clone(), (stamp, Arc::new(GroupEntry::new(&name, doc))));
+                docs.insert(
+                    name.clone(),
+                    (stamp, Arc::new(GroupEntry::new(&name, &doc))),
+                );
             }
         }
         docs.iter()
@@ -157,8 +189,8 @@ impl GroupDocs {
     }
 }
 
-fn stamps<'a>(docs: impl Iterator<Item = &'a Document>) -> HashMap<String, Stamp> {
-    docs.filter_map(|d| Some((d.get_str("_id").ok()?.to_owned(), stamp(d))))
+fn stamps<'a>(docs: impl Iterator<Item = (Option<&'a str>, Stamp)>) -> HashMap<String, Stamp> {
+    docs.filter_map(|(id, stamp)| Some((id?.to_owned(), stamp)))
         .collect()
 }
 
@@ -190,13 +222,14 @@ fn phase_span(phase: &'static str) -> tracing::Span {
     )
 }
 
-/// The state of the work this replica holds, once per tick: groups in a crash loop and stalled
-/// deployments (docs/observability.md, "Metrics"), from the tick's snapshot of the groups it
-/// judges (a settled group, left out, has neither a recent crash nor a rolling deployment).
-fn held_work(snapshot: &crate::groups::Snapshot) {
+/// The state of the work this replica holds, once per tick (docs/observability.md, "Metrics"):
+/// groups in a crash loop — counted over every group held, from the mirror when the tick used it
+/// (a settled group is not in the snapshot, and a pause can outlast the crashes that caused it) —
+/// and stalled deployments, from the snapshot (a rolling deployment's group is always judged).
+fn held_work(snapshot: &crate::groups::Snapshot, crash_looping: Option<usize>) {
     let now = prexor_domain::now_ms();
     metrics::gauge!("prexor_scheduler_groups_crash_looping")
-        .set(snapshot.crash_looping(now) as f64);
+        .set(crash_looping.unwrap_or_else(|| snapshot.crash_looping(now)) as f64);
     metrics::gauge!("prexor_scheduler_deployments_stalled")
         .set(snapshot.deployments_stalled(now) as f64);
 }
@@ -246,7 +279,7 @@ impl Reconciler {
         // tick succeeds again.
         let give_up_after = self.leases.timing().self_fence_after;
         let mut failing_since: Option<Instant> = None;
-        held_work(&crate::groups::Snapshot::default());
+        held_work(&crate::groups::Snapshot::default(), None);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -332,13 +365,10 @@ impl Reconciler {
         }
         let mirrored = synced.and_then(|generation| {
             self.mirror.read(generation, |c| {
-                let none = HashMap::new();
-                let groups = self.group_docs.refresh_from(c.get(GROUPS).unwrap_or(&none));
+                let groups = self.group_docs.refresh_from(c);
                 let drains: Vec<Document> = c
-                    .get(crate::drains::NODE_DRAINS)
-                    .into_iter()
-                    .flat_map(HashMap::values)
-                    .map(|d| d.as_ref().clone())
+                    .all(crate::drains::NODE_DRAINS)
+                    .filter_map(|raw| crate::mirror::document(crate::drains::NODE_DRAINS, raw))
                     .collect();
                 (groups, drains)
             })
@@ -446,7 +476,7 @@ impl Reconciler {
         // Never acquire or work under a lease from a Valkey that is not the cluster's store.
         if let Err(reason) = self.guard.allow_mutations() {
             tracing::debug!("not scheduling: {reason}");
-            held_work(&crate::groups::Snapshot::default());
+            held_work(&crate::groups::Snapshot::default(), None);
             return Ok(TickOutcome::default());
         }
         let phase = Instant::now();
@@ -542,7 +572,30 @@ impl Reconciler {
             })
             .instrument(phase_span("groups"))
             .await;
-        held_work(&snapshot);
+        let held_names: Vec<String> = names.iter().cloned().collect();
+        let crash_looping = synced.and_then(|generation| {
+            self.mirror.read(generation, |c| {
+                let now = prexor_domain::now_ms();
+                c.of_groups(crate::groups::GROUP_STATE, &held_names)
+                    .filter(|state| {
+                        crate::groups::crash_looping(
+                            state.get_i64("pausedUntilMs").unwrap_or(0),
+                            now,
+                        )
+                    })
+                    .count()
+            })
+        });
+        held_work(&snapshot, crash_looping);
+        // Most of what it holds at once (it acquired them, or the mirror was reloaded), not the
+        // tenth of settled groups re-judged every tick.
+        let judged_many = judged.len() >= RELEASE_AFTER_JUDGING && judged.len() * 2 >= names.len();
+        drop(snapshot);
+        if judged_many {
+            // What a tick over many groups decoded is free now; without this the resident size
+            // stays at that peak (docs/scheduling.md, "Memory").
+            prexor_telemetry::release_free_memory();
+        }
         phase_took("groups", phase);
         let phase = Instant::now();
         async {
@@ -563,10 +616,8 @@ impl Reconciler {
             // The mirror tells whether a module mutation is open at all (most ticks: none).
             let mutation_open = synced
                 .and_then(|generation| {
-                    self.mirror.read(generation, |c| {
-                        c.get(crate::modules::MODULE_MUTATION)
-                            .is_some_and(|m| !m.is_empty())
-                    })
+                    self.mirror
+                        .read(generation, |c| !c.is_empty(crate::modules::MODULE_MUTATION))
                 })
                 .unwrap_or(true);
             for lease in &leases {

@@ -20,7 +20,7 @@ pub use bootstrap::bootstrap_admin;
 pub use cache::{ACCESS_CHANGED, CallerCache};
 pub(crate) use passwords::verify_password;
 pub use passwords::{hash_password, password_problem};
-pub use principal::{Caller, Credential, Principal, until_lapsed, user_permissions};
+pub use principal::{Caller, Credential, Principal, resolve, until_lapsed, user_permissions};
 pub use sessions::SessionKeys;
 pub(crate) use sessions::{revoked_key, sign_session};
 // The operations' OpenAPI descriptions, for `crate::openapi`.

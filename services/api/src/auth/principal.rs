@@ -136,18 +136,25 @@ impl FromRequestParts<App> for Principal {
                 ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
             })?
             .trim();
-        if let Some(who) = app.callers.get(bearer) {
-            return Ok(who);
-        }
-        let generation = app.callers.generation();
-        let who = if let Some(token) = bearer.strip_prefix("pxt_") {
-            tokens::authenticate(app, token).await?
-        } else {
-            sessions::authenticate(app, bearer).await?
-        };
-        app.callers.keep(generation, bearer, &who);
-        Ok(who)
+        resolve(app, bearer).await
     }
+}
+
+/// The caller behind `bearer` (a session token, or an API token `pxt_…`): from this replica's
+/// [`super::CallerCache`] when it resolved the same credential a moment ago. The REST API reads
+/// it from the `Authorization` header, the dashboard from its session cookie.
+pub async fn resolve(app: &App, bearer: &str) -> ApiResult<Principal> {
+    if let Some(who) = app.callers.get(bearer) {
+        return Ok(who);
+    }
+    let generation = app.callers.generation();
+    let who = if let Some(token) = bearer.strip_prefix("pxt_") {
+        tokens::authenticate(app, token).await?
+    } else {
+        sessions::authenticate(app, bearer).await?
+    };
+    app.callers.keep(generation, bearer, &who);
+    Ok(who)
 }
 
 /// An operator's request: the replica's state and the signed-in caller (401 without one).

@@ -21,18 +21,61 @@ pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 pub struct SessionKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// Derived from the signing key for values bound to a session ([`SessionKeys::binding`]),
+    /// so that no such value is ever a signature a session token could carry.
+    binding: Vec<u8>,
 }
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// What the binding key is derived for.
+const BINDING_PURPOSE: &[u8] = b"prexor session binding v1";
 
 impl SessionKeys {
     /// Reads the cluster's signing key, creating it if this is the first replica ever.
     pub async fn load(store: &Store) -> Result<SessionKeys, prexor_store::StoreError> {
         let key =
             crate::app::cluster_secret(store, "session-hs256", "the session signing key").await?;
-        Ok(SessionKeys {
-            encoding: EncodingKey::from_secret(&key),
-            decoding: DecodingKey::from_secret(&key),
-        })
+        Ok(SessionKeys::from_secret(&key))
     }
+
+    fn from_secret(key: &[u8]) -> SessionKeys {
+        SessionKeys {
+            encoding: EncodingKey::from_secret(key),
+            decoding: DecodingKey::from_secret(key),
+            binding: mac(key, BINDING_PURPOSE),
+        }
+    }
+
+    /// A value bound to the session `session_id` (HMAC-SHA256, URL-safe base64): the same on
+    /// every replica, and not computable without the cluster's session key. The dashboard's CSRF
+    /// token.
+    pub fn binding(&self, session_id: &str) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(mac(&self.binding, session_id.as_bytes()))
+    }
+
+    /// Whether `presented` is [`SessionKeys::binding`] of `session_id` (compared in constant
+    /// time).
+    pub fn is_binding(&self, session_id: &str, presented: &str) -> bool {
+        use base64::Engine;
+        use hmac::Mac;
+        let Ok(presented) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(presented)
+        else {
+            return false;
+        };
+        let mut expected = HmacSha256::new_from_slice(&self.binding).expect("HMAC takes any key");
+        expected.update(session_id.as_bytes());
+        expected.verify_slice(&presented).is_ok()
+    }
+}
+
+fn mac(key: &[u8], message: &[u8]) -> Vec<u8> {
+    use hmac::Mac;
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key");
+    mac.update(message);
+    mac.finalize().into_bytes().to_vec()
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -141,4 +184,24 @@ pub(super) async fn principal(
             issued_at_ms,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binding_holds_for_its_session_and_key_only() {
+        let keys = SessionKeys::from_secret(&[7u8; 64]);
+        let token = keys.binding("session-a");
+        assert_eq!(
+            token,
+            SessionKeys::from_secret(&[7u8; 64]).binding("session-a")
+        );
+        assert!(keys.is_binding("session-a", &token));
+        assert!(!keys.is_binding("session-b", &token), "another session");
+        assert!(!SessionKeys::from_secret(&[8u8; 64]).is_binding("session-a", &token));
+        assert!(!keys.is_binding("session-a", ""));
+        assert!(!keys.is_binding("session-a", "not base64!"));
+    }
 }

@@ -12,49 +12,49 @@ use serde::Serialize;
 /// only in `GET /instances/{id}`.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct InstanceView {
-    id: String,
-    group: String,
-    node_id: String,
+pub(crate) struct InstanceView {
+    pub(crate) id: String,
+    pub(crate) group: String,
+    pub(crate) node_id: String,
     /// The scheduler's state (`SCHEDULED`, `RUNNING`, `STOPPED`, ...).
-    state: String,
-    plan_hash: String,
-    port: i64,
-    memory_mb: i64,
-    attempt: i64,
+    pub(crate) state: String,
+    pub(crate) plan_hash: String,
+    pub(crate) port: i64,
+    pub(crate) memory_mb: i64,
+    pub(crate) attempt: i64,
     /// The group revision it was placed from.
-    revision: i64,
-    spec_hash: String,
-    next_attempt_at_ms: i64,
-    scheduled_at_ms: i64,
+    pub(crate) revision: i64,
+    pub(crate) spec_hash: String,
+    pub(crate) next_attempt_at_ms: i64,
+    pub(crate) scheduled_at_ms: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    state_at_ms: Option<i64>,
+    pub(crate) state_at_ms: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    dispatch_retries: Option<i64>,
+    pub(crate) dispatch_retries: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    last_dispatch_error: Option<String>,
+    pub(crate) last_dispatch_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    drain_until_ms: Option<i64>,
+    pub(crate) drain_until_ms: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    stop_reason: Option<String>,
+    pub(crate) stop_reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    halt: Option<InstanceHaltView>,
+    pub(crate) halt: Option<InstanceHaltView>,
     /// Why it ended.
     #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<String>,
+    pub(crate) reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    ended_at_ms: Option<i64>,
+    pub(crate) ended_at_ms: Option<i64>,
     /// What its node last reported about the current plan.
     #[serde(skip_serializing_if = "Option::is_none")]
-    reported: Option<InstanceReportedView>,
+    pub(crate) reported: Option<InstanceReportedView>,
     /// The plan of its current placement (`GET /instances/{id}` only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    plan: Option<InstancePlanView>,
+    pub(crate) plan: Option<InstancePlanView>,
 }
 
 impl InstanceView {
     /// Without the plan (lists).
-    pub(super) fn summary(record: InstanceRecord) -> InstanceView {
+    pub(crate) fn summary(record: InstanceRecord) -> InstanceView {
         InstanceView {
             id: record.id,
             group: record.group,
@@ -82,7 +82,7 @@ impl InstanceView {
     }
 
     /// With `plan` (the instance's workload token in it hidden).
-    pub(super) fn detail(record: InstanceRecord, plan: Option<InstancePlan>) -> InstanceView {
+    pub(crate) fn detail(record: InstanceRecord, plan: Option<InstancePlan>) -> InstanceView {
         InstanceView {
             plan: plan.map(InstancePlanView::from),
             ..InstanceView::summary(record)
@@ -93,15 +93,15 @@ impl InstanceView {
 /// The halt sent to a STOPPING instance.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct InstanceHaltView {
+pub(crate) struct InstanceHaltView {
     /// `stop` or `kill`.
-    verb: String,
-    grace_ms: i64,
+    pub(crate) verb: String,
+    pub(crate) grace_ms: i64,
     /// The node acknowledged it.
-    acked: bool,
+    pub(crate) acked: bool,
     /// The group lease token it was sent under.
-    token: i64,
-    at_ms: i64,
+    pub(crate) token: i64,
+    pub(crate) at_ms: i64,
 }
 
 impl From<InstanceHalt> for InstanceHaltView {
@@ -119,30 +119,30 @@ impl From<InstanceHalt> for InstanceHaltView {
 /// What the instance's node reported.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct InstanceReportedView {
+pub(crate) struct InstanceReportedView {
     /// The daemon's state (`RUNNING`, `CRASHED`, ...).
-    state: String,
-    plan_hash: String,
+    pub(crate) state: String,
+    pub(crate) plan_hash: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    node_id: Option<String>,
+    pub(crate) node_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pid: Option<i64>,
+    pub(crate) pid: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    port: Option<i64>,
+    pub(crate) port: Option<i64>,
     /// Null while the process has not exited.
-    exit_code: Option<i32>,
+    pub(crate) exit_code: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    detail: Option<String>,
+    pub(crate) detail: Option<String>,
     /// The node's clock.
     #[serde(skip_serializing_if = "Option::is_none")]
-    at_ms: Option<i64>,
+    pub(crate) at_ms: Option<i64>,
     /// The gateway's clock.
     #[serde(skip_serializing_if = "Option::is_none")]
-    received_at_ms: Option<i64>,
+    pub(crate) received_at_ms: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    seq: Option<i64>,
+    pub(crate) seq: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    epoch: Option<String>,
+    pub(crate) epoch: Option<String>,
 }
 
 impl From<InstanceReported> for InstanceReportedView {
@@ -166,7 +166,7 @@ impl From<InstanceReported> for InstanceReportedView {
 /// What the node runs for the instance.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct InstancePlanView {
+pub(crate) struct InstancePlanView {
     group: String,
     command: Vec<String>,
     /// `PREXOR_INSTANCE_TOKEN` is shown as `(hidden)`.
@@ -179,7 +179,7 @@ pub(super) struct InstancePlanView {
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub(super) struct PlanLayerView {
+pub(crate) struct PlanLayerView {
     hash: String,
     name: String,
 }
@@ -208,23 +208,23 @@ impl From<InstancePlan> for InstancePlanView {
 /// A crash of an instance (one per plan).
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct CrashView {
+pub(crate) struct CrashView {
     /// `<instance>@<plan hash>`.
-    id: String,
-    instance_id: String,
-    node_id: String,
-    group: String,
-    plan_hash: String,
+    pub(crate) id: String,
+    pub(crate) instance_id: String,
+    pub(crate) node_id: String,
+    pub(crate) group: String,
+    pub(crate) plan_hash: String,
     /// Null when the process never exited (it never started).
-    exit_code: Option<i32>,
+    pub(crate) exit_code: Option<i32>,
     /// The last console lines.
     #[serde(skip_serializing_if = "Option::is_none")]
-    log_tail: Option<Vec<String>>,
-    detail: String,
-    at_ms: i64,
+    pub(crate) log_tail: Option<Vec<String>>,
+    pub(crate) detail: String,
+    pub(crate) at_ms: i64,
     /// The node's clock.
     #[serde(skip_serializing_if = "Option::is_none")]
-    reported_at_ms: Option<i64>,
+    pub(crate) reported_at_ms: Option<i64>,
 }
 
 impl From<CrashRecord> for CrashView {

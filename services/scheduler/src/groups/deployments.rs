@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use mongodb::bson::{Document, doc};
 use prexor_domain::{GroupSpec, now_ms};
 use prexor_store::Write;
-use tracing::Instrument;
 
 use super::{Groups, Halt, Instance, RUNNING, Snapshot};
 
@@ -40,31 +39,21 @@ impl Snapshot {
     }
 }
 
-impl Groups {
-    /// One step of `deployment` (state ROLLING) of group `name`.
-    pub(super) async fn roll(
-        &self,
-        name: &str,
-        spec: &GroupSpec,
-        lease: &prexor_coord::Lease,
-        deployment: &Document,
-        active: &BTreeMap<String, &Instance>,
-        wanted: &[String],
-    ) -> anyhow::Result<()> {
-        // Linked to the operator's request that created (or last changed) the deployment
-        // (docs/observability.md, "Traces").
-        let span = tracing::info_span!(
-            "scheduler.deployment",
-            group = name,
-            deployment = deployment.get_str("_id").unwrap_or_default(),
-        );
-        prexor_telemetry::trace::link(&span, &prexor_telemetry::trace::from_document(deployment));
-        self.roll_traced(name, spec, lease, deployment, active, wanted)
-            .instrument(span)
-            .await
-    }
+/// The span of a step of `deployment` of group `name`, linked to the operator's request that
+/// created (or last changed) the deployment (docs/observability.md, "Traces").
+pub(super) fn deployment_span(name: &str, deployment: &Document) -> tracing::Span {
+    let span = tracing::info_span!(
+        "scheduler.deployment",
+        group = name,
+        deployment = deployment.get_str("_id").unwrap_or_default(),
+    );
+    prexor_telemetry::trace::link(&span, &prexor_telemetry::trace::from_document(deployment));
+    span
+}
 
-    async fn roll_traced(
+impl Groups {
+    /// One step of `deployment` (state ROLLING) of group `name`, in [`deployment_span`].
+    pub(super) async fn roll(
         &self,
         name: &str,
         spec: &GroupSpec,

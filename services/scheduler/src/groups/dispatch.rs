@@ -24,6 +24,48 @@ const PORT_IN_USE: &str = "in use on this host";
 /// How long a port that a foreign process holds stays out of placement on that node.
 const PORT_BLOCK: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// What the answer to one start command means for its instance.
+#[derive(Debug, PartialEq)]
+enum Dispatched {
+    /// The node has the plan (now or already).
+    Taken,
+    /// The node cannot take it yet, or no gateway reached it: dispatched again after a backoff
+    /// (never sooner than `hint_ms`).
+    NotYet { hint_ms: u64, reason: String },
+    /// A process outside PrexorCloud holds the plan's port on that host.
+    PortHeld(String),
+    /// The node refused the plan for good.
+    Refused(String),
+    /// The node has seen a newer token of the group: this holder is deposed.
+    StaleFence(String),
+}
+
+impl Dispatched {
+    fn of<E: std::fmt::Display>(outcome: Result<CommandAck, E>) -> Dispatched {
+        let ack = match outcome {
+            Ok(ack) => ack,
+            Err(reason) => {
+                return Dispatched::NotYet {
+                    hint_ms: 0,
+                    reason: reason.to_string(),
+                };
+            }
+        };
+        match ack.result() {
+            AckResult::Done | AckResult::Already => Dispatched::Taken,
+            AckResult::Transient if ack.message.contains(PORT_IN_USE) => {
+                Dispatched::PortHeld(ack.message)
+            }
+            AckResult::Transient => Dispatched::NotYet {
+                hint_ms: u64::from(ack.retry_after_ms),
+                reason: ack.message,
+            },
+            AckResult::Permanent | AckResult::Unspecified => Dispatched::Refused(ack.message),
+            AckResult::StaleFence => Dispatched::StaleFence(ack.message),
+        }
+    }
+}
+
 impl Groups {
     /// The plan persisted for `instance` under its current plan hash (`instance_plans`).
     pub(super) async fn persisted_plan(
@@ -87,74 +129,41 @@ impl Groups {
         )
         .await;
         // The usual answers (the node took the plan; it cannot yet) are recorded for all of
-        // them in one write each.
+        // them in one write each, the rarer ones in turn.
         let mut taken = Vec::new();
         let mut deferred = Vec::new();
         for ((instance, _), outcome) in ready.into_iter().zip(outcomes) {
-            match outcome {
-                Ok(ack) if matches!(ack.result(), AckResult::Done | AckResult::Already) => {
+            match Dispatched::of(outcome) {
+                Dispatched::Taken => {
                     if instance.state == SCHEDULED {
                         taken.push(instance);
                     }
                 }
-                Ok(ack)
-                    if ack.result() == AckResult::Transient
-                        && !ack.message.contains(PORT_IN_USE) =>
-                {
-                    deferred.push((instance, u64::from(ack.retry_after_ms), ack.message));
-                }
-                Err(reason) => {
+                Dispatched::NotYet { hint_ms, reason } => {
                     tracing::info!(instance = %instance.id, node = %instance.node, "dispatch deferred: {reason}");
-                    deferred.push((instance, 0, reason.to_string()));
+                    deferred.push((instance, hint_ms, reason));
                 }
-                Ok(ack) => self.record_dispatch(group, lease, instance, ack).await?,
+                Dispatched::PortHeld(message) => {
+                    // Something outside PrexorCloud holds the port on that host: give the slot
+                    // up, keep the port off limits there for a while, place again elsewhere.
+                    let reason = format!("not started: {message}");
+                    self.finish(lease, instance, CRASHED, &reason).await?;
+                    self.block_port(&instance.node, instance.port).await?;
+                }
+                Dispatched::Refused(message) => {
+                    let reason = format!("the node refused the plan: {message}");
+                    self.finish(lease, instance, CRASHED, &reason).await?;
+                }
+                Dispatched::StaleFence(message) => anyhow::bail!(
+                    "node {} refused group {group}'s token {}: {message}",
+                    instance.node,
+                    lease.token(),
+                ),
             }
         }
         self.set_states(lease, taken, InstanceState::Preparing)
             .await?;
         self.retry_later(lease, deferred).await
-    }
-
-    /// What the rarer acks of a start mean for the instance: a port held by a foreign process,
-    /// a refusal, a stale token.
-    async fn record_dispatch(
-        &self,
-        group: &str,
-        lease: &Lease,
-        instance: &mut Instance,
-        ack: CommandAck,
-    ) -> anyhow::Result<()> {
-        match ack.result() {
-            // The node has the plan, or it cannot take it yet ([`Groups::dispatch_all`] recorded
-            // those).
-            AckResult::Done | AckResult::Already => {}
-            AckResult::Transient if !ack.message.contains(PORT_IN_USE) => {}
-            AckResult::Transient => {
-                // Something outside PrexorCloud holds the port on that host: give the slot up,
-                // keep the port off limits there for a while, place again elsewhere.
-                let reason = format!("not started: {}", ack.message);
-                self.finish(lease, instance, CRASHED, &reason).await?;
-                self.block_port(&instance.node, instance.port).await?;
-            }
-            AckResult::Permanent | AckResult::Unspecified => {
-                self.finish(
-                    lease,
-                    instance,
-                    CRASHED,
-                    &format!("the node refused the plan: {}", ack.message),
-                )
-                .await?;
-            }
-            AckResult::StaleFence => {
-                anyhow::bail!(
-                    "node {} refused group {group}'s token {}: {}",
-                    instance.node,
-                    lease.token(),
-                    ack.message
-                );
-            }
-        }
-        Ok(())
     }
 
     /// Keeps `node:port` out of placement for a minute (a foreign process holds it).
@@ -301,6 +310,50 @@ fn composition_plan(group: &str, instance: &Instance, plan: &Document) -> Compos
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_answer_to_a_start_is_classified_once() {
+        let ack = |result: AckResult, message: &str| -> Result<CommandAck, String> {
+            Ok(CommandAck {
+                result: result as i32,
+                message: message.into(),
+                retry_after_ms: 1500,
+                ..Default::default()
+            })
+        };
+        assert_eq!(Dispatched::of(ack(AckResult::Done, "")), Dispatched::Taken);
+        assert_eq!(
+            Dispatched::of(ack(AckResult::Already, "")),
+            Dispatched::Taken
+        );
+        assert_eq!(
+            Dispatched::of(ack(AckResult::Transient, "unpacking layers")),
+            Dispatched::NotYet {
+                hint_ms: 1500,
+                reason: "unpacking layers".into()
+            }
+        );
+        let held = format!("port 30001 {PORT_IN_USE}");
+        assert_eq!(
+            Dispatched::of(ack(AckResult::Transient, &held)),
+            Dispatched::PortHeld(held)
+        );
+        assert_eq!(
+            Dispatched::of(ack(AckResult::Permanent, "no such layer")),
+            Dispatched::Refused("no such layer".into())
+        );
+        assert_eq!(
+            Dispatched::of(ack(AckResult::StaleFence, "token 3 < 4")),
+            Dispatched::StaleFence("token 3 < 4".into())
+        );
+        assert_eq!(
+            Dispatched::of(Err::<CommandAck, _>("no gateway reached node n1")),
+            Dispatched::NotYet {
+                hint_ms: 0,
+                reason: "no gateway reached node n1".into()
+            }
+        );
+    }
 
     #[test]
     fn start_retries_back_off_and_honour_the_hint() {

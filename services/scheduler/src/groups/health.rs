@@ -20,19 +20,21 @@ use super::{
     STRAYS, Snapshot,
 };
 
+/// Whether a group whose crash-loop pause ends (or ended) at `paused_until_ms` counts as crash
+/// looping (`prexor_scheduler_groups_crash_looping`): paused now, or paused less than a crash
+/// window ago (the gap before the next, longer pause of a loop that recurs, or before the loop is
+/// over).
+pub(crate) fn crash_looping(paused_until_ms: i64, now_ms: i64) -> bool {
+    paused_until_ms > 0 && now_ms - paused_until_ms <= CRASH_LOOP_WINDOW.as_millis() as i64
+}
+
 impl Snapshot {
-    /// How many of the held groups are in a crash loop (`prexor_scheduler_groups_crash_looping`):
-    /// paused now, or paused less than a crash window ago (the gap before the next, longer pause
-    /// of a loop that recurs, or before the loop is over). As of the snapshot: a pause
-    /// [`Groups::crash_loop_pause`] starts in a tick counts from the next one.
+    /// How many of the snapshot's groups are in a crash loop ([`crash_looping`]). As of the
+    /// snapshot: a pause [`Groups::crash_loop_pause`] starts in a tick counts from the next one.
     pub(crate) fn crash_looping(&self, now_ms: i64) -> usize {
-        let window = CRASH_LOOP_WINDOW.as_millis() as i64;
         self.states
             .values()
-            .filter(|state| {
-                let until = state.get_i64("pausedUntilMs").unwrap_or(0);
-                until > 0 && now_ms - until <= window
-            })
+            .filter(|state| crash_looping(state.get_i64("pausedUntilMs").unwrap_or(0), now_ms))
             .count()
     }
 }

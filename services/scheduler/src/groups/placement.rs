@@ -10,11 +10,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use mongodb::bson::{Bson, Document, doc};
 use prexor_coord::Lease;
 use prexor_domain::{GroupSpec, now_ms};
-use prexor_model::decode_each;
-use prexor_model::instances::{INSTANCE_PLANS, InstanceRecord, PlanLayer};
+use prexor_model::instances::{INSTANCE_PLANS, PlanLayer};
 use prexor_model::nodes::{NodeAllocation, NodeRecord, PortReservation};
 use prexor_model::workflows::ModuleState;
 use prexor_model::workflows::modules::ModuleRecord;
+use prexor_model::{decode_each, decode_each_raw};
 use prexor_store::{StoreError, Write};
 use sha2::{Digest, Sha256};
 
@@ -432,17 +432,16 @@ impl Groups {
             Some(reads) => reads,
             None => PlacementReads::fetch(&self.store).await?,
         };
-        let allocations: Vec<NodeAllocation> = decode_each(NODE_ALLOCATIONS, reads.allocations);
         Ok(View {
             cluster: cluster_view(
                 group,
-                &decode_each(NODES, reads.nodes),
-                &allocations,
-                &decode_each(INSTANCES, reads.active),
-                &decode_each(PORT_RESERVATIONS, reads.reservations),
+                &reads.nodes,
+                &reads.allocations,
+                &reads.active,
+                &reads.reservations,
                 now_ms(),
             ),
-            allocated: allocations.into_iter().map(|a| a.id).collect(),
+            allocated: reads.allocations.into_iter().map(|a| a.id).collect(),
         })
     }
 
@@ -492,10 +491,10 @@ const ACTIVE: [&str; 6] = [SCHEDULED, PREPARING, STARTING, RUNNING, DRAINING, ST
 /// The records a placement view is made of: every node and allocation, the active instances
 /// (their group and node), every port reservation.
 struct PlacementReads {
-    nodes: Vec<Document>,
-    allocations: Vec<Document>,
-    active: Vec<Document>,
-    reservations: Vec<Document>,
+    nodes: Vec<NodeRecord>,
+    allocations: Vec<NodeAllocation>,
+    active: Vec<Placed>,
+    reservations: Vec<PortReservation>,
 }
 
 impl PlacementReads {
@@ -517,39 +516,38 @@ impl PlacementReads {
             ),
         )?;
         Ok(PlacementReads {
-            nodes,
-            allocations,
-            active,
-            reservations,
+            nodes: decode_each(NODES, nodes),
+            allocations: decode_each(NODE_ALLOCATIONS, allocations),
+            active: decode_each(INSTANCES, active),
+            reservations: decode_each(PORT_RESERVATIONS, reservations),
         })
     }
 
+    /// The same records decoded straight from the mirror's BSON.
     fn from_mirror(mirror: &crate::mirror::Collections) -> PlacementReads {
-        let all = |collection: &str| -> Vec<Document> {
-            mirror
-                .get(collection)
-                .into_iter()
-                .flat_map(|docs| docs.values())
-                .map(|d| Document::clone(d))
-                .collect()
-        };
-        let active = mirror
-            .get(INSTANCES)
-            .into_iter()
-            .flat_map(|docs| docs.values())
-            .filter(|d| d.get_str("state").is_ok_and(|s| ACTIVE.contains(&s)))
-            .map(|d| {
-                let field = |k: &str| d.get(k).cloned().unwrap_or(Bson::Null);
-                doc! { "_id": field("_id"), "group": field("group"), "nodeId": field("nodeId") }
-            })
-            .collect();
         PlacementReads {
-            nodes: all(NODES),
-            allocations: all(NODE_ALLOCATIONS),
-            active,
-            reservations: all(PORT_RESERVATIONS),
+            nodes: decode_each_raw(NODES, mirror.all(NODES)),
+            allocations: decode_each_raw(NODE_ALLOCATIONS, mirror.all(NODE_ALLOCATIONS)),
+            active: decode_each_raw(
+                INSTANCES,
+                mirror
+                    .all(INSTANCES)
+                    .filter(|d| d.get_str("state").is_ok_and(|s| ACTIVE.contains(&s))),
+            ),
+            reservations: decode_each_raw(PORT_RESERVATIONS, mirror.all(PORT_RESERVATIONS)),
         }
     }
+}
+
+/// Where an active instance runs: all a placement view reads of an instance record (decoded
+/// without the rest of it).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Placed {
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    node_id: String,
 }
 
 /// What a placement decides over, and the nodes that already have an allocation record (the
@@ -566,7 +564,7 @@ fn cluster_view(
     group: &str,
     nodes: &[NodeRecord],
     allocations: &[NodeAllocation],
-    active: &[InstanceRecord],
+    active: &[Placed],
     reservations: &[PortReservation],
     now: i64,
 ) -> placement::Cluster {

@@ -5,7 +5,7 @@ use prexor_model::workflows::DeploymentState;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use mongodb::bson::{Document, doc};
+use mongodb::bson::{Document, RawDocument, doc};
 use prexor_domain::{InstanceState, ScalingMode, now_ms};
 use prexor_store::{Store, StoreError};
 
@@ -61,7 +61,7 @@ pub(super) fn is_settled(
         return true;
     };
     let busy = |docs: Option<&Vec<Arc<Document>>>| docs.is_some_and(|d| !d.is_empty());
-    if entry.doc.get_bool("deleting").unwrap_or(false)
+    if entry.deleting
         || spec.scaling == ScalingMode::Dynamic
         || busy(snap.strays.get(name))
         || busy(snap.requests.get(name))
@@ -174,39 +174,31 @@ impl SnapshotReads {
     }
 
     /// The same reads from the scheduler's mirror ([`crate::mirror`]): the documents of `names`
-    /// that [`SnapshotReads::fetch`]'s queries select.
+    /// that [`SnapshotReads::fetch`]'s queries select, found through the mirror's group index and
+    /// decoded (only these: a tick decodes what it judges).
     pub(crate) fn from_mirror(c: &crate::mirror::Collections, names: &[String]) -> SnapshotReads {
-        let held: HashSet<&str> = names.iter().map(String::as_str).collect();
         let window = now_ms() - CRASH_LOOP_WINDOW.as_millis() as i64;
-        let of_held = |collection: &str, keep: &dyn Fn(&Document) -> bool| -> Vec<Arc<Document>> {
-            c.get(collection)
-                .into_iter()
-                .flat_map(HashMap::values)
-                .filter(|d| d.get_str("group").is_ok_and(|g| held.contains(g)) && keep(d))
-                .cloned()
-                .collect()
+        let decoded = |collection: &str, docs: &mut dyn Iterator<Item = &RawDocument>| {
+            docs.filter_map(|raw| crate::mirror::document(collection, raw))
+                .map(Arc::new)
+                .collect::<Vec<_>>()
+        };
+        let of_held = |collection: &str, keep: &dyn Fn(&RawDocument) -> bool| {
+            decoded(
+                collection,
+                &mut c.of_groups(collection, names).filter(|raw| keep(raw)),
+            )
         };
         SnapshotReads {
-            instances: of_held(INSTANCES, &|d| d.contains_key("state")),
-            states: c
-                .get(GROUP_STATE)
-                .into_iter()
-                .flat_map(HashMap::values)
-                .filter(|d| d.get_str("_id").is_ok_and(|g| held.contains(g)))
-                .cloned()
-                .collect(),
+            instances: of_held(INSTANCES, &|d| d.get("state").is_ok_and(|s| s.is_some())),
+            states: of_held(GROUP_STATE, &|_| true),
             strays: of_held(STRAYS, &|_| true),
-            nodes: c
-                .get(NODES)
-                .into_iter()
-                .flat_map(HashMap::values)
-                .cloned()
-                .collect(),
+            nodes: decoded(NODES, &mut c.all(NODES)),
             crashes: of_held(CRASHES, &|d| d.get_i64("atMs").is_ok_and(|at| at > window)),
             requests: of_held(INSTANCE_REQUESTS, &|_| true),
             loads: of_held(INSTANCE_LOAD, &|_| true),
             deployments: of_held(deployments::DEPLOYMENTS, &|d| {
-                DeploymentState::of(d, "state") == Some(DeploymentState::Rolling)
+                d.get_str("state") == Ok(DeploymentState::Rolling.as_str())
             }),
         }
     }
@@ -301,7 +293,7 @@ mod tests {
         if scaling == "DYNAMIC" {
             spec.insert("dynamic", doc! { "maxPlayers": 20_i64 });
         }
-        let entry = GroupEntry::new(name, Arc::new(doc! { "_id": name, "spec": spec }));
+        let entry = GroupEntry::new(name, &doc! { "_id": name, "spec": spec });
         assert!(entry.spec.is_ok(), "{:?}", entry.spec);
         entry
     }
@@ -396,14 +388,10 @@ mod tests {
             &snapshot(vec![])
         ));
         // A group being deleted is not; one whose spec is unusable is (until it changes).
-        let mut deleting = Document::clone(&manual.doc);
-        deleting.insert("deleting", true);
-        let deleting = GroupEntry::new("g", Arc::new(deleting));
+        let mut deleting = group("g", "MANUAL", 0);
+        deleting.deleting = true;
         assert!(!is_settled("g", &deleting, &snapshot(vec![])));
-        let unusable = GroupEntry::new(
-            "g",
-            Arc::new(doc! { "_id": "g", "spec": { "platform": "fake" } }),
-        );
+        let unusable = GroupEntry::new("g", &doc! { "_id": "g", "spec": { "platform": "fake" } });
         assert!(unusable.spec.is_err());
         assert!(is_settled("g", &unusable, &snapshot(vec![])));
     }
