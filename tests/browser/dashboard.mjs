@@ -12,7 +12,9 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { ensure, launch, run } from './browser.mjs';
+import { nodeChecks } from './nodes.mjs';
 import { operateChecks } from './operate.mjs';
+import { templateChecks } from './templates.mjs';
 
 const env = (name) => {
   const value = process.env[name];
@@ -143,6 +145,10 @@ const checks = [
   }],
 
   ...operateChecks({ page, A, B, env, shot, eventually, problems }),
+
+  ...nodeChecks({ page, A, env, shot, eventually, problems }),
+
+  ...templateChecks({ page, A, env, shot, problems }),
 
   ['logout on replica A ends the session on replica B', async () => {
     const stolen = await sessionCookie(A);

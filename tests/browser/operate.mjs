@@ -176,6 +176,10 @@ export function operateChecks({ page, A, B, env, shot, eventually, problems }) {
         await absent(`${A}/ui/instances/web-2`, ['#console-form', '#stop-instance', '#kill-instance']);
         ensure(await viewerPage.$('#console-lines'), 'the viewer cannot read the console');
         await absent(`${A}/ui/instances`, ['#bulk-stop', '#bulk-kill', 'input[name=id]']);
+        await absent(`${A}/ui/nodes`, ['#join-token-form']);
+        await absent(`${A}/ui/templates`, ['#upload-form']);
+        await absent(`${A}/ui/nodes/node-1`, ['#node-actions', '#drain-form']);
+        ensure(await viewerPage.$('#node-state'), 'the viewer cannot read the node');
         await viewerPage.waitForSelector('tr.instance[data-instance="web-2"]');
         await viewerPage.screenshot({ path: `${env('PREXOR_SHOTS')}/viewer-instances.png`, fullPage: true });
         const csrf = await viewerPage.getAttribute('input[name=csrf]', 'value');
@@ -188,6 +192,10 @@ export function operateChecks({ page, A, B, env, shot, eventually, problems }) {
           ['/ui/instances/web-2/command', { command: 'stop' }],
           ['/ui/groups/_new', { name: 'forged', memoryMb: '256' }],
           ['/ui/groups/web/edit', { name: 'web', revision: '1', minInstances: '0' }],
+          ['/ui/nodes/node-1/cordon', {}],
+          ['/ui/nodes/_join-token', { node: 'node-9' }],
+          ['/ui/templates/base/rollback', { version: '1' }],
+          ['/ui/modules/extras/install', { version: '1.0' }],
         ]) {
           const r = await forge(path, form);
           ensure(r.status() === 403, `a viewer's POST ${path} got ${r.status()}: ${await r.text()}`);

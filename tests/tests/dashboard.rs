@@ -3,8 +3,9 @@
 //! node running fake servers. The browser script signs in, reads the overview and its live
 //! events, forges requests the server must refuse, creates a group in the form and watches its
 //! instances come up, uses an instance's console through the other replica, kills an instance
-//! from the list and watches it heal, checks what a viewer sees and may do, and signs out on one
-//! replica to check that the other no longer takes the session.
+//! from the list and watches it heal, checks what a viewer sees and may do, cordons and
+//! uncordons node-1 from its page and creates a join token, uploads template versions and rolls
+//! one back, installs, upgrades and uninstalls a module, and signs out on one replica to check that the other no longer takes the session.
 //! Screenshots of each page go to `target/dashboard-screenshots/`.
 //!
 //! Without Chromium or the script's packages the test fails, naming what to install
@@ -35,6 +36,10 @@ const CHECKS: &[&str] = &[
     "kill an instance from the list; its row changes state live and it is healed",
     "a viewer sees no write controls and a forged POST gets 403",
     "a deployment is paused, resumed and rolled back from the group's page",
+    "the nodes page lists node-1; cordon and uncordon it from its page",
+    "a join token is shown once; a bad validity is refused with its reason",
+    "upload a template version and roll it back",
+    "install, upgrade and uninstall a module from its page",
     "logout on replica A ends the session on replica B",
 ];
 
@@ -132,6 +137,12 @@ async fn dashboard(cluster: &Cluster) -> anyhow::Result<()> {
         "instance",
         "viewer-instances",
         "group-deployment",
+        "nodes",
+        "node",
+        "node-join-token",
+        "templates",
+        "template",
+        "module",
         "signed-out",
     ] {
         let file = shots.join(format!("{page}.png"));

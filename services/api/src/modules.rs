@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::App;
 use crate::auth::{Caller, Principal};
 use crate::error::{ApiError, ApiResult, Json, conflict_if_taken};
-use crate::paging::Page;
+use crate::paging::{Page, PageRequest};
 use crate::templates::{Layer, LayerVersionView, receive_layer, version_document};
 
 pub use prexor_model::workflows::MODULE_MUTATION;
@@ -40,23 +40,23 @@ pub fn routes() -> Router<App> {
 /// A platform module with its versions and what its mutations did.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct ModuleView {
+pub(crate) struct ModuleView {
     /// The module's name.
-    id: String,
-    versions: Vec<LayerVersionView<String>>,
+    pub(crate) id: String,
+    pub(crate) versions: Vec<LayerVersionView<String>>,
     /// `NEW` (never installed), `ACTIVE` or `UNINSTALLED`.
     #[schema(value_type = String)]
-    state: ModuleState,
-    created_at_ms: i64,
+    pub(crate) state: ModuleState,
+    pub(crate) created_at_ms: i64,
     /// The version it runs; `null` once uninstalled; absent while `NEW`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    active: Option<Option<ActiveModuleView>>,
+    pub(crate) active: Option<Option<ActiveModuleView>>,
     /// Absent before the first mutation.
     #[serde(skip_serializing_if = "Option::is_none")]
-    last_mutation: Option<MutationOutcomeView>,
+    pub(crate) last_mutation: Option<MutationOutcomeView>,
     /// Every mutation's outcome, oldest first; absent before the first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    history: Vec<MutationOutcomeView>,
+    pub(crate) history: Vec<MutationOutcomeView>,
 }
 
 impl From<&ModuleRecord> for ModuleView {
@@ -82,10 +82,10 @@ impl From<&ModuleRecord> for ModuleView {
 /// What an installed module runs.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct ActiveModuleView {
-    version: String,
-    hash: String,
-    since_ms: i64,
+pub(crate) struct ActiveModuleView {
+    pub(crate) version: String,
+    pub(crate) hash: String,
+    pub(crate) since_ms: i64,
 }
 
 impl From<&ActiveModule> for ActiveModuleView {
@@ -101,15 +101,15 @@ impl From<&ActiveModule> for ActiveModuleView {
 /// How a mutation ended.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct MutationOutcomeView {
-    action: String,
+pub(crate) struct MutationOutcomeView {
+    pub(crate) action: String,
     /// `null` for uninstall and delete-storage.
-    version: Option<String>,
+    pub(crate) version: Option<String>,
     /// Who requested it.
-    by: String,
-    at_ms: i64,
+    pub(crate) by: String,
+    pub(crate) at_ms: i64,
     /// `DONE` or `FAILED: <problem>`.
-    result: String,
+    pub(crate) result: String,
 }
 
 impl From<&MutationOutcome> for MutationOutcomeView {
@@ -127,24 +127,24 @@ impl From<&MutationOutcome> for MutationOutcomeView {
 /// The module mutation in flight.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct MutationView {
+pub(crate) struct MutationView {
     /// Always `current`: there is one at a time.
-    id: String,
-    module: String,
+    pub(crate) id: String,
+    pub(crate) module: String,
     /// `install`, `upgrade`, `uninstall` or `delete-storage`.
-    action: String,
+    pub(crate) action: String,
     /// `REQUESTED`, then `VERIFIED` by the platform-module holder, which then applies it.
     #[schema(value_type = String)]
-    step: MutationStep,
-    requested_by: String,
-    requested_at_ms: i64,
+    pub(crate) step: MutationStep,
+    pub(crate) requested_by: String,
+    pub(crate) requested_at_ms: i64,
     /// The version to install or upgrade to, and its layer.
     #[serde(skip_serializing_if = "Option::is_none")]
-    version: Option<String>,
+    pub(crate) version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    hash: Option<String>,
+    pub(crate) hash: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    verified_at_ms: Option<i64>,
+    pub(crate) verified_at_ms: Option<i64>,
 }
 
 impl From<&MutationRecord> for MutationView {
@@ -163,8 +163,23 @@ impl From<&MutationRecord> for MutationView {
     }
 }
 
-crate::paging::list_all! {
-    list = "/api/v1/modules", "modules", "modules:read", ModuleRecord => ModuleView;
+#[utoipa::path(
+    get, path = "/api/v1/modules", tag = "modules", params(PageRequest),
+    responses((status = 200, body = Page<ModuleView>))
+)]
+async fn list(Caller(app, who): Caller, page: PageRequest) -> ApiResult<Json<Page<ModuleView>>> {
+    Ok(Json(list_modules(&app, &who, &page).await?))
+}
+
+/// A page of the modules, for `who` (`modules:read`).
+pub(crate) async fn list_modules(
+    app: &App,
+    who: &Principal,
+    page: &PageRequest,
+) -> ApiResult<Page<ModuleView>> {
+    who.require("modules:read")?;
+    let view = |record: ModuleRecord| ModuleView::from(&record);
+    Ok(app.views("listing modules", doc! {}, page, view).await?.0)
 }
 
 #[utoipa::path(
@@ -172,8 +187,13 @@ crate::paging::list_all! {
     responses((status = 200, body = ModuleView))
 )]
 async fn show(Caller(app, who): Caller, Path(name): Path<String>) -> ApiResult<Json<ModuleView>> {
+    Ok(Json(show_module(&app, &who, &name).await?))
+}
+
+/// Module `name` with its versions and mutations, for `who` (`modules:read`).
+pub(crate) async fn show_module(app: &App, who: &Principal, name: &str) -> ApiResult<ModuleView> {
     who.require("modules:read")?;
-    Ok(Json(ModuleView::from(&app.find(&name).await?)))
+    Ok(ModuleView::from(&app.find(name).await?))
 }
 
 async fn current_mutation(app: &App) -> ApiResult<Option<MutationRecord>> {
@@ -188,9 +208,17 @@ async fn current_mutation(app: &App) -> ApiResult<Option<MutationRecord>> {
     )
 )]
 async fn mutation(Caller(app, who): Caller) -> ApiResult<Json<Option<MutationView>>> {
+    Ok(Json(mutation_in_flight(&app, &who).await?))
+}
+
+/// The module mutation in flight, if any, for `who` (`modules:read`).
+pub(crate) async fn mutation_in_flight(
+    app: &App,
+    who: &Principal,
+) -> ApiResult<Option<MutationView>> {
     who.require("modules:read")?;
-    let current = current_mutation(&app).await?;
-    Ok(Json(current.as_ref().map(MutationView::from)))
+    let current = current_mutation(app).await?;
+    Ok(current.as_ref().map(MutationView::from))
 }
 
 fn check_version(version: &str) -> ApiResult<()> {
@@ -323,10 +351,10 @@ async fn request(
 }
 
 /// What a mutation request answers: the mutation now in flight.
-type Requested = ApiResult<(StatusCode, Json<MutationView>)>;
+pub(crate) type Requested = ApiResult<(StatusCode, Json<MutationView>)>;
 
 /// A mutation an operator asks for.
-enum Mutation {
+pub(crate) enum Mutation {
     /// Of the version given.
     Install(String),
     /// To the version given.
@@ -401,7 +429,12 @@ async fn check_allowed(app: &App, module: &ModuleRecord, mutation: &Mutation) ->
 
 /// Requests `mutation` of module `name` for a caller who may change modules, if the module's
 /// state allows it; the version to install or upgrade to must have been uploaded.
-async fn mutate(app: App, who: Principal, name: String, mutation: Mutation) -> Requested {
+pub(crate) async fn mutate(
+    app: App,
+    who: Principal,
+    name: String,
+    mutation: Mutation,
+) -> Requested {
     who.require("modules:write")?;
     let module = app.find(&name).await?;
     check_allowed(&app, &module, &mutation).await?;

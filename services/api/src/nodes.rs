@@ -24,7 +24,7 @@ use prexor_model::nodes::NODES;
 use prexor_model::nodes::{DrainRecord, DrainState, NodeAllocation, NodeRecord, NodeState};
 
 mod views;
-use views::{NodeDrainView, NodeView};
+pub(crate) use views::{NodeDrainView, NodeView};
 /// Default and longest drain timeouts (past it, the node's remaining instances are killed).
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
 const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -48,8 +48,17 @@ pub fn routes() -> Router<App> {
     responses((status = 200, body = Page<NodeView>))
 )]
 async fn list(Caller(app, who): Caller, page: PageRequest) -> ApiResult<Json<Page<NodeView>>> {
+    Ok(Json(list_nodes(&app, &who, &page).await?))
+}
+
+/// A page of the nodes with their allocations and drains, for `who` (`nodes:read`).
+pub(crate) async fn list_nodes(
+    app: &App,
+    who: &Principal,
+    page: &PageRequest,
+) -> ApiResult<Page<NodeView>> {
     who.require("nodes:read")?;
-    let nodes: Page<NodeRecord> = app.page("listing nodes", doc! {}, &page).await?;
+    let nodes: Page<NodeRecord> = app.page("listing nodes", doc! {}, page).await?;
     let ids =
         doc! { "_id": { "$in": nodes.items.iter().map(|n| n.id.as_str()).collect::<Vec<_>>() } };
     let (allocations, drains) = tokio::try_join!(
@@ -68,11 +77,11 @@ async fn list(Caller(app, who): Caller, page: PageRequest) -> ApiResult<Json<Pag
         .collect();
     let mut drains: HashMap<String, DrainRecord> =
         drains.into_iter().map(|d| (d.id.clone(), d)).collect();
-    Ok(Json(nodes.map(|node| {
+    Ok(nodes.map(|node| {
         let reserved_mb = reserved.get(&node.id).copied().unwrap_or(0);
         let drain = drains.remove(&node.id);
         NodeView::new(node, reserved_mb, drain)
-    })))
+    }))
 }
 
 /// `node` as the API shows it (with its allocation and drain).
@@ -90,12 +99,23 @@ async fn view(app: &App, node: NodeRecord) -> ApiResult<NodeView> {
     responses((status = 200, body = NodeView))
 )]
 async fn show(Caller(app, who): Caller, Path(id): Path<String>) -> ApiResult<Json<NodeView>> {
-    who.require("nodes:read")?;
-    let node = app.find(&id).await?;
-    Ok(Json(view(&app, node).await?))
+    Ok(Json(show_node(&app, &who, &id).await?))
 }
 
-async fn set_cordon(app: App, who: Principal, id: String, cordoned: bool) -> ApiResult<StatusCode> {
+/// Node `id` with its allocation and drain, for `who` (`nodes:read`).
+pub(crate) async fn show_node(app: &App, who: &Principal, id: &str) -> ApiResult<NodeView> {
+    who.require("nodes:read")?;
+    let node = app.find(id).await?;
+    view(app, node).await
+}
+
+/// Cordons (`cordoned`) or uncordons node `id` for `who` (`nodes:write`).
+pub(crate) async fn set_cordon(
+    app: App,
+    who: Principal,
+    id: String,
+    cordoned: bool,
+) -> ApiResult<StatusCode> {
     who.require("nodes:write")?;
     let before: NodeRecord = app.find(&id).await?;
     // `$set` of one field: the gateway's own `$set`s of the node's state never erase it.
@@ -132,38 +152,45 @@ crate::app::variants! {
     responses((status = 204))
 )]
 async fn remove(Caller(app, who): Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    delete_node(&app, &who, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes node `id` (refused while it is connected) and revokes its certificates, for `who`
+/// (`nodes:write`).
+pub(crate) async fn delete_node(app: &App, who: &Principal, id: &str) -> ApiResult<()> {
     who.require("nodes:write")?;
-    let node: NodeRecord = app.find(&id).await?;
+    let node: NodeRecord = app.find(id).await?;
     if node.is_online() {
         return Err(ApiError::conflict(format!(
             "node {id:?} is connected (through gateway {}); stop its daemon first",
             node.gateway
         )));
     }
-    let before = view(&app, node).await?;
+    let before = view(app, node).await?;
     let store = app.store();
     store
         .bounded(
             "deleting a node",
             store
                 .documents(NODES)
-                .delete_one(doc! { "_id": &id, "state": { "$ne": NodeState::Online } }),
+                .delete_one(doc! { "_id": id, "state": { "$ne": NodeState::Online } }),
         )
         .await?;
     // A deleted node cannot come back with the certificate it had.
-    let revoked = prexor_model::pki::revoke_node(app.store(), &id, "the node was deleted").await?;
+    let revoked = prexor_model::pki::revoke_node(app.store(), id, "the node was deleted").await?;
     tracing::info!(node = %id, certificates = revoked, "node deleted; its certificates are revoked");
     app.audit_and_publish(
-        &who,
+        who,
         "node.delete",
-        &id,
+        id,
         Some(&before),
         None::<&()>,
         "NODE_DELETED",
         serde_json::json!({}),
     )
     .await;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 /// 400 unless `id` can name a node.
@@ -201,12 +228,12 @@ struct JoinTokenRequest {
 /// A single-use join token for a node.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct JoinTokenReply {
-    node_id: String,
+pub(crate) struct JoinTokenReply {
+    pub(crate) node_id: String,
     /// Shown once; put it into the node's `daemon.joinToken`.
-    token: String,
-    expires_at_ms: i64,
-    ca_fingerprint: String,
+    pub(crate) token: String,
+    pub(crate) expires_at_ms: i64,
+    pub(crate) ca_fingerprint: String,
 }
 
 #[utoipa::path(
@@ -220,11 +247,24 @@ async fn join_token(
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<JoinTokenReply>)> {
     who.require("nodes:write")?;
-    check_node_id(&id)?;
     let request: JoinTokenRequest = crate::error::optional_body(&body)?;
+    let reply = create_join_token(&app, &who, &id, request.expires_in.as_deref()).await?;
+    Ok((StatusCode::CREATED, Json(reply)))
+}
+
+/// A single-use join token for node `id`, valid `expires_in` (default 1h), for `who`
+/// (`nodes:write`).
+pub(crate) async fn create_join_token(
+    app: &App,
+    who: &Principal,
+    id: &str,
+    expires_in: Option<&str>,
+) -> ApiResult<JoinTokenReply> {
+    who.require("nodes:write")?;
+    check_node_id(id)?;
     let ttl = requested(
         "expiresIn",
-        request.expires_in.as_deref(),
+        expires_in,
         Duration::from_secs(3600),
         MAX_JOIN_TOKEN_TTL,
         "7 days",
@@ -240,29 +280,26 @@ async fn join_token(
         })?;
     let (token, expires_at_ms) = prexor_model::pki::create_join_token(
         store,
-        &id,
+        id,
         &ca.certificate,
         ttl,
         &format!("{} via {}", who.user, app.service.config.replica_id),
     )
     .await?;
     app.audit::<(), _>(
-        &who,
+        who,
         "node.join-token",
-        &id,
+        id,
         None,
         Some(&serde_json::json!({ "expiresAtMs": expires_at_ms })),
     )
     .await;
-    Ok((
-        StatusCode::CREATED,
-        Json(JoinTokenReply {
-            node_id: id,
-            token: token.to_string(),
-            expires_at_ms,
-            ca_fingerprint: ca.certificate.fingerprint.clone(),
-        }),
-    ))
+    Ok(JoinTokenReply {
+        node_id: id.to_owned(),
+        token: token.to_string(),
+        expires_at_ms,
+        ca_fingerprint: ca.certificate.fingerprint.clone(),
+    })
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -362,9 +399,31 @@ async fn drain(
 ) -> ApiResult<(StatusCode, Json<NodeDrainView>)> {
     who.require("nodes:write")?;
     let request: DrainRequest = crate::error::optional_body(&body)?;
+    let drain = start_drain(
+        &app,
+        &who,
+        &id,
+        request.timeout.as_deref(),
+        request.shutdown,
+    )
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(drain)))
+}
+
+/// Records the drain intent for node `id` (its instances get `timeout`, default 10m; the
+/// daemon is shut down once empty when `shutdown`), for `who` (`nodes:write`).
+pub(crate) async fn start_drain(
+    app: &App,
+    who: &Principal,
+    id: &str,
+    timeout: Option<&str>,
+    shutdown: bool,
+) -> ApiResult<NodeDrainView> {
+    who.require("nodes:write")?;
+    let id = id.to_owned();
     let timeout = requested(
         "timeout",
-        request.timeout.as_deref(),
+        timeout,
         DEFAULT_DRAIN_TIMEOUT,
         MAX_DRAIN_TIMEOUT,
         "24h",
@@ -377,7 +436,7 @@ async fn drain(
             format!("{id:?} is too long to name its drain workflow (at most 57 characters)"),
         ));
     }
-    if let Some(current) = find_drain(&app, &id).await?
+    if let Some(current) = find_drain(app, &id).await?
         && current.is_open()
     {
         return Err(ApiError::conflict(format!(
@@ -389,7 +448,7 @@ async fn drain(
         id: id.clone(),
         state: DrainState::Pending,
         timeout_ms: timeout.as_millis() as i64,
-        shutdown: request.shutdown,
+        shutdown,
         requested_by: who.user.clone(),
         requested_at_ms: prexor_domain::now_ms(),
         workflow: scope.to_string(),
@@ -412,7 +471,7 @@ async fn drain(
             conflict_if_taken(err, || format!("node {id:?} is already being drained"))
         })?;
     app.audit_and_publish::<(), _>(
-        &who,
+        who,
         "node.drain",
         &id,
         None,
@@ -421,8 +480,8 @@ async fn drain(
         serde_json::json!({}),
     )
     .await;
-    let drain = find_drain(&app, &id).await?.unwrap_or(intent);
-    Ok((StatusCode::ACCEPTED, Json(drain.into())))
+    let drain = find_drain(app, &id).await?.unwrap_or(intent);
+    Ok(drain.into())
 }
 
 #[utoipa::path(
@@ -446,6 +505,11 @@ async fn drain_status(
     responses((status = 204))
 )]
 async fn undrain(Caller(app, who): Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    undrain_node(app, who, id).await
+}
+
+/// Cancels node `id`'s open drain and uncordons it, for `who` (`nodes:write`).
+pub(crate) async fn undrain_node(app: App, who: Principal, id: String) -> ApiResult<StatusCode> {
     who.require("nodes:write")?;
     app.find::<NodeRecord>(&id).await?;
     let open = doc! { "_id": &id, "state": DrainState::open_filter() };

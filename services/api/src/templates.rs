@@ -16,9 +16,9 @@ use prexor_model::workflows::templates::{LayerVersion, TemplateRecord, TemplateV
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
-use crate::auth::Caller;
+use crate::auth::{Caller, Principal};
 use crate::error::{ApiError, ApiResult, Json, conflict_if_taken};
-use crate::paging::Page;
+use crate::paging::{Page, PageRequest};
 use crate::uploads;
 
 pub use prexor_model::workflows::TEMPLATES;
@@ -33,14 +33,14 @@ pub fn routes() -> Router<App> {
 
 /// A template in the listing: its current version's layer and how many versions it has.
 #[derive(Serialize, utoipa::ToSchema)]
-struct TemplateSummary {
-    name: String,
-    current: Option<i64>,
+pub(crate) struct TemplateSummary {
+    pub(crate) name: String,
+    pub(crate) current: Option<i64>,
     /// The current version's layer (SHA-256) and its size in bytes.
-    hash: Option<String>,
-    size: Option<i64>,
+    pub(crate) hash: Option<String>,
+    pub(crate) size: Option<i64>,
     /// How many versions it has.
-    versions: usize,
+    pub(crate) versions: usize,
 }
 
 impl From<&TemplateRecord> for TemplateSummary {
@@ -58,12 +58,12 @@ impl From<&TemplateRecord> for TemplateSummary {
 
 /// A template with every version.
 #[derive(Serialize, utoipa::ToSchema)]
-struct TemplateView {
+pub(crate) struct TemplateView {
     /// The template's name.
-    id: String,
-    versions: Vec<LayerVersionView<i64>>,
+    pub(crate) id: String,
+    pub(crate) versions: Vec<LayerVersionView<i64>>,
     /// The version a group gets when it names the template without one.
-    current: Option<i64>,
+    pub(crate) current: Option<i64>,
 }
 
 impl From<&TemplateRecord> for TemplateView {
@@ -84,15 +84,15 @@ impl From<&TemplateRecord> for TemplateView {
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LayerVersionView<V> {
-    version: V,
+    pub(crate) version: V,
     /// The layer's SHA-256 (what plans name).
-    hash: String,
+    pub(crate) hash: String,
     /// Bytes of the tar.gz.
-    size: i64,
+    pub(crate) size: i64,
     /// Entries in the tar.gz.
-    files: i64,
-    uploaded_by: String,
-    uploaded_at_ms: i64,
+    pub(crate) files: i64,
+    pub(crate) uploaded_by: String,
+    pub(crate) uploaded_at_ms: i64,
 }
 
 impl<V: Clone> From<&LayerVersion<V>> for LayerVersionView<V> {
@@ -114,8 +114,26 @@ pub fn version_document<V: Serialize>(version: &LayerVersion<V>) -> ApiResult<bs
         .map_err(|e| ApiError::internal(format!("cannot encode the layer version: {e}")))
 }
 
-crate::paging::list_all! {
-    list = "/api/v1/templates", "templates", "templates:read", TemplateRecord => TemplateSummary;
+#[utoipa::path(
+    get, path = "/api/v1/templates", tag = "templates", params(PageRequest),
+    responses((status = 200, body = Page<TemplateSummary>))
+)]
+async fn list(
+    Caller(app, who): Caller,
+    page: PageRequest,
+) -> ApiResult<Json<Page<TemplateSummary>>> {
+    Ok(Json(list_templates(&app, &who, &page).await?))
+}
+
+/// A page of the templates, for `who` (`templates:read`).
+pub(crate) async fn list_templates(
+    app: &App,
+    who: &Principal,
+    page: &PageRequest,
+) -> ApiResult<Page<TemplateSummary>> {
+    who.require("templates:read")?;
+    let view = |record: TemplateRecord| TemplateSummary::from(&record);
+    Ok(app.views("listing templates", doc! {}, page, view).await?.0)
 }
 
 #[utoipa::path(
@@ -123,8 +141,17 @@ crate::paging::list_all! {
     responses((status = 200, body = TemplateView))
 )]
 async fn show(Caller(app, who): Caller, Path(name): Path<String>) -> ApiResult<Json<TemplateView>> {
+    Ok(Json(show_template(&app, &who, &name).await?))
+}
+
+/// Template `name` with every version, for `who` (`templates:read`).
+pub(crate) async fn show_template(
+    app: &App,
+    who: &Principal,
+    name: &str,
+) -> ApiResult<TemplateView> {
     who.require("templates:read")?;
-    Ok(Json(TemplateView::from(&app.find(&name).await?)))
+    Ok(TemplateView::from(&app.find(name).await?))
 }
 
 /// A checked layer, stored.
@@ -165,14 +192,29 @@ async fn upload(
     headers: HeaderMap,
     body: Raw,
 ) -> ApiResult<(StatusCode, Json<TemplateView>)> {
+    let (status, view) = upload_template(&app, &who, &name, &headers, body).await?;
+    Ok((status, Json(view)))
+}
+
+/// Template `name`'s new version from a tar.gz `body` (streamed, checked, stored), now current
+/// (201); the current one again if the bytes are the same (200). For `who`
+/// (`templates:write`).
+pub(crate) async fn upload_template(
+    app: &App,
+    who: &Principal,
+    name: &str,
+    headers: &HeaderMap,
+    body: Raw,
+) -> ApiResult<(StatusCode, TemplateView)> {
     who.require("templates:write")?;
+    let name = name.to_owned();
     crate::error::check_name("name", &name)?;
-    let Layer { hash, size, files } = receive_layer(&app, &headers, body).await?;
+    let Layer { hash, size, files } = receive_layer(app, headers, body).await?;
     let existing: Option<TemplateRecord> = app.record(TEMPLATES, &name).await?;
     if let Some(template) = &existing
         && template.current_version().is_some_and(|v| v.hash == hash)
     {
-        return Ok((StatusCode::OK, Json(TemplateView::from(template))));
+        return Ok((StatusCode::OK, TemplateView::from(template)));
     }
     let next = existing.as_ref().map_or(1, |t| {
         t.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1
@@ -212,7 +254,7 @@ async fn upload(
         )));
     }
     app.audit_and_publish::<(), _>(
-        &who,
+        who,
         "template.upload",
         &name,
         None,
@@ -223,7 +265,7 @@ async fn upload(
     .await;
     Ok((
         StatusCode::CREATED,
-        Json(TemplateView::from(&app.find(&name).await?)),
+        TemplateView::from(&app.find(&name).await?),
     ))
 }
 
@@ -242,31 +284,43 @@ async fn rollback(
     Path(name): Path<String>,
     Json(request): Json<Rollback>,
 ) -> ApiResult<Json<TemplateView>> {
+    Ok(Json(
+        rollback_template(&app, &who, &name, request.version).await?,
+    ))
+}
+
+/// Makes `version` template `name`'s current version again, for `who` (`templates:write`).
+pub(crate) async fn rollback_template(
+    app: &App,
+    who: &Principal,
+    name: &str,
+    version: i64,
+) -> ApiResult<TemplateView> {
     who.require("templates:write")?;
-    let template: TemplateRecord = app.find(&name).await?;
-    if template.version(request.version).is_none() {
+    let template: TemplateRecord = app.find(name).await?;
+    if template.version(version).is_none() {
         return Err(ApiError::field(
             "version",
-            format!("template {name:?} has no version {}", request.version),
+            format!("template {name:?} has no version {version}"),
         ));
     }
     let before = template.current;
     app.update_by_id(
         TEMPLATES,
         "moving the template's current version",
-        &name,
-        doc! { "$set": { "current": request.version } },
+        name,
+        doc! { "$set": { "current": version } },
     )
     .await?;
     app.audit(
-        &who,
+        who,
         "template.rollback",
-        &name,
+        name,
         Some(&before),
-        Some(&request.version),
+        Some(&version),
     )
     .await;
-    Ok(Json(TemplateView::from(&app.find(&name).await?)))
+    Ok(TemplateView::from(&app.find(name).await?))
 }
 
 #[utoipa::path(

@@ -10,32 +10,32 @@ use serde::Serialize;
 /// drain.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct NodeView {
-    id: String,
+pub(crate) struct NodeView {
+    pub(crate) id: String,
     /// Whether its daemon is connected.
     #[schema(value_type = String, example = "ONLINE")]
-    state: NodeState,
+    pub(crate) state: NodeState,
     /// The gateway replica holding (or that last held) its session.
-    gateway: String,
-    ownership_token: i64,
+    pub(crate) gateway: String,
+    pub(crate) ownership_token: i64,
     /// The daemon's version.
-    version: String,
-    host_id: String,
-    labels: BTreeMap<String, String>,
+    pub(crate) version: String,
+    pub(crate) host_id: String,
+    pub(crate) labels: BTreeMap<String, String>,
     /// Null until the daemon reports them.
-    resources: Option<NodeResourcesView>,
+    pub(crate) resources: Option<NodeResourcesView>,
     /// How its daemon keeps servers apart (null from daemons that do not say).
-    isolation: Option<NodeIsolationView>,
-    connected_at_ms: i64,
-    last_heartbeat_ms: i64,
+    pub(crate) isolation: Option<NodeIsolationView>,
+    pub(crate) connected_at_ms: i64,
+    pub(crate) last_heartbeat_ms: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    disconnected_at_ms: Option<i64>,
+    pub(crate) disconnected_at_ms: Option<i64>,
     /// No new placements on it.
-    cordoned: bool,
+    pub(crate) cordoned: bool,
     /// Memory reserved by placements.
-    reserved_mb: i64,
+    pub(crate) reserved_mb: i64,
     /// Its drain (running or the last one), if it was ever drained.
-    drain: Option<NodeDrainView>,
+    pub(crate) drain: Option<NodeDrainView>,
 }
 
 impl NodeView {
@@ -68,13 +68,13 @@ impl NodeView {
 /// What the node's daemon reports about its host.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct NodeResourcesView {
-    memory_total_mb: i64,
+pub(crate) struct NodeResourcesView {
+    pub(crate) memory_total_mb: i64,
     /// What placements may reserve.
-    memory_allocatable_mb: i64,
-    memory_available_mb: i64,
-    cpu_cores: i64,
-    load_average_1m: f64,
+    pub(crate) memory_allocatable_mb: i64,
+    pub(crate) memory_available_mb: i64,
+    pub(crate) cpu_cores: i64,
+    pub(crate) load_average_1m: f64,
 }
 
 impl From<NodeResources> for NodeResourcesView {
@@ -92,41 +92,41 @@ impl From<NodeResources> for NodeResourcesView {
 /// How a node's daemon keeps its servers apart, in words.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct NodeIsolationView {
+pub(crate) struct NodeIsolationView {
     /// The users servers run as (e.g. "one uid per server from 200000-200999").
-    run_as: String,
+    pub(crate) run_as: String,
     /// Per-server resource limits ("cgroup v2 at …", or "unavailable: <reason>").
-    limits: String,
+    pub(crate) limits: String,
     /// Whether servers get memory limits on this node.
-    resource_limits: bool,
+    pub(crate) resource_limits: bool,
 }
 
 /// A node's drain.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct NodeDrainView {
+pub(crate) struct NodeDrainView {
     #[schema(value_type = String, example = "DRAINING")]
-    state: DrainState,
+    pub(crate) state: DrainState,
     /// How long the instances get to stop before they are killed.
-    timeout_ms: i64,
+    pub(crate) timeout_ms: i64,
     /// Shut the daemon down once the node is empty.
-    shutdown: bool,
-    requested_by: String,
-    requested_at_ms: i64,
+    pub(crate) shutdown: bool,
+    pub(crate) requested_by: String,
+    pub(crate) requested_at_ms: i64,
     /// The workflow lease scope it runs under.
-    workflow: String,
+    pub(crate) workflow: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    started_at_ms: Option<i64>,
+    pub(crate) started_at_ms: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    holder: Option<String>,
+    pub(crate) holder: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    shutdown_requested_at_ms: Option<i64>,
+    pub(crate) shutdown_requested_at_ms: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    shutdown_token: Option<i64>,
+    pub(crate) shutdown_token: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    finished_at_ms: Option<i64>,
+    pub(crate) finished_at_ms: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    cancelled_by: Option<String>,
+    pub(crate) cancelled_by: Option<String>,
 }
 
 impl From<DrainRecord> for NodeDrainView {

@@ -36,13 +36,14 @@ macro_rules! embedded {
     };
 }
 
-/// Every embedded file, in [`HTMX`], [`SSE`], [`STYLE`], [`CONSOLE`] order.
+/// Every embedded file, in [`HTMX`], [`SSE`], [`STYLE`], [`CONSOLE`], [`UPLOAD`] order.
 static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {
     embedded! {
         "htmx.min.js" as "text/javascript; charset=utf-8",
         "htmx-ext-sse.min.js" as "text/javascript; charset=utf-8",
         "dashboard.css" as "text/css; charset=utf-8",
         "console.js" as "text/javascript; charset=utf-8",
+        "upload.js" as "text/javascript; charset=utf-8",
     }
     .into_iter()
     .map(|(name, content_type, bytes)| Asset {
@@ -59,6 +60,8 @@ pub const SSE: usize = 1;
 pub const STYLE: usize = 2;
 /// The instance page's console (the project's own script).
 pub const CONSOLE: usize = 3;
+/// The template page's upload form (the project's own script).
+pub const UPLOAD: usize = 4;
 
 /// The embedded file `index` ([`HTMX`], [`SSE`], [`STYLE`], [`CONSOLE`]).
 pub fn asset(index: usize) -> &'static Asset {
@@ -126,5 +129,6 @@ mod tests {
         assert_eq!(asset(HTMX).name, "htmx.min.js");
         assert_eq!(asset(SSE).name, "htmx-ext-sse.min.js");
         assert_eq!(asset(CONSOLE).name, "console.js");
+        assert_eq!(asset(UPLOAD).name, "upload.js");
     }
 }

@@ -11,10 +11,9 @@ use axum::response::{Html, Response};
 use maud::{Markup, html};
 use prexor_domain::ScalingMode;
 use prexor_model::workflows::DeploymentState;
-use serde::Deserialize;
 
 use super::session::{Guarded, NoFields, Signed};
-use super::widgets::{badge, events_source, live, may, outcome, refusal, when};
+use super::widgets::{After, badge, events_source, live, may, outcome, refusal, when};
 use super::{UiError, html, layout};
 use crate::app::App;
 use crate::auth::Principal;
@@ -28,25 +27,10 @@ const PAGE: i64 = 100;
 /// Deployments a group's page shows (newest first).
 const DEPLOYMENTS_SHOWN: i64 = 10;
 
-#[derive(Deserialize, Default)]
-pub struct After {
-    after: Option<String>,
-}
-
-fn page_of(after: &After) -> PageRequest {
-    PageRequest {
-        limit: PAGE,
-        after: after.after.clone().filter(|a| !a.is_empty()),
-    }
-}
-
 /// `GET /ui/groups`.
 pub async fn list(signed: Signed, Query(after): Query<After>) -> Result<Html<String>, UiError> {
     let who = &signed.who;
-    let url = match &after.after {
-        Some(a) => format!("/ui/groups/_rows?after={}", urlencode(a)),
-        None => "/ui/groups/_rows".to_owned(),
-    };
+    let url = after.rows_url("/ui/groups/_rows");
     let rows = rows_part(&signed.app, who, &after).await?;
     let content = html! {
         div.title {
@@ -70,7 +54,7 @@ pub async fn rows(signed: Signed, Query(after): Query<After>) -> Result<Html<Str
 }
 
 async fn rows_part(app: &App, who: &Principal, after: &After) -> Result<Markup, UiError> {
-    let groups: Page<GroupView> = list_groups(app, who, &page_of(after)).await?;
+    let groups: Page<GroupView> = list_groups(app, who, &after.page(PAGE)).await?;
     Ok(html! {
         @if groups.items.is_empty() {
             p.note #no-groups { "No groups yet." }

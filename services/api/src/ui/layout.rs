@@ -31,6 +31,21 @@ const NAVIGATION: &[NavPage] = &[
         href: "/ui/instances",
         needs: Some("instances:read"),
     },
+    NavPage {
+        title: "Nodes",
+        href: "/ui/nodes",
+        needs: Some("nodes:read"),
+    },
+    NavPage {
+        title: "Templates",
+        href: "/ui/templates",
+        needs: Some("templates:read"),
+    },
+    NavPage {
+        title: "Modules",
+        href: "/ui/modules",
+        needs: Some("modules:read"),
+    },
 ];
 
 /// htmx without what the policy forbids: no inline indicator styles, no `eval`, no scripts in

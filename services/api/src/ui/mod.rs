@@ -18,8 +18,11 @@ mod instance;
 mod instances;
 mod layout;
 mod login;
+mod modules;
+mod nodes;
 mod overview;
 mod session;
+mod templates;
 mod widgets;
 
 use axum::Router;
@@ -27,7 +30,7 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 
 use crate::app::App;
 use crate::error::ApiError;
@@ -78,6 +81,23 @@ pub fn routes() -> Router<App> {
         .route("/ui/instances/{id}/console", get(instance::console))
         .route("/ui/instances/{id}/command", post(instance::command))
         .route("/ui/instances/{id}/{action}", post(instance::halt))
+        .route("/ui/nodes", get(nodes::list))
+        .route("/ui/nodes/_rows", get(nodes::rows))
+        .route("/ui/nodes/_join-token", post(nodes::join_token))
+        .route("/ui/nodes/{id}", get(nodes::detail))
+        .route("/ui/nodes/{id}/live", get(nodes::live_rows))
+        .route("/ui/nodes/{id}/{action}", post(nodes::action))
+        .route("/ui/templates", get(templates::list))
+        .route("/ui/templates/_rows", get(templates::rows))
+        .route("/ui/templates/{name}", get(templates::detail))
+        .route("/ui/templates/{name}/versions", get(templates::versions))
+        .route("/ui/templates/{name}/rollback", post(templates::rollback))
+        .route("/ui/templates/{name}/upload", put(templates::upload))
+        .route("/ui/modules", get(modules::list))
+        .route("/ui/modules/_rows", get(modules::rows))
+        .route("/ui/modules/{name}", get(modules::detail))
+        .route("/ui/modules/{name}/live", get(modules::live_part))
+        .route("/ui/modules/{name}/{action}", post(modules::action))
         .route("/ui/login", get(login::form).post(login::submit))
         .route("/ui/logout", post(login::logout))
         .route("/ui/assets/{hash}/{name}", get(assets::serve))

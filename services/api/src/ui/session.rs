@@ -186,26 +186,12 @@ impl<T: DeserializeOwned> FromRequest<App> for Guarded<T> {
                 format!("the form is larger than {FORM_LIMIT} bytes"),
             )
         })?;
-        let from_header = parts
-            .headers
-            .get(CSRF_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let presented = from_header.or_else(|| {
+        let presented = csrf_header(&parts.headers).or_else(|| {
             serde_urlencoded::from_bytes::<CsrfField>(&bytes)
                 .ok()
                 .and_then(|f| f.csrf)
         });
-        let Some(presented) = presented.filter(|t| !t.is_empty()) else {
-            return Err(UiError::forbidden(format!(
-                "request refused: it carries no CSRF token (the {CSRF_FIELD:?} form field or the X-CSRF-Token header); reload the page and try again"
-            )));
-        };
-        if !app.sessions.is_binding(&signed.session_id, &presented) {
-            return Err(UiError::forbidden(
-                "request refused: its CSRF token does not belong to this session; reload the page and try again",
-            ));
-        }
+        check_csrf(app, &signed, presented)?;
         let form = serde_urlencoded::from_bytes(&bytes).map_err(|e| {
             UiError::refused(
                 StatusCode::BAD_REQUEST,
@@ -213,6 +199,53 @@ impl<T: DeserializeOwned> FromRequest<App> for Guarded<T> {
             )
         })?;
         Ok(Guarded { signed, form })
+    }
+}
+
+/// The CSRF token in the `X-CSRF-Token` header.
+fn csrf_header(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Refused unless `presented` is `signed`'s session's CSRF token.
+fn check_csrf(app: &App, signed: &Signed, presented: Option<String>) -> Result<(), UiError> {
+    let Some(presented) = presented.filter(|t| !t.is_empty()) else {
+        return Err(UiError::forbidden(format!(
+            "request refused: it carries no CSRF token (the {CSRF_FIELD:?} form field or the X-CSRF-Token header); reload the page and try again"
+        )));
+    };
+    if !app.sessions.is_binding(&signed.session_id, &presented) {
+        return Err(UiError::forbidden(
+            "request refused: its CSRF token does not belong to this session; reload the page and try again",
+        ));
+    }
+    Ok(())
+}
+
+/// A change whose body is a file streamed on as it arrives (an upload), not a form: from this
+/// origin, by a signed-in user, with the session's CSRF token in the `X-CSRF-Token` header.
+pub struct GuardedUpload {
+    pub signed: Signed,
+    pub headers: HeaderMap,
+    pub body: axum::body::Body,
+}
+
+impl FromRequest<App> for GuardedUpload {
+    type Rejection = UiError;
+
+    async fn from_request(request: Request, app: &App) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = request.into_parts();
+        same_origin(&parts.headers, &parts.uri)?;
+        let signed = Signed::from_request_parts(&mut parts, app).await?;
+        check_csrf(app, &signed, csrf_header(&parts.headers))?;
+        Ok(GuardedUpload {
+            signed,
+            headers: parts.headers,
+            body,
+        })
     }
 }
 

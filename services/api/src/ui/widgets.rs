@@ -7,6 +7,35 @@ use maud::{Markup, html};
 
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::paging::PageRequest;
+
+/// A list page's query: where its page starts (`after`, the cursor of the page before).
+#[derive(serde::Deserialize)]
+pub struct After {
+    after: Option<String>,
+}
+
+impl After {
+    /// The page of at most `limit` rows it asks for.
+    pub fn page(&self, limit: i64) -> PageRequest {
+        PageRequest {
+            limit,
+            after: self.cursor().map(str::to_owned),
+        }
+    }
+
+    fn cursor(&self) -> Option<&str> {
+        self.after.as_deref().filter(|a| !a.is_empty())
+    }
+
+    /// `rows` (the URL of the list's rows) for the same page.
+    pub fn rows_url(&self, rows: &str) -> String {
+        match self.cursor() {
+            Some(after) => format!("{rows}?after={}", super::groups::urlencode(after)),
+            None => rows.to_owned(),
+        }
+    }
+}
 
 /// The badge colour of a state.
 pub fn tone(state: &str) -> &'static str {
