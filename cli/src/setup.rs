@@ -166,6 +166,9 @@ struct Step {
 struct Plan {
     checked: Vec<String>,
     dirs: Vec<PathBuf>,
+    /// Symbolic links (link, target), made once the directories exist: `<config dir>/data` to
+    /// the CA's state under the state directory, where docs/ha-setup.md copies the CA key.
+    links: Vec<(PathBuf, PathBuf)>,
     files: Vec<PlannedFile>,
     steps: Vec<Step>,
     units: Vec<String>,
@@ -325,12 +328,15 @@ async fn controller(args: &SetupArgs) -> anyhow::Result<Plan> {
     plan.checked
         .push(format!("Valkey at {valkey_shown} reachable"));
 
-    let data_dir = args.config_dir.join("data");
+    // The CA's key and certificate change (first start, renewals): state, under the state
+    // directory; `<config dir>/data` links to it.
+    let data_dir = ca_data_dir(args);
     plan.dirs = vec![
         args.config_dir.clone(),
-        data_dir.clone(),
         args.state_dir.clone(),
+        data_dir.clone(),
     ];
+    plan.links = vec![(args.config_dir.join("data"), data_dir.clone())];
     for service in &args.services {
         let name = service.name();
         let mut toml = format!(
@@ -464,6 +470,7 @@ fn daemon(args: &SetupArgs) -> anyhow::Result<Plan> {
             parsed.ca_fingerprint
         )],
         dirs: vec![args.config_dir.clone(), args.state_dir.clone(), data_dir],
+        links: vec![],
         files: vec![PlannedFile {
             path: config_file(args, "daemon"),
             contents: toml,
@@ -485,8 +492,13 @@ fn config_file(args: &SetupArgs, name: &str) -> PathBuf {
     args.config_dir.join(format!("{name}.toml"))
 }
 
+/// The CA's `ca.dataDir`.
+fn ca_data_dir(args: &SetupArgs) -> PathBuf {
+    args.state_dir.join("ca")
+}
+
 fn ca_dir(args: &SetupArgs) -> PathBuf {
-    args.config_dir.join("data").join("certs").join("ca")
+    ca_data_dir(args).join("certs").join("ca")
 }
 
 fn binary_of(service: ServiceName) -> &'static str {

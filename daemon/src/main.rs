@@ -74,6 +74,10 @@ async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         servers_stop.clone(),
     ));
 
+    tokio::spawn(prexor_serve::notify_systemd(
+        readiness.clone(),
+        stop.clone(),
+    ));
     // The node certificate: on disk, or obtained now with the join token.
     readiness.set_phase(Some("loading the node certificate".into()));
     let phase = readiness.clone();

@@ -12,6 +12,8 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { ensure, launch, run } from './browser.mjs';
+import { accessChecks } from './access.mjs';
+import { adminChecks } from './admin.mjs';
 import { nodeChecks } from './nodes.mjs';
 import { operateChecks } from './operate.mjs';
 import { templateChecks } from './templates.mjs';
@@ -148,7 +150,43 @@ const checks = [
 
   ...nodeChecks({ page, A, env, shot, eventually, problems }),
 
+  ['the overview charts players and live instances over time', async () => {
+    // The replicas sample every second here (api.historyEvery); the summary reloads every 5 s.
+    await page.goto(`${A}/ui/`);
+    const legend = (chart, series) => `#${chart} .legend[data-series="${series}"]`;
+    const latest = async (chart, series) => {
+      const at = await page.$(legend(chart, series));
+      return at && { points: Number(await at.getAttribute('data-points')),
+        value: Number(await at.getAttribute('data-latest')) };
+    };
+    const live = async () => {
+      const r = await fetch(`${A}/api/v1/instances?limit=1000`,
+        { headers: { Authorization: `Bearer ${env('PREXOR_TOKEN')}` } });
+      const { items } = await r.json();
+      return items.filter((i) => !['STOPPED', 'CRASHED'].includes(i.state)).length;
+    };
+    let seen;
+    await eventually('the instances chart ends at the live instances the REST API lists', async () => {
+      await page.reload();
+      seen = await latest('instances-chart', 'live');
+      return seen && seen.points >= 2 && seen.value === await live() && seen.value > 0;
+    }, 30_000);
+    const running = await latest('instances-chart', 'running');
+    ensure(running && running.value <= seen.value, `running ${JSON.stringify(running)} above live`);
+    const players = await latest('players-chart', 'players');
+    const stat = Number(await page.textContent('#count-players .value'));
+    ensure(players && players.value === stat, `players chart ${JSON.stringify(players)}, stat ${stat}`);
+    ensure(await page.$$eval('#instances-chart polyline.line.live', (l) => l.length) >= 1,
+      'no line drawn for the live instances');
+    ensure(problems.length === 0, `the page logged errors: ${problems.join(' | ')}`);
+    await shot('overview-charts');
+  }],
+
   ...templateChecks({ page, A, env, shot, problems }),
+
+  ...accessChecks({ page, A, B, env, shot, eventually, problems }),
+
+  ...adminChecks({ page, A, B, env, shot, eventually, problems }),
 
   ['logout on replica A ends the session on replica B', async () => {
     const stolen = await sessionCookie(A);

@@ -5,7 +5,9 @@
 //! instances come up, uses an instance's console through the other replica, kills an instance
 //! from the list and watches it heal, checks what a viewer sees and may do, cordons and
 //! uncordons node-1 from its page and creates a join token, uploads template versions and rolls
-//! one back, installs, upgrades and uninstalls a module, and signs out on one replica to check that the other no longer takes the session.
+//! one back, installs, upgrades and uninstalls a module, reads the overview's charts, manages
+//! users, roles and API tokens, reads the audit log, creates, verifies, downloads and restores a
+//! backup, and signs out on one replica to check that the other no longer takes the session.
 //! Screenshots of each page go to `target/dashboard-screenshots/`.
 //!
 //! Without Chromium or the script's packages the test fails, naming what to install
@@ -38,8 +40,18 @@ const CHECKS: &[&str] = &[
     "a deployment is paused, resumed and rolled back from the group's page",
     "the nodes page lists node-1; cordon and uncordon it from its page",
     "a join token is shown once; a bad validity is refused with its reason",
+    "the overview charts players and live instances over time",
     "upload a template version and roll it back",
     "install, upgrade and uninstall a module from its page",
+    // Users, roles and API tokens (access.mjs).
+    "create a user with a role in the form; a bad password is refused with its reason; the new user signs in",
+    "disable a user from its page, which ends its session; enable it and reset its password",
+    "create a custom role and give it to the user; delete it refused while assigned",
+    "an API token is shown once and works as a Bearer token; revoked it is refused",
+    // The audit log and backups (admin.mjs).
+    "the audit log lists the groups created earlier; filters and paging work",
+    "create a backup, verify it, download it; a restore shows its dry run first and then restores",
+    "a viewer sees neither the audit log nor backups; its requests get 403",
     "logout on replica A ends the session on replica B",
 ];
 
@@ -73,8 +85,10 @@ async fn dashboard(cluster: &Cluster) -> anyhow::Result<()> {
     let password = cluster.bootstrap_admin("admin")?;
     let mut fleet = nodes(cluster, &["node-1"]).await?;
     let mut scheduler = schedulers(cluster, 1).await?.remove(0);
-    let mut a = cluster.service("api", "api-1", "")?;
-    let mut b = cluster.service("api", "api-2", "")?;
+    // Samples for the overview's charts every second (not every minute).
+    let history = "[api]\ntls = \"off\"\nhistoryEvery = \"1s\"\n";
+    let mut a = cluster.service("api", "api-1", history)?;
+    let mut b = cluster.service("api", "api-2", history)?;
     a.wait_ready(READY_WITHIN).await?;
     b.wait_ready(READY_WITHIN).await?;
     let token = b.login("admin", &password).await?;
@@ -140,9 +154,21 @@ async fn dashboard(cluster: &Cluster) -> anyhow::Result<()> {
         "nodes",
         "node",
         "node-join-token",
+        "overview-charts",
         "templates",
         "template",
         "module",
+        // access.mjs
+        "users",
+        "user",
+        "roles",
+        "role",
+        "tokens",
+        // admin.mjs
+        "audit",
+        "backups",
+        "backup-dry-run",
+        "backup-restored",
         "signed-out",
     ] {
         let file = shots.join(format!("{page}.png"));

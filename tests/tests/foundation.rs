@@ -1,10 +1,12 @@
-//! Foundation: every service starts against real stores, reports health and readiness, registers
-//! itself, exposes metrics and gRPC health, and stops cleanly on SIGTERM. Bad configuration fails
-//! at boot with every problem listed.
+//! Foundation: every service starts against real stores, reports health and readiness (also to
+//! its own `--probe` and to systemd's notification socket), registers itself, exposes metrics and
+//! gRPC health, and stops cleanly on SIGTERM. Bad configuration fails at boot with every problem
+//! listed.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::ensure;
@@ -47,14 +49,85 @@ async fn wait_for_replicas(api: &Rest, expected: &[&str]) -> anyhow::Result<()> 
     anyhow::bail!("system/status lists {last:?}, expected {expected:?}")
 }
 
+/// A stand-in for systemd's notification socket (`NOTIFY_SOCKET`): every datagram a process
+/// sends to it.
+struct NotifySocket {
+    path: PathBuf,
+    got: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl NotifySocket {
+    fn bind(path: PathBuf) -> anyhow::Result<NotifySocket> {
+        let socket = tokio::net::UnixDatagram::bind(&path)?;
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let got = got.clone();
+            async move {
+                let mut buffer = vec![0u8; 4096];
+                while let Ok(n) = socket.recv(&mut buffer).await {
+                    let message = String::from_utf8_lossy(&buffer[..n]).into_owned();
+                    got.lock().expect("notify lock").push(message);
+                }
+            }
+        });
+        Ok(NotifySocket { path, got, task })
+    }
+
+    /// Waits until a message with the line `line` arrived; every message so far.
+    async fn wait_for(&self, line: &str) -> anyhow::Result<Vec<String>> {
+        for _ in 0..100 {
+            let got = self.got.lock().expect("notify lock").clone();
+            if got.iter().any(|m| m.lines().any(|l| l == line)) {
+                return Ok(got);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!(
+            "no {line} on the notification socket: {:?}",
+            self.got.lock().expect("notify lock")
+        )
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `<binary> --probe --config <its configuration>`: whether it said ready, and what it said.
+fn probe(proc: &prexor_acceptance::Proc, kind: &str) -> anyhow::Result<(bool, String)> {
+    let out = Command::new(binary(&format!("prexor-{kind}"))?)
+        .arg("--probe")
+        .arg("--config")
+        .arg(proc.config())
+        .output()?;
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
 async fn every_service(cluster: &Cluster) -> anyhow::Result<()> {
+    let systemd = NotifySocket::bind(cluster.dir.join("notify.sock"))?;
+    let notify_socket = systemd.path.display().to_string();
     let mut procs = vec![
         cluster.service("api", "api-1", "")?,
         cluster.service("api", "api-2", "")?,
         cluster.service("gateway", "gateway-1", "")?,
         cluster.service("gateway", "gateway-2", "")?,
         cluster.service("scheduler", "scheduler-1", "")?,
-        cluster.service("scheduler", "scheduler-2", "")?,
+        // Started as by a `Type=notify` unit.
+        cluster.service_with_env(
+            "scheduler",
+            "scheduler-2",
+            &[("NOTIFY_SOCKET", notify_socket.as_str())],
+        )?,
         cluster.service(
             "ca",
             "ca-1",
@@ -117,6 +190,30 @@ async fn every_service(cluster: &Cluster) -> anyhow::Result<()> {
             );
         }
     }
+
+    // Each is ready to its own probe (the healthcheck of its container); scheduler-2 told
+    // systemd once it was.
+    for (proc, kind) in procs.iter().zip([
+        "api",
+        "api",
+        "gateway",
+        "gateway",
+        "scheduler",
+        "scheduler",
+        "ca",
+    ]) {
+        let (ready, said) = probe(proc, kind)?;
+        ensure!(
+            ready && said.starts_with("ready ("),
+            "{}: {said}",
+            proc.name
+        );
+    }
+    let told = systemd.wait_for("READY=1").await?;
+    ensure!(
+        told.iter().any(|m| m.lines().any(|l| l == "STATUS=ready")),
+        "{told:?}"
+    );
 
     let scheduler = &procs[4];
     let mut client = ReplicaStatusClient::new(cluster.internal_channel(scheduler).await?);
@@ -186,6 +283,12 @@ async fn every_service(cluster: &Cluster) -> anyhow::Result<()> {
         "{}",
         scheduler_2.log_text()
     );
+    systemd.wait_for("STOPPING=1").await?;
+    let (ready, said) = probe(&scheduler_2, "scheduler")?;
+    ensure!(
+        !ready && said.contains("not answering at http://"),
+        "{said}"
+    );
     let left: Vec<&str> = all.into_iter().filter(|id| *id != "scheduler-2").collect();
     wait_for_replicas(&procs[0].rest(&token), &left).await?;
 
@@ -216,6 +319,12 @@ async fn unreachable_stores(cluster: &Cluster) -> anyhow::Result<()> {
     ensure!(
         proc.get("/healthz").await?.0 == 200,
         "the process itself is healthy"
+    );
+    // Its probe (a container's healthcheck) fails, saying why.
+    let (ready, said) = probe(&proc, "scheduler")?;
+    ensure!(
+        !ready && said.contains("not ready") && said.contains("waiting for MongoDB"),
+        "{said}"
     );
     // A replica stopped while waiting exits cleanly.
     proc.stop(EXIT_WITHIN).await?;

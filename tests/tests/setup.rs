@@ -233,6 +233,14 @@ async fn setup(cluster: &Cluster) -> anyhow::Result<()> {
     );
     let key = etc.join("data/certs/ca/ca.key");
     ensure!(mode(&key)? == 0o600, "the CA key is 0600");
+    // The CA's state lives under the state directory; the documented path links to it.
+    let state = first.root.join("var/ca");
+    ensure!(
+        std::fs::read_link(etc.join("data"))? == state && state.join("certs/ca/ca.key").is_file(),
+        "{} links to {}",
+        etc.join("data").display(),
+        state.display()
+    );
     let identity = get_doc(cluster, "cluster", "identity").await?;
     ensure!(identity.get_str("clusterId")? == "setup-test", "{identity}");
     let ca_pem = find_one(cluster, "cluster_ca", doc! {})

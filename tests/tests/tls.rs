@@ -13,11 +13,15 @@ const READY_WITHIN: Duration = Duration::from_secs(60);
 const EXIT_WITHIN: Duration = Duration::from_secs(20);
 
 fn https(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
+    Ok(trusting(ca_pem)?.build()?)
+}
+
+/// A client that trusts only `ca_pem`.
+fn trusting(ca_pem: &str) -> anyhow::Result<reqwest::ClientBuilder> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     Ok(reqwest::Client::builder()
         .tls_certs_only(reqwest::Certificate::from_pem_bundle(ca_pem.as_bytes())?)
-        .timeout(Duration::from_secs(5))
-        .build()?)
+        .timeout(Duration::from_secs(5)))
 }
 
 /// Waits until `/readyz` answers 200 over HTTPS, trusting `ca_pem`.
@@ -150,6 +154,17 @@ async fn tls(cluster: &Cluster) -> anyhow::Result<()> {
         .send()
         .await;
     ensure!(plain.is_err(), "no plain HTTP on an HTTPS port");
+    dashboard_over_https(&url, &published.pem, &password).await?;
+    // Its probe (a container's healthcheck) asks its own port over HTTPS.
+    let probe = Command::new(binary("prexor-api")?)
+        .args(["--probe", "--config"])
+        .arg(api.config())
+        .output()?;
+    ensure!(
+        probe.status.success() && said(&probe).contains("ready (https://127.0.0.1:"),
+        "{}",
+        said(&probe)
+    );
 
     // prexorctl: not trusted yet → the fingerprint is shown, nothing saved.
     let login = |extra: &[&str]| {
@@ -251,6 +266,73 @@ async fn tls(cluster: &Cluster) -> anyhow::Result<()> {
     );
 
     stop_all([&mut api, &mut files_api, &mut ca], EXIT_WITHIN).await
+}
+
+/// Signing in to the dashboard over HTTPS sets a `Secure` session cookie, which then signs
+/// the pages in; signing out clears it with the same attributes.
+async fn dashboard_over_https(url: &str, ca_pem: &str, password: &str) -> anyhow::Result<()> {
+    let client = trusting(ca_pem)?
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let signed_in = client
+        .post(format!("{url}/ui/login"))
+        .header("Origin", url)
+        .form(&[("username", "admin"), ("password", password)])
+        .send()
+        .await?;
+    ensure!(
+        signed_in.status() == 303,
+        "signing in: {}",
+        signed_in.status()
+    );
+    let set = signed_in
+        .headers()
+        .get("set-cookie")
+        .context("no session cookie")?
+        .to_str()?
+        .to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui", "Secure"] {
+        ensure!(
+            set.split("; ").any(|a| a == attribute),
+            "the cookie lacks {attribute}: {set}"
+        );
+    }
+    let cookie = set.split(';').next().context("cookie")?.to_owned();
+    let page = client
+        .get(format!("{url}/ui/"))
+        .header("Cookie", &cookie)
+        .send()
+        .await?;
+    ensure!(page.status() == 200, "the overview: {}", page.status());
+    let page = page.text().await?;
+    let csrf = page
+        .split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .context("the page has no CSRF token")?
+        .to_owned();
+    ensure!(
+        page.contains(r#"id="signed-in-user">admin<"#),
+        "not signed in"
+    );
+    let out = client
+        .post(format!("{url}/ui/logout"))
+        .header("Cookie", &cookie)
+        .header("Origin", url)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await?;
+    let cleared = out
+        .headers()
+        .get("set-cookie")
+        .context("signing out sets no cookie")?
+        .to_str()?;
+    ensure!(
+        out.status() == 303 && cleared.contains("Max-Age=0") && cleared.ends_with("; Secure"),
+        "signing out: {} {cleared}",
+        out.status()
+    );
+    Ok(())
 }
 
 scenario_tests! {

@@ -74,6 +74,9 @@ pub(super) fn print_dry_run(args: &SetupArgs, plan: &Plan, bin_dir: &Path) {
     for dir in &plan.dirs {
         println!("would create directory {}", dir.display());
     }
+    for (link, target) in &plan.links {
+        println!("would link {} -> {}", link.display(), target.display());
+    }
     for file in &plan.files {
         println!(
             "would write {} (mode {:o}):",
@@ -117,6 +120,27 @@ fn systemctl(plan: &Plan) -> Vec<Vec<String>> {
     vec![vec!["daemon-reload".to_owned()], enable]
 }
 
+/// `link` pointing at `target`: made, or already so; anything else there is left alone and
+/// refused.
+fn make_link(link: &Path, target: &Path) -> anyhow::Result<()> {
+    match std::fs::symlink_metadata(link) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            std::os::unix::fs::symlink(target, link)
+                .with_context(|| format!("linking {} to {}", link.display(), target.display()))?;
+            println!("linked {} -> {}", link.display(), target.display());
+            Ok(())
+        }
+        Err(err) => Err(err).with_context(|| format!("reading {}", link.display())),
+        Ok(meta) if meta.file_type().is_symlink() && std::fs::read_link(link)? == target => Ok(()),
+        Ok(_) => bail!(
+            "{} exists and is not a link to {}: move what it holds into {} and remove it, then run setup again",
+            link.display(),
+            target.display(),
+            target.display()
+        ),
+    }
+}
+
 pub(super) fn apply(args: &SetupArgs, plan: &Plan, bin_dir: &Path) -> anyhow::Result<()> {
     // Every binary the units and steps need, and every config accepted by its own service,
     // before anything is written.
@@ -149,6 +173,9 @@ pub(super) fn apply(args: &SetupArgs, plan: &Plan, bin_dir: &Path) -> anyhow::Re
     }
     for dir in &plan.dirs {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    for (link, target) in &plan.links {
+        make_link(link, target)?;
     }
     for file in &plan.files {
         write_file(file)?;

@@ -19,5 +19,5 @@ pub use daemon::{DEFAULT_UID_RANGE, RunAs, ServerIsolation};
 pub use reader::{ConfigError, Problem, Reader, env_var_for, load};
 pub use services::{
     ApiConfig, ApiTls, CaConfig, DaemonConfig, GatewayConfig, GrpcConfig, IpNetwork, NetworkError,
-    SchedulerConfig, ServiceConfig, UploadLimits,
+    ReadyEndpoint, SchedulerConfig, ServiceConfig, UploadLimits,
 };

@@ -12,6 +12,21 @@ use crate::reader::Reader;
 /// A process configuration that can be read (and validated) from a [`Reader`].
 pub trait ServiceConfig: Sized {
     fn read(r: &mut Reader) -> Self;
+    /// Where this process answers `/readyz`, as its `--probe` checks it.
+    fn ready_endpoint(&self) -> ReadyEndpoint;
+}
+
+/// A process's own `/readyz`: its `http.listen` and whether that port speaks TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadyEndpoint {
+    pub listen: SocketAddr,
+    pub tls: bool,
+}
+
+impl ReadyEndpoint {
+    fn plain(listen: SocketAddr) -> ReadyEndpoint {
+        ReadyEndpoint { listen, tls: false }
+    }
 }
 
 /// `grpc.listen`: the internal gRPC port (tonic-health, status, and the service's own API).
@@ -51,6 +66,11 @@ pub struct ApiConfig {
     /// `api.maxConcurrentLists` (default 64): list requests one replica reads at once; past
     /// it a list is answered 503 with `Retry-After` (load is shed, memory stays bounded).
     pub max_concurrent_lists: usize,
+    /// `api.historyEvery` (default 1m): how often the replicas sample players and instances
+    /// for the dashboard's overview charts (every replica writes the same interval's sample).
+    pub history_every: Duration,
+    /// `api.historyKeep` (default 24h): how long those samples are kept (and charted).
+    pub history_keep: Duration,
 }
 
 /// `uploads.*`: what the API accepts as an uploaded archive. Uploads are streamed to a spool
@@ -157,6 +177,13 @@ pub enum ApiTls {
 }
 
 impl ServiceConfig for ApiConfig {
+    fn ready_endpoint(&self) -> ReadyEndpoint {
+        ReadyEndpoint {
+            listen: self.common.http.listen,
+            tls: self.tls != ApiTls::Off,
+        }
+    }
+
     fn read(r: &mut Reader) -> Self {
         let common = CommonConfig::read(r, ServiceKind::Api, 8080);
         let cert: Option<PathBuf> = r.get("api.tlsCertFile");
@@ -189,6 +216,20 @@ impl ServiceConfig for ApiConfig {
                 "certificate files are only used with api.tls = \"files\"",
             );
         }
+        let history_every = r
+            .duration("api.historyEvery")
+            .unwrap_or(Duration::from_secs(60));
+        let history_keep = r
+            .duration("api.historyKeep")
+            .unwrap_or(Duration::from_secs(86_400));
+        if history_every < Duration::from_secs(1) {
+            r.problem("api.historyEvery", "must be at least 1s");
+        } else if history_keep < history_every {
+            r.problem(
+                "api.historyKeep",
+                format!("must be at least api.historyEvery ({history_every:?})"),
+            );
+        }
         let mut trusted_proxies = Vec::new();
         for entry in r.get_or::<Vec<String>>("api.trustedProxies", Vec::new()) {
             match entry.parse::<IpNetwork>() {
@@ -206,6 +247,8 @@ impl ServiceConfig for ApiConfig {
                 .duration("api.callerCacheTtl")
                 .unwrap_or(Duration::from_secs(2)),
             max_concurrent_lists: positive(r, "api.maxConcurrentLists", 64) as usize,
+            history_every,
+            history_keep,
         }
     }
 }
@@ -228,6 +271,10 @@ pub struct GatewayConfig {
 }
 
 impl ServiceConfig for GatewayConfig {
+    fn ready_endpoint(&self) -> ReadyEndpoint {
+        ReadyEndpoint::plain(self.common.http.listen)
+    }
+
     fn read(r: &mut Reader) -> Self {
         GatewayConfig {
             common: CommonConfig::read(r, ServiceKind::Gateway, 9091),
@@ -249,6 +296,10 @@ pub struct SchedulerConfig {
 }
 
 impl ServiceConfig for SchedulerConfig {
+    fn ready_endpoint(&self) -> ReadyEndpoint {
+        ReadyEndpoint::plain(self.common.http.listen)
+    }
+
     fn read(r: &mut Reader) -> Self {
         SchedulerConfig {
             common: CommonConfig::read(r, ServiceKind::Scheduler, 9191),
@@ -272,6 +323,10 @@ pub struct CaConfig {
 }
 
 impl ServiceConfig for CaConfig {
+    fn ready_endpoint(&self) -> ReadyEndpoint {
+        ReadyEndpoint::plain(self.common.http.listen)
+    }
+
     fn read(r: &mut Reader) -> Self {
         let validity = |r: &mut Reader, key: &str, days: u64| {
             let value = r
@@ -289,7 +344,7 @@ impl ServiceConfig for CaConfig {
         CaConfig {
             common: CommonConfig::read(r, ServiceKind::Ca, 9291),
             grpc: GrpcConfig::read(r, 9290),
-            data_dir: r.get_or("ca.dataDir", PathBuf::from("/etc/prexorcloud/data")),
+            data_dir: r.get_or("ca.dataDir", PathBuf::from("/var/lib/prexorcloud/ca")),
             node_cert_validity: validity(r, "ca.nodeCertValidity", 90),
             service_cert_validity: validity(r, "ca.serviceCertValidity", 30),
         }
@@ -329,6 +384,10 @@ pub struct DaemonConfig {
 }
 
 impl ServiceConfig for DaemonConfig {
+    fn ready_endpoint(&self) -> ReadyEndpoint {
+        ReadyEndpoint::plain(self.http.listen)
+    }
+
     fn read(r: &mut Reader) -> Self {
         let node_id: String = r
             .required("node.id", "every daemon needs its node id (e.g. node-1)")
@@ -636,6 +695,29 @@ mod tests {
         assert_eq!(api.caller_cache_ttl, Duration::ZERO);
         let err = load_str::<GatewayConfig>(&format!("{base}mongo.maxPoolSize = 0\n")).unwrap_err();
         assert_eq!(keys(&err), ["mongo.maxPoolSize"], "{err}");
+    }
+
+    #[test]
+    fn api_history_intervals() {
+        let base = "mongo.uri = \"mongodb://x/\"\n";
+        let api = load_str::<ApiConfig>(base).unwrap();
+        assert_eq!(
+            (api.history_every, api.history_keep),
+            (Duration::from_secs(60), Duration::from_secs(86_400))
+        );
+        let api = load_str::<ApiConfig>(&format!(
+            "{base}api.historyEvery = \"2s\"\napi.historyKeep = \"1h\"\n"
+        ))
+        .unwrap();
+        assert_eq!(api.history_every, Duration::from_secs(2));
+        let err =
+            load_str::<ApiConfig>(&format!("{base}api.historyEvery = \"10ms\"\n")).unwrap_err();
+        assert_eq!(keys(&err), ["api.historyEvery"], "{err}");
+        let err = load_str::<ApiConfig>(&format!(
+            "{base}api.historyEvery = \"1h\"\napi.historyKeep = \"1m\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(keys(&err), ["api.historyKeep"], "{err}");
     }
 
     #[test]

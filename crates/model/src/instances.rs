@@ -312,3 +312,26 @@ pub struct LoadMetrics {
     #[serde(default)]
     pub memory_used_mb: Option<i64>,
 }
+
+/// The network over time: one [`NetworkSample`] per interval (`_id` = the interval's start,
+/// Unix ms), written by every api replica for the same interval (the last write wins: they read
+/// the same records) and pruned past the retention (docs/dashboard.md, "Overview charts").
+pub const NETWORK_HISTORY: &str = "network_history";
+
+/// Players and instances at one moment, as the overview's charts draw them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSample {
+    /// The interval's start (Unix ms).
+    #[serde(rename = "_id")]
+    pub at_ms: i64,
+    /// Players online on live instances.
+    pub players: i64,
+    /// Live instances (any state but STOPPED and CRASHED).
+    pub instances: i64,
+    /// Of those, RUNNING.
+    pub running: i64,
+    /// The api replica that wrote it last.
+    #[serde(default)]
+    pub replica: String,
+}

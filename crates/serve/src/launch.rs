@@ -15,6 +15,10 @@ pub struct ServiceArgs {
     /// Validate the configuration, print the problems (if any) and exit.
     #[arg(long)]
     pub check_config: bool,
+    /// Ask this process's own /readyz (its http.listen, on loopback) and exit 0 when it is
+    /// ready, 1 with the reason otherwise: for container healthchecks.
+    #[arg(long, conflicts_with = "check_config")]
+    pub probe: bool,
 }
 
 /// Runs a service binary: parses the command line, loads and validates `C` (exit code 2 with
@@ -57,9 +61,12 @@ where
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    let telemetry_config = telemetry(&config).clone();
     // One TLS crypto provider for every client that does not pick its own (Valkey over TLS).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if args.probe {
+        return crate::probe(config.ready_endpoint());
+    }
+    let telemetry_config = telemetry(&config).clone();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -26,6 +26,7 @@ mod launch;
 #[cfg(feature = "cluster")]
 mod nodes;
 mod ops;
+mod probe;
 mod process;
 mod readiness;
 pub mod red;
@@ -33,6 +34,7 @@ pub mod red;
 mod runtime;
 #[cfg(feature = "cluster")]
 pub mod signer;
+mod systemd;
 pub mod tls;
 pub mod trace;
 
@@ -40,8 +42,10 @@ pub use launch::{ServiceArgs, launch, launch_with};
 #[cfg(feature = "cluster")]
 pub use nodes::{Gateways, SendError};
 pub use ops::{Identity, serve_ops};
+pub use probe::probe;
 pub use process::{BindError, bind, stop_on_signals};
 pub use readiness::{CheckResult, Readiness, ReadinessReport};
 pub use red::{GrpcMetricsLayer, MeteredChannel, metered};
 #[cfg(feature = "cluster")]
 pub use runtime::{BoxError, Parts, ServeError, Service, run, run_tls};
+pub use systemd::notify_systemd;

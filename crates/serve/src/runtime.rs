@@ -267,6 +267,7 @@ where
         http_tls,
         servers_stop.clone(),
     ));
+    tokio::spawn(crate::notify_systemd(readiness.clone(), shutdown.clone()));
     let grpc_server = grpc_listener.map(|listener| {
         tokio::spawn(crate::grpc::serve(
             listener,

@@ -34,15 +34,16 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::app::App;
-use crate::auth::Caller;
+use crate::auth::{Caller, Principal};
 use crate::error::{ApiError, ApiResult, ErrorCode, Json};
-use crate::paging::Page;
+use crate::paging::{Page, PageRequest};
 
 mod archive;
 mod restore;
 
 use archive::{Archive, pack};
 pub use restore::{__path_restore, restore};
+pub(crate) use restore::{RestorePlan, RestoreRequest, RestoreResult, restore_backup};
 
 pub use prexor_model::workflows::BACKUPS;
 const FORMAT: i64 = 1;
@@ -121,22 +122,22 @@ fn backup_id() -> String {
 /// A backup as listed.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct BackupView {
-    id: String,
-    created_at_ms: i64,
+pub(crate) struct BackupView {
+    pub id: String,
+    pub created_at_ms: i64,
     /// Who made or uploaded it.
-    created_by: String,
+    pub created_by: String,
     /// Bytes of the archive.
-    size: i64,
+    pub size: i64,
     /// The archive's SHA-256: where it is stored.
-    hash: String,
+    pub hash: String,
     /// The cluster that made it and its PrexorCloud version, as its manifest says.
-    cluster_id: Option<String>,
-    version: Option<String>,
+    pub cluster_id: Option<String>,
+    pub version: Option<String>,
     /// Documents per collection.
-    collections: BTreeMap<String, i64>,
+    pub collections: BTreeMap<String, i64>,
     /// How many blobs (template and module versions) it carries.
-    blobs: usize,
+    pub blobs: usize,
 }
 
 impl From<&BackupRecord> for BackupView {
@@ -163,36 +164,36 @@ impl From<&BackupRecord> for BackupView {
 /// One backup with its manifest.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct BackupDetail {
+pub(crate) struct BackupDetail {
     #[serde(flatten)]
-    view: BackupView,
-    manifest: ManifestView,
+    pub view: BackupView,
+    pub manifest: ManifestView,
 }
 
 /// What the archive says it holds (`manifest.json`).
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct ManifestView {
-    format: Option<i64>,
-    version: Option<String>,
+pub(crate) struct ManifestView {
+    pub format: Option<i64>,
+    pub version: Option<String>,
     /// The id it was made under.
-    id: Option<String>,
-    cluster_id: Option<String>,
-    created_at_ms: Option<i64>,
-    created_by: Option<String>,
-    ca_fingerprint: Option<String>,
-    restored_by_replacing: Vec<String>,
-    restored_by_merging: Vec<String>,
+    pub id: Option<String>,
+    pub cluster_id: Option<String>,
+    pub created_at_ms: Option<i64>,
+    pub created_by: Option<String>,
+    pub ca_fingerprint: Option<String>,
+    pub restored_by_replacing: Vec<String>,
+    pub restored_by_merging: Vec<String>,
     /// Per collection: its document count and the SHA-256 of its file.
-    collections: BTreeMap<String, ManifestCollectionView>,
+    pub collections: BTreeMap<String, ManifestCollectionView>,
     /// Per blob (by hash): its size in bytes.
-    blobs: BTreeMap<String, i64>,
+    pub blobs: BTreeMap<String, i64>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-struct ManifestCollectionView {
-    count: i64,
-    sha256: String,
+pub(crate) struct ManifestCollectionView {
+    pub count: i64,
+    pub sha256: String,
 }
 
 impl From<&BackupManifest> for ManifestView {
@@ -235,14 +236,14 @@ struct UploadedBackup {
 /// A backup read back and checked.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct VerifiedBackup {
-    id: String,
+pub(crate) struct VerifiedBackup {
+    pub id: String,
     /// Always `true` (a damaged backup is a 422).
-    ok: bool,
+    pub ok: bool,
     /// Documents per collection, as counted in the archive.
-    collections: BTreeMap<String, usize>,
-    blobs: usize,
-    cluster_id: Option<String>,
+    pub collections: BTreeMap<String, usize>,
+    pub blobs: usize,
+    pub cluster_id: Option<String>,
 }
 
 fn spool_dir() -> ApiResult<tempfile::TempDir> {
@@ -280,8 +281,13 @@ async fn record(
     responses((status = 201, description = "created", body = BackupView))
 )]
 async fn create(Caller(app, who): Caller) -> ApiResult<(StatusCode, Json<BackupView>)> {
+    Ok((StatusCode::CREATED, Json(create_backup(&app, &who).await?)))
+}
+
+/// A backup taken now by `who` (`backups:write`), kept in the cluster.
+pub(crate) async fn create_backup(app: &App, who: &Principal) -> ApiResult<BackupView> {
     who.require("backups:write")?;
-    let collections = snapshot(&app).await?;
+    let collections = snapshot(app).await?;
     // Blobs go through a spool directory: nothing of the archive is held in memory whole.
     let spool = spool_dir()?;
     let mut blobs = BTreeMap::new();
@@ -316,15 +322,30 @@ async fn create(Caller(app, who): Caller) -> ApiResult<(StatusCode, Json<BackupV
     app.store()
         .put_blob_file(&spool.path().join("backup.tar.gz"), &packed.hash)
         .await?;
-    let saved = BackupView::from(&record(&app, &id, &packed, &who.user).await?);
-    app.audit::<(), _>(&who, "backup.create", &id, None, Some(&saved))
+    let saved = BackupView::from(&record(app, &id, &packed, &who.user).await?);
+    app.audit::<(), _>(who, "backup.create", &id, None, Some(&saved))
         .await;
-    Ok((StatusCode::CREATED, Json(saved)))
+    Ok(saved)
 }
 
-crate::paging::list_all! {
-    /// Newest first.
-    list = "/api/v1/backups", "backups", "backups:read", BackupRecord => BackupView;
+/// Newest first.
+#[utoipa::path(
+    get, path = "/api/v1/backups", tag = "backups", params(crate::paging::PageRequest),
+    responses((status = 200, body = Page<BackupView>))
+)]
+async fn list(Caller(app, who): Caller, page: PageRequest) -> ApiResult<Json<Page<BackupView>>> {
+    Ok(Json(list_backups(&app, &who, &page).await?))
+}
+
+/// A page of the backups, newest first, for `who` (`backups:read`).
+pub(crate) async fn list_backups(
+    app: &App,
+    who: &Principal,
+    page: &PageRequest,
+) -> ApiResult<Page<BackupView>> {
+    who.require("backups:read")?;
+    let backups: Page<BackupRecord> = app.page("listing backups", doc! {}, page).await?;
+    Ok(backups.map(|record| BackupView::from(&record)))
 }
 
 #[utoipa::path(
@@ -332,12 +353,17 @@ crate::paging::list_all! {
     responses((status = 200, body = BackupDetail))
 )]
 async fn show(Caller(app, who): Caller, Path(id): Path<String>) -> ApiResult<Json<BackupDetail>> {
+    Ok(Json(show_backup(&app, &who, &id).await?))
+}
+
+/// Backup `id` with its manifest, for `who` (`backups:read`).
+pub(crate) async fn show_backup(app: &App, who: &Principal, id: &str) -> ApiResult<BackupDetail> {
     who.require("backups:read")?;
-    let record = app.find(&id).await?;
-    Ok(Json(BackupDetail {
+    let record = app.find(id).await?;
+    Ok(BackupDetail {
         view: BackupView::from(&record),
         manifest: ManifestView::from(&record.manifest),
-    }))
+    })
 }
 
 /// Reads a backup archive from `file` within the `uploads.backup*` limits (off the async
@@ -388,9 +414,19 @@ async fn verify(
     Caller(app, who): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<VerifiedBackup>> {
+    Ok(Json(verify_backup(&app, &who, id).await?))
+}
+
+/// Backup `id` read back and checked against its manifest, for `who` (`backups:read`); 422
+/// naming what is wrong with a damaged one.
+pub(crate) async fn verify_backup(
+    app: &App,
+    who: &Principal,
+    id: String,
+) -> ApiResult<VerifiedBackup> {
     who.require("backups:read")?;
-    let archive = verified(&app, &id).await?;
-    Ok(Json(VerifiedBackup {
+    let archive = verified(app, &id).await?;
+    Ok(VerifiedBackup {
         ok: true,
         collections: archive
             .collections
@@ -400,7 +436,7 @@ async fn verify(
         blobs: archive.blobs.len(),
         cluster_id: archive.manifest["clusterId"].as_str().map(str::to_owned),
         id,
-    }))
+    })
 }
 
 #[utoipa::path(
@@ -408,11 +444,16 @@ async fn verify(
     responses((status = 200, description = "the tar.gz", content_type = "application/gzip"))
 )]
 async fn download(Caller(app, who): Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    download_backup(&app, &who, &id).await
+}
+
+/// The archive of backup `id` streamed as a `.tar.gz` attachment, for `who` (`backups:read`).
+pub(crate) async fn download_backup(app: &App, who: &Principal, id: &str) -> ApiResult<Response> {
     who.require("backups:read")?;
-    let record: BackupRecord = app.find(&id).await?;
-    crate::uploads::gzip_download(&app, &record.hash, &format!("{id}.tar.gz"))
+    let record: BackupRecord = app.find(id).await?;
+    crate::uploads::gzip_download(app, &record.hash, &format!("{id}.tar.gz"))
         .await?
-        .ok_or_else(|| missing_archive(&id, &record.hash))
+        .ok_or_else(|| missing_archive(id, &record.hash))
 }
 
 #[utoipa::path(
@@ -458,9 +499,16 @@ async fn upload(
     responses((status = 204, description = "deleted"))
 )]
 async fn remove(Caller(app, who): Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    delete_backup(&app, &who, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes backup `id` (and its archive, unless another backup has the same bytes), for `who`
+/// (`backups:write`).
+pub(crate) async fn delete_backup(app: &App, who: &Principal, id: &str) -> ApiResult<()> {
     who.require("backups:write")?;
-    let record: BackupRecord = app.find(&id).await?;
-    app.delete_by_id(BACKUPS, "removing a backup", &id).await?;
+    let record: BackupRecord = app.find(id).await?;
+    app.delete_by_id(BACKUPS, "removing a backup", id).await?;
     let hash = record.hash.as_str();
     // Another backup may have the very same bytes (an upload of a download).
     let shared = app
@@ -475,14 +523,14 @@ async fn remove(Caller(app, who): Caller, Path(id): Path<String>) -> ApiResult<S
         app.store().delete_blob(hash).await?;
     }
     app.audit::<_, ()>(
-        &who,
+        who,
         "backup.delete",
-        &id,
+        id,
         Some(&BackupView::from(&record)),
         None,
     )
     .await;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 mod access;
 mod app;
+mod audit;
 mod auth;
 mod backups;
 mod deployments;
@@ -13,6 +14,7 @@ mod instances;
 mod json;
 mod login;
 mod modules;
+mod network;
 mod nodes;
 mod openapi;
 mod paging;
@@ -148,8 +150,13 @@ async fn build(
     }
     let signer = service.signer.clone();
     let certificate = certificate_task(&service, &config, &signer, slot);
+    let history = network::HistorySettings {
+        every: config.history_every,
+        keep: config.history_keep,
+    };
     let dashboard = ui::Settings {
         tls: !matches!(config.tls, ApiTls::Off),
+        history,
     };
     let app = Arc::new(AppState {
         signer,
@@ -180,11 +187,17 @@ async fn build(
         let stop = service.shutdown.clone();
         tokio::spawn(async move { app.callers.follow(live, stop).await })
     };
+    let sample = tokio::spawn(network::record_history(
+        app.clone(),
+        history,
+        service.shutdown.clone(),
+    ));
     let api = Router::new()
         .merge(system::routes())
         .merge(auth::routes())
         .merge(login::routes())
         .merge(users::routes())
+        .merge(audit::routes())
         .merge(groups::routes())
         .merge(deployments::routes())
         .merge(instances::routes())
@@ -217,7 +230,7 @@ async fn build(
                 .merge(dashboard)
                 .fallback(error::not_found),
         ),
-        tasks: [follow, forget_callers]
+        tasks: [follow, forget_callers, sample]
             .into_iter()
             .chain(certificate)
             .collect(),

@@ -37,7 +37,7 @@ use crate::error::{ErrorBody, Json};
         crate::users::get_role,
         crate::users::update_role,
         crate::users::delete_role,
-        crate::users::audit_log,
+        crate::audit::audit_log,
         crate::backups::create,
         crate::backups::list,
         crate::backups::show,

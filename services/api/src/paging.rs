@@ -224,32 +224,6 @@ impl<T> Page<T> {
     }
 }
 
-/// `name = "path", "tag", "permission", Record => View;`: handlers (and OpenAPI operations)
-/// that list every record of a collection in pages, each as its view (`View: From<&Record>`),
-/// for a caller holding the permission. [`Page`] must be in scope where it is used: the OpenAPI
-/// derive refers to a generic schema by its bare name.
-macro_rules! list_all {
-    ($($(#[$doc:meta])* $name:ident = $path:literal, $tag:literal, $needed:literal, $record:ty => $view:ty;)*) => {
-        $(
-            $(#[$doc])*
-            #[utoipa::path(
-                get, path = $path, tag = $tag, params($crate::paging::PageRequest),
-                responses((status = 200, body = Page<$view>))
-            )]
-            async fn $name(
-                $crate::auth::Caller(app, who): $crate::auth::Caller,
-                page: $crate::paging::PageRequest,
-            ) -> $crate::error::ApiResult<$crate::error::Json<$crate::paging::Page<$view>>> {
-                who.require($needed)?;
-                let view = |record: $record| <$view>::from(&record);
-                let what = concat!("listing ", $tag);
-                app.views(what, mongodb::bson::doc! {}, &page, view).await
-            }
-        )*
-    };
-}
-pub(crate) use list_all;
-
 impl AppState {
     /// The records of `T` matching `filter` past `page.after`, in `T`'s order: at most one more
     /// than `page.limit` (what [`cut`] takes).

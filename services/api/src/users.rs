@@ -1,12 +1,13 @@
-//! Users, roles and the audit log.
+//! Users and roles. Each REST handler calls one `pub(crate)` function that the dashboard's pages
+//! (`crate::ui`) call too, with the same permission checks.
 
 use axum::Router;
-use axum::extract::{Path, Query};
+use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::routing::get;
-use mongodb::bson::{Bson, Document, doc};
+use mongodb::bson::{Document, doc};
 use prexor_domain::now_ms;
-use prexor_model::access::{AuditRecord, ROLES, RoleRecord, USERS, UserRecord};
+use prexor_model::access::{ROLES, RoleRecord, USERS, UserRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::access::{self, UserWrite};
@@ -28,18 +29,17 @@ pub fn routes() -> Router<App> {
             "/roles/{name}",
             get(get_role).put(update_role).delete(delete_role),
         )
-        .route("/audit", get(audit_log))
 }
 
 /// A user as shown (never its password hash).
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct UserView {
-    username: String,
-    roles: Vec<String>,
-    disabled: bool,
-    created_at_ms: i64,
-    last_login_at_ms: Option<i64>,
+pub(crate) struct UserView {
+    pub(crate) username: String,
+    pub(crate) roles: Vec<String>,
+    pub(crate) disabled: bool,
+    pub(crate) created_at_ms: i64,
+    pub(crate) last_login_at_ms: Option<i64>,
 }
 
 impl From<&UserRecord> for UserView {
@@ -54,8 +54,26 @@ impl From<&UserRecord> for UserView {
     }
 }
 
-crate::paging::list_all! {
-    list_users = "/api/v1/users", "users", "users:read", UserRecord => UserView;
+#[utoipa::path(
+    get, path = "/api/v1/users", tag = "users", params(PageRequest),
+    responses((status = 200, body = Page<UserView>))
+)]
+async fn list_users(
+    Caller(app, who): Caller,
+    page: PageRequest,
+) -> ApiResult<Json<Page<UserView>>> {
+    Ok(Json(users_page(&app, &who, &page).await?))
+}
+
+/// A page of the users, by name, for `who` (`users:read`).
+pub(crate) async fn users_page(
+    app: &App,
+    who: &Principal,
+    page: &PageRequest,
+) -> ApiResult<Page<UserView>> {
+    who.require("users:read")?;
+    let users: Page<UserRecord> = app.page("listing users", doc! {}, page).await?;
+    Ok(users.map(|user| UserView::from(&user)))
 }
 
 #[utoipa::path(
@@ -63,10 +81,15 @@ crate::paging::list_all! {
     responses((status = 200, body = UserView))
 )]
 async fn get_user(Caller(app, who): Caller, Path(name): Path<String>) -> ApiResult<Json<UserView>> {
+    Ok(Json(show_user(&app, &who, &name).await?))
+}
+
+/// User `name`, for `who` (itself, or `users:read`).
+pub(crate) async fn show_user(app: &App, who: &Principal, name: &str) -> ApiResult<UserView> {
     if name != who.user {
         who.require("users:read")?;
     }
-    Ok(Json(UserView::from(&app.find(&name).await?)))
+    Ok(UserView::from(&app.find(name).await?))
 }
 
 /// Every role name must exist (built-in or custom).
@@ -118,10 +141,10 @@ async fn require_holds_user(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewUser {
-    username: String,
-    password: String,
-    roles: Vec<String>,
+pub(crate) struct NewUser {
+    pub(crate) username: String,
+    pub(crate) password: String,
+    pub(crate) roles: Vec<String>,
 }
 
 #[utoipa::path(
@@ -132,14 +155,19 @@ async fn create_user(
     Caller(app, who): Caller,
     Json(new): Json<NewUser>,
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
+    Ok((StatusCode::CREATED, Json(add_user(&app, &who, new).await?)))
+}
+
+/// Creates user `new` for `who` (`users:write`, granting only roles within what it holds).
+pub(crate) async fn add_user(app: &App, who: &Principal, new: NewUser) -> ApiResult<UserView> {
     who.require("users:write")?;
     crate::error::check_name("username", &new.username)?;
     if let Some(problem) = password_problem(&new.password) {
         return Err(ApiError::field("password", problem));
     }
-    check_roles(&app, &new.roles).await?;
-    let granted = access::roles_permissions(&app, &new.roles).await?;
-    access::require_within(&who, &granted, "roles")?;
+    check_roles(app, &new.roles).await?;
+    let granted = access::roles_permissions(app, &new.roles).await?;
+    access::require_within(who, &granted, "roles")?;
     let record = UserRecord {
         name: new.username.clone(),
         user_id: Some(access::new_user_id()),
@@ -155,17 +183,17 @@ async fn create_user(
     })
     .await?;
     let view = UserView::from(&record);
-    app.audit::<(), _>(&who, "user.create", &new.username, None, Some(&view))
+    app.audit::<(), _>(who, "user.create", &new.username, None, Some(&view))
         .await;
-    Ok((StatusCode::CREATED, Json(view)))
+    Ok(view)
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UserChange {
-    password: Option<String>,
-    roles: Option<Vec<String>>,
-    disabled: Option<bool>,
+pub(crate) struct UserChange {
+    pub(crate) password: Option<String>,
+    pub(crate) roles: Option<Vec<String>>,
+    pub(crate) disabled: Option<bool>,
 }
 
 #[utoipa::path(
@@ -177,9 +205,20 @@ async fn update_user(
     Path(name): Path<String>,
     Json(change): Json<UserChange>,
 ) -> ApiResult<Json<UserView>> {
+    Ok(Json(change_user(&app, &who, &name, change).await?))
+}
+
+/// Changes user `name`'s password, roles or disabled flag for `who` (`users:write`, holding
+/// everything the user holds; another's password: `users:*`). The user's sessions end.
+pub(crate) async fn change_user(
+    app: &App,
+    who: &Principal,
+    name: &str,
+    change: UserChange,
+) -> ApiResult<UserView> {
     who.require("users:write")?;
-    let before = app.find(&name).await?;
-    require_holds_user(&app, &who, &name, &before).await?;
+    let before = app.find(name).await?;
+    require_holds_user(app, who, name, &before).await?;
     let mut set = Document::new();
     if let Some(password) = change.password {
         if name == who.user {
@@ -188,16 +227,16 @@ async fn update_user(
                 "change your own password with POST /api/v1/auth/password (it asks for the current one)",
             ));
         }
-        access::require_all_of(&who, "users", "resetting another user's password")?;
+        access::require_all_of(who, "users", "resetting another user's password")?;
         if let Some(problem) = password_problem(&password) {
             return Err(ApiError::field("password", problem));
         }
         set.insert("passwordHash", hash_password(password).await?);
     }
     if let Some(roles) = &change.roles {
-        check_roles(&app, roles).await?;
-        let granted = access::roles_permissions(&app, roles).await?;
-        access::require_within(&who, &granted, "roles")?;
+        check_roles(app, roles).await?;
+        let granted = access::roles_permissions(app, roles).await?;
+        access::require_within(who, &granted, "roles")?;
         set.insert("roles", roles);
     }
     if let Some(disabled) = change.disabled {
@@ -211,16 +250,16 @@ async fn update_user(
     let reset = set.contains_key("passwordHash");
     // Existing sessions end, so a removed role or a reset password takes effect everywhere.
     set.insert("sessionsValidAfterMs", now_ms());
-    access::write_user(&app, &name, before.id(), UserWrite::Set(set)).await?;
+    access::write_user(app, name, before.id(), UserWrite::Set(set)).await?;
     if reset {
-        app.audit::<(), ()>(&who, "user.password-reset", &name, None, None)
+        app.audit::<(), ()>(who, "user.password-reset", name, None, None)
             .await;
     }
-    let after = app.find(&name).await?;
+    let after = app.find(name).await?;
     let (before, after) = (UserView::from(&before), UserView::from(&after));
-    app.audit(&who, "user.update", &name, Some(&before), Some(&after))
+    app.audit(who, "user.update", name, Some(&before), Some(&after))
         .await;
-    Ok(Json(after))
+    Ok(after)
 }
 
 #[utoipa::path(
@@ -228,29 +267,36 @@ async fn update_user(
     responses((status = 204))
 )]
 async fn delete_user(Caller(app, who): Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    remove_user(&app, &who, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes user `name` and its API tokens for `who` (`users:write`, holding everything the user
+/// holds); never the last enabled admin.
+pub(crate) async fn remove_user(app: &App, who: &Principal, name: &str) -> ApiResult<()> {
     who.require("users:write")?;
-    let before = app.find(&name).await?;
-    require_holds_user(&app, &who, &name, &before).await?;
-    access::write_user(&app, &name, before.id(), UserWrite::Delete).await?;
+    let before = app.find(name).await?;
+    require_holds_user(app, who, name, &before).await?;
+    access::write_user(app, name, before.id(), UserWrite::Delete).await?;
     app.audit(
-        &who,
+        who,
         "user.delete",
-        &name,
+        name,
         Some(&UserView::from(&before)),
         None::<&()>,
     )
     .await;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 /// A role: built in (`admin`, `operator`, `viewer`) or custom.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct RoleView {
-    name: String,
-    builtin: bool,
-    permissions: Vec<String>,
-    description: String,
+pub(crate) struct RoleView {
+    pub(crate) name: String,
+    pub(crate) builtin: bool,
+    pub(crate) permissions: Vec<String>,
+    pub(crate) description: String,
 }
 
 impl From<&RoleRecord> for RoleView {
@@ -284,8 +330,17 @@ async fn list_roles(
     Caller(app, who): Caller,
     page: PageRequest,
 ) -> ApiResult<Json<Page<RoleView>>> {
+    Ok(Json(roles_page(&app, &who, &page).await?))
+}
+
+/// A page of the roles, built-in and custom together by name, for `who` (`roles:read`).
+pub(crate) async fn roles_page(
+    app: &App,
+    who: &Principal,
+    page: &PageRequest,
+) -> ApiResult<Page<RoleView>> {
     who.require("roles:read")?;
-    let custom: Vec<RoleRecord> = app.page_read("listing roles", doc! {}, &page).await?;
+    let custom: Vec<RoleRecord> = app.page_read("listing roles", doc! {}, page).await?;
     let after = page.after.as_deref().unwrap_or_default();
     let mut roles: Vec<RoleView> = permissions::BUILTIN_ROLES
         .iter()
@@ -294,7 +349,7 @@ async fn list_roles(
         .chain(custom.iter().map(RoleView::from))
         .collect();
     roles.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Json(cut(roles, page.limit, |role| role.name.clone())))
+    Ok(cut(roles, page.limit, |role| role.name.clone()))
 }
 
 #[utoipa::path(
@@ -302,21 +357,26 @@ async fn list_roles(
     responses((status = 200, body = RoleView))
 )]
 async fn get_role(Caller(app, who): Caller, Path(name): Path<String>) -> ApiResult<Json<RoleView>> {
+    Ok(Json(show_role(&app, &who, &name).await?))
+}
+
+/// Role `name` (built-in or custom), for `who` (`roles:read`).
+pub(crate) async fn show_role(app: &App, who: &Principal, name: &str) -> ApiResult<RoleView> {
     who.require("roles:read")?;
-    if let Some(role) = RoleView::builtin(&name) {
-        return Ok(Json(role));
+    if let Some(role) = RoleView::builtin(name) {
+        return Ok(role);
     }
-    Ok(Json(RoleView::from(&app.find(&name).await?)))
+    Ok(RoleView::from(&app.find(name).await?))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RoleBody {
+pub(crate) struct RoleBody {
     #[serde(default)]
-    name: Option<String>,
-    permissions: Vec<String>,
+    pub(crate) name: Option<String>,
+    pub(crate) permissions: Vec<String>,
     #[serde(default)]
-    description: String,
+    pub(crate) description: String,
 }
 
 fn check_permissions(who: &Principal, list: &[String]) -> ApiResult<()> {
@@ -335,6 +395,11 @@ async fn create_role(
     Caller(app, who): Caller,
     Json(body): Json<RoleBody>,
 ) -> ApiResult<(StatusCode, Json<RoleView>)> {
+    Ok((StatusCode::CREATED, Json(add_role(&app, &who, body).await?)))
+}
+
+/// Creates custom role `body` for `who` (`roles:write`, granting only what it holds).
+pub(crate) async fn add_role(app: &App, who: &Principal, body: RoleBody) -> ApiResult<RoleView> {
     who.require("roles:write")?;
     let name = body
         .name
@@ -343,7 +408,7 @@ async fn create_role(
     if permissions::builtin(&name).is_some() {
         return Err(ApiError::conflict(format!("{name:?} is a built-in role")));
     }
-    check_permissions(&who, &body.permissions)?;
+    check_permissions(who, &body.permissions)?;
     let record = RoleRecord {
         name: name.clone(),
         permissions: body.permissions,
@@ -354,9 +419,9 @@ async fn create_role(
     })
     .await?;
     let view = RoleView::from(&record);
-    app.audit::<(), _>(&who, "role.create", &name, None, Some(&view))
+    app.audit::<(), _>(who, "role.create", &name, None, Some(&view))
         .await;
-    Ok((StatusCode::CREATED, Json(view)))
+    Ok(view)
 }
 
 #[utoipa::path(
@@ -368,8 +433,19 @@ async fn update_role(
     Path(name): Path<String>,
     Json(body): Json<RoleBody>,
 ) -> ApiResult<Json<RoleView>> {
+    Ok(Json(change_role(&app, &who, &name, body).await?))
+}
+
+/// Replaces custom role `name`'s permissions and description for `who` (`roles:write`,
+/// granting only what it holds); built-in roles do not change.
+pub(crate) async fn change_role(
+    app: &App,
+    who: &Principal,
+    name: &str,
+    body: RoleBody,
+) -> ApiResult<RoleView> {
     who.require("roles:write")?;
-    if permissions::builtin(&name).is_some() {
+    if permissions::builtin(name).is_some() {
         return Err(ApiError::conflict(format!(
             "{name:?} is a built-in role and cannot be changed"
         )));
@@ -377,26 +453,26 @@ async fn update_role(
     if body.name.as_ref().is_some_and(|n| *n != name) {
         return Err(ApiError::field("name", "cannot be changed"));
     }
-    check_permissions(&who, &body.permissions)?;
-    let before = app.find(&name).await?;
+    check_permissions(who, &body.permissions)?;
+    let before = app.find(name).await?;
     app.update_by_id(
         ROLES,
         "updating a role",
-        &name,
+        name,
         doc! { "$set": { "permissions": &body.permissions, "description": &body.description } },
     )
     .await?;
-    app.access_changed(&name).await;
-    let after = RoleView::from(&app.find(&name).await?);
+    app.access_changed(name).await;
+    let after = RoleView::from(&app.find(name).await?);
     app.audit(
-        &who,
+        who,
         "role.update",
-        &name,
+        name,
         Some(&RoleView::from(&before)),
         Some(&after),
     )
     .await;
-    Ok(Json(after))
+    Ok(after)
 }
 
 #[utoipa::path(
@@ -404,18 +480,23 @@ async fn update_role(
     responses((status = 204))
 )]
 async fn delete_role(Caller(app, who): Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    remove_role(&app, &who, &name).await
+}
+
+/// Deletes custom role `name` for `who` (`roles:write`); refused while any user holds it.
+pub(crate) async fn remove_role(app: &App, who: &Principal, name: &str) -> ApiResult<StatusCode> {
     who.require("roles:write")?;
-    if permissions::builtin(&name).is_some() {
+    if permissions::builtin(name).is_some() {
         return Err(ApiError::conflict(format!(
             "{name:?} is a built-in role and cannot be deleted"
         )));
     }
-    let before = app.find(&name).await?;
+    let before = app.find(name).await?;
     let holders: Vec<UserRecord> = app
         .records(
             USERS,
             "finding the role's users",
-            doc! { "roles": &name },
+            doc! { "roles": name },
             Document::new(),
             None,
         )
@@ -429,135 +510,17 @@ async fn delete_role(Caller(app, who): Caller, Path(name): Path<String>) -> ApiR
     }
     let before = RoleView::from(&before);
     let deleted = app
-        .delete_audited(
-            &who,
-            ROLES,
-            "deleting a role",
-            "role.delete",
-            &name,
-            &before,
-        )
+        .delete_audited(who, ROLES, "deleting a role", "role.delete", name, &before)
         .await;
-    app.access_changed(&name).await;
+    app.access_changed(name).await;
     deleted
-}
-
-#[derive(Deserialize)]
-struct AuditQuery {
-    /// `after` by its older name.
-    cursor: Option<String>,
-    actor: Option<String>,
-    action: Option<String>,
-    target: Option<String>,
-}
-
-/// One page of the audit log, newest first.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-struct AuditPage {
-    entries: Vec<AuditEntryView>,
-    /// Pass as `after` for older entries; `null` on the last page.
-    next_cursor: Option<String>,
-}
-
-/// One change an operator made.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-struct AuditEntryView {
-    /// Its place in the log (a MongoDB object id, hex).
-    id: String,
-    at_ms: i64,
-    actor: String,
-    /// `session`, `token:<id>` or `login`.
-    via: String,
-    action: String,
-    target: String,
-    /// The changed thing before and after (`null` for none), as the operation that changed it
-    /// showed it: open-ended, since every kind of record is audited.
-    before: serde_json::Value,
-    after: serde_json::Value,
-    /// The api replica that recorded it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    replica: Option<String>,
-}
-
-impl AuditEntryView {
-    /// `entry` as shown; `hide_archives` leaves out where backup archives are stored (their
-    /// blob hash), for a reader without `backups:read`.
-    fn new(mut entry: AuditRecord, hide_archives: bool) -> AuditEntryView {
-        if hide_archives && entry.action.starts_with("backup.") {
-            for side in [&mut entry.before, &mut entry.after] {
-                if let Bson::Document(recorded) = side {
-                    recorded.remove("hash");
-                }
-            }
-        }
-        AuditEntryView {
-            id: entry.id.to_hex(),
-            at_ms: entry.at_ms,
-            actor: entry.actor,
-            via: entry.via,
-            action: entry.action,
-            target: entry.target,
-            before: crate::json::value_of(entry.before),
-            after: crate::json::value_of(entry.after),
-            replica: entry.replica,
-        }
-    }
-}
-
-#[utoipa::path(
-    get, path = "/api/v1/audit", tag = "audit",
-    params(PageRequest, ("cursor" = Option<String>, Query, description = "`after` by its older name"), ("actor" = Option<String>, Query), ("action" = Option<String>, Query), ("target" = Option<String>, Query)),
-    responses((status = 200, body = AuditPage))
-)]
-async fn audit_log(
-    Caller(app, who): Caller,
-    mut page: PageRequest,
-    Query(query): Query<AuditQuery>,
-) -> ApiResult<Json<AuditPage>> {
-    who.require("audit:read")?;
-    page.after = page.after.or(query.cursor);
-    let mut filter = Document::new();
-    for (key, value) in [
-        ("actor", &query.actor),
-        ("action", &query.action),
-        ("target", &query.target),
-    ] {
-        if let Some(value) = value {
-            filter.insert(key, value);
-        }
-    }
-    let entries: Page<AuditRecord> = app.page("reading the audit log", filter, &page).await?;
-    // Where a backup archive is stored is for those who may read backups.
-    let hide_archives = who.require("backups:read").is_err();
-    let entries = entries.map(|entry| AuditEntryView::new(entry, hide_archives));
-    Ok(Json(AuditPage {
-        entries: entries.items,
-        next_cursor: entries.next_cursor,
-    }))
 }
 
 #[cfg(test)]
 mod tests {
-    use mongodb::bson::oid::ObjectId;
     use mongodb::bson::{self, doc};
 
     use super::*;
-
-    #[test]
-    fn an_audit_entry_is_shown_as_stored_and_hides_archives_when_asked() {
-        let stored = doc! {
-            "_id": ObjectId::new(), "atMs": 1_i64, "actor": "ann", "via": "session",
-            "action": "backup.create", "target": "backup-1", "before": null,
-            "after": { "id": "backup-1", "hash": "h", "size": 3_i64 }, "replica": "api-1",
-        };
-        let record: AuditRecord = bson::from_document(stored.clone()).unwrap();
-        let shown = serde_json::to_value(AuditEntryView::new(record.clone(), false)).unwrap();
-        assert_eq!(shown, crate::json::record(stored));
-        let hidden = serde_json::to_value(AuditEntryView::new(record, true)).unwrap();
-        assert!(hidden["after"].get("hash").is_none() && hidden["after"]["size"] == 3);
-    }
 
     #[test]
     fn a_user_is_shown_without_its_secrets() {

@@ -23,6 +23,8 @@ pub use passwords::{hash_password, password_problem};
 pub use principal::{Caller, Credential, Principal, resolve, until_lapsed, user_permissions};
 pub use sessions::SessionKeys;
 pub(crate) use sessions::{revoked_key, sign_session};
+// What the REST handlers and the dashboard's tokens page share.
+pub(crate) use tokens::{NewToken, new_token, revoke_token, tokens_page};
 // The operations' OpenAPI descriptions, for `crate::openapi`.
 pub use passwords::__path_change_password;
 pub use tokens::{__path_create_token, __path_delete_token, __path_list_tokens};

@@ -1,6 +1,7 @@
 //! API tokens: `pxt_<id>_<secret>`, stored as the secret's SHA-256, scoped to some of the
 //! owner's permissions, with an optional expiry and the time of last use; bound to the owner's
-//! user id. Creating, listing and deleting them.
+//! user id. Creating, listing and deleting them: each REST handler calls one `pub(crate)`
+//! function that the dashboard's page (`crate::ui`) calls too.
 
 use axum::extract::{Path, Query};
 use axum::http::StatusCode;
@@ -95,28 +96,28 @@ fn permissions_intersection(scoped: &[String], held: &[String]) -> Vec<String> {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub(super) struct NewToken {
-    name: String,
+pub(crate) struct NewToken {
+    pub(crate) name: String,
     /// Defaults to everything the creator holds.
     #[serde(default)]
-    permissions: Option<Vec<String>>,
+    pub(crate) permissions: Option<Vec<String>>,
     /// e.g. "30d", "12h"; none: no expiry.
     #[serde(default)]
-    expires_in: Option<String>,
+    pub(crate) expires_in: Option<String>,
 }
 
 /// An API token as shown (never its secret or hash).
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenView {
-    id: String,
-    name: String,
+    pub(crate) id: String,
+    pub(crate) name: String,
     /// The owner's user name.
-    owner: String,
-    permissions: Vec<String>,
-    created_at_ms: i64,
-    expires_at_ms: Option<i64>,
-    last_used_at_ms: Option<i64>,
+    pub(crate) owner: String,
+    pub(crate) permissions: Vec<String>,
+    pub(crate) created_at_ms: i64,
+    pub(crate) expires_at_ms: Option<i64>,
+    pub(crate) last_used_at_ms: Option<i64>,
 }
 
 impl From<&ApiTokenRecord> for TokenView {
@@ -136,11 +137,11 @@ impl From<&ApiTokenRecord> for TokenView {
 /// A token just made, with its secret.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct CreatedToken {
+pub(crate) struct CreatedToken {
     #[serde(flatten)]
-    view: TokenView,
+    pub(crate) view: TokenView,
     /// Shown once; only its hash is stored.
-    token: String,
+    pub(crate) token: String,
 }
 
 #[utoipa::path(
@@ -151,6 +152,17 @@ pub(super) async fn create_token(
     Caller(app, principal): Caller,
     Json(new): Json<NewToken>,
 ) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
+    let created = new_token(&app, &principal, new).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Makes an API token for `principal` (`tokens:write`), scoped within what it holds: the token
+/// with its secret, shown this once.
+pub(crate) async fn new_token(
+    app: &App,
+    principal: &Principal,
+    new: NewToken,
+) -> ApiResult<CreatedToken> {
     principal.require("tokens:write")?;
     if new.name.trim().is_empty() || new.name.len() > 100 {
         return Err(ApiError::field("name", "must be 1 to 100 characters"));
@@ -166,7 +178,7 @@ pub(super) async fn create_token(
         }
         None => principal.permissions.clone(),
     };
-    let expires_at_ms = expiry(&principal, new.expires_in.as_deref())?;
+    let expires_at_ms = expiry(principal, new.expires_in.as_deref())?;
     let id = {
         let mut raw = [0u8; 8];
         rand::rng().fill_bytes(&mut raw);
@@ -187,15 +199,12 @@ pub(super) async fn create_token(
     app.insert(API_TOKENS, "storing an API token", &record)
         .await?;
     let view = TokenView::from(&record);
-    app.audit::<(), _>(&principal, "token.create", &id, None, Some(&view))
+    app.audit::<(), _>(principal, "token.create", &id, None, Some(&view))
         .await;
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedToken {
-            view,
-            token: format!("pxt_{id}_{secret}"),
-        }),
-    ))
+    Ok(CreatedToken {
+        view,
+        token: format!("pxt_{id}_{secret}"),
+    })
 }
 
 /// When a new token expires: `expires_in` from now, and never after the API token that makes
@@ -244,8 +253,20 @@ pub(super) async fn list_tokens(
     Query(filter): Query<TokenFilter>,
     page: PageRequest,
 ) -> ApiResult<Json<Page<TokenView>>> {
+    let tokens = tokens_page(&app, &principal, filter.owner.as_deref(), &page).await?;
+    Ok(Json(tokens))
+}
+
+/// A page of API tokens, oldest first, for `principal` (`tokens:read`): its own (`owner` none or
+/// itself), or (with `users:read`) another user's or `all`.
+pub(crate) async fn tokens_page(
+    app: &App,
+    principal: &Principal,
+    owner: Option<&str>,
+    page: &PageRequest,
+) -> ApiResult<Page<TokenView>> {
     principal.require("tokens:read")?;
-    let query = match filter.owner.as_deref() {
+    let query = match owner {
         None => doc! { "owner": &principal.user },
         Some(owner) if owner == principal.user => doc! { "owner": owner },
         Some(owner) => {
@@ -257,8 +278,8 @@ pub(super) async fn list_tokens(
             }
         }
     };
-    let view = |token: ApiTokenRecord| TokenView::from(&token);
-    app.views("listing API tokens", query, &page, view).await
+    let tokens: Page<ApiTokenRecord> = app.page("listing API tokens", query, page).await?;
+    Ok(tokens.map(|token| TokenView::from(&token)))
 }
 
 #[utoipa::path(
@@ -269,16 +290,25 @@ pub(super) async fn delete_token(
     Caller(app, principal): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    revoke_token(&app, &principal, &id).await
+}
+
+/// Deletes API token `id` for `principal` (`tokens:write`; another user's: `users:write` too).
+pub(crate) async fn revoke_token(
+    app: &App,
+    principal: &Principal,
+    id: &str,
+) -> ApiResult<StatusCode> {
     principal.require("tokens:write")?;
-    let record: ApiTokenRecord = app.find(&id).await?;
+    let record: ApiTokenRecord = app.find(id).await?;
     if record.owner != principal.user {
         principal.require("users:write")?;
     }
     let before = TokenView::from(&record);
     let doing = "deleting an API token";
     let deleted = app
-        .delete_audited(&principal, API_TOKENS, doing, "token.delete", &id, &before)
+        .delete_audited(principal, API_TOKENS, doing, "token.delete", id, &before)
         .await;
-    app.access_changed(&id).await;
+    app.access_changed(id).await;
     deleted
 }

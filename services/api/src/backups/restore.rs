@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::archive::{self, Archive};
 use super::{IDENTITY, MERGED, REPLACED, RESTORE_FLAG, snapshot, verified};
 use crate::app::App;
-use crate::auth::Caller;
+use crate::auth::{Caller, Principal};
 use crate::error::{ApiError, ApiResult, ErrorCode, Json};
 
 /// Default and longest time a restore may take to get every lease.
@@ -32,13 +32,13 @@ const MAX_LEASE_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct RestoreRequest {
     /// Print the plan, change nothing.
     #[serde(default)]
-    dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Restore a backup of another cluster (its id differs from this one's).
     #[serde(default)]
-    force: bool,
+    pub(crate) force: bool,
     /// How long to try to take every lease before giving up with nothing changed (default 30s).
     #[serde(default)]
-    timeout: Option<String>,
+    pub(crate) timeout: Option<String>,
 }
 
 /// The `_id`s of `docs` (a string id as itself, any other as its text).
@@ -91,33 +91,33 @@ fn check_groups(archive: &Archive) -> ApiResult<()> {
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreResult {
-    id: String,
-    dry_run: bool,
-    plan: RestorePlan,
+    pub(crate) id: String,
+    pub(crate) dry_run: bool,
+    pub(crate) plan: RestorePlan,
     /// Every mutation lease the restore held while it wrote; absent on a dry run.
     #[serde(skip_serializing_if = "Option::is_none")]
-    leases_taken: Option<usize>,
+    pub(crate) leases_taken: Option<usize>,
 }
 
 /// What a restore changes, per collection (the collections the archive has).
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct RestorePlan {
+pub(crate) struct RestorePlan {
     /// The desired configuration, replaced by the backup's: records by `_id`.
-    replace: BTreeMap<String, Replacement>,
+    pub(crate) replace: BTreeMap<String, Replacement>,
     /// Certificates and join tokens: how many the store lacks and gets back.
-    add_missing: BTreeMap<String, usize>,
+    pub(crate) add_missing: BTreeMap<String, usize>,
     /// Whether users, roles, tokens, certificates and join tokens come back, and why.
-    identity: String,
+    pub(crate) identity: String,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-struct Replacement {
+pub(crate) struct Replacement {
     /// How many records both have.
-    keep: usize,
+    pub(crate) keep: usize,
     /// Records only the backup has, and only the cluster has.
-    add: Vec<String>,
-    remove: Vec<String>,
+    pub(crate) add: Vec<String>,
+    pub(crate) remove: Vec<String>,
 }
 
 fn plan(
@@ -169,6 +169,18 @@ pub async fn restore(
 ) -> ApiResult<Json<RestoreResult>> {
     who.require("backups:write")?;
     let request: RestoreRequest = crate::error::optional_body(&body)?;
+    Ok(Json(restore_backup(&app, &who, id, &request).await?))
+}
+
+/// Backup `id` restored as `request` asks, by `who` (`backups:write`): with `dry_run`, only
+/// what it would change.
+pub(crate) async fn restore_backup(
+    app: &App,
+    who: &Principal,
+    id: String,
+    request: &RestoreRequest,
+) -> ApiResult<RestoreResult> {
+    who.require("backups:write")?;
     let timeout = match &request.timeout {
         None => LEASE_TIMEOUT,
         Some(text) => humantime::parse_duration(text)
@@ -181,7 +193,7 @@ pub async fn restore(
                 )
             })?,
     };
-    let archive = verified(&app, &id).await?;
+    let archive = verified(app, &id).await?;
     let theirs = archive.manifest["clusterId"].as_str().unwrap_or_default();
     if theirs != app.service.cluster_id && !request.force {
         return Err(ApiError::new(
@@ -201,7 +213,7 @@ pub async fn restore(
         without_identity(archive)
     };
     check_groups(&archive)?;
-    let current = snapshot(&app).await?;
+    let current = snapshot(app).await?;
     let identity = if ours {
         "restored (the archive was made by this cluster)".to_owned()
     } else {
@@ -212,12 +224,12 @@ pub async fn restore(
     };
     let plan = plan(&current, &archive, identity);
     if request.dry_run {
-        return Ok(Json(RestoreResult {
+        return Ok(RestoreResult {
             id,
             dry_run: true,
             plan,
             leases_taken: None,
-        }));
+        });
     }
 
     let flag_ttl = timeout + Duration::from_secs(120);
@@ -229,7 +241,7 @@ pub async fn restore(
     let stop = CancellationToken::new();
     let (keeper, keeper_task) =
         LeaseKeeper::start(app.service.leases.clone(), "mixed", stop.clone());
-    let outcome = restore_under_leases(&app, &keeper, &current, &archive, timeout).await;
+    let outcome = restore_under_leases(app, &keeper, &current, &archive, timeout).await;
     keeper.release_all().await;
     stop.cancel();
     let _ = keeper_task.await;
@@ -248,7 +260,7 @@ pub async fn restore(
         leases_taken: Some(leases),
     };
     app.audit_and_publish::<(), _>(
-        &who,
+        who,
         "backup.restore",
         &id,
         None,
@@ -257,7 +269,7 @@ pub async fn restore(
         json!({ "by": &who.user }),
     )
     .await;
-    Ok(Json(result))
+    Ok(result)
 }
 
 /// Takes every mutation lease (or gives up, nothing changed), then writes the restore in one

@@ -46,6 +46,31 @@ const NAVIGATION: &[NavPage] = &[
         href: "/ui/modules",
         needs: Some("modules:read"),
     },
+    NavPage {
+        title: "Users",
+        href: "/ui/users",
+        needs: Some("users:read"),
+    },
+    NavPage {
+        title: "Roles",
+        href: "/ui/roles",
+        needs: Some("roles:read"),
+    },
+    NavPage {
+        title: "API tokens",
+        href: "/ui/tokens",
+        needs: Some("tokens:read"),
+    },
+    NavPage {
+        title: "Audit",
+        href: "/ui/audit",
+        needs: Some("audit:read"),
+    },
+    NavPage {
+        title: "Backups",
+        href: "/ui/backups",
+        needs: Some("backups:read"),
+    },
 ];
 
 /// htmx without what the policy forbids: no inline indicator styles, no `eval`, no scripts in

@@ -11,7 +11,11 @@
 //! - Every answer carries a strict Content-Security-Policy (no inline scripts or styles), and the
 //!   static files are embedded in the binary ([`assets`]).
 
+mod access;
 mod assets;
+mod audit;
+mod backups;
+mod charts;
 mod group_form;
 mod groups;
 mod instance;
@@ -40,6 +44,8 @@ use crate::error::ApiError;
 pub struct Settings {
     /// The REST port speaks TLS: the session cookie is `Secure`.
     pub tls: bool,
+    /// How the network's history is sampled (the overview's charts span what is kept).
+    pub history: crate::network::HistorySettings,
 }
 
 /// The dashboard's policy: only this origin's own scripts, styles and connections; never framed;
@@ -98,6 +104,9 @@ pub fn routes() -> Router<App> {
         .route("/ui/modules/{name}", get(modules::detail))
         .route("/ui/modules/{name}/live", get(modules::live_part))
         .route("/ui/modules/{name}/{action}", post(modules::action))
+        .merge(access::routes())
+        .merge(audit::routes())
+        .merge(backups::routes())
         .route("/ui/login", get(login::form).post(login::submit))
         .route("/ui/logout", post(login::logout))
         .route("/ui/assets/{hash}/{name}", get(assets::serve))

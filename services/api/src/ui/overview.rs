@@ -1,10 +1,11 @@
 //! `/ui/`: the overview. Every replica of every service (the same answer as
 //! `GET /api/v1/system/status`, [`crate::system::status_of`]), counts of groups, instances by
 //! state, nodes and players online, and the live event feed (the event stream of
-//! `GET /api/v1/events`, [`crate::events::follow`], as HTML fragments). Each part shows only when
-//! its user holds the permission its REST endpoint asks for.
+//! `GET /api/v1/events`, [`crate::events::follow`], as HTML fragments), and charts of players and
+//! instances over time ([`crate::network::history`]). Each part shows only when its user holds
+//! the permission its REST endpoint asks for.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 
 use axum::http::HeaderMap;
@@ -13,17 +14,19 @@ use futures::Stream;
 use maud::{Markup, html};
 use mongodb::bson::doc;
 use prexor_coord::StoredEvent;
+use prexor_domain::now_ms;
 use prexor_model::groups::GROUPS;
-use prexor_model::instances::{INSTANCE_LOAD, INSTANCES, InstanceLoad, live_filter};
+use prexor_model::instances::INSTANCES;
 use prexor_model::nodes::NODES;
-use serde::Deserialize;
 
+use super::charts::{Series, Span, line_chart};
 use super::session::Signed;
 use super::widgets::{clock, tone};
-use super::{UiError, html, layout};
+use super::{Settings, UiError, html, layout};
 use crate::app::App;
 use crate::auth::Principal;
 use crate::error::ApiResult;
+use crate::network::{by_state, history, players_online};
 use crate::system::{Status, status_of};
 
 /// How often the summary reloads itself.
@@ -31,7 +34,7 @@ const SUMMARY_EVERY: &str = "every 5s";
 
 /// `GET /ui/`.
 pub async fn page(signed: Signed) -> Result<axum::response::Html<String>, UiError> {
-    let summary = summary_part(&signed.app, &signed.who).await;
+    let summary = summary_part(&signed).await;
     let feed = signed.who.require("events:read").is_ok();
     let content = html! {
         h1 { "Overview" }
@@ -54,16 +57,27 @@ pub async fn page(signed: Signed) -> Result<axum::response::Html<String>, UiErro
 
 /// `GET /ui/overview/summary`: the replicas and counts, as the page polls them.
 pub async fn summary(signed: Signed) -> axum::response::Html<String> {
-    html(summary_part(&signed.app, &signed.who).await)
+    html(summary_part(&signed).await)
 }
 
-async fn summary_part(app: &App, who: &Principal) -> Markup {
-    let (status, counts) = tokio::join!(status_of(app, who), counts(app, who));
+async fn summary_part(signed: &Signed) -> Markup {
+    let (app, who) = (&signed.app, &signed.who);
+    let (status, counts, charts) = tokio::join!(
+        status_of(app, who),
+        counts(app, who),
+        part(who, "instances:read", charts(app, signed.settings)),
+    );
     html! {
         div #summary hx-get="/ui/overview/summary" hx-trigger=(SUMMARY_EVERY) hx-swap="outerHTML" {
             section.panel #counts {
                 h2 { "Network" }
                 (counts_part(&counts))
+            }
+            @if let Ok(charts) = charts {
+                section.panel #history {
+                    h2 { "Over time" }
+                    (charts)
+                }
             }
             section.panel #replicas {
                 h2 { "Replicas" }
@@ -83,56 +97,34 @@ struct Counts {
     players: Part<u64>,
 }
 
-#[derive(Deserialize)]
-struct ByState {
-    #[serde(rename = "_id")]
-    state: Option<String>,
-    count: u64,
-}
-
-/// Records of `collection` per `state` value.
-async fn by_state(app: &App, collection: &str, what: &str) -> ApiResult<BTreeMap<String, u64>> {
-    let pipeline = vec![doc! { "$group": { "_id": "$state", "count": { "$sum": 1 } } }];
-    let counted: Vec<ByState> = app.aggregate(collection, what, pipeline).await?;
-    Ok(counted
-        .into_iter()
-        .map(|c| (c.state.unwrap_or_default(), c.count))
-        .collect())
-}
-
-/// Players online on live instances, as their servers last reported them.
-async fn players_online(app: &App) -> ApiResult<u64> {
-    let reporting = doc! { "playerNames.0": { "$exists": true } };
-    let loads: Vec<InstanceLoad> = app
-        .records(
-            INSTANCE_LOAD,
-            "reading players online",
-            reporting,
-            doc! {},
-            None,
-        )
-        .await?;
-    if loads.is_empty() {
-        return Ok(0);
-    }
-    #[derive(Deserialize)]
-    struct Id {
-        #[serde(rename = "_id")]
-        id: String,
-    }
-    let ids: Vec<&str> = loads.iter().map(|l| l.id.as_str()).collect();
-    let live = doc! { "_id": { "$in": ids }, "state": live_filter() };
-    let live: HashSet<String> = app
-        .records::<Id>(INSTANCES, "reading live instances", live, doc! {}, None)
-        .await?
-        .into_iter()
-        .map(|i| i.id)
-        .collect();
-    Ok(loads
-        .iter()
-        .filter(|l| live.contains(&l.id))
-        .map(|l| l.player_names.len() as u64)
-        .sum())
+/// Players online and live / running instances over the kept history, as two charts.
+async fn charts(app: &App, settings: Settings) -> ApiResult<Markup> {
+    let kept = settings.history;
+    let samples = history(app, kept.keep).await?;
+    let to_ms = now_ms();
+    let span = Span {
+        from_ms: samples.first().map_or(to_ms, |s| s.at_ms),
+        to_ms,
+        every_ms: kept.every.as_millis() as i64,
+    };
+    let series = |name, class, value: fn(&prexor_model::instances::NetworkSample) -> i64| Series {
+        name,
+        class,
+        points: samples.iter().map(|s| (s.at_ms, value(s))).collect(),
+    };
+    Ok(html! {
+        @if samples.is_empty() {
+            p.note #no-history { "No samples yet: the replicas take one every " (humantime::format_duration(kept.every)) "." }
+        } @else {
+            div.charts {
+                (line_chart("players-chart", "Players online", span, &[series("Players", "players", |s| s.players)]))
+                (line_chart("instances-chart", "Instances", span, &[
+                    series("Live", "live", |s| s.instances),
+                    series("Running", "running", |s| s.running),
+                ]))
+            }
+        }
+    })
 }
 
 /// `read()` when `who` holds `permission`; its refusal or failure as text otherwise.

@@ -61,7 +61,7 @@ fn settings(parts: &Parts) -> Settings {
         .extensions
         .get::<Settings>()
         .copied()
-        .unwrap_or(Settings { tls: false })
+        .expect("the dashboard's routes carry their Settings (ui::secured)")
 }
 
 /// Who made the request, as far as being sent to sign in goes.
