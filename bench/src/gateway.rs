@@ -96,6 +96,7 @@ pub async fn run(servers: &Servers, n: usize, kills: usize) -> anyhow::Result<()
             memory_mb: 256,
             files: Vec::new(),
             layers: Vec::new(),
+            config_rules: Vec::new(),
         }),
     });
     let ack = via_owner

@@ -1,5 +1,6 @@
 //! Preparing one server from its plan: the instance directory in `daemon.serversDir` (template
-//! layers in order, then the plan's files, placeholders substituted), its argv and environment;
+//! layers in order, then the plan's files, placeholders substituted, then its config rules:
+//! [`crate::config_rules`]), its argv and environment;
 //! [`crate::supervise`] then starts it under a shim.
 
 use std::path::{Component, Path};
@@ -66,6 +67,7 @@ impl Instances {
             std::fs::write(&path, substitute(&file.content))
                 .map_err(|e| permanent(format!("cannot write {}: {e}", path.display())))?;
         }
+        crate::config_rules::apply(&dir, &plan.config_rules, &substitute).map_err(permanent)?;
         let argv: Vec<String> = plan.command.iter().map(|a| substitute(a)).collect();
         let env = crate::isolation::server_env(plan, &inner.node_id, &dir, &substitute);
         self.start_shim(plan, dir, argv, env).await

@@ -2,6 +2,7 @@
 //! at a time, out of the configured list.
 
 mod cgroup;
+mod config_rules;
 mod datadir;
 mod fences;
 mod identity;

@@ -135,6 +135,7 @@ fn start(instance: &str, port: u16, extra: &[&str]) -> anyhow::Result<Action> {
                 content: "server-port={port}\nmotd={instance} on {node}\n".into(),
             }],
             layers: Vec::new(),
+            config_rules: Vec::new(),
         }),
     }))
 }

@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::config_rules::{
+    ConfigChange, ConfigFormat, ConfigRule, ConfigValue, SetKey, TextReplace,
+};
 use crate::{is_sha256_hex, validate_name};
 
 /// The longest group name: `<name>-<number>` (instance ids) must stay within the 63 characters of
@@ -52,6 +55,10 @@ pub struct GroupSpec {
     /// DRAINS for up to this many seconds (until they left), then is stopped; 0: stop at once.
     #[serde(default = "default_drain")]
     pub drain_seconds: u32,
+    /// Changes to the server's configuration files, made in order after the layers are unpacked
+    /// (so one template serves many groups): [`ConfigRule`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_rules: Vec<ConfigRule>,
 }
 
 fn default_grace() -> u32 {
@@ -224,6 +231,21 @@ impl GroupSpec {
                 problem(&format!("modules[{i}]"), format!("{module:?} {e}"));
             }
         }
+        if self.config_rules.len() > crate::config_rules::MAX_RULES {
+            problem(
+                "configRules",
+                format!(
+                    "{} rules; a group has at most {}",
+                    self.config_rules.len(),
+                    crate::config_rules::MAX_RULES
+                ),
+            );
+        }
+        for (i, rule) in self.config_rules.iter().enumerate() {
+            for (field, message) in rule.problems() {
+                problem(&format!("configRules[{i}]{field}"), message);
+            }
+        }
         for (i, template) in self.templates.iter().enumerate() {
             if template.hash.is_empty() {
                 problem(
@@ -267,6 +289,7 @@ mod tests {
             modules: vec![],
             stop_grace_seconds: 30,
             drain_seconds: 60,
+            config_rules: vec![],
         }
     }
 

@@ -1,6 +1,7 @@
 //! The vocabulary every PrexorCloud crate shares: what a service is, what a lease scope is, how
 //! leases are timed, which names are valid, and where an instance is placed (a pure decision).
 
+pub mod config_rules;
 mod digest;
 mod group;
 mod lease_timing;
@@ -15,7 +16,10 @@ mod service;
 mod time;
 
 pub use digest::{StreamHash, fnv1a, hex, inventory_digest, is_sha256_hex, sha256_hex};
-pub use group::{DynamicScaling, FieldProblem, GroupSpec, PortRange, ScalingMode, TemplateRef};
+pub use group::{
+    ConfigChange, ConfigFormat, ConfigRule, ConfigValue, DynamicScaling, FieldProblem, GroupSpec,
+    PortRange, ScalingMode, SetKey, TemplateRef, TextReplace,
+};
 pub use lease_timing::LeaseTiming;
 pub use lifecycle::InstanceState;
 pub use name::{NameError, validate_name};

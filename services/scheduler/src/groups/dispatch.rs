@@ -6,10 +6,13 @@
 use futures::future::join_all;
 use mongodb::bson::{Bson, Document, doc};
 use prexor_coord::Lease;
-use prexor_domain::{InstanceState, now_ms};
+use prexor_domain::{ConfigChange as Change, InstanceState, now_ms};
 use prexor_model::instances::INSTANCE_PLANS;
 use prexor_proto::v1::command::Action;
-use prexor_proto::v1::{AckResult, CommandAck, CompositionPlan, StartInstance, TemplateLayer};
+use prexor_proto::v1::{
+    AckResult, CommandAck, CompositionPlan, ConfigRule, SetKey, StartInstance, TemplateLayer,
+    TextReplace,
+};
 use prexor_store::{StoreError, Write};
 
 use crate::commands::fenced_command;
@@ -304,7 +307,35 @@ fn composition_plan(group: &str, instance: &Instance, plan: &Document) -> Compos
                     .collect()
             })
             .unwrap_or_default(),
+        config_rules: plan
+            .get_array("configRules")
+            .map(|rules| rules.iter().filter_map(config_rule).collect())
+            .unwrap_or_default(),
     }
+}
+
+/// A persisted config rule as the daemon takes it (one that no longer reads as a rule, written
+/// by another version, is left out rather than sent wrong).
+fn config_rule(stored: &Bson) -> Option<ConfigRule> {
+    use prexor_proto::v1::config_rule::Change as Sent;
+    let rule: prexor_domain::ConfigRule = mongodb::bson::from_bson(stored.clone()).ok()?;
+    let text = |t: &prexor_domain::TextReplace| TextReplace {
+        find: t.find.clone(),
+        with: t.with.clone(),
+    };
+    let change = match rule.change()? {
+        Change::Set(format, set) => Sent::Set(SetKey {
+            format: format.as_str().to_owned(),
+            key: set.key.clone(),
+            value_json: serde_json::to_string(&set.value).ok()?,
+        }),
+        Change::Replace(replace) => Sent::Replace(text(replace)),
+        Change::Regex(regex) => Sent::Regex(text(regex)),
+    };
+    Some(ConfigRule {
+        file: rule.file,
+        change: Some(change),
+    })
 }
 
 #[cfg(test)]

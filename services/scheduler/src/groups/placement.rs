@@ -54,7 +54,7 @@ pub(super) fn plan_doc(
     env.insert("PREXOR_INSTANCE_ID", id);
     env.insert("PREXOR_GROUP", group);
     env.insert("PREXOR_INSTANCE_TOKEN", token);
-    doc! {
+    let mut plan = doc! {
         "group": group,
         "command": spec.command.clone(),
         "env": env,
@@ -71,7 +71,12 @@ pub(super) fn plan_doc(
             )
             .collect::<Vec<_>>(),
         "instance": id,
+    };
+    if !spec.config_rules.is_empty() {
+        let rules = mongodb::bson::to_bson(&spec.config_rules).expect("config rules serialize");
+        plan.insert("configRules", rules);
     }
+    plan
 }
 
 pub(super) fn plan_hash(plan: &Document, id: &str, attempt: i64, revision: i64) -> String {
