@@ -97,6 +97,7 @@ pub async fn run(servers: &Servers, n: usize, kills: usize) -> anyhow::Result<()
             files: Vec::new(),
             layers: Vec::new(),
             config_rules: Vec::new(),
+            variables: Default::default(),
         }),
     });
     let ack = via_owner

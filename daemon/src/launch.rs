@@ -16,12 +16,19 @@ impl Instances {
         let inner = &self.inner;
         let id = plan.instance_id.clone();
         let dir = inner.isolation.instance_dir(&id);
+        let variables: std::collections::BTreeMap<String, String> = plan
+            .variables
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let substitute = |s: &str| {
-            s.replace("{port}", &plan.port.to_string())
+            let s = s
+                .replace("{port}", &plan.port.to_string())
                 .replace("{instance}", &id)
                 .replace("{group}", &plan.group)
                 .replace("{node}", &inner.node_id)
-                .replace("{memory}", &plan.memory_mb.to_string())
+                .replace("{memory}", &plan.memory_mb.to_string());
+            prexor_domain::variables::substitute_vars(&s, &variables)
         };
         let permanent = LayerError::Permanent;
         let fresh = !dir.exists();

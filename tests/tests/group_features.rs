@@ -1,15 +1,20 @@
 //! Group features beyond scaling and placement (docs/scheduling.md), each through the REST API
 //! with the real binaries: config rules patch a template's files per group when a server is
-//! prepared; a rule the API can tell is wrong is refused naming it, and one that cannot be
-//! applied on the node fails the start naming it.
+//! prepared (a rule the API can tell is wrong is refused naming it, one that cannot be applied on
+//! the node fails the start naming it); typed variables reach the files and environment, and a
+//! secret's value reaches its server and nothing else (no MongoDB record, backup, log line or API
+//! answer holds it).
 
 use std::time::Duration;
 
+use std::io::Read;
+
 use anyhow::{Context, ensure};
+use futures::TryStreamExt;
 use mongodb::bson::doc;
 use prexor_acceptance::{
-    Cluster, create_group, find_one, nodes, refused_group, running, scenario_tests, schedulers,
-    spec_of, tar_gz,
+    Cluster, create_group, find_one, nodes, refused_group, reported_pid, running, scenario_tests,
+    schedulers, spec_of, stop_all, tar_gz, wait_state,
 };
 use prexor_testkit::eventually;
 use serde_json::json;
@@ -19,6 +24,7 @@ const WITHIN: Duration = Duration::from_secs(30);
 
 scenario_tests! {
     config_rules_patch_a_templates_files_per_group: config_rules,
+    variables_and_secrets_reach_the_server_and_nothing_else: variables,
 }
 
 async fn config_rules(cluster: &Cluster) -> anyhow::Result<()> {
@@ -122,4 +128,160 @@ async fn config_rules(cluster: &Cluster) -> anyhow::Result<()> {
 
     api.stop(Duration::from_secs(20)).await?;
     fleet.stop_with(&mut scheduler).await
+}
+
+/// Every document of every collection of the test's database, as extended JSON text.
+async fn whole_database(cluster: &Cluster) -> anyhow::Result<String> {
+    let store = cluster.store().await?;
+    let db = store.database();
+    let mut text = String::new();
+    for name in db.list_collection_names().await? {
+        let docs: Vec<mongodb::bson::Document> = db
+            .collection::<mongodb::bson::Document>(&name)
+            .find(doc! {})
+            .await?
+            .try_collect()
+            .await?;
+        for doc in docs {
+            text.push_str(
+                &mongodb::bson::Bson::Document(doc)
+                    .into_relaxed_extjson()
+                    .to_string(),
+            );
+        }
+    }
+    Ok(text)
+}
+
+/// Every file of a tar.gz archive, unpacked, as one text.
+fn unpacked(archive: &[u8]) -> anyhow::Result<String> {
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    let mut text = String::new();
+    for entry in tar.entries()? {
+        let mut bytes = Vec::new();
+        entry?.read_to_end(&mut bytes)?;
+        text.push_str(&String::from_utf8_lossy(&bytes));
+    }
+    Ok(text)
+}
+
+async fn variables(cluster: &Cluster) -> anyhow::Result<()> {
+    // Two secrets, one in the scheduler's environment, one in a file on its host.
+    let rcon = format!("rcon-{}", uuid_like());
+    let token = format!("token-{}", uuid_like());
+    let token_file = cluster.dir.join("discord-token");
+    std::fs::write(&token_file, format!("{token}\n"))?;
+    let password = cluster.bootstrap_admin("admin")?;
+    let mut fleet = nodes(cluster, &["node-1"]).await?;
+    let mut scheduler = cluster.service_with_env(
+        "scheduler",
+        "scheduler-1",
+        &[("RCON_PASSWORD", rcon.as_str())],
+    )?;
+    scheduler.wait_ready(READY_WITHIN).await?;
+    let mut api = cluster.service("api", "api-1", "")?;
+    api.wait_ready(READY_WITHIN).await?;
+    let rest = api.rest(&api.login("admin", &password).await?);
+
+    let layer = tar_gz(&[(
+        "server.properties",
+        "rcon.password={vars.RCON}\nmax-players={vars.SLOTS}\npvp={vars.PVP}\nquery.port={vars.QUERY}\n",
+    )])?;
+    let (status, body) = rest.put_bytes("/templates/vars", layer).await?;
+    ensure!(status == 201, "uploading the template: {status} {body}");
+    let mut spec = spec_of("vars", 1, &[])?;
+    spec["templates"] = json!([{ "name": "vars" }]);
+    spec["env"]["RCON_ENV"] = json!("{vars.RCON}");
+    spec["env"]["MOTD_ENV"] = json!("{vars.MOTD} ({group})");
+    spec["variables"] = json!({
+        "MOTD": { "type": "string", "value": "Welcome" },
+        "SLOTS": { "type": "int", "value": 120 },
+        "PVP": { "type": "bool", "value": false },
+        "QUERY": { "type": "port", "value": 25575 },
+        "RCON": { "type": "secret", "from": "env://RCON_PASSWORD" },
+        "DISCORD": { "type": "secret", "from": format!("file://{}", token_file.display()) },
+    });
+    spec["configRules"] = json!([
+        { "file": "bot.yml", "set": { "key": "discord.token", "value": "{vars.DISCORD}" } },
+    ]);
+
+    // A value that does not fit its type, or a secret given as a value, is refused by field.
+    let mut bad = spec.clone();
+    bad["variables"]["QUERY"]["value"] = json!(70000);
+    refused_group(&rest, "vars", bad, "variables.QUERY.value").await?;
+    let mut bad = spec.clone();
+    bad["variables"]["RCON"] = json!({ "type": "secret", "value": "hunter2" });
+    refused_group(&rest, "vars", bad, "variables.RCON.value").await?;
+
+    create_group(&rest, "vars", spec).await?;
+    let instance = running(cluster, &["vars-1"]).await?.remove(0);
+    let dir = cluster.dir.join("node-1-servers").join("vars-1");
+    let properties = std::fs::read_to_string(dir.join("server.properties"))?;
+    ensure!(
+        properties
+            == format!("rcon.password={rcon}\nmax-players=120\npvp=false\nquery.port=25575\n"),
+        "{properties}"
+    );
+    let bot = std::fs::read_to_string(dir.join("bot.yml"))?;
+    ensure!(bot.contains(&token), "{bot}");
+    let environ = std::fs::read(format!("/proc/{}/environ", reported_pid(&instance)))?;
+    let environ = String::from_utf8_lossy(&environ);
+    ensure!(
+        environ.split('\0').any(|v| v == format!("RCON_ENV={rcon}"))
+            && environ.split('\0').any(|v| v == "MOTD_ENV=Welcome (vars)"),
+        "the server's environment: {environ}"
+    );
+
+    // The API shows where a secret comes from, never its value.
+    let (_, group) = rest.get("/groups/vars").await?;
+    ensure!(
+        group["spec"]["variables"]["RCON"]
+            == json!({ "type": "secret", "from": "env://RCON_PASSWORD" }),
+        "{group}"
+    );
+    // Nothing kept anywhere holds a secret's value: no record, no backup, no log line.
+    let (status, backup) = rest.post("/backups", json!({})).await?;
+    ensure!(status == 201, "{status} {backup}");
+    let id = backup["id"].as_str().context("the backup's id")?;
+    let archive = rest.get_bytes(&format!("/backups/{id}/archive")).await?.1;
+    let mut kept = vec![
+        ("MongoDB".to_owned(), whole_database(cluster).await?),
+        ("the backup".to_owned(), unpacked(&archive)?),
+        ("the API's answer".to_owned(), group.to_string()),
+    ];
+    let processes = [&scheduler, &api, &fleet.ca]
+        .into_iter()
+        .chain(&fleet.gateways)
+        .chain(&fleet.daemons);
+    for proc in processes {
+        kept.push((format!("{}'s log", proc.name), proc.log_text()));
+    }
+    for (place, text) in kept {
+        ensure!(!text.is_empty(), "{place} is empty");
+        ensure!(
+            !text.contains(&rcon) && !text.contains(&token),
+            "{place} holds a secret's value"
+        );
+    }
+
+    // A secret whose source is missing on the scheduler's host: not started, naming the source.
+    let mut missing = spec_of("nosecret", 1, &[])?;
+    missing["variables"] =
+        json!({ "KEY": { "type": "secret", "from": "env://PREXOR_TEST_UNSET_SECRET" } });
+    create_group(&rest, "nosecret", missing).await?;
+    let ended = wait_state(cluster, "instances", "nosecret-1", "CRASHED").await?;
+    let reason = ended.get_str("reason").unwrap_or_default();
+    ensure!(
+        reason.contains(
+            "secret KEY (env://PREXOR_TEST_UNSET_SECRET): PREXOR_TEST_UNSET_SECRET is not set"
+        ),
+        "{ended:?}"
+    );
+
+    stop_all([&mut api], Duration::from_secs(20)).await?;
+    fleet.stop_with(&mut scheduler).await
+}
+
+fn uuid_like() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::config_rules::{
     ConfigChange, ConfigFormat, ConfigRule, ConfigValue, SetKey, TextReplace,
 };
+pub use crate::variables::{Variable, VariableType};
 use crate::{is_sha256_hex, validate_name};
 
 /// The longest group name: `<name>-<number>` (instance ids) must stay within the 63 characters of
@@ -59,6 +60,10 @@ pub struct GroupSpec {
     /// (so one template serves many groups): [`ConfigRule`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub config_rules: Vec<ConfigRule>,
+    /// Typed values substituted as `{vars.NAME}` wherever placeholders are; a secret names only
+    /// where its value comes from: [`Variable`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variables: BTreeMap<String, Variable>,
 }
 
 fn default_grace() -> u32 {
@@ -246,6 +251,25 @@ impl GroupSpec {
                 problem(&format!("configRules[{i}]{field}"), message);
             }
         }
+        if self.variables.len() > crate::variables::MAX_VARIABLES {
+            problem(
+                "variables",
+                format!(
+                    "{} variables; a group has at most {}",
+                    self.variables.len(),
+                    crate::variables::MAX_VARIABLES
+                ),
+            );
+        }
+        for (name, variable) in &self.variables {
+            if let Some(message) = crate::variables::name_problem(name) {
+                problem(&format!("variables.{name}"), message);
+                continue;
+            }
+            for (field, message) in variable.problems() {
+                problem(&format!("variables.{name}{field}"), message);
+            }
+        }
         for (i, template) in self.templates.iter().enumerate() {
             if template.hash.is_empty() {
                 problem(
@@ -290,6 +314,7 @@ mod tests {
             stop_grace_seconds: 30,
             drain_seconds: 60,
             config_rules: vec![],
+            variables: BTreeMap::new(),
         }
     }
 

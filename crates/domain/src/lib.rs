@@ -14,11 +14,12 @@ mod redact;
 mod scope;
 mod service;
 mod time;
+pub mod variables;
 
 pub use digest::{StreamHash, fnv1a, hex, inventory_digest, is_sha256_hex, sha256_hex};
 pub use group::{
     ConfigChange, ConfigFormat, ConfigRule, ConfigValue, DynamicScaling, FieldProblem, GroupSpec,
-    PortRange, ScalingMode, SetKey, TemplateRef, TextReplace,
+    PortRange, ScalingMode, SetKey, TemplateRef, TextReplace, Variable, VariableType,
 };
 pub use lease_timing::LeaseTiming;
 pub use lifecycle::InstanceState;

@@ -30,6 +30,7 @@ mod placement;
 mod requests;
 mod scaling;
 mod snapshot;
+mod variables;
 
 pub(crate) use health::crash_looping;
 use scaling::dynamic_names;

@@ -98,18 +98,20 @@ impl Groups {
         instances: Vec<&mut Instance>,
     ) -> anyhow::Result<()> {
         let mut ready = Vec::new();
+        let mut unresolved = Vec::new();
         for instance in instances {
             match &instance.plan {
-                Some(plan) => {
-                    let command = fenced_command(
-                        lease,
-                        format!("start:{}:{}", instance.id, instance.plan_hash),
-                        Action::Start(StartInstance {
-                            plan: Some(composition_plan(group, instance, plan)),
-                        }),
-                    );
-                    ready.push((instance, command));
-                }
+                Some(plan) => match composition_plan(group, instance, plan) {
+                    Ok(plan) => {
+                        let command = fenced_command(
+                            lease,
+                            format!("start:{}:{}", instance.id, instance.plan_hash),
+                            Action::Start(StartInstance { plan: Some(plan) }),
+                        );
+                        ready.push((instance, command));
+                    }
+                    Err(why) => unresolved.push((instance, why)),
+                },
                 None => tracing::warn!(
                     instance = %instance.id,
                     plan_hash = %instance.plan_hash,
@@ -117,12 +119,18 @@ impl Groups {
                 ),
             }
         }
-        if ready.is_empty() {
-            return Ok(());
-        }
         // A holder paused since it read the snapshot sends nothing once its lease is gone (and
         // the gateways refuse a token below the group's mark anyway).
         if !lease.is_valid() {
+            return Ok(());
+        }
+        // A plan whose variables cannot be read here (a secret's source is missing) is not
+        // sent: the placement ends, saying which source (never a value), and is placed again.
+        for (instance, why) in unresolved {
+            let reason = format!("not started: {why}");
+            self.finish(lease, instance, CRASHED, &reason).await?;
+        }
+        if ready.is_empty() {
             return Ok(());
         }
         let outcomes = join_all(
@@ -267,7 +275,12 @@ fn start_backoff_ms(retries: i64, hint_ms: u64) -> u64 {
     doubling.min(30_000).max(hint_ms)
 }
 
-fn composition_plan(group: &str, instance: &Instance, plan: &Document) -> CompositionPlan {
+/// The start command's plan: the persisted plan with its variables' values (secrets read now).
+fn composition_plan(
+    group: &str,
+    instance: &Instance,
+    plan: &Document,
+) -> Result<CompositionPlan, String> {
     let strings = |key: &str| -> Vec<String> {
         plan.get_array(key)
             .map(|a| {
@@ -277,7 +290,7 @@ fn composition_plan(group: &str, instance: &Instance, plan: &Document) -> Compos
             })
             .unwrap_or_default()
     };
-    CompositionPlan {
+    Ok(CompositionPlan {
         instance_id: instance.id.clone(),
         group: group.to_string(),
         plan_hash: instance.plan_hash.clone(),
@@ -311,7 +324,8 @@ fn composition_plan(group: &str, instance: &Instance, plan: &Document) -> Compos
             .get_array("configRules")
             .map(|rules| rules.iter().filter_map(config_rule).collect())
             .unwrap_or_default(),
-    }
+        variables: super::variables::resolve(plan)?.into_iter().collect(),
+    })
 }
 
 /// A persisted config rule as the daemon takes it (one that no longer reads as a rule, written

@@ -72,6 +72,11 @@ pub(super) fn plan_doc(
             .collect::<Vec<_>>(),
         "instance": id,
     };
+    if !spec.variables.is_empty() {
+        // As declared: a secret only as where its value comes from (read at dispatch).
+        let variables = mongodb::bson::to_bson(&spec.variables).expect("variables serialize");
+        plan.insert("variables", variables);
+    }
     if !spec.config_rules.is_empty() {
         let rules = mongodb::bson::to_bson(&spec.config_rules).expect("config rules serialize");
         plan.insert("configRules", rules);
