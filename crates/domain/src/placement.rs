@@ -213,6 +213,83 @@ impl fmt::Display for NoFit {
     }
 }
 
+/// Whether one node could take an instance of a request now, and why (or why not), for
+/// `GET /api/v1/groups/{name}/explain`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeVerdict {
+    pub node: String,
+    pub eligible: bool,
+    pub reason: String,
+}
+
+/// Every node of `cluster` judged by [`solve`]'s rules in their order, eligible ones first
+/// in the order [`solve`] ranks them (the first is where the next instance goes).
+pub fn explain(cluster: &Cluster, request: &Request) -> Vec<NodeVerdict> {
+    let (from, to) = (request.ports.start(), request.ports.end());
+    let mut eligible = Vec::new();
+    let mut refused = Vec::new();
+    for node in &cluster.nodes {
+        let missing = request
+            .affinity
+            .iter()
+            .find(|(k, v)| node.labels.get(*k) != Some(*v));
+        let excluded = request
+            .anti_affinity
+            .iter()
+            .find(|(k, v)| node.labels.get(*k) == Some(*v));
+        let why_not = if !node.online {
+            Some("offline: no daemon session".to_owned())
+        } else if node.cordoned {
+            Some("cordoned (by an operator or a drain)".to_owned())
+        } else if let Some((k, v)) = missing {
+            Some(format!("lacks the affinity label {k}={v}"))
+        } else if let Some((k, v)) = excluded {
+            Some(format!("carries the anti-affinity label {k}={v}"))
+        } else {
+            match node.free_mb() {
+                None => Some("has not reported its memory yet".to_owned()),
+                Some(free) if free < request.memory_mb => Some(format!(
+                    "{free} MB of memory free of {} MB allocatable; an instance needs {} MB",
+                    node.allocatable_mb.unwrap_or(0),
+                    request.memory_mb
+                )),
+                Some(_)
+                    if !request
+                        .port_order()
+                        .any(|port| cluster.is_free(&node.ports(), port)) =>
+                {
+                    Some(format!("no port of {from}..{to} is free on its host"))
+                }
+                Some(_) => None,
+            }
+        };
+        match why_not {
+            Some(reason) => refused.push(NodeVerdict {
+                node: node.id.clone(),
+                eligible: false,
+                reason,
+            }),
+            None => eligible.push(node),
+        }
+    }
+    eligible.sort_by_key(|n| (n.group_instances, Reverse(n.free_mb()), n.instances));
+    eligible
+        .into_iter()
+        .map(|n| NodeVerdict {
+            node: n.id.clone(),
+            eligible: true,
+            reason: format!(
+                "eligible: {} of the group's instances, {} MB free, {} instances in all",
+                n.group_instances,
+                n.free_mb().unwrap_or(0),
+                n.instances
+            ),
+        })
+        .chain(refused)
+        .collect()
+}
+
 /// Places up to `count` instances of one request, each seeing the ones before it (spread,
 /// memory and ports as if each were already written); stops at the first that does not fit.
 pub fn solve_many(

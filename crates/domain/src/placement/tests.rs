@@ -7,7 +7,9 @@ use std::ops::RangeInclusive;
 
 use proptest::prelude::*;
 
-use super::{Cluster, NoFit, NodeView, Placement, PortDomain, Request, solve, solve_many};
+use super::{
+    Cluster, NoFit, NodeView, Placement, PortDomain, Request, explain, solve, solve_many,
+};
 
 pub(super) fn node(id: &str, allocatable_mb: i64) -> NodeView {
     NodeView {
@@ -375,6 +377,29 @@ proptest! {
         let any_fits = cluster.nodes.iter().any(|n| unfit(&cluster, &request, n).is_none());
         prop_assert_eq!(solved.is_ok(), any_fits);
         prop_assert_eq!(solved.map(|p| (p.node, p.port)), oracle(&cluster, &request));
+    }
+
+    /// The explanation calls exactly the nodes eligible that fit by the rules, the first of them
+    /// where [`solve`] places, and gives every other node the first rule it fails.
+    #[test]
+    fn explain_agrees_with_solve(cluster in cluster_strategy(), request in request_strategy()) {
+        let verdicts = explain(&cluster, &request);
+        prop_assert_eq!(verdicts.len(), cluster.nodes.len());
+        for verdict in &verdicts {
+            let node = cluster.nodes.iter().find(|n| n.id == verdict.node).expect("a node of the view");
+            let unfit = unfit(&cluster, &request, node);
+            prop_assert_eq!(verdict.eligible, unfit.is_none(), "{:?}", verdict);
+            let expected = match unfit {
+                None => "eligible",
+                Some(NoFit::Nodes) => if node.online { "cordoned" } else { "offline" },
+                Some(NoFit::Labels) => "label",
+                Some(NoFit::Memory) => "memory",
+                Some(NoFit::Ports) => "no port",
+            };
+            prop_assert!(verdict.reason.contains(expected), "{:?}", verdict);
+        }
+        let first = verdicts.first().filter(|v| v.eligible).map(|v| v.node.clone());
+        prop_assert_eq!(first, solve(&cluster, &request).ok().map(|p| p.node));
     }
 
     /// Placing instances one after another, each recorded before the next is solved, never
