@@ -3,7 +3,8 @@
 //! prepared (a rule the API can tell is wrong is refused naming it, one that cannot be applied on
 //! the node fails the start naming it); typed variables reach the files and environment, and a
 //! secret's value reaches its server and nothing else (no MongoDB record, backup, log line or API
-//! answer holds it).
+//! answer holds it); a DYNAMIC group scales on the MSPT its servers report, in steps, and its
+//! holder's successor keeps the decision going after the holder is killed.
 
 use std::time::Duration;
 
@@ -13,8 +14,8 @@ use anyhow::{Context, ensure};
 use futures::TryStreamExt;
 use mongodb::bson::doc;
 use prexor_acceptance::{
-    Cluster, create_group, find_one, nodes, refused_group, reported_pid, running, scenario_tests,
-    schedulers, spec_of, stop_all, tar_gz, wait_state,
+    Cluster, create_group, find_one, get_doc, nodes, plan_of, refused_group, reported_pid, running,
+    scenario_tests, schedulers, spec_of, stop_all, tar_gz, wait_state,
 };
 use prexor_testkit::eventually;
 use serde_json::json;
@@ -25,6 +26,7 @@ const WITHIN: Duration = Duration::from_secs(30);
 scenario_tests! {
     config_rules_patch_a_templates_files_per_group: config_rules,
     variables_and_secrets_reach_the_server_and_nothing_else: variables,
+    a_dynamic_group_scales_on_reported_mspt_in_steps_across_a_failover: scaling_on_load,
 }
 
 async fn config_rules(cluster: &Cluster) -> anyhow::Result<()> {
@@ -284,4 +286,97 @@ async fn variables(cluster: &Cluster) -> anyhow::Result<()> {
 
 fn uuid_like() -> String {
     format!("{:032x}", rand::random::<u128>())
+}
+
+/// The instance's own token for the workload endpoints (from its persisted plan).
+async fn instance_token(
+    cluster: &Cluster,
+    instance: &mongodb::bson::Document,
+) -> anyhow::Result<String> {
+    Ok(plan_of(cluster, instance)
+        .await?
+        .get_document("env")?
+        .get_str("PREXOR_INSTANCE_TOKEN")?
+        .to_owned())
+}
+
+async fn scaling_on_load(cluster: &Cluster) -> anyhow::Result<()> {
+    let password = cluster.bootstrap_admin("admin")?;
+    let mut fleet = nodes(cluster, &["node-1"]).await?;
+    let mut replicas = schedulers(cluster, 2).await?;
+    let mut api = cluster.service("api", "api-1", "")?;
+    api.wait_ready(READY_WITHIN).await?;
+    let rest = api.rest(&api.login("admin", &password).await?);
+
+    let mut spec = spec_of("load", 1, &[])?;
+    spec["scaling"] = json!("DYNAMIC");
+    spec["maxInstances"] = json!(4);
+    spec["dynamic"] = json!({
+        "load": { "metric": "mspt", "scaleUpAt": 40, "scaleDownAt": 40 },
+        "step": 2, "cooldownSeconds": 5, "scaleDownDelaySeconds": 2,
+    });
+    // Thresholds that do not make sense for their metric are refused by field.
+    refused_group(&rest, "load", spec.clone(), "dynamic.load.scaleDownAt").await?;
+    spec["dynamic"]["load"]["scaleDownAt"] = json!(15);
+    create_group(&rest, "load", spec).await?;
+    let first = running(cluster, &["load-1"]).await?.remove(0);
+    let report = async |instance: &mongodb::bson::Document, mspt: f64| -> anyhow::Result<()> {
+        let token = instance_token(cluster, instance).await?;
+        let (status, body) = api
+            .rest(&token)
+            .post("/workload/metrics", json!({ "mspt": mspt, "tps": 19.5 }))
+            .await?;
+        ensure!(status == 204, "reporting metrics: {status} {body}");
+        Ok(())
+    };
+
+    // Busy (55 ms a tick against 40): two more at once; then (within the cooldown) the load
+    // spreads and sits between the thresholds.
+    report(&first, 55.0).await?;
+    let three = running(cluster, &["load-1", "load-2", "load-3"]).await?;
+    for instance in &three {
+        report(instance, 30.0).await?;
+    }
+    let (_, group) = rest.get("/groups/load").await?;
+    let scaling = &group["status"]["scaling"];
+    ensure!(
+        scaling["metric"] == "mspt"
+            && scaling["target"] == 3
+            && scaling["reading"]
+                .as_str()
+                .is_some_and(|r| r.contains("busy at 40")),
+        "{group}"
+    );
+    // The holder decided it: kill it; its successor takes the decision on from group_state.
+    let holder = replicas
+        .iter()
+        .position(|s| s.log_text().contains("scaling") && s.log_text().contains("load"))
+        .context("the holder logged its scaling")?;
+    let mut killed = replicas.remove(holder);
+    killed.kill();
+    // Idle (5 ms a tick on all three): after the delay, two fewer (never below min).
+    for instance in &three {
+        report(instance, 5.0).await?;
+    }
+    wait_state(cluster, "instances", "load-3", "STOPPED").await?;
+    wait_state(cluster, "instances", "load-2", "STOPPED").await?;
+    // Decided by the successor (its token), which then holds at the minimum.
+    let state = get_doc(cluster, "group_state", "load").await?;
+    ensure!(
+        state.get_i64("scaleTarget")? == 1
+            && state.get_document("_fence")?.get_i64("token")? >= 2
+            && state
+                .get_str("decision")
+                .is_ok_and(|d| d.contains("scaled from 3 to 1") || d == "idle, at minInstances (1)"),
+        "{state:?}"
+    );
+    let one = get_doc(cluster, "instances", "load-1").await?;
+    ensure!(
+        one.get_str("state")? == "RUNNING",
+        "load-1 keeps running: {one:?}"
+    );
+
+    stop_all([&mut api], Duration::from_secs(20)).await?;
+    let mut survivor = replicas.remove(0);
+    fleet.stop_with(&mut survivor).await
 }

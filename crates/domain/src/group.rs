@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::config_rules::{
     ConfigChange, ConfigFormat, ConfigRule, ConfigValue, SetKey, TextReplace,
 };
+pub use crate::load::{LoadMetric, LoadSignal};
 pub use crate::variables::{Variable, VariableType};
 use crate::{is_sha256_hex, validate_name};
 
@@ -94,14 +95,16 @@ pub enum ScalingMode {
     Manual,
 }
 
-/// DYNAMIC scaling: one more instance when the running ones are `scaleUpPercent` full, one fewer
-/// (an empty one) when the others could take every player below that mark for
-/// `scaleDownDelaySeconds`; no two changes within `cooldownSeconds`. Always between min and max.
+/// DYNAMIC scaling: `step` more instances when the running ones are `scaleUpPercent` full, `step`
+/// fewer (the emptiest) when the others could take every player below that mark for
+/// `scaleDownDelaySeconds`; with `load`, on a reported metric instead of players. No two changes
+/// within `cooldownSeconds`. Always between min and max.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DynamicScaling {
-    /// Players one instance holds.
+    /// Players one instance holds (required unless `load` is given).
+    #[serde(default)]
     pub max_players: u32,
     #[serde(default = "default_scale_up_percent")]
     pub scale_up_percent: u32,
@@ -109,6 +112,20 @@ pub struct DynamicScaling {
     pub scale_down_delay_seconds: u32,
     #[serde(default = "default_cooldown")]
     pub cooldown_seconds: u32,
+    /// Instances added or removed by one change (default 1).
+    #[serde(default = "default_step", skip_serializing_if = "is_default_step")]
+    pub step: u32,
+    /// Scale on the servers' reported TPS, MSPT or memory instead of players.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadSignal>,
+}
+
+fn default_step() -> u32 {
+    1
+}
+
+fn is_default_step(step: &u32) -> bool {
+    *step == 1
 }
 
 fn default_scale_up_percent() -> u32 {
@@ -213,8 +230,25 @@ impl GroupSpec {
                 "is required for DYNAMIC scaling: {\"maxPlayers\": N, \"scaleUpPercent\": 80, \"scaleDownDelaySeconds\": 120, \"cooldownSeconds\": 30}".into(),
             ),
             (_, Some(dynamic)) => {
-                if dynamic.max_players == 0 {
-                    problem("dynamic.maxPlayers", "must be at least 1".into());
+                if dynamic.max_players == 0 && dynamic.load.is_none() {
+                    problem(
+                        "dynamic.maxPlayers",
+                        "must be at least 1 (or give load to scale on TPS, MSPT or memory)".into(),
+                    );
+                }
+                if dynamic.step == 0 || dynamic.step > self.max_instances.max(1) {
+                    problem(
+                        "dynamic.step",
+                        format!(
+                            "{} is not between 1 and maxInstances ({})",
+                            dynamic.step, self.max_instances
+                        ),
+                    );
+                }
+                if let Some(load) = &dynamic.load {
+                    for (field, message) in load.problems() {
+                        problem(&format!("dynamic.load{field}"), message);
+                    }
                 }
                 if !(1..=100).contains(&dynamic.scale_up_percent) {
                     problem(
@@ -373,6 +407,8 @@ mod tests {
             scale_up_percent: 150,
             scale_down_delay_seconds: 60,
             cooldown_seconds: 10,
+            step: 1,
+            load: None,
         });
         let fields: Vec<String> = dynamic
             .problems("lobby")

@@ -7,6 +7,7 @@ mod group;
 mod lease_timing;
 mod lifecycle;
 pub mod limits;
+pub mod load;
 mod name;
 mod permission;
 pub mod placement;
@@ -19,7 +20,8 @@ pub mod variables;
 pub use digest::{StreamHash, fnv1a, hex, inventory_digest, is_sha256_hex, sha256_hex};
 pub use group::{
     ConfigChange, ConfigFormat, ConfigRule, ConfigValue, DynamicScaling, FieldProblem, GroupSpec,
-    PortRange, ScalingMode, SetKey, TemplateRef, TextReplace, Variable, VariableType,
+    LoadMetric, LoadSignal, PortRange, ScalingMode, SetKey, TemplateRef, TextReplace, Variable,
+    VariableType,
 };
 pub use lease_timing::LeaseTiming;
 pub use lifecycle::InstanceState;

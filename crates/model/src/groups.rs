@@ -68,6 +68,22 @@ pub struct GroupStateRecord {
     /// DYNAMIC: low load counted since then (scaled down once it lasted long enough).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub low_since_ms: Option<i64>,
+    /// DYNAMIC: what the group's signal read when last judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<ScalingSignal>,
+    /// DYNAMIC: what the holder decided from it, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+}
+
+/// A DYNAMIC group's scaling signal as last read: `players`, `tps`, `mspt` or `memory` (%).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingSignal {
+    pub metric: String,
+    pub value: f64,
+    /// The reading in words (`mspt 45.5 on average over 2 running instances (busy at 40, …)`).
+    pub reading: String,
 }
 
 impl GroupStateRecord {

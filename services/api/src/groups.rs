@@ -37,6 +37,27 @@ pub(crate) struct GroupStatus {
     /// Set while a crash loop pauses new placements.
     pub(crate) paused_until_ms: Option<i64>,
     pub(crate) pause_reason: Option<String>,
+    /// DYNAMIC groups: the signal the holder last read and what it decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) scaling: Option<ScalingStatus>,
+}
+
+/// A DYNAMIC group's scaling as its holder last judged it.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ScalingStatus {
+    /// The instance count it scales to.
+    pub(crate) target: Option<i64>,
+    /// `players`, `tps`, `mspt` or `memory` (%, of memoryMb).
+    pub(crate) metric: String,
+    pub(crate) value: f64,
+    /// The signal in words.
+    pub(crate) reading: String,
+    /// What the holder decided from it, in words.
+    pub(crate) decision: String,
+    pub(crate) last_scale_at_ms: Option<i64>,
+    /// Idle since then: scaled down once that lasted `scaleDownDelaySeconds`.
+    pub(crate) low_since_ms: Option<i64>,
 }
 
 /// A group as the API shows it: the stored record with its instances' states.
@@ -115,7 +136,10 @@ async fn statuses(app: &App, names: &[String]) -> ApiResult<HashMap<String, Grou
             "count": { "$sum": 1 },
         } },
     ];
-    let paused = doc! { "_id": { "$in": names }, "pausedUntilMs": { "$gt": now_ms() } };
+    let paused = doc! { "_id": { "$in": names }, "$or": [
+        { "pausedUntilMs": { "$gt": now_ms() } },
+        { "signal": { "$exists": true } },
+    ] };
     let (counts, states) = tokio::try_join!(
         app.aggregate::<StateCount>(INSTANCES, "counting instances", count),
         app.records::<GroupStateRecord>(GROUP_STATE, "reading group states", paused, doc! {}, None),
@@ -132,6 +156,17 @@ async fn statuses(app: &App, names: &[String]) -> ApiResult<HashMap<String, Grou
     }
     let now = now_ms();
     for state in states {
+        if let (Some(signal), Some(decision)) = (&state.signal, &state.decision) {
+            out.entry(state.group.clone()).or_default().scaling = Some(ScalingStatus {
+                target: state.scale_target,
+                metric: signal.metric.clone(),
+                value: signal.value,
+                reading: signal.reading.clone(),
+                decision: decision.clone(),
+                last_scale_at_ms: state.last_scale_at_ms,
+                low_since_ms: state.low_since_ms,
+            });
+        }
         if let Some((until, reason)) = state.paused_at(now) {
             let pause_reason = reason.map(str::to_owned);
             let entry = out.entry(state.group).or_default();

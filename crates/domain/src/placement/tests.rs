@@ -7,9 +7,7 @@ use std::ops::RangeInclusive;
 
 use proptest::prelude::*;
 
-use super::{
-    Cluster, NoFit, NodeView, Placement, PortDomain, Request, explain, solve, solve_many,
-};
+use super::{Cluster, NoFit, NodeView, Placement, PortDomain, Request, explain, solve, solve_many};
 
 pub(super) fn node(id: &str, allocatable_mb: i64) -> NodeView {
     NodeView {

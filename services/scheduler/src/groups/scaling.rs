@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use mongodb::bson::doc;
 use prexor_coord::Lease;
-use prexor_domain::{GroupSpec, now_ms};
+use prexor_domain::load::{Pressure, average};
+use prexor_domain::{DynamicScaling, GroupSpec, LoadMetric, now_ms};
 use prexor_store::Write;
 
 use super::{DRAINING, GROUP_STATE, Groups, Instance, RUNNING, STOPPING, Snapshot};
@@ -52,11 +53,12 @@ pub(super) fn dynamic_names(
 }
 
 impl Groups {
-    /// A DYNAMIC group's instance count from its load: one more when the running ones are
-    /// `scaleUpPercent` full, one fewer when one fewer would stay below that for
+    /// A DYNAMIC group's instance count from its load: `step` more when the running ones are
+    /// `scaleUpPercent` full (or, with `load`, the metric says busy), `step` fewer when that
+    /// many fewer would stay below the mark (or the metric says idle) for
     /// `scaleDownDelaySeconds`; no change within `cooldownSeconds` of the last one. The target,
-    /// the last change and the low-load start are kept in `group_state` (fenced), so they
-    /// survive a failover.
+    /// the last change, the low-load start, the signal and the decision are kept in
+    /// `group_state` (fenced), so they survive a failover and the API shows them.
     pub(super) async fn dynamic_target(
         &self,
         name: &str,
@@ -77,48 +79,86 @@ impl Groups {
         let current = stored
             .map_or(spec.min_instances, |t| t.max(0) as u32)
             .clamp(spec.min_instances, spec.max_instances);
-        let players: u64 = active
-            .keys()
-            .map(|id| snap.players.get(id).copied().unwrap_or(0))
-            .sum();
-        let full_at = |count: u32| {
-            u64::from(count) * u64::from(rules.max_players) * u64::from(rules.scale_up_percent)
-        };
-        let started = active.values().filter(|i| i.state == RUNNING).count() as u32;
         let now = now_ms();
+        let reading = read_signal(spec, &rules, current, snap, active, now);
+        let started = active.values().filter(|i| i.state == RUNNING).count() as u32;
         let cooled = now - last_change >= i64::from(rules.cooldown_seconds) * 1000;
-        let busy = players * 100 >= full_at(current);
-        let quiet = current > spec.min_instances && players * 100 < full_at(current - 1);
-        // (target, start of the low load still counting down)
-        let (target, low) = if cooled && busy && started >= current && current < spec.max_instances
-        {
-            (current + 1, None)
-        } else if quiet {
+        let step = rules.step.max(1);
+        let grow = reading.pressure == Pressure::Up && current < spec.max_instances;
+        let shrink = reading.pressure == Pressure::Down && current > spec.min_instances;
+        // (target, start of the low load still counting down, the decision in words)
+        let (target, low, decision) = if grow && !cooled {
+            (
+                current,
+                None,
+                format!(
+                    "busy, but cooling down: no change within {} s of the last",
+                    rules.cooldown_seconds
+                ),
+            )
+        } else if grow && started < current {
+            (
+                current,
+                None,
+                format!("busy; waiting for all {current} instances to run before adding more"),
+            )
+        } else if grow {
+            let to = (current + step).min(spec.max_instances);
+            (to, None, format!("busy: scaled from {current} to {to}"))
+        } else if shrink {
             let since = low_since.unwrap_or(now);
+            let to = current.saturating_sub(step).max(spec.min_instances);
             if cooled && now - since >= i64::from(rules.scale_down_delay_seconds) * 1000 {
-                (current - 1, None)
+                (
+                    to,
+                    None,
+                    format!(
+                        "idle for {} s: scaled from {current} to {to}",
+                        rules.scale_down_delay_seconds
+                    ),
+                )
             } else {
-                (current, Some(since))
+                (
+                    current,
+                    Some(since),
+                    format!(
+                        "idle: scales from {current} to {to} once idle for {} s",
+                        rules.scale_down_delay_seconds
+                    ),
+                )
             }
+        } else if reading.pressure == Pressure::Down {
+            (
+                current,
+                None,
+                format!("idle, at minInstances ({})", spec.min_instances),
+            )
+        } else if reading.pressure == Pressure::Up {
+            (
+                current,
+                None,
+                format!("busy, but at maxInstances ({})", spec.max_instances),
+            )
         } else {
-            (current, None)
+            (current, None, format!("holding at {current}"))
         };
-        if Some(i64::from(target)) != stored || low != low_since {
-            let mut set = doc! { "scaleTarget": i64::from(target) };
+        let signal =
+            doc! { "metric": reading.metric, "value": reading.value, "reading": &reading.text };
+        let unchanged = Some(i64::from(target)) == stored
+            && low == low_since
+            && state.and_then(|s| s.get_document("signal").ok()) == Some(&signal)
+            && state.and_then(|s| s.get_str("decision").ok()) == Some(decision.as_str());
+        if !unchanged {
+            let mut set =
+                doc! { "scaleTarget": i64::from(target), "signal": signal, "decision": &decision };
             if target != current {
                 set.insert("lastScaleAtMs", now);
-                tracing::info!(
-                    group = name,
-                    from = current,
-                    to = target,
-                    players,
-                    "scaling"
-                );
+                tracing::info!(group = name, from = current, to = target, signal = %reading.text, "scaling");
                 self.events
                     .publish(
                         "GROUP_SCALED",
                         name,
-                        serde_json::json!({ "from": current, "to": target, "players": players }),
+                        serde_json::json!({ "from": current, "to": target, "signal": reading.text, "players": reading.players }),
                     )
                     .await;
             }
@@ -139,6 +179,105 @@ impl Groups {
             .await?;
         }
         Ok(target)
+    }
+}
+
+/// What a DYNAMIC group's signal reads: its metric and value (rounded, so that a flicker in the
+/// last digit writes nothing), in words, and what it says to do.
+struct Reading {
+    metric: &'static str,
+    value: f64,
+    text: String,
+    players: u64,
+    pressure: Pressure,
+}
+
+/// Reports older than this do not count: a server that stopped reporting is not "idle".
+const FRESH_REPORT_MS: i64 = 60_000;
+
+fn read_signal(
+    spec: &GroupSpec,
+    rules: &DynamicScaling,
+    current: u32,
+    snap: &Snapshot,
+    active: &BTreeMap<String, &Instance>,
+    now: i64,
+) -> Reading {
+    let players: u64 = active
+        .keys()
+        .map(|id| snap.players.get(id).copied().unwrap_or(0))
+        .sum();
+    let Some(load) = rules.load else {
+        let full_at = |count: u32| {
+            u64::from(count) * u64::from(rules.max_players) * u64::from(rules.scale_up_percent)
+        };
+        let fewer = current
+            .saturating_sub(rules.step.max(1))
+            .max(spec.min_instances);
+        let pressure = if players * 100 >= full_at(current) {
+            Pressure::Up
+        } else if current > spec.min_instances && players * 100 < full_at(fewer) {
+            Pressure::Down
+        } else {
+            Pressure::Hold
+        };
+        let capacity = u64::from(current) * u64::from(rules.max_players);
+        return Reading {
+            metric: "players",
+            value: players as f64,
+            text: format!(
+                "{players} players on {current} instances of {} (scale up at {} %)",
+                capacity, rules.scale_up_percent
+            ),
+            players,
+            pressure,
+        };
+    };
+    let values: Vec<f64> = active
+        .values()
+        .filter(|i| i.state == RUNNING)
+        .filter_map(|i| snap.metrics.get(&i.id))
+        .filter(|r| now - r.at_ms <= FRESH_REPORT_MS)
+        .filter_map(|r| match load.metric {
+            LoadMetric::Tps => r.tps,
+            LoadMetric::Mspt => r.mspt,
+            LoadMetric::Memory => r
+                .memory_used_mb
+                .map(|used| used as f64 * 100.0 / spec.memory_mb.max(1) as f64),
+        })
+        .collect();
+    let metric = load.metric.as_str();
+    match average(&values) {
+        None => Reading {
+            metric,
+            value: 0.0,
+            text: format!(
+                "no running instance reported {metric} in the last {} s",
+                FRESH_REPORT_MS / 1000
+            ),
+            players,
+            pressure: Pressure::Hold,
+        },
+        Some(mean) => {
+            let value = (mean * 10.0).round() / 10.0;
+            let unit = if load.metric == LoadMetric::Memory {
+                " %"
+            } else {
+                ""
+            };
+            Reading {
+                metric,
+                value,
+                text: format!(
+                    "{metric} {value}{unit} on average over {} running instances (busy at {}, idle at {})",
+                    values.len(),
+                    load.scale_up_at,
+                    load.scale_down_at
+                ),
+                players,
+                pressure: load.pressure(value),
+            }
+        }
     }
 }
 

@@ -29,8 +29,35 @@ pub struct Snapshot {
     pub(super) requests: HashMap<String, Vec<Arc<Document>>>,
     /// Players online per instance, as the servers report them (`instance_load`).
     pub(super) players: HashMap<String, u64>,
+    /// The load metrics each instance reported last (`instance_load.metrics`), with when.
+    pub(super) metrics: HashMap<String, Reported>,
     /// The rolling deployment of each group, if one is under way.
     pub(super) deployments: HashMap<String, Arc<Document>>,
+}
+
+/// One instance's last load report (`/api/v1/workload/metrics`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Reported {
+    pub tps: Option<f64>,
+    pub mspt: Option<f64>,
+    pub memory_used_mb: Option<i64>,
+    pub at_ms: i64,
+}
+
+impl Reported {
+    fn of(load: &Document) -> Option<Reported> {
+        let metrics = load.get_document("metrics").ok()?;
+        let number = |key: &str| metrics.get(key).and_then(mongodb::bson::Bson::as_f64);
+        Some(Reported {
+            tps: number("tps"),
+            mspt: number("mspt"),
+            memory_used_mb: metrics
+                .get_i64("memoryUsedMb")
+                .ok()
+                .or_else(|| metrics.get_i32("memoryUsedMb").ok().map(i64::from)),
+            at_ms: load.get_i64("metricsAtMs").unwrap_or(0),
+        })
+    }
 }
 
 impl Snapshot {
@@ -231,6 +258,7 @@ impl SnapshotReads {
                 .filter(|d| d.get_str(key).is_ok_and(|g| held.contains(g)))
                 .collect()
         };
+        let loads = mine(self.loads, "group");
         let mut crash_times: HashMap<String, Vec<i64>> = HashMap::new();
         for crash in mine(self.crashes, "group") {
             if let (Ok(group), Ok(at)) = (crash.get_str("group"), crash.get_i64("atMs")) {
@@ -248,8 +276,12 @@ impl SnapshotReads {
             nodes: by_id(self.nodes),
             crashes: crash_times,
             requests: by_group(mine(self.requests, "group")),
-            players: mine(self.loads, "group")
-                .into_iter()
+            metrics: loads
+                .iter()
+                .filter_map(|l| Some((l.get_str("_id").ok()?.to_string(), Reported::of(l)?)))
+                .collect(),
+            players: loads
+                .iter()
                 .filter_map(|l| {
                     let players = l.get_array("playerNames").map_or(0, Vec::len) as u64;
                     Some((l.get_str("_id").ok()?.to_string(), players))
