@@ -4,7 +4,9 @@
 //! the node fails the start naming it); typed variables reach the files and environment, and a
 //! secret's value reaches its server and nothing else (no MongoDB record, backup, log line or API
 //! answer holds it); a DYNAMIC group scales on the MSPT its servers report, in steps, and its
-//! holder's successor keeps the decision going after the holder is killed.
+//! holder's successor keeps the decision going after the holder is killed; and `explain` says,
+//! on any api replica, why each node could not take a missing instance and why the group scales
+//! as it does.
 
 use std::time::Duration;
 
@@ -27,6 +29,7 @@ scenario_tests! {
     config_rules_patch_a_templates_files_per_group: config_rules,
     variables_and_secrets_reach_the_server_and_nothing_else: variables,
     a_dynamic_group_scales_on_reported_mspt_in_steps_across_a_failover: scaling_on_load,
+    explain_says_why_each_node_could_not_take_an_instance: explain,
 }
 
 async fn config_rules(cluster: &Cluster) -> anyhow::Result<()> {
@@ -379,4 +382,56 @@ async fn scaling_on_load(cluster: &Cluster) -> anyhow::Result<()> {
     stop_all([&mut api], Duration::from_secs(20)).await?;
     let mut survivor = replicas.remove(0);
     fleet.stop_with(&mut survivor).await
+}
+
+async fn explain(cluster: &Cluster) -> anyhow::Result<()> {
+    let password = cluster.bootstrap_admin("admin")?;
+    let mut fleet = nodes(cluster, &["node-1"]).await?;
+    let mut scheduler = schedulers(cluster, 1).await?.remove(0);
+    let mut a = cluster.service("api", "api-1", "")?;
+    let mut b = cluster.service("api", "api-2", "")?;
+    a.wait_ready(READY_WITHIN).await?;
+    b.wait_ready(READY_WITHIN).await?;
+    let token = a.login("admin", &password).await?;
+    let (rest, other) = (a.rest(&token), b.rest(&token));
+
+    // No node carries zone=mars: nothing is placed, and every replica says why.
+    let mut spec = spec_of("mars", 1, &[])?;
+    spec["affinity"] = json!({ "zone": "mars" });
+    create_group(&rest, "mars", spec.clone()).await?;
+    let explained = eventually("the holder's verdict on node-1", WITHIN, async || {
+        let (status, body) = other.get("/groups/mars/explain").await?;
+        ensure!(status == 200, "{status} {body}");
+        Ok((!body["placement"].is_null()).then_some(body))
+    })
+    .await?;
+    ensure!(
+        explained["wanted"] == 1
+            && explained["active"] == 0
+            && explained["scaling"] == "STATIC: keeps exactly minInstances (1); 0 active"
+            && explained["placement"]["outcome"]
+                .as_str()
+                .is_some_and(|o| o.starts_with("placed 0 of 1: no node can take an instance"))
+            && explained["placement"]["nodes"]
+                == json!([{ "node": "node-1", "eligible": false, "reason": "lacks the affinity label zone=mars" }]),
+        "{explained}"
+    );
+    // The label the node has: placed, and the explanation says so.
+    spec["affinity"] = json!({ "zone": "test" });
+    let (status, body) = rest
+        .put("/groups/mars", json!({ "spec": spec, "revision": 1 }))
+        .await?;
+    ensure!(status == 200, "{status} {body}");
+    running(cluster, &["mars-1"]).await?;
+    let explained = eventually("the placement explained", WITHIN, async || {
+        let (_, body) = rest.get("/groups/mars/explain").await?;
+        Ok((body["placement"]["outcome"] == "placed all 1 missing instances").then_some(body))
+    })
+    .await?;
+    ensure!(explained["active"] == 1, "{explained}");
+    let (status, body) = rest.get("/groups/nope/explain").await?;
+    ensure!(status == 404, "{status} {body}");
+
+    stop_all([&mut a, &mut b], Duration::from_secs(20)).await?;
+    fleet.stop_with(&mut scheduler).await
 }

@@ -215,7 +215,7 @@ impl fmt::Display for NoFit {
 
 /// Whether one node could take an instance of a request now, and why (or why not), for
 /// `GET /api/v1/groups/{name}/explain`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeVerdict {
     pub node: String,

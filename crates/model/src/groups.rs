@@ -74,6 +74,36 @@ pub struct GroupStateRecord {
     /// DYNAMIC: what the holder decided from it, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<String>,
+    /// The last placement that left instances missing (and, once they were placed, that they
+    /// were), with every node's verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementExplanation>,
+}
+
+/// Why a group's holder placed (or did not place) its missing instances, node by node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementExplanation {
+    pub at_ms: i64,
+    pub missing: i64,
+    pub placed: i64,
+    pub outcome: String,
+    /// The first nodes judged (the eligible ones first, in placement's order).
+    #[serde(default)]
+    pub nodes: Vec<NodeVerdictRecord>,
+    /// Nodes judged in all, and the refused ones counted by reason.
+    #[serde(default)]
+    pub nodes_judged: i64,
+    #[serde(default)]
+    pub refused_by_reason: std::collections::BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeVerdictRecord {
+    pub node: String,
+    pub eligible: bool,
+    pub reason: String,
 }
 
 /// A DYNAMIC group's scaling signal as last read: `players`, `tps`, `mspt` or `memory` (%).

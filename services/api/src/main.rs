@@ -9,6 +9,7 @@ mod backups;
 mod deployments;
 mod error;
 mod events;
+mod explain;
 mod groups;
 mod instances;
 mod json;
@@ -199,6 +200,7 @@ async fn build(
         .merge(users::routes())
         .merge(audit::routes())
         .merge(groups::routes())
+        .merge(explain::routes())
         .merge(deployments::routes())
         .merge(instances::routes())
         .merge(nodes::routes())

@@ -51,6 +51,7 @@ use crate::error::{ErrorBody, Json};
         crate::groups::show,
         crate::groups::update,
         crate::groups::remove,
+        crate::explain::explain,
         crate::groups::start_instance,
         crate::deployments::list,
         crate::deployments::create,

@@ -100,6 +100,7 @@ pub const ROUTES: &[(&str, &str, &str)] = routes! {
     GET "/api/v1/groups/{name}" => "groups:read",
     PUT "/api/v1/groups/{name}" => "groups:write",
     DELETE "/api/v1/groups/{name}" => "groups:write",
+    GET "/api/v1/groups/{name}/explain" => "groups:read",
     POST "/api/v1/groups/{name}/instances" => "instances:write",
     GET "/api/v1/groups/{name}/deployments" => "deployments:read",
     POST "/api/v1/groups/{name}/deployments" => "deployments:write,groups:write",

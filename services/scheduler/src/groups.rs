@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 pub(crate) mod deployments;
 mod dispatch;
+mod explain;
 mod halts;
 mod health;
 mod placement;
@@ -97,6 +98,9 @@ pub struct Groups {
     settled: Mutex<HashMap<String, u64>>,
     /// Ticks that chose groups to judge ([`Groups::to_judge`]).
     rounds: std::sync::atomic::AtomicU64,
+    /// Per group: what this replica last recorded about a placement that left instances
+    /// missing ([`explain`]).
+    explained: Mutex<HashMap<String, u64>>,
 }
 
 /// The scheduler-owned part of an instance record.
@@ -188,6 +192,7 @@ impl Groups {
             queried: Mutex::new(HashMap::new()),
             settled: Mutex::new(HashMap::new()),
             rounds: std::sync::atomic::AtomicU64::new(0),
+            explained: Mutex::new(HashMap::new()),
         }
     }
 
@@ -204,6 +209,10 @@ impl Groups {
         self.settled
             .lock()
             .expect("settled lock")
+            .retain(|name, _| held.contains(name));
+        self.explained
+            .lock()
+            .expect("explained lock")
             .retain(|name, _| held.contains(name));
     }
 
@@ -440,6 +449,10 @@ impl Groups {
             let mut placed = self
                 .place_all(name, spec, revision, &missing, lease)
                 .await?;
+            if !missing.is_empty() {
+                self.explain_placement(name, spec, lease, missing.len(), placed.len())
+                    .await?;
+            }
             self.dispatch_all(name, lease, placed.iter_mut().collect())
                 .await?;
         }

@@ -433,7 +433,7 @@ impl Groups {
     /// placement of a tick must see the reservations of the ones before it): from the mirror
     /// once it holds every change committed before this call, else read from MongoDB (of the
     /// instances and reservations only the fields placement reads).
-    async fn placement_view(&self, group: &str) -> Result<View, StoreError> {
+    pub(super) async fn placement_view(&self, group: &str) -> Result<View, StoreError> {
         let mirrored = match self.mirror.sync().await {
             Ok(Some(generation)) => self.mirror.read(generation, PlacementReads::from_mirror),
             _ => None,
@@ -562,8 +562,8 @@ struct Placed {
 
 /// What a placement decides over, and the nodes that already have an allocation record (the
 /// others get one before the fenced `$inc` that must match it).
-struct View {
-    cluster: placement::Cluster,
+pub(super) struct View {
+    pub(super) cluster: placement::Cluster,
     allocated: HashSet<String>,
 }
 
