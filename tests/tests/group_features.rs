@@ -6,7 +6,8 @@
 //! answer holds it); a DYNAMIC group scales on the MSPT its servers report, in steps, and its
 //! holder's successor keeps the decision going after the holder is killed; and `explain` says,
 //! on any api replica, why each node could not take a missing instance and why the group scales
-//! as it does.
+//! as it does; a CANARY deployment updates one instance, waits for its health gate (through a
+//! holder failover), then rolls the rest, and one whose canary stays unhealthy rolls itself back.
 
 use std::time::Duration;
 
@@ -16,8 +17,8 @@ use anyhow::{Context, ensure};
 use futures::TryStreamExt;
 use mongodb::bson::doc;
 use prexor_acceptance::{
-    Cluster, create_group, find_one, get_doc, nodes, plan_of, refused_group, reported_pid, running,
-    scenario_tests, schedulers, spec_of, stop_all, tar_gz, wait_state,
+    Cluster, create_group, deploy, find_docs, find_one, get_doc, nodes, plan_of, refused_group,
+    reported_pid, running, scenario_tests, schedulers, spec_of, stop_all, tar_gz, wait_state,
 };
 use prexor_testkit::eventually;
 use serde_json::json;
@@ -30,6 +31,7 @@ scenario_tests! {
     variables_and_secrets_reach_the_server_and_nothing_else: variables,
     a_dynamic_group_scales_on_reported_mspt_in_steps_across_a_failover: scaling_on_load,
     explain_says_why_each_node_could_not_take_an_instance: explain,
+    a_canary_gates_a_deployment_across_a_failover_and_a_failing_one_rolls_back: canary,
 }
 
 async fn config_rules(cluster: &Cluster) -> anyhow::Result<()> {
@@ -434,4 +436,190 @@ async fn explain(cluster: &Cluster) -> anyhow::Result<()> {
 
     stop_all([&mut a, &mut b], Duration::from_secs(20)).await?;
     fleet.stop_with(&mut scheduler).await
+}
+
+/// The ids of group `group`'s live instances running spec `hash`, and how many of them run.
+async fn on_spec(
+    cluster: &Cluster,
+    group: &str,
+    hash: &str,
+) -> anyhow::Result<(Vec<String>, usize)> {
+    let docs = find_docs(
+        cluster,
+        "instances",
+        doc! { "group": group, "specHash": hash, "state": { "$nin": ["STOPPED", "CRASHED"] } },
+    )
+    .await?;
+    let running = docs
+        .iter()
+        .filter(|d| d.get_str("state") == Ok("RUNNING"))
+        .count();
+    let ids = docs
+        .iter()
+        .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
+        .collect();
+    Ok((ids, running))
+}
+
+async fn canary(cluster: &Cluster) -> anyhow::Result<()> {
+    let password = cluster.bootstrap_admin("admin")?;
+    let mut fleet = nodes(cluster, &["node-1"]).await?;
+    let mut replicas = schedulers(cluster, 2).await?;
+    let mut api = cluster.service("api", "api-1", "")?;
+    api.wait_ready(READY_WITHIN).await?;
+    let rest = api.rest(&api.login("admin", &password).await?);
+    let spec = spec_of("canary", 3, &[])?;
+    create_group(&rest, "canary", spec.clone()).await?;
+    running(cluster, &["canary-1", "canary-2", "canary-3"]).await?;
+
+    // A gate that cannot pass before it times out is refused before anything changes.
+    let mut next = spec.clone();
+    next["env"]["RELEASE"] = json!("2");
+    let (status, body) = rest
+        .post(
+            "/groups/canary/deployments",
+            json!({ "spec": next, "strategy": "CANARY", "canary": { "healthySeconds": 60, "timeoutSeconds": 30 } }),
+        )
+        .await?;
+    ensure!(
+        status == 400 && body["details"]["fields"][0]["field"] == "canary.timeoutSeconds",
+        "{status} {body}"
+    );
+    ensure!(
+        get_doc(cluster, "groups", "canary")
+            .await?
+            .get_i64("revision")?
+            == 1
+    );
+
+    let deployment = deploy(
+        &rest,
+        "canary",
+        json!({ "spec": next, "strategy": "CANARY", "canary": { "instances": 1, "minTps": 18, "healthySeconds": 3, "timeoutSeconds": 120 } }),
+    )
+    .await?;
+    let id = deployment["id"].as_str().context("id")?.to_owned();
+    let target = deployment["targetSpecHash"]
+        .as_str()
+        .context("target")?
+        .to_owned();
+    // One canary, and no more while it has not reported.
+    let canary_id = eventually("one canary running the new spec", WITHIN, async || {
+        let (ids, running) = on_spec(cluster, "canary", &target).await?;
+        Ok((running == 1).then(|| ids[0].clone()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (ids, _) = on_spec(cluster, "canary", &target).await?;
+    ensure!(
+        ids == [canary_id.clone()],
+        "only the canary is updated: {ids:?}"
+    );
+    let (_, shown) = rest.get(&format!("/deployments/{id}")).await?;
+    ensure!(
+        shown["gate"]
+            .as_str()
+            .is_some_and(|g| g.contains("has not reported ready")),
+        "{shown}"
+    );
+    // The canary reports healthy; its holder is killed during the healthy window, and the
+    // successor passes the gate and rolls the rest.
+    let instance = get_doc(cluster, "instances", &canary_id).await?;
+    let server = api.rest(&instance_token(cluster, &instance).await?);
+    server.post("/workload/ready", json!({})).await?;
+    let (status, _) = server
+        .post("/workload/metrics", json!({ "tps": 19.8 }))
+        .await?;
+    ensure!(status == 204);
+    eventually("the gate counting", WITHIN, async || {
+        let (_, shown) = rest.get(&format!("/deployments/{id}")).await?;
+        Ok((!shown["gateSinceMs"].is_null()).then_some(()))
+    })
+    .await?;
+    let holder = replicas
+        .iter()
+        .position(|s| s.log_text().contains("canary gate"))
+        .context("the holder logged the gate")?;
+    replicas.remove(holder).kill();
+    // The canary keeps reporting (its report must stay fresh) while the rest rolls.
+    let done = eventually("the deployment done", Duration::from_secs(90), async || {
+        let _ = server
+            .post("/workload/metrics", json!({ "tps": 19.8 }))
+            .await;
+        let (_, shown) = rest.get(&format!("/deployments/{id}")).await?;
+        Ok((shown["state"] == "DONE").then_some(shown))
+    })
+    .await?;
+    ensure!(
+        !done["canaryPassedAtMs"].is_null()
+            && done["gate"]
+                .as_str()
+                .is_some_and(|g| g.starts_with("passed: canaries"))
+            && !done["rolledBack"].as_bool().unwrap_or(true),
+        "{done}"
+    );
+    let (ids, running) = on_spec(cluster, "canary", &target).await?;
+    ensure!(ids.len() == 3 && running == 3, "{ids:?}");
+
+    // A canary that stays below the TPS floor: the deployment rolls itself back.
+    let mut bad = next.clone();
+    bad["env"]["RELEASE"] = json!("3");
+    let deployment = deploy(
+        &rest,
+        "canary",
+        json!({ "spec": bad, "strategy": "CANARY", "canary": { "minTps": 18, "healthySeconds": 2, "timeoutSeconds": 10 } }),
+    )
+    .await?;
+    let id = deployment["id"].as_str().context("id")?.to_owned();
+    let bad_hash = deployment["targetSpecHash"]
+        .as_str()
+        .context("target")?
+        .to_owned();
+    let slow = eventually("the second canary running", WITHIN, async || {
+        let (ids, running) = on_spec(cluster, "canary", &bad_hash).await?;
+        Ok((running == 1).then(|| ids[0].clone()))
+    })
+    .await?;
+    let instance = get_doc(cluster, "instances", &slow).await?;
+    let server = api.rest(&instance_token(cluster, &instance).await?);
+    server.post("/workload/ready", json!({})).await?;
+    let rolled = eventually(
+        "the automatic rollback",
+        Duration::from_secs(60),
+        async || {
+            let _ = server
+                .post("/workload/metrics", json!({ "tps": 5.0 }))
+                .await;
+            let (_, shown) = rest.get(&format!("/deployments/{id}")).await?;
+            Ok((shown["state"] == "DONE").then_some(shown))
+        },
+    )
+    .await?;
+    ensure!(
+        rolled["rolledBack"] == true
+            && rolled["rolledBackBy"] == "canary gate"
+            && rolled["targetSpecHash"] == json!(target)
+            && rolled["gate"]
+                .as_str()
+                .is_some_and(|g| g.contains("runs at 5 TPS, below 18")),
+        "{rolled}"
+    );
+    let group = get_doc(cluster, "groups", "canary").await?;
+    ensure!(
+        group
+            .get_document("spec")?
+            .get_document("env")?
+            .get_str("RELEASE")?
+            == "2",
+        "the group runs the previous spec again: {group:?}"
+    );
+    let (ids, _) = on_spec(cluster, "canary", &target).await?;
+    ensure!(
+        ids.len() == 3,
+        "every instance back on the previous spec: {ids:?}"
+    );
+
+    stop_all([&mut api], Duration::from_secs(20)).await?;
+    let mut survivor = replicas.remove(0);
+    fleet.stop_with(&mut survivor).await
 }

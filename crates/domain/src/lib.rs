@@ -1,6 +1,7 @@
 //! The vocabulary every PrexorCloud crate shares: what a service is, what a lease scope is, how
 //! leases are timed, which names are valid, and where an instance is placed (a pure decision).
 
+pub mod canary;
 pub mod config_rules;
 mod digest;
 mod group;

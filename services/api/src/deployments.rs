@@ -7,6 +7,7 @@ use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use mongodb::bson::doc;
+use prexor_domain::canary::{CanaryGate, Strategy};
 use prexor_domain::{GroupSpec, ScalingMode, now_ms};
 use prexor_model::instances::InstanceState;
 use prexor_model::workflows::DeploymentState;
@@ -76,6 +77,19 @@ pub(crate) struct DeploymentView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) total: Option<i64>,
     pub(crate) live: DeploymentProgress,
+    /// ROLLING or CANARY.
+    #[schema(value_type = String, example = "CANARY")]
+    pub(crate) strategy: Strategy,
+    /// CANARY: the health gate, and (from the group's holder) how it stands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub(crate) canary: Option<CanaryGate>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) gate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) gate_since_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) canary_passed_at_ms: Option<i64>,
 }
 
 /// Progress read from the instances now.
@@ -108,6 +122,11 @@ impl DeploymentView {
             updated: deployment.updated,
             total: deployment.total,
             live,
+            strategy: deployment.strategy,
+            canary: deployment.canary,
+            gate: deployment.gate,
+            gate_since_ms: deployment.gate_since_ms,
+            canary_passed_at_ms: deployment.canary_passed_at_ms,
         }
     }
 }
@@ -216,6 +235,12 @@ struct NewDeployment {
     batch_size: i64,
     #[serde(default = "one")]
     max_unavailable: i64,
+    /// ROLLING (default) or CANARY: the canaries first, behind `canary`'s health gate.
+    #[serde(default)]
+    strategy: Strategy,
+    /// CANARY: the gate (its defaults when left out).
+    #[serde(default)]
+    canary: Option<CanaryGate>,
 }
 
 fn one() -> i64 {
@@ -242,6 +267,12 @@ async fn create(
             "must be between 1 and 1000",
         ));
     }
+    if new.canary.is_some() && new.strategy != Strategy::Canary {
+        return Err(ApiError::field(
+            "canary",
+            "applies to \"strategy\": \"CANARY\" only",
+        ));
+    }
     let store = app.store();
     let current: prexor_model::groups::GroupRecord = app.find(&name).await?;
     if current.deleting {
@@ -265,6 +296,22 @@ async fn create(
         crate::templates::resolve(&app, spec).await?;
         crate::modules::check_attached(&app, &spec.modules).await?;
     }
+    let canary = match new.strategy {
+        Strategy::Rolling => None,
+        Strategy::Canary => {
+            let gate = new.canary.unwrap_or_default();
+            let wanted = new
+                .spec
+                .as_ref()
+                .unwrap_or(&current.spec)
+                .min_instances
+                .max(1);
+            if let Some((field, problem)) = gate.problems(wanted).into_iter().next() {
+                return Err(ApiError::field(&format!("canary{field}"), problem));
+            }
+            Some(gate)
+        }
+    };
     let target = match &new.spec {
         Some(spec) => {
             let problems = spec.problems(&name);
@@ -309,6 +356,11 @@ async fn create(
         updated: None,
         total: None,
         traceparent: prexor_telemetry::trace::traceparent(&tracing::Span::current()),
+        strategy: new.strategy,
+        canary,
+        gate_since_ms: None,
+        canary_passed_at_ms: None,
+        gate: None,
     };
     app.insert(DEPLOYMENTS, "recording the deployment", &record)
         .await?;

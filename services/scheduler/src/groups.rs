@@ -22,6 +22,7 @@ use prexor_serve::Gateways;
 use prexor_store::{Store, StoreError, Write};
 use tracing::Instrument;
 
+mod canary;
 pub(crate) mod deployments;
 mod dispatch;
 mod explain;
@@ -432,9 +433,11 @@ impl Groups {
             return Ok(());
         }
         if let Some(deployment) = snap.deployments.get(name) {
-            self.roll(name, spec, lease, deployment, &active, &wanted)
-                .instrument(deployments::deployment_span(name, deployment))
-                .await?;
+            self.roll(
+                name, spec, revision, lease, deployment, &active, &wanted, snap,
+            )
+            .instrument(deployments::deployment_span(name, deployment))
+            .await?;
         }
         let attempts: HashMap<String, i64> = instances
             .iter()

@@ -2,6 +2,7 @@
 //! lease holder advances.
 
 use prexor_domain::GroupSpec;
+use prexor_domain::canary::{CanaryGate, Strategy};
 use serde::{Deserialize, Serialize};
 
 use super::DeploymentState;
@@ -57,6 +58,20 @@ pub struct DeploymentRecord {
     /// scheduler's steps link to it (docs/observability.md, "Traces").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// ROLLING (a batch at a time from the start) or CANARY (behind [`Self::canary`]).
+    #[serde(default)]
+    pub strategy: Strategy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryGate>,
+    /// CANARY, written by the holder: the canaries healthy since then...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_since_ms: Option<i64>,
+    /// ...the gate passed then (the rest rolls on)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_passed_at_ms: Option<i64>,
+    /// ...and the gate's state in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<String>,
 }
 
 impl DeploymentRecord {

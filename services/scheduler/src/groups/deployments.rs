@@ -9,6 +9,7 @@ use prexor_model::workflows::deployments::DeploymentRecord;
 use std::collections::BTreeMap;
 
 use mongodb::bson::{Document, doc};
+use prexor_domain::canary::Strategy;
 use prexor_domain::{GroupSpec, now_ms};
 use prexor_store::Write;
 
@@ -52,15 +53,20 @@ pub(super) fn deployment_span(name: &str, deployment: &Document) -> tracing::Spa
 }
 
 impl Groups {
-    /// One step of `deployment` (state ROLLING) of group `name`, in [`deployment_span`].
+    /// One step of `deployment` (state ROLLING) of group `name` (at `revision`), in
+    /// [`deployment_span`]; a CANARY deployment whose gate has not passed goes through
+    /// [`Groups::canary_step`] instead.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn roll(
         &self,
         name: &str,
         spec: &GroupSpec,
+        revision: i64,
         lease: &prexor_coord::Lease,
         deployment: &Document,
         active: &BTreeMap<String, &Instance>,
         wanted: &[String],
+        snap: &Snapshot,
     ) -> anyhow::Result<()> {
         // An unreadable deployment is not rolled (every tick says so); the group goes on.
         let deployment: DeploymentRecord =
@@ -81,6 +87,25 @@ impl Groups {
                 "the group's spec is not the deployment's target yet"
             );
             return Ok(());
+        }
+        if let Some(gate) = deployment.canary
+            && deployment.strategy == Strategy::Canary
+            && !deployment.rolled_back
+            && deployment.canary_passed_at_ms.is_none()
+        {
+            return self
+                .canary_step(
+                    name,
+                    spec,
+                    revision,
+                    lease,
+                    &deployment,
+                    gate,
+                    active,
+                    wanted,
+                    snap,
+                )
+                .await;
         }
         let batch = deployment.batch_size.max(1) as usize;
         let max_unavailable = deployment.max_unavailable.max(1) as usize;

@@ -42,13 +42,22 @@ pub(super) struct Reported {
     pub mspt: Option<f64>,
     pub memory_used_mb: Option<i64>,
     pub at_ms: i64,
+    /// The server said it is ready (`/api/v1/workload/ready`).
+    pub ready: bool,
 }
 
 impl Reported {
     fn of(load: &Document) -> Option<Reported> {
-        let metrics = load.get_document("metrics").ok()?;
+        let ready = load.get_bool("ready").unwrap_or(false);
+        let Ok(metrics) = load.get_document("metrics") else {
+            return Some(Reported {
+                ready,
+                ..Reported::default()
+            });
+        };
         let number = |key: &str| metrics.get(key).and_then(mongodb::bson::Bson::as_f64);
         Some(Reported {
+            ready,
             tps: number("tps"),
             mspt: number("mspt"),
             memory_used_mb: metrics
