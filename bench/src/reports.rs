@@ -71,8 +71,7 @@ pub async fn conflict(servers: &Servers, rounds: usize, freeze: Duration) -> any
         let started = Instant::now();
         let new = NewDeployment {
             spec: Some(next),
-            batch_size: 1,
-            max_unavailable: 1,
+            ..NewDeployment::default()
         };
         let id = client.create_deployment("conflict", &new).await?.id;
         let holder = holder(&schedulers).await?;

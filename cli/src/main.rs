@@ -1,16 +1,20 @@
 //! `prexorctl`: the PrexorCloud command line.
 
 mod commands;
+mod complete;
 mod contexts;
+mod password;
+mod progress;
 mod render;
 mod session;
 mod setup;
 mod status;
+mod watch;
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use prexor_client::{Client, Trust};
 
 #[derive(Debug, Parser)]
@@ -33,19 +37,18 @@ struct Cli {
     /// Do not check the controller's certificate at all (warned about on every use).
     #[arg(long, global = true)]
     insecure_skip_verify: bool,
-    /// Output format.
+    /// Output format: table (plain aligned columns when stdout is not a terminal), wide (more
+    /// columns), name (one per line), json or yaml.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// Tables without their header row.
+    #[arg(long, global = true)]
+    no_headers: bool,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Table,
-    Json,
-    Yaml,
-}
+pub use render::Output;
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -63,8 +66,10 @@ enum Command {
     /// Sign in to a cluster and save it as a context (the password is read from the terminal,
     /// or from stdin with --password-stdin).
     Login {
+        /// The user to sign in as.
         #[arg(long, short, default_value = "admin")]
         user: String,
+        /// Read the password from the first line of stdin (scripts) instead of the terminal.
         #[arg(long)]
         password_stdin: bool,
         /// Name of the context to save (default: "default").
@@ -80,7 +85,21 @@ enum Command {
     /// Saved clusters.
     Context {
         #[command(subcommand)]
-        command: ContextCommand,
+        command: contexts::ContextCommand,
+    },
+    /// Make the cluster's groups what spec files declare: one group per .json / .yaml / .yml
+    /// file, named after the file (FILE or every such file in DIR); created, updated or left
+    /// alone; templates referenced by name get their current version.
+    Apply {
+        /// A spec file or a directory of them (repeatable).
+        #[arg(long, short = 'f', value_name = "FILE|DIR", required = true)]
+        file: Vec<std::path::PathBuf>,
+        /// Show what would change (field by field) against the cluster; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also delete the groups that no file declares.
+        #[arg(long)]
+        prune: bool,
     },
     /// Server groups.
     #[command(subcommand, alias = "group")]
@@ -107,6 +126,7 @@ enum Command {
     /// every mutation lease, writes the backup in one fenced transaction, lets the schedulers
     /// reconcile what runs.
     Restore {
+        /// The backup's id (see `prexorctl backup list`).
         id: String,
         /// Print what would change; change nothing.
         #[arg(long)]
@@ -129,25 +149,30 @@ enum Command {
     Roles(commands::RoleCommand),
     /// The audit log, newest first.
     Audit {
+        /// How many entries to show.
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
-    /// Follow domain events from any replica.
+    /// Follow domain events from any replica, reconnecting after a dropped connection (resumed
+    /// after the last event seen: none twice, none missed, or a `gap` line when the server no
+    /// longer has them).
     Events {
         /// Comma-separated event types (default: all).
         #[arg(long)]
         types: Option<String>,
+        /// Start after this event id (replayed from the server's buffer) instead of now.
+        #[arg(long, value_name = "ID")]
+        after: Option<String>,
     },
-    /// Shell completions: `prexorctl completions bash > /etc/bash_completion.d/prexorctl`.
-    Completions { shell: clap_complete::Shell },
-}
-
-#[derive(Debug, Subcommand)]
-enum ContextCommand {
-    /// List saved contexts (* marks the current one).
-    List,
-    /// Make NAME the current context.
-    Use { name: String },
+    /// Shell completions: `prexorctl completions bash > /etc/bash_completion.d/prexorctl`; the
+    /// script asks prexorctl, which completes group, instance and node names from the cluster.
+    Completions {
+        /// The shell to write the script for.
+        shell: clap_complete::Shell,
+        /// A script that completes subcommands and flags only, without running prexorctl.
+        #[arg(long = "static")]
+        offline: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,7 +186,14 @@ const fn prexor_version() -> &'static str {
 }
 
 fn main() -> ExitCode {
+    // `COMPLETE=SHELL prexorctl -- WORDS...`: the completion script asking what comes next.
+    clap_complete::CompleteEnv::with_factory(|| {
+        use clap::CommandFactory;
+        Cli::command()
+    })
+    .complete();
     let cli = Cli::parse();
+    render::init(!cli.no_headers);
     // The one TLS crypto provider compiled in (ring), for every client built without one
     // (the REST client's reqwest, Valkey over TLS in setup).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -176,10 +208,13 @@ fn main() -> ExitCode {
         }
     };
     let outcome = runtime.block_on(async {
-        if let Command::Setup(args) = cli.command {
+        let cli = match cli.command {
             // Runs on a host being set up: no context, controller or session involved.
-            return setup::setup(*args).await;
-        }
+            Command::Setup(args) => return setup::setup(*args).await,
+            // The config file only.
+            Command::Context { command } => return contexts::context(command, cli.output),
+            _ => cli,
+        };
         let saved = contexts::Config::load()?;
         let context = saved.get(cli.context.as_deref())?.cloned();
         let controller = cli
@@ -227,12 +262,12 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Login { .. } => unreachable!("handled above"),
             Command::Logout => session::logout(&client, cli.context.as_deref()).await,
-            Command::Context {
-                command: ContextCommand::List,
-            } => session::list_contexts(),
-            Command::Context {
-                command: ContextCommand::Use { name },
-            } => session::use_context(&name),
+            Command::Context { .. } => unreachable!("handled above"),
+            Command::Apply {
+                file,
+                dry_run,
+                prune,
+            } => commands::apply(&client, &file, dry_run, prune, cli.output).await,
             Command::Groups(command) => commands::groups(&client, command, cli.output).await,
             Command::Instances(command) => commands::instances(&client, command, cli.output).await,
             Command::Nodes(command) => commands::nodes(&client, command, cli.output).await,
@@ -252,15 +287,21 @@ fn main() -> ExitCode {
             Command::Users(command) => commands::users(&client, command, cli.output).await,
             Command::Roles(command) => commands::roles(&client, command, cli.output).await,
             Command::Audit { limit } => commands::audit(&client, limit, cli.output).await,
-            Command::Events { types } => commands::events(&client, types).await,
-            Command::Completions { shell } => {
+            Command::Events { types, after } => {
+                commands::events(&client, types, after, cli.output).await
+            }
+            Command::Completions { shell, offline } => {
                 use clap::CommandFactory;
-                clap_complete::generate(
-                    shell,
-                    &mut Cli::command(),
-                    "prexorctl",
-                    &mut std::io::stdout(),
-                );
+                if offline {
+                    clap_complete::generate(
+                        shell,
+                        &mut Cli::command(),
+                        "prexorctl",
+                        &mut std::io::stdout(),
+                    );
+                } else {
+                    complete::registration(shell, &mut std::io::stdout())?;
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Command::Setup(_) => unreachable!("handled above"),
@@ -310,5 +351,41 @@ fn hint(err: &anyhow::Error) -> Option<&'static str> {
         prexor_client::Error::Unreachable { .. } => Some("check --controller or PREXOR_CONTROLLER"),
         refused if refused.status_code() == Some(401) => Some("sign in with `prexorctl login`"),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every subcommand and every argument of `command` without help text, by path.
+    fn undocumented(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" || arg.is_global_set() && !path.is_empty() {
+                continue;
+            }
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("{path} <{id}>"));
+            }
+        }
+        for sub in command.get_subcommands() {
+            let sub_path = format!("{path} {}", sub.get_name());
+            if sub.get_name() != "help" && sub.get_about().is_none() {
+                missing.push(sub_path.clone());
+            }
+            undocumented(sub, &sub_path, missing);
+        }
+    }
+
+    #[test]
+    fn every_subcommand_and_flag_has_help() {
+        let command = Cli::command();
+        command.clone().debug_assert();
+        let mut missing = Vec::new();
+        undocumented(&command, "", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:#?}");
     }
 }

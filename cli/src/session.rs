@@ -1,37 +1,12 @@
 //! `prexorctl login`, `logout` and `context`.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use prexor_client::{Client, Trust};
 
 use crate::contexts::{Config, Context};
-
-/// Reads a password: from stdin when asked to (scripts), else prompted without echo.
-fn read_password(from_stdin: bool) -> anyhow::Result<String> {
-    let stdin = std::io::stdin();
-    if from_stdin || !stdin.is_terminal() {
-        let mut line = String::new();
-        stdin.lock().read_line(&mut line)?;
-        return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
-    }
-    eprint!("password: ");
-    std::io::stderr().flush()?;
-    let stty = |arg: &str| {
-        Command::new("stty")
-            .arg(arg)
-            .stdin(Stdio::inherit())
-            .status()
-    };
-    let _ = stty("-echo");
-    let mut line = String::new();
-    let read = stdin.lock().read_line(&mut line);
-    let _ = stty("echo");
-    eprintln!();
-    read?;
-    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
-}
 
 /// The cluster CA of an https:// controller not trusted yet: fetched, shown by fingerprint, and
 /// kept only if it matches `pinned` or the operator confirms it at the terminal.
@@ -92,7 +67,7 @@ pub async fn login(
         let interactive = !password_stdin && std::io::stdin().is_terminal();
         trust.ca_pem = Some(discover_ca(controller, ca_fingerprint, interactive).await?);
     }
-    let password = read_password(password_stdin)?;
+    let password = crate::password::read(password_stdin, "password: ", false).await?;
     if password.is_empty() {
         bail!("no password given");
     }
@@ -143,36 +118,5 @@ pub async fn logout(client: &Client, context: Option<&str>) -> anyhow::Result<Ex
     }
     config.save()?;
     println!("logged out of context {name:?}");
-    Ok(ExitCode::SUCCESS)
-}
-
-pub fn list_contexts() -> anyhow::Result<ExitCode> {
-    let config = Config::load()?;
-    for (name, ctx) in &config.contexts {
-        let marker = if config.current.as_deref() == Some(name) {
-            "*"
-        } else {
-            " "
-        };
-        println!(
-            "{marker} {name}\t{}\t{}{}",
-            ctx.controller,
-            ctx.user.as_deref().unwrap_or("-"),
-            if ctx.token.is_some() {
-                ""
-            } else {
-                " (signed out)"
-            }
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-pub fn use_context(name: &str) -> anyhow::Result<ExitCode> {
-    let mut config = Config::load()?;
-    config.get(Some(name))?;
-    config.current = Some(name.to_owned());
-    config.save()?;
-    println!("now using context {name:?}");
     Ok(ExitCode::SUCCESS)
 }

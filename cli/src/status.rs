@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -59,10 +58,14 @@ pub async fn status(client: &Client, output: Output) -> anyhow::Result<ExitCode>
                 && r.coordination.as_deref().is_none_or(|c| c == "available")
         });
     match output {
-        Output::Json | Output::Yaml => crate::render::object(&raw, output)?,
-        Output::Table => {
-            let mut table = Table::new();
-            table.load_preset(UTF8_FULL_CONDENSED).set_header([
+        _ if !output.human() => crate::render::object(&raw, output)?,
+        Output::Name => {
+            for r in &status.replicas {
+                println!("{}", r.id);
+            }
+        }
+        _ => {
+            let headers = [
                 "KIND",
                 "ID",
                 "VERSION",
@@ -73,13 +76,14 @@ pub async fn status(client: &Client, output: Output) -> anyhow::Result<ExitCode>
                 "STORE",
                 "CLOCK",
                 "NOTES",
-            ]);
+            ];
+            let mut rows = Vec::new();
             for r in &status.replicas {
                 let address = match &r.grpc_address {
                     Some(grpc) => format!("{} (grpc {grpc})", r.http_address),
                     None => r.http_address.clone(),
                 };
-                table.add_row([
+                rows.push(vec![
                     r.kind.clone(),
                     r.id.clone(),
                     r.version.clone(),
@@ -93,10 +97,14 @@ pub async fn status(client: &Client, output: Output) -> anyhow::Result<ExitCode>
                         (false, Some(skew)) => format!("NOT synchronized ({skew:+} ms)"),
                         (_, None) => "not measured".into(),
                     },
-                    r.notes.join("; "),
+                    if r.notes.is_empty() {
+                        "-".into()
+                    } else {
+                        r.notes.join("; ")
+                    },
                 ]);
             }
-            println!("{table}");
+            println!("{}", crate::render::table(&headers, &rows));
             println!(
                 "coordination.store = {} ({}){}",
                 status.coordination.store,
@@ -113,7 +121,7 @@ pub async fn status(client: &Client, output: Output) -> anyhow::Result<ExitCode>
     if healthy {
         Ok(ExitCode::SUCCESS)
     } else {
-        if output == Output::Table {
+        if output.human() {
             eprintln!(
                 "unhealthy: a replica is not ready, a clock is not synchronized (clock.synchronized=false: run chronyd or systemd-timesyncd), or the coordination store is unavailable or mismatched (all replicas must use the same Valkey)"
             );

@@ -22,24 +22,32 @@ pub enum BackupCommand {
     List,
     /// One backup and its manifest.
     Get {
+        /// The backup's id.
         id: String,
     },
     /// Re-read a backup and check every count and hash; exits 1 when it is damaged.
     Verify {
+        /// The backup's id.
         id: String,
     },
     /// Save a backup's archive to a file.
     Download {
+        /// The backup's id.
         id: String,
+        /// Where to save the archive.
         #[arg(long, short = 'f')]
         file: std::path::PathBuf,
     },
     /// Import an archive (checked before it is kept) under ID.
     Upload {
+        /// The id to keep it under.
         id: String,
+        /// The archive (from `backup download`).
         file: std::path::PathBuf,
     },
+    /// Delete a backup kept in the cluster.
     Delete {
+        /// The backup's id.
         id: String,
     },
 }
@@ -58,7 +66,7 @@ pub async fn backups(
                 save(client, &id, &file).await?;
             }
             match out {
-                Output::Table => println!(
+                _ if out.human() => println!(
                     "backup {id} created ({} bytes)",
                     made["size"].as_i64().unwrap_or(0)
                 ),
@@ -85,7 +93,7 @@ pub async fn backups(
                 .post(&format!("{}/verify", path(&id)), &json!({}))
                 .await?;
             match out {
-                Output::Table => println!(
+                _ if out.human() => println!(
                     "backup {id} is intact: {} collections, {} blobs, every count and hash as in its manifest",
                     checked["collections"].as_object().map_or(0, |c| c.len()),
                     checked["blobs"]
@@ -104,7 +112,7 @@ pub async fn backups(
                 .put_bytes(&format!("{}/archive", path(&id)), bytes)
                 .await?;
             match out {
-                Output::Table => println!("backup {id} imported from {}", file.display()),
+                _ if out.human() => println!("backup {id} imported from {}", file.display()),
                 _ => render::object(&made, out)?,
             }
         }
@@ -140,7 +148,7 @@ pub async fn restore(
     let answer: Value = client
         .post(&format!("/backups/{}/restore", segment(id)), &body)
         .await?;
-    if out != Output::Table {
+    if !out.human() {
         render::object(&answer, out)?;
         return Ok(ExitCode::SUCCESS);
     }

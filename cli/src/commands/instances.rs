@@ -5,11 +5,15 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::Subcommand;
-use prexor_client::InstanceFilter;
+use prexor_client::{Followed, InstanceFilter};
 
 use super::{Client, requested};
 use crate::Output;
 use crate::render::{self, Column};
+use crate::watch::{Watch, watch};
+
+/// The events that change what `instances list` and `get` show.
+const INSTANCE_EVENTS: &str = "INSTANCE_STATE_CHANGED,INSTANCE_READY";
 
 const INSTANCE_COLUMNS: &[Column] = &[
     ("ID", "/id"),
@@ -21,37 +25,83 @@ const INSTANCE_COLUMNS: &[Column] = &[
     ("PID", "/reported/pid"),
     ("ATTEMPT", "/attempt"),
 ];
+/// More with `-o wide`.
+const INSTANCE_WIDE: &[Column] = &[
+    ("MEMORY MB", "/memoryMb"),
+    ("REVISION", "/revision"),
+    ("SCHEDULED", "/scheduledAtMs"),
+    ("LAST DISPATCH ERROR", "/lastDispatchError"),
+];
 #[derive(Debug, Subcommand)]
 pub enum InstanceCommand {
     /// Instances, filtered by group, node or state.
     List {
-        #[arg(long)]
+        /// Only this group's instances.
+        #[arg(long, add = crate::complete::groups())]
         group: Option<String>,
-        #[arg(long)]
+        /// Only instances placed on this node.
+        #[arg(long, add = crate::complete::nodes())]
         node: Option<String>,
+        /// Only instances in this state (RUNNING, STOPPED, ...).
         #[arg(long)]
         state: Option<String>,
+        /// Show it again whenever the event stream reports a change to it, until interrupted.
+        #[arg(long, short = 'w')]
+        watch: bool,
     },
     /// One instance with its plan and last report.
-    Get { id: String },
+    Get {
+        /// The instance's id (GROUP-N).
+        #[arg(add = crate::complete::instances())]
+        id: String,
+        /// Show it again whenever the event stream reports a change to it, until interrupted.
+        #[arg(long, short = 'w')]
+        watch: bool,
+    },
     /// Start one more instance of a MANUAL group.
-    Start { group: String },
+    Start {
+        /// The MANUAL group.
+        #[arg(add = crate::complete::groups())]
+        group: String,
+    },
     /// Stop gracefully (a STATIC or DYNAMIC group starts it again).
-    Stop { id: String },
+    Stop {
+        /// The instance's id.
+        #[arg(add = crate::complete::instances())]
+        id: String,
+    },
     /// Kill at once.
-    Kill { id: String },
+    Kill {
+        /// The instance's id.
+        #[arg(add = crate::complete::instances())]
+        id: String,
+    },
     /// Send one console line.
-    Command { id: String, line: Vec<String> },
+    Command {
+        /// The instance's id.
+        #[arg(add = crate::complete::instances())]
+        id: String,
+        /// The line to send (its words are joined by spaces).
+        line: Vec<String>,
+    },
     /// Show the console; with --follow, keep printing (and send lines typed on stdin).
     Console {
+        /// The instance's id.
+        #[arg(add = crate::complete::instances())]
         id: String,
+        /// Keep printing new lines (reconnecting when the connection drops) until interrupted.
         #[arg(long, short)]
         follow: bool,
+        /// How many earlier lines to show first.
         #[arg(long, default_value_t = 100)]
         lines: usize,
     },
     /// Crash records (exit code, log tail).
-    Crashes { id: String },
+    Crashes {
+        /// The instance's id.
+        #[arg(add = crate::complete::instances())]
+        id: String,
+    },
 }
 
 pub async fn instances(
@@ -60,11 +110,45 @@ pub async fn instances(
     out: Output,
 ) -> anyhow::Result<ExitCode> {
     match command {
-        InstanceCommand::List { group, node, state } => {
+        InstanceCommand::List {
+            group,
+            node,
+            state,
+            watch: watching,
+        } => {
             let filter = InstanceFilter { group, node, state };
-            render::list(&client.instances(&filter).await?, INSTANCE_COLUMNS, out)?;
+            if !watching {
+                render::list_wide(
+                    &client.instances(&filter).await?,
+                    INSTANCE_COLUMNS,
+                    INSTANCE_WIDE,
+                    out,
+                )?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let on = Watch {
+                types: INSTANCE_EVENTS,
+                subject: None,
+            };
+            return watch(client, on, async || {
+                let listed = client.instances(&filter).await?;
+                render::list_string(&listed, INSTANCE_COLUMNS, INSTANCE_WIDE, out)
+            })
+            .await;
         }
-        InstanceCommand::Get { id } => render::object(&client.instance(&id).await?, out)?,
+        InstanceCommand::Get { id, watch: false } => {
+            render::object(&client.instance(&id).await?, out)?;
+        }
+        InstanceCommand::Get { id, watch: true } => {
+            let on = Watch {
+                types: INSTANCE_EVENTS,
+                subject: Some(&id),
+            };
+            return watch(client, on, async || {
+                render::object_string(&client.instance(&id).await?, out)
+            })
+            .await;
+        }
         InstanceCommand::Start { group } => requested(&client.start_instance(&group).await?, out)?,
         InstanceCommand::Stop { id } => requested(&client.stop_instance(&id).await?, out)?,
         InstanceCommand::Kill { id } => requested(&client.kill_instance(&id).await?, out)?,
@@ -77,36 +161,49 @@ pub async fn instances(
             client.send_command(&id, &line.join(" ")).await?;
             println!("sent to {id}");
         }
-        InstanceCommand::Console { id, follow, lines } => {
-            let mut console = client.console(&id, lines).await?;
-            if follow {
-                spawn_console_input(client, &id);
+        InstanceCommand::Console {
+            id,
+            follow: true,
+            lines,
+        } => {
+            let mut console = client
+                .follow(
+                    &prexor_client::console_path(&id, lines),
+                    prexor_client::console_resume(&id),
+                    None,
+                )
+                .await?;
+            spawn_console_input(client, &id);
+            loop {
+                match console.next().await? {
+                    Followed::Event(event) if event.event == "error" => bail!("{}", event.data),
+                    Followed::Event(event) if event.event == "gap" => {
+                        eprintln!("warning: some console lines were missed while reconnecting");
+                    }
+                    Followed::Event(event) => println!("{}", event.data),
+                    other => super::report(&other),
+                }
             }
-            let deadline =
-                (!follow).then(|| std::time::Instant::now() + Duration::from_millis(500));
+        }
+        // Without --follow: the history, then stop once it has arrived.
+        InstanceCommand::Console { id, lines, .. } => {
+            let mut console = client.console(&id, lines).await?;
+            let deadline = std::time::Instant::now() + Duration::from_millis(500);
             let printing = async {
                 while let Some(event) = console.next().await? {
                     if event.event == "error" {
                         bail!("{}", event.data);
                     }
                     println!("{}", event.data);
-                    if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                    if std::time::Instant::now() >= deadline {
                         break;
                     }
                 }
                 anyhow::Ok(())
             };
-            match deadline {
-                // Without --follow: the history, then stop once it has arrived.
-                Some(_) => {
-                    // Elapsed is the normal end; an error event or a broken stream is not.
-                    if let Ok(printed) =
-                        tokio::time::timeout(Duration::from_secs(2), printing).await
-                    {
-                        printed?;
-                    }
-                }
-                None => printing.await?,
+            // Elapsed is the normal end; an error event or a broken stream is not.
+            if let Ok(printed) = tokio::time::timeout(Duration::from_secs(2), printing).await {
+                printed?;
             }
         }
         InstanceCommand::Crashes { id } => render::list(

@@ -2,6 +2,7 @@
 //! deployments, modules, backups, tokens, users (with roles and the audit log) and events —
 //! each a thin, checked call of the REST API (docs/api.md).
 
+mod apply;
 mod backups;
 mod deployments;
 mod events;
@@ -13,6 +14,7 @@ mod templates;
 mod tokens;
 mod users;
 
+pub use apply::*;
 pub use backups::*;
 pub use deployments::*;
 pub use events::*;

@@ -13,29 +13,44 @@ use crate::render;
 
 #[derive(Debug, Subcommand)]
 pub enum ModuleCommand {
+    /// Every module: state, active version, last mutation.
     List,
+    /// One module, its versions and the mutation in flight.
     Get {
+        /// The module's name.
         name: String,
     },
     /// Store a version (a .tar.gz of the files it adds to every instance, e.g. plugins/x.jar).
     Upload {
+        /// The module's name.
         name: String,
+        /// The version's name (e.g. 1.2.0).
         version: String,
+        /// The .tar.gz.
         file: PathBuf,
     },
+    /// Install a stored version on every group that lists the module.
     Install {
+        /// The module's name.
         name: String,
+        /// A stored version.
         version: String,
     },
+    /// Replace the installed version with another stored one.
     Upgrade {
+        /// The module's name.
         name: String,
+        /// A stored version.
         version: String,
     },
+    /// Remove the module from every instance (its versions stay stored).
     Uninstall {
+        /// The module's name.
         name: String,
     },
     /// Remove an uninstalled module and its stored versions.
     Delete {
+        /// The module's name.
         name: String,
     },
 }

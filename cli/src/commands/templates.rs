@@ -13,21 +13,30 @@ use crate::render;
 
 #[derive(Debug, Subcommand)]
 pub enum TemplateCommand {
+    /// Every template: current version, versions kept, size, hash.
     List,
+    /// One template and its versions.
     Get {
+        /// The template's name.
         name: String,
     },
     /// Upload a .tar.gz as the template's new version.
     Upload {
+        /// The template's name (created on the first upload).
         name: String,
+        /// The layer: a .tar.gz of the files it adds.
         file: PathBuf,
     },
     /// Make an earlier version current.
     Rollback {
+        /// The template's name.
         name: String,
+        /// The version to make current.
         version: i64,
     },
+    /// Delete a template no group uses, with every version.
     Delete {
+        /// The template's name.
         name: String,
     },
 }

@@ -13,19 +13,24 @@ use crate::render;
 pub enum TokenCommand {
     /// Your API tokens (`--owner all` with users:read for everyone's).
     List {
+        /// Whose tokens: a username, or `all`.
         #[arg(long)]
         owner: Option<String>,
     },
     /// A new API token (shown once).
     Create {
+        /// A name to recognise it by.
         name: String,
         /// Permission to grant (repeatable; default: everything you hold).
         #[arg(long = "permission", short = 'p')]
         permissions: Vec<String>,
+        /// How long it is valid (e.g. 30d, 12h; default: until deleted).
         #[arg(long)]
         expires_in: Option<String>,
     },
+    /// Revoke a token at once.
     Delete {
+        /// The token's id.
         id: String,
     },
 }
@@ -62,7 +67,7 @@ pub async fn tokens(
             };
             let answer = client.create_token(&new).await?;
             match out {
-                Output::Table => {
+                _ if out.human() => {
                     println!("{}", answer.token);
                     eprintln!("(shown once; id {})", answer.view.id);
                 }

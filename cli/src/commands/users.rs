@@ -11,40 +11,60 @@ use crate::render;
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
+    /// Every user: roles, whether disabled, last sign-in.
     List,
-    /// Create a user; the password is read from stdin.
+    /// Create a user; the password is asked for twice at the terminal (not echoed), or read
+    /// from the first line of stdin with --password-stdin or when stdin is not a terminal.
     Create {
+        /// The new user's name.
         username: String,
+        /// A role to grant (repeatable).
         #[arg(long = "role", short = 'r', required = true)]
         roles: Vec<String>,
+        /// Read the password from the first line of stdin instead of the terminal.
+        #[arg(long)]
+        password_stdin: bool,
     },
     /// Replace a user's roles.
     SetRoles {
+        /// The user.
         username: String,
+        /// A role to grant (repeatable; the others are taken away).
         #[arg(long = "role", short = 'r', required = true)]
         roles: Vec<String>,
     },
+    /// Refuse the user's sign-ins and end their sessions.
     Disable {
+        /// The user.
         username: String,
     },
+    /// Let a disabled user sign in again.
     Enable {
+        /// The user.
         username: String,
     },
+    /// Delete a user and end their sessions.
     Delete {
+        /// The user.
         username: String,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RoleCommand {
+    /// Every role with its permissions.
     List,
     /// A custom role (permissions like groups:read, nodes:*, *:read).
     Create {
+        /// The role's name.
         name: String,
+        /// A permission (repeatable).
         #[arg(long = "permission", short = 'p', required = true)]
         permissions: Vec<String>,
     },
+    /// Delete a custom role no user holds.
     Delete {
+        /// The role's name.
         name: String,
     },
 }
@@ -61,13 +81,19 @@ pub async fn users(client: &Client, command: UserCommand, out: Output) -> anyhow
             ],
             out,
         )?,
-        UserCommand::Create { username, roles } => {
-            eprintln!("password for {username} (from stdin):");
-            let mut password = String::new();
-            std::io::stdin().read_line(&mut password)?;
+        UserCommand::Create {
+            username,
+            roles,
+            password_stdin,
+        } => {
+            let prompt = format!("password for {username}: ");
+            let password = crate::password::read(password_stdin, &prompt, true).await?;
+            if password.is_empty() {
+                anyhow::bail!("no password given");
+            }
             let new = NewUser {
                 username: username.clone(),
-                password: password.trim_end_matches(['\r', '\n']).to_owned(),
+                password,
                 roles,
             };
             let answer = client.create_user(&new).await?;

@@ -66,6 +66,8 @@ pub enum Error {
     },
     #[error("the event stream failed")]
     Stream(#[source] reqwest::Error),
+    #[error("the event stream is not in the event-stream format: {0}")]
+    StreamFormat(String),
 }
 
 /// `CODE: message` of an api error body, the message alone without a code, else the body as

@@ -1,5 +1,11 @@
-//! Server-sent events: the cluster's event stream (`/events`) and instance consoles.
+//! Server-sent events: the cluster's event stream (`/events`) and instance consoles, parsed by
+//! `eventsource-stream` (the WHATWG event-stream format: comments, multi-line data, `id:`
+//! kept across events, CR/LF/CRLF line ends).
 
+use std::pin::Pin;
+
+use eventsource_stream::{EventStreamError, Eventsource};
+use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
 use crate::Error;
@@ -7,8 +13,11 @@ use crate::Error;
 /// One server-sent event.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Event {
+    /// Its `id:` (the last one the stream set; empty when it never set one).
     pub id: String,
-    /// The event type (`GROUP_CREATED`, ...; `error` on a console that failed).
+    /// The event type (`GROUP_CREATED`, ...; `gap` when the server could not replay everything
+    /// missed, `error` on a stream that failed; `message` when the server named none, as a
+    /// console line).
     pub event: String,
     /// Its `data:` lines, joined by `\n`.
     pub data: String,
@@ -21,17 +30,28 @@ impl Event {
     }
 }
 
+type Parsed = Pin<
+    Box<
+        dyn Stream<Item = Result<eventsource_stream::Event, EventStreamError<reqwest::Error>>>
+            + Send,
+    >,
+>;
+
 /// A server-sent event stream being read ([`Client::events`](crate::Client::events)).
 pub struct EventStream {
-    response: reqwest::Response,
-    buffer: String,
+    events: Parsed,
 }
 
 impl EventStream {
     pub(crate) fn new(response: reqwest::Response) -> EventStream {
+        EventStream::from_bytes(response.bytes_stream())
+    }
+
+    fn from_bytes(
+        bytes: impl Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send + 'static,
+    ) -> EventStream {
         EventStream {
-            response,
-            buffer: String::new(),
+            events: Box::pin(bytes.eventsource()),
         }
     }
 
@@ -39,65 +59,49 @@ impl EventStream {
     ///
     /// Cancel-safe: what arrived is kept for the next call, so it can be raced against a timeout.
     pub async fn next(&mut self) -> Result<Option<Event>, Error> {
-        loop {
-            while let Some(block) = next_block(&mut self.buffer) {
-                if let Some(event) = parse_block(&block) {
-                    return Ok(Some(event));
-                }
-            }
-            match self.response.chunk().await.map_err(Error::Stream)? {
-                Some(chunk) => self.buffer.push_str(&String::from_utf8_lossy(&chunk)),
-                None => return Ok(None),
-            }
+        match self.events.next().await {
+            None => Ok(None),
+            Some(Ok(event)) => Ok(Some(Event {
+                id: event.id,
+                event: event.event,
+                data: event.data,
+            })),
+            Some(Err(EventStreamError::Transport(err))) => Err(Error::Stream(err)),
+            Some(Err(err)) => Err(Error::StreamFormat(err.to_string())),
         }
     }
-}
-
-/// Takes the first complete block (up to a blank line) off `buffer`.
-fn next_block(buffer: &mut String) -> Option<String> {
-    let end = buffer.find("\n\n")?;
-    Some(buffer.drain(..end + 2).collect())
-}
-
-/// The event in one block; `None` for a block with neither a type nor data (a comment, a
-/// keep-alive).
-fn parse_block(block: &str) -> Option<Event> {
-    let mut event = Event::default();
-    let mut data = Vec::new();
-    for line in block.lines() {
-        if let Some(v) = line.strip_prefix("id:") {
-            event.id = v.trim().to_owned();
-        } else if let Some(v) = line.strip_prefix("event:") {
-            event.event = v.trim().to_owned();
-        } else if let Some(v) = line.strip_prefix("data:") {
-            data.push(v.strip_prefix(' ').unwrap_or(v));
-        }
-    }
-    event.data = data.join("\n");
-    (!event.data.is_empty() || !event.event.is_empty()).then_some(event)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn blocks_become_events() {
-        let mut buffer =
-            ": keep-alive\n\nid: 7-0\nevent: GROUP_CREATED\ndata: {\"a\":\ndata:  1}\n\npartial"
-                .to_owned();
-        let first = next_block(&mut buffer).expect("a block");
-        assert_eq!(parse_block(&first), None);
-        let second = next_block(&mut buffer).expect("a block");
+    #[tokio::test]
+    async fn chunks_become_events() {
+        let chunks: Vec<Result<bytes::Bytes, reqwest::Error>> = [
+            ": keep-alive\n\nid: 7-0\nevent: GROUP_CREATED\ndata: {\"a\":\n",
+            "data:  1}\n\nevent: gap\ndata: {}\n\ndata: a console line\r\n\r\npartial",
+        ]
+        .into_iter()
+        .map(|c| Ok(bytes::Bytes::from(c)))
+        .collect();
+        let mut stream = EventStream::from_bytes(futures::stream::iter(chunks));
         assert_eq!(
-            parse_block(&second),
+            stream.next().await.expect("an event"),
             Some(Event {
                 id: "7-0".into(),
                 event: "GROUP_CREATED".into(),
                 data: "{\"a\":\n 1}".into(),
             })
         );
-        assert_eq!(next_block(&mut buffer), None);
-        assert_eq!(buffer, "partial");
+        let gap = stream.next().await.expect("an event").expect("the gap");
+        assert_eq!((gap.event.as_str(), gap.data.as_str()), ("gap", "{}"));
+        let line = stream.next().await.expect("an event").expect("a line");
+        assert_eq!(
+            (line.event.as_str(), line.data.as_str()),
+            ("message", "a console line")
+        );
+        // An unfinished event at the end of the stream is not dispatched.
+        assert_eq!(stream.next().await.expect("the end"), None);
     }
 }

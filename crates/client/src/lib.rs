@@ -12,19 +12,22 @@
 //!   audit log); lists come in pages, which [`Client::all`] and [`Client::first`] follow.
 //! - Raw calls for callers that check statuses themselves (the acceptance suite):
 //!   [`Client::call`] answers whatever the status; [`Client::status_of`] does not read the body.
-//! - Server-sent events (the event stream, consoles): [`Client::events`].
+//! - Server-sent events (the event stream, consoles): [`Client::events`]; followed across
+//!   dropped connections, resuming without loss or duplicates: [`Client::follow`].
 //!
 //! reqwest is built without a TLS crypto provider: a binary installs one (ring) before it builds
 //! a client.
 
 mod error;
 mod events;
+mod follow;
 mod resources;
 
 use std::time::Duration;
 
 pub use error::{ApiError, Error};
 pub use events::{Event, EventStream};
+pub use follow::{Followed, Follower, Resume, console_path, console_resume, id_key};
 pub use reqwest::Method;
 pub use resources::*;
 use serde::Serialize;
@@ -457,5 +460,7 @@ pub fn segment(s: &str) -> String {
     escaped
 }
 
+#[cfg(test)]
+mod follow_tests;
 #[cfg(test)]
 mod tests;

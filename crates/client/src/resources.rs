@@ -274,7 +274,7 @@ pub struct Progress {
 }
 
 /// A new rolling deployment (`POST /groups/{name}/deployments`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NewDeployment {
     /// The spec to roll out; `None` rolls the current one out again.
@@ -282,6 +282,12 @@ pub struct NewDeployment {
     pub spec: Option<GroupSpec>,
     pub batch_size: i64,
     pub max_unavailable: i64,
+    /// CANARY: the canaries first, behind `canary`'s health gate (the server's default gate
+    /// when `canary` is `None`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<prexor_domain::canary::Strategy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<prexor_domain::canary::CanaryGate>,
 }
 
 impl Default for NewDeployment {
@@ -290,6 +296,8 @@ impl Default for NewDeployment {
             spec: None,
             batch_size: 1,
             max_unavailable: 1,
+            strategy: None,
+            canary: None,
         }
     }
 }
@@ -422,6 +430,12 @@ impl Client {
 
     pub async fn group(&self, name: &str) -> Result<Group, Error> {
         self.get(&format!("/groups/{}", segment(name))).await
+    }
+
+    /// Why group `name` has the instances it has (`GET /groups/{name}/explain`).
+    pub async fn explain_group(&self, name: &str) -> Result<serde_json::Value, Error> {
+        self.get(&format!("/groups/{}/explain", segment(name)))
+            .await
     }
 
     pub async fn create_group(&self, name: &str, spec: &GroupSpec) -> Result<Group, Error> {

@@ -10,15 +10,19 @@ use serde_json::{Value, json};
 
 use super::*;
 
-/// Serves `answers` (status, JSON body) in order, one per connection; returns the base URL and
-/// the request lines seen.
-async fn serve(answers: Vec<(u16, &'static str)>) -> (String, Arc<Mutex<Vec<String>>>) {
+/// Serves one answer per connection, in order: `respond` makes the response from the answer and
+/// the request head; `record` what is kept of each head. The base URL and the heads kept.
+pub(crate) async fn serve_with<T: Send + 'static>(
+    answers: Vec<T>,
+    respond: impl Fn(T, &str) -> String + Send + 'static,
+    record: fn(&str) -> String,
+) -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("address"));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let recorded = seen.clone();
     tokio::spawn(async move {
-        for (status, body) in answers {
+        for answer in answers {
             let Ok((mut socket, _)) = listener.accept().await else {
                 return;
             };
@@ -30,22 +34,30 @@ async fn serve(answers: Vec<(u16, &'static str)>) -> (String, Arc<Mutex<Vec<Stri
                     Ok(n) => request.extend_from_slice(&buffer[..n]),
                 }
             }
-            let text = String::from_utf8_lossy(&request).into_owned();
-            recorded
-                .lock()
-                .expect("seen lock")
-                .push(text.lines().next().unwrap_or_default().to_owned());
-            let authorized = text
-                .to_ascii_lowercase()
-                .contains("authorization: bearer secret");
-            let answer = format!(
-                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-authorized: {authorized}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = socket.write_all(answer.as_bytes()).await;
+            let head = String::from_utf8_lossy(&request).into_owned();
+            recorded.lock().expect("seen lock").push(record(&head));
+            let _ = socket.write_all(respond(answer, &head).as_bytes()).await;
         }
     });
     (base, seen)
+}
+
+/// Serves `answers` (status, JSON body) in order, one per connection; returns the base URL and
+/// the request lines seen.
+async fn serve(answers: Vec<(u16, &'static str)>) -> (String, Arc<Mutex<Vec<String>>>) {
+    let respond = |(status, body): (u16, &str), head: &str| {
+        let authorized = head
+            .to_ascii_lowercase()
+            .contains("authorization: bearer secret");
+        format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-authorized: {authorized}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    serve_with(answers, respond, |head| {
+        head.lines().next().unwrap_or_default().to_owned()
+    })
+    .await
 }
 
 #[test]

@@ -1,13 +1,39 @@
 //! Access: API tokens (`create`, `list`, use with `--token`, `delete`, and a token that may
 //! write groups but not read them); users (`create` with the password on stdin, a second
-//! context, `disable`, `enable`, `delete`) and contexts (`list`, `use`, `--context`, `logout`);
-//! roles (`create`, `list`, `delete`).
+//! context, `disable`, `enable`, `delete`) and contexts (`list`, `current`, `use`, `rename`,
+//! `delete`, `--context`, `logout`); roles (`create`, `list`, `delete`).
 
 use anyhow::{Context, ensure};
 use prexor_acceptance::{Cluster, find_doc, get_doc, spec_of};
 use serde_json::json;
 
+use crate::ctl::Ctl;
 use crate::{CONDITION_WITHIN, Stack, has_group, lists, path_str};
+
+/// `context list` as a table: the name on the row marked `*`, and every name.
+fn contexts_listed(ctl: &Ctl) -> anyhow::Result<(String, Vec<String>)> {
+    let out = ctl.ok(&["context", "list", "--no-headers"])?;
+    let mut current = None;
+    let mut names = Vec::new();
+    for line in out.lines() {
+        let marked = line.starts_with('*');
+        let name = line
+            .trim_start_matches('*')
+            .split_whitespace()
+            .next()
+            .with_context(|| format!("a context name: {out}"))?
+            .to_owned();
+        if marked {
+            ensure!(current.is_none(), "one current context: {out}");
+            current = Some(name.clone());
+        }
+        names.push(name);
+    }
+    Ok((
+        current.with_context(|| format!("a current context: {out}"))?,
+        names,
+    ))
+}
 
 /// An API token used and deleted; a write-only token refused by `groups apply`.
 pub async fn tokens(cluster: &Cluster, stack: &Stack) -> anyhow::Result<()> {
@@ -118,7 +144,14 @@ pub async fn users_and_contexts(cluster: &Cluster, stack: &Stack) -> anyhow::Res
     // ---- users create (password on stdin), a second context, disable, enable, delete.
     let alice_password = "alice-password-1234";
     let out = ctl.ok_with(
-        &["users", "create", "alice", "-r", "viewer"],
+        &[
+            "users",
+            "create",
+            "alice",
+            "-r",
+            "viewer",
+            "--password-stdin",
+        ],
         &format!("{alice_password}\n"),
     )?;
     ensure!(out.contains("user alice created"), "{out}");
@@ -145,7 +178,26 @@ pub async fn users_and_contexts(cluster: &Cluster, stack: &Stack) -> anyhow::Res
             && saved["contexts"]["spare"]["controller"] == api.http.as_str(),
         "the second context: {saved}"
     );
-    ctl.says(&["context", "list"], &["* spare", "  local", "alice"])?;
+    ctl.says(
+        &["context", "list"],
+        &["CURRENT", "spare", "local", "alice"],
+    )?;
+    ensure!(
+        contexts_listed(ctl)? == ("spare".to_owned(), vec!["local".into(), "spare".into()]),
+        "spare is current"
+    );
+    ensure!(
+        ctl.ok(&["context", "current"])? == "spare\n",
+        "context current"
+    );
+    let listed = ctl.json(&["context", "list"])?;
+    ensure!(
+        lists(&listed, |c| c["name"] == "spare"
+            && c["current"] == true
+            && c["user"] == "alice"
+            && c["signedIn"] == true),
+        "{listed}"
+    );
     let listed = ctl.json(&["groups", "list"])?;
     ensure!(has_group(&listed, "lobby"), "alice reads groups: {listed}");
     let err = ctl.fails(&["nodes", "cordon", "node-1"])?;
@@ -155,7 +207,7 @@ pub async fn users_and_contexts(cluster: &Cluster, stack: &Stack) -> anyhow::Res
         &["now using context \"local\""],
     )?;
     ensure!(ctl.saved()?["current"] == "local", "current context");
-    ctl.says(&["context", "list"], &["* local", "  spare"])?;
+    ensure!(contexts_listed(ctl)?.0 == "local", "local is current");
     ctl.fails_saying(&["context", "use", "nowhere"], &["no context \"nowhere\""])?;
     ctl.ok(&["--context", "spare", "groups", "list"])?;
 
@@ -195,6 +247,46 @@ pub async fn users_and_contexts(cluster: &Cluster, stack: &Stack) -> anyhow::Res
     ctl.deletes("users", "alice")?;
     let (status, _) = rest.get("/users/alice").await?;
     ensure!(status == 404, "deleted: {status}");
+
+    // ---- context rename (the current one stays current) and delete.
+    ctl.says(
+        &["context", "rename", "spare", "alice-ctx"],
+        &["renamed to \"alice-ctx\""],
+    )?;
+    let saved = ctl.saved()?;
+    ensure!(
+        saved["contexts"]["spare"].is_null()
+            && saved["contexts"]["alice-ctx"]["user"] == "alice"
+            && saved["current"] == "local",
+        "{saved}"
+    );
+    ctl.fails_saying(
+        &["context", "rename", "alice-ctx", "local"],
+        &["\"local\" exists already"],
+    )?;
+    ctl.fails_saying(
+        &["context", "rename", "nowhere", "x"],
+        &["no context \"nowhere\""],
+    )?;
+    ctl.says(&["context", "rename", "local", "main"], &["renamed"])?;
+    ensure!(
+        ctl.ok(&["context", "current"])? == "main\n",
+        "the current one renamed"
+    );
+    ctl.ok(&["groups", "list"])?;
+    ctl.ok(&["context", "rename", "main", "local"])?;
+    ctl.says(
+        &["context", "delete", "alice-ctx"],
+        &["context \"alice-ctx\" deleted"],
+    )?;
+    ensure!(
+        contexts_listed(ctl)? == ("local".to_owned(), vec!["local".into()]),
+        "alice-ctx is gone"
+    );
+    ctl.fails_saying(
+        &["--context", "alice-ctx", "groups", "list"],
+        &["no context"],
+    )?;
     Ok(())
 }
 

@@ -59,13 +59,52 @@ pub fn audit_completions_and_errors(stack: &Stack) -> anyhow::Result<()> {
         "--limit is honoured: {page}"
     );
 
-    // ---- completions.
-    let script = ctl.ok(&["completions", "bash"])?;
+    // ---- completions: the static script; the one asking prexorctl, which completes names
+    // from the cluster.
+    let script = ctl.ok(&["completions", "bash", "--static"])?;
     ensure!(
         script.contains("_prexorctl()")
             && script.contains("complete -F _prexorctl")
             && script.contains("join-token"),
         "a bash completion script"
+    );
+    let script = ctl.ok(&["completions", "bash"])?;
+    ensure!(
+        script.contains("COMPLETE=\"bash\"") && script.contains("complete -o"),
+        "a bash script asking prexorctl: {script}"
+    );
+    let complete = |words: &[&str]| -> anyhow::Result<Vec<String>> {
+        let output = ctl
+            .command(&[&["--", "prexorctl"], words].concat())
+            .env("COMPLETE", "fish")
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        ensure!(output.status.success(), "completing {words:?}: {output:?}");
+        Ok(String::from_utf8(output.stdout)?
+            .lines()
+            .map(|l| l.split('\t').next().unwrap_or_default().to_owned())
+            // The flags offered too are not what is checked here.
+            .filter(|w| !w.starts_with('-'))
+            .collect())
+    };
+    let groups = complete(&["groups", "get", ""])?;
+    ensure!(groups == ["lobby"], "group names: {groups:?}");
+    let instances = complete(&["instances", "stop", "lob"])?;
+    ensure!(
+        instances.contains(&"lobby-1".to_owned()) && instances.iter().all(|i| i.starts_with("lob")),
+        "instance ids: {instances:?}"
+    );
+    let nodes = complete(&["nodes", "cordon", ""])?;
+    ensure!(
+        nodes.contains(&"node-1".to_owned()) && nodes.contains(&"node-2".to_owned()),
+        "node ids: {nodes:?}"
+    );
+    let nodes = complete(&["instances", "list", "--node", "node-"])?;
+    ensure!(nodes.contains(&"node-2".to_owned()), "{nodes:?}");
+    let subcommands = complete(&["context", ""])?;
+    ensure!(
+        subcommands.contains(&"rename".to_owned()),
+        "subcommands: {subcommands:?}"
     );
 
     // ---- errors name the problem.

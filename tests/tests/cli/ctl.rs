@@ -9,6 +9,7 @@ use prexor_acceptance::{Cluster, mentions_all};
 use serde_json::Value;
 
 /// One finished `prexorctl` run.
+#[derive(Debug)]
 pub struct Run {
     pub success: bool,
     pub code: Option<i32>,
@@ -33,17 +34,35 @@ impl Ctl {
     /// Starts prexorctl with `args` (its environment is only this test's config file), output
     /// captured.
     pub fn start(&self, args: &[&str], stdin: Stdio) -> anyhow::Result<Child> {
-        Command::new(&self.binary)
-            .args(args)
-            .env("PREXORCTL_CONFIG", &self.config)
-            .env_remove("PREXOR_CONTROLLER")
-            .env_remove("PREXOR_TOKEN")
-            .env_remove("PREXOR_CONTEXT")
+        self.command(args)
             .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .context("starting prexorctl")
+    }
+
+    /// The command that runs prexorctl with `args` and this test's config file (which a
+    /// caller may replace: `env_remove("PREXORCTL_CONFIG")`).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.binary);
+        command
+            .args(args)
+            .env("PREXORCTL_CONFIG", &self.config)
+            .env_remove("PREXOR_CONTROLLER")
+            .env_remove("PREXOR_TOKEN")
+            .env_remove("PREXOR_CONTEXT");
+        command
+    }
+
+    /// The binary itself.
+    pub fn binary(&self) -> &std::path::Path {
+        &self.binary
+    }
+
+    /// The config file this test's runs use.
+    pub fn config(&self) -> &std::path::Path {
+        &self.config
     }
 
     pub fn run(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Run> {

@@ -22,10 +22,22 @@ pub async fn deployments(cluster: &Cluster, stack: &Stack, lobby: &Value) -> any
 
     // ---- deployments: create --wait, list, get; pause, resume; rollback.
     let v2 = spec_file(dir, lobby, "2")?;
-    ctl.says(
+    let run = ctl.run(
         &["deployments", "create", "lobby", "-f", &v2, "--wait"],
-        &["done"],
+        None,
     )?;
+    ensure!(run.success && run.stdout.contains("done"), "{run:?}");
+    // Not on a terminal: plain progress lines, no bar redrawn in place.
+    ensure!(
+        !run.stderr.contains('\r')
+            && !run.stderr.contains("[#")
+            && run
+                .stderr
+                .lines()
+                .any(|l| l.starts_with("deployment ") && l.ends_with("updated, DONE")),
+        "progress lines: {}",
+        run.stderr
+    );
     let listed = ctl.json(&["deployments", "list", "lobby"])?;
     ensure!(
         listed.as_array().map(Vec::len) == Some(1) && listed[0]["state"] == "DONE",

@@ -37,6 +37,29 @@ pub async fn groups_and_instances(cluster: &Cluster, stack: &Stack) -> anyhow::R
         "{status} {group}"
     );
     let first = running(cluster, &["lobby-1"]).await?.remove(0);
+    // Why it has what it has, in words (docs/scheduling.md, "Explanations").
+    let out = ctl.ok(&["groups", "explain", "lobby"])?;
+    ensure!(
+        out.contains("scaling:  STATIC: keeps exactly minInstances (1); 1 active")
+            && out.contains("placement: every placement so far found room"),
+        "{out}"
+    );
+    let out = ctl.ok(&["-o", "json", "groups", "explain", "lobby"])?;
+    ensure!(serde_json::from_str::<Value>(&out)?["wanted"] == 1, "{out}");
+    // A canary gate that cannot pass is refused, naming the field; nothing changes.
+    ctl.fails_saying(
+        &[
+            "deployments",
+            "create",
+            "lobby",
+            "--canary",
+            "--canary-healthy-seconds",
+            "60",
+            "--canary-timeout-seconds",
+            "30",
+        ],
+        &["canary.timeoutSeconds"],
+    )?;
 
     let mut event = spec_of("event", 0, &[])?;
     event["scaling"] = json!("MANUAL");

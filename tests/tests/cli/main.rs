@@ -5,7 +5,11 @@
 //! groups, instances (start, stop, kill, console input and output, crashes), nodes (cordon,
 //! join token redeemed by a second daemon, drain, undrain), templates, deployments (wait, pause,
 //! resume, rollback), modules, API tokens, users, roles, the audit log, completions, `-o json`
-//! and `-o yaml`, and errors that name the problem.
+//! and `-o yaml`, and errors that name the problem; plain columns off a terminal, `--no-headers`,
+//! `-o wide|name`, help text, the config file under `XDG_CONFIG_HOME` ([`output`]); contexts
+//! renamed and deleted; passwords typed at a terminal without echo ([`passwords`]); `events` and
+//! `console --follow` resuming across cut connections, `--watch` ([`follow`]); `apply -f DIR`
+//! with `--dry-run` and `--prune` ([`apply`]).
 //!
 //! One scenario, in phases that build on each other (one module each, run in this order):
 //! [`sign_in`], [`groups`] and instances, [`deployments`], [`nodes`] and drains, [`templates`],
@@ -13,12 +17,16 @@
 //! completions, errors, deleting the last group, logout).
 
 mod access;
+mod apply;
 mod closing;
 mod ctl;
 mod deployments;
+mod follow;
 mod groups;
 mod modules;
 mod nodes;
+mod output;
+mod passwords;
 mod sign_in;
 mod templates;
 
@@ -78,12 +86,18 @@ async fn scenario(cluster: &Cluster) -> anyhow::Result<()> {
 
     sign_in::status_and_info(&stack).await?;
     let lobby = groups::groups_and_instances(cluster, &stack).await?;
+    output::output(&stack, &cluster.dir)?;
+    follow::followers(&stack).await?;
+    follow::gap(&stack).await?;
+    follow::watches(&stack).await?;
+    apply::apply(cluster, &stack).await?;
     deployments::deployments(cluster, &stack, &lobby).await?;
     nodes::nodes_and_drains(cluster, &mut stack).await?;
     templates::templates(cluster, &stack).await?;
     modules::modules(cluster, &stack).await?;
     access::tokens(cluster, &stack).await?;
     access::users_and_contexts(cluster, &stack).await?;
+    passwords::passwords(&stack).await?;
     access::roles(cluster, &stack).await?;
     closing::audit_completions_and_errors(&stack)?;
     closing::delete_and_logout(cluster, &stack).await?;
