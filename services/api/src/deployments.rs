@@ -530,7 +530,7 @@ mod tests {
             "fromSpecHash": "a", "toRevision": 2, "targetSpecHash": "b",
             "rolledBack": true, "createdBy": "admin", "createdAtMs": 5,
             "rolledBackBy": "admin", "updatedAtMs": 6, "updated": 1, "total": 2,
-            "live": { "updated": 1, "active": 2 },
+            "live": { "updated": 1, "active": 2 }, "strategy": "ROLLING",
         });
         assert_eq!(shown, expected);
     }
