@@ -32,6 +32,7 @@ const RUNS: &[&[&str]] = &[
         "3",
     ],
     &["startup"],
+    &["warm-pool", "--rounds", "3"],
 ];
 
 /// A row of the anchor table: our metric(s), PrexorCloud's published target.
@@ -170,6 +171,15 @@ const ANCHORS: &[Anchor] = &[
             "gateway-a RSS with one node session",
         ],
         target: "~1 GiB heap + 1 MiB/instance (their sizing)",
+    },
+    Anchor {
+        what: "DYNAMIC scale-up to RUNNING (64 MiB template layer): cold / from a prepared warm instance / from a started one",
+        ours: &[
+            "scale-up to RUNNING, cold (no warm pool)",
+            "scale-up to RUNNING, prepared warm instance",
+            "scale-up to RUNNING, started warm instance",
+        ],
+        target: "warm faster than cold (issue: \"scale-up time to RUNNING from warm vs cold\")",
     },
 ];
 

@@ -98,6 +98,7 @@ pub async fn run(servers: &Servers, n: usize, kills: usize) -> anyhow::Result<()
             layers: Vec::new(),
             config_rules: Vec::new(),
             variables: Default::default(),
+            prepare_only: false,
         }),
     });
     let ack = via_owner

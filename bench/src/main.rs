@@ -18,6 +18,7 @@ mod scheduler;
 mod stack;
 mod startup;
 mod uploads;
+mod warm;
 mod wrk;
 
 use clap::{Parser, Subcommand};
@@ -104,6 +105,14 @@ enum Command {
     },
     /// The placement decision alone (no stores) on 1,000 nodes: single choices and batches of ten.
     Placement,
+    /// A DYNAMIC group's scale-up to RUNNING: cold, from a prepared and from a started warm
+    /// instance, `--rounds` groups each, with a `--megabytes` template layer.
+    WarmPool {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long, default_value_t = 64)]
+        megabytes: usize,
+    },
     /// Scheduler tick duration in steady state with N groups held by one replica.
     Scheduler {
         /// Group counts to measure, comma-separated.
@@ -224,6 +233,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Stack => stack::run(&servers, n).await.map(|_| ()),
         Command::Coord => coord::run(&servers, n).await,
         Command::Placement => placement::run(n),
+        Command::WarmPool { rounds, megabytes } => {
+            warm::run(&servers, rounds.max(1), megabytes.max(1)).await
+        }
         Command::Api => api::run(&servers, n).await,
         Command::Reads => reads::run(&servers).await,
         Command::Uploads { megabytes } => uploads::run(&servers, megabytes.max(1)).await,

@@ -30,7 +30,7 @@ fn rate(name: &str, megabytes: usize, seconds: f64) -> Metric {
 }
 
 /// A tar.gz holding one file of `megabytes` random bytes.
-fn layer(megabytes: usize) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn layer(megabytes: usize) -> anyhow::Result<Vec<u8>> {
     use rand::RngCore;
     let mut content = vec![0u8; megabytes << 20];
     rand::rng().fill_bytes(&mut content);

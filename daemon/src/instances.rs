@@ -90,10 +90,13 @@ pub(crate) fn ack(
     }
 }
 
+/// The instance holds its port here: a process runs (or is being prepared or stopped), or its
+/// directory is prepared for a start (PREPARED).
 pub(crate) fn is_active(state: InstanceState) -> bool {
     matches!(
         state,
         InstanceState::Preparing
+            | InstanceState::Prepared
             | InstanceState::Starting
             | InstanceState::Running
             | InstanceState::Stopping
@@ -246,29 +249,52 @@ impl Instances {
             .increment(1);
     }
 
-    /// Starts `plan` under the fence (`scope`, `token`) of its command.
+    /// Starts `plan` under the fence (`scope`, `token`) of its command; with `prepare_only`,
+    /// prepares its directory and stops there (PREPARED) until a start of the same plan without
+    /// it takes the instance.
     pub async fn start(&self, plan: CompositionPlan, fence: (String, u64)) -> CommandAck {
         if let Err(reason) = crate::launch::check_plan(&plan) {
             return ack(AckResult::Permanent, InstanceState::Unspecified, 0, reason);
         }
         let id = plan.instance_id.clone();
+        let taken = {
+            let mut table = self.table();
+            match table.get_mut(&id) {
+                Some(existing) if is_active(existing.state) => {
+                    if existing.plan.plan_hash != plan.plan_hash {
+                        return existing.ack(
+                            AckResult::Permanent,
+                            format!(
+                                "instance {id} runs plan {}; stop it before starting plan {}",
+                                existing.plan.plan_hash, plan.plan_hash
+                            ),
+                        );
+                    }
+                    if existing.state != InstanceState::Prepared || plan.prepare_only {
+                        return existing
+                            .ack(AckResult::Already, "the instance already has this plan");
+                    }
+                    if let Some(refused) = port_held(&plan) {
+                        return refused;
+                    }
+                    // Taken from the warm pool: started from its prepared directory (PREPARING
+                    // again until its process runs, as a start that prepares is).
+                    existing.plan = plan.clone();
+                    existing.fence = fence.clone();
+                    existing.trace = prexor_telemetry::trace::current_traceparent();
+                    existing.state = InstanceState::Preparing;
+                    existing.detail = "starting from its prepared directory".into();
+                    true
+                }
+                _ => false,
+            }
+        };
+        if taken {
+            self.transition(&id, |_| {});
+            return self.started(&id, &plan, self.start_prepared(&plan).await);
+        }
         {
             let mut table = self.table();
-            if let Some(existing) = table.get(&id)
-                && is_active(existing.state)
-            {
-                return if existing.plan.plan_hash == plan.plan_hash {
-                    existing.ack(AckResult::Already, "the instance already runs this plan")
-                } else {
-                    existing.ack(
-                        AckResult::Permanent,
-                        format!(
-                            "instance {id} runs plan {}; stop it before starting plan {}",
-                            existing.plan.plan_hash, plan.plan_hash
-                        ),
-                    )
-                };
-            }
             if plan.port != 0
                 && let Some((other, _)) = table.iter().find(|(other, i)| {
                     **other != id && is_active(i.state) && i.plan.port == plan.port
@@ -284,18 +310,7 @@ impl Instances {
                     ),
                 );
             }
-            if plan.port != 0 && std::net::TcpListener::bind(("0.0.0.0", plan.port as u16)).is_err()
-            {
-                let mut refused = ack(
-                    AckResult::Transient,
-                    InstanceState::Unspecified,
-                    0,
-                    format!(
-                        "port {} is in use on this host by another process",
-                        plan.port
-                    ),
-                );
-                refused.retry_after_ms = 5000;
+            if let Some(refused) = port_held(&plan) {
                 return refused;
             }
             let mut instance = Instance::new(plan.clone(), InstanceState::Preparing);
@@ -304,15 +319,41 @@ impl Instances {
             table.insert(id.clone(), instance);
         }
         self.transition(&id, |_| {});
+        if plan.prepare_only {
+            let prepared = self.prepare(&plan).await.map(|()| {
+                self.transition(&id, |i| {
+                    i.state = InstanceState::Prepared;
+                    i.detail = "prepared; starts when taken from the warm pool".into();
+                });
+                0
+            });
+            return self.started(&id, &plan, prepared);
+        }
+        let launched = self.launch(&plan).await;
+        self.started(&id, &plan, launched)
+    }
 
-        match self.launch(&plan).await {
+    /// The answer to the start of `plan` (instance `id`) from how its launch went: a failure is
+    /// recorded (a permanent one ends the instance, a transient one forgets the attempt).
+    fn started(
+        &self,
+        id: &str,
+        plan: &CompositionPlan,
+        launched: Result<i32, LayerError>,
+    ) -> CommandAck {
+        let id = id.to_string();
+        match launched {
             Ok(pid) => {
                 let state = self.table().get(&id).map(|i| i.state);
                 let mut done = ack(
                     AckResult::Done,
                     state.unwrap_or(InstanceState::Starting),
                     pid,
-                    "started",
+                    if state == Some(InstanceState::Prepared) {
+                        "prepared"
+                    } else {
+                        "started"
+                    },
                 );
                 done.plan_hash = plan.plan_hash.clone();
                 done
@@ -372,6 +413,9 @@ impl Instances {
             instance.trace = prexor_telemetry::trace::current_traceparent();
             (instance.shim.clone(), instance.pid)
         };
+        if let Some(ended) = self.end_prepared(&id) {
+            return ended;
+        }
         self.transition(&id, |i| {
             i.state = InstanceState::Stopping;
             i.detail = "stop requested".into();
@@ -437,10 +481,28 @@ impl Instances {
                 None => return not_here(&id),
             }
         };
+        if let Some(ended) = self.end_prepared(&id) {
+            return ended;
+        }
         self.kill_tree(&id, shim.as_ref()).await;
         let mut done = ack(AckResult::Done, InstanceState::Stopping, 0, "killed");
         done.plan_hash = plan_hash;
         done
+    }
+
+    /// A PREPARED instance asked to stop: nothing runs, so it ends at once (its directory
+    /// stays, as a stopped server's does). `None` when the instance is not PREPARED.
+    fn end_prepared(&self, id: &str) -> Option<CommandAck> {
+        if self.table().get(id)?.state != InstanceState::Prepared {
+            return None;
+        }
+        self.transition(id, |i| {
+            i.state = InstanceState::Stopped;
+            i.detail = "prepared, never started; stopped".into();
+        });
+        let mut done = ack(AckResult::Done, InstanceState::Stopped, 0, "stopped");
+        done.plan_hash = self.plan_hash_of(id);
+        Some(done)
     }
 
     /// What this node knows about the instance, changing nothing.
@@ -496,6 +558,25 @@ impl Instances {
             ),
         }
     }
+}
+
+/// The refusal of a start whose port a process outside PrexorCloud holds on this host (the
+/// scheduler places it elsewhere), or `None` when the port is free.
+fn port_held(plan: &CompositionPlan) -> Option<CommandAck> {
+    if plan.port == 0 || std::net::TcpListener::bind(("0.0.0.0", plan.port as u16)).is_ok() {
+        return None;
+    }
+    let mut refused = ack(
+        AckResult::Transient,
+        InstanceState::Unspecified,
+        0,
+        format!(
+            "port {} is in use on this host by another process",
+            plan.port
+        ),
+    );
+    refused.retry_after_ms = 5000;
+    Some(refused)
 }
 
 /// The answer to a stop or kill for `plan` when the instance runs (or ran) another plan here:

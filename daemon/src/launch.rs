@@ -1,7 +1,8 @@
 //! Preparing one server from its plan: the instance directory in `daemon.serversDir` (template
 //! layers in order, then the plan's files, placeholders substituted, then its config rules:
 //! [`crate::config_rules`]), its argv and environment;
-//! [`crate::supervise`] then starts it under a shim.
+//! [`crate::supervise`] then starts it under a shim, at once or (a warm-pool instance, prepared
+//! only) when a later start of the same plan takes it.
 
 use std::path::{Component, Path};
 
@@ -13,23 +14,28 @@ use crate::layers::{self, LayerError};
 impl Instances {
     /// Prepares the instance directory and starts the process under its shim; its pid.
     pub(crate) async fn launch(&self, plan: &CompositionPlan) -> Result<i32, LayerError> {
+        self.prepare(plan).await?;
+        self.start_prepared(plan).await
+    }
+
+    /// Starts the server of `plan` from its directory, prepared before ([`Instances::prepare`]);
+    /// its pid.
+    pub(crate) async fn start_prepared(&self, plan: &CompositionPlan) -> Result<i32, LayerError> {
+        let inner = &self.inner;
+        let dir = inner.isolation.instance_dir(&plan.instance_id);
+        let substitute = substitution(plan, &inner.node_id);
+        let argv: Vec<String> = plan.command.iter().map(|a| substitute(a)).collect();
+        let env = crate::isolation::server_env(plan, &inner.node_id, &dir, &substitute);
+        self.start_shim(plan, dir, argv, env).await
+    }
+
+    /// Prepares the instance directory of `plan`: its template layers in order, its files, its
+    /// placeholders substituted, its config rules applied. Nothing is started.
+    pub(crate) async fn prepare(&self, plan: &CompositionPlan) -> Result<(), LayerError> {
         let inner = &self.inner;
         let id = plan.instance_id.clone();
         let dir = inner.isolation.instance_dir(&id);
-        let variables: std::collections::BTreeMap<String, String> = plan
-            .variables
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let substitute = |s: &str| {
-            let s = s
-                .replace("{port}", &plan.port.to_string())
-                .replace("{instance}", &id)
-                .replace("{group}", &plan.group)
-                .replace("{node}", &inner.node_id)
-                .replace("{memory}", &plan.memory_mb.to_string());
-            prexor_domain::variables::substitute_vars(&s, &variables)
-        };
+        let substitute = substitution(plan, &inner.node_id);
         let permanent = LayerError::Permanent;
         let fresh = !dir.exists();
         std::fs::create_dir_all(&dir)
@@ -75,9 +81,26 @@ impl Instances {
                 .map_err(|e| permanent(format!("cannot write {}: {e}", path.display())))?;
         }
         crate::config_rules::apply(&dir, &plan.config_rules, &substitute).map_err(permanent)?;
-        let argv: Vec<String> = plan.command.iter().map(|a| substitute(a)).collect();
-        let env = crate::isolation::server_env(plan, &inner.node_id, &dir, &substitute);
-        self.start_shim(plan, dir, argv, env).await
+        Ok(())
+    }
+}
+
+/// The placeholders of `plan` on node `node_id` (`{port}`, `{instance}`, `{group}`, `{node}`,
+/// `{memory}`, `{vars.NAME}`), substituted in a string.
+fn substitution<'a>(plan: &'a CompositionPlan, node_id: &'a str) -> impl Fn(&str) -> String + 'a {
+    let variables: std::collections::BTreeMap<String, String> = plan
+        .variables
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    move |s: &str| {
+        let s = s
+            .replace("{port}", &plan.port.to_string())
+            .replace("{instance}", &plan.instance_id)
+            .replace("{group}", &plan.group)
+            .replace("{node}", node_id)
+            .replace("{memory}", &plan.memory_mb.to_string());
+        prexor_domain::variables::substitute_vars(&s, &variables)
     }
 }
 

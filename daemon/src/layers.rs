@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use prexor_domain::StreamHash;
-use prexor_proto::v1::FetchBlobRequest;
 use prexor_proto::v1::node_content_client::NodeContentClient;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use prexor_proto::v1::{FetchBlobRequest, StoreBlobChunk, StoredBlob};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tonic::Code;
 
 use crate::identity::NodeIdentity;
@@ -28,7 +28,14 @@ pub enum LayerError {
 pub trait LayerSource: Send + Sync {
     /// Streams layer `hash` into `sink` (restarting it when a source fails midway).
     async fn fetch(&self, hash: &str, sink: &mut LayerSink) -> Result<(), LayerError>;
+
+    /// Stores the archive at `archive` in the cluster store for capture `capture_id` (save to
+    /// template); what the store recorded.
+    async fn store(&self, capture_id: &str, archive: &Path) -> Result<StoredBlob, LayerError>;
 }
+
+/// Bytes per chunk of an archive sent to the cluster store.
+const STORE_CHUNK: usize = 256 * 1024;
 
 /// The disk rules of a node: every write keeps `min_free_bytes` free on the data directory's
 /// file system, and one instance's layers unpack to at most `instance_bytes`.
@@ -100,29 +107,39 @@ pub struct GatewayLayers {
     pub gateways: Vec<String>,
 }
 
+impl GatewayLayers {
+    /// A `NodeContent` client of `gateway`, connected with the node's identity; `None` (the
+    /// reason added to `reasons`) when it cannot be had.
+    async fn client(
+        &self,
+        gateway: &str,
+        reasons: &mut Vec<String>,
+    ) -> Option<NodeContentClient<prexor_serve::MeteredChannel>> {
+        let connected = match self.identity.client_config() {
+            Ok(tls) => prexor_pki::tls::connect(gateway, tls, Duration::from_secs(5))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(reason) => Err(reason),
+        };
+        match connected {
+            Ok(channel) => Some(NodeContentClient::new(prexor_serve::metered(channel))),
+            Err(reason) => {
+                reasons.push(reason);
+                None
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl LayerSource for GatewayLayers {
     async fn fetch(&self, hash: &str, sink: &mut LayerSink) -> Result<(), LayerError> {
-        let tls = self
-            .identity
-            .client_config()
-            .map_err(LayerError::Transient)?;
         let mut reasons = Vec::new();
         for gateway in &self.gateways {
-            let channel = match prexor_pki::tls::connect(
-                gateway,
-                tls.clone(),
-                Duration::from_secs(5),
-            )
-            .await
-            {
-                Ok(channel) => channel,
-                Err(e) => {
-                    reasons.push(e.to_string());
-                    continue;
-                }
+            let Some(mut client) = self.client(gateway, &mut reasons).await else {
+                continue;
             };
-            let mut stream = match NodeContentClient::new(prexor_serve::metered(channel))
+            let mut stream = match client
                 .fetch_blob(FetchBlobRequest {
                     node_id: self.node_id.clone(),
                     hash: hash.to_string(),
@@ -160,6 +177,79 @@ impl LayerSource for GatewayLayers {
             reasons.join("; ")
         )))
     }
+
+    async fn store(&self, capture_id: &str, archive: &Path) -> Result<StoredBlob, LayerError> {
+        let mut reasons = Vec::new();
+        for gateway in &self.gateways {
+            let Some(mut client) = self.client(gateway, &mut reasons).await else {
+                continue;
+            };
+            let chunks = archive_chunks(&self.node_id, capture_id, archive).await?;
+            match client.store_blob(chunks).await {
+                Ok(stored) => return Ok(stored.into_inner()),
+                // Not asked for, too large, not a layer: another gateway says the same.
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        Code::PermissionDenied | Code::ResourceExhausted | Code::InvalidArgument
+                    ) =>
+                {
+                    return Err(LayerError::Permanent(status.message().to_string()));
+                }
+                Err(status) => reasons.push(format!("{gateway}: {}", status.message())),
+            }
+        }
+        Err(LayerError::Transient(format!(
+            "no gateway could store the archive ({})",
+            reasons.join("; ")
+        )))
+    }
+}
+
+/// The chunks of `archive` for `StoreBlob`, read as they are sent: the first names the node and
+/// the capture. A read failing midway ends the stream short, which the gateway refuses as not a
+/// layer.
+async fn archive_chunks(
+    node_id: &str,
+    capture_id: &str,
+    archive: &Path,
+) -> Result<tokio_stream::wrappers::ReceiverStream<StoreBlobChunk>, LayerError> {
+    let mut file = tokio::fs::File::open(archive)
+        .await
+        .map_err(|e| LayerError::Transient(format!("cannot read {}: {e}", archive.display())))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let first = StoreBlobChunk {
+        node_id: node_id.to_owned(),
+        capture_id: capture_id.to_owned(),
+        data: Vec::new(),
+    };
+    let path = archive.to_path_buf();
+    tokio::spawn(async move {
+        if tx.send(first).await.is_err() {
+            return;
+        }
+        loop {
+            let mut data = vec![0u8; STORE_CHUNK];
+            match file.read(&mut data).await {
+                Ok(0) => return,
+                Ok(n) => {
+                    data.truncate(n);
+                    let chunk = StoreBlobChunk {
+                        data,
+                        ..StoreBlobChunk::default()
+                    };
+                    if tx.send(chunk).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(archive = %path.display(), "reading the archive to store it failed: {e}");
+                    return;
+                }
+            }
+        }
+    });
+    Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 #[derive(Clone)]
@@ -176,6 +266,11 @@ impl LayerCache {
             source,
             budget,
         }
+    }
+
+    /// Stores `archive` in the cluster store for capture `capture_id` (save to template).
+    pub async fn store(&self, capture_id: &str, archive: &Path) -> Result<StoredBlob, LayerError> {
+        self.source.store(capture_id, archive).await
     }
 
     /// The cached archive of `hash`, fetched (streamed to disk and checked) first if needed.
@@ -315,6 +410,10 @@ mod tests {
             self.fetches.fetch_add(1, Ordering::SeqCst);
             sink.restart().await?;
             sink.write(&self.bytes).await
+        }
+
+        async fn store(&self, _: &str, _: &Path) -> Result<StoredBlob, LayerError> {
+            Err(LayerError::Permanent("this source stores nothing".into()))
         }
     }
 

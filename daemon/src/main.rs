@@ -1,6 +1,7 @@
 //! `prexor-daemon`: runs the server processes of one host and keeps one session with one gateway
 //! at a time, out of the configured list.
 
+mod capture;
 mod cgroup;
 mod config_rules;
 mod datadir;

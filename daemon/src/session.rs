@@ -309,6 +309,7 @@ fn command_span(command: &Command, traceparent: &str) -> tracing::Span {
         Some(Action::Kill(kill)) => Some(kill.instance_id.as_str()),
         Some(Action::Console(input)) => Some(input.instance_id.as_str()),
         Some(Action::Query(query)) => Some(query.instance_id.as_str()),
+        Some(Action::Capture(capture)) => Some(capture.instance_id.as_str()),
         Some(Action::Shutdown(_)) | None => None,
     };
     let span = tracing::info_span!(
@@ -394,6 +395,7 @@ impl Handler {
             Some(Action::Console(input)) => self.instances.console(input).await,
             Some(Action::Shutdown(shutdown)) => self.shutdown_node(shutdown.grace_period_ms).await,
             Some(Action::Query(query)) => self.instances.query(query),
+            Some(Action::Capture(capture)) => self.instances.capture(capture).await,
             None => refuse(
                 AckResult::Permanent,
                 "the command has no action this daemon knows (newer control plane?)".into(),

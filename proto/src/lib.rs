@@ -12,7 +12,7 @@ pub mod v1 {
 }
 
 impl v1::Command {
-    /// The action's name (`start`, `stop`, `kill`, `console`, `shutdown`, `query`; `none`), for
+    /// The action's name (`start`, `stop`, `kill`, `console`, `shutdown`, `query`, `capture`; `none`), for
     /// logs and spans.
     pub fn action_name(&self) -> &'static str {
         use v1::command::Action;
@@ -23,6 +23,7 @@ impl v1::Command {
             Some(Action::Console(_)) => "console",
             Some(Action::Shutdown(_)) => "shutdown",
             Some(Action::Query(_)) => "query",
+            Some(Action::Capture(_)) => "capture",
             None => "none",
         }
     }

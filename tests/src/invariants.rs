@@ -98,14 +98,18 @@ pub async fn invariants(cluster: &Cluster, nodes: &[&str]) -> anyhow::Result<()>
     no_double_runs(&process_journal(cluster, nodes)?)
 }
 
-/// Waits (at most a minute) until no instance is SCHEDULED, PREPARING or STARTING and no
-/// operator request, platform-module mutation or rolling deployment is left.
+/// Waits (at most a minute) until no instance is SCHEDULED, PREPARING or STARTING (or PREPARED
+/// outside a warm pool: taken, and not started yet) and no operator request, platform-module
+/// mutation or rolling deployment is left.
 pub async fn settled(cluster: &Cluster) -> anyhow::Result<()> {
     let db = cluster.stores.mongo().await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut pending = Vec::new();
-        let on_the_way = doc! { "state": { "$in": ["SCHEDULED", "PREPARING", "STARTING"] } };
+        let on_the_way = doc! { "$or": [
+            { "state": { "$in": ["SCHEDULED", "PREPARING", "STARTING"] } },
+            { "state": "PREPARED", "warm": { "$ne": true } },
+        ] };
         let starting = all(&db, "instances", on_the_way).await?;
         for instance in &starting {
             pending.push(format!(

@@ -142,6 +142,29 @@ pub async fn plan_of(cluster: &Cluster, instance: &Document) -> anyhow::Result<D
     Ok(planned.get_document("plan")?.clone())
 }
 
+/// The instance's own token for the workload endpoints (from its persisted plan).
+pub async fn instance_token(cluster: &Cluster, instance: &Document) -> anyhow::Result<String> {
+    Ok(plan_of(cluster, instance)
+        .await?
+        .get_document("env")?
+        .get_str("PREXOR_INSTANCE_TOKEN")?
+        .to_owned())
+}
+
+/// `instance`'s server reporting `metrics` (`POST /workload/metrics` with its own token) to
+/// `api`.
+pub async fn report_metrics(
+    cluster: &Cluster,
+    api: &crate::Proc,
+    instance: &Document,
+    metrics: serde_json::Value,
+) -> anyhow::Result<()> {
+    let token = instance_token(cluster, instance).await?;
+    let (status, body) = api.rest(&token).post("/workload/metrics", metrics).await?;
+    anyhow::ensure!(status == 204, "reporting metrics: {status} {body}");
+    Ok(())
+}
+
 /// Waits until instance `id` and the plan of its current placement satisfy `check`.
 pub async fn wait_plan(
     cluster: &Cluster,

@@ -7,7 +7,10 @@
 //! holder's successor keeps the decision going after the holder is killed; and `explain` says,
 //! on any api replica, why each node could not take a missing instance and why the group scales
 //! as it does; a CANARY deployment updates one instance, waits for its health gate (through a
-//! holder failover), then rolls the rest, and one whose canary stays unhealthy rolls itself back.
+//! holder failover), then rolls the rest, and one whose canary stays unhealthy rolls itself back;
+//! files of a running instance's directory become a template version through its node and
+//! gateway (only the paths asked for, no symlink, bad input refused by field) that a new group
+//! then starts from.
 
 use std::time::Duration;
 
@@ -17,8 +20,9 @@ use anyhow::{Context, ensure};
 use futures::TryStreamExt;
 use mongodb::bson::doc;
 use prexor_acceptance::{
-    Cluster, create_group, deploy, find_docs, find_one, get_doc, nodes, plan_of, refused_group,
-    reported_pid, running, scenario_tests, schedulers, spec_of, stop_all, tar_gz, wait_state,
+    Cluster, Fleet, Proc, Rest, create_group, deploy, find_docs, find_one, get_doc, instance_token,
+    nodes, refused_group, report_metrics, reported_pid, running, scenario_tests, schedulers,
+    spec_of, stop_all, tar_gz, wait_state,
 };
 use prexor_testkit::eventually;
 use serde_json::json;
@@ -32,15 +36,23 @@ scenario_tests! {
     a_dynamic_group_scales_on_reported_mspt_in_steps_across_a_failover: scaling_on_load,
     explain_says_why_each_node_could_not_take_an_instance: explain,
     a_canary_gates_a_deployment_across_a_failover_and_a_failing_one_rolls_back: canary,
+    an_instance_configured_by_hand_is_saved_as_a_template: save_to_template,
 }
 
-async fn config_rules(cluster: &Cluster) -> anyhow::Result<()> {
+/// One node, `count` scheduler replicas and an api replica with the admin signed in.
+async fn stack(cluster: &Cluster, count: usize) -> anyhow::Result<(Fleet, Vec<Proc>, Proc, Rest)> {
     let password = cluster.bootstrap_admin("admin")?;
-    let mut fleet = nodes(cluster, &["node-1"]).await?;
-    let mut scheduler = schedulers(cluster, 1).await?.remove(0);
+    let fleet = nodes(cluster, &["node-1"]).await?;
+    let replicas = schedulers(cluster, count).await?;
     let mut api = cluster.service("api", "api-1", "")?;
     api.wait_ready(READY_WITHIN).await?;
     let rest = api.rest(&api.login("admin", &password).await?);
+    Ok((fleet, replicas, api, rest))
+}
+
+async fn config_rules(cluster: &Cluster) -> anyhow::Result<()> {
+    let (mut fleet, mut replicas, mut api, rest) = stack(cluster, 1).await?;
+    let mut scheduler = replicas.remove(0);
 
     // One template for every group: its files as a plain Paper server would ship them.
     let layer = tar_gz(&[
@@ -293,25 +305,8 @@ fn uuid_like() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-/// The instance's own token for the workload endpoints (from its persisted plan).
-async fn instance_token(
-    cluster: &Cluster,
-    instance: &mongodb::bson::Document,
-) -> anyhow::Result<String> {
-    Ok(plan_of(cluster, instance)
-        .await?
-        .get_document("env")?
-        .get_str("PREXOR_INSTANCE_TOKEN")?
-        .to_owned())
-}
-
 async fn scaling_on_load(cluster: &Cluster) -> anyhow::Result<()> {
-    let password = cluster.bootstrap_admin("admin")?;
-    let mut fleet = nodes(cluster, &["node-1"]).await?;
-    let mut replicas = schedulers(cluster, 2).await?;
-    let mut api = cluster.service("api", "api-1", "")?;
-    api.wait_ready(READY_WITHIN).await?;
-    let rest = api.rest(&api.login("admin", &password).await?);
+    let (mut fleet, mut replicas, mut api, rest) = stack(cluster, 2).await?;
 
     let mut spec = spec_of("load", 1, &[])?;
     spec["scaling"] = json!("DYNAMIC");
@@ -325,14 +320,14 @@ async fn scaling_on_load(cluster: &Cluster) -> anyhow::Result<()> {
     spec["dynamic"]["load"]["scaleDownAt"] = json!(15);
     create_group(&rest, "load", spec).await?;
     let first = running(cluster, &["load-1"]).await?.remove(0);
-    let report = async |instance: &mongodb::bson::Document, mspt: f64| -> anyhow::Result<()> {
-        let token = instance_token(cluster, instance).await?;
-        let (status, body) = api
-            .rest(&token)
-            .post("/workload/metrics", json!({ "mspt": mspt, "tps": 19.5 }))
-            .await?;
-        ensure!(status == 204, "reporting metrics: {status} {body}");
-        Ok(())
+    let report = async |instance: &mongodb::bson::Document, mspt: f64| {
+        report_metrics(
+            cluster,
+            &api,
+            instance,
+            json!({ "mspt": mspt, "tps": 19.5 }),
+        )
+        .await
     };
 
     // Busy (55 ms a tick against 40): two more at once; then (within the cooldown) the load
@@ -462,12 +457,7 @@ async fn on_spec(
 }
 
 async fn canary(cluster: &Cluster) -> anyhow::Result<()> {
-    let password = cluster.bootstrap_admin("admin")?;
-    let mut fleet = nodes(cluster, &["node-1"]).await?;
-    let mut replicas = schedulers(cluster, 2).await?;
-    let mut api = cluster.service("api", "api-1", "")?;
-    api.wait_ready(READY_WITHIN).await?;
-    let rest = api.rest(&api.login("admin", &password).await?);
+    let (mut fleet, mut replicas, mut api, rest) = stack(cluster, 2).await?;
     let spec = spec_of("canary", 3, &[])?;
     create_group(&rest, "canary", spec.clone()).await?;
     running(cluster, &["canary-1", "canary-2", "canary-3"]).await?;
@@ -622,4 +612,135 @@ async fn canary(cluster: &Cluster) -> anyhow::Result<()> {
     stop_all([&mut api], Duration::from_secs(20)).await?;
     let mut survivor = replicas.remove(0);
     fleet.stop_with(&mut survivor).await
+}
+
+/// Every entry of a tar.gz archive: its path and, for a file, its bytes.
+fn entries(archive: &[u8]) -> anyhow::Result<std::collections::BTreeMap<String, Option<Vec<u8>>>> {
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    let mut found = std::collections::BTreeMap::new();
+    for entry in tar.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.display().to_string();
+        let content = if entry.header().entry_type().is_file() {
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes)?;
+            Some(bytes)
+        } else {
+            None
+        };
+        found.insert(path.trim_end_matches('/').to_owned(), content);
+    }
+    Ok(found)
+}
+
+async fn save_to_template(cluster: &Cluster) -> anyhow::Result<()> {
+    let (mut fleet, mut replicas, mut api, rest) = stack(cluster, 1).await?;
+    let mut scheduler = replicas.remove(0);
+    create_group(&rest, "hand", spec_of("hand", 1, &[])?).await?;
+    running(cluster, &["hand-1"]).await?;
+
+    // An operator configured the server by hand.
+    let dir = cluster.dir.join("node-1-servers").join("hand-1");
+    std::fs::create_dir_all(dir.join("world/region"))?;
+    std::fs::write(dir.join("world/level.dat"), "level")?;
+    std::fs::write(dir.join("world/region/r.0.0.mca"), vec![7u8; 100_000])?;
+    std::fs::create_dir_all(dir.join("plugins/Essentials"))?;
+    std::fs::write(dir.join("plugins/Essentials/config.yml"), "spawn: hub\n")?;
+    std::fs::write(dir.join("ops.json"), "[]")?;
+    std::os::unix::fs::symlink("/etc/passwd", dir.join("world/passwd"))?;
+    let save =
+        |template: &str, paths: serde_json::Value| json!({ "template": template, "paths": paths });
+    let path = "/instances/hand-1/save-to-template";
+
+    // Bad input is refused naming the field; an unknown path by the node, naming it; nothing
+    // is created.
+    for (body, field) in [
+        (save("saved", json!(["world", "../etc"])), "paths[1]"),
+        (save("saved", json!([])), "paths"),
+        (save("Not A Name", json!(["world"])), "template"),
+    ] {
+        let (status, refused) = rest.post(path, body).await?;
+        ensure!(
+            status == 400 && refused["details"]["fields"][0]["field"] == field,
+            "{field}: {status} {refused}"
+        );
+    }
+    let (status, _) = rest
+        .post(
+            "/instances/nope-1/save-to-template",
+            save("saved", json!(["world"])),
+        )
+        .await?;
+    ensure!(status == 404, "an unknown instance: {status}");
+    let (status, refused) = rest
+        .post(path, save("saved", json!(["world", "nether"])))
+        .await?;
+    ensure!(
+        status == 409
+            && refused["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("nether does not exist")),
+        "{status} {refused}"
+    );
+    let (status, _) = rest.get("/templates/saved").await?;
+    ensure!(status == 404, "nothing saved by a refused capture");
+
+    // Saved: exactly the paths asked for, without the symlink, as the template's version 1.
+    let (status, saved) = rest
+        .post(
+            path,
+            save("saved", json!(["world", "plugins/Essentials/config.yml"])),
+        )
+        .await?;
+    ensure!(status == 201 && saved["current"] == 1, "{status} {saved}");
+    let (status, archive) = rest
+        .get_bytes("/templates/saved/versions/1/content")
+        .await?;
+    ensure!(status == 200);
+    let found = entries(&archive)?;
+    let names: Vec<&str> = found.keys().map(String::as_str).collect();
+    ensure!(
+        names
+            == [
+                "plugins/Essentials/config.yml",
+                "world",
+                "world/level.dat",
+                "world/region",
+                "world/region/r.0.0.mca",
+            ],
+        "{names:?}"
+    );
+    ensure!(
+        found["world/level.dat"].as_deref() == Some(&b"level"[..])
+            && found["world/region/r.0.0.mca"]
+                .as_ref()
+                .is_some_and(|b| b.len() == 100_000 && b.iter().all(|&x| x == 7))
+    );
+    ensure!(
+        prexor_acceptance::count_docs(cluster, "captures", doc! {}).await? == 0,
+        "no capture left open"
+    );
+    // The same files again: the same bytes, nothing changes.
+    let (status, again) = rest
+        .post(
+            path,
+            save("saved", json!(["world", "plugins/Essentials/config.yml"])),
+        )
+        .await?;
+    ensure!(status == 200 && again["current"] == 1, "{status} {again}");
+
+    // A new group starts from it.
+    let mut spec = spec_of("copy", 1, &[])?;
+    spec["templates"] = json!([{ "name": "saved" }]);
+    create_group(&rest, "copy", spec).await?;
+    running(cluster, &["copy-1"]).await?;
+    let copied = cluster.dir.join("node-1-servers").join("copy-1");
+    ensure!(
+        std::fs::read_to_string(copied.join("plugins/Essentials/config.yml"))? == "spawn: hub\n"
+            && std::fs::read(copied.join("world/region/r.0.0.mca"))?.len() == 100_000
+            && !copied.join("ops.json").exists()
+    );
+
+    api.stop(Duration::from_secs(20)).await?;
+    fleet.stop_with(&mut scheduler).await
 }

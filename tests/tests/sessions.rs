@@ -137,6 +137,7 @@ fn start(instance: &str, port: u16, extra: &[&str]) -> anyhow::Result<Action> {
             layers: Vec::new(),
             config_rules: Vec::new(),
             variables: Default::default(),
+            prepare_only: false,
         }),
     }))
 }

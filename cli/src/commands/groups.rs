@@ -21,6 +21,7 @@ const GROUP_COLUMNS: &[Column] = &[
     ("MIN", "/spec/minInstances"),
     ("MAX", "/spec/maxInstances"),
     ("INSTANCES", "/status/instances"),
+    ("WARM", "/status/warm"),
     ("PAUSED UNTIL", "/status/pausedUntilMs"),
     ("DELETING", "/deleting"),
 ];

@@ -21,6 +21,7 @@ const INSTANCE_COLUMNS: &[Column] = &[
     ("NODE", "/nodeId"),
     ("PORT", "/port"),
     ("STATE", "/state"),
+    ("WARM", "/warm"),
     ("REPORTED", "/reported/state"),
     ("PID", "/reported/pid"),
     ("ATTEMPT", "/attempt"),
@@ -45,6 +46,9 @@ pub enum InstanceCommand {
         /// Only instances in this state (RUNNING, STOPPED, ...).
         #[arg(long)]
         state: Option<String>,
+        /// `true`: only instances of the groups' warm pools; `false`: only the groups' own.
+        #[arg(long)]
+        warm: Option<bool>,
         /// Show it again whenever the event stream reports a change to it, until interrupted.
         #[arg(long, short = 'w')]
         watch: bool,
@@ -96,6 +100,19 @@ pub enum InstanceCommand {
         #[arg(long, default_value_t = 100)]
         lines: usize,
     },
+    /// Save files of the instance's directory as a new version of a template (created if
+    /// needed), e.g. a server configured by hand.
+    SaveToTemplate {
+        /// The instance's id.
+        #[arg(add = crate::complete::instances())]
+        id: String,
+        /// The template to add the version to.
+        #[arg(long)]
+        template: String,
+        /// A file or directory of the instance's directory, relative to it (repeat for more).
+        #[arg(long = "path", required = true, value_name = "PATH")]
+        paths: Vec<String>,
+    },
     /// Crash records (exit code, log tail).
     Crashes {
         /// The instance's id.
@@ -114,9 +131,15 @@ pub async fn instances(
             group,
             node,
             state,
+            warm,
             watch: watching,
         } => {
-            let filter = InstanceFilter { group, node, state };
+            let filter = InstanceFilter {
+                group,
+                node,
+                state,
+                warm,
+            };
             if !watching {
                 render::list_wide(
                     &client.instances(&filter).await?,
@@ -152,6 +175,21 @@ pub async fn instances(
         InstanceCommand::Start { group } => requested(&client.start_instance(&group).await?, out)?,
         InstanceCommand::Stop { id } => requested(&client.stop_instance(&id).await?, out)?,
         InstanceCommand::Kill { id } => requested(&client.kill_instance(&id).await?, out)?,
+        InstanceCommand::SaveToTemplate {
+            id,
+            template,
+            paths,
+        } => {
+            let answer = client.save_to_template(&id, &template, &paths).await?;
+            render::done(
+                &answer,
+                &format!(
+                    "{id}: saved as template {template}, version {} (current)",
+                    answer["current"]
+                ),
+                out,
+            )?;
+        }
         InstanceCommand::Command { id, line } => {
             if line.is_empty() {
                 bail!(

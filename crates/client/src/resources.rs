@@ -199,6 +199,8 @@ pub struct InstanceFilter {
     pub group: Option<String>,
     pub node: Option<String>,
     pub state: Option<String>,
+    /// `Some(true)`: only warm-pool instances; `Some(false)`: only the groups' own.
+    pub warm: Option<bool>,
 }
 
 /// A node record, with the memory reserved on it and its drain.
@@ -469,10 +471,12 @@ impl Client {
     }
 
     pub async fn instances(&self, filter: &InstanceFilter) -> Result<Vec<Instance>, Error> {
+        let warm = filter.warm.map(|w| w.to_string());
         let query: Vec<String> = [
             ("group", &filter.group),
             ("node", &filter.node),
             ("state", &filter.state),
+            ("warm", &warm),
         ]
         .into_iter()
         .filter_map(|(key, value)| Some(format!("{key}={}", segment(value.as_deref()?))))
@@ -504,6 +508,21 @@ impl Client {
     pub async fn kill_instance(&self, id: &str) -> Result<Accepted, Error> {
         self.post(&format!("/instances/{}/kill", segment(id)), &json!({}))
             .await
+    }
+
+    /// Saves `paths` of instance `id`'s directory as a new version of `template` (the
+    /// template as it is then).
+    pub async fn save_to_template(
+        &self,
+        id: &str,
+        template: &str,
+        paths: &[String],
+    ) -> Result<Value, Error> {
+        self.post(
+            &format!("/instances/{}/save-to-template", segment(id)),
+            &json!({ "template": template, "paths": paths }),
+        )
+        .await
     }
 
     /// Sends one console line.

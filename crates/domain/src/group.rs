@@ -65,7 +65,30 @@ pub struct GroupSpec {
     /// where its value comes from: [`Variable`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub variables: BTreeMap<String, Variable>,
+    /// DYNAMIC groups: instances kept ready beyond the group's target, taken first when it scales
+    /// up: [`WarmPool`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_pool: Option<WarmPool>,
 }
+
+/// A DYNAMIC group's warm pool: `prepared` instances placed and prepared ahead (templates and
+/// modules unpacked, files written, config rules applied; with `started`, the server started
+/// and idle), never announced to players. A scale-up takes warm instances before it places new
+/// ones, and the pool is refilled; the pool never takes the group past `maxInstances`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WarmPool {
+    /// Instances the pool holds (1 to [`WARM_POOL_MAX`]).
+    pub prepared: u32,
+    /// Start the warm instances' servers too (they run idle until taken); otherwise a taken
+    /// instance starts from its prepared directory.
+    #[serde(default)]
+    pub started: bool,
+}
+
+/// The largest warm pool a group may keep.
+pub const WARM_POOL_MAX: u32 = 100;
 
 fn default_grace() -> u32 {
     30
@@ -265,6 +288,20 @@ impl GroupSpec {
             }
             _ => {}
         }
+        if let Some(pool) = &self.warm_pool {
+            if self.scaling != ScalingMode::Dynamic {
+                problem(
+                    "warmPool",
+                    "applies to DYNAMIC groups only (a STATIC group keeps the fixed names <group>-1..N, which a warm instance cannot take); set scaling to DYNAMIC or remove it".into(),
+                );
+            }
+            if !(1..=WARM_POOL_MAX).contains(&pool.prepared) {
+                problem(
+                    "warmPool.prepared",
+                    format!("{} is not between 1 and {WARM_POOL_MAX}", pool.prepared),
+                );
+            }
+        }
         for (i, module) in self.modules.iter().enumerate() {
             if let Err(e) = validate_name(module) {
                 problem(&format!("modules[{i}]"), format!("{module:?} {e}"));
@@ -349,7 +386,43 @@ mod tests {
             drain_seconds: 60,
             config_rules: vec![],
             variables: BTreeMap::new(),
+            warm_pool: None,
         }
+    }
+
+    #[test]
+    fn a_warm_pool_belongs_to_a_dynamic_group_and_has_a_size() {
+        let mut pooled = spec();
+        pooled.warm_pool = Some(WarmPool {
+            prepared: 0,
+            started: false,
+        });
+        let fields: Vec<String> = pooled
+            .problems("lobby")
+            .into_iter()
+            .map(|p| p.field)
+            .collect();
+        assert_eq!(fields, ["warmPool", "warmPool.prepared"]);
+        pooled.scaling = ScalingMode::Dynamic;
+        pooled.dynamic = Some(DynamicScaling {
+            max_players: 20,
+            scale_up_percent: 80,
+            scale_down_delay_seconds: 120,
+            cooldown_seconds: 30,
+            step: 1,
+            load: None,
+        });
+        pooled.warm_pool = Some(WarmPool {
+            prepared: 2,
+            started: false,
+        });
+        assert!(pooled.problems("lobby").is_empty());
+        // No pool: the spec (and its hash) is what it was before pools existed.
+        let json = serde_json::to_value(spec()).unwrap();
+        assert!(json.get("warmPool").is_none());
+        let parsed: WarmPool = serde_json::from_str(r#"{"prepared": 3, "started": true}"#).unwrap();
+        assert!(parsed.started && parsed.prepared == 3);
+        assert!(serde_json::from_str::<WarmPool>(r#"{"prepared": 3, "size": 1}"#).is_err());
     }
 
     #[test]

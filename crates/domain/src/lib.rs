@@ -22,7 +22,7 @@ pub use digest::{StreamHash, fnv1a, hex, inventory_digest, is_sha256_hex, sha256
 pub use group::{
     ConfigChange, ConfigFormat, ConfigRule, ConfigValue, DynamicScaling, FieldProblem, GroupSpec,
     LoadMetric, LoadSignal, PortRange, ScalingMode, SetKey, TemplateRef, TextReplace, Variable,
-    VariableType,
+    VariableType, WarmPool,
 };
 pub use lease_timing::LeaseTiming;
 pub use lifecycle::InstanceState;

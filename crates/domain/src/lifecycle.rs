@@ -1,12 +1,14 @@
 //! The scheduler's instance lifecycle: a forward-only state machine.
 //!
 //! ```text
-//! SCHEDULED → PREPARING → STARTING → RUNNING → DRAINING → STOPPING → STOPPED
-//!      └──────────┴───────────┴──────────┴──────────┴─────────┴────→ CRASHED / STOPPED
+//! SCHEDULED → PREPARING → PREPARED → STARTING → RUNNING → DRAINING → STOPPING → STOPPED
+//!      └──────────┴───────────┴──────────┴──────────┴──────────┴─────────┴────→ CRASHED / STOPPED
 //! ```
 //!
 //! SCHEDULED: placed (node, port, memory reserved; plan persisted), not yet accepted by the node.
 //! PREPARING: the node accepted the plan and prepares its directory (templates, modules, files).
+//! PREPARED: the directory is ready and nothing runs yet (a warm-pool instance waiting to be
+//! taken; `docs/scheduling.md`, "Warm pool"); a start command moves it on.
 //! STARTING: the process runs, not yet ready. RUNNING: ready. DRAINING: being taken out of service
 //! (scale-down, node drain) while players are still online; stopped when they left or the group's
 //! `drainSeconds` passed. STOPPING: the stop command was accepted. STOPPED / CRASHED: ended.
@@ -18,6 +20,7 @@ use std::fmt;
 pub enum InstanceState {
     Scheduled,
     Preparing,
+    Prepared,
     Starting,
     Running,
     Draining,
@@ -27,9 +30,10 @@ pub enum InstanceState {
 }
 
 impl InstanceState {
-    pub const ALL: [InstanceState; 8] = [
+    pub const ALL: [InstanceState; 9] = [
         InstanceState::Scheduled,
         InstanceState::Preparing,
+        InstanceState::Prepared,
         InstanceState::Starting,
         InstanceState::Running,
         InstanceState::Draining,
@@ -42,6 +46,7 @@ impl InstanceState {
         match self {
             InstanceState::Scheduled => "SCHEDULED",
             InstanceState::Preparing => "PREPARING",
+            InstanceState::Prepared => "PREPARED",
             InstanceState::Starting => "STARTING",
             InstanceState::Running => "RUNNING",
             InstanceState::Draining => "DRAINING",
@@ -121,6 +126,10 @@ mod tests {
             (Scheduled, Preparing),
             (Scheduled, Running),
             (Preparing, Starting),
+            (Preparing, Prepared),
+            (Prepared, Starting),
+            (Prepared, Running),
+            (Prepared, Stopping),
             (Starting, Running),
             (Running, Draining),
             (Draining, Stopping),
@@ -133,6 +142,8 @@ mod tests {
         for (from, to) in [
             (Running, Starting),
             (Starting, Draining),
+            (Starting, Prepared),
+            (Prepared, Draining),
             (Stopping, Draining),
             (Stopping, Running),
             (Stopped, Scheduled),

@@ -8,11 +8,11 @@ use crate::cluster::{
 };
 use crate::groups::GROUPS;
 use crate::pki::{CERTIFICATES, JOIN_TOKENS};
-use crate::workflows::{BACKUPS, DEPLOYMENTS, MODULES, TEMPLATES};
+use crate::workflows::{BACKUPS, CAPTURES, DEPLOYMENTS, MODULES, TEMPLATES};
 
 /// Never in a backup: the cluster's own keys, the blob store as such (template and module blobs
-/// are added as files), fencing marks (they only ever go up), ephemeral registries, and the
-/// backups themselves.
+/// are added as files), fencing marks (they only ever go up), ephemeral registries and captures
+/// in progress, and the backups themselves.
 pub const NEVER: &[&str] = &[
     CLUSTER_SECRETS,
     BLOBS,
@@ -22,6 +22,7 @@ pub const NEVER: &[&str] = &[
     REPLICAS,
     DEV_CLAIMS,
     SCHEDULER_SYNC,
+    CAPTURES,
     BACKUPS,
 ];
 /// Restored by replacing what is there: the desired configuration.

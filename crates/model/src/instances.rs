@@ -41,9 +41,11 @@ pub fn has_ended(state: &str) -> bool {
     InstanceState::parse(state).is_some_and(InstanceState::is_terminal)
 }
 
-/// The states a node reports for a process it runs (what its inventory digest covers).
-pub const REPORTED_LIVE: [InstanceState; 4] = [
+/// The states a node reports for an instance it holds (what its inventory digest covers): a
+/// process it runs, or a prepared directory waiting for its start.
+pub const REPORTED_LIVE: [InstanceState; 5] = [
     InstanceState::Preparing,
+    InstanceState::Prepared,
     InstanceState::Starting,
     InstanceState::Running,
     InstanceState::Stopping,
@@ -81,6 +83,14 @@ pub struct InstanceRecord {
     pub next_attempt_at_ms: i64,
     #[serde(default)]
     pub scheduled_at_ms: i64,
+    /// In the group's warm pool: placed and prepared (or started) but not one of the group's
+    /// instances yet, and not announced to players (`docs/scheduling.md`, "Warm pool").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warm: bool,
+    /// Its node prepares the directory and does not start the server until the instance is
+    /// taken from the warm pool.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prepare_only: bool,
     /// SHA-256 of the instance's workload token (never shown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_token_hash: Option<String>,

@@ -32,8 +32,13 @@ pub fn routes() -> Router<App> {
 #[derive(Serialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct GroupStatus {
-    /// Instances by scheduler state (SCHEDULED, STARTING, RUNNING, STOPPING, ...).
+    /// The group's instances by scheduler state (SCHEDULED, STARTING, RUNNING, STOPPING, ...),
+    /// without its warm pool.
     pub(crate) instances: HashMap<String, u32>,
+    /// Its warm pool's instances by state (PREPARED, or RUNNING when started; others while
+    /// they are placed or leave).
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
+    pub(crate) warm: HashMap<String, u32>,
     /// Set while a crash loop pauses new placements.
     pub(crate) paused_until_ms: Option<i64>,
     pub(crate) pause_reason: Option<String>,
@@ -124,6 +129,8 @@ struct StateCount {
 struct GroupAndState {
     group: Option<String>,
     state: Option<String>,
+    /// In the warm pool (absent on the group's own instances).
+    warm: Option<bool>,
 }
 
 /// Instance counts (by state, counted by the store: no instance record is read) and pause state
@@ -132,7 +139,7 @@ async fn statuses(app: &App, names: &[String]) -> ApiResult<HashMap<String, Grou
     let count = vec![
         doc! { "$match": { "group": { "$in": names } } },
         doc! { "$group": {
-            "_id": { "group": "$group", "state": "$state" },
+            "_id": { "group": "$group", "state": "$state", "warm": "$warm" },
             "count": { "$sum": 1 },
         } },
     ];
@@ -152,7 +159,13 @@ async fn statuses(app: &App, names: &[String]) -> ApiResult<HashMap<String, Grou
         if group.is_empty() || state.is_empty() {
             continue;
         }
-        out.entry(group).or_default().instances.insert(state, count);
+        let status = out.entry(group).or_default();
+        let counts = if of.warm == Some(true) {
+            &mut status.warm
+        } else {
+            &mut status.instances
+        };
+        *counts.entry(state).or_default() += count;
     }
     let now = now_ms();
     for state in states {

@@ -15,7 +15,7 @@ use mongodb::bson::{Document, doc};
 use prexor_coord::{ConsoleStreams, id_key};
 use prexor_model::instances::{CrashRecord, InstanceRecord, PlanRecord};
 use prexor_proto::v1::command::Action;
-use prexor_proto::v1::{AckResult, Command, ConsoleInput};
+use prexor_proto::v1::{AckResult, Command, CommandAck, ConsoleInput};
 use prexor_serve::SendError;
 use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
@@ -26,6 +26,7 @@ use crate::error::{ApiError, ApiResult, Json};
 use crate::groups::{Accepted, request};
 use crate::paging::{Page, PageRequest};
 
+pub(crate) mod capture;
 mod views;
 pub(crate) use views::{CrashView, InstanceView};
 
@@ -41,6 +42,7 @@ pub fn routes() -> Router<App> {
         .route("/instances/{id}/kill", post(kill))
         .route("/instances/{id}/command", post(command))
         .route("/instances/{id}/console", get(console))
+        .route("/instances/{id}/save-to-template", post(capture::save))
 }
 
 /// Which instances a list shows (each given one must match).
@@ -49,11 +51,13 @@ pub(crate) struct Filter {
     pub(crate) group: Option<String>,
     pub(crate) node: Option<String>,
     pub(crate) state: Option<String>,
+    /// `true`: only warm-pool instances; `false`: only the groups' own (what proxies route to).
+    pub(crate) warm: Option<bool>,
 }
 
 #[utoipa::path(
     get, path = "/api/v1/instances", tag = "instances",
-    params(("group" = Option<String>, Query), ("node" = Option<String>, Query), ("state" = Option<String>, Query), PageRequest),
+    params(("group" = Option<String>, Query), ("node" = Option<String>, Query), ("state" = Option<String>, Query), ("warm" = Option<bool>, Query), PageRequest),
     responses((status = 200, body = Page<InstanceView>))
 )]
 async fn list(
@@ -82,6 +86,11 @@ pub(crate) async fn list_instances(
     if let Some(state) = filter.state {
         query.insert("state", state.to_ascii_uppercase());
     }
+    match filter.warm {
+        Some(true) => query.insert("warm", true),
+        Some(false) => query.insert("warm", doc! { "$ne": true }),
+        None => None,
+    };
     Ok(app
         .views("listing instances", query, page, InstanceView::summary)
         .await?
@@ -232,58 +241,84 @@ pub(crate) async fn send_command(
             instance.state
         )));
     }
-    let node = instance.node_id.as_str();
-    // Input changes no lifecycle state, so the api needs no lease for it; it is sent under the
-    // group's scope at the scope's current mark, which the daemon admits (no holder's token is
-    // higher) without moving the fence.
-    let scope = prexor_domain::Scope::group(instance.group.clone()).to_string();
-    let mark = app.store().fence_mark(&scope).await?;
-    let ack = app
-        .gateways
-        .send_within(
-            node,
-            Command {
-                command_id: format!("console:{}", uuid::Uuid::new_v4().simple()),
-                scope,
-                fence_token: mark,
-                action: Some(Action::Console(ConsoleInput {
-                    instance_id: id.to_owned(),
-                    line: line.to_owned(),
-                })),
-            },
-            CONSOLE_ACK_WITHIN,
-        )
-        .await
-        .map_err(|err| match err {
-            SendError::Timeout(reason) => ApiError::timeout(format!(
-                "node {node} did not acknowledge the command in time (it may still arrive): {reason}"
-            )),
-            SendError::NoGateway | SendError::Unavailable(_) => ApiError::unavailable(format!(
-                "cannot reach node {node} through any gateway: {err}"
-            )),
-            SendError::Refused(status) => ApiError::unavailable(format!(
-                "cannot deliver the command to node {node}: {}",
-                status.message()
-            )),
-        })?;
-    match ack.result() {
-        AckResult::Done | AckResult::Already => {}
-        AckResult::Transient => {
-            return Err(ApiError::unavailable(format!(
-                "node {node} could not take the command now: {}",
-                ack.message
-            )));
-        }
-        _ => {
-            return Err(ApiError::conflict(format!(
-                "node {node} refused the command: {}",
-                ack.message
-            )));
-        }
-    }
+    send_at_mark(
+        app,
+        &instance,
+        format!("console:{}", uuid::Uuid::new_v4().simple()),
+        Action::Console(ConsoleInput {
+            instance_id: id.to_owned(),
+            line: line.to_owned(),
+        }),
+        CONSOLE_ACK_WITHIN,
+        "the command",
+    )
+    .await?;
     app.audit::<(), _>(who, "instance.command", id, None, Some(&line))
         .await;
     Ok(())
+}
+
+/// Sends `action` (`what`, in words) about `instance` to its node and waits `within` for the
+/// node to take it (503/504 when it cannot be reached, 409 when it refuses, naming why). It
+/// changes no lifecycle state, so the api needs no lease for it: it goes under the group's
+/// scope at the scope's current mark, which the daemon admits (no holder's token is higher)
+/// without moving the fence.
+pub(crate) async fn send_at_mark(
+    app: &App,
+    instance: &InstanceRecord,
+    command_id: String,
+    action: Action,
+    within: Duration,
+    what: &str,
+) -> ApiResult<CommandAck> {
+    let node = instance.node_id.as_str();
+    let scope = prexor_domain::Scope::group(instance.group.clone()).to_string();
+    let mark = app.store().fence_mark(&scope).await?;
+    let command = Command {
+        command_id,
+        scope,
+        fence_token: mark,
+        action: Some(action),
+    };
+    let ack = app
+        .gateways
+        .send_within(node, command, within)
+        .await
+        .map_err(|err| undelivered(node, err))?;
+    taken(node, &ack, what)?;
+    Ok(ack)
+}
+
+/// Whether node `node` took `what` (a command), by its `ack`: 503 when it could not now, 409
+/// when it refused, each with the node's reason.
+fn taken(node: &str, ack: &CommandAck, what: &str) -> ApiResult<()> {
+    match ack.result() {
+        AckResult::Done | AckResult::Already => Ok(()),
+        AckResult::Transient => Err(ApiError::unavailable(format!(
+            "node {node} could not take {what} now: {}",
+            ack.message
+        ))),
+        _ => Err(ApiError::conflict(format!(
+            "node {node} refused {what}: {}",
+            ack.message
+        ))),
+    }
+}
+
+/// The answer to a command that did not reach node `node` (or whose ack did not come back).
+fn undelivered(node: &str, err: SendError) -> ApiError {
+    match err {
+        SendError::Timeout(reason) => ApiError::timeout(format!(
+            "node {node} did not acknowledge the command in time (it may still arrive): {reason}"
+        )),
+        SendError::NoGateway | SendError::Unavailable(_) => ApiError::unavailable(format!(
+            "cannot reach node {node} through any gateway: {err}"
+        )),
+        SendError::Refused(status) => ApiError::unavailable(format!(
+            "cannot deliver the command to node {node}: {}",
+            status.message()
+        )),
+    }
 }
 
 #[derive(Deserialize)]

@@ -66,6 +66,7 @@ use crate::error::{ErrorBody, Json};
         crate::instances::kill,
         crate::instances::command,
         crate::instances::console,
+        crate::instances::capture::save,
         crate::nodes::list,
         crate::nodes::show,
         crate::nodes::remove,

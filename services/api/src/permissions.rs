@@ -113,6 +113,7 @@ pub const ROUTES: &[(&str, &str, &str)] = routes! {
     GET "/api/v1/instances/{id}/crashes" => "instances:read",
     GET "/api/v1/instances/{id}/console" => "instances:read",
     POST "/api/v1/instances/{id}/command" => "instances:write",
+    POST "/api/v1/instances/{id}/save-to-template" => "templates:write,instances:read",
     POST "/api/v1/instances/{id}/stop" => "instances:write",
     POST "/api/v1/instances/{id}/kill" => "instances:write",
     GET "/api/v1/nodes" => "nodes:read",

@@ -207,9 +207,23 @@ pub(crate) async fn upload_template(
     body: Raw,
 ) -> ApiResult<(StatusCode, TemplateView)> {
     who.require("templates:write")?;
+    crate::error::check_name("name", name)?;
+    let layer = receive_layer(app, headers, body).await?;
+    record_version(app, who, name, layer, None).await
+}
+
+/// Records the stored `layer` as template `name`'s new version, now current (201; the current
+/// one again, 200, if it holds the same bytes), for `who`; `from` names the instance it was
+/// saved from (`POST /instances/{id}/save-to-template`).
+pub(crate) async fn record_version(
+    app: &App,
+    who: &Principal,
+    name: &str,
+    layer: Layer,
+    from: Option<&str>,
+) -> ApiResult<(StatusCode, TemplateView)> {
     let name = name.to_owned();
-    crate::error::check_name("name", &name)?;
-    let Layer { hash, size, files } = receive_layer(app, headers, body).await?;
+    let Layer { hash, size, files } = layer;
     let existing: Option<TemplateRecord> = app.record(TEMPLATES, &name).await?;
     if let Some(template) = &existing
         && template.current_version().is_some_and(|v| v.hash == hash)
@@ -260,7 +274,7 @@ pub(crate) async fn upload_template(
         None,
         Some(&version),
         "TEMPLATE_UPLOADED",
-        serde_json::json!({ "version": next, "hash": &hash }),
+        serde_json::json!({ "version": next, "hash": &hash, "fromInstance": from }),
     )
     .await;
     Ok((

@@ -33,6 +33,8 @@ pub fn routes() -> Router<App> {
 pub struct Workload {
     pub instance: String,
     pub group: String,
+    /// In its group's warm pool when the call came.
+    pub warm: bool,
 }
 
 impl FromRequestParts<App> for Workload {
@@ -71,6 +73,7 @@ impl FromRequestParts<App> for Workload {
         Ok(Workload {
             instance: record.id,
             group: record.group,
+            warm: record.warm,
         })
     }
 }
@@ -99,6 +102,17 @@ async fn ready(State(app): State<App>, who: Workload) -> ApiResult<StatusCode> {
         doc! { "$set": { "group": &who.group, "ready": true, "readyAtMs": now_ms() } },
     )
     .await?;
+    // A warm instance is not announced to players until a scale-up takes it: its group's
+    // scheduler announces it then, reading the readiness recorded above after it took it. Read
+    // again after that write, so that one of the two always announces it.
+    if who.warm
+        && app
+            .record::<InstanceRecord>(INSTANCES, &who.instance)
+            .await?
+            .is_some_and(|r| r.warm)
+    {
+        return Ok(StatusCode::NO_CONTENT);
+    }
     app.service
         .events
         .publish(

@@ -4,6 +4,11 @@
 //! A layer streams from MongoDB to the node a stored chunk at a time (the gateway holds at most
 //! one per fetch), and at most `gateway.maxBlobFetches` fetches run at once: one past that is
 //! refused with RESOURCE_EXHAUSTED, which the daemon retries (another gateway, or later).
+//!
+//! The other way, a node stores the archive of a capture the api asked it for (save to
+//! template): only for an open capture of that node (`captures`), spooled to a temporary file
+//! and hashed on the way, refused past the capture's size, checked as a layer
+//! (`prexor_archive`), then stored content-addressed and recorded on the capture.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,11 +16,14 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use mongodb::bson::{Document, doc};
 use prexor_model::instances::{INSTANCE_PLANS, INSTANCES, InstanceRecord};
+use prexor_model::workflows::CAPTURES;
+use prexor_model::workflows::templates::{CaptureRecord, CapturedBlob};
 use prexor_proto::v1::node_content_server::NodeContent;
-use prexor_proto::v1::{BlobChunk, FetchBlobRequest};
+use prexor_proto::v1::{BlobChunk, FetchBlobRequest, StoreBlobChunk, StoredBlob};
 use prexor_store::{Store, StoreError};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::enrolment::authorize_node;
 
@@ -147,5 +155,125 @@ impl NodeContent for Content {
             futures::stream::iter(messages)
         });
         Ok(Response::new(Box::pin(messages)))
+    }
+
+    async fn store_blob(
+        &self,
+        request: Request<Streaming<StoreBlobChunk>>,
+    ) -> Result<Response<StoredBlob>, Status> {
+        let certs = request.peer_certs();
+        let mut chunks = request.into_inner();
+        let first = chunks.message().await?.ok_or_else(|| {
+            Status::invalid_argument("no chunk: the first one names the node and the capture")
+        })?;
+        authorize_node(&self.store, certs, &first.node_id).await?;
+        let capture = self.open_capture(&first.node_id, &first.capture_id).await?;
+        let stored = self.spool_and_store(&capture, first.data, chunks).await?;
+        let blob = CapturedBlob {
+            hash: stored.hash.clone(),
+            size: stored.size as i64,
+            entries: stored.entries as i64,
+        };
+        let record = mongodb::bson::to_bson(&blob).map_err(|e| Status::internal(e.to_string()))?;
+        self.store
+            .bounded(
+                "recording the captured archive",
+                self.store.documents(CAPTURES).update_one(
+                    doc! { "_id": &capture.id, "nodeId": &capture.node_id },
+                    doc! { "$set": { "stored": record } },
+                ),
+            )
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        metrics::counter!("prexor_gateway_captures_stored_total").increment(1);
+        tracing::info!(node = %capture.node_id, instance = %capture.instance, capture = %capture.id, hash = %stored.hash, size = stored.size, "stored a captured archive");
+        Ok(Response::new(stored))
+    }
+}
+
+impl Content {
+    /// The capture `id` of `node`, if it is open (asked for, not expired, nothing stored yet).
+    async fn open_capture(&self, node: &str, id: &str) -> Result<CaptureRecord, Status> {
+        let found = self
+            .store
+            .find_all(
+                CAPTURES,
+                "reading a capture",
+                doc! { "_id": id, "nodeId": node },
+            )
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        found
+            .into_iter()
+            .next()
+            .and_then(|d| prexor_model::decode::<CaptureRecord>(CAPTURES, d).ok())
+            .filter(|c| c.stored.is_none() && c.expires_at_ms > prexor_domain::now_ms())
+            .ok_or_else(|| {
+                metrics::counter!("prexor_gateway_blobs_refused_total").increment(1);
+                Status::permission_denied(format!(
+                    "node {node} has no open capture {id:?} (none was asked for, it expired, or it is stored already)"
+                ))
+            })
+    }
+
+    /// Spools the archive (`first` chunk, then the rest of `chunks`) within the capture's size,
+    /// checks it as a layer and stores it content-addressed.
+    async fn spool_and_store(
+        &self,
+        capture: &CaptureRecord,
+        first: Vec<u8>,
+        mut chunks: Streaming<StoreBlobChunk>,
+    ) -> Result<StoredBlob, Status> {
+        let unavailable =
+            |e: std::io::Error| Status::unavailable(format!("cannot spool the archive: {e}"));
+        let (file, path) = tempfile::NamedTempFile::with_prefix("prexor-capture-")
+            .map_err(unavailable)?
+            .into_parts();
+        let mut file = tokio::fs::File::from_std(file);
+        let mut hash = prexor_domain::StreamHash::default();
+        let limit = capture.max_bytes.max(0) as u64;
+        let mut data = first;
+        loop {
+            hash.update(&data);
+            if hash.len() > limit {
+                return Err(Status::resource_exhausted(format!(
+                    "the archive of capture {} is larger than its limit of {} MiB (uploads.layerMb)",
+                    capture.id,
+                    limit / 1024 / 1024
+                )));
+            }
+            file.write_all(&data).await.map_err(unavailable)?;
+            match chunks.message().await? {
+                Some(next) => data = next.data,
+                None => break,
+            }
+        }
+        file.flush().await.map_err(unavailable)?;
+        if hash.is_empty() {
+            return Err(Status::invalid_argument("the archive is empty"));
+        }
+        let size = hash.len();
+        let hash = hash.finish();
+        let limits = prexor_archive::Limits {
+            max_entries: capture.max_entries.max(0) as u64,
+            max_unpacked_bytes: capture.max_unpacked_bytes.max(0) as u64,
+        };
+        let spooled = path.to_path_buf();
+        let summary = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&spooled).map_err(|e| e.to_string())?;
+            prexor_archive::check(std::io::BufReader::new(file), &limits).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|problem| Status::invalid_argument(format!("not a layer: {problem}")))?;
+        self.store
+            .put_blob_file(&path, &hash)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(StoredBlob {
+            hash,
+            size,
+            entries: summary.entries,
+        })
     }
 }

@@ -33,6 +33,7 @@ mod requests;
 mod scaling;
 mod snapshot;
 mod variables;
+mod warm;
 
 pub(crate) use health::crash_looping;
 use scaling::dynamic_names;
@@ -71,6 +72,7 @@ const STRAY_KILL_EVERY: Duration = Duration::from_secs(10);
 /// Scheduler-side instance states (the forward-only machine of [`InstanceState`]).
 const SCHEDULED: &str = InstanceState::Scheduled.as_str();
 const PREPARING: &str = InstanceState::Preparing.as_str();
+const PREPARED: &str = InstanceState::Prepared.as_str();
 const STARTING: &str = InstanceState::Starting.as_str();
 const RUNNING: &str = InstanceState::Running.as_str();
 const DRAINING: &str = InstanceState::Draining.as_str();
@@ -130,6 +132,10 @@ struct Instance {
     reported_state: Option<String>,
     reported_plan_hash: Option<String>,
     reported_detail: String,
+    /// In the group's warm pool ([`warm`]): not one of the group's instances yet.
+    warm: bool,
+    /// Its node prepares it and starts nothing (a warm instance without `warmPool.started`).
+    prepare_only: bool,
 }
 
 impl Instance {
@@ -166,6 +172,8 @@ impl Instance {
                 .and_then(|r| r.get_str("detail").ok())
                 .unwrap_or_default()
                 .to_string(),
+            warm: doc.get_bool("warm").unwrap_or(false),
+            prepare_only: doc.get_bool("prepareOnly").unwrap_or(false),
         })
     }
 
@@ -247,6 +255,21 @@ impl Groups {
             .fenced_write(&lease.fence(), writes)
             .await
             .map(|_| ())
+    }
+
+    /// [`Groups::write`] of writes whose `require_match` conditions a change made meanwhile
+    /// (through the API, or by a peer) may have broken: `false` then, and nothing was written
+    /// (the next tick sees the change).
+    async fn write_unless_changed(
+        &self,
+        lease: &Lease,
+        writes: Vec<Write>,
+    ) -> Result<bool, StoreError> {
+        match self.write(lease, writes).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::Precondition { .. }) => Ok(false),
+            Err(err) => Err(err),
+        }
     }
 
     /// Reads what a tick needs for `names` (the groups held) and assembles it with every group's
@@ -338,8 +361,11 @@ impl Groups {
             }
             let reported = instance.reported_state.clone();
             let to = match (instance.state.as_str(), reported.as_deref()) {
-                (SCHEDULED | PREPARING | STARTING, Some("RUNNING")) => InstanceState::Running,
-                (SCHEDULED | PREPARING, Some("STARTING")) => InstanceState::Starting,
+                (SCHEDULED | PREPARING | PREPARED | STARTING, Some("RUNNING")) => {
+                    InstanceState::Running
+                }
+                (SCHEDULED | PREPARING | PREPARED, Some("STARTING")) => InstanceState::Starting,
+                (SCHEDULED | PREPARING, Some("PREPARED")) => InstanceState::Prepared,
                 (SCHEDULED, Some("PREPARING")) => InstanceState::Preparing,
                 (state, Some(reported @ ("STOPPED" | "CRASHED")))
                     if !prexor_model::instances::has_ended(state) =>
@@ -388,13 +414,14 @@ impl Groups {
         self.operator_requests(name, spec, revision, lease, &mut instances, snap)
             .await?;
 
-        // 2. Placed but not confirmed started: dispatch (again) the persisted plans.
+        // 2. Placed but not confirmed started: dispatch (again) the persisted plans; so too for
+        // a prepared instance taken from the warm pool and not started yet.
         let now = now_ms();
         let mut due = Vec::new();
-        for instance in instances
-            .iter_mut()
-            .filter(|i| i.state == SCHEDULED && i.next_attempt_at_ms <= now)
-        {
+        for instance in instances.iter_mut().filter(|i| {
+            (i.state == SCHEDULED || (i.state == PREPARED && !i.prepare_only))
+                && i.next_attempt_at_ms <= now
+        }) {
             instance.plan = match snap.plan_of(name, &instance.id) {
                 Some(plan) => Some(plan),
                 None => self.persisted_plan(instance).await?,
@@ -411,27 +438,52 @@ impl Groups {
         // 4. A crash loop pauses new placements, longer each time it recurs.
         let paused = self.crash_loop_pause(name, lease, snap).await?;
 
-        // 5. Scale to the desired set of names (maintenance: start nothing, stop nothing).
-        let active: BTreeMap<String, &Instance> = instances
-            .iter()
-            .filter(|i| i.is_active())
-            .map(|i| (i.id.clone(), i))
-            .collect();
-        let wanted: Vec<String> = match spec.scaling {
-            ScalingMode::Manual => return Ok(()),
-            ScalingMode::Static => (1..=spec.min_instances)
-                .map(|k| format!("{name}-{k}"))
-                .collect(),
-            ScalingMode::Dynamic => {
-                let target = self
-                    .dynamic_target(name, spec, lease, snap, &active)
-                    .await?;
-                dynamic_names(name, target, &active, &snap.players)
+        // 5. Scale to the desired set of names (maintenance: start nothing, stop nothing). The
+        // warm pool's instances are not the group's until a scale-up takes them.
+        let members = |instances: &[Instance]| -> BTreeMap<String, usize> {
+            instances
+                .iter()
+                .enumerate()
+                .filter(|(_, i)| i.is_active() && !i.warm)
+                .map(|(index, i)| (i.id.clone(), index))
+                .collect()
+        };
+        let wanted: Vec<String> = {
+            let active: BTreeMap<String, &Instance> = members(&instances)
+                .into_iter()
+                .map(|(id, index)| (id, &instances[index]))
+                .collect();
+            match spec.scaling {
+                ScalingMode::Manual => Vec::new(),
+                ScalingMode::Static => (1..=spec.min_instances)
+                    .map(|k| format!("{name}-{k}"))
+                    .collect(),
+                ScalingMode::Dynamic => {
+                    let target = self
+                        .dynamic_target(name, spec, lease, snap, &active)
+                        .await?;
+                    let warm: Vec<&Instance> = instances
+                        .iter()
+                        .filter(|i| i.is_active() && i.warm)
+                        .collect();
+                    dynamic_names(name, target, &active, &snap.players, &warm, &spec.hash())
+                }
             }
         };
         if spec.maintenance {
             return Ok(());
         }
+        self.take_warm(name, lease, &mut instances, &wanted, snap)
+            .await?;
+        if spec.scaling == ScalingMode::Manual {
+            return self
+                .keep_warm_pool(name, spec, revision, lease, &instances, &wanted, false)
+                .await;
+        }
+        let active: BTreeMap<String, &Instance> = members(&instances)
+            .into_iter()
+            .map(|(id, index)| (id, &instances[index]))
+            .collect();
         if let Some(deployment) = snap.deployments.get(name) {
             self.roll(
                 name, spec, revision, lease, deployment, &active, &wanted, snap,
@@ -450,7 +502,7 @@ impl Groups {
                 .map(|id| (id.clone(), attempts.get(id).copied().unwrap_or(0) + 1))
                 .collect();
             let mut placed = self
-                .place_all(name, spec, revision, &missing, lease)
+                .place_all(name, spec, revision, &missing, lease, None)
                 .await?;
             if !missing.is_empty() {
                 self.explain_placement(name, spec, lease, missing.len(), placed.len())
@@ -459,6 +511,8 @@ impl Groups {
             self.dispatch_all(name, lease, placed.iter_mut().collect())
                 .await?;
         }
+        self.keep_warm_pool(name, spec, revision, lease, &instances, &wanted, paused)
+            .await?;
         // Surplus instances leave, draining first; a DRAINING one keeps leaving even if it is
         // wanted again (it is replaced once stopped).
         for instance in active
@@ -509,7 +563,7 @@ impl Groups {
         futures::future::join_all(
             instances
                 .iter()
-                .map(|i| self.state_changed(&i.group, &i.id, state.as_str(), "")),
+                .map(|i| self.state_changed(i, state.as_str(), "")),
         )
         .await;
         for instance in instances {
@@ -529,8 +583,7 @@ impl Groups {
     ) -> anyhow::Result<()> {
         self.write(lease, vec![advance_write(instance, state, set)?])
             .await?;
-        self.state_changed(&instance.group, &instance.id, state.as_str(), why)
-            .await;
+        self.state_changed(instance, state.as_str(), why).await;
         Ok(())
     }
 
@@ -555,8 +608,8 @@ impl Groups {
         state: &str,
         reason: &str,
     ) -> anyhow::Result<()> {
-        let result = self
-            .write(
+        // Ended meanwhile (another report, a peer): nothing to record twice.
+        self.write_unless_changed(
                 lease,
                 vec![
                     Write::update_one(
@@ -576,25 +629,24 @@ impl Groups {
                     ),
                 ],
             )
-            .await;
-        match result {
-            Ok(()) | Err(StoreError::Precondition { .. }) => {}
-            Err(err) => return Err(err.into()),
-        }
+            .await?;
         metrics::counter!("prexor_scheduler_instances_ended_total", "state" => state.to_string())
             .increment(1);
         tracing::info!(instance = %instance.id, node = %instance.node, state, reason, "instance ended");
-        self.state_changed(&instance.group, &instance.id, state, reason)
-            .await;
+        self.state_changed(instance, state, reason).await;
         Ok(())
     }
 
-    async fn state_changed(&self, group: &str, instance: &str, state: &str, detail: &str) {
+    /// `INSTANCE_STATE_CHANGED` for `instance` now in `state`; `warm` tells followers (proxies)
+    /// that it is in its group's warm pool, not one of its servers yet.
+    async fn state_changed(&self, instance: &Instance, state: &str, detail: &str) {
         self.events
             .publish(
                 "INSTANCE_STATE_CHANGED",
-                instance,
-                serde_json::json!({ "group": group, "state": state, "detail": detail }),
+                &instance.id,
+                serde_json::json!({
+                    "group": &instance.group, "state": state, "detail": detail, "warm": instance.warm,
+                }),
             )
             .await;
     }

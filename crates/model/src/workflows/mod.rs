@@ -20,6 +20,9 @@ pub const MODULE_MUTATION: &str = "module_mutation";
 pub const CURRENT_MUTATION: &str = "current";
 /// Templates (`_id` = name) with their versions (each a list of layer blobs) and `current`.
 pub const TEMPLATES: &str = "templates";
+/// Captures of an instance's files being saved to a template (`_id` = capture id): what the
+/// api asked a node for, and what its gateway stored (`templates::CaptureRecord`).
+pub const CAPTURES: &str = "captures";
 /// Backups (`_id` = backup id): the manifest; the archive itself is a blob.
 pub const BACKUPS: &str = "backups";
 /// The flag (in the coordination store) that makes every api replica refuse changes while a

@@ -50,6 +50,37 @@ pub struct LayerVersion<V> {
     pub uploaded_at_ms: i64,
 }
 
+/// A capture of an instance's files for `POST /instances/{id}/save-to-template` (in
+/// `captures`): written by the api before it asks the node, completed by the gateway that
+/// stores the node's archive (which only takes an archive for an open capture of that node, up
+/// to its limits), removed by the api once the template version is recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CaptureRecord {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub node_id: String,
+    pub instance: String,
+    /// Limits of the archive (the api's `uploads.*` for layers).
+    pub max_bytes: i64,
+    pub max_entries: i64,
+    pub max_unpacked_bytes: i64,
+    /// After this the gateway takes no archive for it.
+    pub expires_at_ms: i64,
+    /// Set by the gateway once the archive is stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<CapturedBlob>,
+}
+
+/// The archive a capture stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CapturedBlob {
+    pub hash: String,
+    pub size: i64,
+    pub entries: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use mongodb::bson::{self, doc};

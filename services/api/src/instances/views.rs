@@ -27,6 +27,13 @@ pub(crate) struct InstanceView {
     pub(crate) spec_hash: String,
     pub(crate) next_attempt_at_ms: i64,
     pub(crate) scheduled_at_ms: i64,
+    /// In its group's warm pool: prepared (or started) ahead, not one of the group's instances
+    /// and not announced to players until a scale-up takes it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) warm: bool,
+    /// Warm and prepared only: its server starts when the instance is taken.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) prepare_only: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) state_at_ms: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -68,6 +75,8 @@ impl InstanceView {
             spec_hash: record.spec_hash,
             next_attempt_at_ms: record.next_attempt_at_ms,
             scheduled_at_ms: record.scheduled_at_ms,
+            warm: record.warm,
+            prepare_only: record.prepare_only,
             state_at_ms: record.state_at_ms,
             dispatch_retries: record.dispatch_retries,
             last_dispatch_error: record.last_dispatch_error,

@@ -95,10 +95,15 @@ fn scaling(mode: ScalingMode) -> &'static str {
 fn instance_counts(group: &GroupView) -> Markup {
     let mut counts: Vec<(&String, &u32)> = group.status.instances.iter().collect();
     counts.sort();
+    let mut warm: Vec<(&String, &u32)> = group.status.warm.iter().collect();
+    warm.sort();
     html! {
         @if counts.is_empty() { span.muted { "none" } }
         @for (state, count) in counts {
             span class={ "badge " (super::widgets::tone(state)) } data-state=(state) { (state) ": " (count) } " "
+        }
+        @for (state, count) in warm {
+            span.badge.muted data-warm=(state) title="in the warm pool" { "warm " (state) ": " (count) } " "
         }
     }
 }

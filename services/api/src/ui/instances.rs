@@ -147,6 +147,7 @@ async fn rows_part(app: &App, who: &Principal, query: &ListQuery) -> Result<Mark
         group: query.filter.group.clone(),
         node: query.filter.node.clone(),
         state: query.filter.state.clone(),
+        warm: query.filter.warm,
     };
     let page = PageRequest {
         limit: PAGE,

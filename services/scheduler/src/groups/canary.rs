@@ -14,13 +14,11 @@ use prexor_domain::{GroupSpec, now_ms};
 use prexor_model::groups::GROUPS;
 use prexor_model::workflows::DeploymentState;
 use prexor_model::workflows::deployments::DeploymentRecord;
-use prexor_store::{StoreError, Write};
+use prexor_store::Write;
 
 use super::deployments::DEPLOYMENTS;
+use super::snapshot::Reported;
 use super::{Groups, Halt, Instance, RUNNING, Snapshot};
-
-/// A canary's report counts for this long.
-const FRESH_REPORT_MS: i64 = 60_000;
 
 /// What the gate says now: healthy, and the state in words.
 fn judge(
@@ -42,15 +40,13 @@ fn judge(
     let mut failing = Vec::new();
     for canary in canaries {
         let report = snap.metrics.get(&canary.id);
-        let tps = report
-            .filter(|r| now - r.at_ms <= FRESH_REPORT_MS)
-            .and_then(|r| r.tps);
+        let tps = report.filter(|r| r.is_fresh(now)).and_then(|r| r.tps);
         match (report.is_some_and(|r| r.ready), tps) {
             (false, _) => failing.push(format!("{} has not reported ready", canary.id)),
             (true, None) => failing.push(format!(
                 "{} has reported no TPS in the last {} s",
                 canary.id,
-                FRESH_REPORT_MS / 1000
+                Reported::FRESH_MS / 1000
             )),
             (true, Some(tps)) if tps < gate.min_tps => failing.push(format!(
                 "{} runs at {tps} TPS, below {}",
@@ -160,24 +156,22 @@ impl Groups {
             set.insert("canaryPassedAtMs", now);
         }
         update.insert("$set", set);
-        let written = self
-            .write(
-                lease,
-                vec![
-                    Write::update_one(
-                        DEPLOYMENTS,
-                        doc! { "_id": id, "state": DeploymentState::Rolling, "canaryPassedAtMs": { "$exists": false } },
-                        update,
-                    )
-                    .require_match(),
-                ],
+        // Paused or rolled back through the API meanwhile: the next tick sees it.
+        if !self
+            .write_unless_changed(
+            lease,
+            vec![
+                Write::update_one(
+                    DEPLOYMENTS,
+                    doc! { "_id": id, "state": DeploymentState::Rolling, "canaryPassedAtMs": { "$exists": false } },
+                    update,
+                )
+                .require_match(),
+            ],
             )
-            .await;
-        match written {
-            Ok(()) => {}
-            // Paused or rolled back through the API meanwhile: the next tick sees it.
-            Err(StoreError::Precondition { .. }) => return Ok(()),
-            Err(err) => return Err(err.into()),
+            .await?
+        {
+            return Ok(());
         }
         tracing::info!(group = name, deployment = id, passed, gate = %text, "canary gate");
         if passed {
@@ -208,35 +202,34 @@ impl Groups {
         };
         let now = now_ms();
         let from_doc = mongodb::bson::to_document(from)?;
-        let written = self
-            .write(
-                lease,
-                vec![
-                    Write::update_one(
-                        GROUPS,
-                        doc! { "_id": name, "revision": revision, "deleting": { "$ne": true } },
-                        doc! { "$set": { "spec": from_doc, "revision": revision + 1, "updatedAtMs": now } },
-                    )
-                    .require_match(),
-                    Write::update_one(
-                        DEPLOYMENTS,
-                        doc! { "_id": &deployment.id, "state": DeploymentState::Rolling, "rolledBack": { "$ne": true } },
-                        doc! { "$set": {
-                            "rolledBack": true,
-                            "targetSpecHash": from.hash(),
-                            "rolledBackBy": "canary gate",
-                            "gate": format!("rolled back: {why}"),
-                            "updatedAtMs": now,
-                        } },
-                    )
-                    .require_match(),
-                ],
+        // Changed meanwhile (through the API, or by a peer): the next tick sees it.
+        if !self
+            .write_unless_changed(
+            lease,
+            vec![
+                Write::update_one(
+                    GROUPS,
+                    doc! { "_id": name, "revision": revision, "deleting": { "$ne": true } },
+                    doc! { "$set": { "spec": from_doc, "revision": revision + 1, "updatedAtMs": now } },
+                )
+                .require_match(),
+                Write::update_one(
+                    DEPLOYMENTS,
+                    doc! { "_id": &deployment.id, "state": DeploymentState::Rolling, "rolledBack": { "$ne": true } },
+                    doc! { "$set": {
+                        "rolledBack": true,
+                        "targetSpecHash": from.hash(),
+                        "rolledBackBy": "canary gate",
+                        "gate": format!("rolled back: {why}"),
+                        "updatedAtMs": now,
+                    } },
+                )
+                .require_match(),
+            ],
             )
-            .await;
-        match written {
-            Ok(()) => {}
-            Err(StoreError::Precondition { .. }) => return Ok(()),
-            Err(err) => return Err(err.into()),
+            .await?
+        {
+            return Ok(());
         }
         tracing::warn!(group = name, deployment = %deployment.id, "canary deployment rolled back: {why}");
         self.events

@@ -146,8 +146,9 @@ impl Groups {
             set.insert("state", DeploymentState::Done);
             set.insert("finishedAtMs", now_ms());
         }
-        let written = self
-            .write(
+        // Paused or rolled back through the API in the meantime: the next tick sees it.
+        if !self
+            .write_unless_changed(
                 lease,
                 vec![
                     Write::update_one(
@@ -158,12 +159,9 @@ impl Groups {
                     .require_match(),
                 ],
             )
-            .await;
-        match written {
-            Ok(()) => {}
-            // Paused or rolled back through the API in the meantime: the next tick sees it.
-            Err(prexor_store::StoreError::Precondition { .. }) => return Ok(()),
-            Err(err) => return Err(err.into()),
+            .await?
+        {
+            return Ok(());
         }
         let kind = if done {
             "DEPLOYMENT_DONE"

@@ -17,13 +17,18 @@ use prexor_store::{StoreError, Write};
 
 use crate::commands::fenced_command;
 
-use super::{CRASHED, CRASHES, Groups, INSTANCES, Instance, PORT_RESERVATIONS, SCHEDULED};
+use super::{
+    CRASHED, CRASHES, Groups, INSTANCES, Instance, PORT_RESERVATIONS, PREPARED, SCHEDULED,
+};
 
 /// Dispatches of one plan that a node could not take (TRANSIENT, or no gateway reached it)
 /// before the instance is given up and placed again.
 const START_RETRIES: i64 = 8;
 /// What a daemon's TRANSIENT ack says when a foreign process holds the plan's port.
 const PORT_IN_USE: &str = "in use on this host";
+/// A prepared instance taken from the warm pool whose node took the start is sent it again
+/// after this long if its node has not reported it starting by then.
+const PREPARED_START_AGAIN: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a port that a foreign process holds stays out of placement on that node.
 const PORT_BLOCK: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -142,12 +147,15 @@ impl Groups {
         // The usual answers (the node took the plan; it cannot yet) are recorded for all of
         // them in one write each, the rarer ones in turn.
         let mut taken = Vec::new();
+        let mut starting = Vec::new();
         let mut deferred = Vec::new();
         for ((instance, _), outcome) in ready.into_iter().zip(outcomes) {
             match Dispatched::of(outcome) {
                 Dispatched::Taken => {
                     if instance.state == SCHEDULED {
                         taken.push(instance);
+                    } else if instance.state == PREPARED {
+                        starting.push(instance);
                     }
                 }
                 Dispatched::NotYet { hint_ms, reason } => {
@@ -174,7 +182,36 @@ impl Groups {
         }
         self.set_states(lease, taken, InstanceState::Preparing)
             .await?;
+        self.start_again_later(lease, starting).await?;
         self.retry_later(lease, deferred).await
+    }
+
+    /// Prepared instances whose node took the start: sent it again only if they have not
+    /// reported starting after [`PREPARED_START_AGAIN`] (one write for all of them).
+    async fn start_again_later(
+        &self,
+        lease: &Lease,
+        instances: Vec<&mut Instance>,
+    ) -> anyhow::Result<()> {
+        if instances.is_empty() {
+            return Ok(());
+        }
+        let at = now_ms() + PREPARED_START_AGAIN.as_millis() as i64;
+        let writes = instances
+            .iter()
+            .map(|i| {
+                Write::update_one(
+                    INSTANCES,
+                    doc! { "_id": &i.id, "planHash": &i.plan_hash, "state": PREPARED },
+                    doc! { "$set": { "nextAttemptAtMs": at } },
+                )
+            })
+            .collect();
+        self.write(lease, writes).await?;
+        for instance in instances {
+            instance.next_attempt_at_ms = at;
+        }
+        Ok(())
     }
 
     /// Keeps `node:port` out of placement for a minute (a foreign process holds it).
@@ -325,6 +362,7 @@ fn composition_plan(
             .map(|rules| rules.iter().filter_map(config_rule).collect())
             .unwrap_or_default(),
         variables: super::variables::resolve(plan)?.into_iter().collect(),
+        prepare_only: instance.prepare_only,
     })
 }
 

@@ -148,7 +148,7 @@ impl Groups {
     ) -> anyhow::Result<usize> {
         let mut recorded = Vec::new();
         for (instance, how, why) in halts {
-            if self.record_halt(group, lease, instance, how, &why).await? {
+            if self.record_halt(lease, instance, how, &why).await? {
                 recorded.push((instance, how, why));
             }
         }
@@ -184,7 +184,6 @@ impl Groups {
     /// The fenced write that comes before a halt is sent: STOPPING, the halt, the token.
     async fn record_halt(
         &self,
-        group: &str,
         lease: &Lease,
         instance: &Instance,
         how: Halt,
@@ -225,7 +224,7 @@ impl Groups {
             Err(err) => return Err(err.into()),
         }
         if instance.state != STOPPING {
-            self.state_changed(group, &instance.id, STOPPING, why).await;
+            self.state_changed(instance, STOPPING, why).await;
         }
         Ok(true)
     }

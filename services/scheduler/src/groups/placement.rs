@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use mongodb::bson::{Bson, Document, doc};
 use prexor_coord::Lease;
-use prexor_domain::{GroupSpec, now_ms};
+use prexor_domain::{GroupSpec, WarmPool, now_ms};
 use prexor_model::instances::{INSTANCE_PLANS, PlanLayer};
 use prexor_model::nodes::{NodeAllocation, NodeRecord, PortReservation};
 use prexor_model::workflows::ModuleState;
@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 use prexor_domain::placement;
 
 use super::{
-    DRAINING, Groups, INSTANCES, Instance, NODE_ALLOCATIONS, NODES, PORT_RESERVATIONS, PREPARING,
-    RUNNING, SCHEDULED, STARTING, STOPPING,
+    DRAINING, Groups, INSTANCES, Instance, NODE_ALLOCATIONS, NODES, PORT_RESERVATIONS, PREPARED,
+    PREPARING, RUNNING, SCHEDULED, STARTING, STOPPING,
 };
 
 /// Nodes, and ports on each, a placement tries when other replicas win the race for them.
@@ -111,9 +111,12 @@ struct Placing {
     token: String,
     plan: Document,
     plan_hash: String,
+    /// Placed for the group's warm pool (`docs/scheduling.md`, "Warm pool").
+    warm: Option<WarmPool>,
 }
 
 impl Placing {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         group: &str,
         spec: &GroupSpec,
@@ -122,6 +125,7 @@ impl Placing {
         attempt: i64,
         choice: &placement::Placement,
         modules: &[PlanLayer],
+        warm: Option<WarmPool>,
     ) -> Placing {
         let token = workload_token(id);
         let plan = plan_doc(group, spec, id, choice.port, &token, modules);
@@ -134,6 +138,7 @@ impl Placing {
             token,
             plan,
             plan_hash,
+            warm,
         }
     }
 
@@ -164,23 +169,41 @@ impl Placing {
             Write::update_one(
                 INSTANCES,
                 doc! { "_id": id },
-                doc! { "$set": {
-                    "group": group,
-                    "nodeId": node,
-                    "state": SCHEDULED,
-                    "planHash": &self.plan_hash,
-                    "port": i64::from(port),
-                    "memoryMb": spec.memory_mb as i64,
-                    "attempt": self.attempt,
-                    "revision": revision,
-                    "workloadTokenHash": prexor_domain::sha256_hex(self.token.as_bytes()),
-                    "specHash": spec.hash(),
-                    "nextAttemptAtMs": 0_i64,
-                    "scheduledAtMs": now_ms(),
-                }, "$unset": { "plan": "" } },
+                self.record_update(group, spec, revision),
             )
             .upsert(),
         ]
+    }
+
+    /// The instance record as placed. A warm instance's record says so (and whether its node
+    /// only prepares it); a member's loses what an earlier warm attempt under its name left.
+    fn record_update(&self, group: &str, spec: &GroupSpec, revision: i64) -> Document {
+        let mut set = doc! {
+            "group": group,
+            "nodeId": &self.node,
+            "state": SCHEDULED,
+            "planHash": &self.plan_hash,
+            "port": i64::from(self.port),
+            "memoryMb": spec.memory_mb as i64,
+            "attempt": self.attempt,
+            "revision": revision,
+            "workloadTokenHash": prexor_domain::sha256_hex(self.token.as_bytes()),
+            "specHash": spec.hash(),
+            "nextAttemptAtMs": 0_i64,
+            "scheduledAtMs": now_ms(),
+        };
+        let mut unset = doc! { "plan": "" };
+        match self.warm {
+            Some(pool) => {
+                set.insert("warm", true);
+                set.insert("prepareOnly", !pool.started);
+            }
+            None => {
+                unset.insert("warm", "");
+                unset.insert("prepareOnly", "");
+            }
+        }
+        doc! { "$set": set, "$unset": unset }
     }
 }
 
@@ -189,7 +212,8 @@ impl Groups {
     /// choices made one after another over it ([`placement::solve_many`]), and one fenced
     /// transaction for all of them. When another replica wins a port or the memory meanwhile,
     /// the transaction writes nothing and the batch is decided again over a fresh view, a few
-    /// times; past that they are placed one by one ([`Groups::place`]).
+    /// times; past that they are placed one by one ([`Groups::place`]). With `warm`, they are
+    /// placed for the group's warm pool.
     pub(super) async fn place_all(
         &self,
         group: &str,
@@ -197,12 +221,13 @@ impl Groups {
         revision: i64,
         wanted: &[(String, i64)],
         lease: &Lease,
+        warm: Option<WarmPool>,
     ) -> anyhow::Result<Vec<Instance>> {
         if wanted.len() < 2 {
             let mut placed = Vec::new();
             for (id, attempt) in wanted {
                 placed.extend(
-                    self.place(group, spec, revision, id, *attempt, lease)
+                    self.place(group, spec, revision, id, *attempt, lease, warm)
                         .await?,
                 );
             }
@@ -250,8 +275,16 @@ impl Groups {
             }
             let mut planned = Vec::new();
             for ((id, attempt), choice) in wanted.iter().zip(&choices) {
-                let placing =
-                    Placing::new(group, spec, revision, id, *attempt, choice, &module_layers);
+                let placing = Placing::new(
+                    group,
+                    spec,
+                    revision,
+                    id,
+                    *attempt,
+                    choice,
+                    &module_layers,
+                    warm,
+                );
                 writes.extend(placing.writes(group, spec, revision));
                 planned.push(placing);
             }
@@ -286,7 +319,7 @@ impl Groups {
         let mut placed = Vec::new();
         for (id, attempt) in wanted.iter().take(decided) {
             placed.extend(
-                self.place(group, spec, revision, id, *attempt, lease)
+                self.place(group, spec, revision, id, *attempt, lease, warm)
                     .await?,
             );
         }
@@ -296,6 +329,7 @@ impl Groups {
     /// Places `id` (attempt `attempt`): reads the candidate nodes, lets [`placement::solve`]
     /// pick a node and a free port, and in one fenced write reserves memory and port and persists
     /// the plan. `None` when no node fits now.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn place(
         &self,
         group: &str,
@@ -304,6 +338,7 @@ impl Groups {
         id: &str,
         attempt: i64,
         lease: &Lease,
+        warm: Option<WarmPool>,
     ) -> anyhow::Result<Option<Instance>> {
         let Some(module_layers) = self.module_layers(group, spec).await? else {
             return Ok(None);
@@ -345,7 +380,16 @@ impl Groups {
                 }
             }
             ports_tried += 1;
-            let placing = Placing::new(group, spec, revision, id, attempt, &choice, &module_layers);
+            let placing = Placing::new(
+                group,
+                spec,
+                revision,
+                id,
+                attempt,
+                &choice,
+                &module_layers,
+                warm,
+            );
             let mut writes = vec![reserve(&choice.node, choice.allocatable_mb, need)];
             writes.extend(placing.writes(group, spec, revision));
             // Everything decided, nothing written: a pause here (the stale-write test stops the
@@ -401,12 +445,12 @@ impl Groups {
             port,
             plan,
             plan_hash,
+            warm,
             ..
         } = placing;
         metrics::counter!("prexor_scheduler_placements_total").increment(1);
-        tracing::info!(group, instance = %id, %node, port, attempt, "placed");
-        self.state_changed(group, &id, SCHEDULED, &node).await;
-        Instance {
+        tracing::info!(group, instance = %id, %node, port, attempt, warm = warm.is_some(), "placed");
+        let instance = Instance {
             id,
             group: group.to_string(),
             spec_hash: spec.hash(),
@@ -426,7 +470,12 @@ impl Groups {
             reported_state: None,
             reported_plan_hash: None,
             reported_detail: String::new(),
-        }
+            warm: warm.is_some(),
+            prepare_only: warm.is_some_and(|pool| !pool.started),
+        };
+        self.state_changed(&instance, SCHEDULED, &instance.node)
+            .await;
+        instance
     }
 
     /// What [`placement::solve`] chooses from, as committed now (not the tick's snapshot: every
@@ -496,7 +545,9 @@ impl Groups {
 }
 
 /// Instance states that hold a node's memory and port (placement counts them per node).
-const ACTIVE: [&str; 6] = [SCHEDULED, PREPARING, STARTING, RUNNING, DRAINING, STOPPING];
+const ACTIVE: [&str; 7] = [
+    SCHEDULED, PREPARING, PREPARED, STARTING, RUNNING, DRAINING, STOPPING,
+];
 
 /// The records a placement view is made of: every node and allocation, the active instances
 /// (their group and node), every port reservation.

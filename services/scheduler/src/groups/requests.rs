@@ -137,7 +137,7 @@ impl Groups {
                         .map_or(0, |i| i.attempt)
                         + 1;
                     match self
-                        .place(name, spec, revision, &instance_id, attempt, lease)
+                        .place(name, spec, revision, &instance_id, attempt, lease, None)
                         .await?
                     {
                         Some(mut placed) => {

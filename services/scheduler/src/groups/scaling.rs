@@ -9,22 +9,20 @@ use prexor_domain::load::{Pressure, average};
 use prexor_domain::{DynamicScaling, GroupSpec, LoadMetric, now_ms};
 use prexor_store::Write;
 
+use super::snapshot::Reported;
 use super::{DRAINING, GROUP_STATE, Groups, Instance, RUNNING, STOPPING, Snapshot};
 
-/// The instances a DYNAMIC group keeps at `target`: the fullest running ones, then the lowest
-/// free names `<group>-<k>`; the emptiest ones are the first to go.
+/// The instances a DYNAMIC group keeps at `target`: the fullest running ones, then instances
+/// of its warm pool (`warm`: ready ones first; only of the current spec, `spec_hash`), then the
+/// lowest free names `<group>-<k>`; the emptiest ones are the first to go.
 pub(super) fn dynamic_names(
     name: &str,
     target: u32,
     active: &BTreeMap<String, &Instance>,
     players: &HashMap<String, u64>,
+    warm: &[&Instance],
+    spec_hash: &str,
 ) -> Vec<String> {
-    let index = |id: &str| -> u64 {
-        id.rsplit('-')
-            .next()
-            .and_then(|k| k.parse().ok())
-            .unwrap_or(u64::MAX)
-    };
     let mut keep: Vec<&Instance> = active
         .values()
         .filter(|i| i.state != STOPPING && i.state != DRAINING)
@@ -33,7 +31,7 @@ pub(super) fn dynamic_names(
     keep.sort_by_key(|i| {
         (
             std::cmp::Reverse(players.get(&i.id).copied().unwrap_or(0)),
-            index(&i.id),
+            instance_index(&i.id),
         )
     });
     let mut names: Vec<String> = keep
@@ -41,15 +39,36 @@ pub(super) fn dynamic_names(
         .take(target as usize)
         .map(|i| i.id.clone())
         .collect();
+    let mut ready: Vec<&Instance> = warm
+        .iter()
+        .filter(|i| super::warm::usable(i, spec_hash))
+        .copied()
+        .collect();
+    ready.sort_by_key(|i| (!super::warm::is_ready(i), instance_index(&i.id)));
+    for instance in ready {
+        if names.len() >= target as usize {
+            break;
+        }
+        names.push(instance.id.clone());
+    }
+    let taken = |id: &str| active.contains_key(id) || warm.iter().any(|w| w.id == id);
     let mut k = 1;
     while names.len() < target as usize {
         let candidate = format!("{name}-{k}");
-        if !names.contains(&candidate) && !active.contains_key(&candidate) {
+        if !names.contains(&candidate) && !taken(&candidate) {
             names.push(candidate);
         }
         k += 1;
     }
     names
+}
+
+/// The number `k` of an instance id `<group>-<k>` (ids without one sort last).
+pub(super) fn instance_index(id: &str) -> u64 {
+    id.rsplit('-')
+        .next()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(u64::MAX)
 }
 
 impl Groups {
@@ -192,9 +211,6 @@ struct Reading {
     pressure: Pressure,
 }
 
-/// Reports older than this do not count: a server that stopped reporting is not "idle".
-const FRESH_REPORT_MS: i64 = 60_000;
-
 fn read_signal(
     spec: &GroupSpec,
     rules: &DynamicScaling,
@@ -237,7 +253,7 @@ fn read_signal(
         .values()
         .filter(|i| i.state == RUNNING)
         .filter_map(|i| snap.metrics.get(&i.id))
-        .filter(|r| now - r.at_ms <= FRESH_REPORT_MS)
+        .filter(|r| r.is_fresh(now))
         .filter_map(|r| match load.metric {
             LoadMetric::Tps => r.tps,
             LoadMetric::Mspt => r.mspt,
@@ -253,7 +269,7 @@ fn read_signal(
             value: 0.0,
             text: format!(
                 "no running instance reported {metric} in the last {} s",
-                FRESH_REPORT_MS / 1000
+                Reported::FRESH_MS / 1000
             ),
             players,
             pressure: Pressure::Hold,
@@ -306,6 +322,8 @@ mod tests {
             reported_state: None,
             reported_plan_hash: None,
             reported_detail: String::new(),
+            warm: false,
+            prepare_only: false,
         }
     }
 
@@ -323,10 +341,46 @@ mod tests {
         let players: HashMap<String, u64> = [("g-2".to_string(), 5), ("g-4".to_string(), 9)]
             .into_iter()
             .collect();
-        assert_eq!(dynamic_names("g", 2, &active, &players), ["g-4", "g-2"]);
         assert_eq!(
-            dynamic_names("g", 5, &active, &players),
+            dynamic_names("g", 2, &active, &players, &[], ""),
+            ["g-4", "g-2"]
+        );
+        assert_eq!(
+            dynamic_names("g", 5, &active, &players, &[], ""),
             ["g-4", "g-2", "g-1", "g-3", "g-5"]
+        );
+    }
+
+    #[test]
+    fn a_scale_up_takes_ready_warm_instances_of_the_current_spec_first() {
+        let member = instance("g-1", RUNNING);
+        let active: BTreeMap<String, &Instance> = [(member.id.clone(), &member)].into();
+        let warm = |id: &str, state: &str, spec: &str| Instance {
+            warm: true,
+            spec_hash: spec.into(),
+            ..instance(id, state)
+        };
+        let (preparing, prepared, stale) = (
+            warm("g-2", super::super::PREPARING, "s1"),
+            warm("g-3", super::super::PREPARED, "s1"),
+            warm("g-4", super::super::PREPARED, "s0"),
+        );
+        let pool = [&preparing, &prepared, &stale];
+        let players = HashMap::new();
+        // The prepared one before the one still preparing; the stale one never; new names
+        // skip every warm instance's name.
+        assert_eq!(
+            dynamic_names("g", 2, &active, &players, &pool, "s1"),
+            ["g-1", "g-3"]
+        );
+        assert_eq!(
+            dynamic_names("g", 4, &active, &players, &pool, "s1"),
+            ["g-1", "g-3", "g-2", "g-5"]
+        );
+        // Not scaling up: no warm instance is taken.
+        assert_eq!(
+            dynamic_names("g", 1, &active, &players, &pool, "s1"),
+            ["g-1"]
         );
     }
 
@@ -337,6 +391,9 @@ mod tests {
             [&a, &b].into_iter().map(|i| (i.id.clone(), i)).collect();
         let players: HashMap<String, u64> = [("g-1".to_string(), 30)].into_iter().collect();
         // g-1 is leaving: the group's second instance is a fresh one, not g-1 again.
-        assert_eq!(dynamic_names("g", 2, &active, &players), ["g-2", "g-3"]);
+        assert_eq!(
+            dynamic_names("g", 2, &active, &players, &[], ""),
+            ["g-2", "g-3"]
+        );
     }
 }

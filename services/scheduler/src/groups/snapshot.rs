@@ -47,6 +47,15 @@ pub(super) struct Reported {
 }
 
 impl Reported {
+    /// Metrics older than this do not count: a server that stopped reporting is neither idle
+    /// nor healthy.
+    pub const FRESH_MS: i64 = 60_000;
+
+    /// Its metrics were reported within [`Reported::FRESH_MS`] of `now`.
+    pub fn is_fresh(&self, now: i64) -> bool {
+        now - self.at_ms <= Reported::FRESH_MS
+    }
+
     fn of(load: &Document) -> Option<Reported> {
         let ready = load.get_bool("ready").unwrap_or(false);
         let Ok(metrics) = load.get_document("metrics") else {
