@@ -107,6 +107,9 @@ fn body_for(method: &str, path: &str) -> anyhow::Result<Option<Value>> {
         ("POST", "/api/v1/groups") => json!({ "name": "matrix", "spec": spec }),
         ("PUT", "/api/v1/groups/{name}") => json!({ "spec": spec }),
         ("POST", "/api/v1/instances/{id}/command") => json!({ "command": "say matrix" }),
+        ("POST", "/api/v1/instances/{id}/save-to-template") => {
+            json!({ "template": "matrix", "paths": ["server.properties"] })
+        }
         ("POST", "/api/v1/modules/{name}/install" | "/api/v1/modules/{name}/upgrade") => {
             json!({ "version": "1.0.0" })
         }
