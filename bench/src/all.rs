@@ -173,7 +173,7 @@ const ANCHORS: &[Anchor] = &[
         target: "~1 GiB heap + 1 MiB/instance (their sizing)",
     },
     Anchor {
-        what: "DYNAMIC scale-up to RUNNING (64 MiB template layer): cold / from a prepared warm instance / from a started one",
+        what: "DYNAMIC scale-up to RUNNING (128 MiB template layer): cold / from a prepared warm instance / from a started one",
         ours: &[
             "scale-up to RUNNING, cold (no warm pool)",
             "scale-up to RUNNING, prepared warm instance",

@@ -110,7 +110,7 @@ enum Command {
     WarmPool {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 128)]
         megabytes: usize,
     },
     /// Scheduler tick duration in steady state with N groups held by one replica.
