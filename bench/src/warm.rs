@@ -62,10 +62,10 @@ pub async fn run(servers: &Servers, rounds: usize, megabytes: usize) -> anyhow::
             }
             let spec: GroupSpec = serde_json::from_value(spec)?;
             client.create_group(&name, &spec).await?;
-            let member = wait_for(&instances, &name, false, "RUNNING", 1).await?;
+            let member = wait_for(&instances, &name, false, Some("RUNNING"), 1).await?;
             if let Some(started) = started {
                 let state = if *started { "RUNNING" } else { "PREPARED" };
-                wait_for(&instances, &name, true, state, 1).await?;
+                wait_for(&instances, &name, true, Some(state), 1).await?;
             }
             let token = workload_token(&store, &member[0]).await?;
             let server = client.with_token(Some(token));
@@ -75,7 +75,7 @@ pub async fn run(servers: &Servers, rounds: usize, megabytes: usize) -> anyhow::
                 .await?;
             // Running as its node reports (ready for players), not waiting for the scheduler's
             // next tick to record it.
-            wait_for(&instances, &name, false, "", 2).await?;
+            wait_for(&instances, &name, false, None, 2).await?;
             took.push(began.elapsed().as_secs_f64() * 1000.0);
             let _: Value = client.delete(&format!("/groups/{name}")).await?;
         }
@@ -101,13 +101,13 @@ pub async fn run(servers: &Servers, rounds: usize, megabytes: usize) -> anyhow::
 }
 
 /// Waits until `count` instances of `group` (of its warm pool with `warm`) are in `state` as
-/// their node reports too (empty `state`: RUNNING as their node reports, whatever the scheduler
-/// recorded yet); them.
+/// the scheduler records it and their node reports it (`None`: RUNNING as their node reports,
+/// whatever the scheduler recorded yet); them.
 async fn wait_for(
     instances: &mongodb::Collection<Document>,
     group: &str,
     warm: bool,
-    state: &str,
+    state: Option<&str>,
     count: usize,
 ) -> anyhow::Result<Vec<Document>> {
     let warm = if warm {
@@ -115,10 +115,11 @@ async fn wait_for(
     } else {
         doc! { "$ne": true }.into()
     };
-    let filter = if state.is_empty() {
-        doc! { "group": group, "warm": warm, "reported.state": "RUNNING" }
-    } else {
-        doc! { "group": group, "warm": warm, "state": state, "reported.state": state }
+    let filter = match state {
+        None => doc! { "group": group, "warm": warm, "reported.state": "RUNNING" },
+        Some(state) => {
+            doc! { "group": group, "warm": warm, "state": state, "reported.state": state }
+        }
     };
     let deadline = Instant::now() + WITHIN;
     loop {
@@ -129,8 +130,9 @@ async fn wait_for(
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "group {group}: {} of {count} instances {state} after {WITHIN:?}",
-            found.len()
+            "group {group}: {} of {count} instances {} after {WITHIN:?}",
+            found.len(),
+            state.unwrap_or("running")
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -6,15 +6,12 @@
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use prexor_proto::v1::{AckResult, CaptureFiles, CommandAck, InstanceState};
 
 use crate::instances::{Instances, ack};
 use crate::layers::LayerError;
-
-/// Paths one capture may name.
-pub const MAX_PATHS: usize = 64;
 
 impl Instances {
     pub async fn capture(&self, request: CaptureFiles) -> CommandAck {
@@ -28,8 +25,8 @@ impl Instances {
             );
         };
         let refuse = |message: String| ack(AckResult::Permanent, state, pid, message);
-        if let Err(problem) = check_paths(&request.paths) {
-            return refuse(problem);
+        if let Some(problem) = prexor_domain::paths::capture_paths_problem(&request.paths) {
+            return refuse(format!("{}: {}", problem.field, problem.message));
         }
         if prexor_domain::validate_name(&request.capture_id).is_err() {
             return refuse(format!("capture id {:?} is not a name", request.capture_id));
@@ -72,31 +69,6 @@ impl Instances {
         let _ = std::fs::remove_file(&archive);
         answer
     }
-}
-
-/// Every path relative, inside the directory, and at most [`MAX_PATHS`] of them.
-pub fn check_paths(paths: &[String]) -> Result<(), String> {
-    if paths.is_empty() || paths.len() > MAX_PATHS {
-        return Err(format!(
-            "name 1 to {MAX_PATHS} paths to capture ({} given)",
-            paths.len()
-        ));
-    }
-    for path in paths {
-        let inside = !path.is_empty()
-            && Path::new(path)
-                .components()
-                .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-            && Path::new(path)
-                .components()
-                .any(|c| matches!(c, Component::Normal(_)));
-        if !inside {
-            return Err(format!(
-                "path {path:?} must be relative, inside the instance directory, without \"..\""
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// What [`pack`] put in the archive.
@@ -208,16 +180,6 @@ impl<W: Write> Write for Bounded<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paths_stay_inside_the_directory() {
-        assert!(check_paths(&["world".into(), "plugins/x.yml".into()]).is_ok());
-        for bad in ["", "/etc/passwd", "../x", "world/../../x", "."] {
-            let problem = check_paths(&[bad.into()]).unwrap_err();
-            assert!(problem.contains(&format!("{bad:?}")), "{problem}");
-        }
-        assert!(check_paths(&[]).is_err());
-    }
 
     #[test]
     fn a_capture_packs_files_and_directories_within_its_limit() {

@@ -4,7 +4,7 @@
 //! [`crate::supervise`] then starts it under a shim, at once or (a warm-pool instance, prepared
 //! only) when a later start of the same plan takes it.
 
-use std::path::{Component, Path};
+use std::path::Path;
 
 use prexor_proto::v1::CompositionPlan;
 
@@ -145,12 +145,7 @@ pub(crate) fn check_plan(plan: &CompositionPlan) -> Result<(), String> {
         return Err(format!("port {} is not a TCP port", plan.port));
     }
     for file in &plan.files {
-        let path = Path::new(&file.path);
-        let escapes = path.is_absolute()
-            || path
-                .components()
-                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
-        if file.path.is_empty() || escapes {
+        if file.path.is_empty() || !prexor_domain::paths::stays_inside(&file.path) {
             return Err(format!(
                 "plan file {:?} must be a relative path inside the instance directory",
                 file.path

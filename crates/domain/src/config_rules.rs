@@ -4,7 +4,7 @@
 //! matches of a regular expression. Values and replacements may use the plan's placeholders
 //! (`{port}`, `{instance}`, `{group}`, `{node}`, `{memory}`).
 
-use std::path::{Component, Path};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -235,15 +235,10 @@ impl ConfigRule {
 
 /// Why `file` is not a path inside the server's directory.
 fn file_problem(file: &str) -> Option<String> {
-    let path = Path::new(file);
     if file.is_empty() {
         return Some("must name a file in the server's directory".to_owned());
     }
-    if path.is_absolute()
-        || path
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-    {
+    if !crate::paths::stays_inside(file) {
         return Some(format!(
             "{file:?} must be a relative path inside the server's directory (no leading /, no ..)"
         ));

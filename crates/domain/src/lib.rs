@@ -10,6 +10,7 @@ mod lifecycle;
 pub mod limits;
 pub mod load;
 mod name;
+pub mod paths;
 mod permission;
 pub mod placement;
 mod redact;

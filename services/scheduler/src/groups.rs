@@ -440,19 +440,8 @@ impl Groups {
 
         // 5. Scale to the desired set of names (maintenance: start nothing, stop nothing). The
         // warm pool's instances are not the group's until a scale-up takes them.
-        let members = |instances: &[Instance]| -> BTreeMap<String, usize> {
-            instances
-                .iter()
-                .enumerate()
-                .filter(|(_, i)| i.is_active() && !i.warm)
-                .map(|(index, i)| (i.id.clone(), index))
-                .collect()
-        };
         let wanted: Vec<String> = {
-            let active: BTreeMap<String, &Instance> = members(&instances)
-                .into_iter()
-                .map(|(id, index)| (id, &instances[index]))
-                .collect();
+            let active = members(&instances);
             match spec.scaling {
                 ScalingMode::Manual => Vec::new(),
                 ScalingMode::Static => (1..=spec.min_instances)
@@ -466,7 +455,13 @@ impl Groups {
                         .iter()
                         .filter(|i| i.is_active() && i.warm)
                         .collect();
-                    dynamic_names(name, target, &active, &snap.players, &warm, &spec.hash())
+                    // Hashed only for a group with a warm pool to choose from.
+                    let hash = if warm.is_empty() {
+                        String::new()
+                    } else {
+                        spec.hash()
+                    };
+                    dynamic_names(name, target, &active, &snap.players, &warm, &hash)
                 }
             }
         };
@@ -480,10 +475,7 @@ impl Groups {
                 .keep_warm_pool(name, spec, revision, lease, &instances, &wanted, false)
                 .await;
         }
-        let active: BTreeMap<String, &Instance> = members(&instances)
-            .into_iter()
-            .map(|(id, index)| (id, &instances[index]))
-            .collect();
+        let active = members(&instances);
         if let Some(deployment) = snap.deployments.get(name) {
             self.roll(
                 name, spec, revision, lease, deployment, &active, &wanted, snap,
@@ -608,28 +600,25 @@ impl Groups {
         state: &str,
         reason: &str,
     ) -> anyhow::Result<()> {
-        // Ended meanwhile (another report, a peer): nothing to record twice.
-        self.write_unless_changed(
-                lease,
-                vec![
-                    Write::update_one(
-                        INSTANCES,
-                        doc! { "_id": &instance.id, "planHash": &instance.plan_hash, "state": { "$nin": [STOPPED, CRASHED] } },
-                        doc! { "$set": { "state": state, "reason": reason, "endedAtMs": now_ms() } },
-                    )
-                    .require_match(),
-                    Write::delete_one(
-                        PORT_RESERVATIONS,
-                        doc! { "_id": format!("{}:{}", instance.node, instance.port), "instance": &instance.id },
-                    ),
-                    Write::update_one(
-                        NODE_ALLOCATIONS,
-                        doc! { "_id": &instance.node },
-                        doc! { "$inc": { "reservedMb": -(instance.memory_mb as i64) } },
-                    ),
-                ],
+        let writes = vec![
+            Write::update_one(
+                INSTANCES,
+                doc! { "_id": &instance.id, "planHash": &instance.plan_hash, "state": { "$nin": [STOPPED, CRASHED] } },
+                doc! { "$set": { "state": state, "reason": reason, "endedAtMs": now_ms() } },
             )
-            .await?;
+            .require_match(),
+            Write::delete_one(
+                PORT_RESERVATIONS,
+                doc! { "_id": format!("{}:{}", instance.node, instance.port), "instance": &instance.id },
+            ),
+            Write::update_one(
+                NODE_ALLOCATIONS,
+                doc! { "_id": &instance.node },
+                doc! { "$inc": { "reservedMb": -(instance.memory_mb as i64) } },
+            ),
+        ];
+        // Ended meanwhile (another report, a peer): nothing to record twice.
+        self.write_unless_changed(lease, writes).await?;
         metrics::counter!("prexor_scheduler_instances_ended_total", "state" => state.to_string())
             .increment(1);
         tracing::info!(instance = %instance.id, node = %instance.node, state, reason, "instance ended");
@@ -650,6 +639,15 @@ impl Groups {
             )
             .await;
     }
+}
+
+/// The group's own live instances by id (its warm pool's are not the group's until taken).
+fn members(instances: &[Instance]) -> BTreeMap<String, &Instance> {
+    instances
+        .iter()
+        .filter(|i| i.is_active() && !i.warm)
+        .map(|i| (i.id.clone(), i))
+        .collect()
 }
 
 /// The write moving `instance` forward to `state` with `set`: a move the lifecycle does not

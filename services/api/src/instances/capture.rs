@@ -26,8 +26,6 @@ use crate::templates::{Layer, TemplateView, record_version};
 
 /// How long the node may take to pack and store the archive (the gateways' longest wait).
 const CAPTURE_WITHIN: Duration = Duration::from_secs(60);
-/// Paths one capture may name.
-const MAX_PATHS: usize = 64;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -57,38 +55,6 @@ pub(crate) async fn save(
     Ok((status, Json(view)))
 }
 
-/// `paths` relative, inside the directory, 1 to [`MAX_PATHS`] of them; the first problem names
-/// its field.
-fn check_paths(paths: &[String]) -> ApiResult<()> {
-    if paths.is_empty() || paths.len() > MAX_PATHS {
-        return Err(ApiError::field(
-            "paths",
-            format!("name 1 to {MAX_PATHS} paths ({} given)", paths.len()),
-        ));
-    }
-    for (i, path) in paths.iter().enumerate() {
-        let components = std::path::Path::new(path).components();
-        let mut named = false;
-        let mut inside = !path.is_empty() && path.len() <= 1024;
-        for component in components {
-            match component {
-                std::path::Component::Normal(_) => named = true,
-                std::path::Component::CurDir => {}
-                _ => inside = false,
-            }
-        }
-        if !(inside && named) {
-            return Err(ApiError::field(
-                &format!("paths[{i}]"),
-                format!(
-                    "{path:?} must be relative to the instance directory, inside it, without \"..\""
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Saves `paths` of instance `id`'s directory as template `template`'s new version, for `who`
 /// (`templates:write`, `instances:read`).
 pub(crate) async fn save_to_template(
@@ -101,7 +67,9 @@ pub(crate) async fn save_to_template(
     who.require("templates:write")?;
     who.require("instances:read")?;
     crate::error::check_name("template", template)?;
-    check_paths(paths)?;
+    if let Some(problem) = prexor_domain::paths::capture_paths_problem(paths) {
+        return Err(ApiError::field(&problem.field, problem.message));
+    }
     let instance: InstanceRecord = app.find(id).await?;
     if instance.has_ended() || instance.node_id.is_empty() {
         return Err(ApiError::conflict(format!(
@@ -194,24 +162,4 @@ async fn capture_on_node(
         size: stored.size.max(0) as u64,
         files: stored.entries.max(0) as u64,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_must_stay_inside_and_name_their_field() {
-        assert!(check_paths(&["world".into(), "./plugins/x.yml".into()]).is_ok());
-        let field = |paths: &[&str]| {
-            let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
-            check_paths(&paths).unwrap_err().field_problems()[0]
-                .0
-                .clone()
-        };
-        assert_eq!(field(&[]), "paths");
-        assert_eq!(field(&["world", "../etc"]), "paths[1]");
-        assert_eq!(field(&["/etc/passwd"]), "paths[0]");
-        assert_eq!(field(&["."]), "paths[0]");
-    }
 }

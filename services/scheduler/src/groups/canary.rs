@@ -156,21 +156,16 @@ impl Groups {
             set.insert("canaryPassedAtMs", now);
         }
         update.insert("$set", set);
-        // Paused or rolled back through the API meanwhile: the next tick sees it.
-        if !self
-            .write_unless_changed(
-            lease,
-            vec![
-                Write::update_one(
-                    DEPLOYMENTS,
-                    doc! { "_id": id, "state": DeploymentState::Rolling, "canaryPassedAtMs": { "$exists": false } },
-                    update,
-                )
-                .require_match(),
-            ],
+        let writes = vec![
+            Write::update_one(
+                DEPLOYMENTS,
+                doc! { "_id": id, "state": DeploymentState::Rolling, "canaryPassedAtMs": { "$exists": false } },
+                update,
             )
-            .await?
-        {
+            .require_match(),
+        ];
+        // Paused or rolled back through the API meanwhile: the next tick sees it.
+        if !self.write_unless_changed(lease, writes).await? {
             return Ok(());
         }
         tracing::info!(group = name, deployment = id, passed, gate = %text, "canary gate");
@@ -202,33 +197,28 @@ impl Groups {
         };
         let now = now_ms();
         let from_doc = mongodb::bson::to_document(from)?;
-        // Changed meanwhile (through the API, or by a peer): the next tick sees it.
-        if !self
-            .write_unless_changed(
-            lease,
-            vec![
-                Write::update_one(
-                    GROUPS,
-                    doc! { "_id": name, "revision": revision, "deleting": { "$ne": true } },
-                    doc! { "$set": { "spec": from_doc, "revision": revision + 1, "updatedAtMs": now } },
-                )
-                .require_match(),
-                Write::update_one(
-                    DEPLOYMENTS,
-                    doc! { "_id": &deployment.id, "state": DeploymentState::Rolling, "rolledBack": { "$ne": true } },
-                    doc! { "$set": {
-                        "rolledBack": true,
-                        "targetSpecHash": from.hash(),
-                        "rolledBackBy": "canary gate",
-                        "gate": format!("rolled back: {why}"),
-                        "updatedAtMs": now,
-                    } },
-                )
-                .require_match(),
-            ],
+        let writes = vec![
+            Write::update_one(
+                GROUPS,
+                doc! { "_id": name, "revision": revision, "deleting": { "$ne": true } },
+                doc! { "$set": { "spec": from_doc, "revision": revision + 1, "updatedAtMs": now } },
             )
-            .await?
-        {
+            .require_match(),
+            Write::update_one(
+                DEPLOYMENTS,
+                doc! { "_id": &deployment.id, "state": DeploymentState::Rolling, "rolledBack": { "$ne": true } },
+                doc! { "$set": {
+                    "rolledBack": true,
+                    "targetSpecHash": from.hash(),
+                    "rolledBackBy": "canary gate",
+                    "gate": format!("rolled back: {why}"),
+                    "updatedAtMs": now,
+                } },
+            )
+            .require_match(),
+        ];
+        // Changed meanwhile (through the API, or by a peer): the next tick sees it.
+        if !self.write_unless_changed(lease, writes).await? {
             return Ok(());
         }
         tracing::warn!(group = name, deployment = %deployment.id, "canary deployment rolled back: {why}");

@@ -146,21 +146,16 @@ impl Groups {
             set.insert("state", DeploymentState::Done);
             set.insert("finishedAtMs", now_ms());
         }
-        // Paused or rolled back through the API in the meantime: the next tick sees it.
-        if !self
-            .write_unless_changed(
-                lease,
-                vec![
-                    Write::update_one(
-                        DEPLOYMENTS,
-                        doc! { "_id": id, "state": DeploymentState::Rolling },
-                        doc! { "$set": set },
-                    )
-                    .require_match(),
-                ],
+        let writes = vec![
+            Write::update_one(
+                DEPLOYMENTS,
+                doc! { "_id": id, "state": DeploymentState::Rolling },
+                doc! { "$set": set },
             )
-            .await?
-        {
+            .require_match(),
+        ];
+        // Paused or rolled back through the API in the meantime: the next tick sees it.
+        if !self.write_unless_changed(lease, writes).await? {
             return Ok(());
         }
         let kind = if done {

@@ -54,11 +54,21 @@ pub(super) fn pool_change(
         }
         _ => 0,
     };
-    let hash = spec.hash();
-    let (mut fresh, stale): (Vec<&Instance>, Vec<&Instance>) = instances
+    let warm: Vec<&Instance> = instances
         .iter()
         .filter(|i| i.is_active() && i.warm && i.state != STOPPING && i.state != DRAINING)
-        .partition(|i| i.spec_hash == hash);
+        .collect();
+    if size == 0 && warm.is_empty() {
+        return PoolChange::default();
+    }
+    // Hashed only for a group with a pool (not on every tick of every DYNAMIC group).
+    let hash = if warm.is_empty() {
+        String::new()
+    } else {
+        spec.hash()
+    };
+    let (mut fresh, stale): (Vec<&Instance>, Vec<&Instance>) =
+        warm.into_iter().partition(|i| i.spec_hash == hash);
     fresh.sort_by_key(|i| (!is_ready(i), instance_index(&i.id)));
     let mut retire: Vec<(String, &'static str)> = stale
         .iter()
